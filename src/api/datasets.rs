@@ -1,0 +1,135 @@
+use std::{pin::Pin, sync::Arc};
+
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use crate::datasets::manager::{Datasets, DownloadPiece, SplitRequest, UploadMeta};
+use crate::error::Error;
+use crate::proto::{
+    self, dataset_service_server::DatasetService, download_dataset_response, upload_dataset_request,
+};
+
+pub struct DatasetApi {
+    datasets: Arc<Datasets>,
+}
+
+impl DatasetApi {
+    pub fn new(datasets: Arc<Datasets>) -> Self {
+        Self { datasets }
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
+type DownloadStream = Pin<Box<dyn Stream<Item = Result<proto::DownloadDatasetResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DatasetService for DatasetApi {
+    #[tracing::instrument(skip_all)]
+    async fn upload_dataset(
+        &self,
+        request: Request<Streaming<proto::UploadDatasetRequest>>,
+    ) -> Result<Response<proto::UploadDatasetResponse>, Status> {
+        let mut stream = request.into_inner();
+        let Some(upload_dataset_request::Payload::Metadata(meta)) = stream.message().await?.and_then(|m| m.payload)
+        else {
+            return Err(Error::invalid("metadata", "the first message must carry the upload metadata").into());
+        };
+        let meta = UploadMeta {
+            filename: meta.filename,
+            purpose: convert::purpose_from_proto(meta.purpose),
+            display_name: meta.display_name,
+            metadata: meta.metadata.into_iter().collect(),
+            label_field: non_empty(meta.label_field),
+        };
+        let chunks = stream.map(|message| match message {
+            Ok(proto::UploadDatasetRequest {
+                payload: Some(upload_dataset_request::Payload::Chunk(bytes)),
+            }) => Ok(bytes),
+            Ok(_) => Err(Error::invalid("chunk", "only the first message may carry metadata; send bytes after it")),
+            Err(status) => Err(Error::Cancelled(status.message().to_string())),
+        });
+        let dataset = self.datasets.upload(meta, chunks).await?;
+        Ok(Response::new(proto::UploadDatasetResponse {
+            dataset: Some(convert::dataset(dataset)),
+        }))
+    }
+
+    async fn get_dataset(
+        &self,
+        request: Request<proto::GetDatasetRequest>,
+    ) -> Result<Response<proto::GetDatasetResponse>, Status> {
+        let dataset = self.datasets.get(&request.into_inner().id).await?;
+        Ok(Response::new(proto::GetDatasetResponse {
+            dataset: Some(convert::dataset(dataset)),
+        }))
+    }
+
+    async fn list_datasets(
+        &self,
+        request: Request<proto::ListDatasetsRequest>,
+    ) -> Result<Response<proto::ListDatasetsResponse>, Status> {
+        let req = request.into_inner();
+        let purpose = convert::purpose_from_proto(req.purpose);
+        if purpose.is_none() && req.purpose != 0 {
+            return Err(Error::invalid("purpose", format!("unknown purpose value {}", req.purpose)).into());
+        }
+        let (datasets, next_page_token) = self.datasets.list(purpose, req.page_size, &req.page_token).await?;
+        Ok(Response::new(proto::ListDatasetsResponse {
+            datasets: datasets.into_iter().map(convert::dataset).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn delete_dataset(
+        &self,
+        request: Request<proto::DeleteDatasetRequest>,
+    ) -> Result<Response<proto::DeleteDatasetResponse>, Status> {
+        let deleted = self.datasets.delete(&request.into_inner().id).await?;
+        Ok(Response::new(proto::DeleteDatasetResponse {
+            id: deleted.id,
+            deleted: true,
+        }))
+    }
+
+    async fn download_dataset(
+        &self,
+        request: Request<proto::DownloadDatasetRequest>,
+    ) -> Result<Response<DownloadStream>, Status> {
+        let pieces = self.datasets.download(&request.into_inner().id).await?;
+        let stream = ReceiverStream::new(pieces).map(|piece| {
+            let payload = match piece.map_err(Status::from)? {
+                DownloadPiece::Chunk(bytes) => download_dataset_response::Payload::Chunk(bytes),
+                DownloadPiece::End { bytes, sha256 } => {
+                    download_dataset_response::Payload::End(proto::DownloadDatasetEnd { bytes, sha256 })
+                }
+            };
+            Ok(proto::DownloadDatasetResponse { payload: Some(payload) })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn split_dataset(
+        &self,
+        request: Request<proto::SplitDatasetRequest>,
+    ) -> Result<Response<proto::SplitDatasetResponse>, Status> {
+        let req = request.into_inner();
+        let (train, validation) = self
+            .datasets
+            .split(SplitRequest {
+                id: req.id,
+                validation_fraction: req.validation_fraction,
+                seed: req.seed,
+                stratify_by: non_empty(req.stratify_by),
+            })
+            .await?;
+        Ok(Response::new(proto::SplitDatasetResponse {
+            train: Some(convert::dataset(train)),
+            validation: Some(convert::dataset(validation)),
+        }))
+    }
+}

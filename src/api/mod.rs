@@ -1,0 +1,12 @@
+//! The gRPC layer: thin handlers that validate the wire shape, convert to a
+//! domain call, and convert the answer back.
+//!
+//! Architecture invariant: nothing below this module sees a tonic or prost
+//! type; errors cross back through the one `From<Error> for Status`.
+
+pub mod convert;
+mod datasets;
+mod unimplemented;
+
+pub use self::datasets::DatasetApi;
+pub use self::unimplemented::{EvalApi, FineTuningApi, GraderApi, ModelApi};

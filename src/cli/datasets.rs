@@ -1,0 +1,360 @@
+use std::{collections::HashMap, io::IsTerminal, path::PathBuf};
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Outcome;
+use super::output::{dataset_json, dataset_row, dataset_text, status_error};
+use crate::proto::{
+    self, dataset_service_client::DatasetServiceClient, download_dataset_response, upload_dataset_request,
+};
+
+/// Bytes per upload message.
+const CHUNK: usize = 256 << 10;
+/// Uploads at least this large get a progress bar on a terminal.
+const PROGRESS_FROM: u64 = 4 << 20;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PurposeArg {
+    Sft,
+    Dpo,
+    Rft,
+    Eval,
+}
+
+impl From<PurposeArg> for proto::DatasetPurpose {
+    fn from(p: PurposeArg) -> Self {
+        match p {
+            PurposeArg::Sft => proto::DatasetPurpose::Sft,
+            PurposeArg::Dpo => proto::DatasetPurpose::Dpo,
+            PurposeArg::Rft => proto::DatasetPurpose::Rft,
+            PurposeArg::Eval => proto::DatasetPurpose::Eval,
+        }
+    }
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DatasetsCommand {
+    /// Upload a JSONL file; it is validated while it streams.
+    Upload {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        purpose: PurposeArg,
+        /// Display name (defaults to the file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// KEY=VALUE metadata, repeatable.
+        #[arg(long = "metadata", value_parser = parse_key_value)]
+        metadata: Vec<(String, String)>,
+        /// JSON pointer to a label for the label distribution, e.g. /label or /messages/-1/content.
+        #[arg(long)]
+        label_field: Option<String>,
+    },
+    /// List datasets, newest first.
+    List {
+        #[arg(long, value_enum)]
+        purpose: Option<PurposeArg>,
+        /// Page size.
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+        #[arg(long)]
+        page_token: Option<String>,
+        /// Follow every page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show a dataset with its validation report and statistics.
+    Get { id: String },
+    /// Delete a dataset (refused while a job uses it).
+    Delete { id: String },
+    /// Download a dataset's file.
+    Download {
+        id: String,
+        /// Where to write it ("-" for stdout; default ID.jsonl).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Split a dataset into new train and validation datasets.
+    Split {
+        id: String,
+        #[arg(long, default_value_t = 0.2)]
+        validation_fraction: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// JSON pointer to a label to stratify by, e.g. /messages/-1/content.
+        #[arg(long)]
+        stratify_by: Option<String>,
+    },
+}
+
+fn print_dataset(json: bool, d: &proto::Dataset) {
+    if json {
+        println!("{}", dataset_json(d));
+    } else {
+        print!("{}", dataset_text(d));
+    }
+}
+
+fn usable(d: &proto::Dataset) -> Outcome {
+    if d.state == proto::DatasetState::Ready as i32 {
+        Outcome::Ok
+    } else {
+        Outcome::NotUsable
+    }
+}
+
+pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result<Outcome> {
+    let mut client = DatasetServiceClient::new(super::connect(addr).await?);
+    match cmd {
+        DatasetsCommand::Upload {
+            file,
+            purpose,
+            name,
+            metadata,
+            label_field,
+        } => {
+            let dataset = upload(&mut client, &file, purpose, name, metadata, label_field, !json).await?;
+            print_dataset(json, &dataset);
+            Ok(usable(&dataset))
+        }
+        DatasetsCommand::List {
+            purpose,
+            limit,
+            page_token,
+            all,
+        } => {
+            let mut token = page_token.unwrap_or_default();
+            let mut rows = Vec::new();
+            loop {
+                let page = client
+                    .list_datasets(proto::ListDatasetsRequest {
+                        page_size: limit,
+                        page_token: token,
+                        purpose: purpose.map(|p| proto::DatasetPurpose::from(p) as i32).unwrap_or(0),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                rows.extend(page.datasets);
+                token = page.next_page_token;
+                if !all || token.is_empty() {
+                    break;
+                }
+            }
+            if json {
+                let data: Vec<_> = rows.iter().map(dataset_json).collect();
+                println!("{}", serde_json::json!({"object": "list", "data": data, "next_page_token": token}));
+            } else {
+                for d in &rows {
+                    println!("{}", dataset_row(d));
+                }
+                if !token.is_empty() {
+                    println!("more: --page-token {token}");
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        DatasetsCommand::Get { id } => {
+            let d = client
+                .get_dataset(proto::GetDatasetRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .dataset
+                .unwrap_or_default();
+            print_dataset(json, &d);
+            Ok(usable(&d))
+        }
+        DatasetsCommand::Delete { id } => {
+            let r = client
+                .delete_dataset(proto::DeleteDatasetRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!("{}", serde_json::json!({"id": r.id, "object": "dataset", "deleted": r.deleted}));
+            } else {
+                println!("deleted {}", r.id);
+            }
+            Ok(Outcome::Ok)
+        }
+        DatasetsCommand::Download { id, output } => {
+            let output = output.unwrap_or_else(|| super::default_output(&id));
+            let (bytes, sha256) = download(&mut client, &id, &output).await?;
+            if output.as_os_str() != "-" {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": id, "path": output, "bytes": bytes, "sha256": sha256})
+                    );
+                } else {
+                    println!("wrote {} ({bytes} bytes, sha256 {sha256})", output.display());
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        DatasetsCommand::Split {
+            id,
+            validation_fraction,
+            seed,
+            stratify_by,
+        } => {
+            let r = client
+                .split_dataset(proto::SplitDatasetRequest {
+                    id,
+                    validation_fraction,
+                    seed,
+                    stratify_by: stratify_by.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let (train, validation) = (r.train.unwrap_or_default(), r.validation.unwrap_or_default());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"train": dataset_json(&train), "validation": dataset_json(&validation)})
+                );
+            } else {
+                print!("{}", dataset_text(&train));
+                print!("{}", dataset_text(&validation));
+            }
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+/// Streams a file to UploadDataset, with a progress bar for large files on
+/// a terminal.
+pub async fn upload(
+    client: &mut DatasetServiceClient<tonic::transport::Channel>,
+    file: &std::path::Path,
+    purpose: PurposeArg,
+    name: Option<String>,
+    metadata: Vec<(String, String)>,
+    label_field: Option<String>,
+    show_progress: bool,
+) -> anyhow::Result<proto::Dataset> {
+    let mut f = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("opening {}", file.display()))?;
+    let size = f.metadata().await?.len();
+    let filename = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset.jsonl".to_string());
+    let bar = if show_progress && size >= PROGRESS_FROM && std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(size);
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(format!("uploading {filename}"));
+        Some(bar)
+    } else {
+        None
+    };
+    let first = proto::UploadDatasetRequest {
+        payload: Some(upload_dataset_request::Payload::Metadata(proto::UploadDatasetMetadata {
+            filename,
+            purpose: proto::DatasetPurpose::from(purpose) as i32,
+            display_name: name.unwrap_or_default(),
+            metadata: metadata.into_iter().collect::<HashMap<_, _>>(),
+            label_field: label_field.unwrap_or_default(),
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let progress = bar.clone();
+    let reader = tokio::spawn(async move {
+        if tx.send(first).await.is_err() {
+            return Ok(());
+        }
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let n = f.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            buf.truncate(n);
+            if let Some(bar) = &progress {
+                bar.inc(n as u64);
+            }
+            let msg = proto::UploadDatasetRequest {
+                payload: Some(upload_dataset_request::Payload::Chunk(buf.into())),
+            };
+            if tx.send(msg).await.is_err() {
+                return Ok(());
+            }
+        }
+    });
+    let result = client
+        .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    reader.await??;
+    Ok(result.map_err(status_error)?.into_inner().dataset.unwrap_or_default())
+}
+
+async fn download(
+    client: &mut DatasetServiceClient<tonic::transport::Channel>,
+    id: &str,
+    output: &std::path::Path,
+) -> anyhow::Result<(u64, String)> {
+    let mut stream = client
+        .download_dataset(proto::DownloadDatasetRequest { id: id.to_string() })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let to_stdout = output.as_os_str() == "-";
+    // Write next to the target and rename at the end, so an interrupted
+    // download never leaves a partial file under the final name.
+    let partial = output.with_extension("partial");
+    let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if to_stdout {
+        Box::new(tokio::io::stdout())
+    } else {
+        Box::new(tokio::fs::File::create(&partial).await?)
+    };
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let mut written = 0u64;
+    while let Some(message) = stream.next().await {
+        match message.map_err(status_error)?.payload {
+            Some(download_dataset_response::Payload::Chunk(bytes)) => {
+                sha2::Digest::update(&mut hasher, &bytes);
+                written += bytes.len() as u64;
+                sink.write_all(&bytes).await?;
+            }
+            Some(download_dataset_response::Payload::End(end)) => {
+                sink.flush().await?;
+                drop(sink);
+                let got = hex::encode(sha2::Digest::finalize(hasher));
+                anyhow::ensure!(
+                    got == end.sha256 && written == end.bytes,
+                    "download corrupted: got {written} bytes sha256 {got}, expected {} bytes sha256 {}",
+                    end.bytes,
+                    end.sha256
+                );
+                if !to_stdout {
+                    tokio::fs::rename(&partial, output).await?;
+                }
+                return Ok((written, got));
+            }
+            None => {}
+        }
+    }
+    if !to_stdout {
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+    anyhow::bail!("the server ended the download without its final message")
+}

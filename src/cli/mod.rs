@@ -1,0 +1,66 @@
+//! The command line: `lathe serve` runs the server; every other command is a
+//! gRPC client of one (`--addr` / `LATHE_ADDR`).
+
+mod datasets;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::ServeConfig;
+
+#[derive(Parser, Debug)]
+#[command(name = "lathe", version, about = "Self-hosted fine-tuning: datasets, LoRA jobs, graders and evals over gRPC")]
+pub struct Cli {
+    /// Server to talk to.
+    #[arg(long, env = "LATHE_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
+    pub addr: String,
+    /// Print machine-readable JSON instead of human-readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (embedded SQLite and local blobs by default).
+    Serve(ServeConfig),
+    /// Upload, inspect, split and remove datasets.
+    #[command(subcommand)]
+    Datasets(datasets::DatasetsCommand),
+}
+
+/// What a client command's exit status should be.
+pub enum Outcome {
+    Ok,
+    /// The command worked but its subject is not usable (e.g. a dataset
+    /// that failed validation): exit status 2.
+    NotUsable,
+}
+
+pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(uri.clone())?;
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach a lathe server at {uri}: {e} (start one with `lathe serve`)"))
+}
+
+pub async fn run_client(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Serve(_) => unreachable!("serve is handled by main"),
+        Command::Datasets(cmd) => datasets::run(&cli.addr, cli.json, cmd).await,
+    }
+}
+
+pub(crate) fn default_output(id: &str) -> PathBuf {
+    PathBuf::from(format!("{id}.jsonl"))
+}

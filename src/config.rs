@@ -1,0 +1,77 @@
+//! The server's one typed configuration, parsed once from flags and env.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use crate::datasets::manager::DatasetLimits;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "LATHE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory for the embedded database and blobs.
+    #[arg(long, env = "LATHE_DATA_DIR", default_value = "./lathe-data")]
+    pub data_dir: PathBuf,
+    /// Database URL; defaults to sqlite://DATA_DIR/lathe.db.
+    #[arg(long, env = "LATHE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Largest dataset upload in bytes.
+    #[arg(long, env = "LATHE_MAX_UPLOAD_BYTES", default_value_t = 512 << 20)]
+    pub max_upload_bytes: u64,
+    /// Longest single JSONL line in bytes.
+    #[arg(long, env = "LATHE_MAX_LINE_BYTES", default_value_t = 16 << 20)]
+    pub max_line_bytes: usize,
+    /// Per-example token limit; longer examples get a warning.
+    #[arg(long, env = "LATHE_TOKEN_LIMIT", default_value_t = 65_536)]
+    pub token_limit: u64,
+    /// Uploads validated at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LATHE_MAX_CONCURRENT_UPLOADS", default_value_t = 8)]
+    pub max_concurrent_uploads: usize,
+    /// Seconds in-flight requests get to finish after a shutdown signal.
+    #[arg(long, env = "LATHE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "LATHE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl ServeConfig {
+    /// The defaults with `data_dir` and `listen` set: for tests and embedding.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.into(),
+            database_url: None,
+            max_upload_bytes: 512 << 20,
+            max_line_bytes: 16 << 20,
+            token_limit: 65_536,
+            max_concurrent_uploads: 8,
+            shutdown_grace_secs: 30,
+            log_json: false,
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("lathe.db").display()))
+    }
+
+    pub fn blob_dir(&self) -> PathBuf {
+        self.data_dir.join("blobs")
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn dataset_limits(&self) -> DatasetLimits {
+        DatasetLimits {
+            max_upload_bytes: self.max_upload_bytes,
+            max_line_bytes: self.max_line_bytes,
+            token_limit: self.token_limit,
+            max_concurrent_uploads: self.max_concurrent_uploads,
+            ..DatasetLimits::default()
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! The dataset domain service: upload, read, list, delete, download, split.
+//!
+//! Architecture invariant: a dataset row exists only for a blob that is
+//! complete and committed at its content address; a blob exists only while
+//! some row points at it (start-up GC removes what a crash left between the
+//! two steps). `blob_gate` serializes "commit blob + insert row" against
+//! "delete row + remove unreferenced blob" so the two can never interleave.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+
+use super::format::{LineOptions, extract_label};
+use super::ingest::{IngestOptions, Ingestor};
+use super::lines::LineReader;
+use super::model::{DatasetRecord, DatasetState, Lineage};
+use super::report::{DatasetStats, Purpose, ValidationReport};
+use super::tokens::TokenCounter;
+use crate::blobs::{BlobWriter, Blobs};
+use crate::error::{Error, FieldViolation, Result};
+use crate::ids;
+use crate::store::{Cursor, DatasetQuery, Store};
+
+/// Bytes per DownloadDataset message and per read while splitting.
+const READ_CHUNK: u64 = 1 << 20;
+
+#[derive(Clone, Debug)]
+pub struct DatasetLimits {
+    pub max_upload_bytes: u64,
+    pub max_line_bytes: usize,
+    pub token_limit: u64,
+    pub max_listed_problems: usize,
+    pub max_concurrent_uploads: usize,
+}
+
+impl Default for DatasetLimits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 512 << 20,
+            max_line_bytes: 16 << 20,
+            token_limit: 65_536,
+            max_listed_problems: 100,
+            max_concurrent_uploads: 8,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct UploadMeta {
+    pub filename: String,
+    pub purpose: Option<Purpose>,
+    pub display_name: String,
+    pub metadata: BTreeMap<String, String>,
+    pub label_field: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SplitRequest {
+    pub id: String,
+    pub validation_fraction: f64,
+    pub seed: u64,
+    pub stratify_by: Option<String>,
+}
+
+/// What DownloadDataset streams: the bytes, then one terminal piece.
+#[derive(Debug)]
+pub enum DownloadPiece {
+    Chunk(Bytes),
+    End { bytes: u64, sha256: String },
+}
+
+pub struct Datasets {
+    store: Arc<dyn Store>,
+    blobs: Blobs,
+    tokens: Arc<dyn TokenCounter>,
+    limits: DatasetLimits,
+    blob_gate: Mutex<()>,
+    uploads: Arc<Semaphore>,
+}
+
+impl Datasets {
+    pub fn new(store: Arc<dyn Store>, blobs: Blobs, tokens: Arc<dyn TokenCounter>, limits: DatasetLimits) -> Self {
+        let uploads = Arc::new(Semaphore::new(limits.max_concurrent_uploads.max(1)));
+        Self {
+            store,
+            blobs,
+            tokens,
+            limits,
+            blob_gate: Mutex::new(()),
+            uploads,
+        }
+    }
+
+    /// Removes staging debris and blobs no row points at. Run at start-up,
+    /// before serving, when no upload can be in flight.
+    pub async fn recover(&self) -> Result<()> {
+        let swept = self.blobs.sweep_staging().await?;
+        let in_use: std::collections::HashSet<String> = self.store.blobs_in_use().await?.into_iter().collect();
+        let mut orphans = 0;
+        for sha in self.blobs.list().await? {
+            if !in_use.contains(&sha) {
+                self.blobs.delete(&sha).await?;
+                orphans += 1;
+            }
+        }
+        if swept > 0 || orphans > 0 {
+            tracing::info!(staging_files = swept, orphan_blobs = orphans, "removed leftovers of interrupted uploads");
+        }
+        Ok(())
+    }
+
+    fn ingest_options(&self, purpose: Purpose, label_field: Option<String>) -> IngestOptions {
+        IngestOptions {
+            line: LineOptions {
+                purpose,
+                token_limit: self.limits.token_limit,
+                max_depth: 64,
+                label_pointer: label_field,
+            },
+            max_line_bytes: self.limits.max_line_bytes,
+            max_problems: self.limits.max_listed_problems,
+        }
+    }
+
+    /// Streams `chunks` into a staged blob and the validator at once; the
+    /// file is never held in memory. On any error (client gone, size limit,
+    /// storage) nothing is left behind.
+    pub async fn upload<S>(&self, meta: UploadMeta, chunks: S) -> Result<DatasetRecord>
+    where
+        S: Stream<Item = Result<Bytes>> + Unpin,
+    {
+        let purpose = validate_upload_meta(&meta)?;
+        let _permit = self.uploads.clone().try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted(format!(
+                "too many concurrent uploads (limit {}); retry shortly",
+                self.limits.max_concurrent_uploads
+            ))
+        })?;
+        let writer = self.blobs.writer().await?;
+        let (tx, rx) = mpsc::channel::<Bytes>(8);
+        let mut ingestor = Ingestor::new(self.ingest_options(purpose, meta.label_field.clone()), self.tokens.clone());
+        let validation = tokio::task::spawn_blocking(move || {
+            let mut rx = rx;
+            while let Some(chunk) = rx.blocking_recv() {
+                ingestor.push(&chunk);
+            }
+            ingestor.finish()
+        });
+
+        let writer = match self.pump(chunks, writer, &tx).await {
+            Ok(writer) => writer,
+            Err(e) => {
+                drop(tx);
+                validation.abort();
+                return Err(e);
+            }
+        };
+        drop(tx);
+        let staged = writer.finish().await?;
+        let (report, stats) = validation
+            .await
+            .map_err(|e| Error::Internal(format!("validation task failed: {e}")))?;
+
+        let record = DatasetRecord {
+            id: ids::new_id("ds"),
+            display_name: if meta.display_name.is_empty() {
+                meta.filename.clone()
+            } else {
+                meta.display_name
+            },
+            filename: meta.filename,
+            purpose,
+            state: state_for(&report),
+            bytes: staged.size,
+            sha256: staged.sha256.clone(),
+            created_at: now_millis(),
+            metadata: meta.metadata,
+            report,
+            stats,
+            lineage: None,
+        };
+        let _gate = self.blob_gate.lock().await;
+        staged.commit().await?;
+        self.store.insert_dataset(&record).await?;
+        tracing::info!(
+            dataset = %record.id, purpose = purpose.as_str(), bytes = record.bytes,
+            rows = record.report.total_rows, state = record.state.as_str(), "dataset stored"
+        );
+        Ok(record)
+    }
+
+    async fn pump<S>(&self, mut chunks: S, mut writer: BlobWriter, tx: &mpsc::Sender<Bytes>) -> Result<BlobWriter>
+    where
+        S: Stream<Item = Result<Bytes>> + Unpin,
+    {
+        while let Some(chunk) = chunks.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    writer.abort().await;
+                    return Err(e);
+                }
+            };
+            if writer.size() + chunk.len() as u64 > self.limits.max_upload_bytes {
+                writer.abort().await;
+                return Err(Error::ResourceExhausted(format!(
+                    "upload exceeds the size limit of {} bytes",
+                    self.limits.max_upload_bytes
+                )));
+            }
+            if let Err(e) = writer.write(&chunk).await {
+                writer.abort().await;
+                return Err(e.into());
+            }
+            if tx.send(chunk).await.is_err() {
+                writer.abort().await;
+                return Err(Error::Internal("validator stopped early".into()));
+            }
+        }
+        Ok(writer)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<DatasetRecord> {
+        check_id(id, "id")?;
+        self.store
+            .get_dataset(id)
+            .await?
+            .ok_or_else(|| Error::not_found("dataset", id))
+    }
+
+    /// Returns a page, newest first, and the token for the next page.
+    pub async fn list(
+        &self,
+        purpose: Option<Purpose>,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<DatasetRecord>, String)> {
+        let limit = page_limit(page_size)?;
+        let after = decode_page_token(page_token)?;
+        let mut rows = self
+            .store
+            .list_datasets(&DatasetQuery {
+                purpose,
+                after,
+                limit: limit + 1,
+            })
+            .await?;
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(encode_page_token).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((rows, next))
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<DatasetRecord> {
+        check_id(id, "id")?;
+        // Jobs do not exist yet; once they do, a dataset a job references is
+        // refused here with FAILED_PRECONDITION before anything is removed.
+        let _gate = self.blob_gate.lock().await;
+        let record = self
+            .store
+            .delete_dataset(id)
+            .await?
+            .ok_or_else(|| Error::not_found("dataset", id))?;
+        if !self.store.blob_in_use(&record.sha256).await? {
+            if let Err(e) = self.blobs.delete(&record.sha256).await {
+                // The row is gone; start-up GC removes the blob later.
+                tracing::warn!(dataset = %id, error = %e, "could not remove blob");
+            }
+        }
+        Ok(record)
+    }
+
+    /// A bounded stream of the stored bytes, then `DownloadPiece::End`.
+    pub async fn download(&self, id: &str) -> Result<mpsc::Receiver<Result<DownloadPiece>>> {
+        let record = self.get(id).await?;
+        let blobs = self.blobs.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut offset = 0;
+            while offset < record.bytes {
+                let end = (offset + READ_CHUNK).min(record.bytes);
+                let piece = blobs.read_range(&record.sha256, offset..end).await;
+                let failed = piece.is_err();
+                if tx.send(piece.map(DownloadPiece::Chunk).map_err(Error::from)).await.is_err() || failed {
+                    return; // the client went away, or the error was sent
+                }
+                offset = end;
+            }
+            let _ = tx
+                .send(Ok(DownloadPiece::End {
+                    bytes: record.bytes,
+                    sha256: record.sha256,
+                }))
+                .await;
+        });
+        Ok(rx)
+    }
+
+    /// Splits a READY dataset into two new datasets. Rows are assigned by a
+    /// seeded shuffle, per label when `stratify_by` is set, so the same
+    /// request always gives the same split.
+    pub async fn split(&self, req: SplitRequest) -> Result<(DatasetRecord, DatasetRecord)> {
+        let source = self.get(&req.id).await?;
+        let fraction = req.validation_fraction;
+        if !(fraction.is_finite() && fraction > 0.0 && fraction < 1.0) {
+            return Err(Error::invalid("validation_fraction", "must be greater than 0 and less than 1"));
+        }
+        if let Some(pointer) = &req.stratify_by {
+            check_pointer(pointer, "stratify_by")?;
+        }
+        if source.state != DatasetState::Ready {
+            return Err(Error::precondition(
+                "DATASET_STATE",
+                &source.id,
+                format!("dataset {} failed validation; fix the file and upload it again", source.id),
+            ));
+        }
+        if source.report.valid_rows < 2 {
+            return Err(Error::precondition(
+                "DATASET_ROWS",
+                &source.id,
+                format!("dataset {} has fewer than 2 rows to split", source.id),
+            ));
+        }
+
+        let handle = tokio::runtime::Handle::current();
+        let blobs = self.blobs.clone();
+        let src = source.clone();
+        let stratify = req.stratify_by.clone();
+        let labels = tokio::task::spawn_blocking(move || -> Result<Vec<Option<String>>> {
+            let mut labels = Vec::new();
+            for line in LineReader::new(&handle, &blobs, &src.sha256, src.bytes) {
+                let line = line?;
+                labels.push(match &stratify {
+                    Some(p) => serde_json::from_slice(&line).ok().and_then(|v| extract_label(&v, p)),
+                    None => None,
+                });
+            }
+            Ok(labels)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("split task failed: {e}")))??;
+
+        let to_validation = assign_split(&labels, fraction, req.seed);
+        let options = [
+            self.ingest_options(source.purpose, req.stratify_by.clone()),
+            self.ingest_options(source.purpose, req.stratify_by.clone()),
+        ];
+        let writers = [self.blobs.writer().await?, self.blobs.writer().await?];
+        let handle = tokio::runtime::Handle::current();
+        let blobs = self.blobs.clone();
+        let tokens = self.tokens.clone();
+        let src = source.clone();
+        let outputs = tokio::task::spawn_blocking(move || -> Result<Vec<(BlobWriter, ValidationReport, DatasetStats)>> {
+            let [o0, o1] = options;
+            let mut ingestors = [Ingestor::new(o0, tokens.clone()), Ingestor::new(o1, tokens)];
+            let mut writers = writers;
+            for (i, line) in LineReader::new(&handle, &blobs, &src.sha256, src.bytes).enumerate() {
+                let mut line = line?.to_vec();
+                line.push(b'\n');
+                let side = usize::from(to_validation.get(i).copied().unwrap_or(false));
+                handle.block_on(writers[side].write(&line))?;
+                ingestors[side].push(&line);
+            }
+            let [w0, w1] = writers;
+            let [i0, i1] = ingestors;
+            let (r0, s0) = i0.finish();
+            let (r1, s1) = i1.finish();
+            Ok(vec![(w0, r0, s0), (w1, r1, s1)])
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("split task failed: {e}")))??;
+
+        let mut records = Vec::with_capacity(2);
+        let mut staged = Vec::with_capacity(2);
+        for ((writer, report, stats), split) in outputs.into_iter().zip(["train", "validation"]) {
+            let blob = writer.finish().await?;
+            let record = DatasetRecord {
+                id: ids::new_id("ds"),
+                filename: split_filename(&source.filename, split),
+                display_name: format!("{} ({split})", source.display_name),
+                purpose: source.purpose,
+                state: state_for(&report),
+                bytes: blob.size,
+                sha256: blob.sha256.clone(),
+                created_at: now_millis(),
+                metadata: source.metadata.clone(),
+                report,
+                stats,
+                lineage: Some(Lineage {
+                    source_dataset_id: source.id.clone(),
+                    split: split.to_string(),
+                    validation_fraction: fraction,
+                    seed: req.seed,
+                    stratify_by: req.stratify_by.clone(),
+                }),
+            };
+            records.push(record);
+            staged.push(blob);
+        }
+        let _gate = self.blob_gate.lock().await;
+        for (blob, record) in staged.into_iter().zip(&records) {
+            blob.commit().await?;
+            self.store.insert_dataset(record).await?;
+        }
+        let validation = records.pop().ok_or_else(|| Error::Internal("split lost a side".into()))?;
+        let train = records.pop().ok_or_else(|| Error::Internal("split lost a side".into()))?;
+        Ok((train, validation))
+    }
+}
+
+fn state_for(report: &ValidationReport) -> DatasetState {
+    if report.is_valid() {
+        DatasetState::Ready
+    } else {
+        DatasetState::Failed
+    }
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
+}
+
+fn split_filename(filename: &str, split: &str) -> String {
+    match filename.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem}.{split}.{ext}"),
+        None => format!("{filename}.{split}"),
+    }
+}
+
+fn check_id(id: &str, field: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::invalid(field, "a dataset id is required"));
+    }
+    if !ids::is_valid("ds", id) {
+        return Err(Error::invalid(field, format!("{id:?} is not a dataset id (ds_ followed by 26 characters)")));
+    }
+    Ok(())
+}
+
+fn check_pointer(pointer: &str, field: &str) -> Result<()> {
+    if !pointer.starts_with('/') {
+        return Err(Error::invalid(
+            field,
+            format!("{pointer:?} is not a JSON pointer; write it like /label or /messages/-1/content"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_upload_meta(meta: &UploadMeta) -> Result<Purpose> {
+    let mut problems = Vec::new();
+    if meta.filename.trim().is_empty() {
+        problems.push(FieldViolation::new("metadata.filename", "a filename is required"));
+    } else if meta.filename.chars().count() > 255 {
+        problems.push(FieldViolation::new("metadata.filename", "at most 255 characters"));
+    }
+    if meta.display_name.chars().count() > 255 {
+        problems.push(FieldViolation::new("metadata.display_name", "at most 255 characters"));
+    }
+    if meta.purpose.is_none() {
+        problems.push(FieldViolation::new("metadata.purpose", "a purpose is required: sft, dpo, rft or eval"));
+    }
+    if meta.metadata.len() > 16 {
+        problems.push(FieldViolation::new("metadata.metadata", "at most 16 key-value pairs"));
+    }
+    for (key, value) in &meta.metadata {
+        if key.is_empty() || key.chars().count() > 64 {
+            problems.push(FieldViolation::new(format!("metadata.metadata[{key}]"), "keys are 1 to 64 characters"));
+        }
+        if value.chars().count() > 512 {
+            problems.push(FieldViolation::new(format!("metadata.metadata[{key}]"), "values are at most 512 characters"));
+        }
+    }
+    if let Some(pointer) = &meta.label_field
+        && let Err(Error::InvalidArgument(v)) = check_pointer(pointer, "metadata.label_field")
+    {
+        problems.extend(v);
+    }
+    match (problems.is_empty(), meta.purpose) {
+        (true, Some(purpose)) => Ok(purpose),
+        _ => Err(Error::InvalidArgument(problems)),
+    }
+}
+
+const TOKEN_PREFIX: &str = "dsp1.";
+
+fn encode_page_token(last: &DatasetRecord) -> String {
+    format!("{TOKEN_PREFIX}{}", hex::encode(format!("{}:{}", last.created_at, last.id)))
+}
+
+fn decode_page_token(token: &str) -> Result<Option<Cursor>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::invalid("page_token", "not a page token from a previous ListDatasets response");
+    let raw = token.strip_prefix(TOKEN_PREFIX).ok_or_else(bad)?;
+    let text = String::from_utf8(hex::decode(raw).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (ts, id) = text.split_once(':').ok_or_else(bad)?;
+    Ok(Some(Cursor {
+        created_at: ts.parse().map_err(|_| bad())?,
+        id: id.to_string(),
+    }))
+}
+
+pub(crate) fn page_limit(page_size: i32) -> Result<usize> {
+    match page_size {
+        0 => Ok(20),
+        1..=1000 => Ok(page_size as usize),
+        _ => Err(Error::invalid("page_size", "must be between 0 (default 20) and 1000")),
+    }
+}
+
+/// SplitMix64: tiny, and its output for a seed is fixed forever, unlike a
+/// library RNG whose algorithm may change between versions.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// For each row, whether it goes to validation. Rows are grouped by label
+/// (one group when no labels); each group sends round(len × fraction) rows,
+/// chosen by a seeded shuffle, to validation. Both sides get at least one row.
+pub(crate) fn assign_split(labels: &[Option<String>], fraction: f64, seed: u64) -> Vec<bool> {
+    let mut groups: BTreeMap<Option<&str>, Vec<usize>> = BTreeMap::new();
+    for (i, label) in labels.iter().enumerate() {
+        groups.entry(label.as_deref()).or_default().push(i);
+    }
+    let mut rng = SplitMix64(seed);
+    let mut out = vec![false; labels.len()];
+    for rows in groups.values_mut() {
+        for i in (1..rows.len()).rev() {
+            let j = rng.below(i + 1);
+            rows.swap(i, j);
+        }
+        let take = (rows.len() as f64 * fraction).round() as usize;
+        for &row in rows.iter().take(take) {
+            out[row] = true;
+        }
+    }
+    let n_valid = out.iter().filter(|v| **v).count();
+    if !labels.is_empty() && n_valid == 0 {
+        out[rng.below(labels.len())] = true;
+    } else if labels.len() > 1 && n_valid == labels.len() {
+        out[rng.below(labels.len())] = false;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_deterministic_and_proportional() {
+        let labels: Vec<Option<String>> = (0..1000).map(|i| Some(format!("l{}", i % 4))).collect();
+        let a = assign_split(&labels, 0.2, 42);
+        assert_eq!(a, assign_split(&labels, 0.2, 42));
+        assert_ne!(a, assign_split(&labels, 0.2, 43));
+        assert_eq!(a.iter().filter(|v| **v).count(), 200);
+        for l in 0..4 {
+            let label = format!("l{l}");
+            let in_valid = labels
+                .iter()
+                .zip(&a)
+                .filter(|(x, v)| x.as_deref() == Some(label.as_str()) && **v)
+                .count();
+            assert_eq!(in_valid, 50, "label {label}");
+        }
+    }
+
+    #[test]
+    fn split_keeps_both_sides_non_empty() {
+        let labels = vec![None, None];
+        let a = assign_split(&labels, 0.01, 1);
+        assert_eq!(a.iter().filter(|v| **v).count(), 1);
+        let a = assign_split(&labels, 0.99, 1);
+        assert_eq!(a.iter().filter(|v| **v).count(), 1);
+    }
+
+    #[test]
+    fn page_tokens_roundtrip_and_reject_garbage() {
+        let mut r = crate::store::suite::dataset("ds_00000000000000000000000001", 77, None);
+        r.created_at = 1_700_000_000_123;
+        let t = encode_page_token(&r);
+        assert_eq!(
+            decode_page_token(&t).unwrap(),
+            Some(Cursor {
+                created_at: r.created_at,
+                id: r.id.clone()
+            })
+        );
+        assert!(decode_page_token("garbage").is_err());
+        assert!(decode_page_token("dsp1.zz").is_err());
+        assert_eq!(decode_page_token("").unwrap(), None);
+    }
+
+    #[test]
+    fn upload_metadata_problems_are_all_reported() {
+        let meta = UploadMeta {
+            filename: String::new(),
+            purpose: None,
+            display_name: String::new(),
+            metadata: BTreeMap::new(),
+            label_field: Some("label".into()),
+        };
+        let Err(Error::InvalidArgument(v)) = validate_upload_meta(&meta) else {
+            panic!("expected invalid argument");
+        };
+        let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["metadata.filename", "metadata.purpose", "metadata.label_field"]);
+    }
+}

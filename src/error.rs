@@ -1,0 +1,145 @@
+//! Domain errors and their one mapping to the wire.
+//!
+//! Domain code returns `Error`; only `impl From<Error> for tonic::Status`
+//! knows about gRPC. Field problems travel as `google.rpc.BadRequest` field
+//! violations so clients can point at the offending field.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{blobs::BlobError, store::StoreError};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid argument: {}", join(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{message}")]
+    FailedPrecondition {
+        message: String,
+        /// (type, subject) pairs of the violated preconditions.
+        violations: Vec<(String, String)>,
+    },
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("request cancelled: {0}")]
+    Cancelled(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("blob storage: {0}")]
+    Blob(#[from] BlobError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn join(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
+        Error::NotFound { kind, id: id.into() }
+    }
+
+    pub fn precondition(kind: impl Into<String>, subject: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::FailedPrecondition {
+            message: message.into(),
+            violations: vec![(kind.into(), subject.into())],
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let message = err.to_string();
+        let mut details = ErrorDetails::new();
+        let code = match err {
+            Error::InvalidArgument(violations) => {
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description);
+                }
+                Code::InvalidArgument
+            }
+            Error::NotFound { kind, id } => {
+                details.set_resource_info(kind, id, "", "not found");
+                Code::NotFound
+            }
+            Error::FailedPrecondition { violations, .. } => {
+                for (kind, subject) in violations {
+                    details.add_precondition_failure_violation(kind, subject, message.clone());
+                }
+                Code::FailedPrecondition
+            }
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Cancelled(_) => Code::Cancelled,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Store(StoreError::Conflict(_)) => Code::AlreadyExists,
+            Error::Store(_) | Error::Blob(_) | Error::Internal(_) => {
+                // Internal causes are logged here, once, and not leaked.
+                tracing::error!(error = %message, "internal error");
+                return Status::internal("internal error; see the server log");
+            }
+        };
+        Status::with_error_details(code, message, details)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_violations_travel_as_details() {
+        let status: Status = Error::invalid("metadata.purpose", "purpose is required").into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let bad = details.bad_request().expect("bad request details");
+        assert_eq!(bad.field_violations[0].field, "metadata.purpose");
+        assert!(status.message().contains("purpose is required"));
+    }
+
+    #[test]
+    fn internal_errors_are_not_leaked() {
+        let status: Status = Error::Internal("disk on fire at /secret/path".into()).into();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("/secret"));
+    }
+
+    #[test]
+    fn precondition_and_not_found_codes() {
+        let s: Status = Error::precondition("STATE", "ds_x", "dataset ds_x is FAILED").into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(s.get_error_details().precondition_failure().unwrap().violations[0].subject, "ds_x");
+        let s: Status = Error::not_found("dataset", "ds_y").into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "dataset ds_y not found");
+    }
+}

@@ -1,0 +1,82 @@
+//! Wiring: open the store and blobs, build the services, serve until told
+//! to stop, then drain.
+
+use std::{future::Future, sync::Arc};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::{DatasetApi, EvalApi, FineTuningApi, GraderApi, ModelApi};
+use crate::blobs::Blobs;
+use crate::config::ServeConfig;
+use crate::datasets::{manager::Datasets, tokens::O200k};
+use crate::proto::{
+    FILE_DESCRIPTOR_SET, dataset_service_server::DatasetServiceServer, eval_service_server::EvalServiceServer,
+    fine_tuning_service_server::FineTuningServiceServer, grader_service_server::GraderServiceServer,
+    model_service_server::ModelServiceServer,
+};
+use crate::store;
+
+/// Serves on `listener` until `shutdown` completes, then stops accepting
+/// and gives in-flight requests `config.shutdown_grace()` to finish.
+pub async fn run(listener: TcpListener, config: ServeConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let store = store::open(&config.database_url()).await.context("opening the database")?;
+    let blobs = Blobs::local(config.blob_dir()).context("opening the blob directory")?;
+    let datasets = Arc::new(Datasets::new(store, blobs, Arc::new(O200k::new()), config.dataset_limits()));
+    datasets.recover().await.context("cleaning up after interrupted uploads")?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<DatasetServiceServer<DatasetApi>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "lathe serving");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(DatasetServiceServer::new(DatasetApi::new(datasets)))
+        .add_service(FineTuningServiceServer::new(FineTuningApi))
+        .add_service(ModelServiceServer::new(ModelApi))
+        .add_service(GraderServiceServer::new(GraderApi))
+        .add_service(EvalServiceServer::new(EvalApi))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new requests; letting in-flight ones finish");
+            health.set_not_serving::<DatasetServiceServer<DatasetApi>>().await;
+            let _ = stop_tx.send(());
+        });
+
+    let grace = config.shutdown_grace();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        () = async {
+            if stop_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            // Dropped requests abort their staged writes; whatever a hard
+            // stop leaves in staging is swept at the next start.
+            tracing::warn!(grace_secs = grace.as_secs(), "grace period over; dropping in-flight requests");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

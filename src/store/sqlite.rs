@@ -1,0 +1,188 @@
+//! The embedded default backend: one SQLite file in WAL mode.
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use sqlx::{
+    Row,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+};
+
+use super::{DatasetQuery, Store, StoreError};
+use crate::datasets::model::{DatasetRecord, DatasetState};
+use crate::datasets::report::Purpose;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL with NORMAL survives a process kill; only an OS crash can
+            // lose the last commits, never corrupt the file.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        // Each connection to ":memory:" is its own database, so keep one.
+        let max = if in_memory { 1 } else { 8 };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Our own plain data types always serialize.
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(id: &str, column: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        id: id.to_string(),
+        reason: format!("column {column}: {e}"),
+    })
+}
+
+fn dataset_from_row(row: &SqliteRow) -> Result<DatasetRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    let purpose: String = row.try_get("purpose")?;
+    let state: String = row.try_get("state")?;
+    let lineage: Option<String> = row.try_get("lineage")?;
+    let bytes: i64 = row.try_get("bytes")?;
+    Ok(DatasetRecord {
+        filename: row.try_get("filename")?,
+        display_name: row.try_get("display_name")?,
+        purpose: Purpose::from_str(&purpose).map_err(|_| StoreError::Corrupt {
+            id: id.clone(),
+            reason: format!("unknown purpose {purpose:?}"),
+        })?,
+        state: DatasetState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            id: id.clone(),
+            reason: format!("unknown state {state:?}"),
+        })?,
+        bytes: bytes as u64,
+        sha256: row.try_get("sha256")?,
+        created_at: row.try_get("created_at")?,
+        metadata: from_json(&id, "metadata", &row.try_get::<String, _>("metadata")?)?,
+        report: from_json(&id, "report", &row.try_get::<String, _>("report")?)?,
+        stats: from_json(&id, "stats", &row.try_get::<String, _>("stats")?)?,
+        lineage: match lineage {
+            Some(text) => Some(from_json(&id, "lineage", &text)?),
+            None => None,
+        },
+        id,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_dataset(&self, d: &DatasetRecord) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO datasets (id, filename, display_name, purpose, state, bytes, sha256, created_at, metadata, report, stats, lineage)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&d.id)
+        .bind(&d.filename)
+        .bind(&d.display_name)
+        .bind(d.purpose.as_str())
+        .bind(d.state.as_str())
+        .bind(d.bytes as i64)
+        .bind(&d.sha256)
+        .bind(d.created_at)
+        .bind(to_json(&d.metadata))
+        .bind(to_json(&d.report))
+        .bind(to_json(&d.stats))
+        .bind(d.lineage.as_ref().map(to_json))
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(d.id.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM datasets WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(dataset_from_row).transpose()
+    }
+
+    async fn list_datasets(&self, q: &DatasetQuery) -> Result<Vec<DatasetRecord>, StoreError> {
+        let (after_ts, after_id) = match &q.after {
+            Some(c) => (c.created_at, c.id.clone()),
+            None => (i64::MAX, String::new()),
+        };
+        let rows = sqlx::query(
+            "SELECT * FROM datasets
+             WHERE (?1 IS NULL OR purpose = ?1)
+               AND (created_at < ?2 OR (created_at = ?2 AND id < ?3) OR ?4)
+             ORDER BY created_at DESC, id DESC
+             LIMIT ?5",
+        )
+        .bind(q.purpose.map(|p| p.as_str()))
+        .bind(after_ts)
+        .bind(after_id)
+        .bind(q.after.is_none())
+        .bind(q.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dataset_from_row).collect()
+    }
+
+    async fn delete_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
+        let row = sqlx::query("DELETE FROM datasets WHERE id = ? RETURNING *")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(dataset_from_row).transpose()
+    }
+
+    async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM datasets WHERE sha256 = ?)")
+            .bind(sha256)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)? != 0)
+    }
+
+    async fn blobs_in_use(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT sha256 FROM datasets")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| r.try_get(0).map_err(Into::into)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> SqliteStore {
+        SqliteStore::open("sqlite::memory:").await.expect("open in-memory sqlite")
+    }
+
+    crate::store_suite!(store().await);
+
+    #[tokio::test]
+    async fn file_database_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("lathe.db").display());
+        let record = crate::store::suite::dataset("ds_00000000000000000000000001", 1, None);
+        {
+            let s = SqliteStore::open(&url).await.unwrap();
+            s.insert_dataset(&record).await.unwrap();
+        }
+        let s = SqliteStore::open(&url).await.unwrap();
+        assert_eq!(s.get_dataset(&record.id).await.unwrap(), Some(record));
+    }
+}

@@ -1,0 +1,156 @@
+//! A real server on 127.0.0.1:0 per test, and clients for it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use lathe::config::ServeConfig;
+use lathe::proto::{self, dataset_service_client::DatasetServiceClient, upload_dataset_request};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub config: ServeConfig,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(ServeConfig::embedded(data_dir)).await
+    }
+
+    pub async fn start_with(config: ServeConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(lathe::server::run(listener, config.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            config,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        // The listener is bound before `start` returns, so connecting cannot
+        // race the server: no sleeps or retries needed.
+        Channel::from_shared(self.url()).unwrap().connect().await.expect("connect")
+    }
+
+    pub async fn datasets(&self) -> DatasetServiceClient<Channel> {
+        DatasetServiceClient::new(self.channel().await)
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Signals shutdown and waits until the server has drained and returned.
+    pub async fn stop(mut self) {
+        self.signal_stop();
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server run");
+        }
+    }
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+pub fn metadata_message(filename: &str, purpose: proto::DatasetPurpose, label_field: &str) -> proto::UploadDatasetRequest {
+    proto::UploadDatasetRequest {
+        payload: Some(upload_dataset_request::Payload::Metadata(proto::UploadDatasetMetadata {
+            filename: filename.to_string(),
+            purpose: purpose as i32,
+            display_name: String::new(),
+            metadata: [("source".to_string(), "test".to_string())].into(),
+            label_field: label_field.to_string(),
+        })),
+    }
+}
+
+pub fn chunk_message(bytes: &[u8]) -> proto::UploadDatasetRequest {
+    proto::UploadDatasetRequest {
+        payload: Some(upload_dataset_request::Payload::Chunk(bytes.to_vec().into())),
+    }
+}
+
+/// Uploads `bytes` in chunks of `chunk` bytes.
+pub async fn upload_bytes(
+    client: &mut DatasetServiceClient<Channel>,
+    filename: &str,
+    purpose: proto::DatasetPurpose,
+    label_field: &str,
+    bytes: &[u8],
+    chunk: usize,
+) -> Result<proto::Dataset, tonic::Status> {
+    let mut messages = vec![metadata_message(filename, purpose, label_field)];
+    messages.extend(bytes.chunks(chunk.max(1)).map(chunk_message));
+    let response = client.upload_dataset(tokio_stream::iter(messages)).await?;
+    Ok(response.into_inner().dataset.expect("dataset in response"))
+}
+
+pub async fn upload_fixture(
+    client: &mut DatasetServiceClient<Channel>,
+    name: &str,
+    purpose: proto::DatasetPurpose,
+    label_field: &str,
+) -> proto::Dataset {
+    let bytes = std::fs::read(fixture(name)).expect("read fixture");
+    upload_bytes(client, name, purpose, label_field, &bytes, 64 << 10)
+        .await
+        .expect("upload")
+}
+
+pub async fn download_all(client: &mut DatasetServiceClient<Channel>, id: &str) -> (Vec<u8>, proto::DownloadDatasetEnd) {
+    let mut stream = client
+        .download_dataset(proto::DownloadDatasetRequest { id: id.to_string() })
+        .await
+        .expect("download")
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(msg) = stream.message().await.expect("download message") {
+        match msg.payload.expect("payload") {
+            proto::download_dataset_response::Payload::Chunk(c) => bytes.extend_from_slice(&c),
+            proto::download_dataset_response::Payload::End(end) => {
+                assert!(stream.message().await.expect("after end").is_none(), "end is the last message");
+                return (bytes, end);
+            }
+        }
+    }
+    panic!("download ended without its terminal message");
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -1,0 +1,155 @@
+//! The server's surface: health, reflection, UNIMPLEMENTED for what is not
+//! built yet, and the CLI talking to it.
+
+mod common;
+
+use common::*;
+use lathe::proto;
+use tonic::Code;
+
+#[tokio::test]
+async fn health_reports_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "lathe.v1.DatasetService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reflection_lists_every_service() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "lathe.v1.DatasetService",
+        "lathe.v1.FineTuningService",
+        "lathe.v1.ModelService",
+        "lathe.v1.GraderService",
+        "lathe.v1.EvalService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn services_not_built_yet_answer_unimplemented() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let channel = server.channel().await;
+    let err = proto::fine_tuning_service_client::FineTuningServiceClient::new(channel.clone())
+        .get_job(proto::GetJobRequest { id: "job_x".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    let err = proto::grader_service_client::GraderServiceClient::new(channel.clone())
+        .validate_grader(proto::ValidateGraderRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    let err = proto::eval_service_client::EvalServiceClient::new(channel.clone())
+        .get_eval_run(proto::GetEvalRunRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    let err = proto::model_service_client::ModelServiceClient::new(channel)
+        .list_models(proto::ListModelsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    server.stop().await;
+}
+
+fn lathe(addr: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
+        .args(args)
+        .env("LATHE_ADDR", addr)
+        .output()
+        .expect("run lathe")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_uploads_lists_splits_downloads_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let addr = server.url();
+    let file = fixture("banking77/banking77_train_sft.jsonl").to_str().unwrap().to_string();
+    let out_path = dir.path().join("copy.jsonl");
+    let out_str = out_path.to_str().unwrap().to_string();
+    let addr2 = addr.clone();
+    let (upload, list, split, download, broken) = tokio::task::spawn_blocking(move || {
+        let upload = lathe(
+            &addr2,
+            &["--json", "datasets", "upload", &file, "--purpose", "sft", "--label-field", "/messages/-1/content", "--metadata", "team=risk"],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&upload.stdout).expect("upload json");
+        let id = v["id"].as_str().unwrap().to_string();
+        let list = lathe(&addr2, &["datasets", "list"]);
+        let split = lathe(&addr2, &["--json", "datasets", "split", &id, "--validation-fraction", "0.1", "--seed", "3"]);
+        let download = lathe(&addr2, &["datasets", "download", &id, "-o", &out_str]);
+        let broken = lathe(&addr2, &["datasets", "upload", fixture("sft_broken.jsonl").to_str().unwrap(), "--purpose", "sft"]);
+        (upload, list, split, download, broken)
+    })
+    .await
+    .unwrap();
+
+    assert!(upload.status.success(), "{}", String::from_utf8_lossy(&upload.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&upload.stdout).unwrap();
+    assert_eq!(v["state"], "ready");
+    assert_eq!(v["purpose"], "sft");
+    assert_eq!(v["metadata"]["team"], "risk");
+    assert_eq!(v["validation"]["valid_rows"], 500);
+    let id = v["id"].as_str().unwrap();
+
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert!(list.contains(id) && list.contains("READY"), "{list}");
+
+    assert!(split.status.success());
+    let s: serde_json::Value = serde_json::from_slice(&split.stdout).unwrap();
+    assert_eq!(s["validation"]["validation"]["total_rows"], 50);
+    assert_eq!(s["train"]["lineage"]["source_dataset_id"], id);
+
+    assert!(download.status.success(), "{}", String::from_utf8_lossy(&download.stderr));
+    assert_eq!(std::fs::read(&out_path).unwrap(), std::fs::read(fixture("banking77/banking77_train_sft.jsonl")).unwrap());
+
+    // A file that fails validation is stored, shown, and exits with 2.
+    assert_eq!(broken.status.code(), Some(2));
+    let text = String::from_utf8(broken.stdout).unwrap();
+    assert!(text.contains("FAILED") && text.contains("unrecognized_role") && text.contains("/messages/2/role"), "{text}");
+
+    let addr3 = addr.clone();
+    let id2 = id.to_string();
+    let (delete, get) = tokio::task::spawn_blocking(move || {
+        (lathe(&addr3, &["datasets", "delete", &id2]), lathe(&addr3, &["datasets", "get", &id2]))
+    })
+    .await
+    .unwrap();
+    assert!(delete.status.success());
+    assert_eq!(get.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&get.stderr).contains("not found"));
+    server.stop().await;
+}
