@@ -75,11 +75,7 @@ impl Blobs {
 
     /// Every stored blob's sha256.
     pub async fn list(&self) -> Result<Vec<String>, BlobError> {
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&Path::from("blobs/sha256")))
-            .try_collect()
-            .await?;
+        let metas: Vec<_> = self.store.list(Some(&Path::from("blobs/sha256"))).try_collect().await?;
         Ok(metas
             .into_iter()
             .filter_map(|m| m.location.filename().map(str::to_string))
@@ -89,11 +85,7 @@ impl Blobs {
     /// Removes what interrupted uploads left in staging. Call only when no
     /// upload is in flight (at start-up).
     pub async fn sweep_staging(&self) -> Result<usize, BlobError> {
-        let staged: Vec<_> = self
-            .store
-            .list(Some(&Path::from("staging")))
-            .try_collect()
-            .await?;
+        let staged: Vec<_> = self.store.list(Some(&Path::from("staging"))).try_collect().await?;
         let mut removed = 0;
         for meta in staged {
             self.store.delete(&meta.location).await?;

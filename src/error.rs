@@ -137,7 +137,10 @@ mod tests {
     fn precondition_and_not_found_codes() {
         let s: Status = Error::precondition("STATE", "ds_x", "dataset ds_x is FAILED").into();
         assert_eq!(s.code(), Code::FailedPrecondition);
-        assert_eq!(s.get_error_details().precondition_failure().unwrap().violations[0].subject, "ds_x");
+        assert_eq!(
+            s.get_error_details().precondition_failure().unwrap().violations[0].subject,
+            "ds_x"
+        );
         let s: Status = Error::not_found("dataset", "ds_y").into();
         assert_eq!(s.code(), Code::NotFound);
         assert_eq!(s.message(), "dataset ds_y not found");

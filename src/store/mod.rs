@@ -4,6 +4,8 @@
 //! whether an operation is allowed (that is the domain's job); it only makes
 //! each call atomic. Every backend passes the same suite (`store::suite`).
 
+mod postgres;
+mod rows;
 mod sqlite;
 
 #[cfg(test)]
@@ -11,6 +13,7 @@ pub(crate) mod suite;
 
 use async_trait::async_trait;
 
+pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 use crate::datasets::model::DatasetRecord;
 use crate::datasets::report::Purpose;
@@ -25,7 +28,7 @@ pub enum StoreError {
     Conflict(String),
     #[error("stored record {id} is unreadable: {reason}")]
     Corrupt { id: String, reason: String },
-    #[error("unsupported database url {0:?}: expected sqlite://PATH or sqlite::memory:")]
+    #[error("unsupported database url {0:?}: expected sqlite://PATH, sqlite::memory: or postgres://...")]
     UnsupportedUrl(String),
 }
 
@@ -62,6 +65,9 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         return Ok(std::sync::Arc::new(SqliteStore::open(url).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(PostgresStore::open(url).await?));
     }
     Err(StoreError::UnsupportedUrl(url.to_string()))
 }

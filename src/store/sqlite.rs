@@ -5,12 +5,12 @@ use std::{str::FromStr, time::Duration};
 use async_trait::async_trait;
 use sqlx::{
     Row,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 
+use super::rows::{dataset_from_row, to_json};
 use super::{DatasetQuery, Store, StoreError};
-use crate::datasets::model::{DatasetRecord, DatasetState};
-use crate::datasets::report::Purpose;
+use crate::datasets::model::DatasetRecord;
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -36,49 +36,6 @@ impl SqliteStore {
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
     }
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    // Our own plain data types always serialize.
-    serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(id: &str, column: &str, text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-        id: id.to_string(),
-        reason: format!("column {column}: {e}"),
-    })
-}
-
-fn dataset_from_row(row: &SqliteRow) -> Result<DatasetRecord, StoreError> {
-    let id: String = row.try_get("id")?;
-    let purpose: String = row.try_get("purpose")?;
-    let state: String = row.try_get("state")?;
-    let lineage: Option<String> = row.try_get("lineage")?;
-    let bytes: i64 = row.try_get("bytes")?;
-    Ok(DatasetRecord {
-        filename: row.try_get("filename")?,
-        display_name: row.try_get("display_name")?,
-        purpose: Purpose::from_str(&purpose).map_err(|_| StoreError::Corrupt {
-            id: id.clone(),
-            reason: format!("unknown purpose {purpose:?}"),
-        })?,
-        state: DatasetState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-            id: id.clone(),
-            reason: format!("unknown state {state:?}"),
-        })?,
-        bytes: bytes as u64,
-        sha256: row.try_get("sha256")?,
-        created_at: row.try_get("created_at")?,
-        metadata: from_json(&id, "metadata", &row.try_get::<String, _>("metadata")?)?,
-        report: from_json(&id, "report", &row.try_get::<String, _>("report")?)?,
-        stats: from_json(&id, "stats", &row.try_get::<String, _>("stats")?)?,
-        lineage: match lineage {
-            Some(text) => Some(from_json(&id, "lineage", &text)?),
-            None => None,
-        },
-        id,
-    })
 }
 
 #[async_trait]
@@ -168,10 +125,12 @@ mod tests {
     use super::*;
 
     async fn store() -> SqliteStore {
-        SqliteStore::open("sqlite::memory:").await.expect("open in-memory sqlite")
+        SqliteStore::open("sqlite::memory:")
+            .await
+            .expect("open in-memory sqlite")
     }
 
-    crate::store_suite!(store().await);
+    crate::store_suite!(Some(store().await));
 
     #[tokio::test]
     async fn file_database_survives_reopen() {
