@@ -21,13 +21,27 @@ use crate::store;
 
 /// Serves on `listener` until `shutdown` completes, then stops accepting
 /// and gives in-flight requests `config.shutdown_grace()` to finish.
-pub async fn run(listener: TcpListener, config: ServeConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let store = store::open(&config.database_url()).await.context("opening the database")?;
+    let store = store::open(&config.database_url())
+        .await
+        .context("opening the database")?;
     let blobs = Blobs::local(config.blob_dir()).context("opening the blob directory")?;
-    let datasets = Arc::new(Datasets::new(store, blobs, Arc::new(O200k::new()), config.dataset_limits()));
-    datasets.recover().await.context("cleaning up after interrupted uploads")?;
+    let datasets = Arc::new(Datasets::new(
+        store,
+        blobs,
+        Arc::new(O200k::new()),
+        config.dataset_limits(),
+    ));
+    datasets
+        .recover()
+        .await
+        .context("cleaning up after interrupted uploads")?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DatasetServiceServer<DatasetApi>>().await;

@@ -7,9 +7,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert;
 use crate::datasets::manager::{Datasets, DownloadPiece, SplitRequest, UploadMeta};
 use crate::error::Error;
-use crate::proto::{
-    self, dataset_service_server::DatasetService, download_dataset_response, upload_dataset_request,
-};
+use crate::proto::{self, dataset_service_server::DatasetService, download_dataset_response, upload_dataset_request};
 
 pub struct DatasetApi {
     datasets: Arc<Datasets>,
@@ -50,7 +48,10 @@ impl DatasetService for DatasetApi {
             Ok(proto::UploadDatasetRequest {
                 payload: Some(upload_dataset_request::Payload::Chunk(bytes)),
             }) => Ok(bytes),
-            Ok(_) => Err(Error::invalid("chunk", "only the first message may carry metadata; send bytes after it")),
+            Ok(_) => Err(Error::invalid(
+                "chunk",
+                "only the first message may carry metadata; send bytes after it",
+            )),
             Err(status) => Err(Error::Cancelled(status.message().to_string())),
         });
         let dataset = self.datasets.upload(meta, chunks).await?;

@@ -106,7 +106,11 @@ impl Datasets {
             }
         }
         if swept > 0 || orphans > 0 {
-            tracing::info!(staging_files = swept, orphan_blobs = orphans, "removed leftovers of interrupted uploads");
+            tracing::info!(
+                staging_files = swept,
+                orphan_blobs = orphans,
+                "removed leftovers of interrupted uploads"
+            );
         }
         Ok(())
     }
@@ -140,7 +144,10 @@ impl Datasets {
         })?;
         let writer = self.blobs.writer().await?;
         let (tx, rx) = mpsc::channel::<Bytes>(8);
-        let mut ingestor = Ingestor::new(self.ingest_options(purpose, meta.label_field.clone()), self.tokens.clone());
+        let mut ingestor = Ingestor::new(
+            self.ingest_options(purpose, meta.label_field.clone()),
+            self.tokens.clone(),
+        );
         let validation = tokio::task::spawn_blocking(move || {
             let mut rx = rx;
             while let Some(chunk) = rx.blocking_recv() {
@@ -266,11 +273,11 @@ impl Datasets {
             .delete_dataset(id)
             .await?
             .ok_or_else(|| Error::not_found("dataset", id))?;
-        if !self.store.blob_in_use(&record.sha256).await? {
-            if let Err(e) = self.blobs.delete(&record.sha256).await {
-                // The row is gone; start-up GC removes the blob later.
-                tracing::warn!(dataset = %id, error = %e, "could not remove blob");
-            }
+        if !self.store.blob_in_use(&record.sha256).await?
+            && let Err(e) = self.blobs.delete(&record.sha256).await
+        {
+            // The row is gone; start-up GC removes the blob later.
+            tracing::warn!(dataset = %id, error = %e, "could not remove blob");
         }
         Ok(record)
     }
@@ -286,7 +293,12 @@ impl Datasets {
                 let end = (offset + READ_CHUNK).min(record.bytes);
                 let piece = blobs.read_range(&record.sha256, offset..end).await;
                 let failed = piece.is_err();
-                if tx.send(piece.map(DownloadPiece::Chunk).map_err(Error::from)).await.is_err() || failed {
+                if tx
+                    .send(piece.map(DownloadPiece::Chunk).map_err(Error::from))
+                    .await
+                    .is_err()
+                    || failed
+                {
                     return; // the client went away, or the error was sent
                 }
                 offset = end;
@@ -308,7 +320,10 @@ impl Datasets {
         let source = self.get(&req.id).await?;
         let fraction = req.validation_fraction;
         if !(fraction.is_finite() && fraction > 0.0 && fraction < 1.0) {
-            return Err(Error::invalid("validation_fraction", "must be greater than 0 and less than 1"));
+            return Err(Error::invalid(
+                "validation_fraction",
+                "must be greater than 0 and less than 1",
+            ));
         }
         if let Some(pointer) = &req.stratify_by {
             check_pointer(pointer, "stratify_by")?;
@@ -317,7 +332,10 @@ impl Datasets {
             return Err(Error::precondition(
                 "DATASET_STATE",
                 &source.id,
-                format!("dataset {} failed validation; fix the file and upload it again", source.id),
+                format!(
+                    "dataset {} failed validation; fix the file and upload it again",
+                    source.id
+                ),
             ));
         }
         if source.report.valid_rows < 2 {
@@ -356,25 +374,26 @@ impl Datasets {
         let blobs = self.blobs.clone();
         let tokens = self.tokens.clone();
         let src = source.clone();
-        let outputs = tokio::task::spawn_blocking(move || -> Result<Vec<(BlobWriter, ValidationReport, DatasetStats)>> {
-            let [o0, o1] = options;
-            let mut ingestors = [Ingestor::new(o0, tokens.clone()), Ingestor::new(o1, tokens)];
-            let mut writers = writers;
-            for (i, line) in LineReader::new(&handle, &blobs, &src.sha256, src.bytes).enumerate() {
-                let mut line = line?.to_vec();
-                line.push(b'\n');
-                let side = usize::from(to_validation.get(i).copied().unwrap_or(false));
-                handle.block_on(writers[side].write(&line))?;
-                ingestors[side].push(&line);
-            }
-            let [w0, w1] = writers;
-            let [i0, i1] = ingestors;
-            let (r0, s0) = i0.finish();
-            let (r1, s1) = i1.finish();
-            Ok(vec![(w0, r0, s0), (w1, r1, s1)])
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("split task failed: {e}")))??;
+        let outputs =
+            tokio::task::spawn_blocking(move || -> Result<Vec<(BlobWriter, ValidationReport, DatasetStats)>> {
+                let [o0, o1] = options;
+                let mut ingestors = [Ingestor::new(o0, tokens.clone()), Ingestor::new(o1, tokens)];
+                let mut writers = writers;
+                for (i, line) in LineReader::new(&handle, &blobs, &src.sha256, src.bytes).enumerate() {
+                    let mut line = line?.to_vec();
+                    line.push(b'\n');
+                    let side = usize::from(to_validation.get(i).copied().unwrap_or(false));
+                    handle.block_on(writers[side].write(&line))?;
+                    ingestors[side].push(&line);
+                }
+                let [w0, w1] = writers;
+                let [i0, i1] = ingestors;
+                let (r0, s0) = i0.finish();
+                let (r1, s1) = i1.finish();
+                Ok(vec![(w0, r0, s0), (w1, r1, s1)])
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("split task failed: {e}")))??;
 
         let mut records = Vec::with_capacity(2);
         let mut staged = Vec::with_capacity(2);
@@ -408,8 +427,12 @@ impl Datasets {
             blob.commit().await?;
             self.store.insert_dataset(record).await?;
         }
-        let validation = records.pop().ok_or_else(|| Error::Internal("split lost a side".into()))?;
-        let train = records.pop().ok_or_else(|| Error::Internal("split lost a side".into()))?;
+        let validation = records
+            .pop()
+            .ok_or_else(|| Error::Internal("split lost a side".into()))?;
+        let train = records
+            .pop()
+            .ok_or_else(|| Error::Internal("split lost a side".into()))?;
         Ok((train, validation))
     }
 }
@@ -441,7 +464,10 @@ fn check_id(id: &str, field: &str) -> Result<()> {
         return Err(Error::invalid(field, "a dataset id is required"));
     }
     if !ids::is_valid("ds", id) {
-        return Err(Error::invalid(field, format!("{id:?} is not a dataset id (ds_ followed by 26 characters)")));
+        return Err(Error::invalid(
+            field,
+            format!("{id:?} is not a dataset id (ds_ followed by 26 characters)"),
+        ));
     }
     Ok(())
 }
@@ -467,17 +493,26 @@ fn validate_upload_meta(meta: &UploadMeta) -> Result<Purpose> {
         problems.push(FieldViolation::new("metadata.display_name", "at most 255 characters"));
     }
     if meta.purpose.is_none() {
-        problems.push(FieldViolation::new("metadata.purpose", "a purpose is required: sft, dpo, rft or eval"));
+        problems.push(FieldViolation::new(
+            "metadata.purpose",
+            "a purpose is required: sft, dpo, rft or eval",
+        ));
     }
     if meta.metadata.len() > 16 {
         problems.push(FieldViolation::new("metadata.metadata", "at most 16 key-value pairs"));
     }
     for (key, value) in &meta.metadata {
         if key.is_empty() || key.chars().count() > 64 {
-            problems.push(FieldViolation::new(format!("metadata.metadata[{key}]"), "keys are 1 to 64 characters"));
+            problems.push(FieldViolation::new(
+                format!("metadata.metadata[{key}]"),
+                "keys are 1 to 64 characters",
+            ));
         }
         if value.chars().count() > 512 {
-            problems.push(FieldViolation::new(format!("metadata.metadata[{key}]"), "values are at most 512 characters"));
+            problems.push(FieldViolation::new(
+                format!("metadata.metadata[{key}]"),
+                "values are at most 512 characters",
+            ));
         }
     }
     if let Some(pointer) = &meta.label_field
@@ -494,7 +529,10 @@ fn validate_upload_meta(meta: &UploadMeta) -> Result<Purpose> {
 const TOKEN_PREFIX: &str = "dsp1.";
 
 fn encode_page_token(last: &DatasetRecord) -> String {
-    format!("{TOKEN_PREFIX}{}", hex::encode(format!("{}:{}", last.created_at, last.id)))
+    format!(
+        "{TOKEN_PREFIX}{}",
+        hex::encode(format!("{}:{}", last.created_at, last.id))
+    )
 }
 
 fn decode_page_token(token: &str) -> Result<Option<Cursor>> {
@@ -627,6 +665,9 @@ mod tests {
             panic!("expected invalid argument");
         };
         let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
-        assert_eq!(fields, ["metadata.filename", "metadata.purpose", "metadata.label_field"]);
+        assert_eq!(
+            fields,
+            ["metadata.filename", "metadata.purpose", "metadata.label_field"]
+        );
     }
 }
