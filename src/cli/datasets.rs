@@ -152,7 +152,10 @@ pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result
             }
             if json {
                 let data: Vec<_> = rows.iter().map(dataset_json).collect();
-                println!("{}", serde_json::json!({"object": "list", "data": data, "next_page_token": token}));
+                println!(
+                    "{}",
+                    serde_json::json!({"object": "list", "data": data, "next_page_token": token})
+                );
             } else {
                 for d in &rows {
                     println!("{}", dataset_row(d));
@@ -181,7 +184,10 @@ pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result
                 .map_err(status_error)?
                 .into_inner();
             if json {
-                println!("{}", serde_json::json!({"id": r.id, "object": "dataset", "deleted": r.deleted}));
+                println!(
+                    "{}",
+                    serde_json::json!({"id": r.id, "object": "dataset", "deleted": r.deleted})
+                );
             } else {
                 println!("deleted {}", r.id);
             }
@@ -265,13 +271,15 @@ pub async fn upload(
         None
     };
     let first = proto::UploadDatasetRequest {
-        payload: Some(upload_dataset_request::Payload::Metadata(proto::UploadDatasetMetadata {
-            filename,
-            purpose: proto::DatasetPurpose::from(purpose) as i32,
-            display_name: name.unwrap_or_default(),
-            metadata: metadata.into_iter().collect::<HashMap<_, _>>(),
-            label_field: label_field.unwrap_or_default(),
-        })),
+        payload: Some(upload_dataset_request::Payload::Metadata(
+            proto::UploadDatasetMetadata {
+                filename,
+                purpose: proto::DatasetPurpose::from(purpose) as i32,
+                display_name: name.unwrap_or_default(),
+                metadata: metadata.into_iter().collect::<HashMap<_, _>>(),
+                label_field: label_field.unwrap_or_default(),
+            },
+        )),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let progress = bar.clone();

@@ -3,6 +3,7 @@
 
 mod datasets;
 mod output;
+mod quickstart;
 
 use std::path::PathBuf;
 
@@ -12,11 +13,15 @@ use tonic::transport::{Channel, Endpoint};
 use crate::config::ServeConfig;
 
 #[derive(Parser, Debug)]
-#[command(name = "lathe", version, about = "Self-hosted fine-tuning: datasets, LoRA jobs, graders and evals over gRPC")]
+#[command(
+    name = "lathe",
+    version,
+    about = "Self-hosted fine-tuning: datasets, LoRA jobs, graders and evals over gRPC"
+)]
 pub struct Cli {
-    /// Server to talk to.
-    #[arg(long, env = "LATHE_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
-    pub addr: String,
+    /// Server to talk to [default: http://127.0.0.1:50051].
+    #[arg(long, env = "LATHE_ADDR", global = true)]
+    pub addr: Option<String>,
     /// Print machine-readable JSON instead of human-readable text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -31,6 +36,8 @@ pub enum Command {
     /// Upload, inspect, split and remove datasets.
     #[command(subcommand)]
     Datasets(datasets::DatasetsCommand),
+    /// The main job, end to end, on an embedded server (or --addr).
+    Quickstart(quickstart::QuickstartArgs),
 }
 
 /// What a client command's exit status should be.
@@ -54,10 +61,13 @@ pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
         .map_err(|e| anyhow::anyhow!("cannot reach a lathe server at {uri}: {e} (start one with `lathe serve`)"))
 }
 
+pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
+
 pub async fn run_client(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
-        Command::Serve(_) => unreachable!("serve is handled by main"),
-        Command::Datasets(cmd) => datasets::run(&cli.addr, cli.json, cmd).await,
+        Command::Serve(_) => anyhow::bail!("serve is not a client command"),
+        Command::Datasets(cmd) => datasets::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
+        Command::Quickstart(args) => quickstart::run(cli.addr.as_deref(), args).await,
     }
 }
 

@@ -73,11 +73,11 @@ fn problem_json(p: &proto::ValidationProblem) -> Value {
 pub fn dataset_json(d: &proto::Dataset) -> Value {
     let report = d.validation.clone().unwrap_or_default();
     let stats = d.stats.clone().unwrap_or_default();
-    let tokens = |t: &Option<proto::TokenSummary>| {
-        let t = t.clone().unwrap_or_default();
+    let tokens = |t: Option<proto::TokenSummary>| {
+        let t = t.unwrap_or_default();
         json!({"min": t.min, "max": t.max, "mean": t.mean, "p50": t.p50, "p95": t.p95, "total": t.total})
     };
-    let messages = stats.messages_per_example.clone().unwrap_or_default();
+    let messages = stats.messages_per_example.unwrap_or_default();
     json!({
         "id": d.id,
         "object": "dataset",
@@ -102,8 +102,8 @@ pub fn dataset_json(d: &proto::Dataset) -> Value {
         "stats": {
             "rows": stats.rows,
             "messages_per_example": {"min": messages.min, "max": messages.max, "mean": messages.mean},
-            "tokens_per_example": tokens(&stats.tokens_per_example),
-            "trained_tokens_per_example": tokens(&stats.trained_tokens_per_example),
+            "tokens_per_example": tokens(stats.tokens_per_example),
+            "trained_tokens_per_example": tokens(stats.trained_tokens_per_example),
             "tool_call_examples": stats.tool_call_examples,
             "image_parts": stats.image_parts,
             "label_field": stats.label_field,
@@ -170,10 +170,13 @@ pub fn dataset_text(d: &proto::Dataset) -> String {
         report.total_rows, report.valid_rows, report.invalid_rows
     ));
     if stats.rows > 0 {
-        let m = stats.messages_per_example.clone().unwrap_or_default();
-        let t = stats.tokens_per_example.clone().unwrap_or_default();
-        let a = stats.trained_tokens_per_example.clone().unwrap_or_default();
-        out.push_str(&format!("  messages  min {} / mean {:.1} / max {} per example\n", m.min, m.mean, m.max));
+        let m = stats.messages_per_example.unwrap_or_default();
+        let t = stats.tokens_per_example.unwrap_or_default();
+        let a = stats.trained_tokens_per_example.unwrap_or_default();
+        out.push_str(&format!(
+            "  messages  min {} / mean {:.1} / max {} per example\n",
+            m.min, m.mean, m.max
+        ));
         out.push_str(&format!(
             "  tokens    min {} / p50 {} / mean {:.1} / p95 {} / max {} per example, {} in all ({})\n",
             t.min, t.p50, t.mean, t.p95, t.max, t.total, stats.tokenizer
@@ -212,13 +215,19 @@ pub fn dataset_text(d: &proto::Dataset) -> String {
     if !report.error_counts.is_empty() {
         out.push_str(&format!("  errors    {}\n", counts(&report.error_counts)));
         for p in &report.errors {
-            out.push_str(&format!("    line {:<6} {:<24} {:<34} {}\n", p.line, p.pointer, p.code, p.message));
+            out.push_str(&format!(
+                "    line {:<6} {:<24} {:<34} {}\n",
+                p.line, p.pointer, p.code, p.message
+            ));
         }
     }
     if !report.warning_counts.is_empty() {
         out.push_str(&format!("  warnings  {}\n", counts(&report.warning_counts)));
         for p in report.warnings.iter().take(10) {
-            out.push_str(&format!("    line {:<6} {:<24} {:<34} {}\n", p.line, p.pointer, p.code, p.message));
+            out.push_str(&format!(
+                "    line {:<6} {:<24} {:<34} {}\n",
+                p.line, p.pointer, p.code, p.message
+            ));
         }
         if report.warnings.len() > 10 {
             out.push_str("    … (use --json for every listed problem)\n");
