@@ -17,21 +17,31 @@ async fn banking77_upload_get_list_download_roundtrip() {
     let mut client = server.datasets().await;
     let bytes = std::fs::read(fixture(SFT_TRAIN)).unwrap();
 
-    let d = upload_bytes(&mut client, "banking77_train_sft.jsonl", DatasetPurpose::Sft, LAST_CONTENT, &bytes, 7777)
-        .await
-        .unwrap();
+    let d = upload_bytes(
+        &mut client,
+        "banking77_train_sft.jsonl",
+        DatasetPurpose::Sft,
+        LAST_CONTENT,
+        &bytes,
+        7777,
+    )
+    .await
+    .unwrap();
     assert_eq!(d.state, DatasetState::Ready as i32, "{:?}", d.validation);
     assert!(d.id.starts_with("ds_"));
     assert_eq!(d.bytes, bytes.len() as u64);
     assert_eq!(d.sha256, sha256_hex(&bytes));
     assert_eq!(d.metadata.get("source").map(String::as_str), Some("test"));
     let report = d.validation.clone().unwrap();
-    assert_eq!((report.total_rows, report.valid_rows, report.invalid_rows), (500, 500, 0));
+    assert_eq!(
+        (report.total_rows, report.valid_rows, report.invalid_rows),
+        (500, 500, 0)
+    );
     assert!(report.errors.is_empty());
     let stats = d.stats.clone().unwrap();
     assert_eq!(stats.rows, 500);
     assert_eq!(stats.tokenizer, "o200k_base");
-    let tokens = stats.tokens_per_example.clone().unwrap();
+    let tokens = stats.tokens_per_example.unwrap();
     assert!(tokens.min > 20 && tokens.max < 200 && tokens.p50 >= tokens.min && tokens.p95 <= tokens.max);
     assert!(stats.trained_tokens_per_example.unwrap().total > 500);
     assert_eq!(stats.label_counts.values().sum::<u64>(), 500);
@@ -58,7 +68,10 @@ async fn banking77_upload_get_list_download_roundtrip() {
 
     let (downloaded, end) = download_all(&mut client, &d.id).await;
     assert_eq!(downloaded, bytes);
-    assert_eq!((end.bytes, end.sha256.as_str()), (bytes.len() as u64, d.sha256.as_str()));
+    assert_eq!(
+        (end.bytes, end.sha256.as_str()),
+        (bytes.len() as u64, d.sha256.as_str())
+    );
     server.stop().await;
 }
 
@@ -85,7 +98,9 @@ async fn broken_file_is_stored_failed_with_located_problems() {
         role.message,
         "role 'asistant' is not one of system, developer, user, assistant, tool"
     );
-    assert_eq!(find(5, "message_missing_key").pointer, "/messages/1/content");
+    let missing = find(5, "message_missing_key");
+    assert_eq!(missing.pointer, "/messages/1");
+    assert!(missing.message.contains("content"), "{}", missing.message);
     assert_eq!(find(6, "message_unrecognized_key").pointer, "/messages/1/metadata");
     find(7, "data_type");
     find(8, "invalid_json");
@@ -142,10 +157,26 @@ async fn hostile_bytes_get_reports_not_crashes() {
     let ok = r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}"#;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty", Vec::new(), "empty_file"),
-        ("utf8", [ok.as_bytes(), b"\n{\"messages\":\"\xff\xfe\"}\n"].concat(), "invalid_utf8"),
-        ("nested", [b"{\"messages\":".as_slice(), &vec![b'['; 100_000]].concat(), "nesting_too_deep"),
-        ("long", [ok.as_bytes(), b"\n", &vec![b' '; 70 << 10], b"\n"].concat(), "line_too_long"),
-        ("truncated", [ok.as_bytes(), b"\n{\"messages\":[{\"role\":\"us"].concat(), "truncated_last_line"),
+        (
+            "utf8",
+            [ok.as_bytes(), b"\n{\"messages\":\"\xff\xfe\"}\n"].concat(),
+            "invalid_utf8",
+        ),
+        (
+            "nested",
+            [b"{\"messages\":".as_slice(), &vec![b'['; 10_000]].concat(),
+            "nesting_too_deep",
+        ),
+        (
+            "long",
+            [ok.as_bytes(), b"\n", &vec![b' '; 70 << 10], b"\n"].concat(),
+            "line_too_long",
+        ),
+        (
+            "truncated",
+            [ok.as_bytes(), b"\n{\"messages\":[{\"role\":\"us"].concat(),
+            "truncated_last_line",
+        ),
         ("scalar", b"42\n".to_vec(), "data_type"),
     ];
     for (name, bytes, code) in cases {
@@ -154,10 +185,17 @@ async fn hostile_bytes_get_reports_not_crashes() {
             .unwrap_or_else(|s| panic!("{name}: {s}"));
         assert_eq!(d.state, DatasetState::Failed as i32, "{name}");
         let report = d.validation.unwrap();
-        assert!(report.error_counts.contains_key(code), "{name}: expected {code}, got {:?}", report.error_counts);
+        assert!(
+            report.error_counts.contains_key(code),
+            "{name}: expected {code}, got {:?}",
+            report.error_counts
+        );
     }
     // The server is still serving after all of that.
-    client.list_datasets(proto::ListDatasetsRequest::default()).await.unwrap();
+    client
+        .list_datasets(proto::ListDatasetsRequest::default())
+        .await
+        .unwrap();
     server.stop().await;
 }
 
@@ -173,7 +211,10 @@ async fn malformed_uploads_are_invalid_argument_with_field_details() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(err.get_error_details().bad_request().unwrap().field_violations[0].field, "metadata");
+    assert_eq!(
+        err.get_error_details().bad_request().unwrap().field_violations[0].field,
+        "metadata"
+    );
 
     // Missing purpose and filename, both reported.
     let err = upload_bytes(&mut client, "", DatasetPurpose::Unspecified, "", b"{}\n", 10)
@@ -220,7 +261,10 @@ async fn malformed_uploads_are_invalid_argument_with_field_details() {
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // Nothing was stored by any of it.
-    let listed = client.list_datasets(proto::ListDatasetsRequest::default()).await.unwrap();
+    let listed = client
+        .list_datasets(proto::ListDatasetsRequest::default())
+        .await
+        .unwrap();
     assert!(listed.into_inner().datasets.is_empty());
     server.stop().await;
     assert!(files_under(&dir.path().join("blobs")).is_empty());
@@ -239,9 +283,21 @@ async fn size_limit_is_resource_exhausted_and_leaves_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
-    assert!(client.list_datasets(proto::ListDatasetsRequest::default()).await.unwrap().into_inner().datasets.is_empty());
+    assert!(
+        client
+            .list_datasets(proto::ListDatasetsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .datasets
+            .is_empty()
+    );
     server.stop().await;
-    assert!(files_under(&dir.path().join("blobs")).is_empty(), "{:?}", files_under(dir.path()));
+    assert!(
+        files_under(&dir.path().join("blobs")).is_empty(),
+        "{:?}",
+        files_under(dir.path())
+    );
 }
 
 #[tokio::test]
@@ -250,9 +306,15 @@ async fn upload_cut_off_midway_leaves_no_dataset_and_no_blob() {
     let server = TestServer::start(dir.path()).await;
     let mut client = server.datasets().await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(metadata_message("cut.jsonl", DatasetPurpose::Eval, "")).await.unwrap();
+    tx.send(metadata_message("cut.jsonl", DatasetPurpose::Eval, ""))
+        .await
+        .unwrap();
     tx.send(chunk_message(&vec![b'{'; 100_000])).await.unwrap();
-    let call = tokio::spawn(async move { client.upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    let call = tokio::spawn(async move {
+        client
+            .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
     // Let the server take the first chunk, then vanish mid-upload.
     tx.send(chunk_message(b"\"a\": 1}\n")).await.unwrap();
     call.abort();
@@ -260,28 +322,56 @@ async fn upload_cut_off_midway_leaves_no_dataset_and_no_blob() {
     drop(tx);
 
     let mut client = server.datasets().await;
-    let listed = client.list_datasets(proto::ListDatasetsRequest::default()).await.unwrap();
+    let listed = client
+        .list_datasets(proto::ListDatasetsRequest::default())
+        .await
+        .unwrap();
     assert!(listed.into_inner().datasets.is_empty());
     // Draining waits for the aborted handler to clean up after itself.
     server.stop().await;
-    assert!(files_under(&dir.path().join("blobs")).is_empty(), "{:?}", files_under(dir.path()));
+    assert!(
+        files_under(&dir.path().join("blobs")).is_empty(),
+        "{:?}",
+        files_under(dir.path())
+    );
 }
 
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_upload_finish() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = TestServer::start(dir.path()).await;
-    let mut client = server.datasets().await;
+    let channel = server.channel().await;
+    let mut client = lathe::proto::dataset_service_client::DatasetServiceClient::new(channel.clone());
     let bytes = std::fs::read(fixture(SFT_TRAIN)).unwrap();
     let (first, rest) = bytes.split_at(bytes.len() / 2);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(metadata_message("train.jsonl", DatasetPurpose::Sft, "")).await.unwrap();
+    // Capacity 1: each send returns only once the call has taken the
+    // previous message, so the upload is on the wire before we go on.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(metadata_message("train.jsonl", DatasetPurpose::Sft, ""))
+        .await
+        .unwrap();
+    let call = tokio::spawn(async move {
+        client
+            .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
     tx.send(chunk_message(first)).await.unwrap();
-    let call = tokio::spawn(async move { client.upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    // HTTP/2 streams on one connection are taken in order: once this later
+    // request is answered, the server has accepted the upload.
+    lathe::proto::dataset_service_client::DatasetServiceClient::new(channel)
+        .list_datasets(proto::ListDatasetsRequest::default())
+        .await
+        .unwrap();
     server.signal_stop();
     tx.send(chunk_message(rest)).await.unwrap();
     drop(tx);
-    let d = call.await.unwrap().expect("upload finishes during drain").into_inner().dataset.unwrap();
+    let d = call
+        .await
+        .unwrap()
+        .expect("upload finishes during drain")
+        .into_inner()
+        .dataset
+        .unwrap();
     assert_eq!(d.state, DatasetState::Ready as i32);
     server.stop().await;
 
@@ -300,8 +390,16 @@ async fn pagination_walks_every_dataset_once_and_filters_by_purpose() {
     let mut client = server.datasets().await;
     let mut ids = Vec::new();
     for i in 0..7 {
-        let purpose = if i % 2 == 0 { DatasetPurpose::Eval } else { DatasetPurpose::Sft };
-        let name = if purpose == DatasetPurpose::Eval { "eval_items.jsonl" } else { "sft_tools.jsonl" };
+        let purpose = if i % 2 == 0 {
+            DatasetPurpose::Eval
+        } else {
+            DatasetPurpose::Sft
+        };
+        let name = if purpose == DatasetPurpose::Eval {
+            "eval_items.jsonl"
+        } else {
+            "sft_tools.jsonl"
+        };
         ids.push(upload_fixture(&mut client, name, purpose, "").await.id);
     }
     let mut seen = Vec::new();
@@ -359,16 +457,29 @@ async fn identical_content_shares_a_blob_until_the_last_delete() {
     let blobs = dir.path().join("blobs/blobs");
     assert_eq!(files_under(&blobs).len(), 1);
 
-    let r = client.delete_dataset(proto::DeleteDatasetRequest { id: a.id.clone() }).await.unwrap().into_inner();
+    let r = client
+        .delete_dataset(proto::DeleteDatasetRequest { id: a.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.deleted);
-    let err = client.get_dataset(proto::GetDatasetRequest { id: a.id.clone() }).await.unwrap_err();
+    let err = client
+        .get_dataset(proto::GetDatasetRequest { id: a.id.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = client.delete_dataset(proto::DeleteDatasetRequest { id: a.id.clone() }).await.unwrap_err();
+    let err = client
+        .delete_dataset(proto::DeleteDatasetRequest { id: a.id.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     // b still downloads intact.
     let (bytes, _) = download_all(&mut client, &b.id).await;
     assert_eq!(bytes, std::fs::read(fixture("eval_items.jsonl")).unwrap());
-    client.delete_dataset(proto::DeleteDatasetRequest { id: b.id.clone() }).await.unwrap();
+    client
+        .delete_dataset(proto::DeleteDatasetRequest { id: b.id.clone() })
+        .await
+        .unwrap();
     assert!(files_under(&blobs).is_empty());
     server.stop().await;
 }
@@ -393,7 +504,10 @@ async fn stratified_split_is_deterministic_and_keeps_label_proportions() {
         assert_eq!(lineage.source_dataset_id, d.id);
         assert_eq!(lineage.stratify_by, LAST_CONTENT);
     }
-    let (tr, va) = (train.validation.clone().unwrap().total_rows, valid.validation.clone().unwrap().total_rows);
+    let (tr, va) = (
+        train.validation.clone().unwrap().total_rows,
+        valid.validation.clone().unwrap().total_rows,
+    );
     assert_eq!(tr + va, 500);
     assert!((90..=110).contains(&va), "about a fifth in validation: {va}");
 
@@ -409,7 +523,11 @@ async fn stratified_split_is_deterministic_and_keeps_label_proportions() {
     let (source, _) = download_all(&mut client, &d.id).await;
     let (t, _) = download_all(&mut client, &train.id).await;
     let (v, _) = download_all(&mut client, &valid.id).await;
-    let mut rows: Vec<&[u8]> = t.split(|b| *b == b'\n').chain(v.split(|b| *b == b'\n')).filter(|l| !l.is_empty()).collect();
+    let mut rows: Vec<&[u8]> = t
+        .split(|b| *b == b'\n')
+        .chain(v.split(|b| *b == b'\n'))
+        .filter(|l| !l.is_empty())
+        .collect();
     let mut expected: Vec<&[u8]> = source.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
     rows.sort();
     expected.sort();
@@ -431,7 +549,10 @@ async fn stratified_split_is_deterministic_and_keeps_label_proportions() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert_eq!(err.get_error_details().bad_request().unwrap().field_violations[0].field, "validation_fraction");
+        assert_eq!(
+            err.get_error_details().bad_request().unwrap().field_violations[0].field,
+            "validation_fraction"
+        );
     }
     server.stop().await;
 }
@@ -456,7 +577,10 @@ async fn restart_sweeps_leftovers_of_a_killed_upload() {
     let server = TestServer::start(dir.path()).await;
     let mut client = server.datasets().await;
     // Recovery runs before the first request is served.
-    client.list_datasets(proto::ListDatasetsRequest::default()).await.unwrap();
+    client
+        .list_datasets(proto::ListDatasetsRequest::default())
+        .await
+        .unwrap();
     assert!(files_under(&staging).is_empty());
     assert!(!orphan.exists());
     let (bytes, _) = download_all(&mut client, &kept.id).await;

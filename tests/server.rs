@@ -20,7 +20,10 @@ async fn health_reports_serving() {
         .unwrap()
         .into_inner()
         .status;
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     server.stop().await;
 }
 
@@ -37,7 +40,11 @@ async fn reflection_lists_every_service() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = client.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
     let response = responses.message().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection response");
@@ -97,21 +104,56 @@ async fn cli_uploads_lists_splits_downloads_and_deletes() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let addr = server.url();
-    let file = fixture("banking77/banking77_train_sft.jsonl").to_str().unwrap().to_string();
+    let file = fixture("banking77/banking77_train_sft.jsonl")
+        .to_str()
+        .unwrap()
+        .to_string();
     let out_path = dir.path().join("copy.jsonl");
     let out_str = out_path.to_str().unwrap().to_string();
     let addr2 = addr.clone();
     let (upload, list, split, download, broken) = tokio::task::spawn_blocking(move || {
         let upload = lathe(
             &addr2,
-            &["--json", "datasets", "upload", &file, "--purpose", "sft", "--label-field", "/messages/-1/content", "--metadata", "team=risk"],
+            &[
+                "--json",
+                "datasets",
+                "upload",
+                &file,
+                "--purpose",
+                "sft",
+                "--label-field",
+                "/messages/-1/content",
+                "--metadata",
+                "team=risk",
+            ],
         );
         let v: serde_json::Value = serde_json::from_slice(&upload.stdout).expect("upload json");
         let id = v["id"].as_str().unwrap().to_string();
         let list = lathe(&addr2, &["datasets", "list"]);
-        let split = lathe(&addr2, &["--json", "datasets", "split", &id, "--validation-fraction", "0.1", "--seed", "3"]);
+        let split = lathe(
+            &addr2,
+            &[
+                "--json",
+                "datasets",
+                "split",
+                &id,
+                "--validation-fraction",
+                "0.1",
+                "--seed",
+                "3",
+            ],
+        );
         let download = lathe(&addr2, &["datasets", "download", &id, "-o", &out_str]);
-        let broken = lathe(&addr2, &["datasets", "upload", fixture("sft_broken.jsonl").to_str().unwrap(), "--purpose", "sft"]);
+        let broken = lathe(
+            &addr2,
+            &[
+                "datasets",
+                "upload",
+                fixture("sft_broken.jsonl").to_str().unwrap(),
+                "--purpose",
+                "sft",
+            ],
+        );
         (upload, list, split, download, broken)
     })
     .await
@@ -133,18 +175,31 @@ async fn cli_uploads_lists_splits_downloads_and_deletes() {
     assert_eq!(s["validation"]["validation"]["total_rows"], 50);
     assert_eq!(s["train"]["lineage"]["source_dataset_id"], id);
 
-    assert!(download.status.success(), "{}", String::from_utf8_lossy(&download.stderr));
-    assert_eq!(std::fs::read(&out_path).unwrap(), std::fs::read(fixture("banking77/banking77_train_sft.jsonl")).unwrap());
+    assert!(
+        download.status.success(),
+        "{}",
+        String::from_utf8_lossy(&download.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&out_path).unwrap(),
+        std::fs::read(fixture("banking77/banking77_train_sft.jsonl")).unwrap()
+    );
 
     // A file that fails validation is stored, shown, and exits with 2.
     assert_eq!(broken.status.code(), Some(2));
     let text = String::from_utf8(broken.stdout).unwrap();
-    assert!(text.contains("FAILED") && text.contains("unrecognized_role") && text.contains("/messages/2/role"), "{text}");
+    assert!(
+        text.contains("FAILED") && text.contains("unrecognized_role") && text.contains("/messages/2/role"),
+        "{text}"
+    );
 
     let addr3 = addr.clone();
     let id2 = id.to_string();
     let (delete, get) = tokio::task::spawn_blocking(move || {
-        (lathe(&addr3, &["datasets", "delete", &id2]), lathe(&addr3, &["datasets", "get", &id2]))
+        (
+            lathe(&addr3, &["datasets", "delete", &id2]),
+            lathe(&addr3, &["datasets", "get", &id2]),
+        )
     })
     .await
     .unwrap();
@@ -152,4 +207,50 @@ async fn cli_uploads_lists_splits_downloads_and_deletes() {
     assert_eq!(get.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&get.stderr).contains("not found"));
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binary_logs_json_and_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-json", "--data-dir"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // The first JSON log line that names the address tells us where it listens.
+    let addr = tokio::task::spawn_blocking(move || {
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+            if let Some(addr) = v.get("addr").and_then(|a| a.as_str()) {
+                return (addr.to_string(), lines);
+            }
+        }
+        panic!("server never logged its address");
+    });
+    let (addr, lines) = addr.await.unwrap();
+    let mut client = lathe::proto::dataset_service_client::DatasetServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    client
+        .list_datasets(proto::ListDatasetsRequest::default())
+        .await
+        .unwrap();
+
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+    assert!(
+        rest.iter()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+    );
 }

@@ -42,7 +42,11 @@ impl TestServer {
     pub async fn channel(&self) -> Channel {
         // The listener is bound before `start` returns, so connecting cannot
         // race the server: no sleeps or retries needed.
-        Channel::from_shared(self.url()).unwrap().connect().await.expect("connect")
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
     }
 
     pub async fn datasets(&self) -> DatasetServiceClient<Channel> {
@@ -65,19 +69,31 @@ impl TestServer {
     }
 }
 
+/// A file under tests/fixtures, or under data/ for names starting "banking77/".
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if name.starts_with("banking77/") {
+        root.join("data").join(name)
+    } else {
+        root.join("tests/fixtures").join(name)
+    }
 }
 
-pub fn metadata_message(filename: &str, purpose: proto::DatasetPurpose, label_field: &str) -> proto::UploadDatasetRequest {
+pub fn metadata_message(
+    filename: &str,
+    purpose: proto::DatasetPurpose,
+    label_field: &str,
+) -> proto::UploadDatasetRequest {
     proto::UploadDatasetRequest {
-        payload: Some(upload_dataset_request::Payload::Metadata(proto::UploadDatasetMetadata {
-            filename: filename.to_string(),
-            purpose: purpose as i32,
-            display_name: String::new(),
-            metadata: [("source".to_string(), "test".to_string())].into(),
-            label_field: label_field.to_string(),
-        })),
+        payload: Some(upload_dataset_request::Payload::Metadata(
+            proto::UploadDatasetMetadata {
+                filename: filename.to_string(),
+                purpose: purpose as i32,
+                display_name: String::new(),
+                metadata: [("source".to_string(), "test".to_string())].into(),
+                label_field: label_field.to_string(),
+            },
+        )),
     }
 }
 
@@ -114,7 +130,10 @@ pub async fn upload_fixture(
         .expect("upload")
 }
 
-pub async fn download_all(client: &mut DatasetServiceClient<Channel>, id: &str) -> (Vec<u8>, proto::DownloadDatasetEnd) {
+pub async fn download_all(
+    client: &mut DatasetServiceClient<Channel>,
+    id: &str,
+) -> (Vec<u8>, proto::DownloadDatasetEnd) {
     let mut stream = client
         .download_dataset(proto::DownloadDatasetRequest { id: id.to_string() })
         .await
@@ -125,7 +144,10 @@ pub async fn download_all(client: &mut DatasetServiceClient<Channel>, id: &str) 
         match msg.payload.expect("payload") {
             proto::download_dataset_response::Payload::Chunk(c) => bytes.extend_from_slice(&c),
             proto::download_dataset_response::Payload::End(end) => {
-                assert!(stream.message().await.expect("after end").is_none(), "end is the last message");
+                assert!(
+                    stream.message().await.expect("after end").is_none(),
+                    "end is the last message"
+                );
                 return (bytes, end);
             }
         }
