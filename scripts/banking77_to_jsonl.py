@@ -13,7 +13,7 @@ file order instead.
 
 Standard library only.
 
-  python3 scripts/banking77_to_jsonl.py --out-dir tests/fixtures/banking77
+  python3 scripts/banking77_to_jsonl.py --out-dir data/banking77
 """
 import argparse
 import csv

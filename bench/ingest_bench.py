@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Ingestion throughput: Lathe (validate + tokenize + hash + store, end to end over gRPC) against the
+cookbook's Python validator (json + tiktoken) on the same file, in the same run.
+
+    cargo build --release && pip install -r bench/requirements.txt
+    python3 bench/ingest_bench.py --mb 100 --mb 25 --mb 200
+
+For each size it generates a deterministic SFT file (scripts/gen_sft_bench.py), starts a fresh
+`lathe serve` on a free port with an empty data dir, times `lathe datasets upload` from start to the
+stored dataset, reads the server's peak RSS (VmHWM) afterwards, then runs bench/python_validator.py
+on the same file. Prints a Markdown table and one JSON line per size.
+"""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LATHE = os.path.join(ROOT, "target", "release", "lathe")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vm_hwm_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_serving(addr, deadline_s=30):
+    # The health check via the CLI-free path: a TCP connect succeeds once listening.
+    host, port = addr.split(":")
+    end = time.time() + deadline_s
+    while time.time() < end:
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+def bench_size(mb, workdir, python_runs):
+    path = os.path.join(workdir, f"sft_{mb}mb.jsonl")
+    if not os.path.exists(path):
+        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gen_sft_bench.py"), "--mb", str(mb),
+                        "--out", path], check=True)
+    size = os.path.getsize(path)
+    data_dir = tempfile.mkdtemp(dir=workdir)
+    addr = f"127.0.0.1:{free_port()}"
+    server = subprocess.Popen([LATHE, "serve", "--listen", addr, "--data-dir", data_dir,
+                               "--max-upload-bytes", str(4 << 30)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_serving(addr)
+        rss_idle = vm_hwm_mb(server.pid)
+        t0 = time.perf_counter()
+        out = subprocess.run([LATHE, "--addr", addr, "--json", "datasets", "upload", path, "--purpose", "sft"],
+                             check=False, capture_output=True)
+        seconds = time.perf_counter() - t0
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr.decode())
+        dataset = json.loads(out.stdout)
+        rss_peak = vm_hwm_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait()
+    best = None
+    for _ in range(python_runs):
+        py = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "python_validator.py"), path, "--quiet"],
+                            check=True, capture_output=True)
+        summary = json.loads(py.stdout.decode().strip().splitlines()[-1])
+        if best is None or summary["seconds"] < best["seconds"]:
+            best = summary
+    lathe_mbps = size / 1e6 / seconds
+    row = {
+        "file_mb": round(size / 1e6, 1),
+        "rows": dataset["validation"]["total_rows"],
+        "lathe_seconds": round(seconds, 3),
+        "lathe_mb_per_s": round(lathe_mbps, 1),
+        "lathe_rows_per_s": round(dataset["validation"]["total_rows"] / seconds),
+        "lathe_server_rss_idle_mb": round(rss_idle, 1),
+        "lathe_server_rss_peak_mb": round(rss_peak, 1),
+        "lathe_total_tokens": dataset["stats"]["tokens_per_example"]["total"],
+        "python_seconds": best["seconds"],
+        "python_mb_per_s": best["mb_per_s"],
+        "python_rows_per_s": best["rows_per_s"],
+        "python_peak_rss_mb": best["peak_rss_mb"],
+        "python_total_tokens": best["total_tokens"],
+        "speedup": round(lathe_mbps / best["mb_per_s"], 1),
+    }
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=int, action="append", help="file size(s) in MB (default 100)")
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "lathe-ingest-bench"))
+    ap.add_argument("--python-runs", type=int, default=1)
+    args = ap.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    if not os.path.exists(LATHE):
+        sys.exit("build first: cargo build --release")
+    rows = [bench_size(mb, args.workdir, args.python_runs) for mb in (args.mb or [100])]
+    print("| file MB | rows | Lathe s | Lathe MB/s | Lathe rows/s | server RSS idle → peak MB "
+          "| Python s | Python MB/s | Python rows/s | Python RSS MB | Lathe / Python |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['file_mb']} | {r['rows']} | {r['lathe_seconds']} | {r['lathe_mb_per_s']} | "
+              f"{r['lathe_rows_per_s']} | {r['lathe_server_rss_idle_mb']} → {r['lathe_server_rss_peak_mb']} | "
+              f"{r['python_seconds']} | {r['python_mb_per_s']} | {r['python_rows_per_s']} | "
+              f"{r['python_peak_rss_mb']} | {r['speedup']}x |")
+    for r in rows:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
