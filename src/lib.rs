@@ -8,6 +8,7 @@ pub mod config;
 pub mod datasets;
 pub mod error;
 pub mod ids;
+pub mod jobs;
 pub mod server;
 pub mod store;
 

@@ -4,8 +4,10 @@
 //! whether an operation is allowed (that is the domain's job); it only makes
 //! each call atomic. Every backend passes the same suite (`store::suite`).
 
+#[macro_use]
+mod jobs_sql;
 mod postgres;
-mod rows;
+pub(crate) mod rows;
 mod sqlite;
 
 #[cfg(test)]
@@ -17,6 +19,7 @@ pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 use crate::datasets::model::DatasetRecord;
 use crate::datasets::report::Purpose;
+use crate::jobs::model::{CheckpointRecord, JobEvent, JobPatch, JobQuery, JobRecord, JobState, NewEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -47,7 +50,7 @@ pub struct DatasetQuery {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait DatasetStore: Send + Sync + 'static {
     /// Inserts a new dataset; `Conflict` if the id exists.
     async fn insert_dataset(&self, dataset: &DatasetRecord) -> Result<(), StoreError>;
     async fn get_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError>;
@@ -55,11 +58,103 @@ pub trait Store: Send + Sync + 'static {
     async fn list_datasets(&self, query: &DatasetQuery) -> Result<Vec<DatasetRecord>, StoreError>;
     /// Removes the dataset and returns it, or None when there was none.
     async fn delete_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError>;
-    /// Whether any dataset still points at this blob.
+    /// Whether any dataset or checkpoint still points at this blob.
     async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError>;
     /// Every blob address some record points at, for garbage collection.
     async fn blobs_in_use(&self) -> Result<Vec<String>, StoreError>;
 }
+
+/// A fine-tuned model: the name users call, and what it is made of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelRecord {
+    pub id: String,
+    /// "fine_tuned" (base models are registered by the trainer).
+    pub kind: String,
+    pub base_model: String,
+    pub job_id: Option<String>,
+    pub checkpoint_step: Option<u64>,
+    pub created_at: i64,
+}
+
+/// The outcome of a compare-and-set state change.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transition {
+    Done(JobRecord, JobEvent),
+    /// The job was not in an allowed state (or, None, does not exist).
+    Conflict(Option<JobRecord>),
+}
+
+/// Jobs, their event log, checkpoints and fine-tuned models. Every call
+/// that changes a job appends its event in the same transaction, with the
+/// next per-job sequence number, so the log has no gaps and no repeats.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Inserts a job and its first event. With an idempotency key that is
+    /// already used, returns the existing job and `false` instead.
+    async fn insert_job(&self, job: &JobRecord, event: &NewEvent) -> Result<(JobRecord, bool), StoreError>;
+    async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<JobRecord>, StoreError>;
+    /// Moves the job to `to` if it is in one of `from`, applying `patch`.
+    async fn transition_job(
+        &self,
+        id: &str,
+        from: &[JobState],
+        to: JobState,
+        patch: &JobPatch,
+        event: &NewEvent,
+        now: i64,
+    ) -> Result<Transition, StoreError>;
+    async fn append_event(&self, id: &str, event: &NewEvent, now: i64) -> Result<JobEvent, StoreError>;
+    async fn list_events(&self, id: &str, after_seq: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError>;
+    /// Takes the highest-priority, oldest queued job for `worker`, moving it
+    /// to RUNNING with a lease until `lease_until`.
+    async fn claim_next_job(
+        &self,
+        worker: &str,
+        now: i64,
+        lease_until: i64,
+        event: &NewEvent,
+    ) -> Result<Option<(JobRecord, JobEvent)>, StoreError>;
+    /// Extends a lease `worker` holds; returns the job's state, or None
+    /// when the lease is no longer this worker's.
+    async fn renew_lease(&self, id: &str, worker: &str, lease_until: i64) -> Result<Option<JobState>, StoreError>;
+    /// RUNNING jobs whose lease ran out before `now`.
+    async fn expired_leases(&self, now: i64) -> Result<Vec<String>, StoreError>;
+    /// Puts a RUNNING job with an expired lease back in QUEUED.
+    async fn requeue_expired(
+        &self,
+        id: &str,
+        now: i64,
+        event: &NewEvent,
+    ) -> Result<Option<(JobRecord, JobEvent)>, StoreError>;
+    /// Records a checkpoint (files already stored as blobs) if `worker`
+    /// holds the job's lease; None otherwise.
+    async fn insert_checkpoint(
+        &self,
+        checkpoint: &CheckpointRecord,
+        worker: &str,
+        event: &NewEvent,
+    ) -> Result<Option<JobEvent>, StoreError>;
+    /// Newest first, with step below `before_step`.
+    async fn list_checkpoints(
+        &self,
+        job_id: &str,
+        before_step: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<CheckpointRecord>, StoreError>;
+    /// Whether a job that is not finished uses this dataset.
+    async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, StoreError>;
+    async fn insert_model(&self, model: &ModelRecord) -> Result<(), StoreError>;
+    async fn get_model(&self, id: &str) -> Result<Option<ModelRecord>, StoreError>;
+    async fn list_models(&self, after: Option<&str>, limit: usize) -> Result<Vec<ModelRecord>, StoreError>;
+    /// Removes the model and its job's checkpoint files (the checkpoint
+    /// records stay as history); returns the blobs that were referenced.
+    async fn delete_model(&self, id: &str) -> Result<Option<(ModelRecord, Vec<String>)>, StoreError>;
+}
+
+pub trait Store: DatasetStore + JobStore {}
+
+impl<T: DatasetStore + JobStore> Store for T {}
 
 /// Opens the backend named by `url`, running its migrations.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {

@@ -7,7 +7,7 @@ use sqlx::{
 };
 
 use super::rows::{dataset_from_row, to_json};
-use super::{DatasetQuery, Store, StoreError};
+use super::{DatasetQuery, DatasetStore, StoreError};
 use crate::datasets::model::DatasetRecord;
 
 pub struct PostgresStore {
@@ -29,7 +29,7 @@ impl PostgresStore {
 }
 
 #[async_trait]
-impl Store for PostgresStore {
+impl DatasetStore for PostgresStore {
     async fn insert_dataset(&self, d: &DatasetRecord) -> Result<(), StoreError> {
         let result = sqlx::query(
             "INSERT INTO datasets (id, filename, display_name, purpose, state, bytes, sha256, created_at, metadata, report, stats, lineage)
@@ -102,7 +102,7 @@ impl Store for PostgresStore {
     }
 
     async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM datasets WHERE sha256 = $1)")
+        let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM datasets WHERE sha256 = $1) OR EXISTS (SELECT 1 FROM checkpoint_files WHERE sha256 = $1)")
             .bind(sha256)
             .fetch_one(&self.pool)
             .await?;
@@ -110,12 +110,22 @@ impl Store for PostgresStore {
     }
 
     async fn blobs_in_use(&self) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT DISTINCT sha256 FROM datasets")
+        let rows = sqlx::query("SELECT sha256 FROM datasets UNION SELECT sha256 FROM checkpoint_files")
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|r| r.try_get(0).map_err(Into::into)).collect()
     }
 }
+
+crate::impl_job_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    claim_sql = "UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = $2,
+        started_at = COALESCE(started_at, $3), attempts = attempts + 1, next_seq = next_seq + 1
+     WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+       AND state = 'queued'
+     RETURNING *"
+);
 
 #[cfg(test)]
 mod tests {

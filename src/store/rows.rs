@@ -61,3 +61,143 @@ where
         id,
     })
 }
+
+use crate::jobs::model::{
+    CheckpointFile, CheckpointRecord, EventData, JobEvent, JobRecord, JobSpec, JobState, Level, Metrics,
+};
+
+pub fn level_str(level: Level) -> &'static str {
+    match level {
+        Level::Info => "info",
+        Level::Warn => "warn",
+        Level::Error => "error",
+    }
+}
+
+fn parse_level(s: &str) -> Level {
+    match s {
+        "warn" => Level::Warn,
+        "error" => Level::Error,
+        _ => Level::Info,
+    }
+}
+
+pub fn job_from_row<'r, R>(row: &'r R) -> Result<JobRecord, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: String = row.try_get("id")?;
+    let spec: String = row.try_get("spec")?;
+    let state: String = row.try_get("state")?;
+    let error: Option<String> = row.try_get("error")?;
+    let step: Option<i64> = row.try_get("fine_tuned_checkpoint_step")?;
+    let trained: i64 = row.try_get("trained_tokens")?;
+    let attempts: i64 = row.try_get("attempts")?;
+    Ok(JobRecord {
+        spec: from_json::<JobSpec>(&id, "spec", &spec)?,
+        state: JobState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            id: id.clone(),
+            reason: format!("unknown job state {state:?}"),
+        })?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        fine_tuned_model: row.try_get("fine_tuned_model")?,
+        fine_tuned_checkpoint_step: step.map(|s| s as u64),
+        stop_reason: row.try_get("stop_reason")?,
+        error: match error {
+            Some(text) => Some(from_json(&id, "error", &text)?),
+            None => None,
+        },
+        trained_tokens: trained as u64,
+        attempts: attempts as u32,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        id,
+    })
+}
+
+pub fn event_from_row<'r, R>(row: &'r R) -> Result<JobEvent, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let job_id: String = row.try_get("job_id")?;
+    let seq: i64 = row.try_get("seq")?;
+    let level: String = row.try_get("level")?;
+    let data: String = row.try_get("data")?;
+    Ok(JobEvent {
+        data: from_json::<EventData>(&job_id, "data", &data)?,
+        seq: seq as u64,
+        created_at: row.try_get("created_at")?,
+        level: parse_level(&level),
+        message: row.try_get("message")?,
+        job_id,
+    })
+}
+
+pub fn checkpoint_from_row<'r, R>(row: &'r R, files: Vec<CheckpointFile>) -> Result<CheckpointRecord, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: String = row.try_get("id")?;
+    let step: i64 = row.try_get("step")?;
+    let metrics: String = row.try_get("metrics")?;
+    Ok(CheckpointRecord {
+        job_id: row.try_get("job_id")?,
+        step: step as u64,
+        created_at: row.try_get("created_at")?,
+        metrics: from_json::<Metrics>(&id, "metrics", &metrics)?,
+        files,
+        id,
+    })
+}
+
+pub fn file_from_row<'r, R>(row: &'r R) -> Result<(String, CheckpointFile), StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let bytes: i64 = row.try_get("bytes")?;
+    Ok((
+        row.try_get("checkpoint_id")?,
+        CheckpointFile {
+            name: row.try_get("name")?,
+            sha256: row.try_get("sha256")?,
+            bytes: bytes as u64,
+        },
+    ))
+}
+
+pub fn model_from_row<'r, R>(row: &'r R) -> Result<super::ModelRecord, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let step: Option<i64> = row.try_get("checkpoint_step")?;
+    Ok(super::ModelRecord {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        base_model: row.try_get("base_model")?,
+        job_id: row.try_get("job_id")?,
+        checkpoint_step: step.map(|s| s as u64),
+        created_at: row.try_get("created_at")?,
+    })
+}

@@ -131,6 +131,322 @@ pub async fn blob_references_follow_rows(store: impl Store) {
     assert!(store.blobs_in_use().await.unwrap().is_empty());
 }
 
+// ---- jobs ----
+
+use super::{ModelRecord, Transition};
+use crate::jobs::model::{
+    CheckpointFile, CheckpointRecord, EventData, JobPatch, JobQuery, JobRecord, JobSpec, JobState, Level, Lora, Method,
+    MethodKind, Metrics, NewEvent,
+};
+
+pub fn job(n: u32, created_at: i64, priority: i32, key: Option<&str>) -> JobRecord {
+    JobRecord {
+        id: format!("job_{n:026}"),
+        spec: JobSpec {
+            base_model: "tiny".into(),
+            training_dataset_id: id(1),
+            validation_dataset_id: None,
+            method: Method {
+                kind: MethodKind::Supervised,
+                hyperparameters: Default::default(),
+                grader: None,
+            },
+            lora: Lora::default(),
+            seed: 7,
+            suffix: "t".into(),
+            metadata: [("team".to_string(), format!("t{}", n % 2))].into(),
+            priority,
+            early_stopping: None,
+            webhook: None,
+        },
+        state: JobState::Queued,
+        idempotency_key: key.map(str::to_string),
+        created_at,
+        started_at: None,
+        finished_at: None,
+        fine_tuned_model: None,
+        fine_tuned_checkpoint_step: None,
+        stop_reason: None,
+        error: None,
+        trained_tokens: 0,
+        attempts: 0,
+        lease_owner: None,
+        lease_expires_at: None,
+    }
+}
+
+fn created() -> NewEvent {
+    NewEvent::state(JobState::Queued, Level::Info, "created")
+}
+
+pub async fn jobs_insert_is_idempotent_by_key(store: impl Store) {
+    let a = job(1, 10, 0, Some("k1"));
+    let (got, created_now) = store.insert_job(&a, &created()).await.unwrap();
+    assert!(created_now);
+    assert_eq!(got, a);
+    let mut retry = job(2, 11, 0, Some("k1"));
+    retry.spec.suffix = "other".into();
+    let (got, created_now) = store.insert_job(&retry, &created()).await.unwrap();
+    assert!(!created_now);
+    assert_eq!(got.id, a.id, "the retried create returns the first job");
+    assert_eq!(store.get_job(&retry.id).await.unwrap(), None);
+    let events = store.list_events(&a.id, 0, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].seq, 1);
+}
+
+pub async fn jobs_transitions_are_compare_and_set_with_gapless_events(store: impl Store) {
+    let a = job(1, 10, 0, None);
+    store.insert_job(&a, &created()).await.unwrap();
+    let patch = JobPatch {
+        stop_reason: Some("asked".into()),
+        ..Default::default()
+    };
+    let ev = NewEvent::state(JobState::Paused, Level::Info, "paused");
+    let Transition::Done(job, event) = store
+        .transition_job(&a.id, &[JobState::Queued], JobState::Paused, &patch, &ev, 20)
+        .await
+        .unwrap()
+    else {
+        panic!("expected a transition");
+    };
+    assert_eq!(job.state, JobState::Paused);
+    assert_eq!(job.stop_reason.as_deref(), Some("asked"));
+    assert_eq!(event.seq, 2);
+    // Not allowed from PAUSED: nothing changes, the current job comes back.
+    let r = store
+        .transition_job(
+            &a.id,
+            &[JobState::Running],
+            JobState::Succeeded,
+            &JobPatch::default(),
+            &ev,
+            30,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, Transition::Conflict(Some(job.clone())));
+    let r = store
+        .transition_job(
+            "job_missing",
+            &[JobState::Running],
+            JobState::Succeeded,
+            &JobPatch::default(),
+            &ev,
+            30,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, Transition::Conflict(None));
+    for i in 0..5 {
+        let e = store
+            .append_event(&a.id, &NewEvent::info(format!("log {i}")), 40)
+            .await
+            .unwrap();
+        assert_eq!(e.seq, 3 + i);
+    }
+    let events = store.list_events(&a.id, 2, 3).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+    assert_eq!(events[0].message, "log 0");
+    assert_eq!(events[0].data, EventData::Message);
+}
+
+pub async fn jobs_claim_by_priority_then_age_with_leases(store: impl Store) {
+    store.insert_job(&job(1, 10, 0, None), &created()).await.unwrap();
+    store.insert_job(&job(2, 11, 5, None), &created()).await.unwrap();
+    store.insert_job(&job(3, 12, 5, None), &created()).await.unwrap();
+    let running = NewEvent::state(JobState::Running, Level::Info, "running");
+    let order: Vec<String> = {
+        let mut v = Vec::new();
+        while let Some((j, e)) = store.claim_next_job("w1", 100, 200, &running).await.unwrap() {
+            assert_eq!(j.state, JobState::Running);
+            assert_eq!(j.lease_owner.as_deref(), Some("w1"));
+            assert_eq!(j.attempts, 1);
+            assert_eq!(e.seq, 2);
+            v.push(j.id);
+        }
+        v
+    };
+    assert_eq!(
+        order,
+        [job(2, 0, 0, None).id, job(3, 0, 0, None).id, job(1, 0, 0, None).id]
+    );
+
+    let id2 = job(2, 0, 0, None).id;
+    assert_eq!(
+        store.renew_lease(&id2, "w1", 300).await.unwrap(),
+        Some(JobState::Running)
+    );
+    assert_eq!(
+        store.renew_lease(&id2, "w2", 300).await.unwrap(),
+        None,
+        "not w2's lease"
+    );
+    let mut expired = store.expired_leases(250).await.unwrap();
+    expired.sort();
+    assert_eq!(expired, [job(1, 0, 0, None).id, job(3, 0, 0, None).id]);
+    let requeue = NewEvent::state(JobState::Queued, Level::Warn, "lease expired");
+    let (j, e) = store
+        .requeue_expired(&expired[0], 250, &requeue)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((j.state, j.lease_owner.clone()), (JobState::Queued, None));
+    assert_eq!(e.seq, 3);
+    assert!(
+        store.requeue_expired(&id2, 250, &requeue).await.unwrap().is_none(),
+        "lease still valid"
+    );
+    let (again, _) = store.claim_next_job("w2", 260, 400, &running).await.unwrap().unwrap();
+    assert_eq!(again.id, j.id);
+    assert_eq!(again.attempts, 2);
+}
+
+pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
+    let a = job(1, 10, 0, None);
+    store.insert_job(&a, &created()).await.unwrap();
+    let running = NewEvent::state(JobState::Running, Level::Info, "running");
+    store.claim_next_job("w1", 10, 1000, &running).await.unwrap().unwrap();
+    let checkpoint = |step: u64, sha: &str| CheckpointRecord {
+        id: format!("ckpt_{step:026}"),
+        job_id: a.id.clone(),
+        step,
+        created_at: 50 + step as i64,
+        metrics: Metrics {
+            step,
+            train_loss: Some(1.0 / step as f64),
+            ..Default::default()
+        },
+        files: vec![CheckpointFile {
+            name: "adapter_model.safetensors".into(),
+            sha256: sha.repeat(64),
+            bytes: 10,
+        }],
+    };
+    let event = |step: u64| NewEvent {
+        level: Level::Info,
+        message: format!("checkpoint at step {step}"),
+        data: EventData::Checkpoint {
+            checkpoint_id: String::new(),
+            step,
+            metrics: Metrics::default(),
+        },
+    };
+    assert!(
+        store
+            .insert_checkpoint(&checkpoint(1, "a"), "intruder", &event(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let e = store
+        .insert_checkpoint(&checkpoint(1, "a"), "w1", &event(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let EventData::Checkpoint { checkpoint_id, .. } = &e.data else {
+        panic!("checkpoint event expected")
+    };
+    assert_eq!(checkpoint_id, &checkpoint(1, "a").id);
+    store
+        .insert_checkpoint(&checkpoint(2, "b"), "w1", &event(2))
+        .await
+        .unwrap()
+        .unwrap();
+    // A step re-run after a resume replaces that step's files.
+    store
+        .insert_checkpoint(&checkpoint(2, "c"), "w1", &event(2))
+        .await
+        .unwrap()
+        .unwrap();
+    let list = store.list_checkpoints(&a.id, None, 10).await.unwrap();
+    assert_eq!(list.iter().map(|c| c.step).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(list[0].files[0].sha256, "c".repeat(64));
+    assert_eq!(store.list_checkpoints(&a.id, Some(2), 10).await.unwrap().len(), 1);
+    assert!(store.blob_in_use(&"a".repeat(64)).await.unwrap());
+    assert!(!store.blob_in_use(&"b".repeat(64)).await.unwrap());
+
+    assert!(store.dataset_in_use(&id(1)).await.unwrap());
+    let model = ModelRecord {
+        id: "ft:tiny:t:job".into(),
+        kind: "fine_tuned".into(),
+        base_model: "tiny".into(),
+        job_id: Some(a.id.clone()),
+        checkpoint_step: Some(2),
+        created_at: 99,
+    };
+    store.insert_model(&model).await.unwrap();
+    assert_eq!(store.get_model(&model.id).await.unwrap(), Some(model.clone()));
+    assert_eq!(store.list_models(None, 10).await.unwrap(), vec![model.clone()]);
+    let (deleted, mut shas) = store.delete_model(&model.id).await.unwrap().unwrap();
+    shas.sort();
+    assert_eq!(deleted, model);
+    assert_eq!(shas, ["a".repeat(64), "c".repeat(64)]);
+    assert!(!store.blob_in_use(&"a".repeat(64)).await.unwrap());
+    assert_eq!(
+        store.list_checkpoints(&a.id, None, 10).await.unwrap().len(),
+        2,
+        "history stays"
+    );
+    let done = NewEvent::state(JobState::Succeeded, Level::Info, "done");
+    store
+        .transition_job(
+            &a.id,
+            &[JobState::Running],
+            JobState::Succeeded,
+            &JobPatch::default(),
+            &done,
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(
+        !store.dataset_in_use(&id(1)).await.unwrap(),
+        "finished jobs do not pin datasets"
+    );
+}
+
+pub async fn jobs_list_filters_and_pages(store: impl Store) {
+    for n in 0..9u32 {
+        let mut j = job(n, 100 + n as i64, 0, None);
+        if n % 3 == 0 {
+            j.spec.base_model = "other".into();
+        }
+        store.insert_job(&j, &created()).await.unwrap();
+    }
+    let page = |after: Option<super::Cursor>| JobQuery {
+        metadata: vec![("team".into(), "t1".into())],
+        after,
+        limit: 2,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let jobs = store.list_jobs(&page(after.clone())).await.unwrap();
+        if jobs.is_empty() {
+            break;
+        }
+        let last = jobs.last().unwrap();
+        after = Some(super::Cursor {
+            created_at: last.created_at,
+            id: last.id.clone(),
+        });
+        seen.extend(jobs.into_iter().map(|j| j.id));
+    }
+    assert_eq!(seen, [7u32, 5, 3, 1].map(|n| job(n, 0, 0, None).id));
+    let other = store
+        .list_jobs(&JobQuery {
+            base_model: Some("other".into()),
+            state: Some(JobState::Queued),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 3);
+}
+
 /// Expands to one test per suite function for a backend. `$make` is an
 /// async expression giving `Option<store>`: a fresh, empty store, or None
 /// when the backend is not available here (the test then passes vacuously,
@@ -143,7 +459,12 @@ macro_rules! store_suite {
             insert_twice_conflicts,
             list_pages_newest_first_without_gaps,
             delete_returns_record_once,
-            blob_references_follow_rows
+            blob_references_follow_rows,
+            jobs_insert_is_idempotent_by_key,
+            jobs_transitions_are_compare_and_set_with_gapless_events,
+            jobs_claim_by_priority_then_age_with_leases,
+            jobs_checkpoints_need_the_lease_and_pin_blobs,
+            jobs_list_filters_and_pages
         );
     };
     (@tests $make:expr; $($name:ident),*) => {

@@ -1,0 +1,493 @@
+//! The job, event, checkpoint and model tables, written once for every SQL
+//! backend. The queries use `$N` placeholders in order of first appearance,
+//! which both SQLite and Postgres bind by position; the one backend-specific
+//! statement (claiming the next queued job) is passed in.
+
+/// Implements `JobStore` for a backend struct with a `pool` field.
+#[macro_export]
+macro_rules! impl_job_store {
+    ($store:ty, $db:ty, claim_sql = $claim:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::store::JobStore for $store {
+            async fn insert_job(
+                &self,
+                job: &$crate::jobs::model::JobRecord,
+                event: &$crate::jobs::model::NewEvent,
+            ) -> Result<($crate::jobs::model::JobRecord, bool), $crate::store::StoreError> {
+                use $crate::store::rows::*;
+                let mut tx = self.pool.begin().await?;
+                if let Some(key) = &job.idempotency_key {
+                    let existing = sqlx::query("SELECT * FROM jobs WHERE idempotency_key = $1")
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some(row) = existing {
+                        return Ok((job_from_row(&row)?, false));
+                    }
+                }
+                let result = sqlx::query(
+                    "INSERT INTO jobs (id, spec, state, base_model, training_dataset_id, validation_dataset_id,
+                        priority, metadata, idempotency_key, created_at, next_seq)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1)",
+                )
+                .bind(&job.id)
+                .bind(to_json(&job.spec))
+                .bind(job.state.as_str())
+                .bind(&job.spec.base_model)
+                .bind(&job.spec.training_dataset_id)
+                .bind(job.spec.validation_dataset_id.as_deref())
+                .bind(job.spec.priority as i64)
+                .bind(to_json(&job.spec.metadata))
+                .bind(job.idempotency_key.as_deref())
+                .bind(job.created_at)
+                .execute(&mut *tx)
+                .await;
+                match result {
+                    Ok(_) => {}
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        // A concurrent create with the same key won the race.
+                        drop(tx);
+                        let row = sqlx::query("SELECT * FROM jobs WHERE idempotency_key = $1")
+                            .bind(job.idempotency_key.as_deref())
+                            .fetch_optional(&self.pool)
+                            .await?
+                            .ok_or_else(|| $crate::store::StoreError::Conflict(job.id.clone()))?;
+                        return Ok((job_from_row(&row)?, false));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                insert_event(&mut tx, &job.id, 1, job.created_at, event).await?;
+                tx.commit().await?;
+                Ok((job.clone(), true))
+            }
+
+            async fn get_job(&self, id: &str) -> Result<Option<$crate::jobs::model::JobRecord>, $crate::store::StoreError> {
+                let row = sqlx::query("SELECT * FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+                row.as_ref().map($crate::store::rows::job_from_row).transpose()
+            }
+
+            async fn list_jobs(
+                &self,
+                q: &$crate::jobs::model::JobQuery,
+            ) -> Result<Vec<$crate::jobs::model::JobRecord>, $crate::store::StoreError> {
+                // Metadata filters are few (at most 16 keys), so they are
+                // applied here, page by page, keeping the SQL portable.
+                let (after_ts, after_id) = match &q.after {
+                    Some(c) => (c.created_at, c.id.clone()),
+                    None => (i64::MAX, String::new()),
+                };
+                let mut out = Vec::new();
+                let (mut cursor_ts, mut cursor_id) = (after_ts, after_id);
+                loop {
+                    let rows = sqlx::query(
+                        "SELECT * FROM jobs
+                         WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR base_model = $2)
+                           AND (created_at < $3 OR (created_at = $3 AND id < $4))
+                         ORDER BY created_at DESC, id DESC LIMIT $5",
+                    )
+                    .bind(q.state.map(|s| s.as_str()))
+                    .bind(q.base_model.as_deref())
+                    .bind(cursor_ts)
+                    .bind(&cursor_id)
+                    .bind((q.limit.max(1) * 4) as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let fetched = rows.len();
+                    for row in &rows {
+                        let job = $crate::store::rows::job_from_row(row)?;
+                        cursor_ts = job.created_at;
+                        cursor_id = job.id.clone();
+                        if q.metadata.iter().all(|(k, v)| job.spec.metadata.get(k) == Some(v)) {
+                            out.push(job);
+                            if out.len() == q.limit {
+                                return Ok(out);
+                            }
+                        }
+                    }
+                    if fetched < q.limit.max(1) * 4 {
+                        return Ok(out);
+                    }
+                }
+            }
+
+            async fn transition_job(
+                &self,
+                id: &str,
+                from: &[$crate::jobs::model::JobState],
+                to: $crate::jobs::model::JobState,
+                patch: &$crate::jobs::model::JobPatch,
+                event: &$crate::jobs::model::NewEvent,
+                now: i64,
+            ) -> Result<$crate::store::Transition, $crate::store::StoreError> {
+                use $crate::store::rows::*;
+                let allowed: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
+                let sql = format!(
+                    "UPDATE jobs SET state = $1,
+                        started_at = COALESCE($2, started_at),
+                        finished_at = COALESCE($3, finished_at),
+                        fine_tuned_model = COALESCE($4, fine_tuned_model),
+                        fine_tuned_checkpoint_step = COALESCE($5, fine_tuned_checkpoint_step),
+                        stop_reason = COALESCE($6, stop_reason),
+                        error = COALESCE($7, error),
+                        trained_tokens = COALESCE($8, trained_tokens),
+                        lease_owner = CASE WHEN $9 THEN NULL ELSE lease_owner END,
+                        lease_expires_at = CASE WHEN $9 THEN NULL ELSE lease_expires_at END,
+                        next_seq = next_seq + 1
+                     WHERE id = $10 AND state IN ({})
+                     RETURNING *",
+                    allowed.join(", ")
+                );
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query(&sql)
+                    .bind(to.as_str())
+                    .bind(patch.started_at)
+                    .bind(patch.finished_at)
+                    .bind(patch.fine_tuned_model.as_deref())
+                    .bind(patch.fine_tuned_checkpoint_step.map(|s| s as i64))
+                    .bind(patch.stop_reason.as_deref())
+                    .bind(patch.error.as_ref().map(to_json))
+                    .bind(patch.trained_tokens.map(|t| t as i64))
+                    .bind(patch.release_lease)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    drop(tx);
+                    return Ok($crate::store::Transition::Conflict(self.get_job(id).await?));
+                };
+                let seq: i64 = sqlx::Row::try_get(&row, "next_seq")?;
+                let job = job_from_row(&row)?;
+                let event = insert_event(&mut tx, id, seq, now, event).await?;
+                tx.commit().await?;
+                Ok($crate::store::Transition::Done(job, event))
+            }
+
+            async fn append_event(
+                &self,
+                id: &str,
+                event: &$crate::jobs::model::NewEvent,
+                now: i64,
+            ) -> Result<$crate::jobs::model::JobEvent, $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let seq = bump_seq(&mut tx, id).await?;
+                let event = insert_event(&mut tx, id, seq, now, event).await?;
+                tx.commit().await?;
+                Ok(event)
+            }
+
+            async fn list_events(
+                &self,
+                id: &str,
+                after_seq: u64,
+                limit: usize,
+            ) -> Result<Vec<$crate::jobs::model::JobEvent>, $crate::store::StoreError> {
+                let rows = sqlx::query("SELECT * FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+                    .bind(id)
+                    .bind(after_seq as i64)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map($crate::store::rows::event_from_row).collect()
+            }
+
+            async fn claim_next_job(
+                &self,
+                worker: &str,
+                now: i64,
+                lease_until: i64,
+                event: &$crate::jobs::model::NewEvent,
+            ) -> Result<Option<($crate::jobs::model::JobRecord, $crate::jobs::model::JobEvent)>, $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query($claim)
+                    .bind(worker)
+                    .bind(lease_until)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let seq: i64 = sqlx::Row::try_get(&row, "next_seq")?;
+                let job = $crate::store::rows::job_from_row(&row)?;
+                let event = insert_event(&mut tx, &job.id, seq, now, event).await?;
+                tx.commit().await?;
+                Ok(Some((job, event)))
+            }
+
+            async fn renew_lease(
+                &self,
+                id: &str,
+                worker: &str,
+                lease_until: i64,
+            ) -> Result<Option<$crate::jobs::model::JobState>, $crate::store::StoreError> {
+                let row = sqlx::query(
+                    "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 RETURNING state",
+                )
+                .bind(lease_until)
+                .bind(id)
+                .bind(worker)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(match row {
+                    Some(row) => {
+                        let state: String = sqlx::Row::try_get(&row, "state")?;
+                        $crate::jobs::model::JobState::parse(&state)
+                    }
+                    None => None,
+                })
+            }
+
+            async fn expired_leases(&self, now: i64) -> Result<Vec<String>, $crate::store::StoreError> {
+                let rows = sqlx::query("SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1")
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(|r| sqlx::Row::try_get(r, "id").map_err(Into::into)).collect()
+            }
+
+            async fn requeue_expired(
+                &self,
+                id: &str,
+                now: i64,
+                event: &$crate::jobs::model::NewEvent,
+            ) -> Result<Option<($crate::jobs::model::JobRecord, $crate::jobs::model::JobEvent)>, $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query(
+                    "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, next_seq = next_seq + 1
+                     WHERE id = $1 AND state = 'running' AND lease_expires_at < $2 RETURNING *",
+                )
+                .bind(id)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let seq: i64 = sqlx::Row::try_get(&row, "next_seq")?;
+                let job = $crate::store::rows::job_from_row(&row)?;
+                let event = insert_event(&mut tx, id, seq, now, event).await?;
+                tx.commit().await?;
+                Ok(Some((job, event)))
+            }
+
+            async fn insert_checkpoint(
+                &self,
+                checkpoint: &$crate::jobs::model::CheckpointRecord,
+                worker: &str,
+                event: &$crate::jobs::model::NewEvent,
+            ) -> Result<Option<$crate::jobs::model::JobEvent>, $crate::store::StoreError> {
+                use $crate::store::rows::*;
+                let mut tx = self.pool.begin().await?;
+                // Only the lease holder may add checkpoints: a worker that
+                // lost its job must not write into the new attempt.
+                let row = sqlx::query(
+                    "UPDATE jobs SET next_seq = next_seq + 1 WHERE id = $1 AND lease_owner = $2 RETURNING next_seq",
+                )
+                .bind(&checkpoint.job_id)
+                .bind(worker)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let seq: i64 = sqlx::Row::try_get(&row, "next_seq")?;
+                sqlx::query(
+                    "INSERT INTO checkpoints (id, job_id, step, created_at, metrics) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (job_id, step) DO NOTHING",
+                )
+                .bind(&checkpoint.id)
+                .bind(&checkpoint.job_id)
+                .bind(checkpoint.step as i64)
+                .bind(checkpoint.created_at)
+                .bind(to_json(&checkpoint.metrics))
+                .execute(&mut *tx)
+                .await?;
+                // A re-run step after a resume replaces the earlier
+                // checkpoint's files under the same record.
+                let id_row = sqlx::query("SELECT id FROM checkpoints WHERE job_id = $1 AND step = $2")
+                    .bind(&checkpoint.job_id)
+                    .bind(checkpoint.step as i64)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let checkpoint_id: String = sqlx::Row::try_get(&id_row, "id")?;
+                sqlx::query("UPDATE checkpoints SET metrics = $1, created_at = $2 WHERE id = $3")
+                    .bind(to_json(&checkpoint.metrics))
+                    .bind(checkpoint.created_at)
+                    .bind(&checkpoint_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM checkpoint_files WHERE checkpoint_id = $1")
+                    .bind(&checkpoint_id)
+                    .execute(&mut *tx)
+                    .await?;
+                for file in &checkpoint.files {
+                    sqlx::query("INSERT INTO checkpoint_files (checkpoint_id, name, sha256, bytes) VALUES ($1, $2, $3, $4)")
+                        .bind(&checkpoint_id)
+                        .bind(&file.name)
+                        .bind(&file.sha256)
+                        .bind(file.bytes as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let mut event = event.clone();
+                if let $crate::jobs::model::EventData::Checkpoint { checkpoint_id: id, .. } = &mut event.data {
+                    *id = checkpoint_id;
+                }
+                let event = insert_event(&mut tx, &checkpoint.job_id, seq, checkpoint.created_at, &event).await?;
+                tx.commit().await?;
+                Ok(Some(event))
+            }
+
+            async fn list_checkpoints(
+                &self,
+                job_id: &str,
+                before_step: Option<u64>,
+                limit: usize,
+            ) -> Result<Vec<$crate::jobs::model::CheckpointRecord>, $crate::store::StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM checkpoints WHERE job_id = $1 AND step < $2 ORDER BY step DESC LIMIT $3",
+                )
+                .bind(job_id)
+                .bind(before_step.map(|s| s as i64).unwrap_or(i64::MAX))
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+                let files = sqlx::query(
+                    "SELECT f.* FROM checkpoint_files f JOIN checkpoints c ON c.id = f.checkpoint_id
+                     WHERE c.job_id = $1 ORDER BY f.name",
+                )
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut by_checkpoint: std::collections::HashMap<String, Vec<$crate::jobs::model::CheckpointFile>> =
+                    std::collections::HashMap::new();
+                for row in &files {
+                    let (id, file) = $crate::store::rows::file_from_row(row)?;
+                    by_checkpoint.entry(id).or_default().push(file);
+                }
+                rows.iter()
+                    .map(|row| {
+                        let id: String = sqlx::Row::try_get(row, "id")?;
+                        $crate::store::rows::checkpoint_from_row(row, by_checkpoint.remove(&id).unwrap_or_default())
+                    })
+                    .collect()
+            }
+
+            async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, $crate::store::StoreError> {
+                let row = sqlx::query(
+                    "SELECT COUNT(*) AS n FROM jobs
+                     WHERE (training_dataset_id = $1 OR validation_dataset_id = $1)
+                       AND state NOT IN ('succeeded', 'failed', 'cancelled')",
+                )
+                .bind(dataset_id)
+                .fetch_one(&self.pool)
+                .await?;
+                let n: i64 = sqlx::Row::try_get(&row, "n")?;
+                Ok(n > 0)
+            }
+
+            async fn insert_model(&self, m: &$crate::store::ModelRecord) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO models (id, kind, base_model, job_id, checkpoint_step, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (id) DO UPDATE SET checkpoint_step = excluded.checkpoint_step",
+                )
+                .bind(&m.id)
+                .bind(&m.kind)
+                .bind(&m.base_model)
+                .bind(m.job_id.as_deref())
+                .bind(m.checkpoint_step.map(|s| s as i64))
+                .bind(m.created_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_model(&self, id: &str) -> Result<Option<$crate::store::ModelRecord>, $crate::store::StoreError> {
+                let row = sqlx::query("SELECT * FROM models WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+                row.as_ref().map($crate::store::rows::model_from_row).transpose()
+            }
+
+            async fn list_models(
+                &self,
+                after: Option<&str>,
+                limit: usize,
+            ) -> Result<Vec<$crate::store::ModelRecord>, $crate::store::StoreError> {
+                let rows = sqlx::query("SELECT * FROM models WHERE id > $1 ORDER BY id LIMIT $2")
+                    .bind(after.unwrap_or(""))
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map($crate::store::rows::model_from_row).collect()
+            }
+
+            async fn delete_model(
+                &self,
+                id: &str,
+            ) -> Result<Option<($crate::store::ModelRecord, Vec<String>)>, $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query("DELETE FROM models WHERE id = $1 RETURNING *")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let model = $crate::store::rows::model_from_row(&row)?;
+                let mut shas = Vec::new();
+                if let Some(job_id) = &model.job_id {
+                    let rows = sqlx::query(
+                        "DELETE FROM checkpoint_files WHERE checkpoint_id IN (SELECT id FROM checkpoints WHERE job_id = $1)
+                         RETURNING sha256",
+                    )
+                    .bind(job_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    for r in &rows {
+                        shas.push(sqlx::Row::try_get::<String, _>(r, "sha256")?);
+                    }
+                }
+                tx.commit().await?;
+                Ok(Some((model, shas)))
+            }
+        }
+
+        async fn bump_seq(tx: &mut sqlx::Transaction<'_, $db>, id: &str) -> Result<i64, $crate::store::StoreError>
+        {
+            let row = sqlx::query("UPDATE jobs SET next_seq = next_seq + 1 WHERE id = $1 RETURNING next_seq")
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| $crate::store::StoreError::Conflict(format!("job {id} does not exist")))?;
+            Ok(sqlx::Row::try_get(&row, "next_seq")?)
+        }
+
+        async fn insert_event(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            id: &str,
+            seq: i64,
+            now: i64,
+            event: &$crate::jobs::model::NewEvent,
+        ) -> Result<$crate::jobs::model::JobEvent, $crate::store::StoreError>
+        {
+            let data = $crate::store::rows::to_json(&event.data);
+            sqlx::query("INSERT INTO job_events (job_id, seq, created_at, level, message, data) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(id)
+                .bind(seq)
+                .bind(now)
+                .bind($crate::store::rows::level_str(event.level))
+                .bind(event.message.clone())
+                .bind(data)
+                .execute(&mut **tx)
+                .await?;
+            Ok($crate::jobs::model::JobEvent {
+                job_id: id.to_string(),
+                seq: seq as u64,
+                created_at: now,
+                level: event.level,
+                message: event.message.clone(),
+                data: event.data.clone(),
+            })
+        }
+    };
+}
