@@ -54,7 +54,9 @@ pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
     } else {
         format!("http://{addr}")
     };
-    let endpoint = Endpoint::from_shared(uri.clone())?;
+    let endpoint = Endpoint::from_shared(uri.clone())?
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20));
     endpoint
         .connect()
         .await

@@ -143,7 +143,9 @@ impl Datasets {
             ))
         })?;
         let writer = self.blobs.writer().await?;
-        let (tx, rx) = mpsc::channel::<Bytes>(8);
+        // Deep enough (16 MiB of 256 KiB chunks) that receiving, hashing and
+        // writing overlap with validating a block instead of waiting on it.
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
         let mut ingestor = Ingestor::new(
             self.ingest_options(purpose, meta.label_field.clone()),
             self.tokens.clone(),
