@@ -30,6 +30,17 @@ pub struct ServeConfig {
     /// Seconds in-flight requests get to finish after a shutdown signal.
     #[arg(long, env = "LATHE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Fine-tuning jobs this server runs at once.
+    #[arg(long, env = "LATHE_MAX_CONCURRENT_JOBS", default_value_t = 1)]
+    pub max_concurrent_jobs: usize,
+    /// Seconds a worker's claim on a job lasts without a heartbeat; a job
+    /// whose worker vanished is re-queued after this.
+    #[arg(long, env = "LATHE_JOB_LEASE_SECS", default_value_t = 15)]
+    pub job_lease_secs: u64,
+    /// How often (ms) the scheduler and watchers look for work and events
+    /// they were not told about (other replicas).
+    #[arg(long, env = "LATHE_JOB_POLL_MILLIS", default_value_t = 1000)]
+    pub job_poll_millis: u64,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "LATHE_LOG_JSON")]
     pub log_json: bool,
@@ -47,6 +58,9 @@ impl ServeConfig {
             token_limit: 65_536,
             max_concurrent_uploads: 8,
             shutdown_grace_secs: 30,
+            max_concurrent_jobs: 1,
+            job_lease_secs: 15,
+            job_poll_millis: 1000,
             log_json: false,
         }
     }
@@ -63,6 +77,15 @@ impl ServeConfig {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn jobs_config(&self) -> crate::jobs::manager::JobsConfig {
+        crate::jobs::manager::JobsConfig {
+            max_concurrent: self.max_concurrent_jobs,
+            lease: Duration::from_secs(self.job_lease_secs.max(1)),
+            poll: Duration::from_millis(self.job_poll_millis.max(10)),
+            ..Default::default()
+        }
     }
 
     pub fn dataset_limits(&self) -> DatasetLimits {

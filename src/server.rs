@@ -6,12 +6,14 @@ use std::{future::Future, sync::Arc};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::api::{DatasetApi, EvalApi, FineTuningApi, GraderApi, ModelApi};
 use crate::blobs::Blobs;
 use crate::config::ServeConfig;
 use crate::datasets::{manager::Datasets, tokens::O200k};
+use crate::jobs::{manager::Jobs, scheduler, trainer::Trainer};
 use crate::proto::{
     FILE_DESCRIPTOR_SET, dataset_service_server::DatasetServiceServer, eval_service_server::EvalServiceServer,
     fine_tuning_service_server::FineTuningServiceServer, grader_service_server::GraderServiceServer,
@@ -21,9 +23,21 @@ use crate::store;
 
 /// Serves on `listener` until `shutdown` completes, then stops accepting
 /// and gives in-flight requests `config.shutdown_grace()` to finish.
-pub async fn run(
+pub async fn run(listener: TcpListener, config: ServeConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    run_with(listener, config, default_trainer(), shutdown).await
+}
+
+/// The trainer built into this binary. The embedded LoRA trainer is not
+/// built yet, so there is none, and CreateJob says so.
+pub fn default_trainer() -> Option<Arc<dyn Trainer>> {
+    None
+}
+
+/// `run` with a given trainer (embedders and tests bring their own).
+pub async fn run_with(
     listener: TcpListener,
     config: ServeConfig,
+    trainer: Option<Arc<dyn Trainer>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
@@ -33,15 +47,15 @@ pub async fn run(
         .context("opening the database")?;
     let blobs = Blobs::local(config.blob_dir()).context("opening the blob directory")?;
     let datasets = Arc::new(Datasets::new(
-        store,
-        blobs,
+        store.clone(),
+        blobs.clone(),
         Arc::new(O200k::new()),
         config.dataset_limits(),
     ));
-    datasets
-        .recover()
-        .await
-        .context("cleaning up after interrupted uploads")?;
+    datasets.recover().await.context("cleaning up after interrupted uploads")?;
+    let jobs = Arc::new(Jobs::new(store, blobs, trainer, config.jobs_config()));
+    let stop_scheduler = CancellationToken::new();
+    let scheduler = scheduler::spawn(jobs.clone(), stop_scheduler.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DatasetServiceServer<DatasetApi>>().await;
@@ -68,8 +82,8 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(DatasetServiceServer::new(DatasetApi::new(datasets)))
-        .add_service(FineTuningServiceServer::new(FineTuningApi))
-        .add_service(ModelServiceServer::new(ModelApi))
+        .add_service(FineTuningServiceServer::new(FineTuningApi::new(jobs.clone())))
+        .add_service(ModelServiceServer::new(ModelApi::new(jobs)))
         .add_service(GraderServiceServer::new(GraderApi))
         .add_service(EvalServiceServer::new(EvalApi))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
@@ -77,6 +91,8 @@ pub async fn run(
             tracing::info!("shutting down: no new requests; letting in-flight ones finish");
             health.set_not_serving::<DatasetServiceServer<DatasetApi>>().await;
             let _ = stop_tx.send(());
+            // Running jobs stop at a step boundary and go back to the queue.
+            stop_scheduler.cancel();
         });
 
     let grace = config.shutdown_grace();
@@ -94,6 +110,9 @@ pub async fn run(
             // stop leaves in staging is swept at the next start.
             tracing::warn!(grace_secs = grace.as_secs(), "grace period over; dropping in-flight requests");
         }
+    }
+    if let Err(e) = scheduler.await {
+        tracing::error!(error = %e, "the scheduler crashed");
     }
     tracing::info!("stopped");
     Ok(())

@@ -124,3 +124,352 @@ pub fn dataset(d: DatasetRecord) -> proto::Dataset {
         lineage: d.lineage.map(lineage),
     }
 }
+
+// ---- JSON <-> google.protobuf.Struct ----
+
+pub fn json_from_value(v: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(b),
+        Some(Kind::NumberValue(n)) => {
+            // Whole numbers come back as integers, as users wrote them.
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                serde_json::Value::from(n as i64)
+            } else {
+                serde_json::Number::from_f64(n).map_or(serde_json::Value::Null, serde_json::Value::Number)
+            }
+        }
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s),
+        Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.into_iter().map(json_from_value).collect()),
+        Some(Kind::StructValue(s)) => json_from_struct(s),
+    }
+}
+
+pub fn json_from_struct(s: prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(s.fields.into_iter().map(|(k, v)| (k, json_from_value(v))).collect())
+}
+
+pub fn value_from_json(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(value_from_json).collect(),
+        }),
+        serde_json::Value::Object(_) => Kind::StructValue(struct_from_json(v)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+pub fn struct_from_json(v: &serde_json::Value) -> prost_types::Struct {
+    let fields = match v {
+        serde_json::Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), value_from_json(v))).collect(),
+        _ => Default::default(),
+    };
+    prost_types::Struct { fields }
+}
+
+// ---- jobs ----
+
+use crate::error::{Error, FieldViolation};
+use crate::jobs::manager::CreateJob;
+use crate::jobs::model as jm;
+
+pub fn job_state_to_proto(s: jm::JobState) -> proto::JobState {
+    match s {
+        jm::JobState::ValidatingFiles => proto::JobState::ValidatingFiles,
+        jm::JobState::Queued => proto::JobState::Queued,
+        jm::JobState::Running => proto::JobState::Running,
+        jm::JobState::Succeeded => proto::JobState::Succeeded,
+        jm::JobState::Failed => proto::JobState::Failed,
+        jm::JobState::Cancelled => proto::JobState::Cancelled,
+        jm::JobState::Paused => proto::JobState::Paused,
+    }
+}
+
+pub fn job_state_from_proto(v: i32) -> Result<Option<jm::JobState>, Error> {
+    Ok(match proto::JobState::try_from(v) {
+        Ok(proto::JobState::Unspecified) => None,
+        Ok(proto::JobState::ValidatingFiles) => Some(jm::JobState::ValidatingFiles),
+        Ok(proto::JobState::Queued) => Some(jm::JobState::Queued),
+        Ok(proto::JobState::Running) => Some(jm::JobState::Running),
+        Ok(proto::JobState::Succeeded) => Some(jm::JobState::Succeeded),
+        Ok(proto::JobState::Failed) => Some(jm::JobState::Failed),
+        Ok(proto::JobState::Cancelled) => Some(jm::JobState::Cancelled),
+        Ok(proto::JobState::Paused) => Some(jm::JobState::Paused),
+        Err(_) => return Err(Error::invalid("state", format!("unknown job state value {v}"))),
+    })
+}
+
+fn auto_i(v: Option<proto::AutoInt>) -> Option<i64> {
+    match v.and_then(|a| a.value) {
+        Some(proto::auto_int::Value::Number(n)) => Some(n),
+        _ => None,
+    }
+}
+
+fn auto_f(v: Option<proto::AutoDouble>) -> Option<f64> {
+    match v.and_then(|a| a.value) {
+        Some(proto::auto_double::Value::Number(n)) => Some(n),
+        _ => None,
+    }
+}
+
+fn some_i(v: Option<i64>) -> Option<proto::AutoInt> {
+    Some(proto::AutoInt {
+        value: Some(match v {
+            Some(n) => proto::auto_int::Value::Number(n),
+            None => proto::auto_int::Value::Auto(true),
+        }),
+    })
+}
+
+fn some_f(v: Option<f64>) -> Option<proto::AutoDouble> {
+    Some(proto::AutoDouble {
+        value: Some(match v {
+            Some(n) => proto::auto_double::Value::Number(n),
+            None => proto::auto_double::Value::Auto(true),
+        }),
+    })
+}
+
+pub fn create_job(req: proto::CreateJobRequest) -> Result<CreateJob, Error> {
+    use proto::fine_tuning_method::Method as M;
+    let method = match req.method.and_then(|m| m.method) {
+        None => jm::Method {
+            kind: jm::MethodKind::Supervised,
+            hyperparameters: Default::default(),
+            grader: None,
+        },
+        Some(M::Supervised(s)) => jm::Method {
+            kind: jm::MethodKind::Supervised,
+            hyperparameters: jm::Hyperparameters {
+                n_epochs: auto_i(s.n_epochs),
+                batch_size: auto_i(s.batch_size),
+                learning_rate_multiplier: auto_f(s.learning_rate_multiplier),
+                ..Default::default()
+            },
+            grader: None,
+        },
+        Some(M::Dpo(d)) => jm::Method {
+            kind: jm::MethodKind::Dpo,
+            hyperparameters: jm::Hyperparameters {
+                n_epochs: auto_i(d.n_epochs),
+                batch_size: auto_i(d.batch_size),
+                learning_rate_multiplier: auto_f(d.learning_rate_multiplier),
+                beta: auto_f(d.beta),
+                ..Default::default()
+            },
+            grader: None,
+        },
+        Some(M::Reinforcement(r)) => jm::Method {
+            kind: jm::MethodKind::Reinforcement,
+            hyperparameters: jm::Hyperparameters {
+                n_epochs: auto_i(r.n_epochs),
+                batch_size: auto_i(r.batch_size),
+                learning_rate_multiplier: auto_f(r.learning_rate_multiplier),
+                eval_interval: auto_i(r.eval_interval),
+                eval_samples: auto_i(r.eval_samples),
+                generations_per_prompt: auto_i(r.generations_per_prompt),
+                beta: None,
+            },
+            grader: r.grader.map(json_from_struct),
+        },
+    };
+    let lora = match req.lora {
+        None => jm::Lora::default(),
+        Some(l) => {
+            let d = jm::Lora::default();
+            jm::Lora {
+                rank: if l.rank == 0 { d.rank } else { l.rank },
+                alpha: if l.alpha == 0.0 { d.alpha } else { l.alpha },
+                dropout: l.dropout,
+                target_modules: if l.target_modules.is_empty() {
+                    d.target_modules
+                } else {
+                    l.target_modules
+                },
+            }
+        }
+    };
+    let seed = match req.seed {
+        Some(seed) => seed,
+        None => rand::random::<u32>() as u64 & 0x7fff_ffff,
+    };
+    if req.training_dataset_id.is_empty() {
+        return Err(Error::InvalidArgument(vec![FieldViolation::new(
+            "training_dataset_id",
+            "a training dataset is required",
+        )]));
+    }
+    Ok(CreateJob {
+        spec: jm::JobSpec {
+            base_model: req.base_model,
+            training_dataset_id: req.training_dataset_id,
+            validation_dataset_id: (!req.validation_dataset_id.is_empty()).then_some(req.validation_dataset_id),
+            method,
+            lora,
+            seed,
+            suffix: req.suffix,
+            metadata: req.metadata.into_iter().collect(),
+            priority: req.priority,
+            early_stopping: req.early_stopping.map(|e| jm::EarlyStopping {
+                patience: e.patience,
+                min_delta: e.min_delta,
+            }),
+            webhook: req.webhook.filter(|w| !w.url.is_empty()).map(|w| jm::Webhook {
+                url: w.url,
+                secret: w.secret,
+            }),
+        },
+        idempotency_key: (!req.idempotency_key.is_empty()).then_some(req.idempotency_key),
+    })
+}
+
+fn method_to_proto(m: &jm::Method) -> proto::FineTuningMethod {
+    use proto::fine_tuning_method::Method as M;
+    let h = &m.hyperparameters;
+    let method = match m.kind {
+        jm::MethodKind::Supervised => M::Supervised(proto::SupervisedMethod {
+            n_epochs: some_i(h.n_epochs),
+            batch_size: some_i(h.batch_size),
+            learning_rate_multiplier: some_f(h.learning_rate_multiplier),
+        }),
+        jm::MethodKind::Dpo => M::Dpo(proto::DpoMethod {
+            n_epochs: some_i(h.n_epochs),
+            batch_size: some_i(h.batch_size),
+            learning_rate_multiplier: some_f(h.learning_rate_multiplier),
+            beta: some_f(h.beta),
+        }),
+        jm::MethodKind::Reinforcement => M::Reinforcement(proto::ReinforcementMethod {
+            n_epochs: some_i(h.n_epochs),
+            batch_size: some_i(h.batch_size),
+            learning_rate_multiplier: some_f(h.learning_rate_multiplier),
+            grader: m.grader.as_ref().map(struct_from_json),
+            eval_interval: some_i(h.eval_interval),
+            eval_samples: some_i(h.eval_samples),
+            generations_per_prompt: some_i(h.generations_per_prompt),
+        }),
+    };
+    proto::FineTuningMethod { method: Some(method) }
+}
+
+pub fn job(j: jm::JobRecord) -> proto::Job {
+    proto::Job {
+        id: j.id,
+        base_model: j.spec.base_model,
+        training_dataset_id: j.spec.training_dataset_id,
+        validation_dataset_id: j.spec.validation_dataset_id.unwrap_or_default(),
+        method: Some(method_to_proto(&j.spec.method)),
+        lora: Some(proto::LoraConfig {
+            rank: j.spec.lora.rank,
+            alpha: j.spec.lora.alpha,
+            dropout: j.spec.lora.dropout,
+            target_modules: j.spec.lora.target_modules,
+        }),
+        seed: j.spec.seed,
+        suffix: j.spec.suffix,
+        metadata: j.spec.metadata.into_iter().collect(),
+        state: job_state_to_proto(j.state) as i32,
+        fine_tuned_model: j.fine_tuned_model.unwrap_or_default(),
+        error: j.error.map(|e| proto::JobError {
+            code: e.code,
+            message: e.message,
+            param: e.param.unwrap_or_default(),
+        }),
+        created_at: Some(timestamp(j.created_at)),
+        finished_at: j.finished_at.map(timestamp),
+        trained_tokens: j.trained_tokens,
+        priority: j.spec.priority,
+        early_stopping: j.spec.early_stopping.map(|e| proto::EarlyStopping {
+            patience: e.patience,
+            min_delta: e.min_delta,
+        }),
+        started_at: j.started_at.map(timestamp),
+        fine_tuned_checkpoint_step: j.fine_tuned_checkpoint_step.unwrap_or(0),
+        stop_reason: j.stop_reason.unwrap_or_default(),
+        webhook_url: j.spec.webhook.map(|w| w.url).unwrap_or_default(),
+        attempts: j.attempts,
+    }
+}
+
+pub fn metrics(m: jm::Metrics) -> proto::JobMetrics {
+    proto::JobMetrics {
+        step: m.step,
+        total_steps: m.total_steps,
+        epoch: m.epoch,
+        train_loss: m.train_loss,
+        valid_loss: m.valid_loss,
+        train_mean_token_accuracy: m.train_mean_token_accuracy,
+        valid_mean_token_accuracy: m.valid_mean_token_accuracy,
+        learning_rate: m.learning_rate,
+        tokens_per_second: m.tokens_per_second,
+        train_reward_mean: m.train_reward_mean,
+        valid_reward_mean: m.valid_reward_mean,
+    }
+}
+
+pub fn checkpoint(c: jm::CheckpointRecord, model: &str) -> proto::Checkpoint {
+    proto::Checkpoint {
+        fine_tuned_model_checkpoint: jm::checkpoint_model_id(model, c.step),
+        id: c.id,
+        job_id: c.job_id,
+        step_number: c.step,
+        metrics: Some(metrics(c.metrics)),
+        created_at: Some(timestamp(c.created_at)),
+    }
+}
+
+pub fn event(e: jm::JobEvent, model: &str) -> proto::JobEvent {
+    use proto::job_event::Data;
+    let data = match e.data {
+        jm::EventData::Message => None,
+        jm::EventData::State { state } => Some(Data::State(job_state_to_proto(state) as i32)),
+        jm::EventData::Metrics { metrics: m } => Some(Data::Metrics(metrics(m))),
+        jm::EventData::Checkpoint {
+            checkpoint_id,
+            step,
+            metrics: m,
+        } => Some(Data::Checkpoint(proto::Checkpoint {
+            id: checkpoint_id,
+            job_id: e.job_id.clone(),
+            fine_tuned_model_checkpoint: jm::checkpoint_model_id(model, step),
+            step_number: step,
+            metrics: Some(metrics(m)),
+            created_at: Some(timestamp(e.created_at)),
+        })),
+    };
+    proto::JobEvent {
+        job_id: e.job_id,
+        seq: e.seq,
+        created_at: Some(timestamp(e.created_at)),
+        level: match e.level {
+            jm::Level::Info => proto::EventLevel::Info,
+            jm::Level::Warn => proto::EventLevel::Warn,
+            jm::Level::Error => proto::EventLevel::Error,
+        } as i32,
+        message: e.message,
+        data,
+    }
+}
+
+pub fn model(m: crate::store::ModelRecord) -> proto::Model {
+    proto::Model {
+        id: m.id,
+        kind: if m.kind == "fine_tuned" {
+            proto::ModelKind::FineTuned
+        } else {
+            proto::ModelKind::Base
+        } as i32,
+        base_model: m.base_model,
+        job_id: m.job_id.unwrap_or_default(),
+        architecture: String::new(),
+        parameters: 0,
+        context_length: 0,
+        created_at: Some(timestamp(m.created_at)),
+    }
+}

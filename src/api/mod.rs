@@ -6,7 +6,9 @@
 
 pub mod convert;
 mod datasets;
+mod jobs;
 mod unimplemented;
 
 pub use self::datasets::DatasetApi;
-pub use self::unimplemented::{EvalApi, FineTuningApi, GraderApi, ModelApi};
+pub use self::jobs::{FineTuningApi, ModelApi};
+pub use self::unimplemented::{EvalApi, GraderApi};

@@ -267,8 +267,13 @@ impl Datasets {
 
     pub async fn delete(&self, id: &str) -> Result<DatasetRecord> {
         check_id(id, "id")?;
-        // Jobs do not exist yet; once they do, a dataset a job references is
-        // refused here with FAILED_PRECONDITION before anything is removed.
+        if self.store.dataset_in_use(id).await? {
+            return Err(Error::precondition(
+                "DATASET_IN_USE",
+                id,
+                format!("dataset {id} is used by a fine-tuning job that has not finished; cancel the job or wait"),
+            ));
+        }
         let _gate = self.blob_gate.lock().await;
         let record = self
             .store

@@ -1,4 +1,14 @@
 //! Fine-tuning jobs: the state machine, the scheduler that runs them on a
 //! `Trainer`, and their event streams.
+//!
+//! Architecture invariant: every state change goes through
+//! `state::allowed_from` and the store's compare-and-set, together with
+//! its event; nothing else writes a job's state.
 
+pub mod events;
+pub mod manager;
 pub mod model;
+pub mod scheduler;
+pub mod state;
+pub mod trainer;
+pub mod webhook;

@@ -1,0 +1,615 @@
+//! The jobs domain service: create, read, control and watch jobs.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::{Notify, broadcast::error::RecvError, mpsc};
+
+use super::events::EventBus;
+use super::model::*;
+use super::state;
+use super::trainer::{StopHandle, StopReason, Trainer};
+use crate::blobs::Blobs;
+use crate::datasets::model::DatasetState;
+use crate::datasets::report::Purpose;
+use crate::error::{Error, FieldViolation, Result};
+use crate::ids;
+use crate::store::{Cursor, Store, Transition};
+
+#[derive(Clone, Debug)]
+pub struct JobsConfig {
+    pub max_concurrent: usize,
+    /// How long a worker's claim on a job lasts without a heartbeat.
+    pub lease: Duration,
+    /// How often the scheduler looks for work it was not woken for.
+    pub poll: Duration,
+    /// This process's name in leases.
+    pub worker_id: String,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 1,
+            lease: Duration::from_secs(15),
+            poll: Duration::from_secs(1),
+            worker_id: ids::new_id("worker"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CreateJob {
+    pub spec: JobSpec,
+    pub idempotency_key: Option<String>,
+}
+
+/// What WatchJob streams: events in order, then the final job once.
+#[derive(Debug)]
+pub enum WatchItem {
+    Event(JobEvent),
+    End(JobRecord),
+}
+
+pub struct Jobs {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) blobs: Blobs,
+    pub(crate) bus: EventBus,
+    pub(crate) trainer: Option<Arc<dyn Trainer>>,
+    pub(crate) config: JobsConfig,
+    pub(crate) wake: Notify,
+    /// Stop handles of the jobs this process is running.
+    pub(crate) running: Mutex<HashMap<String, StopHandle>>,
+    pub(crate) http: reqwest::Client,
+}
+
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
+}
+
+fn check_job_id(id: &str) -> Result<()> {
+    if ids::is_valid("job", id) {
+        Ok(())
+    } else {
+        Err(Error::invalid("id", format!("{id:?} is not a job id (job_ followed by 26 characters)")))
+    }
+}
+
+fn range_i(v: &mut Vec<FieldViolation>, field: &str, value: Option<i64>, lo: i64, hi: i64) {
+    if let Some(x) = value
+        && !(lo..=hi).contains(&x)
+    {
+        v.push(FieldViolation::new(field, format!("must be auto or between {lo} and {hi}")));
+    }
+}
+
+impl Jobs {
+    pub fn new(store: Arc<dyn Store>, blobs: Blobs, trainer: Option<Arc<dyn Trainer>>, config: JobsConfig) -> Self {
+        Self {
+            store,
+            blobs,
+            bus: EventBus::default(),
+            trainer,
+            config,
+            wake: Notify::new(),
+            running: Mutex::new(HashMap::new()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn has_trainer(&self) -> bool {
+        self.trainer.is_some()
+    }
+
+    /// Writes a state change and, when it happened, tells watchers.
+    pub(crate) async fn transition(
+        &self,
+        id: &str,
+        to: JobState,
+        patch: &JobPatch,
+        event: NewEvent,
+    ) -> Result<std::result::Result<JobRecord, Option<JobRecord>>> {
+        match self
+            .store
+            .transition_job(id, state::allowed_from(to), to, patch, &event, now_millis())
+            .await?
+        {
+            Transition::Done(job, event) => {
+                self.bus.publish(&event);
+                if to.is_terminal() {
+                    self.on_terminal(&job);
+                }
+                Ok(Ok(job))
+            }
+            Transition::Conflict(current) => Ok(Err(current)),
+        }
+    }
+
+    pub(crate) async fn log(&self, id: &str, level: Level, message: String) {
+        let event = NewEvent {
+            level,
+            message,
+            data: EventData::Message,
+        };
+        match self.store.append_event(id, &event, now_millis()).await {
+            Ok(event) => self.bus.publish(&event),
+            Err(e) => tracing::warn!(job = %id, error = %e, "could not record a job event"),
+        }
+    }
+
+    fn validate(&self, spec: &JobSpec) -> Vec<FieldViolation> {
+        let mut v = Vec::new();
+        if spec.base_model.trim().is_empty() {
+            v.push(FieldViolation::new("base_model", "a base model is required"));
+        }
+        if spec.suffix.chars().count() > 64 {
+            v.push(FieldViolation::new("suffix", "at most 64 characters"));
+        }
+        if spec.suffix.contains(':') {
+            v.push(FieldViolation::new("suffix", "may not contain ':' (it separates the model id's parts)"));
+        }
+        if spec.seed > 2_147_483_647 {
+            v.push(FieldViolation::new("seed", "must be between 0 and 2147483647"));
+        }
+        if spec.metadata.len() > 16 {
+            v.push(FieldViolation::new("metadata", "at most 16 key-value pairs"));
+        }
+        for (k, val) in &spec.metadata {
+            if k.is_empty() || k.chars().count() > 64 || val.chars().count() > 512 {
+                v.push(FieldViolation::new(
+                    format!("metadata[{k}]"),
+                    "keys are 1 to 64 characters, values at most 512",
+                ));
+            }
+        }
+        let m = spec.method.kind.as_str();
+        let h = &spec.method.hyperparameters;
+        range_i(&mut v, &format!("method.{m}.n_epochs"), h.n_epochs, 1, 50);
+        range_i(&mut v, &format!("method.{m}.batch_size"), h.batch_size, 1, 256);
+        if let Some(lr) = h.learning_rate_multiplier
+            && !(lr.is_finite() && lr > 0.0)
+        {
+            v.push(FieldViolation::new(format!("method.{m}.learning_rate_multiplier"), "must be auto or > 0"));
+        }
+        match spec.method.kind {
+            MethodKind::Dpo => {
+                if let Some(beta) = h.beta
+                    && !(beta > 0.0 && beta <= 2.0)
+                {
+                    v.push(FieldViolation::new("method.dpo.beta", "must be auto or in (0, 2]"));
+                }
+            }
+            MethodKind::Reinforcement => {
+                range_i(&mut v, "method.reinforcement.eval_interval", h.eval_interval, 1, i64::MAX);
+                range_i(&mut v, "method.reinforcement.eval_samples", h.eval_samples, 1, i64::MAX);
+                range_i(&mut v, "method.reinforcement.generations_per_prompt", h.generations_per_prompt, 2, 64);
+                match &spec.method.grader {
+                    None => v.push(FieldViolation::new(
+                        "method.reinforcement.grader",
+                        "reinforcement fine-tuning needs a grader",
+                    )),
+                    Some(g) if g.get("type").and_then(|t| t.as_str()) == Some("label_model") => {
+                        v.push(FieldViolation::new(
+                            "method.reinforcement.grader",
+                            "label_model cannot be the top-level RFT grader; use score_model or wrap it in multi",
+                        ))
+                    }
+                    Some(g) if !g.is_object() => v.push(FieldViolation::new(
+                        "method.reinforcement.grader",
+                        "must be a grader object",
+                    )),
+                    _ => {}
+                }
+            }
+            MethodKind::Supervised => {}
+        }
+        let l = &spec.lora;
+        if !(1..=256).contains(&l.rank) {
+            v.push(FieldViolation::new("lora.rank", "must be between 1 and 256"));
+        }
+        if !(l.alpha.is_finite() && l.alpha > 0.0) {
+            v.push(FieldViolation::new("lora.alpha", "must be > 0"));
+        }
+        if !(0.0..1.0).contains(&l.dropout) {
+            v.push(FieldViolation::new("lora.dropout", "must be in [0, 1)"));
+        }
+        if l.target_modules.is_empty() {
+            v.push(FieldViolation::new("lora.target_modules", "name at least one module"));
+        }
+        if let Some(es) = &spec.early_stopping
+            && es.patience > 0
+            && spec.validation_dataset_id.is_none()
+        {
+            v.push(FieldViolation::new(
+                "early_stopping.patience",
+                "early stopping watches validation metrics: give a validation dataset",
+            ));
+        }
+        if let Some(hook) = &spec.webhook
+            && !(hook.url.starts_with("http://") || hook.url.starts_with("https://"))
+        {
+            v.push(FieldViolation::new("webhook.url", "must be an http:// or https:// URL"));
+        }
+        v
+    }
+
+    async fn check_dataset(
+        &self,
+        field: &str,
+        id: &str,
+        purpose: Purpose,
+        violations: &mut Vec<FieldViolation>,
+    ) -> Result<Option<crate::datasets::model::DatasetRecord>> {
+        if !ids::is_valid("ds", id) {
+            violations.push(FieldViolation::new(field, format!("{id:?} is not a dataset id")));
+            return Ok(None);
+        }
+        let Some(d) = self.store.get_dataset(id).await? else {
+            return Err(Error::not_found("dataset", id));
+        };
+        if d.state != DatasetState::Ready {
+            return Err(Error::precondition(
+                "DATASET_STATE",
+                id,
+                format!("dataset {id} failed validation and cannot be used; see `lathe datasets get {id}`"),
+            ));
+        }
+        if d.purpose != purpose {
+            violations.push(FieldViolation::new(
+                field,
+                format!(
+                    "dataset {id} was uploaded for {}, but this method needs {} data",
+                    d.purpose.as_str(),
+                    purpose.as_str()
+                ),
+            ));
+        }
+        Ok(Some(d))
+    }
+
+    pub async fn create(&self, req: CreateJob) -> Result<JobRecord> {
+        let Some(trainer) = &self.trainer else {
+            return Err(Error::precondition(
+                "TRAINER",
+                "server",
+                "no trainer is configured on this server, so it cannot run fine-tuning jobs",
+            ));
+        };
+        let spec = req.spec;
+        let mut violations = self.validate(&spec);
+        let purpose = match spec.method.kind {
+            MethodKind::Supervised => Purpose::Sft,
+            MethodKind::Dpo => Purpose::Dpo,
+            MethodKind::Reinforcement => Purpose::Rft,
+        };
+        let training = self
+            .check_dataset("training_dataset_id", &spec.training_dataset_id, purpose, &mut violations)
+            .await?;
+        let validation = match &spec.validation_dataset_id {
+            Some(id) => self.check_dataset("validation_dataset_id", id, purpose, &mut violations).await?,
+            None => None,
+        };
+        if let Err(problems) = trainer.check(&spec) {
+            violations.extend(problems);
+        }
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+
+        let now = now_millis();
+        let job = JobRecord {
+            id: ids::new_id("job"),
+            spec,
+            state: JobState::ValidatingFiles,
+            idempotency_key: req.idempotency_key.filter(|k| !k.is_empty()),
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            fine_tuned_model: None,
+            fine_tuned_checkpoint_step: None,
+            stop_reason: None,
+            error: None,
+            trained_tokens: 0,
+            attempts: 0,
+            lease_owner: None,
+            lease_expires_at: None,
+        };
+        let created = NewEvent::state(
+            JobState::ValidatingFiles,
+            Level::Info,
+            format!("created fine-tuning job {}", job.id),
+        );
+        let (job, fresh) = self.store.insert_job(&job, &created).await?;
+        if !fresh {
+            return Ok(job);
+        }
+        if let (Some(t), Some(v)) = (&training, &validation)
+            && t.sha256 == v.sha256
+        {
+            self.log(
+                &job.id,
+                Level::Warn,
+                "the training and validation files are identical; validation metrics will not show overfitting".into(),
+            )
+            .await;
+        }
+        let rows = training.as_ref().map(|t| t.report.valid_rows).unwrap_or(0);
+        let queued = NewEvent::state(JobState::Queued, Level::Info, format!("validated files ({rows} training examples); queued"));
+        let job = match self.transition(&job.id, JobState::Queued, &JobPatch::default(), queued).await? {
+            Ok(job) => job,
+            // Cancelled in between: that state stands.
+            Err(current) => current.ok_or_else(|| Error::not_found("job", &job.id))?,
+        };
+        self.wake.notify_one();
+        Ok(job)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<JobRecord> {
+        check_job_id(id)?;
+        self.store.get_job(id).await?.ok_or_else(|| Error::not_found("job", id))
+    }
+
+    pub async fn list(&self, mut query: JobQuery, page_size: i32, page_token: &str) -> Result<(Vec<JobRecord>, String)> {
+        let limit = crate::datasets::manager::page_limit(page_size)?;
+        query.after = decode_cursor(page_token, "page_token")?;
+        query.limit = limit + 1;
+        let mut jobs = self.store.list_jobs(&query).await?;
+        let next = if jobs.len() > limit {
+            jobs.truncate(limit);
+            jobs.last().map(|j| encode_cursor(j.created_at, &j.id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((jobs, next))
+    }
+
+    async fn control(&self, id: &str, to: JobState, action: &str, reason: StopReason, message: String) -> Result<JobRecord> {
+        let job = self.get(id).await?;
+        if !state::can(job.state, to) {
+            return Err(Error::precondition("JOB_STATE", id, state::refusal(id, job.state, action)));
+        }
+        let patch = JobPatch {
+            finished_at: to.is_terminal().then(now_millis),
+            ..Default::default()
+        };
+        match self.transition(id, to, &patch, NewEvent::state(to, Level::Info, message)).await? {
+            Ok(job) => {
+                // The runner stops at its next step boundary; a runner on
+                // another replica learns it from its next heartbeat.
+                if let Some(handle) = self.running.lock().ok().and_then(|r| r.get(id).cloned()) {
+                    handle.stop(reason);
+                }
+                Ok(job)
+            }
+            Err(current) => {
+                let state = current.map(|j| j.state).unwrap_or(job.state);
+                Err(Error::precondition("JOB_STATE", id, state::refusal(id, state, action)))
+            }
+        }
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<JobRecord> {
+        self.control(id, JobState::Cancelled, "cancelled", StopReason::Cancelled, "cancelled by request".into())
+            .await
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<JobRecord> {
+        self.control(
+            id,
+            JobState::Paused,
+            "paused",
+            StopReason::Paused,
+            "paused by request; resume continues from the last checkpoint".into(),
+        )
+        .await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<JobRecord> {
+        let job = self.get(id).await?;
+        if job.state != JobState::Paused {
+            return Err(Error::precondition("JOB_STATE", id, state::refusal(id, job.state, "resumed")));
+        }
+        let job = self
+            .control(
+                id,
+                JobState::Queued,
+                "resumed",
+                StopReason::Paused,
+                "resumed; queued to continue from the last checkpoint".into(),
+            )
+            .await?;
+        self.wake.notify_one();
+        Ok(job)
+    }
+
+    pub async fn events(&self, id: &str, after_seq: u64, page_size: i32, page_token: &str) -> Result<(Vec<JobEvent>, String)> {
+        self.get(id).await?;
+        let limit = crate::datasets::manager::page_limit(page_size)?;
+        let after = if page_token.is_empty() {
+            after_seq
+        } else {
+            page_token
+                .strip_prefix("ev1.")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Error::invalid("page_token", "not a page token from a previous ListJobEvents response"))?
+        };
+        let mut events = self.store.list_events(id, after, limit + 1).await?;
+        let next = if events.len() > limit {
+            events.truncate(limit);
+            events.last().map(|e| format!("ev1.{}", e.seq)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((events, next))
+    }
+
+    pub async fn checkpoints(&self, id: &str, page_size: i32, page_token: &str) -> Result<(Vec<CheckpointRecord>, String)> {
+        self.get(id).await?;
+        let limit = crate::datasets::manager::page_limit(page_size)?;
+        let before = if page_token.is_empty() {
+            None
+        } else {
+            Some(
+                page_token
+                    .strip_prefix("ck1.")
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| Error::invalid("page_token", "not a page token from a previous ListCheckpoints response"))?,
+            )
+        };
+        let mut list = self.store.list_checkpoints(id, before, limit + 1).await?;
+        let next = if list.len() > limit {
+            list.truncate(limit);
+            list.last().map(|c| format!("ck1.{}", c.step)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((list, next))
+    }
+
+    /// Events after `after_seq`, then live ones, then the final job. The
+    /// stream is bounded: a client that stops reading holds only its own
+    /// small buffer and catches up from the store when it reads again.
+    pub async fn watch(self: &Arc<Self>, id: &str, after_seq: u64) -> Result<mpsc::Receiver<Result<WatchItem>>> {
+        self.get(id).await?;
+        let (tx, rx) = mpsc::channel(32);
+        let jobs = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = jobs.feed_watcher(&id, after_seq, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn feed_watcher(&self, id: &str, after_seq: u64, tx: &mpsc::Sender<Result<WatchItem>>) -> Result<()> {
+        // Subscribe before reading the backlog so nothing falls between.
+        let mut live = self.bus.subscribe(id);
+        let mut last = after_seq;
+        loop {
+            loop {
+                let page = self.store.list_events(id, last, 256).await?;
+                let n = page.len();
+                for event in page {
+                    last = event.seq;
+                    if tx.send(Ok(WatchItem::Event(event))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if n < 256 {
+                    break;
+                }
+            }
+            let job = self.get(id).await?;
+            if job.state.is_terminal() {
+                let _ = tx.send(Ok(WatchItem::End(job))).await;
+                return Ok(());
+            }
+            // Live: next event in order, or back to the store when behind,
+            // when the bus lagged, or now and then for other replicas.
+            loop {
+                match tokio::time::timeout(self.config.poll, live.recv()).await {
+                    Ok(Ok(event)) if event.seq <= last => continue,
+                    Ok(Ok(event)) if event.seq == last + 1 => {
+                        last = event.seq;
+                        let terminal = matches!(event.data, EventData::State { state } if state.is_terminal());
+                        if tx.send(Ok(WatchItem::Event(event))).await.is_err() {
+                            return Ok(());
+                        }
+                        if terminal {
+                            break;
+                        }
+                    }
+                    Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) | Err(_) => break,
+                    Ok(Err(RecvError::Closed)) => {
+                        live = self.bus.subscribe(id);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Terminal states notify the job's webhook, if any.
+    fn on_terminal(&self, job: &JobRecord) {
+        let Some(hook) = job.spec.webhook.clone() else { return };
+        let payload = serde_json::json!({
+            "object": "event",
+            "type": format!("fine_tuning.job.{}", job.state.as_str()),
+            "created_at": now_millis() / 1000,
+            "data": {
+                "id": job.id,
+                "status": job.state.as_str(),
+                "fine_tuned_model": job.fine_tuned_model,
+                "error": job.error.as_ref().map(|e| serde_json::json!({"code": e.code, "message": e.message})),
+            },
+        });
+        let http = self.http.clone();
+        let job_id = job.id.clone();
+        tokio::spawn(async move {
+            super::webhook::deliver(&http, &hook, &payload, &job_id).await;
+        });
+    }
+
+    /// Models: the fine-tuned models this server made.
+    pub async fn get_model(&self, id: &str) -> Result<crate::store::ModelRecord> {
+        self.store.get_model(id).await?.ok_or_else(|| Error::not_found("model", id))
+    }
+
+    pub async fn list_models(&self, page_size: i32, page_token: &str) -> Result<(Vec<crate::store::ModelRecord>, String)> {
+        let limit = crate::datasets::manager::page_limit(page_size)?;
+        let after = (!page_token.is_empty()).then_some(page_token);
+        let mut models = self.store.list_models(after, limit + 1).await?;
+        let next = if models.len() > limit {
+            models.truncate(limit);
+            models.last().map(|m| m.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((models, next))
+    }
+
+    /// Deletes a fine-tuned model and its adapter files; the job and its
+    /// checkpoint history stay.
+    pub async fn delete_model(&self, id: &str) -> Result<crate::store::ModelRecord> {
+        let (model, shas) = self.store.delete_model(id).await?.ok_or_else(|| Error::not_found("model", id))?;
+        for sha in shas {
+            if !self.store.blob_in_use(&sha).await? {
+                self.blobs.delete(&sha).await?;
+            }
+        }
+        Ok(model)
+    }
+}
+
+fn encode_cursor(created_at: i64, id: &str) -> String {
+    format!("jp1.{}", hex::encode(format!("{created_at}:{id}")))
+}
+
+fn decode_cursor(token: &str, field: &str) -> Result<Option<Cursor>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::invalid(field, "not a page token from a previous ListJobs response");
+    let raw = token.strip_prefix("jp1.").ok_or_else(bad)?;
+    let text = String::from_utf8(hex::decode(raw).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (ts, id) = text.split_once(':').ok_or_else(bad)?;
+    Ok(Some(Cursor {
+        created_at: ts.parse().map_err(|_| bad())?,
+        id: id.to_string(),
+    }))
+}
+
+/// Metadata filter pairs from `key=value` map entries.
+pub fn metadata_filter(map: BTreeMap<String, String>) -> Vec<(String, String)> {
+    map.into_iter().collect()
+}

@@ -1,0 +1,399 @@
+//! The background scheduler: an actor that claims queued jobs with a lease,
+//! runs each on the `Trainer`, keeps its lease alive, re-queues jobs whose
+//! worker vanished, and on shutdown stops its runners at a step boundary
+//! and hands their jobs back to the queue.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::FutureExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::manager::{Jobs, now_millis};
+use super::model::*;
+use super::trainer::{Reporter, StopHandle, StopReason, TrainContext, TrainError, TrainOutcome, Trainer};
+use crate::store::ModelRecord;
+
+/// Starts the scheduler; it returns after `shutdown` once its runners
+/// have stopped. Without a trainer there is nothing to schedule.
+pub fn spawn(jobs: Arc<Jobs>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(trainer) = jobs.trainer.clone() else { return };
+        run(jobs, trainer, shutdown).await
+    })
+}
+
+async fn run(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, shutdown: CancellationToken) {
+    let mut runners = JoinSet::new();
+    let max = jobs.config.max_concurrent.max(1);
+    loop {
+        if let Err(e) = requeue_vanished(&jobs).await {
+            tracing::warn!(error = %e, "could not re-queue jobs of vanished workers");
+        }
+        while runners.len() < max && !shutdown.is_cancelled() {
+            let now = now_millis();
+            let event = NewEvent::state(
+                JobState::Running,
+                Level::Info,
+                format!("running on worker {}", jobs.config.worker_id),
+            );
+            let lease_until = now + jobs.config.lease.as_millis() as i64;
+            match jobs.store.claim_next_job(&jobs.config.worker_id, now, lease_until, &event).await {
+                Ok(Some((job, event))) => {
+                    jobs.bus.publish(&event);
+                    tracing::info!(job = %job.id, attempt = job.attempts, "claimed job");
+                    runners.spawn(run_job(jobs.clone(), trainer.clone(), job));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not claim a job");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = jobs.wake.notified() => {}
+            () = tokio::time::sleep(jobs.config.poll) => {}
+            Some(_) = runners.join_next(), if !runners.is_empty() => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    if let Ok(running) = jobs.running.lock() {
+        for handle in running.values() {
+            handle.stop(StopReason::Shutdown);
+        }
+    }
+    while runners.join_next().await.is_some() {}
+}
+
+async fn requeue_vanished(jobs: &Jobs) -> crate::error::Result<()> {
+    let now = now_millis();
+    for id in jobs.store.expired_leases(now).await? {
+        let step = jobs.store.list_checkpoints(&id, None, 1).await?.first().map(|c| c.step);
+        let message = match step {
+            Some(step) => format!("the worker running this job stopped responding; re-queued to resume from checkpoint step {step}"),
+            None => "the worker running this job stopped responding; re-queued to start again (no checkpoint yet)".into(),
+        };
+        let event = NewEvent::state(JobState::Queued, Level::Warn, message);
+        if let Some((job, event)) = jobs.store.requeue_expired(&id, now, &event).await? {
+            tracing::warn!(job = %job.id, "re-queued a job whose lease expired");
+            jobs.bus.publish(&event);
+            jobs.wake.notify_one();
+        }
+    }
+    Ok(())
+}
+
+async fn heartbeat(jobs: Arc<Jobs>, id: String, handle: StopHandle) {
+    let every = jobs.config.lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let lease_until = now_millis() + jobs.config.lease.as_millis() as i64;
+        match jobs.store.renew_lease(&id, &jobs.config.worker_id, lease_until).await {
+            Ok(Some(JobState::Running)) => {}
+            Ok(Some(JobState::Cancelled)) => handle.stop(StopReason::Cancelled),
+            Ok(Some(JobState::Paused)) => handle.stop(StopReason::Paused),
+            Ok(_) => {
+                handle.stop(StopReason::LeaseLost);
+                return;
+            }
+            // A store hiccup: try again; the lease has slack for it.
+            Err(e) => tracing::warn!(job = %id, error = %e, "lease renewal failed"),
+        }
+    }
+}
+
+/// Early stopping on the validation metric seen at checkpoints.
+#[derive(Default)]
+struct Early {
+    best: Option<(f64, u64)>,
+    bad: u32,
+}
+
+struct JobReporter {
+    jobs: Arc<Jobs>,
+    job_id: String,
+    maximize: bool,
+    early_stopping: Option<EarlyStopping>,
+    handle: StopHandle,
+    early: Mutex<Early>,
+}
+
+impl JobReporter {
+    fn watched(&self, m: &Metrics) -> Option<f64> {
+        if self.maximize { m.valid_reward_mean } else { m.valid_loss }
+    }
+
+    /// Updates the best checkpoint; returns why to stop, if it is time.
+    fn observe(&self, step: u64, metrics: &Metrics) -> Option<String> {
+        let value = self.watched(metrics)?;
+        let mut early = self.early.lock().ok()?;
+        let min_delta = self.early_stopping.as_ref().map(|e| e.min_delta).unwrap_or(0.0);
+        let improved = match early.best {
+            None => true,
+            Some((best, _)) if self.maximize => value > best + min_delta,
+            Some((best, _)) => value < best - min_delta,
+        };
+        if improved {
+            early.best = Some((value, step));
+            early.bad = 0;
+            return None;
+        }
+        early.bad += 1;
+        let patience = self.early_stopping.as_ref().map(|e| e.patience).unwrap_or(0);
+        if patience == 0 || early.bad < patience {
+            return None;
+        }
+        let (best, best_step) = early.best?;
+        let metric = if self.maximize { "valid_reward_mean" } else { "valid_loss" };
+        Some(format!(
+            "early stopping: {metric} has not improved by more than {min_delta} for {patience} evaluations; \
+             best {best:.4} at step {best_step}"
+        ))
+    }
+
+    fn best_step(&self) -> Option<u64> {
+        self.early.lock().ok()?.best.map(|(_, step)| step)
+    }
+}
+
+fn metrics_message(m: &Metrics) -> String {
+    let mut parts = vec![format!("step {}/{}", m.step, m.total_steps)];
+    if let Some(v) = m.train_loss {
+        parts.push(format!("train loss {v:.4}"));
+    }
+    if let Some(v) = m.valid_loss {
+        parts.push(format!("valid loss {v:.4}"));
+    }
+    if let Some(v) = m.train_reward_mean {
+        parts.push(format!("train reward {v:.4}"));
+    }
+    if let Some(v) = m.valid_reward_mean {
+        parts.push(format!("valid reward {v:.4}"));
+    }
+    parts.join(", ")
+}
+
+fn train_error(e: impl std::fmt::Display) -> TrainError {
+    TrainError::new("storage_error", e.to_string())
+}
+
+#[async_trait]
+impl Reporter for JobReporter {
+    async fn metrics(&self, metrics: Metrics) {
+        let event = NewEvent {
+            level: Level::Info,
+            message: metrics_message(&metrics),
+            data: EventData::Metrics { metrics },
+        };
+        match self.jobs.store.append_event(&self.job_id, &event, now_millis()).await {
+            Ok(event) => self.jobs.bus.publish(&event),
+            Err(e) => tracing::warn!(job = %self.job_id, error = %e, "could not record metrics"),
+        }
+    }
+
+    async fn log(&self, level: Level, message: String) {
+        self.jobs.log(&self.job_id, level, message).await
+    }
+
+    async fn checkpoint(&self, step: u64, metrics: Metrics, files: Vec<(String, Bytes)>) -> Result<bool, TrainError> {
+        let mut stored = Vec::with_capacity(files.len());
+        for (name, bytes) in files {
+            let mut writer = self.jobs.blobs.writer().await.map_err(train_error)?;
+            writer.write(&bytes).await.map_err(train_error)?;
+            let staged = writer.finish().await.map_err(train_error)?;
+            let size = staged.size;
+            let sha256 = staged.commit().await.map_err(train_error)?;
+            stored.push(CheckpointFile {
+                name,
+                sha256,
+                bytes: size,
+            });
+        }
+        let record = CheckpointRecord {
+            id: crate::ids::new_id("ckpt"),
+            job_id: self.job_id.clone(),
+            step,
+            created_at: now_millis(),
+            metrics: metrics.clone(),
+            files: stored,
+        };
+        let event = NewEvent {
+            level: Level::Info,
+            message: format!("checkpoint saved at step {step}"),
+            data: EventData::Checkpoint {
+                checkpoint_id: record.id.clone(),
+                step,
+                metrics: metrics.clone(),
+            },
+        };
+        let Some(event) = self
+            .jobs
+            .store
+            .insert_checkpoint(&record, &self.jobs.config.worker_id, &event)
+            .await
+            .map_err(train_error)?
+        else {
+            self.handle.stop(StopReason::LeaseLost);
+            return Ok(false);
+        };
+        self.jobs.bus.publish(&event);
+        if let Some(reason) = self.observe(step, &metrics) {
+            self.jobs.log(&self.job_id, Level::Info, reason.clone()).await;
+            self.handle.stop(StopReason::EarlyStopped(reason));
+        }
+        Ok(true)
+    }
+
+    async fn read_checkpoint_file(&self, checkpoint: &CheckpointRecord, name: &str) -> Result<Bytes, TrainError> {
+        let file = checkpoint
+            .files
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| TrainError::new("checkpoint_incomplete", format!("checkpoint has no file {name}")))?;
+        self.jobs.blobs.read_range(&file.sha256, 0..file.bytes).await.map_err(train_error)
+    }
+
+    async fn read_dataset(&self, dataset_id: &str) -> Result<Bytes, TrainError> {
+        let d = self
+            .jobs
+            .store
+            .get_dataset(dataset_id)
+            .await
+            .map_err(train_error)?
+            .ok_or_else(|| TrainError::new("dataset_not_found", format!("dataset {dataset_id} no longer exists")))?;
+        self.jobs.blobs.read_range(&d.sha256, 0..d.bytes).await.map_err(train_error)
+    }
+}
+
+async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord) {
+    let id = job.id.clone();
+    let handle = StopHandle::default();
+    if let Ok(mut running) = jobs.running.lock() {
+        running.insert(id.clone(), handle.clone());
+    }
+    let span = tracing::info_span!("job", job = %id);
+    let _enter = span.enter();
+    drop(_enter);
+
+    let history = jobs.store.list_checkpoints(&id, None, 10_000).await.unwrap_or_default();
+    let reporter = Arc::new(JobReporter {
+        jobs: jobs.clone(),
+        job_id: id.clone(),
+        maximize: job.spec.method.kind == MethodKind::Reinforcement,
+        early_stopping: job.spec.early_stopping.clone(),
+        handle: handle.clone(),
+        early: Mutex::new(Early::default()),
+    });
+    // Rebuild early-stopping state from the checkpoints already taken.
+    for c in history.iter().rev() {
+        reporter.observe(c.step, &c.metrics);
+    }
+    let resume_from = history.first().cloned();
+    if let Some(c) = &resume_from {
+        jobs.log(&id, Level::Info, format!("resuming from checkpoint step {}", c.step)).await;
+    }
+    let beat = tokio::spawn(heartbeat(jobs.clone(), id.clone(), handle.clone()));
+    let ctx = TrainContext::new(job.clone(), resume_from, reporter.clone(), handle.clone());
+    let result = AssertUnwindSafe(trainer.train(ctx)).catch_unwind().await;
+    beat.abort();
+
+    match result {
+        Ok(Ok(TrainOutcome::Completed { trained_tokens })) => {
+            succeed(&jobs, &job, &reporter, trained_tokens, None).await;
+        }
+        Ok(Ok(TrainOutcome::Stopped { trained_tokens })) => match handle.reason() {
+            Some(StopReason::EarlyStopped(reason)) => {
+                succeed(&jobs, &job, &reporter, trained_tokens, Some(reason)).await;
+            }
+            Some(StopReason::Shutdown) => {
+                let step = jobs.store.list_checkpoints(&id, None, 1).await.ok().and_then(|c| c.first().map(|c| c.step));
+                let message = match step {
+                    Some(step) => format!("server shutting down; re-queued to resume from checkpoint step {step}"),
+                    None => "server shutting down; re-queued".into(),
+                };
+                let patch = JobPatch {
+                    release_lease: true,
+                    ..Default::default()
+                };
+                let _ = jobs
+                    .transition(&id, JobState::Queued, &patch, NewEvent::state(JobState::Queued, Level::Warn, message))
+                    .await;
+            }
+            // Cancelled or paused: the state was set by the request.
+            _ => {}
+        },
+        Ok(Err(e)) => fail(&jobs, &id, &e.code, &e.message).await,
+        Err(_) => fail(&jobs, &id, "internal_error", "the trainer crashed; see the server log").await,
+    }
+    if let Ok(mut running) = jobs.running.lock() {
+        running.remove(&id);
+    }
+}
+
+async fn fail(jobs: &Jobs, id: &str, code: &str, message: &str) {
+    tracing::warn!(job = %id, code, message, "job failed");
+    let patch = JobPatch {
+        finished_at: Some(now_millis()),
+        error: Some(JobError {
+            code: code.to_string(),
+            message: message.to_string(),
+            param: None,
+        }),
+        release_lease: true,
+        ..Default::default()
+    };
+    let event = NewEvent::state(JobState::Failed, Level::Error, format!("failed: {message} ({code})"));
+    if let Err(e) = jobs.transition(id, JobState::Failed, &patch, event).await {
+        tracing::error!(job = %id, error = %e, "could not record the failure");
+    }
+}
+
+async fn succeed(jobs: &Jobs, job: &JobRecord, reporter: &JobReporter, trained_tokens: u64, stop_reason: Option<String>) {
+    let last = jobs.store.list_checkpoints(&job.id, None, 1).await.ok().and_then(|c| c.first().map(|c| c.step));
+    let Some(last) = last else {
+        fail(jobs, &job.id, "no_checkpoint", "training ended without saving a checkpoint").await;
+        return;
+    };
+    let step = if job.spec.early_stopping.is_some() {
+        reporter.best_step().unwrap_or(last)
+    } else {
+        last
+    };
+    let model = fine_tuned_model_id(&job.spec.base_model, &job.spec.suffix, &job.id);
+    let patch = JobPatch {
+        finished_at: Some(now_millis()),
+        fine_tuned_model: Some(model.clone()),
+        fine_tuned_checkpoint_step: Some(step),
+        stop_reason: stop_reason.clone(),
+        trained_tokens: Some(trained_tokens),
+        release_lease: true,
+        ..Default::default()
+    };
+    let message = format!("succeeded: fine-tuned model {model} (checkpoint step {step})");
+    match jobs
+        .transition(&job.id, JobState::Succeeded, &patch, NewEvent::state(JobState::Succeeded, Level::Info, message))
+        .await
+    {
+        Ok(Ok(_)) => {
+            let record = ModelRecord {
+                id: model,
+                kind: "fine_tuned".into(),
+                base_model: job.spec.base_model.clone(),
+                job_id: Some(job.id.clone()),
+                checkpoint_step: Some(step),
+                created_at: now_millis(),
+            };
+            if let Err(e) = jobs.store.insert_model(&record).await {
+                tracing::error!(job = %job.id, error = %e, "could not register the fine-tuned model");
+            }
+        }
+        Ok(Err(_)) => {} // cancelled meanwhile: that stands
+        Err(e) => tracing::error!(job = %job.id, error = %e, "could not record success"),
+    }
+}
