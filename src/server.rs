@@ -23,7 +23,11 @@ use crate::store;
 
 /// Serves on `listener` until `shutdown` completes, then stops accepting
 /// and gives in-flight requests `config.shutdown_grace()` to finish.
-pub async fn run(listener: TcpListener, config: ServeConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     run_with(listener, config, default_trainer(), shutdown).await
 }
 
@@ -52,7 +56,10 @@ pub async fn run_with(
         Arc::new(O200k::new()),
         config.dataset_limits(),
     ));
-    datasets.recover().await.context("cleaning up after interrupted uploads")?;
+    datasets
+        .recover()
+        .await
+        .context("cleaning up after interrupted uploads")?;
     let jobs = Arc::new(Jobs::new(store, blobs, trainer, config.jobs_config()));
     let stop_scheduler = CancellationToken::new();
     let scheduler = scheduler::spawn(jobs.clone(), stop_scheduler.clone());

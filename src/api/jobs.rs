@@ -33,7 +33,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchJobResponse, Sta
 #[tonic::async_trait]
 impl FineTuningService for FineTuningApi {
     #[tracing::instrument(skip_all)]
-    async fn create_job(&self, request: Request<proto::CreateJobRequest>) -> Result<Response<proto::CreateJobResponse>, Status> {
+    async fn create_job(
+        &self,
+        request: Request<proto::CreateJobRequest>,
+    ) -> Result<Response<proto::CreateJobResponse>, Status> {
         let create = convert::create_job(request.into_inner())?;
         let job = self.jobs.create(create).await?;
         Ok(Response::new(proto::CreateJobResponse { job: one(job) }))
@@ -44,7 +47,10 @@ impl FineTuningService for FineTuningApi {
         Ok(Response::new(proto::GetJobResponse { job: one(job) }))
     }
 
-    async fn list_jobs(&self, request: Request<proto::ListJobsRequest>) -> Result<Response<proto::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        request: Request<proto::ListJobsRequest>,
+    ) -> Result<Response<proto::ListJobsResponse>, Status> {
         let req = request.into_inner();
         let query = JobQuery {
             state: convert::job_state_from_proto(req.state)?,
@@ -59,17 +65,26 @@ impl FineTuningService for FineTuningApi {
         }))
     }
 
-    async fn cancel_job(&self, request: Request<proto::CancelJobRequest>) -> Result<Response<proto::CancelJobResponse>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<proto::CancelJobRequest>,
+    ) -> Result<Response<proto::CancelJobResponse>, Status> {
         let job = self.jobs.cancel(&request.into_inner().id).await?;
         Ok(Response::new(proto::CancelJobResponse { job: one(job) }))
     }
 
-    async fn pause_job(&self, request: Request<proto::PauseJobRequest>) -> Result<Response<proto::PauseJobResponse>, Status> {
+    async fn pause_job(
+        &self,
+        request: Request<proto::PauseJobRequest>,
+    ) -> Result<Response<proto::PauseJobResponse>, Status> {
         let job = self.jobs.pause(&request.into_inner().id).await?;
         Ok(Response::new(proto::PauseJobResponse { job: one(job) }))
     }
 
-    async fn resume_job(&self, request: Request<proto::ResumeJobRequest>) -> Result<Response<proto::ResumeJobResponse>, Status> {
+    async fn resume_job(
+        &self,
+        request: Request<proto::ResumeJobRequest>,
+    ) -> Result<Response<proto::ResumeJobResponse>, Status> {
         let job = self.jobs.resume(&request.into_inner().id).await?;
         Ok(Response::new(proto::ResumeJobResponse { job: one(job) }))
     }
@@ -97,7 +112,10 @@ impl FineTuningService for FineTuningApi {
     ) -> Result<Response<proto::ListCheckpointsResponse>, Status> {
         let req = request.into_inner();
         let job = self.jobs.get(&req.job_id).await?;
-        let (list, next_page_token) = self.jobs.checkpoints(&req.job_id, req.page_size, &req.page_token).await?;
+        let (list, next_page_token) = self
+            .jobs
+            .checkpoints(&req.job_id, req.page_size, &req.page_token)
+            .await?;
         let model = model_name(&job);
         Ok(Response::new(proto::ListCheckpointsResponse {
             checkpoints: list.into_iter().map(|c| convert::checkpoint(c, &model)).collect(),
@@ -134,7 +152,10 @@ impl ModelApi {
 
 #[tonic::async_trait]
 impl ModelService for ModelApi {
-    async fn list_models(&self, request: Request<proto::ListModelsRequest>) -> Result<Response<proto::ListModelsResponse>, Status> {
+    async fn list_models(
+        &self,
+        request: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
         let req = request.into_inner();
         if req.kind != 0 && req.kind != proto::ModelKind::FineTuned as i32 {
             // Base models are registered with the trainer; none are here yet.
@@ -147,7 +168,10 @@ impl ModelService for ModelApi {
         }))
     }
 
-    async fn get_model(&self, request: Request<proto::GetModelRequest>) -> Result<Response<proto::GetModelResponse>, Status> {
+    async fn get_model(
+        &self,
+        request: Request<proto::GetModelRequest>,
+    ) -> Result<Response<proto::GetModelResponse>, Status> {
         let id = request.into_inner().id;
         if id.is_empty() {
             return Err(Error::invalid("id", "a model id is required").into());
@@ -158,7 +182,10 @@ impl ModelService for ModelApi {
         }))
     }
 
-    async fn delete_model(&self, request: Request<proto::DeleteModelRequest>) -> Result<Response<proto::DeleteModelResponse>, Status> {
+    async fn delete_model(
+        &self,
+        request: Request<proto::DeleteModelRequest>,
+    ) -> Result<Response<proto::DeleteModelResponse>, Status> {
         let model = self.jobs.delete_model(&request.into_inner().id).await?;
         Ok(Response::new(proto::DeleteModelResponse {
             id: model.id,

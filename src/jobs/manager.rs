@@ -77,7 +77,10 @@ fn check_job_id(id: &str) -> Result<()> {
     if ids::is_valid("job", id) {
         Ok(())
     } else {
-        Err(Error::invalid("id", format!("{id:?} is not a job id (job_ followed by 26 characters)")))
+        Err(Error::invalid(
+            "id",
+            format!("{id:?} is not a job id (job_ followed by 26 characters)"),
+        ))
     }
 }
 
@@ -85,7 +88,10 @@ fn range_i(v: &mut Vec<FieldViolation>, field: &str, value: Option<i64>, lo: i64
     if let Some(x) = value
         && !(lo..=hi).contains(&x)
     {
-        v.push(FieldViolation::new(field, format!("must be auto or between {lo} and {hi}")));
+        v.push(FieldViolation::new(
+            field,
+            format!("must be auto or between {lo} and {hi}"),
+        ));
     }
 }
 
@@ -155,7 +161,10 @@ impl Jobs {
             v.push(FieldViolation::new("suffix", "at most 64 characters"));
         }
         if spec.suffix.contains(':') {
-            v.push(FieldViolation::new("suffix", "may not contain ':' (it separates the model id's parts)"));
+            v.push(FieldViolation::new(
+                "suffix",
+                "may not contain ':' (it separates the model id's parts)",
+            ));
         }
         if spec.seed > 2_147_483_647 {
             v.push(FieldViolation::new("seed", "must be between 0 and 2147483647"));
@@ -178,7 +187,10 @@ impl Jobs {
         if let Some(lr) = h.learning_rate_multiplier
             && !(lr.is_finite() && lr > 0.0)
         {
-            v.push(FieldViolation::new(format!("method.{m}.learning_rate_multiplier"), "must be auto or > 0"));
+            v.push(FieldViolation::new(
+                format!("method.{m}.learning_rate_multiplier"),
+                "must be auto or > 0",
+            ));
         }
         match spec.method.kind {
             MethodKind::Dpo => {
@@ -189,9 +201,21 @@ impl Jobs {
                 }
             }
             MethodKind::Reinforcement => {
-                range_i(&mut v, "method.reinforcement.eval_interval", h.eval_interval, 1, i64::MAX);
+                range_i(
+                    &mut v,
+                    "method.reinforcement.eval_interval",
+                    h.eval_interval,
+                    1,
+                    i64::MAX,
+                );
                 range_i(&mut v, "method.reinforcement.eval_samples", h.eval_samples, 1, i64::MAX);
-                range_i(&mut v, "method.reinforcement.generations_per_prompt", h.generations_per_prompt, 2, 64);
+                range_i(
+                    &mut v,
+                    "method.reinforcement.generations_per_prompt",
+                    h.generations_per_prompt,
+                    2,
+                    64,
+                );
                 match &spec.method.grader {
                     None => v.push(FieldViolation::new(
                         "method.reinforcement.grader",
@@ -292,10 +316,18 @@ impl Jobs {
             MethodKind::Reinforcement => Purpose::Rft,
         };
         let training = self
-            .check_dataset("training_dataset_id", &spec.training_dataset_id, purpose, &mut violations)
+            .check_dataset(
+                "training_dataset_id",
+                &spec.training_dataset_id,
+                purpose,
+                &mut violations,
+            )
             .await?;
         let validation = match &spec.validation_dataset_id {
-            Some(id) => self.check_dataset("validation_dataset_id", id, purpose, &mut violations).await?,
+            Some(id) => {
+                self.check_dataset("validation_dataset_id", id, purpose, &mut violations)
+                    .await?
+            }
             None => None,
         };
         if let Err(problems) = trainer.check(&spec) {
@@ -343,8 +375,15 @@ impl Jobs {
             .await;
         }
         let rows = training.as_ref().map(|t| t.report.valid_rows).unwrap_or(0);
-        let queued = NewEvent::state(JobState::Queued, Level::Info, format!("validated files ({rows} training examples); queued"));
-        let job = match self.transition(&job.id, JobState::Queued, &JobPatch::default(), queued).await? {
+        let queued = NewEvent::state(
+            JobState::Queued,
+            Level::Info,
+            format!("validated files ({rows} training examples); queued"),
+        );
+        let job = match self
+            .transition(&job.id, JobState::Queued, &JobPatch::default(), queued)
+            .await?
+        {
             Ok(job) => job,
             // Cancelled in between: that state stands.
             Err(current) => current.ok_or_else(|| Error::not_found("job", &job.id))?,
@@ -358,30 +397,51 @@ impl Jobs {
         self.store.get_job(id).await?.ok_or_else(|| Error::not_found("job", id))
     }
 
-    pub async fn list(&self, mut query: JobQuery, page_size: i32, page_token: &str) -> Result<(Vec<JobRecord>, String)> {
+    pub async fn list(
+        &self,
+        mut query: JobQuery,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<JobRecord>, String)> {
         let limit = crate::datasets::manager::page_limit(page_size)?;
         query.after = decode_cursor(page_token, "page_token")?;
         query.limit = limit + 1;
         let mut jobs = self.store.list_jobs(&query).await?;
         let next = if jobs.len() > limit {
             jobs.truncate(limit);
-            jobs.last().map(|j| encode_cursor(j.created_at, &j.id)).unwrap_or_default()
+            jobs.last()
+                .map(|j| encode_cursor(j.created_at, &j.id))
+                .unwrap_or_default()
         } else {
             String::new()
         };
         Ok((jobs, next))
     }
 
-    async fn control(&self, id: &str, to: JobState, action: &str, reason: StopReason, message: String) -> Result<JobRecord> {
+    async fn control(
+        &self,
+        id: &str,
+        to: JobState,
+        action: &str,
+        reason: StopReason,
+        message: String,
+    ) -> Result<JobRecord> {
         let job = self.get(id).await?;
         if !state::can(job.state, to) {
-            return Err(Error::precondition("JOB_STATE", id, state::refusal(id, job.state, action)));
+            return Err(Error::precondition(
+                "JOB_STATE",
+                id,
+                state::refusal(id, job.state, action),
+            ));
         }
         let patch = JobPatch {
             finished_at: to.is_terminal().then(now_millis),
             ..Default::default()
         };
-        match self.transition(id, to, &patch, NewEvent::state(to, Level::Info, message)).await? {
+        match self
+            .transition(id, to, &patch, NewEvent::state(to, Level::Info, message))
+            .await?
+        {
             Ok(job) => {
                 // The runner stops at its next step boundary; a runner on
                 // another replica learns it from its next heartbeat.
@@ -398,8 +458,14 @@ impl Jobs {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<JobRecord> {
-        self.control(id, JobState::Cancelled, "cancelled", StopReason::Cancelled, "cancelled by request".into())
-            .await
+        self.control(
+            id,
+            JobState::Cancelled,
+            "cancelled",
+            StopReason::Cancelled,
+            "cancelled by request".into(),
+        )
+        .await
     }
 
     pub async fn pause(&self, id: &str) -> Result<JobRecord> {
@@ -416,7 +482,11 @@ impl Jobs {
     pub async fn resume(&self, id: &str) -> Result<JobRecord> {
         let job = self.get(id).await?;
         if job.state != JobState::Paused {
-            return Err(Error::precondition("JOB_STATE", id, state::refusal(id, job.state, "resumed")));
+            return Err(Error::precondition(
+                "JOB_STATE",
+                id,
+                state::refusal(id, job.state, "resumed"),
+            ));
         }
         let job = self
             .control(
@@ -431,7 +501,13 @@ impl Jobs {
         Ok(job)
     }
 
-    pub async fn events(&self, id: &str, after_seq: u64, page_size: i32, page_token: &str) -> Result<(Vec<JobEvent>, String)> {
+    pub async fn events(
+        &self,
+        id: &str,
+        after_seq: u64,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<JobEvent>, String)> {
         self.get(id).await?;
         let limit = crate::datasets::manager::page_limit(page_size)?;
         let after = if page_token.is_empty() {
@@ -440,7 +516,9 @@ impl Jobs {
             page_token
                 .strip_prefix("ev1.")
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| Error::invalid("page_token", "not a page token from a previous ListJobEvents response"))?
+                .ok_or_else(|| {
+                    Error::invalid("page_token", "not a page token from a previous ListJobEvents response")
+                })?
         };
         let mut events = self.store.list_events(id, after, limit + 1).await?;
         let next = if events.len() > limit {
@@ -452,7 +530,12 @@ impl Jobs {
         Ok((events, next))
     }
 
-    pub async fn checkpoints(&self, id: &str, page_size: i32, page_token: &str) -> Result<(Vec<CheckpointRecord>, String)> {
+    pub async fn checkpoints(
+        &self,
+        id: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<CheckpointRecord>, String)> {
         self.get(id).await?;
         let limit = crate::datasets::manager::page_limit(page_size)?;
         let before = if page_token.is_empty() {
@@ -462,7 +545,12 @@ impl Jobs {
                 page_token
                     .strip_prefix("ck1.")
                     .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| Error::invalid("page_token", "not a page token from a previous ListCheckpoints response"))?,
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "page_token",
+                            "not a page token from a previous ListCheckpoints response",
+                        )
+                    })?,
             )
         };
         let mut list = self.store.list_checkpoints(id, before, limit + 1).await?;
@@ -562,10 +650,17 @@ impl Jobs {
 
     /// Models: the fine-tuned models this server made.
     pub async fn get_model(&self, id: &str) -> Result<crate::store::ModelRecord> {
-        self.store.get_model(id).await?.ok_or_else(|| Error::not_found("model", id))
+        self.store
+            .get_model(id)
+            .await?
+            .ok_or_else(|| Error::not_found("model", id))
     }
 
-    pub async fn list_models(&self, page_size: i32, page_token: &str) -> Result<(Vec<crate::store::ModelRecord>, String)> {
+    pub async fn list_models(
+        &self,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<crate::store::ModelRecord>, String)> {
         let limit = crate::datasets::manager::page_limit(page_size)?;
         let after = (!page_token.is_empty()).then_some(page_token);
         let mut models = self.store.list_models(after, limit + 1).await?;
@@ -581,7 +676,11 @@ impl Jobs {
     /// Deletes a fine-tuned model and its adapter files; the job and its
     /// checkpoint history stay.
     pub async fn delete_model(&self, id: &str) -> Result<crate::store::ModelRecord> {
-        let (model, shas) = self.store.delete_model(id).await?.ok_or_else(|| Error::not_found("model", id))?;
+        let (model, shas) = self
+            .store
+            .delete_model(id)
+            .await?
+            .ok_or_else(|| Error::not_found("model", id))?;
         for sha in shas {
             if !self.store.blob_in_use(&sha).await? {
                 self.blobs.delete(&sha).await?;

@@ -43,7 +43,11 @@ async fn run(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, shutdown: CancellationT
                 format!("running on worker {}", jobs.config.worker_id),
             );
             let lease_until = now + jobs.config.lease.as_millis() as i64;
-            match jobs.store.claim_next_job(&jobs.config.worker_id, now, lease_until, &event).await {
+            match jobs
+                .store
+                .claim_next_job(&jobs.config.worker_id, now, lease_until, &event)
+                .await
+            {
                 Ok(Some((job, event))) => {
                     jobs.bus.publish(&event);
                     tracing::info!(job = %job.id, attempt = job.attempts, "claimed job");
@@ -76,8 +80,12 @@ async fn requeue_vanished(jobs: &Jobs) -> crate::error::Result<()> {
     for id in jobs.store.expired_leases(now).await? {
         let step = jobs.store.list_checkpoints(&id, None, 1).await?.first().map(|c| c.step);
         let message = match step {
-            Some(step) => format!("the worker running this job stopped responding; re-queued to resume from checkpoint step {step}"),
-            None => "the worker running this job stopped responding; re-queued to start again (no checkpoint yet)".into(),
+            Some(step) => format!(
+                "the worker running this job stopped responding; re-queued to resume from checkpoint step {step}"
+            ),
+            None => {
+                "the worker running this job stopped responding; re-queued to start again (no checkpoint yet)".into()
+            }
         };
         let event = NewEvent::state(JobState::Queued, Level::Warn, message);
         if let Some((job, event)) = jobs.store.requeue_expired(&id, now, &event).await? {
@@ -126,7 +134,11 @@ struct JobReporter {
 
 impl JobReporter {
     fn watched(&self, m: &Metrics) -> Option<f64> {
-        if self.maximize { m.valid_reward_mean } else { m.valid_loss }
+        if self.maximize {
+            m.valid_reward_mean
+        } else {
+            m.valid_loss
+        }
     }
 
     /// Updates the best checkpoint; returns why to stop, if it is time.
@@ -150,7 +162,11 @@ impl JobReporter {
             return None;
         }
         let (best, best_step) = early.best?;
-        let metric = if self.maximize { "valid_reward_mean" } else { "valid_loss" };
+        let metric = if self.maximize {
+            "valid_reward_mean"
+        } else {
+            "valid_loss"
+        };
         Some(format!(
             "early stopping: {metric} has not improved by more than {min_delta} for {patience} evaluations; \
              best {best:.4} at step {best_step}"
@@ -256,7 +272,11 @@ impl Reporter for JobReporter {
             .iter()
             .find(|f| f.name == name)
             .ok_or_else(|| TrainError::new("checkpoint_incomplete", format!("checkpoint has no file {name}")))?;
-        self.jobs.blobs.read_range(&file.sha256, 0..file.bytes).await.map_err(train_error)
+        self.jobs
+            .blobs
+            .read_range(&file.sha256, 0..file.bytes)
+            .await
+            .map_err(train_error)
     }
 
     async fn read_dataset(&self, dataset_id: &str) -> Result<Bytes, TrainError> {
@@ -267,7 +287,11 @@ impl Reporter for JobReporter {
             .await
             .map_err(train_error)?
             .ok_or_else(|| TrainError::new("dataset_not_found", format!("dataset {dataset_id} no longer exists")))?;
-        self.jobs.blobs.read_range(&d.sha256, 0..d.bytes).await.map_err(train_error)
+        self.jobs
+            .blobs
+            .read_range(&d.sha256, 0..d.bytes)
+            .await
+            .map_err(train_error)
     }
 }
 
@@ -296,7 +320,8 @@ async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord) {
     }
     let resume_from = history.first().cloned();
     if let Some(c) = &resume_from {
-        jobs.log(&id, Level::Info, format!("resuming from checkpoint step {}", c.step)).await;
+        jobs.log(&id, Level::Info, format!("resuming from checkpoint step {}", c.step))
+            .await;
     }
     let beat = tokio::spawn(heartbeat(jobs.clone(), id.clone(), handle.clone()));
     let ctx = TrainContext::new(job.clone(), resume_from, reporter.clone(), handle.clone());
@@ -312,7 +337,12 @@ async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord) {
                 succeed(&jobs, &job, &reporter, trained_tokens, Some(reason)).await;
             }
             Some(StopReason::Shutdown) => {
-                let step = jobs.store.list_checkpoints(&id, None, 1).await.ok().and_then(|c| c.first().map(|c| c.step));
+                let step = jobs
+                    .store
+                    .list_checkpoints(&id, None, 1)
+                    .await
+                    .ok()
+                    .and_then(|c| c.first().map(|c| c.step));
                 let message = match step {
                     Some(step) => format!("server shutting down; re-queued to resume from checkpoint step {step}"),
                     None => "server shutting down; re-queued".into(),
@@ -322,7 +352,12 @@ async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord) {
                     ..Default::default()
                 };
                 let _ = jobs
-                    .transition(&id, JobState::Queued, &patch, NewEvent::state(JobState::Queued, Level::Warn, message))
+                    .transition(
+                        &id,
+                        JobState::Queued,
+                        &patch,
+                        NewEvent::state(JobState::Queued, Level::Warn, message),
+                    )
                     .await;
             }
             // Cancelled or paused: the state was set by the request.
@@ -354,10 +389,27 @@ async fn fail(jobs: &Jobs, id: &str, code: &str, message: &str) {
     }
 }
 
-async fn succeed(jobs: &Jobs, job: &JobRecord, reporter: &JobReporter, trained_tokens: u64, stop_reason: Option<String>) {
-    let last = jobs.store.list_checkpoints(&job.id, None, 1).await.ok().and_then(|c| c.first().map(|c| c.step));
+async fn succeed(
+    jobs: &Jobs,
+    job: &JobRecord,
+    reporter: &JobReporter,
+    trained_tokens: u64,
+    stop_reason: Option<String>,
+) {
+    let last = jobs
+        .store
+        .list_checkpoints(&job.id, None, 1)
+        .await
+        .ok()
+        .and_then(|c| c.first().map(|c| c.step));
     let Some(last) = last else {
-        fail(jobs, &job.id, "no_checkpoint", "training ended without saving a checkpoint").await;
+        fail(
+            jobs,
+            &job.id,
+            "no_checkpoint",
+            "training ended without saving a checkpoint",
+        )
+        .await;
         return;
     };
     let step = if job.spec.early_stopping.is_some() {
@@ -377,7 +429,12 @@ async fn succeed(jobs: &Jobs, job: &JobRecord, reporter: &JobReporter, trained_t
     };
     let message = format!("succeeded: fine-tuned model {model} (checkpoint step {step})");
     match jobs
-        .transition(&job.id, JobState::Succeeded, &patch, NewEvent::state(JobState::Succeeded, Level::Info, message))
+        .transition(
+            &job.id,
+            JobState::Succeeded,
+            &patch,
+            NewEvent::state(JobState::Succeeded, Level::Info, message),
+        )
         .await
     {
         Ok(Ok(_)) => {

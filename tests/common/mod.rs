@@ -1,6 +1,8 @@
 //! A real server on 127.0.0.1:0 per test, and clients for it.
 #![allow(dead_code)]
 
+pub mod scripted;
+
 use std::path::{Path, PathBuf};
 
 use lathe::config::ServeConfig;
@@ -21,10 +23,23 @@ impl TestServer {
     }
 
     pub async fn start_with(config: ServeConfig) -> Self {
+        Self::start_full(config, None).await
+    }
+
+    pub async fn start_with_trainer(data_dir: &Path, trainer: scripted::ScriptedTrainer) -> Self {
+        let mut config = ServeConfig::embedded(data_dir);
+        config.job_poll_millis = 50;
+        Self::start_full(config, Some(std::sync::Arc::new(trainer))).await
+    }
+
+    pub async fn start_full(
+        config: ServeConfig,
+        trainer: Option<std::sync::Arc<dyn lathe::jobs::trainer::Trainer>>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(lathe::server::run(listener, config.clone(), async move {
+        let task = tokio::spawn(lathe::server::run_with(listener, config.clone(), trainer, async move {
             let _ = stopped.await;
         }));
         Self {
