@@ -733,3 +733,61 @@ async fn without_a_trainer_create_job_says_so() {
     assert!(err.message().contains("no trainer"), "{}", err.message());
     server.stop().await;
 }
+
+fn lathe(addr: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
+        .args(args)
+        .env("LATHE_ADDR", addr)
+        .output()
+        .expect("run lathe")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_creates_watches_and_exits_non_zero_on_failure() {
+    let env = env(ScriptedTrainer {
+        fail_at: Some(15),
+        ..Default::default()
+    })
+    .await;
+    let addr = env.server.url();
+    let train = env.train_id.clone();
+    let (watched, list, events) = tokio::task::spawn_blocking(move || {
+        let watched = lathe(
+            &addr,
+            &[
+                "--json",
+                "jobs",
+                "create",
+                "--model",
+                MODEL,
+                "--training-file",
+                &train,
+                "--suffix",
+                "cli",
+                "--watch",
+            ],
+        );
+        let list = lathe(&addr, &["jobs", "list", "--state", "failed"]);
+        let first: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&watched.stdout).lines().next().unwrap()).unwrap();
+        let id = first["id"].as_str().unwrap().to_string();
+        let events = lathe(&addr, &["jobs", "events", &id, "--after", "2"]);
+        (watched, list, events)
+    })
+    .await
+    .unwrap();
+    assert_eq!(watched.status.code(), Some(2), "a failed job exits non-zero");
+    let out = String::from_utf8(watched.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["end"]["status"], "failed");
+    assert_eq!(last["end"]["error"]["code"], "out_of_memory");
+    assert!(
+        out.lines().any(|l| l.contains("\"type\":\"metrics\"")),
+        "metrics streamed"
+    );
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert!(list.contains("failed"), "{list}");
+    let events = String::from_utf8(events.stdout).unwrap();
+    assert!(events.lines().next().unwrap().trim_start().starts_with('3'), "{events}");
+    env.server.stop().await;
+}

@@ -2,6 +2,7 @@
 //! gRPC client of one (`--addr` / `LATHE_ADDR`).
 
 mod datasets;
+mod jobs;
 mod output;
 mod quickstart;
 
@@ -36,6 +37,9 @@ pub enum Command {
     /// Upload, inspect, split and remove datasets.
     #[command(subcommand)]
     Datasets(datasets::DatasetsCommand),
+    /// Create, control and watch fine-tuning jobs.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
     /// The main job, end to end, on an embedded server (or --addr).
     Quickstart(quickstart::QuickstartArgs),
 }
@@ -69,6 +73,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Serve(_) => anyhow::bail!("serve is not a client command"),
         Command::Datasets(cmd) => datasets::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
+        Command::Jobs(cmd) => jobs::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Quickstart(args) => quickstart::run(cli.addr.as_deref(), args).await,
     }
 }

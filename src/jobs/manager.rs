@@ -49,6 +49,7 @@ pub struct CreateJob {
 
 /// What WatchJob streams: events in order, then the final job once.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // moved through a bounded channel, never stored
 pub enum WatchItem {
     Event(JobEvent),
     End(JobRecord),

@@ -78,6 +78,7 @@ pub struct ModelRecord {
 
 /// The outcome of a compare-and-set state change.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived return value
 pub enum Transition {
     Done(JobRecord, JobEvent),
     /// The job was not in an allowed state (or, None, does not exist).

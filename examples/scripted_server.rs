@@ -1,0 +1,35 @@
+//! A Lathe server with the test-only scripted trainer, for the durability
+//! test that kills a real server process. Not part of the product binary.
+//!
+//! Usage: scripted_server DATA_DIR STEPS STEP_MILLIS LEASE_SECS
+//! Prints "listening on ADDR" once it accepts connections.
+
+#[path = "../tests/common/scripted.rs"]
+#[allow(dead_code)]
+mod scripted;
+
+use std::{sync::Arc, time::Duration};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    anyhow::ensure!(
+        args.len() == 4,
+        "usage: scripted_server DATA_DIR STEPS STEP_MILLIS LEASE_SECS"
+    );
+    let mut config = lathe::config::ServeConfig::embedded(&args[0]);
+    config.job_lease_secs = args[3].parse()?;
+    config.job_poll_millis = 100;
+    let trainer = scripted::ScriptedTrainer {
+        steps: args[1].parse()?,
+        checkpoint_every: 10,
+        step_time: Duration::from_millis(args[2].parse()?),
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening on {}", listener.local_addr()?);
+    lathe::server::run_with(listener, config, Some(Arc::new(trainer)), async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
