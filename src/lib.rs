@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod datasets;
 pub mod error;
+pub mod graders;
 pub mod ids;
 pub mod jobs;
 pub mod server;

@@ -5,14 +5,14 @@ use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::api::{DatasetApi, EvalApi, FineTuningApi, GraderApi, ModelApi};
 use crate::blobs::Blobs;
 use crate::config::ServeConfig;
 use crate::datasets::{manager::Datasets, tokens::O200k};
+use crate::graders::service::{Graders, GradersConfig};
 use crate::jobs::{manager::Jobs, scheduler, trainer::Trainer};
 use crate::proto::{
     FILE_DESCRIPTOR_SET, dataset_service_server::DatasetServiceServer, eval_service_server::EvalServiceServer,
@@ -60,6 +60,7 @@ pub async fn run_with(
         .recover()
         .await
         .context("cleaning up after interrupted uploads")?;
+    let graders = Arc::new(Graders::new(store.clone(), GradersConfig::default()));
     let jobs = Arc::new(Jobs::new(store, blobs, trainer, config.jobs_config()));
     let stop_scheduler = CancellationToken::new();
     let scheduler = scheduler::spawn(jobs.clone(), stop_scheduler.clone());
@@ -76,6 +77,8 @@ pub async fn run_with(
         .build_v1alpha()?;
 
     let addr = listener.local_addr()?;
+    // Small unary replies must not wait for Nagle's algorithm (40 ms tails).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "lathe serving");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -91,9 +94,9 @@ pub async fn run_with(
         .add_service(DatasetServiceServer::new(DatasetApi::new(datasets)))
         .add_service(FineTuningServiceServer::new(FineTuningApi::new(jobs.clone())))
         .add_service(ModelServiceServer::new(ModelApi::new(jobs)))
-        .add_service(GraderServiceServer::new(GraderApi))
+        .add_service(GraderServiceServer::new(GraderApi::new(graders)))
         .add_service(EvalServiceServer::new(EvalApi))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests; letting in-flight ones finish");
             health.set_not_serving::<DatasetServiceServer<DatasetApi>>().await;

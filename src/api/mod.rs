@@ -6,9 +6,11 @@
 
 pub mod convert;
 mod datasets;
+mod graders;
 mod jobs;
 mod unimplemented;
 
 pub use self::datasets::DatasetApi;
+pub use self::graders::GraderApi;
 pub use self::jobs::{FineTuningApi, ModelApi};
-pub use self::unimplemented::{EvalApi, GraderApi};
+pub use self::unimplemented::EvalApi;

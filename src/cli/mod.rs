@@ -2,6 +2,7 @@
 //! gRPC client of one (`--addr` / `LATHE_ADDR`).
 
 mod datasets;
+mod graders;
 mod jobs;
 mod output;
 mod quickstart;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Create, control and watch fine-tuning jobs.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
+    /// Run, validate, save and dry-run OpenAI-format graders.
+    #[command(subcommand)]
+    Graders(graders::GradersCommand),
     /// The main job, end to end, on an embedded server (or --addr).
     Quickstart(quickstart::QuickstartArgs),
 }
@@ -60,7 +64,8 @@ pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
     };
     let endpoint = Endpoint::from_shared(uri.clone())?
         .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20));
+        .initial_connection_window_size(Some(16 << 20))
+        .tcp_nodelay(true);
     endpoint
         .connect()
         .await
@@ -74,6 +79,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Serve(_) => anyhow::bail!("serve is not a client command"),
         Command::Datasets(cmd) => datasets::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Jobs(cmd) => jobs::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
+        Command::Graders(cmd) => graders::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Quickstart(args) => quickstart::run(cli.addr.as_deref(), args).await,
     }
 }

@@ -5,6 +5,8 @@
 //! each call atomic. Every backend passes the same suite (`store::suite`).
 
 #[macro_use]
+mod graders_sql;
+#[macro_use]
 mod jobs_sql;
 mod postgres;
 pub(crate) mod rows;
@@ -153,9 +155,47 @@ pub trait JobStore: Send + Sync + 'static {
     async fn delete_model(&self, id: &str) -> Result<Option<(ModelRecord, Vec<String>)>, StoreError>;
 }
 
-pub trait Store: DatasetStore + JobStore {}
+/// A grader saved under a name, as the user wrote it (validated before saving).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraderRecord {
+    pub name: String,
+    pub grader: serde_json::Value,
+    pub created_at: i64,
+}
 
-impl<T: DatasetStore + JobStore> Store for T {}
+/// Saved graders, keyed by their unique name.
+#[async_trait]
+pub trait GraderStore: Send + Sync + 'static {
+    /// Inserts a new grader; `Conflict` if the name is taken.
+    async fn insert_grader(&self, grader: &GraderRecord) -> Result<(), StoreError>;
+    async fn get_grader(&self, name: &str) -> Result<Option<GraderRecord>, StoreError>;
+    /// In name order, strictly after `after_name`, at most `limit` rows.
+    async fn list_graders(&self, after_name: Option<&str>, limit: usize) -> Result<Vec<GraderRecord>, StoreError>;
+}
+
+pub(crate) fn grader_from_row<'r, R>(row: &'r R) -> Result<GraderRecord, StoreError>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let name: String = row.try_get("name")?;
+    let text: String = row.try_get("grader")?;
+    let grader = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        id: name.clone(),
+        reason: format!("column grader: {e}"),
+    })?;
+    Ok(GraderRecord {
+        name,
+        grader,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+pub trait Store: DatasetStore + JobStore + GraderStore {}
+
+impl<T: DatasetStore + JobStore + GraderStore> Store for T {}
 
 /// Opens the backend named by `url`, running its migrations.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {

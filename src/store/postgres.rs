@@ -127,6 +127,8 @@ crate::impl_job_store!(
      RETURNING *"
 );
 
+crate::impl_grader_store!(PostgresStore);
+
 #[cfg(test)]
 mod tests {
     use super::*;

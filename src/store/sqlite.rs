@@ -130,6 +130,8 @@ crate::impl_job_store!(
      RETURNING *"
 );
 
+crate::impl_grader_store!(SqliteStore);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,483 @@
+//! Python graders: `grade(sample, item) -> float` in sandboxed, reused worker processes.
+//!
+//! A worker is a long-lived `python3` speaking JSON lines, so a warm call costs one pipe
+//! round trip. Each pool slot runs one grader source at a time: a worker that ran one
+//! user's code is never handed another source (the code could have patched modules or
+//! left threads behind), it is replaced instead. Workers are also replaced after a
+//! timeout, a crash, a protocol violation or when their lifetime CPU budget runs low.
+
+mod sandbox;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::Semaphore;
+
+use sandbox::{Limits, Plan};
+pub use sandbox::{SandboxLevel, SandboxReport};
+
+const WORKER_SOURCE: &str = include_str!("worker.py");
+
+/// Which isolation the pool insists on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxPolicy {
+    /// Root level, else user namespaces; refuse to run code otherwise.
+    Required,
+    /// As `Required`, but fall back to rlimits only (development machines).
+    AllowUnsandboxed,
+}
+
+#[derive(Debug, Clone)]
+pub struct PythonPoolConfig {
+    /// Must be executable by the sandbox uid: a system interpreter, not one under /root.
+    pub python: PathBuf,
+    pub workers: usize,
+    pub wall_timeout: Duration,
+    pub cpu_seconds_per_call: u64,
+    pub memory_bytes: u64,
+    pub scratch_bytes: u64,
+    pub max_processes: u64,
+    /// Largest reply line accepted from a worker.
+    pub max_reply_bytes: usize,
+    pub sandbox: SandboxPolicy,
+    /// Slot `i` runs as uid `uid_base + i` at the root level.
+    pub uid_base: u32,
+    pub scratch_root: PathBuf,
+}
+
+impl Default for PythonPoolConfig {
+    fn default() -> Self {
+        PythonPoolConfig {
+            python: default_python(),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            wall_timeout: Duration::from_secs(120),
+            cpu_seconds_per_call: 120,
+            memory_bytes: 2 << 30,
+            scratch_bytes: 1 << 30,
+            max_processes: 64,
+            max_reply_bytes: 1 << 20,
+            sandbox: SandboxPolicy::Required,
+            uid_base: 61000,
+            scratch_root: std::env::temp_dir().join(format!("lathe-python-graders-{}", std::process::id())),
+        }
+    }
+}
+
+fn default_python() -> PathBuf {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// What a python grading call produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PythonOutcome {
+    Reward(f64),
+    /// The user's code failed, timed out, or returned something that is not a float.
+    RuntimeError(String),
+    /// The pool could not run the code at all (no sandbox, interpreter missing, ...).
+    ServerError {
+        kind: String,
+        details: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no python sandbox is available here: {0}")]
+    SandboxUnavailable(String),
+    #[error("cannot prepare the python scratch directory: {0}")]
+    Scratch(#[source] std::io::Error),
+}
+
+/// Lifetime CPU per worker; a worker past half of it is replaced between calls.
+const LIFETIME_CPU_SECONDS: u64 = 3600;
+
+pub struct PythonPool {
+    config: PythonPoolConfig,
+    level: SandboxLevel,
+    slots: Mutex<Vec<Slot>>,
+    permits: Semaphore,
+}
+
+#[derive(Default)]
+struct Slot {
+    busy: bool,
+    worker: Option<Worker>,
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    source: Option<[u8; 32]>,
+    cpu_used: f64,
+}
+
+impl PythonPool {
+    /// Probes the strongest sandbox level that works here by starting one worker.
+    pub async fn start(config: PythonPoolConfig) -> Result<PythonPool, PoolError> {
+        std::fs::create_dir_all(&config.scratch_root).map_err(PoolError::Scratch)?;
+        // SAFETY: geteuid cannot fail.
+        let is_root = unsafe { libc::geteuid() } == 0;
+        let mut candidates = Vec::new();
+        if is_root {
+            candidates.push(SandboxLevel::Root);
+        }
+        candidates.push(SandboxLevel::UserNamespace);
+        if config.sandbox == SandboxPolicy::AllowUnsandboxed {
+            candidates.push(SandboxLevel::Unsandboxed);
+        }
+        let workers = config.workers.max(1);
+        let mut failures = Vec::new();
+        for level in candidates {
+            let mut pool = PythonPool {
+                level,
+                slots: Mutex::new((0..workers).map(|_| Slot::default()).collect()),
+                permits: Semaphore::new(workers),
+                config: config.clone(),
+            };
+            match pool.spawn(0).await {
+                Ok(mut worker) => match worker.request(&json!({"op": "ping"}), &pool.config).await {
+                    Ok(_) => {
+                        if let Ok(slots) = pool.slots.get_mut() {
+                            slots[0].worker = Some(worker);
+                        }
+                        if level == SandboxLevel::Unsandboxed {
+                            tracing::warn!("python graders run WITHOUT namespace isolation (rlimits only)");
+                        }
+                        tracing::info!(?level, workers, "python grader pool started");
+                        return Ok(pool);
+                    }
+                    Err(e) => failures.push(format!("{level:?}: worker did not answer: {e}")),
+                },
+                Err(e) => failures.push(format!("{level:?}: {e}")),
+            }
+        }
+        Err(PoolError::SandboxUnavailable(failures.join("; ")))
+    }
+
+    pub fn sandbox(&self) -> SandboxReport {
+        SandboxReport::for_level(self.level, self.config.uid_base)
+    }
+
+    pub fn config(&self) -> &PythonPoolConfig {
+        &self.config
+    }
+
+    fn scratch_dir(&self, slot: usize) -> PathBuf {
+        self.config.scratch_root.join(format!("slot-{slot}"))
+    }
+
+    fn uid(&self, slot: usize) -> u32 {
+        self.config.uid_base.saturating_add(slot as u32)
+    }
+
+    async fn spawn(&self, slot: usize) -> Result<Worker, String> {
+        let scratch = self.scratch_dir(slot);
+        prepare_scratch(&scratch, self.level).map_err(|e| format!("scratch dir: {e}"))?;
+        let c = &self.config;
+        let limits = Limits {
+            address_space_bytes: c.memory_bytes,
+            cpu_seconds_hard: LIFETIME_CPU_SECONDS,
+            file_size_bytes: c.scratch_bytes,
+            processes: c.max_processes,
+            open_files: 256,
+        };
+        let plan =
+            Plan::new(self.level, limits, self.uid(slot), &scratch, c.scratch_bytes).map_err(|e| e.to_string())?;
+        let scratch_str = scratch.to_string_lossy().into_owned();
+        let mut cmd = Command::new(&c.python);
+        cmd.args(["-I", "-B", "-c", WORKER_SOURCE])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &scratch_str)
+            .env("TMPDIR", &scratch_str)
+            .env("LANG", "C.UTF-8")
+            .env("OMP_NUM_THREADS", "2")
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        // SAFETY: `Plan::apply` only makes async-signal-safe syscalls on memory the plan
+        // owns; the closure owns the plan.
+        unsafe {
+            cmd.pre_exec(move || plan.apply());
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", c.python.display()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("worker pipes missing".into());
+        };
+        Ok(Worker {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+            source: None,
+            cpu_used: 0.0,
+        })
+    }
+
+    /// Kills a worker together with everything it forked.
+    async fn destroy(&self, slot: usize, mut worker: Worker) {
+        if let Some(pid) = worker.child.id() {
+            // SAFETY: signalling a process group we created; a stale id is harmless.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
+        let _ = worker.child.kill().await;
+        if self.level == SandboxLevel::Root {
+            sandbox::kill_uid(self.uid(slot)).await;
+        }
+    }
+
+    async fn acquire(
+        &self,
+        source: Option<&[u8; 32]>,
+    ) -> Option<(tokio::sync::SemaphorePermit<'_>, usize, Option<Worker>)> {
+        let permit = self.permits.acquire().await.ok()?;
+        let mut slots = self.slots.lock().ok()?;
+        let free = |s: &&mut Slot| !s.busy;
+        let pick = slots
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| free(s))
+            .min_by_key(|(_, s)| match (&s.worker, source) {
+                (Some(w), Some(h)) if w.source.as_ref() == Some(h) => 0,
+                (Some(_), None) => 0,
+                (None, _) => 1,
+                (Some(w), Some(_)) if w.source.is_none() => 1,
+                _ => 2,
+            })
+            .map(|(i, _)| i)?;
+        slots[pick].busy = true;
+        let worker = slots[pick].worker.take();
+        Some((permit, pick, worker))
+    }
+
+    fn release(&self, slot: usize, worker: Option<Worker>) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots[slot].busy = false;
+            slots[slot].worker = worker;
+        }
+    }
+
+    /// Runs `grade(sample, item)` from `source`.
+    pub async fn grade(&self, source: &str, sample: &Value, item: &Value) -> PythonOutcome {
+        let hash: [u8; 32] = Sha256::digest(source.as_bytes()).into();
+        let Some((_permit, slot, worker)) = self.acquire(Some(&hash)).await else {
+            return server_error("pool_closed", "python grader pool is shutting down");
+        };
+        let worker = match worker {
+            Some(w) if w.source == Some(hash) || w.source.is_none() => Some(w),
+            Some(w) => {
+                self.destroy(slot, w).await;
+                None
+            }
+            None => None,
+        };
+        let mut worker = match worker {
+            Some(w) => w,
+            None => match self.spawn(slot).await {
+                Ok(w) => w,
+                Err(e) => {
+                    self.release(slot, None);
+                    return server_error("worker_start_failed", &e);
+                }
+            },
+        };
+        let mut request = json!({
+            "op": "grade",
+            "sample": sample,
+            "item": item,
+            "cpu_seconds": self.config.cpu_seconds_per_call,
+        });
+        if worker.source != Some(hash) {
+            request["source"] = Value::String(source.to_string());
+        }
+        let reply = worker.request(&request, &self.config).await;
+        let (outcome, keep) = match reply {
+            Ok(reply) => {
+                worker.source = Some(hash);
+                let outcome = match reply.get("reward").and_then(Value::as_f64) {
+                    Some(r) if reply.get("ok") == Some(&Value::Bool(true)) => PythonOutcome::Reward(r),
+                    _ => PythonOutcome::RuntimeError(
+                        reply
+                            .get("error")
+                            .and_then(Value::as_str)
+                            .unwrap_or("grader failed without details")
+                            .to_string(),
+                    ),
+                };
+                // A source that failed while loading has still run its top-level code in
+                // this process; never hand that process to anyone else.
+                let failed_load = reply.get("ok") != Some(&Value::Bool(true)) && request.get("source").is_some();
+                (
+                    outcome,
+                    !failed_load && worker.cpu_used < (LIFETIME_CPU_SECONDS / 2) as f64,
+                )
+            }
+            Err(WorkerFailure::TimedOut) => (
+                PythonOutcome::RuntimeError(format!(
+                    "grader timed out after {:?} (wall-clock limit)",
+                    self.config.wall_timeout
+                )),
+                false,
+            ),
+            Err(WorkerFailure::Died) => {
+                let status = tokio::time::timeout(Duration::from_secs(1), worker.child.wait())
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                (PythonOutcome::RuntimeError(describe_death(status)), false)
+            }
+            Err(WorkerFailure::Protocol(why)) => (PythonOutcome::RuntimeError(why), false),
+        };
+        if keep {
+            self.release(slot, Some(worker));
+        } else {
+            self.destroy(slot, worker).await;
+            self.release(slot, None);
+        }
+        outcome
+    }
+
+    /// Parses `source` with Python's `ast` (no user code runs) and checks that it defines
+    /// `grade(sample, item)`.
+    pub async fn check_source(&self, source: &str) -> Result<(), String> {
+        let Some((_permit, slot, worker)) = self.acquire(None).await else {
+            return Err("python grader pool is shutting down".into());
+        };
+        let mut worker = match worker {
+            Some(w) => w,
+            None => match self.spawn(slot).await {
+                Ok(w) => w,
+                Err(e) => {
+                    self.release(slot, None);
+                    return Err(format!("cannot start a python worker: {e}"));
+                }
+            },
+        };
+        match worker
+            .request(&json!({"op": "check", "source": source}), &self.config)
+            .await
+        {
+            Ok(reply) => {
+                self.release(slot, Some(worker));
+                match reply.get("error").and_then(Value::as_str) {
+                    Some(problem) => Err(problem.to_string()),
+                    None => Ok(()),
+                }
+            }
+            Err(e) => {
+                self.destroy(slot, worker).await;
+                self.release(slot, None);
+                Err(format!("source check failed: {e}"))
+            }
+        }
+    }
+}
+
+impl Drop for PythonPool {
+    fn drop(&mut self) {
+        if let Ok(slots) = self.slots.get_mut() {
+            for worker in slots.iter_mut().filter_map(|s| s.worker.as_mut()) {
+                if let Some(pid) = worker.child.id() {
+                    // SAFETY: signalling a process group this pool created.
+                    unsafe {
+                        libc::kill(-(pid as i32), libc::SIGKILL);
+                    }
+                }
+            }
+        }
+        // The tmpfs lived in the workers' mount namespaces; only empty directories remain.
+        let _ = std::fs::remove_dir_all(&self.config.scratch_root);
+    }
+}
+
+fn server_error(kind: &str, details: &str) -> PythonOutcome {
+    PythonOutcome::ServerError {
+        kind: kind.to_string(),
+        details: details.to_string(),
+    }
+}
+
+fn describe_death(status: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.and_then(|s| s.signal()) {
+        Some(libc::SIGXCPU) => "grader exceeded its CPU time limit".to_string(),
+        Some(libc::SIGKILL) => "grader process was killed (memory or process limit)".to_string(),
+        Some(sig) => format!("grader process died with signal {sig}"),
+        None => "grader process exited unexpectedly".to_string(),
+    }
+}
+
+fn prepare_scratch(dir: &Path, level: SandboxLevel) -> std::io::Result<()> {
+    // Without namespaces the scratch directory is real and must start empty.
+    if level == SandboxLevel::Unsandboxed && dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)
+}
+
+#[derive(Debug)]
+enum WorkerFailure {
+    TimedOut,
+    Died,
+    Protocol(String),
+}
+
+impl std::fmt::Display for WorkerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerFailure::TimedOut => write!(f, "timed out"),
+            WorkerFailure::Died => write!(f, "worker died"),
+            WorkerFailure::Protocol(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl Worker {
+    async fn request(&mut self, request: &Value, config: &PythonPoolConfig) -> Result<Value, WorkerFailure> {
+        let exchange = async {
+            let mut line = request.to_string().into_bytes();
+            line.push(b'\n');
+            if self.stdin.write_all(&line).await.is_err() || self.stdin.flush().await.is_err() {
+                return Err(WorkerFailure::Died);
+            }
+            let mut buf = Vec::new();
+            let limit = config.max_reply_bytes as u64 + 1;
+            match (&mut self.stdout).take(limit).read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => return Err(WorkerFailure::Died),
+                Ok(_) => {}
+            }
+            if buf.last() != Some(&b'\n') {
+                return Err(WorkerFailure::Protocol(format!(
+                    "grader reply exceeded {} bytes",
+                    config.max_reply_bytes
+                )));
+            }
+            serde_json::from_slice::<Value>(&buf)
+                .map_err(|_| WorkerFailure::Protocol("grader wrote something that is not a reply".into()))
+        };
+        let reply = match tokio::time::timeout(config.wall_timeout, exchange).await {
+            Ok(result) => result?,
+            Err(_) => return Err(WorkerFailure::TimedOut),
+        };
+        if let Some(cpu) = reply.get("cpu").and_then(Value::as_f64) {
+            self.cpu_used = cpu;
+        }
+        Ok(reply)
+    }
+}

@@ -1,0 +1,117 @@
+//! What a grading run returns: OpenAI's `run` response, minus the wire format.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GraderResult {
+    pub reward: f64,
+    /// One entry per named sub-grader of a `multi` grader.
+    pub sub_rewards: BTreeMap<String, f64>,
+    pub metadata: GraderMetadata,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GraderMetadata {
+    pub name: String,
+    /// The grader `type` (`string_check`, `multi`, ...).
+    pub kind: String,
+    pub execution_time: Duration,
+    /// Total tokens spent per grader model; empty for graders that call no model and for
+    /// results served from the cache.
+    pub token_usage: BTreeMap<String, u64>,
+    pub errors: GraderErrors,
+}
+
+/// OpenAI's error flags. Any flag set means the reward is 0 (or, for `multi`, that a
+/// sub-grader contributed 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraderErrors {
+    pub formula_parse_error: bool,
+    pub sample_parse_error: bool,
+    pub invalid_variable_error: bool,
+    pub python_grader_runtime_error: bool,
+    pub python_grader_runtime_error_details: String,
+    pub python_grader_server_error: bool,
+    pub python_grader_server_error_type: String,
+    pub model_grader_server_error: bool,
+    pub model_grader_server_error_details: String,
+    pub model_grader_parse_error: bool,
+    pub model_grader_refusal_error: bool,
+    pub other_error: bool,
+    /// Not an OpenAI field: says what `other_error` was about.
+    pub other_error_details: String,
+}
+
+impl GraderErrors {
+    pub fn any(&self) -> bool {
+        self.formula_parse_error
+            || self.sample_parse_error
+            || self.invalid_variable_error
+            || self.python_grader_runtime_error
+            || self.python_grader_server_error
+            || self.model_grader_server_error
+            || self.model_grader_parse_error
+            || self.model_grader_refusal_error
+            || self.other_error
+    }
+
+    /// Names of the flags that are set, for error-rate breakdowns.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        [
+            (self.formula_parse_error, "formula_parse_error"),
+            (self.sample_parse_error, "sample_parse_error"),
+            (self.invalid_variable_error, "invalid_variable_error"),
+            (self.python_grader_runtime_error, "python_grader_runtime_error"),
+            (self.python_grader_server_error, "python_grader_server_error"),
+            (self.model_grader_server_error, "model_grader_server_error"),
+            (self.model_grader_parse_error, "model_grader_parse_error"),
+            (self.model_grader_refusal_error, "model_grader_refusal_error"),
+            (self.other_error, "other_error"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect()
+    }
+
+    pub(crate) fn other(details: impl Into<String>) -> Self {
+        GraderErrors {
+            other_error: true,
+            other_error_details: details.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Folds a sub-grader's flags into a `multi` result, keeping the first details seen.
+    pub(crate) fn merge(&mut self, other: &GraderErrors) {
+        fn details(mine: &mut String, theirs: &str) {
+            if mine.is_empty() {
+                theirs.clone_into(mine);
+            }
+        }
+        self.formula_parse_error |= other.formula_parse_error;
+        self.sample_parse_error |= other.sample_parse_error;
+        self.invalid_variable_error |= other.invalid_variable_error;
+        self.python_grader_runtime_error |= other.python_grader_runtime_error;
+        details(
+            &mut self.python_grader_runtime_error_details,
+            &other.python_grader_runtime_error_details,
+        );
+        self.python_grader_server_error |= other.python_grader_server_error;
+        details(
+            &mut self.python_grader_server_error_type,
+            &other.python_grader_server_error_type,
+        );
+        self.model_grader_server_error |= other.model_grader_server_error;
+        details(
+            &mut self.model_grader_server_error_details,
+            &other.model_grader_server_error_details,
+        );
+        self.model_grader_parse_error |= other.model_grader_parse_error;
+        self.model_grader_refusal_error |= other.model_grader_refusal_error;
+        self.other_error |= other.other_error;
+        details(&mut self.other_error_details, &other.other_error_details);
+    }
+}

@@ -1,0 +1,293 @@
+//! The grader service: runs, validates and batches graders, and keeps saved ones.
+//!
+//! Architecture invariant: this is the only part of `graders` that knows the store and the
+//! domain `Error`; the engine around it stays transport- and storage-free. The python pool
+//! is started on the first grader that needs it, so a server that never runs python code
+//! never forks a worker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use super::{
+    FieldViolation, GradeContext, Grader, GraderResult, PythonPool, PythonPoolConfig, ResultCache, Sample, parse,
+};
+use crate::error::{Error, Result};
+use crate::store::{GraderRecord, Store};
+
+/// Longest saved-grader name.
+pub const MAX_NAME_CHARS: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct GradersConfig {
+    pub python: PythonPoolConfig,
+    /// Grading calls in flight per GradeBatch stream.
+    pub batch_concurrency: usize,
+    /// Model-grader results kept across calls.
+    pub cache_capacity: usize,
+}
+
+impl Default for GradersConfig {
+    fn default() -> Self {
+        // Each pool gets its own uid range and scratch directory, so servers that share a
+        // host (or a test process) never count against, or kill, each other's workers.
+        static POOLS: AtomicU32 = AtomicU32::new(0);
+        let n = POOLS.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let mut python = PythonPoolConfig::default();
+        python.workers = python.workers.min(UIDS_PER_POOL as usize);
+        python.uid_base = 100_000 + ((pid % 8192) * 8 + n % 8) * UIDS_PER_POOL;
+        python.scratch_root = std::env::temp_dir().join(format!("lathe-python-graders-{pid}-{n}"));
+        GradersConfig {
+            python,
+            batch_concurrency: 64,
+            cache_capacity: 10_000,
+        }
+    }
+}
+
+const UIDS_PER_POOL: u32 = 32;
+
+pub struct Graders {
+    store: Arc<dyn Store>,
+    config: GradersConfig,
+    python: OnceCell<Arc<PythonPool>>,
+    cache: Arc<ResultCache>,
+}
+
+/// A grader ready to grade a stream of pairs (GradeBatch).
+pub struct Batch {
+    grader: Arc<Grader>,
+    ctx: Arc<GradeContext>,
+    concurrency: usize,
+}
+
+impl Graders {
+    pub fn new(store: Arc<dyn Store>, config: GradersConfig) -> Self {
+        let cache = Arc::new(ResultCache::new(config.cache_capacity));
+        Graders {
+            store,
+            config,
+            python: OnceCell::new(),
+            cache,
+        }
+    }
+
+    /// RunGrader: `grader` is a grader object or `{"name": ...}` naming a saved one.
+    pub async fn run(&self, grader: Value, sample: Sample, item: Value) -> Result<GraderResult> {
+        let grader = self.resolve(grader).await?;
+        let ctx = self.context(&grader).await;
+        Ok(super::run(&grader, &sample, &item, &ctx).await)
+    }
+
+    /// ValidateGrader: every field problem at once, python sources compiled in the sandbox.
+    pub async fn validate(&self, grader: &Value) -> Result<()> {
+        let parsed = parse(grader).map_err(|v| invalid_grader("grader", v))?;
+        let ctx = self.context(&parsed).await;
+        super::validate(grader, &ctx)
+            .await
+            .map_err(|v| invalid_grader("grader", v))?;
+        Ok(())
+    }
+
+    /// GradeBatch: resolves the grader first, so a bad grader fails before any pair is read.
+    pub async fn batch(&self, grader: Value) -> Result<Batch> {
+        let grader = self.resolve(grader).await?;
+        let ctx = self.context(&grader).await;
+        Ok(Batch {
+            grader: Arc::new(grader),
+            ctx: Arc::new(ctx),
+            concurrency: self.config.batch_concurrency.max(1),
+        })
+    }
+
+    pub async fn create(&self, name: String, grader: Value) -> Result<GraderRecord> {
+        check_name(&name, "name")?;
+        let parsed = parse(&grader).map_err(|v| invalid_grader("grader", v))?;
+        let ctx = self.context(&parsed).await;
+        super::validate(&grader, &ctx)
+            .await
+            .map_err(|v| invalid_grader("grader", v))?;
+        let record = GraderRecord {
+            name,
+            grader,
+            created_at: crate::jobs::manager::now_millis(),
+        };
+        self.store.insert_grader(&record).await?;
+        Ok(record)
+    }
+
+    pub async fn get(&self, name: &str) -> Result<GraderRecord> {
+        check_name(name, "name")?;
+        self.store
+            .get_grader(name)
+            .await?
+            .ok_or_else(|| Error::not_found("grader", name))
+    }
+
+    /// Name order; the page token is the last name of the previous page.
+    pub async fn list(&self, page_size: i32, page_token: &str) -> Result<(Vec<GraderRecord>, String)> {
+        let limit = crate::datasets::manager::page_limit(page_size)?;
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            check_name(page_token, "page_token")?;
+            Some(page_token)
+        };
+        let mut graders = self.store.list_graders(after, limit + 1).await?;
+        let next = if graders.len() > limit {
+            graders.truncate(limit);
+            graders.last().map(|g| g.name.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((graders, next))
+    }
+
+    /// The grader object itself, or the saved grader a `{"name": ...}` reference names.
+    async fn resolve(&self, grader: Value) -> Result<Grader> {
+        let json = match saved_name(&grader) {
+            Some(name) => {
+                check_name(name, "grader.name")?;
+                self.store
+                    .get_grader(name)
+                    .await?
+                    .ok_or_else(|| Error::not_found("grader", name))?
+                    .grader
+            }
+            None => grader,
+        };
+        parse(&json).map_err(|v| invalid_grader("grader", v))
+    }
+
+    /// Providers for one grader. Model graders and `cosine` have none yet, so they answer
+    /// with their error flags; python gets the pool, started on first use.
+    async fn context(&self, grader: &Grader) -> GradeContext {
+        let mut ctx = GradeContext {
+            cache: Some(Arc::clone(&self.cache)),
+            ..Default::default()
+        };
+        if uses_python(grader) {
+            ctx.python = self.python_pool().await;
+        }
+        ctx
+    }
+
+    async fn python_pool(&self) -> Option<Arc<PythonPool>> {
+        let started = self
+            .python
+            .get_or_try_init(|| async { PythonPool::start(self.config.python.clone()).await.map(Arc::new) })
+            .await;
+        match started {
+            Ok(pool) => Some(Arc::clone(pool)),
+            Err(e) => {
+                // Not cached: the next python grader tries again.
+                tracing::error!(error = %e, "cannot start the python grader pool");
+                None
+            }
+        }
+    }
+}
+
+impl Batch {
+    /// Grades `pairs` as they arrive, at most `concurrency` at a time, and yields
+    /// `(index, result)` in arrival order. A bad pair ends the stream with its error.
+    pub fn grade(
+        self,
+        pairs: impl Stream<Item = Result<(Sample, Value)>> + Send + 'static,
+    ) -> impl Stream<Item = Result<(u64, GraderResult)>> + Send + 'static {
+        let Batch {
+            grader,
+            ctx,
+            concurrency,
+        } = self;
+        pairs
+            .enumerate()
+            .map(move |(index, pair)| {
+                let (grader, ctx) = (Arc::clone(&grader), Arc::clone(&ctx));
+                async move {
+                    let (sample, item) = pair?;
+                    Ok((index as u64, super::run(&grader, &sample, &item, &ctx).await))
+                }
+            })
+            .buffered(concurrency)
+    }
+}
+
+fn saved_name(grader: &Value) -> Option<&str> {
+    match grader.as_object() {
+        Some(map) if map.len() == 1 => map.get("name").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+/// Whether running `grader` needs the python pool.
+pub fn uses_python(grader: &Grader) -> bool {
+    match grader {
+        Grader::Python(_) => true,
+        Grader::Multi(m) => m.graders.iter().any(|(_, g)| uses_python(g)),
+        _ => false,
+    }
+}
+
+/// Grader violations, re-rooted at the request field that carried the grader.
+fn invalid_grader(root: &str, violations: Vec<FieldViolation>) -> Error {
+    Error::InvalidArgument(
+        violations
+            .into_iter()
+            .map(|v| {
+                let field = if v.field.is_empty() {
+                    root.to_string()
+                } else {
+                    format!("{root}.{}", v.field)
+                };
+                FieldViolation::new(field, v.description)
+            })
+            .collect(),
+    )
+}
+
+/// Saved-grader names: 1 to 64 of `[a-zA-Z0-9_-]`.
+pub fn check_name(name: &str, field: &str) -> Result<()> {
+    let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if name.is_empty() || name.len() > MAX_NAME_CHARS || !valid_chars {
+        return Err(Error::invalid(
+            field,
+            format!("a grader name is 1 to {MAX_NAME_CHARS} characters of [a-zA-Z0-9_-]"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("exact-match_v2", "name").is_ok());
+        assert!(check_name(&"a".repeat(64), "name").is_ok());
+        assert!(check_name(&"a".repeat(65), "name").is_err());
+        assert!(check_name("", "name").is_err());
+        assert!(check_name("has space", "name").is_err());
+        assert!(check_name("é", "name").is_err());
+    }
+
+    #[test]
+    fn only_a_lone_name_is_a_reference() {
+        assert_eq!(saved_name(&serde_json::json!({"name": "g"})), Some("g"));
+        assert_eq!(saved_name(&serde_json::json!({"name": "g", "type": "multi"})), None);
+        assert_eq!(saved_name(&serde_json::json!({"name": 3})), None);
+    }
+
+    #[test]
+    fn violations_are_rooted_at_the_request_field() {
+        let Error::InvalidArgument(v) = invalid_grader("grader", vec![FieldViolation::new("operation", "bad")]) else {
+            panic!("not invalid argument");
+        };
+        assert_eq!(v[0].field, "grader.operation");
+    }
+}

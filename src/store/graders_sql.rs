@@ -1,0 +1,52 @@
+//! The saved-graders table, written once for every SQL backend (`$N`
+//! placeholders bind by position in both SQLite and Postgres).
+
+/// Implements `GraderStore` for a backend struct with a `pool` field.
+#[macro_export]
+macro_rules! impl_grader_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::GraderStore for $store {
+            async fn insert_grader(&self, g: &$crate::store::GraderRecord) -> Result<(), $crate::store::StoreError> {
+                let result = sqlx::query("INSERT INTO graders (name, grader, created_at) VALUES ($1, $2, $3)")
+                    .bind(&g.name)
+                    .bind($crate::store::rows::to_json(&g.grader))
+                    .bind(g.created_at)
+                    .execute(&self.pool)
+                    .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        Err($crate::store::StoreError::Conflict(g.name.clone()))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn get_grader(
+                &self,
+                name: &str,
+            ) -> Result<Option<$crate::store::GraderRecord>, $crate::store::StoreError> {
+                let row = sqlx::query("SELECT name, grader, created_at FROM graders WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map($crate::store::grader_from_row).transpose()
+            }
+
+            async fn list_graders(
+                &self,
+                after_name: Option<&str>,
+                limit: usize,
+            ) -> Result<Vec<$crate::store::GraderRecord>, $crate::store::StoreError> {
+                let rows =
+                    sqlx::query("SELECT name, grader, created_at FROM graders WHERE name > $1 ORDER BY name LIMIT $2")
+                        .bind(after_name.unwrap_or(""))
+                        .bind(limit as i64)
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.iter().map($crate::store::grader_from_row).collect()
+            }
+        }
+    };
+}

@@ -1,0 +1,263 @@
+//! The python grader sandbox: hostile graders are stopped and the pool keeps working.
+//!
+//! They run at the root level (namespaces + uid drop) as root and at the user-namespace
+//! level otherwise; without /usr/bin/python3 or namespaces they say why they skip.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lathe::graders::{GradeContext, PythonOutcome, PythonPool, PythonPoolConfig, Sample, SandboxLevel, parse, run};
+use serde_json::{Value, json};
+
+async fn pool(workers: usize) -> Option<PythonPool> {
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipping: needs /usr/bin/python3");
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "lathe-sandbox-test-{}-{workers}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let config = PythonPoolConfig {
+        workers,
+        wall_timeout: Duration::from_secs(3),
+        cpu_seconds_per_call: 5,
+        scratch_root: dir,
+        uid_base: next_uid_base(),
+        max_processes: 16,
+        ..PythonPoolConfig::default()
+    };
+    // Root gets the full sandbox; anyone else the user-namespace one. Neither available
+    // (a container without namespaces) is reported, not failed: CI images differ.
+    let pool = match PythonPool::start(config).await {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            return None;
+        }
+    };
+    // SAFETY: geteuid cannot fail.
+    let expected = if unsafe { libc::geteuid() } == 0 {
+        SandboxLevel::Root
+    } else {
+        SandboxLevel::UserNamespace
+    };
+    assert_eq!(pool.sandbox().level, expected);
+    Some(pool)
+}
+
+/// Each pool gets its own uid range so one test's uid sweep never kills another's workers.
+fn next_uid_base() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    62_000 + (std::process::id() % 100) * 100 + NEXT.fetch_add(4, Ordering::SeqCst)
+}
+
+fn rand_suffix() -> u32 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        % 100_000
+}
+
+const OK: &str = "def grade(sample, item):\n    return 1.0\n";
+
+async fn grade(pool: &PythonPool, source: &str) -> PythonOutcome {
+    pool.grade(source, &Sample::from_model_output("x").to_json(), &json!({}))
+        .await
+}
+
+async fn assert_still_works(pool: &PythonPool) {
+    assert_eq!(grade(pool, OK).await, PythonOutcome::Reward(1.0));
+}
+
+fn runtime_error(outcome: PythonOutcome) -> String {
+    match outcome {
+        PythonOutcome::RuntimeError(details) => details,
+        other => panic!("expected a runtime error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn grades_with_sample_and_item() {
+    let Some(pool) = pool(1).await else { return };
+    let source = "def grade(sample, item):\n    return 1.0 if sample['output_json']['a'] == item['want'] else 0.25\n";
+    let out = pool
+        .grade(
+            source,
+            &Sample::from_model_output("{\"a\": 3}").to_json(),
+            &json!({"want": 3}),
+        )
+        .await;
+    assert_eq!(out, PythonOutcome::Reward(1.0));
+    let out = pool
+        .grade(
+            source,
+            &Sample::from_model_output("{\"a\": 4}").to_json(),
+            &json!({"want": 3}),
+        )
+        .await;
+    assert_eq!(out, PythonOutcome::Reward(0.25));
+}
+
+#[tokio::test]
+async fn exceptions_and_non_floats_are_runtime_errors_with_tracebacks() {
+    let Some(pool) = pool(1).await else { return };
+    let details = runtime_error(grade(&pool, "def grade(s, i):\n    raise ValueError('boom')\n").await);
+    assert!(
+        details.contains("ValueError: boom") && details.contains("Traceback"),
+        "{details}"
+    );
+    let details = runtime_error(grade(&pool, "def grade(s, i):\n    return 'high'\n").await);
+    assert!(details.contains("must return a float"), "{details}");
+    let details = runtime_error(grade(&pool, "def grade(s, i):\n    return float('nan')\n").await);
+    assert!(details.contains("nan"), "{details}");
+    let details = runtime_error(
+        grade(
+            &pool,
+            "def grade(s, i):\n    print('x' * 10_000_000)\n    return None\n",
+        )
+        .await,
+    );
+    assert!(details.len() < 20_000, "details are capped");
+    assert_still_works(&pool).await;
+}
+
+#[tokio::test]
+async fn network_is_unreachable() {
+    let Some(pool) = pool(1).await else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let source = format!(
+        "import socket\ndef grade(s, i):\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n    return 1.0\n"
+    );
+    let details = runtime_error(grade(&pool, &source).await);
+    assert!(details.contains("Error"), "{details}");
+    assert_still_works(&pool).await;
+}
+
+#[tokio::test]
+async fn filesystem_is_read_only_except_scratch() {
+    let Some(pool) = pool(1).await else { return };
+    let target = std::env::temp_dir().join(format!("lathe-escape-{}", rand_suffix()));
+    let source = format!(
+        "def grade(s, i):\n    open({:?}, 'w').write('pwned')\n    return 1.0\n",
+        target.display().to_string()
+    );
+    let details = runtime_error(grade(&pool, &source).await);
+    assert!(
+        details.contains("Read-only file system") || details.contains("Permission denied"),
+        "{details}"
+    );
+    assert!(!target.exists(), "the grader wrote outside its scratch dir");
+    let scratch = "import os, tempfile\ndef grade(s, i):\n    p = os.path.join(tempfile.gettempdir(), 'f')\n    open(p, 'w').write('ok')\n    return float(open(p).read() == 'ok')\n";
+    assert_eq!(grade(&pool, scratch).await, PythonOutcome::Reward(1.0));
+    let home = "import os\ndef grade(s, i):\n    return float(len(os.listdir('/root')))\n";
+    assert_eq!(
+        grade(&pool, home).await,
+        PythonOutcome::Reward(0.0),
+        "root's home is hidden"
+    );
+}
+
+#[tokio::test]
+async fn fork_bomb_is_contained() {
+    let Some(pool) = pool(1).await else { return };
+    let bomb = "import os\ndef grade(s, i):\n    while True:\n        os.fork()\n";
+    let details = runtime_error(grade(&pool, bomb).await);
+    assert!(
+        details.contains("BlockingIOError") || details.contains("timed out"),
+        "{details}"
+    );
+    let stubborn = "import os\ndef grade(s, i):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n";
+    let details = runtime_error(grade(&pool, stubborn).await);
+    assert!(details.contains("timed out"), "{details}");
+    assert_still_works(&pool).await;
+}
+
+#[tokio::test]
+async fn huge_allocation_fails_cleanly() {
+    let Some(pool) = pool(1).await else { return };
+    let details = runtime_error(
+        grade(
+            &pool,
+            "def grade(s, i):\n    x = bytearray(10 * 1024**3)\n    return 1.0\n",
+        )
+        .await,
+    );
+    assert!(details.contains("MemoryError"), "{details}");
+    assert_still_works(&pool).await;
+}
+
+#[tokio::test]
+async fn infinite_loop_times_out_and_worker_is_replaced() {
+    let Some(pool) = pool(1).await else { return };
+    let start = Instant::now();
+    let details = runtime_error(grade(&pool, "def grade(s, i):\n    while True:\n        pass\n").await);
+    assert!(details.contains("timed out"), "{details}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_still_works(&pool).await;
+}
+
+#[tokio::test]
+async fn validate_checks_source_with_ast() {
+    let Some(pool) = pool(1).await else { return };
+    assert_eq!(pool.check_source(OK).await, Ok(()));
+    assert!(
+        pool.check_source("def grade(s, i):\n  return (\n")
+            .await
+            .unwrap_err()
+            .contains("syntax error")
+    );
+    assert!(
+        pool.check_source("def grade(s):\n  return 1\n")
+            .await
+            .unwrap_err()
+            .contains("two arguments")
+    );
+    let ctx = GradeContext {
+        python: Some(Arc::new(pool)),
+        ..GradeContext::default()
+    };
+    let bad = json!({"type": "python", "name": "p", "source": "def grade(s, i):\n  return (\n"});
+    let violations = lathe::graders::validate(&bad, &ctx).await.unwrap_err();
+    assert_eq!(violations[0].field, "source");
+}
+
+#[tokio::test]
+async fn run_reports_runtime_errors_in_metadata_and_warm_calls_are_fast() {
+    let Some(pool) = pool(2).await else { return };
+    let ctx = GradeContext {
+        python: Some(Arc::new(pool)),
+        ..GradeContext::default()
+    };
+    let g = parse(&json!({"type": "python", "name": "p", "source": "def grade(sample, item):\n    return len(sample['output_text']) / 10\n"}))
+        .expect("valid");
+    let item: Value = json!({});
+    let sample = Sample::from_model_output("hello");
+    let r = run(&g, &sample, &item, &ctx).await;
+    assert_eq!(r.reward, 0.5);
+    let start = Instant::now();
+    let n = 200;
+    for _ in 0..n {
+        let r = run(&g, &sample, &item, &ctx).await;
+        assert_eq!(r.reward, 0.5);
+    }
+    let per_call = start.elapsed() / n;
+    eprintln!("warm python grader call: {per_call:?}");
+    assert!(per_call < Duration::from_millis(5), "warm call took {per_call:?}");
+
+    let bad = parse(&json!({"type": "python", "name": "p", "source": "def grade(sample, item):\n    return 1 / 0\n"}))
+        .expect("valid");
+    let r = run(&bad, &sample, &item, &ctx).await;
+    assert_eq!(r.reward, 0.0);
+    assert!(r.metadata.errors.python_grader_runtime_error);
+    assert!(
+        r.metadata
+            .errors
+            .python_grader_runtime_error_details
+            .contains("ZeroDivisionError")
+    );
+}
