@@ -238,6 +238,21 @@ async fn latency(channel: Channel, job: &str, clients: usize, secs: u64) -> (Vec
     (get, list)
 }
 
+/// The server process's peak resident memory (VmHWM), in MB.
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_string())
+            })
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
 fn pct(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -248,8 +263,10 @@ async fn main() {
     let (plain, lathe_append) = sqlite_baseline(5000).await;
     println!("plain SQLite write path: {plain:.0} inserts/s; Lathe append_event: {lathe_append:.0} events/s");
 
-    println!("| watchers | job events | job's own rate (events/s) | delivered (events/s, all watchers) | wall s |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| watchers | job events | job's own rate (events/s) | delivered (events/s, all watchers) | wall s | server peak RSS MB |"
+    );
+    println!("|---|---|---|---|---|---|");
     for watchers in [0usize, 1, 50, 200] {
         let dir = tempfile::tempdir().unwrap();
         let (mut server, url) = start_server(dir.path(), steps);
@@ -290,9 +307,10 @@ async fn main() {
         }
         let wall = last.duration_since(t0).as_secs_f64();
         let (n_events, own_rate) = job_rate(channel.clone(), &id).await;
+        let rss = peak_rss_mb(server.id());
         drop(stalled);
         println!(
-            "| {watchers} | {n_events} | {own_rate:.0} | {:.0} | {wall:.2} |",
+            "| {watchers} | {n_events} | {own_rate:.0} | {:.0} | {wall:.2} | {rss:.1} |",
             delivered as f64 / wall
         );
         server.kill().unwrap();

@@ -173,28 +173,36 @@ pub fn dataset_text(d: &proto::Dataset) -> String {
         let m = stats.messages_per_example.unwrap_or_default();
         let t = stats.tokens_per_example.unwrap_or_default();
         let a = stats.trained_tokens_per_example.unwrap_or_default();
-        out.push_str(&format!(
-            "  messages  min {} / mean {:.1} / max {} per example\n",
-            m.min, m.mean, m.max
-        ));
+        // Eval items have no messages to train on.
+        let chat = d.purpose != proto::DatasetPurpose::Eval as i32;
+        if chat {
+            out.push_str(&format!(
+                "  messages  min {} / mean {:.1} / max {} per example\n",
+                m.min, m.mean, m.max
+            ));
+        }
         out.push_str(&format!(
             "  tokens    min {} / p50 {} / mean {:.1} / p95 {} / max {} per example, {} in all ({})\n",
             t.min, t.p50, t.mean, t.p95, t.max, t.total, stats.tokenizer
         ));
-        out.push_str(&format!(
-            "  trained   {} assistant tokens in all (mean {:.1} per example)\n",
-            a.total, a.mean
-        ));
+        if chat {
+            out.push_str(&format!(
+                "  trained   {} assistant tokens in all (mean {:.1} per example)\n",
+                a.total, a.mean
+            ));
+        }
         if stats.tool_call_examples > 0 || stats.image_parts > 0 {
             out.push_str(&format!(
                 "  extras    {} examples with tool calls, {} image parts\n",
                 stats.tool_call_examples, stats.image_parts
             ));
         }
-        out.push_str(&format!(
-            "  epochs    {} by default, about {} trained tokens\n",
-            stats.default_epochs, stats.estimated_trained_tokens
-        ));
+        if chat {
+            out.push_str(&format!(
+                "  epochs    {} by default, about {} trained tokens\n",
+                stats.default_epochs, stats.estimated_trained_tokens
+            ));
+        }
         if !stats.label_counts.is_empty() {
             let mut labels: Vec<_> = stats.label_counts.iter().collect();
             labels.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));

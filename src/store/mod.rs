@@ -7,6 +7,8 @@
 #[macro_use]
 mod graders_sql;
 #[macro_use]
+mod datasets_sql;
+#[macro_use]
 mod jobs_sql;
 mod postgres;
 pub(crate) mod rows;

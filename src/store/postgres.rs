@@ -1,14 +1,8 @@
 //! PostgreSQL backend, for several replicas sharing one database.
 
-use async_trait::async_trait;
-use sqlx::{
-    Row,
-    postgres::{PgPool, PgPoolOptions},
-};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::rows::{dataset_from_row, to_json};
-use super::{DatasetQuery, DatasetStore, StoreError};
-use crate::datasets::model::DatasetRecord;
+use super::StoreError;
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -28,94 +22,7 @@ impl PostgresStore {
     }
 }
 
-#[async_trait]
-impl DatasetStore for PostgresStore {
-    async fn insert_dataset(&self, d: &DatasetRecord) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO datasets (id, filename, display_name, purpose, state, bytes, sha256, created_at, metadata, report, stats, lineage)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(&d.id)
-        .bind(&d.filename)
-        .bind(&d.display_name)
-        .bind(d.purpose.as_str())
-        .bind(d.state.as_str())
-        .bind(d.bytes as i64)
-        .bind(&d.sha256)
-        .bind(d.created_at)
-        .bind(to_json(&d.metadata))
-        .bind(to_json(&d.report))
-        .bind(to_json(&d.stats))
-        .bind(d.lineage.as_ref().map(to_json))
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(d.id.clone())),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn get_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM datasets WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(dataset_from_row).transpose()
-    }
-
-    async fn list_datasets(&self, q: &DatasetQuery) -> Result<Vec<DatasetRecord>, StoreError> {
-        let rows = match &q.after {
-            None => {
-                sqlx::query(
-                    "SELECT * FROM datasets WHERE ($1::TEXT IS NULL OR purpose = $1)
-                     ORDER BY created_at DESC, id DESC LIMIT $2",
-                )
-                .bind(q.purpose.map(|p| p.as_str()))
-                .bind(q.limit as i64)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            Some(after) => {
-                sqlx::query(
-                    "SELECT * FROM datasets WHERE ($1::TEXT IS NULL OR purpose = $1)
-                       AND (created_at, id) < ($2, $3)
-                     ORDER BY created_at DESC, id DESC LIMIT $4",
-                )
-                .bind(q.purpose.map(|p| p.as_str()))
-                .bind(after.created_at)
-                .bind(&after.id)
-                .bind(q.limit as i64)
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
-        rows.iter().map(dataset_from_row).collect()
-    }
-
-    async fn delete_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
-        let row = sqlx::query("DELETE FROM datasets WHERE id = $1 RETURNING *")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(dataset_from_row).transpose()
-    }
-
-    async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM datasets WHERE sha256 = $1) OR EXISTS (SELECT 1 FROM checkpoint_files WHERE sha256 = $1)")
-            .bind(sha256)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get::<bool, _>(0)?)
-    }
-
-    async fn blobs_in_use(&self) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT sha256 FROM datasets UNION SELECT sha256 FROM checkpoint_files")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| r.try_get(0).map_err(Into::into)).collect()
-    }
-}
+crate::impl_dataset_store!(PostgresStore);
 
 crate::impl_job_store!(
     PostgresStore,

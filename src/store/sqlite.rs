@@ -2,15 +2,9 @@
 
 use std::{str::FromStr, time::Duration};
 
-use async_trait::async_trait;
-use sqlx::{
-    Row,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::rows::{dataset_from_row, to_json};
-use super::{DatasetQuery, DatasetStore, StoreError};
-use crate::datasets::model::DatasetRecord;
+use super::StoreError;
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -38,87 +32,7 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
-impl DatasetStore for SqliteStore {
-    async fn insert_dataset(&self, d: &DatasetRecord) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO datasets (id, filename, display_name, purpose, state, bytes, sha256, created_at, metadata, report, stats, lineage)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&d.id)
-        .bind(&d.filename)
-        .bind(&d.display_name)
-        .bind(d.purpose.as_str())
-        .bind(d.state.as_str())
-        .bind(d.bytes as i64)
-        .bind(&d.sha256)
-        .bind(d.created_at)
-        .bind(to_json(&d.metadata))
-        .bind(to_json(&d.report))
-        .bind(to_json(&d.stats))
-        .bind(d.lineage.as_ref().map(to_json))
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(d.id.clone())),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn get_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM datasets WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(dataset_from_row).transpose()
-    }
-
-    async fn list_datasets(&self, q: &DatasetQuery) -> Result<Vec<DatasetRecord>, StoreError> {
-        let (after_ts, after_id) = match &q.after {
-            Some(c) => (c.created_at, c.id.clone()),
-            None => (i64::MAX, String::new()),
-        };
-        let rows = sqlx::query(
-            "SELECT * FROM datasets
-             WHERE (?1 IS NULL OR purpose = ?1)
-               AND (created_at < ?2 OR (created_at = ?2 AND id < ?3) OR ?4)
-             ORDER BY created_at DESC, id DESC
-             LIMIT ?5",
-        )
-        .bind(q.purpose.map(|p| p.as_str()))
-        .bind(after_ts)
-        .bind(after_id)
-        .bind(q.after.is_none())
-        .bind(q.limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(dataset_from_row).collect()
-    }
-
-    async fn delete_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
-        let row = sqlx::query("DELETE FROM datasets WHERE id = ? RETURNING *")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(dataset_from_row).transpose()
-    }
-
-    async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM datasets WHERE sha256 = $1) OR EXISTS (SELECT 1 FROM checkpoint_files WHERE sha256 = $1)")
-            .bind(sha256)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get::<i64, _>(0)? != 0)
-    }
-
-    async fn blobs_in_use(&self) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT sha256 FROM datasets UNION SELECT sha256 FROM checkpoint_files")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| r.try_get(0).map_err(Into::into)).collect()
-    }
-}
+crate::impl_dataset_store!(SqliteStore);
 
 crate::impl_job_store!(
     SqliteStore,
@@ -135,6 +49,7 @@ crate::impl_grader_store!(SqliteStore);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::DatasetStore;
 
     async fn store() -> SqliteStore {
         SqliteStore::open("sqlite::memory:")
