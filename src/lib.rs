@@ -10,6 +10,7 @@ pub mod error;
 pub mod graders;
 pub mod ids;
 pub mod jobs;
+pub mod models;
 pub mod server;
 pub mod store;
 

@@ -458,6 +458,13 @@ pub fn event(e: jm::JobEvent, model: &str) -> proto::JobEvent {
 }
 
 pub fn model(m: crate::store::ModelRecord) -> proto::Model {
+    let info = m.info.unwrap_or_else(|| crate::models::BaseModelInfo {
+        path: String::new(),
+        format: String::new(),
+        architecture: String::new(),
+        parameters: 0,
+        context_length: 0,
+    });
     proto::Model {
         id: m.id,
         kind: if m.kind == "fine_tuned" {
@@ -467,9 +474,12 @@ pub fn model(m: crate::store::ModelRecord) -> proto::Model {
         } as i32,
         base_model: m.base_model,
         job_id: m.job_id.unwrap_or_default(),
-        architecture: String::new(),
-        parameters: 0,
-        context_length: 0,
+        architecture: info.architecture,
+        parameters: info.parameters,
+        context_length: info.context_length.min(u32::MAX as u64) as u32,
         created_at: Some(timestamp(m.created_at)),
+        path: info.path,
+        format: info.format,
+        checkpoint_step: m.checkpoint_step.unwrap_or(0),
     }
 }

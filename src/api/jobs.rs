@@ -152,16 +152,33 @@ impl ModelApi {
 
 #[tonic::async_trait]
 impl ModelService for ModelApi {
+    async fn register_model(
+        &self,
+        request: Request<proto::RegisterModelRequest>,
+    ) -> Result<Response<proto::RegisterModelResponse>, Status> {
+        let req = request.into_inner();
+        let model = self.jobs.register_model(&req.name, &req.path).await?;
+        Ok(Response::new(proto::RegisterModelResponse {
+            model: Some(convert::model(model)),
+        }))
+    }
+
     async fn list_models(
         &self,
         request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
         let req = request.into_inner();
-        if req.kind != 0 && req.kind != proto::ModelKind::FineTuned as i32 {
-            // Base models are registered with the trainer; none are here yet.
-            return Ok(Response::new(proto::ListModelsResponse::default()));
-        }
-        let (models, next_page_token) = self.jobs.list_models(req.page_size, &req.page_token).await?;
+        let kind = match proto::ModelKind::try_from(req.kind) {
+            Ok(proto::ModelKind::Unspecified) => None,
+            Ok(proto::ModelKind::Base) => Some("base"),
+            Ok(proto::ModelKind::FineTuned) => Some("fine_tuned"),
+            Ok(proto::ModelKind::Checkpoint) | Err(_) => {
+                return Err(
+                    Error::invalid("kind", "list BASE or FINE_TUNED models; checkpoints are listed per job").into(),
+                );
+            }
+        };
+        let (models, next_page_token) = self.jobs.list_models(kind, req.page_size, &req.page_token).await?;
         Ok(Response::new(proto::ListModelsResponse {
             models: models.into_iter().map(convert::model).collect(),
             next_page_token,
@@ -172,11 +189,7 @@ impl ModelService for ModelApi {
         &self,
         request: Request<proto::GetModelRequest>,
     ) -> Result<Response<proto::GetModelResponse>, Status> {
-        let id = request.into_inner().id;
-        if id.is_empty() {
-            return Err(Error::invalid("id", "a model id is required").into());
-        }
-        let model = self.jobs.get_model(&id).await?;
+        let model = self.jobs.get_model(&request.into_inner().id).await?;
         Ok(Response::new(proto::GetModelResponse {
             model: Some(convert::model(model)),
         }))

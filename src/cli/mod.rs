@@ -4,6 +4,7 @@
 mod datasets;
 mod graders;
 mod jobs;
+mod models;
 mod output;
 mod quickstart;
 
@@ -44,6 +45,9 @@ pub enum Command {
     /// Run, validate, save and dry-run OpenAI-format graders.
     #[command(subcommand)]
     Graders(graders::GradersCommand),
+    /// Register base models; list, inspect and delete models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
     /// The main job, end to end, on an embedded server (or --addr).
     Quickstart(quickstart::QuickstartArgs),
 }
@@ -80,6 +84,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Datasets(cmd) => datasets::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Jobs(cmd) => jobs::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Graders(cmd) => graders::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
+        Command::Models(cmd) => models::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Quickstart(args) => quickstart::run(cli.addr.as_deref(), args).await,
     }
 }

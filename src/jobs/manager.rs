@@ -649,8 +649,33 @@ impl Jobs {
         });
     }
 
-    /// Models: the fine-tuned models this server made.
+    /// Registers a base model from a path, after checking what is there.
+    pub async fn register_model(&self, name: &str, path: &str) -> Result<crate::store::ModelRecord> {
+        crate::models::check_name(name)?;
+        if path.is_empty() {
+            return Err(Error::invalid("path", "a model directory or GGUF file is required"));
+        }
+        let p = std::path::PathBuf::from(path);
+        let info = tokio::task::spawn_blocking(move || crate::models::inspect(&p))
+            .await
+            .map_err(|e| Error::Internal(format!("model inspection failed: {e}")))??;
+        let record = crate::store::ModelRecord {
+            id: name.to_string(),
+            kind: "base".into(),
+            base_model: name.to_string(),
+            job_id: None,
+            checkpoint_step: None,
+            created_at: now_millis(),
+            info: Some(info),
+        };
+        self.store.register_model(&record).await?;
+        Ok(record)
+    }
+
     pub async fn get_model(&self, id: &str) -> Result<crate::store::ModelRecord> {
+        if id.is_empty() {
+            return Err(Error::invalid("id", "a model id is required"));
+        }
         self.store
             .get_model(id)
             .await?
@@ -659,12 +684,13 @@ impl Jobs {
 
     pub async fn list_models(
         &self,
+        kind: Option<&str>,
         page_size: i32,
         page_token: &str,
     ) -> Result<(Vec<crate::store::ModelRecord>, String)> {
         let limit = crate::datasets::manager::page_limit(page_size)?;
         let after = (!page_token.is_empty()).then_some(page_token);
-        let mut models = self.store.list_models(after, limit + 1).await?;
+        let mut models = self.store.list_models(kind, after, limit + 1).await?;
         let next = if models.len() > limit {
             models.truncate(limit);
             models.last().map(|m| m.id.clone()).unwrap_or_default()
@@ -674,9 +700,30 @@ impl Jobs {
         Ok((models, next))
     }
 
-    /// Deletes a fine-tuned model and its adapter files; the job and its
-    /// checkpoint history stay.
+    /// Deletes a fine-tuned model and its adapter files (the job and its
+    /// checkpoint history stay), or unregisters a base model (its files are
+    /// the user's and stay where they are).
     pub async fn delete_model(&self, id: &str) -> Result<crate::store::ModelRecord> {
+        let model = self.get_model(id).await?;
+        if model.kind == "base" {
+            let busy = self
+                .store
+                .list_jobs(&JobQuery {
+                    base_model: Some(id.to_string()),
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await?
+                .into_iter()
+                .any(|j| !j.state.is_terminal());
+            if busy {
+                return Err(Error::precondition(
+                    "MODEL_IN_USE",
+                    id,
+                    format!("base model {id} is used by a fine-tuning job that has not finished"),
+                ));
+            }
+        }
         let (model, shas) = self
             .store
             .delete_model(id)

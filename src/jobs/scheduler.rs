@@ -445,6 +445,7 @@ async fn succeed(
                 job_id: Some(job.id.clone()),
                 checkpoint_step: Some(step),
                 created_at: now_millis(),
+                info: None,
             };
             if let Err(e) = jobs.store.insert_model(&record).await {
                 tracing::error!(job = %job.id, error = %e, "could not register the fine-tuned model");

@@ -388,8 +388,8 @@ macro_rules! impl_job_store {
 
             async fn insert_model(&self, m: &$crate::store::ModelRecord) -> Result<(), $crate::store::StoreError> {
                 sqlx::query(
-                    "INSERT INTO models (id, kind, base_model, job_id, checkpoint_step, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6)
+                    "INSERT INTO models (id, kind, base_model, job_id, checkpoint_step, created_at, info)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
                      ON CONFLICT (id) DO UPDATE SET checkpoint_step = excluded.checkpoint_step",
                 )
                 .bind(&m.id)
@@ -398,9 +398,33 @@ macro_rules! impl_job_store {
                 .bind(m.job_id.as_deref())
                 .bind(m.checkpoint_step.map(|s| s as i64))
                 .bind(m.created_at)
+                .bind(m.info.as_ref().map($crate::store::rows::to_json))
                 .execute(&self.pool)
                 .await?;
                 Ok(())
+            }
+
+            async fn register_model(&self, m: &$crate::store::ModelRecord) -> Result<(), $crate::store::StoreError> {
+                let result = sqlx::query(
+                    "INSERT INTO models (id, kind, base_model, job_id, checkpoint_step, created_at, info)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&m.id)
+                .bind(&m.kind)
+                .bind(&m.base_model)
+                .bind(m.job_id.as_deref())
+                .bind(m.checkpoint_step.map(|s| s as i64))
+                .bind(m.created_at)
+                .bind(m.info.as_ref().map($crate::store::rows::to_json))
+                .execute(&self.pool)
+                .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        Err($crate::store::StoreError::Conflict(m.id.clone()))
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
 
             async fn get_model(&self, id: &str) -> Result<Option<$crate::store::ModelRecord>, $crate::store::StoreError> {
@@ -410,14 +434,18 @@ macro_rules! impl_job_store {
 
             async fn list_models(
                 &self,
+                kind: Option<&str>,
                 after: Option<&str>,
                 limit: usize,
             ) -> Result<Vec<$crate::store::ModelRecord>, $crate::store::StoreError> {
-                let rows = sqlx::query("SELECT * FROM models WHERE id > $1 ORDER BY id LIMIT $2")
-                    .bind(after.unwrap_or(""))
-                    .bind(limit as i64)
-                    .fetch_all(&self.pool)
-                    .await?;
+                let rows = sqlx::query(
+                    "SELECT * FROM models WHERE ($1 IS NULL OR kind = $1) AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .bind(kind)
+                .bind(after.unwrap_or(""))
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
                 rows.iter().map($crate::store::rows::model_from_row).collect()
             }
 

@@ -72,12 +72,14 @@ pub trait DatasetStore: Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelRecord {
     pub id: String,
-    /// "fine_tuned" (base models are registered by the trainer).
+    /// "base" (registered from a path) or "fine_tuned" (made by a job).
     pub kind: String,
     pub base_model: String,
     pub job_id: Option<String>,
     pub checkpoint_step: Option<u64>,
     pub created_at: i64,
+    /// For base models: what registration found.
+    pub info: Option<crate::models::BaseModelInfo>,
 }
 
 /// The outcome of a compare-and-set state change.
@@ -149,9 +151,18 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> Result<Vec<CheckpointRecord>, StoreError>;
     /// Whether a job that is not finished uses this dataset.
     async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, StoreError>;
+    /// Inserts or updates a fine-tuned model (a job may re-record it).
     async fn insert_model(&self, model: &ModelRecord) -> Result<(), StoreError>;
+    /// Inserts a new model; `Conflict` if the name is taken.
+    async fn register_model(&self, model: &ModelRecord) -> Result<(), StoreError>;
     async fn get_model(&self, id: &str) -> Result<Option<ModelRecord>, StoreError>;
-    async fn list_models(&self, after: Option<&str>, limit: usize) -> Result<Vec<ModelRecord>, StoreError>;
+    /// By id, after `after`, optionally only one kind.
+    async fn list_models(
+        &self,
+        kind: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ModelRecord>, StoreError>;
     /// Removes the model and its job's checkpoint files (the checkpoint
     /// records stay as history); returns the blobs that were referenced.
     async fn delete_model(&self, id: &str) -> Result<Option<(ModelRecord, Vec<String>)>, StoreError>;

@@ -192,8 +192,15 @@ where
     Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
 {
     let step: Option<i64> = row.try_get("checkpoint_step")?;
+    let id: String = row.try_get("id")?;
+    let info: Option<String> = row.try_get("info")?;
+    let info = match info {
+        Some(text) => Some(from_json(&id, "info", &text)?),
+        None => None,
+    };
     Ok(super::ModelRecord {
-        id: row.try_get("id")?,
+        info,
+        id,
         kind: row.try_get("kind")?,
         base_model: row.try_get("base_model")?,
         job_id: row.try_get("job_id")?,

@@ -374,10 +374,43 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
         job_id: Some(a.id.clone()),
         checkpoint_step: Some(2),
         created_at: 99,
+        info: None,
     };
     store.insert_model(&model).await.unwrap();
     assert_eq!(store.get_model(&model.id).await.unwrap(), Some(model.clone()));
-    assert_eq!(store.list_models(None, 10).await.unwrap(), vec![model.clone()]);
+    assert_eq!(store.list_models(None, None, 10).await.unwrap(), vec![model.clone()]);
+    let base = ModelRecord {
+        id: "tiny".into(),
+        kind: "base".into(),
+        base_model: "tiny".into(),
+        job_id: None,
+        checkpoint_step: None,
+        created_at: 98,
+        info: Some(crate::models::BaseModelInfo {
+            path: "/models/tiny".into(),
+            format: "gguf".into(),
+            architecture: "llama".into(),
+            parameters: 64,
+            context_length: 8192,
+        }),
+    };
+    store.register_model(&base).await.unwrap();
+    assert!(matches!(
+        store.register_model(&base).await,
+        Err(super::StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.list_models(Some("base"), None, 10).await.unwrap(),
+        vec![base.clone()]
+    );
+    assert_eq!(
+        store.list_models(Some("fine_tuned"), None, 10).await.unwrap(),
+        vec![model.clone()]
+    );
+    assert_eq!(
+        store.list_models(None, Some("ft:tiny:t:job"), 10).await.unwrap(),
+        vec![base.clone()]
+    );
     let (deleted, mut shas) = store.delete_model(&model.id).await.unwrap().unwrap();
     shas.sort();
     assert_eq!(deleted, model);

@@ -1,0 +1,187 @@
+//! ModelService: registering base models from real files, listing them
+//! beside fine-tuned models, and clear errors for what is not a model.
+
+mod common;
+
+use common::*;
+use lathe::proto::{self, ModelKind, model_service_client::ModelServiceClient};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// A tiny Hugging Face layout: config.json, one safetensors shard (header
+/// only matters for registration), tokenizer.json.
+fn hf_dir(root: &std::path::Path, model_type: &str) -> std::path::PathBuf {
+    let dir = root.join(format!("hf-{model_type}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        format!(r#"{{"model_type": "{model_type}", "max_position_embeddings": 2048, "hidden_size": 8}}"#),
+    )
+    .unwrap();
+    let header = r#"{"a":{"dtype":"F32","shape":[4,8],"data_offsets":[0,128]},"b":{"dtype":"F32","shape":[8],"data_offsets":[128,160]},"__metadata__":{"format":"pt"}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend(vec![0u8; 160]);
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+    dir
+}
+
+/// A GGUF v3 header: architecture, context length, one 16x4 tensor.
+fn gguf_file(root: &std::path::Path) -> std::path::PathBuf {
+    let mut b = Vec::new();
+    let s = |b: &mut Vec<u8>, s: &str| {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    };
+    b.extend(b"GGUF");
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend(2u64.to_le_bytes());
+    s(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes());
+    s(&mut b, "qwen2");
+    s(&mut b, "qwen2.context_length");
+    b.extend(4u32.to_le_bytes());
+    b.extend(32768u32.to_le_bytes());
+    s(&mut b, "token_embd.weight");
+    b.extend(2u32.to_le_bytes());
+    b.extend(16u64.to_le_bytes());
+    b.extend(4u64.to_le_bytes());
+    b.extend(0u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    let path = root.join("tiny-qwen.gguf");
+    std::fs::write(&path, b).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn base_models_register_list_and_unregister() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut models = ModelServiceClient::new(server.channel().await);
+    let register = |name: &str, path: &std::path::Path| proto::RegisterModelRequest {
+        name: name.into(),
+        path: path.display().to_string(),
+    };
+
+    let llama = models
+        .register_model(register("tiny-llama", &hf_dir(dir.path(), "llama")))
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert_eq!(llama.kind, ModelKind::Base as i32);
+    assert_eq!(
+        (
+            llama.architecture.as_str(),
+            llama.format.as_str(),
+            llama.parameters,
+            llama.context_length
+        ),
+        ("llama", "safetensors", 40, 2048)
+    );
+    let qwen = models
+        .register_model(register("tiny-qwen", &gguf_file(dir.path())))
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert_eq!(
+        (qwen.architecture.as_str(), qwen.format.as_str(), qwen.parameters),
+        ("qwen2", "gguf", 64)
+    );
+    assert_eq!(qwen.context_length, 32768);
+
+    let err = models
+        .register_model(register("tiny-qwen", &gguf_file(dir.path())))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    for (name, path, needle) in [
+        ("bad name!", dir.path().to_path_buf(), "name"),
+        ("gpt2", hf_dir(dir.path(), "gpt2"), "not supported"),
+        ("empty", dir.path().join("nothing-here"), "nothing-here"),
+    ] {
+        let err = models.register_model(register(name, &path)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}");
+        let details = err.get_error_details();
+        let v = &details.bad_request().unwrap().field_violations[0];
+        assert!(
+            v.field.contains(needle) || v.description.contains(needle),
+            "{name}: {v:?}"
+        );
+    }
+
+    let base = models
+        .list_models(proto::ListModelsRequest {
+            kind: ModelKind::Base as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert_eq!(
+        base.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["tiny-llama", "tiny-qwen"]
+    );
+    let fine = models
+        .list_models(proto::ListModelsRequest {
+            kind: ModelKind::FineTuned as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert!(fine.is_empty());
+
+    models
+        .delete_model(proto::DeleteModelRequest { id: "tiny-qwen".into() })
+        .await
+        .unwrap();
+    let err = models
+        .get_model(proto::GetModelRequest { id: "tiny-qwen".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        dir.path().join("tiny-qwen.gguf").exists(),
+        "unregistering leaves the user's files"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_models_add_and_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let path = hf_dir(dir.path(), "qwen2");
+    let addr = server.url();
+    let out = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
+                .args(args)
+                .env("LATHE_ADDR", &addr)
+                .output()
+                .unwrap()
+        };
+        let add = run(&["--json", "models", "add", path.to_str().unwrap(), "--name", "q"]);
+        let list = run(&["models", "list", "--kind", "base"]);
+        (add, list)
+    })
+    .await
+    .unwrap();
+    assert!(out.0.status.success(), "{}", String::from_utf8_lossy(&out.0.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.0.stdout).unwrap();
+    assert_eq!(
+        (v["kind"].as_str(), v["architecture"].as_str()),
+        (Some("base"), Some("qwen2"))
+    );
+    let list = String::from_utf8(out.1.stdout).unwrap();
+    assert!(list.contains("q ") && list.contains("qwen2 safetensors"), "{list}");
+    server.stop().await;
+}
