@@ -41,6 +41,10 @@ pub struct ServeConfig {
     /// they were not told about (other replicas).
     #[arg(long, env = "LATHE_JOB_POLL_MILLIS", default_value_t = 1000)]
     pub job_poll_millis: u64,
+    /// JSON file listing OpenAI-compatible model providers (model graders,
+    /// embeddings): [{"name", "base_url", "api_key_env", ...}].
+    #[arg(long, env = "LATHE_PROVIDERS")]
+    pub providers: Option<PathBuf>,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "LATHE_LOG_JSON")]
     pub log_json: bool,
@@ -61,6 +65,7 @@ impl ServeConfig {
             max_concurrent_jobs: 1,
             job_lease_secs: 15,
             job_poll_millis: 1000,
+            providers: None,
             log_json: false,
         }
     }

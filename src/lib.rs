@@ -9,6 +9,7 @@ pub mod datasets;
 pub mod error;
 pub mod graders;
 pub mod ids;
+pub mod inference;
 pub mod jobs;
 pub mod models;
 pub mod server;

@@ -60,7 +60,16 @@ pub async fn run_with(
         .recover()
         .await
         .context("cleaning up after interrupted uploads")?;
-    let graders = Arc::new(Graders::new(store.clone(), GradersConfig::default()));
+    let providers = match &config.providers {
+        Some(path) => Arc::new(crate::inference::Providers::from_file(path).context("loading model providers")?),
+        None => Arc::new(crate::inference::Providers::default()),
+    };
+    let mut graders_config = GradersConfig::default();
+    if !providers.is_empty() {
+        graders_config.embedder = providers.embedder();
+        graders_config.model_client = Some(providers.clone());
+    }
+    let graders = Arc::new(Graders::new(store.clone(), graders_config));
     let jobs = Arc::new(Jobs::new(store, blobs, trainer, config.jobs_config()));
     let stop_scheduler = CancellationToken::new();
     let scheduler = scheduler::spawn(jobs.clone(), stop_scheduler.clone());

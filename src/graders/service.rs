@@ -21,13 +21,18 @@ use crate::store::{GraderRecord, Store};
 /// Longest saved-grader name.
 pub const MAX_NAME_CHARS: usize = 64;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GradersConfig {
     pub python: PythonPoolConfig,
     /// Grading calls in flight per GradeBatch stream.
     pub batch_concurrency: usize,
     /// Model-grader results kept across calls.
     pub cache_capacity: usize,
+    /// Where model graders send their prompts (None: they answer with
+    /// model_grader_server_error).
+    pub model_client: Option<Arc<dyn super::ModelClient>>,
+    /// Embeddings for text_similarity cosine.
+    pub embedder: Option<Arc<dyn super::Embedder>>,
 }
 
 impl Default for GradersConfig {
@@ -45,6 +50,8 @@ impl Default for GradersConfig {
             python,
             batch_concurrency: 64,
             cache_capacity: 10_000,
+            model_client: None,
+            embedder: None,
         }
     }
 }
@@ -163,11 +170,14 @@ impl Graders {
         parse(&json).map_err(|v| invalid_grader("grader", v))
     }
 
-    /// Providers for one grader. Model graders and `cosine` have none yet, so they answer
-    /// with their error flags; python gets the pool, started on first use.
+    /// Providers for one grader: the configured model client and embedder (without them,
+    /// model graders and `cosine` answer with their error flags); python gets the pool,
+    /// started on first use.
     async fn context(&self, grader: &Grader) -> GradeContext {
         let mut ctx = GradeContext {
             cache: Some(Arc::clone(&self.cache)),
+            model_client: self.config.model_client.clone(),
+            embedder: self.config.embedder.clone(),
             ..Default::default()
         };
         if uses_python(grader) {

@@ -1,0 +1,152 @@
+//! A test-only OpenAI-compatible HTTP server: answers chat completions and
+//! embeddings, and injects faults from a script (status codes with
+//! Retry-After, slow replies, malformed bodies). Never in the product.
+
+use std::collections::VecDeque;
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// 200 with this JSON body.
+    Json(String),
+    /// This status, with an optional Retry-After in seconds.
+    Status(u16, Option<u32>),
+    /// Wait, then behave like the inner reply.
+    Slow(Duration, Box<Reply>),
+    /// 200 with a body that is not JSON.
+    Malformed,
+}
+
+#[derive(Default)]
+pub struct Stub {
+    script: Mutex<VecDeque<Reply>>,
+    /// What to answer when the script is empty.
+    pub default_chat: Mutex<String>,
+    pub requests: Mutex<Vec<(String, String, String)>>,
+    in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
+}
+
+impl Stub {
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.script.lock().unwrap().extend(replies);
+    }
+}
+
+pub fn chat_body(content: &str) -> String {
+    serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    })
+    .to_string()
+}
+
+/// Starts the stub on 127.0.0.1:0; returns its base URL (".../v1").
+pub async fn start() -> (Arc<Stub>, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let stub = Arc::new(Stub::default());
+    *stub.default_chat.lock().unwrap() = chat_body(r#"{"result": 0.5, "steps": []}"#);
+    let s = stub.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else { return };
+            let s = s.clone();
+            tokio::spawn(async move { serve(s, sock).await });
+        }
+    });
+    (stub, url)
+}
+
+async fn serve(stub: Arc<Stub>, mut sock: tokio::net::TcpStream) {
+    // One request per connection (we answer with connection: close).
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let (head, body) = loop {
+        let Ok(n) = sock.read(&mut chunk).await else { return };
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break (text[..end].to_string(), text[end + 4..end + 4 + len].to_string());
+            }
+        }
+    };
+    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+    let auth = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("authorization:")
+                .then(|| l[14..].trim().to_string())
+        })
+        .unwrap_or_default();
+    stub.requests.lock().unwrap().push((path.clone(), auth, body.clone()));
+    let now = stub.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    stub.max_in_flight.fetch_max(now, Ordering::SeqCst);
+
+    let mut reply = stub.script.lock().unwrap().pop_front().unwrap_or_else(|| {
+        if path.ends_with("/embeddings") {
+            Reply::Json(embeddings_for(&body))
+        } else {
+            Reply::Json(stub.default_chat.lock().unwrap().clone())
+        }
+    });
+    while let Reply::Slow(delay, inner) = reply {
+        tokio::time::sleep(delay).await;
+        reply = *inner;
+    }
+    let response = match reply {
+        Reply::Json(body) => format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        Reply::Status(code, retry) => {
+            let extra = retry.map(|s| format!("retry-after: {s}\r\n")).unwrap_or_default();
+            format!("HTTP/1.1 {code} Error\r\n{extra}content-length: 5\r\nconnection: close\r\n\r\nerror")
+        }
+        Reply::Malformed => {
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\nconnection: close\r\n\r\n{\"choices".into()
+        }
+        Reply::Slow(..) => unreachable!(),
+    };
+    let _ = sock.write_all(response.as_bytes()).await;
+    let _ = sock.shutdown().await;
+    stub.in_flight.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Deterministic vectors: [len, vowels, 1] per input text.
+fn embeddings_for(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let inputs: Vec<String> = v["input"]
+        .as_array()
+        .map(|a| a.iter().map(|x| x.as_str().unwrap_or("").to_string()).collect())
+        .unwrap_or_default();
+    let data: Vec<_> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let vowels = t.chars().filter(|c| "aeiou".contains(*c)).count();
+            serde_json::json!({"object": "embedding", "index": i, "embedding": [t.len() as f64, vowels as f64, 1.0]})
+        })
+        .collect();
+    serde_json::json!({"object": "list", "data": data, "usage": {"prompt_tokens": 3, "total_tokens": 3}}).to_string()
+}

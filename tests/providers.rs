@@ -1,0 +1,216 @@
+//! The OpenAI-compatible HTTP provider against a test-only server that
+//! injects 429s, 500s, slow replies and malformed bodies; and model graders
+//! and cosine similarity through it over real gRPC.
+
+mod common;
+#[path = "common/openai_stub.rs"]
+mod openai_stub;
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use common::*;
+use lathe::api::convert::struct_from_json;
+use lathe::graders::{ChatMessage, ContentPart, ModelClient, SamplingParams};
+use lathe::inference::{ProviderConfig, Providers};
+use lathe::proto::{self, grader_service_client::GraderServiceClient};
+use openai_stub::{Reply, chat_body};
+use serde_json::json;
+
+fn config(url: &str, key_file: Option<std::path::PathBuf>) -> ProviderConfig {
+    serde_json::from_value(json!({
+        "name": "stub", "base_url": url, "api_key_file": key_file, "max_retries": 3,
+        "timeout_secs": 2, "embedding_model": "emb-1"
+    }))
+    .unwrap()
+}
+
+fn user(text: &str) -> Vec<ChatMessage> {
+    vec![ChatMessage {
+        role: "user".into(),
+        content: vec![ContentPart::Text { text: text.into() }],
+    }]
+}
+
+#[tokio::test]
+async fn retries_429_and_500_honouring_retry_after_then_succeeds() {
+    let (stub, url) = openai_stub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "sk-test\n").unwrap();
+    stub.script([
+        Reply::Status(429, Some(0)),
+        Reply::Status(503, None),
+        Reply::Json(chat_body("hello")),
+    ]);
+    let providers = Providers::from_configs(vec![config(&url, Some(key))]).unwrap();
+    let out = providers
+        .chat("stub/m", user("hi"), SamplingParams::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(out.text, "hello");
+    assert_eq!((out.usage.prompt, out.usage.completion), (11, 7));
+    let requests = stub.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3);
+    assert!(
+        requests
+            .iter()
+            .all(|(path, auth, _)| path == "/v1/chat/completions" && auth == "Bearer sk-test")
+    );
+    let body: serde_json::Value = serde_json::from_str(&requests[0].2).unwrap();
+    assert_eq!(body["model"], "m");
+    assert_eq!(body["messages"][0]["content"], "hi");
+    assert!(
+        !format!("{providers:?}").contains("sk-test"),
+        "the key never shows in debug output"
+    );
+}
+
+#[tokio::test]
+async fn malformed_bodies_and_client_errors_fail_without_retrying() {
+    let (stub, url) = openai_stub::start().await;
+    let providers = Providers::from_configs(vec![config(&url, None)]).unwrap();
+    stub.script([Reply::Malformed]);
+    let err = providers
+        .chat("m", user("x"), SamplingParams::default(), None)
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("not JSON"), "{}", err.message);
+    stub.script([Reply::Status(400, None)]);
+    let err = providers
+        .chat("m", user("x"), SamplingParams::default(), None)
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("400"), "{}", err.message);
+    assert_eq!(stub.requests.lock().unwrap().len(), 2, "no retries for either");
+}
+
+#[tokio::test]
+async fn slow_replies_time_out_then_retry() {
+    let (stub, url) = openai_stub::start().await;
+    let providers = Providers::from_configs(vec![config(&url, None)]).unwrap();
+    stub.script([Reply::Slow(
+        Duration::from_secs(4),
+        Box::new(Reply::Json(chat_body("late"))),
+    )]);
+    let out = providers
+        .chat("m", user("x"), SamplingParams::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.text, r#"{"result": 0.5, "steps": []}"#,
+        "the retry got the default answer"
+    );
+    assert_eq!(stub.requests.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn concurrency_is_bounded_per_provider() {
+    let (stub, url) = openai_stub::start().await;
+    let mut c = config(&url, None);
+    c.max_concurrency = 2;
+    let providers = std::sync::Arc::new(Providers::from_configs(vec![c]).unwrap());
+    stub.script((0..10).map(|_| Reply::Slow(Duration::from_millis(50), Box::new(Reply::Json(chat_body("ok"))))));
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let p = providers.clone();
+            tokio::spawn(async move { p.chat("m", user("x"), SamplingParams::default(), None).await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(stub.max_in_flight.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn model_graders_and_cosine_run_through_a_configured_provider() {
+    let (stub, url) = openai_stub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let providers_file = dir.path().join("providers.json");
+    std::fs::write(
+        &providers_file,
+        json!([{"name": "stub", "base_url": url, "embedding_model": "emb-1"}]).to_string(),
+    )
+    .unwrap();
+    let mut cfg = lathe::config::ServeConfig::embedded(dir.path());
+    cfg.providers = Some(providers_file);
+    let server = TestServer::start_with(cfg).await;
+    let mut client = GraderServiceClient::new(server.channel().await);
+    let run = |grader: serde_json::Value, text: &str| proto::RunGraderRequest {
+        grader: Some(struct_from_json(&grader)),
+        sample: Some(proto::Sample {
+            output_text: text.into(),
+            ..Default::default()
+        }),
+        item: Some(struct_from_json(&json!({"reference": "card arrival"}))),
+    };
+
+    *stub.default_chat.lock().unwrap() =
+        chat_body(r#"{"result": 0.8, "steps": [{"description": "d", "conclusion": "c"}]}"#);
+    let score = json!({"type": "score_model", "name": "judge", "model": "stub/judge-1",
+        "input": [{"role": "user", "content": "Answer: {{ sample.output_text }} Reference: {{ item.reference }}"}]});
+    let r = client
+        .run_grader(run(score, "card_arrival"))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    assert!((r.reward - 0.8).abs() < 1e-12, "{r:?}");
+    let meta = r.metadata.unwrap();
+    assert!(!meta.errors.unwrap().model_grader_server_error);
+    assert_eq!(meta.token_usage.values().sum::<u64>(), 18);
+    let sent = stub.requests.lock().unwrap().last().unwrap().2.clone();
+    assert!(sent.contains("Answer: card_arrival Reference: card arrival"), "{sent}");
+
+    *stub.default_chat.lock().unwrap() = chat_body(r#"{"result": "correct"}"#);
+    let label = json!({"type": "label_model", "name": "l", "model": "judge-1",
+        "input": [{"role": "user", "content": "{{ sample.output_text }}"}],
+        "labels": ["correct", "wrong"], "passing_labels": ["correct"]});
+    let r = client
+        .run_grader(run(label, "x"))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    assert_eq!(r.reward, 1.0, "{r:?}");
+    let sent: serde_json::Value = serde_json::from_str(&stub.requests.lock().unwrap().last().unwrap().2).unwrap();
+    assert_eq!(
+        sent["model"], "judge-1",
+        "a bare model name goes to the default provider"
+    );
+    assert_eq!(
+        sent["response_format"]["type"], "json_schema",
+        "structured output is asked for"
+    );
+
+    let cosine = json!({"type": "text_similarity", "name": "c", "evaluation_metric": "cosine",
+        "input": "{{ sample.output_text }}", "reference": "{{ item.reference }}"});
+    let r = client
+        .run_grader(run(cosine, "card arrival"))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    assert!(
+        (r.reward - 1.0).abs() < 1e-6,
+        "identical texts embed identically: {r:?}"
+    );
+    let r2 = client
+        .run_grader(run(
+            json!({"type": "text_similarity", "name": "c", "evaluation_metric": "cosine",
+                "input": "{{ sample.output_text }}", "reference": "{{ item.reference }}"}),
+            "zz",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    // [2,0,1] vs [12,4,1]: cos = 25 / (sqrt(5) * sqrt(161))
+    let expected = 25.0 / (5f64.sqrt() * 161f64.sqrt());
+    assert!((r2.reward - expected).abs() < 1e-6, "{} vs {expected}", r2.reward);
+    server.stop().await;
+}
