@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::manager::{Jobs, now_millis};
 use super::model::*;
@@ -51,7 +52,8 @@ async fn run(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, shutdown: CancellationT
                 Ok(Some((job, event))) => {
                     jobs.bus.publish(&event);
                     tracing::info!(job = %job.id, attempt = job.attempts, "claimed job");
-                    runners.spawn(run_job(jobs.clone(), trainer.clone(), job));
+                    let span = tracing::info_span!("job", job = %job.id);
+                    runners.spawn(run_job(jobs.clone(), trainer.clone(), job).instrument(span));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -301,9 +303,6 @@ async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord) {
     if let Ok(mut running) = jobs.running.lock() {
         running.insert(id.clone(), handle.clone());
     }
-    let span = tracing::info_span!("job", job = %id);
-    let _enter = span.enter();
-    drop(_enter);
 
     let history = jobs.store.list_checkpoints(&id, None, 10_000).await.unwrap_or_default();
     let reporter = Arc::new(JobReporter {
