@@ -70,29 +70,14 @@ async fn sqlite_baseline(n: usize) -> (f64, f64) {
 
     let url = format!("sqlite://{}", dir.path().join("lathe.db").display());
     let store = lathe::store::open(&url).await.unwrap();
-    let job = lathe::jobs::model::JobRecord {
-        id: "job_00000000000000000000000000".into(),
-        spec: serde_json::from_value(serde_json::json!({
-            "base_model": "m", "training_dataset_id": "ds_x", "validation_dataset_id": null,
-            "method": {"kind": "supervised", "hyperparameters": {}, "grader": null},
-            "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": ["q_proj"]},
-            "seed": 0, "suffix": "", "metadata": {}, "priority": 0, "early_stopping": null, "webhook": null
-        }))
-        .unwrap(),
-        state: lathe::jobs::model::JobState::Running,
-        idempotency_key: None,
-        created_at: 0,
-        started_at: None,
-        finished_at: None,
-        fine_tuned_model: None,
-        fine_tuned_checkpoint_step: None,
-        stop_reason: None,
-        error: None,
-        trained_tokens: 0,
-        attempts: 0,
-        lease_owner: None,
-        lease_expires_at: None,
-    };
+    let spec = serde_json::from_value(serde_json::json!({
+        "base_model": "m", "training_dataset_id": "ds_x", "validation_dataset_id": null,
+        "method": {"kind": "supervised", "hyperparameters": {}, "grader": null},
+        "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": ["q_proj"]},
+        "seed": 0, "suffix": "", "metadata": {}, "priority": 0, "early_stopping": null, "webhook": null
+    }))
+    .unwrap();
+    let job = lathe::jobs::model::JobRecord::new("job_00000000000000000000000000".into(), spec, None, 0);
     let event = lathe::jobs::model::NewEvent::info("step");
     store.insert_job(&job, &event).await.unwrap();
     let t = Instant::now();

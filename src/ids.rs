@@ -5,11 +5,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
-pub fn new_id(prefix: &str) -> String {
-    let millis = SystemTime::now()
+/// Unix time in milliseconds: the timestamps records carry.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn new_id(prefix: &str) -> String {
+    let millis = now_millis().max(0) as u128;
     let random: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
     let mut value = ((millis & ((1u128 << 48) - 1)) << 80) | random;
     let mut out = [0u8; 26];

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod inference;
 pub mod jobs;
 pub mod models;
+pub mod paging;
 pub mod server;
 pub mod store;
 

@@ -6,7 +6,7 @@
 //! two steps). `blob_gate` serializes "commit blob + insert row" against
 //! "delete row + remove unreferenced blob" so the two can never interleave.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -21,7 +21,11 @@ use super::tokens::TokenCounter;
 use crate::blobs::{BlobWriter, Blobs};
 use crate::error::{Error, FieldViolation, Result};
 use crate::ids;
-use crate::store::{Cursor, DatasetQuery, Store};
+use crate::paging;
+use crate::store::{DatasetQuery, Store};
+
+/// Marks ListDatasets page tokens.
+const PAGE_TOKEN: &str = "dsp1.";
 
 /// Bytes per DownloadDataset message and per read while splitting.
 const READ_CHUNK: u64 = 1 << 20;
@@ -184,7 +188,7 @@ impl Datasets {
             state: state_for(&report),
             bytes: staged.size,
             sha256: staged.sha256.clone(),
-            created_at: now_millis(),
+            created_at: ids::now_millis(),
             metadata: meta.metadata,
             report,
             stats,
@@ -246,9 +250,9 @@ impl Datasets {
         page_size: i32,
         page_token: &str,
     ) -> Result<(Vec<DatasetRecord>, String)> {
-        let limit = page_limit(page_size)?;
-        let after = decode_page_token(page_token)?;
-        let mut rows = self
+        let limit = paging::limit(page_size)?;
+        let after = paging::decode_cursor(PAGE_TOKEN, page_token, "ListDatasets")?;
+        let rows = self
             .store
             .list_datasets(&DatasetQuery {
                 purpose,
@@ -256,13 +260,9 @@ impl Datasets {
                 limit: limit + 1,
             })
             .await?;
-        let next = if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last().map(encode_page_token).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok((rows, next))
+        Ok(paging::split(rows, limit, |d| {
+            paging::encode_cursor(PAGE_TOKEN, d.created_at, &d.id)
+        }))
     }
 
     pub async fn delete(&self, id: &str) -> Result<DatasetRecord> {
@@ -414,7 +414,7 @@ impl Datasets {
                 state: state_for(&report),
                 bytes: blob.size,
                 sha256: blob.sha256.clone(),
-                created_at: now_millis(),
+                created_at: ids::now_millis(),
                 metadata: source.metadata.clone(),
                 report,
                 stats,
@@ -450,13 +450,6 @@ fn state_for(report: &ValidationReport) -> DatasetState {
     } else {
         DatasetState::Failed
     }
-}
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as i64
 }
 
 fn split_filename(filename: &str, split: &str) -> String {
@@ -530,37 +523,6 @@ fn validate_upload_meta(meta: &UploadMeta) -> Result<Purpose> {
     match (problems.is_empty(), meta.purpose) {
         (true, Some(purpose)) => Ok(purpose),
         _ => Err(Error::InvalidArgument(problems)),
-    }
-}
-
-const TOKEN_PREFIX: &str = "dsp1.";
-
-fn encode_page_token(last: &DatasetRecord) -> String {
-    format!(
-        "{TOKEN_PREFIX}{}",
-        hex::encode(format!("{}:{}", last.created_at, last.id))
-    )
-}
-
-fn decode_page_token(token: &str) -> Result<Option<Cursor>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || Error::invalid("page_token", "not a page token from a previous ListDatasets response");
-    let raw = token.strip_prefix(TOKEN_PREFIX).ok_or_else(bad)?;
-    let text = String::from_utf8(hex::decode(raw).map_err(|_| bad())?).map_err(|_| bad())?;
-    let (ts, id) = text.split_once(':').ok_or_else(bad)?;
-    Ok(Some(Cursor {
-        created_at: ts.parse().map_err(|_| bad())?,
-        id: id.to_string(),
-    }))
-}
-
-pub(crate) fn page_limit(page_size: i32) -> Result<usize> {
-    match page_size {
-        0 => Ok(20),
-        1..=1000 => Ok(page_size as usize),
-        _ => Err(Error::invalid("page_size", "must be between 0 (default 20) and 1000")),
     }
 }
 
@@ -640,23 +602,6 @@ mod tests {
         assert_eq!(a.iter().filter(|v| **v).count(), 1);
         let a = assign_split(&labels, 0.99, 1);
         assert_eq!(a.iter().filter(|v| **v).count(), 1);
-    }
-
-    #[test]
-    fn page_tokens_roundtrip_and_reject_garbage() {
-        let mut r = crate::store::suite::dataset("ds_00000000000000000000000001", 77, None);
-        r.created_at = 1_700_000_000_123;
-        let t = encode_page_token(&r);
-        assert_eq!(
-            decode_page_token(&t).unwrap(),
-            Some(Cursor {
-                created_at: r.created_at,
-                id: r.id.clone()
-            })
-        );
-        assert!(decode_page_token("garbage").is_err());
-        assert!(decode_page_token("dsp1.zz").is_err());
-        assert_eq!(decode_page_token("").unwrap(), None);
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl Graders {
         let record = GraderRecord {
             name,
             grader,
-            created_at: crate::jobs::manager::now_millis(),
+            created_at: crate::ids::now_millis(),
         };
         self.store.insert_grader(&record).await?;
         Ok(record)
@@ -137,21 +137,15 @@ impl Graders {
 
     /// Name order; the page token is the last name of the previous page.
     pub async fn list(&self, page_size: i32, page_token: &str) -> Result<(Vec<GraderRecord>, String)> {
-        let limit = crate::datasets::manager::page_limit(page_size)?;
+        let limit = crate::paging::limit(page_size)?;
         let after = if page_token.is_empty() {
             None
         } else {
             check_name(page_token, "page_token")?;
             Some(page_token)
         };
-        let mut graders = self.store.list_graders(after, limit + 1).await?;
-        let next = if graders.len() > limit {
-            graders.truncate(limit);
-            graders.last().map(|g| g.name.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok((graders, next))
+        let graders = self.store.list_graders(after, limit + 1).await?;
+        Ok(crate::paging::split(graders, limit, |g| g.name.clone()))
     }
 
     /// The grader object itself, or the saved grader a `{"name": ...}` reference names.

@@ -1,7 +1,7 @@
 //! The jobs domain service: create, read, control and watch jobs.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -16,8 +16,12 @@ use crate::blobs::Blobs;
 use crate::datasets::model::DatasetState;
 use crate::datasets::report::Purpose;
 use crate::error::{Error, FieldViolation, Result};
-use crate::ids;
-use crate::store::{Cursor, Store, Transition};
+use crate::ids::{self, now_millis};
+use crate::paging;
+use crate::store::{Store, Transition};
+
+/// Marks ListJobs page tokens.
+const PAGE_TOKEN: &str = "jp1.";
 
 #[derive(Clone, Debug)]
 pub struct JobsConfig {
@@ -65,13 +69,6 @@ pub struct Jobs {
     /// Stop handles of the jobs this process is running.
     pub(crate) running: Mutex<HashMap<String, StopHandle>>,
     pub(crate) http: reqwest::Client,
-}
-
-pub(crate) fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as i64
 }
 
 fn check_job_id(id: &str) -> Result<()> {
@@ -338,24 +335,8 @@ impl Jobs {
             return Err(Error::InvalidArgument(violations));
         }
 
-        let now = now_millis();
-        let job = JobRecord {
-            id: ids::new_id("job"),
-            spec,
-            state: JobState::ValidatingFiles,
-            idempotency_key: req.idempotency_key.filter(|k| !k.is_empty()),
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            fine_tuned_model: None,
-            fine_tuned_checkpoint_step: None,
-            stop_reason: None,
-            error: None,
-            trained_tokens: 0,
-            attempts: 0,
-            lease_owner: None,
-            lease_expires_at: None,
-        };
+        let key = req.idempotency_key.filter(|k| !k.is_empty());
+        let job = JobRecord::new(ids::new_id("job"), spec, key, now_millis());
         let created = NewEvent::state(
             JobState::ValidatingFiles,
             Level::Info,
@@ -404,19 +385,13 @@ impl Jobs {
         page_size: i32,
         page_token: &str,
     ) -> Result<(Vec<JobRecord>, String)> {
-        let limit = crate::datasets::manager::page_limit(page_size)?;
-        query.after = decode_cursor(page_token, "page_token")?;
+        let limit = paging::limit(page_size)?;
+        query.after = paging::decode_cursor(PAGE_TOKEN, page_token, "ListJobs")?;
         query.limit = limit + 1;
-        let mut jobs = self.store.list_jobs(&query).await?;
-        let next = if jobs.len() > limit {
-            jobs.truncate(limit);
-            jobs.last()
-                .map(|j| encode_cursor(j.created_at, &j.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok((jobs, next))
+        let jobs = self.store.list_jobs(&query).await?;
+        Ok(paging::split(jobs, limit, |j| {
+            paging::encode_cursor(PAGE_TOKEN, j.created_at, &j.id)
+        }))
     }
 
     async fn control(
@@ -510,7 +485,7 @@ impl Jobs {
         page_token: &str,
     ) -> Result<(Vec<JobEvent>, String)> {
         self.get(id).await?;
-        let limit = crate::datasets::manager::page_limit(page_size)?;
+        let limit = paging::limit(page_size)?;
         let after = if page_token.is_empty() {
             after_seq
         } else {
@@ -521,14 +496,8 @@ impl Jobs {
                     Error::invalid("page_token", "not a page token from a previous ListJobEvents response")
                 })?
         };
-        let mut events = self.store.list_events(id, after, limit + 1).await?;
-        let next = if events.len() > limit {
-            events.truncate(limit);
-            events.last().map(|e| format!("ev1.{}", e.seq)).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok((events, next))
+        let events = self.store.list_events(id, after, limit + 1).await?;
+        Ok(paging::split(events, limit, |e| format!("ev1.{}", e.seq)))
     }
 
     pub async fn checkpoints(
@@ -538,7 +507,7 @@ impl Jobs {
         page_token: &str,
     ) -> Result<(Vec<CheckpointRecord>, String)> {
         self.get(id).await?;
-        let limit = crate::datasets::manager::page_limit(page_size)?;
+        let limit = paging::limit(page_size)?;
         let before = if page_token.is_empty() {
             None
         } else {
@@ -554,14 +523,8 @@ impl Jobs {
                     })?,
             )
         };
-        let mut list = self.store.list_checkpoints(id, before, limit + 1).await?;
-        let next = if list.len() > limit {
-            list.truncate(limit);
-            list.last().map(|c| format!("ck1.{}", c.step)).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok((list, next))
+        let list = self.store.list_checkpoints(id, before, limit + 1).await?;
+        Ok(paging::split(list, limit, |c| format!("ck1.{}", c.step)))
     }
 
     /// Events after `after_seq`, then live ones, then the final job. The
@@ -688,16 +651,10 @@ impl Jobs {
         page_size: i32,
         page_token: &str,
     ) -> Result<(Vec<crate::store::ModelRecord>, String)> {
-        let limit = crate::datasets::manager::page_limit(page_size)?;
+        let limit = paging::limit(page_size)?;
         let after = (!page_token.is_empty()).then_some(page_token);
-        let mut models = self.store.list_models(kind, after, limit + 1).await?;
-        let next = if models.len() > limit {
-            models.truncate(limit);
-            models.last().map(|m| m.id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok((models, next))
+        let models = self.store.list_models(kind, after, limit + 1).await?;
+        Ok(paging::split(models, limit, |m| m.id.clone()))
     }
 
     /// Deletes a fine-tuned model and its adapter files (the job and its
@@ -736,27 +693,4 @@ impl Jobs {
         }
         Ok(model)
     }
-}
-
-fn encode_cursor(created_at: i64, id: &str) -> String {
-    format!("jp1.{}", hex::encode(format!("{created_at}:{id}")))
-}
-
-fn decode_cursor(token: &str, field: &str) -> Result<Option<Cursor>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || Error::invalid(field, "not a page token from a previous ListJobs response");
-    let raw = token.strip_prefix("jp1.").ok_or_else(bad)?;
-    let text = String::from_utf8(hex::decode(raw).map_err(|_| bad())?).map_err(|_| bad())?;
-    let (ts, id) = text.split_once(':').ok_or_else(bad)?;
-    Ok(Some(Cursor {
-        created_at: ts.parse().map_err(|_| bad())?,
-        id: id.to_string(),
-    }))
-}
-
-/// Metadata filter pairs from `key=value` map entries.
-pub fn metadata_filter(map: BTreeMap<String, String>) -> Vec<(String, String)> {
-    map.into_iter().collect()
 }

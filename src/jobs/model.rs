@@ -173,6 +173,29 @@ pub struct JobRecord {
     pub lease_expires_at: Option<i64>,
 }
 
+impl JobRecord {
+    /// A job as it is created: VALIDATING_FILES, never run, nothing set.
+    pub fn new(id: String, spec: JobSpec, idempotency_key: Option<String>, created_at: i64) -> Self {
+        Self {
+            id,
+            spec,
+            state: JobState::ValidatingFiles,
+            idempotency_key,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            fine_tuned_model: None,
+            fine_tuned_checkpoint_step: None,
+            stop_reason: None,
+            error: None,
+            trained_tokens: 0,
+            attempts: 0,
+            lease_owner: None,
+            lease_expires_at: None,
+        }
+    }
+}
+
 /// Training metrics, in OpenAI's names.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {

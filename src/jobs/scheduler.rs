@@ -15,9 +15,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::manager::{Jobs, now_millis};
+use super::manager::Jobs;
 use super::model::*;
 use super::trainer::{Reporter, StopHandle, StopReason, TrainContext, TrainError, TrainOutcome, Trainer};
+use crate::ids::now_millis;
 use crate::store::ModelRecord;
 
 /// Starts the scheduler; it returns after `shutdown` once its runners

@@ -28,7 +28,7 @@ pub async fn deliver(http: &reqwest::Client, hook: &Webhook, payload: &serde_jso
     let body = payload.to_string().into_bytes();
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        let timestamp = super::manager::now_millis() / 1000;
+        let timestamp = crate::ids::now_millis() / 1000;
         let result = http
             .post(&hook.url)
             .header("content-type", "application/json")

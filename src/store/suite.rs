@@ -140,39 +140,26 @@ use crate::jobs::model::{
 };
 
 pub fn job(n: u32, created_at: i64, priority: i32, key: Option<&str>) -> JobRecord {
-    JobRecord {
-        id: format!("job_{n:026}"),
-        spec: JobSpec {
-            base_model: "tiny".into(),
-            training_dataset_id: id(1),
-            validation_dataset_id: None,
-            method: Method {
-                kind: MethodKind::Supervised,
-                hyperparameters: Default::default(),
-                grader: None,
-            },
-            lora: Lora::default(),
-            seed: 7,
-            suffix: "t".into(),
-            metadata: [("team".to_string(), format!("t{}", n % 2))].into(),
-            priority,
-            early_stopping: None,
-            webhook: None,
+    let spec = JobSpec {
+        base_model: "tiny".into(),
+        training_dataset_id: id(1),
+        validation_dataset_id: None,
+        method: Method {
+            kind: MethodKind::Supervised,
+            hyperparameters: Default::default(),
+            grader: None,
         },
-        state: JobState::Queued,
-        idempotency_key: key.map(str::to_string),
-        created_at,
-        started_at: None,
-        finished_at: None,
-        fine_tuned_model: None,
-        fine_tuned_checkpoint_step: None,
-        stop_reason: None,
-        error: None,
-        trained_tokens: 0,
-        attempts: 0,
-        lease_owner: None,
-        lease_expires_at: None,
-    }
+        lora: Lora::default(),
+        seed: 7,
+        suffix: "t".into(),
+        metadata: [("team".to_string(), format!("t{}", n % 2))].into(),
+        priority,
+        early_stopping: None,
+        webhook: None,
+    };
+    let mut job = JobRecord::new(format!("job_{n:026}"), spec, key.map(str::to_string), created_at);
+    job.state = JobState::Queued;
+    job
 }
 
 fn created() -> NewEvent {
