@@ -7,6 +7,10 @@
 //! request rate, and retries rate limits and server errors with backoff,
 //! honouring Retry-After.
 
+pub mod chat;
+
+pub use chat::{ChatCompletion, ChatModel, ChatRequest};
+
 use std::{
     collections::BTreeMap,
     path::PathBuf,
