@@ -28,8 +28,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening on {}", listener.local_addr()?);
-    lathe::server::run_with(listener, config, Some(Arc::new(trainer)), async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
+    lathe::server::run_with(
+        listener,
+        config,
+        lathe::server::Engine::Custom(Some(Arc::new(trainer))),
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    )
     .await
 }

@@ -48,6 +48,9 @@ pub struct ServeConfig {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "LATHE_LOG_JSON")]
     pub log_json: bool,
+    /// Most prompts the local engine decodes together in one batch.
+    #[arg(long, env = "LATHE_MAX_GENERATION_BATCH", default_value_t = 32)]
+    pub max_generation_batch: usize,
 }
 
 impl ServeConfig {
@@ -67,6 +70,7 @@ impl ServeConfig {
             job_poll_millis: 1000,
             providers: None,
             log_json: false,
+            max_generation_batch: 32,
         }
     }
 

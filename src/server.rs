@@ -12,6 +12,8 @@ use crate::api::{DatasetApi, EvalApi, FineTuningApi, GraderApi, ModelApi};
 use crate::blobs::Blobs;
 use crate::config::ServeConfig;
 use crate::datasets::{manager::Datasets, tokens::O200k};
+use crate::engine::local::{LocalEngine, StoreCatalog};
+use crate::engine::trainer::{LocalTrainer, LocalTrainerConfig};
 use crate::graders::service::{Graders, GradersConfig};
 use crate::jobs::{manager::Jobs, scheduler, trainer::Trainer};
 use crate::proto::{
@@ -31,17 +33,25 @@ pub async fn run(
     run_with(listener, config, default_trainer(), shutdown).await
 }
 
-/// The trainer built into this binary. The embedded LoRA trainer is not
-/// built yet, so there is none, and CreateJob says so.
-pub fn default_trainer() -> Option<Arc<dyn Trainer>> {
-    None
+/// What `run` serves with: the embedded engine and trainer.
+pub enum Engine {
+    /// The embedded candle engine and LoRA trainer (the default).
+    Embedded,
+    /// A trainer brought by the embedder (tests bring a scripted one); no
+    /// local inference.
+    Custom(Option<Arc<dyn Trainer>>),
+}
+
+/// The trainer built into this binary.
+pub fn default_trainer() -> Engine {
+    Engine::Embedded
 }
 
 /// `run` with a given trainer (embedders and tests bring their own).
 pub async fn run_with(
     listener: TcpListener,
     config: ServeConfig,
-    trainer: Option<Arc<dyn Trainer>>,
+    engine: Engine,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
@@ -70,6 +80,18 @@ pub async fn run_with(
         graders_config.model_client = Some(providers.clone());
     }
     let graders = Arc::new(Graders::new(store.clone(), graders_config));
+    let (local, trainer): (Option<Arc<LocalEngine>>, Option<Arc<dyn Trainer>>) = match engine {
+        Engine::Embedded => {
+            let catalog = Arc::new(StoreCatalog {
+                store: store.clone(),
+                blobs: blobs.clone(),
+            });
+            let local = LocalEngine::new(catalog, config.max_generation_batch);
+            let trainer = Arc::new(LocalTrainer::new(local.clone(), LocalTrainerConfig::default()));
+            (Some(local), Some(trainer))
+        }
+        Engine::Custom(trainer) => (None, trainer),
+    };
     let jobs = Arc::new(Jobs::new(store, blobs, trainer, config.jobs_config()));
     let stop_scheduler = CancellationToken::new();
     let scheduler = scheduler::spawn(jobs.clone(), stop_scheduler.clone());
@@ -102,7 +124,7 @@ pub async fn run_with(
         .add_service(reflection_v1alpha)
         .add_service(DatasetServiceServer::new(DatasetApi::new(datasets)))
         .add_service(FineTuningServiceServer::new(FineTuningApi::new(jobs.clone())))
-        .add_service(ModelServiceServer::new(ModelApi::new(jobs)))
+        .add_service(ModelServiceServer::new(ModelApi::new(jobs, local)))
         .add_service(GraderServiceServer::new(GraderApi::new(graders)))
         .add_service(EvalServiceServer::new(EvalApi))
         .serve_with_incoming_shutdown(incoming, async move {

@@ -724,7 +724,11 @@ async fn terminal_states_post_a_signed_webhook_with_retries() {
 #[tokio::test]
 async fn without_a_trainer_create_job_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_full(
+        lathe::config::ServeConfig::embedded(dir.path()),
+        lathe::server::Engine::Custom(None),
+    )
+    .await;
     let mut datasets = server.datasets().await;
     let train = upload_fixture(&mut datasets, "sft_tools.jsonl", DatasetPurpose::Sft, "").await;
     let mut jobs = FineTuningServiceClient::new(server.channel().await);

@@ -483,3 +483,23 @@ pub fn model(m: crate::store::ModelRecord) -> proto::Model {
         checkpoint_step: m.checkpoint_step.unwrap_or(0),
     }
 }
+
+/// A Chat request as the engine takes it: model, OpenAI messages, sampling
+/// (OpenAI's defaults where unset: temperature 1, top_p 1).
+pub fn chat(req: proto::ChatRequest) -> (String, Vec<serde_json::Value>, crate::engine::generate::Sampling) {
+    let messages = req
+        .messages
+        .into_iter()
+        .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+        .collect();
+    let s = req.sampling.unwrap_or_default();
+    let sampling = crate::engine::generate::Sampling {
+        temperature: s.temperature.unwrap_or(1.0),
+        top_p: s.top_p.unwrap_or(1.0),
+        top_k: s.top_k.unwrap_or(0) as usize,
+        max_tokens: s.max_tokens.unwrap_or(256) as usize,
+        seed: s.seed.unwrap_or(0),
+        stop: s.stop,
+    };
+    (req.model, messages, sampling)
+}

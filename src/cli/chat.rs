@@ -1,0 +1,114 @@
+//! `lathe chat MODEL`: talk to a base or fine-tuned model, tokens streamed
+//! as the server generates them. With a prompt argument it answers once;
+//! without, it reads turns from standard input until end of input.
+
+use std::io::{BufRead, Write};
+
+use clap::Args;
+use serde_json::json;
+
+use super::Outcome;
+use super::output::status_error;
+use crate::proto::{self, model_service_client::ModelServiceClient};
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// A registered base model or a fine-tuned model id (ft:...).
+    pub model: String,
+    /// Say this once and exit (otherwise read turns from standard input).
+    pub prompt: Option<String>,
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    #[arg(long)]
+    pub top_k: Option<u32>,
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: u32,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+pub async fn run(addr: &str, json_out: bool, args: ChatArgs) -> anyhow::Result<Outcome> {
+    let mut client = ModelServiceClient::new(super::connect(addr).await?);
+    let mut messages: Vec<proto::ChatMessage> = Vec::new();
+    if let Some(s) = &args.system {
+        messages.push(proto::ChatMessage {
+            role: "system".into(),
+            content: s.clone(),
+        });
+    }
+    let once = args.prompt.is_some();
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        let user = match &args.prompt {
+            Some(p) => p.clone(),
+            None => {
+                if !json_out {
+                    eprint!("> ");
+                }
+                match lines.next() {
+                    Some(l) => l?,
+                    None => break,
+                }
+            }
+        };
+        messages.push(proto::ChatMessage {
+            role: "user".into(),
+            content: user,
+        });
+        let mut stream = client
+            .chat(proto::ChatRequest {
+                model: args.model.clone(),
+                messages: messages.clone(),
+                sampling: Some(proto::SamplingParams {
+                    temperature: Some(args.temperature),
+                    top_p: args.top_p,
+                    top_k: args.top_k,
+                    seed: args.seed,
+                    max_tokens: Some(args.max_tokens),
+                    stop: args.stop.clone(),
+                }),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let mut answer = String::new();
+        let mut end = None;
+        while let Some(msg) = stream.message().await.map_err(status_error)? {
+            match msg.payload {
+                Some(proto::chat_response::Payload::Delta(d)) => {
+                    if !json_out {
+                        print!("{d}");
+                        std::io::stdout().flush()?;
+                    }
+                    answer.push_str(&d);
+                }
+                Some(proto::chat_response::Payload::End(e)) => end = Some(e),
+                None => {}
+            }
+        }
+        let end = end.unwrap_or_default();
+        if json_out {
+            println!(
+                "{}",
+                json!({"model": args.model, "content": answer, "finish_reason": end.finish_reason,
+                       "usage": {"prompt_tokens": end.prompt_tokens, "completion_tokens": end.completion_tokens}})
+            );
+        } else {
+            println!();
+        }
+        messages.push(proto::ChatMessage {
+            role: "assistant".into(),
+            content: answer,
+        });
+        if once {
+            break;
+        }
+    }
+    Ok(Outcome::Ok)
+}

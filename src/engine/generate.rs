@@ -1,0 +1,270 @@
+//! KV-cached, batched generation: many prompts at once (left-padded, one
+//! prefill, then one decode step for all live rows; finished rows leave the
+//! batch), with temperature, top-k, top-p, a seed, max tokens and stop
+//! sequences.
+
+use candle_core::Tensor;
+
+use super::lora::Adapter;
+use super::model::{BaseModel, Input, KvCache, f32_vec, padded_mask};
+use super::rng::Rng;
+use super::tokenizer::Tokenizer;
+use super::{EngineError, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0 means no limit.
+    pub top_k: usize,
+    pub max_tokens: usize,
+    pub seed: u64,
+    pub stop: Vec<String>,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_tokens: 256,
+            seed: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    /// "stop" or "length".
+    pub finish_reason: &'static str,
+    pub prompt_tokens: usize,
+}
+
+struct Row {
+    index: usize,
+    rng: Rng,
+    tokens: Vec<u32>,
+    done: Option<&'static str>,
+    text: String,
+}
+
+/// Picks the next token from one row of logits.
+pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold(
+                (0usize, f32::NEG_INFINITY),
+                |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+            )
+            .0 as u32
+    };
+    if s.temperature <= 0.0 {
+        return argmax();
+    }
+    let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+    cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if s.top_k > 0 {
+        cand.truncate(s.top_k);
+    }
+    let max = cand[0].1 as f64;
+    let mut probs: Vec<f64> = cand
+        .iter()
+        .map(|(_, v)| ((*v as f64 - max) / s.temperature).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if s.top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut keep = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= s.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+        let t: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= t);
+    }
+    let mut r = rng.next_f64();
+    for (i, p) in probs.iter().enumerate() {
+        if r < *p {
+            return cand[i].0;
+        }
+        r -= p;
+    }
+    cand[probs.len() - 1].0
+}
+
+/// Generates for every prompt; `on_token(prompt index, token)` sees each
+/// new token as it is chosen (for streaming).
+pub fn generate(
+    model: &BaseModel,
+    adapter: Option<&Adapter>,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    sampling: &[Sampling],
+    stop_ids: &[u32],
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<Vec<Generated>> {
+    let dev = &model.device;
+    let b = prompts.len();
+    if b == 0 {
+        return Ok(Vec::new());
+    }
+    if sampling.len() != b {
+        return Err(EngineError::Data("one sampling setting per prompt is required".into()));
+    }
+    let most_new = sampling.iter().map(|s| s.max_tokens).max().unwrap_or(0);
+    if prompts.iter().any(Vec::is_empty) {
+        return Err(EngineError::Data("a prompt has no tokens".into()));
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if longest + most_new > model.max_positions() {
+        return Err(EngineError::Data(format!(
+            "the prompt ({longest} tokens) plus max_tokens ({most_new}) exceeds the model's {} positions",
+            model.max_positions()
+        )));
+    }
+    let pad = stop_ids.first().copied().unwrap_or(0);
+    let mut ids = Vec::with_capacity(b * longest);
+    let mut pos = Vec::with_capacity(b * longest);
+    let mut valid: Vec<Vec<bool>> = Vec::with_capacity(b);
+    let mut next_pos: Vec<u32> = Vec::with_capacity(b);
+    for p in prompts {
+        let padding = longest - p.len();
+        ids.extend(std::iter::repeat_n(pad, padding));
+        ids.extend_from_slice(p);
+        pos.extend(std::iter::repeat_n(0u32, padding));
+        pos.extend(0..p.len() as u32);
+        let mut v = vec![false; padding];
+        v.extend(std::iter::repeat_n(true, p.len()));
+        valid.push(v);
+        next_pos.push(p.len() as u32);
+    }
+    let mut rows: Vec<Row> = (0..b)
+        .map(|i| Row {
+            index: i,
+            rng: Rng::derive(sampling[i].seed, &[i as u64]),
+            tokens: Vec::new(),
+            done: None,
+            text: String::new(),
+        })
+        .collect();
+    let mut cache = KvCache::default();
+    let ids_t = Tensor::from_vec(ids, (b, longest), dev)?;
+    let pos_t = Tensor::from_vec(pos, b * longest, dev)?;
+    let mask = padded_mask(&valid, longest, dev)?;
+    let hidden = model.forward(
+        &Input {
+            ids: &ids_t,
+            positions: &pos_t,
+            mask: Some(&mask),
+        },
+        adapter,
+        Some(&mut cache),
+        None,
+    )?;
+    let last: Vec<u32> = (0..b).map(|r| (r * longest + longest - 1) as u32).collect();
+    let mut logits = model.logits(&hidden.index_select(&Tensor::from_vec(last, b, dev)?, 0)?, false)?;
+    // `live[k]` is the row at batch position k.
+    let mut live: Vec<usize> = (0..b).collect();
+    let mut finished: Vec<Option<Row>> = (0..b).map(|_| None).collect();
+    let mut rows_opt: Vec<Option<Row>> = rows.drain(..).map(Some).collect();
+    loop {
+        let vocab = logits.dim(1)?;
+        let flat = f32_vec(&logits)?;
+        let mut next = Vec::with_capacity(live.len());
+        for (k, &r) in live.iter().enumerate() {
+            let row = rows_opt[r].as_mut().expect("live rows are present");
+            let s = &sampling[r];
+            let tok = sample(&flat[k * vocab..(k + 1) * vocab], s, &mut row.rng);
+            next.push(tok);
+            if stop_ids.contains(&tok) {
+                row.done = Some("stop");
+                continue;
+            }
+            row.tokens.push(tok);
+            on_token(row.index, tok);
+            if !s.stop.is_empty() {
+                row.text = tokenizer.decode(&row.tokens, true);
+                if let Some(cut) = s.stop.iter().filter_map(|s| row.text.find(s.as_str())).min() {
+                    row.text.truncate(cut);
+                    row.done = Some("stop");
+                    continue;
+                }
+            }
+            if row.tokens.len() >= s.max_tokens {
+                row.done = Some("length");
+            }
+        }
+        // Drop finished rows from the batch and the cache.
+        let keep: Vec<usize> = (0..live.len())
+            .filter(|&k| rows_opt[live[k]].as_ref().is_some_and(|r| r.done.is_none()))
+            .collect();
+        for &r in &live {
+            if rows_opt[r].as_ref().is_some_and(|row| row.done.is_some()) {
+                finished[r] = rows_opt[r].take();
+            }
+        }
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() != live.len() {
+            let idx = Tensor::from_vec(keep.iter().map(|&k| k as u32).collect::<Vec<_>>(), keep.len(), dev)?;
+            cache.retain_rows(&idx)?;
+            valid = keep.iter().map(|&k| valid[k].clone()).collect();
+            next = keep.iter().map(|&k| next[k]).collect();
+            live = keep.iter().map(|&k| live[k]).collect();
+        }
+        let n = live.len();
+        for v in valid.iter_mut() {
+            v.push(true);
+        }
+        let positions: Vec<u32> = live.iter().map(|&r| next_pos[r]).collect();
+        for &r in &live {
+            next_pos[r] += 1;
+        }
+        let ids_t = Tensor::from_vec(next, (n, 1), dev)?;
+        let pos_t = Tensor::from_vec(positions, n, dev)?;
+        let mask = padded_mask(&valid, 1, dev)?;
+        let hidden = model.forward(
+            &Input {
+                ids: &ids_t,
+                positions: &pos_t,
+                mask: Some(&mask),
+            },
+            adapter,
+            Some(&mut cache),
+            None,
+        )?;
+        logits = model.logits(&hidden, false)?;
+    }
+    Ok(finished
+        .into_iter()
+        .zip(prompts)
+        .zip(sampling)
+        .map(|((row, p), s)| {
+            let row = row.expect("every row finishes");
+            let text = if s.stop.is_empty() {
+                tokenizer.decode(&row.tokens, true)
+            } else {
+                row.text
+            };
+            Generated {
+                tokens: row.tokens,
+                text,
+                finish_reason: row.done.unwrap_or("length"),
+                prompt_tokens: p.len(),
+            }
+        })
+        .collect())
+}

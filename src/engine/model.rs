@@ -1,0 +1,319 @@
+//! The decoder forward pass (llama / qwen2) over a frozen base with an
+//! optional LoRA adapter, built only from differentiable candle ops.
+//!
+//! candle's fused kernels (`softmax_last_dim`, `rms_norm`, `rope`) record no
+//! backward pass, so gradients would silently stop at them; everything
+//! here is composed from ops that have one. The base's linear layers go
+//! through [`frozen_matmul`], which computes no gradient for the weight.
+
+use candle_core::{D, DType, Device, Tensor};
+
+use super::config::ModelConfig;
+use super::frozen::frozen_matmul;
+use super::lora::Adapter;
+use super::weights::{Proj, Weights};
+use super::{Result, rng::Rng};
+
+const MASKED: f32 = -1e9;
+
+/// A frozen base model: weights plus rotary tables.
+pub struct BaseModel {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    cos: Tensor,
+    sin: Tensor,
+    pub device: Device,
+}
+
+/// Per-layer keys and values of the tokens seen so far: (B, kv_heads, T, head_dim).
+#[derive(Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps only the batch rows in `idx` (rows that finished leave).
+    pub fn retain_rows(&mut self, idx: &Tensor) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(idx, 0)?;
+            *v = v.index_select(idx, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Training-time state threaded through the forward pass.
+pub struct TrainState<'a> {
+    pub dropout: f32,
+    pub rng: &'a mut Rng,
+}
+
+/// One forward call's inputs.
+pub struct Input<'a> {
+    /// (B, L) token ids.
+    pub ids: &'a Tensor,
+    /// B*L rotary positions, row-major.
+    pub positions: &'a Tensor,
+    /// Additive attention mask (B, 1, 1, L, T_past + L), or none for a
+    /// plain causal mask over one unpadded sequence without cache.
+    pub mask: Option<&'a Tensor>,
+}
+
+impl BaseModel {
+    pub fn new(config: ModelConfig, weights: Weights, device: Device) -> Result<Self> {
+        let max_pos = config.max_position_embeddings.clamp(1, 32_768);
+        let inv = config.inv_freq();
+        let half = inv.len();
+        let mut cos = Vec::with_capacity(max_pos * half * 2);
+        let mut sin = Vec::with_capacity(max_pos * half * 2);
+        for p in 0..max_pos {
+            for _ in 0..2 {
+                for f in &inv {
+                    let a = p as f64 * f;
+                    cos.push(a.cos() as f32);
+                    sin.push(a.sin() as f32);
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (max_pos, half * 2), &device)?;
+        let sin = Tensor::from_vec(sin, (max_pos, half * 2), &device)?;
+        Ok(Self {
+            config,
+            weights,
+            cos,
+            sin,
+            device,
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        proj: Proj,
+        adapter: Option<&Adapter>,
+        train: &mut Option<TrainState<'_>>,
+    ) -> Result<Tensor> {
+        let lin = &self.weights.layers[layer].proj[proj as usize];
+        let track = train.is_some();
+        let mut y = frozen_matmul(x, &lin.w, track)?;
+        if let Some(b) = &lin.b {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some((a, bm, scale)) = adapter.and_then(|ad| ad.pair(layer, proj)) {
+            let xin = match train {
+                Some(t) if t.dropout > 0.0 => {
+                    let keep = 1.0 - t.dropout;
+                    let n = x.elem_count();
+                    let mask: Vec<f32> = (0..n)
+                        .map(|_| if t.rng.next_f32() < keep { 1.0 / keep } else { 0.0 })
+                        .collect();
+                    x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)?
+                }
+                _ => x.clone(),
+            };
+            let low = xin.matmul(&a.t()?)?;
+            let delta = low.matmul(&bm.t()?)?;
+            y = (y + (delta * scale)?)?;
+        }
+        Ok(y)
+    }
+
+    /// Runs the decoder; returns the final-normed hidden states (B*L, d).
+    pub fn forward(
+        &self,
+        input: &Input<'_>,
+        adapter: Option<&Adapter>,
+        mut cache: Option<&mut KvCache>,
+        mut train: Option<TrainState<'_>>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, l) = input.ids.dims2()?;
+        let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let rep = h / kvh;
+        let flat_ids = input.ids.flatten_all()?;
+        let mut x = self.weights.embed.index_select(&flat_ids, 0)?; // (B*L, d)
+        let cos = self.cos.index_select(input.positions, 0)?.reshape((b, 1, l, hd))?;
+        let sin = self.sin.index_select(input.positions, 0)?.reshape((b, 1, l, hd))?;
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let causal;
+        let mask = match input.mask {
+            Some(m) => Some(m),
+            None if l > 1 => {
+                causal = causal_mask(l, past, &self.device)?;
+                Some(&causal)
+            }
+            None => None,
+        };
+        if let Some(cache) = cache.as_deref_mut()
+            && cache.layers.len() != c.num_layers
+        {
+            cache.layers = vec![None; c.num_layers];
+        }
+        let scale = 1.0 / (hd as f64).sqrt();
+        let track = train.is_some();
+        for i in 0..c.num_layers {
+            let lw = &self.weights.layers[i];
+            let xn = rms_norm(&x, &lw.input_norm, c.rms_norm_eps)?;
+            let q = self.linear(&xn, i, Proj::Q, adapter, &mut train)?;
+            let k = self.linear(&xn, i, Proj::K, adapter, &mut train)?;
+            let v = self.linear(&xn, i, Proj::V, adapter, &mut train)?;
+            let q = q.reshape((b, l, h, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = k.reshape((b, l, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = v.reshape((b, l, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = rope(&q, &cos, &sin)?;
+            let mut k = rope(&k, &cos, &sin)?;
+            let mut v = v;
+            if !track {
+                // Inference keeps no autograd history (an adapter's
+                // variables would otherwise chain every step's graph
+                // through the cache).
+                k = k.detach();
+                v = v.detach();
+            }
+            if let Some(cache) = cache.as_deref_mut() {
+                if let Some((pk, pv)) = &cache.layers[i] {
+                    k = Tensor::cat(&[pk, &k], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                cache.layers[i] = Some((k.clone(), v.clone()));
+            }
+            let t = k.dim(2)?;
+            // Grouped-query attention without repeating K and V: the query
+            // heads sharing a K/V head are stacked along the rows.
+            let qg = q.reshape((b, kvh, rep * l, hd))?;
+            let scores = (qg.matmul(&k.t()?)? * scale)?;
+            let scores = match mask {
+                Some(m) => scores.reshape((b, kvh, rep, l, t))?.broadcast_add(m)?,
+                None => scores.reshape((b, kvh, rep, l, t))?,
+            };
+            let probs = softmax(&scores)?.reshape((b, kvh, rep * l, t))?;
+            let attn = probs.matmul(&v)?; // (B, kvh, rep*L, hd)
+            let attn = attn
+                .reshape((b, h, l, hd))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b * l, h * hd))?;
+            let o = self.linear(&attn, i, Proj::O, adapter, &mut train)?;
+            x = (x + o)?;
+            let xn = rms_norm(&x, &lw.post_attention_norm, c.rms_norm_eps)?;
+            let gate = self.linear(&xn, i, Proj::Gate, adapter, &mut train)?;
+            let up = self.linear(&xn, i, Proj::Up, adapter, &mut train)?;
+            let act = (gate.silu()? * up)?;
+            let down = self.linear(&act, i, Proj::Down, adapter, &mut train)?;
+            x = (x + down)?;
+            if !track {
+                x = x.detach();
+            }
+        }
+        rms_norm(&x, &self.weights.norm, c.rms_norm_eps)
+    }
+
+    /// Logits (N, vocab) for hidden rows (N, d).
+    pub fn logits(&self, hidden: &Tensor, track: bool) -> Result<Tensor> {
+        Ok(frozen_matmul(hidden, &self.weights.lm_head, track)?)
+    }
+}
+
+/// Causal mask for `l` new tokens after `past` cached ones: (1,1,1,L,past+L).
+pub fn causal_mask(l: usize, past: usize, device: &Device) -> Result<Tensor> {
+    let t = past + l;
+    let m: Vec<f32> = (0..l)
+        .flat_map(|i| (0..t).map(move |j| if j <= past + i { 0.0 } else { MASKED }))
+        .collect();
+    Ok(Tensor::from_vec(m, (1, 1, 1, l, t), device)?)
+}
+
+/// Block-diagonal causal mask for sequences packed into one row:
+/// `segments[i]` names the sequence token i belongs to.
+pub fn packed_mask(segments: &[u32], device: &Device) -> Result<Tensor> {
+    let l = segments.len();
+    let m: Vec<f32> = (0..l)
+        .flat_map(|i| {
+            (0..l).map(move |j| {
+                if j <= i && segments[j] == segments[i] {
+                    0.0
+                } else {
+                    MASKED
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(m, (1, 1, 1, l, l), device)?)
+}
+
+/// Mask for a batch of left-padded rows with a cache: `valid[b][j]` says
+/// whether key position j of row b is a real token.
+pub fn padded_mask(valid: &[Vec<bool>], l: usize, device: &Device) -> Result<Tensor> {
+    let b = valid.len();
+    let t = valid.first().map(Vec::len).unwrap_or(0);
+    let past = t - l;
+    let mut m = Vec::with_capacity(b * l * t);
+    for row in valid {
+        for i in 0..l {
+            for (j, ok) in row.iter().enumerate() {
+                m.push(if *ok && j <= past + i { 0.0 } else { MASKED });
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, 1, 1, l, t), device)?)
+}
+
+/// RMS norm from differentiable ops (candle's fused one has no backward).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+}
+
+/// Softmax over the last dimension from differentiable ops.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+/// log-softmax over the last dimension.
+pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// Half-split rotary embedding (Hugging Face's `rotate_half`).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// Ids as a (1, n) u32 tensor and positions 0..n.
+pub fn single(ids: &[u32], device: &Device) -> Result<(Tensor, Tensor)> {
+    let t = Tensor::from_slice(ids, (1, ids.len()), device)?;
+    let p: Vec<u32> = (0..ids.len() as u32).collect();
+    Ok((t, Tensor::from_vec(p, ids.len(), device)?))
+}
+
+pub fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}

@@ -1,0 +1,349 @@
+//! The embedded trainer behind the jobs' `Trainer` seam: resolves the base
+//! model, tokenizes the job's files, turns "auto" hyperparameters into
+//! numbers, runs `train::run_sft` on a blocking thread, and relays its
+//! metrics and checkpoints to the orchestrator.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::local::{LocalEngine, Resolved};
+use super::lora::LoraConfig;
+use super::optim::{AdamWParams, Schedule};
+use super::sft::encode_file;
+use super::train::{
+    AUTO_LEARNING_RATE, Outcome, SftConfig, Sink, StepMetrics, auto_batch_size, auto_epochs, read_checkpoint, run_sft,
+};
+use super::weights::Proj;
+use crate::error::FieldViolation;
+use crate::jobs::model::{JobSpec, Level, MethodKind, Metrics};
+use crate::jobs::trainer::{TrainContext, TrainError, TrainOutcome, Trainer};
+
+/// Settings of the embedded trainer that are not per job.
+#[derive(Clone, Debug)]
+pub struct LocalTrainerConfig {
+    /// Longest example in tokens; longer ones are cut from the end.
+    pub max_seq_len: usize,
+    pub micro_batch_tokens: usize,
+    /// Evaluations (with checkpoints) per run, spread evenly.
+    pub evals_per_run: u64,
+    /// Validation examples used at each evaluation.
+    pub eval_examples: usize,
+}
+
+impl Default for LocalTrainerConfig {
+    fn default() -> Self {
+        Self {
+            max_seq_len: 2048,
+            micro_batch_tokens: 512,
+            evals_per_run: 10,
+            eval_examples: 200,
+        }
+    }
+}
+
+pub struct LocalTrainer {
+    engine: Arc<LocalEngine>,
+    config: LocalTrainerConfig,
+}
+
+impl LocalTrainer {
+    pub fn new(engine: Arc<LocalEngine>, config: LocalTrainerConfig) -> Self {
+        Self { engine, config }
+    }
+}
+
+fn lora_config(spec: &JobSpec) -> Result<LoraConfig, Vec<FieldViolation>> {
+    let mut v = Vec::new();
+    let l = &spec.lora;
+    if !(1..=256).contains(&l.rank) {
+        v.push(FieldViolation::new("lora.rank", "must be between 1 and 256"));
+    }
+    if !(l.alpha.is_finite() && l.alpha > 0.0) {
+        v.push(FieldViolation::new("lora.alpha", "must be a positive number"));
+    }
+    if !(0.0..1.0).contains(&l.dropout) {
+        v.push(FieldViolation::new("lora.dropout", "must be in [0, 1)"));
+    }
+    let mut targets = Vec::new();
+    for (i, t) in l.target_modules.iter().enumerate() {
+        match Proj::parse(t) {
+            Some(p) if !targets.contains(&p) => targets.push(p),
+            Some(_) => {}
+            None => v.push(FieldViolation::new(
+                format!("lora.target_modules[{i}]"),
+                format!("{t:?} is not one of {}", Proj::ALL.map(|p| p.name()).join(", ")),
+            )),
+        }
+    }
+    if l.target_modules.is_empty() {
+        targets = Proj::ALL.to_vec();
+    }
+    targets.sort();
+    if v.is_empty() {
+        Ok(LoraConfig {
+            rank: l.rank as usize,
+            alpha: l.alpha,
+            dropout: l.dropout,
+            targets,
+        })
+    } else {
+        Err(v)
+    }
+}
+
+/// The run's settings: the job's hyperparameters, "auto" ones filled in.
+pub fn sft_config(spec: &JobSpec, n_train: usize, lora: LoraConfig, config: &LocalTrainerConfig) -> SftConfig {
+    let h = &spec.method.hyperparameters;
+    let epochs = h.n_epochs.map(|e| e as u64).unwrap_or_else(|| auto_epochs(n_train));
+    let batch_size = h
+        .batch_size
+        .map(|b| b as usize)
+        .unwrap_or_else(|| auto_batch_size(n_train))
+        .clamp(1, n_train.max(1));
+    let steps = n_train.div_ceil(batch_size) as u64 * epochs;
+    SftConfig {
+        epochs,
+        batch_size,
+        learning_rate: AUTO_LEARNING_RATE * h.learning_rate_multiplier.unwrap_or(1.0),
+        schedule: Schedule::Linear,
+        warmup_ratio: 0.03,
+        max_grad_norm: 1.0,
+        seed: spec.seed,
+        lora,
+        adamw: AdamWParams::default(),
+        micro_batch_tokens: config.micro_batch_tokens,
+        eval_every: (steps / config.evals_per_run.max(1)).max(1),
+        eval_examples: config.eval_examples,
+    }
+}
+
+/// The LoRA settings of a job, checked.
+pub fn job_lora(spec: &JobSpec) -> Result<LoraConfig, Vec<FieldViolation>> {
+    lora_config(spec)
+}
+
+fn err(code: &str) -> impl Fn(super::EngineError) -> TrainError + '_ {
+    move |e| TrainError::new(code, e.to_string())
+}
+
+enum Msg {
+    Metrics(StepMetrics),
+    Checkpoint(StepMetrics, Vec<(String, Vec<u8>)>, oneshot::Sender<bool>),
+}
+
+struct ChannelSink {
+    tx: mpsc::Sender<Msg>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Sink for ChannelSink {
+    fn metrics(&mut self, m: &StepMetrics) {
+        let _ = self.tx.blocking_send(Msg::Metrics(m.clone()));
+    }
+
+    fn checkpoint(&mut self, m: &StepMetrics, files: Vec<(String, Vec<u8>)>) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.blocking_send(Msg::Checkpoint(m.clone(), files, reply)).is_err() {
+            return false;
+        }
+        rx.blocking_recv().unwrap_or(false)
+    }
+
+    fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+fn job_metrics(m: &StepMetrics) -> Metrics {
+    Metrics {
+        step: m.step,
+        total_steps: m.total_steps,
+        epoch: m.epoch,
+        train_loss: Some(m.train_loss),
+        valid_loss: m.valid_loss,
+        train_mean_token_accuracy: Some(m.train_accuracy),
+        valid_mean_token_accuracy: m.valid_accuracy,
+        learning_rate: Some(m.learning_rate),
+        tokens_per_second: Some(m.tokens_per_second),
+        ..Default::default()
+    }
+}
+
+#[async_trait]
+impl Trainer for LocalTrainer {
+    fn check(&self, spec: &JobSpec) -> Result<(), Vec<FieldViolation>> {
+        let mut v = Vec::new();
+        if spec.method.kind != MethodKind::Supervised {
+            v.push(FieldViolation::new(
+                "method.type",
+                format!(
+                    "the embedded trainer runs supervised fine-tuning; {} is not available yet",
+                    spec.method.kind.as_str()
+                ),
+            ));
+        }
+        let h = &spec.method.hyperparameters;
+        if h.batch_size.is_some_and(|b| !(1..=256).contains(&b)) {
+            v.push(FieldViolation::new(
+                "method.hyperparameters.batch_size",
+                "must be between 1 and 256",
+            ));
+        }
+        if h.n_epochs.is_some_and(|e| !(1..=50).contains(&e)) {
+            v.push(FieldViolation::new(
+                "method.hyperparameters.n_epochs",
+                "must be between 1 and 50",
+            ));
+        }
+        if h.learning_rate_multiplier
+            .is_some_and(|m| !(m.is_finite() && m > 0.0 && m <= 100.0))
+        {
+            v.push(FieldViolation::new(
+                "method.hyperparameters.learning_rate_multiplier",
+                "must be a positive number (at most 100)",
+            ));
+        }
+        if let Err(mut l) = lora_config(spec) {
+            v.append(&mut l);
+        }
+        if v.is_empty() { Ok(()) } else { Err(v) }
+    }
+
+    fn resolves_models(&self) -> bool {
+        true
+    }
+
+    async fn train(&self, ctx: TrainContext) -> Result<TrainOutcome, TrainError> {
+        let spec = ctx.job.spec.clone();
+        let lora = lora_config(&spec).map_err(|v| {
+            TrainError::new(
+                "invalid_hyperparameters",
+                v.iter()
+                    .map(|f| format!("{}: {}", f.field, f.description))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        let Resolved::Base { name, path } = self
+            .engine
+            .resolve(&spec.base_model)
+            .await
+            .map_err(err("model_not_found"))?
+        else {
+            return Err(TrainError::new(
+                "model_not_supported",
+                format!(
+                    "{} is a fine-tuned model; fine-tune its base model instead",
+                    spec.base_model
+                ),
+            ));
+        };
+        ctx.reporter
+            .log(
+                Level::Info,
+                format!("loading base model {name} from {}", path.display()),
+            )
+            .await;
+        let base = self.engine.base(&name, &path).await.map_err(err("model_load_failed"))?;
+        let train_bytes = ctx.reporter.read_dataset(&spec.training_dataset_id).await?;
+        let valid_bytes = match &spec.validation_dataset_id {
+            Some(id) => Some(ctx.reporter.read_dataset(id).await?),
+            None => None,
+        };
+        let max_len = self.config.max_seq_len.min(base.model.max_positions());
+        let b2 = base.clone();
+        let (train, valid) = tokio::task::spawn_blocking(move || {
+            let enc = |bytes: &Bytes| encode_file(&b2.tokenizer, &b2.template, b2.bos_id, bytes, max_len);
+            let train = enc(&train_bytes)?;
+            let valid = match &valid_bytes {
+                Some(v) => enc(v)?,
+                None => Vec::new(),
+            };
+            Ok::<_, super::EngineError>((train, valid))
+        })
+        .await
+        .map_err(|e| TrainError::new("internal", e.to_string()))?
+        .map_err(err("invalid_training_file"))?;
+        if train.is_empty() {
+            return Err(TrainError::new(
+                "invalid_training_file",
+                "no example in the training file has an assistant message to train on",
+            ));
+        }
+
+        let cfg = sft_config(&spec, train.len(), lora, &self.config);
+        let (epochs, batch_size, learning_rate) = (cfg.epochs, cfg.batch_size, cfg.learning_rate);
+        let steps = cfg.steps_per_epoch(train.len()) * epochs;
+        let resume = match &ctx.resume_from {
+            Some(c) => {
+                let mut files = HashMap::new();
+                for f in &c.files {
+                    let bytes = ctx.reporter.read_checkpoint_file(c, &f.name).await?;
+                    files.insert(f.name.clone(), bytes.to_vec());
+                }
+                Some(read_checkpoint(&base.model, &files).map_err(err("checkpoint_corrupt"))?)
+            }
+            None => None,
+        };
+        ctx.reporter
+            .log(
+                Level::Info,
+                format!(
+                    "training: {} examples ({} validation), {epochs} epochs of batch {batch_size} = {steps} steps, \
+                     learning rate {learning_rate:.2e}, LoRA r={} alpha={} on {}{}",
+                    train.len(),
+                    valid.len(),
+                    cfg.lora.rank,
+                    cfg.lora.alpha,
+                    cfg.lora.targets.iter().map(|p| p.name()).collect::<Vec<_>>().join(","),
+                    resume
+                        .as_ref()
+                        .map(|r| format!("; resuming at step {}", r.step))
+                        .unwrap_or_default()
+                ),
+            )
+            .await;
+
+        let (tx, mut rx) = mpsc::channel::<Msg>(16);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sink = ChannelSink { tx, stop: stop.clone() };
+        let base_name = name.clone();
+        let worker = tokio::task::spawn_blocking(move || {
+            let mut sink = sink;
+            run_sft(&base.model, &train, &valid, &cfg, &base_name, resume, &mut sink)
+        });
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Metrics(m)) => ctx.reporter.metrics(job_metrics(&m)).await,
+                    Some(Msg::Checkpoint(m, files, reply)) => {
+                        let files = files.into_iter().map(|(n, b)| (n, Bytes::from(b))).collect();
+                        let kept = ctx.reporter.checkpoint(m.step, job_metrics(&m), files).await;
+                        let ok = matches!(kept, Ok(true));
+                        let _ = reply.send(ok);
+                        kept?;
+                    }
+                    None => break,
+                },
+                () = ctx.stopped(), if !stop.load(Ordering::Relaxed) => stop.store(true, Ordering::Relaxed),
+            }
+        }
+        let outcome = worker
+            .await
+            .map_err(|e| TrainError::new("internal", format!("the training thread failed: {e}")))?
+            .map_err(err("training_failed"))?;
+        Ok(match outcome {
+            Outcome::Completed { trained_tokens } => TrainOutcome::Completed { trained_tokens },
+            Outcome::Stopped { trained_tokens, .. } => TrainOutcome::Stopped { trained_tokens },
+        })
+    }
+}

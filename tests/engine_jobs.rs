@@ -1,0 +1,377 @@
+//! The embedded engine behind the API: a tiny model the test writes is
+//! registered, fine-tuned by a real job (SFT with LoRA), paused and resumed
+//! to the same adapter as an uninterrupted run, and chatted with, all over
+//! real gRPC on port 0.
+
+mod common;
+
+use common::*;
+use lathe::proto::{
+    self, DatasetPurpose, JobState, fine_tuning_service_client::FineTuningServiceClient, job_event,
+    model_service_client::ModelServiceClient, watch_job_response::Payload,
+};
+use tonic::{Code, transport::Channel};
+use tonic_types::StatusExt;
+
+const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
+
+fn sft_lines(n: usize, offset: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let k = i + offset;
+            serde_json::json!({"messages": [
+                {"role": "system", "content": "Answer with one word."},
+                {"role": "user", "content": format!("item {}", k % 4)},
+                {"role": "assistant", "content": WORDS[k % 4]},
+            ]})
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+struct Env {
+    server: TestServer,
+    jobs: FineTuningServiceClient<Channel>,
+    models: ModelServiceClient<Channel>,
+    train: String,
+    valid: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny-model");
+    lathe::engine::tiny::write_tiny_model(&model_dir, 2, 32, 1).unwrap();
+    let mut config = lathe::config::ServeConfig::embedded(dir.path().join("data"));
+    config.job_poll_millis = 50;
+    let server = TestServer::start_with(config).await;
+    let mut models = ModelServiceClient::new(server.channel().await);
+    models
+        .register_model(proto::RegisterModelRequest {
+            name: "tiny".into(),
+            path: model_dir.display().to_string(),
+        })
+        .await
+        .unwrap();
+    let mut datasets = server.datasets().await;
+    let train = upload_bytes(
+        &mut datasets,
+        "train.jsonl",
+        DatasetPurpose::Sft,
+        "",
+        sft_lines(24, 0).as_bytes(),
+        1 << 16,
+    )
+    .await
+    .unwrap();
+    let valid = upload_bytes(
+        &mut datasets,
+        "valid.jsonl",
+        DatasetPurpose::Sft,
+        "",
+        sft_lines(12, 100).as_bytes(),
+        1 << 16,
+    )
+    .await
+    .unwrap();
+    let jobs = FineTuningServiceClient::new(server.channel().await);
+    Env {
+        server,
+        jobs,
+        models,
+        train: train.id,
+        valid: valid.id,
+        _dir: dir,
+    }
+}
+
+fn auto_int(n: i64) -> Option<proto::AutoInt> {
+    Some(proto::AutoInt {
+        value: Some(proto::auto_int::Value::Number(n)),
+    })
+}
+
+fn create(env: &Env, epochs: i64) -> proto::CreateJobRequest {
+    proto::CreateJobRequest {
+        base_model: "tiny".into(),
+        training_dataset_id: env.train.clone(),
+        validation_dataset_id: env.valid.clone(),
+        suffix: "words".into(),
+        seed: Some(3),
+        method: Some(proto::FineTuningMethod {
+            method: Some(proto::fine_tuning_method::Method::Supervised(proto::SupervisedMethod {
+                n_epochs: auto_int(epochs),
+                batch_size: auto_int(4),
+                learning_rate_multiplier: Some(proto::AutoDouble {
+                    value: Some(proto::auto_double::Value::Number(10.0)),
+                }),
+            })),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn watch_all(jobs: &mut FineTuningServiceClient<Channel>, id: &str) -> (Vec<proto::JobEvent>, proto::Job) {
+    let mut stream = jobs
+        .watch_job(proto::WatchJobRequest {
+            job_id: id.into(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        match msg.payload.unwrap() {
+            Payload::Event(e) => events.push(e),
+            Payload::End(end) => return (events, end.job.unwrap()),
+        }
+    }
+    panic!("no terminal message");
+}
+
+fn metrics(events: &[proto::JobEvent]) -> Vec<proto::JobMetrics> {
+    events
+        .iter()
+        .filter_map(|e| match &e.data {
+            Some(job_event::Data::Metrics(m)) => Some(*m),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn final_adapter(env: &mut Env, job: &str) -> Vec<u8> {
+    // The checkpoint's files as stored: read through the store and the
+    // blob directory the server writes.
+    let store = lathe::store::open(&env.server.config.database_url()).await.unwrap();
+    let ckpts = store.list_checkpoints(job, None, 100).await.unwrap();
+    let last = ckpts.iter().max_by_key(|c| c.step).unwrap();
+    let file = last
+        .files
+        .iter()
+        .find(|f| f.name == "adapter_model.safetensors")
+        .expect("a PEFT adapter in every checkpoint");
+    let blob = env
+        .server
+        .config
+        .blob_dir()
+        .join("blobs/sha256")
+        .join(&file.sha256[..2])
+        .join(&file.sha256);
+    std::fs::read(&blob).unwrap_or_else(|e| panic!("{}: {e}", blob.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_sft_job_trains_checkpoints_and_serves_its_model() {
+    let mut env = env().await;
+    let job = env
+        .jobs
+        .create_job(create(&env, 12))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let (events, done) = watch_all(&mut env.jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{:?}", done.error);
+    let m = metrics(&events);
+    assert_eq!(m.len(), 72, "12 epochs of 24 examples in batches of 4");
+    assert_eq!(m.last().unwrap().total_steps, 72);
+    let first = m.first().unwrap().train_loss.unwrap();
+    let last_valid = m.iter().rev().find_map(|x| x.valid_loss).unwrap();
+    assert!(
+        last_valid < first * 0.5,
+        "validation loss {last_valid} should fall well below the first training loss {first}"
+    );
+    assert!(m.iter().any(|x| x.valid_mean_token_accuracy.is_some()));
+    assert!(done.trained_tokens > 0);
+
+    // The model is listed and answers, streaming.
+    let model_id = done.fine_tuned_model.clone();
+    assert!(model_id.starts_with("ft:tiny:words:"), "{model_id}");
+    let got = env
+        .models
+        .get_model(proto::GetModelRequest { id: model_id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert_eq!(got.base_model, "tiny");
+    for model in ["tiny".to_string(), model_id.clone()] {
+        let mut stream = env
+            .models
+            .chat(proto::ChatRequest {
+                model: model.clone(),
+                messages: vec![
+                    proto::ChatMessage {
+                        role: "system".into(),
+                        content: "Answer with one word.".into(),
+                    },
+                    proto::ChatMessage {
+                        role: "user".into(),
+                        content: "item 3".into(),
+                    },
+                ],
+                sampling: Some(proto::SamplingParams {
+                    temperature: Some(0.0),
+                    max_tokens: Some(12),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut text = String::new();
+        let mut end = None;
+        while let Some(msg) = stream.message().await.unwrap() {
+            match msg.payload.unwrap() {
+                proto::chat_response::Payload::Delta(d) => text.push_str(&d),
+                proto::chat_response::Payload::End(e) => end = Some(e),
+            }
+        }
+        let end = end.expect("a chat ends with its end message");
+        assert!(end.prompt_tokens > 10, "{model}: {end:?}");
+        assert!(end.completion_tokens >= 1 && end.completion_tokens <= 12);
+        assert!(["stop", "length"].contains(&end.finish_reason.as_str()));
+        if model == model_id {
+            assert_eq!(text, "delta", "the fine-tuned model learned item 3 → delta");
+        }
+    }
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_end_with_the_same_adapter_as_an_uninterrupted_run() {
+    let mut env = env().await;
+    let straight = env
+        .jobs
+        .create_job(create(&env, 4))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let (_, done) = watch_all(&mut env.jobs, &straight.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32);
+    let expected = final_adapter(&mut env, &straight.id).await;
+
+    let job = env
+        .jobs
+        .create_job(create(&env, 4))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    // Pause once the first checkpoint exists, then resume.
+    let mut stream = env
+        .jobs
+        .watch_job(proto::WatchJobRequest {
+            job_id: job.id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(msg) = stream.message().await.unwrap() {
+        if let Some(Payload::Event(e)) = msg.payload
+            && matches!(e.data, Some(job_event::Data::Checkpoint(_)))
+        {
+            break;
+        }
+    }
+    drop(stream);
+    env.jobs
+        .pause_job(proto::PauseJobRequest { id: job.id.clone() })
+        .await
+        .unwrap();
+    let paused = loop {
+        let j = env
+            .jobs
+            .get_job(proto::GetJobRequest { id: job.id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        if j.state == JobState::Paused as i32 || j.state == JobState::Succeeded as i32 {
+            break j;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(paused.state, JobState::Paused as i32, "the job paused before finishing");
+    env.jobs
+        .resume_job(proto::ResumeJobRequest { id: job.id.clone() })
+        .await
+        .unwrap();
+    let (events, done) = watch_all(&mut env.jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{:?}", done.error);
+    assert!(
+        events.iter().any(|e| e.message.contains("resuming at step")),
+        "the trainer resumed from a checkpoint"
+    );
+    assert_eq!(
+        final_adapter(&mut env, &job.id).await,
+        expected,
+        "resumed run ends elsewhere"
+    );
+    env.server.stop().await;
+}
+
+#[tokio::test]
+async fn create_job_checks_the_model_and_method_against_the_embedded_trainer() {
+    let mut env = env().await;
+    let mut req = create(&env, 1);
+    req.base_model = "not-registered".into();
+    req.method = Some(proto::FineTuningMethod {
+        method: Some(proto::fine_tuning_method::Method::Dpo(proto::DpoMethod::default())),
+    });
+    req.lora = Some(proto::LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        target_modules: vec!["q_proj".into(), "attention".into()],
+    });
+    let err = env.jobs.create_job(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<String> = err
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    for f in ["base_model", "method.type", "lora.target_modules[1]"] {
+        assert!(fields.contains(&f.to_string()), "{f} missing from {fields:?}");
+    }
+    // A chat with an unknown model is NOT_FOUND, a bad role INVALID_ARGUMENT.
+    let err = env
+        .models
+        .chat(proto::ChatRequest {
+            model: "nope".into(),
+            messages: vec![proto::ChatMessage {
+                role: "user".into(),
+                content: "hi".into(),
+            }],
+            sampling: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = env
+        .models
+        .chat(proto::ChatRequest {
+            model: "tiny".into(),
+            messages: vec![proto::ChatMessage {
+                role: "robot".into(),
+                content: "hi".into(),
+            }],
+            sampling: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    env.server.stop().await;
+}

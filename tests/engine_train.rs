@@ -1,0 +1,489 @@
+//! The engine's numerics on tiny random models the tests make themselves:
+//! gradients reach every LoRA parameter and match finite differences,
+//! frozen weights never change, a memorisation task is learned, resume is
+//! exact, packing equals separate sequences, the KV cache and batching do
+//! not change what is generated, and adapters round-trip through PEFT's
+//! layout and merge.
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor, Var};
+use lathe::engine::config::ModelConfig;
+use lathe::engine::generate::{Sampling, generate};
+use lathe::engine::lora::{Adapter, LoraConfig};
+use lathe::engine::model::{BaseModel, Input, TrainState, f32_vec, single};
+use lathe::engine::optim::{AdamWParams, Schedule};
+use lathe::engine::rng::Rng;
+use lathe::engine::sft::Example;
+use lathe::engine::train::{Outcome, SftConfig, Sink, StepMetrics, packed_loss, read_checkpoint, run_sft};
+use lathe::engine::weights::{Proj, random_weights};
+
+fn config(arch: &str) -> ModelConfig {
+    ModelConfig {
+        architecture: arch.into(),
+        vocab_size: 61,
+        hidden_size: 32,
+        intermediate_size: 40,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 128,
+        tie_word_embeddings: arch == "llama",
+        attention_bias: arch == "qwen2",
+        rope_scaling: None,
+    }
+}
+
+fn tiny(arch: &str, seed: u64) -> BaseModel {
+    let c = config(arch);
+    let w = random_weights(&c, seed, &Device::Cpu).unwrap();
+    BaseModel::new(c, w, Device::Cpu).unwrap()
+}
+
+fn lora(dropout: f64) -> LoraConfig {
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout,
+        targets: Proj::ALL.to_vec(),
+    }
+}
+
+/// An adapter with B non-zero too (PEFT starts B at zero, which makes A's
+/// gradient exactly zero at step one).
+fn random_adapter(model: &BaseModel, seed: u64) -> (Adapter, Vec<Var>) {
+    let (adapter, vars) = Adapter::init(&model.config, lora(0.0), &mut Rng::new(seed), &Device::Cpu).unwrap();
+    let mut rng = Rng::new(seed + 1);
+    for v in &vars {
+        let n = v.elem_count();
+        let vals: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 0.4).collect();
+        v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    (adapter, vars)
+}
+
+fn example(ids: &[u32], trained_from: usize) -> Example {
+    Example {
+        ids: ids.to_vec(),
+        trained: (0..ids.len()).map(|i| i >= trained_from).collect(),
+    }
+}
+
+fn examples() -> Vec<Example> {
+    vec![
+        example(&[1, 5, 9, 13, 2, 40, 41, 42], 5),
+        example(&[1, 6, 10, 2, 50, 51], 4),
+        example(&[1, 7, 11, 15, 19, 2, 33, 34, 35], 6),
+        example(&[1, 8, 12, 2, 20], 4),
+    ]
+}
+
+fn loss_of(model: &BaseModel, adapter: &Adapter, exs: &[Example]) -> f64 {
+    let refs: Vec<&Example> = exs.iter().collect();
+    let (l, n, _) = packed_loss(model, adapter, &refs, None).unwrap();
+    l.to_scalar::<f32>().unwrap() as f64 / n as f64
+}
+
+#[test]
+fn every_lora_parameter_gets_a_finite_nonzero_gradient_on_both_architectures() {
+    for arch in ["llama", "qwen2"] {
+        let model = tiny(arch, 1);
+        let (adapter, vars) = random_adapter(&model, 2);
+        let exs = examples();
+        let refs: Vec<&Example> = exs.iter().collect();
+        let mut rng = Rng::new(0);
+        let (l, n, _) = packed_loss(
+            &model,
+            &adapter,
+            &refs,
+            Some(TrainState {
+                dropout: 0.0,
+                rng: &mut rng,
+            }),
+        )
+        .unwrap();
+        let grads = (l / n as f64).unwrap().backward().unwrap();
+        assert_eq!(vars.len(), model.config.num_layers * 7 * 2);
+        for (i, v) in vars.iter().enumerate() {
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{arch}: var {i} got no gradient"));
+            let vals = f32_vec(g).unwrap();
+            assert!(
+                vals.iter().all(|x| x.is_finite()),
+                "{arch}: var {i} has a non-finite gradient"
+            );
+            assert!(
+                vals.iter().any(|x| *x != 0.0),
+                "{arch}: var {i} has an all-zero gradient"
+            );
+        }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let model = tiny("llama", 3);
+    let (adapter, vars) = random_adapter(&model, 4);
+    let exs = examples();
+    let refs: Vec<&Example> = exs.iter().collect();
+    let mut rng = Rng::new(0);
+    let (l, n, _) = packed_loss(
+        &model,
+        &adapter,
+        &refs,
+        Some(TrainState {
+            dropout: 0.0,
+            rng: &mut rng,
+        }),
+    )
+    .unwrap();
+    let grads = (l / n as f64).unwrap().backward().unwrap();
+    let mut pick = Rng::new(9);
+    let mut checked = 0;
+    for _ in 0..24 {
+        let vi = pick.below(vars.len());
+        let var = &vars[vi];
+        let mut vals = f32_vec(var.as_tensor()).unwrap();
+        let k = pick.below(vals.len());
+        let analytic = f32_vec(grads.get(var.as_tensor()).unwrap()).unwrap()[k] as f64;
+        let eps = 1e-2f32;
+        let orig = vals[k];
+        vals[k] = orig + eps;
+        var.set(&Tensor::from_vec(vals.clone(), var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+        let up = loss_of(&model, &adapter, &exs);
+        vals[k] = orig - eps;
+        var.set(&Tensor::from_vec(vals.clone(), var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+        let down = loss_of(&model, &adapter, &exs);
+        vals[k] = orig;
+        var.set(&Tensor::from_vec(vals, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+        let numeric = (up - down) / (2.0 * eps as f64);
+        let tol = 2e-3 + 0.05 * analytic.abs().max(numeric.abs());
+        assert!(
+            (analytic - numeric).abs() <= tol,
+            "var {vi} elem {k}: analytic {analytic} vs numeric {numeric}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 24);
+}
+
+#[test]
+fn packing_sequences_equals_running_them_one_by_one() {
+    let model = tiny("qwen2", 5);
+    let (adapter, _) = random_adapter(&model, 6);
+    let exs = examples();
+    let refs: Vec<&Example> = exs.iter().collect();
+    let (packed, n, _) = packed_loss(&model, &adapter, &refs, None).unwrap();
+    let mut sum = 0f64;
+    let mut count = 0;
+    for e in &exs {
+        let (l, k, _) = packed_loss(&model, &adapter, &[e], None).unwrap();
+        sum += l.to_scalar::<f32>().unwrap() as f64;
+        count += k;
+    }
+    assert_eq!(n, count);
+    let packed = packed.to_scalar::<f32>().unwrap() as f64;
+    assert!((packed - sum).abs() < 1e-4 * sum.abs().max(1.0), "{packed} vs {sum}");
+}
+
+struct Collect {
+    metrics: Vec<StepMetrics>,
+    checkpoints: Vec<(u64, HashMap<String, Vec<u8>>)>,
+    stop_after: Option<u64>,
+}
+
+impl Collect {
+    fn new(stop_after: Option<u64>) -> Self {
+        Self {
+            metrics: Vec::new(),
+            checkpoints: Vec::new(),
+            stop_after,
+        }
+    }
+}
+
+impl Sink for Collect {
+    fn metrics(&mut self, m: &StepMetrics) {
+        self.metrics.push(m.clone());
+    }
+    fn checkpoint(&mut self, m: &StepMetrics, files: Vec<(String, Vec<u8>)>) -> bool {
+        self.checkpoints.push((m.step, files.into_iter().collect()));
+        true
+    }
+    fn should_stop(&self) -> bool {
+        self.stop_after
+            .is_some_and(|s| self.metrics.last().is_some_and(|m| m.step >= s))
+    }
+}
+
+fn sft_config(epochs: u64, lr: f64, dropout: f64) -> SftConfig {
+    SftConfig {
+        epochs,
+        batch_size: 2,
+        learning_rate: lr,
+        schedule: Schedule::Linear,
+        warmup_ratio: 0.1,
+        max_grad_norm: 1.0,
+        seed: 11,
+        lora: lora(dropout),
+        adamw: AdamWParams::default(),
+        micro_batch_tokens: 12,
+        eval_every: 3,
+        eval_examples: 0,
+    }
+}
+
+#[test]
+fn memorisation_drives_the_loss_near_zero_and_frozen_weights_never_change() {
+    let model = tiny("llama", 7);
+    let before: Vec<Vec<f32>> = model
+        .weights
+        .named(true)
+        .iter()
+        .map(|(_, t)| f32_vec(t).unwrap())
+        .collect();
+    let exs = examples();
+    let cfg = sft_config(60, 2e-2, 0.0);
+    let mut sink = Collect::new(None);
+    let out = run_sft(&model, &exs, &exs, &cfg, "tiny", None, &mut sink).unwrap();
+    assert!(matches!(out, Outcome::Completed { .. }));
+    let first = sink.metrics.first().unwrap().train_loss;
+    let last = sink.metrics.last().unwrap();
+    assert!(first > 2.0, "a random model starts near ln(61): {first}");
+    assert!(last.valid_loss.unwrap() < 0.05, "final loss {:?}", last.valid_loss);
+    assert!(last.valid_accuracy.unwrap() > 0.99);
+    let after: Vec<Vec<f32>> = model
+        .weights
+        .named(true)
+        .iter()
+        .map(|(_, t)| f32_vec(t).unwrap())
+        .collect();
+    assert_eq!(before, after, "a frozen base weight changed");
+}
+
+#[test]
+fn training_is_deterministic_and_resume_from_a_checkpoint_is_exact() {
+    let model = tiny("qwen2", 8);
+    let exs = examples();
+    let cfg = sft_config(4, 1e-2, 0.1);
+    let mut full = Collect::new(None);
+    run_sft(&model, &exs, &exs, &cfg, "tiny", None, &mut full).unwrap();
+    let mut again = Collect::new(None);
+    run_sft(&model, &exs, &exs, &cfg, "tiny", None, &mut again).unwrap();
+    let untimed = |m: &[StepMetrics]| -> Vec<StepMetrics> {
+        m.iter()
+            .map(|m| StepMetrics {
+                tokens_per_second: 0.0,
+                ..m.clone()
+            })
+            .collect()
+    };
+    assert_eq!(untimed(&full.metrics), untimed(&again.metrics), "same seed, same run");
+
+    // Interrupt after step 4 (the checkpoint at step 3 is the last one),
+    // then resume from it.
+    let mut first = Collect::new(Some(4));
+    let out = run_sft(&model, &exs, &exs, &cfg, "tiny", None, &mut first).unwrap();
+    assert!(matches!(out, Outcome::Stopped { step: 4, .. }), "{out:?}");
+    let (step, files) = first.checkpoints.last().unwrap().clone();
+    assert_eq!(step, 3);
+    let resume = read_checkpoint(&model, &files).unwrap();
+    let mut second = Collect::new(None);
+    run_sft(&model, &exs, &exs, &cfg, "tiny", Some(resume), &mut second).unwrap();
+    let end_full = &full.checkpoints.last().unwrap().1["adapter_model.safetensors"];
+    let end_resumed = &second.checkpoints.last().unwrap().1["adapter_model.safetensors"];
+    let a = candle_core::safetensors::load_buffer(end_full, &Device::Cpu).unwrap();
+    let b = candle_core::safetensors::load_buffer(end_resumed, &Device::Cpu).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (k, t) in &a {
+        let x = f32_vec(t).unwrap();
+        let y = f32_vec(&b[k]).unwrap();
+        let diff = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(diff <= 1e-6, "{k} differs by {diff}");
+    }
+    assert_eq!(
+        full.metrics.last().unwrap().train_loss,
+        second.metrics.last().unwrap().train_loss
+    );
+}
+
+fn greedy_without_cache(model: &BaseModel, adapter: Option<&Adapter>, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut ids = prompt.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let (t, p) = single(&ids, &Device::Cpu).unwrap();
+        let h = model
+            .forward(
+                &Input {
+                    ids: &t,
+                    positions: &p,
+                    mask: None,
+                },
+                adapter,
+                None,
+                None,
+            )
+            .unwrap();
+        let last = h.narrow(0, ids.len() - 1, 1).unwrap();
+        let logits = f32_vec(&model.logits(&last, false).unwrap()).unwrap();
+        let next = logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+            .0 as u32;
+        ids.push(next);
+        out.push(next);
+    }
+    out
+}
+
+fn byte_tokenizer() -> lathe::engine::tokenizer::Tokenizer {
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..61u32).map(|i| (format!("t{i}"), serde_json::json!(i))).collect();
+    let json = serde_json::json!({
+        "version": "1.0",
+        "added_tokens": [],
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "vocab": vocab, "merges": []},
+    });
+    lathe::engine::tokenizer::Tokenizer::from_tokenizer_json(json.to_string().as_bytes())
+        .or_else(|_| {
+            lathe::engine::tokenizer::Tokenizer::from_gguf(lathe::engine::tokenizer::GgufVocab {
+                model: "gpt2".into(),
+                pre: None,
+                tokens: (0..61).map(|i| format!("t{i}")).collect(),
+                token_types: Vec::new(),
+                merges: Vec::new(),
+                bos_id: None,
+                eos_id: None,
+                pad_id: None,
+                unk_id: None,
+                add_bos: false,
+            })
+        })
+        .unwrap()
+}
+
+#[test]
+fn cached_batched_generation_equals_full_recomputation() {
+    let model = tiny("llama", 12);
+    let (adapter, _) = random_adapter(&model, 13);
+    let tok = byte_tokenizer();
+    let prompts = vec![
+        vec![1u32, 5, 9, 13, 2],
+        vec![3u32, 4],
+        vec![7u32, 8, 9, 10, 11, 12, 13, 14],
+    ];
+    let s = Sampling {
+        max_tokens: 6,
+        ..Default::default()
+    };
+    for ad in [None, Some(&adapter)] {
+        let batched = generate(&model, ad, &tok, &prompts, &vec![s.clone(); 3], &[], &mut |_, _| {}).unwrap();
+        for (p, g) in prompts.iter().zip(&batched) {
+            let alone = generate(
+                &model,
+                ad,
+                &tok,
+                std::slice::from_ref(p),
+                std::slice::from_ref(&s),
+                &[],
+                &mut |_, _| {},
+            )
+            .unwrap();
+            assert_eq!(alone[0].tokens, g.tokens, "batching changed the output");
+            assert_eq!(
+                greedy_without_cache(&model, ad, p, 6),
+                g.tokens,
+                "the KV cache changed the output"
+            );
+            assert_eq!(g.finish_reason, "length");
+        }
+    }
+    // A stop id ends a row early while the others go on.
+    let stop = batched_first_token(&model, &tok, &prompts[1]);
+    let out = generate(
+        &model,
+        None,
+        &tok,
+        &prompts,
+        &vec![s.clone(); 3],
+        &[stop],
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(out[1].finish_reason, "stop");
+    assert!(out[1].tokens.is_empty());
+}
+
+fn batched_first_token(model: &BaseModel, tok: &lathe::engine::tokenizer::Tokenizer, p: &[u32]) -> u32 {
+    let s = Sampling {
+        max_tokens: 1,
+        ..Default::default()
+    };
+    generate(model, None, tok, &[p.to_vec()], &[s], &[], &mut |_, _| {}).unwrap()[0].tokens[0]
+}
+
+#[test]
+fn sampling_is_seeded() {
+    let model = tiny("llama", 14);
+    let tok = byte_tokenizer();
+    let s = Sampling {
+        temperature: 1.0,
+        top_p: 0.9,
+        top_k: 20,
+        max_tokens: 8,
+        seed: 5,
+        stop: Vec::new(),
+    };
+    let p = vec![vec![1u32, 2, 3]];
+    let a = generate(&model, None, &tok, &p, std::slice::from_ref(&s), &[], &mut |_, _| {}).unwrap();
+    let b = generate(&model, None, &tok, &p, std::slice::from_ref(&s), &[], &mut |_, _| {}).unwrap();
+    assert_eq!(a, b);
+    let other = Sampling { seed: 6, ..s };
+    let c = generate(&model, None, &tok, &p, &[other], &[], &mut |_, _| {}).unwrap();
+    assert_ne!(a[0].tokens, c[0].tokens, "a different seed should sample differently");
+}
+
+#[test]
+fn adapters_round_trip_through_peft_files_and_merge_into_the_base() {
+    let model = tiny("qwen2", 15);
+    let (adapter, _) = random_adapter(&model, 16);
+    let (st, cfg) = adapter.to_peft("tiny").unwrap();
+    let cfg_json: serde_json::Value = serde_json::from_slice(&cfg).unwrap();
+    assert_eq!(cfg_json["peft_type"], "LORA");
+    assert_eq!(cfg_json["r"], 4);
+    let back = Adapter::from_peft(&model.config, &st, &cfg, &Device::Cpu).unwrap();
+    let names: Vec<String> = adapter.named().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_string()));
+    for ((n, a), (_, b)) in adapter.named().iter().zip(back.named()) {
+        assert_eq!(f32_vec(a).unwrap(), f32_vec(&b).unwrap(), "{n}");
+    }
+    let merged = BaseModel::new(
+        model.config.clone(),
+        adapter.merge_into(&model.weights).unwrap(),
+        Device::Cpu,
+    )
+    .unwrap();
+    let (t, p) = single(&[1, 4, 9, 16, 25], &Device::Cpu).unwrap();
+    let input = Input {
+        ids: &t,
+        positions: &p,
+        mask: None,
+    };
+    let x = f32_vec(&model.forward(&input, Some(&back), None, None).unwrap()).unwrap();
+    let y = f32_vec(&merged.forward(&input, None, None, None).unwrap()).unwrap();
+    let diff = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-4, "merged model differs by {diff}");
+    // Garbage is an error, not a panic.
+    assert!(Adapter::from_peft(&model.config, b"nonsense", &cfg, &Device::Cpu).is_err());
+    assert!(Adapter::from_peft(&model.config, &st, b"{}", &Device::Cpu).is_err());
+}
