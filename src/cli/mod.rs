@@ -1,6 +1,7 @@
 //! The command line: `lathe serve` runs the server; every other command is a
 //! gRPC client of one (`--addr` / `LATHE_ADDR`).
 
+mod charts;
 mod chat;
 mod datasets;
 mod graders;
