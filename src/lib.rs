@@ -6,6 +6,7 @@ pub mod blobs;
 pub mod cli;
 pub mod config;
 pub mod datasets;
+pub mod evals;
 pub mod error;
 pub mod graders;
 pub mod ids;
