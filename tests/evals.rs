@@ -3,9 +3,9 @@
 
 mod common;
 #[path = "common/openai_stub.rs"]
+#[allow(dead_code)]
 mod openai_stub;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
@@ -40,9 +40,16 @@ async fn evals(server: &TestServer) -> EvalServiceClient<Channel> {
 async fn upload_items(server: &TestServer, rows: &[Value]) -> String {
     let bytes: String = rows.iter().map(|r| format!("{r}\n")).collect();
     let mut client = server.datasets().await;
-    let d = upload_bytes(&mut client, "items.jsonl", proto::DatasetPurpose::Eval, "", bytes.as_bytes(), 4096)
-        .await
-        .expect("upload");
+    let d = upload_bytes(
+        &mut client,
+        "items.jsonl",
+        proto::DatasetPurpose::Eval,
+        "",
+        bytes.as_bytes(),
+        4096,
+    )
+    .await
+    .expect("upload");
     assert_eq!(d.state, proto::DatasetState::Ready as i32, "{d:?}");
     d.id
 }
@@ -83,7 +90,7 @@ fn numbered(n: usize) -> Vec<Value> {
 fn model_source() -> proto::create_eval_run_request::Source {
     proto::create_eval_run_request::Source::Model(proto::ModelSource {
         model: "stub/m".into(),
-        input_messages: Some(proto::ListValue {
+        input_messages: Some(prost_types::ListValue {
             values: vec![lathe::api::convert::value_from_json(
                 &json!({"role": "user", "content": "what is {{ item.n }}"}),
             )],
@@ -173,7 +180,11 @@ fn seqs(progress: &[proto::EvalProgress]) -> Vec<u64> {
     progress.iter().map(|p| p.seq).collect()
 }
 
-async fn all_items(client: &mut EvalServiceClient<Channel>, run_id: &str, status: proto::OutputItemStatus) -> Vec<proto::OutputItem> {
+async fn all_items(
+    client: &mut EvalServiceClient<Channel>,
+    run_id: &str,
+    status: proto::OutputItemStatus,
+) -> Vec<proto::OutputItem> {
     let mut out = Vec::new();
     let mut token = String::new();
     loop {
@@ -209,7 +220,11 @@ async fn a_run_over_200_items_reaches_the_exact_pass_count_and_watch_resumes_fro
     assert_eq!(run.state, proto::EvalRunState::Queued as i32);
     assert_eq!(run.concurrency, 16, "the default");
     let (live, end) = watch_all(&mut client, &run.id, 0).await;
-    assert_eq!(seqs(&live), (1..=200).collect::<Vec<_>>(), "gapless, in order, no repeats");
+    assert_eq!(
+        seqs(&live),
+        (1..=200).collect::<Vec<_>>(),
+        "gapless, in order, no repeats"
+    );
     let last = live.last().unwrap();
     assert_eq!((last.completed, last.total), (200, 200));
     assert!(last.items_per_second > 0.0);
@@ -217,7 +232,10 @@ async fn a_run_over_200_items_reaches_the_exact_pass_count_and_watch_resumes_fro
     // 0, 3, ..., 198 are answered wrongly: 67 fail, 133 pass.
     assert_eq!(end.state, proto::EvalRunState::Completed as i32, "{end:?}");
     let counts = end.result_counts.clone().unwrap();
-    assert_eq!((counts.total, counts.passed, counts.failed, counts.errored), (200, 133, 67, 0));
+    assert_eq!(
+        (counts.total, counts.passed, counts.failed, counts.errored),
+        (200, 133, 67, 0)
+    );
     let exact = &end.per_criterion[0];
     assert_eq!((exact.name.as_str(), exact.passed, exact.failed), ("exact", 133, 67));
     assert!((exact.pass_rate - 0.665).abs() < 1e-12);
@@ -228,7 +246,10 @@ async fn a_run_over_200_items_reaches_the_exact_pass_count_and_watch_resumes_fro
     assert!(end.finished_at.is_some() && end.started_at.is_some());
     assert_eq!(stub.requests.lock().unwrap().len(), 200, "one request per item");
     let body: Value = serde_json::from_str(&stub.requests.lock().unwrap()[0].2).unwrap();
-    assert_eq!((body["temperature"].clone(), body["seed"].clone(), body["model"].clone()), (json!(0.0), json!(7), json!("m")));
+    assert_eq!(
+        (body["temperature"].clone(), body["seed"].clone(), body["model"].clone()),
+        (json!(0.0), json!(7), json!("m"))
+    );
 
     // Resume from a cursor: exactly what came after it, then one end.
     let (rest, end2) = watch_all(&mut client, &run.id, 150).await;
@@ -238,9 +259,16 @@ async fn a_run_over_200_items_reaches_the_exact_pass_count_and_watch_resumes_fro
 
     let failed = all_items(&mut client, &run.id, proto::OutputItemStatus::Fail).await;
     assert_eq!(failed.len(), 67);
-    assert!(failed.iter().all(|i| i.index % 3 == 0 && i.sample == "wrong" && !i.results[0].passed));
+    assert!(
+        failed
+            .iter()
+            .all(|i| i.index % 3 == 0 && i.sample == "wrong" && !i.results[0].passed)
+    );
     let all = all_items(&mut client, &run.id, proto::OutputItemStatus::Unspecified).await;
-    assert_eq!(all.iter().map(|i| i.index).collect::<Vec<_>>(), (0..200).collect::<Vec<_>>());
+    assert_eq!(
+        all.iter().map(|i| i.index).collect::<Vec<_>>(),
+        (0..200).collect::<Vec<_>>()
+    );
     assert_eq!(
         lathe::api::convert::json_from_value(all[5].input.clone().unwrap().values[0].clone()),
         json!({"role": "user", "content": "what is 5"})
@@ -265,7 +293,11 @@ async fn a_restarted_server_resumes_the_run_without_sampling_or_grading_items_ag
     // The first half answers at once; the second waits at the gate.
     stub.respond_with(|body| {
         let n = item_number(body);
-        if n < 100 { answer(n) } else { Reply::Gated(Box::new(answer(n))) }
+        if n < 100 {
+            answer(n)
+        } else {
+            Reply::Gated(Box::new(answer(n)))
+        }
     });
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &url);
@@ -276,7 +308,9 @@ async fn a_restarted_server_resumes_the_run_without_sampling_or_grading_items_ag
         let dataset_id = upload_items(&server, &numbered(200)).await;
         let run = create_run(&mut client, &eval_id, &dataset_id, model_source(), 8, 0.0).await;
         // Items are dispatched in order: 0..99 finish, then 8 wait.
-        tokio::time::timeout(PATIENCE, stub.wait_gated(8)).await.expect("8 gated requests");
+        tokio::time::timeout(PATIENCE, stub.wait_gated(8))
+            .await
+            .expect("8 gated requests");
         let mut stream = client
             .watch_eval_run(proto::WatchEvalRunRequest {
                 run_id: run.id.clone(),
@@ -286,7 +320,11 @@ async fn a_restarted_server_resumes_the_run_without_sampling_or_grading_items_ag
             .unwrap()
             .into_inner();
         loop {
-            let msg = tokio::time::timeout(PATIENCE, stream.message()).await.unwrap().unwrap().unwrap();
+            let msg = tokio::time::timeout(PATIENCE, stream.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             if let Some(Payload::Progress(p)) = msg.payload
                 && p.completed == 100
             {
@@ -297,18 +335,28 @@ async fn a_restarted_server_resumes_the_run_without_sampling_or_grading_items_ag
     };
     server.stop().await;
     // The stopped server dropped its in-flight requests.
-    tokio::time::timeout(PATIENCE, stub.wait_dropped(8)).await.expect("in-flight requests dropped");
+    tokio::time::timeout(PATIENCE, stub.wait_dropped(8))
+        .await
+        .expect("in-flight requests dropped");
     stub.open_gate();
 
     let server = TestServer::start_with(config).await;
     let mut client = evals(&server).await;
     let (progress, end) = watch_all(&mut client, &run_id, 0).await;
     assert_eq!(end.state, proto::EvalRunState::Completed as i32, "{end:?}");
-    assert_eq!(seqs(&progress), (1..=200).collect::<Vec<_>>(), "one gapless log across the restart");
+    assert_eq!(
+        seqs(&progress),
+        (1..=200).collect::<Vec<_>>(),
+        "one gapless log across the restart"
+    );
     let counts = end.result_counts.unwrap();
     assert_eq!((counts.passed, counts.failed, counts.errored), (133, 67, 0));
     for n in 0..100 {
-        assert_eq!(stub.requests_for(&format!("what is {n}")), 1, "item {n} was sampled once");
+        assert_eq!(
+            stub.requests_for(&format!("what is {n}")),
+            1,
+            "item {n} was sampled once"
+        );
     }
     let requests = stub.requests.lock().unwrap().len();
     assert_eq!(requests, 200 + 8, "only the 8 dropped items were sampled again");
@@ -328,7 +376,9 @@ async fn cancel_stops_dispatching_and_drops_in_flight_requests() {
     let eval_id = create_eval(&mut client).await;
     let dataset_id = upload_items(&server, &numbered(50)).await;
     let run = create_run(&mut client, &eval_id, &dataset_id, model_source(), 4, 0.0).await;
-    tokio::time::timeout(PATIENCE, stub.wait_gated(4)).await.expect("4 in flight");
+    tokio::time::timeout(PATIENCE, stub.wait_gated(4))
+        .await
+        .expect("4 in flight");
 
     let canceled = client
         .cancel_eval_run(proto::CancelEvalRunRequest { id: run.id.clone() })
@@ -338,13 +388,23 @@ async fn cancel_stops_dispatching_and_drops_in_flight_requests() {
         .run
         .unwrap();
     assert_eq!(canceled.state, proto::EvalRunState::Canceled as i32);
-    tokio::time::timeout(PATIENCE, stub.wait_dropped(4)).await.expect("in-flight requests dropped");
+    tokio::time::timeout(PATIENCE, stub.wait_dropped(4))
+        .await
+        .expect("in-flight requests dropped");
     let (progress, end) = watch_all(&mut client, &run.id, 0).await;
     assert!(progress.is_empty(), "nothing in flight was recorded");
     assert_eq!(end.state, proto::EvalRunState::Canceled as i32);
     stub.open_gate();
-    assert_eq!(stub.requests.lock().unwrap().len(), 4, "nothing dispatched after the cancel");
-    assert!(all_items(&mut client, &run.id, proto::OutputItemStatus::Unspecified).await.is_empty());
+    assert_eq!(
+        stub.requests.lock().unwrap().len(),
+        4,
+        "nothing dispatched after the cancel"
+    );
+    assert!(
+        all_items(&mut client, &run.id, proto::OutputItemStatus::Unspecified)
+            .await
+            .is_empty()
+    );
     let again = client
         .cancel_eval_run(proto::CancelEvalRunRequest { id: run.id.clone() })
         .await
@@ -382,11 +442,19 @@ async fn provider_faults_are_item_errors_until_the_error_rate_fails_the_run() {
     assert_eq!(end.state, proto::EvalRunState::Completed as i32, "{end:?}");
     let counts = end.result_counts.unwrap();
     assert_eq!((counts.passed, counts.failed, counts.errored), (70, 0, 30));
-    assert_eq!(progress.iter().filter(|p| !p.error.is_empty()).count(), 30, "errors as they happen");
+    assert_eq!(
+        progress.iter().filter(|p| !p.error.is_empty()).count(),
+        30,
+        "errors as they happen"
+    );
     let errors = all_items(&mut client, &run.id, proto::OutputItemStatus::Error).await;
     assert_eq!(errors.len(), 30);
     assert!(errors.iter().all(|i| (1..=3).contains(&(i.index % 10))));
-    assert!(errors.iter().any(|i| i.error.contains("HTTP 500")), "{:?}", errors[0].error);
+    assert!(
+        errors.iter().any(|i| i.error.contains("HTTP 500")),
+        "{:?}",
+        errors[0].error
+    );
     assert!(errors.iter().any(|i| i.error.contains("429")));
     assert!(errors.iter().any(|i| i.error.contains("not JSON")));
     assert!(errors.iter().all(|i| i.error.starts_with("sampling failed")));
@@ -442,22 +510,33 @@ async fn comparing_precomputed_runs_gives_pass_rates_and_the_exact_mcnemar_p_val
     assert!((rate_a.ci_low - 0.487_800_5).abs() < 1e-6 && (rate_a.ci_high - 0.807_695_0).abs() < 1e-6);
     assert!((cmp.runs[1].per_criterion[0].pass_rate - 12.0 / 30.0).abs() < 1e-12);
     let test = cmp.paired_tests.iter().find(|t| t.criterion == "exact").unwrap();
-    assert_eq!((test.shared_items, test.baseline_only_passed, test.run_only_passed), (30, 10, 2));
+    assert_eq!(
+        (test.shared_items, test.baseline_only_passed, test.run_only_passed),
+        (30, 10, 2)
+    );
     // Exact McNemar: 2 * P(X <= 2), X ~ Bin(12, 1/2) = 2 * (1 + 12 + 66) / 4096.
     assert!((test.p_value - 158.0 / 4096.0).abs() < 1e-12, "{}", test.p_value);
     assert!(test.significant);
-    assert_eq!((test.baseline_run_id.as_str(), test.run_id.as_str()), (a.id.as_str(), b.id.as_str()));
+    assert_eq!(
+        (test.baseline_run_id.as_str(), test.run_id.as_str()),
+        (a.id.as_str(), b.id.as_str())
+    );
     let all = cmp.paired_tests.iter().find(|t| t.criterion == "all").unwrap();
     assert_eq!(all.p_value, test.p_value);
     let disagree: Vec<u64> = cmp.disagreements.iter().map(|d| d.index).collect();
     assert_eq!(disagree, (0..10).chain(20..22).collect::<Vec<_>>());
     assert_eq!(
         cmp.disagreements[0].statuses,
-        vec![proto::OutputItemStatus::Pass as i32, proto::OutputItemStatus::Fail as i32]
+        vec![
+            proto::OutputItemStatus::Pass as i32,
+            proto::OutputItemStatus::Fail as i32
+        ]
     );
 
     let err = client
-        .compare_eval_runs(proto::CompareEvalRunsRequest { run_ids: vec![a.id.clone()] })
+        .compare_eval_runs(proto::CompareEvalRunsRequest {
+            run_ids: vec![a.id.clone()],
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -488,7 +567,12 @@ fn violations(status: &tonic::Status) -> Vec<(String, String)> {
     status
         .get_error_details()
         .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| (v.field.clone(), v.description.clone())).collect())
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| (v.field.clone(), v.description.clone()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -504,7 +588,9 @@ async fn bad_input_is_refused_with_field_violations() {
             item_schema: Some(struct_from_json(&json!({"type": "object", "pattern": "x"}))),
             testing_criteria: vec![
                 proto::TestingCriterion {
-                    grader: Some(struct_from_json(&json!({"type": "string_check", "name": "s", "input": "a"}))),
+                    grader: Some(struct_from_json(
+                        &json!({"type": "string_check", "name": "s", "input": "a"}),
+                    )),
                     pass_threshold: None,
                     name: String::new(),
                 },
@@ -524,8 +610,14 @@ async fn bad_input_is_refused_with_field_violations() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let fields: Vec<String> = violations(&err).into_iter().map(|(f, _)| f).collect();
     assert!(fields.contains(&"item_schema.pattern".to_string()), "{fields:?}");
-    assert!(fields.iter().any(|f| f.starts_with("testing_criteria[0].grader")), "{fields:?}");
-    assert!(fields.contains(&"testing_criteria[1].pass_threshold".to_string()), "{fields:?}");
+    assert!(
+        fields.iter().any(|f| f.starts_with("testing_criteria[0].grader")),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"testing_criteria[1].pass_threshold".to_string()),
+        "{fields:?}"
+    );
 
     let eval_id = create_eval(&mut client).await;
     let dataset_id = upload_items(&server, &[json!({"n": 1, "answer": "1"}), json!({"n": 2})]).await;
@@ -582,10 +674,11 @@ async fn bare_model_names_need_the_local_engine() {
     assert_eq!(end.result_counts.unwrap().errored, 3);
     let items = all_items(&mut client, &run.id, proto::OutputItemStatus::Error).await;
     assert!(
-        items[0].error.contains("no local inference engine is configured for model llama-3-8b"),
+        items[0]
+            .error
+            .contains("no local inference engine is configured for model llama-3-8b"),
         "{}",
         items[0].error
     );
-    let _ = Ordering::SeqCst;
     server.stop().await;
 }

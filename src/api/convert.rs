@@ -513,7 +513,8 @@ pub fn create_eval(req: proto::CreateEvalRequest) -> Result<CreateEval, Error> {
 }
 
 fn json_list(l: Option<prost_types::ListValue>) -> Vec<serde_json::Value> {
-    l.map(|l| l.values.into_iter().map(json_from_value).collect()).unwrap_or_default()
+    l.map(|l| l.values.into_iter().map(json_from_value).collect())
+        .unwrap_or_default()
 }
 
 fn list_value(values: &[serde_json::Value]) -> prost_types::ListValue {

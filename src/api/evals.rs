@@ -34,7 +34,10 @@ impl EvalService for EvalApi {
         }))
     }
 
-    async fn get_eval(&self, request: Request<proto::GetEvalRequest>) -> Result<Response<proto::GetEvalResponse>, Status> {
+    async fn get_eval(
+        &self,
+        request: Request<proto::GetEvalRequest>,
+    ) -> Result<Response<proto::GetEvalResponse>, Status> {
         let eval = self.evals.get_eval(&request.into_inner().id).await?;
         Ok(Response::new(proto::GetEvalResponse {
             eval: Some(convert::eval(eval)),
@@ -115,7 +118,9 @@ impl EvalService for EvalApi {
         let stream = ReceiverStream::new(items).map(move |item| {
             use proto::watch_eval_run_response::Payload;
             let payload = match item.map_err(Status::from)? {
-                WatchItem::Progress { item, total } => Payload::Progress(convert::eval_progress(&criteria, item, total)),
+                WatchItem::Progress { item, total } => {
+                    Payload::Progress(convert::eval_progress(&criteria, item, total))
+                }
                 WatchItem::End(run) => Payload::End(convert::eval_run(run)),
             };
             Ok(proto::WatchEvalRunResponse { payload: Some(payload) })

@@ -196,11 +196,17 @@ impl Evals {
         }
         if let Some(s) = &req.item_schema {
             for (pointer, message) in schema::check_schema(s) {
-                v.push(FieldViolation::new(format!("item_schema{}", pointer.replace('/', ".")), message));
+                v.push(FieldViolation::new(
+                    format!("item_schema{}", pointer.replace('/', ".")),
+                    message,
+                ));
             }
         }
         if req.criteria.is_empty() {
-            v.push(FieldViolation::new("testing_criteria", "give at least one testing criterion"));
+            v.push(FieldViolation::new(
+                "testing_criteria",
+                "give at least one testing criterion",
+            ));
         }
         if req.metadata.len() > 16 {
             v.push(FieldViolation::new("metadata", "at most 16 key-value pairs"));
@@ -230,7 +236,10 @@ impl Evals {
                 }
                 (_, Some(t)) if t.is_finite() => t,
                 (_, Some(_)) => {
-                    v.push(FieldViolation::new(format!("{field}.pass_threshold"), "must be a finite number"));
+                    v.push(FieldViolation::new(
+                        format!("{field}.pass_threshold"),
+                        "must be a finite number",
+                    ));
                     continue;
                 }
                 (_, None) => {
@@ -273,7 +282,10 @@ impl Evals {
 
     pub async fn get_eval(&self, id: &str) -> Result<EvalRecord> {
         check_id("eval", "id", id, "an eval id")?;
-        self.store.get_eval(id).await?.ok_or_else(|| Error::not_found("eval", id))
+        self.store
+            .get_eval(id)
+            .await?
+            .ok_or_else(|| Error::not_found("eval", id))
     }
 
     fn check_source(source: &Option<DataSource>, v: &mut Vec<FieldViolation>) {
@@ -298,7 +310,10 @@ impl Evals {
                 for (i, m) in input_messages.iter().enumerate() {
                     let field = format!("model.input_messages[{i}]");
                     if !m.get("role").is_some_and(Value::is_string) {
-                        v.push(FieldViolation::new(format!("{field}.role"), "a role string is required"));
+                        v.push(FieldViolation::new(
+                            format!("{field}.role"),
+                            "a role string is required",
+                        ));
                     }
                     let texts: Vec<&str> = match m.get("content") {
                         Some(Value::String(s)) => vec![s],
@@ -325,7 +340,10 @@ impl Evals {
                 if let Some(t) = sampling.temperature
                     && !(0.0..=2.0).contains(&t)
                 {
-                    v.push(FieldViolation::new("model.sampling_params.temperature", "must be between 0 and 2"));
+                    v.push(FieldViolation::new(
+                        "model.sampling_params.temperature",
+                        "must be between 0 and 2",
+                    ));
                 }
                 if let Some(p) = sampling.top_p
                     && !(p > 0.0 && p <= 1.0)
@@ -333,7 +351,10 @@ impl Evals {
                     v.push(FieldViolation::new("model.sampling_params.top_p", "must be in (0, 1]"));
                 }
                 if sampling.max_tokens == Some(0) {
-                    v.push(FieldViolation::new("model.sampling_params.max_tokens", "must be at least 1"));
+                    v.push(FieldViolation::new(
+                        "model.sampling_params.max_tokens",
+                        "must be at least 1",
+                    ));
                 }
             }
             Some(DataSource::Precomputed { sample_template }) => match Template::parse(sample_template) {
@@ -396,7 +417,11 @@ impl Evals {
             if d.purpose != Purpose::Eval {
                 v.push(FieldViolation::new(
                     "dataset_id",
-                    format!("dataset {} was uploaded for {}; evals need eval data", d.id, d.purpose.as_str()),
+                    format!(
+                        "dataset {} was uploaded for {}; evals need eval data",
+                        d.id,
+                        d.purpose.as_str()
+                    ),
                 ));
             }
             Some(d)
@@ -569,7 +594,10 @@ impl Evals {
                     .strip_prefix(ITEMS_TOKEN)
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| {
-                        Error::invalid("page_token", "not a page token from a previous ListOutputItems response")
+                        Error::invalid(
+                            "page_token",
+                            "not a page token from a previous ListOutputItems response",
+                        )
                     })?,
             )
         };
@@ -646,9 +674,15 @@ impl Evals {
         let mut v = Vec::new();
         for (i, id) in run_ids.iter().enumerate() {
             if !ids::is_valid("evalrun", id) {
-                v.push(FieldViolation::new(format!("run_ids[{i}]"), format!("{id:?} is not an eval run id")));
+                v.push(FieldViolation::new(
+                    format!("run_ids[{i}]"),
+                    format!("{id:?} is not an eval run id"),
+                ));
             } else if run_ids[..i].contains(id) {
-                v.push(FieldViolation::new(format!("run_ids[{i}]"), format!("run {id} is listed twice")));
+                v.push(FieldViolation::new(
+                    format!("run_ids[{i}]"),
+                    format!("run {id} is listed twice"),
+                ));
             }
         }
         if !v.is_empty() {

@@ -42,7 +42,10 @@ fn check_at(schema: &Value, at: &str, out: &mut Vec<(String, String)>) {
         None => {}
         Some(Value::String(t)) if TYPES.contains(&t.as_str()) => {}
         Some(Value::Array(ts)) if ts.iter().all(|t| t.as_str().is_some_and(|t| TYPES.contains(&t))) => {}
-        Some(_) => out.push((format!("{at}/type"), format!("must be one of {TYPES:?} or a list of them"))),
+        Some(_) => out.push((
+            format!("{at}/type"),
+            format!("must be one of {TYPES:?} or a list of them"),
+        )),
     }
     if let Some(r) = map.get("required")
         && !r.as_array().is_some_and(|a| a.iter().all(Value::is_string))
@@ -118,7 +121,10 @@ fn validate_at(schema: &Value, value: &Value, at: &str, out: &mut Vec<(String, S
     if let Some(Value::Array(allowed)) = map.get("enum")
         && !allowed.contains(value)
     {
-        out.push((at.to_string(), format!("must be one of {}", Value::Array(allowed.clone()))));
+        out.push((
+            at.to_string(),
+            format!("must be one of {}", Value::Array(allowed.clone())),
+        ));
     }
     if let Value::Object(obj) = value {
         if let Some(Value::Array(required)) = map.get("required") {
@@ -168,7 +174,14 @@ mod tests {
             }
         });
         assert!(check_schema(&schema).is_empty());
-        assert!(validate(&schema, &json!({"question": "q", "answer": "yes", "tags": ["a"], "n": 3}), 10).is_empty());
+        assert!(
+            validate(
+                &schema,
+                &json!({"question": "q", "answer": "yes", "tags": ["a"], "n": 3}),
+                10
+            )
+            .is_empty()
+        );
         let problems = validate(&schema, &json!({"answer": "maybe", "tags": ["a", 1]}), 10);
         let pointers: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(pointers, ["/question", "/answer", "/tags/1"]);

@@ -230,7 +230,9 @@ macro_rules! impl_eval_store {
                 .bind(limit as i64)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter().map($crate::store::rows::output_item_from_row).collect()
+                rows.iter()
+                    .map($crate::store::rows::output_item_from_row)
+                    .collect()
             }
 
             async fn list_output_items_by_seq(
@@ -239,15 +241,16 @@ macro_rules! impl_eval_store {
                 after_seq: u64,
                 limit: usize,
             ) -> Result<Vec<$crate::evals::model::OutputItemRecord>, $crate::store::StoreError> {
-                let rows = sqlx::query(
-                    "SELECT * FROM eval_output_items WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                )
-                .bind(run_id)
-                .bind(after_seq as i64)
-                .bind(limit as i64)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter().map($crate::store::rows::output_item_from_row).collect()
+                let rows =
+                    sqlx::query("SELECT * FROM eval_output_items WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+                        .bind(run_id)
+                        .bind(after_seq as i64)
+                        .bind(limit as i64)
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.iter()
+                    .map($crate::store::rows::output_item_from_row)
+                    .collect()
             }
         }
     };

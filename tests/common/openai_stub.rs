@@ -69,8 +69,7 @@ impl Stub {
             .unwrap()
             .iter()
             .filter(|(_, _, body)| {
-                serde_json::from_str::<serde_json::Value>(body)
-                    .is_ok_and(|b| b["messages"][0]["content"] == content)
+                serde_json::from_str::<serde_json::Value>(body).is_ok_and(|b| b["messages"][0]["content"] == content)
             })
             .count()
     }
