@@ -3,7 +3,6 @@
 
 mod common;
 #[path = "common/openai_stub.rs"]
-#[allow(dead_code)]
 mod openai_stub;
 
 use std::time::Duration;
@@ -116,7 +115,11 @@ fn item_number(body: &Value) -> usize {
 
 /// Right answers except for multiples of three.
 fn answer(n: usize) -> Reply {
-    let text = if n % 3 == 0 { "wrong".to_string() } else { n.to_string() };
+    let text = if n.is_multiple_of(3) {
+        "wrong".to_string()
+    } else {
+        n.to_string()
+    };
     Reply::Json(chat_body(&text))
 }
 
@@ -231,7 +234,7 @@ async fn a_run_over_200_items_reaches_the_exact_pass_count_and_watch_resumes_fro
 
     // 0, 3, ..., 198 are answered wrongly: 67 fail, 133 pass.
     assert_eq!(end.state, proto::EvalRunState::Completed as i32, "{end:?}");
-    let counts = end.result_counts.clone().unwrap();
+    let counts = end.result_counts.unwrap();
     assert_eq!(
         (counts.total, counts.passed, counts.failed, counts.errored),
         (200, 133, 67, 0)

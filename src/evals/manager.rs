@@ -226,7 +226,7 @@ impl Evals {
             let kind = parsed.kind();
             let pass_threshold = match (kind, threshold) {
                 ("string_check" | "label_model", None) => 1.0,
-                ("string_check" | "label_model", Some(t)) if t == 1.0 => 1.0,
+                ("string_check" | "label_model", Some(1.0)) => 1.0,
                 ("string_check" | "label_model", Some(_)) => {
                     v.push(FieldViolation::new(
                         format!("{field}.pass_threshold"),

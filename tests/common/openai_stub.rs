@@ -1,6 +1,8 @@
 //! A test-only OpenAI-compatible HTTP server: answers chat completions and
 //! embeddings, and injects faults from a script (status codes with
 //! Retry-After, slow replies, malformed bodies). Never in the product.
+// Each test binary uses a different part of the stub.
+#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::sync::{
