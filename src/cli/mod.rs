@@ -2,6 +2,7 @@
 //! gRPC client of one (`--addr` / `LATHE_ADDR`).
 
 mod datasets;
+mod evals;
 mod graders;
 mod jobs;
 mod models;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Run, validate, save and dry-run OpenAI-format graders.
     #[command(subcommand)]
     Graders(graders::GradersCommand),
+    /// Create evals, run them over datasets, follow, read and compare runs.
+    #[command(subcommand)]
+    Evals(evals::EvalsCommand),
     /// Register base models; list, inspect and delete models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -84,6 +88,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Datasets(cmd) => datasets::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Jobs(cmd) => jobs::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Graders(cmd) => graders::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
+        Command::Evals(cmd) => evals::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Models(cmd) => models::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Quickstart(args) => quickstart::run(cli.addr.as_deref(), args).await,
     }
