@@ -68,11 +68,18 @@ async fn services_not_built_yet_answer_unimplemented() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let channel = server.channel().await;
+    // Chat waits for the local inference engine.
+    let err = proto::model_service_client::ModelServiceClient::new(channel.clone())
+        .chat(proto::ChatRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    // EvalService is built: an empty id is bad input, not a missing method.
     let err = proto::eval_service_client::EvalServiceClient::new(channel)
         .get_eval_run(proto::GetEvalRunRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(err.code(), Code::InvalidArgument);
     server.stop().await;
 }
 
