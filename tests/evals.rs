@@ -382,6 +382,16 @@ async fn cancel_stops_dispatching_and_drops_in_flight_requests() {
     tokio::time::timeout(PATIENCE, stub.wait_gated(4))
         .await
         .expect("4 in flight");
+    let mut datasets = server.datasets().await;
+    let busy = datasets
+        .delete_dataset(proto::DeleteDatasetRequest { id: dataset_id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        busy.code(),
+        tonic::Code::FailedPrecondition,
+        "a running eval pins its dataset"
+    );
 
     let canceled = client
         .cancel_eval_run(proto::CancelEvalRunRequest { id: run.id.clone() })
@@ -414,6 +424,10 @@ async fn cancel_stops_dispatching_and_drops_in_flight_requests() {
         .unwrap_err();
     assert_eq!(again.code(), tonic::Code::FailedPrecondition);
     assert!(again.message().contains("canceled"), "{}", again.message());
+    datasets
+        .delete_dataset(proto::DeleteDatasetRequest { id: dataset_id })
+        .await
+        .expect("a canceled run lets go of its dataset");
     server.stop().await;
 }
 

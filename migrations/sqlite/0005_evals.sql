@@ -10,6 +10,7 @@ CREATE TABLE eval_runs (
     id               TEXT PRIMARY KEY NOT NULL,
     eval_id          TEXT NOT NULL REFERENCES evals (id) ON DELETE CASCADE,
     spec             TEXT NOT NULL,   -- JSON RunSpec
+    dataset_id       TEXT NOT NULL,   -- also in spec; a column so dataset deletes can check it
     state            TEXT NOT NULL,
     total            INTEGER NOT NULL,
     progress         TEXT NOT NULL,   -- JSON Progress: the tallies of the items recorded so far
@@ -23,6 +24,7 @@ CREATE TABLE eval_runs (
 );
 CREATE INDEX eval_runs_by_eval ON eval_runs (eval_id, created_at DESC, id DESC);
 CREATE INDEX eval_runs_queue ON eval_runs (state, created_at, id);
+CREATE INDEX eval_runs_by_dataset ON eval_runs (dataset_id);
 
 -- One row per finished item; seq numbers a run's progress events 1, 2, 3, ...
 CREATE TABLE eval_output_items (

@@ -42,12 +42,13 @@ macro_rules! impl_eval_store {
             ) -> Result<(), $crate::store::StoreError> {
                 use $crate::store::rows::to_json;
                 let result = sqlx::query(
-                    "INSERT INTO eval_runs (id, eval_id, spec, state, total, progress, error, created_at, next_seq)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0)",
+                    "INSERT INTO eval_runs (id, eval_id, spec, dataset_id, state, total, progress, error, created_at, next_seq)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)",
                 )
                 .bind(&r.id)
                 .bind(&r.eval_id)
                 .bind(to_json(&r.spec))
+                .bind(&r.spec.dataset_id)
                 .bind(r.state.as_str())
                 .bind(r.total as i64)
                 .bind(to_json(&r.progress))

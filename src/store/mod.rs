@@ -152,7 +152,7 @@ pub trait JobStore: Send + Sync + 'static {
         before_step: Option<u64>,
         limit: usize,
     ) -> Result<Vec<CheckpointRecord>, StoreError>;
-    /// Whether a job that is not finished uses this dataset.
+    /// Whether a job or an eval run that is not finished uses this dataset.
     async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, StoreError>;
     /// Inserts or updates a fine-tuned model (a job may re-record it).
     async fn insert_model(&self, model: &ModelRecord) -> Result<(), StoreError>;

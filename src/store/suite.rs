@@ -605,6 +605,10 @@ pub async fn evals_runs_are_leased_and_record_items_with_gapless_seqs(store: imp
     let run = run_record(1, &eval.id, 20);
     store.insert_eval_run(&run).await.unwrap();
     assert_eq!(store.get_eval_run(&run.id).await.unwrap(), Some(run.clone()));
+    assert!(
+        store.dataset_in_use(&run.spec.dataset_id).await.unwrap(),
+        "a queued run pins its dataset"
+    );
 
     // Claimed once, leased, then nobody else's until the lease runs out.
     let claimed = store.claim_next_eval_run("w1", 1000, 2000).await.unwrap().unwrap();
