@@ -656,7 +656,7 @@ async fn bad_input_is_refused_with_field_violations() {
 
     let err = client
         .create_eval_run(proto::CreateEvalRunRequest {
-            eval_id,
+            eval_id: eval_id.clone(),
             dataset_id,
             source: None,
             concurrency: 1000,
@@ -667,6 +667,45 @@ async fn bad_input_is_refused_with_field_violations() {
         .unwrap_err();
     let fields: Vec<String> = violations(&err).into_iter().map(|(f, _)| f).collect();
     assert_eq!(fields, ["source", "concurrency", "error_rate_threshold"]);
+    // A saved grader by name: the eval keeps the grader object itself.
+    let mut graders = lathe::proto::grader_service_client::GraderServiceClient::new(server.channel().await);
+    graders
+        .create_grader(proto::CreateGraderRequest {
+            name: "exact-v1".into(),
+            grader: exact_match().grader,
+        })
+        .await
+        .expect("save grader");
+    let saved = |name: &str| proto::TestingCriterion {
+        grader: Some(struct_from_json(&json!({"name": name}))),
+        pass_threshold: None,
+        name: String::new(),
+    };
+    let eval = client
+        .create_eval(proto::CreateEvalRequest {
+            name: "saved".into(),
+            item_schema: None,
+            testing_criteria: vec![saved("exact-v1")],
+            metadata: Default::default(),
+        })
+        .await
+        .expect("create eval from a saved grader")
+        .into_inner()
+        .eval
+        .unwrap();
+    assert_eq!(eval.testing_criteria[0].name, "exact");
+    assert_eq!(eval.testing_criteria[0].grader, exact_match().grader);
+    let err = client
+        .create_eval(proto::CreateEvalRequest {
+            name: "missing".into(),
+            item_schema: None,
+            testing_criteria: vec![saved("nope")],
+            metadata: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
     let err = client
         .get_eval_run(proto::GetEvalRunRequest { id: "nope".into() })
         .await
