@@ -97,6 +97,14 @@ impl ServeConfig {
         }
     }
 
+    pub fn evals_config(&self) -> crate::evals::manager::EvalsConfig {
+        crate::evals::manager::EvalsConfig {
+            lease: Duration::from_secs(self.job_lease_secs.max(1)),
+            poll: Duration::from_millis(self.job_poll_millis.max(10)),
+            ..Default::default()
+        }
+    }
+
     pub fn dataset_limits(&self) -> DatasetLimits {
         DatasetLimits {
             max_upload_bytes: self.max_upload_bytes,

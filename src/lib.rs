@@ -8,6 +8,7 @@ pub mod config;
 pub mod datasets;
 pub mod engine;
 pub mod error;
+pub mod evals;
 pub mod graders;
 pub mod ids;
 pub mod inference;

@@ -14,7 +14,9 @@ use crate::config::ServeConfig;
 use crate::datasets::{manager::Datasets, tokens::O200k};
 use crate::engine::local::{LocalEngine, StoreCatalog};
 use crate::engine::trainer::{LocalTrainer, LocalTrainerConfig};
+use crate::evals::manager::Evals;
 use crate::graders::service::{Graders, GradersConfig};
+use crate::inference::ModelRouter;
 use crate::jobs::{manager::Jobs, scheduler, trainer::Trainer};
 use crate::proto::{
     FILE_DESCRIPTOR_SET, dataset_service_server::DatasetServiceServer, eval_service_server::EvalServiceServer,
@@ -92,9 +94,21 @@ pub async fn run_with(
         }
         Engine::Custom(trainer) => (None, trainer),
     };
+    let models = Arc::new(ModelRouter::new(
+        providers.clone(),
+        local.clone().map(|l| l as Arc<dyn crate::inference::ChatModel>),
+    ));
+    let evals = Arc::new(Evals::new(
+        store.clone(),
+        blobs.clone(),
+        graders.clone(),
+        models,
+        config.evals_config(),
+    ));
     let jobs = Arc::new(Jobs::new(store, blobs, trainer, config.jobs_config()));
     let stop_scheduler = CancellationToken::new();
     let scheduler = scheduler::spawn(jobs.clone(), stop_scheduler.clone());
+    let eval_runner = crate::evals::runner::spawn(evals.clone(), stop_scheduler.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DatasetServiceServer<DatasetApi>>().await;
@@ -126,13 +140,14 @@ pub async fn run_with(
         .add_service(FineTuningServiceServer::new(FineTuningApi::new(jobs.clone())))
         .add_service(ModelServiceServer::new(ModelApi::new(jobs, local)))
         .add_service(GraderServiceServer::new(GraderApi::new(graders)))
-        .add_service(EvalServiceServer::new(EvalApi))
+        .add_service(EvalServiceServer::new(EvalApi::new(evals)))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests; letting in-flight ones finish");
             health.set_not_serving::<DatasetServiceServer<DatasetApi>>().await;
             let _ = stop_tx.send(());
-            // Running jobs stop at a step boundary and go back to the queue.
+            // Running jobs stop at a step boundary and go back to the queue;
+            // eval runs drop their in-flight items and go back to the queue.
             stop_scheduler.cancel();
         });
 
@@ -154,6 +169,9 @@ pub async fn run_with(
     }
     if let Err(e) = scheduler.await {
         tracing::error!(error = %e, "the scheduler crashed");
+    }
+    if let Err(e) = eval_runner.await {
+        tracing::error!(error = %e, "the eval runner crashed");
     }
     tracing::info!("stopped");
     Ok(())

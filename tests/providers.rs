@@ -214,3 +214,63 @@ async fn model_graders_and_cosine_run_through_a_configured_provider() {
     assert!((r2.reward - expected).abs() < 1e-6, "{} vs {expected}", r2.reward);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn chat_model_sends_tools_and_response_format_and_parses_tool_calls() {
+    use lathe::inference::{ChatModel, ChatRequest, ModelRouter};
+    let (stub, url) = openai_stub::start().await;
+    let call =
+        json!({"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"x\"}"}});
+    stub.script([Reply::Json(
+        json!({
+            "choices": [{"index": 0, "finish_reason": "tool_calls",
+                         "message": {"role": "assistant", "content": null, "tool_calls": [call]}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3}
+        })
+        .to_string(),
+    )]);
+    let providers = std::sync::Arc::new(Providers::from_configs(vec![config(&url, None)]).unwrap());
+    let router = ModelRouter::new(providers, None);
+    let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
+    let out = router
+        .complete(ChatRequest {
+            model: "stub/m".into(),
+            messages: vec![json!({"role": "user", "content": "hi"})],
+            temperature: Some(0.0),
+            max_tokens: Some(16),
+            seed: Some(3),
+            stop: vec!["\n".into()],
+            tools: Some(tools.clone()),
+            response_format: Some(json!({"type": "json_object"})),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((out.text.as_str(), out.finish_reason.as_str()), ("", "tool_calls"));
+    assert_eq!(out.tool_calls, vec![call]);
+    assert_eq!((out.usage.prompt, out.usage.completion), (5, 3));
+    let body: serde_json::Value = serde_json::from_str(&stub.requests.lock().unwrap()[0].2).unwrap();
+    assert_eq!(body["model"], "m");
+    assert_eq!(body["tools"], tools);
+    assert_eq!(body["response_format"], json!({"type": "json_object"}));
+    assert_eq!(
+        (body["stop"].clone(), body["max_tokens"].clone(), body["seed"].clone()),
+        (json!(["\n"]), json!(16), json!(3))
+    );
+
+    // Bare names go to the local engine, which this router lacks.
+    let err = router
+        .complete(ChatRequest {
+            model: "llama".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message
+            .contains("no local inference engine is configured for model llama"),
+        "{}",
+        err.message
+    );
+    assert_eq!(stub.requests.lock().unwrap().len(), 1);
+}

@@ -1,5 +1,5 @@
-//! The server's surface: health, reflection, UNIMPLEMENTED for what is not
-//! built yet, and the CLI talking to it.
+//! The server's surface: health, reflection, bad input on every service,
+//! and the CLI talking to it.
 
 mod common;
 
@@ -64,15 +64,22 @@ async fn reflection_lists_every_service() {
 }
 
 #[tokio::test]
-async fn services_not_built_yet_answer_unimplemented() {
+async fn empty_requests_are_bad_input_on_chat_and_evals() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let channel = server.channel().await;
+    // Chat is served by the local engine: an empty request names no model.
+    let err = proto::model_service_client::ModelServiceClient::new(channel.clone())
+        .chat(proto::ChatRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // EvalService is built: an empty id is bad input, not a missing method.
     let err = proto::eval_service_client::EvalServiceClient::new(channel)
         .get_eval_run(proto::GetEvalRunRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(err.code(), Code::InvalidArgument);
     server.stop().await;
 }
 

@@ -6,11 +6,11 @@
 
 pub mod convert;
 mod datasets;
+mod evals;
 mod graders;
 mod jobs;
-mod unimplemented;
 
 pub use self::datasets::DatasetApi;
+pub use self::evals::EvalApi;
 pub use self::graders::GraderApi;
 pub use self::jobs::{FineTuningApi, ModelApi};
-pub use self::unimplemented::EvalApi;

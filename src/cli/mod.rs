@@ -4,6 +4,7 @@
 mod charts;
 mod chat;
 mod datasets;
+mod evals;
 mod graders;
 mod jobs;
 mod models;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Run, validate, save and dry-run OpenAI-format graders.
     #[command(subcommand)]
     Graders(graders::GradersCommand),
+    /// Create evals, run them over datasets, follow, read and compare runs.
+    #[command(subcommand)]
+    Evals(evals::EvalsCommand),
     /// Register base models; list, inspect and delete models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -88,6 +92,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Datasets(cmd) => datasets::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Jobs(cmd) => jobs::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Graders(cmd) => graders::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
+        Command::Evals(cmd) => evals::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Models(cmd) => models::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Chat(args) => chat::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, args).await,
         Command::Quickstart(args) => quickstart::run(cli.addr.as_deref(), args).await,

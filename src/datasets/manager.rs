@@ -271,7 +271,9 @@ impl Datasets {
             return Err(Error::precondition(
                 "DATASET_IN_USE",
                 id,
-                format!("dataset {id} is used by a fine-tuning job that has not finished; cancel the job or wait"),
+                format!(
+                    "dataset {id} is used by a fine-tuning job or an eval run that has not finished; cancel it or wait"
+                ),
             ));
         }
         let _gate = self.blob_gate.lock().await;

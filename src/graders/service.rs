@@ -100,6 +100,29 @@ impl Graders {
         Ok(())
     }
 
+    /// Resolves a grader object or a `{"name": ...}` reference and validates it (python
+    /// sources compiled in the sandbox); violations are rooted at `field`. Returns the grader
+    /// object itself (what a reference named) and its parsed form.
+    pub async fn resolve_checked(&self, grader: Value, field: &str) -> Result<(Value, Grader)> {
+        let json = match saved_name(&grader) {
+            Some(name) => {
+                check_name(name, &format!("{field}.name"))?;
+                self.store
+                    .get_grader(name)
+                    .await?
+                    .ok_or_else(|| Error::not_found("grader", name))?
+                    .grader
+            }
+            None => grader,
+        };
+        let parsed = parse(&json).map_err(|v| invalid_grader(field, v))?;
+        let ctx = self.context(&parsed).await;
+        super::validate(&json, &ctx)
+            .await
+            .map_err(|v| invalid_grader(field, v))?;
+        Ok((json, parsed))
+    }
+
     /// GradeBatch: resolves the grader first, so a bad grader fails before any pair is read.
     pub async fn batch(&self, grader: Value) -> Result<Batch> {
         let grader = self.resolve(grader).await?;
@@ -197,6 +220,11 @@ impl Graders {
 }
 
 impl Batch {
+    /// Grades one pair (evals grade each item as it is sampled).
+    pub async fn grade_one(&self, sample: &Sample, item: &Value) -> GraderResult {
+        super::run(&self.grader, sample, item, &self.ctx).await
+    }
+
     /// Grades `pairs` as they arrive, at most `concurrency` at a time, and yields
     /// `(index, result)` in arrival order. A bad pair ends the stream with its error.
     pub fn grade(

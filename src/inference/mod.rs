@@ -400,3 +400,94 @@ impl Embedder for ProviderEmbedder {
         Ok(out)
     }
 }
+
+#[async_trait]
+impl ChatModel for Providers {
+    async fn complete(&self, request: ChatRequest) -> Result<ChatCompletion, ModelError> {
+        let (provider, model) = self.route(&request.model).ok_or_else(|| ModelError {
+            retryable: false,
+            message: format!("no model provider is configured for {:?}", request.model),
+        })?;
+        let mut body = json!({"model": model, "messages": request.messages});
+        let obj = body.as_object_mut().expect("a JSON object literal");
+        let mut set = |key: &str, value: Option<Value>| {
+            if let Some(v) = value {
+                obj.insert(key.into(), v);
+            }
+        };
+        set("temperature", request.temperature.map(|v| json!(v)));
+        set("top_p", request.top_p.map(|v| json!(v)));
+        set("top_k", request.top_k.map(|v| json!(v)));
+        set("max_tokens", request.max_tokens.map(|v| json!(v)));
+        set("seed", request.seed.map(|v| json!(v)));
+        set("stop", (!request.stop.is_empty()).then(|| json!(request.stop)));
+        set("tools", request.tools.clone());
+        set("response_format", request.response_format.clone());
+        // The provider already retried; callers must not again.
+        let response = provider.post("chat/completions", &body).await.map_err(|e| ModelError {
+            retryable: false,
+            message: e.message,
+        })?;
+        let choice = &response["choices"][0];
+        let message = &choice["message"];
+        if !message.is_object() {
+            return Err(ModelError {
+                retryable: false,
+                message: format!("{}: the response has no choices[0].message", provider.name()),
+            });
+        }
+        let tool_calls = message["tool_calls"].as_array().cloned().unwrap_or_default();
+        let finish_reason = match choice["finish_reason"].as_str() {
+            Some(reason) => reason.to_string(),
+            None if !tool_calls.is_empty() => "tool_calls".into(),
+            None => "stop".into(),
+        };
+        Ok(ChatCompletion {
+            text: message["content"].as_str().unwrap_or_default().to_string(),
+            tool_calls,
+            usage: TokenUsage {
+                prompt: response["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+                completion: response["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+            },
+            finish_reason,
+        })
+    }
+}
+
+/// Routes chat completions: `provider/model` names go to the HTTP
+/// providers, every other name (a registered base model, a fine-tuned
+/// `ft:...` id) to the local inference engine.
+pub struct ModelRouter {
+    providers: Arc<Providers>,
+    local: Option<Arc<dyn ChatModel>>,
+}
+
+impl ModelRouter {
+    pub fn new(providers: Arc<Providers>, local: Option<Arc<dyn ChatModel>>) -> Self {
+        Self { providers, local }
+    }
+
+    /// Whether a model name goes to the HTTP providers.
+    pub fn is_remote(model: &str) -> bool {
+        model.contains('/')
+    }
+}
+
+#[async_trait]
+impl ChatModel for ModelRouter {
+    async fn complete(&self, request: ChatRequest) -> Result<ChatCompletion, ModelError> {
+        if Self::is_remote(&request.model) {
+            return self.providers.complete(request).await;
+        }
+        match &self.local {
+            Some(local) => local.complete(request).await,
+            None => Err(ModelError {
+                retryable: false,
+                message: format!(
+                    "no local inference engine is configured for model {}; use provider/model for an HTTP provider",
+                    request.model
+                ),
+            }),
+        }
+    }
+}

@@ -375,9 +375,11 @@ macro_rules! impl_job_store {
 
             async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, $crate::store::StoreError> {
                 let row = sqlx::query(
-                    "SELECT COUNT(*) AS n FROM jobs
-                     WHERE (training_dataset_id = $1 OR validation_dataset_id = $1)
-                       AND state NOT IN ('succeeded', 'failed', 'cancelled')",
+                    "SELECT (SELECT COUNT(*) FROM jobs
+                             WHERE (training_dataset_id = $1 OR validation_dataset_id = $1)
+                               AND state NOT IN ('succeeded', 'failed', 'cancelled'))
+                          + (SELECT COUNT(*) FROM eval_runs
+                             WHERE dataset_id = $1 AND state IN ('queued', 'in_progress')) AS n",
                 )
                 .bind(dataset_id)
                 .fetch_one(&self.pool)

@@ -10,6 +10,8 @@ mod graders_sql;
 mod datasets_sql;
 #[macro_use]
 mod jobs_sql;
+#[macro_use]
+mod evals_sql;
 mod postgres;
 pub(crate) mod rows;
 mod sqlite;
@@ -23,6 +25,7 @@ pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 use crate::datasets::model::DatasetRecord;
 use crate::datasets::report::Purpose;
+use crate::evals::model::{EvalRecord, ItemStatus, OutputItemRecord, RunRecord, RunState};
 use crate::jobs::model::{CheckpointRecord, JobEvent, JobPatch, JobQuery, JobRecord, JobState, NewEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +152,7 @@ pub trait JobStore: Send + Sync + 'static {
         before_step: Option<u64>,
         limit: usize,
     ) -> Result<Vec<CheckpointRecord>, StoreError>;
-    /// Whether a job that is not finished uses this dataset.
+    /// Whether a job or an eval run that is not finished uses this dataset.
     async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, StoreError>;
     /// Inserts or updates a fine-tuned model (a job may re-record it).
     async fn insert_model(&self, model: &ModelRecord) -> Result<(), StoreError>;
@@ -206,9 +209,71 @@ where
     })
 }
 
-pub trait Store: DatasetStore + JobStore + GraderStore {}
+/// Evals, their runs and the runs' output items. A run is claimed with a
+/// lease like a job; its output items are recorded one by one, each with
+/// the next per-run sequence number and the run's tallies so far, in one
+/// transaction, so progress has no gaps and survives restarts.
+#[async_trait]
+pub trait EvalStore: Send + Sync + 'static {
+    /// Inserts a new eval; `Conflict` if the id exists.
+    async fn insert_eval(&self, eval: &EvalRecord) -> Result<(), StoreError>;
+    async fn get_eval(&self, id: &str) -> Result<Option<EvalRecord>, StoreError>;
+    /// Inserts a new run; `Conflict` if the id exists.
+    async fn insert_eval_run(&self, run: &RunRecord) -> Result<(), StoreError>;
+    async fn get_eval_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// An eval's runs, newest first, strictly after `after`.
+    async fn list_eval_runs(
+        &self,
+        eval_id: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError>;
+    /// Takes the oldest run that is queued, or in progress with a lease that
+    /// ran out before `now`, for `worker`: IN_PROGRESS, leased until `lease_until`.
+    async fn claim_next_eval_run(
+        &self,
+        worker: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<RunRecord>, StoreError>;
+    /// Extends a lease `worker` holds; returns the run's state, or None
+    /// when the lease is no longer this worker's.
+    async fn renew_eval_lease(&self, id: &str, worker: &str, lease_until: i64) -> Result<Option<RunState>, StoreError>;
+    /// Records a finished item (its `seq` is ignored) and the run's new
+    /// tallies, if `worker` holds the lease of the run and it is in
+    /// progress; returns the item's sequence number, or None otherwise.
+    /// `Conflict` if the item is already recorded.
+    async fn record_output_item(&self, item: &OutputItemRecord, worker: &str) -> Result<Option<u64>, StoreError>;
+    /// Moves the run to `to` if it is in one of `from`, dropping its lease;
+    /// None when it was not (or does not exist).
+    async fn finish_eval_run(
+        &self,
+        id: &str,
+        from: &[RunState],
+        to: RunState,
+        error: Option<&str>,
+        finished_at: Option<i64>,
+    ) -> Result<Option<RunRecord>, StoreError>;
+    /// A run's items in dataset order after `after_index`, optionally of one status.
+    async fn list_output_items(
+        &self,
+        run_id: &str,
+        status: Option<ItemStatus>,
+        after_index: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<OutputItemRecord>, StoreError>;
+    /// A run's items in recording (sequence) order after `after_seq`.
+    async fn list_output_items_by_seq(
+        &self,
+        run_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<OutputItemRecord>, StoreError>;
+}
 
-impl<T: DatasetStore + JobStore + GraderStore> Store for T {}
+pub trait Store: DatasetStore + JobStore + GraderStore + EvalStore {}
+
+impl<T: DatasetStore + JobStore + GraderStore + EvalStore> Store for T {}
 
 /// Opens the backend named by `url`, running its migrations.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {

@@ -208,3 +208,83 @@ where
         created_at: row.try_get("created_at")?,
     })
 }
+
+use crate::evals::model::{EvalRecord, ItemStatus, OutputItemRecord, RunRecord, RunState};
+
+pub fn eval_from_row<'r, R>(row: &'r R) -> Result<EvalRecord, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: String = row.try_get("id")?;
+    let spec: String = row.try_get("spec")?;
+    Ok(EvalRecord {
+        spec: from_json(&id, "spec", &spec)?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+        id,
+    })
+}
+
+pub fn run_from_row<'r, R>(row: &'r R) -> Result<RunRecord, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: String = row.try_get("id")?;
+    let spec: String = row.try_get("spec")?;
+    let state: String = row.try_get("state")?;
+    let progress: String = row.try_get("progress")?;
+    let total: i64 = row.try_get("total")?;
+    Ok(RunRecord {
+        eval_id: row.try_get("eval_id")?,
+        spec: from_json(&id, "spec", &spec)?,
+        state: RunState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            id: id.clone(),
+            reason: format!("unknown run state {state:?}"),
+        })?,
+        total: total as u64,
+        progress: from_json(&id, "progress", &progress)?,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        id,
+    })
+}
+
+pub fn output_item_from_row<'r, R>(row: &'r R) -> Result<OutputItemRecord, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let run_id: String = row.try_get("run_id")?;
+    let index: i64 = row.try_get("item_index")?;
+    let seq: i64 = row.try_get("seq")?;
+    let status: String = row.try_get("status")?;
+    let detail: String = row.try_get("detail")?;
+    let progress: String = row.try_get("progress")?;
+    let id = format!("{run_id}/{index}");
+    Ok(OutputItemRecord {
+        status: ItemStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
+            id: id.clone(),
+            reason: format!("unknown item status {status:?}"),
+        })?,
+        detail: from_json(&id, "detail", &detail)?,
+        progress: from_json(&id, "progress", &progress)?,
+        index: index as u64,
+        seq: seq as u64,
+        created_at: row.try_get("created_at")?,
+        run_id,
+    })
+}

@@ -46,6 +46,17 @@ crate::impl_job_store!(
 
 crate::impl_grader_store!(SqliteStore);
 
+crate::impl_eval_store!(
+    SqliteStore,
+    claim_sql = "UPDATE eval_runs SET state = 'in_progress', lease_owner = $1, lease_expires_at = $2,
+        started_at = COALESCE(started_at, $3)
+     WHERE id = (SELECT id FROM eval_runs
+                 WHERE state = 'queued' OR (state = 'in_progress' AND lease_expires_at < $3)
+                 ORDER BY created_at, id LIMIT 1)
+       AND (state = 'queued' OR (state = 'in_progress' AND lease_expires_at < $3))
+     RETURNING *"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -520,6 +520,243 @@ pub async fn graders_list_pages_in_name_order(store: impl Store) {
     assert!(store.list_graders(Some("c"), 10).await.unwrap().is_empty());
 }
 
+fn eval_record(n: u32) -> crate::evals::model::EvalRecord {
+    use crate::evals::model::*;
+    EvalRecord {
+        id: format!("eval_{n:026}"),
+        name: "arithmetic".into(),
+        spec: EvalSpec {
+            item_schema: Some(serde_json::json!({"type": "object"})),
+            criteria: vec![Criterion {
+                name: "exact".into(),
+                grader: serde_json::json!({"type": "string_check", "name": "exact"}),
+                pass_threshold: 1.0,
+            }],
+            metadata: BTreeMap::new(),
+        },
+        created_at: 10,
+    }
+}
+
+fn run_record(n: u32, eval: &str, created_at: i64) -> crate::evals::model::RunRecord {
+    use crate::evals::model::*;
+    RunRecord {
+        id: format!("evalrun_{n:026}"),
+        eval_id: eval.to_string(),
+        spec: RunSpec {
+            name: String::new(),
+            dataset_id: id(1),
+            source: DataSource::Precomputed {
+                sample_template: "{{ item.a }}".into(),
+            },
+            concurrency: 4,
+            error_rate_threshold: 0.5,
+            criteria: vec!["exact".into()],
+        },
+        state: RunState::Queued,
+        total: 3,
+        progress: Progress {
+            per_criterion: vec![CriterionCounts::default()],
+            ..Default::default()
+        },
+        error: None,
+        created_at,
+        started_at: None,
+        finished_at: None,
+        lease_owner: None,
+        lease_expires_at: None,
+    }
+}
+
+fn output_item(
+    run: &str,
+    index: u64,
+    status: crate::evals::model::ItemStatus,
+    completed: u64,
+) -> crate::evals::model::OutputItemRecord {
+    use crate::evals::model::*;
+    OutputItemRecord {
+        run_id: run.to_string(),
+        index,
+        seq: 0,
+        status,
+        detail: ItemDetail {
+            item: serde_json::json!({"a": index}),
+            sample: index.to_string(),
+            ..Default::default()
+        },
+        progress: Progress {
+            completed,
+            ..Default::default()
+        },
+        created_at: 100 + index as i64,
+    }
+}
+
+pub async fn evals_runs_are_leased_and_record_items_with_gapless_seqs(store: impl Store) {
+    use crate::evals::model::{ItemStatus, RunState};
+    let eval = eval_record(1);
+    store.insert_eval(&eval).await.unwrap();
+    assert_eq!(store.get_eval(&eval.id).await.unwrap(), Some(eval.clone()));
+    assert!(matches!(
+        store.insert_eval(&eval).await,
+        Err(super::StoreError::Conflict(_))
+    ));
+    let run = run_record(1, &eval.id, 20);
+    store.insert_eval_run(&run).await.unwrap();
+    assert_eq!(store.get_eval_run(&run.id).await.unwrap(), Some(run.clone()));
+    assert!(
+        store.dataset_in_use(&run.spec.dataset_id).await.unwrap(),
+        "a queued run pins its dataset"
+    );
+
+    // Claimed once, leased, then nobody else's until the lease runs out.
+    let claimed = store.claim_next_eval_run("w1", 1000, 2000).await.unwrap().unwrap();
+    assert_eq!((claimed.state, claimed.started_at), (RunState::InProgress, Some(1000)));
+    assert_eq!(claimed.lease_owner.as_deref(), Some("w1"));
+    assert!(store.claim_next_eval_run("w2", 1500, 2500).await.unwrap().is_none());
+    assert_eq!(
+        store.renew_eval_lease(&run.id, "w1", 3000).await.unwrap(),
+        Some(RunState::InProgress)
+    );
+    assert_eq!(store.renew_eval_lease(&run.id, "w2", 3000).await.unwrap(), None);
+
+    // Only the holder records; each item gets the next seq and the run its tallies.
+    assert_eq!(
+        store
+            .record_output_item(&output_item(&run.id, 2, ItemStatus::Pass, 1), "w2")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .record_output_item(&output_item(&run.id, 2, ItemStatus::Pass, 1), "w1")
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store
+            .record_output_item(&output_item(&run.id, 0, ItemStatus::Fail, 2), "w1")
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert!(matches!(
+        store
+            .record_output_item(&output_item(&run.id, 0, ItemStatus::Fail, 3), "w1")
+            .await,
+        Err(super::StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.get_eval_run(&run.id).await.unwrap().unwrap().progress.completed,
+        2
+    );
+    let by_index = store.list_output_items(&run.id, None, None, 10).await.unwrap();
+    assert_eq!(
+        by_index.iter().map(|i| (i.index, i.seq)).collect::<Vec<_>>(),
+        [(0, 2), (2, 1)]
+    );
+    assert_eq!(by_index[1].detail.sample, "2");
+    let fails = store
+        .list_output_items(&run.id, Some(ItemStatus::Fail), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(fails.len(), 1);
+    assert!(store.list_output_items(&run.id, None, Some(0), 10).await.unwrap().len() == 1);
+    let by_seq = store.list_output_items_by_seq(&run.id, 1, 10).await.unwrap();
+    assert_eq!((by_seq.len(), by_seq[0].index, by_seq[0].progress.completed), (1, 0, 2));
+
+    // A lease that ran out is taken over; the old holder can no longer record.
+    let taken = store.claim_next_eval_run("w2", 5000, 6000).await.unwrap().unwrap();
+    assert_eq!(
+        (taken.lease_owner.as_deref(), taken.started_at),
+        (Some("w2"), Some(1000))
+    );
+    assert_eq!(
+        store
+            .record_output_item(&output_item(&run.id, 1, ItemStatus::Pass, 3), "w1")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .record_output_item(&output_item(&run.id, 1, ItemStatus::Pass, 3), "w2")
+            .await
+            .unwrap(),
+        Some(3)
+    );
+
+    // Finishing is compare-and-set and drops the lease; nothing records after.
+    let done = store
+        .finish_eval_run(&run.id, &[RunState::InProgress], RunState::Completed, None, Some(7000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.state, done.finished_at, done.lease_owner),
+        (RunState::Completed, Some(7000), None)
+    );
+    assert!(
+        store
+            .finish_eval_run(
+                &run.id,
+                &[RunState::Queued, RunState::InProgress],
+                RunState::Canceled,
+                None,
+                None
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.claim_next_eval_run("w3", 9000, 9999).await.unwrap().is_none());
+    assert_eq!(
+        store
+            .record_output_item(&output_item(&run.id, 9, ItemStatus::Pass, 4), "w2")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn evals_runs_list_newest_first_per_eval(store: impl Store) {
+    let (a, b) = (eval_record(1), eval_record(2));
+    store.insert_eval(&a).await.unwrap();
+    store.insert_eval(&b).await.unwrap();
+    for n in 0..7u32 {
+        let eval = if n == 3 { &b.id } else { &a.id };
+        store
+            .insert_eval_run(&run_record(n, eval, 100 + (n / 2) as i64))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<Cursor> = None;
+    loop {
+        let page = store.list_eval_runs(&a.id, after.as_ref(), 4).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        let last = page.last().unwrap();
+        after = Some(Cursor {
+            created_at: last.created_at,
+            id: last.id.clone(),
+        });
+        seen.extend(page.into_iter().map(|r| r.id));
+    }
+    let expected: Vec<String> = [6u32, 5, 4, 2, 1, 0]
+        .iter()
+        .map(|n| format!("evalrun_{n:026}"))
+        .collect();
+    assert_eq!(seen, expected);
+    // The oldest queued run is claimed first.
+    let first = store.claim_next_eval_run("w", 1, 2).await.unwrap().unwrap();
+    assert_eq!(first.id, format!("evalrun_{:026}", 0));
+}
+
 /// Expands to one test per suite function for a backend. `$make` is an
 /// async expression giving `Option<store>`: a fresh, empty store, or None
 /// when the backend is not available here (the test then passes vacuously,
@@ -539,7 +776,9 @@ macro_rules! store_suite {
             jobs_checkpoints_need_the_lease_and_pin_blobs,
             jobs_list_filters_and_pages,
             graders_insert_get_and_conflict,
-            graders_list_pages_in_name_order
+            graders_list_pages_in_name_order,
+            evals_runs_are_leased_and_record_items_with_gapless_seqs,
+            evals_runs_list_newest_first_per_eval
         );
     };
     (@tests $make:expr; $($name:ident),*) => {

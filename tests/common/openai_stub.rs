@@ -1,6 +1,8 @@
 //! A test-only OpenAI-compatible HTTP server: answers chat completions and
 //! embeddings, and injects faults from a script (status codes with
 //! Retry-After, slow replies, malformed bodies). Never in the product.
+// Each test binary uses a different part of the stub.
+#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::sync::{
@@ -21,7 +23,13 @@ pub enum Reply {
     Slow(Duration, Box<Reply>),
     /// 200 with a body that is not JSON.
     Malformed,
+    /// Wait until the gate is opened (`Stub::open_gate`), then behave like
+    /// the inner reply; a client that gives up drops it.
+    Gated(Box<Reply>),
 }
+
+/// Answers a chat request (its JSON body) when the script is empty.
+pub type Responder = Arc<dyn Fn(&serde_json::Value) -> Reply + Send + Sync>;
 
 #[derive(Default)]
 pub struct Stub {
@@ -31,11 +39,63 @@ pub struct Stub {
     pub requests: Mutex<Vec<(String, String, String)>>,
     in_flight: AtomicUsize,
     pub max_in_flight: AtomicUsize,
+    pub responder: Mutex<Option<Responder>>,
+    gate_open: std::sync::atomic::AtomicBool,
+    gate: tokio::sync::Notify,
+    /// Requests waiting at the gate now.
+    pub gated: AtomicUsize,
+    /// Gated requests the client gave up on.
+    pub dropped: AtomicUsize,
+    /// Wakes tests when a request arrives or reaches the gate.
+    pub arrived: tokio::sync::Notify,
 }
 
 impl Stub {
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.script.lock().unwrap().extend(replies);
+    }
+
+    pub fn respond_with(&self, f: impl Fn(&serde_json::Value) -> Reply + Send + Sync + 'static) {
+        *self.responder.lock().unwrap() = Some(Arc::new(f));
+    }
+
+    pub fn open_gate(&self) {
+        self.gate_open.store(true, Ordering::SeqCst);
+        self.gate.notify_waiters();
+    }
+
+    /// Chat requests whose first message's content is `content`.
+    pub fn requests_for(&self, content: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, body)| {
+                serde_json::from_str::<serde_json::Value>(body).is_ok_and(|b| b["messages"][0]["content"] == content)
+            })
+            .count()
+    }
+
+    /// Waits until `n` gated requests were dropped by the client.
+    pub async fn wait_dropped(&self, n: usize) {
+        loop {
+            let arrived = self.arrived.notified();
+            if self.dropped.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            arrived.await;
+        }
+    }
+
+    /// Waits until `n` requests wait at the gate.
+    pub async fn wait_gated(&self, n: usize) {
+        loop {
+            let arrived = self.arrived.notified();
+            if self.gated.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            arrived.await;
+        }
     }
 }
 
@@ -103,16 +163,48 @@ async fn serve(stub: Arc<Stub>, mut sock: tokio::net::TcpStream) {
     let now = stub.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     stub.max_in_flight.fetch_max(now, Ordering::SeqCst);
 
-    let mut reply = stub.script.lock().unwrap().pop_front().unwrap_or_else(|| {
+    let scripted = stub.script.lock().unwrap().pop_front();
+    let responder = stub.responder.lock().unwrap().clone();
+    let mut reply = scripted.unwrap_or_else(|| {
         if path.ends_with("/embeddings") {
             Reply::Json(embeddings_for(&body))
+        } else if let Some(f) = responder {
+            f(&serde_json::from_str(&body).unwrap_or_default())
         } else {
             Reply::Json(stub.default_chat.lock().unwrap().clone())
         }
     });
-    while let Reply::Slow(delay, inner) = reply {
-        tokio::time::sleep(delay).await;
-        reply = *inner;
+    loop {
+        match reply {
+            Reply::Slow(delay, inner) => {
+                tokio::time::sleep(delay).await;
+                reply = *inner;
+            }
+            Reply::Gated(inner) => {
+                let counted = GatedGuard::enter(&stub);
+                let mut probe = [0u8; 1];
+                loop {
+                    let opened = stub.gate.notified();
+                    if stub.gate_open.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    tokio::select! {
+                        () = opened => {}
+                        // The client hung up (EOF or reset): it dropped the request.
+                        _ = sock.read(&mut probe) => {
+                            drop(counted);
+                            stub.dropped.fetch_add(1, Ordering::SeqCst);
+                            stub.arrived.notify_waiters();
+                            stub.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+                drop(counted);
+                reply = *inner;
+            }
+            _ => break,
+        }
     }
     let response = match reply {
         Reply::Json(body) => format!(
@@ -126,11 +218,28 @@ async fn serve(stub: Arc<Stub>, mut sock: tokio::net::TcpStream) {
         Reply::Malformed => {
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\nconnection: close\r\n\r\n{\"choices".into()
         }
-        Reply::Slow(..) => unreachable!(),
+        Reply::Slow(..) | Reply::Gated(..) => unreachable!(),
     };
     let _ = sock.write_all(response.as_bytes()).await;
     let _ = sock.shutdown().await;
     stub.in_flight.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Counts a request waiting at the gate, until it passes or is dropped.
+struct GatedGuard<'a>(&'a Stub);
+
+impl<'a> GatedGuard<'a> {
+    fn enter(stub: &'a Stub) -> Self {
+        stub.gated.fetch_add(1, Ordering::SeqCst);
+        stub.arrived.notify_waiters();
+        GatedGuard(stub)
+    }
+}
+
+impl Drop for GatedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.gated.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Deterministic vectors: [len, vowels, 1] per input text.

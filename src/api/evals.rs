@@ -1,0 +1,138 @@
+use std::{pin::Pin, sync::Arc};
+
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::evals::manager::{Evals, WatchItem};
+use crate::proto::{self, eval_service_server::EvalService};
+
+pub struct EvalApi {
+    evals: Arc<Evals>,
+}
+
+impl EvalApi {
+    pub fn new(evals: Arc<Evals>) -> Self {
+        Self { evals }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEvalRunResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl EvalService for EvalApi {
+    #[tracing::instrument(skip_all)]
+    async fn create_eval(
+        &self,
+        request: Request<proto::CreateEvalRequest>,
+    ) -> Result<Response<proto::CreateEvalResponse>, Status> {
+        let create = convert::create_eval(request.into_inner())?;
+        let eval = self.evals.create_eval(create).await?;
+        Ok(Response::new(proto::CreateEvalResponse {
+            eval: Some(convert::eval(eval)),
+        }))
+    }
+
+    async fn get_eval(
+        &self,
+        request: Request<proto::GetEvalRequest>,
+    ) -> Result<Response<proto::GetEvalResponse>, Status> {
+        let eval = self.evals.get_eval(&request.into_inner().id).await?;
+        Ok(Response::new(proto::GetEvalResponse {
+            eval: Some(convert::eval(eval)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_eval_run(
+        &self,
+        request: Request<proto::CreateEvalRunRequest>,
+    ) -> Result<Response<proto::CreateEvalRunResponse>, Status> {
+        let create = convert::create_eval_run(request.into_inner())?;
+        let run = self.evals.create_run(create).await?;
+        Ok(Response::new(proto::CreateEvalRunResponse {
+            run: Some(convert::eval_run(run)),
+        }))
+    }
+
+    async fn get_eval_run(
+        &self,
+        request: Request<proto::GetEvalRunRequest>,
+    ) -> Result<Response<proto::GetEvalRunResponse>, Status> {
+        let run = self.evals.get_run(&request.into_inner().id).await?;
+        Ok(Response::new(proto::GetEvalRunResponse {
+            run: Some(convert::eval_run(run)),
+        }))
+    }
+
+    async fn list_eval_runs(
+        &self,
+        request: Request<proto::ListEvalRunsRequest>,
+    ) -> Result<Response<proto::ListEvalRunsResponse>, Status> {
+        let req = request.into_inner();
+        let (runs, next_page_token) = self
+            .evals
+            .list_runs(&req.eval_id, req.page_size, &req.page_token)
+            .await?;
+        Ok(Response::new(proto::ListEvalRunsResponse {
+            runs: runs.into_iter().map(convert::eval_run).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_eval_run(
+        &self,
+        request: Request<proto::CancelEvalRunRequest>,
+    ) -> Result<Response<proto::CancelEvalRunResponse>, Status> {
+        let run = self.evals.cancel_run(&request.into_inner().id).await?;
+        Ok(Response::new(proto::CancelEvalRunResponse {
+            run: Some(convert::eval_run(run)),
+        }))
+    }
+
+    async fn list_output_items(
+        &self,
+        request: Request<proto::ListOutputItemsRequest>,
+    ) -> Result<Response<proto::ListOutputItemsResponse>, Status> {
+        let req = request.into_inner();
+        let status = convert::item_status_from_proto(req.status)?;
+        let (items, next_page_token) = self
+            .evals
+            .list_items(&req.run_id, status, req.page_size, &req.page_token)
+            .await?;
+        Ok(Response::new(proto::ListOutputItemsResponse {
+            items: items.into_iter().map(convert::output_item).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn watch_eval_run(
+        &self,
+        request: Request<proto::WatchEvalRunRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let req = request.into_inner();
+        let run = self.evals.get_run(&req.run_id).await?;
+        let criteria = run.spec.criteria.clone();
+        let items = self.evals.watch(&req.run_id, req.after_seq).await?;
+        let stream = ReceiverStream::new(items).map(move |item| {
+            use proto::watch_eval_run_response::Payload;
+            let payload = match item.map_err(Status::from)? {
+                WatchItem::Progress { item, total } => {
+                    Payload::Progress(convert::eval_progress(&criteria, item, total))
+                }
+                WatchItem::End(run) => Payload::End(convert::eval_run(run)),
+            };
+            Ok(proto::WatchEvalRunResponse { payload: Some(payload) })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn compare_eval_runs(
+        &self,
+        request: Request<proto::CompareEvalRunsRequest>,
+    ) -> Result<Response<proto::CompareEvalRunsResponse>, Status> {
+        let comparison = self.evals.compare(&request.into_inner().run_ids).await?;
+        Ok(Response::new(convert::comparison(comparison)))
+    }
+}

@@ -1,0 +1,656 @@
+//! `lathe evals ...`: create evals, run them (with a live progress bar),
+//! read results and compare runs.
+
+use std::{io::IsTerminal, path::PathBuf};
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use super::Outcome;
+use super::output::status_error;
+use crate::api::convert::{struct_from_json, value_from_json};
+use crate::proto::{
+    self, create_eval_run_request::Source, eval_service_client::EvalServiceClient, watch_eval_run_response,
+};
+
+type Client = EvalServiceClient<tonic::transport::Channel>;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum StatusArg {
+    Pass,
+    Fail,
+    Error,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    eval_id: String,
+    /// An eval dataset (ds_...): one item per row.
+    #[arg(long)]
+    dataset: String,
+    /// Model to sample: provider/model for an HTTP provider.
+    #[arg(long, conflicts_with = "sample_template")]
+    model: Option<String>,
+    /// A JSON file with the input messages ([{"role", "content"}], {{ item.* }} allowed).
+    #[arg(long, requires = "model")]
+    messages: Option<PathBuf>,
+    /// One user message (instead of --messages), e.g. "Q: {{ item.question }}".
+    #[arg(long, requires = "model", conflicts_with = "messages")]
+    prompt: Option<String>,
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Precomputed samples: render each item's sample, e.g. "{{ item.output }}".
+    #[arg(long)]
+    sample_template: Option<String>,
+    /// Precomputed samples from rows of {"item", "sample"}.
+    #[arg(long, conflicts_with_all = ["model", "sample_template"])]
+    precomputed: bool,
+    /// Items in flight (default 16, at most 256).
+    #[arg(long, default_value_t = 0)]
+    concurrency: u32,
+    /// Fail the run when more than this fraction of items error (default 0.5).
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    #[arg(long, default_value = "")]
+    name: String,
+    /// Follow the run with a progress bar, then print its results.
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EvalsCommand {
+    /// Create an eval from testing criteria.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// A JSON file: a grader object, or {"grader": {...}, "pass_threshold": x}. Repeatable.
+        #[arg(long = "criterion")]
+        criteria: Vec<PathBuf>,
+        /// A saved grader as a criterion: NAME or NAME=THRESHOLD. Repeatable.
+        #[arg(long = "saved-grader")]
+        saved: Vec<String>,
+        /// A JSON schema file every item must satisfy.
+        #[arg(long)]
+        item_schema: Option<PathBuf>,
+    },
+    /// Start a run of an eval over a dataset.
+    Run(Box<RunArgs>),
+    /// Follow a run live; exits non-zero unless it completes.
+    Watch {
+        id: String,
+        /// Resume after this progress sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    Get {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
+    /// List a run's output items in dataset order.
+    Items {
+        id: String,
+        #[arg(long, value_enum)]
+        status: Option<StatusArg>,
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Compare runs of one eval (the first is the baseline).
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        ids: Vec<String>,
+        /// Also write the comparison as a Markdown table to this file.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
+}
+
+fn read_json(path: &PathBuf) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+fn criterion(v: Value) -> proto::TestingCriterion {
+    let (grader, threshold) = match v.get("grader") {
+        Some(g) if g.is_object() => (g.clone(), v.get("pass_threshold").and_then(Value::as_f64)),
+        _ => (v, None),
+    };
+    proto::TestingCriterion {
+        grader: Some(struct_from_json(&grader)),
+        pass_threshold: threshold,
+        name: String::new(),
+    }
+}
+
+fn state_name(v: i32) -> String {
+    proto::EvalRunState::try_from(v)
+        .map(|s| s.as_str_name().trim_start_matches("EVAL_RUN_STATE_").to_lowercase())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn item_status_name(v: i32) -> String {
+    proto::OutputItemStatus::try_from(v)
+        .map(|s| s.as_str_name().trim_start_matches("OUTPUT_ITEM_STATUS_").to_lowercase())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn criterion_json(c: &proto::CriterionResult) -> Value {
+    json!({"name": c.name, "passed": c.passed, "failed": c.failed, "errored": c.errored,
+           "pass_rate": c.pass_rate, "ci95": [c.ci_low, c.ci_high]})
+}
+
+pub fn run_json(r: &proto::EvalRun) -> Value {
+    let counts = r.result_counts.unwrap_or_default();
+    json!({
+        "id": r.id,
+        "object": "eval.run",
+        "eval_id": r.eval_id,
+        "name": r.name,
+        "status": state_name(r.state),
+        "model": r.model,
+        "dataset_id": r.dataset_id,
+        "result_counts": {"total": counts.total, "passed": counts.passed, "failed": counts.failed, "errored": counts.errored},
+        "per_testing_criteria_results": r.per_criterion.iter().map(criterion_json).collect::<Vec<_>>(),
+        "per_model_usage": r.per_model_usage.iter().map(|u| json!({
+            "model_name": u.model, "invocation_count": u.invocations, "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens})).collect::<Vec<_>>(),
+        "items_per_second": r.items_per_second,
+        "created_at": r.created_at.map(|t| t.to_string()),
+        "started_at": r.started_at.map(|t| t.to_string()),
+        "finished_at": r.finished_at.map(|t| t.to_string()),
+        "error": (!r.error.is_empty()).then_some(&r.error),
+    })
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+fn run_text(r: &proto::EvalRun) -> String {
+    let counts = r.result_counts.unwrap_or_default();
+    let mut out = format!(
+        "{}  {}  eval {}  {}\n  items {}/{}: {} passed, {} failed, {} errored ({:.1} items/s)\n",
+        r.id,
+        state_name(r.state).to_uppercase(),
+        r.eval_id,
+        if r.model.is_empty() {
+            "precomputed samples"
+        } else {
+            &r.model
+        },
+        r.completed,
+        counts.total,
+        counts.passed,
+        counts.failed,
+        counts.errored,
+        r.items_per_second,
+    );
+    if !r.per_criterion.is_empty() {
+        out.push_str(&format!(
+            "  {:<24} {:>7} {:>7} {:>7} {:>8}  {:<17}\n",
+            "criterion", "passed", "failed", "errored", "rate", "95% CI"
+        ));
+        for c in &r.per_criterion {
+            out.push_str(&format!(
+                "  {:<24} {:>7} {:>7} {:>7} {:>8}  [{}, {}]\n",
+                c.name,
+                c.passed,
+                c.failed,
+                c.errored,
+                pct(c.pass_rate),
+                pct(c.ci_low),
+                pct(c.ci_high)
+            ));
+        }
+    }
+    for u in &r.per_model_usage {
+        out.push_str(&format!(
+            "  usage {}: {} calls, {} prompt + {} completion tokens\n",
+            u.model, u.invocations, u.prompt_tokens, u.completion_tokens
+        ));
+    }
+    if !r.error.is_empty() {
+        out.push_str(&format!("  error: {}\n", r.error));
+    }
+    out
+}
+
+fn outcome_of(r: &proto::EvalRun) -> Outcome {
+    if r.state == proto::EvalRunState::Completed as i32 {
+        Outcome::Ok
+    } else {
+        Outcome::NotUsable
+    }
+}
+
+fn run_request(a: RunArgs) -> anyhow::Result<proto::CreateEvalRunRequest> {
+    let source = if let Some(model) = a.model {
+        let messages = match (a.messages, a.prompt) {
+            (Some(path), _) => match read_json(&path)? {
+                Value::Array(m) => m,
+                _ => anyhow::bail!("{} must hold a JSON list of messages", path.display()),
+            },
+            (None, Some(prompt)) => vec![json!({"role": "user", "content": prompt})],
+            (None, None) => anyhow::bail!("give the input with --messages FILE or --prompt TEXT"),
+        };
+        Source::Model(proto::ModelSource {
+            model,
+            input_messages: Some(prost_types::ListValue {
+                values: messages.iter().map(value_from_json).collect(),
+            }),
+            sampling_params: Some(proto::EvalSamplingParams {
+                temperature: a.temperature,
+                top_p: a.top_p,
+                max_tokens: a.max_tokens,
+                seed: a.seed,
+                stop: Vec::new(),
+            }),
+            tools: None,
+            response_format: None,
+        })
+    } else if a.sample_template.is_some() || a.precomputed {
+        Source::Precomputed(proto::PrecomputedSource {
+            sample_template: a.sample_template.unwrap_or_default(),
+        })
+    } else {
+        anyhow::bail!(
+            "say where samples come from: --model (with --prompt or --messages), --sample-template or --precomputed"
+        );
+    };
+    Ok(proto::CreateEvalRunRequest {
+        eval_id: a.eval_id,
+        dataset_id: a.dataset,
+        source: Some(source),
+        concurrency: a.concurrency,
+        error_rate_threshold: a.error_rate,
+        name: a.name,
+    })
+}
+
+pub async fn run(addr: &str, json: bool, cmd: EvalsCommand) -> anyhow::Result<Outcome> {
+    let mut client = EvalServiceClient::new(super::connect(addr).await?);
+    let print = |r: &proto::EvalRun| {
+        if json {
+            println!("{}", run_json(r));
+        } else {
+            print!("{}", run_text(r));
+        }
+    };
+    match cmd {
+        EvalsCommand::Create {
+            name,
+            criteria,
+            saved,
+            item_schema,
+        } => {
+            let mut testing_criteria = Vec::new();
+            for path in &criteria {
+                testing_criteria.push(criterion(read_json(path)?));
+            }
+            for s in saved {
+                let (name, threshold) = match s.split_once('=') {
+                    Some((n, t)) => (
+                        n.to_string(),
+                        Some(t.parse::<f64>().context("a threshold is a number")?),
+                    ),
+                    None => (s, None),
+                };
+                let mut c = criterion(json!({"name": name}));
+                c.pass_threshold = threshold;
+                testing_criteria.push(c);
+            }
+            let item_schema = item_schema.as_ref().map(read_json).transpose()?;
+            let eval = client
+                .create_eval(proto::CreateEvalRequest {
+                    name,
+                    item_schema: item_schema.as_ref().map(struct_from_json),
+                    testing_criteria,
+                    metadata: Default::default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .eval
+                .unwrap_or_default();
+            if json {
+                let criteria: Vec<Value> = eval
+                    .testing_criteria
+                    .iter()
+                    .map(|c| json!({"name": c.name, "pass_threshold": c.pass_threshold}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"id": eval.id, "object": "eval", "name": eval.name, "testing_criteria": criteria})
+                );
+            } else {
+                println!("{}  {}", eval.id, eval.name);
+                for c in &eval.testing_criteria {
+                    println!("  {}  passes at >= {}", c.name, c.pass_threshold.unwrap_or(1.0));
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        EvalsCommand::Run(args) => {
+            let watch = args.watch;
+            let run = client
+                .create_eval_run(run_request(*args)?)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .run
+                .unwrap_or_default();
+            print(&run);
+            if watch {
+                return watch_run(&mut client, &run.id, 0, json).await;
+            }
+            Ok(Outcome::Ok)
+        }
+        EvalsCommand::Watch { id, after } => watch_run(&mut client, &id, after, json).await,
+        EvalsCommand::Get { id } => {
+            let run = client
+                .get_eval_run(proto::GetEvalRunRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .run
+                .unwrap_or_default();
+            print(&run);
+            Ok(Outcome::Ok)
+        }
+        EvalsCommand::Cancel { id } => {
+            let run = client
+                .cancel_eval_run(proto::CancelEvalRunRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .run
+                .unwrap_or_default();
+            print(&run);
+            Ok(Outcome::Ok)
+        }
+        EvalsCommand::Items {
+            id,
+            status,
+            limit,
+            page_token,
+        } => {
+            let status = match status {
+                None => proto::OutputItemStatus::Unspecified,
+                Some(StatusArg::Pass) => proto::OutputItemStatus::Pass,
+                Some(StatusArg::Fail) => proto::OutputItemStatus::Fail,
+                Some(StatusArg::Error) => proto::OutputItemStatus::Error,
+            };
+            let page = client
+                .list_output_items(proto::ListOutputItemsRequest {
+                    run_id: id,
+                    status: status as i32,
+                    page_size: limit,
+                    page_token: page_token.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            for i in &page.items {
+                let results: Vec<Value> = i
+                    .results
+                    .iter()
+                    .map(|r| {
+                        json!({"name": r.name, "type": r.r#type, "score": r.score, "passed": r.passed,
+                                    "error": (!r.error.is_empty()).then_some(&r.error)})
+                    })
+                    .collect();
+                if json {
+                    let item = i.item.clone().map(crate::api::convert::json_from_struct);
+                    println!(
+                        "{}",
+                        json!({"index": i.index, "status": item_status_name(i.status), "item": item,
+                               "sample": i.sample, "results": results,
+                               "error": (!i.error.is_empty()).then_some(&i.error)})
+                    );
+                } else {
+                    let scores: Vec<String> = i.results.iter().map(|r| format!("{}={:.3}", r.name, r.score)).collect();
+                    let sample: String = i.sample.chars().take(60).collect();
+                    println!(
+                        "{:>6}  {:<5}  {:<40}  {:?}{}",
+                        i.index,
+                        item_status_name(i.status),
+                        scores.join(" "),
+                        sample,
+                        if i.error.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  error: {}", i.error)
+                        }
+                    );
+                }
+            }
+            if !page.next_page_token.is_empty() {
+                eprintln!("more: --page-token {}", page.next_page_token);
+            }
+            Ok(Outcome::Ok)
+        }
+        EvalsCommand::Compare { ids, markdown } => {
+            let cmp = client
+                .compare_eval_runs(proto::CompareEvalRunsRequest { run_ids: ids })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!("{}", comparison_json(&cmp));
+            } else {
+                print!("{}", comparison_table(&cmp, false));
+            }
+            if let Some(path) = markdown {
+                std::fs::write(&path, comparison_table(&cmp, true))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+fn comparison_json(c: &proto::CompareEvalRunsResponse) -> Value {
+    json!({
+        "runs": c.runs.iter().map(run_json).collect::<Vec<_>>(),
+        "paired_tests": c.paired_tests.iter().map(|t| json!({
+            "baseline_run_id": t.baseline_run_id, "run_id": t.run_id, "criterion": t.criterion,
+            "shared_items": t.shared_items, "baseline_only_passed": t.baseline_only_passed,
+            "run_only_passed": t.run_only_passed, "p_value": t.p_value, "significant": t.significant,
+            "baseline_pass_rate": t.baseline_pass_rate, "run_pass_rate": t.run_pass_rate})).collect::<Vec<_>>(),
+        "disagreements": c.disagreements.iter().map(|d| json!({
+            "index": d.index, "statuses": d.statuses.iter().map(|s| item_status_name(*s)).collect::<Vec<_>>()}))
+            .collect::<Vec<_>>(),
+        "disagreements_truncated": c.disagreements_truncated,
+    })
+}
+
+/// Side by side: one row per criterion, one column per run (pass rate and
+/// 95% interval), then each run's paired test against the baseline.
+fn comparison_table(c: &proto::CompareEvalRunsResponse, markdown: bool) -> String {
+    let mut header = vec!["criterion".to_string()];
+    header.extend(c.runs.iter().map(|r| {
+        if r.name.is_empty() {
+            r.id.clone()
+        } else {
+            format!("{} ({})", r.name, r.id)
+        }
+    }));
+    header.extend(c.runs.iter().skip(1).map(|r| format!("vs baseline: {}", r.id)));
+    let mut rows = Vec::new();
+    let criteria: Vec<String> = c
+        .runs
+        .first()
+        .map(|r| r.per_criterion.iter().map(|x| x.name.clone()).collect())
+        .unwrap_or_default();
+    for name in &criteria {
+        let mut row = vec![name.clone()];
+        for r in &c.runs {
+            row.push(match r.per_criterion.iter().find(|x| &x.name == name) {
+                Some(x) => format!("{} [{}, {}]", pct(x.pass_rate), pct(x.ci_low), pct(x.ci_high)),
+                None => "-".into(),
+            });
+        }
+        for r in c.runs.iter().skip(1) {
+            row.push(
+                match c.paired_tests.iter().find(|t| &t.criterion == name && t.run_id == r.id) {
+                    Some(t) => format!(
+                        "{:+.1} pts, p={:.4}{} (+{}/-{} of {})",
+                        100.0 * (t.run_pass_rate - t.baseline_pass_rate),
+                        t.p_value,
+                        if t.significant { " *" } else { "" },
+                        t.run_only_passed,
+                        t.baseline_only_passed,
+                        t.shared_items
+                    ),
+                    None => "-".into(),
+                },
+            );
+        }
+        rows.push(row);
+    }
+    let mut out = String::new();
+    if markdown {
+        out.push_str(&format!("| {} |\n", header.join(" | ")));
+        out.push_str(&format!("|{}\n", " --- |".repeat(header.len())));
+        for row in &rows {
+            out.push_str(&format!("| {} |\n", row.join(" | ")));
+        }
+        out.push_str("\n`*`: significant at 0.05 (two-sided exact McNemar test on the items both runs graded).\n");
+    } else {
+        let widths: Vec<usize> = (0..header.len())
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].len())
+                    .chain([header[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: &[String]| {
+            cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
+        out.push_str(&line(&header));
+        out.push('\n');
+        for row in &rows {
+            out.push_str(&line(row));
+            out.push('\n');
+        }
+    }
+    let n = c.disagreements.len();
+    out.push_str(&format!(
+        "\n{n}{} items where the runs disagree{}\n",
+        if c.disagreements_truncated { "+" } else { "" },
+        if n > 0 {
+            format!(
+                ": {}",
+                c.disagreements
+                    .iter()
+                    .take(20)
+                    .map(|d| d.index.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            String::new()
+        }
+    ));
+    out
+}
+
+async fn watch_run(client: &mut Client, id: &str, after: u64, json: bool) -> anyhow::Result<Outcome> {
+    let mut stream = client
+        .watch_eval_run(proto::WatchEvalRunRequest {
+            run_id: id.to_string(),
+            after_seq: after,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} items {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    });
+    while let Some(msg) = stream.message().await.map_err(status_error)? {
+        match msg.payload {
+            Some(watch_eval_run_response::Payload::Progress(p)) => {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"seq": p.seq, "completed": p.completed, "total": p.total,
+                               "item_index": p.item_index, "item_status": item_status_name(p.item_status),
+                               "per_criterion": p.per_criterion.iter().map(criterion_json).collect::<Vec<_>>(),
+                               "items_per_second": p.items_per_second, "eta_seconds": p.eta_seconds,
+                               "error": (!p.error.is_empty()).then_some(&p.error)})
+                    );
+                    continue;
+                }
+                let rates: Vec<String> = p
+                    .per_criterion
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {} [{}, {}]",
+                            c.name,
+                            pct(c.pass_rate),
+                            pct(c.ci_low),
+                            pct(c.ci_high)
+                        )
+                    })
+                    .collect();
+                let status = format!(
+                    "{}  {:.1}/s  eta {:.0}s",
+                    rates.join("  "),
+                    p.items_per_second,
+                    p.eta_seconds
+                );
+                match &bar {
+                    Some(bar) => {
+                        bar.set_length(p.total);
+                        bar.set_position(p.completed);
+                        bar.set_message(status);
+                        if !p.error.is_empty() {
+                            bar.println(format!("item {}: {}", p.item_index, p.error));
+                        }
+                    }
+                    None if !p.error.is_empty() => println!("item {}: {}", p.item_index, p.error),
+                    None => {}
+                }
+            }
+            Some(watch_eval_run_response::Payload::End(run)) => {
+                if let Some(bar) = &bar {
+                    bar.finish_and_clear();
+                }
+                if json {
+                    println!("{}", json!({"end": run_json(&run)}));
+                } else {
+                    print!("{}", run_text(&run));
+                }
+                return Ok(outcome_of(&run));
+            }
+            None => {}
+        }
+    }
+    anyhow::bail!("the server ended the watch without its final message")
+}

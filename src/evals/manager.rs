@@ -1,0 +1,838 @@
+//! The evals domain service: create evals and runs (with validation of the
+//! criteria, the data source and every item), read, cancel, watch and
+//! compare runs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::model::*;
+use super::{schema, stats, work};
+use crate::blobs::Blobs;
+use crate::datasets::lines::LineReader;
+use crate::datasets::model::DatasetState;
+use crate::datasets::report::Purpose;
+use crate::error::{Error, FieldViolation, Result};
+use crate::graders::Template;
+use crate::graders::service::Graders;
+use crate::ids::{self, now_millis};
+use crate::inference::ChatModel;
+use crate::paging;
+use crate::store::Store;
+
+/// Marks ListEvalRuns and ListOutputItems page tokens.
+const RUNS_TOKEN: &str = "erp1.";
+const ITEMS_TOKEN: &str = "eip1.";
+/// Concurrency when a run does not say.
+pub const DEFAULT_CONCURRENCY: u32 = 16;
+pub const MAX_CONCURRENCY: u32 = 256;
+pub const DEFAULT_ERROR_RATE: f64 = 0.5;
+/// Items a run finishes before its error rate can fail it.
+pub const ERROR_RATE_MIN_ITEMS: u64 = 20;
+/// Item problems a CreateEvalRun reports before it stops looking.
+const MAX_ITEM_PROBLEMS: usize = 10;
+/// Disagreements a comparison lists.
+const MAX_DISAGREEMENTS: usize = 1000;
+
+#[derive(Clone, Debug)]
+pub struct EvalsConfig {
+    /// Runs this process works on at once.
+    pub max_concurrent_runs: usize,
+    pub lease: Duration,
+    pub poll: Duration,
+    pub worker_id: String,
+}
+
+impl Default for EvalsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_runs: 4,
+            lease: Duration::from_secs(15),
+            poll: Duration::from_secs(1),
+            worker_id: ids::new_id("worker"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CreateEval {
+    pub name: String,
+    pub item_schema: Option<Value>,
+    /// Grader objects or `{"name": ...}` references, with their thresholds.
+    pub criteria: Vec<(Value, Option<f64>)>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CreateRun {
+    pub eval_id: String,
+    pub dataset_id: String,
+    pub source: Option<DataSource>,
+    pub concurrency: u32,
+    pub error_rate_threshold: f64,
+    pub name: String,
+}
+
+/// What WatchEvalRun streams: progress in order, then the final run once.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // moved through a bounded channel, never stored
+pub enum WatchItem {
+    Progress { item: OutputItemRecord, total: u64 },
+    End(RunRecord),
+}
+
+/// One run against the first on one criterion ("all": whole items).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PairedTest {
+    pub baseline_run_id: String,
+    pub run_id: String,
+    pub criterion: String,
+    pub shared_items: u64,
+    pub baseline_only_passed: u64,
+    pub run_only_passed: u64,
+    pub p_value: f64,
+    pub significant: bool,
+    pub baseline_pass_rate: f64,
+    pub run_pass_rate: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    pub runs: Vec<RunRecord>,
+    pub tests: Vec<PairedTest>,
+    /// Items whose status differs between runs: index, one status per run.
+    pub disagreements: Vec<(u64, Vec<Option<ItemStatus>>)>,
+    pub truncated: bool,
+}
+
+/// Per-run wake-ups for watchers: the latest sequence number recorded. The
+/// store is the truth; this only wakes watchers sooner, and a watch channel
+/// holds one value, so nothing queues up.
+#[derive(Default)]
+pub(crate) struct Bus {
+    runs: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Bus {
+    pub(crate) fn notify(&self, run_id: &str, seq: u64) {
+        let Ok(runs) = self.runs.lock() else { return };
+        if let Some(tx) = runs.get(run_id) {
+            tx.send_replace(seq);
+        }
+    }
+
+    fn subscribe(&self, run_id: &str) -> watch::Receiver<u64> {
+        let mut runs = match self.runs.lock() {
+            Ok(runs) => runs,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        runs.retain(|_, tx| tx.receiver_count() > 0);
+        runs.entry(run_id.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+}
+
+pub struct Evals {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) blobs: Blobs,
+    pub(crate) graders: Arc<Graders>,
+    pub(crate) model: Arc<dyn ChatModel>,
+    pub(crate) config: EvalsConfig,
+    pub(crate) wake: Notify,
+    pub(crate) bus: Bus,
+    /// Stop tokens of the runs this process is working on.
+    pub(crate) running: Mutex<HashMap<String, CancellationToken>>,
+}
+
+fn check_id(prefix: &str, field: &str, id: &str, what: &str) -> Result<()> {
+    if ids::is_valid(prefix, id) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            format!("{id:?} is not {what} ({prefix}_ followed by 26 characters)"),
+        ))
+    }
+}
+
+fn refusal(id: &str, state: RunState) -> Error {
+    Error::precondition(
+        "EVAL_RUN_STATE",
+        id,
+        format!("eval run {id} is {}; it cannot be canceled", state.as_str()),
+    )
+}
+
+impl Evals {
+    pub fn new(
+        store: Arc<dyn Store>,
+        blobs: Blobs,
+        graders: Arc<Graders>,
+        model: Arc<dyn ChatModel>,
+        config: EvalsConfig,
+    ) -> Self {
+        Self {
+            store,
+            blobs,
+            graders,
+            model,
+            config,
+            wake: Notify::new(),
+            bus: Bus::default(),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn create_eval(&self, req: CreateEval) -> Result<EvalRecord> {
+        let mut v = Vec::new();
+        let name = req.name.trim().to_string();
+        if name.is_empty() || name.chars().count() > 256 {
+            v.push(FieldViolation::new("name", "an eval name is 1 to 256 characters"));
+        }
+        if let Some(s) = &req.item_schema {
+            for (pointer, message) in schema::check_schema(s) {
+                v.push(FieldViolation::new(
+                    format!("item_schema{}", pointer.replace('/', ".")),
+                    message,
+                ));
+            }
+        }
+        if req.criteria.is_empty() {
+            v.push(FieldViolation::new(
+                "testing_criteria",
+                "give at least one testing criterion",
+            ));
+        }
+        if req.metadata.len() > 16 {
+            v.push(FieldViolation::new("metadata", "at most 16 key-value pairs"));
+        }
+        let mut criteria = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, (grader, threshold)) in req.criteria.into_iter().enumerate() {
+            let field = format!("testing_criteria[{i}]");
+            let (json, parsed) = match self.graders.resolve_checked(grader, &format!("{field}.grader")).await {
+                Ok(g) => g,
+                Err(Error::InvalidArgument(problems)) => {
+                    v.extend(problems);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let kind = parsed.kind();
+            let pass_threshold = match (kind, threshold) {
+                ("string_check" | "label_model", None) => 1.0,
+                ("string_check" | "label_model", Some(1.0)) => 1.0,
+                ("string_check" | "label_model", Some(_)) => {
+                    v.push(FieldViolation::new(
+                        format!("{field}.pass_threshold"),
+                        format!("{kind} graders pass on a score of 1; leave the threshold out"),
+                    ));
+                    continue;
+                }
+                (_, Some(t)) if t.is_finite() => t,
+                (_, Some(_)) => {
+                    v.push(FieldViolation::new(
+                        format!("{field}.pass_threshold"),
+                        "must be a finite number",
+                    ));
+                    continue;
+                }
+                (_, None) => {
+                    v.push(FieldViolation::new(
+                        format!("{field}.pass_threshold"),
+                        format!("{kind} graders need a pass threshold (the score at or above which an item passes)"),
+                    ));
+                    continue;
+                }
+            };
+            let name = parsed.name().to_string();
+            if !names.insert(name.clone()) {
+                v.push(FieldViolation::new(
+                    format!("{field}.grader.name"),
+                    format!("another criterion is already named {name:?}; criteria need distinct names"),
+                ));
+            }
+            criteria.push(Criterion {
+                name,
+                grader: json,
+                pass_threshold,
+            });
+        }
+        if !v.is_empty() {
+            return Err(Error::InvalidArgument(v));
+        }
+        let eval = EvalRecord {
+            id: ids::new_id("eval"),
+            name,
+            spec: EvalSpec {
+                item_schema: req.item_schema,
+                criteria,
+                metadata: req.metadata,
+            },
+            created_at: now_millis(),
+        };
+        self.store.insert_eval(&eval).await?;
+        Ok(eval)
+    }
+
+    pub async fn get_eval(&self, id: &str) -> Result<EvalRecord> {
+        check_id("eval", "id", id, "an eval id")?;
+        self.store
+            .get_eval(id)
+            .await?
+            .ok_or_else(|| Error::not_found("eval", id))
+    }
+
+    fn check_source(source: &Option<DataSource>, v: &mut Vec<FieldViolation>) {
+        let no_sample = |t: &Template| t.variables().any(|x| x.namespace == crate::graders::Namespace::Sample);
+        match source {
+            None => v.push(FieldViolation::new(
+                "source",
+                "give a model to sample (model) or precomputed samples (precomputed)",
+            )),
+            Some(DataSource::Model {
+                model,
+                input_messages,
+                sampling,
+                ..
+            }) => {
+                if model.trim().is_empty() {
+                    v.push(FieldViolation::new("model.model", "a model is required"));
+                }
+                if input_messages.is_empty() {
+                    v.push(FieldViolation::new("model.input_messages", "give at least one message"));
+                }
+                for (i, m) in input_messages.iter().enumerate() {
+                    let field = format!("model.input_messages[{i}]");
+                    if !m.get("role").is_some_and(Value::is_string) {
+                        v.push(FieldViolation::new(
+                            format!("{field}.role"),
+                            "a role string is required",
+                        ));
+                    }
+                    let texts: Vec<&str> = match m.get("content") {
+                        Some(Value::String(s)) => vec![s],
+                        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text")?.as_str()).collect(),
+                        _ => {
+                            v.push(FieldViolation::new(
+                                format!("{field}.content"),
+                                "content is a string or a list of content parts",
+                            ));
+                            continue;
+                        }
+                    };
+                    for text in texts {
+                        match Template::parse(text) {
+                            Err(e) => v.push(FieldViolation::new(format!("{field}.content"), e)),
+                            Ok(t) if no_sample(&t) => v.push(FieldViolation::new(
+                                format!("{field}.content"),
+                                "input messages may use {{ item.* }} only; the sample does not exist yet",
+                            )),
+                            Ok(_) => {}
+                        }
+                    }
+                }
+                if let Some(t) = sampling.temperature
+                    && !(0.0..=2.0).contains(&t)
+                {
+                    v.push(FieldViolation::new(
+                        "model.sampling_params.temperature",
+                        "must be between 0 and 2",
+                    ));
+                }
+                if let Some(p) = sampling.top_p
+                    && !(p > 0.0 && p <= 1.0)
+                {
+                    v.push(FieldViolation::new("model.sampling_params.top_p", "must be in (0, 1]"));
+                }
+                if sampling.max_tokens == Some(0) {
+                    v.push(FieldViolation::new(
+                        "model.sampling_params.max_tokens",
+                        "must be at least 1",
+                    ));
+                }
+            }
+            Some(DataSource::Precomputed { sample_template }) => match Template::parse(sample_template) {
+                Err(e) => v.push(FieldViolation::new("precomputed.sample_template", e)),
+                Ok(t) if no_sample(&t) => v.push(FieldViolation::new(
+                    "precomputed.sample_template",
+                    "the sample comes from the item: use {{ item.* }}",
+                )),
+                Ok(_) => {}
+            },
+        }
+    }
+
+    pub async fn create_run(&self, req: CreateRun) -> Result<RunRecord> {
+        let eval = self.get_eval(&req.eval_id).await.map_err(|e| match e {
+            Error::InvalidArgument(_) => Error::invalid("eval_id", format!("{:?} is not an eval id", req.eval_id)),
+            e => e,
+        })?;
+        let mut v = Vec::new();
+        Self::check_source(&req.source, &mut v);
+        let concurrency = match req.concurrency {
+            0 => DEFAULT_CONCURRENCY,
+            c if c <= MAX_CONCURRENCY => c,
+            _ => {
+                v.push(FieldViolation::new(
+                    "concurrency",
+                    format!("must be between 0 (default {DEFAULT_CONCURRENCY}) and {MAX_CONCURRENCY}"),
+                ));
+                DEFAULT_CONCURRENCY
+            }
+        };
+        let threshold = req.error_rate_threshold;
+        let error_rate_threshold = if threshold == 0.0 {
+            DEFAULT_ERROR_RATE
+        } else if threshold > 0.0 && threshold <= 1.0 {
+            threshold
+        } else {
+            v.push(FieldViolation::new(
+                "error_rate_threshold",
+                "must be in (0, 1], or 0 for the default 0.5",
+            ));
+            DEFAULT_ERROR_RATE
+        };
+        if req.name.chars().count() > 256 {
+            v.push(FieldViolation::new("name", "at most 256 characters"));
+        }
+        let dataset = if ids::is_valid("ds", &req.dataset_id) {
+            let d = self
+                .store
+                .get_dataset(&req.dataset_id)
+                .await?
+                .ok_or_else(|| Error::not_found("dataset", &req.dataset_id))?;
+            if d.state != DatasetState::Ready {
+                return Err(Error::precondition(
+                    "DATASET_STATE",
+                    &d.id,
+                    format!("dataset {} failed validation and cannot be used", d.id),
+                ));
+            }
+            if d.purpose != Purpose::Eval {
+                v.push(FieldViolation::new(
+                    "dataset_id",
+                    format!(
+                        "dataset {} was uploaded for {}; evals need eval data",
+                        d.id,
+                        d.purpose.as_str()
+                    ),
+                ));
+            }
+            Some(d)
+        } else {
+            v.push(FieldViolation::new(
+                "dataset_id",
+                format!("{:?} is not a dataset id", req.dataset_id),
+            ));
+            None
+        };
+        if !v.is_empty() {
+            return Err(Error::InvalidArgument(v));
+        }
+        let (Some(dataset), Some(source)) = (dataset, req.source) else {
+            return Err(Error::Internal("validated run without a dataset or source".into()));
+        };
+        let total = self.check_items(&eval, &dataset, &source).await?;
+        let spec = RunSpec {
+            name: req.name,
+            dataset_id: dataset.id.clone(),
+            source,
+            concurrency,
+            error_rate_threshold,
+            criteria: eval.spec.criteria.iter().map(|c| c.name.clone()).collect(),
+        };
+        let run = RunRecord {
+            id: ids::new_id("evalrun"),
+            eval_id: eval.id.clone(),
+            spec,
+            state: RunState::Queued,
+            total,
+            progress: Progress {
+                per_criterion: vec![CriterionCounts::default(); eval.spec.criteria.len()],
+                ..Default::default()
+            },
+            error: None,
+            created_at: now_millis(),
+            started_at: None,
+            finished_at: None,
+            lease_owner: None,
+            lease_expires_at: None,
+        };
+        self.store.insert_eval_run(&run).await?;
+        self.wake.notify_one();
+        Ok(run)
+    }
+
+    /// Reads every item once: each must be JSON, fit the eval's schema and
+    /// render the run's templates. Returns the number of items.
+    async fn check_items(
+        &self,
+        eval: &EvalRecord,
+        dataset: &crate::datasets::model::DatasetRecord,
+        source: &DataSource,
+    ) -> Result<u64> {
+        let blobs = self.blobs.clone();
+        let (sha, size) = (dataset.sha256.clone(), dataset.bytes);
+        let item_schema = eval.spec.item_schema.clone();
+        let source = source.clone();
+        let handle = tokio::runtime::Handle::current();
+        let (total, problems) = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<String>)> {
+            let mut problems = Vec::new();
+            let mut total = 0u64;
+            for (index, line) in LineReader::new(&handle, &blobs, &sha, size).enumerate() {
+                let line = line?;
+                total += 1;
+                if problems.len() >= MAX_ITEM_PROBLEMS {
+                    continue;
+                }
+                let row: Value = match serde_json::from_slice(&line) {
+                    Ok(row) => row,
+                    Err(e) => {
+                        problems.push(format!("item {index}: not JSON: {e}"));
+                        continue;
+                    }
+                };
+                let (item, row_sample) = work::split_row(row);
+                if let Some(s) = &item_schema {
+                    for (pointer, message) in schema::validate(s, &item, 3) {
+                        problems.push(format!("item {index} at {:?}: {message}", pointer));
+                    }
+                }
+                let rendered = match &source {
+                    DataSource::Model { input_messages, .. } => {
+                        work::render_messages(input_messages, &item).map(|_| ())
+                    }
+                    DataSource::Precomputed { sample_template } => {
+                        work::precomputed_sample(sample_template, &item, row_sample.as_ref()).map(|_| ())
+                    }
+                };
+                if let Err(e) = rendered {
+                    problems.push(format!("item {index}: {e}"));
+                }
+            }
+            Ok((total, problems))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("reading the dataset failed: {e}")))??;
+        if !problems.is_empty() {
+            return Err(Error::InvalidArgument(
+                problems
+                    .into_iter()
+                    .take(MAX_ITEM_PROBLEMS)
+                    .map(|p| FieldViolation::new("dataset_id", p))
+                    .collect(),
+            ));
+        }
+        if total == 0 {
+            return Err(Error::invalid("dataset_id", "the dataset has no items"));
+        }
+        Ok(total)
+    }
+
+    pub async fn get_run(&self, id: &str) -> Result<RunRecord> {
+        check_id("evalrun", "id", id, "an eval run id")?;
+        self.store
+            .get_eval_run(id)
+            .await?
+            .ok_or_else(|| Error::not_found("eval run", id))
+    }
+
+    pub async fn list_runs(&self, eval_id: &str, page_size: i32, page_token: &str) -> Result<(Vec<RunRecord>, String)> {
+        check_id("eval", "eval_id", eval_id, "an eval id")?;
+        let limit = paging::limit(page_size)?;
+        let after = paging::decode_cursor(RUNS_TOKEN, page_token, "ListEvalRuns")?;
+        let runs = self.store.list_eval_runs(eval_id, after.as_ref(), limit + 1).await?;
+        Ok(paging::split(runs, limit, |r| {
+            paging::encode_cursor(RUNS_TOKEN, r.created_at, &r.id)
+        }))
+    }
+
+    /// Cancels a queued or running run: no item is dispatched after this,
+    /// and the items in flight are dropped, not recorded.
+    pub async fn cancel_run(&self, id: &str) -> Result<RunRecord> {
+        let run = self.get_run(id).await?;
+        if run.state.is_terminal() {
+            return Err(refusal(id, run.state));
+        }
+        let from = [RunState::Queued, RunState::InProgress];
+        let Some(run) = self
+            .store
+            .finish_eval_run(id, &from, RunState::Canceled, None, Some(now_millis()))
+            .await?
+        else {
+            let state = self.get_run(id).await?.state;
+            return Err(refusal(id, state));
+        };
+        // A runner on another replica learns it from its next heartbeat.
+        if let Some(stop) = self.running.lock().ok().and_then(|r| r.get(id).cloned()) {
+            stop.cancel();
+        }
+        self.bus.notify(id, u64::MAX);
+        Ok(run)
+    }
+
+    pub async fn list_items(
+        &self,
+        run_id: &str,
+        status: Option<ItemStatus>,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<OutputItemRecord>, String)> {
+        self.get_run(run_id).await?;
+        let limit = paging::limit(page_size)?;
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(
+                page_token
+                    .strip_prefix(ITEMS_TOKEN)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "page_token",
+                            "not a page token from a previous ListOutputItems response",
+                        )
+                    })?,
+            )
+        };
+        let items = self.store.list_output_items(run_id, status, after, limit + 1).await?;
+        Ok(paging::split(items, limit, |i| format!("{ITEMS_TOKEN}{}", i.index)))
+    }
+
+    /// Progress after `after_seq`, then live progress, then the final run.
+    /// The stream is bounded: a client that stops reading holds only its own
+    /// small buffer and catches up from the store when it reads again.
+    pub async fn watch(self: &Arc<Self>, run_id: &str, after_seq: u64) -> Result<mpsc::Receiver<Result<WatchItem>>> {
+        self.get_run(run_id).await?;
+        let (tx, rx) = mpsc::channel(32);
+        let evals = self.clone();
+        let id = run_id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = evals.feed_watcher(&id, after_seq, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn feed_watcher(&self, id: &str, after_seq: u64, tx: &mpsc::Sender<Result<WatchItem>>) -> Result<()> {
+        // Subscribe before reading so nothing recorded in between is missed.
+        let mut live = self.bus.subscribe(id);
+        let mut last = after_seq;
+        let mut total = self.get_run(id).await?.total;
+        loop {
+            live.borrow_and_update();
+            let mut terminal = None;
+            loop {
+                let page = self.store.list_output_items_by_seq(id, last, 256).await?;
+                let n = page.len();
+                for item in page {
+                    last = item.seq;
+                    if tx.send(Ok(WatchItem::Progress { item, total })).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if n == 256 {
+                    continue;
+                }
+                // Nothing is recorded after a run ends, so once it has ended
+                // one more read of the log is the last.
+                if terminal.is_some() {
+                    break;
+                }
+                let run = self.get_run(id).await?;
+                total = run.total;
+                if !run.state.is_terminal() {
+                    break;
+                }
+                terminal = Some(run);
+            }
+            if let Some(run) = terminal {
+                let _ = tx.send(Ok(WatchItem::End(run))).await;
+                return Ok(());
+            }
+            // Woken by this process's runner, or now and then for runs on
+            // other replicas; either way the store says what happened.
+            let _ = tokio::time::timeout(self.config.poll, live.changed()).await;
+        }
+    }
+
+    /// Compares runs of one eval: the first is the baseline.
+    pub async fn compare(&self, run_ids: &[String]) -> Result<Comparison> {
+        if run_ids.len() < 2 {
+            return Err(Error::invalid("run_ids", "compare two or more runs"));
+        }
+        if run_ids.len() > 16 {
+            return Err(Error::invalid("run_ids", "compare at most 16 runs"));
+        }
+        let mut v = Vec::new();
+        for (i, id) in run_ids.iter().enumerate() {
+            if !ids::is_valid("evalrun", id) {
+                v.push(FieldViolation::new(
+                    format!("run_ids[{i}]"),
+                    format!("{id:?} is not an eval run id"),
+                ));
+            } else if run_ids[..i].contains(id) {
+                v.push(FieldViolation::new(
+                    format!("run_ids[{i}]"),
+                    format!("run {id} is listed twice"),
+                ));
+            }
+        }
+        if !v.is_empty() {
+            return Err(Error::InvalidArgument(v));
+        }
+        let mut runs = Vec::new();
+        for id in run_ids {
+            runs.push(self.get_run(id).await?);
+        }
+        for (i, run) in runs.iter().enumerate().skip(1) {
+            if run.eval_id != runs[0].eval_id {
+                v.push(FieldViolation::new(
+                    format!("run_ids[{i}]"),
+                    format!(
+                        "run {} belongs to eval {}, not {}; only runs of one eval compare",
+                        run.id, run.eval_id, runs[0].eval_id
+                    ),
+                ));
+            }
+        }
+        if !v.is_empty() {
+            return Err(Error::InvalidArgument(v));
+        }
+        // Per run: index -> (status, per-criterion pass, None when errored).
+        type Outcomes = BTreeMap<u64, (ItemStatus, Vec<Option<bool>>)>;
+        let mut outcomes: Vec<Outcomes> = Vec::new();
+        for run in &runs {
+            let mut map = Outcomes::new();
+            let mut after = None;
+            loop {
+                let page = self.store.list_output_items(&run.id, None, after, 1000).await?;
+                let n = page.len();
+                for item in page {
+                    after = Some(item.index);
+                    let per = item
+                        .detail
+                        .results
+                        .iter()
+                        .map(|r| r.error.is_none().then_some(r.passed))
+                        .collect();
+                    map.insert(item.index, (item.status, per));
+                }
+                if n < 1000 {
+                    break;
+                }
+            }
+            outcomes.push(map);
+        }
+        let criteria = runs[0].spec.criteria.clone();
+        let mut tests = Vec::new();
+        for (j, run) in runs.iter().enumerate().skip(1) {
+            let names = std::iter::once("all".to_string()).chain(criteria.iter().cloned());
+            for (c, name) in names.enumerate() {
+                let pick = |o: &(ItemStatus, Vec<Option<bool>>)| -> Option<bool> {
+                    if c == 0 {
+                        match o.0 {
+                            ItemStatus::Pass => Some(true),
+                            ItemStatus::Fail => Some(false),
+                            ItemStatus::Error => None,
+                        }
+                    } else {
+                        o.1.get(c - 1).copied().flatten()
+                    }
+                };
+                let (mut shared, mut base_pass, mut run_pass, mut b, mut cc) = (0u64, 0u64, 0u64, 0u64, 0u64);
+                for (index, base) in &outcomes[0] {
+                    let (Some(x), Some(y)) = (pick(base), outcomes[j].get(index).and_then(pick)) else {
+                        continue;
+                    };
+                    shared += 1;
+                    base_pass += x as u64;
+                    run_pass += y as u64;
+                    match (x, y) {
+                        (true, false) => b += 1,
+                        (false, true) => cc += 1,
+                        _ => {}
+                    }
+                }
+                let p_value = stats::mcnemar_exact(b, cc);
+                tests.push(PairedTest {
+                    baseline_run_id: runs[0].id.clone(),
+                    run_id: run.id.clone(),
+                    criterion: name,
+                    shared_items: shared,
+                    baseline_only_passed: b,
+                    run_only_passed: cc,
+                    p_value,
+                    significant: p_value < 0.05,
+                    baseline_pass_rate: stats::rate(base_pass, shared),
+                    run_pass_rate: stats::rate(run_pass, shared),
+                });
+            }
+        }
+        let indices: BTreeSet<u64> = outcomes.iter().flat_map(|o| o.keys().copied()).collect();
+        let mut disagreements = Vec::new();
+        let mut truncated = false;
+        for index in indices {
+            let statuses: Vec<Option<ItemStatus>> = outcomes.iter().map(|o| o.get(&index).map(|x| x.0)).collect();
+            if statuses.iter().all(|s| *s == statuses[0]) {
+                continue;
+            }
+            if disagreements.len() == MAX_DISAGREEMENTS {
+                truncated = true;
+                break;
+            }
+            disagreements.push((index, statuses));
+        }
+        Ok(Comparison {
+            runs,
+            tests,
+            disagreements,
+            truncated,
+        })
+    }
+}
+
+/// A criterion's pass rate with its 95% Wilson interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CriterionSummary {
+    pub name: String,
+    pub counts: CriterionCounts,
+    pub pass_rate: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+/// Pass rates per criterion from a run's tallies.
+pub fn summarize(criteria: &[String], progress: &Progress) -> Vec<CriterionSummary> {
+    criteria
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let counts = progress.per_criterion.get(i).cloned().unwrap_or_default();
+            let n = counts.passed + counts.failed;
+            let (ci_low, ci_high) = stats::wilson(counts.passed, n);
+            CriterionSummary {
+                name: name.clone(),
+                pass_rate: stats::rate(counts.passed, n),
+                counts,
+                ci_low,
+                ci_high,
+            }
+        })
+        .collect()
+}
+
+/// Items per second over the time the run spent running.
+pub fn throughput(progress: &Progress) -> f64 {
+    if progress.elapsed_ms == 0 {
+        return 0.0;
+    }
+    progress.completed as f64 / (progress.elapsed_ms as f64 / 1000.0)
+}

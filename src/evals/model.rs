@@ -1,0 +1,230 @@
+//! Evals, runs and output items as the domain and the store see them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One testing criterion: a grader (the object itself, saved-grader
+/// references already resolved) and when an item passes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Criterion {
+    /// The grader's name: names the criterion in results.
+    pub name: String,
+    pub grader: Value,
+    /// Score at or above which an item passes.
+    pub pass_threshold: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalSpec {
+    pub item_schema: Option<Value>,
+    pub criteria: Vec<Criterion>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalRecord {
+    pub id: String,
+    pub name: String,
+    pub spec: EvalSpec,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    InProgress,
+    Completed,
+    Failed,
+    Canceled,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 5] = [
+        RunState::Queued,
+        RunState::InProgress,
+        RunState::Completed,
+        RunState::Failed,
+        RunState::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::InProgress => "in_progress",
+            RunState::Completed => "completed",
+            RunState::Failed => "failed",
+            RunState::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunState::Completed | RunState::Failed | RunState::Canceled)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+}
+
+/// Where a run's samples come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum DataSource {
+    /// Sample `model` on messages rendered from each item.
+    Model {
+        model: String,
+        /// `{role, content}` objects whose strings may hold `{{ item.* }}`.
+        input_messages: Vec<Value>,
+        sampling: SamplingParams,
+        tools: Option<Value>,
+        response_format: Option<Value>,
+    },
+    /// The samples are in the items: rendered from `sample_template`, or
+    /// each row's `sample` when it is empty.
+    Precomputed { sample_template: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub name: String,
+    pub dataset_id: String,
+    pub source: DataSource,
+    pub concurrency: u32,
+    pub error_rate_threshold: f64,
+    /// The eval's criterion names when the run was created, in order.
+    pub criteria: Vec<String>,
+}
+
+impl RunSpec {
+    pub fn model(&self) -> &str {
+        match &self.source {
+            DataSource::Model { model, .. } => model,
+            DataSource::Precomputed { .. } => "",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CriterionCounts {
+    pub passed: u64,
+    pub failed: u64,
+    pub errored: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub invocations: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// A run's tallies after its first `completed` items; stored with the run
+/// and with each output item (the progress event that item makes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub completed: u64,
+    pub passed: u64,
+    pub failed: u64,
+    pub errored: u64,
+    /// One per criterion, in the eval's order.
+    pub per_criterion: Vec<CriterionCounts>,
+    pub usage: BTreeMap<String, Usage>,
+    /// Milliseconds spent running, summed over attempts (a resumed run does
+    /// not count the time it spent stopped).
+    pub elapsed_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRecord {
+    pub id: String,
+    pub eval_id: String,
+    pub spec: RunSpec,
+    pub state: RunState,
+    /// Items in the dataset.
+    pub total: u64,
+    pub progress: Progress,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatus {
+    Pass,
+    Fail,
+    Error,
+}
+
+impl ItemStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemStatus::Pass => "pass",
+            ItemStatus::Fail => "fail",
+            ItemStatus::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [ItemStatus::Pass, ItemStatus::Fail, ItemStatus::Error]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+}
+
+/// One criterion's outcome on one item.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub name: String,
+    pub kind: String,
+    pub score: f64,
+    pub passed: bool,
+    /// The grader's error, when it flagged one.
+    pub error: Option<String>,
+}
+
+/// What a finished item holds besides its status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ItemDetail {
+    pub item: Value,
+    /// Rendered input messages; empty for precomputed samples.
+    pub input: Vec<Value>,
+    pub sample: String,
+    #[serde(default)]
+    pub tool_calls: Vec<Value>,
+    #[serde(default)]
+    pub finish_reason: String,
+    pub results: Vec<Outcome>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputItemRecord {
+    pub run_id: String,
+    /// The item's row in the dataset, from 0.
+    pub index: u64,
+    /// 1, 2, 3, ... per run, in the order items were recorded.
+    pub seq: u64,
+    pub status: ItemStatus,
+    pub detail: ItemDetail,
+    /// The run's tallies including this item.
+    pub progress: Progress,
+    pub created_at: i64,
+}

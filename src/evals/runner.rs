@@ -1,0 +1,317 @@
+//! The background runner: an actor that claims runs with a lease (so
+//! several replicas can share a Postgres database), works on each with a
+//! bounded number of items in flight, records every finished item, keeps
+//! the lease alive, and on shutdown drops what is in flight and hands its
+//! runs back to the queue. A claimed run skips the items already recorded,
+//! so a resumed run never samples or grades an item twice.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::manager::{ERROR_RATE_MIN_ITEMS, Evals};
+use super::model::*;
+use super::work::{Finished, RunWork};
+use crate::datasets::lines::LineReader;
+use crate::ids::now_millis;
+use crate::store::StoreError;
+
+/// Starts the runner; it returns after `shutdown` once its runs have stopped.
+pub fn spawn(evals: Arc<Evals>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(evals, shutdown))
+}
+
+async fn run(evals: Arc<Evals>, shutdown: CancellationToken) {
+    let mut runners = JoinSet::new();
+    let max = evals.config.max_concurrent_runs.max(1);
+    loop {
+        while runners.len() < max && !shutdown.is_cancelled() {
+            let now = now_millis();
+            let lease_until = now + evals.config.lease.as_millis() as i64;
+            match evals
+                .store
+                .claim_next_eval_run(&evals.config.worker_id, now, lease_until)
+                .await
+            {
+                Ok(Some(run)) => {
+                    tracing::info!(run = %run.id, done = run.progress.completed, "claimed eval run");
+                    let span = tracing::info_span!("eval_run", run = %run.id);
+                    runners.spawn(run_one(evals.clone(), run, shutdown.clone()).instrument(span));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not claim an eval run");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = evals.wake.notified() => {}
+            () = tokio::time::sleep(evals.config.poll) => {}
+            Some(_) = runners.join_next(), if !runners.is_empty() => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    while runners.join_next().await.is_some() {}
+}
+
+/// How working on a run ended.
+enum End {
+    Completed,
+    /// Cancelled, shut down, or the lease was lost: someone else decides.
+    Stopped,
+    Failed(String),
+}
+
+async fn heartbeat(evals: Arc<Evals>, id: String, stop: CancellationToken) {
+    let every = evals.config.lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let lease_until = now_millis() + evals.config.lease.as_millis() as i64;
+        match evals
+            .store
+            .renew_eval_lease(&id, &evals.config.worker_id, lease_until)
+            .await
+        {
+            Ok(Some(RunState::InProgress)) => {}
+            // Cancelled (perhaps on another replica) or taken over.
+            Ok(_) => {
+                stop.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(run = %id, error = %e, "eval lease renewal failed"),
+        }
+    }
+}
+
+async fn run_one(evals: Arc<Evals>, run: RunRecord, shutdown: CancellationToken) {
+    let id = run.id.clone();
+    // Stopped by a cancel, a lost lease or the shutdown.
+    let stop = shutdown.child_token();
+    if let Ok(mut running) = evals.running.lock() {
+        running.insert(id.clone(), stop.clone());
+    }
+    let beat = tokio::spawn(heartbeat(evals.clone(), id.clone(), stop.clone()));
+    let end = work_on(&evals, &run, &stop).await;
+    beat.abort();
+    if let Ok(mut running) = evals.running.lock() {
+        running.remove(&id);
+    }
+    let from = [RunState::InProgress];
+    let result = match end {
+        End::Completed => {
+            tracing::info!(run = %id, "eval run completed");
+            evals
+                .store
+                .finish_eval_run(&id, &from, RunState::Completed, None, Some(now_millis()))
+                .await
+        }
+        End::Failed(message) => {
+            tracing::warn!(run = %id, %message, "eval run failed");
+            evals
+                .store
+                .finish_eval_run(&id, &from, RunState::Failed, Some(&message), Some(now_millis()))
+                .await
+        }
+        // Shutting down: back to the queue, to resume where it stopped.
+        End::Stopped if shutdown.is_cancelled() => {
+            evals
+                .store
+                .finish_eval_run(&id, &from, RunState::Queued, None, None)
+                .await
+        }
+        End::Stopped => Ok(None),
+    };
+    if let Err(e) = result {
+        tracing::error!(run = %id, error = %e, "could not record how the eval run ended");
+    }
+    evals.bus.notify(&id, u64::MAX);
+}
+
+/// Reads the dataset's rows on a blocking thread, skipping those already
+/// recorded, into a bounded channel.
+fn read_rows(
+    evals: &Evals,
+    sha256: String,
+    size: u64,
+    done: HashSet<u64>,
+    capacity: usize,
+) -> mpsc::Receiver<(u64, Result<Vec<u8>, String>)> {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let blobs = evals.blobs.clone();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        for (index, line) in LineReader::new(&handle, &blobs, &sha256, size).enumerate() {
+            let index = index as u64;
+            if done.contains(&index) {
+                continue;
+            }
+            let failed = line.is_err();
+            if tx.blocking_send((index, line.map_err(|e| e.to_string()))).is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) -> End {
+    let setup = async {
+        let eval = evals
+            .store
+            .get_eval(&run.eval_id)
+            .await?
+            .ok_or_else(|| format!("eval {} no longer exists", run.eval_id))?;
+        let dataset = evals
+            .store
+            .get_dataset(&run.spec.dataset_id)
+            .await?
+            .ok_or_else(|| format!("dataset {} no longer exists", run.spec.dataset_id))?;
+        let mut criteria = Vec::new();
+        for c in &eval.spec.criteria {
+            let batch = evals
+                .graders
+                .batch(c.grader.clone())
+                .await
+                .map_err(|e| format!("criterion {}: {e}", c.name))?;
+            criteria.push((c.clone(), batch));
+        }
+        let mut done = HashSet::new();
+        let mut after = None;
+        loop {
+            let page = evals.store.list_output_items(&run.id, None, after, 1000).await?;
+            let n = page.len();
+            for item in page {
+                after = Some(item.index);
+                done.insert(item.index);
+            }
+            if n < 1000 {
+                break;
+            }
+        }
+        Ok::<_, SetupError>((dataset, criteria, done))
+    };
+    let (dataset, criteria, done) = match setup.await {
+        Ok(x) => x,
+        Err(SetupError(message)) => return End::Failed(message),
+    };
+    let work = Arc::new(RunWork {
+        source: run.spec.source.clone(),
+        model: evals.model.clone(),
+        criteria,
+    });
+    let concurrency = run.spec.concurrency.max(1) as usize;
+    let mut rows = read_rows(evals, dataset.sha256.clone(), dataset.bytes, done, concurrency);
+    let mut progress = run.progress.clone();
+    progress
+        .per_criterion
+        .resize(run.spec.criteria.len(), CriterionCounts::default());
+    let base_elapsed = progress.elapsed_ms;
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let mut reading = true;
+    loop {
+        if !reading && in_flight.is_empty() {
+            return End::Completed;
+        }
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return End::Stopped,
+            Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
+                let finished: Finished = finished;
+                progress.elapsed_ms = base_elapsed + started.elapsed().as_millis() as u64;
+                if let Some(end) = record(evals, run, &mut progress, finished).await {
+                    return end;
+                }
+            }
+            row = rows.recv(), if reading && in_flight.len() < concurrency => match row {
+                Some((_, Err(e))) => return End::Failed(format!("reading dataset {}: {e}", dataset.id)),
+                Some((index, Ok(line))) => {
+                    let work = work.clone();
+                    in_flight.push(async move { work.process(index, line).await });
+                }
+                None => reading = false,
+            },
+        }
+    }
+}
+
+struct SetupError(String);
+
+impl From<StoreError> for SetupError {
+    fn from(e: StoreError) -> Self {
+        SetupError(format!("storage error: {e}"))
+    }
+}
+
+impl From<String> for SetupError {
+    fn from(e: String) -> Self {
+        SetupError(e)
+    }
+}
+
+fn tally(progress: &mut Progress, finished: &Finished) {
+    progress.completed += 1;
+    match finished.status {
+        ItemStatus::Pass => progress.passed += 1,
+        ItemStatus::Fail => progress.failed += 1,
+        ItemStatus::Error => progress.errored += 1,
+    }
+    for (i, r) in finished.detail.results.iter().enumerate() {
+        if let Some(c) = progress.per_criterion.get_mut(i) {
+            match (&r.error, r.passed) {
+                (Some(_), _) => c.errored += 1,
+                (None, true) => c.passed += 1,
+                (None, false) => c.failed += 1,
+            }
+        }
+    }
+    let usage: &BTreeMap<String, (u64, u64, u64)> = &finished.usage;
+    for (model, (prompt, completion, total)) in usage {
+        let u = progress.usage.entry(model.clone()).or_default();
+        u.invocations += 1;
+        u.prompt_tokens += prompt;
+        u.completion_tokens += completion;
+        u.total_tokens += total;
+    }
+}
+
+/// Records one finished item; returns how the run ends if it must end now.
+async fn record(evals: &Evals, run: &RunRecord, progress: &mut Progress, finished: Finished) -> Option<End> {
+    tally(progress, &finished);
+    let last_error = finished.detail.error.clone();
+    let item = OutputItemRecord {
+        run_id: run.id.clone(),
+        index: finished.index,
+        seq: 0,
+        status: finished.status,
+        detail: finished.detail,
+        progress: progress.clone(),
+        created_at: now_millis(),
+    };
+    match evals.store.record_output_item(&item, &evals.config.worker_id).await {
+        Ok(Some(seq)) => evals.bus.notify(&run.id, seq),
+        // Cancelled, or the lease went to another worker.
+        Ok(None) => return Some(End::Stopped),
+        Err(e) => return Some(End::Failed(format!("could not record item {}: {e}", item.index))),
+    }
+    let (errored, completed) = (progress.errored, progress.completed);
+    let threshold = run.spec.error_rate_threshold;
+    if completed >= ERROR_RATE_MIN_ITEMS && errored as f64 / completed as f64 > threshold {
+        return Some(End::Failed(format!(
+            "{errored} of the first {completed} items errored ({:.0}%), above this run's error-rate threshold of \
+             {:.0}%; last error: {}",
+            100.0 * errored as f64 / completed as f64,
+            100.0 * threshold,
+            last_error.unwrap_or_default()
+        )));
+    }
+    None
+}

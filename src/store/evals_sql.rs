@@ -1,0 +1,258 @@
+//! The eval, run and output-item tables, written once for every SQL backend
+//! (see `jobs_sql.rs` for the placeholder rule); only claiming the next run
+//! differs, and is passed in.
+
+/// Implements `EvalStore` for a backend struct with a `pool` field.
+#[macro_export]
+macro_rules! impl_eval_store {
+    ($store:ty, claim_sql = $claim:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::store::EvalStore for $store {
+            async fn insert_eval(&self, e: &$crate::evals::model::EvalRecord) -> Result<(), $crate::store::StoreError> {
+                let result = sqlx::query("INSERT INTO evals (id, name, spec, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&e.id)
+                    .bind(&e.name)
+                    .bind($crate::store::rows::to_json(&e.spec))
+                    .bind(e.created_at)
+                    .execute(&self.pool)
+                    .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                        Err($crate::store::StoreError::Conflict(e.id.clone()))
+                    }
+                    Err(err) => Err(err.into()),
+                }
+            }
+
+            async fn get_eval(
+                &self,
+                id: &str,
+            ) -> Result<Option<$crate::evals::model::EvalRecord>, $crate::store::StoreError> {
+                let row = sqlx::query("SELECT * FROM evals WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map($crate::store::rows::eval_from_row).transpose()
+            }
+
+            async fn insert_eval_run(
+                &self,
+                r: &$crate::evals::model::RunRecord,
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::rows::to_json;
+                let result = sqlx::query(
+                    "INSERT INTO eval_runs (id, eval_id, spec, dataset_id, state, total, progress, error, created_at, next_seq)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)",
+                )
+                .bind(&r.id)
+                .bind(&r.eval_id)
+                .bind(to_json(&r.spec))
+                .bind(&r.spec.dataset_id)
+                .bind(r.state.as_str())
+                .bind(r.total as i64)
+                .bind(to_json(&r.progress))
+                .bind(r.error.as_deref())
+                .bind(r.created_at)
+                .execute(&self.pool)
+                .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                        Err($crate::store::StoreError::Conflict(r.id.clone()))
+                    }
+                    Err(err) => Err(err.into()),
+                }
+            }
+
+            async fn get_eval_run(
+                &self,
+                id: &str,
+            ) -> Result<Option<$crate::evals::model::RunRecord>, $crate::store::StoreError> {
+                let row = sqlx::query("SELECT * FROM eval_runs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map($crate::store::rows::run_from_row).transpose()
+            }
+
+            async fn list_eval_runs(
+                &self,
+                eval_id: &str,
+                after: Option<&$crate::store::Cursor>,
+                limit: usize,
+            ) -> Result<Vec<$crate::evals::model::RunRecord>, $crate::store::StoreError> {
+                let (ts, id) = match after {
+                    Some(c) => (c.created_at, c.id.clone()),
+                    None => (i64::MAX, String::new()),
+                };
+                let rows = sqlx::query(
+                    "SELECT * FROM eval_runs WHERE eval_id = $1
+                       AND (created_at < $2 OR (created_at = $2 AND id < $3))
+                     ORDER BY created_at DESC, id DESC LIMIT $4",
+                )
+                .bind(eval_id)
+                .bind(ts)
+                .bind(id)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map($crate::store::rows::run_from_row).collect()
+            }
+
+            async fn claim_next_eval_run(
+                &self,
+                worker: &str,
+                now: i64,
+                lease_until: i64,
+            ) -> Result<Option<$crate::evals::model::RunRecord>, $crate::store::StoreError> {
+                let row = sqlx::query($claim)
+                    .bind(worker)
+                    .bind(lease_until)
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map($crate::store::rows::run_from_row).transpose()
+            }
+
+            async fn renew_eval_lease(
+                &self,
+                id: &str,
+                worker: &str,
+                lease_until: i64,
+            ) -> Result<Option<$crate::evals::model::RunState>, $crate::store::StoreError> {
+                let row = sqlx::query(
+                    "UPDATE eval_runs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 RETURNING state",
+                )
+                .bind(lease_until)
+                .bind(id)
+                .bind(worker)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(match row {
+                    Some(row) => {
+                        let state: String = sqlx::Row::try_get(&row, "state")?;
+                        $crate::evals::model::RunState::parse(&state)
+                    }
+                    None => None,
+                })
+            }
+
+            async fn record_output_item(
+                &self,
+                item: &$crate::evals::model::OutputItemRecord,
+                worker: &str,
+            ) -> Result<Option<u64>, $crate::store::StoreError> {
+                use $crate::store::rows::to_json;
+                let mut tx = self.pool.begin().await?;
+                // Only the lease holder of a run still in progress records:
+                // a worker that lost its run, or a cancelled run, adds nothing.
+                let row = sqlx::query(
+                    "UPDATE eval_runs SET next_seq = next_seq + 1, progress = $1
+                     WHERE id = $2 AND lease_owner = $3 AND state = 'in_progress' RETURNING next_seq",
+                )
+                .bind(to_json(&item.progress))
+                .bind(&item.run_id)
+                .bind(worker)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let seq: i64 = sqlx::Row::try_get(&row, "next_seq")?;
+                let inserted = sqlx::query(
+                    "INSERT INTO eval_output_items (run_id, item_index, seq, status, detail, progress, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&item.run_id)
+                .bind(item.index as i64)
+                .bind(seq)
+                .bind(item.status.as_str())
+                .bind(to_json(&item.detail))
+                .bind(to_json(&item.progress))
+                .bind(item.created_at)
+                .execute(&mut *tx)
+                .await;
+                match inserted {
+                    Ok(_) => {}
+                    Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                        return Err($crate::store::StoreError::Conflict(format!(
+                            "item {} of run {}",
+                            item.index, item.run_id
+                        )));
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+                tx.commit().await?;
+                Ok(Some(seq as u64))
+            }
+
+            async fn finish_eval_run(
+                &self,
+                id: &str,
+                from: &[$crate::evals::model::RunState],
+                to: $crate::evals::model::RunState,
+                error: Option<&str>,
+                finished_at: Option<i64>,
+            ) -> Result<Option<$crate::evals::model::RunRecord>, $crate::store::StoreError> {
+                // States are our own identifiers, never user input.
+                let allowed: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
+                let sql = format!(
+                    "UPDATE eval_runs SET state = $1, error = COALESCE($2, error),
+                        finished_at = COALESCE($3, finished_at), lease_owner = NULL, lease_expires_at = NULL
+                     WHERE id = $4 AND state IN ({}) RETURNING *",
+                    allowed.join(", ")
+                );
+                let row = sqlx::query(&sql)
+                    .bind(to.as_str())
+                    .bind(error)
+                    .bind(finished_at)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map($crate::store::rows::run_from_row).transpose()
+            }
+
+            async fn list_output_items(
+                &self,
+                run_id: &str,
+                status: Option<$crate::evals::model::ItemStatus>,
+                after_index: Option<u64>,
+                limit: usize,
+            ) -> Result<Vec<$crate::evals::model::OutputItemRecord>, $crate::store::StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM eval_output_items
+                     WHERE run_id = $1 AND ($2 IS NULL OR status = $2) AND item_index > $3
+                     ORDER BY item_index LIMIT $4",
+                )
+                .bind(run_id)
+                .bind(status.map(|s| s.as_str()))
+                .bind(after_index.map(|i| i as i64).unwrap_or(-1))
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map($crate::store::rows::output_item_from_row)
+                    .collect()
+            }
+
+            async fn list_output_items_by_seq(
+                &self,
+                run_id: &str,
+                after_seq: u64,
+                limit: usize,
+            ) -> Result<Vec<$crate::evals::model::OutputItemRecord>, $crate::store::StoreError> {
+                let rows =
+                    sqlx::query("SELECT * FROM eval_output_items WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+                        .bind(run_id)
+                        .bind(after_seq as i64)
+                        .bind(limit as i64)
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.iter()
+                    .map($crate::store::rows::output_item_from_row)
+                    .collect()
+            }
+        }
+    };
+}

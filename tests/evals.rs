@@ -1,0 +1,740 @@
+//! Evals over real gRPC: a test server on port 0 whose HTTP provider is the
+//! test-only OpenAI stub, so sampling, faults and restarts are scripted.
+
+mod common;
+#[path = "common/openai_stub.rs"]
+mod openai_stub;
+
+use std::time::Duration;
+
+use common::*;
+use lathe::api::convert::struct_from_json;
+use lathe::config::ServeConfig;
+use lathe::proto::{self, eval_service_client::EvalServiceClient, watch_eval_run_response::Payload};
+use openai_stub::{Reply, Stub, chat_body};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+/// A safety net for waits on events, not a pacing device.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn config(dir: &std::path::Path, stub_url: &str) -> ServeConfig {
+    let providers = dir.join("providers.json");
+    std::fs::write(
+        &providers,
+        json!([{"name": "stub", "base_url": stub_url, "max_retries": 0, "timeout_secs": 60, "max_concurrency": 64}])
+            .to_string(),
+    )
+    .unwrap();
+    let mut config = ServeConfig::embedded(dir.join("data"));
+    config.providers = Some(providers);
+    config.job_poll_millis = 100;
+    config
+}
+
+async fn evals(server: &TestServer) -> EvalServiceClient<Channel> {
+    EvalServiceClient::new(server.channel().await)
+}
+
+async fn upload_items(server: &TestServer, rows: &[Value]) -> String {
+    let bytes: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    let mut client = server.datasets().await;
+    let d = upload_bytes(
+        &mut client,
+        "items.jsonl",
+        proto::DatasetPurpose::Eval,
+        "",
+        bytes.as_bytes(),
+        4096,
+    )
+    .await
+    .expect("upload");
+    assert_eq!(d.state, proto::DatasetState::Ready as i32, "{d:?}");
+    d.id
+}
+
+fn exact_match() -> proto::TestingCriterion {
+    proto::TestingCriterion {
+        grader: Some(struct_from_json(&json!({
+            "type": "string_check", "name": "exact", "operation": "eq",
+            "input": "{{ sample.output_text }}", "reference": "{{ item.answer }}"
+        }))),
+        pass_threshold: None,
+        name: String::new(),
+    }
+}
+
+async fn create_eval(client: &mut EvalServiceClient<Channel>) -> String {
+    client
+        .create_eval(proto::CreateEvalRequest {
+            name: "arithmetic".into(),
+            item_schema: Some(struct_from_json(&json!({
+                "type": "object", "required": ["answer"], "properties": {"answer": {"type": "string"}}
+            }))),
+            testing_criteria: vec![exact_match()],
+            metadata: Default::default(),
+        })
+        .await
+        .expect("create eval")
+        .into_inner()
+        .eval
+        .unwrap()
+        .id
+}
+
+fn numbered(n: usize) -> Vec<Value> {
+    (0..n).map(|i| json!({"n": i, "answer": i.to_string()})).collect()
+}
+
+fn model_source() -> proto::create_eval_run_request::Source {
+    proto::create_eval_run_request::Source::Model(proto::ModelSource {
+        model: "stub/m".into(),
+        input_messages: Some(prost_types::ListValue {
+            values: vec![lathe::api::convert::value_from_json(
+                &json!({"role": "user", "content": "what is {{ item.n }}"}),
+            )],
+        }),
+        sampling_params: Some(proto::EvalSamplingParams {
+            temperature: Some(0.0),
+            seed: Some(7),
+            ..Default::default()
+        }),
+        tools: None,
+        response_format: None,
+    })
+}
+
+/// The item number in a chat request ("what is 17" -> 17).
+fn item_number(body: &Value) -> usize {
+    body["messages"][0]["content"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("what is "))
+        .and_then(|n| n.parse().ok())
+        .expect("a templated prompt")
+}
+
+/// Right answers except for multiples of three.
+fn answer(n: usize) -> Reply {
+    let text = if n.is_multiple_of(3) {
+        "wrong".to_string()
+    } else {
+        n.to_string()
+    };
+    Reply::Json(chat_body(&text))
+}
+
+async fn create_run(
+    client: &mut EvalServiceClient<Channel>,
+    eval_id: &str,
+    dataset_id: &str,
+    source: proto::create_eval_run_request::Source,
+    concurrency: u32,
+    error_rate_threshold: f64,
+) -> proto::EvalRun {
+    client
+        .create_eval_run(proto::CreateEvalRunRequest {
+            eval_id: eval_id.into(),
+            dataset_id: dataset_id.into(),
+            source: Some(source),
+            concurrency,
+            error_rate_threshold,
+            name: String::new(),
+        })
+        .await
+        .expect("create run")
+        .into_inner()
+        .run
+        .unwrap()
+}
+
+/// Reads a watch to its end: the progress events' sequence numbers, and the
+/// terminal run. Fails on anything after the terminal message.
+async fn watch_all(
+    client: &mut EvalServiceClient<Channel>,
+    run_id: &str,
+    after_seq: u64,
+) -> (Vec<proto::EvalProgress>, proto::EvalRun) {
+    let mut stream = client
+        .watch_eval_run(proto::WatchEvalRunRequest {
+            run_id: run_id.into(),
+            after_seq,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut progress = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("watch stalled")
+            .expect("watch message")
+            .expect("the stream ends with a terminal message");
+        match msg.payload.expect("payload") {
+            Payload::Progress(p) => progress.push(p),
+            Payload::End(run) => {
+                assert!(stream.message().await.expect("after end").is_none(), "end is last");
+                return (progress, run);
+            }
+        }
+    }
+}
+
+fn seqs(progress: &[proto::EvalProgress]) -> Vec<u64> {
+    progress.iter().map(|p| p.seq).collect()
+}
+
+async fn all_items(
+    client: &mut EvalServiceClient<Channel>,
+    run_id: &str,
+    status: proto::OutputItemStatus,
+) -> Vec<proto::OutputItem> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_output_items(proto::ListOutputItemsRequest {
+                run_id: run_id.into(),
+                status: status as i32,
+                page_size: 50,
+                page_token: token,
+            })
+            .await
+            .expect("list items")
+            .into_inner();
+        out.extend(page.items);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn a_run_over_200_items_reaches_the_exact_pass_count_and_watch_resumes_from_a_cursor() {
+    let (stub, url) = openai_stub::start().await;
+    stub.respond_with(|body| answer(item_number(body)));
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(dir.path(), &url)).await;
+    let mut client = evals(&server).await;
+    let eval_id = create_eval(&mut client).await;
+    let dataset_id = upload_items(&server, &numbered(200)).await;
+
+    let run = create_run(&mut client, &eval_id, &dataset_id, model_source(), 0, 0.0).await;
+    assert_eq!(run.state, proto::EvalRunState::Queued as i32);
+    assert_eq!(run.concurrency, 16, "the default");
+    let (live, end) = watch_all(&mut client, &run.id, 0).await;
+    assert_eq!(
+        seqs(&live),
+        (1..=200).collect::<Vec<_>>(),
+        "gapless, in order, no repeats"
+    );
+    let last = live.last().unwrap();
+    assert_eq!((last.completed, last.total), (200, 200));
+    assert!(last.items_per_second > 0.0);
+
+    // 0, 3, ..., 198 are answered wrongly: 67 fail, 133 pass.
+    assert_eq!(end.state, proto::EvalRunState::Completed as i32, "{end:?}");
+    let counts = end.result_counts.unwrap();
+    assert_eq!(
+        (counts.total, counts.passed, counts.failed, counts.errored),
+        (200, 133, 67, 0)
+    );
+    let exact = &end.per_criterion[0];
+    assert_eq!((exact.name.as_str(), exact.passed, exact.failed), ("exact", 133, 67));
+    assert!((exact.pass_rate - 0.665).abs() < 1e-12);
+    assert!(exact.ci_low < 0.665 && exact.ci_high > 0.665);
+    let usage = &end.per_model_usage[0];
+    assert_eq!((usage.model.as_str(), usage.invocations), ("stub/m", 200));
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (11 * 200, 7 * 200));
+    assert!(end.finished_at.is_some() && end.started_at.is_some());
+    assert_eq!(stub.requests.lock().unwrap().len(), 200, "one request per item");
+    let body: Value = serde_json::from_str(&stub.requests.lock().unwrap()[0].2).unwrap();
+    assert_eq!(
+        (body["temperature"].clone(), body["seed"].clone(), body["model"].clone()),
+        (json!(0.0), json!(7), json!("m"))
+    );
+
+    // Resume from a cursor: exactly what came after it, then one end.
+    let (rest, end2) = watch_all(&mut client, &run.id, 150).await;
+    assert_eq!(seqs(&rest), (151..=200).collect::<Vec<_>>());
+    assert_eq!(rest, live[150..].to_vec(), "the same events as live");
+    assert_eq!(end2.result_counts, end.result_counts);
+
+    let failed = all_items(&mut client, &run.id, proto::OutputItemStatus::Fail).await;
+    assert_eq!(failed.len(), 67);
+    assert!(
+        failed
+            .iter()
+            .all(|i| i.index % 3 == 0 && i.sample == "wrong" && !i.results[0].passed)
+    );
+    let all = all_items(&mut client, &run.id, proto::OutputItemStatus::Unspecified).await;
+    assert_eq!(
+        all.iter().map(|i| i.index).collect::<Vec<_>>(),
+        (0..200).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        lathe::api::convert::json_from_value(all[5].input.clone().unwrap().values[0].clone()),
+        json!({"role": "user", "content": "what is 5"})
+    );
+
+    let runs = client
+        .list_eval_runs(proto::ListEvalRunsRequest {
+            eval_id: eval_id.clone(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(runs.runs.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_server_resumes_the_run_without_sampling_or_grading_items_again() {
+    let (stub, url) = openai_stub::start().await;
+    // The first half answers at once; the second waits at the gate.
+    stub.respond_with(|body| {
+        let n = item_number(body);
+        if n < 100 {
+            answer(n)
+        } else {
+            Reply::Gated(Box::new(answer(n)))
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &url);
+    let server = TestServer::start_with(config.clone()).await;
+    let (eval_id, run_id) = {
+        let mut client = evals(&server).await;
+        let eval_id = create_eval(&mut client).await;
+        let dataset_id = upload_items(&server, &numbered(200)).await;
+        let run = create_run(&mut client, &eval_id, &dataset_id, model_source(), 8, 0.0).await;
+        // Items are dispatched in order: 0..99 finish, then 8 wait.
+        tokio::time::timeout(PATIENCE, stub.wait_gated(8))
+            .await
+            .expect("8 gated requests");
+        let mut stream = client
+            .watch_eval_run(proto::WatchEvalRunRequest {
+                run_id: run.id.clone(),
+                after_seq: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, stream.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if let Some(Payload::Progress(p)) = msg.payload
+                && p.completed == 100
+            {
+                break;
+            }
+        }
+        (eval_id, run.id)
+    };
+    server.stop().await;
+    // The stopped server dropped its in-flight requests.
+    tokio::time::timeout(PATIENCE, stub.wait_dropped(8))
+        .await
+        .expect("in-flight requests dropped");
+    stub.open_gate();
+
+    let server = TestServer::start_with(config).await;
+    let mut client = evals(&server).await;
+    let (progress, end) = watch_all(&mut client, &run_id, 0).await;
+    assert_eq!(end.state, proto::EvalRunState::Completed as i32, "{end:?}");
+    assert_eq!(
+        seqs(&progress),
+        (1..=200).collect::<Vec<_>>(),
+        "one gapless log across the restart"
+    );
+    let counts = end.result_counts.unwrap();
+    assert_eq!((counts.passed, counts.failed, counts.errored), (133, 67, 0));
+    for n in 0..100 {
+        assert_eq!(
+            stub.requests_for(&format!("what is {n}")),
+            1,
+            "item {n} was sampled once"
+        );
+    }
+    let requests = stub.requests.lock().unwrap().len();
+    assert_eq!(requests, 200 + 8, "only the 8 dropped items were sampled again");
+    let all = all_items(&mut client, &run_id, proto::OutputItemStatus::Unspecified).await;
+    assert_eq!(all.len(), 200);
+    assert_eq!(end.eval_id, eval_id);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_dispatching_and_drops_in_flight_requests() {
+    let (stub, url) = openai_stub::start().await;
+    stub.respond_with(|body| Reply::Gated(Box::new(answer(item_number(body)))));
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(dir.path(), &url)).await;
+    let mut client = evals(&server).await;
+    let eval_id = create_eval(&mut client).await;
+    let dataset_id = upload_items(&server, &numbered(50)).await;
+    let run = create_run(&mut client, &eval_id, &dataset_id, model_source(), 4, 0.0).await;
+    tokio::time::timeout(PATIENCE, stub.wait_gated(4))
+        .await
+        .expect("4 in flight");
+    let mut datasets = server.datasets().await;
+    let busy = datasets
+        .delete_dataset(proto::DeleteDatasetRequest { id: dataset_id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        busy.code(),
+        tonic::Code::FailedPrecondition,
+        "a running eval pins its dataset"
+    );
+
+    let canceled = client
+        .cancel_eval_run(proto::CancelEvalRunRequest { id: run.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    assert_eq!(canceled.state, proto::EvalRunState::Canceled as i32);
+    tokio::time::timeout(PATIENCE, stub.wait_dropped(4))
+        .await
+        .expect("in-flight requests dropped");
+    let (progress, end) = watch_all(&mut client, &run.id, 0).await;
+    assert!(progress.is_empty(), "nothing in flight was recorded");
+    assert_eq!(end.state, proto::EvalRunState::Canceled as i32);
+    stub.open_gate();
+    assert_eq!(
+        stub.requests.lock().unwrap().len(),
+        4,
+        "nothing dispatched after the cancel"
+    );
+    assert!(
+        all_items(&mut client, &run.id, proto::OutputItemStatus::Unspecified)
+            .await
+            .is_empty()
+    );
+    let again = client
+        .cancel_eval_run(proto::CancelEvalRunRequest { id: run.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    assert!(again.message().contains("canceled"), "{}", again.message());
+    datasets
+        .delete_dataset(proto::DeleteDatasetRequest { id: dataset_id })
+        .await
+        .expect("a canceled run lets go of its dataset");
+    server.stop().await;
+}
+
+/// 500s, 429s and malformed bodies for items ending in 1, 2 and 3.
+fn faulty(stub: &Stub) {
+    stub.respond_with(|body| {
+        let n = item_number(body);
+        match n % 10 {
+            1 => Reply::Status(500, None),
+            2 => Reply::Status(429, Some(0)),
+            3 => Reply::Malformed,
+            _ => Reply::Json(chat_body(&n.to_string())),
+        }
+    });
+}
+
+#[tokio::test]
+async fn provider_faults_are_item_errors_until_the_error_rate_fails_the_run() {
+    let (stub, url) = openai_stub::start().await;
+    faulty(&stub);
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(dir.path(), &url)).await;
+    let mut client = evals(&server).await;
+    let eval_id = create_eval(&mut client).await;
+    let dataset_id = upload_items(&server, &numbered(100)).await;
+
+    let run = create_run(&mut client, &eval_id, &dataset_id, model_source(), 8, 0.0).await;
+    let (progress, end) = watch_all(&mut client, &run.id, 0).await;
+    assert_eq!(end.state, proto::EvalRunState::Completed as i32, "{end:?}");
+    let counts = end.result_counts.unwrap();
+    assert_eq!((counts.passed, counts.failed, counts.errored), (70, 0, 30));
+    assert_eq!(
+        progress.iter().filter(|p| !p.error.is_empty()).count(),
+        30,
+        "errors as they happen"
+    );
+    let errors = all_items(&mut client, &run.id, proto::OutputItemStatus::Error).await;
+    assert_eq!(errors.len(), 30);
+    assert!(errors.iter().all(|i| (1..=3).contains(&(i.index % 10))));
+    assert!(
+        errors.iter().any(|i| i.error.contains("HTTP 500")),
+        "{:?}",
+        errors[0].error
+    );
+    assert!(errors.iter().any(|i| i.error.contains("429")));
+    assert!(errors.iter().any(|i| i.error.contains("not JSON")));
+    assert!(errors.iter().all(|i| i.error.starts_with("sampling failed")));
+
+    // The same faults over a stricter threshold fail the run.
+    let run = create_run(&mut client, &eval_id, &dataset_id, model_source(), 8, 0.2).await;
+    let (_, end) = watch_all(&mut client, &run.id, 0).await;
+    assert_eq!(end.state, proto::EvalRunState::Failed as i32, "{end:?}");
+    assert!(end.error.contains("error-rate threshold of 20%"), "{}", end.error);
+    let counts = end.result_counts.unwrap();
+    assert!(counts.passed + counts.errored < 100 && counts.errored * 5 > counts.passed + counts.errored);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn comparing_precomputed_runs_gives_pass_rates_and_the_exact_mcnemar_p_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut client = evals(&server).await;
+    let eval_id = create_eval(&mut client).await;
+    // A passes items 0..20, B passes 10..22: 10 pass only in A, 2 only in B.
+    let rows: Vec<Value> = (0..30)
+        .map(|i| {
+            let a = if i < 20 { "x" } else { "no" };
+            let b = if (10..22).contains(&i) { "x" } else { "no" };
+            json!({"answer": "x", "a": a, "b": b})
+        })
+        .collect();
+    let dataset_id = upload_items(&server, &rows).await;
+    let precomputed = |t: &str| {
+        proto::create_eval_run_request::Source::Precomputed(proto::PrecomputedSource {
+            sample_template: t.into(),
+        })
+    };
+    let a = create_run(&mut client, &eval_id, &dataset_id, precomputed("{{ item.a }}"), 0, 0.0).await;
+    let b = create_run(&mut client, &eval_id, &dataset_id, precomputed("{{ item.b }}"), 0, 0.0).await;
+    let (_, end_a) = watch_all(&mut client, &a.id, 0).await;
+    let (_, end_b) = watch_all(&mut client, &b.id, 0).await;
+    assert_eq!(end_a.result_counts.unwrap().passed, 20);
+    assert_eq!(end_b.result_counts.unwrap().passed, 12);
+    assert!(end_a.model.is_empty() && end_a.per_model_usage.is_empty());
+
+    let cmp = client
+        .compare_eval_runs(proto::CompareEvalRunsRequest {
+            run_ids: vec![a.id.clone(), b.id.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rate_a = &cmp.runs[0].per_criterion[0];
+    assert!((rate_a.pass_rate - 20.0 / 30.0).abs() < 1e-12);
+    // Wilson 95% for 20/30, by hand.
+    assert!((rate_a.ci_low - 0.487_800_5).abs() < 1e-6 && (rate_a.ci_high - 0.807_695_0).abs() < 1e-6);
+    assert!((cmp.runs[1].per_criterion[0].pass_rate - 12.0 / 30.0).abs() < 1e-12);
+    let test = cmp.paired_tests.iter().find(|t| t.criterion == "exact").unwrap();
+    assert_eq!(
+        (test.shared_items, test.baseline_only_passed, test.run_only_passed),
+        (30, 10, 2)
+    );
+    // Exact McNemar: 2 * P(X <= 2), X ~ Bin(12, 1/2) = 2 * (1 + 12 + 66) / 4096.
+    assert!((test.p_value - 158.0 / 4096.0).abs() < 1e-12, "{}", test.p_value);
+    assert!(test.significant);
+    assert_eq!(
+        (test.baseline_run_id.as_str(), test.run_id.as_str()),
+        (a.id.as_str(), b.id.as_str())
+    );
+    let all = cmp.paired_tests.iter().find(|t| t.criterion == "all").unwrap();
+    assert_eq!(all.p_value, test.p_value);
+    let disagree: Vec<u64> = cmp.disagreements.iter().map(|d| d.index).collect();
+    assert_eq!(disagree, (0..10).chain(20..22).collect::<Vec<_>>());
+    assert_eq!(
+        cmp.disagreements[0].statuses,
+        vec![
+            proto::OutputItemStatus::Pass as i32,
+            proto::OutputItemStatus::Fail as i32
+        ]
+    );
+
+    let err = client
+        .compare_eval_runs(proto::CompareEvalRunsRequest {
+            run_ids: vec![a.id.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn precomputed_rows_with_item_and_sample_need_no_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut client = evals(&server).await;
+    let eval_id = create_eval(&mut client).await;
+    let rows = vec![
+        json!({"item": {"answer": "4"}, "sample": "4"}),
+        json!({"item": {"answer": "5"}, "sample": "six"}),
+    ];
+    let dataset_id = upload_items(&server, &rows).await;
+    let source = proto::create_eval_run_request::Source::Precomputed(proto::PrecomputedSource::default());
+    let run = create_run(&mut client, &eval_id, &dataset_id, source, 0, 0.0).await;
+    let (_, end) = watch_all(&mut client, &run.id, 0).await;
+    let counts = end.result_counts.unwrap();
+    assert_eq!((counts.total, counts.passed, counts.failed), (2, 1, 1));
+    server.stop().await;
+}
+
+fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| (v.field.clone(), v.description.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_field_violations() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut client = evals(&server).await;
+
+    let err = client
+        .create_eval(proto::CreateEvalRequest {
+            name: "bad".into(),
+            item_schema: Some(struct_from_json(&json!({"type": "object", "pattern": "x"}))),
+            testing_criteria: vec![
+                proto::TestingCriterion {
+                    grader: Some(struct_from_json(
+                        &json!({"type": "string_check", "name": "s", "input": "a"}),
+                    )),
+                    pass_threshold: None,
+                    name: String::new(),
+                },
+                proto::TestingCriterion {
+                    grader: Some(struct_from_json(&json!({
+                        "type": "text_similarity", "name": "t", "input": "{{ sample.output_text }}",
+                        "reference": "{{ item.answer }}", "evaluation_metric": "bleu"
+                    }))),
+                    pass_threshold: None,
+                    name: String::new(),
+                },
+            ],
+            metadata: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let fields: Vec<String> = violations(&err).into_iter().map(|(f, _)| f).collect();
+    assert!(fields.contains(&"item_schema.pattern".to_string()), "{fields:?}");
+    assert!(
+        fields.iter().any(|f| f.starts_with("testing_criteria[0].grader")),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"testing_criteria[1].pass_threshold".to_string()),
+        "{fields:?}"
+    );
+
+    let eval_id = create_eval(&mut client).await;
+    let dataset_id = upload_items(&server, &[json!({"n": 1, "answer": "1"}), json!({"n": 2})]).await;
+    let err = client
+        .create_eval_run(proto::CreateEvalRunRequest {
+            eval_id: eval_id.clone(),
+            dataset_id: dataset_id.clone(),
+            source: Some(model_source()),
+            concurrency: 0,
+            error_rate_threshold: 0.0,
+            name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let v = violations(&err);
+    assert_eq!(v[0].0, "dataset_id");
+    assert!(v[0].1.contains("item 1") && v[0].1.contains("answer"), "{v:?}");
+
+    let err = client
+        .create_eval_run(proto::CreateEvalRunRequest {
+            eval_id: eval_id.clone(),
+            dataset_id,
+            source: None,
+            concurrency: 1000,
+            error_rate_threshold: 2.0,
+            name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    let fields: Vec<String> = violations(&err).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(fields, ["source", "concurrency", "error_rate_threshold"]);
+    // A saved grader by name: the eval keeps the grader object itself.
+    let mut graders = lathe::proto::grader_service_client::GraderServiceClient::new(server.channel().await);
+    graders
+        .create_grader(proto::CreateGraderRequest {
+            name: "exact-v1".into(),
+            grader: exact_match().grader,
+        })
+        .await
+        .expect("save grader");
+    let saved = |name: &str| proto::TestingCriterion {
+        grader: Some(struct_from_json(&json!({"name": name}))),
+        pass_threshold: None,
+        name: String::new(),
+    };
+    let eval = client
+        .create_eval(proto::CreateEvalRequest {
+            name: "saved".into(),
+            item_schema: None,
+            testing_criteria: vec![saved("exact-v1")],
+            metadata: Default::default(),
+        })
+        .await
+        .expect("create eval from a saved grader")
+        .into_inner()
+        .eval
+        .unwrap();
+    assert_eq!(eval.testing_criteria[0].name, "exact");
+    assert_eq!(eval.testing_criteria[0].grader, exact_match().grader);
+    let err = client
+        .create_eval(proto::CreateEvalRequest {
+            name: "missing".into(),
+            item_schema: None,
+            testing_criteria: vec![saved("nope")],
+            metadata: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    let err = client
+        .get_eval_run(proto::GetEvalRunRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bare_model_names_need_the_local_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut client = evals(&server).await;
+    let eval_id = create_eval(&mut client).await;
+    let dataset_id = upload_items(&server, &numbered(3)).await;
+    let mut source = model_source();
+    if let proto::create_eval_run_request::Source::Model(m) = &mut source {
+        m.model = "llama-3-8b".into();
+    }
+    let run = create_run(&mut client, &eval_id, &dataset_id, source, 0, 0.0).await;
+    let (_, end) = watch_all(&mut client, &run.id, 0).await;
+    assert_eq!(end.result_counts.unwrap().errored, 3);
+    let items = all_items(&mut client, &run.id, proto::OutputItemStatus::Error).await;
+    assert!(
+        items[0]
+            .error
+            .contains("no local inference engine is configured for model llama-3-8b"),
+        "{}",
+        items[0].error
+    );
+    server.stop().await;
+}
