@@ -715,7 +715,7 @@ async fn bad_input_is_refused_with_field_violations() {
 }
 
 #[tokio::test]
-async fn bare_model_names_need_the_local_engine() {
+async fn bare_model_names_go_to_the_local_engine_which_must_know_them() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let mut client = evals(&server).await;
@@ -732,7 +732,7 @@ async fn bare_model_names_need_the_local_engine() {
     assert!(
         items[0]
             .error
-            .contains("no local inference engine is configured for model llama-3-8b"),
+            .contains("model llama-3-8b not found"),
         "{}",
         items[0].error
     );
