@@ -20,9 +20,6 @@ use lathe::engine::train::{Sink, StepMetrics, run_sft};
 use lathe::engine::trainer::{LocalTrainerConfig, job_lora, sft_config};
 use lathe::jobs::model::{EarlyStopping, Hyperparameters, JobSpec, Lora, Method, MethodKind};
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()

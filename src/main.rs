@@ -1,10 +1,5 @@
 use std::process::ExitCode;
 
-// Model code allocates and frees large tensors every step; mimalloc reuses
-// them instead of returning pages to the kernel and faulting them back in.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 use lathe::cli::{Cli, Command, Outcome};
 use tracing_subscriber::{EnvFilter, fmt};

@@ -478,7 +478,7 @@ fn comparison_json(c: &proto::CompareEvalRunsResponse) -> Value {
 
 /// Side by side: one row per criterion, one column per run (pass rate and
 /// 95% interval), then each run's paired test against the baseline.
-fn comparison_table(c: &proto::CompareEvalRunsResponse, markdown: bool) -> String {
+pub(crate) fn comparison_table(c: &proto::CompareEvalRunsResponse, markdown: bool) -> String {
     let mut header = vec!["criterion".to_string()];
     header.extend(c.runs.iter().map(|r| {
         if r.name.is_empty() {
