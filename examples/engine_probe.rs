@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-
 use candle_core::Device;
 use lathe::engine::generate::{Sampling, generate};
 use lathe::engine::lora::{Adapter, LoraConfig};
@@ -67,7 +66,15 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         };
         let t = Instant::now();
-        generate(&model, Some(&adapter), &loaded.tokenizer, &prompts, &vec![one; b], &[], &mut |_, _| {})?;
+        generate(
+            &model,
+            Some(&adapter),
+            &loaded.tokenizer,
+            &prompts,
+            &vec![one; b],
+            &[],
+            &mut |_, _| {},
+        )?;
         let prefill = t.elapsed().as_secs_f64();
         let s = Sampling {
             max_tokens: 64,

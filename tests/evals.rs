@@ -730,9 +730,7 @@ async fn bare_model_names_go_to_the_local_engine_which_must_know_them() {
     assert_eq!(end.result_counts.unwrap().errored, 3);
     let items = all_items(&mut client, &run.id, proto::OutputItemStatus::Error).await;
     assert!(
-        items[0]
-            .error
-            .contains("model llama-3-8b not found"),
+        items[0].error.contains("model llama-3-8b not found"),
         "{}",
         items[0].error
     );

@@ -114,6 +114,10 @@ pub enum EvalsCommand {
         /// Also write the comparison as a Markdown table to this file.
         #[arg(long)]
         markdown: Option<PathBuf>,
+        /// Also write a bar chart of each run's pass rate (first criterion,
+        /// with 95% intervals) to this SVG file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
 }
 
@@ -441,7 +445,7 @@ pub async fn run(addr: &str, json: bool, cmd: EvalsCommand) -> anyhow::Result<Ou
             }
             Ok(Outcome::Ok)
         }
-        EvalsCommand::Compare { ids, markdown } => {
+        EvalsCommand::Compare { ids, markdown, svg } => {
             let cmp = client
                 .compare_eval_runs(proto::CompareEvalRunsRequest { run_ids: ids })
                 .await
@@ -456,9 +460,38 @@ pub async fn run(addr: &str, json: bool, cmd: EvalsCommand) -> anyhow::Result<Ou
                 std::fs::write(&path, comparison_table(&cmp, true))
                     .with_context(|| format!("writing {}", path.display()))?;
             }
+            if let Some(path) = svg {
+                std::fs::write(&path, comparison_chart(&cmp)).with_context(|| format!("writing {}", path.display()))?;
+            }
             Ok(Outcome::Ok)
         }
     }
+}
+
+/// Each run's pass rate on the first criterion, with its 95% interval.
+pub(crate) fn comparison_chart(c: &proto::CompareEvalRunsResponse) -> String {
+    let criterion = c
+        .runs
+        .first()
+        .and_then(|r| r.per_criterion.first())
+        .map(|x| x.name.clone())
+        .unwrap_or_default();
+    let bars: Vec<(String, f64, f64, f64)> = c
+        .runs
+        .iter()
+        .filter_map(|r| {
+            let x = r.per_criterion.iter().find(|x| x.name == criterion)?;
+            let label = if !r.name.is_empty() {
+                r.name.clone()
+            } else if !r.model.is_empty() {
+                r.model.clone()
+            } else {
+                r.id.clone()
+            };
+            Some((label, x.pass_rate, x.ci_low, x.ci_high))
+        })
+        .collect();
+    super::charts::bar_chart(&format!("{criterion}: pass rate (95% interval)"), "pass rate", &bars)
 }
 
 fn comparison_json(c: &proto::CompareEvalRunsResponse) -> Value {

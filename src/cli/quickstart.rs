@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tonic::transport::Channel;
 
-use super::charts::{bar_chart, line_chart};
+use super::charts::line_chart;
 use super::datasets::{PurposeArg, upload};
 use super::output::{dataset_text, status_error};
 use crate::config::ServeConfig;
@@ -39,7 +39,7 @@ pub struct QuickstartArgs {
     /// tiny (a tiny random model made on the spot; no network, no accuracy).
     #[arg(long, default_value = "smollm2")]
     pub base: String,
-    /// A first look in minutes: fewer rows and one epoch.
+    /// A first look in a few minutes: 100 training rows and 60 eval items.
     #[arg(long)]
     pub small: bool,
     /// Training rows (the rest of every tenth row is held out for validation)
@@ -49,7 +49,7 @@ pub struct QuickstartArgs {
     /// Held-out eval items [default: 300, --small 60].
     #[arg(long)]
     pub eval_rows: Option<usize>,
-    /// Epochs [default: auto, --small 1].
+    /// Epochs [default: auto (3 for these sizes)].
     #[arg(long)]
     pub epochs: Option<i64>,
     /// Stop after this many evaluations without validation-loss improvement.
@@ -110,7 +110,7 @@ pub async fn run(addr: Option<&str>, args: QuickstartArgs) -> anyhow::Result<sup
         },
         train_rows: args.train_rows.unwrap_or(if args.small { 100 } else { 500 }),
         eval_rows: args.eval_rows.unwrap_or(if args.small { 60 } else { 300 }),
-        epochs: args.epochs.or(args.small.then_some(1)),
+        epochs: args.epochs,
         patience: args.patience,
         out: out.clone(),
         key: String::new(),
@@ -229,7 +229,11 @@ fn slice_lines(src: &std::path::Path, dst: PathBuf, keep: impl Fn(usize) -> bool
     Ok(dst)
 }
 
-async fn ensure_model(models: &mut ModelServiceClient<Channel>, args: &QuickstartArgs, plan: &Plan) -> anyhow::Result<()> {
+async fn ensure_model(
+    models: &mut ModelServiceClient<Channel>,
+    args: &QuickstartArgs,
+    plan: &Plan,
+) -> anyhow::Result<()> {
     if let Ok(m) = models
         .get_model(proto::GetModelRequest {
             id: plan.base_name.clone(),
@@ -418,7 +422,10 @@ async fn watch_run(evals: &mut EvalServiceClient<Channel>, id: &str) -> anyhow::
     anyhow::bail!("the eval watch ended without its final message")
 }
 
-async fn watch_job(jobs: &mut FineTuningServiceClient<Channel>, id: &str) -> anyhow::Result<(proto::Job, Vec<proto::JobMetrics>)> {
+async fn watch_job(
+    jobs: &mut FineTuningServiceClient<Channel>,
+    id: &str,
+) -> anyhow::Result<(proto::Job, Vec<proto::JobMetrics>)> {
     let mut stream = jobs
         .watch_job(proto::WatchJobRequest {
             job_id: id.into(),
@@ -479,8 +486,18 @@ async fn steps(
         plan.train_rows, plan.eval_rows
     );
     let src = data.join("banking77_train_sft.jsonl");
-    let train = slice_lines(&src, plan.out.join("train.jsonl"), |i| i % 10 != 9, plan.train_rows * 9 / 10)?;
-    let valid = slice_lines(&src, plan.out.join("validation.jsonl"), |i| i % 10 == 9, plan.train_rows / 10)?;
+    let train = slice_lines(
+        &src,
+        plan.out.join("train.jsonl"),
+        |i| i % 10 != 9,
+        plan.train_rows * 9 / 10,
+    )?;
+    let valid = slice_lines(
+        &src,
+        plan.out.join("validation.jsonl"),
+        |i| i % 10 == 9,
+        plan.train_rows / 10,
+    )?;
     let items = slice_lines(
         &data.join("banking77_test_items.jsonl"),
         plan.out.join("eval_items.jsonl"),
@@ -506,7 +523,15 @@ async fn steps(
         plan.base_name
     );
     let t = Instant::now();
-    let base_run = ensure_run(&mut evals, &state.base_run_id, &eval_id, &items.id, &plan.base_name, "base").await?;
+    let base_run = ensure_run(
+        &mut evals,
+        &state.base_run_id,
+        &eval_id,
+        &items.id,
+        &plan.base_name,
+        "base",
+    )
+    .await?;
     state.base_run_id = Some(base_run.id.clone());
     save_state(plan, &state)?;
     let base_run = watch_run(&mut evals, &base_run.id).await?;
@@ -517,7 +542,10 @@ async fn steps(
         base_run.error
     );
 
-    println!("5. supervised fine-tuning with LoRA (r=8, alpha 16 on all linear layers), early stopping after {} evaluations without improvement", plan.patience);
+    println!(
+        "5. supervised fine-tuning with LoRA (r=8, alpha 16 on all linear layers), early stopping after {} evaluations without improvement",
+        plan.patience
+    );
     let t = Instant::now();
     let mut job = None;
     if let Some(id) = &state.job_id
@@ -613,25 +641,11 @@ async fn steps(
         .into_inner();
     println!();
     print!("{}", indent(&super::evals::comparison_table(&cmp, false)));
-    std::fs::write(plan.out.join("comparison.md"), super::evals::comparison_table(&cmp, true))?;
-    let bars: Vec<(String, f64, f64, f64)> = cmp
-        .runs
-        .iter()
-        .filter_map(|r| {
-            r.per_criterion.first().map(|c| {
-                let label = if r.model == plan.base_name {
-                    format!("base {}", r.model)
-                } else {
-                    "fine-tuned".to_string()
-                };
-                (label, c.pass_rate, c.ci_low, c.ci_high)
-            })
-        })
-        .collect();
     std::fs::write(
-        plan.out.join("comparison.svg"),
-        bar_chart("Banking77 exact-label accuracy (95% interval)", "pass rate", &bars),
+        plan.out.join("comparison.md"),
+        super::evals::comparison_table(&cmp, true),
     )?;
+    std::fs::write(plan.out.join("comparison.svg"), super::evals::comparison_chart(&cmp))?;
     // The whole loss curve: the watch replays every event, so this holds
     // after a resume too.
     let train_pts: Vec<(f64, f64)> = metrics
@@ -675,7 +689,9 @@ async fn steps(
         done.fine_tuned_model
     );
     println!("   - a grader:  lathe graders run --grader grader.json --sample TEXT --item item.json");
-    println!("   - evals:     lathe evals run EVAL_ID --dataset ds_... --model MODEL --prompt '{{{{ item.text }}}}' --watch");
+    println!(
+        "   - evals:     lathe evals run EVAL_ID --dataset ds_... --model MODEL --prompt '{{{{ item.text }}}}' --watch"
+    );
     println!("   - RFT jobs (--method reinforcement with a grader) and DPO come next in the embedded trainer");
     Ok(())
 }

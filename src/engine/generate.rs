@@ -104,6 +104,34 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
     cand[probs.len() - 1].0
 }
 
+/// One forward over `l` new tokens per row (row-major `ids` and rotary
+/// `positions`), extending the cache; `valid` marks each row's real keys.
+fn step(
+    model: &BaseModel,
+    adapter: Option<&Adapter>,
+    cache: &mut KvCache,
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    valid: &[Vec<bool>],
+    l: usize,
+) -> Result<Tensor> {
+    let dev = &model.device;
+    let b = valid.len();
+    let ids = Tensor::from_vec(ids, (b, l), dev)?;
+    let positions = Tensor::from_vec(positions, b * l, dev)?;
+    let mask = padded_mask(valid, l, dev)?;
+    model.forward(
+        &Input {
+            ids: &ids,
+            positions: &positions,
+            mask: Some(&mask),
+        },
+        adapter,
+        Some(cache),
+        None,
+    )
+}
+
 /// Generates for every prompt; `on_token(prompt index, token)` sees each
 /// new token as it is chosen (for streaming).
 pub fn generate(
@@ -160,19 +188,7 @@ pub fn generate(
         })
         .collect();
     let mut cache = KvCache::default();
-    let ids_t = Tensor::from_vec(ids, (b, longest), dev)?;
-    let pos_t = Tensor::from_vec(pos, b * longest, dev)?;
-    let mask = padded_mask(&valid, longest, dev)?;
-    let hidden = model.forward(
-        &Input {
-            ids: &ids_t,
-            positions: &pos_t,
-            mask: Some(&mask),
-        },
-        adapter,
-        Some(&mut cache),
-        None,
-    )?;
+    let hidden = step(model, adapter, &mut cache, ids, pos, &valid, longest)?;
     let last: Vec<u32> = (0..b).map(|r| (r * longest + longest - 1) as u32).collect();
     let mut logits = model.logits(&hidden.index_select(&Tensor::from_vec(last, b, dev)?, 0)?, false)?;
     // `live[k]` is the row at batch position k.
@@ -233,19 +249,8 @@ pub fn generate(
         for &r in &live {
             next_pos[r] += 1;
         }
-        let ids_t = Tensor::from_vec(next, (n, 1), dev)?;
-        let pos_t = Tensor::from_vec(positions, n, dev)?;
-        let mask = padded_mask(&valid, 1, dev)?;
-        let hidden = model.forward(
-            &Input {
-                ids: &ids_t,
-                positions: &pos_t,
-                mask: Some(&mask),
-            },
-            adapter,
-            Some(&mut cache),
-            None,
-        )?;
+        debug_assert_eq!(next.len(), n);
+        let hidden = step(model, adapter, &mut cache, next, positions, &valid, 1)?;
         logits = model.logits(&hidden, false)?;
     }
     Ok(finished

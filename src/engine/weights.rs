@@ -285,22 +285,13 @@ fn load_hf(dir: &Path, device: &Device) -> Result<LoadedModel> {
             .map(str::to_string),
         _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
     };
-    let bos_token = token_str(&tc["bos_token"])
-        .or_else(|| {
-            tokenizer
-                .bos_id()
-                .and_then(|i| tokenizer.id_to_token(i))
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    let eos_token = token_str(&tc["eos_token"])
-        .or_else(|| {
-            tokenizer
-                .eos_id()
-                .and_then(|i| tokenizer.id_to_token(i))
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
+    let named = |key: &str, id: Option<u32>| {
+        token_str(&tc[key])
+            .or_else(|| id.and_then(|i| tokenizer.id_to_token(i)).map(str::to_string))
+            .unwrap_or_default()
+    };
+    let bos_token = named("bos_token", tokenizer.bos_id());
+    let eos_token = named("eos_token", tokenizer.eos_id());
     let mut stop_ids: Vec<u32> = tokenizer.token_to_id(&eos_token).into_iter().collect();
     if let Some(gc) = std::fs::read_to_string(dir.join("generation_config.json"))
         .ok()
