@@ -9,8 +9,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -215,7 +213,12 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
         .resize(run.spec.criteria.len(), CriterionCounts::default());
     let base_elapsed = progress.elapsed_ms;
     let started = Instant::now();
-    let mut in_flight = FuturesUnordered::new();
+    // Items run as their own tasks: they must make progress while this loop
+    // awaits the store to record a finished one. (Polled only from here, an
+    // item waiting for a pool connection would hold the pool's next turn
+    // while this loop waits for a connection too: a deadlock until the
+    // pool's acquire timeout.) Dropping the set aborts them.
+    let mut in_flight = JoinSet::new();
     let mut reading = true;
     loop {
         if !reading && in_flight.is_empty() {
@@ -224,8 +227,11 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
         tokio::select! {
             biased;
             () = stop.cancelled() => return End::Stopped,
-            Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
-                let finished: Finished = finished;
+            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                let finished: Finished = match joined {
+                    Ok(finished) => finished,
+                    Err(e) => return End::Failed(format!("an item's task failed: {e}")),
+                };
                 progress.elapsed_ms = base_elapsed + started.elapsed().as_millis() as u64;
                 if let Some(end) = record(evals, run, &mut progress, finished).await {
                     return end;
@@ -235,7 +241,7 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
                 Some((_, Err(e))) => return End::Failed(format!("reading dataset {}: {e}", dataset.id)),
                 Some((index, Ok(line))) => {
                     let work = work.clone();
-                    in_flight.push(async move { work.process(index, line).await });
+                    in_flight.spawn(async move { work.process(index, line).await }.in_current_span());
                 }
                 None => reading = false,
             },
