@@ -82,6 +82,7 @@ fn smollm2_gguf_logits_tokens_and_template_match_the_reference() {
                     ids: &t,
                     positions: &p,
                     mask: None,
+                    segments: None,
                 },
                 None,
                 None,

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor, Var};
 use lathe::engine::config::ModelConfig;
 use lathe::engine::generate::{Sampling, generate};
 use lathe::engine::lora::{Adapter, LoraConfig};
-use lathe::engine::model::{BaseModel, Input, TrainState, f32_vec, single};
+use lathe::engine::model::{BaseModel, Input, Segments, TrainState, f32_vec, packed_mask, single};
 use lathe::engine::optim::{AdamWParams, Schedule};
 use lathe::engine::rng::Rng;
 use lathe::engine::sft::Example;
@@ -194,6 +194,57 @@ fn packing_sequences_equals_running_them_one_by_one() {
     assert!((packed - sum).abs() < 1e-4 * sum.abs().max(1.0), "{packed} vs {sum}");
 }
 
+#[test]
+fn segmented_attention_equals_the_block_diagonal_mask_with_gradients() {
+    for arch in ["llama", "qwen2"] {
+        let model = tiny(arch, 7);
+        let (adapter, vars) = random_adapter(&model, 8);
+        let lengths = [5usize, 9, 1, 3];
+        let n: usize = lengths.iter().sum();
+        let ids: Vec<u32> = (0..n).map(|i| (i * 7 % 60 + 1) as u32).collect();
+        let pos: Vec<u32> = lengths.iter().flat_map(|&k| 0..k as u32).collect();
+        let seg: Vec<u32> = lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &k)| std::iter::repeat_n(s as u32, k))
+            .collect();
+        let ids_t = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
+        let pos_t = Tensor::from_vec(pos, n, &Device::Cpu).unwrap();
+        let mask = packed_mask(&seg, &Device::Cpu).unwrap();
+        let segments = Segments::new(&lengths, &Device::Cpu).unwrap();
+        let run = |masked: bool| {
+            let mut rng = Rng::new(1);
+            let input = Input {
+                ids: &ids_t,
+                positions: &pos_t,
+                mask: masked.then_some(&mask),
+                segments: (!masked).then_some(&segments),
+            };
+            let train = TrainState {
+                dropout: 0.0,
+                rng: &mut rng,
+            };
+            let hidden = model.forward(&input, Some(&adapter), None, Some(train)).unwrap();
+            let loss = hidden.sqr().unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let g: Vec<Vec<f32>> = vars
+                .iter()
+                .map(|v| f32_vec(grads.get(v.as_tensor()).unwrap()).unwrap())
+                .collect();
+            (f32_vec(&hidden).unwrap(), g)
+        };
+        let (h_mask, g_mask) = run(true);
+        let (h_seg, g_seg) = run(false);
+        let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert_eq!(h_mask.len(), h_seg.len());
+        assert!(diff(&h_mask, &h_seg) < 1e-5, "{arch}: hidden states differ");
+        for (a, b) in g_mask.iter().zip(&g_seg) {
+            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0);
+            assert!(diff(a, b) < 1e-4 * scale, "{arch}: gradients differ");
+        }
+    }
+}
+
 struct Collect {
     metrics: Vec<StepMetrics>,
     checkpoints: Vec<(u64, HashMap<String, Vec<u8>>)>,
@@ -326,6 +377,7 @@ fn greedy_without_cache(model: &BaseModel, adapter: Option<&Adapter>, prompt: &[
                     ids: &t,
                     positions: &p,
                     mask: None,
+                    segments: None,
                 },
                 adapter,
                 None,
@@ -478,6 +530,7 @@ fn adapters_round_trip_through_peft_files_and_merge_into_the_base() {
         ids: &t,
         positions: &p,
         mask: None,
+        segments: None,
     };
     let x = f32_vec(&model.forward(&input, Some(&back), None, None).unwrap()).unwrap();
     let y = f32_vec(&merged.forward(&input, None, None, None).unwrap()).unwrap();

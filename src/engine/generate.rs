@@ -125,6 +125,7 @@ fn step(
             ids: &ids,
             positions: &positions,
             mask: Some(&mask),
+            segments: None,
         },
         adapter,
         Some(cache),

@@ -12,7 +12,7 @@ use super::config::ModelConfig;
 use super::frozen::frozen_matmul;
 use super::lora::Adapter;
 use super::weights::{Proj, Weights};
-use super::{Result, rng::Rng};
+use super::{EngineError, Result, rng::Rng};
 
 const MASKED: f32 = -1e9;
 
@@ -69,6 +69,57 @@ pub struct Input<'a> {
     /// Additive attention mask (B, 1, 1, L, T_past + L), or none for a
     /// plain causal mask over one unpadded sequence without cache.
     pub mask: Option<&'a Tensor>,
+    /// Sequences packed into one row (B = 1, no cache), attended one by
+    /// one; `mask` is then unused.
+    pub segments: Option<&'a Segments>,
+}
+
+/// Sequences packed into one row for the linear layers, laid out as a
+/// padded batch for attention only: attention then costs the sum of the
+/// squared lengths instead of the square of their sum (and keeps that much
+/// less for the backward pass), while no matmul outside attention computes
+/// padding.
+pub struct Segments {
+    /// For each slot of the padded (B, L) layout, its packed row (padding
+    /// points at row 0; it is masked as a key and dropped as a query).
+    gather: Tensor,
+    /// For each packed row, its slot in the padded layout.
+    scatter: Tensor,
+    /// (B, 1, 1, L, L): causal within each sequence, padding masked.
+    mask: Tensor,
+    batch: usize,
+    len: usize,
+}
+
+impl Segments {
+    pub fn new(lengths: &[usize], device: &Device) -> Result<Self> {
+        let batch = lengths.len();
+        let len = lengths.iter().copied().max().unwrap_or(0);
+        let mut gather = vec![0u32; batch * len];
+        let mut scatter = Vec::with_capacity(lengths.iter().sum());
+        let mut mask = vec![MASKED; batch * len * len];
+        let mut row = 0u32;
+        for (b, &n) in lengths.iter().enumerate() {
+            for i in 0..n {
+                gather[b * len + i] = row;
+                scatter.push((b * len + i) as u32);
+                row += 1;
+            }
+            for i in 0..len {
+                for j in 0..n.min(i + 1) {
+                    mask[(b * len + i) * len + j] = 0.0;
+                }
+            }
+        }
+        let n = scatter.len();
+        Ok(Self {
+            gather: Tensor::from_vec(gather, batch * len, device)?,
+            scatter: Tensor::from_vec(scatter, n, device)?,
+            mask: Tensor::from_vec(mask, (batch, 1, 1, len, len), device)?,
+            batch,
+            len,
+        })
+    }
 }
 
 impl BaseModel {
@@ -149,17 +200,39 @@ impl BaseModel {
         let rep = h / kvh;
         let flat_ids = input.ids.flatten_all()?;
         let mut x = self.weights.embed.index_select(&flat_ids, 0)?; // (B*L, d)
-        let cos = self.cos.index_select(input.positions, 0)?.reshape((b, 1, l, hd))?;
-        let sin = self.sin.index_select(input.positions, 0)?.reshape((b, 1, l, hd))?;
+        // The attention layout: the input's own, or packed rows gathered
+        // into a padded batch.
+        let (ab, al) = match input.segments {
+            Some(s) => {
+                if b != 1 || cache.is_some() {
+                    return Err(EngineError::Data("packed segments take one row and no cache".into()));
+                }
+                (s.batch, s.len)
+            }
+            None => (b, l),
+        };
+        let positions = match input.segments {
+            Some(s) => input.positions.index_select(&s.gather, 0)?,
+            None => input.positions.clone(),
+        };
+        let cos = self.cos.index_select(&positions, 0)?.reshape((ab, 1, al, hd))?;
+        let sin = self.sin.index_select(&positions, 0)?.reshape((ab, 1, al, hd))?;
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let causal;
-        let mask = match input.mask {
-            Some(m) => Some(m),
-            None if l > 1 => {
+        let mask = match (input.segments, input.mask) {
+            (Some(s), _) => Some(&s.mask),
+            (None, Some(m)) => Some(m),
+            (None, None) if l > 1 => {
                 causal = causal_mask(l, past, &self.device)?;
                 Some(&causal)
             }
-            None => None,
+            (None, None) => None,
+        };
+        let gather = |t: Tensor| -> Result<Tensor> {
+            Ok(match input.segments {
+                Some(s) => t.index_select(&s.gather, 0)?,
+                None => t,
+            })
         };
         if let Some(cache) = cache.as_deref_mut()
             && cache.layers.len() != c.num_layers
@@ -171,12 +244,12 @@ impl BaseModel {
         for i in 0..c.num_layers {
             let lw = &self.weights.layers[i];
             let xn = rms_norm(&x, &lw.input_norm, c.rms_norm_eps)?;
-            let q = self.linear(&xn, i, Proj::Q, adapter, &mut train)?;
-            let k = self.linear(&xn, i, Proj::K, adapter, &mut train)?;
-            let v = self.linear(&xn, i, Proj::V, adapter, &mut train)?;
-            let q = q.reshape((b, l, h, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = k.reshape((b, l, kvh, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = v.reshape((b, l, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = gather(self.linear(&xn, i, Proj::Q, adapter, &mut train)?)?;
+            let k = gather(self.linear(&xn, i, Proj::K, adapter, &mut train)?)?;
+            let v = gather(self.linear(&xn, i, Proj::V, adapter, &mut train)?)?;
+            let q = q.reshape((ab, al, h, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = k.reshape((ab, al, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = v.reshape((ab, al, kvh, hd))?.transpose(1, 2)?.contiguous()?;
             let q = rope(&q, &cos, &sin)?;
             let mut k = rope(&k, &cos, &sin)?;
             let mut v = v;
@@ -197,19 +270,23 @@ impl BaseModel {
             let t = k.dim(2)?;
             // Grouped-query attention without repeating K and V: the query
             // heads sharing a K/V head are stacked along the rows.
-            let qg = q.reshape((b, kvh, rep * l, hd))?;
+            let qg = q.reshape((ab, kvh, rep * al, hd))?;
             let scores = (qg.matmul(&k.t()?)? * scale)?;
             let scores = match mask {
-                Some(m) => scores.reshape((b, kvh, rep, l, t))?.broadcast_add(m)?,
-                None => scores.reshape((b, kvh, rep, l, t))?,
+                Some(m) => scores.reshape((ab, kvh, rep, al, t))?.broadcast_add(m)?,
+                None => scores.reshape((ab, kvh, rep, al, t))?,
             };
-            let probs = softmax(&scores)?.reshape((b, kvh, rep * l, t))?;
+            let probs = softmax(&scores)?.reshape((ab, kvh, rep * al, t))?;
             let attn = probs.matmul(&v)?; // (B, kvh, rep*L, hd)
             let attn = attn
-                .reshape((b, h, l, hd))?
+                .reshape((ab, h, al, hd))?
                 .transpose(1, 2)?
                 .contiguous()?
-                .reshape((b * l, h * hd))?;
+                .reshape((ab * al, h * hd))?;
+            let attn = match input.segments {
+                Some(s) => attn.index_select(&s.scatter, 0)?,
+                None => attn,
+            };
             let o = self.linear(&attn, i, Proj::O, adapter, &mut train)?;
             x = (x + o)?;
             let xn = rms_norm(&x, &lw.post_attention_norm, c.rms_norm_eps)?;

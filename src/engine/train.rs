@@ -14,7 +14,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::lora::{Adapter, LoraConfig, write_safetensors};
-use super::model::{BaseModel, Input, TrainState, log_softmax, packed_mask};
+use super::model::{BaseModel, Input, Segments, TrainState, log_softmax};
 use super::optim::{AdamW, AdamWParams, Schedule, clip_grad_norm, lr_factor};
 use super::rng::Rng;
 use super::sft::Example;
@@ -136,15 +136,15 @@ pub fn packed_loss(
     let dev = &model.device;
     let mut ids = Vec::new();
     let mut pos = Vec::new();
-    let mut seg = Vec::new();
+    let mut lengths = Vec::with_capacity(examples.len());
     let mut rows = Vec::new();
     let mut targets = Vec::new();
-    for (k, ex) in examples.iter().enumerate() {
+    for ex in examples {
         let base = ids.len();
+        lengths.push(ex.ids.len());
         for (j, &id) in ex.ids.iter().enumerate() {
             ids.push(id);
             pos.push(j as u32);
-            seg.push(k as u32);
             if j > 0 && ex.trained[j] {
                 rows.push((base + j - 1) as u32);
                 targets.push(id);
@@ -160,13 +160,14 @@ pub fn packed_loss(
     }
     let ids_t = Tensor::from_vec(ids, (1, l), dev)?;
     let pos_t = Tensor::from_vec(pos, l, dev)?;
-    let mask = packed_mask(&seg, dev)?;
+    let segments = Segments::new(&lengths, dev)?;
     let track = train.is_some();
     let hidden = model.forward(
         &Input {
             ids: &ids_t,
             positions: &pos_t,
-            mask: Some(&mask),
+            mask: None,
+            segments: Some(&segments),
         },
         Some(adapter),
         None,
