@@ -105,7 +105,10 @@ pub async fn run_with(
         models,
         config.evals_config(),
     ));
-    let jobs = Arc::new(Jobs::new(store, blobs, trainer, config.jobs_config()));
+    let jobs = Arc::new(
+        Jobs::new(store, blobs, trainer, config.jobs_config())
+            .with_evaluator(Arc::new(crate::evals::checkpoints::CheckpointEvals(evals.clone()))),
+    );
     let stop_scheduler = CancellationToken::new();
     let scheduler = scheduler::spawn(jobs.clone(), stop_scheduler.clone());
     let eval_runner = crate::evals::runner::spawn(evals.clone(), stop_scheduler.clone());

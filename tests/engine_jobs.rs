@@ -6,9 +6,11 @@
 mod common;
 
 use common::*;
+use lathe::api::convert::struct_from_json;
 use lathe::proto::{
-    self, DatasetPurpose, JobState, fine_tuning_service_client::FineTuningServiceClient, job_event,
-    model_service_client::ModelServiceClient, watch_job_response::Payload,
+    self, DatasetPurpose, JobState, eval_service_client::EvalServiceClient,
+    fine_tuning_service_client::FineTuningServiceClient, job_event, model_service_client::ModelServiceClient,
+    watch_job_response::Payload,
 };
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
@@ -135,7 +137,7 @@ fn metrics(events: &[proto::JobEvent]) -> Vec<proto::JobMetrics> {
     events
         .iter()
         .filter_map(|e| match &e.data {
-            Some(job_event::Data::Metrics(m)) => Some(*m),
+            Some(job_event::Data::Metrics(m)) => Some(m.clone()),
             _ => None,
         })
         .collect()
@@ -373,5 +375,216 @@ async fn create_job_checks_the_model_and_method_against_the_embedded_trainer() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    env.server.stop().await;
+}
+
+/// An eval whose one criterion compares the answer with the validation
+/// row's own assistant message (or, with `never`, with a word never said).
+async fn word_eval(env: &Env, never: bool) -> String {
+    let reference = if never {
+        "zulu-never-said"
+    } else {
+        "{{ item.messages[2].content }}"
+    };
+    let mut evals = EvalServiceClient::new(env.server.channel().await);
+    evals
+        .create_eval(proto::CreateEvalRequest {
+            name: "words".into(),
+            item_schema: None,
+            testing_criteria: vec![proto::TestingCriterion {
+                grader: Some(struct_from_json(&serde_json::json!({
+                    "type": "string_check", "name": "exact", "operation": "eq",
+                    "input": "{{ sample.output_text }}", "reference": reference
+                }))),
+                pass_threshold: None,
+                name: String::new(),
+            }],
+            metadata: Default::default(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .eval
+        .unwrap()
+        .id
+}
+
+fn checkpoint_eval(eval_id: &str) -> Option<proto::CheckpointEval> {
+    Some(proto::CheckpointEval {
+        eval_id: eval_id.into(),
+        sampling_params: Some(proto::EvalSamplingParams {
+            max_tokens: Some(12),
+            ..Default::default()
+        }),
+        criterion: "exact".into(),
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_evals_score_every_checkpoint_and_pick_the_best_one() {
+    let mut env = env().await;
+    let eval_id = word_eval(&env, false).await;
+    let mut req = create(&env, 12);
+    req.checkpoint_eval = checkpoint_eval(&eval_id);
+    // Patience longer than the run: nothing stops early, but the best
+    // checkpoint by eval pass rate becomes the model.
+    req.early_stopping = Some(proto::EarlyStopping {
+        patience: 100,
+        min_delta: 0.0,
+    });
+    let job = env.jobs.create_job(req).await.unwrap().into_inner().job.unwrap();
+    assert_eq!(job.checkpoint_eval.as_ref().unwrap().eval_id, eval_id);
+    let (events, done) = watch_all(&mut env.jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{:?}", done.error);
+
+    let checkpoints = env
+        .jobs
+        .list_checkpoints(proto::ListCheckpointsRequest {
+            job_id: job.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoints;
+    assert!(checkpoints.len() >= 5, "{} checkpoints", checkpoints.len());
+    // Oldest first.
+    let mut scored: Vec<(u64, f64, String)> = checkpoints
+        .iter()
+        .map(|c| {
+            let m = c.metrics.clone().unwrap();
+            let rate = m.eval_pass_rate.unwrap_or_else(|| {
+                let log: Vec<&str> = events
+                    .iter()
+                    .map(|e| e.message.as_str())
+                    .filter(|m| !m.starts_with("step "))
+                    .collect();
+                panic!(
+                    "checkpoint {} has no eval pass rate ({} events): {log:?}",
+                    c.step_number,
+                    events.len()
+                )
+            });
+            assert!(!m.eval_run_id.is_empty());
+            (c.step_number, rate, m.eval_run_id)
+        })
+        .collect();
+    scored.sort_by_key(|s| s.0);
+    let (first, last) = (scored[0].1, scored.last().unwrap().1);
+    let mut evals = EvalServiceClient::new(env.server.channel().await);
+    let last_items = evals
+        .list_output_items(proto::ListOutputItemsRequest {
+            run_id: scored.last().unwrap().2.clone(),
+            page_size: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let samples: Vec<(&str, &str)> = last_items
+        .iter()
+        .map(|i| (i.sample.as_str(), i.error.as_str()))
+        .collect();
+    assert!(
+        last >= 0.75,
+        "the trained model answers the validation rows: {scored:?}; samples {samples:?}"
+    );
+    assert!(last > first, "the pass rate rises with training: {scored:?}");
+    let best = scored.iter().map(|s| s.1).fold(f64::MIN, f64::max);
+    let best_step = scored.iter().find(|s| s.1 == best).unwrap().0;
+    assert_eq!(done.fine_tuned_checkpoint_step, best_step, "{scored:?}");
+
+    // Each score is a real eval run on the validation rows, named after the
+    // job and step, with the checkpoint's model.
+    let (step, rate, run_id) = scored.last().unwrap().clone();
+    let run = evals
+        .get_eval_run(proto::GetEvalRunRequest { id: run_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    assert_eq!(run.name, format!("{} checkpoint step {step}", job.id));
+    assert_eq!(run.model, format!("{}:ckpt-step-{step}", done.fine_tuned_model));
+    let counts = run.result_counts.unwrap();
+    assert_eq!(counts.total, 12);
+    assert_eq!(counts.passed as f64 / 12.0, rate);
+    // The pass rates are job metrics in the event stream too.
+    let from_events: Vec<f64> = metrics(&events).iter().filter_map(|m| m.eval_pass_rate).collect();
+    assert_eq!(from_events.len(), scored.len());
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grader_that_never_passes_stops_training_early() {
+    let mut env = env().await;
+    let eval_id = word_eval(&env, true).await;
+    let mut req = create(&env, 12);
+    req.checkpoint_eval = checkpoint_eval(&eval_id);
+    req.early_stopping = Some(proto::EarlyStopping {
+        patience: 2,
+        min_delta: 0.0,
+    });
+    let job = env.jobs.create_job(req).await.unwrap().into_inner().job.unwrap();
+    let (events, done) = watch_all(&mut env.jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{:?}", done.error);
+    assert!(done.stop_reason.contains("eval_pass_rate"), "{}", done.stop_reason);
+    let rates: Vec<(u64, f64)> = metrics(&events)
+        .iter()
+        .filter_map(|m| Some((m.step, m.eval_pass_rate?)))
+        .collect();
+    assert_eq!(
+        rates.len(),
+        3,
+        "one evaluation, then two without improvement: {rates:?}"
+    );
+    assert!(rates.iter().all(|r| r.1 == 0.0));
+    assert_eq!(done.fine_tuned_checkpoint_step, rates[0].0);
+    assert!(
+        metrics(&events).last().unwrap().step < 72,
+        "stopped before the last step"
+    );
+    env.server.stop().await;
+}
+
+#[tokio::test]
+async fn create_job_checks_its_checkpoint_eval() {
+    let mut env = env().await;
+    let eval_id = word_eval(&env, false).await;
+    let violations = |err: tonic::Status| -> Vec<String> {
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        err.get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
+    };
+    let mut req = create(&env, 1);
+    req.checkpoint_eval = checkpoint_eval("eval_00000000000000000000000000");
+    let fields = violations(env.jobs.create_job(req).await.unwrap_err());
+    assert_eq!(fields, ["checkpoint_eval.eval_id"]);
+
+    let mut req = create(&env, 1);
+    req.checkpoint_eval = checkpoint_eval(&eval_id);
+    req.checkpoint_eval.as_mut().unwrap().criterion = "nope".into();
+    req.checkpoint_eval.as_mut().unwrap().input_messages = Some(prost_types::ListValue {
+        values: vec![lathe::api::convert::value_from_json(
+            &serde_json::json!({"role": "user", "content": "{{ sample.output_text }}"}),
+        )],
+    });
+    let fields = violations(env.jobs.create_job(req).await.unwrap_err());
+    assert_eq!(
+        fields,
+        ["checkpoint_eval.criterion", "checkpoint_eval.input_messages[0].content"]
+    );
+
+    let mut req = create(&env, 1);
+    req.validation_dataset_id = String::new();
+    req.checkpoint_eval = checkpoint_eval(&eval_id);
+    let fields = violations(env.jobs.create_job(req).await.unwrap_err());
+    assert_eq!(fields, ["checkpoint_eval"]);
     env.server.stop().await;
 }

@@ -101,6 +101,7 @@ fn model_source() -> proto::create_eval_run_request::Source {
         }),
         tools: None,
         response_format: None,
+        item_reference: String::new(),
     })
 }
 

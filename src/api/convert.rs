@@ -325,6 +325,20 @@ pub fn create_job(req: proto::CreateJobRequest) -> Result<CreateJob, Error> {
                 url: w.url,
                 secret: w.secret,
             }),
+            checkpoint_eval: req.checkpoint_eval.map(|c| {
+                let s = c.sampling_params.unwrap_or_default();
+                jm::CheckpointEval {
+                    eval_id: c.eval_id,
+                    input_messages: json_list(c.input_messages),
+                    temperature: s.temperature,
+                    top_p: s.top_p,
+                    max_tokens: s.max_tokens,
+                    seed: s.seed,
+                    stop: s.stop,
+                    criterion: c.criterion,
+                    concurrency: c.concurrency,
+                }
+            }),
         },
         idempotency_key: (!req.idempotency_key.is_empty()).then_some(req.idempotency_key),
     })
@@ -394,6 +408,19 @@ pub fn job(j: jm::JobRecord) -> proto::Job {
         stop_reason: j.stop_reason.unwrap_or_default(),
         webhook_url: j.spec.webhook.map(|w| w.url).unwrap_or_default(),
         attempts: j.attempts,
+        checkpoint_eval: j.spec.checkpoint_eval.map(|c| proto::CheckpointEval {
+            eval_id: c.eval_id,
+            input_messages: (!c.input_messages.is_empty()).then(|| list_value(&c.input_messages)),
+            sampling_params: Some(proto::EvalSamplingParams {
+                temperature: c.temperature,
+                top_p: c.top_p,
+                max_tokens: c.max_tokens,
+                seed: c.seed,
+                stop: c.stop,
+            }),
+            criterion: c.criterion,
+            concurrency: c.concurrency,
+        }),
     }
 }
 
@@ -410,6 +437,8 @@ pub fn metrics(m: jm::Metrics) -> proto::JobMetrics {
         tokens_per_second: m.tokens_per_second,
         train_reward_mean: m.train_reward_mean,
         valid_reward_mean: m.valid_reward_mean,
+        eval_pass_rate: m.eval_pass_rate,
+        eval_run_id: m.eval_run_id.unwrap_or_default(),
     }
 }
 
@@ -552,6 +581,7 @@ pub fn create_eval_run(req: proto::CreateEvalRunRequest) -> Result<CreateRun, Er
             Some(ev::DataSource::Model {
                 model: m.model,
                 input_messages: json_list(m.input_messages),
+                item_reference: (!m.item_reference.is_empty()).then_some(m.item_reference),
                 sampling: ev::SamplingParams {
                     temperature: s.temperature,
                     top_p: s.top_p,

@@ -39,6 +39,10 @@ pub struct RunArgs {
     /// One user message (instead of --messages), e.g. "Q: {{ item.question }}".
     #[arg(long, requires = "model", conflicts_with = "messages")]
     prompt: Option<String>,
+    /// Each item's own messages (instead of --prompt), e.g. "item.messages"
+    /// for fine-tuning rows; a final assistant message is left out.
+    #[arg(long, requires = "model", conflicts_with_all = ["messages", "prompt"])]
+    item_reference: Option<String>,
     #[arg(long)]
     temperature: Option<f64>,
     #[arg(long)]
@@ -241,19 +245,23 @@ fn outcome_of(r: &proto::EvalRun) -> Outcome {
 
 fn run_request(a: RunArgs) -> anyhow::Result<proto::CreateEvalRunRequest> {
     let source = if let Some(model) = a.model {
-        let messages = match (a.messages, a.prompt) {
-            (Some(path), _) => match read_json(&path)? {
+        let messages = match (a.messages, a.prompt, &a.item_reference) {
+            (Some(path), _, _) => match read_json(&path)? {
                 Value::Array(m) => m,
                 _ => anyhow::bail!("{} must hold a JSON list of messages", path.display()),
             },
-            (None, Some(prompt)) => vec![json!({"role": "user", "content": prompt})],
-            (None, None) => anyhow::bail!("give the input with --messages FILE or --prompt TEXT"),
+            (None, Some(prompt), _) => vec![json!({"role": "user", "content": prompt})],
+            (None, None, Some(_)) => Vec::new(),
+            (None, None, None) => {
+                anyhow::bail!("give the input with --messages FILE, --prompt TEXT or --item-reference PATH")
+            }
         };
         Source::Model(proto::ModelSource {
             model,
-            input_messages: Some(prost_types::ListValue {
+            input_messages: (!messages.is_empty()).then(|| prost_types::ListValue {
                 values: messages.iter().map(value_from_json).collect(),
             }),
+            item_reference: a.item_reference.unwrap_or_default(),
             sampling_params: Some(proto::EvalSamplingParams {
                 temperature: a.temperature,
                 top_p: a.top_p,

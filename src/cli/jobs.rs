@@ -99,6 +99,16 @@ pub struct CreateArgs {
     patience: Option<u32>,
     #[arg(long, default_value_t = 0.0)]
     min_delta: f64,
+    /// Run this eval on the validation data at each checkpoint; its pass
+    /// rate becomes a metric and, with --patience, picks the best checkpoint.
+    #[arg(long)]
+    checkpoint_eval: Option<String>,
+    /// The checkpoint eval's criterion to watch (default: items passing all).
+    #[arg(long, default_value = "")]
+    checkpoint_eval_criterion: String,
+    /// Most new tokens per checkpoint-eval answer.
+    #[arg(long)]
+    checkpoint_eval_max_tokens: Option<u32>,
     /// POST a signed JSON payload here when the job ends.
     #[arg(long)]
     webhook_url: Option<String>,
@@ -228,6 +238,8 @@ fn event_json(e: &proto::JobEvent) -> serde_json::Value {
             "valid_mean_token_accuracy": m.valid_mean_token_accuracy,
             "learning_rate": m.learning_rate, "tokens_per_second": m.tokens_per_second,
             "train_reward_mean": m.train_reward_mean, "valid_reward_mean": m.valid_reward_mean,
+            "eval_pass_rate": m.eval_pass_rate,
+            "eval_run_id": (!m.eval_run_id.is_empty()).then_some(&m.eval_run_id),
         }),
         Some(job_event::Data::Checkpoint(c)) => json!({
             "type": "checkpoint", "id": c.id, "step": c.step_number,
@@ -323,6 +335,15 @@ fn create_request(a: CreateArgs) -> anyhow::Result<proto::CreateJobRequest> {
             min_delta: a.min_delta,
         }),
         webhook,
+        checkpoint_eval: a.checkpoint_eval.map(|eval_id| proto::CheckpointEval {
+            eval_id,
+            sampling_params: Some(proto::EvalSamplingParams {
+                max_tokens: a.checkpoint_eval_max_tokens,
+                ..Default::default()
+            }),
+            criterion: a.checkpoint_eval_criterion,
+            ..Default::default()
+        }),
     })
 }
 
@@ -466,21 +487,26 @@ pub async fn run(addr: &str, json: bool, cmd: JobsCommand) -> anyhow::Result<Out
                 .map_err(status_error)?
                 .into_inner();
             for c in &page.checkpoints {
-                let m = c.metrics.unwrap_or_default();
+                let m = c.metrics.clone().unwrap_or_default();
                 if json {
                     println!(
                         "{}",
                         json!({"id": c.id, "object": "fine_tuning.job.checkpoint", "step_number": c.step_number,
                                "fine_tuned_model_checkpoint": c.fine_tuned_model_checkpoint,
-                               "metrics": {"train_loss": m.train_loss, "valid_loss": m.valid_loss}})
+                               "metrics": {"train_loss": m.train_loss, "valid_loss": m.valid_loss,
+                                           "eval_pass_rate": m.eval_pass_rate,
+                                           "eval_run_id": (!m.eval_run_id.is_empty()).then_some(&m.eval_run_id)}})
                     );
                 } else {
                     println!(
-                        "step {:>6}  {}  train loss {}  valid loss {}",
+                        "step {:>6}  {}  train loss {}  valid loss {}{}",
                         c.step_number,
                         c.fine_tuned_model_checkpoint,
                         m.train_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into()),
-                        m.valid_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into())
+                        m.valid_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into()),
+                        m.eval_pass_rate
+                            .map(|v| format!("  eval pass rate {v:.4}"))
+                            .unwrap_or_default()
                     );
                 }
             }

@@ -365,6 +365,7 @@ async fn ensure_run(
                 }),
                 tools: None,
                 response_format: None,
+                item_reference: String::new(),
             })),
             concurrency: 64,
             error_rate_threshold: 0.0,

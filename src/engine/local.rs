@@ -104,31 +104,21 @@ pub struct StoreCatalog {
     pub blobs: Blobs,
 }
 
-#[async_trait]
-impl Catalog for StoreCatalog {
-    async fn resolve(&self, model: &str) -> Result<Resolved> {
-        let not_found = || EngineError::NotFound(model.to_string());
-        let record = self
-            .store
-            .get_model(model)
-            .await
-            .map_err(|e| EngineError::Data(e.to_string()))?
-            .ok_or_else(not_found)?;
-        if record.kind == "base" {
-            let info = record.info.ok_or_else(not_found)?;
-            return Ok(Resolved::Base {
-                name: record.id,
-                path: PathBuf::from(info.path),
-            });
-        }
-        let Resolved::Base { path: base_path, .. } = Box::pin(self.resolve(&record.base_model)).await? else {
+/// `(job id, step)` of a checkpoint model id, `ft:BASE:SUFFIX:JOB:ckpt-step-N`.
+fn checkpoint_of(model: &str) -> Option<(&str, &str, u64)> {
+    let (prefix, step) = model.rsplit_once(":ckpt-step-")?;
+    let step = step.parse().ok()?;
+    let (_, job) = prefix.rsplit_once(':')?;
+    Some((prefix, job, step))
+}
+
+impl StoreCatalog {
+    /// A fine-tuned model: its base model and the adapter at `step` of `job`.
+    async fn fine_tuned(&self, model: &str, base_model: &str, job: &str, step: u64) -> Result<Resolved> {
+        let Resolved::Base { path: base_path, .. } = Box::pin(self.resolve(base_model)).await? else {
             return Err(EngineError::Data(format!(
-                "the base model {} of {model} is not a base model",
-                record.base_model
+                "the base model {base_model} of {model} is not a base model"
             )));
-        };
-        let (Some(job), Some(step)) = (&record.job_id, record.checkpoint_step) else {
-            return Err(EngineError::Data(format!("{model} has no checkpoint")));
         };
         let ckpt = self
             .store
@@ -154,12 +144,42 @@ impl Catalog for StoreCatalog {
         let adapter = read(ADAPTER_FILE).await?;
         let adapter_config = read(ADAPTER_CONFIG_FILE).await?;
         Ok(Resolved::FineTuned {
-            id: record.id,
-            base: record.base_model,
+            id: model.to_string(),
+            base: base_model.to_string(),
             base_path,
             adapter,
             adapter_config,
         })
+    }
+}
+
+#[async_trait]
+impl Catalog for StoreCatalog {
+    async fn resolve(&self, model: &str) -> Result<Resolved> {
+        let not_found = || EngineError::NotFound(model.to_string());
+        let data = |e: crate::store::StoreError| EngineError::Data(e.to_string());
+        let Some(record) = self.store.get_model(model).await.map_err(data)? else {
+            // Checkpoints are models too, while their job still runs
+            // (checkpoint evals sample them) and after it ends.
+            let (prefix, job_id, step) = checkpoint_of(model).ok_or_else(not_found)?;
+            let job = self.store.get_job(job_id).await.map_err(data)?.ok_or_else(not_found)?;
+            let spec = &job.spec;
+            if crate::jobs::model::fine_tuned_model_id(&spec.base_model, &spec.suffix, &job.id) != prefix {
+                return Err(not_found());
+            }
+            return self.fine_tuned(model, &spec.base_model, job_id, step).await;
+        };
+        if record.kind == "base" {
+            let info = record.info.ok_or_else(not_found)?;
+            return Ok(Resolved::Base {
+                name: record.id,
+                path: PathBuf::from(info.path),
+            });
+        }
+        let (Some(job), Some(step)) = (&record.job_id, record.checkpoint_step) else {
+            return Err(EngineError::Data(format!("{model} has no checkpoint")));
+        };
+        self.fine_tuned(model, &record.base_model, job, step).await
     }
 }
 

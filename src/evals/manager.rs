@@ -125,7 +125,7 @@ impl Bus {
         }
     }
 
-    fn subscribe(&self, run_id: &str) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self, run_id: &str) -> watch::Receiver<u64> {
         let mut runs = match self.runs.lock() {
             Ok(runs) => runs,
             Err(poisoned) => poisoned.into_inner(),
@@ -288,7 +288,7 @@ impl Evals {
             .ok_or_else(|| Error::not_found("eval", id))
     }
 
-    fn check_source(source: &Option<DataSource>, v: &mut Vec<FieldViolation>) {
+    pub(crate) fn check_source(source: &Option<DataSource>, v: &mut Vec<FieldViolation>) {
         let no_sample = |t: &Template| t.variables().any(|x| x.namespace == crate::graders::Namespace::Sample);
         match source {
             None => v.push(FieldViolation::new(
@@ -298,14 +298,30 @@ impl Evals {
             Some(DataSource::Model {
                 model,
                 input_messages,
+                item_reference,
                 sampling,
                 ..
             }) => {
                 if model.trim().is_empty() {
                     v.push(FieldViolation::new("model.model", "a model is required"));
                 }
-                if input_messages.is_empty() {
-                    v.push(FieldViolation::new("model.input_messages", "give at least one message"));
+                match item_reference {
+                    None if input_messages.is_empty() => v.push(FieldViolation::new(
+                        "model.input_messages",
+                        "give at least one message, or an item_reference",
+                    )),
+                    Some(_) if !input_messages.is_empty() => v.push(FieldViolation::new(
+                        "model.item_reference",
+                        "give input_messages or an item_reference, not both",
+                    )),
+                    Some(path) => {
+                        if let Err(e) = crate::graders::template::lookup(path, &Value::Null)
+                            && !e.contains("does not exist")
+                        {
+                            v.push(FieldViolation::new("model.item_reference", e));
+                        }
+                    }
+                    None => {}
                 }
                 for (i, m) in input_messages.iter().enumerate() {
                     let field = format!("model.input_messages[{i}]");
@@ -414,11 +430,13 @@ impl Evals {
                     format!("dataset {} failed validation and cannot be used", d.id),
                 ));
             }
-            if d.purpose != Purpose::Eval {
+            // Fine-tuning rows are items too: a job's validation data is
+            // what its checkpoint evals run on.
+            if !matches!(d.purpose, Purpose::Eval | Purpose::Sft | Purpose::Rft) {
                 v.push(FieldViolation::new(
                     "dataset_id",
                     format!(
-                        "dataset {} was uploaded for {}; evals need eval data",
+                        "dataset {} was uploaded for {}; evals run on eval, sft or rft data",
                         d.id,
                         d.purpose.as_str()
                     ),
@@ -505,9 +523,11 @@ impl Evals {
                     }
                 }
                 let rendered = match &source {
-                    DataSource::Model { input_messages, .. } => {
-                        work::render_messages(input_messages, &item).map(|_| ())
-                    }
+                    DataSource::Model {
+                        input_messages,
+                        item_reference,
+                        ..
+                    } => work::input_messages(input_messages, item_reference.as_deref(), &item).map(|_| ()),
                     DataSource::Precomputed { sample_template } => {
                         work::precomputed_sample(sample_template, &item, row_sample.as_ref()).map(|_| ())
                     }

@@ -9,6 +9,7 @@
 //! rebuilds progress from the store alone. This module knows neither tonic
 //! nor HTTP: models come in as `ChatModel`, graders through the grader service.
 
+pub mod checkpoints;
 pub mod manager;
 pub mod model;
 pub mod runner;

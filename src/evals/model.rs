@@ -88,6 +88,10 @@ pub enum DataSource {
         model: String,
         /// `{role, content}` objects whose strings may hold `{{ item.* }}`.
         input_messages: Vec<Value>,
+        /// Instead of `input_messages`: the path of each item's own list of
+        /// messages (a final assistant message is left out).
+        #[serde(default)]
+        item_reference: Option<String>,
         sampling: SamplingParams,
         tools: Option<Value>,
         response_format: Option<Value>,

@@ -52,6 +52,35 @@ pub fn render_messages(messages: &[Value], item: &Value) -> Result<Vec<Value>, S
         .collect()
 }
 
+/// One item's input: the rendered templates, or the messages at
+/// `item_reference` without a final assistant message (in a fine-tuning
+/// row that is the answer) and without training-only keys (`weight`).
+pub fn input_messages(templates: &[Value], item_reference: Option<&str>, item: &Value) -> Result<Vec<Value>, String> {
+    let Some(path) = item_reference else {
+        return render_messages(templates, item);
+    };
+    let Value::Array(list) = crate::graders::template::lookup(path, item)? else {
+        return Err(format!("{path} is not a list of messages"));
+    };
+    let mut list = list.clone();
+    if list.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant") {
+        list.pop();
+    }
+    if list.is_empty() {
+        return Err(format!("{path} has no message before the answer"));
+    }
+    for m in &mut list {
+        let Value::Object(map) = m else {
+            return Err(format!("{path} holds something that is not a message"));
+        };
+        if !map.get("role").is_some_and(Value::is_string) {
+            return Err(format!("{path} holds a message without a role"));
+        }
+        map.remove("weight");
+    }
+    Ok(list)
+}
+
 /// The sample of a precomputed row.
 pub fn precomputed_sample(template: &str, item: &Value, row_sample: Option<&Value>) -> Result<Sample, String> {
     if !template.is_empty() {
@@ -130,12 +159,13 @@ impl RunWork {
         let sample = match &self.source {
             DataSource::Model {
                 model,
-                input_messages,
+                input_messages: templates,
+                item_reference,
                 sampling,
                 tools,
                 response_format,
             } => {
-                let input = match render_messages(input_messages, &item) {
+                let input = match input_messages(templates, item_reference.as_deref(), &item) {
                     Ok(input) => input,
                     Err(e) => return errored(detail, usage, e),
                 };
@@ -239,5 +269,34 @@ mod tests {
             vec![json!({"role": "user", "content": "Q: why"})]
         );
         assert!(render_messages(&msgs, &json!({})).unwrap_err().contains("item.q"));
+    }
+
+    #[test]
+    fn item_references_take_the_rows_messages_without_the_answer() {
+        let row = json!({"messages": [
+            {"role": "system", "content": "Label it."},
+            {"role": "user", "content": "my card is lost"},
+            {"role": "assistant", "content": "lost_card", "weight": 1}
+        ]});
+        let input = input_messages(&[], Some("item.messages"), &row).unwrap();
+        assert_eq!(
+            input,
+            vec![
+                json!({"role": "system", "content": "Label it."}),
+                json!({"role": "user", "content": "my card is lost"})
+            ]
+        );
+        assert!(
+            input_messages(&[], Some("item.missing"), &row)
+                .unwrap_err()
+                .contains("item.missing")
+        );
+        assert!(
+            input_messages(&[], Some("item.messages[0]"), &row)
+                .unwrap_err()
+                .contains("not a list")
+        );
+        let only_answer = json!({"messages": [{"role": "assistant", "content": "x"}]});
+        assert!(input_messages(&[], Some("item.messages"), &only_answer).is_err());
     }
 }

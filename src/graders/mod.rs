@@ -18,7 +18,7 @@ pub mod service;
 pub mod similarity;
 mod spec;
 mod string_check;
-mod template;
+pub mod template;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -184,6 +184,20 @@ fn resolve<'a>(var: &Variable, sample: &'a Sample, item: &'a Value) -> Result<Re
     Ok(Resolved::Json(current))
 }
 
+/// The item's value at a path such as `item.messages` (OpenAI's
+/// `item_reference`).
+pub fn lookup<'a>(path: &str, item: &'a Value) -> Result<&'a Value, String> {
+    let var = parse_variable(path.trim())?;
+    if var.namespace != Namespace::Item {
+        return Err(format!("{path:?} is not an item path (item.field)"));
+    }
+    let mut value = item;
+    for step in &var.path {
+        value = step_into(value, step).ok_or_else(|| RenderError::Missing(var.text.clone()).to_string())?;
+    }
+    Ok(value)
+}
+
 fn step_into<'v>(value: &'v Value, step: &Step) -> Option<&'v Value> {
     match (value, step) {
         (Value::Object(map), Step::Key(k)) => map.get(k),

@@ -8,6 +8,7 @@ use std::{
 
 use tokio::sync::{Notify, broadcast::error::RecvError, mpsc};
 
+use super::evaluator::CheckpointEvaluator;
 use super::events::EventBus;
 use super::model::*;
 use super::state;
@@ -69,6 +70,8 @@ pub struct Jobs {
     /// Stop handles of the jobs this process is running.
     pub(crate) running: Mutex<HashMap<String, StopHandle>>,
     pub(crate) http: reqwest::Client,
+    /// Scores checkpoints for jobs with a `checkpoint_eval`.
+    pub(crate) evaluator: Option<Arc<dyn CheckpointEvaluator>>,
 }
 
 fn check_job_id(id: &str) -> Result<()> {
@@ -107,7 +110,14 @@ impl Jobs {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            evaluator: None,
         }
+    }
+
+    /// Lets jobs evaluate their checkpoints with evals.
+    pub fn with_evaluator(mut self, evaluator: Arc<dyn CheckpointEvaluator>) -> Self {
+        self.evaluator = Some(evaluator);
+        self
     }
 
     pub fn has_trainer(&self) -> bool {
@@ -330,6 +340,19 @@ impl Jobs {
         };
         if let Err(problems) = trainer.check(&spec) {
             violations.extend(problems);
+        }
+        if spec.checkpoint_eval.is_some() {
+            match &self.evaluator {
+                None => violations.push(FieldViolation::new(
+                    "checkpoint_eval",
+                    "this server runs no evals, so it cannot evaluate checkpoints",
+                )),
+                Some(_) if spec.validation_dataset_id.is_none() => violations.push(FieldViolation::new(
+                    "checkpoint_eval",
+                    "checkpoint evals run on the validation data: give a validation dataset",
+                )),
+                Some(evaluator) => violations.extend(evaluator.check(&spec).await),
+            }
         }
         if trainer.resolves_models() && !spec.base_model.trim().is_empty() {
             match self.store.get_model(&spec.base_model).await? {

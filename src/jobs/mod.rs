@@ -5,6 +5,7 @@
 //! `state::allowed_from` and the store's compare-and-set, together with
 //! its event; nothing else writes a job's state.
 
+pub mod evaluator;
 pub mod events;
 pub mod manager;
 pub mod model;

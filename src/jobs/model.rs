@@ -125,6 +125,24 @@ pub struct EarlyStopping {
     pub min_delta: f64,
 }
 
+/// An eval run on the validation data at every checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointEval {
+    pub eval_id: String,
+    /// Empty: each validation row's `messages` without the final assistant
+    /// message.
+    pub input_messages: Vec<serde_json::Value>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Empty: the share of items passing every criterion.
+    pub criterion: String,
+    pub concurrency: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Webhook {
     pub url: String,
@@ -145,6 +163,8 @@ pub struct JobSpec {
     pub priority: i32,
     pub early_stopping: Option<EarlyStopping>,
     pub webhook: Option<Webhook>,
+    #[serde(default)]
+    pub checkpoint_eval: Option<CheckpointEval>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -210,6 +230,11 @@ pub struct Metrics {
     pub tokens_per_second: Option<f64>,
     pub train_reward_mean: Option<f64>,
     pub valid_reward_mean: Option<f64>,
+    /// The checkpoint eval's pass rate, and the run that measured it.
+    #[serde(default)]
+    pub eval_pass_rate: Option<f64>,
+    #[serde(default)]
+    pub eval_run_id: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

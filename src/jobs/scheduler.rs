@@ -126,32 +126,127 @@ struct Early {
     bad: u32,
 }
 
+/// The validation metric early stopping and best-checkpoint selection watch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Watched {
+    ValidLoss,
+    ValidReward,
+    EvalPassRate,
+}
+
+impl Watched {
+    fn of(spec: &JobSpec) -> Self {
+        if spec.checkpoint_eval.is_some() {
+            Watched::EvalPassRate
+        } else if spec.method.kind == MethodKind::Reinforcement {
+            Watched::ValidReward
+        } else {
+            Watched::ValidLoss
+        }
+    }
+
+    fn maximize(self) -> bool {
+        self != Watched::ValidLoss
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Watched::ValidLoss => "valid_loss",
+            Watched::ValidReward => "valid_reward_mean",
+            Watched::EvalPassRate => "eval_pass_rate",
+        }
+    }
+
+    fn value(self, m: &Metrics) -> Option<f64> {
+        match self {
+            Watched::ValidLoss => m.valid_loss,
+            Watched::ValidReward => m.valid_reward_mean,
+            Watched::EvalPassRate => m.eval_pass_rate,
+        }
+    }
+}
+
 struct JobReporter {
     jobs: Arc<Jobs>,
+    job: JobRecord,
     job_id: String,
-    maximize: bool,
+    watched: Watched,
     early_stopping: Option<EarlyStopping>,
     handle: StopHandle,
     early: Mutex<Early>,
 }
 
 impl JobReporter {
-    fn watched(&self, m: &Metrics) -> Option<f64> {
-        if self.maximize {
-            m.valid_reward_mean
-        } else {
-            m.valid_loss
+    /// Runs the job's checkpoint eval on the checkpoint at `step` and
+    /// records its pass rate in the checkpoint's metrics and as a metrics
+    /// event. A failed eval is a warning: the checkpoint keeps no eval
+    /// metric and training goes on.
+    async fn evaluate_checkpoint(&self, step: u64, metrics: &mut Metrics) {
+        let (Some(spec), Some(evaluator)) = (&self.job.spec.checkpoint_eval, &self.jobs.evaluator) else {
+            return;
+        };
+        if metrics.eval_pass_rate.is_some() {
+            return;
+        }
+        let model = checkpoint_model_id(
+            &fine_tuned_model_id(&self.job.spec.base_model, &self.job.spec.suffix, &self.job_id),
+            step,
+        );
+        self.jobs
+            .log(
+                &self.job_id,
+                Level::Info,
+                format!("checkpoint eval: running eval {} on {model}", spec.eval_id),
+            )
+            .await;
+        match evaluator.evaluate(&self.job, step, &model, &self.handle).await {
+            Ok(score) => {
+                metrics.eval_pass_rate = Some(score.pass_rate);
+                metrics.eval_run_id = Some(score.run_id.clone());
+                if let Err(e) = self
+                    .jobs
+                    .store
+                    .update_checkpoint_metrics(&self.job_id, step, metrics)
+                    .await
+                {
+                    tracing::warn!(job = %self.job_id, error = %e, "could not record the checkpoint eval");
+                }
+                let event = NewEvent {
+                    level: Level::Info,
+                    message: format!(
+                        "checkpoint eval at step {step}: pass rate {:.4} ({} items graded, {} errored; eval run {})",
+                        score.pass_rate, score.graded, score.errored, score.run_id
+                    ),
+                    data: EventData::Metrics {
+                        metrics: metrics.clone(),
+                    },
+                };
+                match self.jobs.store.append_event(&self.job_id, &event, now_millis()).await {
+                    Ok(event) => self.jobs.bus.publish(&event),
+                    Err(e) => tracing::warn!(job = %self.job_id, error = %e, "could not record the checkpoint eval"),
+                }
+            }
+            Err(_) if self.handle.reason().is_some() => {}
+            Err(e) => {
+                self.jobs
+                    .log(
+                        &self.job_id,
+                        Level::Warn,
+                        format!("checkpoint eval at step {step} failed: {e}"),
+                    )
+                    .await
+            }
         }
     }
 
     /// Updates the best checkpoint; returns why to stop, if it is time.
     fn observe(&self, step: u64, metrics: &Metrics) -> Option<String> {
-        let value = self.watched(metrics)?;
+        let value = self.watched.value(metrics)?;
         let mut early = self.early.lock().ok()?;
         let min_delta = self.early_stopping.as_ref().map(|e| e.min_delta).unwrap_or(0.0);
         let improved = match early.best {
             None => true,
-            Some((best, _)) if self.maximize => value > best + min_delta,
+            Some((best, _)) if self.watched.maximize() => value > best + min_delta,
             Some((best, _)) => value < best - min_delta,
         };
         if improved {
@@ -165,11 +260,7 @@ impl JobReporter {
             return None;
         }
         let (best, best_step) = early.best?;
-        let metric = if self.maximize {
-            "valid_reward_mean"
-        } else {
-            "valid_loss"
-        };
+        let metric = self.watched.name();
         Some(format!(
             "early stopping: {metric} has not improved by more than {min_delta} for {patience} evaluations; \
              best {best:.4} at step {best_step}"
@@ -262,6 +353,8 @@ impl Reporter for JobReporter {
             return Ok(false);
         };
         self.jobs.bus.publish(&event);
+        let mut metrics = metrics;
+        self.evaluate_checkpoint(step, &mut metrics).await;
         if let Some(reason) = self.observe(step, &metrics) {
             self.jobs.log(&self.job_id, Level::Info, reason.clone()).await;
             self.handle.stop(StopReason::EarlyStopped(reason));
@@ -308,13 +401,19 @@ async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord) {
     let history = jobs.store.list_checkpoints(&id, None, 10_000).await.unwrap_or_default();
     let reporter = Arc::new(JobReporter {
         jobs: jobs.clone(),
+        job: job.clone(),
         job_id: id.clone(),
-        maximize: job.spec.method.kind == MethodKind::Reinforcement,
+        watched: Watched::of(&job.spec),
         early_stopping: job.spec.early_stopping.clone(),
         handle: handle.clone(),
         early: Mutex::new(Early::default()),
     });
-    // Rebuild early-stopping state from the checkpoints already taken.
+    // Rebuild early-stopping state from the checkpoints already taken; the
+    // last one's eval may have been cut off by a restart: finish it first.
+    let mut history = history;
+    if let Some(last) = history.first_mut() {
+        reporter.evaluate_checkpoint(last.step, &mut last.metrics).await;
+    }
     for c in history.iter().rev() {
         reporter.observe(c.step, &c.metrics);
     }

@@ -127,6 +127,11 @@ impl StopHandle {
     pub fn reason(&self) -> Option<StopReason> {
         self.reason.lock().ok().and_then(|r| r.clone())
     }
+
+    /// Resolves when a stop is requested.
+    pub async fn stopped(&self) {
+        self.token.cancelled().await
+    }
 }
 
 #[async_trait]

@@ -373,6 +373,21 @@ macro_rules! impl_job_store {
                     .collect()
             }
 
+            async fn update_checkpoint_metrics(
+                &self,
+                job_id: &str,
+                step: u64,
+                metrics: &$crate::jobs::model::Metrics,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query("UPDATE checkpoints SET metrics = $1 WHERE job_id = $2 AND step = $3")
+                    .bind($crate::store::rows::to_json(metrics))
+                    .bind(job_id)
+                    .bind(step as i64)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
             async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, $crate::store::StoreError> {
                 let row = sqlx::query(
                     "SELECT (SELECT COUNT(*) FROM jobs

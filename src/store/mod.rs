@@ -26,7 +26,7 @@ pub use self::sqlite::SqliteStore;
 use crate::datasets::model::DatasetRecord;
 use crate::datasets::report::Purpose;
 use crate::evals::model::{EvalRecord, ItemStatus, OutputItemRecord, RunRecord, RunState};
-use crate::jobs::model::{CheckpointRecord, JobEvent, JobPatch, JobQuery, JobRecord, JobState, NewEvent};
+use crate::jobs::model::{CheckpointRecord, JobEvent, JobPatch, JobQuery, JobRecord, JobState, Metrics, NewEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -152,6 +152,10 @@ pub trait JobStore: Send + Sync + 'static {
         before_step: Option<u64>,
         limit: usize,
     ) -> Result<Vec<CheckpointRecord>, StoreError>;
+    /// Replaces the metrics of the job's checkpoint at `step` (a checkpoint
+    /// eval adds its pass rate after the checkpoint is saved); false if
+    /// there is no such checkpoint.
+    async fn update_checkpoint_metrics(&self, job_id: &str, step: u64, metrics: &Metrics) -> Result<bool, StoreError>;
     /// Whether a job or an eval run that is not finished uses this dataset.
     async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, StoreError>;
     /// Inserts or updates a fine-tuned model (a job may re-record it).

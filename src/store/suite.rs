@@ -156,6 +156,7 @@ pub fn job(n: u32, created_at: i64, priority: i32, key: Option<&str>) -> JobReco
         priority,
         early_stopping: None,
         webhook: None,
+        checkpoint_eval: None,
     };
     let mut job = JobRecord::new(format!("job_{n:026}"), spec, key.map(str::to_string), created_at);
     job.state = JobState::Queued;
@@ -350,6 +351,15 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
     assert_eq!(list.iter().map(|c| c.step).collect::<Vec<_>>(), [2, 1]);
     assert_eq!(list[0].files[0].sha256, "c".repeat(64));
     assert_eq!(store.list_checkpoints(&a.id, Some(2), 10).await.unwrap().len(), 1);
+    // A checkpoint eval adds its pass rate afterwards; files stay.
+    let mut scored = list[1].metrics.clone();
+    scored.eval_pass_rate = Some(0.75);
+    scored.eval_run_id = Some("evalrun_x".into());
+    assert!(store.update_checkpoint_metrics(&a.id, 1, &scored).await.unwrap());
+    assert!(!store.update_checkpoint_metrics(&a.id, 99, &scored).await.unwrap());
+    let list = store.list_checkpoints(&a.id, None, 10).await.unwrap();
+    assert_eq!(list[1].metrics, scored);
+    assert_eq!(list[1].files[0].sha256, "a".repeat(64));
     assert!(store.blob_in_use(&"a".repeat(64)).await.unwrap());
     assert!(!store.blob_in_use(&"b".repeat(64)).await.unwrap());
 
