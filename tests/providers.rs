@@ -274,3 +274,59 @@ async fn chat_model_sends_tools_and_response_format_and_parses_tool_calls() {
     );
     assert_eq!(stub.requests.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn embeddings_that_are_not_one_vector_of_numbers_are_errors_not_wrong_vectors() {
+    let (stub, url) = openai_stub::start().await;
+    let providers = std::sync::Arc::new(Providers::from_configs(vec![config(&url, None)]).unwrap());
+    let embedder = providers.embedder().expect("an embedding model is configured");
+    let texts = ["the cat".to_string()];
+    // What llama.cpp's server answers for a model without pooling: one
+    // vector per token.
+    stub.script([Reply::Json(
+        json!({"object": "list", "data": [{"object": "embedding", "index": 0,
+                "embedding": [[0.1, 0.2], [0.3, 0.4]]}]})
+        .to_string(),
+    )]);
+    let e = embedder.embed(&texts).await.unwrap_err();
+    assert!(
+        e.message.contains("one per token") && e.message.contains("pooling"),
+        "{}",
+        e.message
+    );
+    stub.script([Reply::Json(
+        json!({"data": [{"index": 0, "embedding": [0.1, "x"]}]}).to_string(),
+    )]);
+    let e = embedder.embed(&texts).await.unwrap_err();
+    assert!(e.message.contains("not a number"), "{}", e.message);
+    // A well-formed answer still works on the same provider.
+    assert_eq!(embedder.embed(&texts).await.unwrap(), vec![vec![7.0, 2.0, 1.0]]);
+}
+
+#[tokio::test]
+async fn structured_output_follows_the_provider_setting() {
+    let (stub, url) = openai_stub::start().await;
+    let schema = json!({"type": "object", "properties": {"result": {"type": "number"}}});
+    let mut sent = vec![];
+    for setting in ["json_schema", "json_object", "none"] {
+        let mut cfg =
+            serde_json::to_value(json!({"name": "stub", "base_url": url, "structured_output": setting})).unwrap();
+        cfg["max_retries"] = json!(0);
+        let providers = Providers::from_configs(vec![serde_json::from_value(cfg).unwrap()]).unwrap();
+        stub.script([Reply::Json(chat_body(r#"{"result": 1}"#))]);
+        providers
+            .chat("m", user("grade"), SamplingParams::default(), Some(schema.clone()))
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_str(&stub.requests.lock().unwrap().last().unwrap().2).unwrap();
+        sent.push(body["response_format"].clone());
+    }
+    assert_eq!(sent[0]["type"], "json_schema");
+    assert_eq!(sent[0]["json_schema"]["schema"], schema);
+    assert_eq!(sent[1], json!({"type": "json_object", "schema": schema}));
+    assert!(sent[2].is_null(), "{}", sent[2]);
+    assert!(
+        serde_json::from_value::<ProviderConfig>(json!({"name": "x", "base_url": url, "structured_output": "xml"}))
+            .is_err()
+    );
+}

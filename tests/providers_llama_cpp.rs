@@ -44,6 +44,22 @@ fn model_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// `python -m llama_cpp.server` with mean pooling. SmolLM2's GGUF names no
+/// pooling type, so llama.cpp would answer embeddings with one vector per
+/// token (the provider refuses those), and llama-cpp-python's server has no
+/// flag for pooling: this sets the default of its `Llama` constructor.
+const MEAN_POOLED_SERVER: &str = r#"
+import runpy, sys
+import llama_cpp
+init = llama_cpp.Llama.__init__
+def pooled(self, *args, **kwargs):
+    kwargs.setdefault("pooling_type", llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+    init(self, *args, **kwargs)
+llama_cpp.Llama.__init__ = pooled
+sys.argv[0] = "llama_cpp.server"
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"#;
+
 /// None (and a note on stderr) unless the opt-in variable is set.
 async fn llama_server() -> Option<LlamaServer> {
     let Ok(python) = std::env::var("LATHE_LLAMA_CPP_PYTHON") else {
@@ -63,8 +79,8 @@ async fn llama_server() -> Option<LlamaServer> {
         .port();
     let child = Command::new(python)
         .args([
-            "-m",
-            "llama_cpp.server",
+            "-c",
+            MEAN_POOLED_SERVER,
             "--host",
             "127.0.0.1",
             "--port",
@@ -97,7 +113,7 @@ async fn llama_server() -> Option<LlamaServer> {
 fn provider(url: &str) -> ProviderConfig {
     serde_json::from_value(json!({
         "name": "llama", "base_url": url, "max_concurrency": 2, "timeout_secs": 120,
-        "embedding_model": "smollm2"
+        "embedding_model": "smollm2", "structured_output": "json_object"
     }))
     .unwrap()
 }
@@ -196,20 +212,24 @@ async fn a_real_llama_cpp_server_answers_chats_embeddings_graders_and_evals() {
     let providers_file = dir.path().join("providers.json");
     std::fs::write(
         &providers_file,
-        json!([{"name": "llama", "base_url": llama.url, "max_concurrency": 2, "timeout_secs": 120}]).to_string(),
+        json!([{"name": "llama", "base_url": llama.url, "max_concurrency": 2, "timeout_secs": 120,
+                "structured_output": "json_object"}])
+        .to_string(),
     )
     .unwrap();
     let mut config = lathe::config::ServeConfig::embedded(dir.path().join("data"));
     config.providers = Some(providers_file);
     let server = TestServer::start_with(config).await;
 
+    // The grader schema puts `steps` before `result`: the answer needs room
+    // for the steps (64 tokens end it mid-step, a parse error).
     let mut graders = GraderServiceClient::new(server.channel().await);
     let result = graders
         .run_grader(proto::RunGraderRequest {
             grader: Some(struct_from_json(&json!({
                 "type": "score_model", "name": "polite", "model": "llama/smollm2",
                 "input": [{"role": "user", "content": "Score from 0 to 1 how polite this is: {{ sample.output_text }}"}],
-                "range": [0, 1], "sampling_params": {"temperature": 0, "max_completions_tokens": 64}
+                "range": [0, 1], "sampling_params": {"temperature": 0, "max_completions_tokens": 256}
             }))),
             sample: Some(proto::Sample {
                 output_text: "Thank you so much!".into(),

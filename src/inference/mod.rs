@@ -60,6 +60,36 @@ pub struct ProviderConfig {
     /// Model for embeddings (text_similarity cosine).
     #[serde(default)]
     pub embedding_model: Option<String>,
+    /// How model graders ask for their output shape.
+    #[serde(default)]
+    pub structured_output: StructuredOutput,
+}
+
+/// How a provider is asked for output that follows a JSON schema (model
+/// graders' `{"result": ..., "steps": [...]}`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredOutput {
+    /// OpenAI's structured outputs, `{"type": "json_schema", "json_schema":
+    /// {...}}`: OpenAI, vLLM, llama.cpp's llama-server, Ollama.
+    #[default]
+    JsonSchema,
+    /// `{"type": "json_object", "schema": {...}}`: llama-cpp-python's server,
+    /// which constrains to the schema this way and refuses `json_schema`.
+    JsonObject,
+    /// No response_format: the prompt alone asks for JSON.
+    None,
+}
+
+impl StructuredOutput {
+    fn response_format(self, schema: Value) -> Option<Value> {
+        match self {
+            Self::JsonSchema => Some(json!({"type": "json_schema",
+                "json_schema": {"name": "grader_output", "schema": schema, "strict": true}})),
+            Self::JsonObject => Some(json!({"type": "json_object", "schema": schema})),
+            Self::None => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -331,16 +361,21 @@ impl ModelClient for Providers {
         if let Some(v) = &params.reasoning_effort {
             obj.insert("reasoning_effort".into(), json!(v));
         }
-        if let Some(schema) = response_schema {
-            obj.insert(
-                "response_format".into(),
-                json!({"type": "json_schema", "json_schema": {"name": "grader_output", "schema": schema, "strict": true}}),
-            );
+        let structured = provider.config.structured_output;
+        if let Some(format) = response_schema.and_then(|schema| structured.response_format(schema)) {
+            obj.insert("response_format".into(), format);
         }
         // The provider already retried; the grader engine must not again.
         let response = provider.post("chat/completions", &body).await.map_err(|e| ModelError {
             retryable: false,
-            message: e.message,
+            message: match structured {
+                StructuredOutput::JsonSchema if e.message.contains("json_schema") => format!(
+                    "{} (if this server does not take json_schema response formats, set the provider's \
+                     structured_output to \"json_object\" or \"none\")",
+                    e.message
+                ),
+                _ => e.message,
+            },
         })?;
         let message = &response["choices"][0]["message"];
         if message.is_null() {
@@ -383,10 +418,10 @@ impl Embedder for ProviderEmbedder {
         let mut out = vec![Vec::new(); texts.len()];
         for (i, item) in data.iter().enumerate() {
             let index = item["index"].as_u64().map(|x| x as usize).unwrap_or(i);
-            let vector: Vec<f32> = item["embedding"]
-                .as_array()
-                .map(|v| v.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
-                .unwrap_or_default();
+            let vector = embedding_vector(&item["embedding"]).map_err(|why| EmbedError {
+                retryable: false,
+                message: format!("{}: embedding {index}: {why}", self.provider.name()),
+            })?;
             if let Some(slot) = out.get_mut(index) {
                 *slot = vector;
             }
@@ -399,6 +434,28 @@ impl Embedder for ProviderEmbedder {
         }
         Ok(out)
     }
+}
+
+/// One embedding from a response: a flat array of numbers, nothing else.
+/// A server that answers with one vector per token (llama.cpp serving a
+/// model without a pooling type) is told apart: reading it as numbers
+/// would give a wrong vector, not an error.
+fn embedding_vector(value: &Value) -> Result<Vec<f32>, String> {
+    let Some(values) = value.as_array() else {
+        return Err("\"embedding\" is not an array of numbers".into());
+    };
+    if values.first().is_some_and(Value::is_array) {
+        return Err(format!(
+            "the server returned {} vectors (one per token) instead of one: the model has no pooling; serve it \
+             with pooling (llama.cpp: --pooling mean)",
+            values.len()
+        ));
+    }
+    values
+        .iter()
+        .map(|x| x.as_f64().map(|x| x as f32))
+        .collect::<Option<Vec<f32>>>()
+        .ok_or_else(|| "\"embedding\" holds something that is not a number".into())
 }
 
 #[async_trait]
