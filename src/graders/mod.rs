@@ -133,8 +133,8 @@ fn grade_deterministic(grader: &Grader, sample: &Sample, item: &Value) -> Option
         Grader::StringCheck(g) => {
             let pair = g
                 .input
-                .render(sample, item)
-                .and_then(|i| Ok((i, g.reference.render(sample, item)?)));
+                .render_cow(sample, item)
+                .and_then(|i| Ok((i, g.reference.render_cow(sample, item)?)));
             match pair {
                 Ok((input, reference)) => Graded::reward(string_check::check(g.operation, &input, &reference)),
                 Err(e) => Graded::failed(render_failure(&e)),
@@ -143,8 +143,8 @@ fn grade_deterministic(grader: &Grader, sample: &Sample, item: &Value) -> Option
         Grader::TextSimilarity(g) if g.metric.is_deterministic() => {
             let pair = g
                 .input
-                .render(sample, item)
-                .and_then(|i| Ok((i, g.reference.render(sample, item)?)));
+                .render_cow(sample, item)
+                .and_then(|i| Ok((i, g.reference.render_cow(sample, item)?)));
             match pair {
                 Ok((input, reference)) => similarity_graded(g.metric, &input, &reference),
                 Err(e) => Graded::failed(render_failure(&e)),
