@@ -236,6 +236,9 @@ async fn main() -> anyhow::Result<()> {
                 .into_inner()
                 .run
                 .ok_or_else(|| anyhow::anyhow!("no run"))?;
+            // Creating a run checks every item against the templates first.
+            let create = start.elapsed().as_secs_f64();
+            let mut end = None;
             let mut stream = evals
                 .watch_eval_run(proto::WatchEvalRunRequest {
                     run_id: run.id.clone(),
@@ -243,7 +246,6 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            let mut end = None;
             while let Some(msg) = stream.message().await? {
                 if let Some(watch_eval_run_response::Payload::End(run)) = msg.payload {
                     end = Some(run);
@@ -258,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "{}",
                 json!({"client": "lathe", "latency_ms": latency_ms, "concurrency": c, "items": n,
-                       "wall_s": wall, "items_per_s": rate, "ideal_items_per_s": ideal,
+                       "wall_s": wall, "create_s": create, "items_per_s": rate, "ideal_items_per_s": ideal,
                        "of_ideal": rate / ideal})
             );
             if let Some(python) = &a.python {

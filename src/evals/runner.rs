@@ -1,13 +1,14 @@
 //! The background runner: an actor that claims runs with a lease (so
 //! several replicas can share a Postgres database), works on each with a
-//! bounded number of items in flight, records every finished item, keeps
-//! the lease alive, and on shutdown drops what is in flight and hands its
-//! runs back to the queue. A claimed run skips the items already recorded,
+//! bounded number of items in flight, records every finished item (a
+//! recorder task writes what has finished in one transaction, so slots are
+//! refilled without waiting on the store), keeps the lease alive, and on
+//! shutdown drops what is in flight and hands its runs back to the queue. A claimed run skips the items already recorded,
 //! so a resumed run never samples or grades an item twice.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -211,30 +212,37 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
     progress
         .per_criterion
         .resize(run.spec.criteria.len(), CriterionCounts::default());
-    let base_elapsed = progress.elapsed_ms;
-    let started = Instant::now();
+    // Finished items go to a recorder task, so that a slot freed by a
+    // finished item is refilled at once instead of after the store has
+    // written it; the recorder writes what has piled up in one transaction.
+    let (finished_tx, finished_rx) = mpsc::channel(concurrency.max(RECORD_BATCH));
+    let mut recorder = AbortOnDrop(tokio::spawn(
+        record_all(evals.clone(), run.clone(), progress, finished_rx).in_current_span(),
+    ));
     // Items run as their own tasks: they must make progress while this loop
-    // awaits the store to record a finished one. (Polled only from here, an
-    // item waiting for a pool connection would hold the pool's next turn
-    // while this loop waits for a connection too: a deadlock until the
-    // pool's acquire timeout.) Dropping the set aborts them.
+    // waits on anything else. Dropping the set aborts them.
     let mut in_flight = JoinSet::new();
     let mut reading = true;
     loop {
         if !reading && in_flight.is_empty() {
-            return End::Completed;
+            // Everything is handed over: the recorder ends once it has
+            // written the last item.
+            drop(finished_tx);
+            return recorder_end((&mut recorder.0).await);
         }
         tokio::select! {
             biased;
             () = stop.cancelled() => return End::Stopped,
+            // The recorder only ends early: failed, lease lost, or the
+            // error-rate threshold.
+            ended = &mut recorder.0 => return recorder_end(ended),
             Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                 let finished: Finished = match joined {
                     Ok(finished) => finished,
                     Err(e) => return End::Failed(format!("an item's task failed: {e}")),
                 };
-                progress.elapsed_ms = base_elapsed + started.elapsed().as_millis() as u64;
-                if let Some(end) = record(evals, run, &mut progress, finished).await {
-                    return end;
+                if finished_tx.send(finished).await.is_err() {
+                    return recorder_end((&mut recorder.0).await);
                 }
             }
             row = rows.recv(), if reading && in_flight.len() < concurrency => match row {
@@ -247,6 +255,58 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
             },
         }
     }
+}
+
+/// The most finished items written in one transaction.
+const RECORD_BATCH: usize = 256;
+/// How long the recorder waits for more items of a burst: until none came
+/// for `LINGER_GAP`, and never longer than `LINGER_MAX`.
+const LINGER_GAP: Duration = Duration::from_millis(2);
+const LINGER_MAX: Duration = Duration::from_millis(25);
+
+/// Aborts the task when dropped (the run stopped, or the runner did).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn recorder_end(joined: Result<End, tokio::task::JoinError>) -> End {
+    joined.unwrap_or_else(|e| End::Failed(format!("the item recorder failed: {e}")))
+}
+
+/// Records finished items as they come, in batches of what has piled up,
+/// until the channel closes (`Completed`) or the run must end.
+async fn record_all(
+    evals: Arc<Evals>,
+    run: RunRecord,
+    mut progress: Progress,
+    mut finished: mpsc::Receiver<Finished>,
+) -> End {
+    let base_elapsed = progress.elapsed_ms;
+    let started = Instant::now();
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while finished.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        // Items finish in bursts (a wave of requests sent together comes
+        // back together). Gathering the burst before writing makes it one
+        // transaction, written after the burst has been turned into new
+        // requests rather than competing with that for the CPU.
+        let until = tokio::time::Instant::now() + LINGER_MAX;
+        while batch.len() < RECORD_BATCH {
+            let gap = tokio::time::Instant::now() + LINGER_GAP;
+            match tokio::time::timeout_at(gap.min(until), finished.recv()).await {
+                Ok(Some(item)) => batch.push(item),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        progress.elapsed_ms = base_elapsed + started.elapsed().as_millis() as u64;
+        if let Some(end) = record(&evals, &run, &mut progress, std::mem::take(&mut batch)).await {
+            return end;
+        }
+    }
+    End::Completed
 }
 
 struct SetupError(String);
@@ -289,35 +349,49 @@ fn tally(progress: &mut Progress, finished: &Finished) {
     }
 }
 
-/// Records one finished item; returns how the run ends if it must end now.
-async fn record(evals: &Evals, run: &RunRecord, progress: &mut Progress, finished: Finished) -> Option<End> {
-    tally(progress, &finished);
-    let last_error = finished.detail.error.clone();
-    let item = OutputItemRecord {
-        run_id: run.id.clone(),
-        index: finished.index,
-        seq: 0,
-        status: finished.status,
-        detail: finished.detail,
-        progress: progress.clone(),
-        created_at: now_millis(),
-    };
-    match evals.store.record_output_item(&item, &evals.config.worker_id).await {
+/// Records finished items in one transaction; returns how the run ends if
+/// it must end now. The error-rate threshold is checked after each item, as
+/// if they had been recorded one by one: items after the one that crosses
+/// it are not recorded.
+async fn record(evals: &Evals, run: &RunRecord, progress: &mut Progress, batch: Vec<Finished>) -> Option<End> {
+    let threshold = run.spec.error_rate_threshold;
+    let mut items = Vec::with_capacity(batch.len());
+    let mut failed = None;
+    for finished in batch {
+        tally(progress, &finished);
+        let last_error = finished.detail.error.clone();
+        items.push(OutputItemRecord {
+            run_id: run.id.clone(),
+            index: finished.index,
+            seq: 0,
+            status: finished.status,
+            detail: finished.detail,
+            progress: progress.clone(),
+            created_at: now_millis(),
+        });
+        let (errored, completed) = (progress.errored, progress.completed);
+        if completed >= ERROR_RATE_MIN_ITEMS && errored as f64 / completed as f64 > threshold {
+            failed = Some(End::Failed(format!(
+                "{errored} of the first {completed} items errored ({:.0}%), above this run's error-rate threshold \
+                 of {:.0}%; last error: {}",
+                100.0 * errored as f64 / completed as f64,
+                100.0 * threshold,
+                last_error.unwrap_or_default()
+            )));
+            break;
+        }
+    }
+    match evals.store.record_output_items(&items, &evals.config.worker_id).await {
         Ok(Some(seq)) => evals.bus.notify(&run.id, seq),
         // Cancelled, or the lease went to another worker.
         Ok(None) => return Some(End::Stopped),
-        Err(e) => return Some(End::Failed(format!("could not record item {}: {e}", item.index))),
+        Err(e) => {
+            let first = items.first().map_or(0, |i| i.index);
+            return Some(End::Failed(match items.len() {
+                1 => format!("could not record item {first}: {e}"),
+                n => format!("could not record {n} items (item {first} and later ones): {e}"),
+            }));
+        }
     }
-    let (errored, completed) = (progress.errored, progress.completed);
-    let threshold = run.spec.error_rate_threshold;
-    if completed >= ERROR_RATE_MIN_ITEMS && errored as f64 / completed as f64 > threshold {
-        return Some(End::Failed(format!(
-            "{errored} of the first {completed} items errored ({:.0}%), above this run's error-rate threshold of \
-             {:.0}%; last error: {}",
-            100.0 * errored as f64 / completed as f64,
-            100.0 * threshold,
-            last_error.unwrap_or_default()
-        )));
-    }
-    None
+    failed
 }

@@ -138,53 +138,61 @@ macro_rules! impl_eval_store {
                 })
             }
 
-            async fn record_output_item(
+            async fn record_output_items(
                 &self,
-                item: &$crate::evals::model::OutputItemRecord,
+                items: &[$crate::evals::model::OutputItemRecord],
                 worker: &str,
             ) -> Result<Option<u64>, $crate::store::StoreError> {
                 use $crate::store::rows::to_json;
+                let Some(last) = items.last() else {
+                    return Ok(None);
+                };
                 let mut tx = self.pool.begin().await?;
                 // Only the lease holder of a run still in progress records:
                 // a worker that lost its run, or a cancelled run, adds nothing.
                 let row = sqlx::query(
-                    "UPDATE eval_runs SET next_seq = next_seq + 1, progress = $1
-                     WHERE id = $2 AND lease_owner = $3 AND state = 'in_progress' RETURNING next_seq",
+                    "UPDATE eval_runs SET next_seq = next_seq + $1, progress = $2
+                     WHERE id = $3 AND lease_owner = $4 AND state = 'in_progress' RETURNING next_seq",
                 )
-                .bind(to_json(&item.progress))
-                .bind(&item.run_id)
+                .bind(items.len() as i64)
+                .bind(to_json(&last.progress))
+                .bind(&last.run_id)
                 .bind(worker)
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(row) = row else {
                     return Ok(None);
                 };
-                let seq: i64 = sqlx::Row::try_get(&row, "next_seq")?;
-                let inserted = sqlx::query(
-                    "INSERT INTO eval_output_items (run_id, item_index, seq, status, detail, progress, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(&item.run_id)
-                .bind(item.index as i64)
-                .bind(seq)
-                .bind(item.status.as_str())
-                .bind(to_json(&item.detail))
-                .bind(to_json(&item.progress))
-                .bind(item.created_at)
-                .execute(&mut *tx)
-                .await;
-                match inserted {
-                    Ok(_) => {}
-                    Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
-                        return Err($crate::store::StoreError::Conflict(format!(
-                            "item {} of run {}",
-                            item.index, item.run_id
-                        )));
+                let last_seq: i64 = sqlx::Row::try_get(&row, "next_seq")?;
+                let first_seq = last_seq - items.len() as i64 + 1;
+                for (seq, item) in (first_seq..).zip(items) {
+                    debug_assert_eq!(item.run_id, last.run_id, "one batch, one run");
+                    let inserted = sqlx::query(
+                        "INSERT INTO eval_output_items (run_id, item_index, seq, status, detail, progress, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(&item.run_id)
+                    .bind(item.index as i64)
+                    .bind(seq)
+                    .bind(item.status.as_str())
+                    .bind(to_json(&item.detail))
+                    .bind(to_json(&item.progress))
+                    .bind(item.created_at)
+                    .execute(&mut *tx)
+                    .await;
+                    match inserted {
+                        Ok(_) => {}
+                        Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                            return Err($crate::store::StoreError::Conflict(format!(
+                                "item {} of run {}",
+                                item.index, item.run_id
+                            )));
+                        }
+                        Err(err) => return Err(err.into()),
                     }
-                    Err(err) => return Err(err.into()),
                 }
                 tx.commit().await?;
-                Ok(Some(seq as u64))
+                Ok(Some(last_seq as u64))
             }
 
             async fn finish_eval_run(

@@ -243,11 +243,18 @@ pub trait EvalStore: Send + Sync + 'static {
     /// Extends a lease `worker` holds; returns the run's state, or None
     /// when the lease is no longer this worker's.
     async fn renew_eval_lease(&self, id: &str, worker: &str, lease_until: i64) -> Result<Option<RunState>, StoreError>;
-    /// Records a finished item (its `seq` is ignored) and the run's new
-    /// tallies, if `worker` holds the lease of the run and it is in
-    /// progress; returns the item's sequence number, or None otherwise.
-    /// `Conflict` if the item is already recorded.
-    async fn record_output_item(&self, item: &OutputItemRecord, worker: &str) -> Result<Option<u64>, StoreError>;
+    /// Records finished items of one run in one transaction (their `seq`s are
+    /// ignored; they get consecutive ones in slice order) and the run's
+    /// tallies as of the last one, if `worker` holds the lease of the run
+    /// and it is in progress; returns the last item's sequence number, or
+    /// None otherwise (and records nothing). `Conflict`, recording nothing,
+    /// if any item is already recorded. An empty slice records nothing and
+    /// returns None.
+    async fn record_output_items(&self, items: &[OutputItemRecord], worker: &str) -> Result<Option<u64>, StoreError>;
+    /// [`EvalStore::record_output_items`] for one item.
+    async fn record_output_item(&self, item: &OutputItemRecord, worker: &str) -> Result<Option<u64>, StoreError> {
+        self.record_output_items(std::slice::from_ref(item), worker).await
+    }
     /// Moves the run to `to` if it is in one of `from`, dropping its lease;
     /// None when it was not (or does not exist).
     async fn finish_eval_run(

@@ -25,6 +25,9 @@ impl SqliteStore {
         let max = if in_memory { 1 } else { 8 };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
+            // An in-process SQLite connection cannot go stale; the default
+            // ping costs a round trip to the connection's thread per acquire.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;

@@ -699,6 +699,49 @@ pub async fn evals_runs_are_leased_and_record_items_with_gapless_seqs(store: imp
         Some(3)
     );
 
+    // A batch gets consecutive seqs in slice order, and the run the tallies
+    // of its last item; a batch is all or nothing.
+    let batch = [
+        output_item(&run.id, 4, ItemStatus::Pass, 4),
+        output_item(&run.id, 3, ItemStatus::Fail, 5),
+    ];
+    assert_eq!(store.record_output_items(&batch, "w1").await.unwrap(), None);
+    assert_eq!(store.record_output_items(&batch, "w2").await.unwrap(), Some(5));
+    assert_eq!(
+        store.get_eval_run(&run.id).await.unwrap().unwrap().progress.completed,
+        5
+    );
+    let dup = [
+        output_item(&run.id, 5, ItemStatus::Pass, 6),
+        output_item(&run.id, 4, ItemStatus::Pass, 7),
+    ];
+    assert!(matches!(
+        store.record_output_items(&dup, "w2").await,
+        Err(super::StoreError::Conflict(_))
+    ));
+    assert_eq!(store.record_output_items(&[], "w2").await.unwrap(), None);
+    let after = store.list_output_items_by_seq(&run.id, 3, 10).await.unwrap();
+    assert_eq!(
+        after
+            .iter()
+            .map(|i| (i.seq, i.index, i.progress.completed))
+            .collect::<Vec<_>>(),
+        [(4, 4, 4), (5, 3, 5)]
+    );
+    assert_eq!(
+        store.get_eval_run(&run.id).await.unwrap().unwrap().progress.completed,
+        5,
+        "the refused batch left the tallies alone"
+    );
+    assert_eq!(
+        store
+            .record_output_item(&output_item(&run.id, 5, ItemStatus::Pass, 6), "w2")
+            .await
+            .unwrap(),
+        Some(6),
+        "the refused batch used no seqs"
+    );
+
     // Finishing is compare-and-set and drops the lease; nothing records after.
     let done = store
         .finish_eval_run(&run.id, &[RunState::InProgress], RunState::Completed, None, Some(7000))
