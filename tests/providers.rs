@@ -330,3 +330,28 @@ async fn structured_output_follows_the_provider_setting() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn the_rate_limit_spaces_requests() {
+    let (stub, url) = openai_stub::start().await;
+    let mut c = config(&url, None);
+    c.requests_per_second = Some(20.0);
+    c.max_concurrency = 10;
+    let providers = std::sync::Arc::new(Providers::from_configs(vec![c]).unwrap());
+    stub.script((0..6).map(|_| Reply::Json(chat_body("ok"))));
+    let start = std::time::Instant::now();
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let p = providers.clone();
+            tokio::spawn(async move { p.chat("m", user("x"), SamplingParams::default(), None).await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    // Six requests at 20 per second: the sixth leaves 5 gaps of 50 ms after
+    // the first, however they are scheduled. (A lower bound only: a slow
+    // machine cannot fail it.)
+    assert!(start.elapsed() >= Duration::from_millis(245), "{:?}", start.elapsed());
+    assert_eq!(stub.requests.lock().unwrap().len(), 6);
+}
