@@ -103,14 +103,9 @@ async fn slow_replies_time_out_then_retry() {
     assert_eq!(stub.requests.lock().unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn concurrency_is_bounded_per_provider() {
-    let (stub, url) = openai_stub::start().await;
-    let mut c = config(&url, None);
-    c.max_concurrency = 2;
-    let providers = std::sync::Arc::new(Providers::from_configs(vec![c]).unwrap());
-    stub.script((0..10).map(|_| Reply::Slow(Duration::from_millis(50), Box::new(Reply::Json(chat_body("ok"))))));
-    let calls: Vec<_> = (0..10)
+/// Sends `n` chats at once and waits until all have succeeded.
+async fn chat_at_once(providers: &std::sync::Arc<Providers>, n: usize) {
+    let calls: Vec<_> = (0..n)
         .map(|_| {
             let p = providers.clone();
             tokio::spawn(async move { p.chat("m", user("x"), SamplingParams::default(), None).await })
@@ -119,6 +114,16 @@ async fn concurrency_is_bounded_per_provider() {
     for c in calls {
         c.await.unwrap().unwrap();
     }
+}
+
+#[tokio::test]
+async fn concurrency_is_bounded_per_provider() {
+    let (stub, url) = openai_stub::start().await;
+    let mut c = config(&url, None);
+    c.max_concurrency = 2;
+    let providers = std::sync::Arc::new(Providers::from_configs(vec![c]).unwrap());
+    stub.script((0..10).map(|_| Reply::Slow(Duration::from_millis(50), Box::new(Reply::Json(chat_body("ok"))))));
+    chat_at_once(&providers, 10).await;
     assert_eq!(stub.max_in_flight.load(Ordering::SeqCst), 2);
 }
 
@@ -340,15 +345,7 @@ async fn the_rate_limit_spaces_requests() {
     let providers = std::sync::Arc::new(Providers::from_configs(vec![c]).unwrap());
     stub.script((0..6).map(|_| Reply::Json(chat_body("ok"))));
     let start = std::time::Instant::now();
-    let calls: Vec<_> = (0..6)
-        .map(|_| {
-            let p = providers.clone();
-            tokio::spawn(async move { p.chat("m", user("x"), SamplingParams::default(), None).await })
-        })
-        .collect();
-    for c in calls {
-        c.await.unwrap().unwrap();
-    }
+    chat_at_once(&providers, 6).await;
     // Six requests at 20 per second: the sixth leaves 5 gaps of 50 ms after
     // the first, however they are scheduled. (A lower bound only: a slow
     // machine cannot fail it.)

@@ -125,33 +125,21 @@ async fn a_real_llama_cpp_server_answers_chats_embeddings_graders_and_evals() {
     let router = ModelRouter::new(providers.clone(), None);
 
     // A chat completion with sampling parameters and a token limit.
-    let out = router
-        .complete(ChatRequest {
-            model: "llama/smollm2".into(),
-            messages: vec![json!({"role": "user", "content": "What is the capital of France? One word."})],
-            temperature: Some(0.0),
-            max_tokens: Some(8),
-            seed: Some(1),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let capital = ChatRequest {
+        model: "llama/smollm2".into(),
+        messages: vec![json!({"role": "user", "content": "What is the capital of France? One word."})],
+        temperature: Some(0.0),
+        max_tokens: Some(8),
+        seed: Some(1),
+        ..Default::default()
+    };
+    let out = router.complete(capital.clone()).await.unwrap();
     assert!(!out.text.trim().is_empty(), "{out:?}");
     assert!(out.usage.prompt > 5, "{out:?}");
     assert!((1..=8).contains(&out.usage.completion), "{out:?}");
     assert!(["stop", "length"].contains(&out.finish_reason.as_str()), "{out:?}");
     // Greedy with a seed: the same answer twice.
-    let again = router
-        .complete(ChatRequest {
-            model: "llama/smollm2".into(),
-            messages: vec![json!({"role": "user", "content": "What is the capital of France? One word."})],
-            temperature: Some(0.0),
-            max_tokens: Some(8),
-            seed: Some(1),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let again = router.complete(capital).await.unwrap();
     assert_eq!(again.text, out.text);
 
     // JSON mode: the server constrains the output to JSON.
