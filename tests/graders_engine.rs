@@ -133,7 +133,7 @@ async fn openai_string_check_example() {
     );
     let r = run(&g, &Sample::from_model_output("Paris"), &item, &ctx).await;
     assert_eq!(r.metadata.kind, "string_check");
-    assert_eq!(r.metadata.name, "Example string check grader");
+    assert_eq!(&*r.metadata.name, "Example string check grader");
 }
 
 #[tokio::test]

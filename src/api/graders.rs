@@ -188,8 +188,8 @@ pub fn grader_result(r: GraderResult) -> proto::GraderResult {
         reward: r.reward,
         sub_rewards: r.sub_rewards.into_iter().collect(),
         metadata: Some(proto::GraderResultMetadata {
-            name: r.metadata.name,
-            r#type: r.metadata.kind,
+            name: r.metadata.name.to_string(),
+            r#type: r.metadata.kind.to_string(),
             execution_time_seconds: r.metadata.execution_time.as_secs_f64(),
             token_usage: r.metadata.token_usage.into_iter().collect(),
             errors: Some(errors(r.metadata.errors)),

@@ -222,7 +222,7 @@ impl RunWork {
             }
             detail.results.push(Outcome {
                 name: criterion.name.clone(),
-                kind: r.metadata.kind.clone(),
+                kind: r.metadata.kind.to_string(),
                 score: r.reward,
                 passed,
                 error,

@@ -119,8 +119,8 @@ fn finish(grader: &Grader, graded: Graded, start: Instant) -> GraderResult {
         reward,
         sub_rewards: graded.sub_rewards,
         metadata: GraderMetadata {
-            name: grader.name().to_string(),
-            kind: grader.kind().to_string(),
+            name: grader.name_arc(),
+            kind: grader.kind(),
             execution_time: start.elapsed(),
             token_usage: graded.token_usage,
             errors: graded.errors,

@@ -1,11 +1,12 @@
 //! What a grading run returns: OpenAI's `run` response, minus the wire format.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct GraderResult {
     pub reward: f64,
     /// One entry per named sub-grader of a `multi` grader.
@@ -13,11 +14,14 @@ pub struct GraderResult {
     pub metadata: GraderMetadata,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct GraderMetadata {
-    pub name: String,
+    /// The grader's own name, shared with it: results are made by the
+    /// million in batches and evals, and copying it into each would cost
+    /// more than a string_check itself.
+    pub name: Arc<str>,
     /// The grader `type` (`string_check`, `multi`, ...).
-    pub kind: String,
+    pub kind: &'static str,
     pub execution_time: Duration,
     /// Total tokens spent per grader model; empty for graders that call no model and for
     /// results served from the cache.

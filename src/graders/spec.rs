@@ -6,6 +6,7 @@
 //! accepted so that JSON copied from OpenAI docs validates unchanged.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -32,6 +33,15 @@ pub enum Grader {
 
 impl Grader {
     pub fn name(&self) -> &str {
+        self.shared_name()
+    }
+
+    /// The name, shared rather than copied (each result carries it).
+    pub fn name_arc(&self) -> Arc<str> {
+        Arc::clone(self.shared_name())
+    }
+
+    fn shared_name(&self) -> &Arc<str> {
         match self {
             Grader::StringCheck(g) => &g.name,
             Grader::TextSimilarity(g) => &g.name,
@@ -87,7 +97,8 @@ pub enum StringCheckOp {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StringCheckGrader {
-    pub name: String,
+    /// Shared with every result this grader produces.
+    pub name: Arc<str>,
     pub input: Template,
     pub reference: Template,
     pub operation: StringCheckOp,
@@ -95,7 +106,8 @@ pub struct StringCheckGrader {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextSimilarityGrader {
-    pub name: String,
+    /// Shared with every result this grader produces.
+    pub name: Arc<str>,
     pub input: Template,
     pub reference: Template,
     pub metric: SimilarityMetric,
@@ -104,14 +116,16 @@ pub struct TextSimilarityGrader {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PythonGrader {
-    pub name: String,
+    /// Shared with every result this grader produces.
+    pub name: Arc<str>,
     pub source: String,
     pub image_tag: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreModelGrader {
-    pub name: String,
+    /// Shared with every result this grader produces.
+    pub name: Arc<str>,
     pub model: String,
     pub input: Vec<MessageTemplate>,
     pub range: (f64, f64),
@@ -123,7 +137,8 @@ pub struct ScoreModelGrader {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelModelGrader {
-    pub name: String,
+    /// Shared with every result this grader produces.
+    pub name: Arc<str>,
     pub model: String,
     pub input: Vec<MessageTemplate>,
     pub labels: Vec<String>,
@@ -134,7 +149,8 @@ pub struct LabelModelGrader {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MultiGrader {
-    pub name: String,
+    /// Shared with every result this grader produces.
+    pub name: Arc<str>,
     /// Sub-graders by the name `calculate_output` uses, in a stable order.
     pub graders: Vec<(String, Grader)>,
     pub calculate_output: Formula,
@@ -222,7 +238,7 @@ fn parse_grader(json: &Value, prefix: &str, top_level: bool, v: &mut Violations)
     let o = Obj { map, prefix };
     let kind = o.string("type", v)?;
     let name = match map.get("name") {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(Arc::<str>::from(s.as_str())),
         Some(Value::String(_)) => {
             v.push(field(prefix, "name"), "must not be empty");
             None
@@ -232,9 +248,9 @@ fn parse_grader(json: &Value, prefix: &str, top_level: bool, v: &mut Violations)
             None
         }
         // Several OpenAI doc examples omit the top-level name; the type stands in for it.
-        None if top_level => Some(kind.to_string()),
+        None if top_level => Some(kind.into()),
         // Sub-graders of a map-form multi are named by their key.
-        None => Some(String::new()),
+        None => Some("".into()),
     };
     let grader = match kind {
         "string_check" => {
@@ -467,7 +483,7 @@ fn set_name_if_empty(g: &mut Grader, key: &str) {
         Grader::Multi(g) => &mut g.name,
     };
     if name.is_empty() {
-        *name = key.to_string();
+        *name = Arc::from(key);
     }
 }
 
