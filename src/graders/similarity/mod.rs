@@ -176,7 +176,9 @@ pub fn fuzzy_match(input: &str, reference: &str) -> f64 {
         (reference, input, lb)
     };
     let lcs = if short_len <= 64 {
-        lcs_short(short, short_len, long)
+        lcs_word::<u64>(short, short_len, long)
+    } else if short_len <= 128 {
+        lcs_word::<u128>(short, short_len, long)
     } else {
         lcs_chars(short, short_len, long)
     };
@@ -185,42 +187,85 @@ pub fn fuzzy_match(input: &str, reference: &str) -> f64 {
     ratio / 100.0
 }
 
-/// Single-word bit-parallel LCS for a pattern of at most 64 chars, with a table lookup
-/// for ASCII (the common case) and a short scan for everything else.
-fn lcs_short(short: &str, short_len: usize, long: &str) -> usize {
+/// A machine word (or two) used as a bit vector in Hyyrö's LCS recurrence.
+trait BitWord:
+    Copy + std::ops::BitAnd<Output = Self> + std::ops::BitOr<Output = Self> + std::ops::Not<Output = Self>
+{
+    const ZERO: Self;
+    const MAX: Self;
+    fn bit(i: usize) -> Self;
+    /// The lowest `n` bits set, `n` at most the width.
+    fn low_bits(n: usize) -> Self;
+    fn wrapping_add(self, other: Self) -> Self;
+    fn count_ones(self) -> usize;
+}
+
+impl BitWord for u64 {
+    const ZERO: Self = 0;
+    const MAX: Self = u64::MAX;
+    fn bit(i: usize) -> Self {
+        1 << i
+    }
+    fn low_bits(n: usize) -> Self {
+        u64::MAX.checked_shr((64 - n) as u32).unwrap_or(0)
+    }
+    fn wrapping_add(self, other: Self) -> Self {
+        u64::wrapping_add(self, other)
+    }
+    fn count_ones(self) -> usize {
+        u64::count_ones(self) as usize
+    }
+}
+
+/// Two words as one: the carry between them is the CPU's add-with-carry.
+impl BitWord for u128 {
+    const ZERO: Self = 0;
+    const MAX: Self = u128::MAX;
+    fn bit(i: usize) -> Self {
+        1 << i
+    }
+    fn low_bits(n: usize) -> Self {
+        u128::MAX.checked_shr((128 - n) as u32).unwrap_or(0)
+    }
+    fn wrapping_add(self, other: Self) -> Self {
+        u128::wrapping_add(self, other)
+    }
+    fn count_ones(self) -> usize {
+        u128::count_ones(self) as usize
+    }
+}
+
+/// Bit-parallel LCS for a pattern of at most `W::BITS` chars, with a table lookup for
+/// ASCII (the common case) and a short scan for everything else.
+fn lcs_word<W: BitWord>(short: &str, short_len: usize, long: &str) -> usize {
     if short_len == 0 {
         return 0;
     }
-    let mut ascii = [0u64; 128];
-    let mut other: Vec<(char, u64)> = Vec::new();
+    let mut ascii = [W::ZERO; 128];
+    let mut other: Vec<(char, W)> = Vec::new();
     for (i, c) in short.chars().enumerate() {
         if c.is_ascii() {
-            ascii[c as usize] |= 1 << i;
+            ascii[c as usize] = ascii[c as usize] | W::bit(i);
         } else if let Some(slot) = other.iter_mut().find(|(k, _)| *k == c) {
-            slot.1 |= 1 << i;
+            slot.1 = slot.1 | W::bit(i);
         } else {
-            other.push((c, 1 << i));
+            other.push((c, W::bit(i)));
         }
     }
-    let mut v = u64::MAX;
+    let mut v = W::MAX;
     for c in long.chars() {
         let m = if c.is_ascii() {
             ascii[c as usize]
         } else {
-            other.iter().find(|(k, _)| *k == c).map_or(0, |(_, m)| *m)
+            other.iter().find(|(k, _)| *k == c).map_or(W::ZERO, |(_, m)| *m)
         };
         let u = v & m;
         v = v.wrapping_add(u) | (v & !m);
     }
-    let mask = if short_len == 64 {
-        u64::MAX
-    } else {
-        (1u64 << short_len) - 1
-    };
-    (!v & mask).count_ones() as usize
+    (!v & W::low_bits(short_len)).count_ones()
 }
 
-/// Multi-word version of [`lcs_short`] for patterns longer than 64 chars.
+/// Multi-word version of [`lcs_word`] for patterns longer than 64 chars.
 fn lcs_chars(short: &str, short_len: usize, long: &str) -> usize {
     let words = short_len.div_ceil(64);
     let mut ascii = vec![0u64; 128 * words];
@@ -671,6 +716,52 @@ mod tests {
             }
         }
         assert_eq!(lcs_len(&a, &b), table[a.len()][b.len()]);
+    }
+
+    /// The textbook table, for checking the bit-parallel paths.
+    fn lcs_table(a: &[char], b: &[char]) -> usize {
+        let mut table = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for i in 1..=a.len() {
+            for j in 1..=b.len() {
+                table[i][j] = if a[i - 1] == b[j - 1] {
+                    table[i - 1][j - 1] + 1
+                } else {
+                    table[i - 1][j].max(table[i][j - 1])
+                };
+            }
+        }
+        table[a.len()][b.len()]
+    }
+
+    #[test]
+    fn fuzzy_match_lcs_paths_agree_with_the_table_at_every_width() {
+        // Pattern lengths across the u64, u128 and multi-word paths and their
+        // edges, with ASCII and non-ASCII characters.
+        let alphabet: Vec<char> = "abcde éü漢 ".chars().collect();
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for short_len in [0, 1, 2, 63, 64, 65, 100, 127, 128, 129, 200] {
+            for _ in 0..4 {
+                let long_len = short_len + next() % 40;
+                let a: Vec<char> = (0..short_len).map(|_| alphabet[next() % alphabet.len()]).collect();
+                let b: Vec<char> = (0..long_len).map(|_| alphabet[next() % alphabet.len()]).collect();
+                let (sa, sb): (String, String) = (a.iter().collect(), b.iter().collect());
+                let lensum = short_len + long_len;
+                let expected = if lensum == 0 {
+                    1.0
+                } else {
+                    1.0 - (lensum - 2 * lcs_table(&a, &b)) as f64 / lensum as f64
+                };
+                assert!(
+                    (fuzzy_match(&sa, &sb) - expected).abs() < 1e-12,
+                    "{short_len} vs {long_len}: {sa:?} {sb:?}"
+                );
+                assert!((fuzzy_match(&sb, &sa) - expected).abs() < 1e-12);
+            }
+        }
     }
 
     #[test]
