@@ -200,40 +200,30 @@ trait BitWord:
     fn count_ones(self) -> usize;
 }
 
-impl BitWord for u64 {
-    const ZERO: Self = 0;
-    const MAX: Self = u64::MAX;
-    fn bit(i: usize) -> Self {
-        1 << i
-    }
-    fn low_bits(n: usize) -> Self {
-        u64::MAX.checked_shr((64 - n) as u32).unwrap_or(0)
-    }
-    fn wrapping_add(self, other: Self) -> Self {
-        u64::wrapping_add(self, other)
-    }
-    fn count_ones(self) -> usize {
-        u64::count_ones(self) as usize
-    }
+macro_rules! bit_word {
+    ($t:ty) => {
+        impl BitWord for $t {
+            const ZERO: Self = 0;
+            const MAX: Self = <$t>::MAX;
+            fn bit(i: usize) -> Self {
+                1 << i
+            }
+            fn low_bits(n: usize) -> Self {
+                <$t>::MAX.checked_shr(<$t>::BITS - n as u32).unwrap_or(0)
+            }
+            fn wrapping_add(self, other: Self) -> Self {
+                <$t>::wrapping_add(self, other)
+            }
+            fn count_ones(self) -> usize {
+                <$t>::count_ones(self) as usize
+            }
+        }
+    };
 }
 
-/// Two words as one: the carry between them is the CPU's add-with-carry.
-impl BitWord for u128 {
-    const ZERO: Self = 0;
-    const MAX: Self = u128::MAX;
-    fn bit(i: usize) -> Self {
-        1 << i
-    }
-    fn low_bits(n: usize) -> Self {
-        u128::MAX.checked_shr((128 - n) as u32).unwrap_or(0)
-    }
-    fn wrapping_add(self, other: Self) -> Self {
-        u128::wrapping_add(self, other)
-    }
-    fn count_ones(self) -> usize {
-        u128::count_ones(self) as usize
-    }
-}
+bit_word!(u64);
+// Two words as one: the carry between them is the CPU's add-with-carry.
+bit_word!(u128);
 
 /// Bit-parallel LCS for a pattern of at most `W::BITS` chars, with a table lookup for
 /// ASCII (the common case) and a short scan for everything else.
