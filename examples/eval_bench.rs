@@ -2,7 +2,8 @@
 //! latency (issue 6's benchmark).
 //!
 //! Starts a keep-alive HTTP/1.1 server that answers every chat completion
-//! after exactly `--latency-ms`, then a Lathe server (SQLite, local blobs)
+//! after exactly `--latency-ms` (in a child process: this same program with
+//! `--endpoint MS`), then a Lathe server (SQLite, local blobs)
 //! whose provider points at it, and runs one eval per concurrency level:
 //! each item is rendered, sampled through the provider, graded with a
 //! string_check and recorded in the store, and the run is watched to its
@@ -34,6 +35,8 @@ struct Args {
     levels: Vec<u32>,
     seconds: f64,
     python: Option<String>,
+    /// Serve only the endpoint, with this latency (the child process).
+    endpoint: Option<u64>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -42,6 +45,7 @@ fn args() -> anyhow::Result<Args> {
         levels: vec![1, 16, 64, 256],
         seconds: 5.0,
         python: None,
+        endpoint: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +55,7 @@ fn args() -> anyhow::Result<Args> {
             "--levels" => a.levels = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--seconds" => a.seconds = value()?.parse()?,
             "--python" => a.python = Some(value()?),
+            "--endpoint" => a.endpoint = Some(value()?.parse()?),
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -78,6 +83,7 @@ async fn latency_server(latency: Duration) -> anyhow::Result<(String, Arc<Atomic
                 loop {
                     let mut length = 0usize;
                     let mut line = String::new();
+                    let mut get = None;
                     // Request line and headers.
                     loop {
                         line.clear();
@@ -85,6 +91,7 @@ async fn latency_server(latency: Duration) -> anyhow::Result<(String, Arc<Atomic
                             Ok(0) | Err(_) => return,
                             Ok(_) => {}
                         }
+                        get.get_or_insert_with(|| line.starts_with("GET "));
                         let l = line.trim_end();
                         if l.is_empty() {
                             break;
@@ -98,6 +105,15 @@ async fn latency_server(latency: Duration) -> anyhow::Result<(String, Arc<Atomic
                     let mut body = vec![0u8; length];
                     if reader.read_exact(&mut body).await.is_err() {
                         return;
+                    }
+                    if get == Some(true) {
+                        // GET: how many completions were served so far.
+                        let reply = json!({"served": count.load(Ordering::Relaxed)}).to_string();
+                        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", reply.len());
+                        if write.write_all(format!("{head}{reply}").as_bytes()).await.is_err() {
+                            return;
+                        }
+                        continue;
                     }
                     tokio::time::sleep(latency).await;
                     let request: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -152,12 +168,42 @@ async fn upload(client: &mut DatasetServiceClient<tonic::transport::Channel>, n:
     Ok(d.id)
 }
 
+/// The endpoint in a process of its own, as a real one would be: its
+/// runtime does not share Lathe's. Returns the child (killed when dropped)
+/// and the endpoint's URL.
+async fn spawn_endpoint(latency_ms: u64) -> anyhow::Result<(tokio::process::Child, String)> {
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["--endpoint", &latency_ms.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut url = String::new();
+    BufReader::new(stdout).read_line(&mut url).await?;
+    anyhow::ensure!(url.starts_with("http://"), "the endpoint said {url:?}");
+    Ok((child, url.trim().to_string()))
+}
+
+/// Completions the endpoint has served.
+async fn served(url: &str) -> anyhow::Result<usize> {
+    let v: Value = serde_json::from_slice(&reqwest::get(format!("{url}/count")).await?.bytes().await?)?;
+    v["served"]
+        .as_u64()
+        .map(|n| n as usize)
+        .ok_or_else(|| anyhow::anyhow!("bad count {v}"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
+    if let Some(latency_ms) = a.endpoint {
+        let (url, _) = latency_server(Duration::from_millis(latency_ms)).await?;
+        println!("{url}");
+        std::future::pending::<()>().await;
+    }
     for &latency_ms in &a.latencies {
         let latency = Duration::from_millis(latency_ms);
-        let (url, served) = latency_server(latency).await?;
+        let (_endpoint, url) = spawn_endpoint(latency_ms).await?;
         let dir = tempfile::tempdir()?;
         let providers = dir.path().join("providers.json");
         std::fs::write(
@@ -210,7 +256,7 @@ async fn main() -> anyhow::Result<()> {
             // least 4 full waves of requests.
             let n = ((ideal * a.seconds) as usize).max(4 * c as usize);
             let dataset = upload(&mut datasets, n).await?;
-            let before = served.load(Ordering::Relaxed);
+            let before = served(&url).await?;
             let start = Instant::now();
             let run = evals
                 .create_eval_run(proto::CreateEvalRunRequest {
@@ -255,7 +301,7 @@ async fn main() -> anyhow::Result<()> {
             let run = end.ok_or_else(|| anyhow::anyhow!("the watch ended without the run"))?;
             let counts = run.result_counts.unwrap_or_default();
             anyhow::ensure!(counts.passed as usize == n, "expected {n} passed items, got {counts:?}");
-            anyhow::ensure!(served.load(Ordering::Relaxed) - before == n, "one request per item");
+            anyhow::ensure!(served(&url).await? - before == n, "one request per item");
             let rate = n as f64 / wall;
             println!(
                 "{}",
