@@ -438,16 +438,7 @@ async fn checkpoint_evals_score_every_checkpoint_and_pick_the_best_one() {
     let (events, done) = watch_all(&mut env.jobs, &job.id).await;
     assert_eq!(done.state, JobState::Succeeded as i32, "{:?}", done.error);
 
-    let checkpoints = env
-        .jobs
-        .list_checkpoints(proto::ListCheckpointsRequest {
-            job_id: job.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .checkpoints;
+    let checkpoints = list_checkpoints(&mut env.jobs, &job.id).await;
     assert!(checkpoints.len() >= 5, "{} checkpoints", checkpoints.len());
     // Oldest first.
     let mut scored: Vec<(u64, f64, String)> = checkpoints

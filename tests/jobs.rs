@@ -364,16 +364,7 @@ async fn cancel_is_prompt_and_leaves_usable_checkpoints() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
-    let ckpts = env
-        .jobs
-        .list_checkpoints(proto::ListCheckpointsRequest {
-            job_id: job.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .checkpoints;
+    let ckpts = list_checkpoints(&mut env.jobs, &job.id).await;
     assert!(ckpts.len() >= 2);
     // The job is finished, so its dataset is free again.
     env.server.stop().await;

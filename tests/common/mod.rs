@@ -192,3 +192,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// A job's checkpoints as ListCheckpoints pages them, newest first (the
+/// first page, which holds them all in these tests).
+pub async fn list_checkpoints(
+    jobs: &mut proto::fine_tuning_service_client::FineTuningServiceClient<Channel>,
+    job_id: &str,
+) -> Vec<proto::Checkpoint> {
+    jobs.list_checkpoints(proto::ListCheckpointsRequest {
+        job_id: job_id.to_string(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .checkpoints
+}
