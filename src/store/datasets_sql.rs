@@ -31,13 +31,7 @@ macro_rules! impl_dataset_store {
                 .bind(d.lineage.as_ref().map(to_json))
                 .execute(&self.pool)
                 .await;
-                match result {
-                    Ok(_) => Ok(()),
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        Err($crate::store::StoreError::Conflict(d.id.clone()))
-                    }
-                    Err(e) => Err(e.into()),
-                }
+                $crate::store::rows::unique_as_conflict(result, || d.id.clone()).map(|_| ())
             }
 
             async fn get_dataset(

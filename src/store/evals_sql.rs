@@ -16,13 +16,7 @@ macro_rules! impl_eval_store {
                     .bind(e.created_at)
                     .execute(&self.pool)
                     .await;
-                match result {
-                    Ok(_) => Ok(()),
-                    Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
-                        Err($crate::store::StoreError::Conflict(e.id.clone()))
-                    }
-                    Err(err) => Err(err.into()),
-                }
+                $crate::store::rows::unique_as_conflict(result, || e.id.clone()).map(|_| ())
             }
 
             async fn get_eval(
@@ -56,13 +50,7 @@ macro_rules! impl_eval_store {
                 .bind(r.created_at)
                 .execute(&self.pool)
                 .await;
-                match result {
-                    Ok(_) => Ok(()),
-                    Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
-                        Err($crate::store::StoreError::Conflict(r.id.clone()))
-                    }
-                    Err(err) => Err(err.into()),
-                }
+                $crate::store::rows::unique_as_conflict(result, || r.id.clone()).map(|_| ())
             }
 
             async fn get_eval_run(
@@ -180,16 +168,9 @@ macro_rules! impl_eval_store {
                     .bind(item.created_at)
                     .execute(&mut *tx)
                     .await;
-                    match inserted {
-                        Ok(_) => {}
-                        Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
-                            return Err($crate::store::StoreError::Conflict(format!(
-                                "item {} of run {}",
-                                item.index, item.run_id
-                            )));
-                        }
-                        Err(err) => return Err(err.into()),
-                    }
+                    $crate::store::rows::unique_as_conflict(inserted, || {
+                        format!("item {} of run {}", item.index, item.run_id)
+                    })?;
                 }
                 tx.commit().await?;
                 Ok(Some(last_seq as u64))

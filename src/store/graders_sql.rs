@@ -14,13 +14,7 @@ macro_rules! impl_grader_store {
                     .bind(g.created_at)
                     .execute(&self.pool)
                     .await;
-                match result {
-                    Ok(_) => Ok(()),
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        Err($crate::store::StoreError::Conflict(g.name.clone()))
-                    }
-                    Err(e) => Err(e.into()),
-                }
+                $crate::store::rows::unique_as_conflict(result, || g.name.clone()).map(|_| ())
             }
 
             async fn get_grader(

@@ -435,13 +435,7 @@ macro_rules! impl_job_store {
                 .bind(m.info.as_ref().map($crate::store::rows::to_json))
                 .execute(&self.pool)
                 .await;
-                match result {
-                    Ok(_) => Ok(()),
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        Err($crate::store::StoreError::Conflict(m.id.clone()))
-                    }
-                    Err(e) => Err(e.into()),
-                }
+                $crate::store::rows::unique_as_conflict(result, || m.id.clone()).map(|_| ())
             }
 
             async fn get_model(&self, id: &str) -> Result<Option<$crate::store::ModelRecord>, $crate::store::StoreError> {

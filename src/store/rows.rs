@@ -14,6 +14,14 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
 }
 
+/// A write's result, with a unique-key violation as `Conflict(what)`.
+pub fn unique_as_conflict<T>(result: Result<T, sqlx::Error>, what: impl FnOnce() -> String) -> Result<T, StoreError> {
+    match result {
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(what())),
+        other => Ok(other?),
+    }
+}
+
 fn from_json<T: serde::de::DeserializeOwned>(id: &str, column: &str, text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
         id: id.to_string(),
