@@ -67,12 +67,12 @@ fn args() -> anyhow::Result<Args> {
 
 /// The fixed-latency endpoint: every POST is answered after `latency`
 /// with a chat completion whose content is the number in the prompt
-/// ("what is 17" -> "17"), so every item passes.
-async fn latency_server(latency: Duration) -> anyhow::Result<(String, Arc<AtomicUsize>)> {
+/// ("what is 17" -> "17"), so every item passes; a GET answers how many
+/// completions it has served.
+async fn latency_server(latency: Duration) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/v1", listener.local_addr()?);
-    let served = Arc::new(AtomicUsize::new(0));
-    let count = served.clone();
+    let count = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
             let _ = sock.set_nodelay(true);
@@ -140,7 +140,7 @@ async fn latency_server(latency: Duration) -> anyhow::Result<(String, Arc<Atomic
             });
         }
     });
-    Ok((url, served))
+    Ok(url)
 }
 
 async fn upload(client: &mut DatasetServiceClient<tonic::transport::Channel>, n: usize) -> anyhow::Result<String> {
@@ -197,7 +197,7 @@ async fn served(url: &str) -> anyhow::Result<usize> {
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
     if let Some(latency_ms) = a.endpoint {
-        let (url, _) = latency_server(Duration::from_millis(latency_ms)).await?;
+        let url = latency_server(Duration::from_millis(latency_ms)).await?;
         println!("{url}");
         std::future::pending::<()>().await;
     }

@@ -3,8 +3,9 @@
 //! bounded number of items in flight, records every finished item (a
 //! recorder task writes what has finished in one transaction, so slots are
 //! refilled without waiting on the store), keeps the lease alive, and on
-//! shutdown drops what is in flight and hands its runs back to the queue. A claimed run skips the items already recorded,
-//! so a resumed run never samples or grades an item twice.
+//! shutdown drops what is in flight and hands its runs back to the queue.
+//! A claimed run skips the items already recorded, so a resumed run never
+//! samples or grades an item twice.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

@@ -255,7 +255,7 @@ fn lcs_word<W: BitWord>(short: &str, short_len: usize, long: &str) -> usize {
     (!v & W::low_bits(short_len)).count_ones()
 }
 
-/// Multi-word version of [`lcs_word`] for patterns longer than 64 chars.
+/// Multi-word version of [`lcs_word`] for patterns longer than 128 chars.
 fn lcs_chars(short: &str, short_len: usize, long: &str) -> usize {
     let words = short_len.div_ceil(64);
     let mut ascii = vec![0u64; 128 * words];
