@@ -212,7 +212,7 @@ async fn openai_label_model_example() {
     assert_eq!(run(&g, &s, &item, &ctx).await.reward, 0.0);
     let r = run(&g, &s, &item, &ctx).await;
     assert_eq!(r.reward, 0.0);
-    assert!(r.metadata.errors.model_grader_parse_error);
+    assert!(r.metadata.errors().model_grader_parse_error);
 }
 
 #[tokio::test]
@@ -236,11 +236,11 @@ async fn openai_multi_example() {
     assert_eq!(r.reward, 0.5);
     assert_eq!(r.sub_rewards.get("name"), Some(&1.0));
     assert_eq!(r.sub_rewards.get("email"), Some(&0.0));
-    assert!(!r.metadata.errors.other_error);
+    assert!(!r.metadata.errors().other_error);
     // Not JSON: the sub-graders cannot read output_json.
     let r = run(&g, &Sample::from_model_output("Ada"), &item, &GradeContext::default()).await;
     assert_eq!(r.reward, 0.0);
-    assert!(r.metadata.errors.sample_parse_error);
+    assert!(r.metadata.errors().sample_parse_error);
 }
 
 #[test]
@@ -267,7 +267,7 @@ async fn missing_variable_is_an_error_not_an_empty_string() {
     )
     .await;
     assert_eq!(r.reward, 0.0, "ne against an empty string would have passed");
-    assert!(r.metadata.errors.invalid_variable_error);
+    assert!(r.metadata.errors().invalid_variable_error);
 }
 
 #[tokio::test]
@@ -283,8 +283,8 @@ async fn cosine_needs_an_embedder() {
         &GradeContext::default(),
     )
     .await;
-    assert!(r.metadata.errors.other_error);
-    assert!(r.metadata.errors.other_error_details.contains("embeddings provider"));
+    assert!(r.metadata.errors().other_error);
+    assert!(r.metadata.errors().other_error_details.contains("embeddings provider"));
     let ctx = GradeContext {
         embedder: Some(Arc::new(FixedEmbedder)),
         ..GradeContext::default()
@@ -309,8 +309,8 @@ async fn multi_division_by_zero_is_other_error() {
     )
     .await;
     assert_eq!(r.reward, 0.0);
-    assert!(r.metadata.errors.other_error);
-    assert!(r.metadata.errors.other_error_details.contains("division by zero"));
+    assert!(r.metadata.errors().other_error);
+    assert!(r.metadata.errors().other_error_details.contains("division by zero"));
 }
 
 // --- model graders: range, refusal, retries, timeouts, cache ----------------------------
@@ -330,7 +330,7 @@ async fn score_is_clamped_and_junk_is_a_parse_error() {
     assert_eq!(run(&score_grader(), &s, &json!({}), &ctx).await.reward, 10.0);
     assert_eq!(run(&score_grader(), &s, &json!({}), &ctx).await.reward, 0.0);
     let r = run(&score_grader(), &s, &json!({}), &ctx).await;
-    assert!(r.metadata.errors.model_grader_parse_error);
+    assert!(r.metadata.errors().model_grader_parse_error);
 }
 
 #[tokio::test]
@@ -347,7 +347,7 @@ async fn refusal_is_flagged() {
         &ctx_with(model),
     )
     .await;
-    assert!(r.metadata.errors.model_grader_refusal_error);
+    assert!(r.metadata.errors().model_grader_refusal_error);
     assert_eq!(r.reward, 0.0);
 }
 
@@ -372,8 +372,8 @@ async fn retryable_errors_are_retried_and_permanent_ones_are_not() {
         &ctx_with(model.clone()),
     )
     .await;
-    assert!(r.metadata.errors.model_grader_server_error);
-    assert!(r.metadata.errors.model_grader_server_error_details.contains("400"));
+    assert!(r.metadata.errors().model_grader_server_error);
+    assert!(r.metadata.errors().model_grader_server_error_details.contains("400"));
     assert_eq!(model.calls.load(Ordering::SeqCst), 1);
 }
 
@@ -386,10 +386,10 @@ async fn slow_models_time_out_after_every_attempt() {
     let mut ctx = ctx_with(model.clone());
     ctx.model_calls.timeout = Duration::from_millis(30);
     let r = run(&score_grader(), &Sample::from_model_output("a"), &json!({}), &ctx).await;
-    assert!(r.metadata.errors.model_grader_server_error);
+    assert!(r.metadata.errors().model_grader_server_error);
     assert!(
         r.metadata
-            .errors
+            .errors()
             .model_grader_server_error_details
             .contains("timed out")
     );

@@ -253,10 +253,10 @@ async fn run_reports_runtime_errors_in_metadata_and_warm_calls_are_fast() {
         .expect("valid");
     let r = run(&bad, &sample, &item, &ctx).await;
     assert_eq!(r.reward, 0.0);
-    assert!(r.metadata.errors.python_grader_runtime_error);
+    assert!(r.metadata.errors().python_grader_runtime_error);
     assert!(
         r.metadata
-            .errors
+            .errors()
             .python_grader_runtime_error_details
             .contains("ZeroDivisionError")
     );

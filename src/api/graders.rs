@@ -191,8 +191,8 @@ pub fn grader_result(r: GraderResult) -> proto::GraderResult {
             name: r.metadata.name.to_string(),
             r#type: r.metadata.kind.to_string(),
             execution_time_seconds: r.metadata.execution_time.as_secs_f64(),
+            errors: Some(errors(r.metadata.errors().clone())),
             token_usage: r.metadata.token_usage.into_iter().collect(),
-            errors: Some(errors(r.metadata.errors)),
         }),
     }
 }

@@ -214,7 +214,7 @@ impl RunWork {
                 let entry = usage.entry(model.clone()).or_insert((0, 0, 0));
                 entry.2 += tokens;
             }
-            let error = r.metadata.errors.any().then(|| describe(&r.metadata.errors));
+            let error = r.metadata.errors().any().then(|| describe(r.metadata.errors()));
             let passed = error.is_none() && r.reward >= criterion.pass_threshold;
             all_passed &= passed;
             if let Some(e) = &error {

@@ -210,7 +210,7 @@ fn summarize(rewards: &[f64], results: &[GraderResult]) -> DryRunReport {
     let mut errors_by_kind = BTreeMap::new();
     let mut errored = 0;
     for r in results {
-        let kinds = r.metadata.errors.kinds();
+        let kinds = r.metadata.errors().kinds();
         if !kinds.is_empty() {
             errored += 1;
         }

@@ -26,8 +26,49 @@ pub struct GraderMetadata {
     /// Total tokens spent per grader model; empty for graders that call no model and for
     /// results served from the cache.
     pub token_usage: BTreeMap<String, u64>,
-    pub errors: GraderErrors,
+    /// Boxed, and only when a flag or a detail is set: most results carry no error, and
+    /// nine flags plus four strings in every result cost a string_check its speed.
+    errors: Option<Box<GraderErrors>>,
 }
+
+impl GraderMetadata {
+    pub(crate) fn new(
+        name: Arc<str>,
+        kind: &'static str,
+        execution_time: Duration,
+        token_usage: BTreeMap<String, u64>,
+        errors: Option<Box<GraderErrors>>,
+    ) -> Self {
+        GraderMetadata {
+            name,
+            kind,
+            execution_time,
+            token_usage,
+            errors,
+        }
+    }
+
+    /// The error flags; all clear for a result without errors.
+    pub fn errors(&self) -> &GraderErrors {
+        self.errors.as_deref().unwrap_or(&NO_ERRORS)
+    }
+}
+
+static NO_ERRORS: GraderErrors = GraderErrors {
+    formula_parse_error: false,
+    sample_parse_error: false,
+    invalid_variable_error: false,
+    python_grader_runtime_error: false,
+    python_grader_runtime_error_details: String::new(),
+    python_grader_server_error: false,
+    python_grader_server_error_type: String::new(),
+    model_grader_server_error: false,
+    model_grader_server_error_details: String::new(),
+    model_grader_parse_error: false,
+    model_grader_refusal_error: false,
+    other_error: false,
+    other_error_details: String::new(),
+};
 
 /// OpenAI's error flags. Any flag set means the reward is 0 (or, for `multi`, that a
 /// sub-grader contributed 0).

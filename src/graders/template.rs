@@ -15,6 +15,17 @@ use super::sample::Sample;
 pub struct Template {
     raw: String,
     parts: Vec<Part>,
+    /// Set when the whole template is one of the two variables nearly every grader
+    /// uses, so [`Template::render_cow`] reads it without walking a path.
+    direct: Option<Direct>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Direct {
+    /// `{{ sample.output_text }}`
+    OutputText,
+    /// `{{ item.key }}`
+    ItemKey(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,9 +99,18 @@ impl Template {
         if !literal.is_empty() {
             parts.push(Part::Literal(literal));
         }
+        let direct = match parts.as_slice() {
+            [Part::Variable(v)] => match (v.namespace, v.path.as_slice()) {
+                (Namespace::Sample, [Step::Key(k)]) if k == "output_text" => Some(Direct::OutputText),
+                (Namespace::Item, [Step::Key(k)]) => Some(Direct::ItemKey(k.clone())),
+                _ => None,
+            },
+            _ => None,
+        };
         Ok(Template {
             raw: raw.to_string(),
             parts,
+            direct,
         })
     }
 
@@ -108,6 +128,15 @@ impl Template {
     /// Like [`Template::render`], borrowing when the template is one literal or one
     /// variable that is a string (the usual `{{ sample.output_text }}`).
     pub fn render_cow<'a>(&'a self, sample: &'a Sample, item: &'a Value) -> Result<Cow<'a, str>, RenderError> {
+        match &self.direct {
+            Some(Direct::OutputText) => return Ok(Cow::Borrowed(&sample.output_text)),
+            Some(Direct::ItemKey(key)) => {
+                if let Some(Value::String(s)) = item.as_object().and_then(|map| map.get(key)) {
+                    return Ok(Cow::Borrowed(s));
+                }
+            }
+            None => {}
+        }
         match self.parts.as_slice() {
             [] => Ok(Cow::Borrowed("")),
             [Part::Literal(text)] => Ok(Cow::Borrowed(text)),
@@ -316,6 +345,32 @@ mod tests {
         assert_eq!(t.render(&s, &item).unwrap(), "lookup");
         let t = Template::parse("{{ item[\"answer\"] }}").unwrap();
         assert_eq!(t.render(&s, &item).unwrap(), "Paris");
+    }
+
+    #[test]
+    fn single_variable_templates_borrow_and_agree_with_render() {
+        let item = json!({"reference": "Paris", "n": 3, "list": [1], "nested": {"k": "v"}});
+        let s = sample("Paris!");
+        for (raw, expected) in [
+            ("{{ sample.output_text }}", Some("Paris!")),
+            ("{{item.reference}}", Some("Paris")),
+            ("{{ item.n }}", Some("3")),
+            ("{{ item.list }}", Some("[1]")),
+            ("{{ item.nested.k }}", Some("v")),
+            ("{{ item.missing }}", None),
+        ] {
+            let t = Template::parse(raw).unwrap();
+            let cow = t.render_cow(&s, &item);
+            assert_eq!(cow.as_deref().ok(), expected, "{raw}");
+            assert_eq!(cow.map(|c| c.into_owned()), t.render(&s, &item), "{raw}");
+        }
+        let t = Template::parse("{{ item.reference }}").unwrap();
+        assert!(matches!(t.render_cow(&s, &item), Ok(Cow::Borrowed("Paris"))));
+        // An item that is not an object has no keys.
+        assert_eq!(
+            t.render_cow(&s, &json!(["Paris"])),
+            Err(RenderError::Missing("item.reference".into()))
+        );
     }
 
     #[test]

@@ -164,27 +164,109 @@ fn split_bytes(text: &str, is_sep: impl Fn(u8) -> bool) -> Vec<&str> {
 
 /// `rapidfuzz.fuzz.ratio(input, reference) / 100`: normalized Indel similarity over code
 /// points, 1.0 for two empty strings.
+///
+/// Like rapidfuzz, the common prefix and suffix are matched before the bit-parallel LCS
+/// runs on what is left: graded answers are often close to their reference, and the
+/// affixes cost a byte compare each instead of a step of the recurrence.
 pub fn fuzzy_match(input: &str, reference: &str) -> f64 {
-    let (la, lb) = (input.chars().count(), reference.chars().count());
-    let lensum = la + lb;
+    let (a, b) = (input.as_bytes(), reference.as_bytes());
+    let ascii = input.is_ascii() && reference.is_ascii();
+    let mut prefix = common_prefix(a, b);
+    let mut suffix = common_suffix(&a[prefix..], &b[prefix..]);
+    if !ascii {
+        // Identical bytes so far, so both strings have their char boundaries in the
+        // same places.
+        while !input.is_char_boundary(prefix) {
+            prefix -= 1;
+        }
+        while !input.is_char_boundary(input.len() - suffix) {
+            suffix -= 1;
+        }
+    }
+    let count = |s: &str| if ascii { s.len() } else { s.chars().count() };
+    let affix_chars = count(&input[..prefix]) + count(&input[input.len() - suffix..]);
+    let (mid_a, mid_b) = (
+        &input[prefix..input.len() - suffix],
+        &reference[prefix..reference.len() - suffix],
+    );
+    let (la, lb) = (count(mid_a), count(mid_b));
+    let lensum = la + lb + 2 * affix_chars;
     if lensum == 0 {
         return 1.0;
     }
     let (short, long, short_len) = if la <= lb {
-        (input, reference, la)
+        (mid_a, mid_b, la)
     } else {
-        (reference, input, lb)
+        (mid_b, mid_a, lb)
     };
-    let lcs = if short_len <= 64 {
-        lcs_word::<u64>(short, short_len, long)
-    } else if short_len <= 128 {
-        lcs_word::<u128>(short, short_len, long)
-    } else {
-        lcs_chars(short, short_len, long)
-    };
+    let lcs = affix_chars + lcs_str(short, short_len, long);
     let dist = lensum - 2 * lcs;
     let ratio = 100.0 * (1.0 - dist as f64 / lensum as f64);
     ratio / 100.0
+}
+
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// Length of the common byte prefix, eight bytes at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let diff = word_at(a, i) ^ word_at(b, i);
+        if diff != 0 {
+            return i + (diff.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + a[i..n].iter().zip(&b[i..n]).take_while(|(x, y)| x == y).count()
+}
+
+/// Length of the common byte suffix, eight bytes at a time.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let (ea, eb) = (a.len(), b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        // Little-endian: the last byte of each block is the word's top byte.
+        let diff = word_at(a, ea - i - 8) ^ word_at(b, eb - i - 8);
+        if diff != 0 {
+            return i + (diff.leading_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + a[..ea - i]
+        .iter()
+        .rev()
+        .zip(b[..eb - i].iter().rev())
+        .take(n - i)
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// LCS length in chars of `short` (`short_len` chars) and `long`.
+fn lcs_str(short: &str, short_len: usize, long: &str) -> usize {
+    if short_len == 0 {
+        return 0;
+    }
+    if short.is_ascii() {
+        // Bytes of a multi-byte char are all >= 0x80 and match no ASCII pattern char,
+        // and a char that matches nothing leaves the recurrence's vector as it is: so
+        // `long` can be walked byte by byte, whatever it holds.
+        return match short_len {
+            ..=64 => lcs_ascii_word::<u64>(short.as_bytes(), long.as_bytes()),
+            65..=128 => lcs_ascii_word::<u128>(short.as_bytes(), long.as_bytes()),
+            _ => lcs_ascii_blocks(short.as_bytes(), long.as_bytes()),
+        };
+    }
+    match short_len {
+        ..=64 => lcs_word::<u64>(short, short_len, long),
+        65..=128 => lcs_word::<u128>(short, short_len, long),
+        _ => lcs_chars(short, short_len, long),
+    }
 }
 
 /// A machine word (or two) used as a bit vector in Hyyrö's LCS recurrence.
@@ -228,9 +310,6 @@ bit_word!(u128);
 /// Bit-parallel LCS for a pattern of at most `W::BITS` chars, with a table lookup for
 /// ASCII (the common case) and a short scan for everything else.
 fn lcs_word<W: BitWord>(short: &str, short_len: usize, long: &str) -> usize {
-    if short_len == 0 {
-        return 0;
-    }
     let mut ascii = [W::ZERO; 128];
     let mut other: Vec<(char, W)> = Vec::new();
     for (i, c) in short.chars().enumerate() {
@@ -253,6 +332,40 @@ fn lcs_word<W: BitWord>(short: &str, short_len: usize, long: &str) -> usize {
         v = v.wrapping_add(u) | (v & !m);
     }
     (!v & W::low_bits(short_len)).count_ones()
+}
+
+/// [`lcs_word`] for an ASCII pattern, walking `long` byte by byte (see [`lcs_str`]).
+fn lcs_ascii_word<W: BitWord>(short: &[u8], long: &[u8]) -> usize {
+    let mut table = [W::ZERO; 128];
+    for (i, &c) in short.iter().enumerate() {
+        let slot = &mut table[usize::from(c & 0x7f)];
+        *slot = *slot | W::bit(i);
+    }
+    let mut v = W::MAX;
+    for &c in long {
+        let m = table[usize::from(c & 0x7f)];
+        let m = if c < 0x80 { m } else { W::ZERO };
+        let u = v & m;
+        v = v.wrapping_add(u) | (v & !m);
+    }
+    (!v & W::low_bits(short.len())).count_ones()
+}
+
+/// [`lcs_chars`] for an ASCII pattern longer than 128 chars.
+fn lcs_ascii_blocks(short: &[u8], long: &[u8]) -> usize {
+    let words = short.len().div_ceil(64);
+    let mut table = vec![0u64; 128 * words];
+    for (i, &c) in short.iter().enumerate() {
+        table[usize::from(c & 0x7f) * words + i / 64] |= 1u64 << (i % 64);
+    }
+    let mut v = vec![u64::MAX; words];
+    for &c in long {
+        if c < 0x80 {
+            let at = usize::from(c) * words;
+            advance(&mut v, &table[at..at + words]);
+        }
+    }
+    count_zeros(&v, short.len())
 }
 
 /// Multi-word version of [`lcs_word`] for patterns longer than 128 chars.
@@ -713,34 +826,70 @@ mod tests {
         table[a.len()][b.len()]
     }
 
+    /// rapidfuzz's ratio, straight from the definition.
+    fn ratio_by_table(a: &str, b: &str) -> f64 {
+        let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        let lensum = a.len() + b.len();
+        if lensum == 0 {
+            return 1.0;
+        }
+        1.0 - (lensum - 2 * lcs_table(&a, &b)) as f64 / lensum as f64
+    }
+
+    fn assert_ratio(a: &str, b: &str) {
+        let expected = ratio_by_table(a, b);
+        assert!((fuzzy_match(a, b) - expected).abs() < 1e-12, "{a:?} {b:?}");
+        assert!((fuzzy_match(b, a) - expected).abs() < 1e-12, "{b:?} {a:?}");
+    }
+
     #[test]
     fn fuzzy_match_lcs_paths_agree_with_the_table_at_every_width() {
-        // Pattern lengths across the u64, u128 and multi-word paths and their
-        // edges, with ASCII and non-ASCII characters.
-        let alphabet: Vec<char> = "abcde éü漢 ".chars().collect();
+        // Pattern lengths across the u64, u128 and multi-word paths and their edges, for
+        // ASCII patterns (walked as bytes) and mixed ones (walked as chars), on random
+        // strings and on edited copies that share a prefix and a suffix.
         let mut seed = 7u64;
         let mut next = || {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (seed >> 33) as usize
         };
-        for short_len in [0, 1, 2, 63, 64, 65, 100, 127, 128, 129, 200] {
-            for _ in 0..4 {
-                let long_len = short_len + next() % 40;
-                let a: Vec<char> = (0..short_len).map(|_| alphabet[next() % alphabet.len()]).collect();
-                let b: Vec<char> = (0..long_len).map(|_| alphabet[next() % alphabet.len()]).collect();
-                let (sa, sb): (String, String) = (a.iter().collect(), b.iter().collect());
-                let lensum = short_len + long_len;
-                let expected = if lensum == 0 {
-                    1.0
-                } else {
-                    1.0 - (lensum - 2 * lcs_table(&a, &b)) as f64 / lensum as f64
-                };
-                assert!(
-                    (fuzzy_match(&sa, &sb) - expected).abs() < 1e-12,
-                    "{short_len} vs {long_len}: {sa:?} {sb:?}"
-                );
-                assert!((fuzzy_match(&sb, &sa) - expected).abs() < 1e-12);
+        for alphabet in ["abcde éü漢 ", "abcde ", "ab"] {
+            let alphabet: Vec<char> = alphabet.chars().collect();
+            for short_len in [0, 1, 2, 63, 64, 65, 100, 127, 128, 129, 200] {
+                for _ in 0..4 {
+                    let long_len = short_len + next() % 40;
+                    let a: String = (0..short_len).map(|_| alphabet[next() % alphabet.len()]).collect();
+                    let b: String = (0..long_len).map(|_| alphabet[next() % alphabet.len()]).collect();
+                    assert_ratio(&a, &b);
+                    let mut edited: Vec<char> = b.chars().collect();
+                    for _ in 0..1 + next() % 4 {
+                        let at = next() % (edited.len() + 1);
+                        match next() % 3 {
+                            0 if at < edited.len() => drop(edited.remove(at)),
+                            1 if at < edited.len() => edited[at] = alphabet[next() % alphabet.len()],
+                            _ => edited.insert(at, alphabet[next() % alphabet.len()]),
+                        }
+                    }
+                    assert_ratio(&b, &edited.into_iter().collect::<String>());
+                }
             }
+        }
+    }
+
+    #[test]
+    fn fuzzy_match_affixes_stop_at_char_boundaries() {
+        // é (C3 A9) and è (C3 A8) share their first byte; é and © (C2 A9) their last.
+        for (a, b) in [
+            ("xé", "xè"),
+            ("éx", "©x"),
+            ("aé", "a©"),
+            ("éé", "é"),
+            ("漢字", "漢"),
+            ("a漢b", "a字b"),
+            ("same", "same"),
+            ("préfix-x-süffix", "préfix-yy-süffix"),
+            ("", "é"),
+        ] {
+            assert_ratio(a, b);
         }
     }
 
