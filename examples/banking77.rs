@@ -27,6 +27,23 @@ fn arg(name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// Peak resident memory since the last [`reset_peak_rss`] (Linux's VmHWM), or since
+/// the process started where that cannot be read.
+fn phase_peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or_else(peak_rss_mib, |kb| kb / 1024.0)
+}
+
+/// Starts a new peak-memory window (Linux: writing 5 to clear_refs resets VmHWM).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 fn peak_rss_mib() -> f64 {
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage writes into the struct we own.
@@ -172,6 +189,7 @@ fn main() -> anyhow::Result<()> {
         cfg.batch_size,
         cfg.learning_rate
     );
+    reset_peak_rss();
     let mut sink = Collect {
         started: Instant::now(),
         limit,
@@ -180,8 +198,12 @@ fn main() -> anyhow::Result<()> {
     };
     let outcome = run_sft(&base.model, &train, &valid, &cfg, "smollm2", None, &mut sink)?;
     let train_s = sink.started.elapsed().as_secs_f64();
+    let train_peak_rss = phase_peak_rss_mib();
     let trained_tokens = sink.rows.last().map(|r| r.0.trained_tokens).unwrap_or(0);
-    let (st, ac) = sink.last_adapter.clone().expect("a checkpoint");
+    let (st, ac) = sink
+        .last_adapter
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("training stopped before its first checkpoint: raise --time-limit-secs"))?;
     let adapter = Adapter::from_peft(&base.model.config, &st, &ac, &Device::Cpu)?;
     std::fs::write(out_dir.join("adapter_model.safetensors"), &st)?;
     std::fs::write(out_dir.join("adapter_config.json"), &ac)?;
@@ -214,6 +236,7 @@ fn main() -> anyhow::Result<()> {
         "eval_s": {"base": base_eval_s, "fine_tuned": ft_eval_s},
         "eval_generated_tokens_per_s": {"base": base_gen_tps, "fine_tuned": ft_gen_tps},
         "peak_rss_mib": peak_rss_mib(),
+        "training_peak_rss_mib": train_peak_rss,
     });
     std::fs::write(out_dir.join("result.json"), serde_json::to_vec_pretty(&result)?)?;
     println!("{}", serde_json::to_string_pretty(&result)?);

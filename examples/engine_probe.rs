@@ -1,5 +1,6 @@
 //! Loads a model and times a forward pass, a LoRA training step and
-//! greedy decoding: `cargo run --release --example engine_probe -- MODEL_PATH`.
+//! greedy decoding, with the process's resident memory after each stage:
+//! `cargo run --release --example engine_probe -- MODEL_PATH [--train-only]`.
 
 use std::time::Instant;
 
@@ -17,6 +18,8 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let loaded = load(std::path::Path::new(&path), &Device::Cpu)?;
     println!("loaded {:?} in {:.2}s", loaded.config, t.elapsed().as_secs_f64());
+    let train_only = std::env::args().any(|a| a == "--train-only");
+    memory("loaded");
     let model = BaseModel::new(loaded.config, loaded.weights, Device::Cpu)?;
     let (adapter, vars) = Adapter::init(
         &model.config,
@@ -57,6 +60,11 @@ fn main() -> anyhow::Result<()> {
             400.0 / total,
             vars.len()
         );
+        drop(g);
+        memory(&format!("round {round}"));
+    }
+    if train_only {
+        return Ok(());
     }
     let prompt: Vec<u32> = (0..64).map(|i| (i * 13 % 3000 + 50) as u32).collect();
     for b in [1usize, 8, 32, 64] {
@@ -98,6 +106,27 @@ fn main() -> anyhow::Result<()> {
             n as f64 / total,
             (n - b) as f64 / (total - prefill)
         );
+        memory(&format!("batch {b}"));
     }
     Ok(())
+}
+
+/// Prints resident memory now and at its peak so far (Linux; nothing elsewhere).
+fn memory(stage: &str) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0 / 1024.0)
+    };
+    println!(
+        "  memory after {stage}: rss {:.2} GiB, peak {:.2} GiB",
+        field("VmRSS:"),
+        field("VmHWM:")
+    );
 }

@@ -9,7 +9,7 @@
 use candle_core::{D, DType, Device, Tensor};
 
 use super::config::ModelConfig;
-use super::frozen::frozen_matmul;
+use super::frozen::{DropoutMask, frozen_matmul, lora_linear};
 use super::lora::Adapter;
 use super::weights::{Proj, Weights};
 use super::{EngineError, Result, rng::Rng};
@@ -163,11 +163,26 @@ impl BaseModel {
     ) -> Result<Tensor> {
         let lin = &self.weights.layers[layer].proj[proj as usize];
         let track = train.is_some();
+        let pair = adapter.and_then(|ad| ad.pair(layer, proj));
+        if let (Some((a, bm, scale)), Some(t)) = (pair, train.as_mut())
+            && x.device().is_cpu()
+        {
+            // Training on the CPU: one autograd node per adapted projection.
+            let mask = (t.dropout > 0.0).then(|| {
+                let keep = 1.0 - t.dropout;
+                DropoutMask::sample(x.elem_count(), keep, || t.rng.next_f32())
+            });
+            let y = lora_linear(x, &lin.w, a, bm, scale, mask)?;
+            return Ok(match &lin.b {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            });
+        }
         let mut y = frozen_matmul(x, &lin.w, track)?;
         if let Some(b) = &lin.b {
             y = y.broadcast_add(b)?;
         }
-        if let Some((a, bm, scale)) = adapter.and_then(|ad| ad.pair(layer, proj)) {
+        if let Some((a, bm, scale)) = pair {
             let xin = match train {
                 Some(t) if t.dropout > 0.0 => {
                     let keep = 1.0 - t.dropout;
