@@ -1,6 +1,6 @@
 """The TRL peer (../shared/peers/banking77/train_sft.py) at Lathe's "auto" settings for
 Banking77, for a same-run, equal-settings comparison with examples/banking77.rs:
-3 epochs, batch 8, learning rate 1e-3, 3% warmup then linear decay, clipping at 1.0,
+3 epochs, batch 8, learning rate 1e-3, 3% warmup (ceil: 6 of 189 steps, as Lathe) then linear decay, clipping at 1.0,
 AdamW without weight decay, LoRA r=8 alpha=16 dropout 0.05 on q,k,v,o,gate,up,down,
 answer-only loss, seed 0. Everything else is the peer script's own flow.
 
@@ -35,7 +35,7 @@ ds = Dataset.from_list([{"prompt": messages(t), "completion": [{"role": "assista
 peft_cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 cfg = SFTConfig(output_dir=a.out, num_train_epochs=a.epochs, max_steps=a.max_steps, per_device_train_batch_size=8,
-                gradient_accumulation_steps=1, learning_rate=a.lr, lr_scheduler_type="linear", warmup_ratio=0.03,
+                gradient_accumulation_steps=1, learning_rate=a.lr, lr_scheduler_type="linear", warmup_steps=0.03,
                 max_grad_norm=1.0, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
                 max_length=128, seed=0, data_seed=0, completion_only_loss=True, packing=False,
                 padding_free=False, gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True,
