@@ -62,7 +62,7 @@ impl Sink for Collect {
     fn metrics(&mut self, m: &StepMetrics) {
         let t = self.started.elapsed().as_secs_f64();
         eprintln!(
-            "step {:>4}/{} epoch {:.2} loss {:.4} acc {:.3} lr {:.2e} {:.1} tok/s{} [{t:.0}s]",
+            "step {:>4}/{} epoch {:.2} loss {:.4} acc {:.3} lr {:.2e} {:.1} tok/s{} peak {:.0} MiB [{t:.0}s]",
             m.step,
             m.total_steps,
             m.epoch,
@@ -72,7 +72,8 @@ impl Sink for Collect {
             m.tokens_per_second,
             m.valid_loss
                 .map(|v| format!(" valid {v:.4} acc {:.3}", m.valid_accuracy.unwrap_or(0.0)))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            phase_peak_rss_mib()
         );
         self.rows.push((m.clone(), t));
     }
