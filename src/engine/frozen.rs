@@ -19,24 +19,8 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("frozen-matmul: f32 input expected");
-        };
-        let x = match layout.contiguous_offsets() {
-            Some((start, end)) => Tensor::from_slice(&data[start..end], layout.shape(), &candle_core::Device::Cpu)?,
-            None => candle_core::bail!("frozen-matmul: contiguous input expected"),
-        };
-        let y = x.matmul(&self.w.t()?)?;
-        let shape = y.shape().clone();
-        let (storage, y_layout) = y.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(out)) = &*storage else {
-            candle_core::bail!("frozen-matmul: unexpected output storage");
-        };
-        let out = match y_layout.contiguous_offsets() {
-            Some((start, end)) => out[start..end].to_vec(),
-            None => candle_core::bail!("frozen-matmul: non-contiguous output"),
-        };
-        Ok((CpuStorage::F32(out), shape))
+        let x = tensor_of(storage, layout, "frozen-matmul input")?;
+        into_storage(&x.matmul(&self.w.t()?)?)
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -128,20 +112,29 @@ impl LoraLinear {
     }
 }
 
+/// A custom op's CPU input as a tensor of its own (a copy of the contiguous f32 data).
 fn tensor_of(storage: &CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<Tensor> {
     let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("lora-linear: f32 {what} expected");
+        candle_core::bail!("{what}: f32 expected");
     };
     match layout.contiguous_offsets() {
         Some((start, end)) => Tensor::from_slice(&data[start..end], layout.shape(), &candle_core::Device::Cpu),
-        None => candle_core::bail!("lora-linear: contiguous {what} expected"),
+        None => candle_core::bail!("{what}: contiguous data expected"),
     }
 }
 
+/// A tensor computed inside a custom op, as the op's CPU output.
 fn into_storage(y: &Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
     let y = y.contiguous()?;
     let shape = y.shape().clone();
-    Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    let (storage, layout) = y.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        candle_core::bail!("custom op: f32 CPU output expected");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok((CpuStorage::F32(data[start..end].to_vec()), shape)),
+        None => candle_core::bail!("custom op: contiguous output expected"),
+    }
 }
 
 impl candle_core::CustomOp3 for LoraLinear {
@@ -158,9 +151,9 @@ impl candle_core::CustomOp3 for LoraLinear {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = tensor_of(xs, xl, "input")?;
-        let a = tensor_of(a_s, al, "lora_A")?;
-        let b = tensor_of(bs, bl, "lora_B")?;
+        let x = tensor_of(xs, xl, "lora-linear input")?;
+        let a = tensor_of(a_s, al, "lora-linear lora_A")?;
+        let b = tensor_of(bs, bl, "lora-linear lora_B")?;
         let base = x.matmul(&self.w.t()?)?;
         let delta = self.dropped(&x)?.matmul(&a.t()?)?.matmul(&b.t()?)?;
         into_storage(&(base + (delta * self.scale)?)?)
