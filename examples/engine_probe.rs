@@ -1,6 +1,6 @@
 //! Loads a model and times a forward pass, a LoRA training step and
 //! greedy decoding, with the process's resident memory after each stage:
-//! `cargo run --release --example engine_probe -- MODEL_PATH [--train-only]`.
+//! `cargo run --release --example engine_probe -- MODEL_PATH [--train-only | --gen-only] [--batches 1,8,32,64]`.
 
 use std::time::Instant;
 
@@ -18,7 +18,17 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let loaded = load(std::path::Path::new(&path), &Device::Cpu)?;
     println!("loaded {:?} in {:.2}s", loaded.config, t.elapsed().as_secs_f64());
-    let train_only = std::env::args().any(|a| a == "--train-only");
+    let args: Vec<String> = std::env::args().collect();
+    let train_only = args.iter().any(|a| a == "--train-only");
+    let gen_only = args.iter().any(|a| a == "--gen-only");
+    // `--batches 8,64`: the generation batch sizes (default 1,8,32,64).
+    let batches: Vec<usize> = match args.iter().position(|a| a == "--batches") {
+        Some(i) => args
+            .get(i + 1)
+            .map(|v| v.split(',').filter_map(|b| b.parse().ok()).collect())
+            .unwrap_or_default(),
+        None => vec![1, 8, 32, 64],
+    };
     memory("loaded");
     let model = BaseModel::new(loaded.config, loaded.weights, Device::Cpu)?;
     let (adapter, vars) = Adapter::init(
@@ -40,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let refs: Vec<&Example> = exs.iter().collect();
-    for round in 0..3 {
+    for round in 0..if gen_only { 0 } else { 3 } {
         let t = Instant::now();
         let (l, n, _) = packed_loss(
             &model,
@@ -67,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let prompt: Vec<u32> = (0..64).map(|i| (i * 13 % 3000 + 50) as u32).collect();
-    for b in [1usize, 8, 32, 64] {
+    for b in batches {
         let prompts = vec![prompt.clone(); b];
         let one = Sampling {
             max_tokens: 1,

@@ -10,6 +10,7 @@ pub mod chat_template;
 pub mod config;
 pub mod fetch;
 pub mod frozen;
+pub mod fused;
 pub mod generate;
 pub mod local;
 pub mod lora;

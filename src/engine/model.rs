@@ -2,14 +2,21 @@
 //! optional LoRA adapter, built only from differentiable candle ops.
 //!
 //! candle's fused kernels (`softmax_last_dim`, `rms_norm`, `rope`) record no
-//! backward pass, so gradients would silently stop at them; everything
-//! here is composed from ops that have one. The base's linear layers go
-//! through [`frozen_matmul`], which computes no gradient for the weight.
+//! backward pass, so gradients would silently stop at them. On the CPU the
+//! norms, head layout and rotary embedding, attention softmax and SwiGLU
+//! are this crate's own fused ops with a backward ([`super::fused`]); on
+//! other devices they are composed from candle ops that have one. The
+//! base's linear layers go through [`frozen_matmul`] (or, adapted and
+//! training on the CPU, [`lora_linear`]), which compute no gradient for
+//! the frozen weight.
+
+use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor};
 
 use super::config::ModelConfig;
 use super::frozen::{DropoutMask, frozen_matmul, lora_linear};
+use super::fused::{self, HeadLayout};
 use super::lora::Adapter;
 use super::weights::{Proj, Weights};
 use super::{EngineError, Result, rng::Rng};
@@ -87,6 +94,9 @@ pub struct Segments {
     scatter: Tensor,
     /// (B, 1, 1, L, L): causal within each sequence, padding masked.
     mask: Tensor,
+    /// `gather` and `scatter` on the host, for the fused CPU ops.
+    gather_rows: Arc<Vec<u32>>,
+    scatter_slots: Arc<Vec<u32>>,
     batch: usize,
     len: usize,
 }
@@ -113,9 +123,11 @@ impl Segments {
         }
         let n = scatter.len();
         Ok(Self {
-            gather: Tensor::from_vec(gather, batch * len, device)?,
-            scatter: Tensor::from_vec(scatter, n, device)?,
+            gather: Tensor::from_slice(&gather, batch * len, device)?,
+            scatter: Tensor::from_slice(&scatter, n, device)?,
             mask: Tensor::from_vec(mask, (batch, 1, 1, len, len), device)?,
+            gather_rows: Arc::new(gather),
+            scatter_slots: Arc::new(scatter),
             batch,
             len,
         })
@@ -256,18 +268,48 @@ impl BaseModel {
         }
         let scale = 1.0 / (hd as f64).sqrt();
         let track = train.is_some();
+        // The fused CPU ops' view of the attention layout.
+        let heads = if self.device.is_cpu() {
+            let (ab_al, hd_) = (ab * al, hd);
+            let host =
+                |t: &Tensor| -> Result<Arc<Vec<f32>>> { Ok(Arc::new(t.reshape(ab_al * hd_)?.to_vec1::<f32>()?)) };
+            Some(HeadLayout {
+                batch: ab,
+                len: al,
+                head_dim: hd,
+                gather: input.segments.map(|s| s.gather_rows.clone()),
+                scatter: input.segments.map(|s| s.scatter_slots.clone()),
+                cos: host(&cos)?,
+                sin: host(&sin)?,
+            })
+        } else {
+            None
+        };
+        let norm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            match heads {
+                Some(_) => Ok(fused::rms_norm(x, w, c.rms_norm_eps)?),
+                None => rms_norm_composed(x, w, c.rms_norm_eps),
+            }
+        };
         for i in 0..c.num_layers {
             let lw = &self.weights.layers[i];
-            let xn = rms_norm(&x, &lw.input_norm, c.rms_norm_eps)?;
-            let q = gather(self.linear(&xn, i, Proj::Q, adapter, &mut train)?)?;
-            let k = gather(self.linear(&xn, i, Proj::K, adapter, &mut train)?)?;
-            let v = gather(self.linear(&xn, i, Proj::V, adapter, &mut train)?)?;
-            let q = q.reshape((ab, al, h, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = k.reshape((ab, al, kvh, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = v.reshape((ab, al, kvh, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = rope(&q, &cos, &sin)?;
-            let mut k = rope(&k, &cos, &sin)?;
-            let mut v = v;
+            let xn = norm(&x, &lw.input_norm)?;
+            let q = self.linear(&xn, i, Proj::Q, adapter, &mut train)?;
+            let k = self.linear(&xn, i, Proj::K, adapter, &mut train)?;
+            let v = self.linear(&xn, i, Proj::V, adapter, &mut train)?;
+            let (q, mut k, mut v) = match &heads {
+                Some(hl) => (
+                    fused::to_heads(&q, h, hl, true)?,
+                    fused::to_heads(&k, kvh, hl, true)?,
+                    fused::to_heads(&v, kvh, hl, false)?,
+                ),
+                None => {
+                    let q = gather(q)?.reshape((ab, al, h, hd))?.transpose(1, 2)?.contiguous()?;
+                    let k = gather(k)?.reshape((ab, al, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+                    let v = gather(v)?.reshape((ab, al, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+                    (rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?, v)
+                }
+            };
             if !track {
                 // Inference keeps no autograd history (an adapter's
                 // variables would otherwise chain every step's graph
@@ -286,35 +328,46 @@ impl BaseModel {
             // Grouped-query attention without repeating K and V: the query
             // heads sharing a K/V head are stacked along the rows.
             let qg = q.reshape((ab, kvh, rep * al, hd))?;
-            let scores = (qg.matmul(&k.t()?)? * scale)?;
-            let scores = match mask {
-                Some(m) => scores.reshape((ab, kvh, rep, al, t))?.broadcast_add(m)?,
-                None => scores.reshape((ab, kvh, rep, al, t))?,
+            let scores = qg.matmul(&k.t()?)?;
+            let probs = match &heads {
+                Some(_) => fused::masked_softmax(&scores, mask, scale, al)?,
+                None => {
+                    let scores = (scores * scale)?.reshape((ab, kvh, rep, al, t))?;
+                    let scores = match mask {
+                        Some(m) => scores.broadcast_add(m)?,
+                        None => scores,
+                    };
+                    softmax(&scores)?.reshape((ab, kvh, rep * al, t))?
+                }
             };
-            let probs = softmax(&scores)?.reshape((ab, kvh, rep * al, t))?;
             let attn = probs.matmul(&v)?; // (B, kvh, rep*L, hd)
-            let attn = attn
-                .reshape((ab, h, al, hd))?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((ab * al, h * hd))?;
-            let attn = match input.segments {
-                Some(s) => attn.index_select(&s.scatter, 0)?,
-                None => attn,
+            let attn = attn.reshape((ab, h, al, hd))?;
+            let attn = match &heads {
+                Some(hl) => fused::from_heads(&attn, hl)?,
+                None => {
+                    let attn = attn.transpose(1, 2)?.contiguous()?.reshape((ab * al, h * hd))?;
+                    match input.segments {
+                        Some(s) => attn.index_select(&s.scatter, 0)?,
+                        None => attn,
+                    }
+                }
             };
             let o = self.linear(&attn, i, Proj::O, adapter, &mut train)?;
             x = (x + o)?;
-            let xn = rms_norm(&x, &lw.post_attention_norm, c.rms_norm_eps)?;
+            let xn = norm(&x, &lw.post_attention_norm)?;
             let gate = self.linear(&xn, i, Proj::Gate, adapter, &mut train)?;
             let up = self.linear(&xn, i, Proj::Up, adapter, &mut train)?;
-            let act = (gate.silu()? * up)?;
+            let act = match heads {
+                Some(_) => fused::silu_mul(&gate, &up)?,
+                None => (gate.silu()? * up)?,
+            };
             let down = self.linear(&act, i, Proj::Down, adapter, &mut train)?;
             x = (x + down)?;
             if !track {
                 x = x.detach();
             }
         }
-        rms_norm(&x, &self.weights.norm, c.rms_norm_eps)
+        norm(&x, &self.weights.norm)
     }
 
     /// Logits (N, vocab) for hidden rows (N, d).
@@ -368,7 +421,7 @@ pub fn padded_mask(valid: &[Vec<bool>], l: usize, device: &Device) -> Result<Ten
 }
 
 /// RMS norm from differentiable ops (candle's fused one has no backward).
-pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+pub fn rms_norm_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
@@ -391,7 +444,7 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Half-split rotary embedding (Hugging Face's `rotate_half`).
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let hd = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
     let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
