@@ -1,6 +1,6 @@
 //! Loads a model and times a forward pass, a LoRA training step and
 //! greedy decoding, with the process's resident memory after each stage:
-//! `cargo run --release --example engine_probe -- MODEL_PATH [--train-only | --gen-only] [--batches 1,8,32,64]`.
+//! `cargo run --release --example engine_probe -- MODEL_PATH [--train-only | --gen-only] [--rounds 3] [--batches 1,8,32,64] [--base]`.
 
 use std::time::Instant;
 
@@ -50,7 +50,11 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let refs: Vec<&Example> = exs.iter().collect();
-    for round in 0..if gen_only { 0 } else { 3 } {
+    let rounds: usize = match args.iter().position(|a| a == "--rounds") {
+        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(3),
+        None => 3,
+    };
+    for round in 0..if gen_only { 0 } else { rounds } {
         let t = Instant::now();
         let (l, n, _) = packed_loss(
             &model,
@@ -76,6 +80,8 @@ fn main() -> anyhow::Result<()> {
     if train_only {
         return Ok(());
     }
+    // `--base`: generate with the base model alone (no adapter).
+    let gen_adapter = (!args.iter().any(|a| a == "--base")).then_some(&adapter);
     let prompt: Vec<u32> = (0..64).map(|i| (i * 13 % 3000 + 50) as u32).collect();
     for b in batches {
         let prompts = vec![prompt.clone(); b];
@@ -86,7 +92,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         generate(
             &model,
-            Some(&adapter),
+            gen_adapter,
             &loaded.tokenizer,
             &prompts,
             &vec![one; b],
@@ -101,7 +107,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let out = generate(
             &model,
-            Some(&adapter),
+            gen_adapter,
             &loaded.tokenizer,
             &prompts,
             &vec![s; b],

@@ -5,8 +5,111 @@
 //! a frozen weight would cost a second matmul and a weight-sized gradient
 //! per layer per step. This op carries the weight inside itself, where the
 //! autograd graph cannot see it, and its `bwd` returns `grad @ W` alone.
+//!
+//! The CPU kernels call `gemm` (the crate candle itself uses) on the
+//! operands' own buffers through [`gemm_into`], accumulating into one output
+//! where candle's ops would allocate a tensor per intermediate and copy the
+//! op's input and output once more each.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use std::borrow::Cow;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, bail};
+
+use super::fused::{input, read};
+
+type R<T> = candle_core::Result<T>;
+
+/// A row-major matrix (`rows` x `cols`) used as a gemm operand, transposed
+/// when `t`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    t: bool,
+}
+
+impl<'a> Mat<'a> {
+    fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            t: false,
+        }
+    }
+
+    fn t(self) -> Self {
+        Mat { t: !self.t, ..self }
+    }
+
+    /// (rows, cols, row stride, column stride) of the operand as used.
+    fn shape(&self) -> (usize, usize, isize, isize) {
+        if self.t {
+            (self.cols, self.rows, 1, self.cols as isize)
+        } else {
+            (self.rows, self.cols, self.cols as isize, 1)
+        }
+    }
+}
+
+/// `dst = (dst if accumulate) + beta * lhs @ rhs` for a row-major `dst`, with
+/// candle's thread count. Shapes are checked; the gemm call itself is the only
+/// unsafe code.
+fn gemm_into(dst: &mut [f32], accumulate: bool, lhs: Mat<'_>, rhs: Mat<'_>, beta: f32) -> R<()> {
+    let (m, k, lhs_rs, lhs_cs) = lhs.shape();
+    let (k2, n, rhs_rs, rhs_cs) = rhs.shape();
+    if k != k2 || dst.len() != m * n || lhs.data.len() != lhs.rows * lhs.cols || rhs.data.len() != rhs.rows * rhs.cols {
+        bail!("gemm: ({m}, {k}) @ ({k2}, {n}) into {} elements", dst.len());
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return Ok(());
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the checks above make every pointer cover the matrix its
+    // dimensions and strides describe; `dst` is a unique borrow, so it
+    // aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.data.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    Ok(())
+}
+
+/// The (rows, cols) of a 2-D custom-op input.
+fn dims2(layout: &Layout) -> R<(usize, usize)> {
+    layout.shape().dims2()
+}
 
 struct FrozenMatmul {
     /// (out, in)
@@ -19,8 +122,14 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = tensor_of(storage, layout, "frozen-matmul input")?;
-        into_storage(&x.matmul(&self.w.t()?)?)
+        let x = input(storage, layout, "frozen-matmul input")?;
+        let (n, inp) = dims2(layout)?;
+        let (out, _) = self.w.dims2()?;
+        let mut y = vec![0f32; n * out];
+        read(&self.w, |w| {
+            gemm_into(&mut y, false, Mat::new(x, n, inp), Mat::new(w, out, inp).t(), 1.0)
+        })?;
+        Ok((CpuStorage::F32(y), (n, out).into()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -37,6 +146,53 @@ pub fn frozen_matmul(x: &Tensor, w: &Tensor, track: bool) -> candle_core::Result
         // On accelerators the weight gradient is computed and dropped.
         x.matmul(&w.detach().t()?)
     }
+}
+
+/// `x @ w.T + scale * (xd @ a.T) @ b.T` into one buffer, where `xd` is `x`
+/// after dropout (or `x` itself): `x` (n, in), `w` (out, in), `a` (r, in),
+/// `b` (out, r).
+#[allow(clippy::too_many_arguments)]
+fn lora_forward(
+    x: &[f32],
+    xd: &[f32],
+    w: &[f32],
+    a: &[f32],
+    b: &[f32],
+    n: usize,
+    out: usize,
+    scale: f32,
+) -> R<Vec<f32>> {
+    let inp = if n == 0 { 0 } else { x.len() / n };
+    let r = if inp == 0 { 0 } else { a.len() / inp };
+    let mut y = vec![0f32; n * out];
+    let mut low = vec![0f32; n * r];
+    gemm_into(&mut y, false, Mat::new(x, n, inp), Mat::new(w, out, inp).t(), 1.0)?;
+    gemm_into(&mut low, false, Mat::new(xd, n, inp), Mat::new(a, r, inp).t(), 1.0)?;
+    gemm_into(&mut y, true, Mat::new(&low, n, r), Mat::new(b, out, r).t(), scale)?;
+    Ok(y)
+}
+
+/// `x @ w.T + scale * (x @ a.T) @ b.T` for inference on the CPU (no
+/// autograd): `x` (n, in), frozen `w` (out, in), `a` (r, in), `b` (out, r).
+/// Three gemm calls write into one output buffer, where candle's ops would
+/// allocate the base output, the rank-r product, the delta, the scaled delta
+/// and their sum (a third of a batched decode step went to that).
+pub fn lora_infer(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> R<Tensor> {
+    let (n, inp) = x.dims2()?;
+    let (out, w_in) = w.dims2()?;
+    let (r, a_in) = a.dims2()?;
+    let (b_out, b_r) = b.dims2()?;
+    if w_in != inp || a_in != inp || b_out != out || b_r != r {
+        bail!("lora: x ({n}, {inp}), W ({out}, {w_in}), A ({r}, {a_in}), B ({b_out}, {b_r}) do not fit");
+    }
+    let y = read(x, |xs| {
+        read(w, |ws| {
+            read(a, |as_| {
+                read(b, |bs| lora_forward(xs, xs, ws, as_, bs, n, out, scale as f32))
+            })
+        })
+    })?;
+    Tensor::from_vec(y, (n, out), x.device())
 }
 
 /// Dropout on a LoRA input, kept as one bit per element: the f32 mask and the
@@ -67,13 +223,12 @@ impl DropoutMask {
         }
     }
 
-    /// `x * mask`, for a contiguous `x` of `len` elements.
-    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let data = x.flatten_all()?.to_vec1::<f32>()?;
+    /// `x * mask` for `x` of `len` elements.
+    fn apply(&self, data: &[f32]) -> R<Vec<f32>> {
         if data.len() != self.len {
-            candle_core::bail!("dropout mask: {} elements for a tensor of {}", self.len, data.len());
+            bail!("dropout mask: {} elements for a tensor of {}", self.len, data.len());
         }
-        let out: Vec<f32> = data
+        Ok(data
             .iter()
             .enumerate()
             .map(|(i, v)| {
@@ -83,8 +238,7 @@ impl DropoutMask {
                     0.0
                 }
             })
-            .collect();
-        Tensor::from_vec(out, x.shape(), x.device())
+            .collect())
     }
 }
 
@@ -104,36 +258,11 @@ struct LoraLinear {
 }
 
 impl LoraLinear {
-    fn dropped(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.mask {
-            Some(m) => m.apply(x),
-            None => Ok(x.clone()),
-        }
-    }
-}
-
-/// A custom op's CPU input as a tensor of its own (a copy of the contiguous f32 data).
-fn tensor_of(storage: &CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<Tensor> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{what}: f32 expected");
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Tensor::from_slice(&data[start..end], layout.shape(), &candle_core::Device::Cpu),
-        None => candle_core::bail!("{what}: contiguous data expected"),
-    }
-}
-
-/// A tensor computed inside a custom op, as the op's CPU output.
-fn into_storage(y: &Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
-    let y = y.contiguous()?;
-    let shape = y.shape().clone();
-    let (storage, layout) = y.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-        candle_core::bail!("custom op: f32 CPU output expected");
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok((CpuStorage::F32(data[start..end].to_vec()), shape)),
-        None => candle_core::bail!("custom op: contiguous output expected"),
+    fn dropped<'a>(&self, x: &'a [f32]) -> R<Cow<'a, [f32]>> {
+        Ok(match &self.mask {
+            Some(m) => Cow::Owned(m.apply(x)?),
+            None => Cow::Borrowed(x),
+        })
     }
 }
 
@@ -150,13 +279,23 @@ impl candle_core::CustomOp3 for LoraLinear {
         al: &Layout,
         bs: &CpuStorage,
         bl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = tensor_of(xs, xl, "lora-linear input")?;
-        let a = tensor_of(a_s, al, "lora-linear lora_A")?;
-        let b = tensor_of(bs, bl, "lora-linear lora_B")?;
-        let base = x.matmul(&self.w.t()?)?;
-        let delta = self.dropped(&x)?.matmul(&a.t()?)?.matmul(&b.t()?)?;
-        into_storage(&(base + (delta * self.scale)?)?)
+    ) -> R<(CpuStorage, Shape)> {
+        let x = input(xs, xl, "lora-linear input")?;
+        let a = input(a_s, al, "lora-linear lora_A")?;
+        let b = input(bs, bl, "lora-linear lora_B")?;
+        let (n, inp) = dims2(xl)?;
+        let (out, w_in) = self.w.dims2()?;
+        if dims2(al)?.1 != inp || w_in != inp || dims2(bl)? != (out, dims2(al)?.0) {
+            bail!(
+                "lora-linear: x {:?}, A {:?}, B {:?} do not fit W ({out}, {w_in})",
+                xl.dims(),
+                al.dims(),
+                bl.dims()
+            );
+        }
+        let xd = self.dropped(x)?;
+        let y = read(&self.w, |w| lora_forward(x, &xd, w, a, b, n, out, self.scale as f32))?;
+        Ok((CpuStorage::F32(y), (n, out).into()))
     }
 
     fn bwd(
@@ -166,15 +305,61 @@ impl candle_core::CustomOp3 for LoraLinear {
         b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (x, a, b, grad) = (x.detach(), a.detach(), b.detach(), grad.detach());
-        let xd = self.dropped(&x)?;
-        let low = xd.matmul(&a.t()?)?; // (n, r)
-        let grad_b = (grad.t()?.matmul(&low)? * self.scale)?; // (out, r)
-        let grad_low = (grad.matmul(&b)? * self.scale)?; // (n, r)
-        let grad_a = grad_low.t()?.matmul(&xd)?; // (r, in)
-        let grad_x = (grad.matmul(&self.w)? + self.dropped(&grad_low.matmul(&a)?)?)?;
-        Ok((Some(grad_x), Some(grad_a), Some(grad_b)))
+    ) -> R<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, inp) = x.dims2()?;
+        let (r, _) = a.dims2()?;
+        let (out, _) = b.dims2()?;
+        let scale = self.scale as f32;
+        let mut grad_x = vec![0f32; n * inp];
+        let mut grad_a = vec![0f32; r * inp];
+        let mut grad_b = vec![0f32; out * r];
+        read(x, |xs| {
+            read(a, |a| {
+                read(b, |b| {
+                    read(grad, |g| {
+                        read(&self.w, |w| {
+                            let xd = self.dropped(xs)?;
+                            let g = Mat::new(g, n, out);
+                            // low = xd @ A.T (n, r), recomputed rather than kept.
+                            let mut low = vec![0f32; n * r];
+                            gemm_into(&mut low, false, Mat::new(&xd, n, inp), Mat::new(a, r, inp).t(), 1.0)?;
+                            // dB = scale * g.T @ low; dlow = scale * g @ B; dA = dlow.T @ xd.
+                            gemm_into(&mut grad_b, false, g.t(), Mat::new(&low, n, r), scale)?;
+                            let mut grad_low = vec![0f32; n * r];
+                            gemm_into(&mut grad_low, false, g, Mat::new(b, out, r), scale)?;
+                            gemm_into(
+                                &mut grad_a,
+                                false,
+                                Mat::new(&grad_low, n, r).t(),
+                                Mat::new(&xd, n, inp),
+                                1.0,
+                            )?;
+                            // dx = g @ W + dropout(dlow @ A).
+                            gemm_into(&mut grad_x, false, g, Mat::new(w, out, inp), 1.0)?;
+                            match &self.mask {
+                                None => {
+                                    gemm_into(&mut grad_x, true, Mat::new(&grad_low, n, r), Mat::new(a, r, inp), 1.0)
+                                }
+                                Some(m) => {
+                                    let mut t = vec![0f32; n * inp];
+                                    gemm_into(&mut t, false, Mat::new(&grad_low, n, r), Mat::new(a, r, inp), 1.0)?;
+                                    for (d, v) in grad_x.iter_mut().zip(m.apply(&t)?) {
+                                        *d += v;
+                                    }
+                                    Ok(())
+                                }
+                            }
+                        })
+                    })
+                })
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(grad_x, (n, inp), dev)?),
+            Some(Tensor::from_vec(grad_a, (r, inp), dev)?),
+            Some(Tensor::from_vec(grad_b, (out, r), dev)?),
+        ))
     }
 }
 
@@ -246,8 +431,8 @@ mod tests {
 
             let xd = match &mask {
                 Some(m) => {
-                    let ones = Tensor::ones((n, d_in), DType::F32, &Device::Cpu).unwrap();
-                    x.as_tensor().mul(&m.apply(&ones).unwrap()).unwrap()
+                    let ones = Tensor::from_vec(m.apply(&vec![1f32; n * d_in]).unwrap(), (n, d_in), &Device::Cpu);
+                    x.as_tensor().mul(&ones.unwrap()).unwrap()
                 }
                 None => x.as_tensor().clone(),
             };
@@ -266,11 +451,33 @@ mod tests {
     }
 
     #[test]
+    fn lora_infer_matches_composed_ops() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (5, 12), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (7, 12), &dev).unwrap();
+        let a = Tensor::randn(0f32, 1.0, (3, 12), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (7, 3), &dev).unwrap();
+        let want = (x.matmul(&w.t().unwrap()).unwrap()
+            + (x.matmul(&a.t().unwrap()).unwrap().matmul(&b.t().unwrap()).unwrap() * 0.5).unwrap())
+        .unwrap();
+        let got = lora_infer(&x, &w, &a, &b, 0.5).unwrap();
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
+        assert!(lora_infer(&x, &w, &b, &b, 0.5).is_err());
+    }
+
+    #[test]
     fn dropout_masks_draw_once_per_element_and_scale_kept_values() {
         let mut draws = [0.1f32, 0.9, 0.5, 0.7].into_iter().cycle();
         let m = DropoutMask::sample(130, 0.6, || draws.next().unwrap());
-        let x = Tensor::ones((10, 13), DType::F32, &Device::Cpu).unwrap();
-        let v = m.apply(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let v = m.apply(&[1f32; 130]).unwrap();
         for (i, got) in v.iter().enumerate() {
             let want = if [0.1f32, 0.9, 0.5, 0.7][i % 4] < 0.6 {
                 1.0 / 0.6

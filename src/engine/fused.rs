@@ -17,11 +17,16 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor, bail};
+use rayon::prelude::*;
+
+/// Rows per parallel task of the row-wise ops (keeps rayon's overhead small
+/// next to the work).
+const MIN_ROWS: usize = 32;
 
 type R<T> = candle_core::Result<T>;
 
 /// A custom op's contiguous f32 CPU input.
-fn input<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R<&'a [f32]> {
+pub(crate) fn input<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
         bail!("{what}: f32 expected");
     };
@@ -32,7 +37,7 @@ fn input<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R<&'a [f32
 }
 
 /// Runs `f` on a tensor's f32 CPU data (a copy only if it is not contiguous).
-fn read<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> R<T>) -> R<T> {
+pub(crate) fn read<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> R<T>) -> R<T> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
@@ -70,12 +75,15 @@ impl CustomOp1 for RmsNorm {
             bail!("rms-norm: {} elements do not make rows of {d}", x.len());
         }
         let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-            let r = inv_rms(xr, self.eps);
-            for ((y, x), w) in yr.iter_mut().zip(xr).zip(self.w.iter()) {
-                *y = x * r * w;
-            }
-        }
+        y.par_chunks_exact_mut(d)
+            .zip(x.par_chunks_exact(d))
+            .with_min_len(MIN_ROWS)
+            .for_each(|(yr, xr)| {
+                let r = inv_rms(xr, self.eps);
+                for ((y, x), w) in yr.iter_mut().zip(xr).zip(self.w.iter()) {
+                    *y = x * r * w;
+                }
+            });
         out(y, layout.shape().clone())
     }
 
@@ -369,27 +377,31 @@ impl CustomOp1 for MaskedSoftmax {
             if m.is_some() && mb != 1 && mb != b {
                 bail!("softmax: a mask for {mb} rows, scores for {b}");
             }
-            for (r, (sr, yr)) in s.chunks_exact(t).zip(y.chunks_exact_mut(t)).enumerate() {
-                let mrow = m.map(|m| {
-                    let bb = if mb == 1 { 0 } else { r / per_batch };
-                    let o = (bb * self.len + r % self.len) * t;
-                    &m[o..o + t]
+            y.par_chunks_exact_mut(t)
+                .zip(s.par_chunks_exact(t))
+                .enumerate()
+                .with_min_len(MIN_ROWS)
+                .for_each(|(r, (yr, sr))| {
+                    let mrow = m.map(|m| {
+                        let bb = if mb == 1 { 0 } else { r / per_batch };
+                        let o = (bb * self.len + r % self.len) * t;
+                        &m[o..o + t]
+                    });
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, (yv, sv)) in yr.iter_mut().zip(sr).enumerate() {
+                        *yv = sv * self.scale + mrow.map_or(0.0, |m| m[j]);
+                        max = max.max(*yv);
+                    }
+                    let mut sum = 0f32;
+                    for yv in yr.iter_mut() {
+                        *yv = (*yv - max).exp();
+                        sum += *yv;
+                    }
+                    let inv = 1.0 / sum;
+                    for yv in yr.iter_mut() {
+                        *yv *= inv;
+                    }
                 });
-                let mut max = f32::NEG_INFINITY;
-                for (j, (yv, sv)) in yr.iter_mut().zip(sr).enumerate() {
-                    *yv = sv * self.scale + mrow.map_or(0.0, |m| m[j]);
-                    max = max.max(*yv);
-                }
-                let mut sum = 0f32;
-                for yv in yr.iter_mut() {
-                    *yv = (*yv - max).exp();
-                    sum += *yv;
-                }
-                let inv = 1.0 / sum;
-                for yv in yr.iter_mut() {
-                    *yv *= inv;
-                }
-            }
             Ok(())
         };
         match &self.mask {
@@ -404,12 +416,15 @@ impl CustomOp1 for MaskedSoftmax {
         let ds = read(res, |y| {
             read(grad, |g| {
                 let mut ds = vec![0f32; y.len()];
-                for ((yr, gr), dr) in y.chunks_exact(t).zip(g.chunks_exact(t)).zip(ds.chunks_exact_mut(t)) {
-                    let dot = yr.iter().zip(gr).map(|(y, g)| y * g).sum::<f32>();
-                    for ((d, y), g) in dr.iter_mut().zip(yr).zip(gr) {
-                        *d = self.scale * y * (g - dot);
-                    }
-                }
+                ds.par_chunks_exact_mut(t)
+                    .zip(y.par_chunks_exact(t).zip(g.par_chunks_exact(t)))
+                    .with_min_len(MIN_ROWS)
+                    .for_each(|(dr, (yr, gr))| {
+                        let dot = yr.iter().zip(gr).map(|(y, g)| y * g).sum::<f32>();
+                        for ((d, y), g) in dr.iter_mut().zip(yr).zip(gr) {
+                            *d = self.scale * y * (g - dot);
+                        }
+                    });
                 Ok(ds)
             })
         })?;
@@ -425,6 +440,119 @@ pub fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>, scale: f64, len: u
         mask: mask.map(Tensor::detach),
         len,
     })
+}
+
+// ------------------------------------------------- attention for decoding
+
+/// Attention of a few new query positions over a KV cache, for inference
+/// (no autograd): `q` (B, heads, L, hd) contiguous; `k`, `v` (B, kv_heads,
+/// T, hd) views with unit stride along hd (a cache's first T positions);
+/// `mask` (B or 1, 1, 1, L, T) additive. Returns (B, heads, L, hd).
+///
+/// With one or a few query rows per sequence, candle's batched matmul runs
+/// two tiny gemm calls per (sequence, kv head) and the softmax ops allocate
+/// five score arrays; here each query row is one pass over its keys and
+/// values, sequences split across threads.
+pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> R<Tensor> {
+    let (b, h, l, hd) = q.dims4()?;
+    let (kb, kvh, t, khd) = k.dims4()?;
+    if kb != b || khd != hd || v.dims4()? != (b, kvh, t, hd) || kvh == 0 || h % kvh != 0 {
+        bail!(
+            "decode attention: q {:?}, k {:?}, v {:?} do not fit",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let rep = h / kvh;
+    let scale = scale as f32;
+    let view = |x: &Tensor| -> R<(usize, [usize; 3])> {
+        let st = x.layout().stride();
+        if st[3] != 1 {
+            bail!("decode attention: keys and values need unit stride along head_dim");
+        }
+        Ok((x.layout().start_offset(), [st[0], st[1], st[2]]))
+    };
+    let (ko, ks) = view(k)?;
+    let (vo, vs) = view(v)?;
+    let (k_store, _) = k.storage_and_layout();
+    let (v_store, _) = v.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(kd)), Storage::Cpu(CpuStorage::F32(vd))) = (&*k_store, &*v_store) else {
+        bail!("decode attention: f32 CPU keys and values expected");
+    };
+    let last = |o: usize, s: [usize; 3]| o + (b - 1) * s[0] + (kvh - 1) * s[1] + (t - 1) * s[2] + hd;
+    if t > 0 && (last(ko, ks) > kd.len() || last(vo, vs) > vd.len()) {
+        bail!("decode attention: a key or value view runs past its storage");
+    }
+    let qc = q.contiguous()?;
+    let (q_store, q_layout) = qc.storage_and_layout();
+    let Storage::Cpu(qcpu) = &*q_store else {
+        bail!("decode attention: CPU queries expected");
+    };
+    let qs = input(qcpu, q_layout, "decode attention queries")?;
+    let mut y = vec![0f32; b * h * l * hd];
+    let mut run = |m: Option<&[f32]>| -> R<()> {
+        let mb = m.map_or(0, |m| m.len() / (l * t).max(1));
+        if m.is_some() && mb != 1 && mb != b {
+            bail!("decode attention: a mask for {mb} rows, {b} sequences");
+        }
+        y.par_chunks_mut(h * l * hd).enumerate().for_each(|(bb, yb)| {
+            let mut p = vec![0f32; t];
+            for hh in 0..h {
+                let g = hh / rep;
+                let kbase = ko + bb * ks[0] + g * ks[1];
+                let vbase = vo + bb * vs[0] + g * vs[1];
+                for i in 0..l {
+                    let qo = ((bb * h + hh) * l + i) * hd;
+                    let qv = &qs[qo..qo + hd];
+                    let mrow = m.map(|m| {
+                        let o = ((if mb == 1 { 0 } else { bb }) * l + i) * t;
+                        &m[o..o + t]
+                    });
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, pj) in p.iter_mut().enumerate() {
+                        let kv = &kd[kbase + j * ks[2]..kbase + j * ks[2] + hd];
+                        *pj = dot(qv, kv) * scale + mrow.map_or(0.0, |m| m[j]);
+                        max = max.max(*pj);
+                    }
+                    let mut sum = 0f32;
+                    for pj in p.iter_mut() {
+                        *pj = (*pj - max).exp();
+                        sum += *pj;
+                    }
+                    let inv = 1.0 / sum;
+                    let yo = (hh * l + i) * hd;
+                    let out = &mut yb[yo..yo + hd];
+                    for (j, pj) in p.iter().enumerate() {
+                        let vv = &vd[vbase + j * vs[2]..vbase + j * vs[2] + hd];
+                        let w = pj * inv;
+                        for (o, v) in out.iter_mut().zip(vv) {
+                            *o += w * v;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    };
+    match mask {
+        Some(m) => read(m, |m| run(Some(m)))?,
+        None => run(None)?,
+    }
+    Tensor::from_vec(y, (b, h, l, hd), q.device())
+}
+
+/// A dot product in 16 independent lanes (vectorizes; head_dim is 64 or 128).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 // ------------------------------------------------------------- SwiGLU
@@ -447,7 +575,12 @@ impl CustomOp2 for SiluMul {
         if g.len() != u.len() {
             bail!("silu-mul: gate {} and up {} elements", g.len(), u.len());
         }
-        let y = g.iter().zip(u).map(|(g, u)| g * sigmoid(*g) * u).collect();
+        let y = g
+            .par_iter()
+            .zip(u)
+            .with_min_len(4096)
+            .map(|(g, u)| g * sigmoid(*g) * u)
+            .collect();
         out(y, gl.shape().clone())
     }
 
@@ -457,11 +590,15 @@ impl CustomOp2 for SiluMul {
                 read(grad, |d| {
                     let mut dg = vec![0f32; g.len()];
                     let mut du = vec![0f32; g.len()];
-                    for i in 0..g.len() {
-                        let sg = sigmoid(g[i]);
-                        du[i] = d[i] * g[i] * sg;
-                        dg[i] = d[i] * u[i] * sg * (1.0 + g[i] * (1.0 - sg));
-                    }
+                    dg.par_iter_mut()
+                        .zip(du.par_iter_mut())
+                        .enumerate()
+                        .with_min_len(4096)
+                        .for_each(|(i, (dg, du))| {
+                            let sg = sigmoid(g[i]);
+                            *du = d[i] * g[i] * sg;
+                            *dg = d[i] * u[i] * sg * (1.0 + g[i] * (1.0 - sg));
+                        });
                     Ok((dg, du))
                 })
             })
@@ -652,5 +789,42 @@ mod tests {
                 .unwrap()
         };
         check(&a, |a| from_heads(a, &layout).unwrap(), back, 1e-6);
+    }
+
+    #[test]
+    fn decode_attention_matches_batched_matmuls_over_a_cache_view() {
+        let (b, h, kvh, l, hd, cap, t) = (2, 6, 2, 3, 8, 10, 7);
+        let q = randn(&[b, h, l, hd], 11).as_tensor().detach();
+        let k = randn(&[b, kvh, cap, hd], 12).as_tensor().narrow(2, 0, t).unwrap();
+        let v = randn(&[b, kvh, cap, hd], 13).as_tensor().narrow(2, 0, t).unwrap();
+        let mut m = vec![0f32; b * l * t];
+        for (i, x) in m.iter_mut().enumerate() {
+            if i % 4 == 1 {
+                *x = -1e9;
+            }
+        }
+        let mask = Tensor::from_vec(m, (b, 1, 1, l, t), &Device::Cpu).unwrap();
+        let composed = |mask: Option<&Tensor>| {
+            let rep = h / kvh;
+            let qg = q.reshape((b, kvh, rep * l, hd)).unwrap();
+            let s = (qg.matmul(&k.t().unwrap()).unwrap() * 0.3)
+                .unwrap()
+                .reshape((b, kvh, rep, l, t))
+                .unwrap();
+            let s = match mask {
+                Some(m) => s.broadcast_add(m).unwrap(),
+                None => s,
+            };
+            let p = model::softmax(&s).unwrap().reshape((b, kvh, rep * l, t)).unwrap();
+            p.matmul(&v).unwrap().reshape((b, h, l, hd)).unwrap()
+        };
+        for mask in [Some(&mask), None] {
+            let got = decode_attention(&q, &k, &v, mask, 0.3).unwrap();
+            assert!(
+                diff(&got, &composed(mask)) < 1e-5,
+                "differs by {}",
+                diff(&got, &composed(mask))
+            );
+        }
     }
 }

@@ -188,7 +188,7 @@ pub fn generate(
             text: String::new(),
         })
         .collect();
-    let mut cache = KvCache::default();
+    let mut cache = KvCache::with_capacity(longest + most_new);
     let hidden = step(model, adapter, &mut cache, ids, pos, &valid, longest)?;
     let last: Vec<u32> = (0..b).map(|r| (r * longest + longest - 1) as u32).collect();
     let mut logits = model.logits(&hidden.index_select(&Tensor::from_vec(last, b, dev)?, 0)?, false)?;

@@ -15,13 +15,16 @@ use std::sync::Arc;
 use candle_core::{D, DType, Device, Tensor};
 
 use super::config::ModelConfig;
-use super::frozen::{DropoutMask, frozen_matmul, lora_linear};
+use super::frozen::{DropoutMask, frozen_matmul, lora_infer, lora_linear};
 use super::fused::{self, HeadLayout};
 use super::lora::Adapter;
 use super::weights::{Proj, Weights};
 use super::{EngineError, Result, rng::Rng};
 
 const MASKED: f32 = -1e9;
+/// Up to this many new positions per sequence, inference attends with
+/// [`fused::decode_attention`] rather than batched matmuls.
+const DECODE_ROWS: usize = 16;
 
 /// A frozen base model: weights plus rotary tables.
 pub struct BaseModel {
@@ -32,23 +35,32 @@ pub struct BaseModel {
     pub device: Device,
 }
 
-/// Per-layer keys and values of the tokens seen so far: (B, kv_heads, T, head_dim).
+/// Per-layer keys and values of the tokens seen so far, in buffers of
+/// (B, kv_heads, capacity, head_dim) written in place: a decode step writes
+/// its new keys and values and attends over a view of the first `len`
+/// positions, instead of copying the whole cache into a longer tensor.
 #[derive(Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+    capacity: usize,
 }
 
 impl KvCache {
+    /// A cache that holds `capacity` positions before it has to grow.
+    pub fn with_capacity(capacity: usize) -> Self {
+        KvCache {
+            capacity,
+            ..Default::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dim(2).unwrap_or(0))
-            .unwrap_or(0)
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
     /// Keeps only the batch rows in `idx` (rows that finished leave).
@@ -58,6 +70,34 @@ impl KvCache {
             *v = v.index_select(idx, 0)?;
         }
         Ok(())
+    }
+
+    /// Appends layer `i`'s new keys and values (B, kv_heads, L, head_dim) at
+    /// position `past` and returns views of all `past + L` positions.
+    fn append(&mut self, i: usize, past: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, kvh, l, hd) = k.dims4()?;
+        let need = past + l;
+        let grow = match &self.layers[i] {
+            Some((ck, _)) => ck.dim(2)? < need,
+            None => true,
+        };
+        if grow {
+            let cap = need.max(self.capacity).max(2 * past);
+            let ck = Tensor::zeros((b, kvh, cap, hd), k.dtype(), k.device())?;
+            let cv = Tensor::zeros((b, kvh, cap, hd), v.dtype(), v.device())?;
+            if let Some((pk, pv)) = &self.layers[i] {
+                ck.slice_set(&pk.narrow(2, 0, past)?.contiguous()?, 2, 0)?;
+                cv.slice_set(&pv.narrow(2, 0, past)?.contiguous()?, 2, 0)?;
+            }
+            self.layers[i] = Some((ck, cv));
+        }
+        let (ck, cv) = self.layers[i].as_ref().expect("allocated above");
+        ck.slice_set(k, 2, past)?;
+        cv.slice_set(v, 2, past)?;
+        if i + 1 == self.layers.len() {
+            self.len = need;
+        }
+        Ok((ck.narrow(2, 0, need)?, cv.narrow(2, 0, need)?))
     }
 }
 
@@ -136,6 +176,7 @@ impl Segments {
 
 impl BaseModel {
     pub fn new(config: ModelConfig, weights: Weights, device: Device) -> Result<Self> {
+        crate::tune_allocator();
         let max_pos = config.max_position_embeddings.clamp(1, 32_768);
         let inv = config.inv_freq();
         let half = inv.len();
@@ -185,6 +226,15 @@ impl BaseModel {
                 DropoutMask::sample(x.elem_count(), keep, || t.rng.next_f32())
             });
             let y = lora_linear(x, &lin.w, a, bm, scale, mask)?;
+            return Ok(match &lin.b {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            });
+        }
+        if let (Some((a, bm, scale)), None) = (pair, train.as_ref())
+            && x.device().is_cpu()
+        {
+            let y = lora_infer(&x.contiguous()?, &lin.w, &a.detach(), &bm.detach(), scale)?;
             return Ok(match &lin.b {
                 Some(b) => y.broadcast_add(b)?,
                 None => y,
@@ -261,6 +311,9 @@ impl BaseModel {
                 None => t,
             })
         };
+        if cache.is_some() && train.is_some() {
+            return Err(EngineError::Data("a KV cache is for inference, not training".into()));
+        }
         if let Some(cache) = cache.as_deref_mut()
             && cache.layers.len() != c.num_layers
         {
@@ -318,30 +371,30 @@ impl BaseModel {
                 v = v.detach();
             }
             if let Some(cache) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = &cache.layers[i] {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
-                }
-                cache.layers[i] = Some((k.clone(), v.clone()));
+                (k, v) = cache.append(i, past, &k, &v)?;
             }
-            let t = k.dim(2)?;
-            // Grouped-query attention without repeating K and V: the query
-            // heads sharing a K/V head are stacked along the rows.
-            let qg = q.reshape((ab, kvh, rep * al, hd))?;
-            let scores = qg.matmul(&k.t()?)?;
-            let probs = match &heads {
-                Some(_) => fused::masked_softmax(&scores, mask, scale, al)?,
-                None => {
-                    let scores = (scores * scale)?.reshape((ab, kvh, rep, al, t))?;
-                    let scores = match mask {
-                        Some(m) => scores.broadcast_add(m)?,
-                        None => scores,
-                    };
-                    softmax(&scores)?.reshape((ab, kvh, rep * al, t))?
-                }
+            let attn = if heads.is_some() && !track && al <= DECODE_ROWS {
+                fused::decode_attention(&q, &k, &v, mask, scale)?
+            } else {
+                let t = k.dim(2)?;
+                // Grouped-query attention without repeating K and V: the query
+                // heads sharing a K/V head are stacked along the rows.
+                let qg = q.reshape((ab, kvh, rep * al, hd))?;
+                let scores = qg.matmul(&k.t()?)?;
+                let probs = match &heads {
+                    Some(_) => fused::masked_softmax(&scores, mask, scale, al)?,
+                    None => {
+                        let scores = (scores * scale)?.reshape((ab, kvh, rep, al, t))?;
+                        let scores = match mask {
+                            Some(m) => scores.broadcast_add(m)?,
+                            None => scores,
+                        };
+                        softmax(&scores)?.reshape((ab, kvh, rep * al, t))?
+                    }
+                };
+                let attn = probs.matmul(&v)?; // (B, kvh, rep*L, hd)
+                attn.reshape((ab, h, al, hd))?
             };
-            let attn = probs.matmul(&v)?; // (B, kvh, rep*L, hd)
-            let attn = attn.reshape((ab, h, al, hd))?;
             let attn = match &heads {
                 Some(hl) => fused::from_heads(&attn, hl)?,
                 None => {
