@@ -162,8 +162,8 @@ fn lora_forward(
     out: usize,
     scale: f32,
 ) -> R<Vec<f32>> {
-    let inp = if n == 0 { 0 } else { x.len() / n };
-    let r = if inp == 0 { 0 } else { a.len() / inp };
+    let inp = x.len().checked_div(n).unwrap_or(0);
+    let r = a.len().checked_div(inp).unwrap_or(0);
     let mut y = vec![0f32; n * out];
     let mut low = vec![0f32; n * r];
     gemm_into(&mut y, false, Mat::new(x, n, inp), Mat::new(w, out, inp).t(), 1.0)?;
@@ -386,7 +386,7 @@ pub fn lora_linear(
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Var};
+    use candle_core::{Device, Var};
 
     use super::*;
     use crate::engine::rng::Rng;
