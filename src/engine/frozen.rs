@@ -389,24 +389,12 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
+    use crate::engine::max_abs_diff as max_diff;
     use crate::engine::rng::Rng;
 
     fn random(rng: &mut Rng, shape: (usize, usize)) -> Tensor {
         let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.next_f32() - 0.5).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     #[test]
@@ -461,15 +449,7 @@ mod tests {
             + (x.matmul(&a.t().unwrap()).unwrap().matmul(&b.t().unwrap()).unwrap() * 0.5).unwrap())
         .unwrap();
         let got = lora_infer(&x, &w, &a, &b, 0.5).unwrap();
-        let d = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
+        assert!(max_diff(&got, &want) < 1e-4);
         assert!(lora_infer(&x, &w, &b, &b, 0.5).is_err());
     }
 

@@ -620,6 +620,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
+    use crate::engine::max_abs_diff as diff;
     use crate::engine::model;
 
     fn randn(shape: &[usize], seed: u64) -> Var {
@@ -627,21 +628,6 @@ mod tests {
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
         Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
-    }
-
-    /// Largest absolute difference between two tensors of one shape.
-    fn diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     /// Forward values and the gradient of `sum(y * probe)` agree between a
