@@ -5,7 +5,7 @@
 //! as the PyTorch + PEFT + TRL peer (../shared/peers/banking77).
 //!
 //! cargo run --release --example banking77 -- --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
-//!     [--time-limit-secs 900] [--epochs N] [--batch-size N] [--lr-multiplier X] [--out DIR]
+//!     [--time-limit-secs 900] [--epochs N] [--batch-size N] [--lr-multiplier X] [--out DIR] [--no-validation]
 //!
 //! Writes DIR/loss.csv (step, train loss, valid loss, seconds) and DIR/result.json.
 
@@ -173,11 +173,17 @@ fn main() -> anyhow::Result<()> {
         checkpoint_eval: None,
     };
     let train = encode_file(&base.tokenizer, &base.template, base.bos_id, &train_bytes, 2048)?;
-    // Validation loss on 60 held-out rows from the test file's tail.
+    // Validation loss on 60 held-out rows from the test file's tail
+    // (`--no-validation`: none, as the TRL peer runs).
+    let n_valid = if std::env::args().any(|a| a == "--no-validation") {
+        0
+    } else {
+        60
+    };
     let valid = encode_file(&base.tokenizer, &base.template, base.bos_id, &test_bytes, 2048)?
         .into_iter()
         .rev()
-        .take(60)
+        .take(n_valid)
         .collect::<Vec<_>>();
     let lora = job_lora(&spec).map_err(|v| anyhow::anyhow!("{v:?}"))?;
     let tcfg = LocalTrainerConfig::default();
@@ -230,6 +236,7 @@ fn main() -> anyhow::Result<()> {
         "steps": sink.rows.len(),
         "train_wall_s": train_s,
         "trained_tokens": trained_tokens,
+        "validation_rows": valid.len(),
         "train_tokens_per_s": trained_tokens as f64 / train_s,
         "base_correct": base_correct, "fine_tuned_correct": ft_correct, "n_test": test.len(),
         "base_accuracy": base_correct as f64 / test.len() as f64,
