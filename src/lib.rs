@@ -31,6 +31,10 @@ pub mod proto {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc v3's `mimalloc.h` (the sys crate
+/// names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 /// Lets mimalloc keep freed memory for a second before giving it back to the
 /// OS (its default is 10 ms). A training step frees and reallocates hundreds
 /// of megabytes of activations; returned at once, every page came back
@@ -38,9 +42,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// step's profile). Idempotent; the engine calls it when a model loads.
 pub fn tune_allocator() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    // `mi_option_purge_delay` in mimalloc v3's `mimalloc.h` (the sys crate
-    // names no constant for it).
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     ONCE.call_once(|| {
         // SAFETY: sets a documented option to a documented value; mimalloc
         // reads options atomically.
@@ -52,11 +53,12 @@ pub fn tune_allocator() {
 mod tests {
     #[test]
     fn the_allocator_purge_delay_is_set() {
-        // Run with MIMALLOC_PURGE_DELAY=777 to see that option 15 is the one
-        // that variable sets.
-        let before = unsafe { libmimalloc_sys::mi_option_get(15) };
+        use super::MI_OPTION_PURGE_DELAY;
+        // Run with MIMALLOC_PURGE_DELAY=777 to see that this option is the
+        // one that variable sets.
+        let before = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
         println!("purge delay before: {before}");
         super::tune_allocator();
-        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(15) }, 1000);
+        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }, 1000);
     }
 }

@@ -387,20 +387,10 @@ impl CustomOp1 for MaskedSoftmax {
                         let o = (bb * self.len + r % self.len) * t;
                         &m[o..o + t]
                     });
-                    let mut max = f32::NEG_INFINITY;
                     for (j, (yv, sv)) in yr.iter_mut().zip(sr).enumerate() {
                         *yv = sv * self.scale + mrow.map_or(0.0, |m| m[j]);
-                        max = max.max(*yv);
                     }
-                    let mut sum = 0f32;
-                    for yv in yr.iter_mut() {
-                        *yv = (*yv - max).exp();
-                        sum += *yv;
-                    }
-                    let inv = 1.0 / sum;
-                    for yv in yr.iter_mut() {
-                        *yv *= inv;
-                    }
+                    softmax_in_place(yr);
                 });
             Ok(())
         };
@@ -429,6 +419,20 @@ impl CustomOp1 for MaskedSoftmax {
             })
         })?;
         Ok(Some(Tensor::from_vec(ds, arg.shape(), arg.device())?))
+    }
+}
+
+/// Softmax of one row, in place (shifted by its maximum).
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
     }
 }
 
@@ -481,7 +485,7 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor
         bail!("decode attention: f32 CPU keys and values expected");
     };
     let last = |o: usize, s: [usize; 3]| o + (b - 1) * s[0] + (kvh - 1) * s[1] + (t - 1) * s[2] + hd;
-    if t > 0 && (last(ko, ks) > kd.len() || last(vo, vs) > vd.len()) {
+    if b > 0 && t > 0 && (last(ko, ks) > kd.len() || last(vo, vs) > vd.len()) {
         bail!("decode attention: a key or value view runs past its storage");
     }
     let qc = q.contiguous()?;
@@ -509,25 +513,17 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor
                         let o = ((if mb == 1 { 0 } else { bb }) * l + i) * t;
                         &m[o..o + t]
                     });
-                    let mut max = f32::NEG_INFINITY;
                     for (j, pj) in p.iter_mut().enumerate() {
                         let kv = &kd[kbase + j * ks[2]..kbase + j * ks[2] + hd];
                         *pj = dot(qv, kv) * scale + mrow.map_or(0.0, |m| m[j]);
-                        max = max.max(*pj);
                     }
-                    let mut sum = 0f32;
-                    for pj in p.iter_mut() {
-                        *pj = (*pj - max).exp();
-                        sum += *pj;
-                    }
-                    let inv = 1.0 / sum;
+                    softmax_in_place(&mut p);
                     let yo = (hh * l + i) * hd;
                     let out = &mut yb[yo..yo + hd];
                     for (j, pj) in p.iter().enumerate() {
                         let vv = &vd[vbase + j * vs[2]..vbase + j * vs[2] + hd];
-                        let w = pj * inv;
                         for (o, v) in out.iter_mut().zip(vv) {
-                            *o += w * v;
+                            *o += pj * v;
                         }
                     }
                 }
@@ -667,38 +663,25 @@ mod tests {
             }
         }
         let mask = Tensor::from_vec(m, (2, 1, 1, 4, 5), &Device::Cpu).unwrap();
-        let composed = |s: &Tensor| {
-            let s = (s * 0.125)
+        let composed = |s: &Tensor, mask: &Tensor, scale: f64| {
+            let s = (s * scale)
                 .unwrap()
                 .reshape((2, 2, 3, 4, 5))
                 .unwrap()
-                .broadcast_add(&mask)
+                .broadcast_add(mask)
                 .unwrap();
             model::softmax(&s).unwrap().reshape((2, 2, 12, 5)).unwrap()
         };
-        check(
-            &s,
-            |s| masked_softmax(s, Some(&mask), 0.125, 4).unwrap(),
-            composed,
-            1e-6,
-        );
-        // One mask for every batch row, and no mask.
+        // A mask per batch row, then one mask for every batch row, then none.
         let one = mask.narrow(0, 1, 1).unwrap().contiguous().unwrap();
-        let composed_one = |s: &Tensor| {
-            let s = (s * 0.5)
-                .unwrap()
-                .reshape((2, 2, 3, 4, 5))
-                .unwrap()
-                .broadcast_add(&one)
-                .unwrap();
-            model::softmax(&s).unwrap().reshape((2, 2, 12, 5)).unwrap()
-        };
-        check(
-            &s,
-            |s| masked_softmax(s, Some(&one), 0.5, 4).unwrap(),
-            composed_one,
-            1e-6,
-        );
+        for (m, scale) in [(&mask, 0.125), (&one, 0.5)] {
+            check(
+                &s,
+                |s| masked_softmax(s, Some(m), scale, 4).unwrap(),
+                |s| composed(s, m, scale),
+                1e-6,
+            );
+        }
         check(
             &s,
             |s| masked_softmax(s, None, 1.0, 4).unwrap(),

@@ -217,24 +217,20 @@ impl BaseModel {
         let lin = &self.weights.layers[layer].proj[proj as usize];
         let track = train.is_some();
         let pair = adapter.and_then(|ad| ad.pair(layer, proj));
-        if let (Some((a, bm, scale)), Some(t)) = (pair, train.as_mut())
+        if let Some((a, bm, scale)) = pair
             && x.device().is_cpu()
         {
-            // Training on the CPU: one autograd node per adapted projection.
-            let mask = (t.dropout > 0.0).then(|| {
-                let keep = 1.0 - t.dropout;
-                DropoutMask::sample(x.elem_count(), keep, || t.rng.next_f32())
-            });
-            let y = lora_linear(x, &lin.w, a, bm, scale, mask)?;
-            return Ok(match &lin.b {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            });
-        }
-        if let (Some((a, bm, scale)), None) = (pair, train.as_ref())
-            && x.device().is_cpu()
-        {
-            let y = lora_infer(&x.contiguous()?, &lin.w, &a.detach(), &bm.detach(), scale)?;
+            let y = match train.as_mut() {
+                // Training: one autograd node per adapted projection.
+                Some(t) => {
+                    let mask = (t.dropout > 0.0).then(|| {
+                        let keep = 1.0 - t.dropout;
+                        DropoutMask::sample(x.elem_count(), keep, || t.rng.next_f32())
+                    });
+                    lora_linear(x, &lin.w, a, bm, scale, mask)?
+                }
+                None => lora_infer(x, &lin.w, a, bm, scale)?,
+            };
             return Ok(match &lin.b {
                 Some(b) => y.broadcast_add(b)?,
                 None => y,

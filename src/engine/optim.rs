@@ -102,6 +102,7 @@ impl AdamW {
         Ok(())
     }
 
+    /// The moments, named for a checkpoint.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(self.m.len() * 2);
         for (i, (m, v)) in self.m.iter().zip(&self.v).enumerate() {
