@@ -38,15 +38,15 @@ def vm_hwm_mb(pid):
 
 
 def wait_serving(addr, deadline_s=30):
-    # The health check via the CLI-free path: a TCP connect succeeds once listening.
-    host, port = addr.split(":")
+    """Waits until the server answers an RPC. A TCP connect is not enough: the listener is bound
+    before start-up finishes (opening the store, loading the tokenizer's tables), and the kernel
+    accepts connections on its behalf meanwhile."""
     end = time.time() + deadline_s
     while time.time() < end:
-        try:
-            with socket.create_connection((host, int(port)), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
+        probe = subprocess.run([LATHE, "--addr", addr, "--json", "datasets", "list"], capture_output=True)
+        if probe.returncode == 0:
+            return
+        time.sleep(0.05)
     raise RuntimeError("server did not start")
 
 

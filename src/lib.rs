@@ -39,7 +39,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// OS (its default is 10 ms). A training step frees and reallocates hundreds
 /// of megabytes of activations; returned at once, every page came back
 /// zero-filled by the kernel on the next step (`clear_page` was 14% of a
-/// step's profile). Idempotent; the engine calls it when a model loads.
+/// step's profile); ingestion's per-block buffers did the same. Idempotent;
+/// the server calls it at start and the engine when a model loads.
 pub fn tune_allocator() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

@@ -56,6 +56,9 @@ pub async fn run_with(
     engine: Engine,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    crate::tune_allocator();
+    // The tokenizer's tables load while the store opens, not on the first upload.
+    let tokenizer = tokio::task::spawn_blocking(O200k::new);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let store = store::open(&config.database_url())
@@ -65,7 +68,7 @@ pub async fn run_with(
     let datasets = Arc::new(Datasets::new(
         store.clone(),
         blobs.clone(),
-        Arc::new(O200k::new()),
+        Arc::new(tokenizer.await.context("loading the tokenizer")?),
         config.dataset_limits(),
     ));
     datasets
