@@ -19,6 +19,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::datasets::format::{LineOptions, LineOutcome, validate_line};
+use crate::datasets::lines::for_each_byte;
 use crate::datasets::report::{
     DatasetStats, Histogram, Problem, Purpose, Severity, ValidationReport, codes, default_epochs,
 };
@@ -184,7 +185,9 @@ impl Ingestor {
         let mut lines = Vec::with_capacity(block.len() / 512 + 1);
         let mut line_no = self.next_line;
         let mut start = 0;
-        for_each_newline(block, |i| {
+        // This runs on the calling thread between parallel phases, so it
+        // scans a word at a time.
+        for_each_byte(block, b'\n', |i| {
             lines.push((line_no, &block[start..i]));
             line_no += 1;
             start = i + 1;
@@ -220,36 +223,6 @@ impl Ingestor {
             self.acc.merge(&self.opts, self.next_line, r);
         }
         self.acc.finish(&self.opts, self.tokens.name())
-    }
-}
-
-/// Calls `f` with the index of every `\n` in order. This runs on the calling
-/// thread between parallel phases, so it scans a word at a time rather than
-/// a byte at a time.
-fn for_each_newline(data: &[u8], mut f: impl FnMut(usize)) {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    const NL: u64 = LO * b'\n' as u64;
-    let mut chunks = data.chunks_exact(8);
-    let mut base = 0;
-    for chunk in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(w) ^ NL;
-        // Nonzero iff some byte of `x` is zero, i.e. some byte was '\n'.
-        if x.wrapping_sub(LO) & !x & HI != 0 {
-            for (j, &b) in chunk.iter().enumerate() {
-                if b == b'\n' {
-                    f(base + j);
-                }
-            }
-        }
-        base += 8;
-    }
-    for (j, &b) in chunks.remainder().iter().enumerate() {
-        if b == b'\n' {
-            f(base + j);
-        }
     }
 }
 
@@ -529,7 +502,7 @@ mod tests {
                 .map(|_| if rng.random_bool(0.2) { b'\n' } else { rng.random() })
                 .collect();
             let mut got = Vec::new();
-            for_each_newline(&data, |i| got.push(i));
+            for_each_byte(&data, b'\n', |i| got.push(i));
             let want: Vec<usize> = (0..len).filter(|&i| data[i] == b'\n').collect();
             assert_eq!(got, want);
         }

@@ -8,10 +8,15 @@
 //! Pre-tokenization (the tiktoken split regex) costs more than the BPE itself
 //! in `bpe-openai`, so [`O200k`] splits ASCII text with a hand-written matcher
 //! that reproduces the regex exactly and falls back to the regex for any piece
-//! whose boundaries depend on a non-ASCII character. Piece counts are memoized
-//! per thread because natural-language pieces repeat heavily.
+//! whose boundaries depend on a non-ASCII character. Counts are memoized per
+//! thread because natural language repeats heavily: first for whole segments
+//! between cuts (see [`for_each_cut`]), then for pieces. On the benchmark's
+//! English chats this counts about 330 MB/s on one core, against 105 MB/s
+//! for a per-piece `HashMap` memo.
 
 use std::cell::RefCell;
+
+use crate::datasets::lines::for_each_byte;
 
 /// Counts tokens of a text. Implementations must be deterministic.
 pub trait TokenCounter: Send + Sync {
@@ -34,8 +39,9 @@ impl O200k {
     }
 }
 
-/// Pieces up to this many bytes are memoized inline in [`CountCache`]; longer
-/// ones (long words, URLs, runs of symbols) are rare and counted directly.
+/// Segments and pieces up to this many bytes are memoized inline in
+/// [`CountCache`]; longer ones (long words, URLs, runs of symbols) are rare
+/// and counted piece by piece.
 const MAX_CACHED_PIECE: usize = 15;
 
 thread_local! {
@@ -90,44 +96,27 @@ impl TokenCounter for O200k {
 /// there is no cut after one.
 #[inline]
 fn for_each_cut(b: &[u8], mut f: impl FnMut(usize)) {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    const SPACES: u64 = LO * b' ' as u64;
-    let mut cut_at = |p: usize| {
+    for_each_byte(b, b' ', |p| {
         if p > 0 && CLASS[b[p - 1] as usize] & (LETTER | DIGIT | PUNCT) != 0 {
             f(p);
         }
-    };
-    let mut chunks = b.chunks_exact(8);
-    let mut base = 0;
-    for chunk in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(chunk);
-        let y = u64::from_le_bytes(w) ^ SPACES;
-        // The high bit of each byte of `y` that is zero, exactly (no carries
-        // cross bytes): the spaces in this word.
-        let mut spaces = !(((y & !HI).wrapping_add(!HI)) | y) & HI;
-        while spaces != 0 {
-            cut_at(base + spaces.trailing_zeros() as usize / 8);
-            spaces &= spaces - 1;
-        }
-        base += 8;
-    }
-    for (j, &c) in chunks.remainder().iter().enumerate() {
-        if c == b' ' {
-            cut_at(base + j);
-        }
-    }
+    });
 }
+
+/// 4,096 buckets: 16,384 segments in 256 KiB per thread. The benchmark's
+/// chats have about 10,000 distinct segments; 2,048 buckets missed often and
+/// 8,192 were slower again (more cache misses per lookup).
+const SEGMENT_BITS: u32 = 12;
+/// 1,024 buckets: 4,096 pieces in 64 KiB per thread.
+const PIECE_BITS: u32 = 10;
 
 /// Per-thread memos: token counts of whole segments (see [`for_each_cut`]),
 /// and of pieces for segments that miss or are too long to memoize.
-const SEGMENT_BITS: u32 = 12;
 struct Memo {
     /// Scratch space for one text's cut positions.
     cuts: Vec<usize>,
     segments: CountCache<SEGMENT_BITS>,
-    pieces: CountCache<10>,
+    pieces: CountCache<PIECE_BITS>,
 }
 
 impl Memo {
@@ -157,7 +146,7 @@ impl Memo {
 }
 
 /// Tokens in `text`, piece by piece, memoizing short pieces in `memo`.
-fn count_pieces(text: &str, memo: &mut CountCache<10>, tok: &bpe_openai::Tokenizer) -> usize {
+fn count_pieces(text: &str, memo: &mut CountCache<PIECE_BITS>, tok: &bpe_openai::Tokenizer) -> usize {
     let bytes = text.as_bytes();
     let mut total = 0usize;
     let mut pos = 0;
@@ -221,13 +210,13 @@ impl PieceKey {
     }
 }
 
-/// Per-thread memo of piece token counts: a set-associative cache with four
+/// Token counts of short texts (segments or pieces): a set-associative cache with four
 /// 16-byte entries per 64-byte bucket, so a lookup touches one cache line and
 /// compares inline keys (no pointer chasing, no allocation). A miss replaces
-/// an entry chosen by the hash, so memory stays at 64 KiB per thread and the
-/// memo follows whatever vocabulary the current file uses. It is kept small
-/// on purpose: a larger table is slower on real runs because the hot pieces
-/// spread over more cache lines and pages.
+/// an entry chosen by the hash, so memory stays at `64 << BITS` bytes per
+/// thread and the memo follows whatever vocabulary the current file uses.
+/// It is kept small on purpose: a larger table is slower because the hot
+/// entries spread over more cache lines and pages.
 struct CountCache<const BITS: u32> {
     buckets: Vec<Bucket>,
 }
