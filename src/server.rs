@@ -135,9 +135,10 @@ pub async fn run_with(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         // Uploads stream hundreds of MB over one call; HTTP/2's 64 KiB
-        // default windows would make each 256 KiB chunk wait for acks.
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
+        // default windows would make each 256 KiB chunk wait for acks. What
+        // a window admits waits in memory, so eight chunks, not more.
+        .initial_stream_window_size(Some(2 << 20))
+        .initial_connection_window_size(Some(8 << 20))
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection_v1)

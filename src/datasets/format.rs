@@ -128,26 +128,22 @@ impl<'a> Val<'a> {
     }
 
     /// Keys in first-seen order without duplicates (last value wins in `get`).
-    fn keys(&self) -> Vec<&str> {
+    fn keys(&self) -> impl Iterator<Item = &str> {
         let entries: &[(Cow<'a, str>, Val<'a>)] = match self {
             Val::Obj(e) => e,
             _ => &[],
         };
-        if entries.len() <= 16 {
-            // Cheaper than hashing for the small objects rows are made of.
-            return entries
-                .iter()
-                .enumerate()
-                .filter(|&(i, (k, _))| !entries[..i].iter().any(|(prev, _)| prev == k))
-                .map(|(_, (k, _))| k.as_ref())
-                .collect();
-        }
-        let mut seen = std::collections::HashSet::with_capacity(entries.len());
+        // Rows are made of small objects, where looking back is cheaper than
+        // hashing and allocates nothing; large ones get a set.
+        let mut seen = (entries.len() > 16).then(|| std::collections::HashSet::with_capacity(entries.len()));
         entries
             .iter()
-            .map(|(k, _)| k.as_ref())
-            .filter(|k| seen.insert(*k))
-            .collect()
+            .enumerate()
+            .filter(move |&(i, (k, _))| match &mut seen {
+                Some(seen) => seen.insert(k.as_ref()),
+                None => !entries[..i].iter().any(|(prev, _)| prev == k),
+            })
+            .map(|(_, (k, _))| k.as_ref())
     }
 
     fn hash_into(&self, h: &mut Fingerprinter) {
@@ -409,15 +405,55 @@ fn push_token(ptr: &mut String, token: &str) {
     }
 }
 
-fn child(ptr: &str, token: &str) -> String {
-    let mut p = String::with_capacity(ptr.len() + token.len() + 1);
-    p.push_str(ptr);
-    push_token(&mut p, token);
-    p
+/// A JSON pointer built lazily: validating a valid row names no field, so
+/// the path is only rendered when a problem is reported.
+#[derive(Clone, Copy)]
+enum Ptr<'p> {
+    Root,
+    Key(&'p Ptr<'p>, &'p str),
+    Index(&'p Ptr<'p>, usize),
 }
 
-fn index(ptr: &str, i: usize) -> String {
-    format!("{ptr}/{i}")
+const MESSAGES: Ptr<'static> = Ptr::Key(&Ptr::Root, "messages");
+const INPUT: Ptr<'static> = Ptr::Key(&Ptr::Root, "input");
+const INPUT_MESSAGES: Ptr<'static> = Ptr::Key(&INPUT, "messages");
+
+impl<'p> Ptr<'p> {
+    fn key(&'p self, token: &'p str) -> Ptr<'p> {
+        Ptr::Key(self, token)
+    }
+
+    fn at(&'p self, i: usize) -> Ptr<'p> {
+        Ptr::Index(self, i)
+    }
+
+    fn render(&self, out: &mut String) {
+        match *self {
+            Ptr::Root => {}
+            Ptr::Key(parent, token) => {
+                parent.render(out);
+                push_token(out, token);
+            }
+            Ptr::Index(parent, i) => {
+                parent.render(out);
+                let _ = write!(out, "/{i}");
+            }
+        }
+    }
+}
+
+impl From<&Ptr<'_>> for String {
+    fn from(p: &Ptr<'_>) -> String {
+        let mut s = String::new();
+        p.render(&mut s);
+        s
+    }
+}
+
+impl From<Ptr<'_>> for String {
+    fn from(p: Ptr<'_>) -> String {
+        String::from(&p)
+    }
 }
 
 /// Splits a pointer into unescaped reference tokens; `None` if malformed.
@@ -700,7 +736,7 @@ fn detect_wrong_purpose(c: &mut Checker<'_>, row: &Val<'_>) -> bool {
     }
     if purpose == Purpose::Sft {
         // RFT rows carry grader fields next to messages and end on a user turn.
-        let item_fields: Vec<&str> = row.keys().into_iter().filter(|k| !SFT_TOP_KEYS.contains(k)).collect();
+        let item_fields: Vec<&str> = row.keys().filter(|k| !SFT_TOP_KEYS.contains(k)).collect();
         if let Some(Val::Arr(msgs)) = row.get("messages") {
             let has_assistant = msgs
                 .iter()
@@ -732,12 +768,12 @@ fn quote_list(items: &[&str]) -> String {
 }
 
 /// The `messages` array, or a `missing_messages_list` error.
-fn messages_of<'v, 'a>(c: &mut Checker<'_>, obj: &'v Val<'a>, ptr: &str) -> Option<&'v [Val<'a>]> {
+fn messages_of<'v, 'a>(c: &mut Checker<'_>, obj: &'v Val<'a>, ptr: &Ptr<'_>) -> Option<&'v [Val<'a>]> {
     match obj.get("messages") {
         Some(Val::Arr(m)) if !m.is_empty() => Some(m),
         Some(Val::Arr(_)) => {
             c.err(
-                child(ptr, "messages"),
+                ptr.key("messages"),
                 codes::MISSING_MESSAGES_LIST,
                 "'messages' must be a non-empty array",
             );
@@ -745,18 +781,14 @@ fn messages_of<'v, 'a>(c: &mut Checker<'_>, obj: &'v Val<'a>, ptr: &str) -> Opti
         }
         Some(other) => {
             c.err(
-                child(ptr, "messages"),
+                ptr.key("messages"),
                 codes::MISSING_MESSAGES_LIST,
                 format!("'messages' must be an array, found {}", other.kind()),
             );
             None
         }
         None => {
-            c.err(
-                ptr.to_string(),
-                codes::MISSING_MESSAGES_LIST,
-                "row has no 'messages' list",
-            );
+            c.err(ptr, codes::MISSING_MESSAGES_LIST, "row has no 'messages' list");
             None
         }
     }
@@ -769,17 +801,17 @@ fn check_sft(c: &mut Checker<'_>, row: &Val<'_>) -> Option<ExampleStats> {
     for k in row.keys() {
         if !SFT_TOP_KEYS.contains(&k) {
             c.warn(
-                child("", k),
+                Ptr::Root.key(k),
                 codes::UNRECOGNIZED_KEY,
                 format!("unrecognized key '{k}' is ignored"),
             );
         }
     }
     let mut tokens = TOKENS_PER_EXAMPLE;
-    tokens += check_tools(c, row, "");
-    tokens += check_parallel_tool_calls(c, row, "");
+    tokens += check_tools(c, row, &Ptr::Root);
+    tokens += check_parallel_tool_calls(c, row, &Ptr::Root);
     tokens += check_functions(c, row);
-    let msgs = messages_of(c, row, "")?;
+    let msgs = messages_of(c, row, &Ptr::Root)?;
     let rules = MsgRules {
         roles: SFT_ROLES,
         images: true,
@@ -790,7 +822,7 @@ fn check_sft(c: &mut Checker<'_>, row: &Val<'_>) -> Option<ExampleStats> {
     };
     let (mut has_system, mut has_user, mut has_assistant, mut any_trained) = (false, false, false, false);
     for (i, m) in msgs.iter().enumerate() {
-        let info = check_message(c, m, &index("/messages", i), rules);
+        let info = check_message(c, m, &MESSAGES.at(i), rules);
         tokens += info.tokens;
         stats.image_parts += info.images;
         stats.has_tool_calls |= info.has_tool_calls;
@@ -859,7 +891,7 @@ fn check_token_limit(c: &mut Checker<'_>, tokens: u64) {
     }
 }
 
-fn check_message(c: &mut Checker<'_>, m: &Val<'_>, ptr: &str, rules: MsgRules) -> MsgInfo {
+fn check_message(c: &mut Checker<'_>, m: &Val<'_>, ptr: &Ptr<'_>, rules: MsgRules) -> MsgInfo {
     let mut info = MsgInfo::default();
     let Val::Obj(_) = m else {
         c.err(
@@ -886,7 +918,7 @@ fn check_message(c: &mut Checker<'_>, m: &Val<'_>, ptr: &str, rules: MsgRules) -
                     rules.roles.join(", ")
                 };
                 c.err(
-                    child(ptr, "role"),
+                    ptr.key("role"),
                     codes::UNRECOGNIZED_ROLE,
                     format!("role '{r}' is not one of {shown}"),
                 );
@@ -895,7 +927,7 @@ fn check_message(c: &mut Checker<'_>, m: &Val<'_>, ptr: &str, rules: MsgRules) -
         }
         Some(other) => {
             c.err(
-                child(ptr, "role"),
+                ptr.key("role"),
                 codes::INVALID_TYPE,
                 format!("'role' must be a string, found {}", other.kind()),
             );
@@ -908,7 +940,7 @@ fn check_message(c: &mut Checker<'_>, m: &Val<'_>, ptr: &str, rules: MsgRules) -
     for k in m.keys() {
         if !MESSAGE_KEYS.contains(&k) {
             c.err(
-                child(ptr, k),
+                ptr.key(k),
                 codes::MESSAGE_UNRECOGNIZED_KEY,
                 format!(
                     "message key '{k}' is not one of role, content, name, tool_calls, \
@@ -926,7 +958,7 @@ fn check_message(c: &mut Checker<'_>, m: &Val<'_>, ptr: &str, rules: MsgRules) -
             && r != want
         {
             c.err(
-                child(ptr, k),
+                ptr.key(k),
                 codes::MESSAGE_UNRECOGNIZED_KEY,
                 format!("'{k}' is only allowed on {want} messages, not {r}"),
             );
@@ -937,7 +969,7 @@ fn check_message(c: &mut Checker<'_>, m: &Val<'_>, ptr: &str, rules: MsgRules) -
         match name {
             Val::Str(s) => info.tokens += c.count(s) + TOKENS_PER_NAME,
             other => c.err(
-                child(ptr, "name"),
+                ptr.key("name"),
                 codes::INVALID_TYPE,
                 format!("'name' must be a string, found {}", other.kind()),
             ),
@@ -946,7 +978,7 @@ fn check_message(c: &mut Checker<'_>, m: &Val<'_>, ptr: &str, rules: MsgRules) -
 
     let mut has_call = false;
     if let Some(tc) = m.get("tool_calls") {
-        let tptr = child(ptr, "tool_calls");
+        let tptr = ptr.key("tool_calls");
         if check_tool_calls(c, tc, &tptr) {
             has_call = true;
             info.has_tool_calls = true;
@@ -954,7 +986,7 @@ fn check_message(c: &mut Checker<'_>, m: &Val<'_>, ptr: &str, rules: MsgRules) -
         info.tokens += c.count_json(tc);
     }
     if let Some(fc) = m.get("function_call") {
-        let fptr = child(ptr, "function_call");
+        let fptr = ptr.key("function_call");
         if check_function_call(c, fc, &fptr) {
             has_call = true;
             info.has_tool_calls = true;
@@ -971,7 +1003,7 @@ fn check_message(c: &mut Checker<'_>, m: &Val<'_>, ptr: &str, rules: MsgRules) -
             ),
             Some(Val::Str(s)) => info.tokens += c.count(s),
             Some(other) => c.err(
-                child(ptr, "tool_call_id"),
+                ptr.key("tool_call_id"),
                 codes::INVALID_TYPE,
                 format!("'tool_call_id' must be a string, found {}", other.kind()),
             ),
@@ -984,14 +1016,14 @@ fn check_message(c: &mut Checker<'_>, m: &Val<'_>, ptr: &str, rules: MsgRules) -
             Val::Num(n) if n.as_f64() == Some(0.0) => info.trained = false,
             Val::Num(n) if n.as_f64() == Some(1.0) => {}
             other => c.err(
-                child(ptr, "weight"),
+                ptr.key("weight"),
                 codes::INVALID_VALUE,
                 format!("'weight' must be 0 or 1, found {}", describe(other)),
             ),
         }
     }
 
-    let cptr = child(ptr, "content");
+    let cptr = ptr.key("content");
     match m.get("content") {
         None if has_call => {}
         None => c.err(ptr, codes::MESSAGE_MISSING_KEY, "message is missing 'content'"),
@@ -1016,7 +1048,7 @@ fn check_message(c: &mut Checker<'_>, m: &Val<'_>, ptr: &str, rules: MsgRules) -
         Some(Val::Arr(parts)) => {
             let images_ok = rules.images && role == Some("user");
             for (i, part) in parts.iter().enumerate() {
-                let pptr = index(&cptr, i);
+                let pptr = cptr.at(i);
                 let (t, img) = check_part(c, part, &pptr, images_ok, rules.images, role);
                 info.tokens += t;
                 info.images += img;
@@ -1054,7 +1086,7 @@ fn truncate_chars(s: &str, max: usize) -> Cow<'_, str> {
 fn check_part(
     c: &mut Checker<'_>,
     part: &Val<'_>,
-    ptr: &str,
+    ptr: &Ptr<'_>,
     images_ok: bool,
     images_in_format: bool,
     role: Option<&str>,
@@ -1071,7 +1103,7 @@ fn check_part(
         Some(Val::Str(t)) => t.as_ref(),
         Some(other) => {
             c.err(
-                child(ptr, "type"),
+                ptr.key("type"),
                 codes::INVALID_TYPE,
                 format!("content part 'type' must be a string, found {}", other.kind()),
             );
@@ -1087,7 +1119,7 @@ fn check_part(
         "image_url" => &["type", "image_url"],
         other => {
             c.err(
-                child(ptr, "type"),
+                ptr.key("type"),
                 codes::INVALID_VALUE,
                 format!(
                     "content part type '{other}' is not supported; only text and image_url \
@@ -1100,7 +1132,7 @@ fn check_part(
     for k in part.keys() {
         if !allowed.contains(&k) {
             c.err(
-                child(ptr, k),
+                ptr.key(k),
                 codes::MESSAGE_UNRECOGNIZED_KEY,
                 format!("'{k}' is not a key of a {ty} content part"),
             );
@@ -1111,7 +1143,7 @@ fn check_part(
             Some(Val::Str(s)) => (c.count(s), 0),
             Some(other) => {
                 c.err(
-                    child(ptr, "text"),
+                    ptr.key("text"),
                     codes::INVALID_TYPE,
                     format!("'text' must be a string, found {}", other.kind()),
                 );
@@ -1135,7 +1167,7 @@ fn check_part(
         c.err(ptr, codes::IMAGE_NOT_ALLOWED, why);
         return (0, 1);
     }
-    let iptr = child(ptr, "image_url");
+    let iptr = ptr.key("image_url");
     let Some(img) = part.get("image_url") else {
         c.err(ptr, codes::MISSING_KEY, "image_url content part is missing 'image_url'");
         return (0, 1);
@@ -1151,7 +1183,7 @@ fn check_part(
     for k in img.keys() {
         if k != "url" && k != "detail" {
             c.err(
-                child(&iptr, k),
+                iptr.key(k),
                 codes::MESSAGE_UNRECOGNIZED_KEY,
                 format!("'{k}' is not a key of image_url (url, detail)"),
             );
@@ -1161,7 +1193,7 @@ fn check_part(
         Some(Val::Str(u)) => {
             if !valid_image_url(u) {
                 c.err(
-                    child(&iptr, "url"),
+                    iptr.key("url"),
                     codes::INVALID_IMAGE_URL,
                     format!(
                         "image url must be http(s) or a base64 data URL of a JPEG, PNG or WEBP \
@@ -1172,17 +1204,17 @@ fn check_part(
             }
         }
         Some(other) => c.err(
-            child(&iptr, "url"),
+            iptr.key("url"),
             codes::INVALID_TYPE,
             format!("'url' must be a string, found {}", other.kind()),
         ),
-        None => c.err(iptr.clone(), codes::MISSING_KEY, "image_url is missing 'url'"),
+        None => c.err(iptr, codes::MISSING_KEY, "image_url is missing 'url'"),
     }
     if let Some(d) = img.get("detail")
         && !matches!(d.as_str(), Some("low" | "high" | "auto"))
     {
         c.err(
-            child(&iptr, "detail"),
+            iptr.key("detail"),
             codes::INVALID_VALUE,
             format!("'detail' must be low, high or auto, found {}", describe(d)),
         );
@@ -1209,7 +1241,7 @@ fn valid_image_url(u: &str) -> bool {
 }
 
 /// Returns whether the message really carries at least one call.
-fn check_tool_calls(c: &mut Checker<'_>, tc: &Val<'_>, ptr: &str) -> bool {
+fn check_tool_calls(c: &mut Checker<'_>, tc: &Val<'_>, ptr: &Ptr<'_>) -> bool {
     let Val::Arr(calls) = tc else {
         c.err(
             ptr,
@@ -1223,7 +1255,7 @@ fn check_tool_calls(c: &mut Checker<'_>, tc: &Val<'_>, ptr: &str) -> bool {
         return false;
     }
     for (i, call) in calls.iter().enumerate() {
-        let cp = index(ptr, i);
+        let cp = ptr.at(i);
         let Val::Obj(_) = call else {
             c.err(
                 cp,
@@ -1235,7 +1267,7 @@ fn check_tool_calls(c: &mut Checker<'_>, tc: &Val<'_>, ptr: &str) -> bool {
         for k in call.keys() {
             if !matches!(k, "id" | "type" | "function") {
                 c.err(
-                    child(&cp, k),
+                    cp.key(k),
                     codes::MESSAGE_UNRECOGNIZED_KEY,
                     format!("'{k}' is not a key of a tool call (id, type, function)"),
                 );
@@ -1245,28 +1277,24 @@ fn check_tool_calls(c: &mut Checker<'_>, tc: &Val<'_>, ptr: &str) -> bool {
         match call.get("type") {
             Some(Val::Str(t)) if t == "function" => {}
             Some(other) => c.err(
-                child(&cp, "type"),
+                cp.key("type"),
                 codes::INVALID_VALUE,
                 format!("tool call 'type' must be \"function\", found {}", describe(other)),
             ),
-            None => c.err(cp.clone(), codes::MESSAGE_MISSING_KEY, "tool call is missing 'type'"),
+            None => c.err(cp, codes::MESSAGE_MISSING_KEY, "tool call is missing 'type'"),
         }
         match call.get("function") {
             Some(f) => {
-                check_function_call(c, f, &child(&cp, "function"));
+                check_function_call(c, f, &cp.key("function"));
             }
-            None => c.err(
-                cp.clone(),
-                codes::MESSAGE_MISSING_KEY,
-                "tool call is missing 'function'",
-            ),
+            None => c.err(cp, codes::MESSAGE_MISSING_KEY, "tool call is missing 'function'"),
         }
     }
     true
 }
 
 /// `{name, arguments}` as in `tool_calls[].function` and `function_call`.
-fn check_function_call(c: &mut Checker<'_>, f: &Val<'_>, ptr: &str) -> bool {
+fn check_function_call(c: &mut Checker<'_>, f: &Val<'_>, ptr: &Ptr<'_>) -> bool {
     let Val::Obj(_) = f else {
         c.err(
             ptr,
@@ -1278,7 +1306,7 @@ fn check_function_call(c: &mut Checker<'_>, f: &Val<'_>, ptr: &str) -> bool {
     for k in f.keys() {
         if k != "name" && k != "arguments" {
             c.err(
-                child(ptr, k),
+                ptr.key(k),
                 codes::MESSAGE_UNRECOGNIZED_KEY,
                 format!("'{k}' is not a key of a function call (name, arguments)"),
             );
@@ -1289,14 +1317,14 @@ fn check_function_call(c: &mut Checker<'_>, f: &Val<'_>, ptr: &str) -> bool {
         Some(Val::Str(a)) => {
             if serde_json::from_str::<serde::de::IgnoredAny>(a).is_err() {
                 c.warn(
-                    child(ptr, "arguments"),
+                    ptr.key("arguments"),
                     codes::INVALID_TOOL_ARGUMENTS,
                     "'arguments' is not valid JSON",
                 );
             }
         }
         Some(other) => c.err(
-            child(ptr, "arguments"),
+            ptr.key("arguments"),
             codes::INVALID_TYPE,
             format!("'arguments' must be a string of JSON, found {}", other.kind()),
         ),
@@ -1305,11 +1333,11 @@ fn check_function_call(c: &mut Checker<'_>, f: &Val<'_>, ptr: &str) -> bool {
     true
 }
 
-fn require_str(c: &mut Checker<'_>, obj: &Val<'_>, ptr: &str, key: &str, what: &str) {
+fn require_str(c: &mut Checker<'_>, obj: &Val<'_>, ptr: &Ptr<'_>, key: &str, what: &str) {
     match obj.get(key) {
         Some(Val::Str(_)) => {}
         Some(other) => c.err(
-            child(ptr, key),
+            ptr.key(key),
             codes::INVALID_TYPE,
             format!("'{key}' must be a string, found {}", other.kind()),
         ),
@@ -1318,11 +1346,11 @@ fn require_str(c: &mut Checker<'_>, obj: &Val<'_>, ptr: &str, key: &str, what: &
 }
 
 /// Validates `tools` on `obj` and returns its token cost.
-fn check_tools(c: &mut Checker<'_>, obj: &Val<'_>, ptr: &str) -> u64 {
+fn check_tools(c: &mut Checker<'_>, obj: &Val<'_>, ptr: &Ptr<'_>) -> u64 {
     let Some(tools) = obj.get("tools") else {
         return 0;
     };
-    let tptr = child(ptr, "tools");
+    let tptr = ptr.key("tools");
     let Val::Arr(items) = tools else {
         c.err(
             tptr,
@@ -1332,7 +1360,7 @@ fn check_tools(c: &mut Checker<'_>, obj: &Val<'_>, ptr: &str) -> u64 {
         return 0;
     };
     for (i, t) in items.iter().enumerate() {
-        let p = index(&tptr, i);
+        let p = tptr.at(i);
         let Val::Obj(_) = t else {
             c.err(
                 p,
@@ -1344,34 +1372,34 @@ fn check_tools(c: &mut Checker<'_>, obj: &Val<'_>, ptr: &str) -> u64 {
         match t.get("type") {
             Some(Val::Str(s)) if s == "function" => {}
             Some(other) => c.err(
-                child(&p, "type"),
+                p.key("type"),
                 codes::INVALID_VALUE,
                 format!("tool 'type' must be \"function\", found {}", describe(other)),
             ),
-            None => c.err(p.clone(), codes::MISSING_KEY, "tool is missing 'type'"),
+            None => c.err(p, codes::MISSING_KEY, "tool is missing 'type'"),
         }
         for k in t.keys() {
             if k != "type" && k != "function" {
                 c.warn(
-                    child(&p, k),
+                    p.key(k),
                     codes::UNRECOGNIZED_KEY,
                     format!("unrecognized tool key '{k}' is ignored"),
                 );
             }
         }
         match t.get("function") {
-            Some(f) => check_function_def(c, f, &child(&p, "function")),
-            None => c.err(p.clone(), codes::MISSING_KEY, "tool is missing 'function'"),
+            Some(f) => check_function_def(c, f, &p.key("function")),
+            None => c.err(p, codes::MISSING_KEY, "tool is missing 'function'"),
         }
     }
     c.count_json(tools)
 }
 
-fn check_parallel_tool_calls(c: &mut Checker<'_>, obj: &Val<'_>, ptr: &str) -> u64 {
+fn check_parallel_tool_calls(c: &mut Checker<'_>, obj: &Val<'_>, ptr: &Ptr<'_>) -> u64 {
     match obj.get("parallel_tool_calls") {
         None | Some(Val::Bool(_)) => {}
         Some(other) => c.err(
-            child(ptr, "parallel_tool_calls"),
+            ptr.key("parallel_tool_calls"),
             codes::INVALID_TYPE,
             format!("'parallel_tool_calls' must be a boolean, found {}", other.kind()),
         ),
@@ -1400,13 +1428,13 @@ fn check_functions(c: &mut Checker<'_>, obj: &Val<'_>) -> u64 {
         );
     }
     for (i, f) in items.iter().enumerate() {
-        check_function_def(c, f, &index("/functions", i));
+        check_function_def(c, f, &Ptr::Root.key("functions").at(i));
     }
     c.count_json(fs)
 }
 
 /// `{name, description?, parameters?: object, strict?: bool}`.
-fn check_function_def(c: &mut Checker<'_>, f: &Val<'_>, ptr: &str) {
+fn check_function_def(c: &mut Checker<'_>, f: &Val<'_>, ptr: &Ptr<'_>) {
     let Val::Obj(_) = f else {
         c.err(
             ptr,
@@ -1418,7 +1446,7 @@ fn check_function_def(c: &mut Checker<'_>, f: &Val<'_>, ptr: &str) {
     match f.get("name") {
         Some(Val::Str(n)) if !n.is_empty() => {}
         Some(other) => c.err(
-            child(ptr, "name"),
+            ptr.key("name"),
             codes::INVALID_VALUE,
             format!("function 'name' must be a non-empty string, found {}", describe(other)),
         ),
@@ -1428,7 +1456,7 @@ fn check_function_def(c: &mut Checker<'_>, f: &Val<'_>, ptr: &str) {
         && d.as_str().is_none()
     {
         c.err(
-            child(ptr, "description"),
+            ptr.key("description"),
             codes::INVALID_TYPE,
             format!("'description' must be a string, found {}", d.kind()),
         );
@@ -1437,7 +1465,7 @@ fn check_function_def(c: &mut Checker<'_>, f: &Val<'_>, ptr: &str) {
         && !matches!(p, Val::Obj(_))
     {
         c.err(
-            child(ptr, "parameters"),
+            ptr.key("parameters"),
             codes::INVALID_TYPE,
             format!("'parameters' must be a JSON Schema object, found {}", p.kind()),
         );
@@ -1446,7 +1474,7 @@ fn check_function_def(c: &mut Checker<'_>, f: &Val<'_>, ptr: &str) {
         && !matches!(s, Val::Bool(_) | Val::Null)
     {
         c.err(
-            child(ptr, "strict"),
+            ptr.key("strict"),
             codes::INVALID_TYPE,
             format!("'strict' must be a boolean, found {}", s.kind()),
         );
@@ -1454,7 +1482,7 @@ fn check_function_def(c: &mut Checker<'_>, f: &Val<'_>, ptr: &str) {
     for k in f.keys() {
         if !matches!(k, "name" | "description" | "parameters" | "strict") {
             c.warn(
-                child(ptr, k),
+                ptr.key(k),
                 codes::UNRECOGNIZED_KEY,
                 format!("unrecognized function key '{k}' is ignored"),
             );
@@ -1469,7 +1497,7 @@ fn check_dpo(c: &mut Checker<'_>, row: &Val<'_>) -> Option<ExampleStats> {
     for k in row.keys() {
         if !matches!(k, "input" | "preferred_output" | "non_preferred_output") {
             c.warn(
-                child("", k),
+                Ptr::Root.key(k),
                 codes::UNRECOGNIZED_KEY,
                 format!("unrecognized key '{k}' is ignored"),
             );
@@ -1487,20 +1515,20 @@ fn check_dpo(c: &mut Checker<'_>, row: &Val<'_>) -> Option<ExampleStats> {
             for k in input.keys() {
                 if !matches!(k, "messages" | "tools" | "parallel_tool_calls") {
                     c.warn(
-                        child("/input", k),
+                        INPUT.key(k),
                         codes::UNRECOGNIZED_KEY,
                         format!("unrecognized input key '{k}' is ignored"),
                     );
                 }
             }
-            input_tokens += check_tools(c, input, "/input");
-            check_parallel_tool_calls(c, input, "/input");
-            if let Some(msgs) = messages_of(c, input, "/input") {
+            input_tokens += check_tools(c, input, &INPUT);
+            check_parallel_tool_calls(c, input, &INPUT);
+            if let Some(msgs) = messages_of(c, input, &INPUT) {
                 stats.messages += msgs.len() as u64;
                 let mut has_user = false;
                 let mut last_role = None;
                 for (i, m) in msgs.iter().enumerate() {
-                    let info = check_message(c, m, &index("/input/messages", i), text_only);
+                    let info = check_message(c, m, &INPUT_MESSAGES.at(i), text_only);
                     input_tokens += info.tokens;
                     stats.has_tool_calls |= info.has_tool_calls;
                     has_user |= info.role == Some("user");
@@ -1508,7 +1536,7 @@ fn check_dpo(c: &mut Checker<'_>, row: &Val<'_>) -> Option<ExampleStats> {
                 }
                 if last_role == Some("assistant") {
                     c.err(
-                        index("/input/messages", msgs.len() - 1),
+                        INPUT_MESSAGES.at(msgs.len() - 1),
                         codes::INVALID_VALUE,
                         "DPO input must not end with an assistant message; the preferred and \
                          non-preferred outputs are the final assistant turn",
@@ -1554,7 +1582,7 @@ fn check_dpo_output<'v, 'a>(
     key: &str,
     rules: MsgRules,
 ) -> Option<(&'v Val<'a>, u64)> {
-    let ptr = child("", key);
+    let ptr = Ptr::Root.key(key);
     let out = match row.get(key) {
         None => {
             c.err("", codes::MISSING_KEY, format!("row is missing '{key}'"));
@@ -1584,14 +1612,14 @@ fn check_dpo_output<'v, 'a>(
             return None;
         }
     };
-    let mptr = index(&ptr, 0);
+    let mptr = ptr.at(0);
     let before = c.errors;
     let info = check_message(c, out, &mptr, rules);
     if let Some(r) = info.role
         && r != "assistant"
     {
         c.err(
-            child(&mptr, "role"),
+            mptr.key("role"),
             codes::INVALID_VALUE,
             format!("'{key}' message must have role 'assistant', found '{r}'"),
         );
@@ -1603,8 +1631,8 @@ fn check_rft(c: &mut Checker<'_>, row: &Val<'_>) -> Option<ExampleStats> {
     if detect_wrong_purpose(c, row) {
         return None;
     }
-    let mut tokens = TOKENS_PER_EXAMPLE + check_tools(c, row, "");
-    let msgs = messages_of(c, row, "")?;
+    let mut tokens = TOKENS_PER_EXAMPLE + check_tools(c, row, &Ptr::Root);
+    let msgs = messages_of(c, row, &Ptr::Root)?;
     let rules = MsgRules {
         roles: RFT_ROLES,
         images: true,
@@ -1616,7 +1644,7 @@ fn check_rft(c: &mut Checker<'_>, row: &Val<'_>) -> Option<ExampleStats> {
     let mut has_user = false;
     let mut last_role = None;
     for (i, m) in msgs.iter().enumerate() {
-        let info = check_message(c, m, &index("/messages", i), rules);
+        let info = check_message(c, m, &MESSAGES.at(i), rules);
         tokens += info.tokens;
         stats.image_parts += info.images;
         stats.has_tool_calls |= info.has_tool_calls;
@@ -1625,7 +1653,7 @@ fn check_rft(c: &mut Checker<'_>, row: &Val<'_>) -> Option<ExampleStats> {
     }
     if last_role == Some("assistant") {
         c.warn(
-            index("/messages", msgs.len() - 1),
+            MESSAGES.at(msgs.len() - 1),
             codes::ENDS_WITH_ASSISTANT_MESSAGE,
             "the last message is an assistant message; RFT samples the assistant reply itself",
         );

@@ -147,9 +147,10 @@ impl Datasets {
             ))
         })?;
         let writer = self.blobs.writer().await?;
-        // Deep enough (16 MiB of 256 KiB chunks) that receiving, hashing and
-        // writing overlap with validating a block instead of waiting on it.
-        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        // Deep enough (4 MiB of 256 KiB chunks, two validation blocks) that
+        // receiving, hashing and writing overlap with validating a block; no
+        // deeper, because what waits here is memory the kernel had to zero.
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
         let mut ingestor = Ingestor::new(
             self.ingest_options(purpose, meta.label_field.clone()),
             self.tokens.clone(),
@@ -223,7 +224,7 @@ impl Datasets {
                     self.limits.max_upload_bytes
                 )));
             }
-            if let Err(e) = writer.write(&chunk).await {
+            if let Err(e) = writer.put(chunk.clone()).await {
                 writer.abort().await;
                 return Err(e.into());
             }
