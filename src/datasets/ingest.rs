@@ -98,6 +98,9 @@ pub struct Ingestor {
     /// Line number of the first line in `buf`.
     next_line: u64,
     skipping: Option<Skipping>,
+    /// The last validated block's results, in line order; merged into `acc`
+    /// while the next block validates.
+    pending: Vec<(u64, LineResult)>,
     acc: Accumulator,
 }
 
@@ -123,6 +126,7 @@ impl Ingestor {
             scanned: 0,
             next_line: 1,
             skipping: None,
+            pending: Vec::new(),
             acc: Accumulator::default(),
         }
     }
@@ -143,6 +147,7 @@ impl Ingestor {
                 };
                 let (line, len) = (skip.line, skip.len());
                 self.skipping = None;
+                self.merge_pending();
                 self.acc.merge(&self.opts, line, LineResult::TooLong(len));
                 self.next_line = line + 1;
                 rest = &rest[nl + 1..];
@@ -171,7 +176,9 @@ impl Ingestor {
         }
     }
 
-    /// Validates everything up to the last newline in `buf`.
+    /// Validates everything up to the last newline in `buf`, and meanwhile
+    /// merges the previous block's results, so the serial parts of a block
+    /// (finding its lines, merging its results) overlap parallel work.
     fn process_complete_lines(&mut self) {
         let Some(last_nl) = self.buf[self.scanned..]
             .iter()
@@ -182,39 +189,34 @@ impl Ingestor {
             return;
         };
         let block = &self.buf[..=last_nl];
-        let mut lines = Vec::with_capacity(block.len() / 512 + 1);
-        let mut line_no = self.next_line;
-        let mut start = 0;
-        // This runs on the calling thread between parallel phases, so it
-        // scans a word at a time.
-        for_each_byte(block, b'\n', |i| {
-            lines.push((line_no, &block[start..i]));
-            line_no += 1;
-            start = i + 1;
-        });
-        let results = self.validate_lines(&lines);
-        for ((no, _), r) in lines.iter().zip(results) {
-            self.acc.merge(&self.opts, *no, r);
-        }
-        self.next_line = line_no;
+        let (opts, tokens) = (&self.opts, self.tokens.as_ref());
+        let (acc, mut pending) = (&mut self.acc, std::mem::take(&mut self.pending));
+        let first_line = self.next_line;
+        let ((), (results, next_line)) = rayon::join(
+            move || {
+                for (no, r) in pending.drain(..) {
+                    acc.merge(opts, no, r);
+                }
+            },
+            move || validate_block(opts, tokens, block, first_line),
+        );
+        self.pending = results;
+        self.next_line = next_line;
         self.buf.drain(..=last_nl);
         self.scanned = self.buf.len();
     }
 
-    fn validate_lines(&self, lines: &[(u64, &[u8])]) -> Vec<LineResult> {
-        let opts = &self.opts;
-        let tokens: &dyn TokenCounter = self.tokens.as_ref();
-        lines
-            .par_iter()
-            .with_min_len(4)
-            .map(|&(no, line)| classify(opts, tokens, no, line, false))
-            .collect()
+    fn merge_pending(&mut self) {
+        for (no, r) in self.pending.drain(..) {
+            self.acc.merge(&self.opts, no, r);
+        }
     }
 
     /// Validates the remaining bytes and returns the report and statistics.
     pub fn finish(mut self) -> (ValidationReport, DatasetStats) {
         self.scanned = 0;
         self.process_complete_lines();
+        self.merge_pending();
         if let Some(skip) = self.skipping.take() {
             self.acc.merge(&self.opts, skip.line, LineResult::TooLong(skip.len()));
         } else if !self.buf.is_empty() {
@@ -224,6 +226,32 @@ impl Ingestor {
         }
         self.acc.finish(&self.opts, self.tokens.name())
     }
+}
+
+/// Splits `block` (whole lines, the first numbered `first_line`) and
+/// validates its lines in parallel; returns the results in line order and the
+/// number of the line after the block.
+fn validate_block(
+    opts: &IngestOptions,
+    tokens: &dyn TokenCounter,
+    block: &[u8],
+    first_line: u64,
+) -> (Vec<(u64, LineResult)>, u64) {
+    let mut lines = Vec::with_capacity(block.len() / 512 + 1);
+    let mut line_no = first_line;
+    let mut start = 0;
+    // The one serial scan of the block, a word at a time.
+    for_each_byte(block, b'\n', |i| {
+        lines.push((line_no, &block[start..i]));
+        line_no += 1;
+        start = i + 1;
+    });
+    let results = lines
+        .par_iter()
+        .with_min_len(4)
+        .map(|&(no, line)| (no, classify(opts, tokens, no, line, false)))
+        .collect();
+    (results, line_no)
 }
 
 fn classify(

@@ -132,16 +132,19 @@ impl Memo {
     /// Tokens in `text[start..end]`, a segment between two cuts.
     #[inline]
     fn segment(&mut self, text: &str, start: usize, end: usize, tok: &bpe_openai::Tokenizer) -> usize {
-        let len = end - start;
-        let Some(segment) = text.get(start..end) else {
-            return 0;
-        };
+        let len = end.wrapping_sub(start);
         let pieces = &mut self.pieces;
-        if (1..=MAX_CACHED_PIECE).contains(&len) {
+        // The text is sliced (and its char boundaries checked) only on a
+        // miss; a hit needs just the bytes of the key.
+        let count = |pieces: &mut CountCache<PIECE_BITS>| {
+            text.get(start..end)
+                .map_or(0, |segment| count_pieces(segment, pieces, tok))
+        };
+        if (1..=MAX_CACHED_PIECE).contains(&len) && end <= text.len() {
             let key = PieceKey::load(text.as_bytes(), start, len);
-            self.segments.get_or_insert(key, || count_pieces(segment, pieces, tok)) as usize
+            self.segments.get_or_insert(key, || count(pieces)) as usize
         } else {
-            count_pieces(segment, pieces, tok)
+            count(pieces)
         }
     }
 }
