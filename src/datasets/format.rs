@@ -372,7 +372,16 @@ pub(crate) enum ParseError {
     Json(serde_json::Error),
 }
 
+/// Parses one line: the fast parser for what it accepts (nearly every row),
+/// serde_json for the rest and for the wording of every error.
 pub(crate) fn parse_val(text: &str, max_depth: usize) -> Result<Val<'_>, ParseError> {
+    match super::json::parse(text, max_depth) {
+        Some(v) => Ok(v),
+        None => parse_val_serde(text, max_depth),
+    }
+}
+
+pub(super) fn parse_val_serde(text: &str, max_depth: usize) -> Result<Val<'_>, ParseError> {
     let too_deep = Cell::new(false);
     let seed = ValSeed {
         depth: 0,

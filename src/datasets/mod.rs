@@ -3,6 +3,7 @@
 //!
 //! - [`format`](mod@format): per-line rules for each [`Purpose`] (SFT chat, DPO, RFT, eval).
 //! - [`ingest`]: chunked, parallel, bounded-memory driver ([`Ingestor`]).
+//! - `json`: the fast JSON parser for rows (serde_json words the errors).
 //! - [`tokens`]: token counting (tiktoken `o200k_base`, exact).
 //! - [`report`]: the report and statistics types, stored as JSON.
 //! - [`manager`]: the dataset service (upload, list, get, delete, download, split).
@@ -50,6 +51,7 @@
 
 pub mod format;
 pub mod ingest;
+mod json;
 pub mod lines;
 pub mod manager;
 pub mod model;
