@@ -6,7 +6,8 @@
 //! depend on chunking or thread timing.
 //!
 //! Memory: the block buffer (at most `BLOCK_BYTES` plus one line of at most
-//! `max_line_bytes`; longer lines are discarded while streaming), histograms
+//! `max_line_bytes`; longer lines are discarded while streaming), one block's
+//! results waiting to be merged while the next validates, histograms
 //! keyed by distinct values, at most [`MAX_DISTINCT_LABELS`] labels, and for
 //! duplicate detection one 128-bit fingerprint plus a line number per valid
 //! row (about 32 bytes per row).
