@@ -79,74 +79,71 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// Same depth rule as serde's path: a container at depth `max_depth` is
-    /// one too many.
     fn array(&mut self, depth: usize) -> Option<Val<'a>> {
-        if depth >= self.max_depth {
-            return None;
-        }
-        self.i += 1;
-        self.ws();
         let mut items = Vec::new();
-        if self.peek()? == b']' {
-            self.i += 1;
-            return Some(Val::Arr(items));
-        }
-        loop {
-            items.push(self.value(depth + 1)?);
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
+        if !self.open(depth, b']')? {
+            loop {
+                items.push(self.value(depth + 1)?);
+                if self.next(b']')? {
+                    break;
                 }
-                b']' => {
-                    self.i += 1;
-                    return Some(Val::Arr(items));
-                }
-                _ => return None,
             }
         }
+        Some(Val::Arr(items))
     }
 
     fn object(&mut self, depth: usize) -> Option<Val<'a>> {
+        let mut entries = Vec::new();
+        if !self.open(depth, b'}')? {
+            loop {
+                if self.peek()? != b'"' {
+                    return None;
+                }
+                self.i += 1;
+                let key = self.string()?;
+                self.ws();
+                if self.peek()? != b':' {
+                    return None;
+                }
+                self.i += 1;
+                self.ws();
+                entries.push((key, self.value(depth + 1)?));
+                if self.next(b'}')? {
+                    break;
+                }
+            }
+        }
+        Some(Val::Obj(entries))
+    }
+
+    /// Consumes a container's opening byte and the whitespace after it;
+    /// `Some(true)` if `close` follows at once (and is consumed). Same depth
+    /// rule as serde's path: a container at depth `max_depth` is one too many.
+    fn open(&mut self, depth: usize, close: u8) -> Option<bool> {
         if depth >= self.max_depth {
             return None;
         }
         self.i += 1;
         self.ws();
-        let mut entries = Vec::new();
-        if self.peek()? == b'}' {
-            self.i += 1;
-            return Some(Val::Obj(entries));
+        let empty = self.peek()? == close;
+        self.i += usize::from(empty);
+        Some(empty)
+    }
+
+    /// After an element: `Some(true)` at `close` (consumed), `Some(false)`
+    /// after a comma and the whitespace that follows it.
+    fn next(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let c = self.peek()?;
+        if c != b',' && c != close {
+            return None;
         }
-        loop {
-            if self.peek()? != b'"' {
-                return None;
-            }
-            self.i += 1;
-            let key = self.string()?;
-            self.ws();
-            if self.peek()? != b':' {
-                return None;
-            }
-            self.i += 1;
-            self.ws();
-            let v = self.value(depth + 1)?;
-            entries.push((key, v));
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b'}' => {
-                    self.i += 1;
-                    return Some(Val::Obj(entries));
-                }
-                _ => return None,
-            }
+        self.i += 1;
+        if c == close {
+            return Some(true);
         }
+        self.ws();
+        Some(false)
     }
 
     /// The rest of a string whose opening quote is consumed.
