@@ -115,3 +115,56 @@ impl ServeConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ServeConfig;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        config: ServeConfig,
+    }
+
+    /// `lathe serve` with no flags: the embedded default the README promises.
+    /// (The environment variables are checked against the real binary in
+    /// tests/server.rs, where setting them cannot leak into other tests.)
+    #[test]
+    fn no_flags_is_the_embedded_default() {
+        let c = Serve::try_parse_from(["serve"]).unwrap().config;
+        assert_eq!(c.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(c.data_dir, std::path::PathBuf::from("./lathe-data"));
+        assert_eq!(c.database_url(), "sqlite://./lathe-data/lathe.db");
+        assert_eq!(c.blob_dir(), std::path::PathBuf::from("./lathe-data/blobs"));
+        assert_eq!(c.max_upload_bytes, 512 << 20);
+        assert!(!c.log_json);
+    }
+
+    #[test]
+    fn flags_override_the_defaults() {
+        let c = Serve::try_parse_from([
+            "serve",
+            "--listen",
+            "0.0.0.0:6000",
+            "--data-dir",
+            "/srv/lathe",
+            "--database-url",
+            "postgres://db/lathe",
+            "--max-upload-bytes",
+            "1000",
+            "--max-line-bytes",
+            "2000",
+            "--log-json",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(c.listen, "0.0.0.0:6000".parse().unwrap());
+        assert_eq!(c.blob_dir(), std::path::PathBuf::from("/srv/lathe/blobs"));
+        assert_eq!(c.database_url(), "postgres://db/lathe");
+        assert_eq!(c.dataset_limits().max_upload_bytes, 1000);
+        assert_eq!(c.dataset_limits().max_line_bytes, 2000);
+        assert!(c.log_json);
+        assert!(Serve::try_parse_from(["serve", "--listen", "nowhere"]).is_err());
+    }
+}

@@ -35,6 +35,9 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The client streams uploads too: it should reuse its buffers' pages
+    // rather than hand them back to the kernel between chunks.
+    lathe::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(config) => {

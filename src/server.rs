@@ -117,7 +117,7 @@ pub async fn run_with(
     let eval_runner = crate::evals::runner::spawn(evals.clone(), stop_scheduler.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<DatasetServiceServer<DatasetApi>>().await;
+    set_health(&health, tonic_health::ServingStatus::Serving).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -151,7 +151,7 @@ pub async fn run_with(
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests; letting in-flight ones finish");
-            health.set_not_serving::<DatasetServiceServer<DatasetApi>>().await;
+            set_health(&health, tonic_health::ServingStatus::NotServing).await;
             let _ = stop_tx.send(());
             // Running jobs stop at a step boundary and go back to the queue;
             // eval runs drop their in-flight items and go back to the queue.
@@ -182,4 +182,20 @@ pub async fn run_with(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reports `status` for the server as a whole ("") and for each of the
+/// five services by name, so a probe of any of them gets an answer.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: tonic_health::ServingStatus) {
+    use tonic::server::NamedService;
+    for name in [
+        "",
+        <DatasetServiceServer<DatasetApi> as NamedService>::NAME,
+        <FineTuningServiceServer<FineTuningApi> as NamedService>::NAME,
+        <ModelServiceServer<ModelApi> as NamedService>::NAME,
+        <GraderServiceServer<GraderApi> as NamedService>::NAME,
+        <EvalServiceServer<EvalApi> as NamedService>::NAME,
+    ] {
+        health.set_service_status(name, status).await;
+    }
 }

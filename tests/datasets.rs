@@ -303,20 +303,52 @@ async fn size_limit_is_resource_exhausted_and_leaves_nothing() {
 #[tokio::test]
 async fn upload_cut_off_midway_leaves_no_dataset_and_no_blob() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+    // One upload at a time, and small: a probe upload then tells whether
+    // the first one is inside the server (holding the only upload slot).
+    let mut config = lathe::config::ServeConfig::embedded(dir.path());
+    config.max_concurrent_uploads = 1;
+    config.max_upload_bytes = 1 << 20;
+    let server = TestServer::start_with(config).await;
     let mut client = server.datasets().await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    // Capacity 1: each send returns once the call has taken the message
+    // before it.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(metadata_message("cut.jsonl", DatasetPurpose::Eval, ""))
         .await
         .unwrap();
-    tx.send(chunk_message(&vec![b'{'; 100_000])).await.unwrap();
     let call = tokio::spawn(async move {
         client
             .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
     });
-    // Let the server take the first chunk, then vanish mid-upload.
-    tx.send(chunk_message(b"\"a\": 1}\n")).await.unwrap();
+    tx.send(chunk_message(&vec![b'{'; 100_000])).await.unwrap();
+    tx.send(chunk_message(b"\"a\": 1")).await.unwrap();
+    // Until the first upload holds the slot, a probe gets the slot and is
+    // refused for its size, leaving nothing; once it does, the probe is
+    // refused for want of a slot. Either way each try is one round trip.
+    let mut probe = server.datasets().await;
+    let oversized = vec![b'x'; (1 << 20) + 1];
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let err = upload_bytes(
+            &mut probe,
+            "probe.jsonl",
+            DatasetPurpose::Eval,
+            "",
+            &oversized,
+            64 << 10,
+        )
+        .await
+        .expect_err("the probe is always refused");
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        if err.message().contains("concurrent uploads") {
+            break;
+        }
+        assert!(err.message().contains("size limit"), "{err:?}");
+        assert!(tries < 10_000, "the first upload never reached the server");
+    }
+    // The server is midway through the first upload: the client vanishes.
     call.abort();
     let _ = call.await;
     drop(tx);
@@ -586,4 +618,57 @@ async fn restart_sweeps_leftovers_of_a_killed_upload() {
     let (bytes, _) = download_all(&mut client, &kept.id).await;
     assert_eq!(sha256_hex(&bytes), kept.sha256);
     server.stop().await;
+}
+
+// The fuzz target's property (`fuzz/check_line.rs`) on every fixture line
+// and on random mutations of them, so CI compiles and runs what
+// `cargo fuzz run validate_line` checks.
+#[path = "../fuzz/check_line.rs"]
+mod check_line;
+
+#[test]
+fn fuzz_property_holds_on_fixture_lines_and_their_mutations() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut lines = Vec::new();
+    for name in [
+        "sft_broken.jsonl",
+        "sft_tools.jsonl",
+        "dpo.jsonl",
+        "rft.jsonl",
+        "eval_items.jsonl",
+        "crlf_bom.jsonl",
+    ] {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        lines.extend(bytes.split(|&b| b == b'\n').map(<[u8]>::to_vec));
+    }
+    assert!(lines.len() > 30);
+    let mut rng = StdRng::seed_from_u64(2);
+    for line in &lines {
+        for sel in 0..8u8 {
+            let mut input = vec![sel.wrapping_mul(37)];
+            input.extend_from_slice(line);
+            check_line::check(&input);
+        }
+        for _ in 0..20 {
+            let mut input = vec![rng.random::<u8>()];
+            input.extend_from_slice(line);
+            for _ in 0..rng.random_range(1..4) {
+                if input.len() > 1 {
+                    let at = rng.random_range(1..input.len());
+                    match rng.random_range(0..3) {
+                        0 => input[at] = rng.random(),
+                        1 => input.truncate(at),
+                        _ => {
+                            let copy = input[at..].to_vec();
+                            input.extend_from_slice(&copy);
+                        }
+                    }
+                }
+            }
+            check_line::check(&input);
+        }
+    }
+    check_line::check(&[]);
 }

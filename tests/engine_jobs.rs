@@ -289,20 +289,41 @@ async fn pause_and_resume_end_with_the_same_adapter_as_an_uninterrupted_run() {
         .pause_job(proto::PauseJobRequest { id: job.id.clone() })
         .await
         .unwrap();
-    let paused = loop {
-        let j = env
-            .jobs
-            .get_job(proto::GetJobRequest { id: job.id.clone() })
+    // The job's events say when it has stopped: paused, or (had the pause
+    // come too late) succeeded.
+    let mut stream = env
+        .jobs
+        .watch_job(proto::WatchJobRequest {
+            job_id: job.id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let stopped = loop {
+        let msg = stream
+            .message()
             .await
             .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
-        if j.state == JobState::Paused as i32 || j.state == JobState::Succeeded as i32 {
-            break j;
+            .expect("the stream stays open until the job ends");
+        match msg.payload.unwrap() {
+            Payload::Event(e) => match e.data {
+                Some(job_event::Data::State(s)) if s == JobState::Paused as i32 => break s,
+                _ => {}
+            },
+            Payload::End(end) => break end.job.unwrap().state,
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
+    drop(stream);
+    let paused = env
+        .jobs
+        .get_job(proto::GetJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(stopped, JobState::Paused as i32, "the job paused before finishing");
     assert_eq!(paused.state, JobState::Paused as i32, "the job paused before finishing");
     env.jobs
         .resume_job(proto::ResumeJobRequest { id: job.id.clone() })

@@ -227,7 +227,7 @@ async fn validate_checks_source_with_ast() {
 }
 
 #[tokio::test]
-async fn run_reports_runtime_errors_in_metadata_and_warm_calls_are_fast() {
+async fn run_reports_runtime_errors_in_metadata_and_warm_workers_keep_answering() {
     let Some(pool) = pool(2).await else { return };
     let ctx = GradeContext {
         python: Some(Arc::new(pool)),
@@ -239,15 +239,12 @@ async fn run_reports_runtime_errors_in_metadata_and_warm_calls_are_fast() {
     let sample = Sample::from_model_output("hello");
     let r = run(&g, &sample, &item, &ctx).await;
     assert_eq!(r.reward, 0.5);
-    let start = Instant::now();
-    let n = 200;
-    for _ in 0..n {
+    // Many calls on the same warm workers. How fast they are is measured
+    // by the grader benchmark (BENCHMARKS.md), not here.
+    for _ in 0..200 {
         let r = run(&g, &sample, &item, &ctx).await;
         assert_eq!(r.reward, 0.5);
     }
-    let per_call = start.elapsed() / n;
-    eprintln!("warm python grader call: {per_call:?}");
-    assert!(per_call < Duration::from_millis(5), "warm call took {per_call:?}");
 
     let bad = parse(&json!({"type": "python", "name": "p", "source": "def grade(sample, item):\n    return 1 / 0\n"}))
         .expect("valid");

@@ -12,18 +12,36 @@ async fn health_reports_serving() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
-    let status = health
+    // The server as a whole, and each service by its full name.
+    for service in [
+        "",
+        "lathe.v1.DatasetService",
+        "lathe.v1.FineTuningService",
+        "lathe.v1.ModelService",
+        "lathe.v1.GraderService",
+        "lathe.v1.EvalService",
+    ] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{service:?}: {e:?}"))
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    let unknown = health
         .check(tonic_health::pb::HealthCheckRequest {
-            service: "lathe.v1.DatasetService".into(),
+            service: "lathe.v1.NoSuchService".into(),
         })
         .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
     server.stop().await;
 }
 
@@ -245,4 +263,68 @@ async fn serve_binary_logs_json_and_stops_cleanly_on_sigterm() {
         rest.iter()
             .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
     );
+}
+
+/// Every setting also comes from the environment, and ctrl-c (SIGINT)
+/// stops the server as cleanly as SIGTERM.
+#[tokio::test]
+async fn serve_binary_takes_its_settings_from_the_environment() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("elsewhere.db");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("LATHE_LISTEN", "127.0.0.1:0")
+        .env("LATHE_DATA_DIR", dir.path().join("data"))
+        .env("LATHE_DATABASE_URL", format!("sqlite://{}", elsewhere.display()))
+        .env("LATHE_MAX_UPLOAD_BYTES", "1000")
+        .env("LATHE_LOG_JSON", "true")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::task::spawn_blocking(move || {
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+            if let Some(addr) = v.get("addr").and_then(|a| a.as_str()) {
+                return (addr.to_string(), lines);
+            }
+        }
+        panic!("server never logged its address");
+    });
+    let (addr, lines) = addr.await.unwrap();
+    assert!(!addr.ends_with(":0"), "{addr}");
+    let mut client = lathe::proto::dataset_service_client::DatasetServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let err = upload_bytes(
+        &mut client,
+        "big.jsonl",
+        proto::DatasetPurpose::Eval,
+        "",
+        &[b'x'; 2000],
+        500,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("1000 bytes"), "{err:?}");
+    assert!(elsewhere.exists(), "the database is where LATHE_DATABASE_URL says");
+    assert!(dir.path().join("data").join("blobs").is_dir());
+    assert!(
+        !dir.path().join("lathe-data").exists(),
+        "the default data dir was not used"
+    );
+
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
 }

@@ -1,35 +1,8 @@
 #![no_main]
 
-use std::sync::Arc;
-
 use libfuzzer_sys::fuzz_target;
-use lathe::datasets::tokens::O200k;
-use lathe::datasets::{IngestOptions, Ingestor, LineOptions, Purpose, validate_line};
 
-fuzz_target!(|data: &[u8]| {
-    // The first byte picks the purpose and a chunk size, so one corpus
-    // exercises every format and the streaming path.
-    let Some((&sel, line)) = data.split_first() else {
-        return;
-    };
-    let purpose = Purpose::ALL[usize::from(sel) % 4];
-    let opts = LineOptions {
-        label_pointer: Some("/messages/-1/content".into()),
-        ..LineOptions::new(purpose)
-    };
-    let out = validate_line(1, line, &opts, &O200k);
-    assert_eq!(out.example.is_some(), !out.has_errors());
+#[path = "../check_line.rs"]
+mod check_line;
 
-    let ingest_opts = IngestOptions {
-        line: opts,
-        max_line_bytes: 4096,
-        max_problems: 3,
-    };
-    let mut ing = Ingestor::new(ingest_opts, Arc::new(O200k));
-    for chunk in line.chunks(usize::from(sel >> 2) + 1) {
-        ing.push(chunk);
-    }
-    let (report, stats) = ing.finish();
-    assert_eq!(report.total_rows, report.valid_rows + report.invalid_rows);
-    assert_eq!(stats.rows, report.valid_rows);
-});
+fuzz_target!(|data: &[u8]| check_line::check(data));

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::Outcome;
 use super::output::{dataset_json, dataset_row, dataset_text, status_error};
@@ -250,10 +250,8 @@ pub async fn upload(
     label_field: Option<String>,
     show_progress: bool,
 ) -> anyhow::Result<proto::Dataset> {
-    let mut f = tokio::fs::File::open(file)
-        .await
-        .with_context(|| format!("opening {}", file.display()))?;
-    let size = f.metadata().await?.len();
+    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let size = f.metadata()?.len();
     let filename = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -283,24 +281,29 @@ pub async fn upload(
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let progress = bar.clone();
-    let reader = tokio::spawn(async move {
-        if tx.send(first).await.is_err() {
+    // A plain blocking reader: each chunk is read straight into the buffer
+    // that becomes the message (`read_to_end` fills spare capacity without
+    // zeroing it first), where tokio's File would read into its own buffer
+    // and copy, one thread hand-off per chunk.
+    let reader = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        if tx.blocking_send(first).is_err() {
             return Ok(());
         }
+        let mut f = f;
         loop {
-            let mut buf = vec![0u8; CHUNK];
-            let n = f.read(&mut buf).await?;
+            let mut buf = Vec::with_capacity(CHUNK);
+            let n = (&mut f).take(CHUNK as u64).read_to_end(&mut buf)?;
             if n == 0 {
                 return Ok::<_, std::io::Error>(());
             }
-            buf.truncate(n);
             if let Some(bar) = &progress {
                 bar.inc(n as u64);
             }
             let msg = proto::UploadDatasetRequest {
                 payload: Some(upload_dataset_request::Payload::Chunk(buf.into())),
             };
-            if tx.send(msg).await.is_err() {
+            if tx.blocking_send(msg).is_err() {
                 return Ok(());
             }
         }

@@ -35,9 +35,12 @@ pub const DEFAULT_MAX_PROBLEMS: usize = 100;
 pub const MAX_RFT_ROWS: u64 = 50_000;
 /// Documented minimum number of training examples.
 pub const MIN_EXAMPLES: u64 = 10;
-/// Labels beyond this many distinct values are counted under [`OTHER_LABEL`],
-/// so a pointer at free text cannot grow memory with the file.
-pub const MAX_DISTINCT_LABELS: usize = 10_000;
+/// Labels beyond this many distinct values, and labels longer than
+/// [`MAX_LABEL_BYTES`], are counted under [`OTHER_LABEL`]: the counts go
+/// into every `Dataset` message, so a pointer at free text must neither grow
+/// memory with the file nor make a dataset too big to list.
+pub const MAX_DISTINCT_LABELS: usize = 1_000;
+pub const MAX_LABEL_BYTES: usize = 200;
 pub const OTHER_LABEL: &str = "<other>";
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -419,7 +422,7 @@ impl Accumulator {
                 if let Some(label) = out.label {
                     if let Some(n) = self.label_counts.get_mut(&label) {
                         *n += 1;
-                    } else if self.label_counts.len() < MAX_DISTINCT_LABELS {
+                    } else if self.label_counts.len() < MAX_DISTINCT_LABELS && label.len() <= MAX_LABEL_BYTES {
                         self.label_counts.insert(label, 1);
                     } else {
                         *self.label_counts.entry(OTHER_LABEL.to_string()).or_insert(0) += 1;
@@ -783,6 +786,39 @@ mod tests {
         let t = &s.tokens_per_example;
         assert!(t.min <= t.p50 && t.p50 <= t.p95 && t.p95 <= t.max);
         assert_eq!(s.estimated_trained_tokens, t.total * 20);
+    }
+
+    /// A label pointer at free text: long values and values past the
+    /// distinct-label cap are counted, but under `<other>`.
+    #[test]
+    fn label_counts_stay_small() {
+        let mut data = String::new();
+        let long = "y".repeat(MAX_LABEL_BYTES + 1);
+        data.push_str(&format!(
+            r#"{{"messages":[{{"role":"user","content":"q"}},{{"role":"assistant","content":"{long}"}}]}}"#
+        ));
+        data.push('\n');
+        for i in 0..MAX_DISTINCT_LABELS + 5 {
+            data.push_str(&format!(
+                r#"{{"messages":[{{"role":"user","content":"q{i}"}},{{"role":"assistant","content":"label {i}"}}]}}"#
+            ));
+            data.push('\n');
+        }
+        let opts = IngestOptions {
+            line: LineOptions {
+                label_pointer: Some("/messages/-1/content".into()),
+                ..LineOptions::new(Purpose::Sft)
+            },
+            ..IngestOptions::default()
+        };
+        let (r, s) = ingest(data.as_bytes(), opts);
+        assert_eq!(r.valid_rows as usize, MAX_DISTINCT_LABELS + 6);
+        // The long label went to <other>; then 1,000 distinct labels (the
+        // cap counts <other> itself), then the rest to <other>.
+        assert_eq!(s.label_counts.len(), MAX_DISTINCT_LABELS);
+        assert!(s.label_counts.keys().all(|k| k.len() <= MAX_LABEL_BYTES));
+        assert_eq!(s.label_counts.values().sum::<u64>() as usize, MAX_DISTINCT_LABELS + 6);
+        assert_eq!(s.label_counts[OTHER_LABEL], 7);
     }
 
     #[test]
