@@ -73,6 +73,19 @@ impl Error {
             violations: vec![(kind.into(), subject.into())],
         }
     }
+
+    /// A store's refusal to create something on a dataset that a concurrent
+    /// request deleted after the caller checked it; other errors as they are.
+    pub fn dataset_gone(e: StoreError) -> Self {
+        match e {
+            StoreError::Gone(id) => Error::precondition(
+                "DATASET_STATE",
+                &id,
+                format!("dataset {id} was deleted, or is not ready, while this request was being made"),
+            ),
+            other => other.into(),
+        }
+    }
 }
 
 impl From<Error> for Status {

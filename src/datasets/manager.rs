@@ -22,7 +22,7 @@ use crate::blobs::{BlobWriter, Blobs};
 use crate::error::{Error, FieldViolation, Result};
 use crate::ids;
 use crate::paging;
-use crate::store::{DatasetQuery, Store};
+use crate::store::{DatasetQuery, Store, StoreError};
 
 /// Marks ListDatasets page tokens.
 const PAGE_TOKEN: &str = "dsp1.";
@@ -268,21 +268,23 @@ impl Datasets {
 
     pub async fn delete(&self, id: &str) -> Result<DatasetRecord> {
         check_id(id, "id")?;
-        if self.store.dataset_in_use(id).await? {
-            return Err(Error::precondition(
-                "DATASET_IN_USE",
-                id,
-                format!(
-                    "dataset {id} is used by a fine-tuning job or an eval run that has not finished; cancel it or wait"
-                ),
-            ));
-        }
         let _gate = self.blob_gate.lock().await;
-        let record = self
-            .store
-            .delete_dataset(id)
-            .await?
-            .ok_or_else(|| Error::not_found("dataset", id))?;
+        // The store refuses in the same statement that would delete, so a
+        // job or eval run created meanwhile is never left without its data.
+        let record = match self.store.delete_dataset(id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(Error::not_found("dataset", id)),
+            Err(StoreError::InUse(_)) => {
+                return Err(Error::precondition(
+                    "DATASET_IN_USE",
+                    id,
+                    format!(
+                        "dataset {id} is used by a fine-tuning job or an eval run that has not finished; cancel it or wait"
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
         if !self.store.blob_in_use(&record.sha256).await?
             && let Err(e) = self.blobs.delete(&record.sha256).await
         {

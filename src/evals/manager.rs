@@ -482,7 +482,7 @@ impl Evals {
             lease_owner: None,
             lease_expires_at: None,
         };
-        self.store.insert_eval_run(&run).await?;
+        self.store.insert_eval_run(&run).await.map_err(Error::dataset_gone)?;
         self.wake.notify_one();
         Ok(run)
     }

@@ -384,7 +384,11 @@ impl Jobs {
             Level::Info,
             format!("created fine-tuning job {}", job.id),
         );
-        let (job, fresh) = self.store.insert_job(&job, &created).await?;
+        let (job, fresh) = self
+            .store
+            .insert_job(&job, &created)
+            .await
+            .map_err(Error::dataset_gone)?;
         if !fresh {
             return Ok(job);
         }

@@ -4,7 +4,7 @@
 /// Implements `DatasetStore` for a backend struct with a `pool` field.
 #[macro_export]
 macro_rules! impl_dataset_store {
-    ($store:ty) => {
+    ($store:ty, lock_row = $lock:expr) => {
         #[async_trait::async_trait]
         impl $crate::store::DatasetStore for $store {
             async fn insert_dataset(
@@ -76,13 +76,46 @@ macro_rules! impl_dataset_store {
                 &self,
                 id: &str,
             ) -> Result<Option<$crate::datasets::model::DatasetRecord>, $crate::store::StoreError> {
-                let row = sqlx::query("DELETE FROM datasets WHERE id = $1 RETURNING *")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                row.as_ref()
-                    .map($crate::store::rows::dataset_from_row)
-                    .transpose()
+                let mut tx = self.pool.begin().await?;
+                let lock: Option<&str> = $lock;
+                if let Some(lock) = lock {
+                    // Postgres: a transaction creating a job or eval run on
+                    // this dataset holds its row FOR SHARE; waiting for it
+                    // here lets the DELETE below (a new snapshot) see it.
+                    sqlx::query(&format!("SELECT id FROM datasets WHERE id = $1 {lock}"))
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                }
+                // The check and the delete are one statement, so no job or
+                // eval run can start using the dataset in between.
+                let row = sqlx::query(
+                    "DELETE FROM datasets WHERE id = $1
+                       AND NOT EXISTS (SELECT 1 FROM jobs
+                             WHERE (training_dataset_id = $1 OR validation_dataset_id = $1)
+                               AND state NOT IN ('succeeded', 'failed', 'cancelled'))
+                       AND NOT EXISTS (SELECT 1 FROM eval_runs
+                             WHERE dataset_id = $1 AND state IN ('queued', 'in_progress'))
+                     RETURNING *",
+                )
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    let exists = sqlx::query("SELECT id FROM datasets WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .is_some();
+                    return if exists {
+                        Err($crate::store::StoreError::InUse(id.to_string()))
+                    } else {
+                        Ok(None)
+                    };
+                };
+                let record = $crate::store::rows::dataset_from_row(&row)?;
+                tx.commit().await?;
+                Ok(Some(record))
             }
 
             async fn blob_in_use(&self, sha256: &str) -> Result<bool, $crate::store::StoreError> {

@@ -5,7 +5,7 @@
 /// Implements `EvalStore` for a backend struct with a `pool` field.
 #[macro_export]
 macro_rules! impl_eval_store {
-    ($store:ty, claim_sql = $claim:expr) => {
+    ($store:ty, claim_sql = $claim:expr, lock_shared = $lock:literal) => {
         #[async_trait::async_trait]
         impl $crate::store::EvalStore for $store {
             async fn insert_eval(&self, e: &$crate::evals::model::EvalRecord) -> Result<(), $crate::store::StoreError> {
@@ -35,10 +35,15 @@ macro_rules! impl_eval_store {
                 r: &$crate::evals::model::RunRecord,
             ) -> Result<(), $crate::store::StoreError> {
                 use $crate::store::rows::to_json;
-                let result = sqlx::query(
+                // Inserted only while its dataset exists and is ready (see
+                // `insert_job`).
+                let result = sqlx::query(concat!(
                     "INSERT INTO eval_runs (id, eval_id, spec, dataset_id, state, total, progress, error, created_at, next_seq)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)",
-                )
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 0
+                     WHERE EXISTS (SELECT 1 FROM datasets WHERE id = $4 AND state = 'ready' ",
+                    $lock,
+                    ")"
+                ))
                 .bind(&r.id)
                 .bind(&r.eval_id)
                 .bind(to_json(&r.spec))
@@ -50,7 +55,10 @@ macro_rules! impl_eval_store {
                 .bind(r.created_at)
                 .execute(&self.pool)
                 .await;
-                $crate::store::rows::unique_as_conflict(result, || r.id.clone()).map(|_| ())
+                match $crate::store::rows::unique_as_conflict(result, || r.id.clone())? {
+                    done if done.rows_affected() == 0 => Err($crate::store::StoreError::Gone(r.spec.dataset_id.clone())),
+                    _ => Ok(()),
+                }
             }
 
             async fn get_eval_run(

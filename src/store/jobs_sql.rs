@@ -6,7 +6,7 @@
 /// Implements `JobStore` for a backend struct with a `pool` field.
 #[macro_export]
 macro_rules! impl_job_store {
-    ($store:ty, $db:ty, claim_sql = $claim:expr) => {
+    ($store:ty, $db:ty, claim_sql = $claim:expr, lock_shared = $lock:literal) => {
         #[async_trait::async_trait]
         impl $crate::store::JobStore for $store {
             async fn insert_job(
@@ -25,11 +25,21 @@ macro_rules! impl_job_store {
                         return Ok((job_from_row(&row)?, false));
                     }
                 }
-                let result = sqlx::query(
+                // Inserted only while its datasets exist and are ready, in
+                // the same statement (and on Postgres with their rows held
+                // FOR SHARE until commit), so a concurrent delete either
+                // sees this job or makes this insert find nothing.
+                let result = sqlx::query(concat!(
                     "INSERT INTO jobs (id, spec, state, base_model, training_dataset_id, validation_dataset_id,
                         priority, metadata, idempotency_key, created_at, next_seq)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1)",
-                )
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1
+                     WHERE EXISTS (SELECT 1 FROM datasets WHERE id = $5 AND state = 'ready' ",
+                    $lock,
+                    ")
+                       AND ($6 IS NULL OR EXISTS (SELECT 1 FROM datasets WHERE id = $6 AND state = 'ready' ",
+                    $lock,
+                    "))"
+                ))
                 .bind(&job.id)
                 .bind(to_json(&job.spec))
                 .bind(job.state.as_str())
@@ -43,6 +53,20 @@ macro_rules! impl_job_store {
                 .execute(&mut *tx)
                 .await;
                 match result {
+                    Ok(done) if done.rows_affected() == 0 => {
+                        let gone = job.spec.validation_dataset_id.iter().chain([&job.spec.training_dataset_id]);
+                        let mut missing = job.spec.training_dataset_id.clone();
+                        for id in gone {
+                            let ready = sqlx::query("SELECT id FROM datasets WHERE id = $1 AND state = 'ready'")
+                                .bind(id)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                            if ready.is_none() {
+                                missing = id.clone();
+                            }
+                        }
+                        return Err($crate::store::StoreError::Gone(missing));
+                    }
                     Ok(_) => {}
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                         // A concurrent create with the same key won the race.

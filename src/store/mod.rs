@@ -36,6 +36,13 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("record {0} already exists")]
     Conflict(String),
+    /// A dataset cannot be deleted: an unfinished job or eval run uses it.
+    #[error("dataset {0} is in use")]
+    InUse(String),
+    /// A new job or eval run names a dataset that is gone or not ready
+    /// (deleted by a concurrent request after the caller looked).
+    #[error("dataset {0} is gone or not ready")]
+    Gone(String),
     #[error("stored record {id} is unreadable: {reason}")]
     Corrupt { id: String, reason: String },
     #[error("unsupported database url {0:?}: expected sqlite://PATH, sqlite::memory: or postgres://...")]

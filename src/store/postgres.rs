@@ -22,7 +22,7 @@ impl PostgresStore {
     }
 }
 
-crate::impl_dataset_store!(PostgresStore);
+crate::impl_dataset_store!(PostgresStore, lock_row = Some("FOR UPDATE"));
 
 crate::impl_job_store!(
     PostgresStore,
@@ -31,7 +31,8 @@ crate::impl_job_store!(
         started_at = COALESCE(started_at, $3), attempts = attempts + 1, next_seq = next_seq + 1
      WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
        AND state = 'queued'
-     RETURNING *"
+     RETURNING *",
+    lock_shared = "FOR SHARE"
 );
 
 crate::impl_grader_store!(PostgresStore);
@@ -44,7 +45,8 @@ crate::impl_eval_store!(
                  WHERE state = 'queued' OR (state = 'in_progress' AND lease_expires_at < $3)
                  ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
        AND (state = 'queued' OR (state = 'in_progress' AND lease_expires_at < $3))
-     RETURNING *"
+     RETURNING *",
+    lock_shared = "FOR SHARE"
 );
 
 #[cfg(test)]

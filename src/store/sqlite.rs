@@ -35,7 +35,7 @@ impl SqliteStore {
     }
 }
 
-crate::impl_dataset_store!(SqliteStore);
+crate::impl_dataset_store!(SqliteStore, lock_row = None);
 
 crate::impl_job_store!(
     SqliteStore,
@@ -44,7 +44,8 @@ crate::impl_job_store!(
         started_at = COALESCE(started_at, $3), attempts = attempts + 1, next_seq = next_seq + 1
      WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, created_at, id LIMIT 1)
        AND state = 'queued'
-     RETURNING *"
+     RETURNING *",
+    lock_shared = ""
 );
 
 crate::impl_grader_store!(SqliteStore);
@@ -57,7 +58,8 @@ crate::impl_eval_store!(
                  WHERE state = 'queued' OR (state = 'in_progress' AND lease_expires_at < $3)
                  ORDER BY created_at, id LIMIT 1)
        AND (state = 'queued' OR (state = 'in_progress' AND lease_expires_at < $3))
-     RETURNING *"
+     RETURNING *",
+    lock_shared = ""
 );
 
 #[cfg(test)]

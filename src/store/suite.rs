@@ -167,7 +167,96 @@ fn created() -> NewEvent {
     NewEvent::state(JobState::Queued, Level::Info, "created")
 }
 
+/// The dataset the suite's jobs and eval runs name (`id(1)`): they may only
+/// be created on a dataset that exists and is ready.
+async fn seed_datasets(store: &impl Store) {
+    store.insert_dataset(&dataset(&id(1), 1, None)).await.unwrap();
+}
+
+/// A dataset cannot be deleted while an unfinished job or eval run uses
+/// it, and nothing new can be created on a dataset that is gone or failed:
+/// checked one after the other, and with deletes and creates racing.
+pub async fn datasets_in_use_are_kept_and_gone_ones_refuse_new_work(store: impl Store) {
+    use super::StoreError;
+    use crate::evals::model::RunState;
+    store.insert_dataset(&dataset(&id(1), 1, None)).await.unwrap();
+    let mut failed = dataset(&id(2), 2, None);
+    failed.state = DatasetState::Failed;
+    store.insert_dataset(&failed).await.unwrap();
+
+    let on = |n: u32, training: u32, validation: Option<u32>| {
+        let mut j = job(n, 10 + i64::from(n), 0, None);
+        j.spec.training_dataset_id = id(training);
+        j.spec.validation_dataset_id = validation.map(id);
+        j
+    };
+    for (j, missing) in [(on(1, 9, None), 9), (on(2, 2, None), 2), (on(3, 1, Some(9)), 9)] {
+        match store.insert_job(&j, &created()).await {
+            Err(StoreError::Gone(ds)) => assert_eq!(ds, id(missing)),
+            other => panic!("job on a missing or failed dataset: {other:?}"),
+        }
+        assert_eq!(store.get_job(&j.id).await.unwrap(), None);
+    }
+
+    let j = on(4, 1, None);
+    store.insert_job(&j, &created()).await.unwrap();
+    assert!(matches!(store.delete_dataset(&id(1)).await, Err(StoreError::InUse(_))));
+    assert!(store.get_dataset(&id(1)).await.unwrap().is_some(), "kept while in use");
+    let ev = NewEvent::state(JobState::Cancelled, Level::Info, "cancelled");
+    store
+        .transition_job(
+            &j.id,
+            &[JobState::Queued],
+            JobState::Cancelled,
+            &JobPatch::default(),
+            &ev,
+            20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.delete_dataset(&id(1)).await.unwrap().map(|d| d.id), Some(id(1)));
+    assert_eq!(store.delete_dataset(&id(1)).await.unwrap(), None);
+    assert!(matches!(
+        store.insert_job(&on(5, 1, None), &created()).await,
+        Err(StoreError::Gone(_))
+    ));
+
+    // Eval runs pin their dataset the same way.
+    let eval = eval_record(1);
+    store.insert_eval(&eval).await.unwrap();
+    store.insert_dataset(&dataset(&id(1), 3, None)).await.unwrap();
+    let mut run = run_record(1, &eval.id, 30);
+    run.spec.dataset_id = id(1);
+    store.insert_eval_run(&run).await.unwrap();
+    assert_eq!(run.state, RunState::Queued);
+    assert!(matches!(store.delete_dataset(&id(1)).await, Err(StoreError::InUse(_))));
+    let mut orphan = run_record(2, &eval.id, 31);
+    orphan.spec.dataset_id = id(9);
+    assert!(matches!(store.insert_eval_run(&orphan).await, Err(StoreError::Gone(_))));
+
+    // Racing: each round, a delete and a create on the same fresh dataset.
+    // Either may win, never both.
+    for round in 0..20u32 {
+        let ds = 100 + round;
+        store
+            .insert_dataset(&dataset(&id(ds), 100 + i64::from(round), None))
+            .await
+            .unwrap();
+        let j = on(100 + round, ds, None);
+        let (ds_id, ev) = (id(ds), created());
+        let (deleted, created_job) = tokio::join!(store.delete_dataset(&ds_id), store.insert_job(&j, &ev));
+        match (deleted, created_job) {
+            (Ok(Some(_)), Err(StoreError::Gone(_))) => {}
+            (Err(StoreError::InUse(_)), Ok(_)) => {
+                assert!(store.get_dataset(&id(ds)).await.unwrap().is_some());
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+}
+
 pub async fn jobs_insert_is_idempotent_by_key(store: impl Store) {
+    seed_datasets(&store).await;
     let a = job(1, 10, 0, Some("k1"));
     let (got, created_now) = store.insert_job(&a, &created()).await.unwrap();
     assert!(created_now);
@@ -184,6 +273,7 @@ pub async fn jobs_insert_is_idempotent_by_key(store: impl Store) {
 }
 
 pub async fn jobs_transitions_are_compare_and_set_with_gapless_events(store: impl Store) {
+    seed_datasets(&store).await;
     let a = job(1, 10, 0, None);
     store.insert_job(&a, &created()).await.unwrap();
     let patch = JobPatch {
@@ -240,6 +330,7 @@ pub async fn jobs_transitions_are_compare_and_set_with_gapless_events(store: imp
 }
 
 pub async fn jobs_claim_by_priority_then_age_with_leases(store: impl Store) {
+    seed_datasets(&store).await;
     store.insert_job(&job(1, 10, 0, None), &created()).await.unwrap();
     store.insert_job(&job(2, 11, 5, None), &created()).await.unwrap();
     store.insert_job(&job(3, 12, 5, None), &created()).await.unwrap();
@@ -291,6 +382,7 @@ pub async fn jobs_claim_by_priority_then_age_with_leases(store: impl Store) {
 }
 
 pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
+    seed_datasets(&store).await;
     let a = job(1, 10, 0, None);
     store.insert_job(&a, &created()).await.unwrap();
     let running = NewEvent::state(JobState::Running, Level::Info, "running");
@@ -437,6 +529,7 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
 }
 
 pub async fn jobs_list_filters_and_pages(store: impl Store) {
+    seed_datasets(&store).await;
     for n in 0..9u32 {
         let mut j = job(n, 100 + n as i64, 0, None);
         if n % 3 == 0 {
@@ -604,6 +697,7 @@ fn output_item(
 }
 
 pub async fn evals_runs_are_leased_and_record_items_with_gapless_seqs(store: impl Store) {
+    seed_datasets(&store).await;
     use crate::evals::model::{ItemStatus, RunState};
     let eval = eval_record(1);
     store.insert_eval(&eval).await.unwrap();
@@ -776,6 +870,7 @@ pub async fn evals_runs_are_leased_and_record_items_with_gapless_seqs(store: imp
 }
 
 pub async fn evals_runs_list_newest_first_per_eval(store: impl Store) {
+    seed_datasets(&store).await;
     let (a, b) = (eval_record(1), eval_record(2));
     store.insert_eval(&a).await.unwrap();
     store.insert_eval(&b).await.unwrap();
@@ -831,7 +926,8 @@ macro_rules! store_suite {
             graders_insert_get_and_conflict,
             graders_list_pages_in_name_order,
             evals_runs_are_leased_and_record_items_with_gapless_seqs,
-            evals_runs_list_newest_first_per_eval
+            evals_runs_list_newest_first_per_eval,
+            datasets_in_use_are_kept_and_gone_ones_refuse_new_work
         );
     };
     (@tests $make:expr; $($name:ident),*) => {
