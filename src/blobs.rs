@@ -87,7 +87,8 @@ impl Blobs {
     }
 
     /// Removes what interrupted uploads left in staging. Call only when no
-    /// upload is in flight (at start-up).
+    /// upload is in flight (at start-up, or once a shutdown has dropped
+    /// every request).
     pub async fn sweep_staging(&self) -> Result<usize, BlobError> {
         let staged: Vec<_> = self.store.list(Some(&Path::from("staging"))).try_collect().await?;
         let mut removed = 0;

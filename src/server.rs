@@ -65,12 +65,14 @@ pub async fn run_with(
         .await
         .context("opening the database")?;
     let blobs = Blobs::local(config.blob_dir()).context("opening the blob directory")?;
+    let staging = blobs.clone();
     let datasets = Arc::new(Datasets::new(
         store.clone(),
         blobs.clone(),
         Arc::new(tokenizer.await.context("loading the tokenizer")?),
         config.dataset_limits(),
     ));
+    let stop_datasets = datasets.clone();
     datasets
         .recover()
         .await
@@ -143,7 +145,7 @@ pub async fn run_with(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(DatasetServiceServer::new(DatasetApi::new(datasets)))
+        .add_service(DatasetServiceServer::new(DatasetApi::new(datasets.clone())))
         .add_service(FineTuningServiceServer::new(FineTuningApi::new(jobs.clone())))
         .add_service(ModelServiceServer::new(ModelApi::new(jobs, local)))
         .add_service(GraderServiceServer::new(GraderApi::new(graders)))
@@ -159,9 +161,12 @@ pub async fn run_with(
         });
 
     let grace = config.shutdown_grace();
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => result?,
+    let mut server = Box::pin(server);
+    let dropped_requests = tokio::select! {
+        result = &mut server => {
+            result?;
+            false
+        }
         () = async {
             if stop_rx.await.is_ok() {
                 tokio::time::sleep(grace).await;
@@ -169,16 +174,36 @@ pub async fn run_with(
                 std::future::pending::<()>().await;
             }
         } => {
-            // Dropped requests abort their staged writes; whatever a hard
-            // stop leaves in staging is swept at the next start.
             tracing::warn!(grace_secs = grace.as_secs(), "grace period over; dropping in-flight requests");
+            true
+        }
+    };
+    if dropped_requests {
+        // Uploads still streaming stop and remove what they staged.
+        if tokio::time::timeout(std::time::Duration::from_secs(10), stop_datasets.stop_uploads())
+            .await
+            .is_err()
+        {
+            tracing::warn!("uploads did not stop within 10 s");
         }
     }
+    // Dropping the server drops every request still in flight.
+    drop(server);
     if let Err(e) = scheduler.await {
         tracing::error!(error = %e, "the scheduler crashed");
     }
     if let Err(e) = eval_runner.await {
         tracing::error!(error = %e, "the eval runner crashed");
+    }
+    if dropped_requests {
+        // No request, job or eval run is left to write to staging, so what
+        // the dropped uploads had staged goes now rather than at the next
+        // start (a hard stop still leaves that to the next start).
+        match staging.sweep_staging().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed what dropped uploads had staged"),
+            Err(e) => tracing::warn!(error = %e, "could not clear staging; the next start will"),
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -368,6 +368,62 @@ async fn upload_cut_off_midway_leaves_no_dataset_and_no_blob() {
     );
 }
 
+/// When the grace period runs out, an upload still streaming is dropped
+/// and leaves nothing behind: no dataset, no blob, nothing in staging, by
+/// the time the server has stopped (not only after the next start).
+#[tokio::test]
+async fn upload_dropped_at_the_end_of_the_grace_period_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lathe::config::ServeConfig::embedded(dir.path());
+    config.shutdown_grace_secs = 0;
+    let mut server = TestServer::start_with(config).await;
+    let mut client = server.datasets().await;
+    // Capacity 1, and more than the server's 2 MiB stream window: the last
+    // send returns only once the server has read from the upload, so its
+    // blob writer (and staging file) exists.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(metadata_message("dropped.jsonl", DatasetPurpose::Eval, ""))
+        .await
+        .unwrap();
+    let call = tokio::spawn(async move {
+        client
+            .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let line = b"{\"question\": \"how do I top up?\"}\n".repeat(8 << 10);
+    for _ in 0..(6 << 20) / line.len() {
+        tx.send(chunk_message(&line)).await.unwrap();
+    }
+    assert!(
+        !files_under(&dir.path().join("blobs").join("staging")).is_empty(),
+        "the upload is staged"
+    );
+    server.signal_stop();
+    // A bound, so that an upload that is never dropped fails the test
+    // instead of hanging it.
+    let err = tokio::time::timeout(std::time::Duration::from_secs(60), call)
+        .await
+        .expect("the server dropped the upload")
+        .unwrap()
+        .expect_err("the upload was dropped");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    drop(tx);
+    server.stop().await;
+    assert!(
+        files_under(&dir.path().join("blobs")).is_empty(),
+        "{:?}",
+        files_under(dir.path())
+    );
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.datasets().await;
+    let listed = client
+        .list_datasets(proto::ListDatasetsRequest::default())
+        .await
+        .unwrap();
+    assert!(listed.into_inner().datasets.is_empty());
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_upload_finish() {
     let dir = tempfile::tempdir().unwrap();

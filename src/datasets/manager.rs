@@ -82,6 +82,9 @@ pub struct Datasets {
     limits: DatasetLimits,
     blob_gate: Mutex<()>,
     uploads: Arc<Semaphore>,
+    /// Cancelled when a shutdown's grace period is over: uploads still
+    /// streaming stop and remove what they staged.
+    stop_uploads: tokio_util::sync::CancellationToken,
 }
 
 impl Datasets {
@@ -94,6 +97,19 @@ impl Datasets {
             limits,
             blob_gate: Mutex::new(()),
             uploads,
+            stop_uploads: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    /// Stops the uploads still streaming (each removes what it staged and
+    /// answers UNAVAILABLE), refuses new ones, and returns once none is in
+    /// flight. For the end of a shutdown's grace period.
+    pub async fn stop_uploads(&self) {
+        self.stop_uploads.cancel();
+        let all = u32::try_from(self.limits.max_concurrent_uploads.max(1)).unwrap_or(u32::MAX);
+        // Held until the process ends: no upload starts after this.
+        if let Ok(permits) = self.uploads.acquire_many(all).await {
+            permits.forget();
         }
     }
 
@@ -209,7 +225,20 @@ impl Datasets {
     where
         S: Stream<Item = Result<Bytes>> + Unpin,
     {
-        while let Some(chunk) = chunks.next().await {
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                () = self.stop_uploads.cancelled() => {
+                    writer.abort().await;
+                    return Err(Error::Unavailable(
+                        "the server is shutting down; upload the file again once it is back".into(),
+                    ));
+                }
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else {
+                break;
+            };
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(e) => {
