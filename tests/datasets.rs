@@ -309,18 +309,7 @@ async fn upload_cut_off_midway_leaves_no_dataset_and_no_blob() {
     config.max_concurrent_uploads = 1;
     config.max_upload_bytes = 1 << 20;
     let server = TestServer::start_with(config).await;
-    let mut client = server.datasets().await;
-    // Capacity 1: each send returns once the call has taken the message
-    // before it.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(metadata_message("cut.jsonl", DatasetPurpose::Eval, ""))
-        .await
-        .unwrap();
-    let call = tokio::spawn(async move {
-        client
-            .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
+    let (tx, call) = start_upload(server.datasets().await, "cut.jsonl", DatasetPurpose::Eval).await;
     tx.send(chunk_message(&vec![b'{'; 100_000])).await.unwrap();
     tx.send(chunk_message(b"\"a\": 1")).await.unwrap();
     // Until the first upload holds the slot, a probe gets the slot and is
@@ -377,19 +366,10 @@ async fn upload_dropped_at_the_end_of_the_grace_period_leaves_nothing() {
     let mut config = lathe::config::ServeConfig::embedded(dir.path());
     config.shutdown_grace_secs = 0;
     let mut server = TestServer::start_with(config).await;
-    let mut client = server.datasets().await;
-    // Capacity 1, and more than the server's 2 MiB stream window: the last
-    // send returns only once the server has read from the upload, so its
-    // blob writer (and staging file) exists.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(metadata_message("dropped.jsonl", DatasetPurpose::Eval, ""))
-        .await
-        .unwrap();
-    let call = tokio::spawn(async move {
-        client
-            .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
+    // More than the server's 2 MiB stream window, one message at a time:
+    // the last send returns only once the server has read from the upload,
+    // so its blob writer (and staging file) exists.
+    let (tx, call) = start_upload(server.datasets().await, "dropped.jsonl", DatasetPurpose::Eval).await;
     let line = b"{\"question\": \"how do I top up?\"}\n".repeat(8 << 10);
     for _ in 0..(6 << 20) / line.len() {
         tx.send(chunk_message(&line)).await.unwrap();
@@ -429,20 +409,10 @@ async fn shutdown_lets_an_in_flight_upload_finish() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = TestServer::start(dir.path()).await;
     let channel = server.channel().await;
-    let mut client = lathe::proto::dataset_service_client::DatasetServiceClient::new(channel.clone());
     let bytes = std::fs::read(fixture(SFT_TRAIN)).unwrap();
     let (first, rest) = bytes.split_at(bytes.len() / 2);
-    // Capacity 1: each send returns only once the call has taken the
-    // previous message, so the upload is on the wire before we go on.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(metadata_message("train.jsonl", DatasetPurpose::Sft, ""))
-        .await
-        .unwrap();
-    let call = tokio::spawn(async move {
-        client
-            .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
+    let client = lathe::proto::dataset_service_client::DatasetServiceClient::new(channel.clone());
+    let (tx, call) = start_upload(client, "train.jsonl", DatasetPurpose::Sft).await;
     tx.send(chunk_message(first)).await.unwrap();
     // HTTP/2 streams on one connection are taken in order: once this later
     // request is answered, the server has accepted the upload.

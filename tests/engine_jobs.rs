@@ -114,15 +114,19 @@ fn create(env: &Env, epochs: i64) -> proto::CreateJobRequest {
     }
 }
 
+/// A job's events from the first, live.
+async fn watch(jobs: &mut FineTuningServiceClient<Channel>, id: &str) -> tonic::Streaming<proto::WatchJobResponse> {
+    jobs.watch_job(proto::WatchJobRequest {
+        job_id: id.into(),
+        after_seq: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 async fn watch_all(jobs: &mut FineTuningServiceClient<Channel>, id: &str) -> (Vec<proto::JobEvent>, proto::Job) {
-    let mut stream = jobs
-        .watch_job(proto::WatchJobRequest {
-            job_id: id.into(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(jobs, id).await;
     let mut events = Vec::new();
     while let Some(msg) = stream.message().await.unwrap() {
         match msg.payload.unwrap() {
@@ -268,15 +272,7 @@ async fn pause_and_resume_end_with_the_same_adapter_as_an_uninterrupted_run() {
         .job
         .unwrap();
     // Pause once the first checkpoint exists, then resume.
-    let mut stream = env
-        .jobs
-        .watch_job(proto::WatchJobRequest {
-            job_id: job.id.clone(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(&mut env.jobs, &job.id).await;
     while let Some(msg) = stream.message().await.unwrap() {
         if let Some(Payload::Event(e)) = msg.payload
             && matches!(e.data, Some(job_event::Data::Checkpoint(_)))
@@ -291,15 +287,7 @@ async fn pause_and_resume_end_with_the_same_adapter_as_an_uninterrupted_run() {
         .unwrap();
     // The job's events say when it has stopped: paused, or (had the pause
     // come too late) succeeded.
-    let mut stream = env
-        .jobs
-        .watch_job(proto::WatchJobRequest {
-            job_id: job.id.clone(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(&mut env.jobs, &job.id).await;
     let stopped = loop {
         let msg = stream
             .message()

@@ -221,7 +221,6 @@ async fn cli_uploads_lists_splits_downloads_and_deletes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_binary_logs_json_and_stops_cleanly_on_sigterm() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
         .args(["serve", "--listen", "127.0.0.1:0", "--log-json", "--data-dir"])
@@ -230,19 +229,7 @@ async fn serve_binary_logs_json_and_stops_cleanly_on_sigterm() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    // The first JSON log line that names the address tells us where it listens.
-    let addr = tokio::task::spawn_blocking(move || {
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-            if let Some(addr) = v.get("addr").and_then(|a| a.as_str()) {
-                return (addr.to_string(), lines);
-            }
-        }
-        panic!("server never logged its address");
-    });
-    let (addr, lines) = addr.await.unwrap();
+    let (addr, lines) = logged_address(&mut child).await;
     let mut client = lathe::proto::dataset_service_client::DatasetServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -269,7 +256,6 @@ async fn serve_binary_logs_json_and_stops_cleanly_on_sigterm() {
 /// stops the server as cleanly as SIGTERM.
 #[tokio::test]
 async fn serve_binary_takes_its_settings_from_the_environment() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let elsewhere = dir.path().join("elsewhere.db");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
@@ -284,18 +270,7 @@ async fn serve_binary_takes_its_settings_from_the_environment() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::task::spawn_blocking(move || {
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-            if let Some(addr) = v.get("addr").and_then(|a| a.as_str()) {
-                return (addr.to_string(), lines);
-            }
-        }
-        panic!("server never logged its address");
-    });
-    let (addr, lines) = addr.await.unwrap();
+    let (addr, lines) = logged_address(&mut child).await;
     assert!(!addr.ends_with(":0"), "{addr}");
     let mut client = lathe::proto::dataset_service_client::DatasetServiceClient::connect(format!("http://{addr}"))
         .await
@@ -327,4 +302,25 @@ async fn serve_binary_takes_its_settings_from_the_environment() {
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
+
+/// Reads a `serve --log-json` child's log until the line that names the
+/// address it listens on; returns that address and the rest of the log.
+async fn logged_address(
+    child: &mut std::process::Child,
+) -> (String, std::io::Lines<std::io::BufReader<std::process::ChildStderr>>) {
+    use std::io::{BufRead, BufReader};
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::task::spawn_blocking(move || {
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+            if let Some(addr) = v.get("addr").and_then(|a| a.as_str()) {
+                return (addr.to_string(), lines);
+            }
+        }
+        panic!("server never logged its address");
+    })
+    .await
+    .unwrap()
 }

@@ -522,6 +522,17 @@ mod tests {
             .collect()
     }
 
+    /// SFT, with the last message's content as each row's label.
+    fn last_message_labels() -> IngestOptions {
+        IngestOptions {
+            line: LineOptions {
+                label_pointer: Some("/messages/-1/content".into()),
+                ..LineOptions::new(Purpose::Sft)
+            },
+            ..IngestOptions::default()
+        }
+    }
+
     fn codes(list: &[Problem]) -> Vec<(u64, &'static str)> {
         list.iter().map(|p| (p.line, p.code)).collect()
     }
@@ -763,14 +774,7 @@ mod tests {
         }
         data.push_str(r#"{"messages":[{"role":"user","content":"x"},{"role":"assistant","content":null,"tool_calls":[{"id":"1","type":"function","function":{"name":"f","arguments":"{}"}}]}]}"#);
         data.push('\n');
-        let opts = IngestOptions {
-            line: LineOptions {
-                label_pointer: Some("/messages/-1/content".into()),
-                ..LineOptions::new(Purpose::Sft)
-            },
-            ..IngestOptions::default()
-        };
-        let (r, s) = ingest(data.as_bytes(), opts);
+        let (r, s) = ingest(data.as_bytes(), last_message_labels());
         assert_eq!(r.valid_rows, 5);
         assert_eq!(r.warning_counts.get("missing_label"), Some(&1));
         assert_eq!(s.label_field.as_deref(), Some("/messages/-1/content"));
@@ -804,14 +808,7 @@ mod tests {
             ));
             data.push('\n');
         }
-        let opts = IngestOptions {
-            line: LineOptions {
-                label_pointer: Some("/messages/-1/content".into()),
-                ..LineOptions::new(Purpose::Sft)
-            },
-            ..IngestOptions::default()
-        };
-        let (r, s) = ingest(data.as_bytes(), opts);
+        let (r, s) = ingest(data.as_bytes(), last_message_labels());
         assert_eq!(r.valid_rows as usize, MAX_DISTINCT_LABELS + 6);
         // The long label went to <other>; then 1,000 distinct labels (the
         // cap counts <other> itself), then the rest to <other>.

@@ -119,6 +119,27 @@ pub fn chunk_message(bytes: &[u8]) -> proto::UploadDatasetRequest {
     }
 }
 
+/// An upload fed message by message: its metadata is sent, and the call
+/// is running. The channel holds one message, so each `send` returns only
+/// once the call has taken the message before it.
+pub async fn start_upload(
+    mut client: DatasetServiceClient<Channel>,
+    filename: &str,
+    purpose: proto::DatasetPurpose,
+) -> (
+    tokio::sync::mpsc::Sender<proto::UploadDatasetRequest>,
+    JoinHandle<Result<tonic::Response<proto::UploadDatasetResponse>, tonic::Status>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(metadata_message(filename, purpose, "")).await.unwrap();
+    let call = tokio::spawn(async move {
+        client
+            .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    (tx, call)
+}
+
 /// Uploads `bytes` in chunks of `chunk` bytes.
 pub async fn upload_bytes(
     client: &mut DatasetServiceClient<Channel>,
