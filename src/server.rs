@@ -65,14 +65,12 @@ pub async fn run_with(
         .await
         .context("opening the database")?;
     let blobs = Blobs::local(config.blob_dir()).context("opening the blob directory")?;
-    let staging = blobs.clone();
     let datasets = Arc::new(Datasets::new(
         store.clone(),
         blobs.clone(),
         Arc::new(tokenizer.await.context("loading the tokenizer")?),
         config.dataset_limits(),
     ));
-    let stop_datasets = datasets.clone();
     datasets
         .recover()
         .await
@@ -111,7 +109,7 @@ pub async fn run_with(
         config.evals_config(),
     ));
     let jobs = Arc::new(
-        Jobs::new(store, blobs, trainer, config.jobs_config())
+        Jobs::new(store, blobs.clone(), trainer, config.jobs_config())
             .with_evaluator(Arc::new(crate::evals::checkpoints::CheckpointEvals(evals.clone()))),
     );
     let stop_scheduler = CancellationToken::new();
@@ -180,7 +178,7 @@ pub async fn run_with(
     };
     if dropped_requests {
         // Uploads still streaming stop and remove what they staged.
-        if tokio::time::timeout(std::time::Duration::from_secs(10), stop_datasets.stop_uploads())
+        if tokio::time::timeout(std::time::Duration::from_secs(10), datasets.stop_uploads())
             .await
             .is_err()
         {
@@ -199,7 +197,7 @@ pub async fn run_with(
         // No request, job or eval run is left to write to staging, so what
         // the dropped uploads had staged goes now rather than at the next
         // start (a hard stop still leaves that to the next start).
-        match staging.sweep_staging().await {
+        match blobs.sweep_staging().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed what dropped uploads had staged"),
             Err(e) => tracing::warn!(error = %e, "could not clear staging; the next start will"),

@@ -267,7 +267,7 @@ async fn malformed_uploads_are_invalid_argument_with_field_details() {
         .unwrap();
     assert!(listed.into_inner().datasets.is_empty());
     server.stop().await;
-    assert!(files_under(&dir.path().join("blobs")).is_empty());
+    assert_no_blobs(dir.path());
 }
 
 #[tokio::test]
@@ -293,11 +293,7 @@ async fn size_limit_is_resource_exhausted_and_leaves_nothing() {
             .is_empty()
     );
     server.stop().await;
-    assert!(
-        files_under(&dir.path().join("blobs")).is_empty(),
-        "{:?}",
-        files_under(dir.path())
-    );
+    assert_no_blobs(dir.path());
 }
 
 #[tokio::test]
@@ -350,11 +346,7 @@ async fn upload_cut_off_midway_leaves_no_dataset_and_no_blob() {
     assert!(listed.into_inner().datasets.is_empty());
     // Draining waits for the aborted handler to clean up after itself.
     server.stop().await;
-    assert!(
-        files_under(&dir.path().join("blobs")).is_empty(),
-        "{:?}",
-        files_under(dir.path())
-    );
+    assert_no_blobs(dir.path());
 }
 
 /// When the grace period runs out, an upload still streaming is dropped
@@ -389,11 +381,7 @@ async fn upload_dropped_at_the_end_of_the_grace_period_leaves_nothing() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     drop(tx);
     server.stop().await;
-    assert!(
-        files_under(&dir.path().join("blobs")).is_empty(),
-        "{:?}",
-        files_under(dir.path())
-    );
+    assert_no_blobs(dir.path());
     let server = TestServer::start(dir.path()).await;
     let mut client = server.datasets().await;
     let listed = client

@@ -238,14 +238,7 @@ async fn serve_binary_logs_json_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap();
 
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(status.success(), "{status:?}");
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+    let rest = stop_cleanly(child, lines, libc::SIGTERM).await;
     assert!(
         rest.iter()
             .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
@@ -294,14 +287,7 @@ async fn serve_binary_takes_its_settings_from_the_environment() {
         "the default data dir was not used"
     );
 
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(status.success(), "{status:?}");
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+    stop_cleanly(child, lines, libc::SIGINT).await;
 }
 
 /// Reads a `serve --log-json` child's log until the line that names the
@@ -323,4 +309,22 @@ async fn logged_address(
     })
     .await
     .unwrap()
+}
+
+/// Sends `signal` to a serve child; checks that it exits successfully after
+/// logging that it is shutting down, and returns the rest of its log.
+async fn stop_cleanly(
+    mut child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    signal: libc::c_int,
+) -> Vec<String> {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+    rest
 }

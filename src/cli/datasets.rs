@@ -250,7 +250,7 @@ pub async fn upload(
     label_field: Option<String>,
     show_progress: bool,
 ) -> anyhow::Result<proto::Dataset> {
-    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let size = f.metadata()?.len();
     let filename = file
         .file_name()
@@ -290,7 +290,6 @@ pub async fn upload(
         if tx.blocking_send(first).is_err() {
             return Ok(());
         }
-        let mut f = f;
         loop {
             let mut buf = Vec::with_capacity(CHUNK);
             let n = (&mut f).take(CHUNK as u64).read_to_end(&mut buf)?;

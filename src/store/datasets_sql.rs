@@ -1,6 +1,20 @@
 //! The datasets table, written once for every SQL backend (see
 //! `jobs_sql.rs` for the placeholder rule).
 
+/// SQL that is true while an unfinished job or eval run uses dataset `$1`:
+/// the one definition of "in use", for `dataset_in_use` and for the delete
+/// that refuses in the same statement.
+#[macro_export]
+macro_rules! dataset_in_use_sql {
+    () => {
+        "(EXISTS (SELECT 1 FROM jobs
+                  WHERE (training_dataset_id = $1 OR validation_dataset_id = $1)
+                    AND state NOT IN ('succeeded', 'failed', 'cancelled'))
+          OR EXISTS (SELECT 1 FROM eval_runs
+                  WHERE dataset_id = $1 AND state IN ('queued', 'in_progress')))"
+    };
+}
+
 /// Implements `DatasetStore` for a backend struct with a `pool` field.
 #[macro_export]
 macro_rules! impl_dataset_store {
@@ -89,15 +103,11 @@ macro_rules! impl_dataset_store {
                 }
                 // The check and the delete are one statement, so no job or
                 // eval run can start using the dataset in between.
-                let row = sqlx::query(
-                    "DELETE FROM datasets WHERE id = $1
-                       AND NOT EXISTS (SELECT 1 FROM jobs
-                             WHERE (training_dataset_id = $1 OR validation_dataset_id = $1)
-                               AND state NOT IN ('succeeded', 'failed', 'cancelled'))
-                       AND NOT EXISTS (SELECT 1 FROM eval_runs
-                             WHERE dataset_id = $1 AND state IN ('queued', 'in_progress'))
-                     RETURNING *",
-                )
+                let row = sqlx::query(concat!(
+                    "DELETE FROM datasets WHERE id = $1 AND NOT ",
+                    $crate::dataset_in_use_sql!(),
+                    " RETURNING *"
+                ))
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;

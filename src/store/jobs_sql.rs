@@ -54,18 +54,20 @@ macro_rules! impl_job_store {
                 .await;
                 match result {
                     Ok(done) if done.rows_affected() == 0 => {
-                        let gone = job.spec.validation_dataset_id.iter().chain([&job.spec.training_dataset_id]);
-                        let mut missing = job.spec.training_dataset_id.clone();
-                        for id in gone {
+                        // Name the dataset that is missing: training first.
+                        let spec = &job.spec;
+                        let mut missing = &spec.training_dataset_id;
+                        for id in std::iter::once(&spec.training_dataset_id).chain(&spec.validation_dataset_id) {
                             let ready = sqlx::query("SELECT id FROM datasets WHERE id = $1 AND state = 'ready'")
                                 .bind(id)
                                 .fetch_optional(&mut *tx)
                                 .await?;
                             if ready.is_none() {
-                                missing = id.clone();
+                                missing = id;
+                                break;
                             }
                         }
-                        return Err($crate::store::StoreError::Gone(missing));
+                        return Err($crate::store::StoreError::Gone(missing.clone()));
                     }
                     Ok(_) => {}
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -413,18 +415,11 @@ macro_rules! impl_job_store {
             }
 
             async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, $crate::store::StoreError> {
-                let row = sqlx::query(
-                    "SELECT (SELECT COUNT(*) FROM jobs
-                             WHERE (training_dataset_id = $1 OR validation_dataset_id = $1)
-                               AND state NOT IN ('succeeded', 'failed', 'cancelled'))
-                          + (SELECT COUNT(*) FROM eval_runs
-                             WHERE dataset_id = $1 AND state IN ('queued', 'in_progress')) AS n",
-                )
-                .bind(dataset_id)
-                .fetch_one(&self.pool)
-                .await?;
-                let n: i64 = sqlx::Row::try_get(&row, "n")?;
-                Ok(n > 0)
+                let row = sqlx::query(concat!("SELECT ", $crate::dataset_in_use_sql!(), " AS used"))
+                    .bind(dataset_id)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(sqlx::Row::try_get(&row, "used")?)
             }
 
             async fn insert_model(&self, m: &$crate::store::ModelRecord) -> Result<(), $crate::store::StoreError> {

@@ -209,6 +209,16 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Asserts that nothing is stored under `data_dir`'s blob directory: no
+/// blob and nothing in staging.
+pub fn assert_no_blobs(data_dir: &Path) {
+    assert!(
+        files_under(&data_dir.join("blobs")).is_empty(),
+        "{:?}",
+        files_under(data_dir)
+    );
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
