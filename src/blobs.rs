@@ -87,14 +87,18 @@ impl Blobs {
     }
 
     /// Removes what interrupted uploads left in staging. Call only when no
-    /// upload is in flight (at start-up, or once a shutdown has dropped
-    /// every request).
+    /// upload is in flight (at start-up, or at the end of a shutdown). A
+    /// file that is already gone is fine: a dropped upload's own clean-up
+    /// may run at the same time.
     pub async fn sweep_staging(&self) -> Result<usize, BlobError> {
         let staged: Vec<_> = self.store.list(Some(&Path::from("staging"))).try_collect().await?;
         let mut removed = 0;
         for meta in staged {
-            self.store.delete(&meta.location).await?;
-            removed += 1;
+            match self.store.delete(&meta.location).await {
+                Ok(()) => removed += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         if let Some(root) = &self.local_root {
             let dir = root.join("staging");

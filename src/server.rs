@@ -193,15 +193,15 @@ pub async fn run_with(
     if let Err(e) = eval_runner.await {
         tracing::error!(error = %e, "the eval runner crashed");
     }
-    if dropped_requests {
-        // No request, job or eval run is left to write to staging, so what
-        // the dropped uploads had staged goes now rather than at the next
-        // start (a hard stop still leaves that to the next start).
-        match blobs.sweep_staging().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed what dropped uploads had staged"),
-            Err(e) => tracing::warn!(error = %e, "could not clear staging; the next start will"),
-        }
+    // No request, job or eval run is left to write to staging. What
+    // uploads dropped before they finished had staged goes now rather than
+    // at the next start: an upload whose client vanished is dropped by the
+    // HTTP/2 layer, and its own clean-up runs in the background (a hard stop
+    // still leaves that to the next start).
+    match blobs.sweep_staging().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed what dropped uploads had staged"),
+        Err(e) => tracing::warn!(error = %e, "could not clear staging; the next start will"),
     }
     tracing::info!("stopped");
     Ok(())
