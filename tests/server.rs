@@ -219,6 +219,82 @@ async fn cli_uploads_lists_splits_downloads_and_deletes() {
     server.stop().await;
 }
 
+/// The CLI writes UploadDataset's wire format itself (one read per chunk,
+/// no re-encoding): a file of several chunks arrives byte for byte, and the
+/// server's refusals, in the trailers or before any chunk is read, reach the
+/// user with their field details.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_uploads_many_chunks_exactly_and_reports_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lathe::config::ServeConfig::embedded(dir.path().join("data"));
+    config.max_upload_bytes = 600_000;
+    let server = TestServer::start_with(config).await;
+    let addr = server.url();
+
+    // About 1 MB: four chunks of 256 KiB. Rows differ, so none is a duplicate.
+    let mut text = String::new();
+    let mut i = 0;
+    while text.len() < 1_000_000 {
+        text.push_str(&format!(
+            "{{\"messages\":[{{\"role\":\"user\",\"content\":\"question {i}: how do I top up?\"}},\
+             {{\"role\":\"assistant\",\"content\":\"answer {i}: use the app.\"}}]}}\n"
+        ));
+        i += 1;
+    }
+    let rows = i;
+    let small = dir.path().join("small.jsonl");
+    let large = dir.path().join("large.jsonl");
+    let cut = text[..500_000].rfind('\n').unwrap() + 1;
+    std::fs::write(&small, &text[..cut]).unwrap();
+    std::fs::write(&large, &text).unwrap();
+    let small_rows = text[..cut].lines().count();
+    let (small_s, large_s) = (small.to_str().unwrap().to_string(), large.to_str().unwrap().to_string());
+
+    let addr2 = addr.clone();
+    let (ok, too_large, bad_meta) = tokio::task::spawn_blocking(move || {
+        let ok = lathe(&addr2, &["--json", "datasets", "upload", &small_s, "--purpose", "sft"]);
+        let too_large = lathe(&addr2, &["datasets", "upload", &large_s, "--purpose", "sft"]);
+        let mut args = vec!["datasets", "upload", small_s.as_str(), "--purpose", "sft"];
+        let pairs: Vec<String> = (0..17).map(|k| format!("k{k}=v")).collect();
+        for pair in &pairs {
+            args.extend(["--metadata", pair.as_str()]);
+        }
+        let bad_meta = lathe(&addr2, &args);
+        (ok, too_large, bad_meta)
+    })
+    .await
+    .unwrap();
+
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(v["bytes"].as_u64(), Some(cut as u64));
+    assert_eq!(v["sha256"], sha256_hex(&text.as_bytes()[..cut]));
+    assert_eq!(v["validation"]["valid_rows"].as_u64(), Some(small_rows as u64));
+    assert!(rows > small_rows);
+
+    assert_eq!(too_large.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&too_large.stderr);
+    assert!(err.contains("size limit") && err.contains("ResourceExhausted"), "{err}");
+
+    assert_eq!(bad_meta.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad_meta.stderr);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("metadata.metadata: at most 16 key-value pairs"),
+        "{err}"
+    );
+
+    // Only the one good upload is stored; the refused ones left nothing.
+    let mut client = server.datasets().await;
+    let list = client
+        .list_datasets(proto::ListDatasetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.datasets.len(), 1);
+    assert_eq!(list.datasets[0].sha256, v["sha256"].as_str().unwrap());
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_binary_logs_json_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();

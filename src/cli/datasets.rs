@@ -8,9 +8,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::Outcome;
 use super::output::{dataset_json, dataset_row, dataset_text, status_error};
-use crate::proto::{
-    self, dataset_service_client::DatasetServiceClient, download_dataset_response, upload_dataset_request,
-};
+use crate::proto::{self, dataset_service_client::DatasetServiceClient, download_dataset_response};
 
 /// Bytes per upload message.
 const CHUNK: usize = 256 << 10;
@@ -113,7 +111,8 @@ fn usable(d: &proto::Dataset) -> Outcome {
 }
 
 pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result<Outcome> {
-    let mut client = DatasetServiceClient::new(super::connect(addr).await?);
+    let channel = super::connect(addr).await?;
+    let mut client = DatasetServiceClient::new(channel.clone());
     match cmd {
         DatasetsCommand::Upload {
             file,
@@ -122,7 +121,7 @@ pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result
             metadata,
             label_field,
         } => {
-            let dataset = upload(&mut client, &file, purpose, name, metadata, label_field, !json).await?;
+            let dataset = upload(&channel, &file, purpose, name, metadata, label_field, !json).await?;
             print_dataset(json, &dataset);
             Ok(usable(&dataset))
         }
@@ -242,7 +241,7 @@ pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result
 /// Streams a file to UploadDataset, with a progress bar for large files on
 /// a terminal.
 pub async fn upload(
-    client: &mut DatasetServiceClient<tonic::transport::Channel>,
+    channel: &tonic::transport::Channel,
     file: &std::path::Path,
     purpose: PurposeArg,
     name: Option<String>,
@@ -250,7 +249,7 @@ pub async fn upload(
     label_field: Option<String>,
     show_progress: bool,
 ) -> anyhow::Result<proto::Dataset> {
-    let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let size = f.metadata()?.len();
     let filename = file
         .file_name()
@@ -268,53 +267,24 @@ pub async fn upload(
     } else {
         None
     };
-    let first = proto::UploadDatasetRequest {
-        payload: Some(upload_dataset_request::Payload::Metadata(
-            proto::UploadDatasetMetadata {
-                filename,
-                purpose: proto::DatasetPurpose::from(purpose) as i32,
-                display_name: name.unwrap_or_default(),
-                metadata: metadata.into_iter().collect::<HashMap<_, _>>(),
-                label_field: label_field.unwrap_or_default(),
-            },
-        )),
+    let meta = proto::UploadDatasetMetadata {
+        filename,
+        purpose: proto::DatasetPurpose::from(purpose) as i32,
+        display_name: name.unwrap_or_default(),
+        metadata: metadata.into_iter().collect::<HashMap<_, _>>(),
+        label_field: label_field.unwrap_or_default(),
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
     let progress = bar.clone();
-    // A plain blocking reader: each chunk is read straight into the buffer
-    // that becomes the message (`read_to_end` fills spare capacity without
-    // zeroing it first), where tokio's File would read into its own buffer
-    // and copy, one thread hand-off per chunk.
-    let reader = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        if tx.blocking_send(first).is_err() {
-            return Ok(());
+    let result = super::upload::upload_file(channel, f, meta, CHUNK, move |sent| {
+        if let Some(bar) = &progress {
+            bar.set_position(sent);
         }
-        loop {
-            let mut buf = Vec::with_capacity(CHUNK);
-            let n = (&mut f).take(CHUNK as u64).read_to_end(&mut buf)?;
-            if n == 0 {
-                return Ok::<_, std::io::Error>(());
-            }
-            if let Some(bar) = &progress {
-                bar.inc(n as u64);
-            }
-            let msg = proto::UploadDatasetRequest {
-                payload: Some(upload_dataset_request::Payload::Chunk(buf.into())),
-            };
-            if tx.blocking_send(msg).is_err() {
-                return Ok(());
-            }
-        }
-    });
-    let result = client
-        .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await;
+    })
+    .await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    reader.await??;
-    Ok(result.map_err(status_error)?.into_inner().dataset.unwrap_or_default())
+    Ok(result.map_err(status_error)?.dataset.unwrap_or_default())
 }
 
 async fn download(

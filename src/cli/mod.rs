@@ -10,6 +10,7 @@ mod jobs;
 mod models;
 mod output;
 mod quickstart;
+mod upload;
 
 use std::path::PathBuf;
 

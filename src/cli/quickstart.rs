@@ -180,6 +180,7 @@ async fn find_existing(
 }
 
 async fn upload_once(
+    channel: &Channel,
     client: &mut DatasetServiceClient<Channel>,
     file: PathBuf,
     purpose: PurposeArg,
@@ -193,7 +194,7 @@ async fn upload_once(
         return Ok(existing);
     }
     let metadata = vec![("quickstart".to_string(), role.to_string())];
-    upload(client, &file, purpose, None, metadata, Some(label.to_string()), true).await
+    upload(channel, &file, purpose, None, metadata, Some(label.to_string()), true).await
 }
 
 fn load_state(plan: &Plan) -> State {
@@ -476,7 +477,7 @@ async fn steps(
     let mut datasets = DatasetServiceClient::new(channel.clone());
     let mut models = ModelServiceClient::new(channel.clone());
     let mut evals = EvalServiceClient::new(channel.clone());
-    let mut jobs = FineTuningServiceClient::new(channel);
+    let mut jobs = FineTuningServiceClient::new(channel.clone());
     let mut state = load_state(plan);
     let mut timings: BTreeMap<&str, f64> = BTreeMap::new();
 
@@ -506,10 +507,10 @@ async fn steps(
         plan.eval_rows,
     )?;
     let label = "/messages/-1/content";
-    let train = upload_once(&mut datasets, train, PurposeArg::Sft, "train", label).await?;
+    let train = upload_once(&channel, &mut datasets, train, PurposeArg::Sft, "train", label).await?;
     print!("{}", indent(&dataset_text(&train)));
-    let valid = upload_once(&mut datasets, valid, PurposeArg::Sft, "validation", label).await?;
-    let items = upload_once(&mut datasets, items, PurposeArg::Eval, "heldout", "/label").await?;
+    let valid = upload_once(&channel, &mut datasets, valid, PurposeArg::Sft, "validation", label).await?;
+    let items = upload_once(&channel, &mut datasets, items, PurposeArg::Eval, "heldout", "/label").await?;
     print!("{}", indent(&dataset_text(&items)));
     let ready = |d: &proto::Dataset| d.state == proto::DatasetState::Ready as i32;
     anyhow::ensure!(
