@@ -14,6 +14,8 @@ use futures::TryStreamExt;
 use object_store::{ObjectStore, WriteMultipart, local::LocalFileSystem, path::Path};
 use sha2::{Digest, Sha256};
 
+mod direct;
+
 pub type BlobError = object_store::Error;
 
 /// Bytes per `put_part` and at most this many parts in flight per upload:
@@ -31,6 +33,9 @@ pub struct Blobs {
     /// Set for the local backend, whose interrupted multipart writes leave
     /// files that `object_store` itself does not list.
     local_root: Option<PathBuf>,
+    /// The local backend's staging directory takes `O_DIRECT` writes
+    /// (see [`direct`]); staged files are then written around the page cache.
+    direct: bool,
 }
 
 impl Blobs {
@@ -38,9 +43,14 @@ impl Blobs {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
         let store = LocalFileSystem::new_with_prefix(&root).map_err(std::io::Error::other)?;
+        let staging = root.join("staging");
+        std::fs::create_dir_all(&staging)?;
+        let direct = cfg!(target_os = "linux") && direct::supported(&staging);
+        tracing::debug!(direct, "blob staging writes bypass the page cache: {direct}");
         Ok(Self {
             store: Arc::new(store),
             local_root: Some(root),
+            direct,
         })
     }
 
@@ -51,12 +61,23 @@ impl Blobs {
 
     /// Starts a staged write; nothing is visible until `StagedBlob::commit`.
     pub async fn writer(&self) -> Result<BlobWriter, BlobError> {
-        let staging = Path::from(format!("staging/{}", crate::ids::new_id("up")));
-        let upload = self.store.put_multipart(&staging).await?;
+        let name = crate::ids::new_id("up");
+        let staging = Path::from(format!("staging/{name}"));
+        let sink = match &self.local_root {
+            Some(root) if self.direct => {
+                let path = root.join("staging").join(&name);
+                let writer = direct::DirectWriter::create(path, PARTS_IN_FLIGHT).map_err(|e| io_error(&staging, e))?;
+                Sink::Direct(writer)
+            }
+            _ => {
+                let upload = self.store.put_multipart(&staging).await?;
+                Sink::Multipart(WriteMultipart::new_with_chunk_size(upload, PART_SIZE))
+            }
+        };
         Ok(BlobWriter {
             store: self.store.clone(),
             staging,
-            writer: Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)),
+            writer: Some(sink),
             hasher: Sha256::new(),
             size: 0,
         })
@@ -117,34 +138,56 @@ impl Blobs {
 pub struct BlobWriter {
     store: Arc<dyn ObjectStore>,
     staging: Path,
-    writer: Option<WriteMultipart>,
+    writer: Option<Sink>,
     hasher: Sha256,
     size: u64,
 }
 
+/// Where a staged write goes: `object_store`'s multipart upload, or a local
+/// file written around the page cache.
+enum Sink {
+    Multipart(WriteMultipart),
+    Direct(direct::DirectWriter),
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> BlobError {
+    object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: format!("writing {path}: {source}").into(),
+    }
+}
+
 impl BlobWriter {
     pub async fn write(&mut self, data: &[u8]) -> Result<(), BlobError> {
-        let Some(writer) = self.writer.as_mut() else {
-            return Ok(());
-        };
-        writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+        match self.writer.as_mut() {
+            None => return Ok(()),
+            Some(Sink::Multipart(writer)) => {
+                writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                writer.write(data);
+            }
+            Some(Sink::Direct(writer)) => writer.write(data).await.map_err(|e| io_error(&self.staging, e))?,
+        }
         self.hasher.update(data);
-        writer.write(data);
         self.size += data.len() as u64;
         Ok(())
     }
 
-    /// Like [`write`](Self::write) without copying: the part being built
-    /// holds `data` itself (a received chunk that the validator reads too).
+    /// Like [`write`](Self::write), without copying where the sink can keep
+    /// `data` itself (a received chunk that the validator reads too): a
+    /// multipart part holds it; a direct write copies it into its aligned
+    /// buffer.
     pub async fn put(&mut self, data: Bytes) -> Result<(), BlobError> {
-        let Some(writer) = self.writer.as_mut() else {
-            return Ok(());
-        };
-        writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
-        self.hasher.update(&data);
-        self.size += data.len() as u64;
-        writer.put(data);
-        Ok(())
+        match self.writer.as_mut() {
+            None => Ok(()),
+            Some(Sink::Multipart(writer)) => {
+                writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                self.hasher.update(&data);
+                self.size += data.len() as u64;
+                writer.put(data);
+                Ok(())
+            }
+            Some(Sink::Direct(_)) => self.write(&data).await,
+        }
     }
 
     pub fn size(&self) -> u64 {
@@ -153,8 +196,12 @@ impl BlobWriter {
 
     /// Completes the staged write; the blob is still invisible.
     pub async fn finish(mut self) -> Result<StagedBlob, BlobError> {
-        if let Some(writer) = self.writer.take() {
-            writer.finish().await?;
+        match self.writer.take() {
+            Some(Sink::Multipart(writer)) => {
+                writer.finish().await?;
+            }
+            Some(Sink::Direct(writer)) => writer.finish().await.map_err(|e| io_error(&self.staging, e))?,
+            None => {}
         }
         let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
         Ok(StagedBlob {
@@ -167,8 +214,21 @@ impl BlobWriter {
     }
 
     pub async fn abort(mut self) {
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.abort().await;
+        if let Some(sink) = self.writer.take() {
+            sink.abort().await;
+        }
+    }
+}
+
+impl Sink {
+    async fn abort(self) {
+        match self {
+            Sink::Multipart(writer) => {
+                let _ = writer.abort().await;
+            }
+            Sink::Direct(writer) => {
+                let _ = tokio::fs::remove_file(writer.path()).await;
+            }
         }
     }
 }
@@ -177,12 +237,10 @@ impl Drop for BlobWriter {
     fn drop(&mut self) {
         // Dropped mid-upload (client gone, server shutting down): clean up in
         // the background; `sweep_staging` catches what this misses.
-        if let Some(writer) = self.writer.take()
+        if let Some(sink) = self.writer.take()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
-            handle.spawn(async move {
-                let _ = writer.abort().await;
-            });
+            handle.spawn(sink.abort());
         }
     }
 }
