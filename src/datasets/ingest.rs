@@ -29,6 +29,12 @@ use crate::datasets::tokens::TokenCounter;
 /// Lines are handed to the thread pool in blocks of roughly this size: big
 /// enough to amortize the fork/join, small enough to keep memory flat.
 pub const BLOCK_BYTES: usize = 2 << 20;
+/// The first block is this small, and each next one twice the size until
+/// [`BLOCK_BYTES`]: the pool starts validating once the first chunk is in,
+/// instead of idling while a whole block arrives.
+const FIRST_BLOCK_BYTES: usize = 256 << 10;
+/// A step of `push` may overshoot the block size by this much.
+const STEP_BYTES: usize = 64 << 10;
 pub const DEFAULT_MAX_LINE_BYTES: usize = 4 << 20;
 pub const DEFAULT_MAX_PROBLEMS: usize = 100;
 /// OpenAI's RFT training-file limit.
@@ -99,6 +105,8 @@ pub struct Ingestor {
     buf: Vec<u8>,
     /// How much of `buf` is known to contain no newline.
     scanned: usize,
+    /// Size of the block being gathered.
+    block_bytes: usize,
     /// Line number of the first line in `buf`.
     next_line: u64,
     skipping: Option<Skipping>,
@@ -126,8 +134,11 @@ impl Ingestor {
         Ingestor {
             opts,
             tokens,
-            buf: Vec::new(),
+            // Sized for a full block once, instead of doubling its way there
+            // (each step a copy into memory the kernel must zero).
+            buf: Vec::with_capacity(BLOCK_BYTES + STEP_BYTES),
             scanned: 0,
+            block_bytes: FIRST_BLOCK_BYTES,
             next_line: 1,
             skipping: None,
             pending: Vec::new(),
@@ -159,12 +170,13 @@ impl Ingestor {
             }
             // Bounded steps keep the buffer near BLOCK_BYTES even when the
             // caller hands over a whole file at once.
-            let room = BLOCK_BYTES.saturating_sub(self.buf.len()).max(64 << 10);
+            let room = self.block_bytes.saturating_sub(self.buf.len()).max(STEP_BYTES);
             let take = room.min(rest.len());
             self.buf.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
-            if self.buf.len() >= BLOCK_BYTES {
+            if self.buf.len() >= self.block_bytes {
                 self.process_complete_lines();
+                self.block_bytes = (self.block_bytes * 2).min(BLOCK_BYTES);
                 if self.buf.len() > self.opts.max_line_bytes {
                     // `buf` now holds only the start of one overlong line.
                     self.skipping = Some(Skipping {
