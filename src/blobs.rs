@@ -33,9 +33,10 @@ pub struct Blobs {
     /// Set for the local backend, whose interrupted multipart writes leave
     /// files that `object_store` itself does not list.
     local_root: Option<PathBuf>,
-    /// The local backend's staging directory takes `O_DIRECT` writes
-    /// (see [`direct`]); staged files are then written around the page cache.
-    direct: bool,
+    /// The local backend's staging directory, when it takes `O_DIRECT`
+    /// writes (see [`direct`]): staged files are then written around the
+    /// page cache.
+    direct_staging: Option<PathBuf>,
 }
 
 impl Blobs {
@@ -46,11 +47,11 @@ impl Blobs {
         let staging = root.join("staging");
         std::fs::create_dir_all(&staging)?;
         let direct = cfg!(target_os = "linux") && direct::supported(&staging);
-        tracing::debug!(direct, "blob staging writes bypass the page cache: {direct}");
+        tracing::debug!(direct, "probed O_DIRECT for staged blob writes");
         Ok(Self {
             store: Arc::new(store),
             local_root: Some(root),
-            direct,
+            direct_staging: direct.then_some(staging),
         })
     }
 
@@ -63,13 +64,13 @@ impl Blobs {
     pub async fn writer(&self) -> Result<BlobWriter, BlobError> {
         let name = crate::ids::new_id("up");
         let staging = Path::from(format!("staging/{name}"));
-        let sink = match &self.local_root {
-            Some(root) if self.direct => {
-                let path = root.join("staging").join(&name);
-                let writer = direct::DirectWriter::create(path, PARTS_IN_FLIGHT).map_err(|e| io_error(&staging, e))?;
+        let sink = match &self.direct_staging {
+            Some(dir) => {
+                let writer = direct::DirectWriter::create(dir.join(&name), PARTS_IN_FLIGHT)
+                    .map_err(|e| io_error(&staging, e))?;
                 Sink::Direct(writer)
             }
-            _ => {
+            None => {
                 let upload = self.store.put_multipart(&staging).await?;
                 Sink::Multipart(WriteMultipart::new_with_chunk_size(upload, PART_SIZE))
             }

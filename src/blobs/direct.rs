@@ -150,7 +150,14 @@ impl DirectWriter {
             self.reap_oldest().await?;
         }
         let next = self.free.pop().unwrap_or_else(|| AlignedBuf::new(PART_SIZE));
-        let mut part = std::mem::replace(&mut self.buf, next);
+        let part = std::mem::replace(&mut self.buf, next);
+        self.spawn_write(part);
+        Ok(())
+    }
+
+    /// Writes `part` at the current offset on a blocking thread, padded to
+    /// the alignment; the buffer comes back empty for reuse.
+    fn spawn_write(&mut self, mut part: AlignedBuf) {
         let (file, offset) = (self.file.clone(), self.offset);
         self.offset += part.len as u64;
         self.writing.push_back(tokio::task::spawn_blocking(move || {
@@ -158,7 +165,6 @@ impl DirectWriter {
             part.len = 0;
             Ok(part)
         }));
-        Ok(())
     }
 
     async fn reap_oldest(&mut self) -> io::Result<()> {
@@ -172,15 +178,11 @@ impl DirectWriter {
     /// Writes what is buffered and waits for every write; the file then has
     /// exactly the bytes written.
     pub(super) async fn finish(mut self) -> io::Result<()> {
-        let len = self.offset + self.buf.len as u64;
         if self.buf.len > 0 {
-            let mut last = std::mem::replace(&mut self.buf, AlignedBuf::new(0));
-            let (file, offset) = (self.file.clone(), self.offset);
-            self.writing.push_back(tokio::task::spawn_blocking(move || {
-                file.write_all_at(last.padded(), offset)?;
-                Ok(last)
-            }));
+            let last = std::mem::replace(&mut self.buf, AlignedBuf::new(0));
+            self.spawn_write(last);
         }
+        let len = self.offset;
         while !self.writing.is_empty() {
             self.reap_oldest().await?;
         }

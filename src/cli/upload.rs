@@ -58,7 +58,7 @@ pub async fn upload_file(
     // The reader stops by itself once the body is gone; an I/O error it
     // met explains a cut-off upload better than the status that followed.
     match reader.await {
-        Ok(Err(io)) => Err(Status::new(Code::Aborted, format!("reading the file: {io}"))),
+        Ok(Err(io)) => Err(read_error(&io)),
         _ => result,
     }
 }
@@ -83,7 +83,7 @@ fn read_chunks(
         let n = match (&mut file).take(chunk as u64).read_to_end(&mut buf) {
             Ok(n) => n,
             Err(e) => {
-                let _ = tx.blocking_send(Err(Status::new(Code::Aborted, format!("reading the file: {e}"))));
+                let _ = tx.blocking_send(Err(read_error(&e)));
                 return Err(e);
             }
         };
@@ -107,24 +107,15 @@ fn read_chunks(
 /// Writes the header of a chunk message of `n` bytes at the end of
 /// `headroom`; returns where the message starts.
 fn write_chunk_header(headroom: &mut [u8], n: usize) -> usize {
-    let mut varint = [0u8; 10];
-    let mut len = 0;
-    let mut v = n as u64;
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        varint[len] = if v == 0 { byte } else { byte | 0x80 };
-        len += 1;
-        if v == 0 {
-            break;
-        }
-    }
-    let body = 1 + len + n;
-    let start = headroom.len() - (5 + 1 + len);
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+    // Field 2 with wire type 2 fits the key in one byte.
+    let fields = 1 + encoded_len_varint(n as u64);
+    let start = headroom.len() - (5 + fields);
     headroom[start] = 0;
-    headroom[start + 1..start + 5].copy_from_slice(&(body as u32).to_be_bytes());
-    headroom[start + 5] = 0x12;
-    headroom[start + 6..].copy_from_slice(&varint[..len]);
+    headroom[start + 1..start + 5].copy_from_slice(&((fields + n) as u32).to_be_bytes());
+    let mut out = &mut headroom[start + 5..];
+    encode_key(2, WireType::LengthDelimited, &mut out);
+    encode_varint(n as u64, &mut out);
     start
 }
 
@@ -191,6 +182,10 @@ fn decode_reply(data: &[u8]) -> Result<proto::UploadDatasetResponse, Status> {
         return Err(bad("not exactly one message"));
     }
     proto::UploadDatasetResponse::decode(&data[5..]).map_err(|e| bad(&e.to_string()))
+}
+
+fn read_error(e: &std::io::Error) -> Status {
+    Status::new(Code::Aborted, format!("reading the file: {e}"))
 }
 
 fn transport_error(e: tonic::transport::Error) -> Status {
