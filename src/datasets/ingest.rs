@@ -196,11 +196,7 @@ impl Ingestor {
     /// merges the previous block's results, so the serial parts of a block
     /// (finding its lines, merging its results) overlap parallel work.
     fn process_complete_lines(&mut self) {
-        let Some(last_nl) = self.buf[self.scanned..]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map(|i| i + self.scanned)
-        else {
+        let Some(last_nl) = memchr::memrchr(b'\n', &self.buf[self.scanned..]).map(|i| i + self.scanned) else {
             self.scanned = self.buf.len();
             return;
         };

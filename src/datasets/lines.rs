@@ -8,37 +8,12 @@ use crate::error::{Error, Result};
 const READ_CHUNK: u64 = 1 << 20;
 
 /// Calls `f` with the index of every occurrence of `byte` in `data`, in
-/// order, testing eight bytes at a time.
+/// order (SIMD, through `memchr`).
 #[inline]
-pub(crate) fn for_each_byte(data: &[u8], byte: u8, mut f: impl FnMut(usize)) {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let pattern = LO * u64::from(byte);
-    let mut chunks = data.chunks_exact(8);
-    let mut base = 0;
-    for chunk in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(chunk);
-        let y = u64::from_le_bytes(w) ^ pattern;
-        // The high bit of each byte of `y` that is zero, exactly (no carries
-        // cross bytes): the matches in this word.
-        let mut hits = !(((y & !HI).wrapping_add(!HI)) | y) & HI;
-        while hits != 0 {
-            f(base + hits.trailing_zeros() as usize / 8);
-            hits &= hits - 1;
-        }
-        base += 8;
-    }
-    for (j, &c) in chunks.remainder().iter().enumerate() {
-        if c == byte {
-            f(base + j);
-        }
-    }
+pub(crate) fn for_each_byte(data: &[u8], byte: u8, f: impl FnMut(usize)) {
+    memchr::memchr_iter(byte, data).for_each(f);
 }
 
-/// The non-blank lines of a stored blob, without line terminators or a
-/// leading BOM: the rows the validator counted. For blocking threads only
-/// (it drives async reads with `Handle::block_on`).
 pub struct LineReader<'a> {
     handle: &'a Handle,
     blobs: &'a Blobs,
@@ -93,7 +68,7 @@ impl Iterator for LineReader<'_> {
             return None;
         }
         loop {
-            if let Some(pos) = memchr(b'\n', &self.buf[self.start..]) {
+            if let Some(pos) = memchr::memchr(b'\n', &self.buf[self.start..]) {
                 let line = trim_cr(&self.buf[self.start..self.start + pos]).to_vec();
                 self.start += pos + 1;
                 if is_blank(&line) {
@@ -118,10 +93,6 @@ impl Iterator for LineReader<'_> {
             }
         }
     }
-}
-
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|b| *b == needle)
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {

@@ -99,8 +99,7 @@ fn for_each_cut(b: &[u8], mut f: impl FnMut(usize)) {
     // is mispredicted once per window rather than once per word.
     let mut carry = 0u64; // whether the byte before the window may precede a cut
     let mut base = 0;
-    let mut emit = |window: &[u8; 64], base: usize, carry: &mut u64| {
-        let (space, not_before) = window_masks(window);
+    let mut emit = |(space, not_before): (u64, u64), base: usize, carry: &mut u64| {
         let before = !not_before;
         let mut cuts = space & (before << 1 | *carry);
         *carry = before >> 63;
@@ -111,15 +110,29 @@ fn for_each_cut(b: &[u8], mut f: impl FnMut(usize)) {
     };
     let (windows, rest) = b.as_chunks::<64>();
     for w in windows {
-        emit(w, base, &mut carry);
+        emit(window_masks(w), base, &mut carry);
         base += 64;
     }
-    if !rest.is_empty() {
-        // NUL padding is neither a space nor whitespace: it adds no cut.
-        let mut w = [0u8; 64];
-        w[..rest.len()].copy_from_slice(rest);
-        emit(&w, base, &mut carry);
+    if rest.is_empty() {
+        return;
     }
+    let masks = match b.last_chunk::<64>() {
+        // The text's last 64 bytes, shifted so that bit 0 is `rest[0]`: the
+        // bits shifted in past the end are clear, as if the text went on in
+        // NUL bytes.
+        Some(last) => {
+            let (space, not_before) = window_masks(last);
+            let shift = (64 - rest.len()) as u32;
+            (space >> shift, not_before >> shift)
+        }
+        None => {
+            // NUL padding is neither a space nor whitespace: it adds no cut.
+            let mut w = [0u8; 64];
+            w[..rest.len()].copy_from_slice(rest);
+            window_masks(&w)
+        }
+    };
+    emit(masks, base, &mut carry);
 }
 
 /// For a 64-byte window: bit `i` of the first mask is set where byte `i` is
@@ -243,30 +256,51 @@ struct PieceKey {
 const COUNT_SHIFT: u32 = 56;
 const COUNT_BITS: u64 = 0xF << COUNT_SHIFT;
 
+/// For a piece of `n` bytes, the masks that keep its bytes in `lo` and `hi`.
+static KEY_MASKS: [(u64, u64); 16] = {
+    let mut t = [(0, 0); 16];
+    let mut n = 0;
+    while n < 16 {
+        const fn bits(n: usize) -> u64 {
+            if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 }
+        }
+        t[n] = (bits(n), bits(n.saturating_sub(8)));
+        n += 1;
+    }
+    t
+};
+
 impl PieceKey {
     /// Packs `bytes[pos..pos + len]` (`1 <= len <= 15`). Reads 16 bytes at
-    /// once where the text allows it, and masks off what follows the piece.
+    /// once and masks off what follows the piece; near the end of the text
+    /// it reads the text's last 16 bytes and shifts the piece down, so only
+    /// texts shorter than 16 bytes take the byte-by-byte path.
     #[inline]
     fn load(bytes: &[u8], pos: usize, len: usize) -> Self {
         debug_assert!((1..=MAX_CACHED_PIECE).contains(&len));
-        let word = |w: &[u8]| {
-            let mut b = [0u8; 8];
-            b[..w.len()].copy_from_slice(w);
-            u64::from_le_bytes(b)
+        let word16 = |w: &[u8]| <[u8; 16]>::try_from(w).map_or(0, u128::from_le_bytes);
+        let v = match bytes.get(pos..pos + 16) {
+            Some(w) => word16(w),
+            None => match bytes.len().checked_sub(16) {
+                // The piece ends inside the last 16 bytes, so `pos` is
+                // 1 to 15 bytes past `last`.
+                Some(last) => word16(&bytes[last..])
+                    .checked_shr(8 * pos.saturating_sub(last) as u32)
+                    .unwrap_or(0),
+                None => {
+                    let mut b = [0u8; 16];
+                    for (d, &s) in b.iter_mut().zip(bytes.get(pos..).unwrap_or_default()) {
+                        *d = s;
+                    }
+                    u128::from_le_bytes(b)
+                }
+            },
         };
-        let (lo, hi) = match bytes.get(pos..pos + 16) {
-            Some(w) => (word(&w[..8]), word(&w[8..])),
-            None => {
-                let piece = bytes.get(pos..pos + len).unwrap_or_default();
-                let (a, b) = piece.split_at(piece.len().min(8));
-                (word(a), word(b))
-            }
-        };
-        let mask = |n: usize| if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
+        let (lo_mask, hi_mask) = KEY_MASKS[len & 15];
         PieceKey {
-            lo: lo & mask(len),
+            lo: v as u64 & lo_mask,
             // At most 7 bytes here, so the count and length bits start clear.
-            hi: (hi & mask(len.saturating_sub(8))) | (len as u64) << 60,
+            hi: ((v >> 64) as u64 & hi_mask) | (len as u64) << 60,
         }
     }
 
@@ -678,6 +712,24 @@ mod tests {
                 assert_eq!(got, cuts_naive(&b), "{b:?}");
                 if let Some(w) = b.first_chunk::<64>() {
                     assert_eq!(window_masks(w), window_masks_portable(w));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn piece_keys_pack_exactly_the_piece() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for text_len in 1..60 {
+            let b: Vec<u8> = (0..text_len).map(|_| rng.random_range(1..=255)).collect();
+            for pos in 0..text_len {
+                for len in 1..=MAX_CACHED_PIECE.min(text_len - pos) {
+                    let mut want = [0u8; 16];
+                    want[..len].copy_from_slice(&b[pos..pos + len]);
+                    let key = PieceKey::load(&b, pos, len);
+                    assert_eq!(key.lo, u64::from_le_bytes(want[..8].try_into().unwrap()));
+                    assert_eq!(key.hi & !(0xF << 60), u64::from_le_bytes(want[8..].try_into().unwrap()));
+                    assert_eq!(key.hi >> 60, len as u64, "{text_len} {pos} {len}");
                 }
             }
         }
