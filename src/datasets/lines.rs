@@ -14,6 +14,9 @@ pub(crate) fn for_each_byte(data: &[u8], byte: u8, f: impl FnMut(usize)) {
     memchr::memchr_iter(byte, data).for_each(f);
 }
 
+/// The non-blank lines of a stored blob, without line terminators or a
+/// leading BOM: the rows the validator counted. For blocking threads only
+/// (it drives async reads with `Handle::block_on`).
 pub struct LineReader<'a> {
     handle: &'a Handle,
     blobs: &'a Blobs,
