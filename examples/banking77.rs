@@ -12,13 +12,13 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use candle_core::Device;
-use lathe::engine::generate::{Sampling, generate};
 use lathe::engine::local::LoadedBase;
-use lathe::engine::lora::Adapter;
-use lathe::engine::sft::encode_file;
-use lathe::engine::train::{Sink, StepMetrics, run_sft};
 use lathe::engine::trainer::{LocalTrainerConfig, job_lora, sft_config};
 use lathe::jobs::model::{EarlyStopping, Hyperparameters, JobSpec, Lora, Method, MethodKind};
+use lathe_engine::generate::{Sampling, generate};
+use lathe_engine::lora::Adapter;
+use lathe_engine::sft::encode_file;
+use lathe_engine::train::{Sink, StepMetrics, run_sft};
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -45,6 +45,7 @@ fn reset_peak_rss() {
 }
 
 fn peak_rss_mib() -> f64 {
+    // SAFETY: rusage is plain integers, for which all-zero bytes are a value.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage writes into the struct we own.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };

@@ -5,13 +5,13 @@
 use std::time::Instant;
 
 use candle_core::Device;
-use lathe::engine::generate::{Sampling, generate};
-use lathe::engine::lora::{Adapter, LoraConfig};
-use lathe::engine::model::BaseModel;
-use lathe::engine::rng::Rng;
-use lathe::engine::sft::Example;
-use lathe::engine::train::packed_loss;
-use lathe::engine::weights::{Proj, load};
+use lathe_engine::generate::{Sampling, generate};
+use lathe_engine::lora::{Adapter, LoraConfig};
+use lathe_engine::model::BaseModel;
+use lathe_engine::rng::Rng;
+use lathe_engine::sft::Example;
+use lathe_engine::train::packed_loss;
+use lathe_engine::weights::{Proj, load};
 
 fn main() -> anyhow::Result<()> {
     let path = std::env::args().nth(1).expect("usage: engine_probe MODEL_PATH");
@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
             &model,
             &adapter,
             &refs,
-            Some(lathe::engine::model::TrainState {
+            Some(lathe_engine::model::TrainState {
                 dropout: 0.05,
                 rng: &mut rng,
             }),

@@ -44,7 +44,7 @@ struct Env {
 async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("tiny-model");
-    lathe::engine::tiny::write_tiny_model(&model_dir, 2, 32, 1).unwrap();
+    lathe_engine::tiny::write_tiny_model(&model_dir, 2, 32, 1).unwrap();
     let mut config = lathe::config::ServeConfig::embedded(dir.path().join("data"));
     config.job_poll_millis = 50;
     let server = TestServer::start_with(config).await;

@@ -9,9 +9,9 @@
 //! under CI=true, where a missing model is a failure.
 
 use candle_core::Device;
-use lathe::engine::generate::{Sampling, generate};
 use lathe::engine::local::LoadedBase;
-use lathe::engine::model::{Input, f32_vec, single};
+use lathe_engine::generate::{Sampling, generate};
+use lathe_engine::model::{Input, f32_vec, single};
 
 /// Largest |Lathe - reference| allowed on any compared logit. Both sides
 /// compute in float32 from the same dequantized weights; they differ only

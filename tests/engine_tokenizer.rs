@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use lathe::engine::chat_template::ChatTemplate;
-use lathe::engine::tokenizer::{GgufVocab, Tokenizer};
+use lathe_engine::chat_template::ChatTemplate;
+use lathe_engine::tokenizer::{GgufVocab, Tokenizer};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_tokenizer.jsonl");
 

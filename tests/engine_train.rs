@@ -8,15 +8,15 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor, Var};
-use lathe::engine::config::ModelConfig;
-use lathe::engine::generate::{Sampling, generate};
-use lathe::engine::lora::{Adapter, LoraConfig};
-use lathe::engine::model::{BaseModel, Input, Segments, TrainState, f32_vec, packed_mask, single};
-use lathe::engine::optim::{AdamWParams, Schedule};
-use lathe::engine::rng::Rng;
-use lathe::engine::sft::Example;
-use lathe::engine::train::{Outcome, SftConfig, Sink, StepMetrics, packed_loss, read_checkpoint, run_sft};
-use lathe::engine::weights::{Proj, random_weights};
+use lathe_engine::config::ModelConfig;
+use lathe_engine::generate::{Sampling, generate};
+use lathe_engine::lora::{Adapter, LoraConfig};
+use lathe_engine::model::{BaseModel, Input, Segments, TrainState, f32_vec, packed_mask, single};
+use lathe_engine::optim::{AdamWParams, Schedule};
+use lathe_engine::rng::Rng;
+use lathe_engine::sft::Example;
+use lathe_engine::train::{Outcome, SftConfig, Sink, StepMetrics, packed_loss, read_checkpoint, run_sft};
+use lathe_engine::weights::{Proj, random_weights};
 
 fn config(arch: &str) -> ModelConfig {
     ModelConfig {
@@ -397,7 +397,7 @@ fn greedy_without_cache(model: &BaseModel, adapter: Option<&Adapter>, prompt: &[
     out
 }
 
-fn byte_tokenizer() -> lathe::engine::tokenizer::Tokenizer {
+fn byte_tokenizer() -> lathe_engine::tokenizer::Tokenizer {
     let vocab: serde_json::Map<String, serde_json::Value> =
         (0..61u32).map(|i| (format!("t{i}"), serde_json::json!(i))).collect();
     let json = serde_json::json!({
@@ -406,9 +406,9 @@ fn byte_tokenizer() -> lathe::engine::tokenizer::Tokenizer {
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "vocab": vocab, "merges": []},
     });
-    lathe::engine::tokenizer::Tokenizer::from_tokenizer_json(json.to_string().as_bytes())
+    lathe_engine::tokenizer::Tokenizer::from_tokenizer_json(json.to_string().as_bytes())
         .or_else(|_| {
-            lathe::engine::tokenizer::Tokenizer::from_gguf(lathe::engine::tokenizer::GgufVocab {
+            lathe_engine::tokenizer::Tokenizer::from_gguf(lathe_engine::tokenizer::GgufVocab {
                 model: "gpt2".into(),
                 pre: None,
                 tokens: (0..61).map(|i| format!("t{i}")).collect(),
@@ -476,7 +476,7 @@ fn cached_batched_generation_equals_full_recomputation() {
     assert!(out[1].tokens.is_empty());
 }
 
-fn batched_first_token(model: &BaseModel, tok: &lathe::engine::tokenizer::Tokenizer, p: &[u32]) -> u32 {
+fn batched_first_token(model: &BaseModel, tok: &lathe_engine::tokenizer::Tokenizer, p: &[u32]) -> u32 {
     let s = Sampling {
         max_tokens: 1,
         ..Default::default()

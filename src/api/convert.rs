@@ -515,14 +515,14 @@ pub fn model(m: crate::store::ModelRecord) -> proto::Model {
 
 /// A Chat request as the engine takes it: model, OpenAI messages, sampling
 /// (OpenAI's defaults where unset: temperature 1, top_p 1).
-pub fn chat(req: proto::ChatRequest) -> (String, Vec<serde_json::Value>, crate::engine::generate::Sampling) {
+pub fn chat(req: proto::ChatRequest) -> (String, Vec<serde_json::Value>, lathe_engine::generate::Sampling) {
     let messages = req
         .messages
         .into_iter()
         .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
         .collect();
     let s = req.sampling.unwrap_or_default();
-    let sampling = crate::engine::generate::Sampling {
+    let sampling = lathe_engine::generate::Sampling {
         temperature: s.temperature.unwrap_or(1.0),
         top_p: s.top_p.unwrap_or(1.0),
         top_k: s.top_k.unwrap_or(0) as usize,

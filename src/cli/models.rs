@@ -93,7 +93,7 @@ fn model_line(m: &proto::Model) -> String {
 pub async fn run(addr: &str, json: bool, cmd: ModelsCommand) -> anyhow::Result<Outcome> {
     match cmd {
         ModelsCommand::Pull { name, dir } => {
-            let path = tokio::task::spawn_blocking(move || crate::engine::fetch::pull(&name, &dir)).await??;
+            let path = tokio::task::spawn_blocking(move || lathe_engine::fetch::pull(&name, &dir)).await??;
             if json {
                 println!("{}", json!({"path": path.display().to_string()}));
             } else {
@@ -103,7 +103,7 @@ pub async fn run(addr: &str, json: bool, cmd: ModelsCommand) -> anyhow::Result<O
         }
         ModelsCommand::Merge { base, adapter, out } => {
             let o = out.clone();
-            tokio::task::spawn_blocking(move || crate::engine::fetch::merge(&base, &adapter, &o)).await??;
+            tokio::task::spawn_blocking(move || lathe_engine::fetch::merge(&base, &adapter, &o)).await??;
             println!("wrote a merged model to {}", out.display());
             return Ok(Outcome::Ok);
         }

@@ -249,7 +249,7 @@ async fn ensure_model(
         let dir = args.data_dir.join("models/tiny-random");
         if !dir.join("config.json").is_file() {
             let d = dir.clone();
-            tokio::task::spawn_blocking(move || crate::engine::tiny::write_tiny_model(&d, 2, 64, 7)).await??;
+            tokio::task::spawn_blocking(move || lathe_engine::tiny::write_tiny_model(&d, 2, 64, 7)).await??;
         }
         println!("2. made a tiny random model in {} (no download)", dir.display());
         dir
@@ -259,7 +259,7 @@ async fn ensure_model(
             args.models_dir.display()
         );
         let dir = args.models_dir.clone();
-        tokio::task::spawn_blocking(move || crate::engine::fetch::pull("smollm2-135m-instruct", &dir)).await??
+        tokio::task::spawn_blocking(move || lathe_engine::fetch::pull("smollm2-135m-instruct", &dir)).await??
     };
     let path = std::fs::canonicalize(&path)?;
     let m = models

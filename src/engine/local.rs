@@ -15,18 +15,18 @@ use candle_core::Device;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use super::chat_template::{CHATML, ChatTemplate};
-use super::generate::{Generated, Sampling, generate};
-use super::lora::Adapter;
-use super::model::BaseModel;
-use super::tokenizer::Tokenizer;
-use super::train::{ADAPTER_CONFIG_FILE, ADAPTER_FILE};
-use super::weights::load;
-use super::{EngineError, Result};
 use crate::blobs::Blobs;
 use crate::graders::{ModelError, TokenUsage};
 use crate::inference::{ChatCompletion, ChatModel, ChatRequest};
 use crate::store::Store;
+use lathe_engine::chat_template::{CHATML, ChatTemplate};
+use lathe_engine::generate::{Generated, Sampling, generate};
+use lathe_engine::lora::Adapter;
+use lathe_engine::model::BaseModel;
+use lathe_engine::tokenizer::Tokenizer;
+use lathe_engine::train::{ADAPTER_CONFIG_FILE, ADAPTER_FILE};
+use lathe_engine::weights::load;
+use lathe_engine::{EngineError, Result};
 
 /// A base model in memory with what it needs to talk.
 pub struct LoadedBase {

@@ -16,16 +16,16 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::local::{LocalEngine, Resolved};
-use super::lora::LoraConfig;
-use super::optim::{AdamWParams, Schedule};
-use super::sft::encode_file;
-use super::train::{
-    AUTO_LEARNING_RATE, Outcome, SftConfig, Sink, StepMetrics, auto_batch_size, auto_epochs, read_checkpoint, run_sft,
-};
-use super::weights::Proj;
 use crate::error::FieldViolation;
 use crate::jobs::model::{JobSpec, Level, MethodKind, Metrics};
 use crate::jobs::trainer::{TrainContext, TrainError, TrainOutcome, Trainer};
+use lathe_engine::lora::LoraConfig;
+use lathe_engine::optim::{AdamWParams, Schedule};
+use lathe_engine::sft::encode_file;
+use lathe_engine::train::{
+    AUTO_LEARNING_RATE, Outcome, SftConfig, Sink, StepMetrics, auto_batch_size, auto_epochs, read_checkpoint, run_sft,
+};
+use lathe_engine::weights::Proj;
 
 /// Settings of the embedded trainer that are not per job.
 #[derive(Clone, Debug)]
@@ -131,7 +131,7 @@ pub fn job_lora(spec: &JobSpec) -> Result<LoraConfig, Vec<FieldViolation>> {
     lora_config(spec)
 }
 
-fn err(code: &str) -> impl Fn(super::EngineError) -> TrainError + '_ {
+fn err(code: &str) -> impl Fn(lathe_engine::EngineError) -> TrainError + '_ {
     move |e| TrainError::new(code, e.to_string())
 }
 
@@ -268,7 +268,7 @@ impl Trainer for LocalTrainer {
                 Some(v) => enc(v)?,
                 None => Vec::new(),
             };
-            Ok::<_, super::EngineError>((train, valid))
+            Ok::<_, lathe_engine::EngineError>((train, valid))
         })
         .await
         .map_err(|e| TrainError::new("internal", e.to_string()))?

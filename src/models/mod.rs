@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, FieldViolation, Result};
 
 /// Architectures the embedded engine is built for.
-pub const SUPPORTED: [&str; 2] = ["llama", "qwen2"];
+pub use lathe_engine::SUPPORTED;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BaseModelInfo {

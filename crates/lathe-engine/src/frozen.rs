@@ -389,8 +389,8 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::engine::max_abs_diff as max_diff;
-    use crate::engine::rng::Rng;
+    use crate::max_abs_diff as max_diff;
+    use crate::rng::Rng;
 
     fn random(rng: &mut Rng, shape: (usize, usize)) -> Tensor {
         let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.next_f32() - 0.5).collect();

@@ -616,11 +616,11 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::engine::max_abs_diff as diff;
-    use crate::engine::model;
+    use crate::max_abs_diff as diff;
+    use crate::model;
 
     fn randn(shape: &[usize], seed: u64) -> Var {
-        let mut rng = crate::engine::rng::Rng::new(seed);
+        let mut rng = crate::rng::Rng::new(seed);
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
         Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()

@@ -121,7 +121,7 @@ impl ModelConfig {
     }
 
     pub fn check(&self) -> Result<(), String> {
-        if !crate::models::SUPPORTED.contains(&self.architecture.as_str()) {
+        if !crate::SUPPORTED.contains(&self.architecture.as_str()) {
             return Err(format!("architecture {:?} is not supported", self.architecture));
         }
         if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
