@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lathe::api::convert::{struct_from_json, value_from_json};
+use lathe::proto::json::{struct_from_json, value_from_json};
 use lathe::proto::{
     self, dataset_service_client::DatasetServiceClient, eval_service_client::EvalServiceClient, upload_dataset_request,
     watch_eval_run_response,
@@ -220,7 +220,7 @@ async fn main() -> anyhow::Result<()> {
         let server = tokio::spawn(lathe::server::run_with(
             listener,
             config,
-            lathe::server::Engine::Custom(None),
+            lathe::app::Engine::Custom(None),
             async move { s.cancelled().await },
         ));
         let channel = loop {

@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     lathe::server::run_with(
         listener,
         config,
-        lathe::server::Engine::Custom(Some(Arc::new(trainer))),
+        lathe::app::Engine::Custom(Some(Arc::new(trainer))),
         async {
             let _ = tokio::signal::ctrl_c().await;
         },

@@ -18,13 +18,8 @@ mod direct;
 
 pub type BlobError = object_store::Error;
 
-/// Bytes per `put_part` and at most this many parts in flight per upload:
-/// bounds each upload's memory to about 5 × 2 MiB. The local backend writes
-/// each part at its offset, so small parts cost nothing; every megabyte an
-/// upload holds is one the kernel must zero-fill when it is first touched
-/// (on a VM the biggest single cost of a fresh server's first upload after
-/// tokenizing). An S3 backend needs parts of at least 5 MiB.
-const PART_SIZE: usize = 2 << 20;
+/// At most this many parts of [`direct::PART_SIZE`] bytes in flight per
+/// upload: see there for why the parts are that size.
 const PARTS_IN_FLIGHT: usize = 4;
 
 #[derive(Clone)]
@@ -72,7 +67,7 @@ impl Blobs {
             }
             None => {
                 let upload = self.store.put_multipart(&staging).await?;
-                Sink::Multipart(WriteMultipart::new_with_chunk_size(upload, PART_SIZE))
+                Sink::Multipart(WriteMultipart::new_with_chunk_size(upload, direct::PART_SIZE))
             }
         };
         Ok(BlobWriter {
@@ -312,7 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blobs = Blobs::local(dir.path()).unwrap();
         let mut w = blobs.writer().await.unwrap();
-        w.write(&vec![7u8; PART_SIZE + 10]).await.unwrap();
+        w.write(&vec![7u8; direct::PART_SIZE + 10]).await.unwrap();
         std::mem::forget(w); // as if the process died: no Drop, no abort
         let mut w2 = blobs.writer().await.unwrap();
         w2.write(b"abc").await.unwrap();

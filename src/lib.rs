@@ -2,8 +2,10 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod app;
 pub mod blobs;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod datasets;
 pub mod engine;
@@ -15,14 +17,9 @@ pub mod inference;
 pub mod jobs;
 pub mod models;
 pub mod paging;
+pub mod proto;
 pub mod server;
 pub mod store;
-
-pub mod proto {
-    #![allow(clippy::all, clippy::pedantic)]
-    tonic::include_proto!("lathe.v1");
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lathe_descriptor");
-}
 
 /// mimalloc for every binary that links Lathe. Training allocates and frees
 /// activation buffers of many sizes each step; under glibc's malloc the

@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use lathe::cli::{Cli, Command, Outcome};
+use lathe::cli::{Command, Outcome};
 use tracing_subscriber::{EnvFilter, fmt};
 
 fn init_tracing(json: bool, default: &str) {
@@ -38,7 +37,7 @@ async fn main() -> ExitCode {
     // The client streams uploads too: it should reuse its buffers' pages
     // rather than hand them back to the kernel between chunks.
     lathe::tune_allocator();
-    let cli = Cli::parse();
+    let cli = lathe::cli::parse();
     let result = match cli.command {
         Command::Serve(config) => {
             init_tracing(config.log_json, "info");

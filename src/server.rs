@@ -1,121 +1,59 @@
-//! Wiring: open the store and blobs, build the services, serve until told
-//! to stop, then drain.
+//! The gRPC front door: listen, mount the `App`'s services, serve until
+//! told to stop, then drain.
 
-use std::{future::Future, sync::Arc};
+use std::future::Future;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::api::{DatasetApi, EvalApi, FineTuningApi, GraderApi, ModelApi};
-use crate::blobs::Blobs;
+use crate::app::{App, Engine};
 use crate::config::ServeConfig;
-use crate::datasets::{manager::Datasets, tokens::O200k};
-use crate::engine::local::{LocalEngine, StoreCatalog};
-use crate::engine::trainer::{LocalTrainer, LocalTrainerConfig};
-use crate::evals::manager::Evals;
-use crate::graders::service::{Graders, GradersConfig};
-use crate::inference::ModelRouter;
-use crate::jobs::{manager::Jobs, scheduler, trainer::Trainer};
 use crate::proto::{
     FILE_DESCRIPTOR_SET, dataset_service_server::DatasetServiceServer, eval_service_server::EvalServiceServer,
     fine_tuning_service_server::FineTuningServiceServer, grader_service_server::GraderServiceServer,
     model_service_server::ModelServiceServer,
 };
-use crate::store;
 
-/// Serves on `listener` until `shutdown` completes, then stops accepting
-/// and gives in-flight requests `config.shutdown_grace()` to finish.
+/// Serves the embedded engine on `listener` until `shutdown` completes,
+/// then stops accepting and gives in-flight requests
+/// `config.shutdown_grace()` to finish.
 pub async fn run(
     listener: TcpListener,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    run_with(listener, config, default_trainer(), shutdown).await
+    run_with(listener, config, Engine::Embedded, shutdown).await
 }
 
-/// What `run` serves with: the embedded engine and trainer.
-pub enum Engine {
-    /// The embedded candle engine and LoRA trainer (the default).
-    Embedded,
-    /// A trainer brought by the embedder (tests bring a scripted one); no
-    /// local inference.
-    Custom(Option<Arc<dyn Trainer>>),
-}
-
-/// The trainer built into this binary.
-pub fn default_trainer() -> Engine {
-    Engine::Embedded
-}
-
-/// `run` with a given trainer (embedders and tests bring their own).
+/// `run` with a given engine (embedders and tests bring their own trainer).
 pub async fn run_with(
     listener: TcpListener,
     config: ServeConfig,
     engine: Engine,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    crate::tune_allocator();
-    // The tokenizer's tables load while the store opens, not on the first upload.
-    let tokenizer = tokio::task::spawn_blocking(O200k::new);
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let store = store::open(&config.database_url())
-        .await
-        .context("opening the database")?;
-    let blobs = Blobs::local(config.blob_dir()).context("opening the blob directory")?;
-    let datasets = Arc::new(Datasets::new(
-        store.clone(),
-        blobs.clone(),
-        Arc::new(tokenizer.await.context("loading the tokenizer")?),
-        config.dataset_limits(),
-    ));
-    datasets
-        .recover()
-        .await
-        .context("cleaning up after interrupted uploads")?;
-    let providers = match &config.providers {
-        Some(path) => Arc::new(crate::inference::Providers::from_file(path).context("loading model providers")?),
-        None => Arc::new(crate::inference::Providers::default()),
-    };
-    let mut graders_config = GradersConfig::default();
-    if !providers.is_empty() {
-        graders_config.embedder = providers.embedder();
-        graders_config.model_client = Some(providers.clone());
+    let app = App::open(&config, engine).await?;
+    let dropped = serve(listener, &app, &config, shutdown).await;
+    if matches!(dropped, Ok(true)) {
+        app.stop_uploads().await;
     }
-    let graders = Arc::new(Graders::new(store.clone(), graders_config));
-    let (local, trainer): (Option<Arc<LocalEngine>>, Option<Arc<dyn Trainer>>) = match engine {
-        Engine::Embedded => {
-            let catalog = Arc::new(StoreCatalog {
-                store: store.clone(),
-                blobs: blobs.clone(),
-            });
-            let local = LocalEngine::new(catalog, config.max_generation_batch);
-            let trainer = Arc::new(LocalTrainer::new(local.clone(), LocalTrainerConfig::default()));
-            (Some(local), Some(trainer))
-        }
-        Engine::Custom(trainer) => (None, trainer),
-    };
-    let models = Arc::new(ModelRouter::new(
-        providers.clone(),
-        local.clone().map(|l| l as Arc<dyn crate::inference::ChatModel>),
-    ));
-    let evals = Arc::new(Evals::new(
-        store.clone(),
-        blobs.clone(),
-        graders.clone(),
-        models,
-        config.evals_config(),
-    ));
-    let jobs = Arc::new(
-        Jobs::new(store, blobs.clone(), trainer, config.jobs_config())
-            .with_evaluator(Arc::new(crate::evals::checkpoints::CheckpointEvals(evals.clone()))),
-    );
-    let stop_scheduler = CancellationToken::new();
-    let scheduler = scheduler::spawn(jobs.clone(), stop_scheduler.clone());
-    let eval_runner = crate::evals::runner::spawn(evals.clone(), stop_scheduler.clone());
+    // Dropping the server dropped every request still in flight: no
+    // request is left to write to staging.
+    app.close().await;
+    tracing::info!("stopped");
+    dropped.map(|_| ())
+}
 
+/// Serves `app` over gRPC until `shutdown`, then drains for the grace
+/// period; true when requests were still in flight at its end (and were
+/// dropped).
+async fn serve(
+    listener: TcpListener,
+    app: &App,
+    config: &ServeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<bool> {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, tonic_health::ServingStatus::Serving).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -143,27 +81,28 @@ pub async fn run_with(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(DatasetServiceServer::new(DatasetApi::new(datasets.clone())))
-        .add_service(FineTuningServiceServer::new(FineTuningApi::new(jobs.clone())))
-        .add_service(ModelServiceServer::new(ModelApi::new(jobs, local)))
-        .add_service(GraderServiceServer::new(GraderApi::new(graders)))
-        .add_service(EvalServiceServer::new(EvalApi::new(evals)))
+        .add_service(DatasetServiceServer::new(DatasetApi::new(app.datasets.clone())))
+        .add_service(FineTuningServiceServer::new(FineTuningApi::new(app.jobs.clone())))
+        .add_service(ModelServiceServer::new(ModelApi::new(
+            app.models.clone(),
+            app.engine.clone(),
+        )))
+        .add_service(GraderServiceServer::new(GraderApi::new(app.graders.clone())))
+        .add_service(EvalServiceServer::new(EvalApi::new(app.evals.clone())))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests; letting in-flight ones finish");
             set_health(&health, tonic_health::ServingStatus::NotServing).await;
             let _ = stop_tx.send(());
-            // Running jobs stop at a step boundary and go back to the queue;
-            // eval runs drop their in-flight items and go back to the queue.
-            stop_scheduler.cancel();
+            app.stop_workers();
         });
 
     let grace = config.shutdown_grace();
     let mut server = Box::pin(server);
-    let dropped_requests = tokio::select! {
+    tokio::select! {
         result = &mut server => {
             result?;
-            false
+            Ok(false)
         }
         () = async {
             if stop_rx.await.is_ok() {
@@ -173,38 +112,9 @@ pub async fn run_with(
             }
         } => {
             tracing::warn!(grace_secs = grace.as_secs(), "grace period over; dropping in-flight requests");
-            true
-        }
-    };
-    if dropped_requests {
-        // Uploads still streaming stop and remove what they staged.
-        if tokio::time::timeout(std::time::Duration::from_secs(10), datasets.stop_uploads())
-            .await
-            .is_err()
-        {
-            tracing::warn!("uploads did not stop within 10 s");
+            Ok(true)
         }
     }
-    // Dropping the server drops every request still in flight.
-    drop(server);
-    if let Err(e) = scheduler.await {
-        tracing::error!(error = %e, "the scheduler crashed");
-    }
-    if let Err(e) = eval_runner.await {
-        tracing::error!(error = %e, "the eval runner crashed");
-    }
-    // No request, job or eval run is left to write to staging. What
-    // uploads dropped before they finished had staged goes now rather than
-    // at the next start: an upload whose client vanished is dropped by the
-    // HTTP/2 layer, and its own clean-up runs in the background (a hard stop
-    // still leaves that to the next start).
-    match blobs.sweep_staging().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(removed = n, "removed what dropped uploads had staged"),
-        Err(e) => tracing::warn!(error = %e, "could not clear staging; the next start will"),
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Reports `status` for the server as a whole ("") and for each of the

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use lathe::api::convert::struct_from_json;
+use lathe::proto::json::struct_from_json;
 use lathe::proto::{
     self, DatasetPurpose, JobState, eval_service_client::EvalServiceClient,
     fine_tuning_service_client::FineTuningServiceClient, job_event, model_service_client::ModelServiceClient,
@@ -245,6 +245,23 @@ async fn a_real_sft_job_trains_checkpoints_and_serves_its_model() {
             assert_eq!(text, "delta", "the fine-tuned model learned item 3 → delta");
         }
     }
+
+    // The base model stays while a fine-tuned model needs it.
+    let err = env
+        .models
+        .delete_model(proto::DeleteModelRequest { id: "tiny".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains(&model_id), "{}", err.message());
+    env.models
+        .delete_model(proto::DeleteModelRequest { id: model_id.clone() })
+        .await
+        .unwrap();
+    env.models
+        .delete_model(proto::DeleteModelRequest { id: "tiny".into() })
+        .await
+        .unwrap();
     env.server.stop().await;
 }
 
@@ -323,6 +340,28 @@ async fn pause_and_resume_end_with_the_same_adapter_as_an_uninterrupted_run() {
         events.iter().any(|e| e.message.contains("resuming at step")),
         "the trainer resumed from a checkpoint"
     );
+    // Events say which attempt wrote them: the resumed attempt trains the
+    // steps after its checkpoint again, and keeping each step's latest
+    // attempt gives every step once, in order.
+    let attempts: std::collections::BTreeSet<u32> = events
+        .iter()
+        .filter(|e| matches!(e.data, Some(job_event::Data::Metrics(_))))
+        .map(|e| e.attempt)
+        .collect();
+    assert_eq!(attempts, [1, 2].into(), "metrics come from both attempts");
+    assert_eq!(events.first().unwrap().attempt, 0, "created before any attempt");
+    let mut latest = std::collections::BTreeMap::new();
+    for e in &events {
+        if let Some(job_event::Data::Metrics(m)) = &e.data {
+            latest.retain(|step: &u64, attempt: &mut u32| *attempt >= e.attempt || *step < m.step);
+            latest.insert(m.step, e.attempt);
+        }
+    }
+    let total = metrics(&events).last().unwrap().total_steps;
+    assert_eq!(
+        latest.keys().copied().collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>()
+    );
     assert_eq!(
         final_adapter(&mut env, &job.id).await,
         expected,
@@ -354,9 +393,18 @@ async fn create_job_checks_the_model_and_method_against_the_embedded_trainer() {
         .into_iter()
         .map(|v| v.field)
         .collect();
-    for f in ["base_model", "method.type", "lora.target_modules[1]"] {
+    for f in ["base_model", "method.dpo", "lora.target_modules[1]"] {
         assert!(fields.contains(&f.to_string()), "{f} missing from {fields:?}");
     }
+    let mut unique = fields.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), fields.len(), "each problem once: {fields:?}");
+    assert!(
+        !err.message().contains("lathe "),
+        "the API gives no CLI hints: {}",
+        err.message()
+    );
     // A chat with an unknown model is NOT_FOUND, a bad role INVALID_ARGUMENT.
     let err = env
         .models
@@ -571,7 +619,7 @@ async fn create_job_checks_its_checkpoint_eval() {
     req.checkpoint_eval = checkpoint_eval(&eval_id);
     req.checkpoint_eval.as_mut().unwrap().criterion = "nope".into();
     req.checkpoint_eval.as_mut().unwrap().input_messages = Some(prost_types::ListValue {
-        values: vec![lathe::api::convert::value_from_json(
+        values: vec![lathe::proto::json::value_from_json(
             &serde_json::json!({"role": "user", "content": "{{ sample.output_text }}"}),
         )],
     });

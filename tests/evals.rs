@@ -8,8 +8,8 @@ mod openai_stub;
 use std::time::Duration;
 
 use common::*;
-use lathe::api::convert::struct_from_json;
 use lathe::config::ServeConfig;
+use lathe::proto::json::struct_from_json;
 use lathe::proto::{self, eval_service_client::EvalServiceClient, watch_eval_run_response::Payload};
 use openai_stub::{Reply, Stub, chat_body};
 use serde_json::{Value, json};
@@ -90,7 +90,7 @@ fn model_source() -> proto::create_eval_run_request::Source {
     proto::create_eval_run_request::Source::Model(proto::ModelSource {
         model: "stub/m".into(),
         input_messages: Some(prost_types::ListValue {
-            values: vec![lathe::api::convert::value_from_json(
+            values: vec![lathe::proto::json::value_from_json(
                 &json!({"role": "user", "content": "what is {{ item.n }}"}),
             )],
         }),
@@ -274,7 +274,7 @@ async fn a_run_over_200_items_reaches_the_exact_pass_count_and_watch_resumes_fro
         (0..200).collect::<Vec<_>>()
     );
     assert_eq!(
-        lathe::api::convert::json_from_value(all[5].input.clone().unwrap().values[0].clone()),
+        lathe::proto::json::json_from_value(all[5].input.clone().unwrap().values[0].clone()),
         json!({"role": "user", "content": "what is 5"})
     );
 
@@ -668,6 +668,70 @@ async fn bad_input_is_refused_with_field_violations() {
         .unwrap_err();
     let fields: Vec<String> = violations(&err).into_iter().map(|(f, _)| f).collect();
     assert_eq!(fields, ["source", "concurrency", "error_rate_threshold"]);
+
+    // A template that names a field no item has: one violation, on the
+    // template, not one per item on the dataset.
+    let dataset_id = upload_items(
+        &server,
+        &[json!({"n": 1, "answer": "1"}), json!({"n": 2, "answer": "2"})],
+    )
+    .await;
+    let mut source = model_source();
+    if let proto::create_eval_run_request::Source::Model(m) = &mut source {
+        m.input_messages = Some(prost_types::ListValue {
+            values: vec![
+                lathe::proto::json::value_from_json(&json!({"role": "system", "content": "be brief"})),
+                lathe::proto::json::value_from_json(&json!({"role": "user", "content": "{{ item.nope }}"})),
+            ],
+        });
+    }
+    let err = client
+        .create_eval_run(proto::CreateEvalRunRequest {
+            eval_id: eval_id.clone(),
+            dataset_id: dataset_id.clone(),
+            source: Some(source),
+            concurrency: 0,
+            error_rate_threshold: 0.0,
+            name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    let v = violations(&err);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].0, "model.input_messages[1]");
+    assert!(v[0].1.contains("item 0") && v[0].1.contains("1 more"), "{v:?}");
+
+    // A criterion's name, when given, names it; two criteria of one name
+    // are refused on the name that clashes.
+    let named = |name: &str| proto::TestingCriterion {
+        name: name.into(),
+        ..exact_match()
+    };
+    let eval = client
+        .create_eval(proto::CreateEvalRequest {
+            name: "named".into(),
+            item_schema: None,
+            testing_criteria: vec![named("first"), named("second")],
+            metadata: Default::default(),
+        })
+        .await
+        .expect("two criteria of one grader under two names")
+        .into_inner()
+        .eval
+        .unwrap();
+    let names: Vec<&str> = eval.testing_criteria.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["first", "second"]);
+    let err = client
+        .create_eval(proto::CreateEvalRequest {
+            name: "clash".into(),
+            item_schema: None,
+            testing_criteria: vec![named("same"), named("same")],
+            metadata: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    let fields: Vec<String> = violations(&err).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(fields, ["testing_criteria[1].name"]);
     // A saved grader by name: the eval keeps the grader object itself.
     let mut graders = lathe::proto::grader_service_client::GraderServiceClient::new(server.channel().await);
     graders

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use lathe::api::convert::{json_from_struct, struct_from_json};
+use lathe::proto::json::{json_from_struct, struct_from_json};
 use lathe::proto::{self, grade_batch_request, grader_service_client::GraderServiceClient};
 use serde_json::{Value, json};
 use tonic::{Code, transport::Channel};
@@ -500,13 +500,16 @@ async fn grade_batch_answers_every_pair_in_order() {
     let mut seen = 0;
     let mut end = None;
     while let Some(message) = stream.message().await.expect("batch message") {
-        if let Some(e) = message.end {
-            end = Some(e);
-            continue;
-        }
+        let result = match message.payload.expect("payload") {
+            proto::grade_batch_response::Payload::End(e) => {
+                end = Some(e);
+                continue;
+            }
+            proto::grade_batch_response::Payload::Result(r) => r,
+        };
         assert!(end.is_none(), "end is the last message");
         assert_eq!(message.index, seen as u64);
-        let reward = message.result.unwrap().reward;
+        let reward = result.reward;
         assert_eq!(reward, if seen % 3 == 0 { 1.0 } else { 0.0 }, "pair {seen}");
         seen += 1;
     }
@@ -554,7 +557,10 @@ async fn grade_batch_needs_a_valid_grader_first() {
         .expect("grade batch")
         .into_inner();
     let first = stream.message().await.expect("first result").expect("a message");
-    assert_eq!(first.result.unwrap().reward, 1.0);
+    let Some(proto::grade_batch_response::Payload::Result(result)) = first.payload else {
+        panic!("the first answer is a result");
+    };
+    assert_eq!(result.reward, 1.0);
     let status = stream.message().await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 }

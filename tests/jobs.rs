@@ -717,7 +717,7 @@ async fn without_a_trainer_create_job_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_full(
         lathe::config::ServeConfig::embedded(dir.path()),
-        lathe::server::Engine::Custom(None),
+        lathe::app::Engine::Custom(None),
     )
     .await;
     let mut datasets = server.datasets().await;

@@ -9,9 +9,9 @@ mod openai_stub;
 use std::{sync::atomic::Ordering, time::Duration};
 
 use common::*;
-use lathe::api::convert::struct_from_json;
 use lathe::graders::{ChatMessage, ContentPart, ModelClient, SamplingParams};
 use lathe::inference::{ProviderConfig, Providers};
+use lathe::proto::json::struct_from_json;
 use lathe::proto::{self, grader_service_client::GraderServiceClient};
 use openai_stub::{Reply, chat_body};
 use serde_json::json;

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lathe::api::convert::{struct_from_json, value_from_json};
 use lathe::graders::{ChatMessage, ContentPart, ModelClient, SamplingParams};
 use lathe::inference::{ChatModel, ChatRequest, ModelRouter, ProviderConfig, Providers};
+use lathe::proto::json::{struct_from_json, value_from_json};
 use lathe::proto::{self, eval_service_client::EvalServiceClient, grader_service_client::GraderServiceClient};
 use serde_json::{Value, json};
 

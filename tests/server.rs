@@ -404,3 +404,25 @@ async fn stop_cleanly(
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
     rest
 }
+
+#[test]
+fn serve_help_lists_the_server_flags_only() {
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
+            .args(args)
+            .output()
+            .expect("run lathe");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let serve = help(&["serve", "--help"]);
+    assert!(serve.contains("--listen") && serve.contains("--data-dir"), "{serve}");
+    assert!(!serve.contains("--addr") && !serve.contains("--json"), "{serve}");
+    let client = help(&["datasets", "list", "--help"]);
+    assert!(client.contains("--addr") && client.contains("--json"), "{client}");
+    assert!(!client.contains("--listen"), "{client}");
+}

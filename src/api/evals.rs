@@ -27,8 +27,10 @@ impl EvalService for EvalApi {
         &self,
         request: Request<proto::CreateEvalRequest>,
     ) -> Result<Response<proto::CreateEvalResponse>, Status> {
-        let create = convert::create_eval(request.into_inner())?;
-        let eval = self.evals.create_eval(create).await?;
+        let eval = self
+            .evals
+            .create_eval(convert::create_eval(request.into_inner()))
+            .await?;
         Ok(Response::new(proto::CreateEvalResponse {
             eval: Some(convert::eval(eval)),
         }))

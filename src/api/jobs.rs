@@ -5,11 +5,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use crate::engine::local::{ChatEvent, LocalEngine};
-use crate::error::Error;
 use crate::jobs::manager::{Jobs, WatchItem};
-use crate::jobs::model::{JobQuery, JobRecord, fine_tuned_model_id};
-use crate::proto::{self, fine_tuning_service_server::FineTuningService, model_service_server::ModelService};
+use crate::jobs::model::JobRecord;
+use crate::models::model::fine_tuned_model_id;
+use crate::proto::{self, fine_tuning_service_server::FineTuningService};
+use crate::store::JobQuery;
 
 pub struct FineTuningApi {
     jobs: Arc<Jobs>,
@@ -38,8 +38,7 @@ impl FineTuningService for FineTuningApi {
         &self,
         request: Request<proto::CreateJobRequest>,
     ) -> Result<Response<proto::CreateJobResponse>, Status> {
-        let create = convert::create_job(request.into_inner())?;
-        let job = self.jobs.create(create).await?;
+        let job = self.jobs.create(convert::create_job(request.into_inner())).await?;
         Ok(Response::new(proto::CreateJobResponse { job: one(job) }))
     }
 
@@ -138,101 +137,5 @@ impl FineTuningService for FineTuningApi {
             Ok(proto::WatchJobResponse { payload: Some(payload) })
         });
         Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-pub struct ModelApi {
-    jobs: Arc<Jobs>,
-    engine: Option<Arc<LocalEngine>>,
-}
-
-impl ModelApi {
-    pub fn new(jobs: Arc<Jobs>, engine: Option<Arc<LocalEngine>>) -> Self {
-        Self { jobs, engine }
-    }
-}
-
-type ChatStream = Pin<Box<dyn Stream<Item = Result<proto::ChatResponse, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl ModelService for ModelApi {
-    async fn chat(&self, request: Request<proto::ChatRequest>) -> Result<Response<ChatStream>, Status> {
-        let Some(engine) = &self.engine else {
-            return Err(Error::precondition("ENGINE", "server", "this server runs no local inference engine").into());
-        };
-        let (model, messages, sampling) = convert::chat(request.into_inner());
-        let rx = engine.chat_stream(model, messages, sampling).await?;
-        let stream = ReceiverStream::new(rx).map(|item| match item {
-            Ok(ChatEvent::Delta(text)) => Ok(proto::ChatResponse {
-                payload: Some(proto::chat_response::Payload::Delta(text)),
-            }),
-            Ok(ChatEvent::End {
-                finish_reason,
-                prompt_tokens,
-                completion_tokens,
-            }) => Ok(proto::ChatResponse {
-                payload: Some(proto::chat_response::Payload::End(proto::ChatEnd {
-                    finish_reason,
-                    prompt_tokens,
-                    completion_tokens,
-                })),
-            }),
-            Err(e) => Err(Status::from(e)),
-        });
-        Ok(Response::new(Box::pin(stream)))
-    }
-
-    async fn register_model(
-        &self,
-        request: Request<proto::RegisterModelRequest>,
-    ) -> Result<Response<proto::RegisterModelResponse>, Status> {
-        let req = request.into_inner();
-        let model = self.jobs.register_model(&req.name, &req.path).await?;
-        Ok(Response::new(proto::RegisterModelResponse {
-            model: Some(convert::model(model)),
-        }))
-    }
-
-    async fn list_models(
-        &self,
-        request: Request<proto::ListModelsRequest>,
-    ) -> Result<Response<proto::ListModelsResponse>, Status> {
-        let req = request.into_inner();
-        let kind = match proto::ModelKind::try_from(req.kind) {
-            Ok(proto::ModelKind::Unspecified) => None,
-            Ok(proto::ModelKind::Base) => Some("base"),
-            Ok(proto::ModelKind::FineTuned) => Some("fine_tuned"),
-            Ok(proto::ModelKind::Checkpoint) | Err(_) => {
-                return Err(
-                    Error::invalid("kind", "list BASE or FINE_TUNED models; checkpoints are listed per job").into(),
-                );
-            }
-        };
-        let (models, next_page_token) = self.jobs.list_models(kind, req.page_size, &req.page_token).await?;
-        Ok(Response::new(proto::ListModelsResponse {
-            models: models.into_iter().map(convert::model).collect(),
-            next_page_token,
-        }))
-    }
-
-    async fn get_model(
-        &self,
-        request: Request<proto::GetModelRequest>,
-    ) -> Result<Response<proto::GetModelResponse>, Status> {
-        let model = self.jobs.get_model(&request.into_inner().id).await?;
-        Ok(Response::new(proto::GetModelResponse {
-            model: Some(convert::model(model)),
-        }))
-    }
-
-    async fn delete_model(
-        &self,
-        request: Request<proto::DeleteModelRequest>,
-    ) -> Result<Response<proto::DeleteModelResponse>, Status> {
-        let model = self.jobs.delete_model(&request.into_inner().id).await?;
-        Ok(Response::new(proto::DeleteModelResponse {
-            id: model.id,
-            deleted: true,
-        }))
     }
 }

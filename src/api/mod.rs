@@ -4,13 +4,18 @@
 //! Architecture invariant: nothing below this module sees a tonic or prost
 //! type; errors cross back through the one `From<Error> for Status`.
 
+// Plain data and orchestration: nothing here needs unsafe, so nothing may use it.
+#![forbid(unsafe_code)]
+
 pub mod convert;
 mod datasets;
 mod evals;
 mod graders;
 mod jobs;
+mod models;
 
 pub use self::datasets::DatasetApi;
 pub use self::evals::EvalApi;
 pub use self::graders::GraderApi;
-pub use self::jobs::{FineTuningApi, ModelApi};
+pub use self::jobs::FineTuningApi;
+pub use self::models::ModelApi;

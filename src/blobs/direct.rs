@@ -29,8 +29,15 @@ use tokio::task::JoinHandle;
 /// Alignment of buffers, lengths and offsets for `O_DIRECT`.
 const ALIGN: usize = 4096;
 
-/// Bytes per write; a multiple of [`ALIGN`].
-pub(super) const PART_SIZE: usize = super::PART_SIZE;
+/// Bytes per write here and per `put_part` through object_store, with at
+/// most a few parts in flight per upload: bounds each upload's memory to
+/// about 5 × 2 MiB. The local backend writes
+/// each part at its offset, so small parts cost nothing; every megabyte an
+/// upload holds is one the kernel must zero-fill when it is first touched
+/// (on a VM the biggest single cost of a fresh server's first upload after
+/// tokenizing). An S3 backend needs parts of at least 5 MiB.
+/// A multiple of [`ALIGN`].
+pub(crate) const PART_SIZE: usize = 2 << 20;
 const _: () = assert!(PART_SIZE.is_multiple_of(ALIGN));
 
 /// Opens `path` for direct writing: it must not exist yet.

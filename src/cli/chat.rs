@@ -7,9 +7,9 @@ use std::io::{BufRead, Write};
 use clap::Args;
 use serde_json::json;
 
-use super::Outcome;
+use super::connect::Outcome;
 use super::output::status_error;
-use crate::proto::{self, model_service_client::ModelServiceClient};
+use crate::proto;
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -34,7 +34,7 @@ pub struct ChatArgs {
 }
 
 pub async fn run(addr: &str, json_out: bool, args: ChatArgs) -> anyhow::Result<Outcome> {
-    let mut client = ModelServiceClient::new(super::connect(addr).await?);
+    let mut client = super::connect::connect(addr).await?.models();
     let mut messages: Vec<proto::ChatMessage> = Vec::new();
     if let Some(s) = &args.system {
         messages.push(proto::ChatMessage {

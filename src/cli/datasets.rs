@@ -6,7 +6,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncWriteExt;
 
-use super::Outcome;
+use super::connect::Outcome;
 use super::output::{dataset_json, dataset_row, dataset_text, status_error};
 use crate::proto::{self, dataset_service_client::DatasetServiceClient, download_dataset_response};
 
@@ -111,8 +111,9 @@ fn usable(d: &proto::Dataset) -> Outcome {
 }
 
 pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result<Outcome> {
-    let channel = super::connect(addr).await?;
-    let mut client = DatasetServiceClient::new(channel.clone());
+    let server = super::connect::connect(addr).await?;
+    let channel = server.channel();
+    let mut client = server.datasets();
     match cmd {
         DatasetsCommand::Upload {
             file,
@@ -193,7 +194,7 @@ pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result
             Ok(Outcome::Ok)
         }
         DatasetsCommand::Download { id, output } => {
-            let output = output.unwrap_or_else(|| super::default_output(&id));
+            let output = output.unwrap_or_else(|| super::connect::default_output(&id));
             let (bytes, sha256) = download(&mut client, &id, &output).await?;
             if output.as_os_str() != "-" {
                 if json {

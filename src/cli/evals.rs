@@ -8,9 +8,9 @@ use clap::{Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use super::Outcome;
+use super::connect::Outcome;
 use super::output::status_error;
-use crate::api::convert::{struct_from_json, value_from_json};
+use crate::proto::json::{struct_from_json, value_from_json};
 use crate::proto::{
     self, create_eval_run_request::Source, eval_service_client::EvalServiceClient, watch_eval_run_response,
 };
@@ -292,7 +292,7 @@ fn run_request(a: RunArgs) -> anyhow::Result<proto::CreateEvalRunRequest> {
 }
 
 pub async fn run(addr: &str, json: bool, cmd: EvalsCommand) -> anyhow::Result<Outcome> {
-    let mut client = EvalServiceClient::new(super::connect(addr).await?);
+    let mut client = super::connect::connect(addr).await?.evals();
     let print = |r: &proto::EvalRun| {
         if json {
             println!("{}", run_json(r));
@@ -424,7 +424,7 @@ pub async fn run(addr: &str, json: bool, cmd: EvalsCommand) -> anyhow::Result<Ou
                     })
                     .collect();
                 if json {
-                    let item = i.item.clone().map(crate::api::convert::json_from_struct);
+                    let item = i.item.clone().map(crate::proto::json::json_from_struct);
                     println!(
                         "{}",
                         json!({"index": i.index, "status": item_status_name(i.status), "item": item,

@@ -5,14 +5,11 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::Outcome;
+use super::connect::Outcome;
 use super::output::status_error;
-use crate::api::convert::{json_from_struct, struct_from_json};
 use crate::graders::{self, DryRunReport, GradeContext, PythonPool, PythonPoolConfig, Sample};
-use crate::proto::{
-    self, dataset_service_client::DatasetServiceClient, download_dataset_response,
-    grader_service_client::GraderServiceClient,
-};
+use crate::proto::json::{json_from_struct, struct_from_json};
+use crate::proto::{self, dataset_service_client::DatasetServiceClient, download_dataset_response};
 
 /// Grading calls in flight during `graders test`.
 const DRY_RUN_CONCURRENCY: usize = 16;
@@ -53,8 +50,8 @@ pub enum GradersCommand {
 }
 
 pub async fn run(addr: &str, json: bool, cmd: GradersCommand) -> anyhow::Result<Outcome> {
-    let channel = super::connect(addr).await?;
-    let mut client = GraderServiceClient::new(channel.clone());
+    let server = super::connect::connect(addr).await?;
+    let mut client = server.graders();
     match cmd {
         GradersCommand::Run { grader, sample, item } => {
             let item = match item {
@@ -162,7 +159,7 @@ pub async fn run(addr: &str, json: bool, cmd: GradersCommand) -> anyhow::Result<
                 })
                 .await
                 .map_err(status_error)?;
-            let items = download_items(&mut DatasetServiceClient::new(channel), &dataset_id).await?;
+            let items = download_items(&mut server.datasets(), &dataset_id).await?;
             let samples = read_samples(&samples)?;
             anyhow::ensure!(
                 samples.len() == items.len(),

@@ -5,9 +5,9 @@ use clap::{Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::Outcome;
+use super::connect::Outcome;
 use super::output::status_error;
-use crate::api::convert::struct_from_json;
+use crate::proto::json::struct_from_json;
 use crate::proto::{self, fine_tuning_service_client::FineTuningServiceClient, job_event, watch_job_response};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -162,6 +162,14 @@ pub enum JobsCommand {
     Checkpoints {
         id: String,
     },
+    /// Print the job's metrics step by step (each step once, from the
+    /// latest attempt of a resumed job) and optionally draw the loss curve.
+    Metrics {
+        id: String,
+        /// Write the loss curve as an SVG file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Follow a job live; exits non-zero unless it succeeds.
     Watch {
         id: String,
@@ -252,8 +260,8 @@ fn event_json(e: &proto::JobEvent) -> serde_json::Value {
         Ok(proto::EventLevel::Error) => "error",
         _ => "info",
     };
-    json!({"object": "fine_tuning.job.event", "seq": e.seq, "level": level, "message": e.message,
-           "created_at": e.created_at.map(|t| t.to_string()), "data": data})
+    json!({"object": "fine_tuning.job.event", "seq": e.seq, "attempt": e.attempt, "level": level,
+           "message": e.message, "created_at": e.created_at.map(|t| t.to_string()), "data": data})
 }
 
 fn outcome_of(j: &proto::Job) -> Outcome {
@@ -348,7 +356,7 @@ fn create_request(a: CreateArgs) -> anyhow::Result<proto::CreateJobRequest> {
 }
 
 pub async fn run(addr: &str, json: bool, cmd: JobsCommand) -> anyhow::Result<Outcome> {
-    let mut client = FineTuningServiceClient::new(super::connect(addr).await?);
+    let mut client = super::connect::connect(addr).await?.jobs();
     let print = |j: &proto::Job| {
         if json {
             println!("{}", job_json(j));
@@ -512,6 +520,53 @@ pub async fn run(addr: &str, json: bool, cmd: JobsCommand) -> anyhow::Result<Out
             }
             Ok(Outcome::Ok)
         }
+        JobsCommand::Metrics { id, svg } => {
+            let mut history = StepHistory::default();
+            let mut after = 0;
+            loop {
+                let page = client
+                    .list_job_events(proto::ListJobEventsRequest {
+                        job_id: id.clone(),
+                        page_size: 1000,
+                        page_token: String::new(),
+                        after_seq: after,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                for e in &page.events {
+                    after = e.seq;
+                    history.push(e);
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+            }
+            let steps = history.steps();
+            for m in &steps {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"step": m.step, "total_steps": m.total_steps, "train_loss": m.train_loss,
+                               "valid_loss": m.valid_loss, "learning_rate": m.learning_rate,
+                               "eval_pass_rate": m.eval_pass_rate})
+                    );
+                } else {
+                    println!(
+                        "step {:>6}/{}  train loss {}  valid loss {}",
+                        m.step,
+                        m.total_steps,
+                        m.train_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into()),
+                        m.valid_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into()),
+                    );
+                }
+            }
+            if let Some(path) = svg {
+                std::fs::write(&path, loss_chart(&format!("{id}: loss"), &steps))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(Outcome::Ok)
+        }
         JobsCommand::Watch { id, after } => watch_job(&mut client, &id, after, json).await,
     }
 }
@@ -576,4 +631,97 @@ async fn watch_job(
         }
     }
     anyhow::bail!("the server ended the watch without its final message")
+}
+
+/// A job's metrics events folded into its history: each step once. A job
+/// resumed from a checkpoint trains the steps after it again, as a new
+/// attempt; a later attempt's metrics replace those of every earlier
+/// attempt from its first step on, so the history never runs backwards.
+#[derive(Default)]
+pub(crate) struct StepHistory {
+    /// (attempt, metrics), in event order.
+    entries: Vec<(u32, proto::JobMetrics)>,
+}
+
+impl StepHistory {
+    pub(crate) fn push(&mut self, e: &proto::JobEvent) {
+        if let Some(job_event::Data::Metrics(m)) = &e.data {
+            self.push_metrics(e.attempt, m.clone());
+        }
+    }
+
+    pub(crate) fn push_metrics(&mut self, attempt: u32, m: proto::JobMetrics) {
+        self.entries.retain(|(a, old)| *a >= attempt || old.step < m.step);
+        self.entries.push((attempt, m));
+    }
+
+    /// One metrics record per step, by step; where a step reported more than
+    /// once in one attempt (a checkpoint eval adds its pass rate), the last.
+    pub(crate) fn steps(&self) -> Vec<proto::JobMetrics> {
+        let mut by_step = std::collections::BTreeMap::new();
+        for (_, m) in &self.entries {
+            by_step.insert(m.step, m.clone());
+        }
+        by_step.into_values().collect()
+    }
+}
+
+/// The train and validation loss curves of a job's history, as SVG.
+pub(crate) fn loss_chart(title: &str, steps: &[proto::JobMetrics]) -> String {
+    let train: Vec<(f64, f64)> = steps
+        .iter()
+        .filter_map(|m| m.train_loss.map(|l| (m.step as f64, l)))
+        .collect();
+    let valid: Vec<(f64, f64)> = steps
+        .iter()
+        .filter_map(|m| m.valid_loss.map(|l| (m.step as f64, l)))
+        .collect();
+    super::charts::line_chart(
+        title,
+        "step",
+        "loss (trained tokens)",
+        &[("train", &train), ("validation", &valid)],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(step: u64, loss: f64) -> proto::JobMetrics {
+        proto::JobMetrics {
+            step,
+            train_loss: Some(loss),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_resumed_job_shows_each_step_once_from_its_latest_attempt() {
+        let mut h = StepHistory::default();
+        for step in 1..=10 {
+            h.push_metrics(1, metrics(step, 10.0 - step as f64));
+        }
+        // Killed after step 10, resumed from the checkpoint at step 6: the
+        // second attempt trains 7.. again, and stops early at 8.
+        for step in 7..=8 {
+            h.push_metrics(2, metrics(step, 100.0 + step as f64));
+        }
+        let steps = h.steps();
+        let got: Vec<(u64, f64)> = steps.iter().map(|m| (m.step, m.train_loss.unwrap())).collect();
+        let mut want: Vec<(u64, f64)> = (1..=6).map(|s| (s, 10.0 - s as f64)).collect();
+        want.extend([(7, 107.0), (8, 108.0)]);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_last_report_of_a_step_in_one_attempt_wins() {
+        let mut h = StepHistory::default();
+        h.push_metrics(1, metrics(5, 1.0));
+        let mut scored = metrics(5, 1.0);
+        scored.eval_pass_rate = Some(0.5);
+        h.push_metrics(1, scored);
+        assert_eq!(h.steps().len(), 1);
+        assert_eq!(h.steps()[0].eval_pass_rate, Some(0.5));
+    }
 }

@@ -3,6 +3,7 @@
 
 mod charts;
 mod chat;
+mod connect;
 mod datasets;
 mod evals;
 mod graders;
@@ -12,10 +13,9 @@ mod output;
 mod quickstart;
 mod upload;
 
-use std::path::PathBuf;
-
+use crate::client::DEFAULT_ADDR;
 use clap::{Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
+pub use connect::Outcome;
 
 use crate::config::ServeConfig;
 
@@ -61,31 +61,42 @@ pub enum Command {
     Quickstart(quickstart::QuickstartArgs),
 }
 
-/// What a client command's exit status should be.
-pub enum Outcome {
-    Ok,
-    /// The command worked but its subject is not usable (e.g. a dataset
-    /// that failed validation): exit status 2.
-    NotUsable,
+/// `lathe serve` parsed on its own, so that its help and its flags are the
+/// server's only: the client flags (`--addr`, `--json`) are global to the
+/// client commands and would otherwise be listed there too.
+#[derive(Parser, Debug)]
+#[command(
+    name = "lathe serve",
+    version,
+    about = "Run the server (embedded SQLite and local blobs by default)."
+)]
+struct ServeCli {
+    #[command(flatten)]
+    config: ServeConfig,
 }
 
-pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Endpoint::from_shared(uri.clone())?
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .tcp_nodelay(true);
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach a lathe server at {uri}: {e} (start one with `lathe serve`)"))
+/// Parses the command line: `lathe serve ...` as the server's own
+/// command, anything else as the client's.
+pub fn parse() -> Cli {
+    parse_from(std::env::args_os())
 }
 
-pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
+pub fn parse_from<I, T>(args: I) -> Cli
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    if args.get(1).is_some_and(|a| a == "serve") {
+        let serve = ServeCli::parse_from(args.iter().skip(1));
+        return Cli {
+            addr: None,
+            json: false,
+            command: Command::Serve(serve.config),
+        };
+    }
+    Cli::parse_from(args)
+}
 
 pub async fn run_client(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
@@ -98,8 +109,4 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Chat(args) => chat::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, args).await,
         Command::Quickstart(args) => quickstart::run(cli.addr.as_deref(), args).await,
     }
-}
-
-pub(crate) fn default_output(id: &str) -> PathBuf {
-    PathBuf::from(format!("{id}.jsonl"))
 }

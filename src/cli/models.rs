@@ -1,9 +1,9 @@
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 
-use super::Outcome;
+use super::connect::Outcome;
 use super::output::status_error;
-use crate::proto::{self, model_service_client::ModelServiceClient};
+use crate::proto;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum KindArg {
@@ -109,7 +109,7 @@ pub async fn run(addr: &str, json: bool, cmd: ModelsCommand) -> anyhow::Result<O
         }
         _ => {}
     }
-    let mut client = ModelServiceClient::new(super::connect(addr).await?);
+    let mut client = super::connect::connect(addr).await?.models();
     let show = |m: &proto::Model| {
         if json {
             println!("{}", model_json(m));

@@ -6,16 +6,45 @@ use tonic_types::StatusExt;
 
 use crate::proto;
 
-/// A client-side error that keeps the server's field details readable.
+/// A client-side error that keeps the server's field details readable,
+/// with the CLI's own hints on what to run next (the API gives none: it
+/// does not know which client is calling).
 pub fn status_error(status: Status) -> anyhow::Error {
     let mut text = format!("{} ({:?})", status.message(), status.code());
     let details = status.get_error_details();
+    let mut hints = Vec::new();
     if let Some(bad) = details.bad_request() {
         for v in &bad.field_violations {
             text.push_str(&format!("\n  {}: {}", v.field, v.description));
+            if let Some(hint) = field_hint(&v.field, &v.description)
+                && !hints.contains(&hint)
+            {
+                hints.push(hint);
+            }
         }
     }
+    if let Some(failure) = details.precondition_failure() {
+        for v in &failure.violations {
+            if v.r#type == "DATASET_STATE" && v.subject.starts_with("ds_") {
+                hints.push(format!("see its validation report: lathe datasets get {}", v.subject));
+            }
+        }
+    }
+    for hint in hints {
+        text.push_str(&format!("\n  hint: {hint}"));
+    }
     anyhow::anyhow!(text)
+}
+
+/// What to run next for a field violation the CLI recognises.
+fn field_hint(field: &str, description: &str) -> Option<String> {
+    if field == "base_model" && description.contains("is registered") {
+        return Some("register a base model first: lathe models add PATH --name NAME".into());
+    }
+    if field.ends_with("eval_id") && description.contains("is not an eval") {
+        return Some("create an eval first: lathe evals create --name NAME --criterion GRADER.json".into());
+    }
+    None
 }
 
 pub fn purpose_name(value: i32) -> &'static str {

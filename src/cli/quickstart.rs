@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tonic::transport::Channel;
 
-use super::charts::line_chart;
 use super::datasets::{PurposeArg, upload};
+use super::jobs::{StepHistory, loss_chart};
 use super::output::{dataset_text, status_error};
 use crate::config::ServeConfig;
 use crate::proto::{
@@ -77,7 +77,7 @@ struct Plan {
     key: String,
 }
 
-pub async fn run(addr: Option<&str>, args: QuickstartArgs) -> anyhow::Result<super::Outcome> {
+pub async fn run(addr: Option<&str>, args: QuickstartArgs) -> anyhow::Result<super::connect::Outcome> {
     let started = Instant::now();
     let data = resolve_data(&args.data)?;
     let out = args.data_dir.join("quickstart");
@@ -134,7 +134,7 @@ pub async fn run(addr: Option<&str>, args: QuickstartArgs) -> anyhow::Result<sup
         task.await??;
     }
     result?;
-    Ok(super::Outcome::Ok)
+    Ok(super::connect::Outcome::Ok)
 }
 
 fn resolve_data(path: &std::path::Path) -> anyhow::Result<PathBuf> {
@@ -295,12 +295,12 @@ async fn ensure_eval(evals: &mut EvalServiceClient<Channel>, state: &mut State) 
     let e = evals
         .create_eval(proto::CreateEvalRequest {
             name: "banking77 intent".into(),
-            item_schema: Some(crate::api::convert::struct_from_json(&json!({
+            item_schema: Some(crate::proto::json::struct_from_json(&json!({
                 "type": "object", "required": ["text", "label"],
                 "properties": {"text": {"type": "string"}, "label": {"type": "string"}}
             }))),
             testing_criteria: vec![proto::TestingCriterion {
-                grader: Some(crate::api::convert::struct_from_json(&grader)),
+                grader: Some(crate::proto::json::struct_from_json(&grader)),
                 pass_threshold: None,
                 name: "exact label".into(),
             }],
@@ -354,7 +354,7 @@ async fn ensure_run(
                         .as_array()
                         .expect("a list")
                         .iter()
-                        .map(crate::api::convert::value_from_json)
+                        .map(crate::proto::json::value_from_json)
                         .collect(),
                 }),
                 sampling_params: Some(proto::EvalSamplingParams {
@@ -436,7 +436,7 @@ async fn watch_job(
         .await
         .map_err(status_error)?
         .into_inner();
-    let mut metrics = Vec::new();
+    let mut history = StepHistory::default();
     while let Some(msg) = stream.message().await.map_err(status_error)? {
         match msg.payload {
             Some(watch_job_response::Payload::Event(e)) => match e.data {
@@ -454,12 +454,14 @@ async fn watch_job(
                                 .unwrap_or_default()
                         );
                     }
-                    metrics.push(m);
+                    history.push_metrics(e.attempt, m);
                 }
                 None => {}
                 Some(_) => println!("   {}", e.message),
             },
-            Some(watch_job_response::Payload::End(end)) => return Ok((end.job.unwrap_or_default(), metrics)),
+            Some(watch_job_response::Payload::End(end)) => {
+                return Ok((end.job.unwrap_or_default(), history.steps()));
+            }
             None => {}
         }
     }
@@ -473,11 +475,12 @@ async fn steps(
     plan: &Plan,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let channel = super::connect(url).await?;
-    let mut datasets = DatasetServiceClient::new(channel.clone());
-    let mut models = ModelServiceClient::new(channel.clone());
-    let mut evals = EvalServiceClient::new(channel.clone());
-    let mut jobs = FineTuningServiceClient::new(channel.clone());
+    let server = super::connect::connect(url).await?;
+    let channel = server.channel();
+    let mut datasets = server.datasets();
+    let mut models = server.models();
+    let mut evals = server.evals();
+    let mut jobs = server.jobs();
     let mut state = load_state(plan);
     let mut timings: BTreeMap<&str, f64> = BTreeMap::new();
 
@@ -649,23 +652,10 @@ async fn steps(
     )?;
     std::fs::write(plan.out.join("comparison.svg"), super::evals::comparison_chart(&cmp))?;
     // The whole loss curve: the watch replays every event, so this holds
-    // after a resume too.
-    let train_pts: Vec<(f64, f64)> = metrics
-        .iter()
-        .filter_map(|m| m.train_loss.map(|l| (m.step as f64, l)))
-        .collect();
-    let valid_pts: Vec<(f64, f64)> = metrics
-        .iter()
-        .filter_map(|m| m.valid_loss.map(|l| (m.step as f64, l)))
-        .collect();
+    // after a resume too, each step once (from its latest attempt).
     std::fs::write(
         plan.out.join("loss_curve.svg"),
-        line_chart(
-            &format!("{} on Banking77", done.fine_tuned_model),
-            "step",
-            "loss (answer tokens)",
-            &[("train", &train_pts), ("validation", &valid_pts)],
-        ),
+        loss_chart(&format!("{} on Banking77", done.fine_tuned_model), &metrics),
     )?;
     println!(
         "   wrote {}, {} and {}",

@@ -15,6 +15,7 @@ use serde::{Serialize, Serializer};
 
 use crate::datasets::report::{Problem, Purpose, codes};
 use crate::datasets::tokens::TokenCounter;
+use crate::datasets::val::Val;
 
 /// OpenAI's per-example limit for the gpt-4o family.
 pub const DEFAULT_TOKEN_LIMIT: u64 = 65_536;
@@ -87,19 +88,6 @@ impl LineOutcome {
 
 // ---------------------------------------------------------------------------
 // JSON tree
-
-/// JSON value borrowing unescaped strings from the input line. Objects keep
-/// key order (for faithful re-serialization of `tool_calls`/`tools` when
-/// counting tokens); with duplicate keys the last one wins, as in Python.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Val<'a> {
-    Null,
-    Bool(bool),
-    Num(serde_json::Number),
-    Str(Cow<'a, str>),
-    Arr(Vec<Val<'a>>),
-    Obj(Vec<(Cow<'a, str>, Val<'a>)>),
-}
 
 impl<'a> Val<'a> {
     fn get(&self, key: &str) -> Option<&Val<'a>> {

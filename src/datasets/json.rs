@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use super::format::Val;
+use super::val::Val;
 
 /// Parses `text` as one JSON value nested at most `max_depth` containers
 /// deep, or `None` if serde_json must decide.

@@ -57,6 +57,7 @@ pub mod manager;
 pub mod model;
 pub mod report;
 pub mod tokens;
+mod val;
 
 pub use format::{ExampleStats, LineOptions, LineOutcome, extract_label, validate_line};
 pub use ingest::{IngestOptions, Ingestor, ingest_bytes};

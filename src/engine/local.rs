@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{Arc, Mutex},
 };
 
@@ -15,16 +14,15 @@ use candle_core::Device;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::blobs::Blobs;
+use crate::error::Error;
 use crate::graders::{ModelError, TokenUsage};
 use crate::inference::{ChatCompletion, ChatModel, ChatRequest};
-use crate::store::Store;
+use crate::models::{Models, Resolved};
 use lathe_engine::chat_template::{CHATML, ChatTemplate};
 use lathe_engine::generate::{Generated, Sampling, generate};
 use lathe_engine::lora::Adapter;
 use lathe_engine::model::BaseModel;
 use lathe_engine::tokenizer::Tokenizer;
-use lathe_engine::train::{ADAPTER_CONFIG_FILE, ADAPTER_FILE};
 use lathe_engine::weights::load;
 use lathe_engine::{EngineError, Result};
 
@@ -76,110 +74,19 @@ impl LoadedBase {
     }
 }
 
-/// What a model name refers to.
-#[derive(Clone, Debug)]
-pub enum Resolved {
-    Base {
-        name: String,
-        path: PathBuf,
-    },
-    FineTuned {
-        id: String,
-        base: String,
-        base_path: PathBuf,
-        adapter: Vec<u8>,
-        adapter_config: Vec<u8>,
-    },
-}
-
 /// Finds models by name: registered base models and fine-tuned models.
 #[async_trait]
 pub trait Catalog: Send + Sync {
     async fn resolve(&self, model: &str) -> Result<Resolved>;
 }
 
-/// The catalog over the store's model registry and the blob store.
-pub struct StoreCatalog {
-    pub store: Arc<dyn Store>,
-    pub blobs: Blobs,
-}
-
-/// `(job id, step)` of a checkpoint model id, `ft:BASE:SUFFIX:JOB:ckpt-step-N`.
-fn checkpoint_of(model: &str) -> Option<(&str, &str, u64)> {
-    let (prefix, step) = model.rsplit_once(":ckpt-step-")?;
-    let step = step.parse().ok()?;
-    let (_, job) = prefix.rsplit_once(':')?;
-    Some((prefix, job, step))
-}
-
-impl StoreCatalog {
-    /// A fine-tuned model: its base model and the adapter at `step` of `job`.
-    async fn fine_tuned(&self, model: &str, base_model: &str, job: &str, step: u64) -> Result<Resolved> {
-        let Resolved::Base { path: base_path, .. } = Box::pin(self.resolve(base_model)).await? else {
-            return Err(EngineError::Data(format!(
-                "the base model {base_model} of {model} is not a base model"
-            )));
-        };
-        let ckpt = self
-            .store
-            .list_checkpoints(job, Some(step + 1), 1)
-            .await
-            .map_err(|e| EngineError::Data(e.to_string()))?
-            .into_iter()
-            .find(|c| c.step == step)
-            .ok_or_else(|| EngineError::Data(format!("the checkpoint of {model} is gone")))?;
-        let read = async |name: &str| -> Result<Vec<u8>> {
-            let f = ckpt
-                .files
-                .iter()
-                .find(|f| f.name == name)
-                .ok_or_else(|| EngineError::Data(format!("the checkpoint of {model} has no {name}")))?;
-            Ok(self
-                .blobs
-                .read_range(&f.sha256, 0..f.bytes)
-                .await
-                .map_err(|e| EngineError::Data(e.to_string()))?
-                .to_vec())
-        };
-        let adapter = read(ADAPTER_FILE).await?;
-        let adapter_config = read(ADAPTER_CONFIG_FILE).await?;
-        Ok(Resolved::FineTuned {
-            id: model.to_string(),
-            base: base_model.to_string(),
-            base_path,
-            adapter,
-            adapter_config,
-        })
-    }
-}
-
 #[async_trait]
-impl Catalog for StoreCatalog {
+impl Catalog for Models {
     async fn resolve(&self, model: &str) -> Result<Resolved> {
-        let not_found = || EngineError::NotFound(model.to_string());
-        let data = |e: crate::store::StoreError| EngineError::Data(e.to_string());
-        let Some(record) = self.store.get_model(model).await.map_err(data)? else {
-            // Checkpoints are models too, while their job still runs
-            // (checkpoint evals sample them) and after it ends.
-            let (prefix, job_id, step) = checkpoint_of(model).ok_or_else(not_found)?;
-            let job = self.store.get_job(job_id).await.map_err(data)?.ok_or_else(not_found)?;
-            let spec = &job.spec;
-            if crate::jobs::model::fine_tuned_model_id(&spec.base_model, &spec.suffix, &job.id) != prefix {
-                return Err(not_found());
-            }
-            return self.fine_tuned(model, &spec.base_model, job_id, step).await;
-        };
-        if record.kind == "base" {
-            let info = record.info.ok_or_else(not_found)?;
-            return Ok(Resolved::Base {
-                name: record.id,
-                path: PathBuf::from(info.path),
-            });
-        }
-        let (Some(job), Some(step)) = (&record.job_id, record.checkpoint_step) else {
-            return Err(EngineError::Data(format!("{model} has no checkpoint")));
-        };
-        self.fine_tuned(model, &record.base_model, job, step).await
+        Models::resolve(self, model).await.map_err(|e| match e {
+            Error::NotFound { .. } => EngineError::NotFound(model.to_string()),
+            other => EngineError::Data(other.to_string()),
+        })
     }
 }
 

@@ -15,10 +15,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::local::{LocalEngine, Resolved};
+use super::local::LocalEngine;
 use crate::error::FieldViolation;
 use crate::jobs::model::{JobSpec, Level, MethodKind, Metrics};
 use crate::jobs::trainer::{TrainContext, TrainError, TrainOutcome, Trainer};
+use crate::models::Resolved;
 use lathe_engine::lora::LoraConfig;
 use lathe_engine::optim::{AdamWParams, Schedule};
 use lathe_engine::sft::encode_file;
@@ -62,17 +63,10 @@ impl LocalTrainer {
 }
 
 fn lora_config(spec: &JobSpec) -> Result<LoraConfig, Vec<FieldViolation>> {
+    // Ranges are the jobs service's to check (`jobs::spec`); the module
+    // names are the engine's.
     let mut v = Vec::new();
     let l = &spec.lora;
-    if !(1..=256).contains(&l.rank) {
-        v.push(FieldViolation::new("lora.rank", "must be between 1 and 256"));
-    }
-    if !(l.alpha.is_finite() && l.alpha > 0.0) {
-        v.push(FieldViolation::new("lora.alpha", "must be a positive number"));
-    }
-    if !(0.0..1.0).contains(&l.dropout) {
-        v.push(FieldViolation::new("lora.dropout", "must be in [0, 1)"));
-    }
     let mut targets = Vec::new();
     for (i, t) in l.target_modules.iter().enumerate() {
         match Proj::parse(t) {
@@ -184,32 +178,11 @@ impl Trainer for LocalTrainer {
         let mut v = Vec::new();
         if spec.method.kind != MethodKind::Supervised {
             v.push(FieldViolation::new(
-                "method.type",
+                format!("method.{}", spec.method.kind.as_str()),
                 format!(
                     "the embedded trainer runs supervised fine-tuning; {} is not available yet",
                     spec.method.kind.as_str()
                 ),
-            ));
-        }
-        let h = &spec.method.hyperparameters;
-        if h.batch_size.is_some_and(|b| !(1..=256).contains(&b)) {
-            v.push(FieldViolation::new(
-                "method.hyperparameters.batch_size",
-                "must be between 1 and 256",
-            ));
-        }
-        if h.n_epochs.is_some_and(|e| !(1..=50).contains(&e)) {
-            v.push(FieldViolation::new(
-                "method.hyperparameters.n_epochs",
-                "must be between 1 and 50",
-            ));
-        }
-        if h.learning_rate_multiplier
-            .is_some_and(|m| !(m.is_finite() && m > 0.0 && m <= 100.0))
-        {
-            v.push(FieldViolation::new(
-                "method.hyperparameters.learning_rate_multiplier",
-                "must be a positive number (at most 100)",
             ));
         }
         if let Err(mut l) = lora_config(spec) {

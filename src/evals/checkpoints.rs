@@ -96,7 +96,7 @@ impl CheckpointEvaluator for CheckpointEvals {
         match self.0.get_eval(&ce.eval_id).await {
             Err(_) => v.push(FieldViolation::new(
                 "checkpoint_eval.eval_id",
-                format!("{:?} is not an eval (lathe evals create)", ce.eval_id),
+                format!("{:?} is not an eval", ce.eval_id),
             )),
             Ok(eval) => {
                 if !ce.criterion.is_empty() && !eval.spec.criteria.iter().any(|c| c.name == ce.criterion) {

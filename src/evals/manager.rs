@@ -62,9 +62,18 @@ impl Default for EvalsConfig {
 pub struct CreateEval {
     pub name: String,
     pub item_schema: Option<Value>,
-    /// Grader objects or `{"name": ...}` references, with their thresholds.
-    pub criteria: Vec<(Value, Option<f64>)>,
+    pub criteria: Vec<NewCriterion>,
     pub metadata: BTreeMap<String, String>,
+}
+
+/// A testing criterion as requested.
+#[derive(Clone, Debug, Default)]
+pub struct NewCriterion {
+    /// A grader object or a `{"name": ...}` reference to a saved grader.
+    pub grader: Option<Value>,
+    pub pass_threshold: Option<f64>,
+    /// What results call the criterion; the grader's name when unset.
+    pub name: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -213,8 +222,16 @@ impl Evals {
         }
         let mut criteria = Vec::new();
         let mut names = BTreeSet::new();
-        for (i, (grader, threshold)) in req.criteria.into_iter().enumerate() {
+        for (i, c) in req.criteria.into_iter().enumerate() {
             let field = format!("testing_criteria[{i}]");
+            let Some(grader) = c.grader else {
+                v.push(FieldViolation::new(
+                    format!("{field}.grader"),
+                    "a grader object or {\"name\": ...} is required",
+                ));
+                continue;
+            };
+            let threshold = c.pass_threshold;
             let (json, parsed) = match self.graders.resolve_checked(grader, &format!("{field}.grader")).await {
                 Ok(g) => g,
                 Err(Error::InvalidArgument(problems)) => {
@@ -250,10 +267,18 @@ impl Evals {
                     continue;
                 }
             };
-            let name = parsed.name().to_string();
+            let (name, name_field) = match c.name {
+                Some(name) => {
+                    if name.chars().count() > 256 {
+                        v.push(FieldViolation::new(format!("{field}.name"), "at most 256 characters"));
+                    }
+                    (name, format!("{field}.name"))
+                }
+                None => (parsed.name().to_string(), format!("{field}.grader.name")),
+            };
             if !names.insert(name.clone()) {
                 v.push(FieldViolation::new(
-                    format!("{field}.grader.name"),
+                    name_field,
                     format!("another criterion is already named {name:?}; criteria need distinct names"),
                 ));
             }
@@ -500,54 +525,80 @@ impl Evals {
         let item_schema = eval.spec.item_schema.clone();
         let source = source.clone();
         let handle = tokio::runtime::Handle::current();
-        let (total, problems) = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<String>)> {
+        let (total, problems, templates) = tokio::task::spawn_blocking(move || -> Result<_> {
             let mut problems = Vec::new();
+            // A template that does not render fails on item after item:
+            // one problem per template, under its own field.
+            let mut templates = TemplateProblems::default();
             let mut total = 0u64;
             for (index, line) in LineReader::new(&handle, &blobs, &sha, size).enumerate() {
                 let line = line?;
                 total += 1;
-                if problems.len() >= MAX_ITEM_PROBLEMS {
-                    continue;
-                }
+                let index = index as u64;
                 let row: Value = match serde_json::from_slice(&line) {
                     Ok(row) => row,
                     Err(e) => {
-                        problems.push(format!("item {index}: not JSON: {e}"));
+                        if problems.len() < MAX_ITEM_PROBLEMS {
+                            problems.push(format!("item {index}: not JSON: {e}"));
+                        }
                         continue;
                     }
                 };
                 let (item, row_sample) = work::split_row(row);
-                if let Some(s) = &item_schema {
+                if let Some(s) = &item_schema
+                    && problems.len() < MAX_ITEM_PROBLEMS
+                {
                     for (pointer, message) in schema::validate(s, &item, 3) {
                         problems.push(format!("item {index} at {:?}: {message}", pointer));
                     }
                 }
-                let rendered = match &source {
+                match &source {
                     DataSource::Model {
                         input_messages,
-                        item_reference,
+                        item_reference: None,
                         ..
-                    } => work::input_messages(input_messages, item_reference.as_deref(), &item).map(|_| ()),
-                    DataSource::Precomputed { sample_template } => {
-                        work::precomputed_sample(sample_template, &item, row_sample.as_ref()).map(|_| ())
+                    } => {
+                        for (i, m) in input_messages.iter().enumerate() {
+                            if let Err(e) = work::render_messages(std::slice::from_ref(m), &item) {
+                                templates.add(format!("model.input_messages[{i}]"), index, e);
+                            }
+                        }
                     }
-                };
-                if let Err(e) = rendered {
-                    problems.push(format!("item {index}: {e}"));
+                    DataSource::Model {
+                        input_messages,
+                        item_reference: Some(path),
+                        ..
+                    } => {
+                        if let Err(e) = work::input_messages(input_messages, Some(path), &item) {
+                            templates.add("model.item_reference".into(), index, e);
+                        }
+                    }
+                    DataSource::Precomputed { sample_template } => {
+                        if let Err(e) = work::precomputed_sample(sample_template, &item, row_sample.as_ref()) {
+                            if sample_template.is_empty() {
+                                if problems.len() < MAX_ITEM_PROBLEMS {
+                                    problems.push(format!("item {index}: {e}"));
+                                }
+                            } else {
+                                templates.add("precomputed.sample_template".into(), index, e);
+                            }
+                        }
+                    }
                 }
             }
-            Ok((total, problems))
+            Ok((total, problems, templates))
         })
         .await
         .map_err(|e| Error::Internal(format!("reading the dataset failed: {e}")))??;
-        if !problems.is_empty() {
-            return Err(Error::InvalidArgument(
-                problems
-                    .into_iter()
-                    .take(MAX_ITEM_PROBLEMS)
-                    .map(|p| FieldViolation::new("dataset_id", p))
-                    .collect(),
-            ));
+        let mut violations = templates.violations();
+        violations.extend(
+            problems
+                .into_iter()
+                .take(MAX_ITEM_PROBLEMS)
+                .map(|p| FieldViolation::new("dataset_id", p)),
+        );
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
         }
         if total == 0 {
             return Err(Error::invalid("dataset_id", "the dataset has no items"));
@@ -855,4 +906,33 @@ pub fn throughput(progress: &Progress) -> f64 {
         return 0.0;
     }
     progress.completed as f64 / (progress.elapsed_ms as f64 / 1000.0)
+}
+
+/// Template failures over a run's items, one entry per template field:
+/// the first failing item, its reason, and how many items failed.
+#[derive(Default)]
+struct TemplateProblems {
+    by_field: std::collections::BTreeMap<String, (u64, String, u64)>,
+}
+
+impl TemplateProblems {
+    fn add(&mut self, field: String, index: u64, reason: String) {
+        self.by_field
+            .entry(field)
+            .and_modify(|(_, _, n)| *n += 1)
+            .or_insert((index, reason, 1));
+    }
+
+    fn violations(self) -> Vec<FieldViolation> {
+        self.by_field
+            .into_iter()
+            .map(|(field, (first, reason, n))| {
+                let more = match n {
+                    1 => String::new(),
+                    n => format!(" (and {} more items)", n - 1),
+                };
+                FieldViolation::new(field, format!("does not render for item {first}{more}: {reason}"))
+            })
+            .collect()
+    }
 }

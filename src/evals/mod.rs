@@ -9,6 +9,9 @@
 //! rebuilds progress from the store alone. This module knows neither tonic
 //! nor HTTP: models come in as `ChatModel`, graders through the grader service.
 
+// Plain data and orchestration: nothing here needs unsafe, so nothing may use it.
+#![forbid(unsafe_code)]
+
 pub mod checkpoints;
 pub mod manager;
 pub mod model;

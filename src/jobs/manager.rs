@@ -11,6 +11,7 @@ use tokio::sync::{Notify, broadcast::error::RecvError, mpsc};
 use super::evaluator::CheckpointEvaluator;
 use super::events::EventBus;
 use super::model::*;
+use super::spec::{self, CreateJob};
 use super::state;
 use super::trainer::{StopHandle, StopReason, Trainer};
 use crate::blobs::Blobs;
@@ -18,8 +19,9 @@ use crate::datasets::model::DatasetState;
 use crate::datasets::report::Purpose;
 use crate::error::{Error, FieldViolation, Result};
 use crate::ids::{self, now_millis};
+use crate::models::{ModelKind, Models};
 use crate::paging;
-use crate::store::{Store, Transition};
+use crate::store::{JobQuery, Store, Transition};
 
 /// Marks ListJobs page tokens.
 const PAGE_TOKEN: &str = "jp1.";
@@ -46,12 +48,6 @@ impl Default for JobsConfig {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct CreateJob {
-    pub spec: JobSpec,
-    pub idempotency_key: Option<String>,
-}
-
 /// What WatchJob streams: events in order, then the final job once.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // moved through a bounded channel, never stored
@@ -64,6 +60,7 @@ pub struct Jobs {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) blobs: Blobs,
     pub(crate) bus: EventBus,
+    pub(crate) models: Arc<Models>,
     pub(crate) trainer: Option<Arc<dyn Trainer>>,
     pub(crate) config: JobsConfig,
     pub(crate) wake: Notify,
@@ -85,22 +82,18 @@ fn check_job_id(id: &str) -> Result<()> {
     }
 }
 
-fn range_i(v: &mut Vec<FieldViolation>, field: &str, value: Option<i64>, lo: i64, hi: i64) {
-    if let Some(x) = value
-        && !(lo..=hi).contains(&x)
-    {
-        v.push(FieldViolation::new(
-            field,
-            format!("must be auto or between {lo} and {hi}"),
-        ));
-    }
-}
-
 impl Jobs {
-    pub fn new(store: Arc<dyn Store>, blobs: Blobs, trainer: Option<Arc<dyn Trainer>>, config: JobsConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        blobs: Blobs,
+        models: Arc<Models>,
+        trainer: Option<Arc<dyn Trainer>>,
+        config: JobsConfig,
+    ) -> Self {
         Self {
             store,
             blobs,
+            models,
             bus: EventBus::default(),
             trainer,
             config,
@@ -160,120 +153,6 @@ impl Jobs {
         }
     }
 
-    fn validate(&self, spec: &JobSpec) -> Vec<FieldViolation> {
-        let mut v = Vec::new();
-        if spec.base_model.trim().is_empty() {
-            v.push(FieldViolation::new("base_model", "a base model is required"));
-        }
-        if spec.suffix.chars().count() > 64 {
-            v.push(FieldViolation::new("suffix", "at most 64 characters"));
-        }
-        if spec.suffix.contains(':') {
-            v.push(FieldViolation::new(
-                "suffix",
-                "may not contain ':' (it separates the model id's parts)",
-            ));
-        }
-        if spec.seed > 2_147_483_647 {
-            v.push(FieldViolation::new("seed", "must be between 0 and 2147483647"));
-        }
-        if spec.metadata.len() > 16 {
-            v.push(FieldViolation::new("metadata", "at most 16 key-value pairs"));
-        }
-        for (k, val) in &spec.metadata {
-            if k.is_empty() || k.chars().count() > 64 || val.chars().count() > 512 {
-                v.push(FieldViolation::new(
-                    format!("metadata[{k}]"),
-                    "keys are 1 to 64 characters, values at most 512",
-                ));
-            }
-        }
-        let m = spec.method.kind.as_str();
-        let h = &spec.method.hyperparameters;
-        range_i(&mut v, &format!("method.{m}.n_epochs"), h.n_epochs, 1, 50);
-        range_i(&mut v, &format!("method.{m}.batch_size"), h.batch_size, 1, 256);
-        if let Some(lr) = h.learning_rate_multiplier
-            && !(lr.is_finite() && lr > 0.0)
-        {
-            v.push(FieldViolation::new(
-                format!("method.{m}.learning_rate_multiplier"),
-                "must be auto or > 0",
-            ));
-        }
-        match spec.method.kind {
-            MethodKind::Dpo => {
-                if let Some(beta) = h.beta
-                    && !(beta > 0.0 && beta <= 2.0)
-                {
-                    v.push(FieldViolation::new("method.dpo.beta", "must be auto or in (0, 2]"));
-                }
-            }
-            MethodKind::Reinforcement => {
-                range_i(
-                    &mut v,
-                    "method.reinforcement.eval_interval",
-                    h.eval_interval,
-                    1,
-                    i64::MAX,
-                );
-                range_i(&mut v, "method.reinforcement.eval_samples", h.eval_samples, 1, i64::MAX);
-                range_i(
-                    &mut v,
-                    "method.reinforcement.generations_per_prompt",
-                    h.generations_per_prompt,
-                    2,
-                    64,
-                );
-                match &spec.method.grader {
-                    None => v.push(FieldViolation::new(
-                        "method.reinforcement.grader",
-                        "reinforcement fine-tuning needs a grader",
-                    )),
-                    Some(g) if g.get("type").and_then(|t| t.as_str()) == Some("label_model") => {
-                        v.push(FieldViolation::new(
-                            "method.reinforcement.grader",
-                            "label_model cannot be the top-level RFT grader; use score_model or wrap it in multi",
-                        ))
-                    }
-                    Some(g) if !g.is_object() => v.push(FieldViolation::new(
-                        "method.reinforcement.grader",
-                        "must be a grader object",
-                    )),
-                    _ => {}
-                }
-            }
-            MethodKind::Supervised => {}
-        }
-        let l = &spec.lora;
-        if !(1..=256).contains(&l.rank) {
-            v.push(FieldViolation::new("lora.rank", "must be between 1 and 256"));
-        }
-        if !(l.alpha.is_finite() && l.alpha > 0.0) {
-            v.push(FieldViolation::new("lora.alpha", "must be > 0"));
-        }
-        if !(0.0..1.0).contains(&l.dropout) {
-            v.push(FieldViolation::new("lora.dropout", "must be in [0, 1)"));
-        }
-        if l.target_modules.is_empty() {
-            v.push(FieldViolation::new("lora.target_modules", "name at least one module"));
-        }
-        if let Some(es) = &spec.early_stopping
-            && es.patience > 0
-            && spec.validation_dataset_id.is_none()
-        {
-            v.push(FieldViolation::new(
-                "early_stopping.patience",
-                "early stopping watches validation metrics: give a validation dataset",
-            ));
-        }
-        if let Some(hook) = &spec.webhook
-            && !(hook.url.starts_with("http://") || hook.url.starts_with("https://"))
-        {
-            v.push(FieldViolation::new("webhook.url", "must be an http:// or https:// URL"));
-        }
-        v
-    }
-
     async fn check_dataset(
         &self,
         field: &str,
@@ -292,7 +171,7 @@ impl Jobs {
             return Err(Error::precondition(
                 "DATASET_STATE",
                 id,
-                format!("dataset {id} failed validation and cannot be used; see `lathe datasets get {id}`"),
+                format!("dataset {id} failed validation and cannot be used"),
             ));
         }
         if d.purpose != purpose {
@@ -316,21 +195,20 @@ impl Jobs {
                 "no trainer is configured on this server, so it cannot run fine-tuning jobs",
             ));
         };
-        let spec = req.spec;
-        let mut violations = self.validate(&spec);
+        let (spec, mut violations) = spec::build(&req);
         let purpose = match spec.method.kind {
             MethodKind::Supervised => Purpose::Sft,
             MethodKind::Dpo => Purpose::Dpo,
             MethodKind::Reinforcement => Purpose::Rft,
         };
-        let training = self
-            .check_dataset(
-                "training_dataset_id",
-                &spec.training_dataset_id,
-                purpose,
-                &mut violations,
-            )
-            .await?;
+        // An empty id is already reported as required.
+        let training = match spec.training_dataset_id.as_str() {
+            "" => None,
+            id => {
+                self.check_dataset("training_dataset_id", id, purpose, &mut violations)
+                    .await?
+            }
+        };
         let validation = match &spec.validation_dataset_id {
             Some(id) => {
                 self.check_dataset("validation_dataset_id", id, purpose, &mut violations)
@@ -355,9 +233,9 @@ impl Jobs {
             }
         }
         if trainer.resolves_models() && !spec.base_model.trim().is_empty() {
-            match self.store.get_model(&spec.base_model).await? {
-                Some(m) if m.kind == "base" => {}
-                Some(_) => violations.push(FieldViolation::new(
+            match self.models.kind_of(&spec.base_model).await? {
+                Some(ModelKind::Base) => {}
+                Some(ModelKind::FineTuned) => violations.push(FieldViolation::new(
                     "base_model",
                     format!(
                         "{} is a fine-tuned model; fine-tune its base model instead",
@@ -366,10 +244,7 @@ impl Jobs {
                 )),
                 None => violations.push(FieldViolation::new(
                     "base_model",
-                    format!(
-                        "no base model named {:?} is registered (lathe models add PATH --name NAME)",
-                        spec.base_model
-                    ),
+                    format!("no base model named {:?} is registered", spec.base_model),
                 )),
             }
         }
@@ -656,87 +531,5 @@ impl Jobs {
         tokio::spawn(async move {
             super::webhook::deliver(&http, &hook, &payload, &job_id).await;
         });
-    }
-
-    /// Registers a base model from a path, after checking what is there.
-    pub async fn register_model(&self, name: &str, path: &str) -> Result<crate::store::ModelRecord> {
-        crate::models::check_name(name)?;
-        if path.is_empty() {
-            return Err(Error::invalid("path", "a model directory or GGUF file is required"));
-        }
-        let p = std::path::PathBuf::from(path);
-        let info = tokio::task::spawn_blocking(move || crate::models::inspect(&p))
-            .await
-            .map_err(|e| Error::Internal(format!("model inspection failed: {e}")))??;
-        let record = crate::store::ModelRecord {
-            id: name.to_string(),
-            kind: "base".into(),
-            base_model: name.to_string(),
-            job_id: None,
-            checkpoint_step: None,
-            created_at: now_millis(),
-            info: Some(info),
-        };
-        self.store.register_model(&record).await?;
-        Ok(record)
-    }
-
-    pub async fn get_model(&self, id: &str) -> Result<crate::store::ModelRecord> {
-        if id.is_empty() {
-            return Err(Error::invalid("id", "a model id is required"));
-        }
-        self.store
-            .get_model(id)
-            .await?
-            .ok_or_else(|| Error::not_found("model", id))
-    }
-
-    pub async fn list_models(
-        &self,
-        kind: Option<&str>,
-        page_size: i32,
-        page_token: &str,
-    ) -> Result<(Vec<crate::store::ModelRecord>, String)> {
-        let limit = paging::limit(page_size)?;
-        let after = (!page_token.is_empty()).then_some(page_token);
-        let models = self.store.list_models(kind, after, limit + 1).await?;
-        Ok(paging::split(models, limit, |m| m.id.clone()))
-    }
-
-    /// Deletes a fine-tuned model and its adapter files (the job and its
-    /// checkpoint history stay), or unregisters a base model (its files are
-    /// the user's and stay where they are).
-    pub async fn delete_model(&self, id: &str) -> Result<crate::store::ModelRecord> {
-        let model = self.get_model(id).await?;
-        if model.kind == "base" {
-            let busy = self
-                .store
-                .list_jobs(&JobQuery {
-                    base_model: Some(id.to_string()),
-                    limit: 1000,
-                    ..Default::default()
-                })
-                .await?
-                .into_iter()
-                .any(|j| !j.state.is_terminal());
-            if busy {
-                return Err(Error::precondition(
-                    "MODEL_IN_USE",
-                    id,
-                    format!("base model {id} is used by a fine-tuning job that has not finished"),
-                ));
-            }
-        }
-        let (model, shas) = self
-            .store
-            .delete_model(id)
-            .await?
-            .ok_or_else(|| Error::not_found("model", id))?;
-        for sha in shas {
-            if !self.store.blob_in_use(&sha).await? {
-                self.blobs.delete(&sha).await?;
-            }
-        }
-        Ok(model)
     }
 }

@@ -5,11 +5,15 @@
 //! `state::allowed_from` and the store's compare-and-set, together with
 //! its event; nothing else writes a job's state.
 
+// Plain data and orchestration: nothing here needs unsafe, so nothing may use it.
+#![forbid(unsafe_code)]
+
 pub mod evaluator;
 pub mod events;
 pub mod manager;
 pub mod model;
 pub mod scheduler;
+pub mod spec;
 pub mod state;
 pub mod trainer;
 pub mod webhook;

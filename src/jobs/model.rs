@@ -293,6 +293,10 @@ pub struct JobEvent {
     pub job_id: String,
     /// Per job, 1, 2, 3, ... with no gaps.
     pub seq: u64,
+    /// The attempt (claim of the job by a worker, from 1) that wrote the
+    /// event; 0 before the job first ran. A resumed job trains some steps
+    /// again: a per-step view keeps each step's latest attempt.
+    pub attempt: u32,
     pub created_at: i64,
     pub level: Level,
     pub message: String,
@@ -328,22 +332,4 @@ pub struct JobPatch {
     pub trained_tokens: Option<u64>,
     /// Drop the lease (the job leaves RUNNING).
     pub release_lease: bool,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct JobQuery {
-    pub state: Option<JobState>,
-    pub base_model: Option<String>,
-    pub metadata: Vec<(String, String)>,
-    pub after: Option<crate::store::Cursor>,
-    pub limit: usize,
-}
-
-/// `ft:{base}:{suffix}:{job-id}`, OpenAI's shape.
-pub fn fine_tuned_model_id(base: &str, suffix: &str, job_id: &str) -> String {
-    format!("ft:{base}:{suffix}:{job_id}")
-}
-
-pub fn checkpoint_model_id(model: &str, step: u64) -> String {
-    format!("{model}:ckpt-step-{step}")
 }

@@ -19,7 +19,7 @@ use super::manager::Jobs;
 use super::model::*;
 use super::trainer::{Reporter, StopHandle, StopReason, TrainContext, TrainError, TrainOutcome, Trainer};
 use crate::ids::now_millis;
-use crate::store::ModelRecord;
+use crate::models::model::{checkpoint_model_id, fine_tuned_model_id};
 
 /// Starts the scheduler; it returns after `shutdown` once its runners
 /// have stopped. Without a trainer there is nothing to schedule.
@@ -537,16 +537,12 @@ async fn succeed(
         .await
     {
         Ok(Ok(_)) => {
-            let record = ModelRecord {
-                id: model,
-                kind: "fine_tuned".into(),
-                base_model: job.spec.base_model.clone(),
-                job_id: Some(job.id.clone()),
-                checkpoint_step: Some(step),
-                created_at: now_millis(),
-                info: None,
-            };
-            if let Err(e) = jobs.store.insert_model(&record).await {
+            let spec = &job.spec;
+            if let Err(e) = jobs
+                .models
+                .record_fine_tuned(&spec.base_model, &spec.suffix, &job.id, step)
+                .await
+            {
                 tracing::error!(job = %job.id, error = %e, "could not register the fine-tuned model");
             }
         }

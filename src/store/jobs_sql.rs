@@ -94,7 +94,7 @@ macro_rules! impl_job_store {
 
             async fn list_jobs(
                 &self,
-                q: &$crate::jobs::model::JobQuery,
+                q: &$crate::store::JobQuery,
             ) -> Result<Vec<$crate::jobs::model::JobRecord>, $crate::store::StoreError> {
                 // Metadata filters are few (at most 16 keys), so they are
                 // applied here, page by page, keeping the SQL portable.
@@ -421,93 +421,6 @@ macro_rules! impl_job_store {
                     .await?;
                 Ok(sqlx::Row::try_get(&row, "used")?)
             }
-
-            async fn insert_model(&self, m: &$crate::store::ModelRecord) -> Result<(), $crate::store::StoreError> {
-                sqlx::query(
-                    "INSERT INTO models (id, kind, base_model, job_id, checkpoint_step, created_at, info)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
-                     ON CONFLICT (id) DO UPDATE SET checkpoint_step = excluded.checkpoint_step",
-                )
-                .bind(&m.id)
-                .bind(&m.kind)
-                .bind(&m.base_model)
-                .bind(m.job_id.as_deref())
-                .bind(m.checkpoint_step.map(|s| s as i64))
-                .bind(m.created_at)
-                .bind(m.info.as_ref().map($crate::store::rows::to_json))
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            async fn register_model(&self, m: &$crate::store::ModelRecord) -> Result<(), $crate::store::StoreError> {
-                let result = sqlx::query(
-                    "INSERT INTO models (id, kind, base_model, job_id, checkpoint_step, created_at, info)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(&m.id)
-                .bind(&m.kind)
-                .bind(&m.base_model)
-                .bind(m.job_id.as_deref())
-                .bind(m.checkpoint_step.map(|s| s as i64))
-                .bind(m.created_at)
-                .bind(m.info.as_ref().map($crate::store::rows::to_json))
-                .execute(&self.pool)
-                .await;
-                $crate::store::rows::unique_as_conflict(result, || m.id.clone()).map(|_| ())
-            }
-
-            async fn get_model(&self, id: &str) -> Result<Option<$crate::store::ModelRecord>, $crate::store::StoreError> {
-                let row = sqlx::query("SELECT * FROM models WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-                row.as_ref().map($crate::store::rows::model_from_row).transpose()
-            }
-
-            async fn list_models(
-                &self,
-                kind: Option<&str>,
-                after: Option<&str>,
-                limit: usize,
-            ) -> Result<Vec<$crate::store::ModelRecord>, $crate::store::StoreError> {
-                let rows = sqlx::query(
-                    "SELECT * FROM models WHERE ($1 IS NULL OR kind = $1) AND id > $2 ORDER BY id LIMIT $3",
-                )
-                .bind(kind)
-                .bind(after.unwrap_or(""))
-                .bind(limit as i64)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter().map($crate::store::rows::model_from_row).collect()
-            }
-
-            async fn delete_model(
-                &self,
-                id: &str,
-            ) -> Result<Option<($crate::store::ModelRecord, Vec<String>)>, $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let row = sqlx::query("DELETE FROM models WHERE id = $1 RETURNING *")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                let model = $crate::store::rows::model_from_row(&row)?;
-                let mut shas = Vec::new();
-                if let Some(job_id) = &model.job_id {
-                    let rows = sqlx::query(
-                        "DELETE FROM checkpoint_files WHERE checkpoint_id IN (SELECT id FROM checkpoints WHERE job_id = $1)
-                         RETURNING sha256",
-                    )
-                    .bind(job_id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    for r in &rows {
-                        shas.push(sqlx::Row::try_get::<String, _>(r, "sha256")?);
-                    }
-                }
-                tx.commit().await?;
-                Ok(Some((model, shas)))
-            }
         }
 
         async fn bump_seq(tx: &mut sqlx::Transaction<'_, $db>, id: &str) -> Result<i64, $crate::store::StoreError>
@@ -529,18 +442,26 @@ macro_rules! impl_job_store {
         ) -> Result<$crate::jobs::model::JobEvent, $crate::store::StoreError>
         {
             let data = $crate::store::rows::to_json(&event.data);
-            sqlx::query("INSERT INTO job_events (job_id, seq, created_at, level, message, data) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(id)
-                .bind(seq)
-                .bind(now)
-                .bind($crate::store::rows::level_str(event.level))
-                .bind(event.message.clone())
-                .bind(data)
-                .execute(&mut **tx)
-                .await?;
+            // The job's current attempt, read in the same transaction as
+            // the event is written (a claim bumps it before its event).
+            let row = sqlx::query(
+                "INSERT INTO job_events (job_id, seq, created_at, level, message, data, attempt)
+                 VALUES ($1, $2, $3, $4, $5, $6, (SELECT attempts FROM jobs WHERE id = $1))
+                 RETURNING attempt",
+            )
+            .bind(id)
+            .bind(seq)
+            .bind(now)
+            .bind($crate::store::rows::level_str(event.level))
+            .bind(event.message.clone())
+            .bind(data)
+            .fetch_one(&mut **tx)
+            .await?;
+            let attempt: i64 = sqlx::Row::try_get(&row, "attempt")?;
             Ok($crate::jobs::model::JobEvent {
                 job_id: id.to_string(),
                 seq: seq as u64,
+                attempt: attempt as u32,
                 created_at: now,
                 level: event.level,
                 message: event.message.clone(),

@@ -4,6 +4,9 @@
 //! whether an operation is allowed (that is the domain's job); it only makes
 //! each call atomic. Every backend passes the same suite (`store::suite`).
 
+// Plain data and orchestration: nothing here needs unsafe, so nothing may use it.
+#![forbid(unsafe_code)]
+
 #[macro_use]
 mod graders_sql;
 #[macro_use]
@@ -12,7 +15,10 @@ mod datasets_sql;
 mod jobs_sql;
 #[macro_use]
 mod evals_sql;
+#[macro_use]
+mod models_sql;
 mod postgres;
+mod query;
 pub(crate) mod rows;
 mod sqlite;
 
@@ -22,11 +28,12 @@ pub(crate) mod suite;
 use async_trait::async_trait;
 
 pub use self::postgres::PostgresStore;
+pub use self::query::{Cursor, DatasetQuery, JobQuery};
 pub use self::sqlite::SqliteStore;
 use crate::datasets::model::DatasetRecord;
-use crate::datasets::report::Purpose;
 use crate::evals::model::{EvalRecord, ItemStatus, OutputItemRecord, RunRecord, RunState};
-use crate::jobs::model::{CheckpointRecord, JobEvent, JobPatch, JobQuery, JobRecord, JobState, Metrics, NewEvent};
+use crate::jobs::model::{CheckpointRecord, JobEvent, JobPatch, JobRecord, JobState, Metrics, NewEvent};
+use crate::models::model::{ModelKind, ModelRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,20 +56,6 @@ pub enum StoreError {
     UnsupportedUrl(String),
 }
 
-/// Position after the last row of a page, newest-first order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cursor {
-    pub created_at: i64,
-    pub id: String,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct DatasetQuery {
-    pub purpose: Option<Purpose>,
-    pub after: Option<Cursor>,
-    pub limit: usize,
-}
-
 #[async_trait]
 pub trait DatasetStore: Send + Sync + 'static {
     /// Inserts a new dataset; `Conflict` if the id exists.
@@ -76,20 +69,6 @@ pub trait DatasetStore: Send + Sync + 'static {
     async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError>;
     /// Every blob address some record points at, for garbage collection.
     async fn blobs_in_use(&self) -> Result<Vec<String>, StoreError>;
-}
-
-/// A fine-tuned model: the name users call, and what it is made of.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ModelRecord {
-    pub id: String,
-    /// "base" (registered from a path) or "fine_tuned" (made by a job).
-    pub kind: String,
-    pub base_model: String,
-    pub job_id: Option<String>,
-    pub checkpoint_step: Option<u64>,
-    pub created_at: i64,
-    /// For base models: what registration found.
-    pub info: Option<crate::models::BaseModelInfo>,
 }
 
 /// The outcome of a compare-and-set state change.
@@ -165,18 +144,25 @@ pub trait JobStore: Send + Sync + 'static {
     async fn update_checkpoint_metrics(&self, job_id: &str, step: u64, metrics: &Metrics) -> Result<bool, StoreError>;
     /// Whether a job or an eval run that is not finished uses this dataset.
     async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, StoreError>;
+}
+
+/// Base and fine-tuned models (`crate::models`).
+#[async_trait]
+pub trait ModelStore: Send + Sync + 'static {
     /// Inserts or updates a fine-tuned model (a job may re-record it).
     async fn insert_model(&self, model: &ModelRecord) -> Result<(), StoreError>;
     /// Inserts a new model; `Conflict` if the name is taken.
     async fn register_model(&self, model: &ModelRecord) -> Result<(), StoreError>;
     async fn get_model(&self, id: &str) -> Result<Option<ModelRecord>, StoreError>;
-    /// By id, after `after`, optionally only one kind.
+    /// By id, strictly after `after`, optionally only one kind.
     async fn list_models(
         &self,
-        kind: Option<&str>,
+        kind: Option<ModelKind>,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ModelRecord>, StoreError>;
+    /// Ids of fine-tuned models built on `base_model`, at most `limit`.
+    async fn fine_tuned_models_of(&self, base_model: &str, limit: usize) -> Result<Vec<String>, StoreError>;
     /// Removes the model and its job's checkpoint files (the checkpoint
     /// records stay as history); returns the blobs that were referenced.
     async fn delete_model(&self, id: &str) -> Result<Option<(ModelRecord, Vec<String>)>, StoreError>;
@@ -289,9 +275,9 @@ pub trait EvalStore: Send + Sync + 'static {
     ) -> Result<Vec<OutputItemRecord>, StoreError>;
 }
 
-pub trait Store: DatasetStore + JobStore + GraderStore + EvalStore {}
+pub trait Store: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore {}
 
-impl<T: DatasetStore + JobStore + GraderStore + EvalStore> Store for T {}
+impl<T: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore> Store for T {}
 
 /// Opens the backend named by `url`, running its migrations.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {

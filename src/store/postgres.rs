@@ -35,6 +35,8 @@ crate::impl_job_store!(
     lock_shared = "FOR SHARE"
 );
 
+crate::impl_model_store!(PostgresStore);
+
 crate::impl_grader_store!(PostgresStore);
 
 crate::impl_eval_store!(

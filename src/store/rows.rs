@@ -142,9 +142,11 @@ where
     let seq: i64 = row.try_get("seq")?;
     let level: String = row.try_get("level")?;
     let data: String = row.try_get("data")?;
+    let attempt: i64 = row.try_get("attempt")?;
     Ok(JobEvent {
         data: from_json::<EventData>(&job_id, "data", &data)?,
         seq: seq as u64,
+        attempt: attempt as u32,
         created_at: row.try_get("created_at")?,
         level: parse_level(&level),
         message: row.try_get("message")?,
@@ -190,7 +192,7 @@ where
     ))
 }
 
-pub fn model_from_row<'r, R>(row: &'r R) -> Result<super::ModelRecord, StoreError>
+pub fn model_from_row<'r, R>(row: &'r R) -> Result<ModelRecord, StoreError>
 where
     R: Row,
     &'static str: ColumnIndex<R>,
@@ -206,10 +208,15 @@ where
         Some(text) => Some(from_json(&id, "info", &text)?),
         None => None,
     };
-    Ok(super::ModelRecord {
+    let kind: String = row.try_get("kind")?;
+    let kind = ModelKind::parse(&kind).ok_or_else(|| StoreError::Corrupt {
+        id: id.clone(),
+        reason: format!("unknown model kind {kind:?}"),
+    })?;
+    Ok(ModelRecord {
         info,
         id,
-        kind: row.try_get("kind")?,
+        kind,
         base_model: row.try_get("base_model")?,
         job_id: row.try_get("job_id")?,
         checkpoint_step: step.map(|s| s as u64),
@@ -218,6 +225,7 @@ where
 }
 
 use crate::evals::model::{EvalRecord, ItemStatus, OutputItemRecord, RunRecord, RunState};
+use crate::models::model::{ModelKind, ModelRecord};
 
 pub fn eval_from_row<'r, R>(row: &'r R) -> Result<EvalRecord, StoreError>
 where

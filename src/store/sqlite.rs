@@ -48,6 +48,8 @@ crate::impl_job_store!(
     lock_shared = ""
 );
 
+crate::impl_model_store!(SqliteStore);
+
 crate::impl_grader_store!(SqliteStore);
 
 crate::impl_eval_store!(

@@ -133,11 +133,12 @@ pub async fn blob_references_follow_rows(store: impl Store) {
 
 // ---- jobs ----
 
-use super::{ModelRecord, Transition};
+use super::{JobQuery, Transition};
 use crate::jobs::model::{
-    CheckpointFile, CheckpointRecord, EventData, JobPatch, JobQuery, JobRecord, JobSpec, JobState, Level, Lora, Method,
+    CheckpointFile, CheckpointRecord, EventData, JobPatch, JobRecord, JobSpec, JobState, Level, Lora, Method,
     MethodKind, Metrics, NewEvent,
 };
+use crate::models::model::{ModelKind, ModelRecord};
 
 pub fn job(n: u32, created_at: i64, priority: i32, key: Option<&str>) -> JobRecord {
     let spec = JobSpec {
@@ -458,7 +459,7 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
     assert!(store.dataset_in_use(&id(1)).await.unwrap());
     let model = ModelRecord {
         id: "ft:tiny:t:job".into(),
-        kind: "fine_tuned".into(),
+        kind: ModelKind::FineTuned,
         base_model: "tiny".into(),
         job_id: Some(a.id.clone()),
         checkpoint_step: Some(2),
@@ -470,7 +471,7 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
     assert_eq!(store.list_models(None, None, 10).await.unwrap(), vec![model.clone()]);
     let base = ModelRecord {
         id: "tiny".into(),
-        kind: "base".into(),
+        kind: ModelKind::Base,
         base_model: "tiny".into(),
         job_id: None,
         checkpoint_step: None,
@@ -489,17 +490,22 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
         Err(super::StoreError::Conflict(_))
     ));
     assert_eq!(
-        store.list_models(Some("base"), None, 10).await.unwrap(),
+        store.list_models(Some(ModelKind::Base), None, 10).await.unwrap(),
         vec![base.clone()]
     );
     assert_eq!(
-        store.list_models(Some("fine_tuned"), None, 10).await.unwrap(),
+        store.list_models(Some(ModelKind::FineTuned), None, 10).await.unwrap(),
         vec![model.clone()]
     );
     assert_eq!(
         store.list_models(None, Some("ft:tiny:t:job"), 10).await.unwrap(),
         vec![base.clone()]
     );
+    assert_eq!(
+        store.fine_tuned_models_of("tiny", 10).await.unwrap(),
+        vec![model.id.clone()]
+    );
+    assert!(store.fine_tuned_models_of("other", 10).await.unwrap().is_empty());
     let (deleted, mut shas) = store.delete_model(&model.id).await.unwrap().unwrap();
     shas.sort();
     assert_eq!(deleted, model);

@@ -23,20 +23,16 @@ impl TestServer {
     }
 
     pub async fn start_with(config: ServeConfig) -> Self {
-        Self::start_full(config, lathe::server::Engine::Embedded).await
+        Self::start_full(config, lathe::app::Engine::Embedded).await
     }
 
     pub async fn start_with_trainer(data_dir: &Path, trainer: scripted::ScriptedTrainer) -> Self {
         let mut config = ServeConfig::embedded(data_dir);
         config.job_poll_millis = 50;
-        Self::start_full(
-            config,
-            lathe::server::Engine::Custom(Some(std::sync::Arc::new(trainer))),
-        )
-        .await
+        Self::start_full(config, lathe::app::Engine::Custom(Some(std::sync::Arc::new(trainer)))).await
     }
 
-    pub async fn start_full(config: ServeConfig, engine: lathe::server::Engine) -> Self {
+    pub async fn start_full(config: ServeConfig, engine: lathe::app::Engine) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

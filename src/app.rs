@@ -1,0 +1,170 @@
+//! The application: every service and the workers behind them, opened once
+//! and mounted by whichever front doors the process serves (gRPC today,
+//! REST beside it later).
+//!
+//! Architecture invariant: the `App` owns the services' lifecycle (open,
+//! recover, spawn workers, stop, drain) and knows no transport; a
+//! transport only mounts the services and tells the `App` when to stop.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::blobs::Blobs;
+use crate::config::ServeConfig;
+use crate::datasets::{manager::Datasets, tokens::O200k};
+use crate::engine::local::LocalEngine;
+use crate::engine::trainer::{LocalTrainer, LocalTrainerConfig};
+use crate::evals::manager::Evals;
+use crate::graders::service::{Graders, GradersConfig};
+use crate::inference::{ChatModel, ModelRouter, Providers};
+use crate::jobs::{manager::Jobs, scheduler, trainer::Trainer};
+use crate::models::Models;
+use crate::store;
+
+/// What the application trains and generates with.
+pub enum Engine {
+    /// The embedded candle engine and LoRA trainer (the default).
+    Embedded,
+    /// A trainer brought by the embedder (tests bring a scripted one); no
+    /// local inference.
+    Custom(Option<Arc<dyn Trainer>>),
+}
+
+/// The services, shared by every front door.
+pub struct App {
+    pub datasets: Arc<Datasets>,
+    pub jobs: Arc<Jobs>,
+    pub models: Arc<Models>,
+    pub graders: Arc<Graders>,
+    pub evals: Arc<Evals>,
+    /// The local inference engine, when this process runs one.
+    pub engine: Option<Arc<LocalEngine>>,
+    blobs: Blobs,
+    workers: Workers,
+}
+
+/// The background workers: the job scheduler and the eval runner.
+struct Workers {
+    stop: CancellationToken,
+    scheduler: JoinHandle<()>,
+    eval_runner: JoinHandle<()>,
+}
+
+impl App {
+    /// Opens the store and blobs under `config`, cleans up what an
+    /// interrupted run left, builds the services and starts their workers.
+    pub async fn open(config: &ServeConfig, engine: Engine) -> anyhow::Result<App> {
+        crate::tune_allocator();
+        // The tokenizer's tables load while the store opens, not on the first upload.
+        let tokenizer = tokio::task::spawn_blocking(O200k::new);
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let store = store::open(&config.database_url())
+            .await
+            .context("opening the database")?;
+        let blobs = Blobs::local(config.blob_dir()).context("opening the blob directory")?;
+        let datasets = Arc::new(Datasets::new(
+            store.clone(),
+            blobs.clone(),
+            Arc::new(tokenizer.await.context("loading the tokenizer")?),
+            config.dataset_limits(),
+        ));
+        datasets
+            .recover()
+            .await
+            .context("cleaning up after interrupted uploads")?;
+        let providers = match &config.providers {
+            Some(path) => Arc::new(Providers::from_file(path).context("loading model providers")?),
+            None => Arc::new(Providers::default()),
+        };
+        let mut graders_config = GradersConfig::default();
+        if !providers.is_empty() {
+            graders_config.embedder = providers.embedder();
+            graders_config.model_client = Some(providers.clone());
+        }
+        let graders = Arc::new(Graders::new(store.clone(), graders_config));
+        let models = Arc::new(Models::new(store.clone(), blobs.clone()));
+        let (local, trainer): (Option<Arc<LocalEngine>>, Option<Arc<dyn Trainer>>) = match engine {
+            Engine::Embedded => {
+                let local = LocalEngine::new(models.clone(), config.max_generation_batch);
+                let trainer = Arc::new(LocalTrainer::new(local.clone(), LocalTrainerConfig::default()));
+                (Some(local), Some(trainer))
+            }
+            Engine::Custom(trainer) => (None, trainer),
+        };
+        let router = Arc::new(ModelRouter::new(
+            providers.clone(),
+            local.clone().map(|l| l as Arc<dyn ChatModel>),
+        ));
+        let evals = Arc::new(Evals::new(
+            store.clone(),
+            blobs.clone(),
+            graders.clone(),
+            router,
+            config.evals_config(),
+        ));
+        let jobs = Arc::new(
+            Jobs::new(store, blobs.clone(), models.clone(), trainer, config.jobs_config())
+                .with_evaluator(Arc::new(crate::evals::checkpoints::CheckpointEvals(evals.clone()))),
+        );
+        let stop = CancellationToken::new();
+        let workers = Workers {
+            scheduler: scheduler::spawn(jobs.clone(), stop.clone()),
+            eval_runner: crate::evals::runner::spawn(evals.clone(), stop.clone()),
+            stop,
+        };
+        Ok(App {
+            datasets,
+            jobs,
+            models,
+            graders,
+            evals,
+            engine: local,
+            blobs,
+            workers,
+        })
+    }
+
+    /// Tells the workers to stop: running jobs stop at a step boundary
+    /// and go back to the queue; eval runs drop their in-flight items and
+    /// go back to the queue. Returns at once; `close` waits.
+    pub fn stop_workers(&self) {
+        self.workers.stop.cancel();
+    }
+
+    /// Stops uploads that are still streaming: each removes what it
+    /// staged and answers UNAVAILABLE. For a transport whose grace period
+    /// ran out.
+    pub async fn stop_uploads(&self) {
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.datasets.stop_uploads())
+            .await
+            .is_err()
+        {
+            tracing::warn!("uploads did not stop within 10 s");
+        }
+    }
+
+    /// Waits for the workers to stop (after `stop_workers`) and clears
+    /// staging. Call once no request is left to write to staging.
+    pub async fn close(self) {
+        self.stop_workers();
+        if let Err(e) = self.workers.scheduler.await {
+            tracing::error!(error = %e, "the scheduler crashed");
+        }
+        if let Err(e) = self.workers.eval_runner.await {
+            tracing::error!(error = %e, "the eval runner crashed");
+        }
+        // What uploads dropped before they finished had staged goes now
+        // rather than at the next start: an upload whose client vanished is
+        // dropped by the HTTP/2 layer, and its own clean-up runs in the
+        // background (a hard stop still leaves that to the next start).
+        match self.blobs.sweep_staging().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed what dropped uploads had staged"),
+            Err(e) => tracing::warn!(error = %e, "could not clear staging; the next start will"),
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The models service: registers base models, lists, describes and deletes
+//! models, records the fine-tuned models jobs make, and resolves a model
+//! name into what the engine loads.
+//!
+//! Architecture invariant: a fine-tuned model never outlives its base:
+//! deleting a base model that fine-tuned models (or unfinished jobs) are
+//! built on is refused, naming them.
+
+use std::sync::Arc;
+
+use super::inspect::{check_name, inspect};
+use super::model::{ModelKind, ModelRecord, Resolved, fine_tuned_model_id, parse_checkpoint_model_id};
+use crate::blobs::Blobs;
+use crate::error::{Error, Result};
+use crate::ids::now_millis;
+use crate::paging;
+use crate::store::{JobQuery, Store};
+
+/// Marks ListModels page tokens.
+const PAGE_TOKEN: &str = "mp1.";
+
+/// The PEFT files of an adapter inside a checkpoint.
+const ADAPTER_FILE: &str = lathe_engine::train::ADAPTER_FILE;
+const ADAPTER_CONFIG_FILE: &str = lathe_engine::train::ADAPTER_CONFIG_FILE;
+
+/// Most dependents named in a refusal.
+const NAMED_DEPENDENTS: usize = 10;
+
+pub struct Models {
+    store: Arc<dyn Store>,
+    blobs: Blobs,
+}
+
+impl Models {
+    pub fn new(store: Arc<dyn Store>, blobs: Blobs) -> Self {
+        Self { store, blobs }
+    }
+
+    /// Registers a base model from a path on the server, after checking
+    /// what is there (headers only).
+    pub async fn register(&self, name: &str, path: &str) -> Result<ModelRecord> {
+        check_name(name)?;
+        if path.is_empty() {
+            return Err(Error::invalid("path", "a model directory or GGUF file is required"));
+        }
+        let p = std::path::PathBuf::from(path);
+        let info = tokio::task::spawn_blocking(move || inspect(&p))
+            .await
+            .map_err(|e| Error::Internal(format!("model inspection failed: {e}")))??;
+        let record = ModelRecord {
+            id: name.to_string(),
+            kind: ModelKind::Base,
+            base_model: name.to_string(),
+            job_id: None,
+            checkpoint_step: None,
+            created_at: now_millis(),
+            info: Some(info),
+        };
+        self.store.register_model(&record).await?;
+        Ok(record)
+    }
+
+    /// Records (or moves to another checkpoint) the fine-tuned model a job made.
+    pub async fn record_fine_tuned(&self, base_model: &str, suffix: &str, job_id: &str, step: u64) -> Result<String> {
+        let id = fine_tuned_model_id(base_model, suffix, job_id);
+        let record = ModelRecord {
+            id: id.clone(),
+            kind: ModelKind::FineTuned,
+            base_model: base_model.to_string(),
+            job_id: Some(job_id.to_string()),
+            checkpoint_step: Some(step),
+            created_at: now_millis(),
+            info: None,
+        };
+        self.store.insert_model(&record).await?;
+        Ok(id)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<ModelRecord> {
+        if id.is_empty() {
+            return Err(Error::invalid("id", "a model id is required"));
+        }
+        self.store
+            .get_model(id)
+            .await?
+            .ok_or_else(|| Error::not_found("model", id))
+    }
+
+    /// Whether `name` is a registered base model (`None` when nothing has that name).
+    pub async fn kind_of(&self, name: &str) -> Result<Option<ModelKind>> {
+        Ok(self.store.get_model(name).await?.map(|m| m.kind))
+    }
+
+    /// By id, optionally of one kind.
+    pub async fn list(
+        &self,
+        kind: Option<ModelKind>,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<ModelRecord>, String)> {
+        let limit = paging::limit(page_size)?;
+        let after = match page_token {
+            "" => None,
+            token => Some(
+                token
+                    .strip_prefix(PAGE_TOKEN)
+                    .and_then(|hex| hex::decode(hex).ok())
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .ok_or_else(|| {
+                        Error::invalid("page_token", "not a page token from a previous ListModels response")
+                    })?,
+            ),
+        };
+        let models = self.store.list_models(kind, after.as_deref(), limit + 1).await?;
+        Ok(paging::split(models, limit, |m| {
+            format!("{PAGE_TOKEN}{}", hex::encode(&m.id))
+        }))
+    }
+
+    /// Deletes a fine-tuned model and its adapter files (the job and its
+    /// checkpoint history stay), or unregisters a base model (its files
+    /// are the user's and stay where they are). A base model that an
+    /// unfinished job or a fine-tuned model is built on stays.
+    pub async fn delete(&self, id: &str) -> Result<ModelRecord> {
+        let model = self.get(id).await?;
+        if model.kind == ModelKind::Base {
+            let busy: Vec<String> = self
+                .store
+                .list_jobs(&JobQuery {
+                    base_model: Some(id.to_string()),
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await?
+                .into_iter()
+                .filter(|j| !j.state.is_terminal())
+                .map(|j| j.id)
+                .collect();
+            if !busy.is_empty() {
+                return Err(Error::precondition(
+                    "MODEL_IN_USE",
+                    id,
+                    format!(
+                        "base model {id} is used by fine-tuning jobs that have not finished: {}",
+                        named(&busy)
+                    ),
+                ));
+            }
+            let dependents = self.store.fine_tuned_models_of(id, NAMED_DEPENDENTS + 1).await?;
+            if !dependents.is_empty() {
+                return Err(Error::precondition(
+                    "MODEL_IN_USE",
+                    id,
+                    format!(
+                        "base model {id} has fine-tuned models that need it: {}; delete them first",
+                        named(&dependents)
+                    ),
+                ));
+            }
+        }
+        let (model, shas) = self
+            .store
+            .delete_model(id)
+            .await?
+            .ok_or_else(|| Error::not_found("model", id))?;
+        for sha in shas {
+            if !self.store.blob_in_use(&sha).await? {
+                self.blobs.delete(&sha).await?;
+            }
+        }
+        Ok(model)
+    }
+
+    /// What `model` names, as the engine loads it: a registered base model,
+    /// a fine-tuned model, or a job's checkpoint (`ft:...:ckpt-step-N`,
+    /// also while its job still runs: checkpoint evals sample them).
+    pub async fn resolve(&self, model: &str) -> Result<Resolved> {
+        let not_found = || Error::not_found("model", model);
+        let Some(record) = self.store.get_model(model).await? else {
+            let (prefix, job_id, step) = parse_checkpoint_model_id(model).ok_or_else(not_found)?;
+            let job = self.store.get_job(job_id).await?.ok_or_else(not_found)?;
+            let spec = &job.spec;
+            if fine_tuned_model_id(&spec.base_model, &spec.suffix, &job.id) != prefix {
+                return Err(not_found());
+            }
+            return self.fine_tuned(model, &spec.base_model, job_id, step).await;
+        };
+        match record.kind {
+            ModelKind::Base => {
+                let info = record.info.ok_or_else(not_found)?;
+                Ok(Resolved::Base {
+                    name: record.id,
+                    path: info.path.into(),
+                })
+            }
+            ModelKind::FineTuned => {
+                let (Some(job), Some(step)) = (&record.job_id, record.checkpoint_step) else {
+                    return Err(Error::precondition(
+                        "MODEL_INCOMPLETE",
+                        model,
+                        format!("{model} has no checkpoint"),
+                    ));
+                };
+                self.fine_tuned(model, &record.base_model, job, step).await
+            }
+        }
+    }
+
+    /// A fine-tuned model: its base model and the adapter at `step` of `job`.
+    async fn fine_tuned(&self, model: &str, base_model: &str, job: &str, step: u64) -> Result<Resolved> {
+        let base = self
+            .store
+            .get_model(base_model)
+            .await?
+            .filter(|b| b.kind == ModelKind::Base)
+            .and_then(|b| b.info)
+            .ok_or_else(|| {
+                Error::precondition(
+                    "BASE_MODEL",
+                    model,
+                    format!("the base model {base_model} of {model} is not registered"),
+                )
+            })?;
+        let gone = || Error::precondition("MODEL_INCOMPLETE", model, format!("the checkpoint of {model} is gone"));
+        let ckpt = self
+            .store
+            .list_checkpoints(job, Some(step + 1), 1)
+            .await?
+            .into_iter()
+            .find(|c| c.step == step)
+            .ok_or_else(gone)?;
+        let read = async |name: &str| -> Result<Vec<u8>> {
+            let f = ckpt.files.iter().find(|f| f.name == name).ok_or_else(gone)?;
+            Ok(self.blobs.read_range(&f.sha256, 0..f.bytes).await?.to_vec())
+        };
+        Ok(Resolved::FineTuned {
+            id: model.to_string(),
+            base: base_model.to_string(),
+            base_path: base.path.into(),
+            adapter: read(ADAPTER_FILE).await?,
+            adapter_config: read(ADAPTER_CONFIG_FILE).await?,
+        })
+    }
+}
+
+/// Up to `NAMED_DEPENDENTS` names, and how many more.
+fn named(ids: &[String]) -> String {
+    let mut out = ids
+        .iter()
+        .take(NAMED_DEPENDENTS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > NAMED_DEPENDENTS {
+        out.push_str(" and more");
+    }
+    out
+}
