@@ -21,7 +21,7 @@ use super::model::*;
 use super::work::{Finished, RunWork};
 use crate::datasets::lines::LineReader;
 use crate::ids::now_millis;
-use crate::store::StoreError;
+use crate::store::{LeaseKind, StoreError};
 
 /// Starts the runner; it returns after `shutdown` once its runs have stopped.
 pub fn spawn(evals: Arc<Evals>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
@@ -32,14 +32,18 @@ async fn run(evals: Arc<Evals>, shutdown: CancellationToken) {
     let mut runners = JoinSet::new();
     let max = evals.config.max_concurrent_runs.max(1);
     loop {
+        if let Err(e) = requeue_vanished(&evals).await {
+            tracing::warn!(error = %e, "could not re-queue eval runs of vanished workers");
+        }
         while runners.len() < max && !shutdown.is_cancelled() {
             let now = now_millis();
             let lease_until = now + evals.config.lease.as_millis() as i64;
-            match evals
+            let claimed = evals
                 .store
-                .claim_next_eval_run(&evals.config.worker_id, now, lease_until)
+                .claim_next(LeaseKind::EvalRun, &evals.config.worker_id, now, lease_until, None)
                 .await
-            {
+                .and_then(|claimed| claimed.map(|c| c.item.into_eval_run()).transpose());
+            match claimed {
                 Ok(Some(run)) => {
                     tracing::info!(run = %run.id, done = run.progress.completed, "claimed eval run");
                     let span = tracing::info_span!("eval_run", run = %run.id);
@@ -62,6 +66,22 @@ async fn run(evals: Arc<Evals>, shutdown: CancellationToken) {
     while runners.join_next().await.is_some() {}
 }
 
+/// Puts runs whose worker stopped renewing their lease back in the queue.
+async fn requeue_vanished(evals: &Evals) -> Result<(), StoreError> {
+    let now = now_millis();
+    for id in evals.store.expired_leases(LeaseKind::EvalRun, now).await? {
+        if evals
+            .store
+            .requeue_expired(LeaseKind::EvalRun, &id, now, None)
+            .await?
+            .is_some()
+        {
+            tracing::warn!(run = %id, "re-queued an eval run whose lease expired");
+        }
+    }
+    Ok(())
+}
+
 /// How working on a run ended.
 enum End {
     Completed,
@@ -75,11 +95,12 @@ async fn heartbeat(evals: Arc<Evals>, id: String, stop: CancellationToken) {
     loop {
         tokio::time::sleep(every).await;
         let lease_until = now_millis() + evals.config.lease.as_millis() as i64;
-        match evals
+        let renewed = evals
             .store
-            .renew_eval_lease(&id, &evals.config.worker_id, lease_until)
+            .renew_lease(LeaseKind::EvalRun, &id, &evals.config.worker_id, lease_until)
             .await
-        {
+            .map(|item| item.and_then(|item| item.into_eval_run().ok()).map(|run| run.state));
+        match renewed {
             Ok(Some(RunState::InProgress)) => {}
             // Cancelled (perhaps on another replica) or taken over.
             Ok(_) => {

@@ -19,7 +19,7 @@ use super::manager::Jobs;
 use super::model::*;
 use super::trainer::{Reporter, StopHandle, StopReason, TrainContext, TrainError, TrainOutcome, Trainer};
 use crate::ids::now_millis;
-use crate::store::ModelRecord;
+use crate::store::{LeaseKind, ModelRecord};
 
 /// Starts the scheduler; it returns after `shutdown` once its runners
 /// have stopped. Without a trainer there is nothing to schedule.
@@ -45,13 +45,16 @@ async fn run(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, shutdown: CancellationT
                 format!("running on worker {}", jobs.config.worker_id),
             );
             let lease_until = now + jobs.config.lease.as_millis() as i64;
-            match jobs
+            let claimed = jobs
                 .store
-                .claim_next_job(&jobs.config.worker_id, now, lease_until, &event)
+                .claim_next(LeaseKind::Job, &jobs.config.worker_id, now, lease_until, Some(&event))
                 .await
-            {
+                .and_then(|claimed| claimed.map(|c| Ok((c.item.into_job()?, c.event))).transpose());
+            match claimed {
                 Ok(Some((job, event))) => {
-                    jobs.bus.publish(&event);
+                    if let Some(event) = &event {
+                        jobs.bus.publish(event);
+                    }
                     tracing::info!(job = %job.id, attempt = job.attempts, "claimed job");
                     let span = tracing::info_span!("job", job = %job.id);
                     runners.spawn(run_job(jobs.clone(), trainer.clone(), job).instrument(span));
@@ -80,7 +83,7 @@ async fn run(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, shutdown: CancellationT
 
 async fn requeue_vanished(jobs: &Jobs) -> crate::error::Result<()> {
     let now = now_millis();
-    for id in jobs.store.expired_leases(now).await? {
+    for id in jobs.store.expired_leases(LeaseKind::Job, now).await? {
         let step = jobs.store.list_checkpoints(&id, None, 1).await?.first().map(|c| c.step);
         let message = match step {
             Some(step) => format!(
@@ -91,9 +94,15 @@ async fn requeue_vanished(jobs: &Jobs) -> crate::error::Result<()> {
             }
         };
         let event = NewEvent::state(JobState::Queued, Level::Warn, message);
-        if let Some((job, event)) = jobs.store.requeue_expired(&id, now, &event).await? {
-            tracing::warn!(job = %job.id, "re-queued a job whose lease expired");
-            jobs.bus.publish(&event);
+        let requeued = jobs
+            .store
+            .requeue_expired(LeaseKind::Job, &id, now, Some(&event))
+            .await?;
+        if let Some(change) = requeued {
+            tracing::warn!(job = %id, "re-queued a job whose lease expired");
+            if let Some(event) = &change.event {
+                jobs.bus.publish(event);
+            }
             jobs.wake.notify_one();
         }
     }
@@ -105,7 +114,12 @@ async fn heartbeat(jobs: Arc<Jobs>, id: String, handle: StopHandle) {
     loop {
         tokio::time::sleep(every).await;
         let lease_until = now_millis() + jobs.config.lease.as_millis() as i64;
-        match jobs.store.renew_lease(&id, &jobs.config.worker_id, lease_until).await {
+        let renewed = jobs
+            .store
+            .renew_lease(LeaseKind::Job, &id, &jobs.config.worker_id, lease_until)
+            .await
+            .map(|item| item.and_then(|item| item.into_job().ok()).map(|job| job.state));
+        match renewed {
             Ok(Some(JobState::Running)) => {}
             Ok(Some(JobState::Cancelled)) => handle.stop(StopReason::Cancelled),
             Ok(Some(JobState::Paused)) => handle.stop(StopReason::Paused),

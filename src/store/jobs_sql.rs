@@ -1,12 +1,14 @@
 //! The job, event, checkpoint and model tables, written once for every SQL
 //! backend. The queries use `$N` placeholders in order of first appearance,
-//! which both SQLite and Postgres bind by position; the one backend-specific
-//! statement (claiming the next queued job) is passed in.
+//! which both SQLite and Postgres bind by position. Leases on jobs (claim,
+//! renewal, expiry, release) are written once for every kind of leased work
+//! in `leases.rs`, which appends their events with this module's
+//! `insert_event`.
 
 /// Implements `JobStore` for a backend struct with a `pool` field.
 #[macro_export]
 macro_rules! impl_job_store {
-    ($store:ty, $db:ty, claim_sql = $claim:expr, lock_shared = $lock:literal) => {
+    ($store:ty, $db:ty, lock_shared = $lock:literal) => {
         #[async_trait::async_trait]
         impl $crate::store::JobStore for $store {
             async fn insert_job(
@@ -214,86 +216,6 @@ macro_rules! impl_job_store {
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter().map($crate::store::rows::event_from_row).collect()
-            }
-
-            async fn claim_next_job(
-                &self,
-                worker: &str,
-                now: i64,
-                lease_until: i64,
-                event: &$crate::jobs::model::NewEvent,
-            ) -> Result<Option<($crate::jobs::model::JobRecord, $crate::jobs::model::JobEvent)>, $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let row = sqlx::query($claim)
-                    .bind(worker)
-                    .bind(lease_until)
-                    .bind(now)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                let seq: i64 = sqlx::Row::try_get(&row, "next_seq")?;
-                let job = $crate::store::rows::job_from_row(&row)?;
-                let event = insert_event(&mut tx, &job.id, seq, now, event).await?;
-                tx.commit().await?;
-                Ok(Some((job, event)))
-            }
-
-            async fn renew_lease(
-                &self,
-                id: &str,
-                worker: &str,
-                lease_until: i64,
-            ) -> Result<Option<$crate::jobs::model::JobState>, $crate::store::StoreError> {
-                let row = sqlx::query(
-                    "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 RETURNING state",
-                )
-                .bind(lease_until)
-                .bind(id)
-                .bind(worker)
-                .fetch_optional(&self.pool)
-                .await?;
-                Ok(match row {
-                    Some(row) => {
-                        let state: String = sqlx::Row::try_get(&row, "state")?;
-                        $crate::jobs::model::JobState::parse(&state)
-                    }
-                    None => None,
-                })
-            }
-
-            async fn expired_leases(&self, now: i64) -> Result<Vec<String>, $crate::store::StoreError> {
-                let rows = sqlx::query("SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1")
-                    .bind(now)
-                    .fetch_all(&self.pool)
-                    .await?;
-                rows.iter().map(|r| sqlx::Row::try_get(r, "id").map_err(Into::into)).collect()
-            }
-
-            async fn requeue_expired(
-                &self,
-                id: &str,
-                now: i64,
-                event: &$crate::jobs::model::NewEvent,
-            ) -> Result<Option<($crate::jobs::model::JobRecord, $crate::jobs::model::JobEvent)>, $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let row = sqlx::query(
-                    "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, next_seq = next_seq + 1
-                     WHERE id = $1 AND state = 'running' AND lease_expires_at < $2 RETURNING *",
-                )
-                .bind(id)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                let seq: i64 = sqlx::Row::try_get(&row, "next_seq")?;
-                let job = $crate::store::rows::job_from_row(&row)?;
-                let event = insert_event(&mut tx, id, seq, now, event).await?;
-                tx.commit().await?;
-                Ok(Some((job, event)))
             }
 
             async fn insert_checkpoint(
