@@ -15,6 +15,7 @@ pub mod graders;
 pub mod ids;
 pub mod inference;
 pub mod jobs;
+pub mod lease;
 pub mod models;
 pub mod paging;
 pub mod proto;

@@ -454,6 +454,64 @@ async fn pause_and_resume_continue_exactly_from_the_last_checkpoint() {
     env.server.stop().await;
 }
 
+#[tokio::test]
+async fn a_shutdown_gives_the_running_job_back_and_a_restart_resumes_it_exactly() {
+    let steps = 60;
+    let trainer = ScriptedTrainer {
+        steps,
+        checkpoint_every: 4,
+        step_time: Duration::from_millis(3),
+        ..Default::default()
+    };
+    let mut env = env(trainer.clone()).await;
+    let job = env
+        .jobs
+        .create_job(create(&env.train_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    wait_for(&mut env.jobs, &job.id, |e| metric_step(e) >= Some(10)).await;
+    // Returns once the scheduler has stopped the job and handed it back.
+    env.server.stop().await;
+
+    let server = TestServer::start_with_trainer(env._dir.path(), trainer).await;
+    let mut jobs = FineTuningServiceClient::new(server.channel().await);
+    let (events, done) = watch_all(&mut jobs, &job.id, 0).await;
+    assert_eq!(done.state, JobState::Succeeded as i32);
+    assert_eq!(done.attempts, 2);
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "gapless across the restart"
+    );
+    assert_eq!(
+        states(&events),
+        [
+            JobState::ValidatingFiles,
+            JobState::Queued,
+            JobState::Running,
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded
+        ]
+        .map(|s| s as i32)
+    );
+    let handed_back = events
+        .iter()
+        .find(|e| {
+            e.message
+                .starts_with("server shutting down; re-queued to resume from checkpoint step ")
+        })
+        .expect("the hand-back event");
+    assert_eq!(handed_back.level, proto::EventLevel::Warn as i32);
+    let state = read_checkpoint_state(&env._dir, &job.id, steps).await;
+    assert_eq!(state, expected_state(steps), "resumed exactly where it stopped");
+    server.stop().await;
+}
+
 /// Reads state.json of a checkpoint straight from the blob store.
 async fn read_checkpoint_state(dir: &tempfile::TempDir, job_id: &str, step: u64) -> u64 {
     let url = format!("sqlite://{}", dir.path().join("lathe.db").display());

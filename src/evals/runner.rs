@@ -1,17 +1,19 @@
-//! The background runner: an actor that claims runs with a lease (so
-//! several replicas can share a Postgres database), works on each with a
-//! bounded number of items in flight, records every finished item (a
-//! recorder task writes what has finished in one transaction, so slots are
-//! refilled without waiting on the store), keeps the lease alive, and on
-//! shutdown drops what is in flight and hands its runs back to the queue.
-//! A claimed run skips the items already recorded, so a resumed run never
-//! samples or grades an item twice.
+//! The runner: eval runs as leased work (`crate::lease`). The lease
+//! machine claims runs (so several replicas can share a Postgres
+//! database), keeps their leases alive, re-queues runs whose worker
+//! vanished and, on shutdown, hands unfinished runs back to the queue; this
+//! module works on each claimed run with a bounded number of items in
+//! flight and records every finished item (a recorder task writes what has
+//! finished in one transaction, so slots are refilled without waiting on
+//! the store). A claimed run skips the items already recorded, so a
+//! resumed run never samples or grades an item twice.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use async_trait::async_trait;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -21,45 +23,57 @@ use super::model::*;
 use super::work::{Finished, RunWork};
 use crate::datasets::lines::LineReader;
 use crate::ids::now_millis;
-use crate::store::StoreError;
+use crate::lease::{self, Ended, LeaseConfig, LeasedWork, Renewal};
+use crate::store::{LeaseKind, LeaseStore, Leased, StoreError};
 
 /// Starts the runner; it returns after `shutdown` once its runs have stopped.
 pub fn spawn(evals: Arc<Evals>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(evals, shutdown))
+    let config = LeaseConfig {
+        worker_id: evals.config.worker_id.clone(),
+        lease: evals.config.lease,
+        poll: evals.config.poll,
+        max_concurrent: evals.config.max_concurrent_runs,
+    };
+    lease::spawn(evals, config, shutdown)
 }
 
-async fn run(evals: Arc<Evals>, shutdown: CancellationToken) {
-    let mut runners = JoinSet::new();
-    let max = evals.config.max_concurrent_runs.max(1);
-    loop {
-        while runners.len() < max && !shutdown.is_cancelled() {
-            let now = now_millis();
-            let lease_until = now + evals.config.lease.as_millis() as i64;
-            match evals
-                .store
-                .claim_next_eval_run(&evals.config.worker_id, now, lease_until)
-                .await
-            {
-                Ok(Some(run)) => {
-                    tracing::info!(run = %run.id, done = run.progress.completed, "claimed eval run");
-                    let span = tracing::info_span!("eval_run", run = %run.id);
-                    runners.spawn(run_one(evals.clone(), run, shutdown.clone()).instrument(span));
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not claim an eval run");
-                    break;
-                }
-            }
-        }
-        tokio::select! {
-            () = evals.wake.notified() => {}
-            () = tokio::time::sleep(evals.config.poll) => {}
-            Some(_) = runners.join_next(), if !runners.is_empty() => {}
-            () = shutdown.cancelled() => break,
+/// Eval runs as leased work: a run stops (cancelled, perhaps on another
+/// replica, or taken over) when it is no longer IN_PROGRESS under this
+/// worker's lease.
+#[async_trait]
+impl LeasedWork for Evals {
+    const KIND: LeaseKind = LeaseKind::EvalRun;
+    type Item = RunRecord;
+    type Stop = CancellationToken;
+
+    fn leases(&self) -> &dyn LeaseStore {
+        &*self.store
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.wake
+    }
+
+    fn span(&self, id: &str) -> tracing::Span {
+        tracing::info_span!("eval_run", run = %id)
+    }
+
+    fn claimed(&self, item: Leased) -> crate::error::Result<RunRecord> {
+        let run = item.into_eval_run()?;
+        tracing::info!(run = %run.id, done = run.progress.completed, "claimed eval run");
+        Ok(run)
+    }
+
+    fn renewed(&self, item: Option<Leased>) -> Renewal<()> {
+        match item.and_then(|item| item.into_eval_run().ok()).map(|run| run.state) {
+            Some(RunState::InProgress) => Renewal::Held,
+            _ => Renewal::Lost(()),
         }
     }
-    while runners.join_next().await.is_some() {}
+
+    async fn run(self: Arc<Self>, run: RunRecord, stop: CancellationToken) -> Ended {
+        run_one(self, run, stop).await
+    }
 }
 
 /// How working on a run ended.
@@ -70,69 +84,46 @@ enum End {
     Failed(String),
 }
 
-async fn heartbeat(evals: Arc<Evals>, id: String, stop: CancellationToken) {
-    let every = evals.config.lease / 3;
-    loop {
-        tokio::time::sleep(every).await;
-        let lease_until = now_millis() + evals.config.lease.as_millis() as i64;
-        match evals
-            .store
-            .renew_eval_lease(&id, &evals.config.worker_id, lease_until)
-            .await
-        {
-            Ok(Some(RunState::InProgress)) => {}
-            // Cancelled (perhaps on another replica) or taken over.
-            Ok(_) => {
-                stop.cancel();
-                return;
-            }
-            Err(e) => tracing::warn!(run = %id, error = %e, "eval lease renewal failed"),
-        }
-    }
-}
-
-async fn run_one(evals: Arc<Evals>, run: RunRecord, shutdown: CancellationToken) {
+/// Works on a run until it ends or `stop` (a cancel, a lost lease, the
+/// shutdown) says so, and records how it ended.
+async fn run_one(evals: Arc<Evals>, run: RunRecord, stop: CancellationToken) -> Ended {
     let id = run.id.clone();
-    // Stopped by a cancel, a lost lease or the shutdown.
-    let stop = shutdown.child_token();
     if let Ok(mut running) = evals.running.lock() {
         running.insert(id.clone(), stop.clone());
     }
-    let beat = tokio::spawn(heartbeat(evals.clone(), id.clone(), stop.clone()));
     let end = work_on(&evals, &run, &stop).await;
-    beat.abort();
     if let Ok(mut running) = evals.running.lock() {
         running.remove(&id);
     }
-    let from = [RunState::InProgress];
-    let result = match end {
+    let ended = match end {
         End::Completed => {
             tracing::info!(run = %id, "eval run completed");
-            evals
-                .store
-                .finish_eval_run(&id, &from, RunState::Completed, None, Some(now_millis()))
-                .await
+            finish(&evals, &id, RunState::Completed, None).await;
+            Ended::Finished
         }
         End::Failed(message) => {
             tracing::warn!(run = %id, %message, "eval run failed");
-            evals
-                .store
-                .finish_eval_run(&id, &from, RunState::Failed, Some(&message), Some(now_millis()))
-                .await
+            finish(&evals, &id, RunState::Failed, Some(&message)).await;
+            Ended::Finished
         }
-        // Shutting down: back to the queue, to resume where it stopped.
-        End::Stopped if shutdown.is_cancelled() => {
-            evals
-                .store
-                .finish_eval_run(&id, &from, RunState::Queued, None, None)
-                .await
-        }
-        End::Stopped => Ok(None),
+        // Cancelled or taken over: someone else decided. Shutting down: the
+        // lease machine hands the run back to the queue, to resume where it
+        // stopped.
+        End::Stopped => Ended::Stopped,
     };
-    if let Err(e) = result {
+    evals.bus.notify(&id, u64::MAX);
+    ended
+}
+
+async fn finish(evals: &Evals, id: &str, to: RunState, error: Option<&str>) {
+    let from = [RunState::InProgress];
+    if let Err(e) = evals
+        .store
+        .finish_eval_run(id, &from, to, error, Some(now_millis()))
+        .await
+    {
         tracing::error!(run = %id, error = %e, "could not record how the eval run ended");
     }
-    evals.bus.notify(&id, u64::MAX);
 }
 
 /// Reads the dataset's rows on a blocking thread, skipping those already
@@ -289,6 +280,7 @@ async fn record_all(
     let base_elapsed = progress.elapsed_ms;
     let started = Instant::now();
     let mut batch = Vec::with_capacity(RECORD_BATCH);
+    let mut last_error = None;
     while finished.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         // Items finish in bursts (a wave of requests sent together comes
         // back together). Gathering the burst before writing makes it one
@@ -303,11 +295,39 @@ async fn record_all(
             }
         }
         progress.elapsed_ms = base_elapsed + started.elapsed().as_millis() as u64;
+        if let Some(e) = batch.iter().rev().find_map(|f| f.detail.error.clone()) {
+            last_error = Some(e);
+        }
         if let Some(end) = record(&evals, &run, &mut progress, std::mem::take(&mut batch)).await {
             return end;
         }
     }
-    End::Completed
+    end_of_run(&progress, run.spec.error_rate_threshold, last_error)
+}
+
+/// How a run whose items are all recorded ends. The error-rate threshold
+/// waits for `ERROR_RATE_MIN_ITEMS` while items come in, so that a few
+/// early errors do not end a long run; at the end every item is in, and a
+/// run above its threshold, or whose every item errored, has failed.
+fn end_of_run(progress: &Progress, threshold: f64, last_error: Option<String>) -> End {
+    let (errored, completed) = (progress.errored, progress.completed);
+    let all = completed > 0 && errored == completed;
+    if !all && (completed == 0 || errored as f64 / completed as f64 <= threshold) {
+        return End::Completed;
+    }
+    let share = if all {
+        format!("every one of its {completed} items errored")
+    } else {
+        format!(
+            "{errored} of its {completed} items errored ({:.0}%), above its error-rate threshold of {:.0}%",
+            100.0 * errored as f64 / completed as f64,
+            100.0 * threshold
+        )
+    };
+    End::Failed(match last_error {
+        Some(e) => format!("{share}; last error: {e}"),
+        None => share,
+    })
 }
 
 struct SetupError(String);
@@ -395,4 +415,28 @@ async fn record(evals: &Evals, run: &RunRecord, progress: &mut Progress, batch: 
         }
     }
     failed
+}
+
+#[cfg(test)]
+mod end_tests {
+    use super::*;
+
+    fn progress(completed: u64, errored: u64) -> Progress {
+        Progress {
+            completed,
+            errored,
+            passed: completed - errored,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_run_whose_items_all_errored_fails_however_few_they_are() {
+        assert!(matches!(end_of_run(&progress(3, 3), 0.5, Some("boom".into())),
+            End::Failed(m) if m.contains("every one of its 3 items") && m.contains("boom")));
+        assert!(matches!(end_of_run(&progress(3, 3), 1.0, None), End::Failed(_)));
+        assert!(matches!(end_of_run(&progress(4, 3), 0.5, None), End::Failed(m) if m.contains("75%")));
+        assert!(matches!(end_of_run(&progress(4, 2), 0.5, None), End::Completed));
+        assert!(matches!(end_of_run(&progress(4, 0), 0.5, None), End::Completed));
+    }
 }

@@ -1,7 +1,9 @@
-//! The background scheduler: an actor that claims queued jobs with a lease,
-//! runs each on the `Trainer`, keeps its lease alive, re-queues jobs whose
-//! worker vanished, and on shutdown stops its runners at a step boundary
-//! and hands their jobs back to the queue.
+//! The scheduler: fine-tuning jobs as leased work (`crate::lease`). The
+//! lease machine claims queued jobs, keeps their leases alive, re-queues
+//! jobs whose worker vanished and, on shutdown, stops its runners at a step
+//! boundary and hands their jobs back to the queue; this module says what
+//! those changes mean for a job (its events, what a renewal's state means)
+//! and runs each claimed job on the `Trainer`.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -11,111 +13,126 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::manager::Jobs;
 use super::model::*;
 use super::trainer::{Reporter, StopHandle, StopReason, TrainContext, TrainError, TrainOutcome, Trainer};
 use crate::ids::now_millis;
+use crate::lease::{self, Change, Ended, LeaseConfig, LeasedWork, Renewal, StopSignal};
 use crate::models::model::{checkpoint_model_id, fine_tuned_model_id};
+use crate::store::{LeaseChange, LeaseKind, LeaseStore, Leased};
 
 /// Starts the scheduler; it returns after `shutdown` once its runners
 /// have stopped. Without a trainer there is nothing to schedule.
 pub fn spawn(jobs: Arc<Jobs>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let Some(trainer) = jobs.trainer.clone() else { return };
-        run(jobs, trainer, shutdown).await
-    })
+    let Some(trainer) = jobs.trainer.clone() else {
+        return tokio::spawn(async {});
+    };
+    let config = LeaseConfig {
+        worker_id: jobs.config.worker_id.clone(),
+        lease: jobs.config.lease,
+        poll: jobs.config.poll,
+        max_concurrent: jobs.config.max_concurrent,
+    };
+    lease::spawn(Arc::new(Training { jobs, trainer }), config, shutdown)
 }
 
-async fn run(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, shutdown: CancellationToken) {
-    let mut runners = JoinSet::new();
-    let max = jobs.config.max_concurrent.max(1);
-    loop {
-        if let Err(e) = requeue_vanished(&jobs).await {
-            tracing::warn!(error = %e, "could not re-queue jobs of vanished workers");
-        }
-        while runners.len() < max && !shutdown.is_cancelled() {
-            let now = now_millis();
-            let event = NewEvent::state(
-                JobState::Running,
-                Level::Info,
-                format!("running on worker {}", jobs.config.worker_id),
-            );
-            let lease_until = now + jobs.config.lease.as_millis() as i64;
-            match jobs
-                .store
-                .claim_next_job(&jobs.config.worker_id, now, lease_until, &event)
-                .await
-            {
-                Ok(Some((job, event))) => {
-                    jobs.bus.publish(&event);
-                    tracing::info!(job = %job.id, attempt = job.attempts, "claimed job");
-                    let span = tracing::info_span!("job", job = %job.id);
-                    runners.spawn(run_job(jobs.clone(), trainer.clone(), job).instrument(span));
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not claim a job");
-                    break;
-                }
+/// Jobs as leased work: each claimed job trains on the trainer.
+struct Training {
+    jobs: Arc<Jobs>,
+    trainer: Arc<dyn Trainer>,
+}
+
+impl StopSignal for StopHandle {
+    type Reason = StopReason;
+
+    fn stop(&self, reason: StopReason) {
+        StopHandle::stop(self, reason);
+    }
+
+    fn shutdown(&self) {
+        StopHandle::stop(self, StopReason::Shutdown);
+    }
+}
+
+#[async_trait]
+impl LeasedWork for Training {
+    const KIND: LeaseKind = LeaseKind::Job;
+    type Item = JobRecord;
+    type Stop = StopHandle;
+
+    fn leases(&self) -> &dyn LeaseStore {
+        &*self.jobs.store
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.jobs.wake
+    }
+
+    fn span(&self, id: &str) -> tracing::Span {
+        tracing::info_span!("job", job = %id)
+    }
+
+    async fn event(&self, change: Change<'_>) -> crate::error::Result<Option<NewEvent>> {
+        let event = match change {
+            Change::Claim { worker } => {
+                NewEvent::state(JobState::Running, Level::Info, format!("running on worker {worker}"))
             }
-        }
-        tokio::select! {
-            () = jobs.wake.notified() => {}
-            () = tokio::time::sleep(jobs.config.poll) => {}
-            Some(_) = runners.join_next(), if !runners.is_empty() => {}
-            () = shutdown.cancelled() => break,
-        }
-    }
-    if let Ok(running) = jobs.running.lock() {
-        for handle in running.values() {
-            handle.stop(StopReason::Shutdown);
-        }
-    }
-    while runners.join_next().await.is_some() {}
-}
-
-async fn requeue_vanished(jobs: &Jobs) -> crate::error::Result<()> {
-    let now = now_millis();
-    for id in jobs.store.expired_leases(now).await? {
-        let step = jobs.store.list_checkpoints(&id, None, 1).await?.first().map(|c| c.step);
-        let message = match step {
-            Some(step) => format!(
-                "the worker running this job stopped responding; re-queued to resume from checkpoint step {step}"
-            ),
-            None => {
-                "the worker running this job stopped responding; re-queued to start again (no checkpoint yet)".into()
+            Change::Expired { id } => {
+                let message = match self.latest_checkpoint(id).await? {
+                    Some(step) => format!(
+                        "the worker running this job stopped responding; re-queued to resume from checkpoint step {step}"
+                    ),
+                    None => {
+                        "the worker running this job stopped responding; re-queued to start again (no checkpoint yet)"
+                            .into()
+                    }
+                };
+                NewEvent::state(JobState::Queued, Level::Warn, message)
+            }
+            Change::Released { id } => {
+                let message = match self.latest_checkpoint(id).await.ok().flatten() {
+                    Some(step) => format!("server shutting down; re-queued to resume from checkpoint step {step}"),
+                    None => "server shutting down; re-queued".into(),
+                };
+                NewEvent::state(JobState::Queued, Level::Warn, message)
             }
         };
-        let event = NewEvent::state(JobState::Queued, Level::Warn, message);
-        if let Some((job, event)) = jobs.store.requeue_expired(&id, now, &event).await? {
-            tracing::warn!(job = %job.id, "re-queued a job whose lease expired");
-            jobs.bus.publish(&event);
-            jobs.wake.notify_one();
+        Ok(Some(event))
+    }
+
+    fn changed(&self, change: &LeaseChange) {
+        if let Some(event) = &change.event {
+            self.jobs.bus.publish(event);
         }
     }
-    Ok(())
+
+    fn claimed(&self, item: Leased) -> crate::error::Result<JobRecord> {
+        let job = item.into_job()?;
+        tracing::info!(job = %job.id, attempt = job.attempts, "claimed job");
+        Ok(job)
+    }
+
+    fn renewed(&self, item: Option<Leased>) -> Renewal<StopReason> {
+        match item.and_then(|item| item.into_job().ok()).map(|job| job.state) {
+            Some(JobState::Running) => Renewal::Held,
+            Some(JobState::Cancelled) => Renewal::Stop(StopReason::Cancelled),
+            Some(JobState::Paused) => Renewal::Stop(StopReason::Paused),
+            _ => Renewal::Lost(StopReason::LeaseLost),
+        }
+    }
+
+    async fn run(self: Arc<Self>, job: JobRecord, stop: StopHandle) -> Ended {
+        run_job(self.jobs.clone(), self.trainer.clone(), job, stop).await
+    }
 }
 
-async fn heartbeat(jobs: Arc<Jobs>, id: String, handle: StopHandle) {
-    let every = jobs.config.lease / 3;
-    loop {
-        tokio::time::sleep(every).await;
-        let lease_until = now_millis() + jobs.config.lease.as_millis() as i64;
-        match jobs.store.renew_lease(&id, &jobs.config.worker_id, lease_until).await {
-            Ok(Some(JobState::Running)) => {}
-            Ok(Some(JobState::Cancelled)) => handle.stop(StopReason::Cancelled),
-            Ok(Some(JobState::Paused)) => handle.stop(StopReason::Paused),
-            Ok(_) => {
-                handle.stop(StopReason::LeaseLost);
-                return;
-            }
-            // A store hiccup: try again; the lease has slack for it.
-            Err(e) => tracing::warn!(job = %id, error = %e, "lease renewal failed"),
-        }
+impl Training {
+    async fn latest_checkpoint(&self, id: &str) -> crate::error::Result<Option<u64>> {
+        let latest = self.jobs.store.list_checkpoints(id, None, 1).await?;
+        Ok(latest.first().map(|c| c.step))
     }
 }
 
@@ -391,9 +408,8 @@ impl Reporter for JobReporter {
     }
 }
 
-async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord) {
+async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord, handle: StopHandle) -> Ended {
     let id = job.id.clone();
-    let handle = StopHandle::default();
     if let Ok(mut running) = jobs.running.lock() {
         running.insert(id.clone(), handle.clone());
     }
@@ -422,52 +438,37 @@ async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord) {
         jobs.log(&id, Level::Info, format!("resuming from checkpoint step {}", c.step))
             .await;
     }
-    let beat = tokio::spawn(heartbeat(jobs.clone(), id.clone(), handle.clone()));
     let ctx = TrainContext::new(job.clone(), resume_from, reporter.clone(), handle.clone());
     let result = AssertUnwindSafe(trainer.train(ctx)).catch_unwind().await;
-    beat.abort();
 
-    match result {
+    let ended = match result {
         Ok(Ok(TrainOutcome::Completed { trained_tokens })) => {
             succeed(&jobs, &job, &reporter, trained_tokens, None).await;
+            Ended::Finished
         }
         Ok(Ok(TrainOutcome::Stopped { trained_tokens })) => match handle.reason() {
             Some(StopReason::EarlyStopped(reason)) => {
                 succeed(&jobs, &job, &reporter, trained_tokens, Some(reason)).await;
+                Ended::Finished
             }
-            Some(StopReason::Shutdown) => {
-                let step = jobs
-                    .store
-                    .list_checkpoints(&id, None, 1)
-                    .await
-                    .ok()
-                    .and_then(|c| c.first().map(|c| c.step));
-                let message = match step {
-                    Some(step) => format!("server shutting down; re-queued to resume from checkpoint step {step}"),
-                    None => "server shutting down; re-queued".into(),
-                };
-                let patch = JobPatch {
-                    release_lease: true,
-                    ..Default::default()
-                };
-                let _ = jobs
-                    .transition(
-                        &id,
-                        JobState::Queued,
-                        &patch,
-                        NewEvent::state(JobState::Queued, Level::Warn, message),
-                    )
-                    .await;
-            }
-            // Cancelled or paused: the state was set by the request.
-            _ => {}
+            // Shut down (the lease machine gives the job back to the queue),
+            // or cancelled, paused or taken over: whoever stopped it set its
+            // state.
+            _ => Ended::Stopped,
         },
-        Ok(Err(e)) => fail(&jobs, &id, &e.code, &e.message).await,
-        Err(_) => fail(&jobs, &id, "internal_error", "the trainer crashed; see the server log").await,
-    }
+        Ok(Err(e)) => {
+            fail(&jobs, &id, &e.code, &e.message).await;
+            Ended::Finished
+        }
+        Err(_) => {
+            fail(&jobs, &id, "internal_error", "the trainer crashed; see the server log").await;
+            Ended::Finished
+        }
+    };
     if let Ok(mut running) = jobs.running.lock() {
         running.remove(&id);
     }
+    ended
 }
 
 async fn fail(jobs: &Jobs, id: &str, code: &str, message: &str) {

@@ -1,11 +1,11 @@
 //! The eval, run and output-item tables, written once for every SQL backend
-//! (see `jobs_sql.rs` for the placeholder rule); only claiming the next run
-//! differs, and is passed in.
+//! (see `jobs_sql.rs` for the placeholder rule). Leases on runs are written
+//! once for every kind of leased work in `leases.rs`.
 
 /// Implements `EvalStore` for a backend struct with a `pool` field.
 #[macro_export]
 macro_rules! impl_eval_store {
-    ($store:ty, claim_sql = $claim:expr, lock_shared = $lock:literal) => {
+    ($store:ty, lock_shared = $lock:literal) => {
         #[async_trait::async_trait]
         impl $crate::store::EvalStore for $store {
             async fn insert_eval(&self, e: &$crate::evals::model::EvalRecord) -> Result<(), $crate::store::StoreError> {
@@ -94,44 +94,6 @@ macro_rules! impl_eval_store {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter().map($crate::store::rows::run_from_row).collect()
-            }
-
-            async fn claim_next_eval_run(
-                &self,
-                worker: &str,
-                now: i64,
-                lease_until: i64,
-            ) -> Result<Option<$crate::evals::model::RunRecord>, $crate::store::StoreError> {
-                let row = sqlx::query($claim)
-                    .bind(worker)
-                    .bind(lease_until)
-                    .bind(now)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                row.as_ref().map($crate::store::rows::run_from_row).transpose()
-            }
-
-            async fn renew_eval_lease(
-                &self,
-                id: &str,
-                worker: &str,
-                lease_until: i64,
-            ) -> Result<Option<$crate::evals::model::RunState>, $crate::store::StoreError> {
-                let row = sqlx::query(
-                    "UPDATE eval_runs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 RETURNING state",
-                )
-                .bind(lease_until)
-                .bind(id)
-                .bind(worker)
-                .fetch_optional(&self.pool)
-                .await?;
-                Ok(match row {
-                    Some(row) => {
-                        let state: String = sqlx::Row::try_get(&row, "state")?;
-                        $crate::evals::model::RunState::parse(&state)
-                    }
-                    None => None,
-                })
             }
 
             async fn record_output_items(

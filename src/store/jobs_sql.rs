@@ -1,12 +1,14 @@
 //! The job, event, checkpoint and model tables, written once for every SQL
 //! backend. The queries use `$N` placeholders in order of first appearance,
-//! which both SQLite and Postgres bind by position; the one backend-specific
-//! statement (claiming the next queued job) is passed in.
+//! which both SQLite and Postgres bind by position. Leases on jobs (claim,
+//! renewal, expiry, release) are written once for every kind of leased work
+//! in `leases.rs`, which appends their events with this module's
+//! `insert_event`.
 
 /// Implements `JobStore` for a backend struct with a `pool` field.
 #[macro_export]
 macro_rules! impl_job_store {
-    ($store:ty, $db:ty, claim_sql = $claim:expr, lock_shared = $lock:literal) => {
+    ($store:ty, $db:ty, lock_shared = $lock:literal) => {
         #[async_trait::async_trait]
         impl $crate::store::JobStore for $store {
             async fn insert_job(
@@ -87,8 +89,14 @@ macro_rules! impl_job_store {
                 Ok((job.clone(), true))
             }
 
-            async fn get_job(&self, id: &str) -> Result<Option<$crate::jobs::model::JobRecord>, $crate::store::StoreError> {
-                let row = sqlx::query("SELECT * FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+            async fn get_job(
+                &self,
+                id: &str,
+            ) -> Result<Option<$crate::jobs::model::JobRecord>, $crate::store::StoreError> {
+                let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
                 row.as_ref().map($crate::store::rows::job_from_row).transpose()
             }
 
@@ -123,7 +131,10 @@ macro_rules! impl_job_store {
                         let job = $crate::store::rows::job_from_row(row)?;
                         cursor_ts = job.created_at;
                         cursor_id = job.id.clone();
-                        if q.metadata.iter().all(|(k, v)| job.spec.metadata.get(k) == Some(v)) {
+                        if q.metadata
+                            .iter()
+                            .all(|(k, v)| job.spec.metadata.get(k) == Some(v))
+                        {
                             out.push(job);
                             if out.len() == q.limit {
                                 return Ok(out);
@@ -216,86 +227,6 @@ macro_rules! impl_job_store {
                 rows.iter().map($crate::store::rows::event_from_row).collect()
             }
 
-            async fn claim_next_job(
-                &self,
-                worker: &str,
-                now: i64,
-                lease_until: i64,
-                event: &$crate::jobs::model::NewEvent,
-            ) -> Result<Option<($crate::jobs::model::JobRecord, $crate::jobs::model::JobEvent)>, $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let row = sqlx::query($claim)
-                    .bind(worker)
-                    .bind(lease_until)
-                    .bind(now)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                let seq: i64 = sqlx::Row::try_get(&row, "next_seq")?;
-                let job = $crate::store::rows::job_from_row(&row)?;
-                let event = insert_event(&mut tx, &job.id, seq, now, event).await?;
-                tx.commit().await?;
-                Ok(Some((job, event)))
-            }
-
-            async fn renew_lease(
-                &self,
-                id: &str,
-                worker: &str,
-                lease_until: i64,
-            ) -> Result<Option<$crate::jobs::model::JobState>, $crate::store::StoreError> {
-                let row = sqlx::query(
-                    "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 RETURNING state",
-                )
-                .bind(lease_until)
-                .bind(id)
-                .bind(worker)
-                .fetch_optional(&self.pool)
-                .await?;
-                Ok(match row {
-                    Some(row) => {
-                        let state: String = sqlx::Row::try_get(&row, "state")?;
-                        $crate::jobs::model::JobState::parse(&state)
-                    }
-                    None => None,
-                })
-            }
-
-            async fn expired_leases(&self, now: i64) -> Result<Vec<String>, $crate::store::StoreError> {
-                let rows = sqlx::query("SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1")
-                    .bind(now)
-                    .fetch_all(&self.pool)
-                    .await?;
-                rows.iter().map(|r| sqlx::Row::try_get(r, "id").map_err(Into::into)).collect()
-            }
-
-            async fn requeue_expired(
-                &self,
-                id: &str,
-                now: i64,
-                event: &$crate::jobs::model::NewEvent,
-            ) -> Result<Option<($crate::jobs::model::JobRecord, $crate::jobs::model::JobEvent)>, $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let row = sqlx::query(
-                    "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, next_seq = next_seq + 1
-                     WHERE id = $1 AND state = 'running' AND lease_expires_at < $2 RETURNING *",
-                )
-                .bind(id)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                let seq: i64 = sqlx::Row::try_get(&row, "next_seq")?;
-                let job = $crate::store::rows::job_from_row(&row)?;
-                let event = insert_event(&mut tx, id, seq, now, event).await?;
-                tx.commit().await?;
-                Ok(Some((job, event)))
-            }
-
             async fn insert_checkpoint(
                 &self,
                 checkpoint: &$crate::jobs::model::CheckpointRecord,
@@ -347,16 +278,21 @@ macro_rules! impl_job_store {
                     .execute(&mut *tx)
                     .await?;
                 for file in &checkpoint.files {
-                    sqlx::query("INSERT INTO checkpoint_files (checkpoint_id, name, sha256, bytes) VALUES ($1, $2, $3, $4)")
-                        .bind(&checkpoint_id)
-                        .bind(&file.name)
-                        .bind(&file.sha256)
-                        .bind(file.bytes as i64)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "INSERT INTO checkpoint_files (checkpoint_id, name, sha256, bytes) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(&checkpoint_id)
+                    .bind(&file.name)
+                    .bind(&file.sha256)
+                    .bind(file.bytes as i64)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 let mut event = event.clone();
-                if let $crate::jobs::model::EventData::Checkpoint { checkpoint_id: id, .. } = &mut event.data {
+                if let $crate::jobs::model::EventData::Checkpoint {
+                    checkpoint_id: id, ..
+                } = &mut event.data
+                {
                     *id = checkpoint_id;
                 }
                 let event = insert_event(&mut tx, &checkpoint.job_id, seq, checkpoint.created_at, &event).await?;
@@ -423,8 +359,7 @@ macro_rules! impl_job_store {
             }
         }
 
-        async fn bump_seq(tx: &mut sqlx::Transaction<'_, $db>, id: &str) -> Result<i64, $crate::store::StoreError>
-        {
+        async fn bump_seq(tx: &mut sqlx::Transaction<'_, $db>, id: &str) -> Result<i64, $crate::store::StoreError> {
             let row = sqlx::query("UPDATE jobs SET next_seq = next_seq + 1 WHERE id = $1 RETURNING next_seq")
                 .bind(id)
                 .fetch_optional(&mut **tx)
@@ -439,8 +374,7 @@ macro_rules! impl_job_store {
             seq: i64,
             now: i64,
             event: &$crate::jobs::model::NewEvent,
-        ) -> Result<$crate::jobs::model::JobEvent, $crate::store::StoreError>
-        {
+        ) -> Result<$crate::jobs::model::JobEvent, $crate::store::StoreError> {
             let data = $crate::store::rows::to_json(&event.data);
             // The job's current attempt, read in the same transaction as
             // the event is written (a claim bumps it before its event).

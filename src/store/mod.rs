@@ -16,6 +16,8 @@ mod jobs_sql;
 #[macro_use]
 mod evals_sql;
 #[macro_use]
+pub(crate) mod leases;
+#[macro_use]
 mod models_sql;
 mod postgres;
 mod query;
@@ -27,6 +29,7 @@ pub(crate) mod suite;
 
 use async_trait::async_trait;
 
+pub use self::leases::{LeaseChange, LeaseKind, LeaseStore, Leased};
 pub use self::postgres::PostgresStore;
 pub use self::query::{Cursor, DatasetQuery, JobQuery};
 pub use self::sqlite::SqliteStore;
@@ -50,6 +53,10 @@ pub enum StoreError {
     /// (deleted by a concurrent request after the caller looked).
     #[error("dataset {0} is gone or not ready")]
     Gone(String),
+    /// A change of state of work with an event log came without its event
+    /// (a caller's bug); nothing was written.
+    #[error("the state change of {0} needs an event")]
+    EventMissing(String),
     #[error("stored record {id} is unreadable: {reason}")]
     Corrupt { id: String, reason: String },
     #[error("unsupported database url {0:?}: expected sqlite://PATH, sqlite::memory: or postgres://...")]
@@ -102,27 +109,6 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> Result<Transition, StoreError>;
     async fn append_event(&self, id: &str, event: &NewEvent, now: i64) -> Result<JobEvent, StoreError>;
     async fn list_events(&self, id: &str, after_seq: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError>;
-    /// Takes the highest-priority, oldest queued job for `worker`, moving it
-    /// to RUNNING with a lease until `lease_until`.
-    async fn claim_next_job(
-        &self,
-        worker: &str,
-        now: i64,
-        lease_until: i64,
-        event: &NewEvent,
-    ) -> Result<Option<(JobRecord, JobEvent)>, StoreError>;
-    /// Extends a lease `worker` holds; returns the job's state, or None
-    /// when the lease is no longer this worker's.
-    async fn renew_lease(&self, id: &str, worker: &str, lease_until: i64) -> Result<Option<JobState>, StoreError>;
-    /// RUNNING jobs whose lease ran out before `now`.
-    async fn expired_leases(&self, now: i64) -> Result<Vec<String>, StoreError>;
-    /// Puts a RUNNING job with an expired lease back in QUEUED.
-    async fn requeue_expired(
-        &self,
-        id: &str,
-        now: i64,
-        event: &NewEvent,
-    ) -> Result<Option<(JobRecord, JobEvent)>, StoreError>;
     /// Records a checkpoint (files already stored as blobs) if `worker`
     /// holds the job's lease; None otherwise.
     async fn insert_checkpoint(
@@ -207,9 +193,9 @@ where
 }
 
 /// Evals, their runs and the runs' output items. A run is claimed with a
-/// lease like a job; its output items are recorded one by one, each with
-/// the next per-run sequence number and the run's tallies so far, in one
-/// transaction, so progress has no gaps and survives restarts.
+/// lease like a job (`LeaseStore`); its output items are recorded one by
+/// one, each with the next per-run sequence number and the run's tallies so
+/// far, in one transaction, so progress has no gaps and survives restarts.
 #[async_trait]
 pub trait EvalStore: Send + Sync + 'static {
     /// Inserts a new eval; `Conflict` if the id exists.
@@ -225,17 +211,6 @@ pub trait EvalStore: Send + Sync + 'static {
         after: Option<&Cursor>,
         limit: usize,
     ) -> Result<Vec<RunRecord>, StoreError>;
-    /// Takes the oldest run that is queued, or in progress with a lease that
-    /// ran out before `now`, for `worker`: IN_PROGRESS, leased until `lease_until`.
-    async fn claim_next_eval_run(
-        &self,
-        worker: &str,
-        now: i64,
-        lease_until: i64,
-    ) -> Result<Option<RunRecord>, StoreError>;
-    /// Extends a lease `worker` holds; returns the run's state, or None
-    /// when the lease is no longer this worker's.
-    async fn renew_eval_lease(&self, id: &str, worker: &str, lease_until: i64) -> Result<Option<RunState>, StoreError>;
     /// Records finished items of one run in one transaction (their `seq`s are
     /// ignored; they get consecutive ones in slice order) and the run's
     /// tallies as of the last one, if `worker` holds the lease of the run
@@ -275,9 +250,9 @@ pub trait EvalStore: Send + Sync + 'static {
     ) -> Result<Vec<OutputItemRecord>, StoreError>;
 }
 
-pub trait Store: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore {}
+pub trait Store: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore {}
 
-impl<T: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore> Store for T {}
+impl<T: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore> Store for T {}
 
 /// Opens the backend named by `url`, running its migrations.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {

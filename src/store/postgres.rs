@@ -24,32 +24,17 @@ impl PostgresStore {
 
 crate::impl_dataset_store!(PostgresStore, lock_row = Some("FOR UPDATE"));
 
-crate::impl_job_store!(
-    PostgresStore,
-    sqlx::Postgres,
-    claim_sql = "UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = $2,
-        started_at = COALESCE(started_at, $3), attempts = attempts + 1, next_seq = next_seq + 1
-     WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-       AND state = 'queued'
-     RETURNING *",
-    lock_shared = "FOR SHARE"
-);
+crate::impl_job_store!(PostgresStore, sqlx::Postgres, lock_shared = "FOR SHARE");
 
 crate::impl_model_store!(PostgresStore);
 
 crate::impl_grader_store!(PostgresStore);
 
-crate::impl_eval_store!(
-    PostgresStore,
-    claim_sql = "UPDATE eval_runs SET state = 'in_progress', lease_owner = $1, lease_expires_at = $2,
-        started_at = COALESCE(started_at, $3)
-     WHERE id = (SELECT id FROM eval_runs
-                 WHERE state = 'queued' OR (state = 'in_progress' AND lease_expires_at < $3)
-                 ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-       AND (state = 'queued' OR (state = 'in_progress' AND lease_expires_at < $3))
-     RETURNING *",
-    lock_shared = "FOR SHARE"
-);
+crate::impl_eval_store!(PostgresStore, lock_shared = "FOR SHARE");
+
+// Concurrent claimers (several replicas, remote workers) skip the rows
+// others are taking instead of waiting on them, and never share one.
+crate::impl_lease_store!(PostgresStore, sqlx::Postgres, lock = "FOR UPDATE SKIP LOCKED");
 
 #[cfg(test)]
 mod tests {

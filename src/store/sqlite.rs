@@ -37,32 +37,16 @@ impl SqliteStore {
 
 crate::impl_dataset_store!(SqliteStore, lock_row = None);
 
-crate::impl_job_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    claim_sql = "UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = $2,
-        started_at = COALESCE(started_at, $3), attempts = attempts + 1, next_seq = next_seq + 1
-     WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, created_at, id LIMIT 1)
-       AND state = 'queued'
-     RETURNING *",
-    lock_shared = ""
-);
+crate::impl_job_store!(SqliteStore, sqlx::Sqlite, lock_shared = "");
 
 crate::impl_model_store!(SqliteStore);
 
 crate::impl_grader_store!(SqliteStore);
 
-crate::impl_eval_store!(
-    SqliteStore,
-    claim_sql = "UPDATE eval_runs SET state = 'in_progress', lease_owner = $1, lease_expires_at = $2,
-        started_at = COALESCE(started_at, $3)
-     WHERE id = (SELECT id FROM eval_runs
-                 WHERE state = 'queued' OR (state = 'in_progress' AND lease_expires_at < $3)
-                 ORDER BY created_at, id LIMIT 1)
-       AND (state = 'queued' OR (state = 'in_progress' AND lease_expires_at < $3))
-     RETURNING *",
-    lock_shared = ""
-);
+crate::impl_eval_store!(SqliteStore, lock_shared = "");
+
+// SQLite serializes writers, so a claim needs no row lock.
+crate::impl_lease_store!(SqliteStore, sqlx::Sqlite, lock = "");
 
 #[cfg(test)]
 mod tests {

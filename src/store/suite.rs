@@ -133,7 +133,7 @@ pub async fn blob_references_follow_rows(store: impl Store) {
 
 // ---- jobs ----
 
-use super::{JobQuery, Transition};
+use super::{JobQuery, LeaseKind, Leased, Transition};
 use crate::jobs::model::{
     CheckpointFile, CheckpointRecord, EventData, JobPatch, JobRecord, JobSpec, JobState, Level, Lora, Method,
     MethodKind, Metrics, NewEvent,
@@ -330,56 +330,82 @@ pub async fn jobs_transitions_are_compare_and_set_with_gapless_events(store: imp
     assert_eq!(events[0].data, EventData::Message);
 }
 
-pub async fn jobs_claim_by_priority_then_age_with_leases(store: impl Store) {
+/// What the lease mechanism adds for jobs: a claim counts the attempt, and
+/// every lease change appends its event with the job's next sequence
+/// number, in the same transaction; a change without its event is refused
+/// and writes nothing.
+pub async fn jobs_lease_changes_count_attempts_and_append_events(store: impl Store) {
     seed_datasets(&store).await;
-    store.insert_job(&job(1, 10, 0, None), &created()).await.unwrap();
-    store.insert_job(&job(2, 11, 5, None), &created()).await.unwrap();
-    store.insert_job(&job(3, 12, 5, None), &created()).await.unwrap();
-    let running = NewEvent::state(JobState::Running, Level::Info, "running");
-    let order: Vec<String> = {
-        let mut v = Vec::new();
-        while let Some((j, e)) = store.claim_next_job("w1", 100, 200, &running).await.unwrap() {
-            assert_eq!(j.state, JobState::Running);
-            assert_eq!(j.lease_owner.as_deref(), Some("w1"));
-            assert_eq!(j.attempts, 1);
-            assert_eq!(e.seq, 2);
-            v.push(j.id);
-        }
-        v
-    };
-    assert_eq!(
-        order,
-        [job(2, 0, 0, None).id, job(3, 0, 0, None).id, job(1, 0, 0, None).id]
-    );
+    let a = job(1, 10, 0, None);
+    store.insert_job(&a, &created()).await.unwrap();
+    let kind = LeaseKind::Job;
+    assert!(matches!(
+        store.claim_next(kind, "w1", 100, 200, None).await,
+        Err(super::StoreError::EventMissing(_))
+    ));
+    assert_eq!(store.get_job(&a.id).await.unwrap().unwrap().state, JobState::Queued);
 
-    let id2 = job(2, 0, 0, None).id;
-    assert_eq!(
-        store.renew_lease(&id2, "w1", 300).await.unwrap(),
-        Some(JobState::Running)
-    );
-    assert_eq!(
-        store.renew_lease(&id2, "w2", 300).await.unwrap(),
-        None,
-        "not w2's lease"
-    );
-    let mut expired = store.expired_leases(250).await.unwrap();
-    expired.sort();
-    assert_eq!(expired, [job(1, 0, 0, None).id, job(3, 0, 0, None).id]);
-    let requeue = NewEvent::state(JobState::Queued, Level::Warn, "lease expired");
-    let (j, e) = store
-        .requeue_expired(&expired[0], 250, &requeue)
+    let running = NewEvent::state(JobState::Running, Level::Info, "running on worker w1");
+    let change = store
+        .claim_next(kind, "w1", 100, 200, Some(&running))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((j.state, j.lease_owner.clone()), (JobState::Queued, None));
-    assert_eq!(e.seq, 3);
-    assert!(
-        store.requeue_expired(&id2, 250, &requeue).await.unwrap().is_none(),
-        "lease still valid"
+    let claimed = change.item.into_job().unwrap();
+    assert_eq!(
+        (claimed.state, claimed.attempts, claimed.started_at),
+        (JobState::Running, 1, Some(100))
     );
-    let (again, _) = store.claim_next_job("w2", 260, 400, &running).await.unwrap().unwrap();
-    assert_eq!(again.id, j.id);
-    assert_eq!(again.attempts, 2);
+    let event = change.event.unwrap();
+    assert_eq!(
+        (event.seq, event.created_at, event.message.as_str()),
+        (2, 100, "running on worker w1")
+    );
+    assert_eq!(event.data, running.data);
+
+    let requeued = NewEvent::state(JobState::Queued, Level::Warn, "the worker stopped responding");
+    let change = store
+        .requeue_expired(kind, &a.id, 250, Some(&requeued))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(change.event.map(|e| (e.seq, e.level)), Some((3, Level::Warn)));
+    let change = store
+        .claim_next(kind, "w2", 260, 400, Some(&running))
+        .await
+        .unwrap()
+        .unwrap();
+    let again = change.item.into_job().unwrap();
+    assert_eq!(
+        (again.attempts, again.started_at),
+        (2, Some(100)),
+        "attempts count, the start stays"
+    );
+    assert_eq!(change.event.map(|e| e.seq), Some(4));
+
+    assert!(matches!(
+        store.release_lease(kind, &a.id, "w2", 300, None).await,
+        Err(super::StoreError::EventMissing(_))
+    ));
+    let held = store.get_job(&a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (held.state, held.lease_owner.as_deref()),
+        (JobState::Running, Some("w2"))
+    );
+    let released = NewEvent::state(JobState::Queued, Level::Warn, "server shutting down; re-queued");
+    let change = store
+        .release_lease(kind, &a.id, "w2", 300, Some(&released))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(change.event.map(|e| e.seq), Some(5));
+    let events = store.list_events(&a.id, 0, 10).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5],
+        "no gaps"
+    );
+    assert_eq!(events[4].message, "server shutting down; re-queued");
 }
 
 pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
@@ -387,7 +413,11 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
     let a = job(1, 10, 0, None);
     store.insert_job(&a, &created()).await.unwrap();
     let running = NewEvent::state(JobState::Running, Level::Info, "running");
-    store.claim_next_job("w1", 10, 1000, &running).await.unwrap().unwrap();
+    store
+        .claim_next(LeaseKind::Job, "w1", 10, 1000, Some(&running))
+        .await
+        .unwrap()
+        .unwrap();
     let checkpoint = |step: u64, sha: &str| CheckpointRecord {
         id: format!("ckpt_{step:026}"),
         job_id: a.id.clone(),
@@ -629,7 +659,7 @@ pub async fn graders_list_pages_in_name_order(store: impl Store) {
     assert!(store.list_graders(Some("c"), 10).await.unwrap().is_empty());
 }
 
-fn eval_record(n: u32) -> crate::evals::model::EvalRecord {
+pub fn eval_record(n: u32) -> crate::evals::model::EvalRecord {
     use crate::evals::model::*;
     EvalRecord {
         id: format!("eval_{n:026}"),
@@ -647,7 +677,7 @@ fn eval_record(n: u32) -> crate::evals::model::EvalRecord {
     }
 }
 
-fn run_record(n: u32, eval: &str, created_at: i64) -> crate::evals::model::RunRecord {
+pub fn run_record(n: u32, eval: &str, created_at: i64) -> crate::evals::model::RunRecord {
     use crate::evals::model::*;
     RunRecord {
         id: format!("evalrun_{n:026}"),
@@ -720,16 +750,13 @@ pub async fn evals_runs_are_leased_and_record_items_with_gapless_seqs(store: imp
         "a queued run pins its dataset"
     );
 
-    // Claimed once, leased, then nobody else's until the lease runs out.
-    let claimed = store.claim_next_eval_run("w1", 1000, 2000).await.unwrap().unwrap();
+    // Claimed by one worker; the lease mechanism itself is tested by the
+    // `leases_*` functions for every kind.
+    let kind = LeaseKind::EvalRun;
+    let claimed = store.claim_next(kind, "w1", 1000, 2000, None).await.unwrap().unwrap();
+    let claimed = claimed.item.into_eval_run().unwrap();
     assert_eq!((claimed.state, claimed.started_at), (RunState::InProgress, Some(1000)));
     assert_eq!(claimed.lease_owner.as_deref(), Some("w1"));
-    assert!(store.claim_next_eval_run("w2", 1500, 2500).await.unwrap().is_none());
-    assert_eq!(
-        store.renew_eval_lease(&run.id, "w1", 3000).await.unwrap(),
-        Some(RunState::InProgress)
-    );
-    assert_eq!(store.renew_eval_lease(&run.id, "w2", 3000).await.unwrap(), None);
 
     // Only the holder records; each item gets the next seq and the run its tallies.
     assert_eq!(
@@ -778,8 +805,17 @@ pub async fn evals_runs_are_leased_and_record_items_with_gapless_seqs(store: imp
     let by_seq = store.list_output_items_by_seq(&run.id, 1, 10).await.unwrap();
     assert_eq!((by_seq.len(), by_seq[0].index, by_seq[0].progress.completed), (1, 0, 2));
 
-    // A lease that ran out is taken over; the old holder can no longer record.
-    let taken = store.claim_next_eval_run("w2", 5000, 6000).await.unwrap().unwrap();
+    // A lease that ran out is re-queued and taken over; the old holder can
+    // no longer record.
+    assert!(
+        store
+            .requeue_expired(kind, &run.id, 5000, None)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let taken = store.claim_next(kind, "w2", 5000, 6000, None).await.unwrap().unwrap();
+    let taken = taken.item.into_eval_run().unwrap();
     assert_eq!(
         (taken.lease_owner.as_deref(), taken.started_at),
         (Some("w2"), Some(1000))
@@ -865,7 +901,11 @@ pub async fn evals_runs_are_leased_and_record_items_with_gapless_seqs(store: imp
             .unwrap()
             .is_none()
     );
-    assert!(store.claim_next_eval_run("w3", 9000, 9999).await.unwrap().is_none());
+    assert!(store.claim_next(kind, "w3", 9000, 9999, None).await.unwrap().is_none());
+    assert!(
+        store.renew_lease(kind, &run.id, "w2", 9999).await.unwrap().is_none(),
+        "a finished run has no lease to renew"
+    );
     assert_eq!(
         store
             .record_output_item(&output_item(&run.id, 9, ItemStatus::Pass, 4), "w2")
@@ -907,8 +947,265 @@ pub async fn evals_runs_list_newest_first_per_eval(store: impl Store) {
         .collect();
     assert_eq!(seen, expected);
     // The oldest queued run is claimed first.
-    let first = store.claim_next_eval_run("w", 1, 2).await.unwrap().unwrap();
-    assert_eq!(first.id, format!("evalrun_{:026}", 0));
+    let first = store
+        .claim_next(LeaseKind::EvalRun, "w", 1, 2, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.item.id(), format!("evalrun_{:026}", 0));
+}
+
+// ---- leases, the same for every kind of leased work ----
+
+/// The dataset and the eval the queued items need.
+async fn seed_leases(store: &impl Store) {
+    seed_datasets(store).await;
+    store.insert_eval(&eval_record(1)).await.unwrap();
+}
+
+/// Queues item `n` of `kind`, created at `created_at` (priority counts for
+/// jobs only); returns its id.
+async fn queue(store: &impl Store, kind: LeaseKind, n: u32, created_at: i64, priority: i32) -> String {
+    match kind {
+        LeaseKind::Job => {
+            let j = job(n, created_at, priority, None);
+            store.insert_job(&j, &created()).await.unwrap();
+            j.id
+        }
+        LeaseKind::EvalRun => {
+            let r = run_record(n, &eval_record(1).id, created_at);
+            store.insert_eval_run(&r).await.unwrap();
+            r.id
+        }
+    }
+}
+
+/// The event a lease change of `kind` appends: jobs need one, eval runs
+/// have no event log.
+fn lease_event(kind: LeaseKind, to: JobState) -> Option<NewEvent> {
+    kind.has_event_log()
+        .then(|| NewEvent::state(to, Level::Info, format!("now {}", to.as_str())))
+}
+
+async fn claim(store: &impl Store, kind: LeaseKind, worker: &str, now: i64, until: i64) -> Option<Leased> {
+    let event = lease_event(kind, JobState::Running);
+    let change = store
+        .claim_next(kind, worker, now, until, event.as_ref())
+        .await
+        .unwrap()?;
+    assert_eq!(change.event.is_some(), kind.has_event_log());
+    Some(change.item)
+}
+
+/// An item's state (as stored), lease owner and expiry.
+fn lease_of(item: &Leased) -> (&'static str, Option<&str>, Option<i64>) {
+    match item {
+        Leased::Job(j) => (j.state.as_str(), j.lease_owner.as_deref(), j.lease_expires_at),
+        Leased::EvalRun(r) => (r.state.as_str(), r.lease_owner.as_deref(), r.lease_expires_at),
+    }
+}
+
+fn leased_state(kind: LeaseKind) -> &'static str {
+    match kind {
+        LeaseKind::Job => "running",
+        LeaseKind::EvalRun => "in_progress",
+    }
+}
+
+async fn get(store: &impl Store, kind: LeaseKind, id: &str) -> Leased {
+    match kind {
+        LeaseKind::Job => Leased::Job(store.get_job(id).await.unwrap().unwrap()),
+        LeaseKind::EvalRun => Leased::EvalRun(store.get_eval_run(id).await.unwrap().unwrap()),
+    }
+}
+
+/// Jobs go highest priority first, then oldest; eval runs oldest first;
+/// ties by id. A claim leases the item to the worker and keeps the time it
+/// first started.
+pub async fn leases_claim_in_queue_order(store: impl Store) {
+    seed_leases(&store).await;
+    for kind in LeaseKind::ALL {
+        // (n, created_at, priority)
+        for (n, at, priority) in [(1, 10, 0), (2, 11, 5), (3, 12, 5), (4, 9, 0), (5, 10, 0)] {
+            queue(&store, kind, n, at, priority).await;
+        }
+        let mut order = Vec::new();
+        while let Some(item) = claim(&store, kind, "w1", 100, 200).await {
+            assert_eq!(lease_of(&item), (leased_state(kind), Some("w1"), Some(200)));
+            let started = match &item {
+                Leased::Job(j) => j.started_at,
+                Leased::EvalRun(r) => r.started_at,
+            };
+            assert_eq!(started, Some(100));
+            order.push(item.id().to_string());
+        }
+        let expected: Vec<String> = match kind {
+            LeaseKind::Job => [2, 3, 4, 1, 5].map(|n| job(n, 0, 0, None).id).into(),
+            LeaseKind::EvalRun => [4, 1, 5, 2, 3].map(|n| run_record(n, "", 0).id).into(),
+        };
+        assert_eq!(order, expected, "{kind:?}");
+    }
+}
+
+/// Only the holder renews a lease; a renewal answers the item as it is.
+pub async fn leases_renew_by_the_holder_only(store: impl Store) {
+    seed_leases(&store).await;
+    for kind in LeaseKind::ALL {
+        let id = queue(&store, kind, 1, 10, 0).await;
+        assert!(
+            store.renew_lease(kind, &id, "w1", 300).await.unwrap().is_none(),
+            "not leased yet"
+        );
+        claim(&store, kind, "w1", 100, 200).await.unwrap();
+        let renewed = store.renew_lease(kind, &id, "w1", 300).await.unwrap().unwrap();
+        assert_eq!(lease_of(&renewed), (leased_state(kind), Some("w1"), Some(300)));
+        assert!(
+            store.renew_lease(kind, &id, "w2", 900).await.unwrap().is_none(),
+            "not w2's lease"
+        );
+        assert_eq!(
+            lease_of(&get(&store, kind, &id).await),
+            (leased_state(kind), Some("w1"), Some(300)),
+            "a refused renewal changes nothing"
+        );
+        assert!(store.renew_lease(kind, "missing", "w1", 300).await.unwrap().is_none());
+    }
+}
+
+/// A lease that ran out goes back to the queue (only then, and once), and
+/// the next claim takes the item again; its old holder can renew no more.
+pub async fn leases_expire_and_are_requeued(store: impl Store) {
+    seed_leases(&store).await;
+    for kind in LeaseKind::ALL {
+        let a = queue(&store, kind, 1, 10, 0).await;
+        let b = queue(&store, kind, 2, 11, 0).await;
+        claim(&store, kind, "w1", 100, 200).await.unwrap();
+        claim(&store, kind, "w2", 100, 400).await.unwrap();
+        assert!(
+            store.expired_leases(kind, 200).await.unwrap().is_empty(),
+            "due at 200, not before"
+        );
+        assert_eq!(store.expired_leases(kind, 250).await.unwrap(), std::slice::from_ref(&a));
+        assert_eq!(store.expired_leases(kind, 500).await.unwrap(), [a.clone(), b.clone()]);
+
+        let event = lease_event(kind, JobState::Queued);
+        assert!(
+            store
+                .requeue_expired(kind, &b, 250, event.as_ref())
+                .await
+                .unwrap()
+                .is_none(),
+            "b's lease is still valid"
+        );
+        let change = store
+            .requeue_expired(kind, &a, 250, event.as_ref())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(lease_of(&change.item), ("queued", None, None));
+        assert_eq!(change.event.is_some(), kind.has_event_log());
+        assert!(
+            store
+                .requeue_expired(kind, &a, 250, event.as_ref())
+                .await
+                .unwrap()
+                .is_none(),
+            "once"
+        );
+        assert!(store.expired_leases(kind, 250).await.unwrap().is_empty());
+
+        let again = claim(&store, kind, "w3", 260, 600).await.unwrap();
+        assert_eq!(again.id(), a);
+        assert!(
+            store.renew_lease(kind, &a, "w1", 700).await.unwrap().is_none(),
+            "w1 lost it"
+        );
+        assert!(claim(&store, kind, "w3", 260, 600).await.is_none(), "b is still w2's");
+    }
+}
+
+/// A worker gives an item it holds back to the queue; nobody else can.
+pub async fn leases_release_back_to_the_queue(store: impl Store) {
+    seed_leases(&store).await;
+    for kind in LeaseKind::ALL {
+        let a = queue(&store, kind, 1, 10, 0).await;
+        let event = lease_event(kind, JobState::Queued);
+        assert!(
+            store
+                .release_lease(kind, &a, "w1", 50, event.as_ref())
+                .await
+                .unwrap()
+                .is_none(),
+            "not leased"
+        );
+        claim(&store, kind, "w1", 100, 200).await.unwrap();
+        assert!(
+            store
+                .release_lease(kind, &a, "w2", 150, event.as_ref())
+                .await
+                .unwrap()
+                .is_none(),
+            "not w2's"
+        );
+        assert_eq!(lease_of(&get(&store, kind, &a).await).1, Some("w1"));
+        let change = store
+            .release_lease(kind, &a, "w1", 150, event.as_ref())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(lease_of(&change.item), ("queued", None, None));
+        assert_eq!(change.event.is_some(), kind.has_event_log());
+        assert!(
+            store
+                .release_lease(kind, &a, "w1", 150, event.as_ref())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.renew_lease(kind, &a, "w1", 300).await.unwrap().is_none());
+        let again = claim(&store, kind, "w2", 160, 300).await.unwrap();
+        assert_eq!(again.id(), a);
+    }
+}
+
+/// Claimers racing for the same queue never get the same item, and
+/// between them take all of it.
+pub async fn leases_concurrent_claimers_never_share_an_item(store: impl Store) {
+    use std::sync::Arc;
+    const ITEMS: u32 = 24;
+    const CLAIMERS: usize = 4;
+    seed_leases(&store).await;
+    let store = Arc::new(store);
+    for kind in LeaseKind::ALL {
+        for n in 0..ITEMS {
+            queue(&*store, kind, n, 10 + i64::from(n % 3), 0).await;
+        }
+        let start = Arc::new(tokio::sync::Barrier::new(CLAIMERS));
+        let mut claimers = tokio::task::JoinSet::new();
+        for w in 0..CLAIMERS {
+            let (store, start) = (store.clone(), start.clone());
+            claimers.spawn(async move {
+                let worker = format!("w{w}");
+                start.wait().await;
+                let mut got = Vec::new();
+                while let Some(item) = claim(&*store, kind, &worker, 100, 200).await {
+                    got.push((item.id().to_string(), worker.clone()));
+                    tokio::task::yield_now().await;
+                }
+                got
+            });
+        }
+        let mut claimed = BTreeMap::new();
+        while let Some(got) = claimers.join_next().await {
+            for (id, worker) in got.unwrap() {
+                assert!(claimed.insert(id.clone(), worker).is_none(), "{id} claimed twice");
+            }
+        }
+        assert_eq!(claimed.len(), ITEMS as usize, "{kind:?}: every item claimed once");
+        for (id, worker) in &claimed {
+            assert_eq!(lease_of(&get(&*store, kind, id).await).1, Some(worker.as_str()));
+        }
+    }
 }
 
 /// Expands to one test per suite function for a backend. `$make` is an
@@ -926,14 +1223,19 @@ macro_rules! store_suite {
             blob_references_follow_rows,
             jobs_insert_is_idempotent_by_key,
             jobs_transitions_are_compare_and_set_with_gapless_events,
-            jobs_claim_by_priority_then_age_with_leases,
+            jobs_lease_changes_count_attempts_and_append_events,
             jobs_checkpoints_need_the_lease_and_pin_blobs,
             jobs_list_filters_and_pages,
             graders_insert_get_and_conflict,
             graders_list_pages_in_name_order,
             evals_runs_are_leased_and_record_items_with_gapless_seqs,
             evals_runs_list_newest_first_per_eval,
-            datasets_in_use_are_kept_and_gone_ones_refuse_new_work
+            datasets_in_use_are_kept_and_gone_ones_refuse_new_work,
+            leases_claim_in_queue_order,
+            leases_renew_by_the_holder_only,
+            leases_expire_and_are_requeued,
+            leases_release_back_to_the_queue,
+            leases_concurrent_claimers_never_share_an_item
         );
     };
     (@tests $make:expr; $($name:ident),*) => {
