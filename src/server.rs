@@ -16,7 +16,7 @@ use crate::engine::local::{LocalEngine, StoreCatalog};
 use crate::engine::trainer::{LocalTrainer, LocalTrainerConfig};
 use crate::evals::manager::Evals;
 use crate::graders::service::{Graders, GradersConfig};
-use crate::inference::ModelRouter;
+use crate::inference::{ChatModel, LocalModels, ModelRouter};
 use crate::jobs::{manager::Jobs, scheduler, trainer::Trainer};
 use crate::proto::{
     FILE_DESCRIPTOR_SET, dataset_service_server::DatasetServiceServer, eval_service_server::EvalServiceServer,
@@ -79,33 +79,34 @@ pub async fn run_with(
         Some(path) => Arc::new(crate::inference::Providers::from_file(path).context("loading model providers")?),
         None => Arc::new(crate::inference::Providers::default()),
     };
-    let mut graders_config = GradersConfig::default();
-    if !providers.is_empty() {
-        graders_config.embedder = providers.embedder();
-        graders_config.model_client = Some(providers.clone());
-    }
-    let graders = Arc::new(Graders::new(store.clone(), graders_config));
     let (local, trainer): (Option<Arc<LocalEngine>>, Option<Arc<dyn Trainer>>) = match engine {
         Engine::Embedded => {
             let catalog = Arc::new(StoreCatalog {
                 store: store.clone(),
                 blobs: blobs.clone(),
             });
-            let local = LocalEngine::new(catalog, config.max_generation_batch);
+            let local = LocalEngine::new(catalog, config.max_generation_batch, config.max_queued_generations);
             let trainer = Arc::new(LocalTrainer::new(local.clone(), LocalTrainerConfig::default()));
             (Some(local), Some(trainer))
         }
         Engine::Custom(trainer) => (None, trainer),
     };
-    let models = Arc::new(ModelRouter::new(
+    // The one way to a model, for evals, model graders and the Chat RPC.
+    let models: Arc<dyn ChatModel> = Arc::new(ModelRouter::new(
         providers.clone(),
-        local.clone().map(|l| l as Arc<dyn crate::inference::ChatModel>),
+        local.map(|l| l as Arc<dyn LocalModels>),
     ));
+    let graders_config = GradersConfig {
+        embedder: providers.embedder(),
+        model_client: Some(models.clone()),
+        ..GradersConfig::default()
+    };
+    let graders = Arc::new(Graders::new(store.clone(), graders_config));
     let evals = Arc::new(Evals::new(
         store.clone(),
         blobs.clone(),
         graders.clone(),
-        models,
+        models.clone(),
         config.evals_config(),
     ));
     let jobs = Arc::new(
@@ -145,7 +146,7 @@ pub async fn run_with(
         .add_service(reflection_v1alpha)
         .add_service(DatasetServiceServer::new(DatasetApi::new(datasets.clone())))
         .add_service(FineTuningServiceServer::new(FineTuningApi::new(jobs.clone())))
-        .add_service(ModelServiceServer::new(ModelApi::new(jobs, local)))
+        .add_service(ModelServiceServer::new(ModelApi::new(jobs, models)))
         .add_service(GraderServiceServer::new(GraderApi::new(graders)))
         .add_service(EvalServiceServer::new(EvalApi::new(evals)))
         .serve_with_incoming_shutdown(incoming, async move {

@@ -5,8 +5,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use crate::engine::local::{ChatEvent, LocalEngine};
 use crate::error::Error;
+use crate::inference::ChatModel;
 use crate::jobs::manager::{Jobs, WatchItem};
 use crate::jobs::model::{JobQuery, JobRecord, fine_tuned_model_id};
 use crate::proto::{self, fine_tuning_service_server::FineTuningService, model_service_server::ModelService};
@@ -143,12 +143,13 @@ impl FineTuningService for FineTuningApi {
 
 pub struct ModelApi {
     jobs: Arc<Jobs>,
-    engine: Option<Arc<LocalEngine>>,
+    /// The router: local models and providers alike.
+    chat: Arc<dyn ChatModel>,
 }
 
 impl ModelApi {
-    pub fn new(jobs: Arc<Jobs>, engine: Option<Arc<LocalEngine>>) -> Self {
-        Self { jobs, engine }
+    pub fn new(jobs: Arc<Jobs>, chat: Arc<dyn ChatModel>) -> Self {
+        Self { jobs, chat }
     }
 }
 
@@ -157,28 +158,9 @@ type ChatStream = Pin<Box<dyn Stream<Item = Result<proto::ChatResponse, Status>>
 #[tonic::async_trait]
 impl ModelService for ModelApi {
     async fn chat(&self, request: Request<proto::ChatRequest>) -> Result<Response<ChatStream>, Status> {
-        let Some(engine) = &self.engine else {
-            return Err(Error::precondition("ENGINE", "server", "this server runs no local inference engine").into());
-        };
-        let (model, messages, sampling) = convert::chat(request.into_inner());
-        let rx = engine.chat_stream(model, messages, sampling).await?;
-        let stream = ReceiverStream::new(rx).map(|item| match item {
-            Ok(ChatEvent::Delta(text)) => Ok(proto::ChatResponse {
-                payload: Some(proto::chat_response::Payload::Delta(text)),
-            }),
-            Ok(ChatEvent::End {
-                finish_reason,
-                prompt_tokens,
-                completion_tokens,
-            }) => Ok(proto::ChatResponse {
-                payload: Some(proto::chat_response::Payload::End(proto::ChatEnd {
-                    finish_reason,
-                    prompt_tokens,
-                    completion_tokens,
-                })),
-            }),
-            Err(e) => Err(Status::from(e)),
-        });
+        let request = convert::chat(request.into_inner());
+        let events = self.chat.stream(request).await.map_err(Error::from)?;
+        let stream = ReceiverStream::new(events).map(|item| Ok(convert::chat_response(item.map_err(Error::from)?)));
         Ok(Response::new(Box::pin(stream)))
     }
 

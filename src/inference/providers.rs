@@ -1,15 +1,6 @@
-//! Model providers: OpenAI-compatible HTTP endpoints (OpenAI itself, vLLM,
-//! llama.cpp's server, Ollama, ...) configured by name.
-//!
-//! Architecture invariant: API keys come from an environment variable or a
-//! file named in the configuration, are read at start-up, and are never
-//! stored, logged or returned. Every provider bounds its own concurrency and
-//! request rate, and retries rate limits and server errors with backoff,
-//! honouring Retry-After.
-
-pub mod chat;
-
-pub use chat::{ChatCompletion, ChatModel, ChatRequest};
+//! OpenAI-compatible HTTP providers: chat completions streamed as
+//! server-sent events (`chat.completion.chunk` frames), embeddings, and the
+//! set of configured providers the router picks from.
 
 use std::{
     collections::BTreeMap,
@@ -21,11 +12,10 @@ use std::{
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::graders::{
-    ChatMessage, ChatOutput, ContentPart, EmbedError, Embedder, ModelClient, ModelError, SamplingParams, TokenUsage,
-};
+use super::chat::{self, ChatEnd, ChatError, ChatEvent, ChatModel, ChatRequest, ChatStream, TokenUsage};
+use super::sse;
 
 fn default_concurrency() -> usize {
     16
@@ -60,13 +50,15 @@ pub struct ProviderConfig {
     /// Model for embeddings (text_similarity cosine).
     #[serde(default)]
     pub embedding_model: Option<String>,
-    /// How model graders ask for their output shape.
+    /// How a request with OpenAI's `json_schema` response format (model
+    /// graders' output shape, an eval's structured output) is sent here.
     #[serde(default)]
     pub structured_output: StructuredOutput,
 }
 
 /// How a provider is asked for output that follows a JSON schema (model
-/// graders' `{"result": ..., "steps": [...]}`).
+/// graders' `{"result": ..., "steps": [...]}`). Callers always send
+/// OpenAI's `json_schema` shape; this says what the server gets instead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StructuredOutput {
@@ -82,11 +74,17 @@ pub enum StructuredOutput {
 }
 
 impl StructuredOutput {
-    fn response_format(self, schema: Value) -> Option<Value> {
+    /// What this server is sent for a request's `response_format`: OpenAI's
+    /// `json_schema` format is turned into this server's way of asking for
+    /// a schema; other formats go as they are.
+    fn adapt(self, format: Option<Value>) -> Option<Value> {
+        let format = format?;
+        if format["type"] != "json_schema" {
+            return Some(format);
+        }
         match self {
-            Self::JsonSchema => Some(json!({"type": "json_schema",
-                "json_schema": {"name": "grader_output", "schema": schema, "strict": true}})),
-            Self::JsonObject => Some(json!({"type": "json_object", "schema": schema})),
+            Self::JsonSchema => Some(format),
+            Self::JsonObject => Some(json!({"type": "json_object", "schema": format["json_schema"]["schema"]})),
             Self::None => None,
         }
     }
@@ -104,7 +102,8 @@ pub struct HttpProvider {
     config: ProviderConfig,
     key: Option<String>,
     http: reqwest::Client,
-    slots: Semaphore,
+    /// Requests in flight, streams included until they end.
+    slots: Arc<Semaphore>,
     next_slot: Mutex<Instant>,
 }
 
@@ -134,7 +133,7 @@ impl HttpProvider {
             .timeout(Duration::from_secs(config.timeout_secs.max(1)))
             .build()?;
         Ok(Self {
-            slots: Semaphore::new(config.max_concurrency.max(1)),
+            slots: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
             next_slot: Mutex::new(Instant::now()),
             config,
             key,
@@ -164,10 +163,27 @@ impl HttpProvider {
         }
     }
 
-    /// POSTs JSON to `path` under the base URL, with bounded concurrency,
-    /// pacing, and retries on 429, 5xx, timeouts and connection errors.
+    /// POSTs JSON to `path` under the base URL and reads the JSON answer.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ProviderError> {
-        let _slot = self.slots.acquire().await.map_err(|_| ProviderError {
+        let (resp, _slot) = self.send(path, body).await?;
+        let text = resp.text().await.map_err(|e| ProviderError {
+            retryable: true,
+            status: None,
+            message: format!("{}: reading the response: {e}", self.config.name),
+        })?;
+        serde_json::from_str(&text).map_err(|e| ProviderError {
+            retryable: false,
+            status: Some(200),
+            message: format!("{}: the response is not JSON: {e}", self.config.name),
+        })
+    }
+
+    /// POSTs JSON to `path` under the base URL, with bounded concurrency,
+    /// pacing, and retries on 429, 5xx, timeouts and connection errors,
+    /// until a success status; the body is the caller's to read, while it
+    /// holds the returned concurrency slot.
+    async fn send(&self, path: &str, body: &Value) -> Result<(reqwest::Response, OwnedSemaphorePermit), ProviderError> {
+        let slot = self.slots.clone().acquire_owned().await.map_err(|_| ProviderError {
             retryable: false,
             status: None,
             message: "provider is shutting down".into(),
@@ -191,18 +207,7 @@ impl HttpProvider {
                 req = req.bearer_auth(key);
             }
             let (error, retry_after) = match req.send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    let text = resp.text().await.map_err(|e| ProviderError {
-                        retryable: true,
-                        status: None,
-                        message: format!("{}: reading the response: {e}", self.config.name),
-                    })?;
-                    return serde_json::from_str(&text).map_err(|e| ProviderError {
-                        retryable: false,
-                        status: Some(200),
-                        message: format!("{}: the response is not JSON: {e}", self.config.name),
-                    });
-                }
+                Ok(resp) if resp.status().is_success() => return Ok((resp, slot)),
                 Ok(resp) => {
                     let status = resp.status();
                     let retry_after = resp
@@ -243,37 +248,264 @@ impl HttpProvider {
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
+
+    /// The chat completions body for `request`, asking for a stream.
+    fn chat_body(&self, request: ChatRequest) -> Value {
+        let mut body = json!({
+            "model": request.model,
+            "messages": request.messages,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        let obj = body.as_object_mut().expect("a JSON object literal");
+        let mut set = |key: &str, value: Option<Value>| {
+            if let Some(v) = value {
+                obj.insert(key.into(), v);
+            }
+        };
+        set("temperature", request.temperature.map(|v| json!(v)));
+        set("top_p", request.top_p.map(|v| json!(v)));
+        set("top_k", request.top_k.map(|v| json!(v)));
+        set("max_tokens", request.max_tokens.map(|v| json!(v)));
+        set("seed", request.seed.map(|v| json!(v)));
+        set("stop", (!request.stop.is_empty()).then(|| json!(request.stop)));
+        set("tools", request.tools);
+        set("reasoning_effort", request.reasoning_effort.map(Value::String));
+        set(
+            "response_format",
+            self.config.structured_output.adapt(request.response_format),
+        );
+        body
+    }
 }
 
-fn message_json(m: &ChatMessage) -> Value {
-    let texts: Vec<&str> = m
-        .content
-        .iter()
-        .filter_map(|p| match p {
-            ContentPart::Text { text } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
-    let only_text = texts.len() == m.content.len();
-    let content = if only_text {
-        Value::String(texts.join(""))
+/// Streams chat completions: the request asks for server-sent events and
+/// each `data:` chunk's delta is passed on as it arrives. A server that
+/// answers with one JSON body instead (some ignore `stream`) is read whole
+/// and passed on as one delta. The concurrency slot is held until the
+/// stream ends; a reader that goes away closes the connection.
+#[async_trait]
+impl ChatModel for HttpProvider {
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, ChatError> {
+        let json_schema = request
+            .response_format
+            .as_ref()
+            .is_some_and(|f| f["type"] == "json_schema");
+        let body = self.chat_body(request);
+        let (response, slot) = self
+            .send("chat/completions", &body)
+            .await
+            .map_err(|e| ChatError::Upstream {
+                // Retried here already; callers must not again.
+                retryable: false,
+                status: e.status,
+                message: match self.config.structured_output {
+                    StructuredOutput::JsonSchema if json_schema && e.message.contains("json_schema") => format!(
+                        "{} (if this server does not take json_schema response formats, set the provider's \
+                     structured_output to \"json_object\" or \"none\")",
+                        e.message
+                    ),
+                    _ => e.message,
+                },
+            })?;
+        let (tx, rx) = chat::channel();
+        let name = self.config.name.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::select! {
+                () = tx.closed() => {}
+                () = forward(response, &tx, &name) => {}
+            }
+        });
+        Ok(rx)
+    }
+}
+
+type Events = mpsc::Sender<Result<ChatEvent, ChatError>>;
+
+/// Passes a chat completions response on to `tx`, ending with one end or
+/// one error.
+async fn forward(response: reqwest::Response, tx: &Events, provider: &str) {
+    let sse = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let result = if sse {
+        read_events(response, tx, provider).await
     } else {
-        Value::Array(
-            m.content
-                .iter()
-                .map(|p| match p {
-                    ContentPart::Text { text } => json!({"type": "text", "text": text}),
-                    ContentPart::Image { url, detail } => {
-                        json!({"type": "image_url", "image_url": {"url": url, "detail": detail.clone().unwrap_or_else(|| "auto".into())}})
-                    }
-                    ContentPart::Audio { data, format } => {
-                        json!({"type": "input_audio", "input_audio": {"data": data, "format": format}})
-                    }
-                })
-                .collect(),
-        )
+        read_whole(response, tx, provider).await
     };
-    json!({"role": m.role, "content": content})
+    if let Err(e) = result {
+        let _ = tx.send(Err(e)).await;
+    }
+}
+
+async fn read_events(mut response: reqwest::Response, tx: &Events, provider: &str) -> Result<(), ChatError> {
+    let mut parser = sse::SseParser::default();
+    let mut so_far = Accumulated::default();
+    let mut events = Vec::new();
+    loop {
+        let chunk = response.chunk().await.map_err(|e| ChatError::Upstream {
+            retryable: true,
+            status: None,
+            message: format!("{provider}: reading the stream: {e}"),
+        })?;
+        let ended = match &chunk {
+            Some(bytes) => {
+                parser.push(bytes, &mut events);
+                false
+            }
+            None => {
+                parser.finish(&mut events);
+                true
+            }
+        };
+        for data in events.drain(..) {
+            if data.trim() == "[DONE]" {
+                let _ = tx.send(Ok(ChatEvent::End(so_far.end()))).await;
+                return Ok(());
+            }
+            let chunk: Value = serde_json::from_str(&data).map_err(|e| ChatError::Upstream {
+                retryable: false,
+                status: None,
+                message: format!("{provider}: a stream chunk is not JSON: {e}"),
+            })?;
+            if let Some(error) = chunk.get("error") {
+                let message = error["message"]
+                    .as_str()
+                    .map_or_else(|| error.to_string(), str::to_string);
+                return Err(ChatError::Upstream {
+                    retryable: false,
+                    status: None,
+                    message: format!("{provider}: {message}"),
+                });
+            }
+            if let Some(text) = so_far.absorb(&chunk)
+                && tx.send(Ok(ChatEvent::Delta(text))).await.is_err()
+            {
+                return Ok(());
+            }
+        }
+        if ended {
+            // A server that names a finish reason but never sends [DONE]
+            // still finished; one that stops before is cut short.
+            if so_far.finish_reason.is_none() {
+                return Err(ChatError::Upstream {
+                    retryable: true,
+                    status: None,
+                    message: format!("{provider}: the stream ended before the completion did"),
+                });
+            }
+            let _ = tx.send(Ok(ChatEvent::End(so_far.end()))).await;
+            return Ok(());
+        }
+    }
+}
+
+async fn read_whole(response: reqwest::Response, tx: &Events, provider: &str) -> Result<(), ChatError> {
+    let text = response.text().await.map_err(|e| ChatError::Upstream {
+        retryable: true,
+        status: None,
+        message: format!("{provider}: reading the response: {e}"),
+    })?;
+    let response: Value = serde_json::from_str(&text).map_err(|e| ChatError::Upstream {
+        retryable: false,
+        status: None,
+        message: format!("{provider}: the response is not JSON: {e}"),
+    })?;
+    let choice = &response["choices"][0];
+    let message = &choice["message"];
+    if !message.is_object() {
+        return Err(ChatError::Upstream {
+            retryable: false,
+            status: None,
+            message: format!("{provider}: the response has no choices[0].message"),
+        });
+    }
+    let so_far = Accumulated {
+        tool_calls: message["tool_calls"].as_array().cloned().unwrap_or_default(),
+        finish_reason: choice["finish_reason"].as_str().map(str::to_string),
+        usage: usage_of(&response["usage"]),
+        refusal: message["refusal"].as_str().map(str::to_string),
+    };
+    let text = message["content"].as_str().unwrap_or_default();
+    if !text.is_empty() && tx.send(Ok(ChatEvent::Delta(text.to_string()))).await.is_err() {
+        return Ok(());
+    }
+    let _ = tx.send(Ok(ChatEvent::End(so_far.end()))).await;
+    Ok(())
+}
+
+fn usage_of(usage: &Value) -> TokenUsage {
+    TokenUsage {
+        prompt: usage["prompt_tokens"].as_u64().unwrap_or(0),
+        completion: usage["completion_tokens"].as_u64().unwrap_or(0),
+    }
+}
+
+/// What a stream has said so far besides its text.
+#[derive(Debug, Default)]
+struct Accumulated {
+    tool_calls: Vec<Value>,
+    finish_reason: Option<String>,
+    usage: TokenUsage,
+    refusal: Option<String>,
+}
+
+impl Accumulated {
+    /// Takes in one `chat.completion.chunk`; returns its text, if any.
+    fn absorb(&mut self, chunk: &Value) -> Option<String> {
+        if chunk["usage"].is_object() {
+            self.usage = usage_of(&chunk["usage"]);
+        }
+        let choice = &chunk["choices"][0];
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            self.finish_reason = Some(reason.to_string());
+        }
+        let delta = &choice["delta"];
+        if let Some(r) = delta["refusal"].as_str() {
+            self.refusal.get_or_insert_default().push_str(r);
+        }
+        for (i, call) in delta["tool_calls"].as_array().into_iter().flatten().enumerate() {
+            // Each call arrives in pieces: its id, type and name first, then
+            // its arguments a fragment at a time, all under its index.
+            let index = call["index"].as_u64().map_or(i, |x| x as usize);
+            if self.tool_calls.len() <= index {
+                self.tool_calls.resize_with(
+                    index + 1,
+                    || json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}),
+                );
+            }
+            let slot = &mut self.tool_calls[index];
+            for key in ["id", "type"] {
+                if let Some(v) = call[key].as_str() {
+                    slot[key] = json!(v);
+                }
+            }
+            for key in ["name", "arguments"] {
+                if let Some(piece) = call["function"][key].as_str() {
+                    let whole = format!("{}{piece}", slot["function"][key].as_str().unwrap_or_default());
+                    slot["function"][key] = json!(whole);
+                }
+            }
+        }
+        delta["content"].as_str().filter(|t| !t.is_empty()).map(str::to_string)
+    }
+
+    fn end(self) -> ChatEnd {
+        let finish_reason = match self.finish_reason {
+            Some(reason) => reason,
+            None if !self.tool_calls.is_empty() => "tool_calls".into(),
+            None => "stop".into(),
+        };
+        ChatEnd {
+            finish_reason,
+            tool_calls: self.tool_calls,
+            usage: self.usage,
+            refusal: self.refusal,
+        }
+    }
 }
 
 /// Every configured provider, by name; the first is the default.
@@ -310,15 +542,16 @@ impl Providers {
         self.by_name.is_empty()
     }
 
-    /// "provider/model" picks a provider; a bare model uses the default.
-    pub fn route<'m>(&self, model: &'m str) -> Option<(Arc<HttpProvider>, &'m str)> {
-        if let Some((name, rest)) = model.split_once('/')
-            && let Some(p) = self.by_name.get(name)
-        {
-            return Some((p.clone(), rest));
-        }
-        let p = self.by_name.get(self.default.as_ref()?)?;
-        Some((p.clone(), model))
+    /// The provider a `provider/model` name names, and the model's name
+    /// there.
+    pub fn named<'m>(&self, model: &'m str) -> Option<(Arc<HttpProvider>, &'m str)> {
+        let (name, rest) = model.split_once('/')?;
+        Some((self.by_name.get(name)?.clone(), rest))
+    }
+
+    /// The first configured provider.
+    pub fn default_provider(&self) -> Option<Arc<HttpProvider>> {
+        self.by_name.get(self.default.as_ref()?).cloned()
     }
 
     /// The embedder of the first provider that names an embedding model.
@@ -328,71 +561,18 @@ impl Providers {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct EmbedError {
+    pub retryable: bool,
+    pub message: String,
+}
+
+/// Embeddings, for text_similarity's cosine metric.
 #[async_trait]
-impl ModelClient for Providers {
-    async fn chat(
-        &self,
-        model: &str,
-        messages: Vec<ChatMessage>,
-        params: SamplingParams,
-        response_schema: Option<Value>,
-    ) -> Result<ChatOutput, ModelError> {
-        let (provider, model) = self.route(model).ok_or_else(|| ModelError {
-            retryable: false,
-            message: format!("no model provider is configured for {model:?}"),
-        })?;
-        let mut body = json!({
-            "model": model,
-            "messages": messages.iter().map(message_json).collect::<Vec<_>>(),
-        });
-        let obj = body.as_object_mut().expect("a JSON object literal");
-        if let Some(v) = params.temperature {
-            obj.insert("temperature".into(), json!(v));
-        }
-        if let Some(v) = params.top_p {
-            obj.insert("top_p".into(), json!(v));
-        }
-        if let Some(v) = params.seed {
-            obj.insert("seed".into(), json!(v));
-        }
-        if let Some(v) = params.max_completion_tokens {
-            obj.insert("max_tokens".into(), json!(v));
-        }
-        if let Some(v) = &params.reasoning_effort {
-            obj.insert("reasoning_effort".into(), json!(v));
-        }
-        let structured = provider.config.structured_output;
-        if let Some(format) = response_schema.and_then(|schema| structured.response_format(schema)) {
-            obj.insert("response_format".into(), format);
-        }
-        // The provider already retried; the grader engine must not again.
-        let response = provider.post("chat/completions", &body).await.map_err(|e| ModelError {
-            retryable: false,
-            message: match structured {
-                StructuredOutput::JsonSchema if e.message.contains("json_schema") => format!(
-                    "{} (if this server does not take json_schema response formats, set the provider's \
-                     structured_output to \"json_object\" or \"none\")",
-                    e.message
-                ),
-                _ => e.message,
-            },
-        })?;
-        let message = &response["choices"][0]["message"];
-        if message.is_null() {
-            return Err(ModelError {
-                retryable: false,
-                message: format!("{}: the response has no choices[0].message", provider.name()),
-            });
-        }
-        Ok(ChatOutput {
-            text: message["content"].as_str().unwrap_or_default().to_string(),
-            usage: TokenUsage {
-                prompt: response["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-                completion: response["usage"]["completion_tokens"].as_u64().unwrap_or(0),
-            },
-            refusal: message["refusal"].as_str().map(str::to_string),
-        })
-    }
+pub trait Embedder: Send + Sync {
+    /// One vector per input text, in order.
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
 }
 
 struct ProviderEmbedder {
@@ -456,95 +636,4 @@ fn embedding_vector(value: &Value) -> Result<Vec<f32>, String> {
         .map(|x| x.as_f64().map(|x| x as f32))
         .collect::<Option<Vec<f32>>>()
         .ok_or_else(|| "\"embedding\" holds something that is not a number".into())
-}
-
-#[async_trait]
-impl ChatModel for Providers {
-    async fn complete(&self, request: ChatRequest) -> Result<ChatCompletion, ModelError> {
-        let (provider, model) = self.route(&request.model).ok_or_else(|| ModelError {
-            retryable: false,
-            message: format!("no model provider is configured for {:?}", request.model),
-        })?;
-        let mut body = json!({"model": model, "messages": request.messages});
-        let obj = body.as_object_mut().expect("a JSON object literal");
-        let mut set = |key: &str, value: Option<Value>| {
-            if let Some(v) = value {
-                obj.insert(key.into(), v);
-            }
-        };
-        set("temperature", request.temperature.map(|v| json!(v)));
-        set("top_p", request.top_p.map(|v| json!(v)));
-        set("top_k", request.top_k.map(|v| json!(v)));
-        set("max_tokens", request.max_tokens.map(|v| json!(v)));
-        set("seed", request.seed.map(|v| json!(v)));
-        set("stop", (!request.stop.is_empty()).then(|| json!(request.stop)));
-        set("tools", request.tools.clone());
-        set("response_format", request.response_format.clone());
-        // The provider already retried; callers must not again.
-        let response = provider.post("chat/completions", &body).await.map_err(|e| ModelError {
-            retryable: false,
-            message: e.message,
-        })?;
-        let choice = &response["choices"][0];
-        let message = &choice["message"];
-        if !message.is_object() {
-            return Err(ModelError {
-                retryable: false,
-                message: format!("{}: the response has no choices[0].message", provider.name()),
-            });
-        }
-        let tool_calls = message["tool_calls"].as_array().cloned().unwrap_or_default();
-        let finish_reason = match choice["finish_reason"].as_str() {
-            Some(reason) => reason.to_string(),
-            None if !tool_calls.is_empty() => "tool_calls".into(),
-            None => "stop".into(),
-        };
-        Ok(ChatCompletion {
-            text: message["content"].as_str().unwrap_or_default().to_string(),
-            tool_calls,
-            usage: TokenUsage {
-                prompt: response["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-                completion: response["usage"]["completion_tokens"].as_u64().unwrap_or(0),
-            },
-            finish_reason,
-        })
-    }
-}
-
-/// Routes chat completions: `provider/model` names go to the HTTP
-/// providers, every other name (a registered base model, a fine-tuned
-/// `ft:...` id) to the local inference engine.
-pub struct ModelRouter {
-    providers: Arc<Providers>,
-    local: Option<Arc<dyn ChatModel>>,
-}
-
-impl ModelRouter {
-    pub fn new(providers: Arc<Providers>, local: Option<Arc<dyn ChatModel>>) -> Self {
-        Self { providers, local }
-    }
-
-    /// Whether a model name goes to the HTTP providers.
-    pub fn is_remote(model: &str) -> bool {
-        model.contains('/')
-    }
-}
-
-#[async_trait]
-impl ChatModel for ModelRouter {
-    async fn complete(&self, request: ChatRequest) -> Result<ChatCompletion, ModelError> {
-        if Self::is_remote(&request.model) {
-            return self.providers.complete(request).await;
-        }
-        match &self.local {
-            Some(local) => local.complete(request).await,
-            None => Err(ModelError {
-                retryable: false,
-                message: format!(
-                    "no local inference engine is configured for model {}; use provider/model for an HTTP provider",
-                    request.model
-                ),
-            }),
-        }
-    }
 }
