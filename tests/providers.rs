@@ -11,7 +11,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use common::*;
 use lathe::api::convert::struct_from_json;
-use lathe::inference::{ChatEvent, ChatModel, ChatRequest, ModelRouter, ProviderConfig, Providers};
+use lathe::inference::{ChatEnd, ChatError, ChatEvent, ChatModel, ChatRequest, ModelRouter, ProviderConfig, Providers};
 use lathe::proto::{self, grader_service_client::GraderServiceClient};
 use openai_stub::{Reply, chat_body};
 use serde_json::json;
@@ -27,6 +27,22 @@ fn config(url: &str, key_file: Option<std::path::PathBuf>) -> ProviderConfig {
 /// The router over `configs`, without a local engine.
 fn router(configs: Vec<ProviderConfig>) -> ModelRouter {
     ModelRouter::new(std::sync::Arc::new(Providers::from_configs(configs).unwrap()), None)
+}
+
+/// A streamed completion read to its end: its deltas and its end.
+async fn streamed(router: &ModelRouter, request: ChatRequest) -> Result<(Vec<String>, ChatEnd), ChatError> {
+    let mut stream = router.stream(request).await?;
+    let mut deltas = Vec::new();
+    while let Some(event) = stream.recv().await {
+        match event? {
+            ChatEvent::Delta(d) => deltas.push(d),
+            ChatEvent::End(end) => {
+                assert!(stream.recv().await.is_none(), "the end is last");
+                return Ok((deltas, end));
+            }
+        }
+    }
+    panic!("the stream ended without its end");
 }
 
 fn user(model: &str, text: &str) -> ChatRequest {
@@ -65,7 +81,7 @@ async fn retries_429_and_500_honouring_retry_after_then_succeeds() {
     let body: serde_json::Value = serde_json::from_str(&requests[0].2).unwrap();
     assert_eq!(body["model"], "m");
     assert_eq!(body["messages"][0]["content"], "hi");
-    assert_eq!(body["stream"], true);
+    assert!(body.get("stream").is_none(), "a collected completion is one JSON body");
     let providers = Providers::from_configs(vec![config(&url, Some(dir.path().join("key")))]).unwrap();
     assert!(
         !format!("{providers:?}").contains("sk-test"),
@@ -87,7 +103,7 @@ async fn malformed_bodies_and_client_errors_fail_without_retrying() {
     assert_eq!(stub.requests.lock().unwrap().len(), 2, "no retries for either");
     // A stream cut short is an error that may pass on a second try.
     stub.script([Reply::Cut(chat_body("a long answer"))]);
-    let err = router.complete(user("m", "x")).await.unwrap_err();
+    let err = streamed(&router, user("m", "x")).await.unwrap_err();
     assert!(err.is_retryable() && err.to_string().contains("ended before"), "{err}");
 }
 
@@ -229,34 +245,35 @@ async fn chat_model_sends_tools_and_response_format_and_parses_tool_calls() {
     let (stub, url) = openai_stub::start().await;
     let call =
         json!({"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"x\"}"}});
-    stub.script([Reply::Json(
-        json!({
-            "choices": [{"index": 0, "finish_reason": "tool_calls",
-                         "message": {"role": "assistant", "content": null, "tool_calls": [call]}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3}
-        })
-        .to_string(),
-    )]);
+    let reply = json!({
+        "choices": [{"index": 0, "finish_reason": "tool_calls",
+                     "message": {"role": "assistant", "content": null, "tool_calls": [call]}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3}
+    })
+    .to_string();
+    stub.script([Reply::Json(reply.clone()), Reply::Json(reply)]);
     let providers = std::sync::Arc::new(Providers::from_configs(vec![config(&url, None)]).unwrap());
     let router = ModelRouter::new(providers, None);
     let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
-    let out = router
-        .complete(ChatRequest {
-            model: "stub/m".into(),
-            messages: vec![json!({"role": "user", "content": "hi"})],
-            temperature: Some(0.0),
-            max_tokens: Some(16),
-            seed: Some(3),
-            stop: vec!["\n".into()],
-            tools: Some(tools.clone()),
-            response_format: Some(json!({"type": "json_object"})),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let request = ChatRequest {
+        model: "stub/m".into(),
+        messages: vec![json!({"role": "user", "content": "hi"})],
+        temperature: Some(0.0),
+        max_tokens: Some(16),
+        seed: Some(3),
+        stop: vec!["\n".into()],
+        tools: Some(tools.clone()),
+        response_format: Some(json!({"type": "json_object"})),
+        ..Default::default()
+    };
+    let out = router.complete(request.clone()).await.unwrap();
     assert_eq!((out.text.as_str(), out.finish_reason.as_str()), ("", "tool_calls"));
-    assert_eq!(out.tool_calls, vec![call]);
+    assert_eq!(out.tool_calls, vec![call.clone()]);
     assert_eq!((out.usage.prompt, out.usage.completion), (5, 3));
+    // Streamed, the call comes in pieces and is put back together.
+    let (deltas, end) = streamed(&router, request).await.unwrap();
+    assert!(deltas.is_empty(), "{deltas:?}");
+    assert_eq!((end.finish_reason.as_str(), end.tool_calls), ("tool_calls", vec![call]));
     let body: serde_json::Value = serde_json::from_str(&stub.requests.lock().unwrap()[0].2).unwrap();
     assert_eq!(body["model"], "m");
     assert_eq!(body["tools"], tools);
@@ -269,15 +286,12 @@ async fn chat_model_sends_tools_and_response_format_and_parses_tool_calls() {
     // A bare name no local model has goes to the default provider as it is.
     stub.script([Reply::Json(chat_body("hi"))]);
     assert_eq!(router.complete(user("llama", "x")).await.unwrap().text, "hi");
-    let body: serde_json::Value = serde_json::from_str(&stub.requests.lock().unwrap()[1].2).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&stub.requests.lock().unwrap()[2].2).unwrap();
     assert_eq!(body["model"], "llama");
     // Without providers or a local engine, no name is served.
     let none = ModelRouter::new(std::sync::Arc::new(Providers::default()), None);
     let err = none.complete(user("stub/m", "x")).await.unwrap_err();
-    assert!(
-        matches!(&err, lathe::inference::ChatError::NotFound(m) if m == "stub/m"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, ChatError::NotFound(m) if m == "stub/m"), "{err:?}");
     // A bad request is refused before anything is sent.
     let err = router
         .complete(ChatRequest {
@@ -287,7 +301,7 @@ async fn chat_model_sends_tools_and_response_format_and_parses_tool_calls() {
         .await
         .unwrap_err();
     assert!(err.to_string().starts_with("sampling.temperature"), "{err}");
-    assert_eq!(stub.requests.lock().unwrap().len(), 2);
+    assert_eq!(stub.requests.lock().unwrap().len(), 3);
 }
 
 #[tokio::test]
@@ -299,30 +313,35 @@ async fn a_streamed_chat_yields_what_the_collected_one_does() {
     body["choices"][0]["message"]["refusal"] = json!("no");
     let body = body.to_string();
     stub.script([Reply::Json(body.clone()), Reply::Json(body.clone()), Reply::Whole(body)]);
-    let mut stream = router.stream(user("stub/m", "x")).await.unwrap();
-    let (mut deltas, mut end) = (Vec::new(), None);
-    while let Some(event) = stream.recv().await {
-        match event.unwrap() {
-            ChatEvent::Delta(d) => deltas.push(d),
-            ChatEvent::End(e) => {
-                assert!(end.replace(e).is_none(), "one end");
-            }
-        }
-    }
-    let end = end.expect("the stream ends with its end");
+    let (deltas, end) = streamed(&router, user("stub/m", "x")).await.unwrap();
     assert!(deltas.len() > 3, "the text came in pieces: {deltas:?}");
     assert_eq!(deltas.concat(), text);
     assert_eq!(end.finish_reason, "stop");
     assert_eq!((end.usage.prompt, end.usage.completion), (11, 7));
     assert_eq!(end.refusal.as_deref(), Some("no"));
+    let sent: Vec<serde_json::Value> = stub
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(&r.2).unwrap())
+        .collect();
+    assert_eq!(
+        (
+            sent[0]["stream"].clone(),
+            sent[0]["stream_options"]["include_usage"].clone()
+        ),
+        (json!(true), json!(true))
+    );
+    // The same answer not streamed.
     let collected = router.complete(user("stub/m", "x")).await.unwrap();
     assert_eq!(
         (collected.text.as_str(), collected.usage, collected.refusal.as_deref()),
         (text, end.usage, Some("no"))
     );
-    // A server that ignores `stream` answers whole, and that is read too.
-    let whole = router.complete(user("stub/m", "x")).await.unwrap();
-    assert_eq!(whole, collected);
+    // A server that ignores `stream` answers whole, and that streams too.
+    let (deltas, whole_end) = streamed(&router, user("stub/m", "x")).await.unwrap();
+    assert_eq!((deltas.concat(), whole_end), (text.to_string(), end));
 }
 
 #[tokio::test]

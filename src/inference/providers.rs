@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::chat::{self, ChatEnd, ChatError, ChatEvent, ChatModel, ChatRequest, ChatStream, TokenUsage};
+use super::chat::{
+    self, ChatCompletion, ChatEnd, ChatError, ChatEvent, ChatModel, ChatRequest, ChatStream, TokenUsage,
+};
 use super::sse;
 
 fn default_concurrency() -> usize {
@@ -249,20 +251,28 @@ impl HttpProvider {
         }
     }
 
-    /// The chat completions body for `request`, asking for a stream.
-    fn chat_body(&self, request: ChatRequest) -> Value {
-        let mut body = json!({
-            "model": request.model,
-            "messages": request.messages,
-            "stream": true,
-            "stream_options": {"include_usage": true},
-        });
+    /// Sends a chat completions request (after its retries) and returns
+    /// the response to read, with the concurrency slot it holds.
+    async fn chat(
+        &self,
+        request: ChatRequest,
+        stream: bool,
+    ) -> Result<(reqwest::Response, OwnedSemaphorePermit), ChatError> {
+        let json_schema = request
+            .response_format
+            .as_ref()
+            .is_some_and(|f| f["type"] == "json_schema");
+        let mut body = json!({"model": request.model, "messages": request.messages});
         let obj = body.as_object_mut().expect("a JSON object literal");
         let mut set = |key: &str, value: Option<Value>| {
             if let Some(v) = value {
                 obj.insert(key.into(), v);
             }
         };
+        if stream {
+            set("stream", Some(json!(true)));
+            set("stream_options", Some(json!({"include_usage": true})));
+        }
         set("temperature", request.temperature.map(|v| json!(v)));
         set("top_p", request.top_p.map(|v| json!(v)));
         set("top_k", request.top_k.map(|v| json!(v)));
@@ -275,25 +285,7 @@ impl HttpProvider {
             "response_format",
             self.config.structured_output.adapt(request.response_format),
         );
-        body
-    }
-}
-
-/// Streams chat completions: the request asks for server-sent events and
-/// each `data:` chunk's delta is passed on as it arrives. A server that
-/// answers with one JSON body instead (some ignore `stream`) is read whole
-/// and passed on as one delta. The concurrency slot is held until the
-/// stream ends; a reader that goes away closes the connection.
-#[async_trait]
-impl ChatModel for HttpProvider {
-    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, ChatError> {
-        let json_schema = request
-            .response_format
-            .as_ref()
-            .is_some_and(|f| f["type"] == "json_schema");
-        let body = self.chat_body(request);
-        let (response, slot) = self
-            .send("chat/completions", &body)
+        self.send("chat/completions", &body)
             .await
             .map_err(|e| ChatError::Upstream {
                 // Retried here already; callers must not again.
@@ -307,7 +299,21 @@ impl ChatModel for HttpProvider {
                     ),
                     _ => e.message,
                 },
-            })?;
+            })
+    }
+}
+
+/// `stream` asks for server-sent events and passes each `data:` chunk's
+/// delta on as it arrives (a server that answers with one JSON body
+/// instead, ignoring `stream`, is passed on as one delta); the concurrency
+/// slot is held until the stream ends, and a reader that goes away closes
+/// the connection. `complete` asks for one JSON body rather than collecting
+/// a stream: not every server reports usage in a stream (llama-cpp-python's
+/// ignores `stream_options`), and evals and graders count tokens.
+#[async_trait]
+impl ChatModel for HttpProvider {
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, ChatError> {
+        let (response, slot) = self.chat(request, true).await?;
         let (tx, rx) = chat::channel();
         let name = self.config.name.clone();
         tokio::spawn(async move {
@@ -318,6 +324,11 @@ impl ChatModel for HttpProvider {
             }
         });
         Ok(rx)
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<ChatCompletion, ChatError> {
+        let (response, _slot) = self.chat(request, false).await?;
+        completion_of(&read_json(response, &self.config.name).await?, &self.config.name)
     }
 }
 
@@ -404,16 +415,35 @@ async fn read_events(mut response: reqwest::Response, tx: &Events, provider: &st
 }
 
 async fn read_whole(response: reqwest::Response, tx: &Events, provider: &str) -> Result<(), ChatError> {
+    let c = completion_of(&read_json(response, provider).await?, provider)?;
+    if !c.text.is_empty() && tx.send(Ok(ChatEvent::Delta(c.text))).await.is_err() {
+        return Ok(());
+    }
+    let end = ChatEnd {
+        finish_reason: c.finish_reason,
+        tool_calls: c.tool_calls,
+        usage: c.usage,
+        refusal: c.refusal,
+    };
+    let _ = tx.send(Ok(ChatEvent::End(end))).await;
+    Ok(())
+}
+
+async fn read_json(response: reqwest::Response, provider: &str) -> Result<Value, ChatError> {
     let text = response.text().await.map_err(|e| ChatError::Upstream {
         retryable: true,
         status: None,
         message: format!("{provider}: reading the response: {e}"),
     })?;
-    let response: Value = serde_json::from_str(&text).map_err(|e| ChatError::Upstream {
+    serde_json::from_str(&text).map_err(|e| ChatError::Upstream {
         retryable: false,
         status: None,
         message: format!("{provider}: the response is not JSON: {e}"),
-    })?;
+    })
+}
+
+/// A `chat.completion` body as a completion.
+fn completion_of(response: &Value, provider: &str) -> Result<ChatCompletion, ChatError> {
     let choice = &response["choices"][0];
     let message = &choice["message"];
     if !message.is_object() {
@@ -423,18 +453,20 @@ async fn read_whole(response: reqwest::Response, tx: &Events, provider: &str) ->
             message: format!("{provider}: the response has no choices[0].message"),
         });
     }
-    let so_far = Accumulated {
+    let end = Accumulated {
         tool_calls: message["tool_calls"].as_array().cloned().unwrap_or_default(),
         finish_reason: choice["finish_reason"].as_str().map(str::to_string),
         usage: usage_of(&response["usage"]),
         refusal: message["refusal"].as_str().map(str::to_string),
-    };
-    let text = message["content"].as_str().unwrap_or_default();
-    if !text.is_empty() && tx.send(Ok(ChatEvent::Delta(text.to_string()))).await.is_err() {
-        return Ok(());
     }
-    let _ = tx.send(Ok(ChatEvent::End(so_far.end()))).await;
-    Ok(())
+    .end();
+    Ok(ChatCompletion {
+        text: message["content"].as_str().unwrap_or_default().to_string(),
+        tool_calls: end.tool_calls,
+        usage: end.usage,
+        finish_reason: end.finish_reason,
+        refusal: end.refusal,
+    })
 }
 
 fn usage_of(usage: &Value) -> TokenUsage {

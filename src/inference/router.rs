@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::chat::{ChatError, ChatModel, ChatRequest, ChatStream, LocalModels};
+use super::chat::{ChatCompletion, ChatError, ChatModel, ChatRequest, ChatStream, LocalModels};
 use super::providers::{HttpProvider, Providers};
 
 /// Routes chat completions by model name, in this order:
@@ -62,6 +62,18 @@ impl ChatModel for ModelRouter {
                 provider.stream(request).await
             }
             Target::Local(local) => local.stream(request).await,
+        }
+    }
+
+    /// Each target's own `complete` (a provider asks for one JSON body).
+    async fn complete(&self, mut request: ChatRequest) -> Result<ChatCompletion, ChatError> {
+        request.validate()?;
+        match self.route(&request.model).await? {
+            Target::Provider(provider, name) => {
+                request.model = name;
+                provider.complete(request).await
+            }
+            Target::Local(local) => local.complete(request).await,
         }
     }
 }
