@@ -19,7 +19,7 @@ use crate::engine::local::LocalEngine;
 use crate::engine::trainer::{LocalTrainer, LocalTrainerConfig};
 use crate::evals::manager::Evals;
 use crate::graders::service::{Graders, GradersConfig};
-use crate::inference::{ChatModel, ModelRouter, Providers};
+use crate::inference::{ChatModel, LocalModels, ModelRouter, Providers};
 use crate::jobs::{manager::Jobs, scheduler, trainer::Trainer};
 use crate::models::Models;
 use crate::store;
@@ -40,8 +40,9 @@ pub struct App {
     pub models: Arc<Models>,
     pub graders: Arc<Graders>,
     pub evals: Arc<Evals>,
-    /// The local inference engine, when this process runs one.
-    pub engine: Option<Arc<LocalEngine>>,
+    /// The one way to a model: the local engine's models and the
+    /// providers' behind one router.
+    pub chat: Arc<dyn ChatModel>,
     blobs: Blobs,
     workers: Workers,
 }
@@ -80,30 +81,35 @@ impl App {
             Some(path) => Arc::new(Providers::from_file(path).context("loading model providers")?),
             None => Arc::new(Providers::default()),
         };
-        let mut graders_config = GradersConfig::default();
-        if !providers.is_empty() {
-            graders_config.embedder = providers.embedder();
-            graders_config.model_client = Some(providers.clone());
-        }
-        let graders = Arc::new(Graders::new(store.clone(), graders_config));
         let models = Arc::new(Models::new(store.clone(), blobs.clone()));
         let (local, trainer): (Option<Arc<LocalEngine>>, Option<Arc<dyn Trainer>>) = match engine {
             Engine::Embedded => {
-                let local = LocalEngine::new(models.clone(), config.max_generation_batch);
+                let local = LocalEngine::new(
+                    models.clone(),
+                    config.max_generation_batch,
+                    config.max_queued_generations,
+                );
                 let trainer = Arc::new(LocalTrainer::new(local.clone(), LocalTrainerConfig::default()));
                 (Some(local), Some(trainer))
             }
             Engine::Custom(trainer) => (None, trainer),
         };
-        let router = Arc::new(ModelRouter::new(
+        // The one way to a model, for evals, model graders and the Chat RPC.
+        let chat: Arc<dyn ChatModel> = Arc::new(ModelRouter::new(
             providers.clone(),
-            local.clone().map(|l| l as Arc<dyn ChatModel>),
+            local.clone().map(|l| l as Arc<dyn LocalModels>),
         ));
+        let graders_config = GradersConfig {
+            embedder: providers.embedder(),
+            model_client: Some(chat.clone()),
+            ..GradersConfig::default()
+        };
+        let graders = Arc::new(Graders::new(store.clone(), graders_config));
         let evals = Arc::new(Evals::new(
             store.clone(),
             blobs.clone(),
             graders.clone(),
-            router,
+            chat.clone(),
             config.evals_config(),
         ));
         let jobs = Arc::new(
@@ -122,7 +128,7 @@ impl App {
             models,
             graders,
             evals,
-            engine: local,
+            chat,
             blobs,
             workers,
         })

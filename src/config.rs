@@ -51,6 +51,10 @@ pub struct ServeConfig {
     /// Most prompts the local engine decodes together in one batch.
     #[arg(long, env = "LATHE_MAX_GENERATION_BATCH", default_value_t = 32)]
     pub max_generation_batch: usize,
+    /// Most generations the local engine holds at once, waiting or being
+    /// decoded; more are refused with RESOURCE_EXHAUSTED and a retry delay.
+    #[arg(long, env = "LATHE_MAX_QUEUED_GENERATIONS", default_value_t = 256)]
+    pub max_queued_generations: usize,
 }
 
 impl ServeConfig {
@@ -71,6 +75,7 @@ impl ServeConfig {
             providers: None,
             log_json: false,
             max_generation_batch: 32,
+            max_queued_generations: 256,
         }
     }
 
@@ -138,6 +143,7 @@ mod tests {
         assert_eq!(c.database_url(), "sqlite://./lathe-data/lathe.db");
         assert_eq!(c.blob_dir(), std::path::PathBuf::from("./lathe-data/blobs"));
         assert_eq!(c.max_upload_bytes, 512 << 20);
+        assert_eq!(c.max_queued_generations, 256);
         assert!(!c.log_json);
     }
 

@@ -4,6 +4,8 @@
 //! knows about gRPC. Field problems travel as `google.rpc.BadRequest` field
 //! violations so clients can point at the offending field.
 
+use std::time::Duration;
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -36,8 +38,14 @@ pub enum Error {
         /// (type, subject) pairs of the violated preconditions.
         violations: Vec<(String, String)>,
     },
+    /// A limit that waiting does not lift (an upload too large, too many
+    /// uploads at once).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A full queue: trying again after `retry_after` may succeed. Travels
+    /// as RESOURCE_EXHAUSTED with `google.rpc.RetryInfo`.
+    #[error("{message}")]
+    Overloaded { message: String, retry_after: Duration },
     #[error("request cancelled: {0}")]
     Cancelled(String),
     #[error("{0}")]
@@ -110,6 +118,10 @@ impl From<Error> for Status {
                 Code::FailedPrecondition
             }
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Overloaded { retry_after, .. } => {
+                details.set_retry_info(Some(retry_after));
+                Code::ResourceExhausted
+            }
             Error::Cancelled(_) => Code::Cancelled,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Store(StoreError::Conflict(_)) => Code::AlreadyExists,
@@ -144,6 +156,23 @@ mod tests {
         let status: Status = Error::Internal("disk on fire at /secret/path".into()).into();
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("/secret"));
+    }
+
+    #[test]
+    fn overload_carries_retry_info() {
+        let s: Status = Error::Overloaded {
+            message: "the queue is full".into(),
+            retry_after: Duration::from_millis(1500),
+        }
+        .into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(
+            s.get_error_details().retry_info().unwrap().retry_delay,
+            Some(Duration::from_millis(1500))
+        );
+        let s: Status = Error::ResourceExhausted("too big".into()).into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.get_error_details().retry_info().is_none(), "a limit is not retried");
     }
 
     #[test]

@@ -85,7 +85,7 @@ async fn serve(
         .add_service(FineTuningServiceServer::new(FineTuningApi::new(app.jobs.clone())))
         .add_service(ModelServiceServer::new(ModelApi::new(
             app.models.clone(),
-            app.engine.clone(),
+            app.chat.clone(),
         )))
         .add_service(GraderServiceServer::new(GraderApi::new(app.graders.clone())))
         .add_service(EvalServiceServer::new(EvalApi::new(app.evals.clone())))

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor, Var};
 use lathe_engine::config::ModelConfig;
-use lathe_engine::generate::{Sampling, generate};
+use lathe_engine::generate::{Sampling, generate, generate_streaming};
 use lathe_engine::lora::{Adapter, LoraConfig};
 use lathe_engine::model::{BaseModel, Input, Segments, TrainState, f32_vec, packed_mask, single};
 use lathe_engine::optim::{AdamWParams, Schedule};
@@ -474,6 +474,37 @@ fn cached_batched_generation_equals_full_recomputation() {
     .unwrap();
     assert_eq!(out[1].finish_reason, "stop");
     assert!(out[1].tokens.is_empty());
+}
+
+#[test]
+fn a_row_whose_reader_left_ends_while_the_others_go_on() {
+    let model = tiny("llama", 12);
+    let tok = byte_tokenizer();
+    let prompts = vec![vec![1u32, 5, 9, 13, 2], vec![3u32, 4]];
+    let s = Sampling {
+        max_tokens: 6,
+        ..Default::default()
+    };
+    let alone = generate(
+        &model,
+        None,
+        &tok,
+        &prompts[1..],
+        std::slice::from_ref(&s),
+        &[],
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let mut seen = [0usize; 2];
+    let out = generate_streaming(&model, None, &tok, &prompts, &vec![s; 2], &[], &mut |i, _| {
+        seen[i] += 1;
+        // Row 0's reader leaves after its second token.
+        i != 0 || seen[0] < 2
+    })
+    .unwrap();
+    assert_eq!((out[0].finish_reason, out[0].tokens.len()), ("cancelled", 2));
+    assert_eq!(seen, [2, 6], "no token is chosen for a cancelled row");
+    assert_eq!(out[1].tokens, alone[0].tokens, "the other row is unchanged");
 }
 
 fn batched_first_token(model: &BaseModel, tok: &lathe_engine::tokenizer::Tokenizer, p: &[u32]) -> u32 {

@@ -8,25 +8,23 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lathe::graders::{
-    CallPolicy, ChatMessage, ChatOutput, ContentPart, EmbedError, Embedder, GradeContext, Grader, ModelClient,
-    ModelError, ResultCache, Sample, SamplingParams, TokenUsage, dry_run, grade_batch, parse, run,
+    CallPolicy, EmbedError, Embedder, GradeContext, Grader, ResultCache, Sample, TokenUsage, dry_run, grade_batch,
+    parse, run,
 };
+use lathe::inference::{ChatCompletion, ChatError, ChatModel, ChatRequest, ChatStream, chat};
 use serde_json::{Value, json};
 
 /// Answers from a script; records what it was asked.
 #[derive(Default)]
 struct ScriptedModel {
-    replies: Mutex<VecDeque<Result<ChatOutput, ModelError>>>,
+    replies: Mutex<VecDeque<Result<ChatCompletion, ChatError>>>,
     calls: AtomicUsize,
     delay: Option<Duration>,
-    seen: Mutex<Vec<SeenCall>>,
+    seen: Mutex<Vec<ChatRequest>>,
 }
 
-/// (model, messages, response schema) of one call.
-type SeenCall = (String, Vec<ChatMessage>, Option<Value>);
-
 impl ScriptedModel {
-    fn new(replies: Vec<Result<ChatOutput, ModelError>>) -> Arc<ScriptedModel> {
+    fn new(replies: Vec<Result<ChatCompletion, ChatError>>) -> Arc<ScriptedModel> {
         Arc::new(ScriptedModel {
             replies: Mutex::new(replies.into()),
             ..Default::default()
@@ -34,20 +32,22 @@ impl ScriptedModel {
     }
 }
 
-fn text(t: &str) -> Result<ChatOutput, ModelError> {
-    Ok(ChatOutput {
+fn text(t: &str) -> Result<ChatCompletion, ChatError> {
+    Ok(ChatCompletion {
         text: t.to_string(),
         usage: TokenUsage {
             prompt: 100,
             completion: 20,
         },
-        refusal: None,
+        finish_reason: "stop".into(),
+        ..Default::default()
     })
 }
 
-fn failure(retryable: bool) -> Result<ChatOutput, ModelError> {
-    Err(ModelError {
+fn failure(retryable: bool) -> Result<ChatCompletion, ChatError> {
+    Err(ChatError::Upstream {
         retryable,
+        status: None,
         message: if retryable {
             "429 rate limited"
         } else {
@@ -58,23 +58,18 @@ fn failure(retryable: bool) -> Result<ChatOutput, ModelError> {
 }
 
 #[async_trait]
-impl ModelClient for ScriptedModel {
-    async fn chat(
-        &self,
-        model: &str,
-        messages: Vec<ChatMessage>,
-        _params: SamplingParams,
-        response_schema: Option<Value>,
-    ) -> Result<ChatOutput, ModelError> {
+impl ChatModel for ScriptedModel {
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, ChatError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut seen) = self.seen.lock() {
-            seen.push((model.to_string(), messages, response_schema));
+            seen.push(request);
         }
         if let Some(d) = self.delay {
             tokio::time::sleep(d).await;
         }
         let next = self.replies.lock().ok().and_then(|mut r| r.pop_front());
         next.unwrap_or_else(|| text("{\"result\": 1.0, \"steps\": []}"))
+            .map(chat::stream_of)
     }
 }
 
@@ -174,19 +169,23 @@ async fn openai_score_model_example() {
     assert_eq!(r.reward, 0.9);
     assert_eq!(r.metadata.token_usage.get("o4-mini-2025-04-16"), Some(&120));
     let seen = model.seen.lock().expect("lock");
-    let (model_name, messages, schema) = &seen[0];
-    assert_eq!(model_name, "o4-mini-2025-04-16");
-    let ContentPart::Text { text } = &messages[0].content[0] else {
-        panic!("text part")
-    };
+    let request = &seen[0];
+    assert_eq!(request.model, "o4-mini-2025-04-16");
+    assert_eq!(request.messages[0]["role"], "user");
+    let text = request.messages[0]["content"].as_str().expect("text content");
     assert!(
         text.ends_with("Reference answer: Paris\n\nModel answer: Paris"),
         "{text}"
     );
-    assert!(
-        schema
-            .as_ref()
-            .is_some_and(|s| s["properties"]["result"]["type"] == "number")
+    assert_eq!(
+        (request.temperature, request.top_p, request.seed),
+        (Some(1.0), Some(1.0), Some(42))
+    );
+    let format = request.response_format.as_ref().expect("structured output");
+    assert_eq!(format["type"], "json_schema");
+    assert_eq!(
+        format["json_schema"]["schema"]["properties"]["result"]["type"],
+        "number"
     );
 }
 
@@ -335,10 +334,9 @@ async fn score_is_clamped_and_junk_is_a_parse_error() {
 
 #[tokio::test]
 async fn refusal_is_flagged() {
-    let model = ScriptedModel::new(vec![Ok(ChatOutput {
-        text: String::new(),
-        usage: TokenUsage::default(),
+    let model = ScriptedModel::new(vec![Ok(ChatCompletion {
         refusal: Some("I can't help with that".into()),
+        ..Default::default()
     })]);
     let r = run(
         &score_grader(),
@@ -375,6 +373,24 @@ async fn retryable_errors_are_retried_and_permanent_ones_are_not() {
     assert!(r.metadata.errors().model_grader_server_error);
     assert!(r.metadata.errors().model_grader_server_error_details.contains("400"));
     assert_eq!(model.calls.load(Ordering::SeqCst), 1);
+
+    // A full local queue is retried after the delay it names.
+    let model = ScriptedModel::new(vec![
+        Err(ChatError::Overloaded {
+            retry_after: Duration::from_millis(2),
+            message: "the queue is full".into(),
+        }),
+        text("{\"result\": 5}"),
+    ]);
+    let r = run(
+        &score_grader(),
+        &Sample::from_model_output("a"),
+        &json!({}),
+        &ctx_with(model.clone()),
+    )
+    .await;
+    assert_eq!(r.reward, 5.0);
+    assert_eq!(model.calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
 //! ModelService: registering base models from real files, listing them
-//! beside fine-tuned models, and clear errors for what is not a model.
+//! beside fine-tuned models, and clear errors for what is not a model; Chat
+//! against the local engine's bounded queue (full, and freed by a client
+//! that leaves).
 
 mod common;
 
@@ -183,5 +185,133 @@ async fn cli_models_add_and_list() {
     );
     let list = String::from_utf8(out.1.stdout).unwrap();
     assert!(list.contains("q ") && list.contains("qwen2 safetensors"), "{list}");
+    server.stop().await;
+}
+
+/// A server whose local engine holds one generation at a time, with a tiny
+/// random model registered as "tiny".
+async fn one_slot_server(dir: &std::path::Path) -> (TestServer, ModelServiceClient<tonic::transport::Channel>) {
+    let model_dir = dir.join("tiny-model");
+    lathe_engine::tiny::write_tiny_model(&model_dir, 2, 64, 3).unwrap();
+    let mut config = lathe::config::ServeConfig::embedded(dir.join("data"));
+    config.max_queued_generations = 1;
+    let server = TestServer::start_with(config).await;
+    let mut models = ModelServiceClient::new(server.channel().await);
+    models
+        .register_model(proto::RegisterModelRequest {
+            name: "tiny".into(),
+            path: model_dir.display().to_string(),
+        })
+        .await
+        .unwrap();
+    (server, models)
+}
+
+/// A greedy chat with the tiny model.
+fn chat(content: &str, max_tokens: u32) -> proto::ChatRequest {
+    proto::ChatRequest {
+        model: "tiny".into(),
+        messages: vec![proto::ChatMessage {
+            role: "user".into(),
+            content: content.into(),
+        }],
+        sampling: Some(proto::SamplingParams {
+            temperature: Some(0.0),
+            max_tokens: Some(max_tokens),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Reads a chat to its end: the text and the end message.
+async fn read_chat(mut stream: tonic::Streaming<proto::ChatResponse>) -> (String, proto::ChatEnd) {
+    let mut text = String::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        match msg.payload.unwrap() {
+            proto::chat_response::Payload::Delta(d) => text.push_str(&d),
+            proto::chat_response::Payload::End(end) => {
+                assert!(stream.message().await.unwrap().is_none(), "the end is last");
+                return (text, end);
+            }
+        }
+    }
+    panic!("the chat ended without its end message");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_generation_queue_answers_resource_exhausted_with_retry_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut models) = one_slot_server(dir.path()).await;
+    // The call returns once the chat holds the engine's one place; a long
+    // prompt keeps it there for a while (its prefill alone).
+    let first = models.chat(chat(&"x".repeat(800), 16)).await.unwrap().into_inner();
+    let err = models.chat(chat("hi", 4)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let retry = err.get_error_details().retry_info().expect("RetryInfo").retry_delay;
+    assert!(retry.is_some_and(|d| !d.is_zero()), "{retry:?}");
+    // Once the first chat is over, its place is free again.
+    let (_, end) = read_chat(first).await;
+    assert!(end.prompt_tokens > 800, "{end:?}");
+    let (_, end) = read_chat(models.chat(chat("hi", 4)).await.unwrap().into_inner()).await;
+    assert!((1..=4).contains(&end.completion_tokens), "{end:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_chat_frees_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut models) = one_slot_server(dir.path()).await;
+    // How long the long chat takes when read to its end.
+    let start = std::time::Instant::now();
+    let (text, end) = read_chat(models.chat(chat("hello", 600)).await.unwrap().into_inner()).await;
+    let full = start.elapsed();
+    assert_eq!(
+        (end.finish_reason.as_str(), end.completion_tokens),
+        ("length", 600),
+        "the test needs a chat that runs to its limit: {text:?}"
+    );
+
+    // The same chat, left after its first piece of text.
+    let mut stream = models.chat(chat("hello", 600)).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(
+        matches!(first.payload, Some(proto::chat_response::Payload::Delta(_))),
+        "{first:?}"
+    );
+    drop(stream);
+    // The engine lets it go at its next token, long before its 600th: the
+    // one place is free again at once.
+    let start = std::time::Instant::now();
+    let next = loop {
+        match models.chat(chat("hi", 2)).await {
+            Ok(next) => break next.into_inner(),
+            Err(e) if e.code() == Code::ResourceExhausted => tokio::task::yield_now().await,
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    let waited = start.elapsed();
+    read_chat(next).await;
+    assert!(
+        waited < full / 4,
+        "waited {waited:?} for the engine; the whole chat takes {full:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_sequence_ends_the_streamed_text_where_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut models) = one_slot_server(dir.path()).await;
+    let (full, end) = read_chat(models.chat(chat("hello", 40)).await.unwrap().into_inner()).await;
+    assert_eq!(end.finish_reason, "length", "{full:?}");
+    // Three characters from the middle of the answer as the stop sequence:
+    // the streamed text must end where they first start, never show them.
+    let chars: Vec<char> = full.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
+    let mut request = chat("hello", 40);
+    request.sampling.as_mut().unwrap().stop = vec![stop.clone()];
+    let (text, end) = read_chat(models.chat(request).await.unwrap().into_inner()).await;
+    assert_eq!(end.finish_reason, "stop");
+    assert_eq!(text, full[..full.find(&stop).unwrap()], "stop {stop:?}");
     server.stop().await;
 }

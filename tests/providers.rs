@@ -1,6 +1,7 @@
 //! The OpenAI-compatible HTTP provider against a test-only server that
-//! injects 429s, 500s, slow replies and malformed bodies; and model graders
-//! and cosine similarity through it over real gRPC.
+//! injects 429s, 500s, slow replies and malformed bodies, through the router
+//! every caller uses (streamed as server-sent events); and model graders,
+//! cosine similarity and the Chat RPC through it over real gRPC.
 
 mod common;
 #[path = "common/openai_stub.rs"]
@@ -9,8 +10,7 @@ mod openai_stub;
 use std::{sync::atomic::Ordering, time::Duration};
 
 use common::*;
-use lathe::graders::{ChatMessage, ContentPart, ModelClient, SamplingParams};
-use lathe::inference::{ProviderConfig, Providers};
+use lathe::inference::{ChatEnd, ChatError, ChatEvent, ChatModel, ChatRequest, ModelRouter, ProviderConfig, Providers};
 use lathe::proto::json::struct_from_json;
 use lathe::proto::{self, grader_service_client::GraderServiceClient};
 use openai_stub::{Reply, chat_body};
@@ -24,11 +24,33 @@ fn config(url: &str, key_file: Option<std::path::PathBuf>) -> ProviderConfig {
     .unwrap()
 }
 
-fn user(text: &str) -> Vec<ChatMessage> {
-    vec![ChatMessage {
-        role: "user".into(),
-        content: vec![ContentPart::Text { text: text.into() }],
-    }]
+/// The router over `configs`, without a local engine.
+fn router(configs: Vec<ProviderConfig>) -> ModelRouter {
+    ModelRouter::new(std::sync::Arc::new(Providers::from_configs(configs).unwrap()), None)
+}
+
+/// A streamed completion read to its end: its deltas and its end.
+async fn streamed(router: &ModelRouter, request: ChatRequest) -> Result<(Vec<String>, ChatEnd), ChatError> {
+    let mut stream = router.stream(request).await?;
+    let mut deltas = Vec::new();
+    while let Some(event) = stream.recv().await {
+        match event? {
+            ChatEvent::Delta(d) => deltas.push(d),
+            ChatEvent::End(end) => {
+                assert!(stream.recv().await.is_none(), "the end is last");
+                return Ok((deltas, end));
+            }
+        }
+    }
+    panic!("the stream ended without its end");
+}
+
+fn user(model: &str, text: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![json!({"role": "user", "content": text})],
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -43,8 +65,8 @@ async fn retries_429_and_500_honouring_retry_after_then_succeeds() {
         Reply::Json(chat_body("hello")),
     ]);
     let providers = Providers::from_configs(vec![config(&url, Some(key))]).unwrap();
-    let out = providers
-        .chat("stub/m", user("hi"), SamplingParams::default(), None)
+    let out = ModelRouter::new(std::sync::Arc::new(providers), None)
+        .complete(user("stub/m", "hi"))
         .await
         .unwrap();
     assert_eq!(out.text, "hello");
@@ -59,6 +81,8 @@ async fn retries_429_and_500_honouring_retry_after_then_succeeds() {
     let body: serde_json::Value = serde_json::from_str(&requests[0].2).unwrap();
     assert_eq!(body["model"], "m");
     assert_eq!(body["messages"][0]["content"], "hi");
+    assert!(body.get("stream").is_none(), "a collected completion is one JSON body");
+    let providers = Providers::from_configs(vec![config(&url, Some(dir.path().join("key")))]).unwrap();
     assert!(
         !format!("{providers:?}").contains("sk-test"),
         "the key never shows in debug output"
@@ -68,34 +92,30 @@ async fn retries_429_and_500_honouring_retry_after_then_succeeds() {
 #[tokio::test]
 async fn malformed_bodies_and_client_errors_fail_without_retrying() {
     let (stub, url) = openai_stub::start().await;
-    let providers = Providers::from_configs(vec![config(&url, None)]).unwrap();
+    let router = router(vec![config(&url, None)]);
     stub.script([Reply::Malformed]);
-    let err = providers
-        .chat("m", user("x"), SamplingParams::default(), None)
-        .await
-        .unwrap_err();
-    assert!(err.message.contains("not JSON"), "{}", err.message);
+    let err = router.complete(user("m", "x")).await.unwrap_err();
+    assert!(err.to_string().contains("not JSON"), "{err}");
     stub.script([Reply::Status(400, None)]);
-    let err = providers
-        .chat("m", user("x"), SamplingParams::default(), None)
-        .await
-        .unwrap_err();
-    assert!(err.message.contains("400"), "{}", err.message);
+    let err = router.complete(user("m", "x")).await.unwrap_err();
+    assert!(err.to_string().contains("400"), "{err}");
+    assert!(!err.is_retryable(), "the provider retried what it could");
     assert_eq!(stub.requests.lock().unwrap().len(), 2, "no retries for either");
+    // A stream cut short is an error that may pass on a second try.
+    stub.script([Reply::Cut(chat_body("a long answer"))]);
+    let err = streamed(&router, user("m", "x")).await.unwrap_err();
+    assert!(err.is_retryable() && err.to_string().contains("ended before"), "{err}");
 }
 
 #[tokio::test]
 async fn slow_replies_time_out_then_retry() {
     let (stub, url) = openai_stub::start().await;
-    let providers = Providers::from_configs(vec![config(&url, None)]).unwrap();
+    let router = router(vec![config(&url, None)]);
     stub.script([Reply::Slow(
         Duration::from_secs(4),
         Box::new(Reply::Json(chat_body("late"))),
     )]);
-    let out = providers
-        .chat("m", user("x"), SamplingParams::default(), None)
-        .await
-        .unwrap();
+    let out = router.complete(user("m", "x")).await.unwrap();
     assert_eq!(
         out.text, r#"{"result": 0.5, "steps": []}"#,
         "the retry got the default answer"
@@ -104,11 +124,11 @@ async fn slow_replies_time_out_then_retry() {
 }
 
 /// Sends `n` chats at once and waits until all have succeeded.
-async fn chat_at_once(providers: &std::sync::Arc<Providers>, n: usize) {
+async fn chat_at_once(router: &std::sync::Arc<ModelRouter>, n: usize) {
     let calls: Vec<_> = (0..n)
         .map(|_| {
-            let p = providers.clone();
-            tokio::spawn(async move { p.chat("m", user("x"), SamplingParams::default(), None).await })
+            let r = router.clone();
+            tokio::spawn(async move { r.complete(user("m", "x")).await })
         })
         .collect();
     for c in calls {
@@ -121,9 +141,9 @@ async fn concurrency_is_bounded_per_provider() {
     let (stub, url) = openai_stub::start().await;
     let mut c = config(&url, None);
     c.max_concurrency = 2;
-    let providers = std::sync::Arc::new(Providers::from_configs(vec![c]).unwrap());
+    let router = std::sync::Arc::new(router(vec![c]));
     stub.script((0..10).map(|_| Reply::Slow(Duration::from_millis(50), Box::new(Reply::Json(chat_body("ok"))))));
-    chat_at_once(&providers, 10).await;
+    chat_at_once(&router, 10).await;
     assert_eq!(stub.max_in_flight.load(Ordering::SeqCst), 2);
 }
 
@@ -222,38 +242,38 @@ async fn model_graders_and_cosine_run_through_a_configured_provider() {
 
 #[tokio::test]
 async fn chat_model_sends_tools_and_response_format_and_parses_tool_calls() {
-    use lathe::inference::{ChatModel, ChatRequest, ModelRouter};
     let (stub, url) = openai_stub::start().await;
     let call =
         json!({"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"x\"}"}});
-    stub.script([Reply::Json(
-        json!({
-            "choices": [{"index": 0, "finish_reason": "tool_calls",
-                         "message": {"role": "assistant", "content": null, "tool_calls": [call]}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3}
-        })
-        .to_string(),
-    )]);
+    let reply = json!({
+        "choices": [{"index": 0, "finish_reason": "tool_calls",
+                     "message": {"role": "assistant", "content": null, "tool_calls": [call]}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3}
+    })
+    .to_string();
+    stub.script([Reply::Json(reply.clone()), Reply::Json(reply)]);
     let providers = std::sync::Arc::new(Providers::from_configs(vec![config(&url, None)]).unwrap());
     let router = ModelRouter::new(providers, None);
     let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
-    let out = router
-        .complete(ChatRequest {
-            model: "stub/m".into(),
-            messages: vec![json!({"role": "user", "content": "hi"})],
-            temperature: Some(0.0),
-            max_tokens: Some(16),
-            seed: Some(3),
-            stop: vec!["\n".into()],
-            tools: Some(tools.clone()),
-            response_format: Some(json!({"type": "json_object"})),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let request = ChatRequest {
+        model: "stub/m".into(),
+        messages: vec![json!({"role": "user", "content": "hi"})],
+        temperature: Some(0.0),
+        max_tokens: Some(16),
+        seed: Some(3),
+        stop: vec!["\n".into()],
+        tools: Some(tools.clone()),
+        response_format: Some(json!({"type": "json_object"})),
+        ..Default::default()
+    };
+    let out = router.complete(request.clone()).await.unwrap();
     assert_eq!((out.text.as_str(), out.finish_reason.as_str()), ("", "tool_calls"));
-    assert_eq!(out.tool_calls, vec![call]);
+    assert_eq!(out.tool_calls, vec![call.clone()]);
     assert_eq!((out.usage.prompt, out.usage.completion), (5, 3));
+    // Streamed, the call comes in pieces and is put back together.
+    let (deltas, end) = streamed(&router, request).await.unwrap();
+    assert!(deltas.is_empty(), "{deltas:?}");
+    assert_eq!((end.finish_reason.as_str(), end.tool_calls), ("tool_calls", vec![call]));
     let body: serde_json::Value = serde_json::from_str(&stub.requests.lock().unwrap()[0].2).unwrap();
     assert_eq!(body["model"], "m");
     assert_eq!(body["tools"], tools);
@@ -263,21 +283,86 @@ async fn chat_model_sends_tools_and_response_format_and_parses_tool_calls() {
         (json!(["\n"]), json!(16), json!(3))
     );
 
-    // Bare names go to the local engine, which this router lacks.
+    // A bare name no local model has goes to the default provider as it is.
+    stub.script([Reply::Json(chat_body("hi"))]);
+    assert_eq!(router.complete(user("llama", "x")).await.unwrap().text, "hi");
+    let body: serde_json::Value = serde_json::from_str(&stub.requests.lock().unwrap()[2].2).unwrap();
+    assert_eq!(body["model"], "llama");
+    // Without providers or a local engine, no name is served.
+    let none = ModelRouter::new(std::sync::Arc::new(Providers::default()), None);
+    let err = none.complete(user("stub/m", "x")).await.unwrap_err();
+    assert!(matches!(&err, ChatError::NotFound(m) if m == "stub/m"), "{err:?}");
+    // A bad request is refused before anything is sent.
     let err = router
         .complete(ChatRequest {
-            model: "llama".into(),
-            ..Default::default()
+            temperature: Some(3.0),
+            ..user("stub/m", "x")
         })
         .await
         .unwrap_err();
-    assert!(
-        err.message
-            .contains("no local inference engine is configured for model llama"),
-        "{}",
-        err.message
+    assert!(err.to_string().starts_with("sampling.temperature"), "{err}");
+    assert_eq!(stub.requests.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_streamed_chat_yields_what_the_collected_one_does() {
+    let (stub, url) = openai_stub::start().await;
+    let router = router(vec![config(&url, None)]);
+    let text = "Streaming, a few characters at a time: déjà vu ✓";
+    let mut body: serde_json::Value = serde_json::from_str(&chat_body(text)).unwrap();
+    body["choices"][0]["message"]["refusal"] = json!("no");
+    let body = body.to_string();
+    stub.script([Reply::Json(body.clone()), Reply::Json(body.clone()), Reply::Whole(body)]);
+    let (deltas, end) = streamed(&router, user("stub/m", "x")).await.unwrap();
+    assert!(deltas.len() > 3, "the text came in pieces: {deltas:?}");
+    assert_eq!(deltas.concat(), text);
+    assert_eq!(end.finish_reason, "stop");
+    assert_eq!((end.usage.prompt, end.usage.completion), (11, 7));
+    assert_eq!(end.refusal.as_deref(), Some("no"));
+    let sent: Vec<serde_json::Value> = stub
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(&r.2).unwrap())
+        .collect();
+    assert_eq!(
+        (
+            sent[0]["stream"].clone(),
+            sent[0]["stream_options"]["include_usage"].clone()
+        ),
+        (json!(true), json!(true))
     );
-    assert_eq!(stub.requests.lock().unwrap().len(), 1);
+    // The same answer not streamed.
+    let collected = router.complete(user("stub/m", "x")).await.unwrap();
+    assert_eq!(
+        (collected.text.as_str(), collected.usage, collected.refusal.as_deref()),
+        (text, end.usage, Some("no"))
+    );
+    // A server that ignores `stream` answers whole, and that streams too.
+    let (deltas, whole_end) = streamed(&router, user("stub/m", "x")).await.unwrap();
+    assert_eq!((deltas.concat(), whole_end), (text.to_string(), end));
+}
+
+#[tokio::test]
+async fn a_reader_that_leaves_frees_the_providers_slot() {
+    let (stub, url) = openai_stub::start().await;
+    let mut c = config(&url, None);
+    c.max_concurrency = 1;
+    let router = router(vec![c]);
+    // The first answer is sent in full but never read to its end.
+    stub.script([
+        Reply::Json(chat_body(&"word ".repeat(2000))),
+        Reply::Json(chat_body("second")),
+    ]);
+    let mut stream = router.stream(user("stub/m", "x")).await.unwrap();
+    assert!(matches!(stream.recv().await, Some(Ok(ChatEvent::Delta(_)))));
+    drop(stream);
+    let out = tokio::time::timeout(Duration::from_secs(10), router.complete(user("stub/m", "y")))
+        .await
+        .expect("the one slot came back")
+        .unwrap();
+    assert_eq!(out.text, "second");
 }
 
 #[tokio::test]
@@ -317,10 +402,14 @@ async fn structured_output_follows_the_provider_setting() {
         let mut cfg =
             serde_json::to_value(json!({"name": "stub", "base_url": url, "structured_output": setting})).unwrap();
         cfg["max_retries"] = json!(0);
-        let providers = Providers::from_configs(vec![serde_json::from_value(cfg).unwrap()]).unwrap();
+        let router = router(vec![serde_json::from_value(cfg).unwrap()]);
         stub.script([Reply::Json(chat_body(r#"{"result": 1}"#))]);
-        providers
-            .chat("m", user("grade"), SamplingParams::default(), Some(schema.clone()))
+        let request = lathe::graders::grader_request("m", &[], &Default::default(), schema.clone());
+        router
+            .complete(ChatRequest {
+                messages: user("m", "grade").messages,
+                ..request
+            })
             .await
             .unwrap();
         let body: serde_json::Value = serde_json::from_str(&stub.requests.lock().unwrap().last().unwrap().2).unwrap();
@@ -342,13 +431,76 @@ async fn the_rate_limit_spaces_requests() {
     let mut c = config(&url, None);
     c.requests_per_second = Some(20.0);
     c.max_concurrency = 10;
-    let providers = std::sync::Arc::new(Providers::from_configs(vec![c]).unwrap());
+    let router = std::sync::Arc::new(router(vec![c]));
     stub.script((0..6).map(|_| Reply::Json(chat_body("ok"))));
     let start = std::time::Instant::now();
-    chat_at_once(&providers, 6).await;
+    chat_at_once(&router, 6).await;
     // Six requests at 20 per second: the sixth leaves 5 gaps of 50 ms after
     // the first, however they are scheduled. (A lower bound only: a slow
     // machine cannot fail it.)
     assert!(start.elapsed() >= Duration::from_millis(245), "{:?}", start.elapsed());
     assert_eq!(stub.requests.lock().unwrap().len(), 6);
+}
+
+#[tokio::test]
+async fn the_chat_rpc_streams_a_providers_answer() {
+    let (stub, url) = openai_stub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let providers_file = dir.path().join("providers.json");
+    std::fs::write(&providers_file, json!([{"name": "stub", "base_url": url}]).to_string()).unwrap();
+    let mut cfg = lathe::config::ServeConfig::embedded(dir.path());
+    cfg.providers = Some(providers_file);
+    let server = TestServer::start_with(cfg).await;
+    let mut models = proto::model_service_client::ModelServiceClient::new(server.channel().await);
+    stub.script([Reply::Json(chat_body("one two three four"))]);
+    let mut stream = models
+        .chat(proto::ChatRequest {
+            model: "stub/m".into(),
+            messages: vec![proto::ChatMessage {
+                role: "user".into(),
+                content: "count".into(),
+            }],
+            sampling: Some(proto::SamplingParams {
+                max_tokens: Some(9),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut deltas, mut end) = (Vec::new(), None);
+    while let Some(msg) = stream.message().await.unwrap() {
+        match msg.payload.unwrap() {
+            proto::chat_response::Payload::Delta(d) => deltas.push(d),
+            proto::chat_response::Payload::End(e) => end = Some(e),
+        }
+    }
+    assert!(deltas.len() > 1, "{deltas:?}");
+    assert_eq!(deltas.concat(), "one two three four");
+    let end = end.expect("an end message");
+    assert_eq!(
+        (end.finish_reason.as_str(), end.prompt_tokens, end.completion_tokens),
+        ("stop", 11, 7)
+    );
+    let body: serde_json::Value = serde_json::from_str(&stub.requests.lock().unwrap()[0].2).unwrap();
+    assert_eq!(
+        (body["model"].clone(), body["max_tokens"].clone()),
+        (json!("m"), json!(9))
+    );
+    // A provider's refusal of the request is the call's error.
+    stub.script([Reply::Status(400, None)]);
+    let err = models
+        .chat(proto::ChatRequest {
+            model: "stub/m".into(),
+            messages: vec![proto::ChatMessage {
+                role: "user".into(),
+                content: "x".into(),
+            }],
+            sampling: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("400"), "{err:?}");
+    server.stop().await;
 }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lathe::graders::{ChatMessage, ContentPart, ModelClient, SamplingParams};
-use lathe::inference::{ChatModel, ChatRequest, ModelRouter, ProviderConfig, Providers};
+use lathe::graders::{ChatMessage, ContentPart, SamplingParams, grader_request};
+use lathe::inference::{ChatEvent, ChatModel, ChatRequest, ModelRouter, ProviderConfig, Providers};
 use lathe::proto::json::{struct_from_json, value_from_json};
 use lathe::proto::{self, eval_service_client::EvalServiceClient, grader_service_client::GraderServiceClient};
 use serde_json::{Value, json};
@@ -138,9 +138,21 @@ async fn a_real_llama_cpp_server_answers_chats_embeddings_graders_and_evals() {
     assert!(out.usage.prompt > 5, "{out:?}");
     assert!((1..=8).contains(&out.usage.completion), "{out:?}");
     assert!(["stop", "length"].contains(&out.finish_reason.as_str()), "{out:?}");
-    // Greedy with a seed: the same answer twice.
-    let again = router.complete(capital).await.unwrap();
+    // Greedy with a seed: the same answer twice, streamed or collected.
+    let again = router.complete(capital.clone()).await.unwrap();
     assert_eq!(again.text, out.text);
+    let mut stream = router.stream(capital).await.unwrap();
+    let mut streamed = String::new();
+    let mut end = None;
+    while let Some(event) = stream.recv().await {
+        match event.unwrap() {
+            ChatEvent::Delta(d) => streamed.push_str(&d),
+            ChatEvent::End(e) => end = Some(e),
+        }
+    }
+    assert_eq!(streamed, out.text);
+    // (Its server ignores stream_options: a stream reports no usage.)
+    assert_eq!(end.expect("an end").finish_reason, out.finish_reason);
 
     // JSON mode: the server constrains the output to JSON.
     let out = router
@@ -169,27 +181,27 @@ async fn a_real_llama_cpp_server_answers_chats_embeddings_graders_and_evals() {
     assert!(vectors[0].len() >= 64 && vectors[0].len() == vectors[1].len());
     assert!(vectors[0].iter().all(|x| x.is_finite()));
 
-    // A model grader's structured output through ModelClient.
-    let graded = providers
-        .chat(
+    // A model grader's structured output through the chat seam.
+    let graded = router
+        .complete(grader_request(
             "llama/smollm2",
-            vec![ChatMessage {
+            &[ChatMessage {
                 role: "user".into(),
                 content: vec![ContentPart::Text {
                     text: "Score from 0 to 1 how polite this is: 'Thank you so much!'".into(),
                 }],
             }],
-            SamplingParams {
+            &SamplingParams {
                 temperature: Some(0.0),
                 max_completion_tokens: Some(64),
                 ..Default::default()
             },
-            Some(json!({
+            json!({
                 "type": "object",
                 "properties": {"result": {"type": "number"}, "steps": {"type": "array", "items": {"type": "string"}}},
                 "required": ["result"]
-            })),
-        )
+            }),
+        ))
         .await
         .unwrap();
     let parsed: Value = serde_json::from_str(&graded.text).unwrap_or_else(|e| panic!("{e}: {:?}", graded.text));

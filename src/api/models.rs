@@ -7,19 +7,20 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use crate::engine::local::{ChatEvent, LocalEngine};
 use crate::error::Error;
+use crate::inference::ChatModel;
 use crate::models::{ModelKind, Models};
 use crate::proto::{self, model_service_server::ModelService};
 
 pub struct ModelApi {
     models: Arc<Models>,
-    engine: Option<Arc<LocalEngine>>,
+    /// The router: local models and providers alike.
+    chat: Arc<dyn ChatModel>,
 }
 
 impl ModelApi {
-    pub fn new(models: Arc<Models>, engine: Option<Arc<LocalEngine>>) -> Self {
-        Self { models, engine }
+    pub fn new(models: Arc<Models>, chat: Arc<dyn ChatModel>) -> Self {
+        Self { models, chat }
     }
 }
 
@@ -28,28 +29,9 @@ type ChatStream = Pin<Box<dyn Stream<Item = Result<proto::ChatResponse, Status>>
 #[tonic::async_trait]
 impl ModelService for ModelApi {
     async fn chat(&self, request: Request<proto::ChatRequest>) -> Result<Response<ChatStream>, Status> {
-        let Some(engine) = &self.engine else {
-            return Err(Error::precondition("ENGINE", "server", "this server runs no local inference engine").into());
-        };
-        let (model, messages, sampling) = convert::chat(request.into_inner());
-        let rx = engine.chat_stream(model, messages, sampling).await?;
-        let stream = ReceiverStream::new(rx).map(|item| match item {
-            Ok(ChatEvent::Delta(text)) => Ok(proto::ChatResponse {
-                payload: Some(proto::chat_response::Payload::Delta(text)),
-            }),
-            Ok(ChatEvent::End {
-                finish_reason,
-                prompt_tokens,
-                completion_tokens,
-            }) => Ok(proto::ChatResponse {
-                payload: Some(proto::chat_response::Payload::End(proto::ChatEnd {
-                    finish_reason,
-                    prompt_tokens,
-                    completion_tokens,
-                })),
-            }),
-            Err(e) => Err(Status::from(e)),
-        });
+        let request = convert::chat(request.into_inner());
+        let events = self.chat.stream(request).await.map_err(Error::from)?;
+        let stream = ReceiverStream::new(events).map(|item| Ok(convert::chat_response(item.map_err(Error::from)?)));
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -3,23 +3,33 @@
 //! loaded once and shared by every adapter over it, and answers chat
 //! completions through a batching worker so that many concurrent requests
 //! (an eval's items) decode together.
+//!
+//! Architecture invariant: the engine holds at most `max_queued`
+//! generations, waiting or decoding; one more is refused at once
+//! (`ChatError::Overloaded`, with a retry delay from recent batch times)
+//! rather than queued without limit. A generation whose reader goes away
+//! leaves its batch at the next token.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
 use candle_core::Device;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::error::Error;
-use crate::graders::{ModelError, TokenUsage};
-use crate::inference::{ChatCompletion, ChatModel, ChatRequest};
+use crate::inference::chat;
+use crate::inference::{ChatEnd, ChatError, ChatEvent, ChatModel, ChatRequest, ChatStream, LocalModels, TokenUsage};
 use crate::models::{Models, Resolved};
 use lathe_engine::chat_template::{CHATML, ChatTemplate};
-use lathe_engine::generate::{Generated, Sampling, generate};
+use lathe_engine::generate::{Generated, Sampling, generate_streaming};
 use lathe_engine::lora::Adapter;
 use lathe_engine::model::BaseModel;
 use lathe_engine::tokenizer::Tokenizer;
@@ -78,6 +88,15 @@ impl LoadedBase {
 #[async_trait]
 pub trait Catalog: Send + Sync {
     async fn resolve(&self, model: &str) -> Result<Resolved>;
+
+    /// Whether `model` names one of its models, without reading its files.
+    async fn knows(&self, model: &str) -> Result<bool> {
+        match self.resolve(model).await {
+            Ok(_) => Ok(true),
+            Err(EngineError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[async_trait]
@@ -88,17 +107,32 @@ impl Catalog for Models {
             other => EngineError::Data(other.to_string()),
         })
     }
+
+    async fn knows(&self, model: &str) -> Result<bool> {
+        Models::knows(self, model)
+            .await
+            .map_err(|e| EngineError::Data(e.to_string()))
+    }
 }
 
+/// One admitted generation, waiting for or in a batch.
 struct GenJob {
     base: Arc<LoadedBase>,
     adapter: Option<Arc<Adapter>>,
     adapter_key: String,
     prompt: Vec<u32>,
     sampling: Sampling,
-    tokens: Option<mpsc::UnboundedSender<u32>>,
+    /// Each token as chosen. Unbounded so the worker never waits for a
+    /// reader, yet it holds at most `max_tokens` ids; closed when the
+    /// reader went away, which ends the row.
+    tokens: mpsc::UnboundedSender<u32>,
     reply: oneshot::Sender<Result<Generated>>,
+    /// The generation's place in the engine, given back when it is dropped.
+    admitted: OwnedSemaphorePermit,
 }
+
+/// Most tokens one local completion may ask for.
+pub const MAX_LOCAL_TOKENS: u32 = 32_768;
 
 /// The embedded inference engine.
 pub struct LocalEngine {
@@ -106,18 +140,28 @@ pub struct LocalEngine {
     device: Device,
     bases: tokio::sync::Mutex<HashMap<String, Arc<LoadedBase>>>,
     adapters: Mutex<HashMap<String, Arc<Adapter>>>,
-    queue: mpsc::UnboundedSender<GenJob>,
+    queue: mpsc::Sender<GenJob>,
+    /// One permit per generation the engine may hold, waiting or decoding.
+    admission: Arc<Semaphore>,
+    /// Recent batch durations in ms (moving average): the retry delay a
+    /// refused request is told.
+    batch_ms: Arc<AtomicU64>,
     /// Most prompts decoded together.
     pub max_batch: usize,
 }
 
 impl LocalEngine {
-    pub fn new(catalog: Arc<dyn Catalog>, max_batch: usize) -> Arc<Self> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// An engine decoding up to `max_batch` prompts together and holding
+    /// at most `max_queued` generations, waiting or decoding.
+    pub fn new(catalog: Arc<dyn Catalog>, max_batch: usize, max_queued: usize) -> Arc<Self> {
+        let max_queued = max_queued.max(1);
+        let (tx, rx) = mpsc::channel(max_queued);
         let max_batch = max_batch.max(1);
+        let batch_ms = Arc::new(AtomicU64::new(0));
+        let worker_batch_ms = batch_ms.clone();
         std::thread::Builder::new()
             .name("lathe-generate".into())
-            .spawn(move || batch_worker(rx, max_batch))
+            .spawn(move || batch_worker(rx, max_batch, &worker_batch_ms))
             .expect("spawning the generation thread");
         Arc::new(Self {
             catalog,
@@ -125,6 +169,8 @@ impl LocalEngine {
             bases: tokio::sync::Mutex::new(HashMap::new()),
             adapters: Mutex::new(HashMap::new()),
             queue: tx,
+            admission: Arc::new(Semaphore::new(max_queued)),
+            batch_ms,
             max_batch,
         })
     }
@@ -180,37 +226,112 @@ impl LocalEngine {
         }
     }
 
-    /// Generates one completion; `tokens` receives each token as chosen.
-    pub async fn generate(
+    /// What a refused request is told to wait: about one batch.
+    fn retry_after(&self) -> Duration {
+        match self.batch_ms.load(Ordering::Relaxed) {
+            0 => Duration::from_secs(1),
+            ms => Duration::from_millis(ms.clamp(50, 30_000)),
+        }
+    }
+
+    /// Checks, loads and admits one generation; its tokens come to the
+    /// returned receiver and its result to the oneshot.
+    async fn submit(
         &self,
-        model: &str,
-        messages: &[Value],
-        tools: Option<&Value>,
-        sampling: Sampling,
-        tokens: Option<mpsc::UnboundedSender<u32>>,
-    ) -> Result<(Arc<LoadedBase>, Generated)> {
-        let (base, adapter) = self.open(model).await?;
-        let prompt = base.prompt(messages, tools)?;
-        let (reply, rx) = oneshot::channel();
-        self.queue
-            .send(GenJob {
-                base: base.clone(),
-                adapter,
-                adapter_key: model.to_string(),
-                prompt,
-                sampling,
-                tokens,
-                reply,
-            })
-            .map_err(|_| EngineError::Data("the generation worker stopped".into()))?;
-        let out = rx
-            .await
-            .map_err(|_| EngineError::Data("the generation worker dropped the request".into()))??;
-        Ok((base, out))
+        request: &ChatRequest,
+    ) -> Result<
+        (
+            Arc<LoadedBase>,
+            mpsc::UnboundedReceiver<u32>,
+            oneshot::Receiver<Result<Generated>>,
+        ),
+        ChatError,
+    > {
+        request.validate()?;
+        if request.max_tokens.is_some_and(|n| n > MAX_LOCAL_TOKENS) {
+            return Err(ChatError::invalid(
+                "sampling.max_tokens",
+                format!("must be between 1 and {MAX_LOCAL_TOKENS}"),
+            ));
+        }
+        // Refuse before loading anything when the engine is full.
+        let admitted = self
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.overloaded())?;
+        let (base, adapter) = self.open(&request.model).await?;
+        let prompt = base.prompt(&request.messages, request.tools.as_ref())?;
+        let sampling = sampling_of(request);
+        let positions = base.model.max_positions();
+        if prompt.len() + sampling.max_tokens > positions {
+            return Err(ChatError::invalid(
+                "sampling.max_tokens",
+                format!(
+                    "the prompt ({} tokens) plus max_tokens ({}) exceeds the model's {positions} positions",
+                    prompt.len(),
+                    sampling.max_tokens
+                ),
+            ));
+        }
+        let (tokens, token_rx) = mpsc::unbounded_channel();
+        let (reply, reply_rx) = oneshot::channel();
+        let job = GenJob {
+            base: base.clone(),
+            adapter,
+            adapter_key: request.model.clone(),
+            prompt,
+            sampling,
+            tokens,
+            reply,
+            admitted,
+        };
+        self.queue.try_send(job).map_err(|e| match e {
+            // Cannot happen while every job holds a permit; said anyway.
+            mpsc::error::TrySendError::Full(_) => self.overloaded(),
+            mpsc::error::TrySendError::Closed(_) => ChatError::Internal("the generation worker stopped".into()),
+        })?;
+        Ok((base, token_rx, reply_rx))
+    }
+
+    fn overloaded(&self) -> ChatError {
+        let retry_after = self.retry_after();
+        ChatError::Overloaded {
+            retry_after,
+            message: format!(
+                "the local engine's generation queue is full; try again in {:.1} s",
+                retry_after.as_secs_f64()
+            ),
+        }
     }
 }
 
-fn batch_worker(mut rx: mpsc::UnboundedReceiver<GenJob>, max_batch: usize) {
+/// Whether `job` may join `batch`: the same model and adapter, and the
+/// longest prompt plus the most new tokens still fit the model (the batch's
+/// cache is that long).
+fn fits(batch: &[GenJob], job: &GenJob, max_batch: usize) -> bool {
+    let Some(first) = batch.first() else {
+        return true;
+    };
+    if batch.len() >= max_batch || first.base.name != job.base.name || first.adapter_key != job.adapter_key {
+        return false;
+    }
+    let longest = batch
+        .iter()
+        .map(|j| j.prompt.len())
+        .max()
+        .unwrap_or(0)
+        .max(job.prompt.len());
+    let most_new = batch
+        .iter()
+        .map(|j| j.sampling.max_tokens)
+        .max()
+        .unwrap_or(0)
+        .max(job.sampling.max_tokens);
+    longest + most_new <= first.base.model.max_positions()
+}
+
+fn batch_worker(mut rx: mpsc::Receiver<GenJob>, max_batch: usize, batch_ms: &AtomicU64) {
     let mut pending: Vec<GenJob> = Vec::new();
     loop {
         if pending.is_empty() {
@@ -222,48 +343,53 @@ fn batch_worker(mut rx: mpsc::UnboundedReceiver<GenJob>, max_batch: usize) {
         while let Ok(j) = rx.try_recv() {
             pending.push(j);
         }
+        // A generation whose reader left is dropped unstarted.
+        pending.retain(|j| !j.tokens.is_closed());
+        if pending.is_empty() {
+            continue;
+        }
         // One batch: the oldest request's model and adapter, up to max_batch.
-        let key = (pending[0].base.name.clone(), pending[0].adapter_key.clone());
         let mut batch = Vec::new();
         let mut rest = Vec::new();
         for j in pending.drain(..) {
-            if batch.len() < max_batch && (j.base.name.clone(), j.adapter_key.clone()) == key {
+            if fits(&batch, &j, max_batch) {
                 batch.push(j);
             } else {
                 rest.push(j);
             }
         }
         pending = rest;
+        let started = Instant::now();
         let base = batch[0].base.clone();
         let adapter = batch[0].adapter.clone();
         let prompts: Vec<Vec<u32>> = batch.iter().map(|j| j.prompt.clone()).collect();
         let sampling: Vec<Sampling> = batch.iter().map(|j| j.sampling.clone()).collect();
-        let senders: Vec<Option<mpsc::UnboundedSender<u32>>> = batch.iter().map(|j| j.tokens.clone()).collect();
-        let result = generate(
+        let senders: Vec<&mpsc::UnboundedSender<u32>> = batch.iter().map(|j| &j.tokens).collect();
+        let result = generate_streaming(
             &base.model,
             adapter.as_deref(),
             &base.tokenizer,
             &prompts,
             &sampling,
             &base.stop_ids,
-            &mut |i, t| {
-                if let Some(s) = &senders[i] {
-                    let _ = s.send(t);
-                }
-            },
+            // A closed receiver: the reader left, and the row ends.
+            &mut |i, t| senders[i].send(t).is_ok(),
         );
-        match result {
-            Ok(outs) => {
-                for (j, o) in batch.into_iter().zip(outs) {
-                    let _ = j.reply.send(Ok(o));
-                }
-            }
+        let ms = started.elapsed().as_millis() as u64;
+        let old = batch_ms.load(Ordering::Relaxed);
+        batch_ms.store(if old == 0 { ms.max(1) } else { (old * 3 + ms) / 4 }, Ordering::Relaxed);
+        let outs: Vec<Result<Generated>> = match result {
+            Ok(outs) => outs.into_iter().map(Ok).collect(),
             Err(e) => {
                 let msg = e.to_string();
-                for j in batch {
-                    let _ = j.reply.send(Err(EngineError::Data(msg.clone())));
-                }
+                batch.iter().map(|_| Err(EngineError::Data(msg.clone()))).collect()
             }
+        };
+        for (j, out) in batch.into_iter().zip(outs) {
+            let GenJob { reply, admitted, .. } = j;
+            // Room first, so whoever reads this answer and asks again finds it.
+            drop(admitted);
+            let _ = reply.send(out);
         }
     }
 }
@@ -333,129 +459,123 @@ pub fn sampling_of(r: &ChatRequest) -> Sampling {
     }
 }
 
-/// What a streaming chat sends: text as it completes, then one end.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ChatEvent {
-    Delta(String),
-    End {
-        finish_reason: String,
-        prompt_tokens: u32,
-        completion_tokens: u32,
-    },
+impl From<EngineError> for ChatError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotFound(model) => ChatError::NotFound(model),
+            EngineError::Data(m) => ChatError::invalid("messages", m),
+            EngineError::Load(m) => ChatError::ModelLoad(m),
+            EngineError::Candle(e) => ChatError::Internal(e.to_string()),
+        }
+    }
 }
 
-impl LocalEngine {
-    /// Streams one chat completion: checks the request, then sends text
-    /// deltas (never splitting a character) and one `End`.
-    pub async fn chat_stream(
-        self: &Arc<Self>,
-        model: String,
-        messages: Vec<Value>,
-        sampling: Sampling,
-    ) -> crate::error::Result<mpsc::Receiver<crate::error::Result<ChatEvent>>> {
-        use crate::error::Error;
-        if model.is_empty() {
-            return Err(Error::invalid("model", "a model is required"));
-        }
-        if messages.is_empty() {
-            return Err(Error::invalid("messages", "at least one message is required"));
-        }
-        for (i, m) in messages.iter().enumerate() {
-            let role = m["role"].as_str().unwrap_or_default();
-            if !["system", "developer", "user", "assistant", "tool"].contains(&role) {
-                return Err(Error::invalid(
-                    format!("messages[{i}].role"),
-                    format!("{role:?} is not one of system, developer, user, assistant, tool"),
-                ));
-            }
-        }
-        if !(0.0..=2.0).contains(&sampling.temperature) {
-            return Err(Error::invalid("sampling.temperature", "must be between 0 and 2"));
-        }
-        if !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
-            return Err(Error::invalid("sampling.top_p", "must be in (0, 1]"));
-        }
-        if sampling.max_tokens == 0 || sampling.max_tokens > 32_768 {
-            return Err(Error::invalid("sampling.max_tokens", "must be between 1 and 32768"));
-        }
-        // Resolve and load before answering, so a bad model is a status.
-        self.open(&model).await?;
-        let (out_tx, out_rx) = mpsc::channel(64);
-        let (tok_tx, mut tok_rx) = mpsc::unbounded_channel::<u32>();
-        let engine = self.clone();
+/// Streaming is the core: tokens are decoded into text as the worker
+/// chooses them and sent on, never splitting a character. Text that might
+/// begin a stop sequence waits until it cannot; with tools offered the
+/// text waits for the end, where tool calls are told from text.
+#[async_trait]
+impl ChatModel for LocalEngine {
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, ChatError> {
+        let (base, mut tokens, reply) = self.submit(&request).await?;
+        let (tx, rx) = chat::channel();
+        let tools = request.tools.is_some();
+        // Bytes at the end of the text that may still become a stop sequence.
+        let hold = request
+            .stop
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1);
         tokio::spawn(async move {
-            let gen_task = {
-                let engine = engine.clone();
-                let model = model.clone();
-                tokio::spawn(async move { engine.generate(&model, &messages, None, sampling, Some(tok_tx)).await })
-            };
-            let (base, _) = match engine.open(&model).await {
-                Ok(b) => b,
-                Err(e) => {
-                    let _ = out_tx.send(Err(e.into())).await;
-                    return;
-                }
-            };
             let mut decoder = base.tokenizer.stream_decoder(true);
-            while let Some(t) = tok_rx.recv().await {
-                let piece = decoder.push(t);
-                if !piece.is_empty() && out_tx.send(Ok(ChatEvent::Delta(piece))).await.is_err() {
-                    return;
+            let mut text = String::new();
+            let mut sent = 0;
+            loop {
+                let token = tokio::select! {
+                    // The reader left: dropping `tokens` ends the row.
+                    () = tx.closed() => return,
+                    token = tokens.recv() => token,
+                };
+                let Some(token) = token else { break };
+                text.push_str(&decoder.push(token));
+                if tools {
+                    continue;
+                }
+                let mut ready = text.len().saturating_sub(hold);
+                if let Some(cut) = request.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                    ready = ready.min(cut);
+                }
+                while !text.is_char_boundary(ready) {
+                    ready -= 1;
+                }
+                if ready > sent {
+                    if tx
+                        .send(Ok(ChatEvent::Delta(text[sent..ready].to_string())))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    sent = ready;
                 }
             }
-            let tail = decoder.finish();
-            if !tail.is_empty() {
-                let _ = out_tx.send(Ok(ChatEvent::Delta(tail))).await;
-            }
-            let end = match gen_task.await {
-                Ok(Ok((_, g))) => Ok(ChatEvent::End {
-                    finish_reason: g.finish_reason.to_string(),
-                    prompt_tokens: g.prompt_tokens as u32,
-                    completion_tokens: g.tokens.len() as u32,
-                }),
-                Ok(Err(e)) => Err(e.into()),
-                Err(e) => Err(crate::error::Error::Internal(e.to_string())),
+            let generated = match reply.await {
+                Ok(Ok(generated)) => generated,
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+                Err(_) => {
+                    let _ = tx
+                        .send(Err(ChatError::Internal(
+                            "the generation worker dropped the request".into(),
+                        )))
+                        .await;
+                    return;
+                }
             };
-            let _ = out_tx.send(end).await;
+            // The generated text is the answer (cut at a stop sequence);
+            // what was sent is a prefix of it.
+            let (answer, tool_calls) = if tools {
+                parse_tool_calls(&generated.text, true)
+            } else {
+                (generated.text, Vec::new())
+            };
+            let rest = answer.get(sent..).filter(|_| answer.starts_with(&text[..sent]));
+            if let Some(rest) = rest.filter(|r| !r.is_empty())
+                && tx.send(Ok(ChatEvent::Delta(rest.to_string()))).await.is_err()
+            {
+                return;
+            }
+            let finish_reason = if tool_calls.is_empty() {
+                generated.finish_reason.to_string()
+            } else {
+                "tool_calls".into()
+            };
+            let _ = tx
+                .send(Ok(ChatEvent::End(ChatEnd {
+                    finish_reason,
+                    tool_calls,
+                    usage: TokenUsage {
+                        prompt: generated.prompt_tokens as u64,
+                        completion: generated.tokens.len() as u64,
+                    },
+                    refusal: None,
+                })))
+                .await;
         });
-        Ok(out_rx)
+        Ok(rx)
     }
 }
 
 #[async_trait]
-impl ChatModel for LocalEngine {
-    async fn complete(&self, request: ChatRequest) -> Result<ChatCompletion, ModelError> {
-        let sampling = sampling_of(&request);
-        let (_, out) = self
-            .generate(
-                &request.model,
-                &request.messages,
-                request.tools.as_ref(),
-                sampling,
-                None,
-            )
-            .await
-            .map_err(|e| ModelError {
-                retryable: false,
-                message: e.to_string(),
-            })?;
-        let (text, tool_calls) = if request.tools.is_some() {
-            parse_tool_calls(&out.text, true)
-        } else {
-            (out.text.clone(), Vec::new())
-        };
-        Ok(ChatCompletion {
-            finish_reason: if !tool_calls.is_empty() {
-                "tool_calls".into()
-            } else {
-                out.finish_reason.into()
-            },
-            text,
-            tool_calls,
-            usage: TokenUsage {
-                prompt: out.prompt_tokens as u64,
-                completion: out.tokens.len() as u64,
-            },
+impl LocalModels for LocalEngine {
+    async fn knows(&self, model: &str) -> Result<bool, ChatError> {
+        self.catalog.knows(model).await.map_err(|e| match e {
+            EngineError::Data(m) => ChatError::Internal(m),
+            other => other.into(),
         })
     }
 }

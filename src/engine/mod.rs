@@ -9,16 +9,3 @@
 
 pub mod local;
 pub mod trainer;
-
-use lathe_engine::EngineError;
-
-impl From<EngineError> for crate::error::Error {
-    fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::NotFound(id) => crate::error::Error::not_found("model", id),
-            EngineError::Data(m) => crate::error::Error::invalid("messages", m),
-            EngineError::Load(m) => crate::error::Error::precondition("MODEL_LOAD", "model", m),
-            EngineError::Candle(e) => crate::error::Error::Internal(e.to_string()),
-        }
-    }
-}

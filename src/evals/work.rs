@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::model::{Criterion, DataSource, ItemDetail, ItemStatus, Outcome};
 use crate::graders::service::Batch;
 use crate::graders::{GraderErrors, Sample, Template};
-use crate::inference::{ChatModel, ChatRequest};
+use crate::inference::{ChatCompletion, ChatError, ChatModel, ChatRequest};
 
 /// A dataset row as item and (optional) sample: OpenAI's `{"item": {...},
 /// "sample": ...}` rows, or a bare item object.
@@ -138,6 +138,17 @@ fn describe(e: &GraderErrors) -> String {
 }
 
 impl RunWork {
+    /// One completion. A full local queue is backpressure, not a failure:
+    /// the item waits the delay it is told and asks again.
+    async fn sample(&self, request: ChatRequest) -> Result<ChatCompletion, ChatError> {
+        loop {
+            match self.model.complete(request.clone()).await {
+                Err(ChatError::Overloaded { retry_after, .. }) => tokio::time::sleep(retry_after).await,
+                other => return other,
+            }
+        }
+    }
+
     pub async fn process(&self, index: u64, line: Vec<u8>) -> Finished {
         let mut detail = ItemDetail::default();
         let mut usage = BTreeMap::new();
@@ -175,14 +186,14 @@ impl RunWork {
                     messages: input,
                     temperature: sampling.temperature,
                     top_p: sampling.top_p,
-                    top_k: None,
                     max_tokens: sampling.max_tokens,
                     seed: sampling.seed,
                     stop: sampling.stop.clone(),
                     tools: tools.clone(),
                     response_format: response_format.clone(),
+                    ..Default::default()
                 };
-                match self.model.complete(request).await {
+                match self.sample(request).await {
                     Ok(c) => {
                         let u = &c.usage;
                         usage.insert(model.clone(), (u.prompt, u.completion, u.prompt + u.completion));
@@ -193,7 +204,7 @@ impl RunWork {
                         sample.output_tools = c.tool_calls;
                         sample
                     }
-                    Err(e) => return errored(detail, usage, format!("sampling failed: {}", e.message)),
+                    Err(e) => return errored(detail, usage, format!("sampling failed: {e}")),
                 }
             }
             DataSource::Precomputed { sample_template } => {

@@ -1,8 +1,9 @@
 //! The graders engine: OpenAI grader JSON in, rewards out.
 //!
-//! Architecture invariant: this module knows nothing about gRPC or HTTP. Model calls,
-//! embeddings and python execution come in through [`GradeContext`], so the service decides
-//! which providers exist and tests substitute doubles.
+//! Architecture invariant: this module knows nothing about gRPC or HTTP. Model calls (the
+//! chat seam, `crate::inference::ChatModel`), embeddings and python execution come in
+//! through [`GradeContext`], so the service decides which models exist and tests
+//! substitute doubles.
 //!
 //! Entry points: [`parse`] (ValidateGrader), [`run`] (RunGrader), [`grade_batch`]
 //! (GradeBatch) and [`dry_run`] (score distribution and guessability before training).
@@ -32,9 +33,8 @@ pub use batch::{grade_batch, grade_batch_blocking};
 pub use dry_run::{ConstantAnswer, DryRunReport, Guessability, HistogramBin, dry_run};
 pub use formula::{EvalError, Formula};
 pub use model::{
-    CallPolicy, ChatMessage, ChatOutput, ContentPart, ContentPartTemplate, EmbedError, Embedder, MessageTemplate,
-    ModelClient, ModelError, ResultCache, SamplingParams, TokenUsage, label_schema, parse_label, parse_score,
-    score_schema,
+    CallPolicy, ChatMessage, ContentPart, ContentPartTemplate, EmbedError, Embedder, MessageTemplate, ResultCache,
+    SamplingParams, TokenUsage, grader_request, label_schema, parse_label, parse_score, score_schema,
 };
 pub use python::{PoolError, PythonOutcome, PythonPool, PythonPoolConfig, SandboxLevel, SandboxPolicy, SandboxReport};
 pub use result::{GraderErrors, GraderMetadata, GraderResult};
@@ -52,7 +52,8 @@ use model::CachedResult;
 /// is missing fails with a clear error flag instead of scoring 0 silently.
 #[derive(Clone, Default)]
 pub struct GradeContext {
-    pub model_client: Option<Arc<dyn ModelClient>>,
+    /// Where model graders send their prompts (the router in the server).
+    pub model_client: Option<Arc<dyn crate::inference::ChatModel>>,
     pub embedder: Option<Arc<dyn Embedder>>,
     pub python: Option<Arc<PythonPool>>,
     /// Caches model-grader results across calls.

@@ -1,15 +1,15 @@
-//! Model-backed graders (`score_model`, `label_model`) and the provider traits they and
-//! `cosine` call through.
+//! Model-backed graders (`score_model`, `label_model`).
 //!
-//! Providers are traits so the engine never knows about HTTP; the service wires a real
-//! client, tests wire a double. Calls are retried with exponential backoff only when the
-//! provider says the error is retryable (rate limits, 5xx, timeouts).
+//! They reach models through the chat seam ([`ChatModel`]) and embeddings
+//! through [`Embedder`], so the engine never knows about HTTP; the service
+//! wires the router, tests wire a double. Calls are retried with exponential
+//! backoff only when the model says the error is retryable (a full local
+//! queue, after the delay it names; a stream cut short; a timeout).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -18,6 +18,8 @@ use super::result::GraderErrors;
 use super::sample::Sample;
 use super::spec::{LabelModelGrader, ScoreModelGrader};
 use super::template::{RenderError, Template};
+use crate::inference::{ChatCompletion, ChatModel, ChatRequest};
+pub use crate::inference::{EmbedError, Embedder, TokenUsage};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {
@@ -42,50 +44,58 @@ pub enum ContentPart {
     Audio { data: String, format: String },
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenUsage {
-    pub prompt: u64,
-    pub completion: u64,
+impl ChatMessage {
+    /// The message as OpenAI's JSON: text-only content as one string,
+    /// anything else as content parts.
+    pub fn to_openai(&self) -> Value {
+        let texts: Vec<&str> = self
+            .content
+            .iter()
+            .filter_map(|p| match p {
+                ContentPart::Text { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        let content = if texts.len() == self.content.len() {
+            Value::String(texts.join(""))
+        } else {
+            Value::Array(
+                self.content
+                    .iter()
+                    .map(|p| match p {
+                        ContentPart::Text { text } => json!({"type": "text", "text": text}),
+                        ContentPart::Image { url, detail } => json!({"type": "image_url", "image_url": {
+                            "url": url, "detail": detail.clone().unwrap_or_else(|| "auto".into())}}),
+                        ContentPart::Audio { data, format } => {
+                            json!({"type": "input_audio", "input_audio": {"data": data, "format": format}})
+                        }
+                    })
+                    .collect(),
+            )
+        };
+        json!({"role": self.role, "content": content})
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ChatOutput {
-    pub text: String,
-    pub usage: TokenUsage,
-    /// Set when the provider reports a refusal instead of an answer.
-    pub refusal: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{message}")]
-pub struct ModelError {
-    /// Whether trying again may succeed (rate limit, overload, timeout).
-    pub retryable: bool,
-    pub message: String,
-}
-
-#[async_trait]
-pub trait ModelClient: Send + Sync {
-    async fn chat(
-        &self,
-        model: &str,
-        messages: Vec<ChatMessage>,
-        params: SamplingParams,
-        response_schema: Option<Value>,
-    ) -> Result<ChatOutput, ModelError>;
-}
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{message}")]
-pub struct EmbedError {
-    pub retryable: bool,
-    pub message: String,
-}
-
-#[async_trait]
-pub trait Embedder: Send + Sync {
-    /// One vector per input text, in order.
-    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
+/// The chat request a model grader sends: its messages, its sampling
+/// parameters, and OpenAI's structured output with the grader's schema
+/// (each provider turns that into what its server takes).
+pub fn grader_request(model: &str, messages: &[ChatMessage], params: &SamplingParams, schema: Value) -> ChatRequest {
+    ChatRequest {
+        model: model.to_string(),
+        messages: messages.iter().map(ChatMessage::to_openai).collect(),
+        temperature: params.temperature,
+        top_p: params.top_p,
+        max_tokens: params
+            .max_completion_tokens
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        // The same bits: a seed is a name for a random stream, not a number.
+        seed: params.seed.map(|s| s as u64),
+        reasoning_effort: params.reasoning_effort.clone(),
+        response_format: Some(json!({"type": "json_schema",
+            "json_schema": {"name": "grader_output", "schema": schema, "strict": true}})),
+        ..Default::default()
+    }
 }
 
 /// How model calls are bounded.
@@ -160,29 +170,27 @@ pub(crate) fn render_messages(
 /// Calls the model with retries; the error string is what `model_grader_server_error_details`
 /// carries.
 pub(crate) async fn chat_with_retries(
-    client: &dyn ModelClient,
+    client: &dyn ChatModel,
     policy: &CallPolicy,
-    model: &str,
-    messages: Vec<ChatMessage>,
-    params: &SamplingParams,
-    schema: Option<Value>,
-) -> Result<ChatOutput, String> {
+    request: ChatRequest,
+) -> Result<ChatCompletion, String> {
     let attempts = policy.max_attempts.max(1);
     let mut backoff = policy.initial_backoff;
     let mut last_error = String::new();
     for attempt in 1..=attempts {
-        let call = client.chat(model, messages.clone(), params.clone(), schema.clone());
-        let (retryable, message) = match tokio::time::timeout(policy.timeout, call).await {
+        let call = client.complete(request.clone());
+        let (retryable, wait, message) = match tokio::time::timeout(policy.timeout, call).await {
             Ok(Ok(out)) => return Ok(out),
-            Ok(Err(e)) => (e.retryable, e.message),
-            Err(_) => (true, format!("model call timed out after {:?}", policy.timeout)),
+            Ok(Err(e)) => (e.is_retryable(), e.retry_after(), e.to_string()),
+            Err(_) => (true, None, format!("model call timed out after {:?}", policy.timeout)),
         };
         last_error = format!("attempt {attempt}/{attempts}: {message}");
         if !retryable || attempt == attempts {
             break;
         }
-        tracing::debug!(model, attempt, error = %message, "retrying grader model call");
-        tokio::time::sleep(backoff).await;
+        tracing::debug!(model = %request.model, attempt, error = %message, "retrying grader model call");
+        // A full queue says when it expects room; otherwise back off.
+        tokio::time::sleep(wait.unwrap_or(backoff).min(policy.max_backoff)).await;
         backoff = backoff.saturating_mul(2).min(policy.max_backoff);
     }
     Err(last_error)
@@ -226,20 +234,12 @@ pub fn label_schema(labels: &[String]) -> Value {
 
 pub(crate) async fn grade_score_model(
     g: &ScoreModelGrader,
-    client: &dyn ModelClient,
+    client: &dyn ChatModel,
     policy: &CallPolicy,
     messages: Vec<ChatMessage>,
 ) -> ModelGraded {
-    let out = match chat_with_retries(
-        client,
-        policy,
-        &g.model,
-        messages,
-        &g.sampling_params,
-        Some(score_schema()),
-    )
-    .await
-    {
+    let request = grader_request(&g.model, &messages, &g.sampling_params, score_schema());
+    let out = match chat_with_retries(client, policy, request).await {
         Ok(out) => out,
         Err(details) => return server_error(details),
     };
@@ -262,12 +262,12 @@ pub(crate) async fn grade_score_model(
 
 pub(crate) async fn grade_label_model(
     g: &LabelModelGrader,
-    client: &dyn ModelClient,
+    client: &dyn ChatModel,
     policy: &CallPolicy,
     messages: Vec<ChatMessage>,
 ) -> ModelGraded {
-    let schema = label_schema(&g.labels);
-    let out = match chat_with_retries(client, policy, &g.model, messages, &g.sampling_params, Some(schema)).await {
+    let request = grader_request(&g.model, &messages, &g.sampling_params, label_schema(&g.labels));
+    let out = match chat_with_retries(client, policy, request).await {
         Ok(out) => out,
         Err(details) => return server_error(details),
     };

@@ -30,7 +30,7 @@ pub struct GradersConfig {
     pub cache_capacity: usize,
     /// Where model graders send their prompts (None: they answer with
     /// model_grader_server_error).
-    pub model_client: Option<Arc<dyn super::ModelClient>>,
+    pub model_client: Option<Arc<dyn crate::inference::ChatModel>>,
     /// Embeddings for text_similarity cosine.
     pub embedder: Option<Arc<dyn super::Embedder>>,
 }

@@ -1,21 +1,33 @@
-//! The chat-completion seam shared by evals (sampling a model over a
-//! dataset), the local engine and the OpenAI-compatible HTTP providers.
+//! The one chat seam. Everything that asks a model for a chat completion
+//! (eval sampling, model graders, the gRPC `Chat` RPC) goes through
+//! [`ChatModel`]; the local engine and the OpenAI-compatible HTTP providers
+//! implement it, and the router picks one of them per model name.
 //!
-//! Messages and tools are OpenAI's JSON as users write them; the
-//! implementation renders them (the local engine through the model's chat
-//! template, an HTTP provider by sending them on).
+//! Messages, tools and `response_format` are OpenAI's JSON as users write
+//! them; the implementation renders them (the local engine through the
+//! model's chat template, an HTTP provider by sending them on).
+//!
+//! Architecture invariant: a completion is a stream first. `stream` answers
+//! with an error when the request cannot start (unknown model, invalid
+//! request, a full queue); otherwise with a bounded receiver of text deltas
+//! ended by exactly one [`ChatEnd`] (or an error). Dropping the receiver
+//! stops the producer. `complete` is that stream collected.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::sync::mpsc;
 
-use crate::graders::{ModelError, TokenUsage};
+use crate::error::Error;
 
 /// One chat completion request.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
-    /// A registered base model name, a fine-tuned model id (`ft:...`), or
-    /// `provider/model` for a configured HTTP provider.
+    /// A registered base model name, a fine-tuned model id (`ft:...`, or
+    /// one of its `...:ckpt-step-N` checkpoints), or `provider/model` for a
+    /// configured HTTP provider (see [`super::ModelRouter`]).
     pub model: String,
     /// OpenAI chat messages (`role`, `content`, optional `tool_calls`, ...).
     pub messages: Vec<Value>,
@@ -27,26 +39,343 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
     /// OpenAI `tools` array.
     pub tools: Option<Value>,
-    /// OpenAI `response_format` object.
+    /// OpenAI `response_format` object. A `json_schema` format is what
+    /// callers send for structured output; each provider turns it into what
+    /// its server takes (see `StructuredOutput`).
     pub response_format: Option<Value>,
+    /// OpenAI `reasoning_effort` (model graders pass it on).
+    pub reasoning_effort: Option<String>,
 }
 
-/// One completion.
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+impl ChatRequest {
+    /// Checks what every model needs, whoever serves it. Field paths are
+    /// the gRPC `ChatRequest`'s (`messages[2].role`,
+    /// `sampling.temperature`), so the Chat RPC's violations point at what
+    /// the client sent.
+    pub fn validate(&self) -> Result<(), ChatError> {
+        if self.model.is_empty() {
+            return Err(ChatError::invalid("model", "a model is required"));
+        }
+        if self.messages.is_empty() {
+            return Err(ChatError::invalid("messages", "at least one message is required"));
+        }
+        for (i, m) in self.messages.iter().enumerate() {
+            let role = m["role"].as_str().unwrap_or_default();
+            if !ROLES.contains(&role) {
+                return Err(ChatError::invalid(
+                    format!("messages[{i}].role"),
+                    format!("{role:?} is not one of system, developer, user, assistant, tool"),
+                ));
+            }
+        }
+        if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return Err(ChatError::invalid("sampling.temperature", "must be between 0 and 2"));
+        }
+        if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return Err(ChatError::invalid("sampling.top_p", "must be in (0, 1]"));
+        }
+        if self.max_tokens == Some(0) {
+            return Err(ChatError::invalid("sampling.max_tokens", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Tokens spent by one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+/// The end of a completion: what is known only once it is over.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletion {
-    pub text: String,
+pub struct ChatEnd {
+    /// "stop", "length" or "tool_calls" (or what a provider says).
+    pub finish_reason: String,
     /// OpenAI `tool_calls` objects (`id`, `type: function`, `function.name`,
     /// `function.arguments` as a JSON string).
     pub tool_calls: Vec<Value>,
     pub usage: TokenUsage,
-    /// "stop", "length" or "tool_calls".
-    pub finish_reason: String,
+    /// Set when the model refused instead of answering.
+    pub refusal: Option<String>,
 }
 
-/// Something that answers chat completions: the local engine or an HTTP
-/// provider. Implementations bound their own concurrency and retry what is
-/// worth retrying; callers do not retry again.
+/// What a completion stream carries: text deltas, then one end.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChatEvent {
+    /// The next piece of text; never splits a character.
+    Delta(String),
+    /// The last item of a stream.
+    End(ChatEnd),
+}
+
+/// A completion in flight. Bounded ([`STREAM_CAPACITY`]); dropping it tells
+/// the producer to stop.
+pub type ChatStream = mpsc::Receiver<Result<ChatEvent, ChatError>>;
+
+/// Deltas a stream holds before its producer waits for the reader.
+pub const STREAM_CAPACITY: usize = 32;
+
+/// A new stream and the sender its producer writes to.
+pub fn channel() -> (mpsc::Sender<Result<ChatEvent, ChatError>>, ChatStream) {
+    mpsc::channel(STREAM_CAPACITY)
+}
+
+/// A finished completion as a stream: its text as one delta, then its end
+/// (for answers that arrive whole, and for test doubles).
+pub fn stream_of(completion: ChatCompletion) -> ChatStream {
+    let (tx, rx) = mpsc::channel(2);
+    let ChatCompletion {
+        text,
+        tool_calls,
+        usage,
+        finish_reason,
+        refusal,
+    } = completion;
+    if !text.is_empty() {
+        let _ = tx.try_send(Ok(ChatEvent::Delta(text)));
+    }
+    let _ = tx.try_send(Ok(ChatEvent::End(ChatEnd {
+        finish_reason,
+        tool_calls,
+        usage,
+        refusal,
+    })));
+    rx
+}
+
+/// One completion, collected.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    pub text: String,
+    pub tool_calls: Vec<Value>,
+    pub usage: TokenUsage,
+    pub finish_reason: String,
+    pub refusal: Option<String>,
+}
+
+/// Something that answers chat completions: the local engine, an HTTP
+/// provider, or the router over both. Implementations bound their own
+/// concurrency; a provider retries what is worth retrying, so callers retry
+/// only what says it is retryable ([`ChatError::is_retryable`]).
 #[async_trait]
 pub trait ChatModel: Send + Sync {
-    async fn complete(&self, request: ChatRequest) -> Result<ChatCompletion, ModelError>;
+    /// Starts a completion. Errors that stop it from starting come from
+    /// this call; the stream then yields deltas and exactly one end.
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, ChatError>;
+
+    /// A completion, collected from [`ChatModel::stream`].
+    async fn complete(&self, request: ChatRequest) -> Result<ChatCompletion, ChatError> {
+        let mut stream = self.stream(request).await?;
+        let mut text = String::new();
+        while let Some(item) = stream.recv().await {
+            match item? {
+                ChatEvent::Delta(delta) => text.push_str(&delta),
+                ChatEvent::End(end) => {
+                    return Ok(ChatCompletion {
+                        text,
+                        tool_calls: end.tool_calls,
+                        usage: end.usage,
+                        finish_reason: end.finish_reason,
+                        refusal: end.refusal,
+                    });
+                }
+            }
+        }
+        Err(ChatError::Internal(
+            "the completion stream ended without its end".into(),
+        ))
+    }
+}
+
+/// A chat model with a catalog of names it serves: the local engine. The
+/// router asks it before sending a bare name anywhere else.
+#[async_trait]
+pub trait LocalModels: ChatModel {
+    /// Whether `model` is one of its models (without loading it).
+    async fn knows(&self, model: &str) -> Result<bool, ChatError>;
+}
+
+/// Why a completion could not be had. One conversion leads to the domain
+/// [`Error`] (and from there to one gRPC status).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ChatError {
+    /// No provider and no local model serves this name.
+    #[error("model {0} not found: no configured provider or local model serves it")]
+    NotFound(String),
+    /// The request is wrong; `field` is a path into the gRPC ChatRequest.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The local engine's queue is full: try again after `retry_after`.
+    #[error("{message}")]
+    Overloaded { retry_after: Duration, message: String },
+    /// An HTTP provider failed (after its own retries): `status` is its
+    /// HTTP status when it answered with an error; `retryable` when the
+    /// caller trying again may succeed (a stream cut short).
+    #[error("{message}")]
+    Upstream {
+        retryable: bool,
+        status: Option<u16>,
+        message: String,
+    },
+    /// A local model that exists but cannot be loaded.
+    #[error("{0}")]
+    ModelLoad(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ChatError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ChatError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether the same request may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ChatError::Overloaded { .. } => true,
+            ChatError::Upstream { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
+
+    /// How long to wait before trying again, when the model said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ChatError::Overloaded { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+impl From<ChatError> for Error {
+    fn from(e: ChatError) -> Self {
+        match e {
+            ChatError::NotFound(model) => Error::not_found("model", model),
+            ChatError::Invalid { field, message } => Error::invalid(field, message),
+            ChatError::Overloaded { retry_after, message } => Error::Overloaded { message, retry_after },
+            // The provider refused this request (a wrong key, an unknown
+            // model, a parameter it does not take): no use trying again.
+            ChatError::Upstream {
+                status: Some(status @ 400..=499),
+                message,
+                ..
+            } if status != 408 && status != 429 => Error::precondition("UPSTREAM", "provider", message),
+            ChatError::Upstream { message, .. } => Error::Unavailable(message),
+            ChatError::ModelLoad(message) => Error::precondition("MODEL_LOAD", "model", message),
+            ChatError::Internal(message) => Error::Internal(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn request() -> ChatRequest {
+        ChatRequest {
+            model: "m".into(),
+            messages: vec![json!({"role": "user", "content": "hi"})],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validation_names_the_grpc_fields() {
+        assert_eq!(request().validate(), Ok(()));
+        let field = |r: ChatRequest| match r.validate() {
+            Err(ChatError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(ChatRequest::default()), "model");
+        let mut r = request();
+        r.messages.push(json!({"role": "robot", "content": "x"}));
+        assert_eq!(field(r), "messages[1].role");
+        assert_eq!(
+            field(ChatRequest {
+                temperature: Some(2.5),
+                ..request()
+            }),
+            "sampling.temperature"
+        );
+        assert_eq!(
+            field(ChatRequest {
+                top_p: Some(0.0),
+                ..request()
+            }),
+            "sampling.top_p"
+        );
+        assert_eq!(
+            field(ChatRequest {
+                max_tokens: Some(0),
+                ..request()
+            }),
+            "sampling.max_tokens"
+        );
+    }
+
+    struct Whole;
+
+    #[async_trait]
+    impl ChatModel for Whole {
+        async fn stream(&self, _: ChatRequest) -> Result<ChatStream, ChatError> {
+            Ok(stream_of(ChatCompletion {
+                text: "hello".into(),
+                finish_reason: "stop".into(),
+                usage: TokenUsage {
+                    prompt: 3,
+                    completion: 1,
+                },
+                ..Default::default()
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn complete_collects_the_stream() {
+        let c = Whole.complete(request()).await.unwrap();
+        assert_eq!(
+            (c.text.as_str(), c.finish_reason.as_str(), c.usage.prompt),
+            ("hello", "stop", 3)
+        );
+    }
+
+    #[test]
+    fn only_overload_and_transient_upstream_errors_are_retried() {
+        let overloaded = ChatError::Overloaded {
+            retry_after: Duration::from_secs(2),
+            message: "full".into(),
+        };
+        assert!(overloaded.is_retryable());
+        assert_eq!(overloaded.retry_after(), Some(Duration::from_secs(2)));
+        assert!(
+            ChatError::Upstream {
+                retryable: true,
+                status: None,
+                message: String::new()
+            }
+            .is_retryable()
+        );
+        let refused = |status| ChatError::Upstream {
+            retryable: false,
+            status: Some(status),
+            message: String::new(),
+        };
+        assert!(matches!(Error::from(refused(401)), Error::FailedPrecondition { .. }));
+        assert!(matches!(Error::from(refused(429)), Error::Unavailable(_)));
+        assert!(matches!(Error::from(refused(503)), Error::Unavailable(_)));
+        assert!(!ChatError::NotFound("m".into()).is_retryable());
+        assert!(matches!(
+            Error::from(overloaded),
+            Error::Overloaded { retry_after, .. } if retry_after == Duration::from_secs(2)
+        ));
+    }
 }

@@ -171,6 +171,22 @@ impl Models {
         Ok(model)
     }
 
+    /// Whether `model` names a model (a registered one, or a job's
+    /// checkpoint), without reading its files.
+    pub async fn knows(&self, model: &str) -> Result<bool> {
+        if self.store.get_model(model).await?.is_some() {
+            return Ok(true);
+        }
+        let Some((prefix, job_id, _)) = parse_checkpoint_model_id(model) else {
+            return Ok(false);
+        };
+        Ok(self
+            .store
+            .get_job(job_id)
+            .await?
+            .is_some_and(|job| fine_tuned_model_id(&job.spec.base_model, &job.spec.suffix, &job.id) == prefix))
+    }
+
     /// What `model` names, as the engine loads it: a registered base model,
     /// a fine-tuned model, or a job's checkpoint (`ft:...:ckpt-step-N`,
     /// also while its job still runs: checkpoint evals sample them).

@@ -1,6 +1,8 @@
 //! A test-only OpenAI-compatible HTTP server: answers chat completions and
 //! embeddings, and injects faults from a script (status codes with
-//! Retry-After, slow replies, malformed bodies). Never in the product.
+//! Retry-After, slow replies, malformed bodies). A chat request that asks
+//! for a stream gets its answer as server-sent events, a few characters a
+//! chunk. Never in the product.
 // Each test binary uses a different part of the stub.
 #![allow(dead_code)]
 
@@ -15,8 +17,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Clone, Debug)]
 pub enum Reply {
-    /// 200 with this JSON body.
+    /// 200 with this chat completion (or other JSON) body; as server-sent
+    /// chunks when the request asked for a stream.
     Json(String),
+    /// 200 with this JSON body even when a stream was asked for (servers
+    /// that ignore `stream`).
+    Whole(String),
+    /// A stream of this chat completion cut off before its end.
+    Cut(String),
     /// This status, with an optional Retry-After in seconds.
     Status(u16, Option<u32>),
     /// Wait, then behave like the inner reply.
@@ -206,8 +214,30 @@ async fn serve(stub: Arc<Stub>, mut sock: tokio::net::TcpStream) {
             _ => break,
         }
     }
+    let request: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let streamed = request["stream"] == true;
+    let include_usage = request["stream_options"]["include_usage"] == true;
     let response = match reply {
-        Reply::Json(body) => format!(
+        Reply::Json(body) if streamed => {
+            let _ = sock
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+                .await;
+            for frame in sse_frames(&body, include_usage, true) {
+                // Halves, so a reader sees frames split across reads.
+                let (a, b) = frame.as_bytes().split_at(frame.len() / 2);
+                for part in [a, b] {
+                    let _ = sock.write_all(part).await;
+                    let _ = sock.flush().await;
+                }
+            }
+            String::new()
+        }
+        Reply::Cut(body) => {
+            let mut out = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n".to_string();
+            out.extend(sse_frames(&body, include_usage, false));
+            out
+        }
+        Reply::Json(body) | Reply::Whole(body) => format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         ),
@@ -223,6 +253,52 @@ async fn serve(stub: Arc<Stub>, mut sock: tokio::net::TcpStream) {
     let _ = sock.write_all(response.as_bytes()).await;
     let _ = sock.shutdown().await;
     stub.in_flight.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// A chat completion body as `chat.completion.chunk` frames: the role, the
+/// content three characters a chunk, a refusal, each tool call in two
+/// pieces, the finish reason, the usage when asked for, and `[DONE]`.
+/// Without `complete`, only the role and the content's first chunk.
+pub fn sse_frames(body: &str, include_usage: bool, complete: bool) -> Vec<String> {
+    use serde_json::json;
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let choice = &v["choices"][0];
+    let message = &choice["message"];
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut chunks = vec![chunk(json!({"role": "assistant", "content": ""}), json!(null))];
+    let content: Vec<char> = message["content"].as_str().unwrap_or_default().chars().collect();
+    for piece in content.chunks(3) {
+        chunks.push(chunk(json!({"content": piece.iter().collect::<String>()}), json!(null)));
+        if !complete {
+            return chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+        }
+    }
+    if let Some(refusal) = message["refusal"].as_str() {
+        chunks.push(chunk(json!({"refusal": refusal}), json!(null)));
+    }
+    for (i, call) in message["tool_calls"].as_array().into_iter().flatten().enumerate() {
+        let args = call["function"]["arguments"].as_str().unwrap_or_default();
+        let (a, b) = args.split_at(args.len() / 2);
+        chunks.push(chunk(
+            json!({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                   "function": {"name": call["function"]["name"], "arguments": a}}]}),
+            json!(null),
+        ));
+        chunks.push(chunk(
+            json!({"tool_calls": [{"index": i, "function": {"arguments": b}}]}),
+            json!(null),
+        ));
+    }
+    chunks.push(chunk(json!({}), choice["finish_reason"].clone()));
+    if include_usage && v["usage"].is_object() {
+        chunks.push(json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [], "usage": v["usage"]}));
+    }
+    let mut frames: Vec<String> = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+    frames.push("data: [DONE]\n\n".into());
+    frames
 }
 
 /// Counts a request waiting at the gate, until it passes or is dropped.

@@ -40,7 +40,7 @@ impl Default for Sampling {
 pub struct Generated {
     pub tokens: Vec<u32>,
     pub text: String,
-    /// "stop" or "length".
+    /// "stop", "length", or "cancelled" (see [`generate_streaming`]).
     pub finish_reason: &'static str,
     pub prompt_tokens: usize,
 }
@@ -144,6 +144,24 @@ pub fn generate(
     stop_ids: &[u32],
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<Vec<Generated>> {
+    generate_streaming(model, adapter, tokenizer, prompts, sampling, stop_ids, &mut |i, t| {
+        on_token(i, t);
+        true
+    })
+}
+
+/// [`generate`] where `on_token` also says whether the row goes on: `false`
+/// (its reader went away) ends that row at once with finish reason
+/// "cancelled", so the batch stops spending steps on it.
+pub fn generate_streaming(
+    model: &BaseModel,
+    adapter: Option<&Adapter>,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    sampling: &[Sampling],
+    stop_ids: &[u32],
+    on_token: &mut dyn FnMut(usize, u32) -> bool,
+) -> Result<Vec<Generated>> {
     let dev = &model.device;
     let b = prompts.len();
     if b == 0 {
@@ -210,7 +228,10 @@ pub fn generate(
                 continue;
             }
             row.tokens.push(tok);
-            on_token(row.index, tok);
+            if !on_token(row.index, tok) {
+                row.done = Some("cancelled");
+                continue;
+            }
             if !s.stop.is_empty() {
                 row.text = tokenizer.decode(&row.tokens, true);
                 if let Some(cut) = s.stop.iter().filter_map(|s| row.text.find(s.as_str())).min() {

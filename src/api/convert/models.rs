@@ -1,5 +1,6 @@
 //! Models and chat: domain <-> wire.
 
+use crate::inference::{ChatEvent, ChatRequest};
 use crate::models::{BaseModelInfo, ModelKind, ModelRecord};
 use crate::proto;
 use crate::proto::timestamp;
@@ -30,22 +31,38 @@ pub fn model(m: ModelRecord) -> proto::Model {
     }
 }
 
-/// A Chat request as the engine takes it: model, OpenAI messages, sampling
-/// (OpenAI's defaults where unset: temperature 1, top_p 1).
-pub fn chat(req: proto::ChatRequest) -> (String, Vec<serde_json::Value>, lathe_engine::generate::Sampling) {
+/// A Chat request as the chat seam takes it: model, OpenAI messages, and
+/// the sampling settings given (the model's server applies OpenAI's
+/// defaults to the rest).
+pub fn chat(req: proto::ChatRequest) -> ChatRequest {
     let messages = req
         .messages
         .into_iter()
         .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
         .collect();
     let s = req.sampling.unwrap_or_default();
-    let sampling = lathe_engine::generate::Sampling {
-        temperature: s.temperature.unwrap_or(1.0),
-        top_p: s.top_p.unwrap_or(1.0),
-        top_k: s.top_k.unwrap_or(0) as usize,
-        max_tokens: s.max_tokens.unwrap_or(256) as usize,
-        seed: s.seed.unwrap_or(0),
+    ChatRequest {
+        model: req.model,
+        messages,
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k,
+        max_tokens: s.max_tokens,
+        seed: s.seed,
         stop: s.stop,
+        ..Default::default()
+    }
+}
+
+pub fn chat_response(event: ChatEvent) -> proto::ChatResponse {
+    use proto::chat_response::Payload;
+    let payload = match event {
+        ChatEvent::Delta(text) => Payload::Delta(text),
+        ChatEvent::End(end) => Payload::End(proto::ChatEnd {
+            finish_reason: end.finish_reason,
+            prompt_tokens: u32::try_from(end.usage.prompt).unwrap_or(u32::MAX),
+            completion_tokens: u32::try_from(end.usage.completion).unwrap_or(u32::MAX),
+        }),
     };
-    (req.model, messages, sampling)
+    proto::ChatResponse { payload: Some(payload) }
 }
