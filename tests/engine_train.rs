@@ -366,6 +366,44 @@ fn training_is_deterministic_and_resume_from_a_checkpoint_is_exact() {
     );
 }
 
+/// The first steps of one SFT run, pinned to what the loop produced before
+/// the method seam existed (commit "tests: pin an SFT run's first step
+/// losses"): a change of data order, dropout streams, normaliser or
+/// accumulation shows here, not only a broken resume. The tolerance is
+/// relative 1e-6: those changes move the loss by more than 1e-3, while a
+/// CPU with other SIMD kernels may round the last bits differently.
+#[test]
+fn an_sft_run_reproduces_its_pinned_step_losses() {
+    let model = tiny("qwen2", 8);
+    let exs = examples();
+    let cfg = sft_config(4, 1e-2, 0.1);
+    let mut sink = Collect::new(Some(4));
+    run_sft(&model, &exs, &exs, &cfg, "tiny", None, &mut sink).unwrap();
+    let close = |got: f64, want: f64, what: &str| {
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs(),
+            "{what}: {got:?}, pinned {want:?}"
+        );
+    };
+    let pinned = [
+        (9.821835708618163, 8.611190739429267, 14),
+        (7.891958236694336, 12.088211886164347, 28),
+        (8.799168395996094, 7.91145920115507, 42),
+        (5.479064226150513, 9.765408945936128, 56),
+    ];
+    assert_eq!(sink.metrics.len(), pinned.len());
+    for (m, (loss, grad_norm, tokens)) in sink.metrics.iter().zip(pinned) {
+        close(m.train_loss, loss, &format!("step {} train loss", m.step));
+        close(m.grad_norm, grad_norm, &format!("step {} grad norm", m.step));
+        assert_eq!(m.trained_tokens, tokens, "step {}", m.step);
+    }
+    close(
+        sink.metrics[2].valid_loss.unwrap(),
+        6.612533410390218,
+        "step 3 valid loss",
+    );
+}
+
 fn greedy_without_cache(model: &BaseModel, adapter: Option<&Adapter>, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut ids = prompt.to_vec();
     let mut out = Vec::new();
