@@ -23,7 +23,7 @@ use lathe_engine::lora::LoraConfig;
 use lathe_engine::optim::{AdamWParams, Schedule};
 use lathe_engine::sft::encode_file;
 use lathe_engine::train::{
-    AUTO_LEARNING_RATE, Outcome, SftConfig, Sink, StepMetrics, auto_batch_size, auto_epochs, read_checkpoint, run_sft,
+    AUTO_LEARNING_RATE, Outcome, Sink, StepMetrics, TrainConfig, auto_batch_size, auto_epochs, read_checkpoint, run_sft,
 };
 use lathe_engine::weights::Proj;
 
@@ -101,7 +101,7 @@ fn lora_config(spec: &JobSpec) -> Result<LoraConfig, Vec<FieldViolation>> {
 }
 
 /// The run's settings: the job's hyperparameters, "auto" ones filled in.
-pub fn sft_config(spec: &JobSpec, n_train: usize, lora: LoraConfig, config: &LocalTrainerConfig) -> SftConfig {
+pub fn sft_config(spec: &JobSpec, n_train: usize, lora: LoraConfig, config: &LocalTrainerConfig) -> TrainConfig {
     let h = &spec.method.hyperparameters;
     let epochs = h.n_epochs.map(|e| e as u64).unwrap_or_else(|| auto_epochs(n_train));
     let batch_size = h
@@ -110,7 +110,7 @@ pub fn sft_config(spec: &JobSpec, n_train: usize, lora: LoraConfig, config: &Loc
         .unwrap_or_else(|| auto_batch_size(n_train))
         .clamp(1, n_train.max(1));
     let steps = n_train.div_ceil(batch_size) as u64 * epochs;
-    SftConfig {
+    TrainConfig {
         epochs,
         batch_size,
         learning_rate: AUTO_LEARNING_RATE * h.learning_rate_multiplier.unwrap_or(1.0),
@@ -163,19 +163,34 @@ impl Sink for ChannelSink {
     }
 }
 
+/// The job's metrics from the engine's: a method's value `x` becomes
+/// `train_x`, and `valid_x` at evaluations, in the field of that name
+/// (SFT's `mean_token_accuracy`, RFT's `reward_mean`: OpenAI's names).
 fn job_metrics(m: &StepMetrics) -> Metrics {
-    Metrics {
+    let mut out = Metrics {
         step: m.step,
         total_steps: m.total_steps,
         epoch: m.epoch,
         train_loss: Some(m.train_loss),
         valid_loss: m.valid_loss,
-        train_mean_token_accuracy: Some(m.train_accuracy),
-        valid_mean_token_accuracy: m.valid_accuracy,
         learning_rate: Some(m.learning_rate),
         tokens_per_second: Some(m.tokens_per_second),
         ..Default::default()
+    };
+    let named = (m.values.iter().map(|(k, v)| (format!("train_{k}"), *v)))
+        .chain(m.valid_values.iter().map(|(k, v)| (format!("valid_{k}"), *v)));
+    for (name, v) in named {
+        let field = match name.as_str() {
+            "train_mean_token_accuracy" => &mut out.train_mean_token_accuracy,
+            "valid_mean_token_accuracy" => &mut out.valid_mean_token_accuracy,
+            "train_reward_mean" => &mut out.train_reward_mean,
+            "valid_reward_mean" => &mut out.valid_reward_mean,
+            // The job metrics carry no other values yet.
+            _ => continue,
+        };
+        *field = Some(v);
     }
+    out
 }
 
 #[async_trait]

@@ -16,7 +16,7 @@ use lathe_engine::lora::LoraConfig;
 use lathe_engine::model::BaseModel;
 use lathe_engine::optim::{AdamWParams, Schedule};
 use lathe_engine::sft::Example;
-use lathe_engine::train::{SftConfig, Sink, StepMetrics, run_sft};
+use lathe_engine::train::{Sink, StepMetrics, TrainConfig, run_sft};
 use lathe_engine::weights::{Proj, load};
 
 struct Timer {
@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             trained: (0..50).map(|i| i >= 44).collect(),
         })
         .collect();
-    let cfg = SftConfig {
+    let cfg = TrainConfig {
         epochs: 1,
         batch_size: batch,
         learning_rate: 1e-3,
