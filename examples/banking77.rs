@@ -17,7 +17,7 @@ use lathe::engine::trainer::{LocalTrainerConfig, job_lora, sft_config};
 use lathe::jobs::model::{EarlyStopping, Hyperparameters, JobSpec, Lora, Method, MethodKind};
 use lathe_engine::generate::{Sampling, generate};
 use lathe_engine::lora::Adapter;
-use lathe_engine::sft::encode_file;
+use lathe_engine::sft::{TOKEN_ACCURACY, encode_file};
 use lathe_engine::train::{Sink, StepMetrics, run_sft};
 
 fn arg(name: &str) -> Option<String> {
@@ -68,11 +68,14 @@ impl Sink for Collect {
             m.total_steps,
             m.epoch,
             m.train_loss,
-            m.train_accuracy,
+            m.values.get(TOKEN_ACCURACY).copied().unwrap_or(0.0),
             m.learning_rate,
             m.tokens_per_second,
             m.valid_loss
-                .map(|v| format!(" valid {v:.4} acc {:.3}", m.valid_accuracy.unwrap_or(0.0)))
+                .map(|v| format!(
+                    " valid {v:.4} acc {:.3}",
+                    m.valid_values.get(TOKEN_ACCURACY).copied().unwrap_or(0.0)
+                ))
                 .unwrap_or_default(),
             phase_peak_rss_mib()
         );

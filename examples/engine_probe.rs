@@ -9,8 +9,7 @@ use lathe_engine::generate::{Sampling, generate};
 use lathe_engine::lora::{Adapter, LoraConfig};
 use lathe_engine::model::BaseModel;
 use lathe_engine::rng::Rng;
-use lathe_engine::sft::Example;
-use lathe_engine::train::packed_loss;
+use lathe_engine::sft::{Example, packed_loss};
 use lathe_engine::weights::{Proj, load};
 
 fn main() -> anyhow::Result<()> {

@@ -191,6 +191,11 @@ async fn a_real_sft_job_trains_checkpoints_and_serves_its_model() {
         "validation loss {last_valid} should fall well below the first training loss {first}"
     );
     assert!(m.iter().any(|x| x.valid_mean_token_accuracy.is_some()));
+    // SFT's token accuracy keeps its names; SFT has no other values.
+    assert!(
+        m.iter()
+            .all(|x| x.train_mean_token_accuracy.is_some() && x.values.is_empty())
+    );
     assert!(done.trained_tokens > 0);
 
     // The model is listed and answers, streaming.

@@ -248,6 +248,7 @@ fn event_json(e: &proto::JobEvent) -> serde_json::Value {
             "train_reward_mean": m.train_reward_mean, "valid_reward_mean": m.valid_reward_mean,
             "eval_pass_rate": m.eval_pass_rate,
             "eval_run_id": (!m.eval_run_id.is_empty()).then_some(&m.eval_run_id),
+            "values": m.values,
         }),
         Some(job_event::Data::Checkpoint(c)) => json!({
             "type": "checkpoint", "id": c.id, "step": c.step_number,
@@ -549,7 +550,7 @@ pub async fn run(addr: &str, json: bool, cmd: JobsCommand) -> anyhow::Result<Out
                         "{}",
                         json!({"step": m.step, "total_steps": m.total_steps, "train_loss": m.train_loss,
                                "valid_loss": m.valid_loss, "learning_rate": m.learning_rate,
-                               "eval_pass_rate": m.eval_pass_rate})
+                               "eval_pass_rate": m.eval_pass_rate, "values": m.values})
                     );
                 } else {
                     println!(

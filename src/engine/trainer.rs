@@ -24,7 +24,7 @@ use lathe_engine::lora::LoraConfig;
 use lathe_engine::optim::{AdamWParams, Schedule};
 use lathe_engine::sft::encode_file;
 use lathe_engine::train::{
-    AUTO_LEARNING_RATE, Outcome, SftConfig, Sink, StepMetrics, auto_batch_size, auto_epochs, read_checkpoint, run_sft,
+    AUTO_LEARNING_RATE, Outcome, Sink, StepMetrics, TrainConfig, auto_batch_size, auto_epochs, read_checkpoint, run_sft,
 };
 use lathe_engine::weights::Proj;
 
@@ -95,7 +95,7 @@ fn lora_config(spec: &JobSpec) -> Result<LoraConfig, Vec<FieldViolation>> {
 }
 
 /// The run's settings: the job's hyperparameters, "auto" ones filled in.
-pub fn sft_config(spec: &JobSpec, n_train: usize, lora: LoraConfig, config: &LocalTrainerConfig) -> SftConfig {
+pub fn sft_config(spec: &JobSpec, n_train: usize, lora: LoraConfig, config: &LocalTrainerConfig) -> TrainConfig {
     let h = &spec.method.hyperparameters;
     let epochs = h.n_epochs.map(|e| e as u64).unwrap_or_else(|| auto_epochs(n_train));
     let batch_size = h
@@ -104,7 +104,7 @@ pub fn sft_config(spec: &JobSpec, n_train: usize, lora: LoraConfig, config: &Loc
         .unwrap_or_else(|| auto_batch_size(n_train))
         .clamp(1, n_train.max(1));
     let steps = n_train.div_ceil(batch_size) as u64 * epochs;
-    SftConfig {
+    TrainConfig {
         epochs,
         batch_size,
         learning_rate: AUTO_LEARNING_RATE * h.learning_rate_multiplier.unwrap_or(1.0),
@@ -157,19 +157,37 @@ impl Sink for ChannelSink {
     }
 }
 
+/// The job's metrics from the engine's: a method's value `x` becomes
+/// `train_x`, and `valid_x` at evaluations, in the field of that name where
+/// the job metrics have one (SFT's `mean_token_accuracy`, RFT's
+/// `reward_mean`: OpenAI's names), otherwise in `values`.
 fn job_metrics(m: &StepMetrics) -> Metrics {
-    Metrics {
+    let mut out = Metrics {
         step: m.step,
         total_steps: m.total_steps,
         epoch: m.epoch,
         train_loss: Some(m.train_loss),
         valid_loss: m.valid_loss,
-        train_mean_token_accuracy: Some(m.train_accuracy),
-        valid_mean_token_accuracy: m.valid_accuracy,
         learning_rate: Some(m.learning_rate),
         tokens_per_second: Some(m.tokens_per_second),
         ..Default::default()
+    };
+    let named = (m.values.iter().map(|(k, v)| (format!("train_{k}"), *v)))
+        .chain(m.valid_values.iter().map(|(k, v)| (format!("valid_{k}"), *v)));
+    for (name, v) in named {
+        let field = match name.as_str() {
+            "train_mean_token_accuracy" => &mut out.train_mean_token_accuracy,
+            "valid_mean_token_accuracy" => &mut out.valid_mean_token_accuracy,
+            "train_reward_mean" => &mut out.train_reward_mean,
+            "valid_reward_mean" => &mut out.valid_reward_mean,
+            _ => {
+                out.values.insert(name, v);
+                continue;
+            }
+        };
+        *field = Some(v);
     }
+    out
 }
 
 #[async_trait]
@@ -318,5 +336,49 @@ impl Trainer for LocalTrainer {
             Outcome::Completed { trained_tokens } => TrainOutcome::Completed { trained_tokens },
             Outcome::Stopped { trained_tokens, .. } => TrainOutcome::Stopped { trained_tokens },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_methods_values_keep_openais_names_where_the_job_metrics_have_them() {
+        let m = StepMetrics {
+            step: 3,
+            train_loss: 0.5,
+            valid_loss: Some(0.7),
+            values: [
+                ("mean_token_accuracy".to_string(), 0.25),
+                ("reward_mean".to_string(), 0.5),
+                ("rewards/margins".to_string(), 1.5),
+            ]
+            .into(),
+            valid_values: [
+                ("mean_token_accuracy".to_string(), 0.75),
+                ("rewards/margins".to_string(), 2.5),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let j = job_metrics(&m);
+        assert_eq!(j.train_mean_token_accuracy, Some(0.25));
+        assert_eq!(j.valid_mean_token_accuracy, Some(0.75));
+        assert_eq!(j.train_reward_mean, Some(0.5));
+        assert_eq!(j.valid_reward_mean, None);
+        assert_eq!((j.train_loss, j.valid_loss), (Some(0.5), Some(0.7)));
+        let values: Vec<(&str, f64)> = j.values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(values, [("train_rewards/margins", 1.5), ("valid_rewards/margins", 2.5)]);
+        // Stored rows from before `values` existed still read, and rows
+        // without values are written as before.
+        let old = r#"{"step":1,"total_steps":2,"epoch":0.5,"train_loss":1.0,"valid_loss":null,
+            "train_mean_token_accuracy":null,"valid_mean_token_accuracy":null,"learning_rate":null,
+            "tokens_per_second":null,"train_reward_mean":null,"valid_reward_mean":null}"#;
+        let read: Metrics = serde_json::from_str(old).unwrap();
+        assert!(read.values.is_empty());
+        assert!(!serde_json::to_string(&read).unwrap().contains("values"));
+        let back: Metrics = serde_json::from_str(&serde_json::to_string(&j).unwrap()).unwrap();
+        assert_eq!(back, j);
     }
 }

@@ -235,6 +235,10 @@ pub struct Metrics {
     pub eval_pass_rate: Option<f64>,
     #[serde(default)]
     pub eval_run_id: Option<String>,
+    /// A training method's measures without a field of their own, named
+    /// `train_<name>` and `valid_<name>` (DPO's `train_rewards/margins`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

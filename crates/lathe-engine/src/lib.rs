@@ -16,6 +16,7 @@ pub mod frozen;
 pub mod fused;
 pub mod generate;
 pub mod lora;
+pub mod method;
 pub mod model;
 pub mod optim;
 pub mod rng;

@@ -1,12 +1,15 @@
-//! The SFT loop: packed micro-batches with block-diagonal causal masks,
-//! completion-only loss normalised over the whole accumulated batch (as
-//! TRL), AdamW, warmup + decay, gradient clipping, periodic validation and
-//! checkpoints that make resume exact.
+//! The training loop, for every [`Method`]: the seeded data order, batches
+//! cut into micro-batches within a token budget, gradient accumulation over
+//! them, clipping, AdamW with warmup + decay, periodic validation and
+//! checkpoints that make resume exact. What a method trains on and how its
+//! loss is computed is the method's ([`super::method`]); SFT
+//! ([`super::sft::Sft`]) is the first.
 //!
 //! Determinism: the data order of epoch e is a shuffle seeded by (seed, e);
 //! the dropout masks of step s are seeded by (seed, s, micro-batch). So the
 //! run is a function of the seed, and a checkpoint needs only the adapter,
-//! the optimizer moments and the step to continue exactly.
+//! the optimizer moments, the step and the method's own state (none for
+//! SFT) to continue exactly.
 
 use std::collections::HashMap;
 
@@ -14,14 +17,17 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::lora::{Adapter, LoraConfig, write_safetensors};
-use super::model::{BaseModel, Input, Segments, TrainState, log_softmax};
+use super::method::{Method, Policy, StepInfo, Values, micro_batches};
+use super::model::{BaseModel, TrainState};
 use super::optim::{AdamW, AdamWParams, Schedule, clip_grad_norm, lr_factor};
 use super::rng::Rng;
-use super::sft::Example;
+use super::sft::{Example, Sft};
 use super::{EngineError, Result};
 
+/// The loop's settings, whatever the method (a method's own, such as DPO's
+/// beta, are the method's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SftConfig {
+pub struct TrainConfig {
     pub epochs: u64,
     /// Examples per optimizer step.
     pub batch_size: usize,
@@ -40,7 +46,7 @@ pub struct SftConfig {
     pub eval_examples: usize,
 }
 
-impl SftConfig {
+impl TrainConfig {
     pub fn steps_per_epoch(&self, n: usize) -> u64 {
         n.div_ceil(self.batch_size.max(1)) as u64
     }
@@ -73,20 +79,25 @@ pub fn auto_batch_size(n: usize) -> usize {
 /// Lathe's short CPU runs learn faster with more).
 pub const AUTO_LEARNING_RATE: f64 = 1e-3;
 
-/// What one step or evaluation measured.
+/// What one step or evaluation measured. The common measures have fields;
+/// a method's own (SFT's token accuracy, DPO's rewards) are `values` by
+/// name, and the same names in `valid_values` at evaluations.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
     pub step: u64,
     pub total_steps: u64,
     pub epoch: f64,
     pub train_loss: f64,
-    pub train_accuracy: f64,
     pub learning_rate: f64,
     pub grad_norm: f64,
     pub tokens_per_second: f64,
     pub trained_tokens: u64,
     pub valid_loss: Option<f64>,
-    pub valid_accuracy: Option<f64>,
+    /// The method's measures of the step's batch.
+    pub values: Values,
+    /// The method's measures of the validation examples; empty between
+    /// evaluations and without validation data.
+    pub valid_values: Values,
 }
 
 /// Where the loop reports; implemented by the jobs adapter and by tests.
@@ -103,6 +114,8 @@ pub struct Resume {
     pub trained_tokens: u64,
     pub adapter: Adapter,
     pub optimizer: HashMap<String, Tensor>,
+    /// The checkpoint's other files: the method's state.
+    pub method_files: HashMap<String, Vec<u8>>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -124,102 +137,27 @@ struct TrainerState {
     rng: String,
 }
 
-/// Loss pieces of one packed micro-batch: the summed negative log-likelihood
-/// over trained tokens (a scalar tensor), their count and how many the
-/// model got right (argmax).
-pub fn packed_loss(
-    model: &BaseModel,
-    adapter: &Adapter,
-    examples: &[&Example],
-    train: Option<TrainState<'_>>,
-) -> Result<(Tensor, usize, usize)> {
-    let dev = &model.device;
-    let mut ids = Vec::new();
-    let mut pos = Vec::new();
-    let mut lengths = Vec::with_capacity(examples.len());
-    let mut rows = Vec::new();
-    let mut targets = Vec::new();
-    for ex in examples {
-        let base = ids.len();
-        lengths.push(ex.ids.len());
-        for (j, &id) in ex.ids.iter().enumerate() {
-            ids.push(id);
-            pos.push(j as u32);
-            if j > 0 && ex.trained[j] {
-                rows.push((base + j - 1) as u32);
-                targets.push(id);
-            }
-        }
-    }
-    let l = ids.len();
-    if pos.iter().any(|&p| p as usize >= model.max_positions()) {
-        return Err(EngineError::Data(format!(
-            "an example is longer than the model's {} positions",
-            model.max_positions()
-        )));
-    }
-    let ids_t = Tensor::from_vec(ids, (1, l), dev)?;
-    let pos_t = Tensor::from_vec(pos, l, dev)?;
-    let segments = Segments::new(&lengths, dev)?;
-    let track = train.is_some();
-    let hidden = model.forward(
-        &Input {
-            ids: &ids_t,
-            positions: &pos_t,
-            mask: None,
-            segments: Some(&segments),
-        },
-        Some(adapter),
-        None,
-        train,
-    )?;
-    let n = rows.len();
-    let rows_t = Tensor::from_vec(rows, n, dev)?;
-    let picked = hidden.index_select(&rows_t, 0)?;
-    let logits = model.logits(&picked, track)?;
-    let logp = log_softmax(&logits)?;
-    let targets_t = Tensor::from_vec(targets.clone(), (n, 1), dev)?;
-    let nll = logp.gather(&targets_t, 1)?.neg()?.sum_all()?;
-    let argmax = logits.detach().argmax(1)?.to_vec1::<u32>()?;
-    let correct = argmax.iter().zip(&targets).filter(|(a, b)| a == b).count();
-    Ok((nll, n, correct))
-}
-
-/// Cuts a batch into micro-batches of at most `budget` tokens (one
-/// example longer than the budget goes alone).
-pub fn micro_batches<'a>(batch: &[&'a Example], budget: usize) -> Vec<Vec<&'a Example>> {
-    let mut out: Vec<Vec<&Example>> = Vec::new();
-    let mut used = 0;
-    for ex in batch {
-        if out.is_empty() || used + ex.ids.len() > budget {
-            out.push(Vec::new());
-            used = 0;
-        }
-        used += ex.ids.len();
-        out.last_mut().expect("pushed above").push(ex);
-    }
-    out
-}
-
-/// Mean loss and token accuracy over examples, without gradients.
-pub fn evaluate(model: &BaseModel, adapter: &Adapter, examples: &[Example], budget: usize) -> Result<(f64, f64)> {
-    let refs: Vec<&Example> = examples.iter().collect();
-    let (mut nll, mut n, mut correct) = (0f64, 0usize, 0usize);
-    for mb in micro_batches(&refs, budget) {
-        let (l, k, c) = packed_loss(model, adapter, &mb, None)?;
-        nll += l.to_scalar::<f32>()? as f64;
-        n += k;
-        correct += c;
-    }
-    Ok((nll / n.max(1) as f64, correct as f64 / n.max(1) as f64))
-}
-
 /// Runs (or resumes) SFT to the end or until the sink says stop.
 pub fn run_sft(
     model: &BaseModel,
     train: &[Example],
     valid: &[Example],
-    cfg: &SftConfig,
+    cfg: &TrainConfig,
+    base_model_name: &str,
+    resume: Option<Resume>,
+    sink: &mut dyn Sink,
+) -> Result<Outcome> {
+    run(model, &mut Sft, train, valid, cfg, base_model_name, resume, sink)
+}
+
+/// Runs (or resumes) a method to the end or until the sink says stop.
+#[allow(clippy::too_many_arguments)]
+pub fn run<M: Method>(
+    model: &BaseModel,
+    method: &mut M,
+    train: &[M::Example],
+    valid: &[M::Example],
+    cfg: &TrainConfig,
     base_model_name: &str,
     resume: Option<Resume>,
     sink: &mut dyn Sink,
@@ -250,13 +188,19 @@ pub fn run_sft(
             var.set(t)?;
         }
         opt.load_state(r.step, &r.optimizer)?;
+        method.load_state(&r.method_files)?;
         step = r.step;
         trained_tokens = r.trained_tokens;
     }
-    let eval_set: &[Example] = if cfg.eval_examples > 0 && valid.len() > cfg.eval_examples {
+    let eval_set: &[M::Example] = if cfg.eval_examples > 0 && valid.len() > cfg.eval_examples {
         &valid[..cfg.eval_examples]
     } else {
         valid
+    };
+    method.prepare(model, train, eval_set)?;
+    let policy = Policy {
+        model,
+        adapter: &adapter,
     };
     let mut order: Vec<usize> = Vec::new();
     let mut order_epoch = u64::MAX;
@@ -272,28 +216,29 @@ pub fn run_sft(
             order_epoch = epoch;
         }
         let at = (step % steps_per_epoch) as usize * cfg.batch_size;
-        let batch: Vec<&Example> = order[at..(at + cfg.batch_size).min(train.len())]
-            .iter()
-            .map(|&i| &train[i])
-            .collect();
-        let n_trained: usize = batch.iter().map(|e| e.trained_tokens()).sum();
+        let batch = &order[at..(at + cfg.batch_size).min(train.len())];
+        let mut sums = M::Sums::default();
+        let units = method.begin_step(policy, StepInfo { step, seed: cfg.seed }, train, batch, &mut sums)?;
+        let normaliser = method.normaliser(&units);
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
-        let (mut nll, mut correct, mut tokens) = (0f64, 0usize, 0usize);
-        for (k, mb) in micro_batches(&batch, cfg.micro_batch_tokens).iter().enumerate() {
+        let mut tokens = 0usize;
+        for (k, range) in micro_batches(&units, cfg.micro_batch_tokens, |u| method.tokens(u))
+            .into_iter()
+            .enumerate()
+        {
+            let mb = &units[range];
             let mut rng = Rng::derive(cfg.seed, &[2, step, k as u64]);
-            let (loss_sum, _, c) = packed_loss(
-                model,
-                &adapter,
+            let loss = method.loss(
+                policy,
                 mb,
+                normaliser,
                 Some(TrainState {
                     dropout: cfg.lora.dropout as f32,
                     rng: &mut rng,
                 }),
+                &mut sums,
             )?;
-            nll += loss_sum.to_scalar::<f32>()? as f64;
-            correct += c;
-            tokens += mb.iter().map(|e| e.ids.len()).sum::<usize>();
-            let loss = (loss_sum / n_trained.max(1) as f64)?;
+            tokens += mb.iter().map(|u| method.tokens(u)).sum::<usize>();
             let g = loss.backward()?;
             for (slot, var) in grads.iter_mut().zip(&vars) {
                 let gi = g.get(var.as_tensor()).cloned().unwrap_or(var.as_tensor().zeros_like()?);
@@ -319,30 +264,32 @@ pub fn run_sft(
         step += 1;
         trained_tokens += tokens as u64;
         let elapsed = started.elapsed().as_secs_f64();
+        let summary = method.summarize(&sums, normaliser);
         let mut m = StepMetrics {
             step,
             total_steps: total,
             epoch: step as f64 / steps_per_epoch as f64,
-            train_loss: nll / n_trained.max(1) as f64,
-            train_accuracy: correct as f64 / n_trained.max(1) as f64,
+            train_loss: summary.loss,
             learning_rate: lr,
             grad_norm,
             tokens_per_second: tokens as f64 / elapsed.max(1e-9),
             trained_tokens,
             valid_loss: None,
-            valid_accuracy: None,
+            values: summary.values,
+            valid_values: Values::new(),
         };
         let at_eval = step.is_multiple_of(cfg.eval_every.max(1)) || step == total;
         if at_eval {
             if !eval_set.is_empty() {
-                let (vl, va) = evaluate(model, &adapter, eval_set, cfg.micro_batch_tokens)?;
-                m.valid_loss = Some(vl);
-                m.valid_accuracy = Some(va);
+                let v = method.validate(policy, eval_set, cfg.micro_batch_tokens)?;
+                m.valid_loss = v.loss;
+                m.valid_values = v.values;
             }
             sink.metrics(&m);
             let files = checkpoint_files(
                 &adapter,
                 &opt,
+                &*method,
                 cfg,
                 base_model_name,
                 step,
@@ -364,10 +311,14 @@ pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer_state.json";
 
-fn checkpoint_files(
+const LOOP_FILES: [&str; 4] = [ADAPTER_FILE, ADAPTER_CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE];
+
+#[allow(clippy::too_many_arguments)]
+fn checkpoint_files<M: Method + ?Sized>(
     adapter: &Adapter,
     opt: &AdamW,
-    cfg: &SftConfig,
+    method: &M,
+    cfg: &TrainConfig,
     base_model_name: &str,
     step: u64,
     steps_per_epoch: u64,
@@ -384,7 +335,7 @@ fn checkpoint_files(
         rng: "xoshiro256** streams derived from (seed, 1, epoch) for data order and (seed, 2, step, micro) for dropout"
             .into(),
     };
-    Ok(vec![
+    let mut files = vec![
         (ADAPTER_FILE.into(), weights),
         (ADAPTER_CONFIG_FILE.into(), config),
         (OPTIMIZER_FILE.into(), write_safetensors(&opt.state())?),
@@ -392,10 +343,20 @@ fn checkpoint_files(
             STATE_FILE.into(),
             serde_json::to_vec_pretty(&state).map_err(|e| EngineError::Data(e.to_string()))?,
         ),
-    ])
+    ];
+    for (name, bytes) in method.state()? {
+        if LOOP_FILES.contains(&name.as_str()) || files.iter().any(|(n, _)| *n == name) {
+            return Err(EngineError::Data(format!(
+                "the method's checkpoint file {name} is named twice"
+            )));
+        }
+        files.push((name, bytes));
+    }
+    Ok(files)
 }
 
-/// Reads a checkpoint written by `run_sft`.
+/// Reads a checkpoint written by [`run`]; the files that are not the
+/// loop's are the method's state ([`Resume::method_files`]).
 pub fn read_checkpoint(model: &BaseModel, files: &HashMap<String, Vec<u8>>) -> Result<Resume> {
     let get = |k: &str| {
         files
@@ -414,10 +375,16 @@ pub fn read_checkpoint(model: &BaseModel, files: &HashMap<String, Vec<u8>>) -> R
         .into_iter()
         .map(|(k, v)| v.to_dtype(DType::F32).map(|v| (k, v)))
         .collect::<candle_core::Result<_>>()?;
+    let method_files = files
+        .iter()
+        .filter(|(name, _)| !LOOP_FILES.contains(&name.as_str()))
+        .map(|(name, bytes)| (name.clone(), bytes.clone()))
+        .collect();
     Ok(Resume {
         step: state.step,
         trained_tokens: state.trained_tokens,
         adapter,
         optimizer,
+        method_files,
     })
 }

@@ -243,6 +243,7 @@ pub fn metrics(m: jm::Metrics) -> proto::JobMetrics {
         valid_reward_mean: m.valid_reward_mean,
         eval_pass_rate: m.eval_pass_rate,
         eval_run_id: m.eval_run_id.unwrap_or_default(),
+        values: m.values.into_iter().collect(),
     }
 }
 
