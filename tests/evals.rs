@@ -596,8 +596,11 @@ fn violations(status: &tonic::Status) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn bad_input_is_refused_with_field_violations() {
+    // A provider serves "stub/m", so the model is known and only the
+    // items and templates are at fault.
+    let (_stub, url) = openai_stub::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_with(config(dir.path(), &url)).await;
     let mut client = evals(&server).await;
 
     let err = client
@@ -780,24 +783,59 @@ async fn bad_input_is_refused_with_field_violations() {
 }
 
 #[tokio::test]
-async fn bare_model_names_go_to_the_local_engine_which_must_know_them() {
+async fn a_model_nothing_serves_is_refused_when_the_run_is_created() {
+    // No providers: a bare name must be a model the local engine knows.
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let mut client = evals(&server).await;
     let eval_id = create_eval(&mut client).await;
     let dataset_id = upload_items(&server, &numbered(3)).await;
-    let mut source = model_source();
-    if let proto::create_eval_run_request::Source::Model(m) = &mut source {
-        m.model = "llama-3-8b".into();
+    for model in ["llama-3-8b", "stub/m"] {
+        let mut source = model_source();
+        if let proto::create_eval_run_request::Source::Model(m) = &mut source {
+            m.model = model.into();
+        }
+        let err = client
+            .create_eval_run(proto::CreateEvalRunRequest {
+                eval_id: eval_id.clone(),
+                dataset_id: dataset_id.clone(),
+                source: Some(source),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{model}");
+        let v = violations(&err);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].0, "model.model");
+        assert!(v[0].1.contains(model), "{v:?}");
     }
-    let run = create_run(&mut client, &eval_id, &dataset_id, source, 0, 0.0).await;
+    let runs = client
+        .list_eval_runs(proto::ListEvalRunsRequest {
+            eval_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(runs.runs.is_empty(), "nothing was created");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_whose_every_item_errored_fails_however_few_items_it_has() {
+    let (stub, url) = openai_stub::start().await;
+    stub.respond_with(|_| Reply::Status(500, None));
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(dir.path(), &url)).await;
+    let mut client = evals(&server).await;
+    let eval_id = create_eval(&mut client).await;
+    let dataset_id = upload_items(&server, &numbered(3)).await;
+    let run = create_run(&mut client, &eval_id, &dataset_id, model_source(), 0, 0.0).await;
     let (_, end) = watch_all(&mut client, &run.id, 0).await;
+    assert_eq!(end.state, proto::EvalRunState::Failed as i32, "{end:?}");
+    assert!(end.error.contains("every one of its 3 items errored"), "{}", end.error);
+    assert!(end.error.contains("HTTP 500"), "{}", end.error);
     assert_eq!(end.result_counts.unwrap().errored, 3);
-    let items = all_items(&mut client, &run.id, proto::OutputItemStatus::Error).await;
-    assert!(
-        items[0].error.contains("model llama-3-8b not found"),
-        "{}",
-        items[0].error
-    );
     server.stop().await;
 }

@@ -475,6 +475,18 @@ impl Evals {
             ));
             None
         };
+        if let Some(DataSource::Model { model, .. }) = &req.source
+            && !model.trim().is_empty()
+            && !self.model.serves(model).await.map_err(Error::from)?
+        {
+            v.push(FieldViolation::new(
+                "model.model",
+                format!(
+                    "no model is named {model:?}: name a registered base model, a fine-tuned model (ft:...) \
+                     or provider/model of a configured provider"
+                ),
+            ));
+        }
         if !v.is_empty() {
             return Err(Error::InvalidArgument(v));
         }

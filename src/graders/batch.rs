@@ -6,10 +6,10 @@ use futures::StreamExt;
 use rayon::prelude::*;
 use serde_json::Value;
 
+use super::grade::{GradeContext, run, run_deterministic};
 use super::result::GraderResult;
 use super::sample::Sample;
 use super::spec::Grader;
-use super::{GradeContext, run, run_deterministic};
 
 /// Grades `pairs` with at most `concurrency` grading calls in flight. Deterministic
 /// graders skip the async machinery and run on the rayon pool from a blocking task, so

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::GradeContext;
 use super::batch::grade_batch;
+use super::grade::GradeContext;
 use super::result::GraderResult;
 use super::sample::Sample;
 use super::spec::Grader;

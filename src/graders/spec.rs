@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::formula::Formula;
-use super::model::{ContentPartTemplate, MessageTemplate, SamplingParams};
+use super::prompt::{ContentPartTemplate, MessageTemplate, SamplingParams};
 use super::similarity::SimilarityMetric;
 use super::template::Template;
 

@@ -167,6 +167,14 @@ pub trait ChatModel: Send + Sync {
     /// this call; the stream then yields deltas and exactly one end.
     async fn stream(&self, request: ChatRequest) -> Result<ChatStream, ChatError>;
 
+    /// Whether a request for `model` would reach a model, without asking
+    /// one: callers that will ask many times (an eval run) check once, up
+    /// front. Implementations that take any name answer true.
+    async fn serves(&self, model: &str) -> Result<bool, ChatError> {
+        let _ = model;
+        Ok(true)
+    }
+
     /// A completion, collected from [`ChatModel::stream`].
     async fn complete(&self, request: ChatRequest) -> Result<ChatCompletion, ChatError> {
         let mut stream = self.stream(request).await?;

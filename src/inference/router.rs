@@ -65,6 +65,14 @@ impl ChatModel for ModelRouter {
         }
     }
 
+    async fn serves(&self, model: &str) -> Result<bool, ChatError> {
+        match self.route(model).await {
+            Ok(_) => Ok(true),
+            Err(ChatError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Each target's own `complete` (a provider asks for one JSON body).
     async fn complete(&self, mut request: ChatRequest) -> Result<ChatCompletion, ChatError> {
         request.validate()?;

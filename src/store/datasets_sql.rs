@@ -20,11 +20,11 @@ macro_rules! dataset_in_use_sql {
 macro_rules! impl_dataset_store {
     ($store:ty, lock_row = $lock:expr) => {
         #[async_trait::async_trait]
-        impl $crate::store::DatasetStore for $store {
+        impl $crate::store::traits::DatasetStore for $store {
             async fn insert_dataset(
                 &self,
                 d: &$crate::datasets::model::DatasetRecord,
-            ) -> Result<(), $crate::store::StoreError> {
+            ) -> Result<(), $crate::store::error::StoreError> {
                 use $crate::store::rows::to_json;
                 let result = sqlx::query(
                     "INSERT INTO datasets (id, filename, display_name, purpose, state, bytes, sha256, created_at,
@@ -51,7 +51,7 @@ macro_rules! impl_dataset_store {
             async fn get_dataset(
                 &self,
                 id: &str,
-            ) -> Result<Option<$crate::datasets::model::DatasetRecord>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::datasets::model::DatasetRecord>, $crate::store::error::StoreError> {
                 let row = sqlx::query("SELECT * FROM datasets WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&self.pool)
@@ -63,8 +63,8 @@ macro_rules! impl_dataset_store {
 
             async fn list_datasets(
                 &self,
-                q: &$crate::store::DatasetQuery,
-            ) -> Result<Vec<$crate::datasets::model::DatasetRecord>, $crate::store::StoreError> {
+                q: &$crate::store::types::DatasetQuery,
+            ) -> Result<Vec<$crate::datasets::model::DatasetRecord>, $crate::store::error::StoreError> {
                 let (after_ts, after_id) = match &q.after {
                     Some(c) => (c.created_at, c.id.clone()),
                     None => (i64::MAX, String::new()),
@@ -89,7 +89,7 @@ macro_rules! impl_dataset_store {
             async fn delete_dataset(
                 &self,
                 id: &str,
-            ) -> Result<Option<$crate::datasets::model::DatasetRecord>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::datasets::model::DatasetRecord>, $crate::store::error::StoreError> {
                 let mut tx = self.pool.begin().await?;
                 let lock: Option<&str> = $lock;
                 if let Some(lock) = lock {
@@ -118,7 +118,7 @@ macro_rules! impl_dataset_store {
                         .await?
                         .is_some();
                     return if exists {
-                        Err($crate::store::StoreError::InUse(id.to_string()))
+                        Err($crate::store::error::StoreError::InUse(id.to_string()))
                     } else {
                         Ok(None)
                     };
@@ -128,7 +128,7 @@ macro_rules! impl_dataset_store {
                 Ok(Some(record))
             }
 
-            async fn blob_in_use(&self, sha256: &str) -> Result<bool, $crate::store::StoreError> {
+            async fn blob_in_use(&self, sha256: &str) -> Result<bool, $crate::store::error::StoreError> {
                 let row = sqlx::query(
                     "SELECT (SELECT COUNT(*) FROM datasets WHERE sha256 = $1)
                           + (SELECT COUNT(*) FROM checkpoint_files WHERE sha256 = $1) AS n",
@@ -140,7 +140,7 @@ macro_rules! impl_dataset_store {
                 Ok(n > 0)
             }
 
-            async fn blobs_in_use(&self) -> Result<Vec<String>, $crate::store::StoreError> {
+            async fn blobs_in_use(&self) -> Result<Vec<String>, $crate::store::error::StoreError> {
                 let rows = sqlx::query("SELECT sha256 FROM datasets UNION SELECT sha256 FROM checkpoint_files")
                     .fetch_all(&self.pool)
                     .await?;

@@ -7,8 +7,8 @@
 macro_rules! impl_eval_store {
     ($store:ty, lock_shared = $lock:literal) => {
         #[async_trait::async_trait]
-        impl $crate::store::EvalStore for $store {
-            async fn insert_eval(&self, e: &$crate::evals::model::EvalRecord) -> Result<(), $crate::store::StoreError> {
+        impl $crate::store::traits::EvalStore for $store {
+            async fn insert_eval(&self, e: &$crate::evals::model::EvalRecord) -> Result<(), $crate::store::error::StoreError> {
                 let result = sqlx::query("INSERT INTO evals (id, name, spec, created_at) VALUES ($1, $2, $3, $4)")
                     .bind(&e.id)
                     .bind(&e.name)
@@ -22,7 +22,7 @@ macro_rules! impl_eval_store {
             async fn get_eval(
                 &self,
                 id: &str,
-            ) -> Result<Option<$crate::evals::model::EvalRecord>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::evals::model::EvalRecord>, $crate::store::error::StoreError> {
                 let row = sqlx::query("SELECT * FROM evals WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&self.pool)
@@ -33,7 +33,7 @@ macro_rules! impl_eval_store {
             async fn insert_eval_run(
                 &self,
                 r: &$crate::evals::model::RunRecord,
-            ) -> Result<(), $crate::store::StoreError> {
+            ) -> Result<(), $crate::store::error::StoreError> {
                 use $crate::store::rows::to_json;
                 // Inserted only while its dataset exists and is ready (see
                 // `insert_job`).
@@ -56,7 +56,7 @@ macro_rules! impl_eval_store {
                 .execute(&self.pool)
                 .await;
                 match $crate::store::rows::unique_as_conflict(result, || r.id.clone())? {
-                    done if done.rows_affected() == 0 => Err($crate::store::StoreError::Gone(r.spec.dataset_id.clone())),
+                    done if done.rows_affected() == 0 => Err($crate::store::error::StoreError::Gone(r.spec.dataset_id.clone())),
                     _ => Ok(()),
                 }
             }
@@ -64,7 +64,7 @@ macro_rules! impl_eval_store {
             async fn get_eval_run(
                 &self,
                 id: &str,
-            ) -> Result<Option<$crate::evals::model::RunRecord>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::evals::model::RunRecord>, $crate::store::error::StoreError> {
                 let row = sqlx::query("SELECT * FROM eval_runs WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&self.pool)
@@ -75,9 +75,9 @@ macro_rules! impl_eval_store {
             async fn list_eval_runs(
                 &self,
                 eval_id: &str,
-                after: Option<&$crate::store::Cursor>,
+                after: Option<&$crate::store::types::Cursor>,
                 limit: usize,
-            ) -> Result<Vec<$crate::evals::model::RunRecord>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::evals::model::RunRecord>, $crate::store::error::StoreError> {
                 let (ts, id) = match after {
                     Some(c) => (c.created_at, c.id.clone()),
                     None => (i64::MAX, String::new()),
@@ -100,7 +100,7 @@ macro_rules! impl_eval_store {
                 &self,
                 items: &[$crate::evals::model::OutputItemRecord],
                 worker: &str,
-            ) -> Result<Option<u64>, $crate::store::StoreError> {
+            ) -> Result<Option<u64>, $crate::store::error::StoreError> {
                 use $crate::store::rows::to_json;
                 let Some(last) = items.last() else {
                     return Ok(None);
@@ -153,7 +153,7 @@ macro_rules! impl_eval_store {
                 to: $crate::evals::model::RunState,
                 error: Option<&str>,
                 finished_at: Option<i64>,
-            ) -> Result<Option<$crate::evals::model::RunRecord>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::evals::model::RunRecord>, $crate::store::error::StoreError> {
                 // States are our own identifiers, never user input.
                 let allowed: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
                 let sql = format!(
@@ -178,7 +178,7 @@ macro_rules! impl_eval_store {
                 status: Option<$crate::evals::model::ItemStatus>,
                 after_index: Option<u64>,
                 limit: usize,
-            ) -> Result<Vec<$crate::evals::model::OutputItemRecord>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::evals::model::OutputItemRecord>, $crate::store::error::StoreError> {
                 let rows = sqlx::query(
                     "SELECT * FROM eval_output_items
                      WHERE run_id = $1 AND ($2 IS NULL OR status = $2) AND item_index > $3
@@ -200,7 +200,7 @@ macro_rules! impl_eval_store {
                 run_id: &str,
                 after_seq: u64,
                 limit: usize,
-            ) -> Result<Vec<$crate::evals::model::OutputItemRecord>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::evals::model::OutputItemRecord>, $crate::store::error::StoreError> {
                 let rows =
                     sqlx::query("SELECT * FROM eval_output_items WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
                         .bind(run_id)

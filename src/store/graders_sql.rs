@@ -6,8 +6,11 @@
 macro_rules! impl_grader_store {
     ($store:ty) => {
         #[async_trait::async_trait]
-        impl $crate::store::GraderStore for $store {
-            async fn insert_grader(&self, g: &$crate::store::GraderRecord) -> Result<(), $crate::store::StoreError> {
+        impl $crate::store::traits::GraderStore for $store {
+            async fn insert_grader(
+                &self,
+                g: &$crate::store::types::GraderRecord,
+            ) -> Result<(), $crate::store::error::StoreError> {
                 let result = sqlx::query("INSERT INTO graders (name, grader, created_at) VALUES ($1, $2, $3)")
                     .bind(&g.name)
                     .bind($crate::store::rows::to_json(&g.grader))
@@ -20,26 +23,26 @@ macro_rules! impl_grader_store {
             async fn get_grader(
                 &self,
                 name: &str,
-            ) -> Result<Option<$crate::store::GraderRecord>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::store::types::GraderRecord>, $crate::store::error::StoreError> {
                 let row = sqlx::query("SELECT name, grader, created_at FROM graders WHERE name = $1")
                     .bind(name)
                     .fetch_optional(&self.pool)
                     .await?;
-                row.as_ref().map($crate::store::grader_from_row).transpose()
+                row.as_ref().map($crate::store::rows::grader_from_row).transpose()
             }
 
             async fn list_graders(
                 &self,
                 after_name: Option<&str>,
                 limit: usize,
-            ) -> Result<Vec<$crate::store::GraderRecord>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::store::types::GraderRecord>, $crate::store::error::StoreError> {
                 let rows =
                     sqlx::query("SELECT name, grader, created_at FROM graders WHERE name > $1 ORDER BY name LIMIT $2")
                         .bind(after_name.unwrap_or(""))
                         .bind(limit as i64)
                         .fetch_all(&self.pool)
                         .await?;
-                rows.iter().map($crate::store::grader_from_row).collect()
+                rows.iter().map($crate::store::rows::grader_from_row).collect()
             }
         }
     };

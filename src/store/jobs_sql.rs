@@ -10,12 +10,12 @@
 macro_rules! impl_job_store {
     ($store:ty, $db:ty, lock_shared = $lock:literal) => {
         #[async_trait::async_trait]
-        impl $crate::store::JobStore for $store {
+        impl $crate::store::traits::JobStore for $store {
             async fn insert_job(
                 &self,
                 job: &$crate::jobs::model::JobRecord,
                 event: &$crate::jobs::model::NewEvent,
-            ) -> Result<($crate::jobs::model::JobRecord, bool), $crate::store::StoreError> {
+            ) -> Result<($crate::jobs::model::JobRecord, bool), $crate::store::error::StoreError> {
                 use $crate::store::rows::*;
                 let mut tx = self.pool.begin().await?;
                 if let Some(key) = &job.idempotency_key {
@@ -69,7 +69,7 @@ macro_rules! impl_job_store {
                                 break;
                             }
                         }
-                        return Err($crate::store::StoreError::Gone(missing.clone()));
+                        return Err($crate::store::error::StoreError::Gone(missing.clone()));
                     }
                     Ok(_) => {}
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -79,7 +79,7 @@ macro_rules! impl_job_store {
                             .bind(job.idempotency_key.as_deref())
                             .fetch_optional(&self.pool)
                             .await?
-                            .ok_or_else(|| $crate::store::StoreError::Conflict(job.id.clone()))?;
+                            .ok_or_else(|| $crate::store::error::StoreError::Conflict(job.id.clone()))?;
                         return Ok((job_from_row(&row)?, false));
                     }
                     Err(e) => return Err(e.into()),
@@ -92,7 +92,7 @@ macro_rules! impl_job_store {
             async fn get_job(
                 &self,
                 id: &str,
-            ) -> Result<Option<$crate::jobs::model::JobRecord>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::jobs::model::JobRecord>, $crate::store::error::StoreError> {
                 let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&self.pool)
@@ -102,8 +102,8 @@ macro_rules! impl_job_store {
 
             async fn list_jobs(
                 &self,
-                q: &$crate::store::JobQuery,
-            ) -> Result<Vec<$crate::jobs::model::JobRecord>, $crate::store::StoreError> {
+                q: &$crate::store::types::JobQuery,
+            ) -> Result<Vec<$crate::jobs::model::JobRecord>, $crate::store::error::StoreError> {
                 // Metadata filters are few (at most 16 keys), so they are
                 // applied here, page by page, keeping the SQL portable.
                 let (after_ts, after_id) = match &q.after {
@@ -155,7 +155,7 @@ macro_rules! impl_job_store {
                 patch: &$crate::jobs::model::JobPatch,
                 event: &$crate::jobs::model::NewEvent,
                 now: i64,
-            ) -> Result<$crate::store::Transition, $crate::store::StoreError> {
+            ) -> Result<$crate::store::types::Transition, $crate::store::error::StoreError> {
                 use $crate::store::rows::*;
                 let allowed: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
                 let sql = format!(
@@ -190,13 +190,15 @@ macro_rules! impl_job_store {
                     .await?;
                 let Some(row) = row else {
                     drop(tx);
-                    return Ok($crate::store::Transition::Conflict(self.get_job(id).await?));
+                    return Ok($crate::store::types::Transition::Conflict(
+                        self.get_job(id).await?,
+                    ));
                 };
                 let seq: i64 = sqlx::Row::try_get(&row, "next_seq")?;
                 let job = job_from_row(&row)?;
                 let event = insert_event(&mut tx, id, seq, now, event).await?;
                 tx.commit().await?;
-                Ok($crate::store::Transition::Done(job, event))
+                Ok($crate::store::types::Transition::Done(job, event))
             }
 
             async fn append_event(
@@ -204,7 +206,7 @@ macro_rules! impl_job_store {
                 id: &str,
                 event: &$crate::jobs::model::NewEvent,
                 now: i64,
-            ) -> Result<$crate::jobs::model::JobEvent, $crate::store::StoreError> {
+            ) -> Result<$crate::jobs::model::JobEvent, $crate::store::error::StoreError> {
                 let mut tx = self.pool.begin().await?;
                 let seq = bump_seq(&mut tx, id).await?;
                 let event = insert_event(&mut tx, id, seq, now, event).await?;
@@ -217,7 +219,7 @@ macro_rules! impl_job_store {
                 id: &str,
                 after_seq: u64,
                 limit: usize,
-            ) -> Result<Vec<$crate::jobs::model::JobEvent>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::jobs::model::JobEvent>, $crate::store::error::StoreError> {
                 let rows = sqlx::query("SELECT * FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
                     .bind(id)
                     .bind(after_seq as i64)
@@ -232,7 +234,7 @@ macro_rules! impl_job_store {
                 checkpoint: &$crate::jobs::model::CheckpointRecord,
                 worker: &str,
                 event: &$crate::jobs::model::NewEvent,
-            ) -> Result<Option<$crate::jobs::model::JobEvent>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::jobs::model::JobEvent>, $crate::store::error::StoreError> {
                 use $crate::store::rows::*;
                 let mut tx = self.pool.begin().await?;
                 // Only the lease holder may add checkpoints: a worker that
@@ -305,7 +307,7 @@ macro_rules! impl_job_store {
                 job_id: &str,
                 before_step: Option<u64>,
                 limit: usize,
-            ) -> Result<Vec<$crate::jobs::model::CheckpointRecord>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::jobs::model::CheckpointRecord>, $crate::store::error::StoreError> {
                 let rows = sqlx::query(
                     "SELECT * FROM checkpoints WHERE job_id = $1 AND step < $2 ORDER BY step DESC LIMIT $3",
                 )
@@ -340,7 +342,7 @@ macro_rules! impl_job_store {
                 job_id: &str,
                 step: u64,
                 metrics: &$crate::jobs::model::Metrics,
-            ) -> Result<bool, $crate::store::StoreError> {
+            ) -> Result<bool, $crate::store::error::StoreError> {
                 let done = sqlx::query("UPDATE checkpoints SET metrics = $1 WHERE job_id = $2 AND step = $3")
                     .bind($crate::store::rows::to_json(metrics))
                     .bind(job_id)
@@ -350,7 +352,7 @@ macro_rules! impl_job_store {
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, $crate::store::StoreError> {
+            async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, $crate::store::error::StoreError> {
                 let row = sqlx::query(concat!("SELECT ", $crate::dataset_in_use_sql!(), " AS used"))
                     .bind(dataset_id)
                     .fetch_one(&self.pool)
@@ -359,12 +361,15 @@ macro_rules! impl_job_store {
             }
         }
 
-        async fn bump_seq(tx: &mut sqlx::Transaction<'_, $db>, id: &str) -> Result<i64, $crate::store::StoreError> {
+        async fn bump_seq(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            id: &str,
+        ) -> Result<i64, $crate::store::error::StoreError> {
             let row = sqlx::query("UPDATE jobs SET next_seq = next_seq + 1 WHERE id = $1 RETURNING next_seq")
                 .bind(id)
                 .fetch_optional(&mut **tx)
                 .await?
-                .ok_or_else(|| $crate::store::StoreError::Conflict(format!("job {id} does not exist")))?;
+                .ok_or_else(|| $crate::store::error::StoreError::Conflict(format!("job {id} does not exist")))?;
             Ok(sqlx::Row::try_get(&row, "next_seq")?)
         }
 
@@ -374,7 +379,7 @@ macro_rules! impl_job_store {
             seq: i64,
             now: i64,
             event: &$crate::jobs::model::NewEvent,
-        ) -> Result<$crate::jobs::model::JobEvent, $crate::store::StoreError> {
+        ) -> Result<$crate::jobs::model::JobEvent, $crate::store::error::StoreError> {
             let data = $crate::store::rows::to_json(&event.data);
             // The job's current attempt, read in the same transaction as
             // the event is written (a claim bumps it before its event).

@@ -18,7 +18,7 @@
 
 use async_trait::async_trait;
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::evals::model::RunRecord;
 use crate::jobs::model::{JobEvent, JobRecord, NewEvent};
 
@@ -298,15 +298,15 @@ where
 macro_rules! impl_lease_store {
     ($store:ty, $db:ty, lock = $lock:literal) => {
         #[async_trait::async_trait]
-        impl $crate::store::LeaseStore for $store {
+        impl $crate::store::leases::LeaseStore for $store {
             async fn claim_next(
                 &self,
-                kind: $crate::store::LeaseKind,
+                kind: $crate::store::leases::LeaseKind,
                 worker: &str,
                 now: i64,
                 lease_until: i64,
                 event: Option<&$crate::jobs::model::NewEvent>,
-            ) -> Result<Option<$crate::store::LeaseChange>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::store::leases::LeaseChange>, $crate::store::error::StoreError> {
                 let mut tx = self.pool.begin().await?;
                 let row = sqlx::query(&$crate::store::leases::sql::claim(kind, $lock))
                     .bind(worker)
@@ -324,11 +324,11 @@ macro_rules! impl_lease_store {
 
             async fn renew_lease(
                 &self,
-                kind: $crate::store::LeaseKind,
+                kind: $crate::store::leases::LeaseKind,
                 id: &str,
                 worker: &str,
                 lease_until: i64,
-            ) -> Result<Option<$crate::store::Leased>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::store::leases::Leased>, $crate::store::error::StoreError> {
                 let row = sqlx::query(&$crate::store::leases::sql::renew(kind))
                     .bind(lease_until)
                     .bind(id)
@@ -342,9 +342,9 @@ macro_rules! impl_lease_store {
 
             async fn expired_leases(
                 &self,
-                kind: $crate::store::LeaseKind,
+                kind: $crate::store::leases::LeaseKind,
                 now: i64,
-            ) -> Result<Vec<String>, $crate::store::StoreError> {
+            ) -> Result<Vec<String>, $crate::store::error::StoreError> {
                 let rows = sqlx::query(&$crate::store::leases::sql::expired(kind))
                     .bind(now)
                     .fetch_all(&self.pool)
@@ -356,11 +356,11 @@ macro_rules! impl_lease_store {
 
             async fn requeue_expired(
                 &self,
-                kind: $crate::store::LeaseKind,
+                kind: $crate::store::leases::LeaseKind,
                 id: &str,
                 now: i64,
                 event: Option<&$crate::jobs::model::NewEvent>,
-            ) -> Result<Option<$crate::store::LeaseChange>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::store::leases::LeaseChange>, $crate::store::error::StoreError> {
                 let mut tx = self.pool.begin().await?;
                 let row = sqlx::query(&$crate::store::leases::sql::requeue_expired(kind))
                     .bind(id)
@@ -377,12 +377,12 @@ macro_rules! impl_lease_store {
 
             async fn release_lease(
                 &self,
-                kind: $crate::store::LeaseKind,
+                kind: $crate::store::leases::LeaseKind,
                 id: &str,
                 worker: &str,
                 now: i64,
                 event: Option<&$crate::jobs::model::NewEvent>,
-            ) -> Result<Option<$crate::store::LeaseChange>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::store::leases::LeaseChange>, $crate::store::error::StoreError> {
                 let mut tx = self.pool.begin().await?;
                 let row = sqlx::query(&$crate::store::leases::sql::release(kind))
                     .bind(id)
@@ -403,21 +403,25 @@ macro_rules! impl_lease_store {
         /// with an event log.
         async fn lease_change(
             tx: &mut sqlx::Transaction<'_, $db>,
-            kind: $crate::store::LeaseKind,
+            kind: $crate::store::leases::LeaseKind,
             row: &<$db as sqlx::Database>::Row,
             now: i64,
             event: Option<&$crate::jobs::model::NewEvent>,
-        ) -> Result<$crate::store::LeaseChange, $crate::store::StoreError> {
+        ) -> Result<$crate::store::leases::LeaseChange, $crate::store::error::StoreError> {
             let item = $crate::store::leases::leased_from_row(kind, row)?;
             let event = match (kind.has_event_log(), event) {
                 (false, _) => None,
-                (true, None) => return Err($crate::store::StoreError::EventMissing(item.id().to_string())),
+                (true, None) => {
+                    return Err($crate::store::error::StoreError::EventMissing(
+                        item.id().to_string(),
+                    ))
+                }
                 (true, Some(event)) => {
                     let seq: i64 = sqlx::Row::try_get(row, "next_seq")?;
                     Some(insert_event(tx, item.id(), seq, now, event).await?)
                 }
             };
-            Ok($crate::store::LeaseChange { item, event })
+            Ok($crate::store::leases::LeaseChange { item, event })
         }
     };
 }

@@ -6,8 +6,8 @@
 macro_rules! impl_model_store {
     ($store:ty) => {
         #[async_trait::async_trait]
-        impl $crate::store::ModelStore for $store {
-            async fn insert_model(&self, m: &$crate::models::model::ModelRecord) -> Result<(), $crate::store::StoreError> {
+        impl $crate::store::traits::ModelStore for $store {
+            async fn insert_model(&self, m: &$crate::models::model::ModelRecord) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query(
                     "INSERT INTO models (id, kind, base_model, job_id, checkpoint_step, created_at, info)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -25,7 +25,7 @@ macro_rules! impl_model_store {
                 Ok(())
             }
 
-            async fn register_model(&self, m: &$crate::models::model::ModelRecord) -> Result<(), $crate::store::StoreError> {
+            async fn register_model(&self, m: &$crate::models::model::ModelRecord) -> Result<(), $crate::store::error::StoreError> {
                 let result = sqlx::query(
                     "INSERT INTO models (id, kind, base_model, job_id, checkpoint_step, created_at, info)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -42,7 +42,7 @@ macro_rules! impl_model_store {
                 $crate::store::rows::unique_as_conflict(result, || m.id.clone()).map(|_| ())
             }
 
-            async fn get_model(&self, id: &str) -> Result<Option<$crate::models::model::ModelRecord>, $crate::store::StoreError> {
+            async fn get_model(&self, id: &str) -> Result<Option<$crate::models::model::ModelRecord>, $crate::store::error::StoreError> {
                 let row = sqlx::query("SELECT * FROM models WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
                 row.as_ref().map($crate::store::rows::model_from_row).transpose()
             }
@@ -52,7 +52,7 @@ macro_rules! impl_model_store {
                 kind: Option<$crate::models::model::ModelKind>,
                 after: Option<&str>,
                 limit: usize,
-            ) -> Result<Vec<$crate::models::model::ModelRecord>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::models::model::ModelRecord>, $crate::store::error::StoreError> {
                 let rows = sqlx::query(
                     "SELECT * FROM models WHERE ($1 IS NULL OR kind = $1) AND id > $2 ORDER BY id LIMIT $3",
                 )
@@ -68,7 +68,7 @@ macro_rules! impl_model_store {
                 &self,
                 base_model: &str,
                 limit: usize,
-            ) -> Result<Vec<String>, $crate::store::StoreError> {
+            ) -> Result<Vec<String>, $crate::store::error::StoreError> {
                 let rows = sqlx::query(
                     "SELECT id FROM models WHERE kind = 'fine_tuned' AND base_model = $1 ORDER BY id LIMIT $2",
                 )
@@ -84,7 +84,7 @@ macro_rules! impl_model_store {
             async fn delete_model(
                 &self,
                 id: &str,
-            ) -> Result<Option<($crate::models::model::ModelRecord, Vec<String>)>, $crate::store::StoreError> {
+            ) -> Result<Option<($crate::models::model::ModelRecord, Vec<String>)>, $crate::store::error::StoreError> {
                 let mut tx = self.pool.begin().await?;
                 let row = sqlx::query("DELETE FROM models WHERE id = $1 RETURNING *")
                     .bind(id)

@@ -2,7 +2,7 @@
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::StoreError;
+use super::error::StoreError;
 
 pub struct PostgresStore {
     pool: PgPool,

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::datasets::model::{DatasetRecord, DatasetState};
 use crate::datasets::report::Purpose;
 
@@ -302,5 +302,25 @@ where
         seq: seq as u64,
         created_at: row.try_get("created_at")?,
         run_id,
+    })
+}
+
+pub(crate) fn grader_from_row<'r, R>(row: &'r R) -> Result<super::types::GraderRecord, StoreError>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let name: String = row.try_get("name")?;
+    let text: String = row.try_get("grader")?;
+    let grader = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        id: name.clone(),
+        reason: format!("column grader: {e}"),
+    })?;
+    Ok(super::types::GraderRecord {
+        name,
+        grader,
+        created_at: row.try_get("created_at")?,
     })
 }

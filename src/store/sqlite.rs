@@ -4,7 +4,7 @@ use std::{str::FromStr, time::Duration};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::StoreError;
+use super::error::StoreError;
 
 pub struct SqliteStore {
     pool: SqlitePool,

@@ -1,0 +1,166 @@
+//! The store's traits, one per kind of record, and what they take and
+//! return: rows, not rules.
+
+use async_trait::async_trait;
+
+use super::error::StoreError;
+use super::leases::LeaseStore;
+use super::types::{Cursor, DatasetQuery, GraderRecord, JobQuery, Transition};
+use crate::datasets::model::DatasetRecord;
+use crate::evals::model::{EvalRecord, ItemStatus, OutputItemRecord, RunRecord, RunState};
+use crate::jobs::model::{CheckpointRecord, JobEvent, JobPatch, JobRecord, JobState, Metrics, NewEvent};
+use crate::models::model::{ModelKind, ModelRecord};
+
+#[async_trait]
+pub trait DatasetStore: Send + Sync + 'static {
+    /// Inserts a new dataset; `Conflict` if the id exists.
+    async fn insert_dataset(&self, dataset: &DatasetRecord) -> Result<(), StoreError>;
+    async fn get_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError>;
+    /// Newest first, strictly after `query.after`, at most `query.limit` rows.
+    async fn list_datasets(&self, query: &DatasetQuery) -> Result<Vec<DatasetRecord>, StoreError>;
+    /// Removes the dataset and returns it, or None when there was none.
+    async fn delete_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError>;
+    /// Whether any dataset or checkpoint still points at this blob.
+    async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError>;
+    /// Every blob address some record points at, for garbage collection.
+    async fn blobs_in_use(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Jobs, their event log, checkpoints and fine-tuned models. Every call
+/// that changes a job appends its event in the same transaction, with the
+/// next per-job sequence number, so the log has no gaps and no repeats.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Inserts a job and its first event. With an idempotency key that is
+    /// already used, returns the existing job and `false` instead.
+    async fn insert_job(&self, job: &JobRecord, event: &NewEvent) -> Result<(JobRecord, bool), StoreError>;
+    async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<JobRecord>, StoreError>;
+    /// Moves the job to `to` if it is in one of `from`, applying `patch`.
+    async fn transition_job(
+        &self,
+        id: &str,
+        from: &[JobState],
+        to: JobState,
+        patch: &JobPatch,
+        event: &NewEvent,
+        now: i64,
+    ) -> Result<Transition, StoreError>;
+    async fn append_event(&self, id: &str, event: &NewEvent, now: i64) -> Result<JobEvent, StoreError>;
+    async fn list_events(&self, id: &str, after_seq: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError>;
+    /// Records a checkpoint (files already stored as blobs) if `worker`
+    /// holds the job's lease; None otherwise.
+    async fn insert_checkpoint(
+        &self,
+        checkpoint: &CheckpointRecord,
+        worker: &str,
+        event: &NewEvent,
+    ) -> Result<Option<JobEvent>, StoreError>;
+    /// Newest first, with step below `before_step`.
+    async fn list_checkpoints(
+        &self,
+        job_id: &str,
+        before_step: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<CheckpointRecord>, StoreError>;
+    /// Replaces the metrics of the job's checkpoint at `step` (a checkpoint
+    /// eval adds its pass rate after the checkpoint is saved); false if
+    /// there is no such checkpoint.
+    async fn update_checkpoint_metrics(&self, job_id: &str, step: u64, metrics: &Metrics) -> Result<bool, StoreError>;
+    /// Whether a job or an eval run that is not finished uses this dataset.
+    async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, StoreError>;
+}
+
+/// Base and fine-tuned models (`crate::models`).
+#[async_trait]
+pub trait ModelStore: Send + Sync + 'static {
+    /// Inserts or updates a fine-tuned model (a job may re-record it).
+    async fn insert_model(&self, model: &ModelRecord) -> Result<(), StoreError>;
+    /// Inserts a new model; `Conflict` if the name is taken.
+    async fn register_model(&self, model: &ModelRecord) -> Result<(), StoreError>;
+    async fn get_model(&self, id: &str) -> Result<Option<ModelRecord>, StoreError>;
+    /// By id, strictly after `after`, optionally only one kind.
+    async fn list_models(
+        &self,
+        kind: Option<ModelKind>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ModelRecord>, StoreError>;
+    /// Ids of fine-tuned models built on `base_model`, at most `limit`.
+    async fn fine_tuned_models_of(&self, base_model: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// Removes the model and its job's checkpoint files (the checkpoint
+    /// records stay as history); returns the blobs that were referenced.
+    async fn delete_model(&self, id: &str) -> Result<Option<(ModelRecord, Vec<String>)>, StoreError>;
+}
+
+/// Saved graders, keyed by their unique name.
+#[async_trait]
+pub trait GraderStore: Send + Sync + 'static {
+    /// Inserts a new grader; `Conflict` if the name is taken.
+    async fn insert_grader(&self, grader: &GraderRecord) -> Result<(), StoreError>;
+    async fn get_grader(&self, name: &str) -> Result<Option<GraderRecord>, StoreError>;
+    /// In name order, strictly after `after_name`, at most `limit` rows.
+    async fn list_graders(&self, after_name: Option<&str>, limit: usize) -> Result<Vec<GraderRecord>, StoreError>;
+}
+
+/// Evals, their runs and the runs' output items. A run is claimed with a
+/// lease like a job (`LeaseStore`); its output items are recorded one by
+/// one, each with the next per-run sequence number and the run's tallies so
+/// far, in one transaction, so progress has no gaps and survives restarts.
+#[async_trait]
+pub trait EvalStore: Send + Sync + 'static {
+    /// Inserts a new eval; `Conflict` if the id exists.
+    async fn insert_eval(&self, eval: &EvalRecord) -> Result<(), StoreError>;
+    async fn get_eval(&self, id: &str) -> Result<Option<EvalRecord>, StoreError>;
+    /// Inserts a new run; `Conflict` if the id exists.
+    async fn insert_eval_run(&self, run: &RunRecord) -> Result<(), StoreError>;
+    async fn get_eval_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// An eval's runs, newest first, strictly after `after`.
+    async fn list_eval_runs(
+        &self,
+        eval_id: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError>;
+    /// Records finished items of one run in one transaction (their `seq`s are
+    /// ignored; they get consecutive ones in slice order) and the run's
+    /// tallies as of the last one, if `worker` holds the lease of the run
+    /// and it is in progress; returns the last item's sequence number, or
+    /// None otherwise (and records nothing). `Conflict`, recording nothing,
+    /// if any item is already recorded. An empty slice records nothing and
+    /// returns None.
+    async fn record_output_items(&self, items: &[OutputItemRecord], worker: &str) -> Result<Option<u64>, StoreError>;
+    /// [`EvalStore::record_output_items`] for one item.
+    async fn record_output_item(&self, item: &OutputItemRecord, worker: &str) -> Result<Option<u64>, StoreError> {
+        self.record_output_items(std::slice::from_ref(item), worker).await
+    }
+    /// Moves the run to `to` if it is in one of `from`, dropping its lease;
+    /// None when it was not (or does not exist).
+    async fn finish_eval_run(
+        &self,
+        id: &str,
+        from: &[RunState],
+        to: RunState,
+        error: Option<&str>,
+        finished_at: Option<i64>,
+    ) -> Result<Option<RunRecord>, StoreError>;
+    /// A run's items in dataset order after `after_index`, optionally of one status.
+    async fn list_output_items(
+        &self,
+        run_id: &str,
+        status: Option<ItemStatus>,
+        after_index: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<OutputItemRecord>, StoreError>;
+    /// A run's items in recording (sequence) order after `after_seq`.
+    async fn list_output_items_by_seq(
+        &self,
+        run_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<OutputItemRecord>, StoreError>;
+}
+
+pub trait Store: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore {}
+
+impl<T: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore> Store for T {}

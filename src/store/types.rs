@@ -1,0 +1,45 @@
+//! Plain data the store takes and returns that no domain module owns:
+//! queries, cursors, saved graders, the outcome of a state change.
+
+use crate::datasets::report::Purpose;
+use crate::jobs::model::{JobEvent, JobRecord, JobState};
+
+/// Position after the last row of a page, newest-first order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: i64,
+    pub id: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DatasetQuery {
+    pub purpose: Option<Purpose>,
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct JobQuery {
+    pub state: Option<JobState>,
+    pub base_model: Option<String>,
+    pub metadata: Vec<(String, String)>,
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}
+
+/// A grader saved under a name, as the user wrote it (validated before saving).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraderRecord {
+    pub name: String,
+    pub grader: serde_json::Value,
+    pub created_at: i64,
+}
+
+/// The outcome of a compare-and-set state change.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived return value
+pub enum Transition {
+    Done(JobRecord, JobEvent),
+    /// The job was not in an allowed state (or, None, does not exist).
+    Conflict(Option<JobRecord>),
+}
