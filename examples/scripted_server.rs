@@ -4,7 +4,7 @@
 //! Usage: scripted_server DATA_DIR STEPS STEP_MILLIS LEASE_SECS
 //! Prints "listening on ADDR" once it accepts connections.
 
-#[path = "../tests/common/scripted.rs"]
+#[path = "../tests/it/common/scripted.rs"]
 #[allow(dead_code)]
 mod scripted;
 

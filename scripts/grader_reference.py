@@ -2,7 +2,7 @@
 
 Writes tests/fixtures/grader_reference.jsonl: one JSON object per (input, reference) pair
 with every metric, plus `{"porter": ...}` lines with nltk Porter stems. The Rust test
-tests/graders_similarity_reference.rs compares every number to 1e-6.
+tests/it/graders_similarity_reference.rs compares every number to 1e-6.
 
 Setup: scripts/setup_reference_env.sh (pins nltk 3.9.1, rapidfuzz 3.10.1, rouge-score
 0.1.2 and lays out WordNet 3.0 for nltk), then:

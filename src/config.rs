@@ -134,7 +134,7 @@ mod tests {
 
     /// `lathe serve` with no flags: the embedded default the README promises.
     /// (The environment variables are checked against the real binary in
-    /// tests/server.rs, where setting them cannot leak into other tests.)
+    /// tests/it/server.rs, where setting them cannot leak into other tests.)
     #[test]
     fn no_flags_is_the_embedded_default() {
         let c = Serve::try_parse_from(["serve"]).unwrap().config;

@@ -349,7 +349,8 @@ async fn refusal_is_flagged() {
     assert_eq!(r.reward, 0.0);
 }
 
-#[tokio::test]
+// Backoffs and retry-after waits run on tokio's paused clock: no real waiting.
+#[tokio::test(start_paused = true)]
 async fn retryable_errors_are_retried_and_permanent_ones_are_not() {
     let model = ScriptedModel::new(vec![failure(true), failure(true), text("{\"result\": 7}")]);
     let r = run(
@@ -377,7 +378,7 @@ async fn retryable_errors_are_retried_and_permanent_ones_are_not() {
     // A full local queue is retried after the delay it names.
     let model = ScriptedModel::new(vec![
         Err(ChatError::Overloaded {
-            retry_after: Duration::from_millis(2),
+            retry_after: Duration::from_secs(5),
             message: "the queue is full".into(),
         }),
         text("{\"result\": 5}"),
@@ -393,14 +394,16 @@ async fn retryable_errors_are_retried_and_permanent_ones_are_not() {
     assert_eq!(model.calls.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test]
+// A model that takes ten minutes, against a two-minute timeout, on tokio's
+// paused clock: the test takes no time.
+#[tokio::test(start_paused = true)]
 async fn slow_models_time_out_after_every_attempt() {
     let model = Arc::new(ScriptedModel {
-        delay: Some(Duration::from_secs(60)),
+        delay: Some(Duration::from_secs(600)),
         ..Default::default()
     });
     let mut ctx = ctx_with(model.clone());
-    ctx.model_calls.timeout = Duration::from_millis(30);
+    ctx.model_calls.timeout = Duration::from_secs(120);
     let r = run(&score_grader(), &Sample::from_model_output("a"), &json!({}), &ctx).await;
     assert!(r.metadata.errors().model_grader_server_error);
     assert!(

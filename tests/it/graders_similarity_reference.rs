@@ -4,7 +4,7 @@
 use lathe::graders::similarity::{self, BleuSmoothing};
 use serde_json::Value;
 
-const FIXTURE: &str = include_str!("fixtures/grader_reference.jsonl");
+const FIXTURE: &str = include_str!("../fixtures/grader_reference.jsonl");
 const TOLERANCE: f64 = 1e-6;
 
 fn ours(metric: &str, input: &str, reference: &str) -> f64 {

@@ -2,16 +2,14 @@
 //! last checkpoint, the event log has no gap and no repeat, and checkpoints
 //! are intact. Uses the scripted trainer in examples/scripted_server.rs.
 
-mod common;
-
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
 };
 
-use common::scripted::{MODEL, expected_state};
-use common::*;
+use crate::common::scripted::{MODEL, expected_state};
+use crate::common::*;
 use lathe::proto::{
     self, DatasetPurpose, JobState, fine_tuning_service_client::FineTuningServiceClient, job_event,
     watch_job_response::Payload,

@@ -1,9 +1,7 @@
 //! The server's surface: health, reflection, bad input on every service,
 //! and the CLI talking to it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lathe::proto;
 use tonic::Code;
 

@@ -3,9 +3,7 @@
 //! to the same adapter as an uninterrupted run, and chatted with, all over
 //! real gRPC on port 0.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lathe::proto::json::struct_from_json;
 use lathe::proto::{
     self, DatasetPurpose, JobState, eval_service_client::EvalServiceClient,

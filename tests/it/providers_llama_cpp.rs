@@ -13,14 +13,12 @@
 //! LATHE_LLAMA_CPP_PYTHON=/path/to/venv/bin/python cargo test --test providers_llama_cpp
 //! ```
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lathe::graders::{ChatMessage, ContentPart, SamplingParams, grader_request};
 use lathe::inference::{ChatEvent, ChatModel, ChatRequest, ModelRouter, ProviderConfig, Providers};
 use lathe::proto::json::{struct_from_json, value_from_json};

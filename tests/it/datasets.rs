@@ -1,8 +1,6 @@
 //! DatasetService over real gRPC, against a real server on port 0.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lathe::proto::{self, DatasetPurpose, DatasetState};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -638,7 +636,7 @@ async fn restart_sweeps_leftovers_of_a_killed_upload() {
 // The fuzz target's property (`fuzz/check_line.rs`) on every fixture line
 // and on random mutations of them, so CI compiles and runs what
 // `cargo fuzz run validate_line` checks.
-#[path = "../fuzz/check_line.rs"]
+#[path = "../../fuzz/check_line.rs"]
 mod check_line;
 
 #[test]

@@ -3,17 +3,13 @@
 //! every caller uses (streamed as server-sent events); and model graders,
 //! cosine similarity and the Chat RPC through it over real gRPC.
 
-mod common;
-#[path = "common/openai_stub.rs"]
-mod openai_stub;
-
 use std::{sync::atomic::Ordering, time::Duration};
 
-use common::*;
+use crate::common::openai_stub::{Reply, chat_body};
+use crate::common::*;
 use lathe::inference::{ChatEnd, ChatError, ChatEvent, ChatModel, ChatRequest, ModelRouter, ProviderConfig, Providers};
 use lathe::proto::json::struct_from_json;
 use lathe::proto::{self, grader_service_client::GraderServiceClient};
-use openai_stub::{Reply, chat_body};
 use serde_json::json;
 
 fn config(url: &str, key_file: Option<std::path::PathBuf>) -> ProviderConfig {
@@ -55,7 +51,7 @@ fn user(model: &str, text: &str) -> ChatRequest {
 
 #[tokio::test]
 async fn retries_429_and_500_honouring_retry_after_then_succeeds() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key");
     std::fs::write(&key, "sk-test\n").unwrap();
@@ -91,7 +87,7 @@ async fn retries_429_and_500_honouring_retry_after_then_succeeds() {
 
 #[tokio::test]
 async fn malformed_bodies_and_client_errors_fail_without_retrying() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     let router = router(vec![config(&url, None)]);
     stub.script([Reply::Malformed]);
     let err = router.complete(user("m", "x")).await.unwrap_err();
@@ -109,7 +105,7 @@ async fn malformed_bodies_and_client_errors_fail_without_retrying() {
 
 #[tokio::test]
 async fn slow_replies_time_out_then_retry() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     let router = router(vec![config(&url, None)]);
     stub.script([Reply::Slow(
         Duration::from_secs(4),
@@ -138,7 +134,7 @@ async fn chat_at_once(router: &std::sync::Arc<ModelRouter>, n: usize) {
 
 #[tokio::test]
 async fn concurrency_is_bounded_per_provider() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     let mut c = config(&url, None);
     c.max_concurrency = 2;
     let router = std::sync::Arc::new(router(vec![c]));
@@ -149,7 +145,7 @@ async fn concurrency_is_bounded_per_provider() {
 
 #[tokio::test]
 async fn model_graders_and_cosine_run_through_a_configured_provider() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let providers_file = dir.path().join("providers.json");
     std::fs::write(
@@ -242,7 +238,7 @@ async fn model_graders_and_cosine_run_through_a_configured_provider() {
 
 #[tokio::test]
 async fn chat_model_sends_tools_and_response_format_and_parses_tool_calls() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     let call =
         json!({"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"x\"}"}});
     let reply = json!({
@@ -306,7 +302,7 @@ async fn chat_model_sends_tools_and_response_format_and_parses_tool_calls() {
 
 #[tokio::test]
 async fn a_streamed_chat_yields_what_the_collected_one_does() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     let router = router(vec![config(&url, None)]);
     let text = "Streaming, a few characters at a time: déjà vu ✓";
     let mut body: serde_json::Value = serde_json::from_str(&chat_body(text)).unwrap();
@@ -346,7 +342,7 @@ async fn a_streamed_chat_yields_what_the_collected_one_does() {
 
 #[tokio::test]
 async fn a_reader_that_leaves_frees_the_providers_slot() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     let mut c = config(&url, None);
     c.max_concurrency = 1;
     let router = router(vec![c]);
@@ -367,7 +363,7 @@ async fn a_reader_that_leaves_frees_the_providers_slot() {
 
 #[tokio::test]
 async fn embeddings_that_are_not_one_vector_of_numbers_are_errors_not_wrong_vectors() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     let providers = std::sync::Arc::new(Providers::from_configs(vec![config(&url, None)]).unwrap());
     let embedder = providers.embedder().expect("an embedding model is configured");
     let texts = ["the cat".to_string()];
@@ -395,7 +391,7 @@ async fn embeddings_that_are_not_one_vector_of_numbers_are_errors_not_wrong_vect
 
 #[tokio::test]
 async fn structured_output_follows_the_provider_setting() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     let schema = json!({"type": "object", "properties": {"result": {"type": "number"}}});
     let mut sent = vec![];
     for setting in ["json_schema", "json_object", "none"] {
@@ -427,7 +423,7 @@ async fn structured_output_follows_the_provider_setting() {
 
 #[tokio::test]
 async fn the_rate_limit_spaces_requests() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     let mut c = config(&url, None);
     c.requests_per_second = Some(20.0);
     c.max_concurrency = 10;
@@ -444,7 +440,7 @@ async fn the_rate_limit_spaces_requests() {
 
 #[tokio::test]
 async fn the_chat_rpc_streams_a_providers_answer() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let providers_file = dir.path().join("providers.json");
     std::fs::write(&providers_file, json!([{"name": "stub", "base_url": url}]).to_string()).unwrap();

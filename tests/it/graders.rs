@@ -1,9 +1,7 @@
 //! GraderService over real gRPC: every deterministic grader type, validation details,
 //! multi formulas, python graders in the sandbox, saved graders, GradeBatch and the CLI.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lathe::proto::json::{json_from_struct, struct_from_json};
 use lathe::proto::{self, grade_batch_request, grader_service_client::GraderServiceClient};
 use serde_json::{Value, json};

@@ -1,12 +1,10 @@
 //! FineTuningService and ModelService over real gRPC, with the test-only
 //! scripted trainer.
 
-mod common;
-
 use std::time::Duration;
 
-use common::scripted::{MODEL, ScriptedTrainer, expected_state};
-use common::*;
+use crate::common::scripted::{MODEL, ScriptedTrainer, expected_state};
+use crate::common::*;
 use lathe::proto::{
     self, DatasetPurpose, JobState, fine_tuning_service_client::FineTuningServiceClient, job_event,
     model_service_client::ModelServiceClient, watch_job_response::Payload,

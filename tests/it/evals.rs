@@ -1,17 +1,13 @@
 //! Evals over real gRPC: a test server on port 0 whose HTTP provider is the
 //! test-only OpenAI stub, so sampling, faults and restarts are scripted.
 
-mod common;
-#[path = "common/openai_stub.rs"]
-mod openai_stub;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::openai_stub::{Reply, Stub, chat_body};
+use crate::common::*;
 use lathe::config::ServeConfig;
 use lathe::proto::json::struct_from_json;
 use lathe::proto::{self, eval_service_client::EvalServiceClient, watch_eval_run_response::Payload};
-use openai_stub::{Reply, Stub, chat_body};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -212,7 +208,7 @@ async fn all_items(
 
 #[tokio::test]
 async fn a_run_over_200_items_reaches_the_exact_pass_count_and_watch_resumes_from_a_cursor() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     stub.respond_with(|body| answer(item_number(body)));
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(config(dir.path(), &url)).await;
@@ -293,7 +289,7 @@ async fn a_run_over_200_items_reaches_the_exact_pass_count_and_watch_resumes_fro
 
 #[tokio::test]
 async fn a_restarted_server_resumes_the_run_without_sampling_or_grading_items_again() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     // The first half answers at once; the second waits at the gate.
     stub.respond_with(|body| {
         let n = item_number(body);
@@ -372,7 +368,7 @@ async fn a_restarted_server_resumes_the_run_without_sampling_or_grading_items_ag
 
 #[tokio::test]
 async fn cancel_stops_dispatching_and_drops_in_flight_requests() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     stub.respond_with(|body| Reply::Gated(Box::new(answer(item_number(body)))));
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(config(dir.path(), &url)).await;
@@ -447,7 +443,7 @@ fn faulty(stub: &Stub) {
 
 #[tokio::test]
 async fn provider_faults_are_item_errors_until_the_error_rate_fails_the_run() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     faulty(&stub);
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(config(dir.path(), &url)).await;
@@ -598,7 +594,7 @@ fn violations(status: &tonic::Status) -> Vec<(String, String)> {
 async fn bad_input_is_refused_with_field_violations() {
     // A provider serves "stub/m", so the model is known and only the
     // items and templates are at fault.
-    let (_stub, url) = openai_stub::start().await;
+    let (_stub, url) = crate::common::openai_stub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(config(dir.path(), &url)).await;
     let mut client = evals(&server).await;
@@ -824,7 +820,7 @@ async fn a_model_nothing_serves_is_refused_when_the_run_is_created() {
 
 #[tokio::test]
 async fn a_run_whose_every_item_errored_fails_however_few_items_it_has() {
-    let (stub, url) = openai_stub::start().await;
+    let (stub, url) = crate::common::openai_stub::start().await;
     stub.respond_with(|_| Reply::Status(500, None));
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(config(dir.path(), &url)).await;

@@ -3,9 +3,7 @@
 //! against the local engine's bounded queue (full, and freed by a client
 //! that leaves).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lathe::proto::{self, ModelKind, model_service_client::ModelServiceClient};
 use tonic::Code;
 use tonic_types::StatusExt;

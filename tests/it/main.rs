@@ -1,0 +1,22 @@
+//! Lathe's integration tests, in one binary: each module is one area (a
+//! dozen binaries would each link the whole crate). `cargo test --test it
+//! jobs::` runs one area.
+
+mod common;
+mod datasets;
+mod durability;
+mod engine_jobs;
+mod engine_smollm2;
+mod engine_tokenizer;
+mod engine_train;
+mod evals;
+mod graders;
+mod graders_engine;
+mod graders_python_sandbox;
+mod graders_similarity_reference;
+mod jobs;
+mod models;
+mod providers;
+mod providers_llama_cpp;
+mod server;
+mod tokenizer;
