@@ -50,7 +50,8 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 #[derive(clap::Args, Debug)]
 pub struct CreateArgs {
-    /// Base model name.
+    /// Base model name, or a fine-tuned model (ft:...) to continue from
+    /// (SFT, then DPO on the SFT model: OpenAI's recommended order).
     #[arg(long)]
     model: String,
     /// Training dataset id (ds_...).
@@ -68,7 +69,8 @@ pub struct CreateArgs {
     batch_size: Option<i64>,
     #[arg(long)]
     learning_rate_multiplier: Option<f64>,
-    /// DPO beta.
+    /// DPO's beta: how far the policy may move from its reference
+    /// (default: auto, 0.1).
     #[arg(long)]
     beta: Option<f64>,
     /// Reinforcement: an OpenAI grader JSON file.
@@ -190,6 +192,7 @@ pub fn job_json(j: &proto::Job) -> serde_json::Value {
         "id": j.id,
         "object": "fine_tuning.job",
         "model": j.base_model,
+        "start_from": (!j.start_from.is_empty()).then_some(&j.start_from),
         "status": state_name(j.state),
         "training_file": j.training_dataset_id,
         "validation_file": j.validation_dataset_id,
@@ -328,10 +331,19 @@ fn create_request(a: CreateArgs) -> anyhow::Result<proto::CreateJobRequest> {
         training_dataset_id: a.training_file,
         validation_dataset_id: a.validation_file.unwrap_or_default(),
         method: Some(proto::FineTuningMethod { method: Some(method) }),
-        lora: Some(proto::LoraConfig {
+        // No LoRA flag: the server's defaults (or, on a fine-tuned model,
+        // its adapter's settings).
+        lora: (a.lora_rank.is_some()
+            || a.lora_alpha.is_some()
+            || a.lora_dropout.is_some()
+            || !a.target_modules.is_empty())
+        .then(|| proto::LoraConfig {
             rank: a.lora_rank.unwrap_or(0),
             alpha: a.lora_alpha.unwrap_or(0.0),
-            dropout: a.lora_dropout.unwrap_or(0.05),
+            // The server's default for the method (proto3 cannot leave it unset).
+            dropout: a
+                .lora_dropout
+                .unwrap_or(if matches!(a.method, MethodArg::Dpo) { 0.0 } else { 0.05 }),
             target_modules: a.target_modules,
         }),
         seed: a.seed,
@@ -467,16 +479,7 @@ pub async fn run(addr: &str, json: bool, cmd: JobsCommand) -> anyhow::Result<Out
             Ok(Outcome::Ok)
         }
         JobsCommand::Events { id, after, limit } => {
-            let page = client
-                .list_job_events(proto::ListJobEventsRequest {
-                    job_id: id,
-                    page_size: limit,
-                    page_token: String::new(),
-                    after_seq: after,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let page = events_page(&mut client, &id, after, limit).await?;
             for e in &page.events {
                 if json {
                     println!("{}", event_json(e));
@@ -525,16 +528,7 @@ pub async fn run(addr: &str, json: bool, cmd: JobsCommand) -> anyhow::Result<Out
             let mut history = StepHistory::default();
             let mut after = 0;
             loop {
-                let page = client
-                    .list_job_events(proto::ListJobEventsRequest {
-                        job_id: id.clone(),
-                        page_size: 1000,
-                        page_token: String::new(),
-                        after_seq: after,
-                    })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
+                let page = events_page(&mut client, &id, after, 1000).await?;
                 for e in &page.events {
                     after = e.seq;
                     history.push(e);
@@ -565,6 +559,17 @@ pub async fn run(addr: &str, json: bool, cmd: JobsCommand) -> anyhow::Result<Out
             if let Some(path) = svg {
                 std::fs::write(&path, loss_chart(&format!("{id}: loss"), &steps))
                     .with_context(|| format!("writing {}", path.display()))?;
+                // A method's own measures, beside it (DPO's rewards).
+                for name in ["rewards/accuracies", "rewards/margins"] {
+                    if let Some(chart) = value_chart(&format!("{id}: {name}"), name, &steps) {
+                        let file = path.with_file_name(format!(
+                            "{}-{}.svg",
+                            path.file_stem().and_then(|s| s.to_str()).unwrap_or("metrics"),
+                            name.replace('/', "-")
+                        ));
+                        std::fs::write(&file, chart).with_context(|| format!("writing {}", file.display()))?;
+                    }
+                }
             }
             Ok(Outcome::Ok)
         }
@@ -634,6 +639,25 @@ async fn watch_job(
     anyhow::bail!("the server ended the watch without its final message")
 }
 
+/// One page of a job's events after `after`.
+async fn events_page(
+    client: &mut FineTuningServiceClient<tonic::transport::Channel>,
+    id: &str,
+    after: u64,
+    limit: i32,
+) -> anyhow::Result<proto::ListJobEventsResponse> {
+    Ok(client
+        .list_job_events(proto::ListJobEventsRequest {
+            job_id: id.to_string(),
+            page_size: limit,
+            page_token: String::new(),
+            after_seq: after,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner())
+}
+
 /// A job's metrics events folded into its history: each step once. A job
 /// resumed from a checkpoint trains the steps after it again, as a new
 /// attempt; a later attempt's metrics replace those of every earlier
@@ -683,6 +707,28 @@ pub(crate) fn loss_chart(title: &str, steps: &[proto::JobMetrics]) -> String {
         "loss (trained tokens)",
         &[("train", &train), ("validation", &valid)],
     )
+}
+
+/// A method's value `name` (`train_<name>` and `valid_<name>` in the
+/// metrics' values) by step, as SVG; None when no step has it.
+pub(crate) fn value_chart(title: &str, name: &str, steps: &[proto::JobMetrics]) -> Option<String> {
+    let series = |prefix: &str| -> Vec<(f64, f64)> {
+        let key = format!("{prefix}_{name}");
+        steps
+            .iter()
+            .filter_map(|m| m.values.get(&key).map(|v| (m.step as f64, *v)))
+            .collect()
+    };
+    let (train, valid) = (series("train"), series("valid"));
+    if train.is_empty() && valid.is_empty() {
+        return None;
+    }
+    Some(super::charts::line_chart(
+        title,
+        "step",
+        name,
+        &[("train", &train), ("validation", &valid)],
+    ))
 }
 
 #[cfg(test)]

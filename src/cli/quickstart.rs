@@ -684,7 +684,10 @@ async fn steps(
     println!(
         "   - evals:     lathe evals run EVAL_ID --dataset ds_... --model MODEL --prompt '{{{{ item.text }}}}' --watch"
     );
-    println!("   - RFT jobs (--method reinforcement with a grader) and DPO come next in the embedded trainer");
+    println!(
+        "   - DPO:       lathe jobs create --method dpo --model {} --training-file ds_... --watch  (preference pairs)",
+        done.fine_tuned_model
+    );
     Ok(())
 }
 

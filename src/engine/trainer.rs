@@ -1,6 +1,7 @@
 //! The embedded trainer behind the jobs' `Trainer` seam: resolves the base
-//! model, tokenizes the job's files, turns "auto" hyperparameters into
-//! numbers, runs `train::run_sft` on a blocking thread, and relays its
+//! model (and the fine-tuned model a job continues from), tokenizes the
+//! job's files for its method (SFT or DPO), turns "auto" hyperparameters
+//! into numbers, runs the engine's loop on a blocking thread, and relays its
 //! metrics and checkpoints to the orchestrator.
 
 use std::{
@@ -20,11 +21,14 @@ use crate::error::FieldViolation;
 use crate::jobs::model::{JobSpec, Level, MethodKind, Metrics};
 use crate::jobs::trainer::{TrainContext, TrainError, TrainOutcome, Trainer};
 use crate::models::Resolved;
-use lathe_engine::lora::LoraConfig;
+use lathe_engine::dpo::{DEFAULT_BETA, Dpo};
+use lathe_engine::lora::{Adapter, LoraConfig};
+use lathe_engine::method::{Encoder, Method, encode_lines};
 use lathe_engine::optim::{AdamWParams, Schedule};
-use lathe_engine::sft::encode_file;
+use lathe_engine::sft::Sft;
 use lathe_engine::train::{
-    AUTO_LEARNING_RATE, Outcome, Sink, StepMetrics, TrainConfig, auto_batch_size, auto_epochs, read_checkpoint, run_sft,
+    AUTO_LEARNING_RATE, Outcome, Resume, Sink, StepMetrics, TrainConfig, auto_batch_size, auto_epochs, read_checkpoint,
+    run,
 };
 use lathe_engine::weights::Proj;
 
@@ -94,7 +98,26 @@ fn lora_config(spec: &JobSpec) -> Result<LoraConfig, Vec<FieldViolation>> {
     }
 }
 
-/// The run's settings: the job's hyperparameters, "auto" ones filled in.
+/// DPO's "auto" learning rate for LoRA. Preference training moves a model
+/// that already answers (usually an SFT model), so it takes smaller steps
+/// than SFT's (`AUTO_LEARNING_RATE`).
+pub const DPO_AUTO_LEARNING_RATE: f64 = 1e-4;
+
+/// The run's settings: the job's hyperparameters, "auto" ones filled in
+/// for its method.
+pub fn train_config(spec: &JobSpec, n_train: usize, lora: LoraConfig, config: &LocalTrainerConfig) -> TrainConfig {
+    let mut cfg = sft_config(spec, n_train, lora, config);
+    if spec.method.kind == MethodKind::Dpo {
+        let h = &spec.method.hyperparameters;
+        cfg.learning_rate = DPO_AUTO_LEARNING_RATE * h.learning_rate_multiplier.unwrap_or(1.0);
+        // As TRL's DPO: no dropout, so the policy starts exactly at its
+        // reference (the jobs service refuses a DPO job's dropout > 0).
+        cfg.lora.dropout = 0.0;
+    }
+    cfg
+}
+
+/// SFT's settings: the job's hyperparameters, "auto" ones filled in.
 pub fn sft_config(spec: &JobSpec, n_train: usize, lora: LoraConfig, config: &LocalTrainerConfig) -> TrainConfig {
     let h = &spec.method.hyperparameters;
     let epochs = h.n_epochs.map(|e| e as u64).unwrap_or_else(|| auto_epochs(n_train));
@@ -194,13 +217,10 @@ fn job_metrics(m: &StepMetrics) -> Metrics {
 impl Trainer for LocalTrainer {
     fn check(&self, spec: &JobSpec) -> Result<(), Vec<FieldViolation>> {
         let mut v = Vec::new();
-        if spec.method.kind != MethodKind::Supervised {
+        if spec.method.kind == MethodKind::Reinforcement {
             v.push(FieldViolation::new(
                 format!("method.{}", spec.method.kind.as_str()),
-                format!(
-                    "the embedded trainer runs supervised fine-tuning; {} is not available yet",
-                    spec.method.kind.as_str()
-                ),
+                "the embedded trainer runs supervised and DPO fine-tuning; reinforcement is not available yet",
             ));
         }
         if let Err(mut l) = lora_config(spec) {
@@ -232,10 +252,7 @@ impl Trainer for LocalTrainer {
         else {
             return Err(TrainError::new(
                 "model_not_supported",
-                format!(
-                    "{} is a fine-tuned model; fine-tune its base model instead",
-                    spec.base_model
-                ),
+                format!("{} is not a base model", spec.base_model),
             ));
         };
         ctx.reporter
@@ -245,21 +262,128 @@ impl Trainer for LocalTrainer {
             )
             .await;
         let base = self.engine.base(&name, &path).await.map_err(err("model_load_failed"))?;
+        // A job that continues from a fine-tuned model starts from its
+        // adapter (and, for DPO, keeps it frozen as the reference).
+        let start = match &spec.start_from {
+            None => None,
+            Some(model) => match self.engine.resolve(model).await.map_err(err("model_not_found"))? {
+                Resolved::FineTuned {
+                    adapter,
+                    adapter_config,
+                    ..
+                } => Some(
+                    Adapter::from_peft(&base.model.config, &adapter, &adapter_config, &base.model.device)
+                        .map_err(err("model_load_failed"))?,
+                ),
+                Resolved::Base { .. } => None,
+            },
+        };
         let train_bytes = ctx.reporter.read_dataset(&spec.training_dataset_id).await?;
         let valid_bytes = match &spec.validation_dataset_id {
             Some(id) => Some(ctx.reporter.read_dataset(id).await?),
             None => None,
         };
-        let max_len = self.config.max_seq_len.min(base.model.max_positions());
-        let b2 = base.clone();
-        let (train, valid) = tokio::task::spawn_blocking(move || {
-            let enc = |bytes: &Bytes| encode_file(&b2.tokenizer, &b2.template, b2.bos_id, bytes, max_len);
-            let train = enc(&train_bytes)?;
+        let resume_files = match &ctx.resume_from {
+            Some(c) => {
+                let mut files = HashMap::new();
+                for f in &c.files {
+                    let bytes = ctx.reporter.read_checkpoint_file(c, &f.name).await?;
+                    files.insert(f.name.clone(), bytes.to_vec());
+                }
+                Some(files)
+            }
+            None => None,
+        };
+        let job = Prepared {
+            spec,
+            lora,
+            base,
+            base_name: name,
+            start,
+            train_bytes,
+            valid_bytes,
+            resume_files,
+        };
+        match job.spec.method.kind {
+            MethodKind::Dpo => {
+                let beta = job.spec.method.hyperparameters.beta.unwrap_or(DEFAULT_BETA);
+                let method = Dpo::new(beta, job.start.clone()).map_err(err("invalid_hyperparameters"))?;
+                self.drive(ctx, job, method, "preference pairs").await
+            }
+            _ => self.drive(ctx, job, Sft, "examples").await,
+        }
+    }
+}
+
+/// What every method's run needs, gathered before it starts.
+struct Prepared {
+    spec: JobSpec,
+    lora: LoraConfig,
+    base: Arc<super::local::LoadedBase>,
+    base_name: String,
+    start: Option<Adapter>,
+    train_bytes: Bytes,
+    valid_bytes: Option<Bytes>,
+    resume_files: Option<HashMap<String, Vec<u8>>>,
+}
+
+/// What a method tells the job's events about its data, beyond the counts.
+trait Describe {
+    fn describe(&self) -> Option<String>;
+}
+
+impl Describe for Sft {
+    fn describe(&self) -> Option<String> {
+        None
+    }
+}
+
+impl Describe for Dpo {
+    fn describe(&self) -> Option<String> {
+        let cut = self.truncated();
+        Some(format!(
+            "beta {}; {cut} pairs truncated to fit (the prompt kept from its end, each completion from its \
+             start, as TRL); reference: {} (its log-probs computed once, before the first step)",
+            self.beta(),
+            if self.references_an_adapter() {
+                "the model the job starts from, frozen"
+            } else {
+                "the base model with the adapter disabled"
+            }
+        ))
+    }
+}
+
+impl LocalTrainer {
+    /// Encodes the job's files for `method`, runs the loop on a blocking
+    /// thread and relays what it reports.
+    async fn drive<M>(
+        &self,
+        ctx: TrainContext,
+        job: Prepared,
+        method: M,
+        what: &str,
+    ) -> Result<TrainOutcome, TrainError>
+    where
+        M: Method + Describe + Send + 'static,
+        M::Example: Send + 'static,
+    {
+        let max_len = self.config.max_seq_len.min(job.base.model.max_positions());
+        let base = job.base.clone();
+        let (train_bytes, valid_bytes) = (job.train_bytes, job.valid_bytes);
+        let (method, train, valid) = tokio::task::spawn_blocking(move || {
+            let encoder = Encoder {
+                tokenizer: &base.tokenizer,
+                template: &base.template,
+                bos: base.bos_id,
+                max_len,
+            };
+            let train = encode_lines(&method, &encoder, &train_bytes)?;
             let valid = match &valid_bytes {
-                Some(v) => enc(v)?,
+                Some(v) => encode_lines(&method, &encoder, v)?,
                 None => Vec::new(),
             };
-            Ok::<_, lathe_engine::EngineError>((train, valid))
+            Ok::<_, lathe_engine::EngineError>((method, train, valid))
         })
         .await
         .map_err(|e| TrainError::new("internal", e.to_string()))?
@@ -267,35 +391,35 @@ impl Trainer for LocalTrainer {
         if train.is_empty() {
             return Err(TrainError::new(
                 "invalid_training_file",
-                "no example in the training file has an assistant message to train on",
+                format!("the training file has no {what} to train on"),
             ));
         }
-
-        let cfg = sft_config(&spec, train.len(), lora, &self.config);
+        let cfg = train_config(&job.spec, train.len(), job.lora, &self.config);
         let (epochs, batch_size, learning_rate) = (cfg.epochs, cfg.batch_size, cfg.learning_rate);
         let steps = cfg.steps_per_epoch(train.len()) * epochs;
-        let resume = match &ctx.resume_from {
-            Some(c) => {
-                let mut files = HashMap::new();
-                for f in &c.files {
-                    let bytes = ctx.reporter.read_checkpoint_file(c, &f.name).await?;
-                    files.insert(f.name.clone(), bytes.to_vec());
-                }
-                Some(read_checkpoint(&base.model, &files).map_err(err("checkpoint_corrupt"))?)
-            }
+        let resume: Option<Resume> = match &job.resume_files {
+            Some(files) => Some(read_checkpoint(&job.base.model, files).map_err(err("checkpoint_corrupt"))?),
             None => None,
         };
         ctx.reporter
             .log(
                 Level::Info,
                 format!(
-                    "training: {} examples ({} validation), {epochs} epochs of batch {batch_size} = {steps} steps, \
-                     learning rate {learning_rate:.2e}, LoRA r={} alpha={} on {}{}",
+                    "training ({}): {} {what} ({} validation), {epochs} epochs of batch {batch_size} = {steps} steps, \
+                     learning rate {learning_rate:.2e}, LoRA r={} alpha={} dropout {} on {}{}{}{}",
+                    job.spec.method.kind.as_str(),
                     train.len(),
                     valid.len(),
                     cfg.lora.rank,
                     cfg.lora.alpha,
+                    cfg.lora.dropout,
                     cfg.lora.targets.iter().map(|p| p.name()).collect::<Vec<_>>().join(","),
+                    job.spec
+                        .start_from
+                        .as_ref()
+                        .map(|m| format!("; continuing from {m}"))
+                        .unwrap_or_default(),
+                    method.describe().map(|d| format!("; {d}")).unwrap_or_default(),
                     resume
                         .as_ref()
                         .map(|r| format!("; resuming at step {}", r.step))
@@ -307,10 +431,21 @@ impl Trainer for LocalTrainer {
         let (tx, mut rx) = mpsc::channel::<Msg>(16);
         let stop = Arc::new(AtomicBool::new(false));
         let sink = ChannelSink { tx, stop: stop.clone() };
-        let base_name = name.clone();
+        let (base, base_name, start) = (job.base, job.base_name, job.start);
         let worker = tokio::task::spawn_blocking(move || {
             let mut sink = sink;
-            run_sft(&base.model, &train, &valid, &cfg, &base_name, resume, &mut sink)
+            let mut method = method;
+            run(
+                &base.model,
+                &mut method,
+                &train,
+                &valid,
+                &cfg,
+                &base_name,
+                start.as_ref(),
+                resume,
+                &mut sink,
+            )
         });
         loop {
             tokio::select! {

@@ -187,6 +187,57 @@ impl Jobs {
         Ok(Some(d))
     }
 
+    /// A job on a fine-tuned model continues its training: its base is the
+    /// model's base, training starts from the model's adapter (for DPO, the
+    /// frozen reference too), and its LoRA shape is the adapter's: taken
+    /// from the model's job when the request gives none, refused when it
+    /// gives another.
+    async fn continue_from(
+        &self,
+        spec: &mut JobSpec,
+        lora_given: bool,
+        violations: &mut Vec<FieldViolation>,
+    ) -> Result<()> {
+        let model = self.models.get(&spec.base_model).await?;
+        let parent = match &model.job_id {
+            Some(id) => self.store.get_job(id).await?,
+            None => None,
+        };
+        let Some(parent) = parent else {
+            violations.push(FieldViolation::new(
+                "base_model",
+                format!(
+                    "the job that made {} is gone, so its adapter's settings are unknown",
+                    model.id
+                ),
+            ));
+            return Ok(());
+        };
+        let (mine, theirs) = (&spec.lora, &parent.spec.lora);
+        let same_shape =
+            mine.rank == theirs.rank && mine.alpha == theirs.alpha && mine.target_modules == theirs.target_modules;
+        if !lora_given {
+            spec.lora = Lora {
+                dropout: spec.lora.dropout,
+                ..theirs.clone()
+            };
+        } else if !same_shape {
+            violations.push(FieldViolation::new(
+                "lora",
+                format!(
+                    "a job that continues from {} keeps its adapter's shape: rank {}, alpha {}, modules {}",
+                    model.id,
+                    theirs.rank,
+                    theirs.alpha,
+                    theirs.target_modules.join(",")
+                ),
+            ));
+        }
+        spec.start_from = Some(model.id.clone());
+        spec.base_model = model.base_model;
+        Ok(())
+    }
+
     pub async fn create(&self, req: CreateJob) -> Result<JobRecord> {
         let Some(trainer) = &self.trainer else {
             return Err(Error::precondition(
@@ -195,7 +246,7 @@ impl Jobs {
                 "no trainer is configured on this server, so it cannot run fine-tuning jobs",
             ));
         };
-        let (spec, mut violations) = spec::build(&req);
+        let (mut spec, mut violations) = spec::build(&req);
         let purpose = match spec.method.kind {
             MethodKind::Supervised => Purpose::Sft,
             MethodKind::Dpo => Purpose::Dpo,
@@ -235,16 +286,13 @@ impl Jobs {
         if trainer.resolves_models() && !spec.base_model.trim().is_empty() {
             match self.models.kind_of(&spec.base_model).await? {
                 Some(ModelKind::Base) => {}
-                Some(ModelKind::FineTuned) => violations.push(FieldViolation::new(
-                    "base_model",
-                    format!(
-                        "{} is a fine-tuned model; fine-tune its base model instead",
-                        spec.base_model
-                    ),
-                )),
+                Some(ModelKind::FineTuned) => {
+                    self.continue_from(&mut spec, req.lora.is_some(), &mut violations)
+                        .await?
+                }
                 None => violations.push(FieldViolation::new(
                     "base_model",
-                    format!("no base model named {:?} is registered", spec.base_model),
+                    format!("no model named {:?} is registered", spec.base_model),
                 )),
             }
         }

@@ -165,6 +165,11 @@ pub struct JobSpec {
     pub webhook: Option<Webhook>,
     #[serde(default)]
     pub checkpoint_eval: Option<CheckpointEval>,
+    /// The fine-tuned model the job continues from (`ft:...`), when it
+    /// does: training starts from its adapter, `base_model` is its base,
+    /// and DPO's reference is that adapter, frozen.
+    #[serde(default)]
+    pub start_from: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -50,7 +50,13 @@ pub const MAX_SEED: u64 = 2_147_483_647;
 
 /// The spec `req` asks for, defaults filled in, and every problem with it.
 pub fn build(req: &CreateJob) -> (JobSpec, Vec<FieldViolation>) {
-    let defaults = Lora::default();
+    let kind = req.method.as_ref().map_or(MethodKind::Supervised, |m| m.kind);
+    let mut defaults = Lora::default();
+    if kind == MethodKind::Dpo {
+        // DPO trains without dropout (as TRL), so the policy starts exactly
+        // at its reference.
+        defaults.dropout = 0.0;
+    }
     let lora = match &req.lora {
         None => defaults,
         Some(l) => Lora {
@@ -81,6 +87,7 @@ pub fn build(req: &CreateJob) -> (JobSpec, Vec<FieldViolation>) {
         early_stopping: req.early_stopping.clone(),
         webhook: req.webhook.clone(),
         checkpoint_eval: req.checkpoint_eval.clone(),
+        start_from: None,
     };
     let violations = check(&spec);
     (spec, violations)
@@ -201,6 +208,11 @@ pub fn check(spec: &JobSpec) -> Vec<FieldViolation> {
     }
     if !(0.0..1.0).contains(&l.dropout) {
         v.push(FieldViolation::new("lora.dropout", "must be in [0, 1)"));
+    } else if kind == MethodKind::Dpo && l.dropout > 0.0 {
+        v.push(FieldViolation::new(
+            "lora.dropout",
+            "DPO trains without dropout (as TRL does), so the policy starts exactly at its reference; leave it at 0",
+        ));
     }
     if let Some(es) = &spec.early_stopping
         && es.patience > 0

@@ -158,6 +158,7 @@ pub fn job(n: u32, created_at: i64, priority: i32, key: Option<&str>) -> JobReco
         early_stopping: None,
         webhook: None,
         checkpoint_eval: None,
+        start_from: None,
     };
     let mut job = JobRecord::new(format!("job_{n:026}"), spec, key.map(str::to_string), created_at);
     job.state = JobState::Queued;

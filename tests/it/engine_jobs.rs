@@ -112,6 +112,13 @@ fn create(env: &Env, epochs: i64) -> proto::CreateJobRequest {
     }
 }
 
+/// The field paths of a status's violations, in order.
+fn violation_fields(err: &tonic::Status) -> Vec<String> {
+    err.get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
 /// A job's events from the first, live.
 async fn watch(jobs: &mut FineTuningServiceClient<Channel>, id: &str) -> tonic::Streaming<proto::WatchJobResponse> {
     jobs.watch_job(proto::WatchJobRequest {
@@ -389,20 +396,32 @@ async fn create_job_checks_the_model_and_method_against_the_embedded_trainer() {
     });
     let err = env.jobs.create_job(req).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let fields: Vec<String> = err
+    let fields = violation_fields(&err);
+    // DPO on SFT data: the purposes clash; the module name is unknown.
+    for f in ["base_model", "training_dataset_id", "lora.target_modules[1]"] {
+        assert!(fields.contains(&f.to_string()), "{f} missing from {fields:?}");
+    }
+    let purposes = err
         .get_details_bad_request()
         .unwrap()
         .field_violations
         .into_iter()
-        .map(|v| v.field)
-        .collect();
-    for f in ["base_model", "method.dpo", "lora.target_modules[1]"] {
-        assert!(fields.contains(&f.to_string()), "{f} missing from {fields:?}");
-    }
+        .find(|v| v.field == "training_dataset_id")
+        .unwrap()
+        .description;
+    assert!(purposes.contains("sft") && purposes.contains("dpo"), "{purposes}");
     let mut unique = fields.clone();
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), fields.len(), "each problem once: {fields:?}");
+    // A method the embedded trainer does not run is refused on its field.
+    let mut rft = create(&env, 1);
+    rft.method = Some(proto::FineTuningMethod {
+        method: Some(proto::fine_tuning_method::Method::Reinforcement(Default::default())),
+    });
+    let err = env.jobs.create_job(rft).await.unwrap_err();
+    let fields = violation_fields(&err);
+    assert!(fields.contains(&"method.reinforcement".to_string()), "{fields:?}");
     assert!(
         !err.message().contains("lathe "),
         "the API gives no CLI hints: {}",
@@ -637,5 +656,235 @@ async fn create_job_checks_its_checkpoint_eval() {
     req.checkpoint_eval = checkpoint_eval(&eval_id);
     let fields = violations(env.jobs.create_job(req).await.unwrap_err());
     assert_eq!(fields, ["checkpoint_eval"]);
+    env.server.stop().await;
+}
+
+/// Preference pairs over `sft_lines`' task: the right word preferred, the
+/// next word not.
+fn dpo_lines(n: usize, offset: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let k = i + offset;
+            serde_json::json!({
+                "input": {"messages": [
+                    {"role": "system", "content": "Answer with one word."},
+                    {"role": "user", "content": format!("item {}", k % 4)},
+                ]},
+                "preferred_output": [{"role": "assistant", "content": WORDS[k % 4]}],
+                "non_preferred_output": [{"role": "assistant", "content": WORDS[(k + 1) % 4]}],
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+fn dpo(env: &Env, base_model: &str, train: &str, valid: &str) -> proto::CreateJobRequest {
+    proto::CreateJobRequest {
+        base_model: base_model.into(),
+        training_dataset_id: train.into(),
+        validation_dataset_id: valid.into(),
+        suffix: "prefs".into(),
+        seed: Some(5),
+        method: Some(proto::FineTuningMethod {
+            method: Some(proto::fine_tuning_method::Method::Dpo(proto::DpoMethod {
+                n_epochs: auto_int(4),
+                batch_size: auto_int(4),
+                learning_rate_multiplier: Some(proto::AutoDouble {
+                    value: Some(proto::auto_double::Value::Number(50.0)),
+                }),
+                beta: Some(proto::AutoDouble {
+                    value: Some(proto::auto_double::Value::Number(0.5)),
+                }),
+            })),
+        }),
+        early_stopping: Some(proto::EarlyStopping {
+            patience: 0,
+            min_delta: 0.0,
+        }),
+        ..create(env, 1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpo_continues_an_sft_model_against_it_as_reference_and_learns_the_preferences() {
+    let mut env = env().await;
+    // SFT first (OpenAI's recommended order), briefly.
+    let sft = env
+        .jobs
+        .create_job(create(&env, 2))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let (_, sft) = watch_all(&mut env.jobs, &sft.id).await;
+    assert_eq!(sft.state, JobState::Succeeded as i32, "{:?}", sft.error);
+    let mut datasets = env.server.datasets().await;
+    let pairs = |n, offset| dpo_lines(n, offset);
+    let train = upload_bytes(
+        &mut datasets,
+        "prefs.jsonl",
+        DatasetPurpose::Dpo,
+        "",
+        pairs(24, 0).as_bytes(),
+        1 << 16,
+    )
+    .await
+    .unwrap();
+    let valid = upload_bytes(
+        &mut datasets,
+        "prefs_valid.jsonl",
+        DatasetPurpose::Dpo,
+        "",
+        pairs(8, 100).as_bytes(),
+        1 << 16,
+    )
+    .await
+    .unwrap();
+
+    let job = env
+        .jobs
+        .create_job(dpo(&env, &sft.fine_tuned_model, &train.id, &valid.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(job.base_model, "tiny", "the job trains on the SFT model's base");
+    assert_eq!(job.start_from, sft.fine_tuned_model);
+    assert_eq!(job.lora.as_ref().unwrap().dropout, 0.0, "DPO trains without dropout");
+    let (events, done) = watch_all(&mut env.jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{:?}", done.error);
+    assert!(
+        done.fine_tuned_model.starts_with("ft:tiny:prefs:"),
+        "{}",
+        done.fine_tuned_model
+    );
+    let log = events.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("\n");
+    assert!(
+        log.contains("training (dpo): 24 preference pairs (8 validation)"),
+        "{log}"
+    );
+    assert!(log.contains("continuing from ft:tiny:words:"), "{log}");
+    assert!(log.contains("0 pairs truncated"), "{log}");
+    assert!(log.contains("reference: the model the job starts from"), "{log}");
+    let m = metrics(&events);
+    let first = m.first().unwrap();
+    // The policy starts at its reference (the SFT adapter): log 2.
+    assert!(
+        (first.train_loss.unwrap() - std::f64::consts::LN_2).abs() < 1e-4,
+        "{first:?}"
+    );
+    for name in [
+        "train_rewards/chosen",
+        "train_rewards/rejected",
+        "train_rewards/accuracies",
+        "train_rewards/margins",
+        "train_logps/chosen",
+        "train_logps/rejected",
+    ] {
+        assert!(
+            first.values.contains_key(name),
+            "{name} missing from {:?}",
+            first.values
+        );
+    }
+    let last_valid = m.iter().rev().find(|x| x.valid_loss.is_some()).unwrap();
+    assert!(
+        last_valid.valid_loss.unwrap() < std::f64::consts::LN_2,
+        "{last_valid:?}"
+    );
+    assert!(last_valid.values["valid_rewards/accuracies"] > 0.5, "{last_valid:?}");
+    assert!(last_valid.values["valid_rewards/margins"] > 0.0, "{last_valid:?}");
+    // Checkpoints keep the metrics and the reference log-probs.
+    let ckpts = list_checkpoints(&mut env.jobs, &job.id).await;
+    assert!(
+        ckpts[0]
+            .metrics
+            .as_ref()
+            .unwrap()
+            .values
+            .contains_key("train_rewards/margins")
+    );
+    let store = lathe::store::open(&env.server.config.database_url()).await.unwrap();
+    let stored = store.list_checkpoints(&job.id, None, 1).await.unwrap();
+    assert!(
+        stored[0]
+            .files
+            .iter()
+            .any(|f| f.name == lathe_engine::dpo::REFERENCE_FILE)
+    );
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpo_bad_input_is_refused_at_create_and_an_unloadable_model_fails_with_its_code() {
+    let mut env = env().await;
+    let mut datasets = env.server.datasets().await;
+    let pairs = upload_bytes(
+        &mut datasets,
+        "prefs.jsonl",
+        DatasetPurpose::Dpo,
+        "",
+        dpo_lines(8, 0).as_bytes(),
+        1 << 16,
+    )
+    .await
+    .unwrap();
+    // A DPO job on SFT data, and an SFT job on DPO data: both name both purposes.
+    for (req, field) in [
+        (dpo(&env, "tiny", &env.train, ""), "training_dataset_id"),
+        (
+            proto::CreateJobRequest {
+                training_dataset_id: pairs.id.clone(),
+                validation_dataset_id: String::new(),
+                ..create(&env, 1)
+            },
+            "training_dataset_id",
+        ),
+    ] {
+        let err = env.jobs.create_job(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let v = err.get_details_bad_request().unwrap().field_violations;
+        let v = v.iter().find(|v| v.field == field).unwrap();
+        assert!(
+            v.description.contains("sft") && v.description.contains("dpo"),
+            "{}",
+            v.description
+        );
+    }
+    // DPO with dropout: refused, on that field.
+    let mut req = dpo(&env, "tiny", &pairs.id, "");
+    req.lora = Some(proto::LoraConfig {
+        dropout: 0.1,
+        ..Default::default()
+    });
+    let err = env.jobs.create_job(req).await.unwrap_err();
+    let fields = violation_fields(&err);
+    assert_eq!(fields, ["lora.dropout"]);
+
+    // A model whose files went away: the job fails with a code to act on.
+    let gone = env._dir.path().join("gone-model");
+    lathe_engine::tiny::write_tiny_model(&gone, 2, 32, 1).unwrap();
+    env.models
+        .register_model(proto::RegisterModelRequest {
+            name: "gone".into(),
+            path: gone.display().to_string(),
+        })
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&gone).unwrap();
+    let job = env
+        .jobs
+        .create_job(dpo(&env, "gone", &pairs.id, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let (_, done) = watch_all(&mut env.jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Failed as i32);
+    assert_eq!(done.error.unwrap().code, "model_load_failed");
     env.server.stop().await;
 }

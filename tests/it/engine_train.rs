@@ -21,7 +21,7 @@ use lathe_engine::sft::{Example, Sft, TOKEN_ACCURACY, packed_loss};
 use lathe_engine::train::{Outcome, Sink, StepMetrics, TrainConfig, read_checkpoint, run, run_sft};
 use lathe_engine::weights::{Proj, random_weights};
 
-fn config(arch: &str) -> ModelConfig {
+pub(crate) fn config(arch: &str) -> ModelConfig {
     ModelConfig {
         architecture: arch.into(),
         vocab_size: 61,
@@ -40,13 +40,13 @@ fn config(arch: &str) -> ModelConfig {
     }
 }
 
-fn tiny(arch: &str, seed: u64) -> BaseModel {
+pub(crate) fn tiny(arch: &str, seed: u64) -> BaseModel {
     let c = config(arch);
     let w = random_weights(&c, seed, &Device::Cpu).unwrap();
     BaseModel::new(c, w, Device::Cpu).unwrap()
 }
 
-fn lora(dropout: f64) -> LoraConfig {
+pub(crate) fn lora(dropout: f64) -> LoraConfig {
     LoraConfig {
         rank: 4,
         alpha: 8.0,
@@ -57,7 +57,7 @@ fn lora(dropout: f64) -> LoraConfig {
 
 /// An adapter with B non-zero too (PEFT starts B at zero, which makes A's
 /// gradient exactly zero at step one).
-fn random_adapter(model: &BaseModel, seed: u64) -> (Adapter, Vec<Var>) {
+pub(crate) fn random_adapter(model: &BaseModel, seed: u64) -> (Adapter, Vec<Var>) {
     let (adapter, vars) = Adapter::init(&model.config, lora(0.0), &mut Rng::new(seed), &Device::Cpu).unwrap();
     let mut rng = Rng::new(seed + 1);
     for v in &vars {
@@ -248,14 +248,14 @@ fn segmented_attention_equals_the_block_diagonal_mask_with_gradients() {
     }
 }
 
-struct Collect {
-    metrics: Vec<StepMetrics>,
-    checkpoints: Vec<(u64, HashMap<String, Vec<u8>>)>,
+pub(crate) struct Collect {
+    pub(crate) metrics: Vec<StepMetrics>,
+    pub(crate) checkpoints: Vec<(u64, HashMap<String, Vec<u8>>)>,
     stop_after: Option<u64>,
 }
 
 impl Collect {
-    fn new(stop_after: Option<u64>) -> Self {
+    pub(crate) fn new(stop_after: Option<u64>) -> Self {
         Self {
             metrics: Vec::new(),
             checkpoints: Vec::new(),
@@ -558,7 +558,7 @@ fn a_method_of_its_own_runs_in_the_loop_and_resumes_exactly_with_its_state() {
     };
     let mut method = Reweighted::default();
     let mut full = Collect::new(None);
-    run(&model, &mut method, &exs, &exs, &cfg, "tiny", None, &mut full).unwrap();
+    run(&model, &mut method, &exs, &exs, &cfg, "tiny", None, None, &mut full).unwrap();
     assert_eq!(method.loaded_before_prepare, Some(false));
     assert_eq!(method.draws, 16, "4 epochs of 4 examples");
     let steps = &full.metrics;
@@ -602,6 +602,7 @@ fn a_method_of_its_own_runs_in_the_loop_and_resumes_exactly_with_its_state() {
         &exs,
         &cfg,
         "tiny",
+        None,
         Some(resume),
         &mut second,
     )
@@ -623,6 +624,7 @@ fn a_method_of_its_own_runs_in_the_loop_and_resumes_exactly_with_its_state() {
         &exs,
         &cfg,
         "tiny",
+        None,
         None,
         &mut Collect::new(None),
     )

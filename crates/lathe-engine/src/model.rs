@@ -143,6 +143,32 @@ pub struct Segments {
 
 impl Segments {
     pub fn new(lengths: &[usize], device: &Device) -> Result<Self> {
+        Self::build(lengths, |_, _, _| true, device)
+    }
+
+    /// Groups that share a prefix, each packed once: `groups[g]` is
+    /// `(prefix, first, second)` token counts, laid out as the prefix, then
+    /// the first continuation, then the second. Attention is causal, and the
+    /// second continuation sees the prefix and itself, never the first: so
+    /// each continuation is computed as if it followed the prefix alone
+    /// (with positions restarting after the prefix, which the caller gives),
+    /// while the prefix is computed once (DPO's prompt, shared by its
+    /// preferred and non-preferred completion).
+    pub fn forked(groups: &[(usize, usize, usize)], device: &Device) -> Result<Self> {
+        let lengths: Vec<usize> = groups.iter().map(|&(p, a, b)| p + a + b).collect();
+        Self::build(
+            &lengths,
+            |g, i, j| {
+                let (p, a, _) = groups[g];
+                !(i >= p + a && j >= p && j < p + a)
+            },
+            device,
+        )
+    }
+
+    /// `allowed(segment, i, j)`: whether token `i` of a segment may attend to
+    /// its token `j <= i`.
+    fn build(lengths: &[usize], allowed: impl Fn(usize, usize, usize) -> bool, device: &Device) -> Result<Self> {
         let batch = lengths.len();
         let len = lengths.iter().copied().max().unwrap_or(0);
         let mut gather = vec![0u32; batch * len];
@@ -157,7 +183,11 @@ impl Segments {
             }
             for i in 0..len {
                 for j in 0..n.min(i + 1) {
-                    mask[(b * len + i) * len + j] = 0.0;
+                    // Padding queries (i >= n) keep a causal row over the
+                    // real keys, as before; they are dropped anyway.
+                    if i >= n || allowed(b, i, j) {
+                        mask[(b * len + i) * len + j] = 0.0;
+                    }
                 }
             }
         }

@@ -147,10 +147,13 @@ pub fn run_sft(
     resume: Option<Resume>,
     sink: &mut dyn Sink,
 ) -> Result<Outcome> {
-    run(model, &mut Sft, train, valid, cfg, base_model_name, resume, sink)
+    run(model, &mut Sft, train, valid, cfg, base_model_name, None, resume, sink)
 }
 
 /// Runs (or resumes) a method to the end or until the sink says stop.
+/// `start`: the adapter a fresh run continues training from (a job that
+/// starts from a fine-tuned model) instead of a new one; its shapes must
+/// be those of `cfg.lora`. A resumed run takes its adapter from `resume`.
 #[allow(clippy::too_many_arguments)]
 pub fn run<M: Method>(
     model: &BaseModel,
@@ -159,6 +162,7 @@ pub fn run<M: Method>(
     valid: &[M::Example],
     cfg: &TrainConfig,
     base_model_name: &str,
+    start: Option<&Adapter>,
     resume: Option<Resume>,
     sink: &mut dyn Sink,
 ) -> Result<Outcome> {
@@ -173,20 +177,27 @@ pub fn run<M: Method>(
     let warmup = (cfg.warmup_ratio * total as f64).ceil() as u64;
     let mut step = 0u64;
     let mut trained_tokens = 0u64;
-    if let Some(r) = resume {
-        let from = r.adapter.named();
+    let load = |from: &Adapter, what: &str| -> Result<()> {
+        let from = from.named();
         let mine = adapter.named();
         if from.len() != mine.len() {
-            return Err(EngineError::Data(
-                "the checkpoint's adapter does not match the job's LoRA settings".into(),
-            ));
+            return Err(EngineError::Data(format!(
+                "the {what}'s adapter does not match the job's LoRA settings"
+            )));
         }
         for (var, (_, t)) in vars.iter().zip(&from) {
             if var.dims() != t.dims() {
-                return Err(EngineError::Data("the checkpoint's adapter shapes do not match".into()));
+                return Err(EngineError::Data(format!("the {what}'s adapter shapes do not match")));
             }
             var.set(t)?;
         }
+        Ok(())
+    };
+    if let (Some(start), None) = (start, &resume) {
+        load(start, "starting model")?;
+    }
+    if let Some(r) = resume {
+        load(&r.adapter, "checkpoint")?;
         opt.load_state(r.step, &r.optimizer)?;
         method.load_state(&r.method_files)?;
         step = r.step;

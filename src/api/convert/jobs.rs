@@ -212,6 +212,7 @@ pub fn job(j: jm::JobRecord) -> proto::Job {
         stop_reason: j.stop_reason.unwrap_or_default(),
         webhook_url: j.spec.webhook.map(|w| w.url).unwrap_or_default(),
         attempts: j.attempts,
+        start_from: j.spec.start_from.unwrap_or_default(),
         checkpoint_eval: j.spec.checkpoint_eval.map(|c| proto::CheckpointEval {
             eval_id: c.eval_id,
             input_messages: (!c.input_messages.is_empty()).then(|| list_value(&c.input_messages)),
