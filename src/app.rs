@@ -82,16 +82,15 @@ impl App {
             None => Arc::new(Providers::default()),
         };
         let models = Arc::new(Models::new(store.clone(), blobs.clone()));
-        let (local, trainer): (Option<Arc<LocalEngine>>, Option<Arc<dyn Trainer>>) = match engine {
-            Engine::Embedded => {
-                let local = LocalEngine::new(
+        let (local, custom_trainer) = match engine {
+            Engine::Embedded => (
+                Some(LocalEngine::new(
                     models.clone(),
                     config.max_generation_batch,
                     config.max_queued_generations,
-                );
-                let trainer = Arc::new(LocalTrainer::new(local.clone(), LocalTrainerConfig::default()));
-                (Some(local), Some(trainer))
-            }
+                )),
+                None,
+            ),
             Engine::Custom(trainer) => (None, trainer),
         };
         // The one way to a model, for evals, model graders and the Chat RPC.
@@ -105,6 +104,13 @@ impl App {
             ..GradersConfig::default()
         };
         let graders = Arc::new(Graders::new(store.clone(), graders_config));
+        // The embedded trainer grades RFT samples with the same graders.
+        let trainer: Option<Arc<dyn Trainer>> = match &local {
+            Some(local) => Some(Arc::new(
+                LocalTrainer::new(local.clone(), LocalTrainerConfig::default()).with_graders(graders.clone()),
+            )),
+            None => custom_trainer,
+        };
         let evals = Arc::new(Evals::new(
             store.clone(),
             blobs.clone(),

@@ -14,6 +14,8 @@ use crate::proto::{self, fine_tuning_service_client::FineTuningServiceClient, jo
 pub enum MethodArg {
     Supervised,
     Dpo,
+    /// Reinforcement fine-tuning (GRPO with --grader).
+    #[value(alias = "rft")]
     Reinforcement,
 }
 
@@ -70,12 +72,31 @@ pub struct CreateArgs {
     #[arg(long)]
     learning_rate_multiplier: Option<f64>,
     /// DPO's beta: how far the policy may move from its reference
-    /// (default: auto, 0.1).
+    /// (default: auto, 0.1); for reinforcement, the KL coefficient (auto 0).
     #[arg(long)]
     beta: Option<f64>,
-    /// Reinforcement: an OpenAI grader JSON file.
+    /// Reinforcement: an OpenAI grader JSON file (or {"name": "..."} of a
+    /// saved grader).
     #[arg(long)]
     grader: Option<PathBuf>,
+    /// Reinforcement: completions sampled per prompt (auto 8).
+    #[arg(long)]
+    generations_per_prompt: Option<i64>,
+    /// Reinforcement: steps between validations (auto: a tenth of the run).
+    #[arg(long)]
+    eval_interval: Option<i64>,
+    /// Reinforcement: completions per validation item (auto 1).
+    #[arg(long)]
+    eval_samples: Option<i64>,
+    /// Reinforcement: a multiplier on the auto generations per prompt.
+    #[arg(long)]
+    compute_multiplier: Option<f64>,
+    /// Reinforcement: low, medium or high (reasoning models only).
+    #[arg(long)]
+    reasoning_effort: Option<String>,
+    /// Reinforcement: longest sampled completion in tokens (auto 256).
+    #[arg(long)]
+    max_completion_tokens: Option<i64>,
     #[arg(long)]
     lora_rank: Option<u32>,
     #[arg(long)]
@@ -316,7 +337,13 @@ fn create_request(a: CreateArgs) -> anyhow::Result<proto::CreateJobRequest> {
             batch_size: auto_i(a.batch_size),
             learning_rate_multiplier: auto_f(a.learning_rate_multiplier),
             grader,
-            ..Default::default()
+            eval_interval: auto_i(a.eval_interval),
+            eval_samples: auto_i(a.eval_samples),
+            generations_per_prompt: auto_i(a.generations_per_prompt),
+            compute_multiplier: auto_f(a.compute_multiplier),
+            reasoning_effort: a.reasoning_effort.clone().unwrap_or_default(),
+            beta: auto_f(a.beta),
+            max_completion_tokens: auto_i(a.max_completion_tokens),
         }),
     };
     let webhook = match a.webhook_url {
@@ -341,9 +368,11 @@ fn create_request(a: CreateArgs) -> anyhow::Result<proto::CreateJobRequest> {
             rank: a.lora_rank.unwrap_or(0),
             alpha: a.lora_alpha.unwrap_or(0.0),
             // The server's default for the method (proto3 cannot leave it unset).
-            dropout: a
-                .lora_dropout
-                .unwrap_or(if matches!(a.method, MethodArg::Dpo) { 0.0 } else { 0.05 }),
+            dropout: a.lora_dropout.unwrap_or(if matches!(a.method, MethodArg::Supervised) {
+                0.05
+            } else {
+                0.0
+            }),
             target_modules: a.target_modules,
         }),
         seed: a.seed,
@@ -544,11 +573,20 @@ pub async fn run(addr: &str, json: bool, cmd: JobsCommand) -> anyhow::Result<Out
                         "{}",
                         json!({"step": m.step, "total_steps": m.total_steps, "train_loss": m.train_loss,
                                "valid_loss": m.valid_loss, "learning_rate": m.learning_rate,
-                               "eval_pass_rate": m.eval_pass_rate, "values": m.values})
+                               "eval_pass_rate": m.eval_pass_rate, "train_reward_mean": m.train_reward_mean,
+                               "valid_reward_mean": m.valid_reward_mean, "values": m.values})
                     );
                 } else {
+                    let rewards = match (m.train_reward_mean, m.valid_reward_mean) {
+                        (None, None) => String::new(),
+                        (t, v) => format!(
+                            "  train reward {}  valid reward {}",
+                            t.map(|v| format!("{v:.4}")).unwrap_or("-".into()),
+                            v.map(|v| format!("{v:.4}")).unwrap_or("-".into())
+                        ),
+                    };
                     println!(
-                        "step {:>6}/{}  train loss {}  valid loss {}",
+                        "step {:>6}/{}  train loss {}  valid loss {}{rewards}",
                         m.step,
                         m.total_steps,
                         m.train_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into()),
@@ -559,6 +597,14 @@ pub async fn run(addr: &str, json: bool, cmd: JobsCommand) -> anyhow::Result<Out
             if let Some(path) = svg {
                 std::fs::write(&path, loss_chart(&format!("{id}: loss"), &steps))
                     .with_context(|| format!("writing {}", path.display()))?;
+                // RFT's rewards, train and validation.
+                if let Some(chart) = reward_chart(&format!("{id}: reward"), &steps) {
+                    let file = path.with_file_name(format!(
+                        "{}-reward.svg",
+                        path.file_stem().and_then(|s| s.to_str()).unwrap_or("metrics")
+                    ));
+                    std::fs::write(&file, chart).with_context(|| format!("writing {}", file.display()))?;
+                }
                 // A method's own measures, beside it (DPO's rewards).
                 for name in ["rewards/accuracies", "rewards/margins"] {
                     if let Some(chart) = value_chart(&format!("{id}: {name}"), name, &steps) {
@@ -707,6 +753,28 @@ pub(crate) fn loss_chart(title: &str, steps: &[proto::JobMetrics]) -> String {
         "loss (trained tokens)",
         &[("train", &train), ("validation", &valid)],
     )
+}
+
+/// The train and validation mean reward of an RFT job, as SVG; None when
+/// no step has one.
+pub(crate) fn reward_chart(title: &str, steps: &[proto::JobMetrics]) -> Option<String> {
+    let train: Vec<(f64, f64)> = steps
+        .iter()
+        .filter_map(|m| m.train_reward_mean.map(|r| (m.step as f64, r)))
+        .collect();
+    let valid: Vec<(f64, f64)> = steps
+        .iter()
+        .filter_map(|m| m.valid_reward_mean.map(|r| (m.step as f64, r)))
+        .collect();
+    if train.is_empty() && valid.is_empty() {
+        return None;
+    }
+    Some(super::charts::line_chart(
+        title,
+        "step",
+        "mean reward",
+        &[("train", &train), ("validation", &valid)],
+    ))
 }
 
 /// A method's value `name` (`train_<name>` and `valid_<name>` in the

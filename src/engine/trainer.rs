@@ -1,8 +1,11 @@
 //! The embedded trainer behind the jobs' `Trainer` seam: resolves the base
 //! model (and the fine-tuned model a job continues from), tokenizes the
-//! job's files for its method (SFT or DPO), turns "auto" hyperparameters
-//! into numbers, runs the engine's loop on a blocking thread, and relays its
-//! metrics and checkpoints to the orchestrator.
+//! job's files for its method (SFT, DPO or RFT), turns "auto"
+//! hyperparameters into numbers, runs the engine's loop on a blocking
+//! thread, and relays its metrics and checkpoints to the orchestrator. For
+//! RFT it also connects the engine's reward seam to the job's grader
+//! ([`GraderReward`]) and dry-runs the grader on the files' first rows
+//! before the first step.
 
 use std::{
     collections::HashMap,
@@ -18,10 +21,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::local::LocalEngine;
 use crate::error::FieldViolation;
+use crate::graders::service::{Batch, Graders};
 use crate::jobs::model::{JobSpec, Level, MethodKind, Metrics};
 use crate::jobs::trainer::{TrainContext, TrainError, TrainOutcome, Trainer};
 use crate::models::Resolved;
 use lathe_engine::dpo::{DEFAULT_BETA, Dpo};
+use lathe_engine::grpo::{self, Grpo, GrpoConfig, Reward};
 use lathe_engine::lora::{Adapter, LoraConfig};
 use lathe_engine::method::{Encoder, Method, encode_lines};
 use lathe_engine::optim::{AdamWParams, Schedule};
@@ -58,11 +63,23 @@ impl Default for LocalTrainerConfig {
 pub struct LocalTrainer {
     engine: Arc<LocalEngine>,
     config: LocalTrainerConfig,
+    /// What RFT jobs grade with; without it they are refused.
+    graders: Option<Arc<Graders>>,
 }
 
 impl LocalTrainer {
     pub fn new(engine: Arc<LocalEngine>, config: LocalTrainerConfig) -> Self {
-        Self { engine, config }
+        Self {
+            engine,
+            config,
+            graders: None,
+        }
+    }
+
+    /// Runs RFT jobs with these graders.
+    pub fn with_graders(mut self, graders: Arc<Graders>) -> Self {
+        self.graders = Some(graders);
+        self
     }
 }
 
@@ -103,6 +120,50 @@ fn lora_config(spec: &JobSpec) -> Result<LoraConfig, Vec<FieldViolation>> {
 /// than SFT's (`AUTO_LEARNING_RATE`).
 pub const DPO_AUTO_LEARNING_RATE: f64 = 1e-4;
 
+/// RFT's "auto" learning rate for LoRA: GRPO's updates follow sampled
+/// rewards and are noisier than SFT's, so it takes smaller steps (TRL's
+/// default, 1e-6, is for full fine-tuning).
+pub const RFT_AUTO_LEARNING_RATE: f64 = 5e-5;
+
+/// RFT's "auto" completions per prompt (TRL's `num_generations`), before
+/// `compute_multiplier`.
+pub const RFT_AUTO_GENERATIONS: usize = 8;
+
+/// RFT's "auto" longest completion in tokens.
+pub const RFT_AUTO_MAX_COMPLETION_TOKENS: usize = 256;
+
+/// The share of graded samples that may fail (reward 0) before an RFT job
+/// fails with the counts, as OpenAI's does past "too many" grader errors.
+pub const RFT_MAX_GRADER_ERROR_FRACTION: f64 = 0.1;
+
+/// Rows of each file the grader is dry-run on before RFT starts.
+pub const RFT_DRY_RUN_ROWS: usize = 5;
+
+/// GRPO's settings from a job's hyperparameters, "auto" ones filled in.
+pub fn grpo_config(spec: &JobSpec, stop_ids: Vec<u32>) -> GrpoConfig {
+    let h = &spec.method.hyperparameters;
+    let generations = match h.generations_per_prompt {
+        Some(g) => g as usize,
+        None => ((RFT_AUTO_GENERATIONS as f64 * h.compute_multiplier.unwrap_or(1.0)).round() as usize).clamp(2, 64),
+    };
+    GrpoConfig {
+        generations,
+        temperature: 1.0,
+        top_p: 1.0,
+        max_completion_tokens: h
+            .max_completion_tokens
+            .map(|m| m as usize)
+            .unwrap_or(RFT_AUTO_MAX_COMPLETION_TOKENS),
+        beta: h.beta.unwrap_or(0.0),
+        epsilon: 0.2,
+        epsilon_high: 0.2,
+        eval_samples: h.eval_samples.map(|e| e as usize).unwrap_or(1),
+        stop_ids,
+        max_error_fraction: RFT_MAX_GRADER_ERROR_FRACTION,
+        seed: spec.seed,
+    }
+}
+
 /// The run's settings: the job's hyperparameters, "auto" ones filled in
 /// for its method.
 pub fn train_config(spec: &JobSpec, n_train: usize, lora: LoraConfig, config: &LocalTrainerConfig) -> TrainConfig {
@@ -113,6 +174,14 @@ pub fn train_config(spec: &JobSpec, n_train: usize, lora: LoraConfig, config: &L
         // As TRL's DPO: no dropout, so the policy starts exactly at its
         // reference (the jobs service refuses a DPO job's dropout > 0).
         cfg.lora.dropout = 0.0;
+    }
+    if spec.method.kind == MethodKind::Reinforcement {
+        let h = &spec.method.hyperparameters;
+        cfg.learning_rate = RFT_AUTO_LEARNING_RATE * h.learning_rate_multiplier.unwrap_or(1.0);
+        cfg.lora.dropout = 0.0;
+        if let Some(every) = h.eval_interval {
+            cfg.eval_every = every.max(1) as u64;
+        }
     }
     cfg
 }
@@ -218,10 +287,19 @@ impl Trainer for LocalTrainer {
     fn check(&self, spec: &JobSpec) -> Result<(), Vec<FieldViolation>> {
         let mut v = Vec::new();
         if spec.method.kind == MethodKind::Reinforcement {
-            v.push(FieldViolation::new(
-                format!("method.{}", spec.method.kind.as_str()),
-                "the embedded trainer runs supervised and DPO fine-tuning; reinforcement is not available yet",
-            ));
+            if self.graders.is_none() {
+                v.push(FieldViolation::new(
+                    "method.reinforcement",
+                    "this server's trainer has no graders to run reinforcement fine-tuning with",
+                ));
+            }
+            if spec.method.hyperparameters.reasoning_effort.is_some() {
+                v.push(FieldViolation::new(
+                    "method.reinforcement.reasoning_effort",
+                    "applies to reasoning models; the embedded trainer's models (llama, qwen2) have no reasoning \
+                     mode: leave it auto and set max_completion_tokens for the room a completion gets",
+                ));
+            }
         }
         if let Err(mut l) = lora_config(spec) {
             v.append(&mut l);
@@ -310,6 +388,31 @@ impl Trainer for LocalTrainer {
                 let method = Dpo::new(beta, job.start.clone()).map_err(err("invalid_hyperparameters"))?;
                 self.drive(ctx, job, method, "preference pairs").await
             }
+            MethodKind::Reinforcement => {
+                let graders = self.graders.clone().ok_or_else(|| {
+                    TrainError::new(
+                        "invalid_method",
+                        "this server's trainer has no graders for reinforcement",
+                    )
+                })?;
+                let batch = grader_for(&graders, &job.spec).await?;
+                dry_run_grader(&batch, &job).await?;
+                ctx.reporter
+                    .log(
+                        Level::Info,
+                        format!("the grader dry-ran on the first {RFT_DRY_RUN_ROWS} rows of each file without errors"),
+                    )
+                    .await;
+                let cfg = grpo_config(&job.spec, job.base.stop_ids.clone());
+                let reference = if cfg.beta > 0.0 { job.start.clone() } else { None };
+                let reward = GraderReward {
+                    batch,
+                    runtime: tokio::runtime::Handle::current(),
+                };
+                let method = Grpo::new(cfg, reward, job.base.tokenizer.clone(), reference)
+                    .map_err(err("invalid_hyperparameters"))?;
+                self.drive(ctx, job, method, "prompts").await
+            }
             _ => self.drive(ctx, job, Sft, "examples").await,
         }
     }
@@ -351,6 +454,172 @@ impl Describe for Dpo {
                 "the base model with the adapter disabled"
             }
         ))
+    }
+}
+
+impl<R: Reward> Describe for Grpo<R> {
+    fn describe(&self) -> Option<String> {
+        let c = self.config();
+        Some(format!(
+            "{} completions per prompt at temperature {}, at most {} tokens each, graded by the job's grader; \
+             {} validation samples per item; KL beta {}{}; {} prompts cut from their start to leave room for \
+             the completion; the job fails when over {:.0}% of the samples graded fail",
+            c.generations,
+            c.temperature,
+            c.max_completion_tokens,
+            c.eval_samples,
+            c.beta,
+            if c.beta > 0.0 {
+                " (reference: the base, or the model the job starts from)"
+            } else {
+                " (no reference)"
+            },
+            self.truncated(),
+            c.max_error_fraction * 100.0
+        ))
+    }
+}
+
+/// The job's grader as the engine's [`Reward`]: a step's samples graded
+/// concurrently (at the graders' batch concurrency; model graders keep
+/// their providers' limits) on the runtime, from the training thread,
+/// which waits for them. A grader error is a reward of 0 with its type.
+struct GraderReward {
+    batch: Batch,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Reward for GraderReward {
+    fn grade(&self, samples: &[grpo::Sample<'_>]) -> lathe_engine::Result<Vec<grpo::Grade>> {
+        let pairs: Vec<(crate::graders::Sample, serde_json::Value)> = samples
+            .iter()
+            .map(|s| (crate::graders::Sample::from_model_output(s.text), s.item.clone()))
+            .collect();
+        let results = self.runtime.block_on(self.batch.grade_all(pairs));
+        Ok(results.into_iter().map(grade_of).collect())
+    }
+}
+
+fn grade_of(r: crate::graders::GraderResult) -> grpo::Grade {
+    let errors = r.metadata.errors();
+    grpo::Grade {
+        reward: if errors.any() { 0.0 } else { r.reward },
+        error: errors.kinds().first().map(|k| k.to_string()),
+        scores: r.sub_rewards.into_iter().collect(),
+    }
+}
+
+/// The job's grader (inline, or the saved one it names), checked.
+async fn grader_for(graders: &Graders, spec: &JobSpec) -> Result<Batch, TrainError> {
+    let json = spec
+        .method
+        .grader
+        .clone()
+        .ok_or_else(|| TrainError::new("invalid_grader", "reinforcement fine-tuning needs a grader"))?;
+    let (json, _) = graders
+        .resolve_checked(json, "method.reinforcement.grader")
+        .await
+        .map_err(|e| TrainError::new("invalid_grader", e.to_string()))?;
+    graders
+        .batch(json)
+        .await
+        .map_err(|e| TrainError::new("invalid_grader", e.to_string()))
+}
+
+/// Grades the first rows of the training and validation files before any
+/// training: a missing item field, a grader that cannot run (python that
+/// fails, a model grader's provider down) fails the job here, with the
+/// file, the line and the reason, instead of training on rewards of 0.
+/// The sample is the row's reference answer (a trailing assistant message)
+/// where it has one, else empty; a sample that does not parse is not an
+/// error here.
+async fn dry_run_grader(batch: &Batch, job: &Prepared) -> Result<(), TrainError> {
+    let files =
+        std::iter::once(("training", &job.train_bytes)).chain(job.valid_bytes.iter().map(|b| ("validation", b)));
+    for (file, bytes) in files {
+        let mut pairs = Vec::new();
+        let mut lines = Vec::new();
+        for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if pairs.len() == RFT_DRY_RUN_ROWS {
+                break;
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let item: serde_json::Value = serde_json::from_slice(line)
+                .map_err(|e| TrainError::new("invalid_training_file", format!("{file} file line {}: {e}", n + 1)))?;
+            let answer = item["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .filter(|m| m["role"] == "assistant")
+                .and_then(|m| m["content"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            pairs.push((crate::graders::Sample::from_model_output(answer), item));
+            lines.push(n + 1);
+        }
+        for (result, line) in batch.grade_all(pairs).await.into_iter().zip(lines) {
+            let errors = result.metadata.errors();
+            let kinds: Vec<&str> = errors
+                .kinds()
+                .into_iter()
+                .filter(|k| *k != "sample_parse_error")
+                .collect();
+            if !kinds.is_empty() {
+                let details = [
+                    errors.python_grader_runtime_error_details.as_str(),
+                    errors.python_grader_server_error_type.as_str(),
+                    errors.model_grader_server_error_details.as_str(),
+                    errors.other_error_details.as_str(),
+                ]
+                .into_iter()
+                .filter(|d| !d.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+                return Err(TrainError::new(
+                    "grader_failed_validation",
+                    format!(
+                        "the grader failed on the {file} file's line {line} before training: {}{}",
+                        kinds.join(", "),
+                        if details.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {details}")
+                        }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Warns, at each evaluation, when most of the groups since the last one
+/// had rewards without variance (they teach nothing).
+#[derive(Default)]
+struct ZeroStdWatch {
+    sum: f64,
+    steps: u32,
+}
+
+impl ZeroStdWatch {
+    fn step(&mut self, m: &StepMetrics) -> Option<String> {
+        let frac = m.values.get(grpo::FRAC_REWARD_ZERO_STD)?;
+        self.sum += frac;
+        self.steps += 1;
+        if m.valid_values.is_empty() && m.step != m.total_steps {
+            return None;
+        }
+        let mean = self.sum / self.steps.max(1) as f64;
+        *self = Self::default();
+        (mean > 0.5).then(|| {
+            format!(
+                "{:.0}% of the prompts' completions all got the same reward over the last steps: those groups \
+                 teach nothing (zero advantage); make the task easier or the grader finer, or raise \
+                 generations_per_prompt",
+                mean * 100.0
+            )
+        })
     }
 }
 
@@ -447,10 +716,16 @@ impl LocalTrainer {
                 &mut sink,
             )
         });
+        let mut zero_std = ZeroStdWatch::default();
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Msg::Metrics(m)) => ctx.reporter.metrics(job_metrics(&m)).await,
+                    Some(Msg::Metrics(m)) => {
+                        if let Some(w) = zero_std.step(&m) {
+                            ctx.reporter.log(Level::Warn, w).await;
+                        }
+                        ctx.reporter.metrics(job_metrics(&m)).await
+                    }
                     Some(Msg::Checkpoint(m, files, reply)) => {
                         let files = files.into_iter().map(|(n, b)| (n, Bytes::from(b))).collect();
                         let kept = ctx.reporter.checkpoint(m.step, job_metrics(&m), files).await;

@@ -225,6 +225,22 @@ impl Batch {
         super::run(&self.grader, sample, item, &self.ctx).await
     }
 
+    /// Grades every pair, at most `concurrency` at a time; results in order
+    /// (RFT grades a step's samples this way).
+    pub async fn grade_all(&self, pairs: Vec<(Sample, Value)>) -> Vec<GraderResult> {
+        // Owned pairs and shared handles: futures that borrow nothing keep
+        // the caller's future `Send` for every lifetime.
+        let (grader, ctx) = (Arc::clone(&self.grader), Arc::clone(&self.ctx));
+        futures::stream::iter(pairs)
+            .map(move |(sample, item)| {
+                let (grader, ctx) = (Arc::clone(&grader), Arc::clone(&ctx));
+                async move { super::run(&grader, &sample, &item, &ctx).await }
+            })
+            .buffered(self.concurrency)
+            .collect()
+            .await
+    }
+
     /// Grades `pairs` as they arrive, at most `concurrency` at a time, and yields
     /// `(index, result)` in arrival order. A bad pair ends the stream with its error.
     pub fn grade(

@@ -56,12 +56,18 @@ pub struct Hyperparameters {
     pub n_epochs: Auto<i64>,
     pub batch_size: Auto<i64>,
     pub learning_rate_multiplier: Auto<f64>,
-    /// DPO only.
+    /// DPO's beta, and reinforcement's KL coefficient.
     pub beta: Auto<f64>,
     /// Reinforcement only.
     pub eval_interval: Auto<i64>,
     pub eval_samples: Auto<i64>,
     pub generations_per_prompt: Auto<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_multiplier: Auto<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Auto<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Auto<i64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -512,7 +512,10 @@ async fn succeed(
         .await;
         return;
     };
-    let step = if job.spec.early_stopping.is_some() {
+    // With early stopping, and for reinforcement (OpenAI's rule: the best
+    // checkpoint by valid_reward_mean), the fine-tuned model is the best
+    // checkpoint; otherwise the last.
+    let step = if job.spec.early_stopping.is_some() || job.spec.method.kind == MethodKind::Reinforcement {
         reporter.best_step().unwrap_or(last)
     } else {
         last

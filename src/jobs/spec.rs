@@ -52,9 +52,10 @@ pub const MAX_SEED: u64 = 2_147_483_647;
 pub fn build(req: &CreateJob) -> (JobSpec, Vec<FieldViolation>) {
     let kind = req.method.as_ref().map_or(MethodKind::Supervised, |m| m.kind);
     let mut defaults = Lora::default();
-    if kind == MethodKind::Dpo {
-        // DPO trains without dropout (as TRL), so the policy starts exactly
-        // at its reference.
+    if kind != MethodKind::Supervised {
+        // DPO and GRPO train without dropout (as TRL's DPO): DPO's policy
+        // starts exactly at its reference, and GRPO's log-probs are those
+        // of the policy that sampled.
         defaults.dropout = 0.0;
     }
     let lora = match &req.lora {
@@ -184,6 +185,42 @@ pub fn check(spec: &JobSpec) -> Vec<FieldViolation> {
                 2,
                 64,
             );
+            range_i(
+                &mut v,
+                method_field(kind, "max_completion_tokens"),
+                h.max_completion_tokens,
+                1,
+                8192,
+            );
+            if let Some(c) = h.compute_multiplier {
+                if !(c.is_finite() && c > 1e-5 && c <= 10.0) {
+                    v.push(FieldViolation::new(
+                        method_field(kind, "compute_multiplier"),
+                        "must be auto or a number in (0.00001, 10]",
+                    ));
+                } else if h.generations_per_prompt.is_some() {
+                    v.push(FieldViolation::new(
+                        method_field(kind, "compute_multiplier"),
+                        "scales the auto generations_per_prompt; give one of the two, not both",
+                    ));
+                }
+            }
+            if let Some(beta) = h.beta
+                && !(beta.is_finite() && (0.0..=10.0).contains(&beta))
+            {
+                v.push(FieldViolation::new(
+                    method_field(kind, "beta"),
+                    "must be auto or in [0, 10] (the KL coefficient; 0 needs no reference)",
+                ));
+            }
+            if let Some(e) = &h.reasoning_effort
+                && !matches!(e.as_str(), "low" | "medium" | "high")
+            {
+                v.push(FieldViolation::new(
+                    method_field(kind, "reasoning_effort"),
+                    "must be auto, low, medium or high",
+                ));
+            }
             let field = method_field(kind, "grader");
             match &spec.method.grader {
                 None => v.push(FieldViolation::new(field, "reinforcement fine-tuning needs a grader")),
@@ -212,6 +249,12 @@ pub fn check(spec: &JobSpec) -> Vec<FieldViolation> {
         v.push(FieldViolation::new(
             "lora.dropout",
             "DPO trains without dropout (as TRL does), so the policy starts exactly at its reference; leave it at 0",
+        ));
+    } else if kind == MethodKind::Reinforcement && l.dropout > 0.0 {
+        v.push(FieldViolation::new(
+            "lora.dropout",
+            "reinforcement fine-tuning trains without dropout, so the log-probs trained on are those of the \
+             policy that sampled; leave it at 0",
         ));
     }
     if let Some(es) = &spec.early_stopping

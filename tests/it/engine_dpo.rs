@@ -16,7 +16,7 @@ use lathe_engine::optim::{AdamWParams, Schedule};
 use lathe_engine::rng::Rng;
 use lathe_engine::train::{Outcome, TrainConfig, read_checkpoint, run};
 
-use crate::engine_train::{Collect, lora, random_adapter, tiny};
+use crate::engine_train::{Collect, assert_gradients_match, lora, random_adapter, tiny};
 
 fn pairs() -> Vec<Pair> {
     let pair = |prompt: &[u32], chosen: &[u32], rejected: &[u32]| Pair {
@@ -183,30 +183,7 @@ fn the_loss_gradient_matches_finite_differences() {
         )
         .unwrap();
     let grads = loss.backward().unwrap();
-    let mut pick = Rng::new(13);
-    for _ in 0..20 {
-        let vi = pick.below(vars.len());
-        let var = &vars[vi];
-        let mut vals = f32_vec(var.as_tensor()).unwrap();
-        let k = pick.below(vals.len());
-        let analytic = f32_vec(grads.get(var.as_tensor()).unwrap()).unwrap()[k] as f64;
-        let eps = 1e-2f32;
-        let orig = vals[k];
-        let mut at = |x: f32| {
-            vals[k] = x;
-            var.set(&Tensor::from_vec(vals.clone(), var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
-            loss_of(&mut dpo)
-        };
-        let (up, down) = (at(orig + eps), at(orig - eps));
-        at(orig);
-        let numeric = (up - down) / (2.0 * eps as f64);
-        let tol = 2e-3 + 0.05 * analytic.abs().max(numeric.abs());
-        assert!(
-            (analytic - numeric).abs() <= tol,
-            "var {vi} elem {k}: analytic {analytic} vs numeric {numeric}"
-        );
-    }
+    assert_gradients_match(&vars, &grads, 13, || loss_of(&mut dpo));
 }
 
 #[test]

@@ -414,14 +414,17 @@ async fn create_job_checks_the_model_and_method_against_the_embedded_trainer() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), fields.len(), "each problem once: {fields:?}");
-    // A method the embedded trainer does not run is refused on its field.
+    // Reinforcement without a grader is refused on that field.
     let mut rft = create(&env, 1);
     rft.method = Some(proto::FineTuningMethod {
         method: Some(proto::fine_tuning_method::Method::Reinforcement(Default::default())),
     });
     let err = env.jobs.create_job(rft).await.unwrap_err();
     let fields = violation_fields(&err);
-    assert!(fields.contains(&"method.reinforcement".to_string()), "{fields:?}");
+    assert!(
+        fields.contains(&"method.reinforcement.grader".to_string()),
+        "{fields:?}"
+    );
     assert!(
         !err.message().contains("lathe "),
         "the API gives no CLI hints: {}",
@@ -886,5 +889,219 @@ async fn dpo_bad_input_is_refused_at_create_and_an_unloadable_model_fails_with_i
     let (_, done) = watch_all(&mut env.jobs, &job.id).await;
     assert_eq!(done.state, JobState::Failed as i32);
     assert_eq!(done.error.unwrap().code, "model_load_failed");
+    env.server.stop().await;
+}
+
+/// RFT prompts over `sft_lines`' task: the word to answer is `answer`, for
+/// the grader only.
+fn rft_lines(n: usize, offset: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let k = i + offset;
+            serde_json::json!({
+                "messages": [
+                    {"role": "system", "content": "Answer with one word."},
+                    {"role": "user", "content": format!("item {}", k % 4)},
+                ],
+                "answer": WORDS[k % 4],
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+fn rft(env: &Env, train: &str, valid: &str, grader: serde_json::Value) -> proto::CreateJobRequest {
+    proto::CreateJobRequest {
+        training_dataset_id: train.into(),
+        validation_dataset_id: valid.into(),
+        suffix: "rl".into(),
+        seed: Some(7),
+        method: Some(proto::FineTuningMethod {
+            method: Some(proto::fine_tuning_method::Method::Reinforcement(
+                proto::ReinforcementMethod {
+                    n_epochs: auto_int(2),
+                    batch_size: auto_int(4),
+                    learning_rate_multiplier: Some(proto::AutoDouble {
+                        value: Some(proto::auto_double::Value::Number(100.0)),
+                    }),
+                    grader: Some(struct_from_json(&grader)),
+                    eval_interval: auto_int(2),
+                    generations_per_prompt: auto_int(4),
+                    max_completion_tokens: auto_int(8),
+                    ..Default::default()
+                },
+            )),
+        }),
+        ..create(env, 1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rft_samples_grades_and_trains_with_the_jobs_grader_and_reports_openais_metrics() {
+    let mut env = env().await;
+    let mut datasets = env.server.datasets().await;
+    let train = upload_bytes(
+        &mut datasets,
+        "rl.jsonl",
+        DatasetPurpose::Rft,
+        "",
+        rft_lines(8, 0).as_bytes(),
+        1 << 16,
+    )
+    .await
+    .unwrap();
+    let valid = upload_bytes(
+        &mut datasets,
+        "rl_valid.jsonl",
+        DatasetPurpose::Rft,
+        "",
+        rft_lines(4, 100).as_bytes(),
+        1 << 16,
+    )
+    .await
+    .unwrap();
+    // Partial credit, so that a random model's samples differ in reward.
+    let grader = serde_json::json!({
+        "type": "text_similarity", "name": "close to the word", "evaluation_metric": "fuzzy_match",
+        "input": "{{ sample.output_text }}", "reference": "{{ item.answer }}",
+    });
+    let job = env
+        .jobs
+        .create_job(rft(&env, &train.id, &valid.id, grader))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(job.lora.as_ref().unwrap().dropout, 0.0, "RFT trains without dropout");
+    let (events, done) = watch_all(&mut env.jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{:?}", done.error);
+    assert!(
+        done.fine_tuned_model.starts_with("ft:tiny:rl:"),
+        "{}",
+        done.fine_tuned_model
+    );
+    let log = events.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("\n");
+    assert!(
+        log.contains("training (reinforcement): 8 prompts (4 validation)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("4 completions per prompt at temperature 1, at most 8 tokens"),
+        "{log}"
+    );
+    assert!(log.contains("the grader dry-ran"), "{log}");
+    let m = metrics(&events);
+    assert_eq!(m.len(), 4, "2 epochs of 2 steps");
+    for x in &m {
+        assert!(x.train_reward_mean.is_some_and(|r| (0.0..=1.0).contains(&r)), "{x:?}");
+        for name in [
+            "train_reward_std",
+            "train_frac_reward_zero_std",
+            "train_completions/mean_length",
+            "train_time/sampling_s",
+            "train_time/grading_s",
+            "train_time/training_s",
+        ] {
+            assert!(x.values.contains_key(name), "{name} missing from {:?}", x.values);
+        }
+    }
+    let valid_rewards: Vec<f64> = m.iter().filter_map(|x| x.valid_reward_mean).collect();
+    assert_eq!(valid_rewards.len(), 2, "validation every 2 steps");
+    // The fine-tuned model is the checkpoint with the best valid reward
+    // (the first, among equals).
+    let best = m
+        .iter()
+        .filter(|x| x.valid_reward_mean.is_some())
+        .fold(None::<&proto::JobMetrics>, |best, x| match best {
+            Some(b) if b.valid_reward_mean >= x.valid_reward_mean => Some(b),
+            _ => Some(x),
+        })
+        .unwrap();
+    assert_eq!(done.fine_tuned_checkpoint_step, best.step, "{valid_rewards:?}");
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rft_bad_input_is_refused_at_create_or_fails_before_training() {
+    let mut env = env().await;
+    let mut datasets = env.server.datasets().await;
+    let train = upload_bytes(
+        &mut datasets,
+        "rl.jsonl",
+        DatasetPurpose::Rft,
+        "",
+        rft_lines(8, 0).as_bytes(),
+        1 << 16,
+    )
+    .await
+    .unwrap();
+    let check = serde_json::json!({
+        "type": "string_check", "name": "word", "operation": "eq",
+        "input": "{{ sample.output_text }}", "reference": "{{ item.answer }}",
+    });
+    // reasoning_effort on a model without a reasoning mode, dropout, and
+    // both generations_per_prompt and compute_multiplier: refused.
+    let mut req = rft(&env, &train.id, "", check.clone());
+    if let Some(proto::fine_tuning_method::Method::Reinforcement(r)) =
+        req.method.as_mut().and_then(|m| m.method.as_mut())
+    {
+        r.reasoning_effort = "high".into();
+        r.compute_multiplier = Some(proto::AutoDouble {
+            value: Some(proto::auto_double::Value::Number(2.0)),
+        });
+    }
+    req.lora = Some(proto::LoraConfig {
+        dropout: 0.1,
+        ..Default::default()
+    });
+    let err = env.jobs.create_job(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut fields = violation_fields(&err);
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "lora.dropout",
+            "method.reinforcement.compute_multiplier",
+            "method.reinforcement.reasoning_effort"
+        ]
+    );
+    // An RFT job on SFT data names both purposes.
+    let err = env
+        .jobs
+        .create_job(rft(&env, &env.train, "", check.clone()))
+        .await
+        .unwrap_err();
+    let v = err.get_details_bad_request().unwrap().field_violations;
+    let v = v.iter().find(|v| v.field == "training_dataset_id").unwrap();
+    assert!(
+        v.description.contains("sft") && v.description.contains("rft"),
+        "{}",
+        v.description
+    );
+    // A grader reading a field the rows lack fails before the first step,
+    // naming the file and the line.
+    let mut missing = check.clone();
+    missing["reference"] = "{{ item.label }}".into();
+    let job = env
+        .jobs
+        .create_job(rft(&env, &train.id, "", missing))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let (events, done) = watch_all(&mut env.jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Failed as i32);
+    let error = done.error.unwrap();
+    assert_eq!(error.code, "grader_failed_validation");
+    assert!(
+        error.message.contains("training file's line 1") && error.message.contains("invalid_variable_error"),
+        "{}",
+        error.message
+    );
+    assert!(metrics(&events).is_empty(), "no step was trained");
     env.server.stop().await;
 }

@@ -248,6 +248,41 @@ fn segmented_attention_equals_the_block_diagonal_mask_with_gradients() {
     }
 }
 
+/// Checks 20 gradient entries picked at random (seeded by `seed`) against
+/// central finite differences of `objective`, which must read the vars'
+/// current values.
+pub(crate) fn assert_gradients_match(
+    vars: &[Var],
+    grads: &candle_core::backprop::GradStore,
+    seed: u64,
+    mut objective: impl FnMut() -> f64,
+) {
+    let mut pick = Rng::new(seed);
+    for _ in 0..20 {
+        let vi = pick.below(vars.len());
+        let var = &vars[vi];
+        let mut vals = f32_vec(var.as_tensor()).unwrap();
+        let k = pick.below(vals.len());
+        let analytic = f32_vec(grads.get(var.as_tensor()).unwrap()).unwrap()[k] as f64;
+        let eps = 1e-2f32;
+        let orig = vals[k];
+        let mut at = |x: f32| {
+            vals[k] = x;
+            var.set(&Tensor::from_vec(vals.clone(), var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            objective()
+        };
+        let (up, down) = (at(orig + eps), at(orig - eps));
+        at(orig);
+        let numeric = (up - down) / (2.0 * eps as f64);
+        let tol = 2e-3 + 0.05 * analytic.abs().max(numeric.abs());
+        assert!(
+            (analytic - numeric).abs() <= tol,
+            "var {vi} elem {k}: analytic {analytic} vs numeric {numeric}"
+        );
+    }
+}
+
 pub(crate) struct Collect {
     pub(crate) metrics: Vec<StepMetrics>,
     pub(crate) checkpoints: Vec<(u64, HashMap<String, Vec<u8>>)>,
@@ -663,7 +698,7 @@ fn greedy_without_cache(model: &BaseModel, adapter: Option<&Adapter>, prompt: &[
     out
 }
 
-fn byte_tokenizer() -> lathe_engine::tokenizer::Tokenizer {
+pub(crate) fn byte_tokenizer() -> lathe_engine::tokenizer::Tokenizer {
     let vocab: serde_json::Map<String, serde_json::Value> =
         (0..61u32).map(|i| (format!("t{i}"), serde_json::json!(i))).collect();
     let json = serde_json::json!({

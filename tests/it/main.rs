@@ -6,6 +6,7 @@ mod common;
 mod datasets;
 mod durability;
 mod engine_dpo;
+mod engine_grpo;
 mod engine_jobs;
 mod engine_smollm2;
 mod engine_tokenizer;

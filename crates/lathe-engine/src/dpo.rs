@@ -32,7 +32,7 @@ use serde_json::Value;
 
 use super::lora::{Adapter, write_safetensors};
 use super::method::{Encoder, Method, Policy, StepInfo, StepSummary, Validation, Values, validate_by_loss};
-use super::model::{BaseModel, Input, Segments, TrainState, log_softmax};
+use super::model::{BaseModel, PackedTargets, Segments, TrainState};
 use super::{EngineError, Result};
 
 /// OpenAI's and TRL's default β ("auto").
@@ -270,34 +270,14 @@ pub fn sequence_logps(
         }
         spans.push(start..rows.len());
     }
-    if pos.iter().any(|&x| x as usize >= model.max_positions()) {
-        return Err(EngineError::Data(format!(
-            "a pair is longer than the model's {} positions",
-            model.max_positions()
-        )));
-    }
-    let l = ids.len();
-    let ids_t = Tensor::from_vec(ids, (1, l), dev)?;
-    let pos_t = Tensor::from_vec(pos, l, dev)?;
     let segments = Segments::forked(&groups, dev)?;
-    let track = train.is_some();
-    let hidden = model.forward(
-        &Input {
-            ids: &ids_t,
-            positions: &pos_t,
-            mask: None,
-            segments: Some(&segments),
-        },
-        adapter,
-        None,
-        train,
-    )?;
-    let n = rows.len();
-    let picked = hidden.index_select(&Tensor::from_vec(rows, n, dev)?, 0)?;
-    let logp = log_softmax(&model.logits(&picked, track)?)?;
-    let token_logps = logp
-        .gather(&Tensor::from_vec(targets, (n, 1), dev)?, 1)?
-        .flatten_all()?;
+    let token_logps = PackedTargets {
+        ids,
+        positions: pos,
+        rows,
+        targets,
+    }
+    .logps(model, adapter, &segments, 1.0, train, "a pair")?;
     let mut chosen = Vec::with_capacity(pairs.len());
     let mut rejected = Vec::with_capacity(pairs.len());
     for (i, span) in spans.into_iter().enumerate() {

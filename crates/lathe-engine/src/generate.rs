@@ -1,7 +1,8 @@
 //! KV-cached, batched generation: many prompts at once (left-padded, one
 //! prefill, then one decode step for all live rows; finished rows leave the
 //! batch), with temperature, top-k, top-p, a seed, max tokens and stop
-//! sequences.
+//! sequences. Identical prompts (GRPO's group, `n` samples of one request)
+//! are prefilled once and their keys and values copied to each row.
 
 use candle_core::Tensor;
 
@@ -42,6 +43,8 @@ pub struct Generated {
     pub text: String,
     /// "stop", "length", or "cancelled" (see [`generate_streaming`]).
     pub finish_reason: &'static str,
+    /// The stop id that ended the row (not in `tokens`), if one did.
+    pub stop_token: Option<u32>,
     pub prompt_tokens: usize,
 }
 
@@ -50,6 +53,7 @@ struct Row {
     rng: Rng,
     tokens: Vec<u32>,
     done: Option<&'static str>,
+    stop_token: Option<u32>,
     text: String,
 }
 
@@ -182,11 +186,26 @@ pub fn generate_streaming(
         )));
     }
     let pad = stop_ids.first().copied().unwrap_or(0);
-    let mut ids = Vec::with_capacity(b * longest);
-    let mut pos = Vec::with_capacity(b * longest);
-    let mut valid: Vec<Vec<bool>> = Vec::with_capacity(b);
-    let mut next_pos: Vec<u32> = Vec::with_capacity(b);
-    for p in prompts {
+    // Each row's prompt among the distinct prompts, which alone are
+    // prefilled.
+    let mut distinct: Vec<&Vec<u32>> = Vec::new();
+    let mut of_row: Vec<u32> = Vec::with_capacity(b);
+    {
+        let mut seen: std::collections::HashMap<&[u32], u32> = std::collections::HashMap::new();
+        for p in prompts {
+            let k = *seen.entry(p.as_slice()).or_insert_with(|| {
+                distinct.push(p);
+                distinct.len() as u32 - 1
+            });
+            of_row.push(k);
+        }
+    }
+    let d = distinct.len();
+    let mut ids = Vec::with_capacity(d * longest);
+    let mut pos = Vec::with_capacity(d * longest);
+    let mut valid: Vec<Vec<bool>> = Vec::with_capacity(d);
+    let mut next_pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
+    for p in &distinct {
         let padding = longest - p.len();
         ids.extend(std::iter::repeat_n(pad, padding));
         ids.extend_from_slice(p);
@@ -195,7 +214,6 @@ pub fn generate_streaming(
         let mut v = vec![false; padding];
         v.extend(std::iter::repeat_n(true, p.len()));
         valid.push(v);
-        next_pos.push(p.len() as u32);
     }
     let mut rows: Vec<Row> = (0..b)
         .map(|i| Row {
@@ -203,13 +221,20 @@ pub fn generate_streaming(
             rng: Rng::derive(sampling[i].seed, &[i as u64]),
             tokens: Vec::new(),
             done: None,
+            stop_token: None,
             text: String::new(),
         })
         .collect();
     let mut cache = KvCache::with_capacity(longest + most_new);
     let hidden = step(model, adapter, &mut cache, ids, pos, &valid, longest)?;
-    let last: Vec<u32> = (0..b).map(|r| (r * longest + longest - 1) as u32).collect();
-    let mut logits = model.logits(&hidden.index_select(&Tensor::from_vec(last, b, dev)?, 0)?, false)?;
+    let last: Vec<u32> = (0..d).map(|r| (r * longest + longest - 1) as u32).collect();
+    let mut logits = model.logits(&hidden.index_select(&Tensor::from_vec(last, d, dev)?, 0)?, false)?;
+    if d < b {
+        let rows = Tensor::from_vec(of_row.clone(), b, dev)?;
+        cache.retain_rows(&rows)?;
+        logits = logits.index_select(&rows, 0)?;
+        valid = of_row.iter().map(|&k| valid[k as usize].clone()).collect();
+    }
     // `live[k]` is the row at batch position k.
     let mut live: Vec<usize> = (0..b).collect();
     let mut finished: Vec<Option<Row>> = (0..b).map(|_| None).collect();
@@ -225,6 +250,7 @@ pub fn generate_streaming(
             next.push(tok);
             if stop_ids.contains(&tok) {
                 row.done = Some("stop");
+                row.stop_token = Some(tok);
                 continue;
             }
             row.tokens.push(tok);
@@ -290,6 +316,7 @@ pub fn generate_streaming(
                 tokens: row.tokens,
                 text,
                 finish_reason: row.done.unwrap_or("length"),
+                stop_token: row.stop_token,
                 prompt_tokens: p.len(),
             }
         })

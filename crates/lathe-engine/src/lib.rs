@@ -16,6 +16,7 @@ pub mod fetch;
 pub mod frozen;
 pub mod fused;
 pub mod generate;
+pub mod grpo;
 pub mod lora;
 pub mod method;
 pub mod model;

@@ -155,12 +155,33 @@ impl Segments {
     /// while the prefix is computed once (DPO's prompt, shared by its
     /// preferred and non-preferred completion).
     pub fn forked(groups: &[(usize, usize, usize)], device: &Device) -> Result<Self> {
-        let lengths: Vec<usize> = groups.iter().map(|&(p, a, b)| p + a + b).collect();
+        let shared: Vec<(usize, Vec<usize>)> = groups.iter().map(|&(p, a, b)| (p, vec![a, b])).collect();
+        Self::shared(&shared, device)
+    }
+
+    /// [`Segments::forked`] with any number of continuations: `groups[g]` is
+    /// `(prefix, continuation lengths)`, laid out as the prefix, then each
+    /// continuation in turn; each continuation sees the prefix and itself,
+    /// never another (GRPO's prompt, shared by its group's completions).
+    pub fn shared(groups: &[(usize, Vec<usize>)], device: &Device) -> Result<Self> {
+        let lengths: Vec<usize> = groups.iter().map(|(p, c)| p + c.iter().sum::<usize>()).collect();
+        // Per segment, each position's branch: 0 for the prefix, k + 1 for
+        // continuation k.
+        let branch: Vec<Vec<u32>> = groups
+            .iter()
+            .map(|(p, c)| {
+                let mut b = vec![0u32; *p];
+                for (k, &n) in c.iter().enumerate() {
+                    b.extend(std::iter::repeat_n(k as u32 + 1, n));
+                }
+                b
+            })
+            .collect();
         Self::build(
             &lengths,
             |g, i, j| {
-                let (p, a, _) = groups[g];
-                !(i >= p + a && j >= p && j < p + a)
+                let b = &branch[g];
+                b[j] == 0 || b[j] == b[i]
             },
             device,
         )
@@ -201,6 +222,67 @@ impl Segments {
             batch,
             len,
         })
+    }
+}
+
+/// Sequences packed into one row, the tokens whose log-probabilities are
+/// wanted, and where each is predicted from: what DPO and GRPO score.
+pub struct PackedTargets {
+    pub ids: Vec<u32>,
+    /// One rotary position per id.
+    pub positions: Vec<u32>,
+    /// For target `i`, the packed row whose output predicts it.
+    pub rows: Vec<u32>,
+    pub targets: Vec<u32>,
+}
+
+impl PackedTargets {
+    /// The log-probability of each target (logits divided by `temperature`)
+    /// in one forward over the packed row attended by `segments`: a flat
+    /// tensor, tracked for gradients when `train` is given. `what` names a
+    /// sequence in the error when one is longer than the model's positions.
+    pub fn logps(
+        self,
+        model: &BaseModel,
+        adapter: Option<&Adapter>,
+        segments: &Segments,
+        temperature: f64,
+        train: Option<TrainState<'_>>,
+        what: &str,
+    ) -> Result<Tensor> {
+        let dev = &model.device;
+        if self.positions.iter().any(|&x| x as usize >= model.max_positions()) {
+            return Err(EngineError::Data(format!(
+                "{what} is longer than the model's {} positions",
+                model.max_positions()
+            )));
+        }
+        let l = self.ids.len();
+        let ids = Tensor::from_vec(self.ids, (1, l), dev)?;
+        let positions = Tensor::from_vec(self.positions, l, dev)?;
+        let track = train.is_some();
+        let hidden = model.forward(
+            &Input {
+                ids: &ids,
+                positions: &positions,
+                mask: None,
+                segments: Some(segments),
+            },
+            adapter,
+            None,
+            train,
+        )?;
+        let n = self.rows.len();
+        let picked = hidden.index_select(&Tensor::from_vec(self.rows, n, dev)?, 0)?;
+        let logits = model.logits(&picked, track)?;
+        let logits = if temperature == 1.0 {
+            logits
+        } else {
+            (logits / temperature)?
+        };
+        Ok(log_softmax(&logits)?
+            .gather(&Tensor::from_vec(self.targets, (n, 1), dev)?, 1)?
+            .flatten_all()?)
     }
 }
 

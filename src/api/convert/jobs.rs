@@ -102,7 +102,13 @@ pub fn create_job(req: proto::CreateJobRequest) -> CreateJob {
                 eval_interval: auto_i(r.eval_interval),
                 eval_samples: auto_i(r.eval_samples),
                 generations_per_prompt: auto_i(r.generations_per_prompt),
-                beta: None,
+                beta: auto_f(r.beta),
+                compute_multiplier: auto_f(r.compute_multiplier),
+                reasoning_effort: match r.reasoning_effort.as_str() {
+                    "" | "auto" => None,
+                    e => Some(e.to_string()),
+                },
+                max_completion_tokens: auto_i(r.max_completion_tokens),
             },
             grader: r.grader.map(json_from_struct),
         },
@@ -171,6 +177,10 @@ fn method_to_proto(m: &jm::Method) -> proto::FineTuningMethod {
             eval_interval: some_i(h.eval_interval),
             eval_samples: some_i(h.eval_samples),
             generations_per_prompt: some_i(h.generations_per_prompt),
+            compute_multiplier: some_f(h.compute_multiplier),
+            reasoning_effort: h.reasoning_effort.clone().unwrap_or_else(|| "auto".into()),
+            beta: some_f(h.beta),
+            max_completion_tokens: some_i(h.max_completion_tokens),
         }),
     };
     proto::FineTuningMethod { method: Some(method) }
