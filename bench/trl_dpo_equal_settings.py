@@ -18,10 +18,8 @@ wall time, seconds per pair and peak RSS.
 import argparse, json, time, resource, torch
 torch.set_num_threads(2)
 from datasets import Dataset
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer
-from common import GGUF_DIR, GGUF_FILE
+from trl_common import Timer, load_smollm2
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--pairs", required=True, help="OpenAI DPO JSONL (input.messages, preferred/non_preferred_output)")
@@ -34,11 +32,7 @@ ap.add_argument("--max-length", type=int, default=2048)
 ap.add_argument("--out", default="trl_dpo_out")
 a = ap.parse_args()
 
-tok = AutoTokenizer.from_pretrained(GGUF_DIR, gguf_file=GGUF_FILE)
-model = AutoModelForCausalLM.from_pretrained(GGUF_DIR, gguf_file=GGUF_FILE, dtype=torch.float32)
-assert all(p.dtype == torch.float32 for p in model.parameters())
-model.hf_quantizer.remove_quantization_config(model)  # as the peer script does
-model = PeftModel.from_pretrained(model, a.adapter, is_trainable=True)
+tok, model = load_smollm2(a.adapter)
 
 rows = [json.loads(l) for l in open(a.pairs) if l.strip()]
 ds = Dataset.from_list([{"prompt": r["input"]["messages"], "chosen": r["preferred_output"],
@@ -50,15 +44,6 @@ cfg = DPOConfig(output_dir=a.out, num_train_epochs=a.epochs, per_device_train_ba
                 precompute_ref_log_probs=True, seed=0, data_seed=0, gradient_checkpointing=False, bf16=False,
                 fp16=False, use_cpu=True, logging_steps=1, save_strategy="no", report_to="none",
                 dataloader_num_workers=0, disable_tqdm=True)
-
-
-class Timer(TrainerCallback):
-    def on_train_begin(self, args, state, control, **kw):
-        self.t0 = time.time()
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        logs["elapsed_s"] = round(time.time() - self.t0, 2)
-        print(json.dumps({"step": state.global_step, **logs}), flush=True)
 
 
 t_start = time.time()

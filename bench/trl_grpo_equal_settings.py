@@ -19,10 +19,8 @@ split into generation-and-scoring and training, peak RSS.
 import argparse, json, time, resource, torch
 torch.set_num_threads(2)
 from datasets import Dataset
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
-from common import GGUF_DIR, GGUF_FILE
+from trl_common import Timer, load_smollm2
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--prompts", required=True, help="OpenAI RFT JSONL with messages and label")
@@ -36,11 +34,7 @@ ap.add_argument("--max-steps", type=int, default=-1)
 ap.add_argument("--out", default="trl_grpo_out")
 a = ap.parse_args()
 
-tok = AutoTokenizer.from_pretrained(GGUF_DIR, gguf_file=GGUF_FILE)
-model = AutoModelForCausalLM.from_pretrained(GGUF_DIR, gguf_file=GGUF_FILE, dtype=torch.float32)
-assert all(p.dtype == torch.float32 for p in model.parameters())
-model.hf_quantizer.remove_quantization_config(model)  # as the peer script does
-model = PeftModel.from_pretrained(model, a.adapter, is_trainable=True)
+tok, model = load_smollm2(a.adapter)
 for m in model.modules():  # no dropout, as Lathe's RFT
     if isinstance(m, torch.nn.Dropout):
         m.p = 0.0
@@ -65,15 +59,6 @@ cfg = GRPOConfig(output_dir=a.out, num_train_epochs=a.epochs, max_steps=a.max_st
                  gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True, logging_steps=1,
                  save_strategy="no", report_to="none", dataloader_num_workers=0, disable_tqdm=True,
                  log_completions=False)
-
-
-class Timer(TrainerCallback):
-    def on_train_begin(self, args, state, control, **kw):
-        self.t0 = time.time()
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        logs["elapsed_s"] = round(time.time() - self.t0, 2)
-        print(json.dumps({"step": state.global_step, **logs}), flush=True)
 
 
 t_start = time.time()
