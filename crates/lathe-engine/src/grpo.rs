@@ -172,8 +172,9 @@ pub struct Group<'a> {
     pub prompt: &'a [u32],
     pub completions: Vec<Vec<u32>>,
     pub advantages: Vec<f32>,
-    /// Per completion, the reference's per-token log-probs (β > 0 only).
-    pub reference: Option<Vec<Vec<f32>>>,
+    /// The reference's per-token log-probs (β > 0 only), completion after
+    /// completion, in the order the loss packs them.
+    pub reference: Option<Vec<f32>>,
     /// Whether the group has a gradient (not all advantages zero, or β > 0).
     pub trains: bool,
 }
@@ -559,8 +560,9 @@ impl<R: Reward> Method for Grpo<R> {
                 by_type.join(", ")
             )));
         }
+        // The reference's log-probs (β > 0) are training compute, not sampling.
+        sums.training_from = Some(Instant::now());
         if self.cfg.beta > 0.0 {
-            let started = Instant::now();
             for group in groups.iter_mut() {
                 let lp = completion_logps(
                     policy.model,
@@ -569,22 +571,9 @@ impl<R: Reward> Method for Grpo<R> {
                     self.cfg.temperature,
                     None,
                 )?;
-                let flat = host(&lp)?;
-                let mut at = 0;
-                let per: Vec<Vec<f32>> = group
-                    .completions
-                    .iter()
-                    .map(|c| {
-                        let v = flat[at..at + c.len()].to_vec();
-                        at += c.len();
-                        v
-                    })
-                    .collect();
-                group.reference = Some(per);
+                group.reference = Some(host(&lp)?);
             }
-            sums.sampling_s += started.elapsed().as_secs_f64();
         }
-        sums.training_from = Some(Instant::now());
         Ok(groups)
     }
 
@@ -637,9 +626,9 @@ impl<R: Reward> Method for Grpo<R> {
                     adv.push(a);
                     active.push(if clipped { 0f32 } else { 1.0 });
                 }
-                if let Some(refs) = &g.reference {
-                    reference.extend_from_slice(&refs[k]);
-                }
+            }
+            if let Some(refs) = &g.reference {
+                reference.extend_from_slice(refs);
             }
         }
         let n = adv.len();
