@@ -128,12 +128,14 @@ def main():
     ap.add_argument("--mine-rows", type=int, default=1200, help="training rows the SFT model answers")
     ap.add_argument("--pairs", help="a pairs file to use instead of mining")
     ap.add_argument("--beta", default="0.1")
+    ap.add_argument("--rpo-alpha", default=None, help="weight of the NLL term on the preferred output (RPO)")
     ap.add_argument("--epochs", default="3")
     ap.add_argument("--batch-size", default="8")
     ap.add_argument("--lr-multiplier", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trl-python", help="a Python with torch, peft and trl: run the TRL peer on the same pairs")
     ap.add_argument("--sft-job", help="reuse this finished SFT job (in OUT/data) instead of training again")
+    ap.add_argument("--sft-only", action="store_true", help="stop after the SFT job (reuse it with --sft-job)")
     ap.add_argument("--mine-run", help="reuse this finished mining eval run (in OUT/data)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -180,6 +182,9 @@ def main():
         if sft["status"] != "succeeded":
             sys.exit(f"SFT failed: {sft}")
         sft_model = sft["fine_tuned_model"]
+        if a.sft_only:
+            print(json.dumps({"sft_job": sft["id"], "sft_model": sft_model, "times": times}), flush=True)
+            return
 
         # The eval (exact label), used for mining and for the comparison.
         grader = os.path.join(a.out, "exact.json")
@@ -239,6 +244,8 @@ def main():
                 "--epochs", a.epochs, "--batch-size", a.batch_size]
         if a.lr_multiplier:
             args += ["--learning-rate-multiplier", a.lr_multiplier]
+        if a.rpo_alpha:
+            args += ["--rpo-alpha", a.rpo_alpha]
         t = time.time()
         dpo = wait_job(lathe, lathe.one(*args)["id"])
         times["dpo_s"] = time.time() - t
@@ -273,7 +280,8 @@ def main():
             "items": sft_run["result_counts"]["total"],
             "sft_only_right": test["baseline_only_passed"], "dpo_only_right": test["run_only_passed"],
             "p_value": test["p_value"], "significant": test["significant"],
-            "times": times, "beta": a.beta,
+            "times": times, "beta": a.beta, "rpo_alpha": float(a.rpo_alpha or 0),
+            "lr_multiplier": float(a.lr_multiplier or 1), "epochs": float(a.epochs),
             "dpo_trained_tokens": dpo["trained_tokens"],
         }
         json.dump(result, open(os.path.join(a.out, "result.json"), "w"), indent=2)
@@ -294,7 +302,8 @@ def main():
             t = time.time()
             subprocess.run([a.trl_python, os.path.join(ROOT, "bench", "trl_dpo_equal_settings.py"),
                             "--pairs", train_pairs_path, "--adapter", adapter_dir, "--epochs", a.epochs,
-                            "--batch-size", a.batch_size, "--lr", str(lr), "--beta", a.beta, "--out", trl_out],
+                            "--batch-size", a.batch_size, "--lr", str(lr), "--beta", a.beta, "--out", trl_out]
+                           + (["--rpo-alpha", a.rpo_alpha] if a.rpo_alpha else []),
                            env=env, check=True, stdout=open(os.path.join(trl_out, "log.txt"), "w"),
                            stderr=subprocess.STDOUT)
             print(f"TRL peer: {time.time() - t:.0f} s; {trl_out}/train_result.json", flush=True)

@@ -6,7 +6,7 @@ reference (what TRL does with a PEFT model that already has an adapter),
 on the same pairs, beta, LoRA shape, learning rate and schedule (linear, 3%
 warmup), clipping 1.0, epochs, batch size and sequence budget, AdamW
 without weight decay, no dropout (TRL's DPO default, as Lathe), sigmoid
-loss, seed 0.
+loss (plus TRL's "sft" term weighted by --rpo-alpha for RPO), seed 0.
 
     SMOLLM2_GGUF_DIR=models PYTHONPATH=../shared/peers/banking77 \\
         python bench/trl_dpo_equal_settings.py --pairs OUT/dpo_train.jsonl \\
@@ -28,6 +28,8 @@ ap.add_argument("--epochs", type=float, default=3)
 ap.add_argument("--batch-size", type=int, default=8)
 ap.add_argument("--lr", type=float, default=1e-4)
 ap.add_argument("--beta", type=float, default=0.1)
+ap.add_argument("--rpo-alpha", type=float, default=0.0,
+                help="RPO: add this times the chosen tokens' mean NLL (TRL: loss_type sigmoid+sft, loss_weights)")
 ap.add_argument("--max-length", type=int, default=2048)
 ap.add_argument("--out", default="trl_dpo_out")
 a = ap.parse_args()
@@ -40,7 +42,8 @@ ds = Dataset.from_list([{"prompt": r["input"]["messages"], "chosen": r["preferre
 cfg = DPOConfig(output_dir=a.out, num_train_epochs=a.epochs, per_device_train_batch_size=a.batch_size,
                 gradient_accumulation_steps=1, learning_rate=a.lr, lr_scheduler_type="linear", warmup_steps=0.03,
                 max_grad_norm=1.0, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-                beta=a.beta, loss_type=["sigmoid"], max_length=a.max_length, disable_dropout=True,
+                beta=a.beta, loss_type=["sigmoid", "sft"] if a.rpo_alpha else ["sigmoid"],
+                loss_weights=[1.0, a.rpo_alpha] if a.rpo_alpha else None, max_length=a.max_length, disable_dropout=True,
                 precompute_ref_log_probs=True, seed=0, data_seed=0, gradient_checkpointing=False, bf16=False,
                 fp16=False, use_cpu=True, logging_steps=1, save_strategy="no", report_to="none",
                 dataloader_num_workers=0, disable_tqdm=True)
@@ -57,7 +60,7 @@ steps = [h for h in hist if "loss" in h]
 pair_passes = len(rows) * a.epochs
 res = {
     "pairs": len(rows), "epochs": a.epochs, "batch_size": a.batch_size, "learning_rate": a.lr, "beta": a.beta,
-    "steps": trainer.state.global_step, "setup_s_with_reference": setup_s, "train_wall_s": train_s,
+    "rpo_alpha": a.rpo_alpha, "steps": trainer.state.global_step, "setup_s_with_reference": setup_s, "train_wall_s": train_s,
     "s_per_pair": (setup_s + train_s) / pair_passes, "s_per_pair_training_only": train_s / pair_passes,
     "final_train_loss_avg": out.training_loss,
     "peak_rss_mib_getrusage": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

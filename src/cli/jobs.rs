@@ -75,6 +75,10 @@ pub struct CreateArgs {
     /// (default: auto, 0.1); for reinforcement, the KL coefficient (auto 0).
     #[arg(long)]
     beta: Option<f64>,
+    /// DPO: weight of an NLL term on the preferred output (RPO; default:
+    /// auto, 0 = plain DPO). About 1 keeps the preferred answers likely.
+    #[arg(long)]
+    rpo_alpha: Option<f64>,
     /// Reinforcement: an OpenAI grader JSON file (or {"name": "..."} of a
     /// saved grader).
     #[arg(long)]
@@ -331,6 +335,7 @@ fn create_request(a: CreateArgs) -> anyhow::Result<proto::CreateJobRequest> {
             batch_size: auto_i(a.batch_size),
             learning_rate_multiplier: auto_f(a.learning_rate_multiplier),
             beta: auto_f(a.beta),
+            rpo_alpha: auto_f(a.rpo_alpha),
         }),
         MethodArg::Reinforcement => Method::Reinforcement(proto::ReinforcementMethod {
             n_epochs: auto_i(a.epochs),

@@ -385,7 +385,8 @@ impl Trainer for LocalTrainer {
         match job.spec.method.kind {
             MethodKind::Dpo => {
                 let beta = job.spec.method.hyperparameters.beta.unwrap_or(DEFAULT_BETA);
-                let method = Dpo::new(beta, job.start.clone()).map_err(err("invalid_hyperparameters"))?;
+                let rpo_alpha = job.spec.method.hyperparameters.rpo_alpha.unwrap_or(0.0);
+                let method = Dpo::new(beta, rpo_alpha, job.start.clone()).map_err(err("invalid_hyperparameters"))?;
                 self.drive(ctx, job, method, "preference pairs").await
             }
             MethodKind::Reinforcement => {
@@ -445,9 +446,10 @@ impl Describe for Dpo {
     fn describe(&self) -> Option<String> {
         let cut = self.truncated();
         Some(format!(
-            "beta {}; {cut} pairs truncated to fit (the prompt kept from its end, each completion from its \
+            "beta {}; rpo_alpha {}; {cut} pairs truncated to fit (the prompt kept from its end, each completion from its \
              start, as TRL); reference: {} (its log-probs computed once, before the first step)",
             self.beta(),
+            self.rpo_alpha(),
             if self.references_an_adapter() {
                 "the model the job starts from, frozen"
             } else {

@@ -68,6 +68,9 @@ pub struct Hyperparameters {
     pub reasoning_effort: Auto<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_completion_tokens: Auto<i64>,
+    /// DPO only: the weight of the NLL term on the preferred output (RPO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_alpha: Auto<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -168,6 +168,14 @@ pub fn check(spec: &JobSpec) -> Vec<FieldViolation> {
                     "must be auto or in (0, 2]",
                 ));
             }
+            if let Some(a) = h.rpo_alpha
+                && !(a.is_finite() && (0.0..=10.0).contains(&a))
+            {
+                v.push(FieldViolation::new(
+                    method_field(kind, "rpo_alpha"),
+                    "must be auto or in [0, 10] (the weight of the preferred output's NLL; 0 is plain DPO)",
+                ));
+            }
         }
         MethodKind::Reinforcement => {
             range_i(

@@ -3,11 +3,14 @@
 //! large β on one pair raises the policy's preference every step, the
 //! shared-prompt packing equals running each completion after its prompt
 //! alone, and resume is exact (the reference log-probs come back from the
-//! checkpoint).
+//! checkpoint). With RPO's α, the loss adds α times the chosen tokens'
+//! mean NLL, its gradient still matches, and it holds the chosen
+//! completions' log-probs above plain DPO's.
 
 use candle_core::{Device, Tensor};
 use lathe_engine::dpo::{
-    Dpo, LOGPS_CHOSEN, LOGPS_REJECTED, Pair, REFERENCE_FILE, REWARDS_ACCURACIES, REWARDS_MARGINS, sequence_logps,
+    Dpo, LOGPS_CHOSEN, LOGPS_REJECTED, NLL_LOSS, Pair, REFERENCE_FILE, REWARDS_ACCURACIES, REWARDS_MARGINS,
+    sequence_logps,
 };
 use lathe_engine::lora::Adapter;
 use lathe_engine::method::{Method, Policy};
@@ -108,7 +111,7 @@ fn the_loss_is_log_2_while_the_policy_is_its_reference() {
     let model = tiny("llama", 3);
     let ps = pairs();
     let mut sink = Collect::new(Some(1));
-    let mut dpo = Dpo::new(0.1, None).unwrap();
+    let mut dpo = Dpo::new(0.1, 0.0, None).unwrap();
     run(
         &model,
         &mut dpo,
@@ -135,10 +138,16 @@ fn the_loss_is_log_2_while_the_policy_is_its_reference() {
 
 #[test]
 fn the_loss_gradient_matches_finite_differences() {
+    for rpo_alpha in [0.0, 0.7] {
+        gradient_matches(rpo_alpha);
+    }
+}
+
+fn gradient_matches(rpo_alpha: f64) {
     let model = tiny("qwen2", 4);
     let (adapter, vars) = random_adapter(&model, 5);
     let ps = pairs();
-    let mut dpo = Dpo::new(0.5, None).unwrap();
+    let mut dpo = Dpo::new(0.5, rpo_alpha, None).unwrap();
     dpo.prepare(&model, &ps, &[]).unwrap();
     let policy = Policy {
         model: &model,
@@ -187,6 +196,57 @@ fn the_loss_gradient_matches_finite_differences() {
 }
 
 #[test]
+fn rpo_adds_alpha_times_the_chosen_tokens_mean_nll() {
+    // The policy is its reference (the same adapter), so the DPO part is
+    // log 2 per pair; what is left is α · Σ NLL(chosen) / chosen tokens.
+    let model = tiny("qwen2", 31);
+    let (adapter, _) = random_adapter(&model, 32);
+    let ps = pairs();
+    let alpha = 0.7;
+    let mut dpo = Dpo::new(0.1, alpha, Some(adapter.clone())).unwrap();
+    dpo.prepare(&model, &ps, &[]).unwrap();
+    let policy = Policy {
+        model: &model,
+        adapter: &adapter,
+    };
+    let batch: Vec<usize> = (0..ps.len()).collect();
+    let mut sums = Default::default();
+    let at = lathe_engine::method::StepInfo { step: 0, seed: 0 };
+    let units = dpo.begin_step(policy, at, &ps, &batch, &mut sums).unwrap();
+    // Two micro-batches, normalised over the whole step.
+    let n = units.len() as f64;
+    let a = dpo.loss(policy, &units[..1], n, None, &mut sums).unwrap();
+    let b = dpo.loss(policy, &units[1..], n, None, &mut sums).unwrap();
+    let got = (a.to_scalar::<f32>().unwrap() + b.to_scalar::<f32>().unwrap()) as f64;
+    let nll: f64 = ps
+        .iter()
+        .map(|p| -alone(&model, Some(&adapter), &p.prompt, &p.chosen))
+        .sum();
+    let tokens: usize = ps.iter().map(|p| p.chosen.len()).sum();
+    let want = std::f64::consts::LN_2 + alpha * nll / tokens as f64;
+    assert!((got - want).abs() < 1e-5, "loss {got} vs {want}");
+    let summary = dpo.summarize(&sums, n);
+    assert!((summary.loss - want).abs() < 1e-5);
+    assert!((summary.values[NLL_LOSS] - nll / tokens as f64).abs() < 1e-5);
+}
+
+#[test]
+fn rpo_holds_the_chosen_log_probs_above_plain_dpos() {
+    let model = tiny("llama", 33);
+    let ps = pairs();
+    let mut cfg = dpo_config(6, 1e-2);
+    cfg.eval_every = 100;
+    let chosen_after = |alpha: f64| -> f64 {
+        let mut sink = Collect::new(None);
+        let mut dpo = Dpo::new(0.5, alpha, None).unwrap();
+        run(&model, &mut dpo, &ps, &[], &cfg, "tiny", None, None, &mut sink).unwrap();
+        sink.metrics.last().unwrap().values[LOGPS_CHOSEN]
+    };
+    let (plain, rpo) = (chosen_after(0.0), chosen_after(1.0));
+    assert!(rpo > plain + 0.1, "logps/chosen with RPO {rpo} vs plain DPO {plain}");
+}
+
+#[test]
 fn a_large_beta_on_one_pair_raises_the_preference_every_step() {
     let model = tiny("llama", 9);
     let ps = vec![pairs().remove(1)];
@@ -194,7 +254,7 @@ fn a_large_beta_on_one_pair_raises_the_preference_every_step() {
     cfg.batch_size = 1;
     cfg.eval_every = 100;
     let mut sink = Collect::new(None);
-    let mut dpo = Dpo::new(2.0, None).unwrap();
+    let mut dpo = Dpo::new(2.0, 0.0, None).unwrap();
     run(&model, &mut dpo, &ps, &[], &cfg, "tiny", None, None, &mut sink).unwrap();
     // Step k's values are measured before its update: the margin after
     // k updates is step k + 1's.
@@ -220,7 +280,7 @@ fn resume_from_a_checkpoint_is_exact_with_the_stored_reference() {
     let mut full = Collect::new(None);
     run(
         &model,
-        &mut Dpo::new(0.1, None).unwrap(),
+        &mut Dpo::new(0.1, 0.0, None).unwrap(),
         &ps,
         &ps[..2],
         &cfg,
@@ -233,7 +293,7 @@ fn resume_from_a_checkpoint_is_exact_with_the_stored_reference() {
     let mut first = Collect::new(Some(3));
     let out = run(
         &model,
-        &mut Dpo::new(0.1, None).unwrap(),
+        &mut Dpo::new(0.1, 0.0, None).unwrap(),
         &ps,
         &ps[..2],
         &cfg,
@@ -251,7 +311,7 @@ fn resume_from_a_checkpoint_is_exact_with_the_stored_reference() {
     let mut second = Collect::new(None);
     run(
         &model,
-        &mut Dpo::new(0.1, None).unwrap(),
+        &mut Dpo::new(0.1, 0.0, None).unwrap(),
         &ps,
         &ps[..2],
         &cfg,
@@ -281,7 +341,7 @@ fn a_run_that_starts_from_an_adapter_measures_against_it() {
     let (start, _) = random_adapter(&model, 15);
     let ps = pairs();
     let mut sink = Collect::new(Some(1));
-    let mut dpo = Dpo::new(0.1, Some(start.clone())).unwrap();
+    let mut dpo = Dpo::new(0.1, 0.0, Some(start.clone())).unwrap();
     run(
         &model,
         &mut dpo,
@@ -297,7 +357,7 @@ fn a_run_that_starts_from_an_adapter_measures_against_it() {
     assert!((sink.metrics[0].train_loss - std::f64::consts::LN_2).abs() < 1e-5);
     // From the base as reference, the same start is no longer log 2.
     let mut sink = Collect::new(Some(1));
-    let mut dpo = Dpo::new(0.1, None).unwrap();
+    let mut dpo = Dpo::new(0.1, 0.0, None).unwrap();
     run(
         &model,
         &mut dpo,

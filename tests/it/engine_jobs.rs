@@ -699,6 +699,7 @@ fn dpo(env: &Env, base_model: &str, train: &str, valid: &str) -> proto::CreateJo
                 beta: Some(proto::AutoDouble {
                     value: Some(proto::auto_double::Value::Number(0.5)),
                 }),
+                rpo_alpha: None,
             })),
         }),
         early_stopping: Some(proto::EarlyStopping {
@@ -771,6 +772,7 @@ async fn dpo_continues_an_sft_model_against_it_as_reference_and_learns_the_prefe
     );
     assert!(log.contains("continuing from ft:tiny:words:"), "{log}");
     assert!(log.contains("0 pairs truncated"), "{log}");
+    assert!(log.contains("beta 0.5; rpo_alpha 0;"), "{log}");
     assert!(log.contains("reference: the model the job starts from"), "{log}");
     let m = metrics(&events);
     let first = m.first().unwrap();
@@ -866,6 +868,15 @@ async fn dpo_bad_input_is_refused_at_create_and_an_unloadable_model_fails_with_i
     let err = env.jobs.create_job(req).await.unwrap_err();
     let fields = violation_fields(&err);
     assert_eq!(fields, ["lora.dropout"]);
+    // RPO's weight out of range: refused, on that field.
+    let mut req = dpo(&env, "tiny", &pairs.id, "");
+    if let Some(proto::fine_tuning_method::Method::Dpo(d)) = req.method.as_mut().and_then(|m| m.method.as_mut()) {
+        d.rpo_alpha = Some(proto::AutoDouble {
+            value: Some(proto::auto_double::Value::Number(-1.0)),
+        });
+    }
+    let err = env.jobs.create_job(req).await.unwrap_err();
+    assert_eq!(violation_fields(&err), ["method.dpo.rpo_alpha"]);
 
     // A model whose files went away: the job fails with a code to act on.
     let gone = env._dir.path().join("gone-model");

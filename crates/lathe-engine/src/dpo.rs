@@ -20,9 +20,17 @@
 //! - Long pairs are truncated as TRL does: the prompt keeps its end (at
 //!   most half the sequence budget), each completion its start; how many
 //!   pairs were cut is counted ([`Dpo::truncated`]).
+//! - Optionally, RPO (Pang et al. 2024; TRL's `loss_type=["sigmoid",
+//!   "sft"]` with `loss_weights=[1, α]`, formerly `rpo_alpha`): α times
+//!   the mean negative log-likelihood of the chosen completions' tokens
+//!   (over all chosen tokens of the step, as TRL averages its batch) is
+//!   added to the loss. Plain DPO lowers the chosen log-probs along with the
+//!   rejected ones (both fall, the rejected faster), which can leave greedy
+//!   decoding producing neither; the NLL term holds the chosen ones up.
 //! - Metrics, under TRL's names: `rewards/chosen`, `rewards/rejected`,
 //!   `rewards/accuracies`, `rewards/margins`, `logps/chosen`,
-//!   `logps/rejected` (and the loss), in training and validation alike.
+//!   `logps/rejected`, `nll_loss` (the chosen tokens' mean NLL, whatever
+//!   α) and the loss, in training and validation alike.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,6 +55,7 @@ pub const REWARDS_ACCURACIES: &str = "rewards/accuracies";
 pub const REWARDS_MARGINS: &str = "rewards/margins";
 pub const LOGPS_CHOSEN: &str = "logps/chosen";
 pub const LOGPS_REJECTED: &str = "logps/rejected";
+pub const NLL_LOSS: &str = "nll_loss";
 
 /// One preference pair as token ids.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,6 +88,9 @@ pub struct DpoSums {
     pub correct: f64,
     pub logps_chosen: f64,
     pub logps_rejected: f64,
+    /// The chosen completions' tokens, and their NLL summed.
+    pub chosen_tokens: f64,
+    pub nll: f64,
 }
 
 /// A pair in a step, with its reference log-probs (chosen, rejected).
@@ -86,11 +98,17 @@ pub struct DpoSums {
 pub struct Unit<'a> {
     pub pair: &'a Pair,
     pub reference: [f32; 2],
+    /// What the pair's chosen NLL (summed over its tokens) is multiplied by
+    /// before the step's normaliser (the pairs) divides the loss: RPO's
+    /// `α · pairs / chosen tokens of the step`, so that the term is α times
+    /// the step's mean token NLL. 0 for plain DPO.
+    pub nll_scale: f64,
 }
 
 /// DPO as a [`Method`].
 pub struct Dpo {
     beta: f64,
+    rpo_alpha: f64,
     /// The reference policy's adapter: None is the base itself.
     reference: Option<Adapter>,
     /// Reference log-probs of the training and validation pairs, in order;
@@ -102,13 +120,20 @@ pub struct Dpo {
 
 impl Dpo {
     /// `reference`: None to use the base with the adapter disabled, or the
-    /// frozen adapter the run starts from.
-    pub fn new(beta: f64, reference: Option<Adapter>) -> Result<Self> {
+    /// frozen adapter the run starts from. `rpo_alpha`: the weight of the
+    /// chosen NLL term (0: plain DPO).
+    pub fn new(beta: f64, rpo_alpha: f64, reference: Option<Adapter>) -> Result<Self> {
         if !(beta.is_finite() && beta > 0.0) {
             return Err(EngineError::Data(format!("beta must be a positive number, not {beta}")));
         }
+        if !(rpo_alpha.is_finite() && rpo_alpha >= 0.0) {
+            return Err(EngineError::Data(format!(
+                "rpo_alpha must be a number >= 0, not {rpo_alpha}"
+            )));
+        }
         Ok(Self {
             beta,
+            rpo_alpha,
             reference,
             ref_train: Vec::new(),
             ref_eval: Vec::new(),
@@ -118,6 +143,10 @@ impl Dpo {
 
     pub fn beta(&self) -> f64 {
         self.beta
+    }
+
+    pub fn rpo_alpha(&self) -> f64 {
+        self.rpo_alpha
     }
 
     /// Whether the reference is an adapter (the model the run starts from)
@@ -131,14 +160,26 @@ impl Dpo {
         self.truncated.load(Ordering::Relaxed)
     }
 
-    fn units<'a>(pairs: impl Iterator<Item = &'a Pair>, reference: &[[f32; 2]]) -> Result<Vec<Unit<'a>>> {
+    /// The units of one step (or one validation) over `pairs`, whose
+    /// reference log-probs are `reference[index]`.
+    fn units<'a>(&self, pairs: &[(&'a Pair, usize)], reference: &[[f32; 2]]) -> Result<Vec<Unit<'a>>> {
+        let chosen_tokens: usize = pairs.iter().map(|(p, _)| p.chosen.len()).sum();
+        let nll_scale = if self.rpo_alpha > 0.0 {
+            self.rpo_alpha * pairs.len() as f64 / chosen_tokens.max(1) as f64
+        } else {
+            0.0
+        };
         pairs
-            .enumerate()
-            .map(|(i, pair)| {
+            .iter()
+            .map(|&(pair, i)| {
                 let reference = *reference.get(i).ok_or_else(|| {
                     EngineError::Data("DPO's reference log-probs were not computed for every pair".into())
                 })?;
-                Ok(Unit { pair, reference })
+                Ok(Unit {
+                    pair,
+                    reference,
+                    nll_scale,
+                })
             })
             .collect()
     }
@@ -342,18 +383,8 @@ impl Method for Dpo {
         batch: &[usize],
         _sums: &mut DpoSums,
     ) -> Result<Vec<Unit<'a>>> {
-        batch
-            .iter()
-            .map(|&i| {
-                let reference = *self.ref_train.get(i).ok_or_else(|| {
-                    EngineError::Data("DPO's reference log-probs were not computed for every pair".into())
-                })?;
-                Ok(Unit {
-                    pair: &data[i],
-                    reference,
-                })
-            })
-            .collect()
+        let pairs: Vec<(&Pair, usize)> = batch.iter().map(|&i| (&data[i], i)).collect();
+        self.units(&pairs, &self.ref_train)
     }
 
     fn tokens(&self, unit: &Unit<'_>) -> usize {
@@ -380,14 +411,21 @@ impl Method for Dpo {
         let chosen_rewards = ((&pc - &rc)? * self.beta)?;
         let rejected_rewards = ((&pr - &rr)? * self.beta)?;
         let per_pair = neg_log_sigmoid(&(&chosen_rewards - &rejected_rewards)?)?;
-        let loss = per_pair.sum_all()?;
+        let mut loss = per_pair.sum_all()?;
+        if self.rpo_alpha > 0.0 {
+            let scale = Tensor::from_vec(units.iter().map(|u| u.nll_scale as f32).collect(), units.len(), dev)?;
+            loss = (loss - (&pc * scale)?.sum_all()?)?;
+        }
         let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.detach().to_dtype(DType::F32)?.to_vec1::<f32>()?) };
         let (cr, rj) = (host(&chosen_rewards)?, host(&rejected_rewards)?);
+        let chosen_logps = host(&pc)?;
         sums.loss += loss.to_scalar::<f32>()? as f64;
+        sums.chosen_tokens += units.iter().map(|u| u.pair.chosen.len() as f64).sum::<f64>();
+        sums.nll -= chosen_logps.iter().map(|&x| x as f64).sum::<f64>();
         sums.rewards_chosen += cr.iter().map(|&x| x as f64).sum::<f64>();
         sums.rewards_rejected += rj.iter().map(|&x| x as f64).sum::<f64>();
         sums.correct += cr.iter().zip(&rj).filter(|(c, r)| c > r).count() as f64;
-        sums.logps_chosen += host(&pc)?.iter().map(|&x| x as f64).sum::<f64>();
+        sums.logps_chosen += chosen_logps.iter().map(|&x| x as f64).sum::<f64>();
         sums.logps_rejected += host(&pr)?.iter().map(|&x| x as f64).sum::<f64>();
         Ok((loss / normaliser)?)
     }
@@ -401,6 +439,7 @@ impl Method for Dpo {
             (REWARDS_MARGINS, (sums.rewards_chosen - sums.rewards_rejected) / n),
             (LOGPS_CHOSEN, sums.logps_chosen / n),
             (LOGPS_REJECTED, sums.logps_rejected / n),
+            (NLL_LOSS, sums.nll / sums.chosen_tokens.max(1.0)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -412,7 +451,8 @@ impl Method for Dpo {
     }
 
     fn validate(&mut self, policy: Policy<'_>, examples: &[Pair], budget: usize) -> Result<Validation> {
-        let units = Self::units(examples.iter(), &self.ref_eval)?;
+        let pairs: Vec<(&Pair, usize)> = examples.iter().enumerate().map(|(i, p)| (p, i)).collect();
+        let units = self.units(&pairs, &self.ref_eval)?;
         validate_by_loss(self, policy, &units, budget)
     }
 

@@ -89,6 +89,7 @@ pub fn create_job(req: proto::CreateJobRequest) -> CreateJob {
                 batch_size: auto_i(d.batch_size),
                 learning_rate_multiplier: auto_f(d.learning_rate_multiplier),
                 beta: auto_f(d.beta),
+                rpo_alpha: auto_f(d.rpo_alpha),
                 ..Default::default()
             },
             grader: None,
@@ -109,6 +110,7 @@ pub fn create_job(req: proto::CreateJobRequest) -> CreateJob {
                     e => Some(e.to_string()),
                 },
                 max_completion_tokens: auto_i(r.max_completion_tokens),
+                rpo_alpha: None,
             },
             grader: r.grader.map(json_from_struct),
         },
@@ -168,6 +170,7 @@ fn method_to_proto(m: &jm::Method) -> proto::FineTuningMethod {
             batch_size: some_i(h.batch_size),
             learning_rate_multiplier: some_f(h.learning_rate_multiplier),
             beta: some_f(h.beta),
+            rpo_alpha: some_f(h.rpo_alpha),
         }),
         jm::MethodKind::Reinforcement => M::Reinforcement(proto::ReinforcementMethod {
             n_epochs: some_i(h.n_epochs),
