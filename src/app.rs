@@ -98,11 +98,17 @@ impl App {
             providers.clone(),
             local.clone().map(|l| l as Arc<dyn LocalModels>),
         ));
-        let graders_config = GradersConfig {
+        let mut graders_config = GradersConfig {
             embedder: providers.embedder(),
             model_client: Some(chat.clone()),
             ..GradersConfig::default()
         };
+        graders_config.python.env =
+            crate::graders::python_env::resolve(config.grader_python_env.as_deref(), &config.data_dir)?;
+        match &graders_config.python.env {
+            Some(env) => tracing::info!(env = %env.display(), "python graders run in their environment"),
+            None => tracing::info!("python graders run the system python3 (standard library only)"),
+        }
         let graders = Arc::new(Graders::new(store.clone(), graders_config));
         // The embedded trainer grades RFT samples with the same graders.
         let trainer: Option<Arc<dyn Trainer>> = match &local {

@@ -45,6 +45,11 @@ pub struct ServeConfig {
     /// embeddings): [{"name", "base_url", "api_key_env", ...}].
     #[arg(long, env = "LATHE_PROVIDERS")]
     pub providers: Option<PathBuf>,
+    /// The python grader environment (from `lathe graders setup-python`); default:
+    /// DATA_DIR/python-env when it was set up there, else the system python3 with the
+    /// standard library only.
+    #[arg(long, env = "LATHE_GRADER_PYTHON_ENV")]
+    pub grader_python_env: Option<PathBuf>,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "LATHE_LOG_JSON")]
     pub log_json: bool,
@@ -73,6 +78,7 @@ impl ServeConfig {
             job_lease_secs: 15,
             job_poll_millis: 1000,
             providers: None,
+            grader_python_env: None,
             log_json: false,
             max_generation_batch: 32,
             max_queued_generations: 256,

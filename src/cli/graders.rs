@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::connect::Outcome;
 use super::output::status_error;
-use crate::graders::{self, DryRunReport, GradeContext, PythonPool, PythonPoolConfig, Sample};
+use crate::graders::{self, DryRunReport, GradeContext, PythonPool, PythonPoolConfig, Sample, python_env};
 use crate::proto::json::{json_from_struct, struct_from_json};
 use crate::proto::{self, dataset_service_client::DatasetServiceClient, download_dataset_response};
 
@@ -46,10 +46,50 @@ pub enum GradersCommand {
         /// JSONL, one sample per dataset row: a JSON string or {"output_text": ...}.
         #[arg(long)]
         samples: PathBuf,
+        #[command(flatten)]
+        env: PythonEnvArgs,
+    },
+    /// Build the python grader environment (no server needed): a virtualenv in the data
+    /// dir with the packages of OpenAI's grader image, pinned, from the package index
+    /// (numpy, scipy, pandas, rapidfuzz, scikit-learn, nltk and its corpora, ...).
+    /// Servers started on that data dir run python graders in it.
+    SetupPython {
+        #[command(flatten)]
+        env: PythonEnvArgs,
+        /// The interpreter the virtualenv is made from.
+        #[arg(long, default_value = "/usr/bin/python3")]
+        python: PathBuf,
+        /// Also install this pip requirement (REQ, or REQ=MODULE when the module it
+        /// provides is not named after it), e.g. reasoning-gym for its scorers.
+        #[arg(long = "package")]
+        packages: Vec<String>,
+        /// Install only the --package requirements, not OpenAI's list.
+        #[arg(long)]
+        no_defaults: bool,
     },
 }
 
+/// Where the python grader environment is.
+#[derive(clap::Args, Debug)]
+pub struct PythonEnvArgs {
+    /// The server's data dir; its environment is DATA_DIR/python-env.
+    #[arg(long, env = "LATHE_DATA_DIR", default_value = "./lathe-data")]
+    data_dir: PathBuf,
+    /// The environment's directory, when not the data dir's.
+    #[arg(long = "python-env", env = "LATHE_GRADER_PYTHON_ENV")]
+    python_env: Option<PathBuf>,
+}
+
 pub async fn run(addr: &str, json: bool, cmd: GradersCommand) -> anyhow::Result<Outcome> {
+    if let GradersCommand::SetupPython {
+        env,
+        python,
+        packages,
+        no_defaults,
+    } = cmd
+    {
+        return setup_python(json, env, &python, packages, no_defaults).await;
+    }
     let server = super::connect::connect(addr).await?;
     let mut client = server.graders();
     match cmd {
@@ -150,6 +190,7 @@ pub async fn run(addr: &str, json: bool, cmd: GradersCommand) -> anyhow::Result<
             grader,
             dataset_id,
             samples,
+            env,
         } => {
             let grader = read_json(&grader)?;
             // The server judges the grader, so the rules are the same as for a job.
@@ -167,15 +208,75 @@ pub async fn run(addr: &str, json: bool, cmd: GradersCommand) -> anyhow::Result<
                 samples.len(),
                 items.len()
             );
-            let report = dry_run(grader, samples.into_iter().zip(items).collect()).await?;
+            let env = python_env::resolve(env.python_env.as_deref(), &env.data_dir)?;
+            let report = dry_run(grader, samples.into_iter().zip(items).collect(), env).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 print_report(&report);
             }
         }
+        GradersCommand::SetupPython { .. } => anyhow::bail!("setup-python runs without a server"),
     }
     Ok(Outcome::Ok)
+}
+
+async fn setup_python(
+    json: bool,
+    env: PythonEnvArgs,
+    python: &Path,
+    packages: Vec<String>,
+    no_defaults: bool,
+) -> anyhow::Result<Outcome> {
+    let dir = env.python_env.unwrap_or_else(|| env.data_dir.join(python_env::ENV_DIR));
+    let defaults = python_env::OPENAI_GRADER_PACKAGES
+        .iter()
+        .filter(|_| !no_defaults)
+        .map(|(r, m)| (r.to_string(), m.to_string()));
+    let packages: Vec<(String, String)> = defaults.chain(packages.iter().map(|p| requirement(p))).collect();
+    anyhow::ensure!(!packages.is_empty(), "--no-defaults needs at least one --package");
+    let report = python_env::setup(&dir, python, &packages, |step| {
+        if !json {
+            eprintln!("{step}");
+        }
+    })
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "python grader environment ready at {} ({}; {} packages importable: {})",
+            report.env.display(),
+            report.python_version,
+            report.modules_ok.len(),
+            report.modules_ok.join(", ")
+        );
+        if let Some(e) = &report.nltk_error {
+            println!("warning: NLTK corpora missing ({e}); graders that load them will fail");
+        }
+        println!("servers on this data dir use it from their next start");
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `--package` as (pip requirement, module to import): `REQ=MODULE`, or `REQ` whose module
+/// follows pip's naming convention (`rouge-score==0.1.2` → `rouge_score`).
+fn requirement(arg: &str) -> (String, String) {
+    if let Some((req, module)) = arg.rsplit_once('=')
+        && !module.is_empty()
+        && module
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !module.starts_with(|c: char| c.is_ascii_digit())
+        && !req.ends_with(['=', '<', '>', '!', '~'])
+    {
+        return (req.to_string(), module.to_string());
+    }
+    let name = arg
+        .split(['=', '<', '>', '!', '~', '[', ';', ' '])
+        .next()
+        .unwrap_or(arg);
+    (arg.to_string(), name.replace('-', "_").to_lowercase())
 }
 
 fn read_json(path: &Path) -> anyhow::Result<Value> {
@@ -236,11 +337,15 @@ fn read_samples(path: &Path) -> anyhow::Result<Vec<Sample>> {
 
 /// The dry run grades here, with the same engine the server runs; python graders get a
 /// local sandboxed pool.
-async fn dry_run(grader: Value, pairs: Vec<(Sample, Value)>) -> anyhow::Result<DryRunReport> {
+async fn dry_run(grader: Value, pairs: Vec<(Sample, Value)>, env: Option<PathBuf>) -> anyhow::Result<DryRunReport> {
     let parsed = graders::parse(&grader).map_err(|v| anyhow::anyhow!("invalid grader: {v:?}"))?;
     let mut ctx = GradeContext::default();
     if graders::service::uses_python(&parsed) {
-        let pool = PythonPool::start(PythonPoolConfig::default()).await?;
+        let pool = PythonPool::start(PythonPoolConfig {
+            env,
+            ..PythonPoolConfig::default()
+        })
+        .await?;
         ctx.python = Some(Arc::new(pool));
     }
     Ok(graders::dry_run(Arc::new(parsed), pairs, &ctx, DRY_RUN_CONCURRENCY).await)
@@ -356,5 +461,30 @@ fn print_report(r: &DryRunReport) {
     }
     for w in &g.warnings {
         println!("warning: {w}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::requirement;
+
+    #[test]
+    fn a_package_argument_names_its_requirement_and_module() {
+        let r = requirement;
+        assert_eq!(r("rapidfuzz==3.10.1"), ("rapidfuzz==3.10.1".into(), "rapidfuzz".into()));
+        assert_eq!(
+            r("rouge-score==0.1.2"),
+            ("rouge-score==0.1.2".into(), "rouge_score".into())
+        );
+        assert_eq!(
+            r("scikit-learn>=1.6"),
+            ("scikit-learn>=1.6".into(), "scikit_learn".into())
+        );
+        assert_eq!(
+            r("scikit-learn==1.6.1=sklearn"),
+            ("scikit-learn==1.6.1".into(), "sklearn".into())
+        );
+        assert_eq!(r("reasoning-gym"), ("reasoning-gym".into(), "reasoning_gym".into()));
+        assert_eq!(r("PyYAML=yaml"), ("PyYAML".into(), "yaml".into()));
     }
 }

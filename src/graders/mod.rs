@@ -31,6 +31,7 @@ pub use model::{
     CallPolicy, EmbedError, Embedder, ResultCache, TokenUsage, label_schema, parse_label, parse_score, score_schema,
 };
 pub use prompt::{ChatMessage, ContentPart, ContentPartTemplate, MessageTemplate, SamplingParams, grader_request};
+pub use python::env as python_env;
 pub use python::{PoolError, PythonOutcome, PythonPool, PythonPoolConfig, SandboxLevel, SandboxPolicy, SandboxReport};
 pub use result::{GraderErrors, GraderMetadata, GraderResult};
 pub use sample::Sample;

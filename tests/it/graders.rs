@@ -679,3 +679,99 @@ async fn cli_runs_validates_saves_and_dry_runs_graders() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("guessability"));
 }
+
+/// `setup-python` builds the environment from the package index (one pinned package here,
+/// OpenAI's whole list in the README's opt-in run); a server on that data dir grades the
+/// OpenAI cookbook's rapidfuzz grader exactly as rapidfuzz itself scores, and names a
+/// module the environment lacks at validation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_python_builds_the_environment_that_the_server_grades_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
+        .args([
+            "graders",
+            "setup-python",
+            "--json",
+            "--no-defaults",
+            "--package",
+            "rapidfuzz==3.10.1",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .expect("run lathe");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["modules_ok"], json!(["rapidfuzz"]));
+    assert!(
+        report["installed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().eq_ignore_ascii_case("rapidfuzz==3.10.1")),
+        "{report}"
+    );
+    let python = data.join("python-env/bin/python3");
+    let (text, reference) = ("fuzzy wuzzy was a bear", "fuzzy wuzzy had no hair");
+    let want = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sys; from rapidfuzz import fuzz, utils; print(fuzz.WRatio(sys.argv[1], sys.argv[2], processor=utils.default_process) / 100.0)",
+            text,
+            reference,
+        ])
+        .output()
+        .unwrap();
+    let want: f64 = String::from_utf8(want.stdout).unwrap().trim().parse().unwrap();
+
+    let server = TestServer::start(&data).await;
+    let mut client = GraderServiceClient::new(server.channel().await);
+    let cookbook = json!({
+        "type": "python", "name": "python_grader", "image_tag": "2025-05-08",
+        "source": "from rapidfuzz import fuzz, utils\n\ndef grade(sample, item) -> float:\n    output_text = sample[\"output_text\"]\n    reference_answer = item[\"reference_answer\"]\n    return fuzz.WRatio(output_text, reference_answer, processor=utils.default_process) / 100.0\n"
+    });
+    let result = client
+        .run_grader(proto::RunGraderRequest {
+            grader: Some(struct_from_json(&cookbook)),
+            sample: sample(text),
+            item: Some(struct_from_json(&json!({"reference_answer": reference}))),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    assert!(
+        result
+            .metadata
+            .as_ref()
+            .unwrap()
+            .errors
+            .as_ref()
+            .is_none_or(|e| !e.python_grader_runtime_error),
+        "{result:?}"
+    );
+    assert!(want > 0.0 && want < 1.0);
+    assert!(
+        (result.reward - want).abs() < 1e-12,
+        "{} vs rapidfuzz's {want}",
+        result.reward
+    );
+    // numpy is not in this environment: validation names it.
+    let numpy = json!({"type": "python", "name": "n", "source": "import numpy as np\ndef grade(s, i):\n    return float(np.mean([1.0]))\n"});
+    let err = client
+        .validate_grader(proto::ValidateGraderRequest {
+            grader: Some(struct_from_json(&numpy)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let v = err.get_details_bad_request().unwrap().field_violations;
+    assert!(
+        v.iter()
+            .any(|v| v.field == "grader.source" && v.description.contains("numpy")),
+        "{v:?}"
+    );
+    server.stop().await;
+}

@@ -10,6 +10,10 @@ use lathe::graders::{GradeContext, PythonOutcome, PythonPool, PythonPoolConfig, 
 use serde_json::{Value, json};
 
 async fn pool(workers: usize) -> Option<PythonPool> {
+    pool_in(workers, None).await
+}
+
+async fn pool_in(workers: usize, env: Option<std::path::PathBuf>) -> Option<PythonPool> {
     if !std::path::Path::new("/usr/bin/python3").exists() {
         eprintln!("skipping: needs /usr/bin/python3");
         return None;
@@ -26,6 +30,7 @@ async fn pool(workers: usize) -> Option<PythonPool> {
         scratch_root: dir,
         uid_base: next_uid_base(),
         max_processes: 16,
+        env,
         ..PythonPoolConfig::default()
     };
     // Root gets the full sandbox; anyone else the user-namespace one. Neither available
@@ -257,4 +262,62 @@ async fn run_reports_runtime_errors_in_metadata_and_warm_workers_keep_answering(
             .python_grader_runtime_error_details
             .contains("ZeroDivisionError")
     );
+}
+
+/// A grader environment as `setup-python` lays it out (a virtualenv), made offline: no
+/// pip, one module of its own. It sits in a 0700 directory, as in a data dir.
+fn probe_env() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let env = data.path().join("python-env");
+    let made = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&env)
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: python3 -m venv is not available");
+        return None;
+    }
+    let site = std::process::Command::new(env.join("bin/python3"))
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+        .output()
+        .unwrap();
+    let site = std::path::PathBuf::from(String::from_utf8(site.stdout).unwrap().trim());
+    std::fs::write(site.join("lathe_env_probe.py"), "VALUE = 0.625\n").unwrap();
+    Some((data, env))
+}
+
+const PROBE: &str = "import lathe_env_probe\ndef grade(s, i):\n    return lathe_env_probe.VALUE\n";
+
+#[tokio::test]
+async fn an_environment_in_a_private_data_dir_is_mounted_read_only_for_the_workers() {
+    let Some((_data, env)) = probe_env() else { return };
+    let Some(pool) = pool_in(1, Some(env.clone())).await else {
+        return;
+    };
+    pool.check_source(PROBE).await.unwrap();
+    assert_eq!(grade(&pool, PROBE).await, PythonOutcome::Reward(0.625));
+    // Read-only: the grader cannot change the packages the next grader imports.
+    let write = "import os, lathe_env_probe\ndef grade(s, i):\n    d = os.path.dirname(lathe_env_probe.__file__)\n    try:\n        open(os.path.join(d, 'evil.py'), 'w').write('x')\n        return 1.0\n    except OSError:\n        return 0.0\n";
+    assert_eq!(grade(&pool, write).await, PythonOutcome::Reward(0.0));
+    // NLTK finds its corpora in the environment.
+    let nltk = "import os\ndef grade(s, i):\n    return float(os.environ['NLTK_DATA'].endswith('/nltk_data'))\n";
+    assert_eq!(grade(&pool, nltk).await, PythonOutcome::Reward(1.0));
+}
+
+#[tokio::test]
+async fn a_module_the_environment_lacks_is_named_at_validation() {
+    let Some(pool) = pool(1).await else { return };
+    let problem = pool.check_source(PROBE).await.unwrap_err();
+    assert!(
+        problem.contains("not installed") && problem.contains("lathe_env_probe"),
+        "{problem}"
+    );
+    // An import guarded by `except ImportError` is optional, and the standard library is there.
+    let optional = "import json\ntry:\n    import lathe_env_probe\nexcept ImportError:\n    lathe_env_probe = None\ndef grade(s, i):\n    return 1.0\n";
+    pool.check_source(optional).await.unwrap();
+    // Graded anyway (an eval that skipped validation), it is a runtime error that says so.
+    let details = runtime_error(grade(&pool, PROBE).await);
+    assert!(details.contains("ModuleNotFoundError"), "{details}");
 }

@@ -6,6 +6,7 @@
 //! left threads behind), it is replaced instead. Workers are also replaced after a
 //! timeout, a crash, a protocol violation or when their lifetime CPU budget runs low.
 
+pub mod env;
 mod sandbox;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,9 @@ pub use sandbox::{SandboxLevel, SandboxReport};
 
 const WORKER_SOURCE: &str = include_str!("worker.py");
 
+/// The NLTK corpora's directory inside a grader environment.
+pub const NLTK_DATA_DIR: &str = "nltk_data";
+
 /// Which isolation the pool insists on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SandboxPolicy {
@@ -36,7 +40,12 @@ pub enum SandboxPolicy {
 #[derive(Debug, Clone)]
 pub struct PythonPoolConfig {
     /// Must be executable by the sandbox uid: a system interpreter, not one under /root.
+    /// Used when there is no `env`.
     pub python: PathBuf,
+    /// A grader environment (a virtualenv with OpenAI's grader packages, from
+    /// `lathe graders setup-python`): workers run its interpreter, mounted read-only in
+    /// their sandbox, with `NLTK_DATA` pointing at its corpora.
+    pub env: Option<PathBuf>,
     pub workers: usize,
     pub wall_timeout: Duration,
     pub cpu_seconds_per_call: u64,
@@ -55,6 +64,7 @@ impl Default for PythonPoolConfig {
     fn default() -> Self {
         PythonPoolConfig {
             python: default_python(),
+            env: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             wall_timeout: Duration::from_secs(120),
             cpu_seconds_per_call: 120,
@@ -192,10 +202,27 @@ impl PythonPool {
             processes: c.max_processes,
             open_files: 256,
         };
-        let plan =
-            Plan::new(self.level, limits, self.uid(slot), &scratch, c.scratch_bytes).map_err(|e| e.to_string())?;
+        let plan = Plan::new(
+            self.level,
+            limits,
+            self.uid(slot),
+            &scratch,
+            c.scratch_bytes,
+            c.env.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
         let scratch_str = scratch.to_string_lossy().into_owned();
-        let mut cmd = Command::new(&c.python);
+        // The environment as the worker sees it: mounted in its scratch, or in place
+        // when there is no mount namespace.
+        let env_dir = c.env.as_ref().map(|dir| match self.level {
+            SandboxLevel::Unsandboxed => dir.clone(),
+            _ => scratch.join(sandbox::ENV_MOUNT),
+        });
+        let python = match &env_dir {
+            Some(dir) => dir.join("bin").join("python3"),
+            None => c.python.clone(),
+        };
+        let mut cmd = Command::new(&python);
         cmd.args(["-I", "-B", "-c", WORKER_SOURCE])
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -208,6 +235,9 @@ impl PythonPool {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true);
+        if let Some(dir) = &env_dir {
+            cmd.env("NLTK_DATA", dir.join(NLTK_DATA_DIR));
+        }
         // SAFETY: `Plan::apply` only makes async-signal-safe syscalls on memory the plan
         // owns; the closure owns the plan.
         unsafe {
@@ -215,7 +245,7 @@ impl PythonPool {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", c.python.display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", python.display()))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err("worker pipes missing".into());
         };

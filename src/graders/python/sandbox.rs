@@ -10,6 +10,10 @@
 //!   namespace that maps only the caller's uid; RLIMIT_NPROC then counts the caller's
 //!   processes.
 //!
+//! A grader environment (a virtualenv made by `lathe graders setup-python`, in the data
+//! dir whose 0700 mode the slot uids cannot traverse) is bind-mounted read-only at
+//! [`ENV_MOUNT`] inside the scratch tmpfs, and the worker's interpreter is the one there.
+//!
 //! rlimits (address space, CPU, file size, processes, open files, no core dumps) apply at
 //! every level, including `Unsandboxed`, which exists only for development machines
 //! without namespaces and must be asked for explicitly.
@@ -74,7 +78,12 @@ pub struct Plan {
     tmpfs_options: CString,
     uid_map: CString,
     gid_map: CString,
+    /// The grader environment to bind-mount (source) and where (target, in the scratch).
+    env: Option<(CString, CString)>,
 }
+
+/// Where a grader environment appears inside a worker's scratch directory.
+pub const ENV_MOUNT: &str = ".python-env";
 
 const ROOT: &[u8] = b"/\0";
 const ROOT_HOME: &[u8] = b"/root\0";
@@ -90,6 +99,7 @@ const SYS_MOUNT_SETATTR: libc::c_long = 442;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 
 #[repr(C)]
 struct MountAttr {
@@ -100,11 +110,27 @@ struct MountAttr {
 }
 
 impl Plan {
-    pub fn new(level: SandboxLevel, limits: Limits, uid: u32, scratch: &Path, scratch_bytes: u64) -> io::Result<Plan> {
+    /// `env`: a grader environment directory to mount at `scratch/ENV_MOUNT` (levels with
+    /// a mount namespace; `Unsandboxed` runs it in place).
+    pub fn new(
+        level: SandboxLevel,
+        limits: Limits,
+        uid: u32,
+        scratch: &Path,
+        scratch_bytes: u64,
+        env: Option<&Path>,
+    ) -> io::Result<Plan> {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (outer_uid, outer_gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let owner = if level == SandboxLevel::Root { uid } else { outer_uid };
         let cstr = |s: String| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+        let path = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        };
+        let env = match env {
+            Some(dir) if level != SandboxLevel::Unsandboxed => Some((path(dir)?, path(&scratch.join(ENV_MOUNT))?)),
+            _ => None,
+        };
         Ok(Plan {
             level,
             limits,
@@ -116,6 +142,7 @@ impl Plan {
             tmpfs_options: cstr(format!("size={scratch_bytes},mode=0700,uid={owner},gid={owner}"))?,
             uid_map: cstr(format!("{outer_uid} {outer_uid} 1"))?,
             gid_map: cstr(format!("{outer_gid} {outer_gid} 1"))?,
+            env,
         })
     }
 
@@ -206,6 +233,35 @@ impl Plan {
                 libc::MS_NOSUID | libc::MS_NODEV,
                 self.tmpfs_options.as_ptr().cast(),
             ))?;
+            if let Some((source, target)) = &self.env {
+                // A bind mount reaches the environment whatever the modes of the
+                // directories above it; then it is frozen like the rest.
+                check(libc::mkdir(target.as_ptr(), 0o755))?;
+                check(libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+                let attr = MountAttr {
+                    attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                    attr_clr: 0,
+                    propagation: 0,
+                    userns_fd: 0,
+                };
+                let rc = libc::syscall(
+                    SYS_MOUNT_SETATTR,
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    AT_RECURSIVE,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                );
+                if rc != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
         }
         Ok(())
     }

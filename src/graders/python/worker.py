@@ -69,8 +69,48 @@ def check(source):
             positional = len(args.posonlyargs) + len(args.args)
             if positional < 2 and args.vararg is None:
                 return "grade must accept two arguments: grade(sample, item)"
+            missing = missing_modules(tree)
+            if missing:
+                return "%s not installed in this server's python grader environment: %s" % (
+                    "module is" if len(missing) == 1 else "modules are", ", ".join(missing))
             return None
     return "source must define a top-level function grade(sample, item)"
+
+
+_IMPORT_GUARDS = ("ImportError", "ModuleNotFoundError", "Exception", "BaseException")
+
+
+def _guards_imports(handler):
+    t = handler.type
+    names = t.elts if isinstance(t, ast.Tuple) else [t]
+    return t is None or any(isinstance(n, ast.Name) and n.id in _IMPORT_GUARDS for n in names)
+
+
+def missing_modules(tree):
+    """Top-level packages the source imports that this interpreter cannot find
+    (located, never imported); imports guarded by `except ImportError` are optional."""
+    import importlib.util
+    missing = []
+
+    def visit(node):
+        if isinstance(node, ast.Try) and any(_guards_imports(h) for h in node.handlers):
+            for child in node.handlers + node.orelse + node.finalbody:
+                visit(child)
+            return
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        for name in names:
+            top = name.split(".")[0]
+            if top not in missing and importlib.util.find_spec(top) is None:
+                missing.append(top)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return missing
 
 
 def handle(req):
