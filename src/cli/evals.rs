@@ -76,7 +76,8 @@ pub enum EvalsCommand {
     Create {
         #[arg(long)]
         name: String,
-        /// A JSON file: a grader object, or {"grader": {...}, "pass_threshold": x}. Repeatable.
+        /// A JSON file: a grader object (with OpenAI's inline "pass_threshold" where it
+        /// has one), or {"grader": {...}, "pass_threshold": x}. Repeatable.
         #[arg(long = "criterion")]
         criteria: Vec<PathBuf>,
         /// A saved grader as a criterion: NAME or NAME=THRESHOLD. Repeatable.
@@ -130,10 +131,13 @@ fn read_json(path: &PathBuf) -> anyhow::Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
 }
 
+/// A criterion file: `{"grader": {...}, "pass_threshold": x}`, or a grader object with
+/// its `pass_threshold` inline, as OpenAI's testing criteria carry it.
 fn criterion(v: Value) -> proto::TestingCriterion {
-    let (grader, threshold) = match v.get("grader") {
-        Some(g) if g.is_object() => (g.clone(), v.get("pass_threshold").and_then(Value::as_f64)),
-        _ => (v, None),
+    let threshold = v.get("pass_threshold").and_then(Value::as_f64);
+    let grader = match v.get("grader") {
+        Some(g) if g.is_object() => g.clone(),
+        _ => v,
     };
     proto::TestingCriterion {
         grader: Some(struct_from_json(&grader)),
@@ -694,4 +698,21 @@ async fn watch_run(client: &mut Client, id: &str, after: u64, json: bool) -> any
         }
     }
     anyhow::bail!("the server ended the watch without its final message")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::criterion;
+    use serde_json::json;
+
+    #[test]
+    fn a_criterion_keeps_its_pass_threshold_inline_or_wrapped() {
+        let inline = criterion(json!({"type": "python", "name": "p", "source": "x", "pass_threshold": 0.5}));
+        assert_eq!(inline.pass_threshold, Some(0.5));
+        let wrapped =
+            criterion(json!({"grader": {"type": "python", "name": "p", "source": "x"}, "pass_threshold": 0.25}));
+        assert_eq!(wrapped.pass_threshold, Some(0.25));
+        assert!(!wrapped.grader.unwrap().fields.contains_key("pass_threshold"));
+        assert_eq!(criterion(json!({"type": "string_check"})).pass_threshold, None);
+    }
 }

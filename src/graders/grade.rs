@@ -267,7 +267,7 @@ async fn grade_python(g: &PythonGrader, sample: &Sample, item: &Value, ctx: &Gra
             ..Default::default()
         });
     };
-    match pool.grade(&g.source, &sample.to_json(), item).await {
+    match pool.grade_in(&g.domain, &g.source, &sample.to_json(), item).await {
         PythonOutcome::Reward(r) => Graded::reward(r),
         PythonOutcome::RuntimeError(details) => Graded::failed(GraderErrors {
             python_grader_runtime_error: true,

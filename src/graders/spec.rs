@@ -120,6 +120,10 @@ pub struct PythonGrader {
     pub name: Arc<str>,
     pub source: String,
     pub image_tag: Option<String>,
+    /// The worker trust domain it runs in: its own source's hash, or for a `multi`
+    /// grader's python sub-graders the hash of all of them (one author's code in one
+    /// grader, so they share warm workers instead of evicting each other).
+    pub domain: [u8; 32],
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +158,22 @@ pub struct MultiGrader {
     /// Sub-graders by the name `calculate_output` uses, in a stable order.
     pub graders: Vec<(String, Grader)>,
     pub calculate_output: Formula,
+}
+
+/// Puts a multi grader's python sub-graders in one trust domain.
+fn share_python_domain(graders: &mut [(String, Grader)]) {
+    let mut sources = String::new();
+    for (name, g) in graders.iter() {
+        if let Grader::Python(p) = g {
+            sources.push_str(&format!("{}\0{name}\0{}\0", p.source.len(), p.source));
+        }
+    }
+    let domain = super::python::source_domain(&sources);
+    for (_, g) in graders.iter_mut() {
+        if let Grader::Python(p) = g {
+            p.domain = domain;
+        }
+    }
 }
 
 /// ValidateGrader: parses OpenAI grader JSON or lists everything wrong with it.
@@ -329,9 +349,11 @@ fn parse_grader(json: &Value, prefix: &str, top_level: bool, v: &mut Violations)
                     None
                 }
             };
+            let source = source?;
             Grader::Python(PythonGrader {
                 name: name?,
-                source: source?,
+                domain: super::python::source_domain(&source),
+                source,
                 image_tag,
             })
         }
@@ -410,9 +432,11 @@ fn parse_grader(json: &Value, prefix: &str, top_level: bool, v: &mut Violations)
                 }
                 _ => None,
             };
+            let mut graders = graders?;
+            share_python_domain(&mut graders);
             Grader::Multi(MultiGrader {
                 name: name?,
-                graders: graders?,
+                graders,
                 calculate_output: formula?,
             })
         }

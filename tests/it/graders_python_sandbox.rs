@@ -321,3 +321,50 @@ async fn a_module_the_environment_lacks_is_named_at_validation() {
     let details = runtime_error(grade(&pool, PROBE).await);
     assert!(details.contains("ModuleNotFoundError"), "{details}");
 }
+
+/// One grader's python sources (a multi's) share warm workers: alternating between them
+/// neither replaces the worker nor mixes up their `grade` functions; another grader's
+/// source gets a fresh process.
+#[tokio::test]
+async fn a_graders_sources_share_a_worker_and_other_graders_do_not() {
+    let Some(pool) = pool(1).await else { return };
+    let a = "import os\ndef grade(s, i):\n    return float(os.getpid())\n";
+    let b = "import os\ndef grade(s, i):\n    return -float(os.getpid())\n";
+    let domain = [7u8; 32];
+    let (sample, item) = (Sample::from_model_output("x").to_json(), json!({}));
+    let pid = |o: PythonOutcome| match o {
+        PythonOutcome::Reward(r) => r,
+        other => panic!("{other:?}"),
+    };
+    let first = pid(pool.grade_in(&domain, a, &sample, &item).await);
+    for _ in 0..3 {
+        assert_eq!(pid(pool.grade_in(&domain, b, &sample, &item).await), -first);
+        assert_eq!(pid(pool.grade_in(&domain, a, &sample, &item).await), first);
+    }
+    let other = pid(pool.grade(a, &sample, &item).await);
+    assert_ne!(other, first, "another grader's code ran in the same process");
+    // A multi grader's parsed sub-graders carry one domain; separate graders their own.
+    let multi = parse(
+        &json!({"type": "multi", "name": "m", "calculate_output": "x + y", "graders": {
+        "x": {"type": "python", "name": "x", "source": a},
+        "y": {"type": "python", "name": "y", "source": b}}}),
+    )
+    .unwrap();
+    let lathe::graders::Grader::Multi(m) = multi else {
+        panic!()
+    };
+    let domains: Vec<[u8; 32]> = m
+        .graders
+        .iter()
+        .map(|(_, g)| match g {
+            lathe::graders::Grader::Python(p) => p.domain,
+            _ => panic!(),
+        })
+        .collect();
+    assert_eq!(domains[0], domains[1]);
+    let lathe::graders::Grader::Python(alone) = parse(&json!({"type": "python", "name": "x", "source": a})).unwrap()
+    else {
+        panic!()
+    };
+    assert_ne!(alone.domain, domains[0]);
+}

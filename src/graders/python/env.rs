@@ -53,7 +53,7 @@ pub fn existing(dir: &Path) -> Option<PathBuf> {
 /// The environment a server or CLI uses: the one named, else the data dir's if it was
 /// set up. A named directory without an interpreter is an error, not a silent fallback.
 pub fn resolve(named: Option<&Path>, data_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
-    match named {
+    let found = match named {
         Some(dir) => existing(dir).map(Some).with_context(|| {
             format!(
                 "{} is not a python grader environment (no bin/python3); build it with `lathe graders setup-python --env {}`",
@@ -62,7 +62,11 @@ pub fn resolve(named: Option<&Path>, data_dir: &Path) -> anyhow::Result<Option<P
             )
         }),
         None => Ok(existing(&data_dir.join(ENV_DIR))),
-    }
+    }?;
+    // Absolute: workers start in `/` and mount it from there.
+    found
+        .map(|dir| std::fs::canonicalize(&dir).with_context(|| format!("resolving {}", dir.display())))
+        .transpose()
 }
 
 /// What `setup` did.

@@ -1,14 +1,18 @@
 //! Python graders: `grade(sample, item) -> float` in sandboxed, reused worker processes.
 //!
 //! A worker is a long-lived `python3` speaking JSON lines, so a warm call costs one pipe
-//! round trip. Each pool slot runs one grader source at a time: a worker that ran one
-//! user's code is never handed another source (the code could have patched modules or
-//! left threads behind), it is replaced instead. Workers are also replaced after a
+//! round trip. Each pool slot serves one trust domain at a time: the python sources of
+//! one grader (a `multi` grader's python sub-graders share theirs, as one author's code
+//! in one grader JSON). A worker keeps every source of its domain loaded, so a multi
+//! grader's sources do not evict each other; a worker that ran one domain's code is never
+//! handed another's (the code could have patched modules or left threads behind), it is
+//! replaced instead. Workers are also replaced after a
 //! timeout, a crash, a protocol violation or when their lifetime CPU budget runs low.
 
 pub mod env;
 mod sandbox;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -128,8 +132,19 @@ struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    source: Option<[u8; 32]>,
+    /// The trust domain this worker has run code of, and the sources it has loaded.
+    domain: Option<[u8; 32]>,
+    loaded: HashSet<[u8; 32]>,
     cpu_used: f64,
+}
+
+/// A standalone python grader's trust domain: its source alone.
+pub fn source_domain(source: &str) -> [u8; 32] {
+    Sha256::digest(source.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl PythonPool {
@@ -202,19 +217,26 @@ impl PythonPool {
             processes: c.max_processes,
             open_files: 256,
         };
+        // Absolute: the worker starts in `/`.
+        let env = c
+            .env
+            .as_deref()
+            .map(std::path::absolute)
+            .transpose()
+            .map_err(|e| format!("grader environment: {e}"))?;
         let plan = Plan::new(
             self.level,
             limits,
             self.uid(slot),
             &scratch,
             c.scratch_bytes,
-            c.env.as_deref(),
+            env.as_deref(),
         )
         .map_err(|e| e.to_string())?;
         let scratch_str = scratch.to_string_lossy().into_owned();
         // The environment as the worker sees it: mounted in its scratch, or in place
         // when there is no mount namespace.
-        let env_dir = c.env.as_ref().map(|dir| match self.level {
+        let env_dir = env.as_ref().map(|dir| match self.level {
             SandboxLevel::Unsandboxed => dir.clone(),
             _ => scratch.join(sandbox::ENV_MOUNT),
         });
@@ -253,7 +275,8 @@ impl PythonPool {
             child,
             stdin,
             stdout: BufReader::new(stdout),
-            source: None,
+            domain: None,
+            loaded: HashSet::new(),
             cpu_used: 0.0,
         })
     }
@@ -274,7 +297,7 @@ impl PythonPool {
 
     async fn acquire(
         &self,
-        source: Option<&[u8; 32]>,
+        domain: Option<&[u8; 32]>,
     ) -> Option<(tokio::sync::SemaphorePermit<'_>, usize, Option<Worker>)> {
         let permit = self.permits.acquire().await.ok()?;
         let mut slots = self.slots.lock().ok()?;
@@ -283,11 +306,11 @@ impl PythonPool {
             .iter_mut()
             .enumerate()
             .filter(|(_, s)| free(s))
-            .min_by_key(|(_, s)| match (&s.worker, source) {
-                (Some(w), Some(h)) if w.source.as_ref() == Some(h) => 0,
+            .min_by_key(|(_, s)| match (&s.worker, domain) {
+                (Some(w), Some(h)) if w.domain.as_ref() == Some(h) => 0,
                 (Some(_), None) => 0,
                 (None, _) => 1,
-                (Some(w), Some(_)) if w.source.is_none() => 1,
+                (Some(w), Some(_)) if w.domain.is_none() => 1,
                 _ => 2,
             })
             .map(|(i, _)| i)?;
@@ -303,14 +326,20 @@ impl PythonPool {
         }
     }
 
-    /// Runs `grade(sample, item)` from `source`.
+    /// Runs `grade(sample, item)` from `source`, a standalone grader (its own domain).
     pub async fn grade(&self, source: &str, sample: &Value, item: &Value) -> PythonOutcome {
+        self.grade_in(&source_domain(source), source, sample, item).await
+    }
+
+    /// Runs `grade(sample, item)` from `source`, in a worker of trust domain `domain`
+    /// (see the module's docs).
+    pub async fn grade_in(&self, domain: &[u8; 32], source: &str, sample: &Value, item: &Value) -> PythonOutcome {
         let hash: [u8; 32] = Sha256::digest(source.as_bytes()).into();
-        let Some((_permit, slot, worker)) = self.acquire(Some(&hash)).await else {
+        let Some((_permit, slot, worker)) = self.acquire(Some(domain)).await else {
             return server_error("pool_closed", "python grader pool is shutting down");
         };
         let worker = match worker {
-            Some(w) if w.source == Some(hash) || w.source.is_none() => Some(w),
+            Some(w) if w.domain.as_ref() == Some(domain) || w.domain.is_none() => Some(w),
             Some(w) => {
                 self.destroy(slot, w).await;
                 None
@@ -329,17 +358,19 @@ impl PythonPool {
         };
         let mut request = json!({
             "op": "grade",
+            "key": hex(&hash),
             "sample": sample,
             "item": item,
             "cpu_seconds": self.config.cpu_seconds_per_call,
         });
-        if worker.source != Some(hash) {
+        if !worker.loaded.contains(&hash) {
             request["source"] = Value::String(source.to_string());
         }
+        worker.domain = Some(*domain);
         let reply = worker.request(&request, &self.config).await;
         let (outcome, keep) = match reply {
             Ok(reply) => {
-                worker.source = Some(hash);
+                worker.loaded.insert(hash);
                 let outcome = match reply.get("reward").and_then(Value::as_f64) {
                     Some(r) if reply.get("ok") == Some(&Value::Bool(true)) => PythonOutcome::Reward(r),
                     _ => PythonOutcome::RuntimeError(

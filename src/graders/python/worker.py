@@ -22,7 +22,8 @@ sys.stdout = open(os.devnull, "w")
 sys.stderr = sys.stdout
 
 _cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-_grade = None
+# The grade functions of this worker's trust domain, by the pool's key for each source.
+_grades = {}
 
 
 def send(obj):
@@ -114,7 +115,6 @@ def missing_modules(tree):
 
 
 def handle(req):
-    global _grade
     op = req.get("op")
     if op == "ping":
         return {"ok": True}
@@ -126,17 +126,19 @@ def handle(req):
         return {"ok": problem is None, "error": problem}
     if op == "grade":
         limit_cpu(req.get("cpu_seconds"))
+        key = req.get("key")
         if "source" in req:
-            _grade = None
+            _grades.pop(key, None)
             namespace = {"__name__": "grader"}
             exec(compile(req["source"], "grader.py", "exec"), namespace)
             fn = namespace.get("grade")
             if not callable(fn):
                 raise TypeError("source does not define a callable grade(sample, item)")
-            _grade = fn
-        if _grade is None:
+            _grades[key] = fn
+        fn = _grades.get(key)
+        if fn is None:
             raise RuntimeError("no grader source loaded")
-        return {"ok": True, "reward": to_reward(_grade(req["sample"], req["item"]))}
+        return {"ok": True, "reward": to_reward(fn(req["sample"], req["item"]))}
     return {"ok": False, "error": "unknown op %r" % (op,)}
 
 
