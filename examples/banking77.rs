@@ -166,6 +166,7 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             },
             grader: None,
+            response_format: None,
         },
         lora: Lora::default(),
         seed: 0,

@@ -83,6 +83,10 @@ pub struct CreateArgs {
     /// saved grader).
     #[arg(long)]
     grader: Option<PathBuf>,
+    /// Reinforcement: OpenAI's response_format JSON file (json_schema or
+    /// json_object); samples are parsed for {{ sample.output_json }}.
+    #[arg(long)]
+    response_format: Option<PathBuf>,
     /// Reinforcement: completions sampled per prompt (auto 8).
     #[arg(long)]
     generations_per_prompt: Option<i64>,
@@ -315,15 +319,15 @@ fn auto_f(v: Option<f64>) -> Option<proto::AutoDouble> {
 
 fn create_request(a: CreateArgs) -> anyhow::Result<proto::CreateJobRequest> {
     use proto::fine_tuning_method::Method;
-    let grader = match &a.grader {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let value: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-            Some(struct_from_json(&value))
-        }
-        None => None,
+    let json_file = |path: &Option<PathBuf>| -> anyhow::Result<_> {
+        let Some(path) = path else { return Ok(None) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        Ok(Some(struct_from_json(&value)))
     };
+    let grader = json_file(&a.grader)?;
+    let response_format = json_file(&a.response_format)?;
     let method = match a.method {
         MethodArg::Supervised => Method::Supervised(proto::SupervisedMethod {
             n_epochs: auto_i(a.epochs),
@@ -349,6 +353,7 @@ fn create_request(a: CreateArgs) -> anyhow::Result<proto::CreateJobRequest> {
             reasoning_effort: a.reasoning_effort.clone().unwrap_or_default(),
             beta: auto_f(a.beta),
             max_completion_tokens: auto_i(a.max_completion_tokens),
+            response_format,
         }),
     };
     let webhook = match a.webhook_url {

@@ -409,6 +409,7 @@ impl Trainer for LocalTrainer {
                 let reward = GraderReward {
                     batch,
                     runtime: tokio::runtime::Handle::current(),
+                    format: job.spec.method.response_format.as_ref().map(JsonOutput::of),
                 };
                 let method = Grpo::new(cfg, reward, job.base.tokenizer.clone(), reference)
                     .map_err(err("invalid_hyperparameters"))?;
@@ -486,19 +487,66 @@ impl<R: Reward> Describe for Grpo<R> {
 /// concurrently (at the graders' batch concurrency; model graders keep
 /// their providers' limits) on the runtime, from the training thread,
 /// which waits for them. A grader error is a reward of 0 with its type.
+///
+/// As at OpenAI, `output_json` is filled only when the job has a
+/// `response_format`; then a sample that does not parse is not graded: it
+/// scores 0 as the sample's `sample_parse_error`.
 struct GraderReward {
     batch: Batch,
     runtime: tokio::runtime::Handle,
+    format: Option<JsonOutput>,
+}
+
+/// What a `response_format` asks of a sample's text. Until decoding is
+/// constrained to the schema, the schema itself is not checked beyond its
+/// top-level type.
+#[derive(Clone, Copy, Debug)]
+struct JsonOutput {
+    object: bool,
+}
+
+impl JsonOutput {
+    fn of(format: &serde_json::Value) -> JsonOutput {
+        let object = format["type"] == "json_object" || format["json_schema"]["schema"]["type"] == "object";
+        JsonOutput { object }
+    }
+
+    fn accepts(&self, value: &serde_json::Value) -> bool {
+        !self.object || value.is_object()
+    }
 }
 
 impl Reward for GraderReward {
     fn grade(&self, samples: &[grpo::Sample<'_>]) -> lathe_engine::Result<Vec<grpo::Grade>> {
-        let pairs: Vec<(crate::graders::Sample, serde_json::Value)> = samples
-            .iter()
-            .map(|s| (crate::graders::Sample::from_model_output(s.text), s.item.clone()))
-            .collect();
+        let mut grades: Vec<Option<grpo::Grade>> = vec![None; samples.len()];
+        let mut pairs = Vec::with_capacity(samples.len());
+        let mut graded = Vec::with_capacity(samples.len());
+        for (i, s) in samples.iter().enumerate() {
+            let mut sample = crate::graders::Sample::from_model_output(s.text);
+            let parsed = match (&self.format, &sample.output_json) {
+                (None, _) => {
+                    sample.output_json = None;
+                    true
+                }
+                (Some(f), Some(v)) => f.accepts(v),
+                (Some(_), None) => false,
+            };
+            if !parsed {
+                grades[i] = Some(grpo::Grade {
+                    error: Some("sample_parse_error".into()),
+                    sample_error: true,
+                    ..Default::default()
+                });
+                continue;
+            }
+            pairs.push((sample, s.item.clone()));
+            graded.push(i);
+        }
         let results = self.runtime.block_on(self.batch.grade_all(pairs));
-        Ok(results.into_iter().map(grade_of).collect())
+        for (i, r) in graded.into_iter().zip(results) {
+            grades[i] = Some(grade_of(r));
+        }
+        Ok(grades.into_iter().map(Option::unwrap_or_default).collect())
     }
 }
 
@@ -508,6 +556,7 @@ fn grade_of(r: crate::graders::GraderResult) -> grpo::Grade {
         reward: if errors.any() { 0.0 } else { r.reward },
         error: errors.kinds().first().map(|k| k.to_string()),
         scores: r.sub_rewards.into_iter().collect(),
+        ..Default::default()
     }
 }
 

@@ -97,6 +97,12 @@ pub struct Method {
     pub hyperparameters: Hyperparameters,
     /// Reinforcement only: the OpenAI grader object, as given.
     pub grader: Option<serde_json::Value>,
+    /// Reinforcement only: OpenAI's `response_format` (`json_schema` or
+    /// `json_object`): samples are parsed as JSON for the grader's
+    /// `{{ sample.output_json }}`; one that does not parse is a
+    /// `sample_parse_error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

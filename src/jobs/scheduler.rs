@@ -287,6 +287,81 @@ impl JobReporter {
     fn best_step(&self) -> Option<u64> {
         self.early.lock().ok()?.best.map(|(_, step)| step)
     }
+
+    /// RFT keeps the files of the [`KEEP_BEST`] best checkpoints by the
+    /// watched metric (OpenAI's rule, on valid_reward_mean), of the best by
+    /// the early-stopping rule (the fine-tuned model) and of `latest` (to
+    /// resume from, or the model's step once training is over); the others'
+    /// files go and their blobs with them, their records stay as history.
+    async fn prune_checkpoints(&self, latest: u64) {
+        if self.job.spec.method.kind != MethodKind::Reinforcement {
+            return;
+        }
+        let store = &self.jobs.store;
+        let Ok(all) = store.list_checkpoints(&self.job_id, None, 100_000).await else {
+            return;
+        };
+        let keep = checkpoints_to_keep(&all, self.watched, self.best_step(), latest);
+        let drop: Vec<u64> = all
+            .iter()
+            .filter(|c| !c.files.is_empty() && !keep.contains(&c.step))
+            .map(|c| c.step)
+            .collect();
+        if drop.is_empty() {
+            return;
+        }
+        let shas = match store.delete_checkpoint_files(&self.job_id, &drop).await {
+            Ok(shas) => shas,
+            Err(e) => {
+                tracing::warn!(job = %self.job_id, error = %e, "could not prune checkpoints");
+                return;
+            }
+        };
+        for sha in shas {
+            if let Ok(false) = store.blob_in_use(&sha).await
+                && let Err(e) = self.jobs.blobs.delete(&sha).await
+            {
+                tracing::warn!(job = %self.job_id, error = %e, "could not delete a pruned checkpoint's file");
+            }
+        }
+        let steps: Vec<String> = drop.iter().map(u64::to_string).collect();
+        self.log(
+            Level::Info,
+            format!(
+                "checkpoint files removed at step {} (RFT keeps the {KEEP_BEST} best by {} and the latest)",
+                steps.join(", "),
+                self.watched.name()
+            ),
+        )
+        .await;
+    }
+}
+
+/// How many of an RFT job's best checkpoints keep their files.
+pub const KEEP_BEST: usize = 3;
+
+/// The steps whose files [`JobReporter::prune_checkpoints`] keeps: the
+/// [`KEEP_BEST`] best by `watched` (ties to the earlier step; checkpoints
+/// without the metric never count), `best` and `latest`.
+fn checkpoints_to_keep(all: &[CheckpointRecord], watched: Watched, best: Option<u64>, latest: u64) -> Vec<u64> {
+    let mut scored: Vec<(f64, u64)> = all
+        .iter()
+        .filter_map(|c| watched.value(&c.metrics).map(|v| (v, c.step)))
+        .collect();
+    scored.sort_by(|a, b| {
+        let by_value = if watched.maximize() {
+            b.0.total_cmp(&a.0)
+        } else {
+            a.0.total_cmp(&b.0)
+        };
+        by_value.then(a.1.cmp(&b.1))
+    });
+    let mut keep: Vec<u64> = scored.iter().take(KEEP_BEST).map(|(_, s)| *s).collect();
+    keep.extend(best);
+    keep.push(latest);
+    keep.sort_unstable();
+    keep.dedup();
+    keep
 }
 
 fn metrics_message(m: &Metrics) -> String {
@@ -376,6 +451,7 @@ impl Reporter for JobReporter {
             self.jobs.log(&self.job_id, Level::Info, reason.clone()).await;
             self.handle.stop(StopReason::EarlyStopped(reason));
         }
+        self.prune_checkpoints(step).await;
         Ok(true)
     }
 
@@ -520,6 +596,7 @@ async fn succeed(
     } else {
         last
     };
+    reporter.prune_checkpoints(step).await;
     let model = fine_tuned_model_id(&job.spec.base_model, &job.spec.suffix, &job.id);
     let patch = JobPatch {
         finished_at: Some(now_millis()),
@@ -552,5 +629,54 @@ async fn succeed(
         }
         Ok(Err(_)) => {} // cancelled meanwhile: that stands
         Err(e) => tracing::error!(job = %job.id, error = %e, "could not record success"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(step: u64, reward: Option<f64>) -> CheckpointRecord {
+        CheckpointRecord {
+            id: format!("ckpt_{step}"),
+            job_id: "job".into(),
+            step,
+            created_at: 0,
+            metrics: Metrics {
+                step,
+                valid_reward_mean: reward,
+                ..Default::default()
+            },
+            files: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn rft_keeps_the_three_best_the_models_and_the_latest_checkpoint() {
+        let all = [
+            at(10, Some(0.4)),
+            at(20, Some(0.6)),
+            at(25, None),
+            at(30, Some(0.5)),
+            at(40, Some(0.6)),
+            at(50, Some(0.55)),
+            at(60, Some(0.1)),
+        ];
+        // Ties go to the earlier step; a checkpoint without the metric never ranks.
+        assert_eq!(
+            checkpoints_to_keep(&all, Watched::ValidReward, Some(20), 60),
+            [20, 40, 50, 60]
+        );
+        // The model's checkpoint stays even when early stopping's min_delta chose a lower one.
+        assert_eq!(
+            checkpoints_to_keep(&all, Watched::ValidReward, Some(10), 25),
+            [10, 20, 25, 40, 50]
+        );
+        // Loss is minimised.
+        let mut losses = all.to_vec();
+        for c in &mut losses {
+            c.metrics.valid_loss = c.metrics.valid_reward_mean;
+        }
+        assert_eq!(checkpoints_to_keep(&losses, Watched::ValidLoss, None, 60), [10, 30, 60]);
     }
 }

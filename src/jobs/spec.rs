@@ -79,6 +79,7 @@ pub fn build(req: &CreateJob) -> (JobSpec, Vec<FieldViolation>) {
             kind: MethodKind::Supervised,
             hyperparameters: Default::default(),
             grader: None,
+            response_format: None,
         }),
         lora,
         seed: req.seed.unwrap_or_else(|| rand::random::<u32>() as u64 & MAX_SEED),
@@ -97,6 +98,37 @@ pub fn build(req: &CreateJob) -> (JobSpec, Vec<FieldViolation>) {
 /// The field path of a method's setting, as the request names it.
 pub fn method_field(kind: MethodKind, name: &str) -> String {
     format!("method.{}.{name}", kind.as_str())
+}
+
+/// OpenAI's `response_format`: `{"type": "json_object"}` or `{"type": "json_schema",
+/// "json_schema": {"name": ..., "schema": {...}, "strict": ...}}`.
+fn check_response_format(v: &mut Vec<FieldViolation>, f: &serde_json::Value, field: &str) {
+    match f.get("type").and_then(|t| t.as_str()) {
+        Some("json_object") => {}
+        Some("json_schema") => {
+            let s = &f["json_schema"];
+            if s["name"].as_str().is_none_or(str::is_empty) {
+                v.push(FieldViolation::new(
+                    format!("{field}.json_schema.name"),
+                    "must be a non-empty string",
+                ));
+            }
+            if !s["schema"].is_object() {
+                v.push(FieldViolation::new(
+                    format!("{field}.json_schema.schema"),
+                    "must be a JSON Schema object",
+                ));
+            }
+        }
+        Some("text") => v.push(FieldViolation::new(
+            format!("{field}.type"),
+            "text is the default; leave response_format out",
+        )),
+        _ => v.push(FieldViolation::new(
+            format!("{field}.type"),
+            "must be json_schema or json_object",
+        )),
+    }
 }
 
 fn range_i(v: &mut Vec<FieldViolation>, field: String, value: Option<i64>, lo: i64, hi: i64) {
@@ -241,6 +273,9 @@ pub fn check(spec: &JobSpec) -> Vec<FieldViolation> {
                 }
                 _ => {}
             }
+            if let Some(f) = &spec.method.response_format {
+                check_response_format(&mut v, f, &method_field(kind, "response_format"));
+            }
         }
         MethodKind::Supervised => {}
     }
@@ -328,6 +363,7 @@ mod tests {
                 ..Default::default()
             },
             grader: None,
+            response_format: None,
         });
         let (_, v) = build(&req);
         let fields: Vec<&str> = v.iter().map(|f| f.field.as_str()).collect();

@@ -302,6 +302,30 @@ macro_rules! impl_job_store {
                 Ok(Some(event))
             }
 
+            async fn delete_checkpoint_files(
+                &self,
+                job_id: &str,
+                steps: &[u64],
+            ) -> Result<Vec<String>, $crate::store::error::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let mut shas = Vec::new();
+                for step in steps {
+                    let rows = sqlx::query(
+                        "DELETE FROM checkpoint_files WHERE checkpoint_id IN
+                         (SELECT id FROM checkpoints WHERE job_id = $1 AND step = $2) RETURNING sha256",
+                    )
+                    .bind(job_id)
+                    .bind(*step as i64)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    for r in &rows {
+                        shas.push(sqlx::Row::try_get::<String, _>(r, "sha256")?);
+                    }
+                }
+                tx.commit().await?;
+                Ok(shas)
+            }
+
             async fn list_checkpoints(
                 &self,
                 job_id: &str,

@@ -149,6 +149,7 @@ pub fn job(n: u32, created_at: i64, priority: i32, key: Option<&str>) -> JobReco
             kind: MethodKind::Supervised,
             hyperparameters: Default::default(),
             grader: None,
+            response_format: None,
         },
         lora: Lora::default(),
         seed: 7,
@@ -486,6 +487,21 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
     assert_eq!(list[1].files[0].sha256, "a".repeat(64));
     assert!(store.blob_in_use(&"a".repeat(64)).await.unwrap());
     assert!(!store.blob_in_use(&"b".repeat(64)).await.unwrap());
+    // Pruning a checkpoint's files keeps its record and unpins its blobs.
+    store
+        .insert_checkpoint(&checkpoint(3, "d"), "w1", &event(3))
+        .await
+        .unwrap()
+        .unwrap();
+    let freed = store.delete_checkpoint_files(&a.id, &[3, 99]).await.unwrap();
+    assert_eq!(freed, ["d".repeat(64)]);
+    assert!(!store.blob_in_use(&"d".repeat(64)).await.unwrap());
+    let list = store.list_checkpoints(&a.id, None, 10).await.unwrap();
+    assert_eq!(
+        list.iter().map(|c| (c.step, c.files.len())).collect::<Vec<_>>(),
+        [(3, 0), (2, 1), (1, 1)]
+    );
+    assert!(store.delete_checkpoint_files(&a.id, &[3]).await.unwrap().is_empty());
 
     assert!(store.dataset_in_use(&id(1)).await.unwrap());
     let model = ModelRecord {
@@ -544,7 +560,7 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
     assert!(!store.blob_in_use(&"a".repeat(64)).await.unwrap());
     assert_eq!(
         store.list_checkpoints(&a.id, None, 10).await.unwrap().len(),
-        2,
+        3,
         "history stays"
     );
     let done = NewEvent::state(JobState::Succeeded, Level::Info, "done");

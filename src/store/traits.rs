@@ -67,6 +67,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// eval adds its pass rate after the checkpoint is saved); false if
     /// there is no such checkpoint.
     async fn update_checkpoint_metrics(&self, job_id: &str, step: u64, metrics: &Metrics) -> Result<bool, StoreError>;
+    /// Deletes the files of the job's checkpoints at `steps` (their records
+    /// stay, as history); returns the blobs the files referenced.
+    async fn delete_checkpoint_files(&self, job_id: &str, steps: &[u64]) -> Result<Vec<String>, StoreError>;
     /// Whether a job or an eval run that is not finished uses this dataset.
     async fn dataset_in_use(&self, dataset_id: &str) -> Result<bool, StoreError>;
 }

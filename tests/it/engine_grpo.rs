@@ -305,7 +305,7 @@ fn grader_errors_are_counted_and_past_the_threshold_fail_the_run() {
     assert_eq!(errors, 4.0, "64 samples, every 16th failed");
     assert_eq!(grpo.error_counts().failed(), 4);
     // A third of the samples failing stops the run with the counts.
-    let many = every_nth_fails(3, "sample_parse_error", |_| reward(1.0));
+    let many = every_nth_fails(3, "python_grader_runtime_error", |_| reward(1.0));
     let mut grpo = Grpo::new(grpo_cfg(8, 3), FromText(many), byte_tokenizer(), None).unwrap();
     let err = run(
         &model,
@@ -321,9 +321,47 @@ fn grader_errors_are_counted_and_past_the_threshold_fail_the_run() {
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("sample_parse_error: 10") && err.contains("of 32 samples"),
+        err.contains("python_grader_runtime_error: 10") && err.contains("of 32 samples"),
         "{err}"
     );
+    // The samples' own errors (output that does not parse as the response format),
+    // just as many, are reported but do not stop the run.
+    let seen = Mutex::new(0u64);
+    let unparsable = move |_: &str| {
+        let mut seen = seen.lock().unwrap();
+        *seen += 1;
+        if (*seen).is_multiple_of(3) {
+            Grade {
+                error: Some("sample_parse_error".into()),
+                sample_error: true,
+                ..Default::default()
+            }
+        } else {
+            reward(1.0)
+        }
+    };
+    let mut grpo = Grpo::new(grpo_cfg(8, 3), FromText(unparsable), byte_tokenizer(), None).unwrap();
+    let mut sink = Collect::new(None);
+    run(
+        &model,
+        &mut grpo,
+        &ps,
+        &[],
+        &train_cfg(2, 1e-2),
+        "tiny",
+        None,
+        None,
+        &mut sink,
+    )
+    .unwrap();
+    let reported: f64 = sink
+        .metrics
+        .iter()
+        .filter_map(|m| m.values.get(&format!("{ERRORS_PREFIX}sample_parse_error")))
+        .sum();
+    assert_eq!(reported, 21.0, "64 samples, every 3rd unparsable");
+    assert_eq!(grpo.error_counts().failed(), 0);
+    assert_eq!(grpo.error_counts().sample_errors["sample_parse_error"], 21);
 }
 
 #[test]

@@ -1114,5 +1114,126 @@ async fn rft_bad_input_is_refused_at_create_or_fails_before_training() {
         error.message
     );
     assert!(metrics(&events).is_empty(), "no step was trained");
+    // A response_format OpenAI does not have.
+    let mut req = rft(&env, &train.id, "", check.clone());
+    if let Some(proto::fine_tuning_method::Method::Reinforcement(r)) =
+        req.method.as_mut().and_then(|m| m.method.as_mut())
+    {
+        r.response_format = Some(struct_from_json(&serde_json::json!({"type": "xml"})));
+    }
+    let err = env.jobs.create_job(req).await.unwrap_err();
+    assert_eq!(violation_fields(&err), ["method.reinforcement.response_format.type"]);
+    env.server.stop().await;
+}
+
+/// An RFT job keeps the files of its three best checkpoints by
+/// valid_reward_mean (the fine-tuned model's among them); the others'
+/// records stay, without files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rft_keeps_the_files_of_its_three_best_checkpoints() {
+    let mut env = env().await;
+    let mut datasets = env.server.datasets().await;
+    let lines = rft_lines(8, 0);
+    let train = upload_bytes(
+        &mut datasets,
+        "rl.jsonl",
+        DatasetPurpose::Rft,
+        "",
+        lines.as_bytes(),
+        1 << 16,
+    )
+    .await
+    .unwrap();
+    let lines = rft_lines(4, 100);
+    let valid = upload_bytes(
+        &mut datasets,
+        "rl_valid.jsonl",
+        DatasetPurpose::Rft,
+        "",
+        lines.as_bytes(),
+        1 << 16,
+    )
+    .await
+    .unwrap();
+    let grader = serde_json::json!({
+        "type": "text_similarity", "name": "close to the word", "evaluation_metric": "fuzzy_match",
+        "input": "{{ sample.output_text }}", "reference": "{{ item.answer }}",
+    });
+    let mut req = rft(&env, &train.id, &valid.id, grader);
+    if let Some(proto::fine_tuning_method::Method::Reinforcement(r)) =
+        req.method.as_mut().and_then(|m| m.method.as_mut())
+    {
+        r.eval_interval = auto_int(1);
+        r.n_epochs = auto_int(3);
+    }
+    let job = env.jobs.create_job(req).await.unwrap().into_inner().job.unwrap();
+    let (events, done) = watch_all(&mut env.jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{:?}", done.error);
+    let store = lathe::store::open(&env.server.config.database_url()).await.unwrap();
+    let all = store.list_checkpoints(&job.id, None, 100).await.unwrap();
+    assert_eq!(all.len(), 6, "3 epochs of 2 steps, a checkpoint each");
+    let kept: Vec<u64> = all.iter().filter(|c| !c.files.is_empty()).map(|c| c.step).collect();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(kept.contains(&done.fine_tuned_checkpoint_step), "{kept:?}");
+    let reward = |step: u64| {
+        all.iter()
+            .find(|c| c.step == step)
+            .and_then(|c| c.metrics.valid_reward_mean)
+            .unwrap()
+    };
+    let worst_kept = kept.iter().map(|s| reward(*s)).fold(f64::INFINITY, f64::min);
+    for c in all.iter().filter(|c| c.files.is_empty()) {
+        assert!(
+            reward(c.step) <= worst_kept,
+            "step {} was better than a kept one",
+            c.step
+        );
+    }
+    let log = events.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("\n");
+    assert!(log.contains("checkpoint files removed at step"), "{log}");
+    env.server.stop().await;
+}
+
+/// With a response_format, samples are parsed as JSON for the grader; the
+/// tiny model's text is not a JSON object, so every sample scores 0 as a
+/// sample_parse_error, reported per step, and the job still trains to the
+/// end: the samples' errors are not the grader's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rft_with_a_response_format_reports_unparsable_samples_without_failing() {
+    let mut env = env().await;
+    let mut datasets = env.server.datasets().await;
+    let train = upload_bytes(
+        &mut datasets,
+        "rl.jsonl",
+        DatasetPurpose::Rft,
+        "",
+        rft_lines(8, 0).as_bytes(),
+        1 << 16,
+    )
+    .await
+    .unwrap();
+    let grader = serde_json::json!({
+        "type": "string_check", "name": "answer field", "operation": "eq",
+        "input": "{{ sample.output_json.answer }}", "reference": "{{ item.answer }}",
+    });
+    let mut req = rft(&env, &train.id, "", grader);
+    if let Some(proto::fine_tuning_method::Method::Reinforcement(r)) =
+        req.method.as_mut().and_then(|m| m.method.as_mut())
+    {
+        r.response_format = Some(struct_from_json(&serde_json::json!({
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "strict": true, "schema": {
+                "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}
+        })));
+    }
+    let job = env.jobs.create_job(req).await.unwrap().into_inner().job.unwrap();
+    let (events, done) = watch_all(&mut env.jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{:?}", done.error);
+    let m = metrics(&events);
+    assert_eq!(m.len(), 4);
+    for x in &m {
+        assert_eq!(x.train_reward_mean, Some(0.0), "{x:?}");
+        assert_eq!(x.values["train_grader_errors/sample_parse_error"], 16.0, "{x:?}");
+    }
     env.server.stop().await;
 }

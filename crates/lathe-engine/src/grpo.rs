@@ -35,6 +35,9 @@
 //! - Grader errors give a reward of 0 and are counted by type; when more
 //!   than `max_error_fraction` of the samples graded so far (after the
 //!   first [`ERROR_GRACE_SAMPLES`]) failed, the run stops with the counts.
+//!   A sample's own error (an output that does not parse as the response
+//!   format) is a reward of 0 too, reported, but not held against the
+//!   grader.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -104,6 +107,11 @@ pub struct Grade {
     /// Named sub-rewards (a multi grader's graders), reported as
     /// `rewards/<name>` means.
     pub scores: Values,
+    /// The error is the sample's, not the grader's (an output that does
+    /// not parse as the job's response format): counted under its type but
+    /// not against the grader error threshold, since a policy early in
+    /// training is expected to produce some.
+    pub sample_error: bool,
 }
 
 /// What scores completions: the job's grader, supplied from outside the
@@ -156,7 +164,11 @@ impl Default for GrpoConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorCounts {
     pub graded: u64,
+    /// The grader's errors, by type: what the threshold counts.
     pub errors: BTreeMap<String, u64>,
+    /// The samples' errors, by type (see [`Grade::sample_error`]).
+    #[serde(default)]
+    pub sample_errors: BTreeMap<String, u64>,
 }
 
 impl ErrorCounts {
@@ -199,6 +211,8 @@ pub struct GrpoSums {
     pub tokens: usize,
     pub clipped_tokens: usize,
     pub errors: BTreeMap<String, u64>,
+    /// The part of `errors` that are the samples' (see [`Grade::sample_error`]).
+    pub sample_errors: BTreeMap<String, u64>,
     pub scores: BTreeMap<String, (f64, usize)>,
     pub sampling_s: f64,
     pub grading_s: f64,
@@ -212,6 +226,9 @@ impl GrpoSums {
             self.rewards.push(g.reward);
             if let Some(e) = &g.error {
                 *self.errors.entry(e.clone()).or_default() += 1;
+                if g.sample_error {
+                    *self.sample_errors.entry(e.clone()).or_default() += 1;
+                }
             }
             for (k, v) in &g.scores {
                 let s = self.scores.entry(k.clone()).or_default();
@@ -546,7 +563,13 @@ impl<R: Reward> Method for Grpo<R> {
         // Grader errors over the run so far, against the threshold.
         self.counts.graded += sums.rewards.len() as u64;
         for (k, n) in &sums.errors {
-            *self.counts.errors.entry(k.clone()).or_default() += n;
+            let of_samples = sums.sample_errors.get(k).copied().unwrap_or(0);
+            if *n > of_samples {
+                *self.counts.errors.entry(k.clone()).or_default() += n - of_samples;
+            }
+            if of_samples > 0 {
+                *self.counts.sample_errors.entry(k.clone()).or_default() += of_samples;
+            }
         }
         let failed = self.counts.failed();
         if self.counts.graded >= ERROR_GRACE_SAMPLES

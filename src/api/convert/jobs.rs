@@ -81,6 +81,7 @@ pub fn create_job(req: proto::CreateJobRequest) -> CreateJob {
                 ..Default::default()
             },
             grader: None,
+            response_format: None,
         },
         M::Dpo(d) => jm::Method {
             kind: jm::MethodKind::Dpo,
@@ -93,6 +94,7 @@ pub fn create_job(req: proto::CreateJobRequest) -> CreateJob {
                 ..Default::default()
             },
             grader: None,
+            response_format: None,
         },
         M::Reinforcement(r) => jm::Method {
             kind: jm::MethodKind::Reinforcement,
@@ -113,6 +115,7 @@ pub fn create_job(req: proto::CreateJobRequest) -> CreateJob {
                 rpo_alpha: None,
             },
             grader: r.grader.map(json_from_struct),
+            response_format: r.response_format.map(json_from_struct),
         },
     });
     CreateJob {
@@ -177,6 +180,7 @@ fn method_to_proto(m: &jm::Method) -> proto::FineTuningMethod {
             batch_size: some_i(h.batch_size),
             learning_rate_multiplier: some_f(h.learning_rate_multiplier),
             grader: m.grader.as_ref().map(struct_from_json),
+            response_format: m.response_format.as_ref().map(struct_from_json),
             eval_interval: some_i(h.eval_interval),
             eval_samples: some_i(h.eval_samples),
             generations_per_prompt: some_i(h.generations_per_prompt),
