@@ -948,6 +948,23 @@ fn rft(env: &Env, train: &str, valid: &str, grader: serde_json::Value) -> proto:
     }
 }
 
+/// The reinforcement method of an RFT request, to adjust.
+fn reinforcement(req: &mut proto::CreateJobRequest) -> &mut proto::ReinforcementMethod {
+    match req.method.as_mut().and_then(|m| m.method.as_mut()) {
+        Some(proto::fine_tuning_method::Method::Reinforcement(r)) => r,
+        _ => panic!("not an RFT request"),
+    }
+}
+
+/// Uploads RFT prompts; returns the dataset's id.
+async fn upload_rft(env: &Env, name: &str, lines: String) -> String {
+    let mut datasets = env.server.datasets().await;
+    upload_bytes(&mut datasets, name, DatasetPurpose::Rft, "", lines.as_bytes(), 1 << 16)
+        .await
+        .unwrap()
+        .id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rft_samples_grades_and_trains_with_the_jobs_grader_and_reports_openais_metrics() {
     let mut env = env().await;
@@ -1116,11 +1133,7 @@ async fn rft_bad_input_is_refused_at_create_or_fails_before_training() {
     assert!(metrics(&events).is_empty(), "no step was trained");
     // A response_format OpenAI does not have.
     let mut req = rft(&env, &train.id, "", check.clone());
-    if let Some(proto::fine_tuning_method::Method::Reinforcement(r)) =
-        req.method.as_mut().and_then(|m| m.method.as_mut())
-    {
-        r.response_format = Some(struct_from_json(&serde_json::json!({"type": "xml"})));
-    }
+    reinforcement(&mut req).response_format = Some(struct_from_json(&serde_json::json!({"type": "xml"})));
     let err = env.jobs.create_job(req).await.unwrap_err();
     assert_eq!(violation_fields(&err), ["method.reinforcement.response_format.type"]);
     env.server.stop().await;
@@ -1132,40 +1145,15 @@ async fn rft_bad_input_is_refused_at_create_or_fails_before_training() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rft_keeps_the_files_of_its_three_best_checkpoints() {
     let mut env = env().await;
-    let mut datasets = env.server.datasets().await;
-    let lines = rft_lines(8, 0);
-    let train = upload_bytes(
-        &mut datasets,
-        "rl.jsonl",
-        DatasetPurpose::Rft,
-        "",
-        lines.as_bytes(),
-        1 << 16,
-    )
-    .await
-    .unwrap();
-    let lines = rft_lines(4, 100);
-    let valid = upload_bytes(
-        &mut datasets,
-        "rl_valid.jsonl",
-        DatasetPurpose::Rft,
-        "",
-        lines.as_bytes(),
-        1 << 16,
-    )
-    .await
-    .unwrap();
+    let train = upload_rft(&env, "rl.jsonl", rft_lines(8, 0)).await;
+    let valid = upload_rft(&env, "rl_valid.jsonl", rft_lines(4, 100)).await;
     let grader = serde_json::json!({
         "type": "text_similarity", "name": "close to the word", "evaluation_metric": "fuzzy_match",
         "input": "{{ sample.output_text }}", "reference": "{{ item.answer }}",
     });
-    let mut req = rft(&env, &train.id, &valid.id, grader);
-    if let Some(proto::fine_tuning_method::Method::Reinforcement(r)) =
-        req.method.as_mut().and_then(|m| m.method.as_mut())
-    {
-        r.eval_interval = auto_int(1);
-        r.n_epochs = auto_int(3);
-    }
+    let mut req = rft(&env, &train, &valid, grader);
+    reinforcement(&mut req).eval_interval = auto_int(1);
+    reinforcement(&mut req).n_epochs = auto_int(3);
     let job = env.jobs.create_job(req).await.unwrap().into_inner().job.unwrap();
     let (events, done) = watch_all(&mut env.jobs, &job.id).await;
     assert_eq!(done.state, JobState::Succeeded as i32, "{:?}", done.error);
@@ -1201,31 +1189,17 @@ async fn rft_keeps_the_files_of_its_three_best_checkpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rft_with_a_response_format_reports_unparsable_samples_without_failing() {
     let mut env = env().await;
-    let mut datasets = env.server.datasets().await;
-    let train = upload_bytes(
-        &mut datasets,
-        "rl.jsonl",
-        DatasetPurpose::Rft,
-        "",
-        rft_lines(8, 0).as_bytes(),
-        1 << 16,
-    )
-    .await
-    .unwrap();
+    let train = upload_rft(&env, "rl.jsonl", rft_lines(8, 0)).await;
     let grader = serde_json::json!({
         "type": "string_check", "name": "answer field", "operation": "eq",
         "input": "{{ sample.output_json.answer }}", "reference": "{{ item.answer }}",
     });
-    let mut req = rft(&env, &train.id, "", grader);
-    if let Some(proto::fine_tuning_method::Method::Reinforcement(r)) =
-        req.method.as_mut().and_then(|m| m.method.as_mut())
-    {
-        r.response_format = Some(struct_from_json(&serde_json::json!({
-            "type": "json_schema",
-            "json_schema": {"name": "answer", "strict": true, "schema": {
-                "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}
-        })));
-    }
+    let mut req = rft(&env, &train, "", grader);
+    reinforcement(&mut req).response_format = Some(struct_from_json(&serde_json::json!({
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "strict": true, "schema": {
+            "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}
+    })));
     let job = env.jobs.create_job(req).await.unwrap().into_inner().job.unwrap();
     let (events, done) = watch_all(&mut env.jobs, &job.id).await;
     assert_eq!(done.state, JobState::Succeeded as i32, "{:?}", done.error);

@@ -208,23 +208,7 @@ impl Plan {
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 HIDE_OPTIONS.as_ptr().cast(),
             );
-            let attr = MountAttr {
-                attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
-                attr_clr: 0,
-                propagation: 0,
-                userns_fd: 0,
-            };
-            let rc = libc::syscall(
-                SYS_MOUNT_SETATTR,
-                libc::AT_FDCWD,
-                ROOT.as_ptr().cast::<libc::c_char>(),
-                AT_RECURSIVE,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            );
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            set_recursively(ROOT.as_ptr().cast(), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)?;
             // Mounted after the freeze, so it is the one writable place.
             check(libc::mount(
                 TMPFS.as_ptr().cast(),
@@ -244,27 +228,43 @@ impl Plan {
                     libc::MS_BIND | libc::MS_REC,
                     std::ptr::null(),
                 ))?;
-                let attr = MountAttr {
-                    attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                    attr_clr: 0,
-                    propagation: 0,
-                    userns_fd: 0,
-                };
-                let rc = libc::syscall(
-                    SYS_MOUNT_SETATTR,
-                    libc::AT_FDCWD,
+                set_recursively(
                     target.as_ptr(),
-                    AT_RECURSIVE,
-                    &attr as *const MountAttr,
-                    std::mem::size_of::<MountAttr>(),
-                );
-                if rc != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                )?;
             }
         }
         Ok(())
     }
+}
+
+/// `mount_setattr(path, AT_RECURSIVE)` setting `attr_set` on the mount at `path` and
+/// every mount below it.
+///
+/// # Safety
+/// `path` must point at a NUL-terminated string; raw syscall, no allocation.
+unsafe fn set_recursively(path: *const libc::c_char, attr_set: u64) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `path` is NUL-terminated (the caller's promise) and `attr` lives across the call.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_MOUNT_SETATTR,
+            libc::AT_FDCWD,
+            path,
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
