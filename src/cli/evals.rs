@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use super::connect::Outcome;
+use super::output::read_json;
 use super::output::status_error;
 use crate::proto::json::{struct_from_json, value_from_json};
 use crate::proto::{
@@ -124,11 +125,6 @@ pub enum EvalsCommand {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
-}
-
-fn read_json(path: &PathBuf) -> anyhow::Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
 }
 
 /// A criterion file: `{"grader": {...}, "pass_threshold": x}`, or a grader object with
@@ -327,7 +323,7 @@ pub async fn run(addr: &str, json: bool, cmd: EvalsCommand) -> anyhow::Result<Ou
                 c.pass_threshold = threshold;
                 testing_criteria.push(c);
             }
-            let item_schema = item_schema.as_ref().map(read_json).transpose()?;
+            let item_schema = item_schema.as_deref().map(read_json).transpose()?;
             let eval = client
                 .create_eval(proto::CreateEvalRequest {
                     name,

@@ -6,6 +6,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::connect::Outcome;
+use super::output::read_json;
 use super::output::status_error;
 use crate::graders::{self, DryRunReport, GradeContext, PythonPool, PythonPoolConfig, Sample, python_env};
 use crate::proto::json::{json_from_struct, struct_from_json};
@@ -277,11 +278,6 @@ fn requirement(arg: &str) -> (String, String) {
         .next()
         .unwrap_or(arg);
     (arg.to_string(), name.replace('-', "_").to_lowercase())
-}
-
-fn read_json(path: &Path) -> anyhow::Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
 }
 
 /// A dataset's rows, each the `item` its graders see.

@@ -320,11 +320,9 @@ fn auto_f(v: Option<f64>) -> Option<proto::AutoDouble> {
 fn create_request(a: CreateArgs) -> anyhow::Result<proto::CreateJobRequest> {
     use proto::fine_tuning_method::Method;
     let json_file = |path: &Option<PathBuf>| -> anyhow::Result<_> {
-        let Some(path) = path else { return Ok(None) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-        Ok(Some(struct_from_json(&value)))
+        path.as_deref()
+            .map(|p| Ok(struct_from_json(&super::output::read_json(p)?)))
+            .transpose()
     };
     let grader = json_file(&a.grader)?;
     let response_format = json_file(&a.response_format)?;

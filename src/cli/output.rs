@@ -1,4 +1,4 @@
-//! Rendering API objects for people and for scripts.
+//! Rendering API objects for people and for scripts, and reading the files people name.
 
 use serde_json::{Value, json};
 use tonic::Status;
@@ -274,4 +274,11 @@ pub fn dataset_text(d: &proto::Dataset) -> String {
         out.push_str("  (only the first problems are listed; the counts are complete)\n");
     }
     out
+}
+
+/// A JSON file the user named (a grader, an item, a response format, ...).
+pub(crate) fn read_json(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
 }

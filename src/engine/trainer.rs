@@ -522,12 +522,15 @@ impl Reward for GraderReward {
         let mut pairs = Vec::with_capacity(samples.len());
         let mut graded = Vec::with_capacity(samples.len());
         for (i, s) in samples.iter().enumerate() {
-            let mut sample = crate::graders::Sample::from_model_output(s.text);
+            let sample = match &self.format {
+                Some(_) => crate::graders::Sample::from_model_output(s.text),
+                None => crate::graders::Sample {
+                    output_text: s.text.to_string(),
+                    ..Default::default()
+                },
+            };
             let parsed = match (&self.format, &sample.output_json) {
-                (None, _) => {
-                    sample.output_json = None;
-                    true
-                }
+                (None, _) => true,
                 (Some(f), Some(v)) => f.accepts(v),
                 (Some(_), None) => false,
             };

@@ -168,7 +168,7 @@ fn share_python_domain(graders: &mut [(String, Grader)]) {
             sources.push_str(&format!("{}\0{name}\0{}\0", p.source.len(), p.source));
         }
     }
-    let domain = super::python::source_domain(&sources);
+    let domain = super::python::source_hash(&sources);
     for (_, g) in graders.iter_mut() {
         if let Grader::Python(p) = g {
             p.domain = domain;
@@ -352,7 +352,7 @@ fn parse_grader(json: &Value, prefix: &str, top_level: bool, v: &mut Violations)
             let source = source?;
             Grader::Python(PythonGrader {
                 name: name?,
-                domain: super::python::source_domain(&source),
+                domain: super::python::source_hash(&source),
                 source,
                 image_tag,
             })

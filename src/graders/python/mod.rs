@@ -138,13 +138,10 @@ struct Worker {
     cpu_used: f64,
 }
 
-/// A standalone python grader's trust domain: its source alone.
-pub fn source_domain(source: &str) -> [u8; 32] {
+/// A source's key in a worker, and a standalone python grader's trust domain (its
+/// source alone).
+pub fn source_hash(source: &str) -> [u8; 32] {
     Sha256::digest(source.as_bytes()).into()
-}
-
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl PythonPool {
@@ -328,13 +325,26 @@ impl PythonPool {
 
     /// Runs `grade(sample, item)` from `source`, a standalone grader (its own domain).
     pub async fn grade(&self, source: &str, sample: &Value, item: &Value) -> PythonOutcome {
-        self.grade_in(&source_domain(source), source, sample, item).await
+        let hash = source_hash(source);
+        self.grade_keyed(&hash, hash, source, sample, item).await
     }
 
     /// Runs `grade(sample, item)` from `source`, in a worker of trust domain `domain`
     /// (see the module's docs).
     pub async fn grade_in(&self, domain: &[u8; 32], source: &str, sample: &Value, item: &Value) -> PythonOutcome {
-        let hash: [u8; 32] = Sha256::digest(source.as_bytes()).into();
+        self.grade_keyed(domain, source_hash(source), source, sample, item)
+            .await
+    }
+
+    /// `grade_in` with the source's hash already taken.
+    async fn grade_keyed(
+        &self,
+        domain: &[u8; 32],
+        hash: [u8; 32],
+        source: &str,
+        sample: &Value,
+        item: &Value,
+    ) -> PythonOutcome {
         let Some((_permit, slot, worker)) = self.acquire(Some(domain)).await else {
             return server_error("pool_closed", "python grader pool is shutting down");
         };
@@ -358,7 +368,7 @@ impl PythonPool {
         };
         let mut request = json!({
             "op": "grade",
-            "key": hex(&hash),
+            "key": hex::encode(hash),
             "sample": sample,
             "item": item,
             "cpu_seconds": self.config.cpu_seconds_per_call,
