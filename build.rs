@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let protos = [
+        "proto/lathe/v1/admin.proto",
         "proto/lathe/v1/datasets.proto",
         "proto/lathe/v1/fine_tuning.proto",
         "proto/lathe/v1/models.proto",

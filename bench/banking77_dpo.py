@@ -144,6 +144,8 @@ def main():
 
     addr = f"127.0.0.1:{free_port()}"
     data_dir = os.path.join(a.out, "data")
+    # The CLI finds the admin key a loopback server writes into its data dir.
+    os.environ["LATHE_DATA_DIR"] = data_dir
 
     def serve():
         p = subprocess.Popen([a.lathe, "serve", "--listen", addr, "--data-dir", data_dir],

@@ -56,6 +56,8 @@ def main():
     os.makedirs(out, exist_ok=True)
     data = os.path.join(ROOT, "data", "banking77")
     data_dir = os.path.join(a.out, "data")
+    # The CLI finds the admin key a loopback server writes into its data dir.
+    os.environ["LATHE_DATA_DIR"] = data_dir
     addr = f"127.0.0.1:{free_port()}"
     server = subprocess.Popen([a.lathe, "serve", "--listen", addr, "--data-dir", data_dir],
                               stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, "server.log"), "a"))

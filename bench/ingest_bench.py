@@ -56,6 +56,8 @@ def wait_serving(addr, deadline_s=30):
 def lathe_upload(path, workdir):
     """One upload to a fresh server with an empty data dir: (seconds, dataset, idle RSS MB, peak RSS MB)."""
     data_dir = tempfile.mkdtemp(dir=workdir)
+    # The CLI finds the admin key a loopback server writes into its data dir.
+    os.environ["LATHE_DATA_DIR"] = data_dir
     addr = f"127.0.0.1:{free_port()}"
     server = subprocess.Popen([LATHE, "serve", "--listen", addr, "--data-dir", data_dir,
                                "--max-upload-bytes", str(4 << 30)],

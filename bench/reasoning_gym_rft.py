@@ -93,6 +93,8 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     data_dir = os.path.join(a.out, "data")
+    # The CLI finds the admin key a loopback server writes into its data dir.
+    os.environ["LATHE_DATA_DIR"] = data_dir
     env = os.path.join(data_dir, "python-env")
     times = {}
 

@@ -143,7 +143,7 @@ async fn latency_server(latency: Duration) -> anyhow::Result<String> {
     Ok(url)
 }
 
-async fn upload(client: &mut DatasetServiceClient<tonic::transport::Channel>, n: usize) -> anyhow::Result<String> {
+async fn upload(client: &mut DatasetServiceClient<lathe::client::Channel>, n: usize) -> anyhow::Result<String> {
     let bytes: String = (0..n)
         .map(|i| format!("{}\n", json!({"n": i, "answer": i.to_string()})))
         .collect();
@@ -213,6 +213,8 @@ async fn main() -> anyhow::Result<()> {
         )?;
         let mut config = lathe::config::ServeConfig::embedded(dir.path().join("data"));
         config.providers = Some(providers);
+        let key = lathe::auth::local_admin_key(&dir.path().join("data"))?;
+        config.admin_key = Some(lathe::config::Secret(key.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = format!("http://{}", listener.local_addr()?);
         let stop = tokio_util::sync::CancellationToken::new();
@@ -225,7 +227,7 @@ async fn main() -> anyhow::Result<()> {
         ));
         let channel = loop {
             match tonic::transport::Endpoint::from_shared(addr.clone())?.connect().await {
-                Ok(c) => break c,
+                Ok(c) => break lathe::client::Channel::new(c, Some(&key))?,
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };

@@ -19,11 +19,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lathe::client::Channel;
 use lathe::proto::{
     self, DatasetPurpose, dataset_service_client::DatasetServiceClient,
     fine_tuning_service_client::FineTuningServiceClient, upload_dataset_request, watch_job_response::Payload,
 };
-use tonic::transport::Channel;
 
 fn start_server(dir: &std::path::Path, steps: u64) -> (Child, String) {
     let exe = std::env::current_exe().unwrap();
@@ -41,6 +41,17 @@ fn start_server(dir: &std::path::Path, steps: u64) -> (Child, String) {
         .unwrap();
     let addr = line.trim().strip_prefix("listening on ").unwrap().to_string();
     (child, format!("http://{addr}"))
+}
+
+/// A connection with the admin key the server wrote into `dir`.
+async fn connect(url: &str, dir: &std::path::Path) -> Channel {
+    let key = lathe::auth::local_admin_key(dir).unwrap();
+    let channel = tonic::transport::Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Channel::new(channel, Some(&key)).unwrap()
 }
 
 async fn sqlite_baseline(n: usize) -> (f64, f64) {
@@ -77,7 +88,8 @@ async fn sqlite_baseline(n: usize) -> (f64, f64) {
         "seed": 0, "suffix": "", "metadata": {}, "priority": 0, "early_stopping": null, "webhook": null
     }))
     .unwrap();
-    let job = lathe::jobs::model::JobRecord::new("job_00000000000000000000000000".into(), spec, None, 0);
+    let job =
+        lathe::jobs::model::JobRecord::new("job_00000000000000000000000000".into(), "default".into(), spec, None, 0);
     let event = lathe::jobs::model::NewEvent::info("step");
     store.insert_job(&job, &event).await.unwrap();
     let t = Instant::now();
@@ -255,13 +267,13 @@ async fn main() {
     for watchers in [0usize, 1, 50, 200] {
         let dir = tempfile::tempdir().unwrap();
         let (mut server, url) = start_server(dir.path(), steps);
-        let channel = Channel::from_shared(url.clone()).unwrap().connect().await.unwrap();
+        let channel = connect(&url, dir.path()).await;
         let train = upload(channel.clone()).await;
         let t0 = Instant::now();
         let id = create(channel.clone(), &train).await;
         // One watcher on its own connection never reads.
         let stalled = if watchers > 0 {
-            let own = Channel::from_shared(url.clone()).unwrap().connect().await.unwrap();
+            let own = connect(&url, dir.path()).await;
             let mut client = FineTuningServiceClient::new(own);
             Some(
                 client
@@ -304,7 +316,7 @@ async fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let (mut server, url) = start_server(dir.path(), steps * 3);
-    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let channel = connect(&url, dir.path()).await;
     let train = upload(channel.clone()).await;
     let mut client = FineTuningServiceClient::new(channel.clone());
     for _ in 0..50 {

@@ -18,6 +18,10 @@ async fn main() -> anyhow::Result<()> {
         "usage: scripted_server DATA_DIR STEPS STEP_MILLIS LEASE_SECS"
     );
     let mut config = lathe::config::ServeConfig::embedded(&args[0]);
+    // The admin key is in DATA_DIR/admin.key before "listening on" is printed.
+    config.admin_key = Some(lathe::config::Secret(lathe::auth::local_admin_key(
+        std::path::Path::new(&args[0]),
+    )?));
     config.job_lease_secs = args[3].parse()?;
     config.job_poll_millis = 100;
     let trainer = scripted::ScriptedTrainer {

@@ -12,6 +12,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Auth;
 use crate::blobs::Blobs;
 use crate::config::ServeConfig;
 use crate::datasets::{manager::Datasets, tokens::O200k};
@@ -35,6 +36,7 @@ pub enum Engine {
 
 /// The services, shared by every front door.
 pub struct App {
+    pub auth: Arc<Auth>,
     pub datasets: Arc<Datasets>,
     pub jobs: Arc<Jobs>,
     pub models: Arc<Models>,
@@ -67,6 +69,7 @@ impl App {
             .await
             .context("opening the database")?;
         let blobs = Blobs::local(config.blob_dir()).context("opening the blob directory")?;
+        let auth = Arc::new(Auth::new(store.clone()));
         let datasets = Arc::new(Datasets::new(
             store.clone(),
             blobs.clone(),
@@ -122,6 +125,7 @@ impl App {
             blobs.clone(),
             graders.clone(),
             chat.clone(),
+            models.clone(),
             config.evals_config(),
         ));
         let jobs = Arc::new(
@@ -135,6 +139,7 @@ impl App {
             stop,
         };
         Ok(App {
+            auth,
             datasets,
             jobs,
             models,

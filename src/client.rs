@@ -3,12 +3,15 @@
 //! generated API (`crate::proto`, with its JSON helpers), never through the
 //! server's own conversions.
 
-use tonic::transport::{Channel, Endpoint};
+use std::task::{Context, Poll};
+
+use http::HeaderValue;
+use tonic::transport::Endpoint;
 
 use crate::proto::{
-    dataset_service_client::DatasetServiceClient, eval_service_client::EvalServiceClient,
-    fine_tuning_service_client::FineTuningServiceClient, grader_service_client::GraderServiceClient,
-    model_service_client::ModelServiceClient,
+    admin_service_client::AdminServiceClient, dataset_service_client::DatasetServiceClient,
+    eval_service_client::EvalServiceClient, fine_tuning_service_client::FineTuningServiceClient,
+    grader_service_client::GraderServiceClient, model_service_client::ModelServiceClient,
 };
 
 /// Where a client connects unless told otherwise.
@@ -20,9 +23,54 @@ pub struct Client {
     channel: Channel,
 }
 
+/// What every generated client runs on: tonic's channel, with the caller's
+/// API key added to each request as `authorization: Bearer <key>`.
+#[derive(Clone, Debug)]
+pub struct Channel {
+    inner: tonic::transport::Channel,
+    authorization: Option<HeaderValue>,
+}
+
+impl Channel {
+    /// `channel` sending `api_key` (when given) with every request.
+    pub fn new(channel: tonic::transport::Channel, api_key: Option<&str>) -> anyhow::Result<Channel> {
+        let authorization = match api_key {
+            Some(key) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+                    .map_err(|_| anyhow::anyhow!("the API key has characters a header cannot carry"))?;
+                // Kept out of debug output and HTTP/2 header compression tables.
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        Ok(Channel {
+            inner: channel,
+            authorization,
+        })
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Channel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = <tonic::transport::Channel as tower::Service<http::Request<tonic::body::Body>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(value) = &self.authorization {
+            request.headers_mut().insert(http::header::AUTHORIZATION, value.clone());
+        }
+        self.inner.call(request)
+    }
+}
+
 impl Client {
-    /// Connects to `addr` (`host:port` or a URL).
-    pub async fn connect(addr: &str) -> anyhow::Result<Client> {
+    /// Connects to `addr` (`host:port` or a URL), sending `api_key` with every call.
+    pub async fn connect(addr: &str, api_key: Option<&str>) -> anyhow::Result<Client> {
         let uri = if addr.contains("://") {
             addr.to_string()
         } else {
@@ -38,7 +86,9 @@ impl Client {
             .connect()
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach a lathe server at {uri}: {e}"))?;
-        Ok(Client { channel })
+        Ok(Client {
+            channel: Channel::new(channel, api_key)?,
+        })
     }
 
     /// The connection, for calls written against the wire format itself.
@@ -64,5 +114,9 @@ impl Client {
 
     pub fn evals(&self) -> EvalServiceClient<Channel> {
         EvalServiceClient::new(self.channel.clone())
+    }
+
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
     }
 }

@@ -60,6 +60,28 @@ pub struct ServeConfig {
     /// decoded; more are refused with RESOURCE_EXHAUSTED and a retry delay.
     #[arg(long, env = "LATHE_MAX_QUEUED_GENERATIONS", default_value_t = 256)]
     pub max_queued_generations: usize,
+    /// An admin API key (sk-lathe- and 32 or more characters) recorded for the
+    /// `default` project at start: how a server listening beyond loopback gets
+    /// its first key. Prefer the environment variable to the flag, which other
+    /// users of the machine can read in the process list.
+    #[arg(long, env = "LATHE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<Secret>,
+}
+
+/// A secret setting: Debug output (logs, panics) never shows it.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl ServeConfig {
@@ -82,6 +104,7 @@ impl ServeConfig {
             log_json: false,
             max_generation_batch: 32,
             max_queued_generations: 256,
+            admin_key: None,
         }
     }
 

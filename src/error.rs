@@ -50,6 +50,13 @@ pub enum Error {
     Cancelled(String),
     #[error("{0}")]
     Unavailable(String),
+    /// No key, or one the server does not accept: the same answer for
+    /// every case, so it says nothing about what exists.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid key whose role may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("blob storage: {0}")]
@@ -124,6 +131,8 @@ impl From<Error> for Status {
             }
             Error::Cancelled(_) => Code::Cancelled,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Store(StoreError::Conflict(_)) => Code::AlreadyExists,
             Error::Store(_) | Error::Blob(_) | Error::Internal(_) => {
                 // Internal causes are logged here, once, and not leaked.

@@ -6,13 +6,13 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
 
-use crate::api::{DatasetApi, EvalApi, FineTuningApi, GraderApi, ModelApi};
+use crate::api::{AdminApi, AuthLayer, DatasetApi, EvalApi, FineTuningApi, GraderApi, ModelApi};
 use crate::app::{App, Engine};
 use crate::config::ServeConfig;
 use crate::proto::{
-    FILE_DESCRIPTOR_SET, dataset_service_server::DatasetServiceServer, eval_service_server::EvalServiceServer,
-    fine_tuning_service_server::FineTuningServiceServer, grader_service_server::GraderServiceServer,
-    model_service_server::ModelServiceServer,
+    FILE_DESCRIPTOR_SET, admin_service_server::AdminServiceServer, dataset_service_server::DatasetServiceServer,
+    eval_service_server::EvalServiceServer, fine_tuning_service_server::FineTuningServiceServer,
+    grader_service_server::GraderServiceServer, model_service_server::ModelServiceServer,
 };
 
 /// Serves the embedded engine on `listener` until `shutdown` completes,
@@ -33,7 +33,19 @@ pub async fn run_with(
     engine: Engine,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let loopback = listener.local_addr()?.ip().is_loopback();
     let app = App::open(&config, engine).await?;
+    let admin_key = config.admin_key.as_ref().map(|k| k.0.as_str());
+    match app.auth.bootstrap(&config.data_dir, loopback, admin_key).await {
+        Ok(crate::auth::Bootstrap::WroteKeyFile(path)) => {
+            tracing::info!(file = %path.display(), "wrote an admin API key for the default project (owner-only file)")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            app.close().await;
+            return Err(anyhow::anyhow!("{e}"));
+        }
+    }
     let dropped = serve(listener, &app, &config, shutdown).await;
     if matches!(dropped, Ok(true)) {
         app.stop_uploads().await;
@@ -78,9 +90,12 @@ async fn serve(
         .initial_stream_window_size(Some(2 << 20))
         .initial_connection_window_size(Some(8 << 20))
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        // Every call but health probes needs an API key (`auth`).
+        .layer(AuthLayer::new(app.auth.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+        .add_service(AdminServiceServer::new(AdminApi::new(app.auth.clone())))
         .add_service(DatasetServiceServer::new(DatasetApi::new(app.datasets.clone())))
         .add_service(FineTuningServiceServer::new(FineTuningApi::new(app.jobs.clone())))
         .add_service(ModelServiceServer::new(ModelApi::new(
@@ -118,11 +133,12 @@ async fn serve(
 }
 
 /// Reports `status` for the server as a whole ("") and for each of the
-/// five services by name, so a probe of any of them gets an answer.
+/// six services by name, so a probe of any of them gets an answer.
 async fn set_health(health: &tonic_health::server::HealthReporter, status: tonic_health::ServingStatus) {
     use tonic::server::NamedService;
     for name in [
         "",
+        <AdminServiceServer<AdminApi> as NamedService>::NAME,
         <DatasetServiceServer<DatasetApi> as NamedService>::NAME,
         <FineTuningServiceServer<FineTuningApi> as NamedService>::NAME,
         <ModelServiceServer<ModelApi> as NamedService>::NAME,

@@ -4,6 +4,7 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::caller;
 use super::convert;
 use crate::datasets::manager::{Datasets, DownloadPiece, SplitRequest, UploadMeta};
 use crate::error::Error;
@@ -32,6 +33,7 @@ impl DatasetService for DatasetApi {
         &self,
         request: Request<Streaming<proto::UploadDatasetRequest>>,
     ) -> Result<Response<proto::UploadDatasetResponse>, Status> {
+        let caller = caller(&request)?;
         let mut stream = request.into_inner();
         let Some(upload_dataset_request::Payload::Metadata(meta)) = stream.message().await?.and_then(|m| m.payload)
         else {
@@ -54,7 +56,7 @@ impl DatasetService for DatasetApi {
             )),
             Err(status) => Err(Error::Cancelled(status.message().to_string())),
         });
-        let dataset = self.datasets.upload(meta, chunks).await?;
+        let dataset = self.datasets.upload(&caller, meta, chunks).await?;
         Ok(Response::new(proto::UploadDatasetResponse {
             dataset: Some(convert::dataset(dataset)),
         }))
@@ -64,7 +66,8 @@ impl DatasetService for DatasetApi {
         &self,
         request: Request<proto::GetDatasetRequest>,
     ) -> Result<Response<proto::GetDatasetResponse>, Status> {
-        let dataset = self.datasets.get(&request.into_inner().id).await?;
+        let caller = caller(&request)?;
+        let dataset = self.datasets.get(&caller, &request.into_inner().id).await?;
         Ok(Response::new(proto::GetDatasetResponse {
             dataset: Some(convert::dataset(dataset)),
         }))
@@ -74,12 +77,16 @@ impl DatasetService for DatasetApi {
         &self,
         request: Request<proto::ListDatasetsRequest>,
     ) -> Result<Response<proto::ListDatasetsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let purpose = convert::purpose_from_proto(req.purpose);
         if purpose.is_none() && req.purpose != 0 {
             return Err(Error::invalid("purpose", format!("unknown purpose value {}", req.purpose)).into());
         }
-        let (datasets, next_page_token) = self.datasets.list(purpose, req.page_size, &req.page_token).await?;
+        let (datasets, next_page_token) = self
+            .datasets
+            .list(&caller, purpose, req.page_size, &req.page_token)
+            .await?;
         Ok(Response::new(proto::ListDatasetsResponse {
             datasets: datasets.into_iter().map(convert::dataset).collect(),
             next_page_token,
@@ -90,7 +97,8 @@ impl DatasetService for DatasetApi {
         &self,
         request: Request<proto::DeleteDatasetRequest>,
     ) -> Result<Response<proto::DeleteDatasetResponse>, Status> {
-        let deleted = self.datasets.delete(&request.into_inner().id).await?;
+        let caller = caller(&request)?;
+        let deleted = self.datasets.delete(&caller, &request.into_inner().id).await?;
         Ok(Response::new(proto::DeleteDatasetResponse {
             id: deleted.id,
             deleted: true,
@@ -101,7 +109,8 @@ impl DatasetService for DatasetApi {
         &self,
         request: Request<proto::DownloadDatasetRequest>,
     ) -> Result<Response<DownloadStream>, Status> {
-        let pieces = self.datasets.download(&request.into_inner().id).await?;
+        let caller = caller(&request)?;
+        let pieces = self.datasets.download(&caller, &request.into_inner().id).await?;
         let stream = ReceiverStream::new(pieces).map(|piece| {
             let payload = match piece.map_err(Status::from)? {
                 DownloadPiece::Chunk(bytes) => download_dataset_response::Payload::Chunk(bytes),
@@ -118,15 +127,19 @@ impl DatasetService for DatasetApi {
         &self,
         request: Request<proto::SplitDatasetRequest>,
     ) -> Result<Response<proto::SplitDatasetResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let (train, validation) = self
             .datasets
-            .split(SplitRequest {
-                id: req.id,
-                validation_fraction: req.validation_fraction,
-                seed: req.seed,
-                stratify_by: non_empty(req.stratify_by),
-            })
+            .split(
+                &caller,
+                SplitRequest {
+                    id: req.id,
+                    validation_fraction: req.validation_fraction,
+                    seed: req.seed,
+                    stratify_by: non_empty(req.stratify_by),
+                },
+            )
             .await?;
         Ok(Response::new(proto::SplitDatasetResponse {
             train: Some(convert::dataset(train)),

@@ -4,6 +4,7 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::caller;
 use super::convert;
 use crate::evals::manager::{Evals, WatchItem};
 use crate::proto::{self, eval_service_server::EvalService};
@@ -27,9 +28,10 @@ impl EvalService for EvalApi {
         &self,
         request: Request<proto::CreateEvalRequest>,
     ) -> Result<Response<proto::CreateEvalResponse>, Status> {
+        let caller = caller(&request)?;
         let eval = self
             .evals
-            .create_eval(convert::create_eval(request.into_inner()))
+            .create_eval(&caller, convert::create_eval(request.into_inner()))
             .await?;
         Ok(Response::new(proto::CreateEvalResponse {
             eval: Some(convert::eval(eval)),
@@ -40,7 +42,8 @@ impl EvalService for EvalApi {
         &self,
         request: Request<proto::GetEvalRequest>,
     ) -> Result<Response<proto::GetEvalResponse>, Status> {
-        let eval = self.evals.get_eval(&request.into_inner().id).await?;
+        let caller = caller(&request)?;
+        let eval = self.evals.get_eval(&caller, &request.into_inner().id).await?;
         Ok(Response::new(proto::GetEvalResponse {
             eval: Some(convert::eval(eval)),
         }))
@@ -51,8 +54,9 @@ impl EvalService for EvalApi {
         &self,
         request: Request<proto::CreateEvalRunRequest>,
     ) -> Result<Response<proto::CreateEvalRunResponse>, Status> {
+        let caller = caller(&request)?;
         let create = convert::create_eval_run(request.into_inner())?;
-        let run = self.evals.create_run(create).await?;
+        let run = self.evals.create_run(&caller, create).await?;
         Ok(Response::new(proto::CreateEvalRunResponse {
             run: Some(convert::eval_run(run)),
         }))
@@ -62,7 +66,8 @@ impl EvalService for EvalApi {
         &self,
         request: Request<proto::GetEvalRunRequest>,
     ) -> Result<Response<proto::GetEvalRunResponse>, Status> {
-        let run = self.evals.get_run(&request.into_inner().id).await?;
+        let caller = caller(&request)?;
+        let run = self.evals.get_run(&caller, &request.into_inner().id).await?;
         Ok(Response::new(proto::GetEvalRunResponse {
             run: Some(convert::eval_run(run)),
         }))
@@ -72,10 +77,11 @@ impl EvalService for EvalApi {
         &self,
         request: Request<proto::ListEvalRunsRequest>,
     ) -> Result<Response<proto::ListEvalRunsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let (runs, next_page_token) = self
             .evals
-            .list_runs(&req.eval_id, req.page_size, &req.page_token)
+            .list_runs(&caller, &req.eval_id, req.page_size, &req.page_token)
             .await?;
         Ok(Response::new(proto::ListEvalRunsResponse {
             runs: runs.into_iter().map(convert::eval_run).collect(),
@@ -87,7 +93,8 @@ impl EvalService for EvalApi {
         &self,
         request: Request<proto::CancelEvalRunRequest>,
     ) -> Result<Response<proto::CancelEvalRunResponse>, Status> {
-        let run = self.evals.cancel_run(&request.into_inner().id).await?;
+        let caller = caller(&request)?;
+        let run = self.evals.cancel_run(&caller, &request.into_inner().id).await?;
         Ok(Response::new(proto::CancelEvalRunResponse {
             run: Some(convert::eval_run(run)),
         }))
@@ -97,11 +104,12 @@ impl EvalService for EvalApi {
         &self,
         request: Request<proto::ListOutputItemsRequest>,
     ) -> Result<Response<proto::ListOutputItemsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let status = convert::item_status_from_proto(req.status)?;
         let (items, next_page_token) = self
             .evals
-            .list_items(&req.run_id, status, req.page_size, &req.page_token)
+            .list_items(&caller, &req.run_id, status, req.page_size, &req.page_token)
             .await?;
         Ok(Response::new(proto::ListOutputItemsResponse {
             items: items.into_iter().map(convert::output_item).collect(),
@@ -113,10 +121,11 @@ impl EvalService for EvalApi {
         &self,
         request: Request<proto::WatchEvalRunRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let run = self.evals.get_run(&req.run_id).await?;
+        let run = self.evals.get_run(&caller, &req.run_id).await?;
         let criteria = run.spec.criteria.clone();
-        let items = self.evals.watch(&req.run_id, req.after_seq).await?;
+        let items = self.evals.watch(&caller, &req.run_id, req.after_seq).await?;
         let stream = ReceiverStream::new(items).map(move |item| {
             use proto::watch_eval_run_response::Payload;
             let payload = match item.map_err(Status::from)? {
@@ -134,7 +143,8 @@ impl EvalService for EvalApi {
         &self,
         request: Request<proto::CompareEvalRunsRequest>,
     ) -> Result<Response<proto::CompareEvalRunsResponse>, Status> {
-        let comparison = self.evals.compare(&request.into_inner().run_ids).await?;
+        let caller = caller(&request)?;
+        let comparison = self.evals.compare(&caller, &request.into_inner().run_ids).await?;
         Ok(Response::new(convert::comparison(comparison)))
     }
 }

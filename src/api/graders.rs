@@ -6,6 +6,7 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::caller;
 use super::convert::{grader_json, grader_result, item, sample, saved_grader};
 use crate::error::Error;
 use crate::graders::service::Graders;
@@ -33,9 +34,13 @@ impl GraderService for GraderApi {
         &self,
         request: Request<proto::RunGraderRequest>,
     ) -> Result<Response<proto::RunGraderResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let grader = grader_json(req.grader)?;
-        let result = self.graders.run(grader, sample(req.sample), item(req.item)).await?;
+        let result = self
+            .graders
+            .run(&caller, grader, sample(req.sample), item(req.item))
+            .await?;
         Ok(Response::new(proto::RunGraderResponse {
             result: Some(grader_result(result)),
         }))
@@ -45,8 +50,9 @@ impl GraderService for GraderApi {
         &self,
         request: Request<proto::ValidateGraderRequest>,
     ) -> Result<Response<proto::ValidateGraderResponse>, Status> {
+        let caller = caller(&request)?;
         let grader = grader_json(request.into_inner().grader)?;
-        self.graders.validate(&grader).await?;
+        self.graders.validate(&caller, &grader).await?;
         Ok(Response::new(proto::ValidateGraderResponse {
             grader: Some(struct_from_json(&grader)),
         }))
@@ -57,12 +63,13 @@ impl GraderService for GraderApi {
         &self,
         request: Request<Streaming<proto::GradeBatchRequest>>,
     ) -> Result<Response<BatchStream>, Status> {
+        let caller = caller(&request)?;
         let mut incoming = request.into_inner();
         let Some(grade_batch_request::Payload::Grader(grader)) = incoming.message().await?.and_then(|m| m.payload)
         else {
             return Err(Error::invalid("grader", "the first message must carry the grader").into());
         };
-        let batch = self.graders.batch(json_from_struct(grader)).await?;
+        let batch = self.graders.batch(&caller, json_from_struct(grader)).await?;
         let pairs = incoming.map(|message| match message {
             Ok(proto::GradeBatchRequest {
                 payload: Some(grade_batch_request::Payload::Pair(pair)),
@@ -104,9 +111,10 @@ impl GraderService for GraderApi {
         &self,
         request: Request<proto::CreateGraderRequest>,
     ) -> Result<Response<proto::CreateGraderResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let grader = grader_json(req.grader)?;
-        let saved = self.graders.create(req.name, grader).await?;
+        let saved = self.graders.create(&caller, req.name, grader).await?;
         Ok(Response::new(proto::CreateGraderResponse {
             grader: Some(saved_grader(saved)),
         }))
@@ -116,7 +124,8 @@ impl GraderService for GraderApi {
         &self,
         request: Request<proto::GetGraderRequest>,
     ) -> Result<Response<proto::GetGraderResponse>, Status> {
-        let saved = self.graders.get(&request.into_inner().name).await?;
+        let caller = caller(&request)?;
+        let saved = self.graders.get(&caller, &request.into_inner().name).await?;
         Ok(Response::new(proto::GetGraderResponse {
             grader: Some(saved_grader(saved)),
         }))
@@ -126,8 +135,9 @@ impl GraderService for GraderApi {
         &self,
         request: Request<proto::ListGradersRequest>,
     ) -> Result<Response<proto::ListGradersResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let (graders, next_page_token) = self.graders.list(req.page_size, &req.page_token).await?;
+        let (graders, next_page_token) = self.graders.list(&caller, req.page_size, &req.page_token).await?;
         Ok(Response::new(proto::ListGradersResponse {
             graders: graders.into_iter().map(saved_grader).collect(),
             next_page_token,

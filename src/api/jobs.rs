@@ -4,6 +4,7 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::caller;
 use super::convert;
 use crate::jobs::manager::{Jobs, WatchItem};
 use crate::jobs::model::JobRecord;
@@ -38,12 +39,17 @@ impl FineTuningService for FineTuningApi {
         &self,
         request: Request<proto::CreateJobRequest>,
     ) -> Result<Response<proto::CreateJobResponse>, Status> {
-        let job = self.jobs.create(convert::create_job(request.into_inner())).await?;
+        let caller = caller(&request)?;
+        let job = self
+            .jobs
+            .create(&caller, convert::create_job(request.into_inner()))
+            .await?;
         Ok(Response::new(proto::CreateJobResponse { job: one(job) }))
     }
 
     async fn get_job(&self, request: Request<proto::GetJobRequest>) -> Result<Response<proto::GetJobResponse>, Status> {
-        let job = self.jobs.get(&request.into_inner().id).await?;
+        let caller = caller(&request)?;
+        let job = self.jobs.get(&caller, &request.into_inner().id).await?;
         Ok(Response::new(proto::GetJobResponse { job: one(job) }))
     }
 
@@ -51,6 +57,7 @@ impl FineTuningService for FineTuningApi {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let query = JobQuery {
             state: convert::job_state_from_proto(req.state)?,
@@ -58,7 +65,7 @@ impl FineTuningService for FineTuningApi {
             metadata: req.metadata.into_iter().collect(),
             ..Default::default()
         };
-        let (jobs, next_page_token) = self.jobs.list(query, req.page_size, &req.page_token).await?;
+        let (jobs, next_page_token) = self.jobs.list(&caller, query, req.page_size, &req.page_token).await?;
         Ok(Response::new(proto::ListJobsResponse {
             jobs: jobs.into_iter().map(convert::job).collect(),
             next_page_token,
@@ -69,7 +76,8 @@ impl FineTuningService for FineTuningApi {
         &self,
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::CancelJobResponse>, Status> {
-        let job = self.jobs.cancel(&request.into_inner().id).await?;
+        let caller = caller(&request)?;
+        let job = self.jobs.cancel(&caller, &request.into_inner().id).await?;
         Ok(Response::new(proto::CancelJobResponse { job: one(job) }))
     }
 
@@ -77,7 +85,8 @@ impl FineTuningService for FineTuningApi {
         &self,
         request: Request<proto::PauseJobRequest>,
     ) -> Result<Response<proto::PauseJobResponse>, Status> {
-        let job = self.jobs.pause(&request.into_inner().id).await?;
+        let caller = caller(&request)?;
+        let job = self.jobs.pause(&caller, &request.into_inner().id).await?;
         Ok(Response::new(proto::PauseJobResponse { job: one(job) }))
     }
 
@@ -85,7 +94,8 @@ impl FineTuningService for FineTuningApi {
         &self,
         request: Request<proto::ResumeJobRequest>,
     ) -> Result<Response<proto::ResumeJobResponse>, Status> {
-        let job = self.jobs.resume(&request.into_inner().id).await?;
+        let caller = caller(&request)?;
+        let job = self.jobs.resume(&caller, &request.into_inner().id).await?;
         Ok(Response::new(proto::ResumeJobResponse { job: one(job) }))
     }
 
@@ -93,11 +103,12 @@ impl FineTuningService for FineTuningApi {
         &self,
         request: Request<proto::ListJobEventsRequest>,
     ) -> Result<Response<proto::ListJobEventsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let job = self.jobs.get(&req.job_id).await?;
+        let job = self.jobs.get(&caller, &req.job_id).await?;
         let (events, next_page_token) = self
             .jobs
-            .events(&req.job_id, req.after_seq, req.page_size, &req.page_token)
+            .events(&caller, &req.job_id, req.after_seq, req.page_size, &req.page_token)
             .await?;
         let model = model_name(&job);
         Ok(Response::new(proto::ListJobEventsResponse {
@@ -110,11 +121,12 @@ impl FineTuningService for FineTuningApi {
         &self,
         request: Request<proto::ListCheckpointsRequest>,
     ) -> Result<Response<proto::ListCheckpointsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let job = self.jobs.get(&req.job_id).await?;
+        let job = self.jobs.get(&caller, &req.job_id).await?;
         let (list, next_page_token) = self
             .jobs
-            .checkpoints(&req.job_id, req.page_size, &req.page_token)
+            .checkpoints(&caller, &req.job_id, req.page_size, &req.page_token)
             .await?;
         let model = model_name(&job);
         Ok(Response::new(proto::ListCheckpointsResponse {
@@ -124,10 +136,11 @@ impl FineTuningService for FineTuningApi {
     }
 
     async fn watch_job(&self, request: Request<proto::WatchJobRequest>) -> Result<Response<WatchStream>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let job = self.jobs.get(&req.job_id).await?;
+        let job = self.jobs.get(&caller, &req.job_id).await?;
         let model = model_name(&job);
-        let items = self.jobs.watch(&req.job_id, req.after_seq).await?;
+        let items = self.jobs.watch(&caller, &req.job_id, req.after_seq).await?;
         let stream = ReceiverStream::new(items).map(move |item| {
             use proto::watch_job_response::Payload;
             let payload = match item.map_err(Status::from)? {

@@ -6,6 +6,7 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::caller;
 use super::convert;
 use crate::error::Error;
 use crate::inference::ChatModel;
@@ -29,7 +30,10 @@ type ChatStream = Pin<Box<dyn Stream<Item = Result<proto::ChatResponse, Status>>
 #[tonic::async_trait]
 impl ModelService for ModelApi {
     async fn chat(&self, request: Request<proto::ChatRequest>) -> Result<Response<ChatStream>, Status> {
+        let caller = caller(&request)?;
         let request = convert::chat(request.into_inner());
+        // Another project's fine-tuned model is NOT_FOUND, as if it did not exist.
+        self.models.check_visible(&caller, &request.model).await?;
         let events = self.chat.stream(request).await.map_err(Error::from)?;
         let stream = ReceiverStream::new(events).map(|item| Ok(convert::chat_response(item.map_err(Error::from)?)));
         Ok(Response::new(Box::pin(stream)))
@@ -39,8 +43,9 @@ impl ModelService for ModelApi {
         &self,
         request: Request<proto::RegisterModelRequest>,
     ) -> Result<Response<proto::RegisterModelResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let model = self.models.register(&req.name, &req.path).await?;
+        let model = self.models.register(&caller, &req.name, &req.path).await?;
         Ok(Response::new(proto::RegisterModelResponse {
             model: Some(convert::model(model)),
         }))
@@ -50,6 +55,7 @@ impl ModelService for ModelApi {
         &self,
         request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let kind = match proto::ModelKind::try_from(req.kind) {
             Ok(proto::ModelKind::Unspecified) => None,
@@ -61,7 +67,7 @@ impl ModelService for ModelApi {
                 );
             }
         };
-        let (models, next_page_token) = self.models.list(kind, req.page_size, &req.page_token).await?;
+        let (models, next_page_token) = self.models.list(&caller, kind, req.page_size, &req.page_token).await?;
         Ok(Response::new(proto::ListModelsResponse {
             models: models.into_iter().map(convert::model).collect(),
             next_page_token,
@@ -72,7 +78,8 @@ impl ModelService for ModelApi {
         &self,
         request: Request<proto::GetModelRequest>,
     ) -> Result<Response<proto::GetModelResponse>, Status> {
-        let model = self.models.get(&request.into_inner().id).await?;
+        let caller = caller(&request)?;
+        let model = self.models.get(&caller, &request.into_inner().id).await?;
         Ok(Response::new(proto::GetModelResponse {
             model: Some(convert::model(model)),
         }))
@@ -82,7 +89,8 @@ impl ModelService for ModelApi {
         &self,
         request: Request<proto::DeleteModelRequest>,
     ) -> Result<Response<proto::DeleteModelResponse>, Status> {
-        let model = self.models.delete(&request.into_inner().id).await?;
+        let caller = caller(&request)?;
+        let model = self.models.delete(&caller, &request.into_inner().id).await?;
         Ok(Response::new(proto::DeleteModelResponse {
             id: model.id,
             deleted: true,

@@ -242,7 +242,7 @@ pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result
 /// Streams a file to UploadDataset, with a progress bar for large files on
 /// a terminal.
 pub async fn upload(
-    channel: &tonic::transport::Channel,
+    channel: &crate::client::Channel,
     file: &std::path::Path,
     purpose: PurposeArg,
     name: Option<String>,
@@ -289,7 +289,7 @@ pub async fn upload(
 }
 
 async fn download(
-    client: &mut DatasetServiceClient<tonic::transport::Channel>,
+    client: &mut DatasetServiceClient<crate::client::Channel>,
     id: &str,
     output: &std::path::Path,
 ) -> anyhow::Result<(u64, String)> {

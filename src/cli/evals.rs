@@ -16,7 +16,7 @@ use crate::proto::{
     self, create_eval_run_request::Source, eval_service_client::EvalServiceClient, watch_eval_run_response,
 };
 
-type Client = EvalServiceClient<tonic::transport::Channel>;
+type Client = EvalServiceClient<crate::client::Channel>;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum StatusArg {

@@ -282,7 +282,7 @@ fn requirement(arg: &str) -> (String, String) {
 
 /// A dataset's rows, each the `item` its graders see.
 async fn download_items(
-    client: &mut DatasetServiceClient<tonic::transport::Channel>,
+    client: &mut DatasetServiceClient<crate::client::Channel>,
     id: &str,
 ) -> anyhow::Result<Vec<Value>> {
     let mut stream = client

@@ -634,7 +634,7 @@ pub async fn run(addr: &str, json: bool, cmd: JobsCommand) -> anyhow::Result<Out
 /// Streams a job's events: a progress bar with the loss on a terminal,
 /// one line (or JSON object) per event otherwise.
 async fn watch_job(
-    client: &mut FineTuningServiceClient<tonic::transport::Channel>,
+    client: &mut FineTuningServiceClient<crate::client::Channel>,
     id: &str,
     after: u64,
     json: bool,
@@ -695,7 +695,7 @@ async fn watch_job(
 
 /// One page of a job's events after `after`.
 async fn events_page(
-    client: &mut FineTuningServiceClient<tonic::transport::Channel>,
+    client: &mut FineTuningServiceClient<crate::client::Channel>,
     id: &str,
     after: u64,
     limit: i32,

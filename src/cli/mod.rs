@@ -1,6 +1,8 @@
 //! The command line: `lathe serve` runs the server; every other command is a
-//! gRPC client of one (`--addr` / `LATHE_ADDR`).
+//! gRPC client of one (`--addr` / `LATHE_ADDR`), authenticated with an API
+//! key (`LATHE_API_KEY`, or a local server's `admin.key`: see `connect`).
 
+mod admin;
 mod charts;
 mod chat;
 mod connect;
@@ -59,6 +61,19 @@ pub enum Command {
     Chat(chat::ChatArgs),
     /// The main job, end to end, on an embedded server (or --addr).
     Quickstart(quickstart::QuickstartArgs),
+    /// Make and list projects (admin keys).
+    #[command(subcommand)]
+    Projects(admin::ProjectsCommand),
+    /// Make, list and revoke API keys (admin keys).
+    #[command(subcommand)]
+    Keys(admin::KeysCommand),
+    /// Who did what: admin actions and every call that changed something (admin keys).
+    Audit {
+        #[arg(long, default_value_t = 100)]
+        limit: i32,
+    },
+    /// The key this CLI sends: its project and role.
+    Whoami,
 }
 
 /// `lathe serve` parsed on its own, so that its help and its flags are the
@@ -108,5 +123,9 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Models(cmd) => models::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Chat(args) => chat::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, args).await,
         Command::Quickstart(args) => quickstart::run(cli.addr.as_deref(), args).await,
+        Command::Projects(cmd) => admin::projects(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
+        Command::Keys(cmd) => admin::keys(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
+        Command::Audit { limit } => admin::audit(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, limit).await,
+        Command::Whoami => admin::whoami(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json).await,
     }
 }

@@ -9,10 +9,10 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
+use crate::client::Channel;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::datasets::{PurposeArg, upload};
 use super::jobs::{StepHistory, loss_chart};
@@ -82,15 +82,19 @@ pub async fn run(addr: Option<&str>, args: QuickstartArgs) -> anyhow::Result<sup
     let data = resolve_data(&args.data)?;
     let out = args.data_dir.join("quickstart");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let (url, server) = match addr {
+    let (url, key, server) = match addr {
         Some(addr) => {
             println!("1. using the server at {addr}");
-            (addr.to_string(), None)
+            (addr.to_string(), super::connect::api_key(addr)?, None)
         }
         None => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let url = format!("http://{}", listener.local_addr()?);
-            let config = ServeConfig::embedded(&args.data_dir);
+            let mut config = ServeConfig::embedded(&args.data_dir);
+            // The embedded server's admin key, in its data dir as `lathe serve` would write it.
+            let key = crate::auth::local_admin_key(&args.data_dir)
+                .with_context(|| format!("the admin key in {}", args.data_dir.display()))?;
+            config.admin_key = Some(crate::config::Secret(key.clone()));
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(crate::server::run(listener, config, async move {
                 let _ = stopped.await;
@@ -99,7 +103,7 @@ pub async fn run(addr: Option<&str>, args: QuickstartArgs) -> anyhow::Result<sup
                 "1. started an embedded server at {url} (SQLite + blobs in {})",
                 args.data_dir.display()
             );
-            (url, Some((stop, task)))
+            (url, Some(key), Some((stop, task)))
         }
     };
     let plan = Plan {
@@ -123,7 +127,7 @@ pub async fn run(addr: Option<&str>, args: QuickstartArgs) -> anyhow::Result<sup
         ..plan
     };
     let result = tokio::select! {
-        r = steps(&url, &data, &args, &plan, started) => r,
+        r = steps(&url, key.as_deref(), &data, &args, &plan, started) => r,
         _ = tokio::signal::ctrl_c() => {
             println!("\ninterrupted: stopping cleanly; run the same command again to continue where this left off");
             Ok(())
@@ -470,12 +474,13 @@ async fn watch_job(
 
 async fn steps(
     url: &str,
+    key: Option<&str>,
     data: &std::path::Path,
     args: &QuickstartArgs,
     plan: &Plan,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let server = super::connect::connect(url).await?;
+    let server = crate::client::Client::connect(url, key).await?;
     let channel = server.channel();
     let mut datasets = server.datasets();
     let mut models = server.models();

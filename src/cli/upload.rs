@@ -19,12 +19,12 @@
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
+use crate::client::Channel;
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
 use tonic::codegen::{Service, http};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::proto;

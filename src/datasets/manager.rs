@@ -18,6 +18,7 @@ use super::lines::LineReader;
 use super::model::{DatasetRecord, DatasetState, Lineage};
 use super::report::{DatasetStats, Purpose, ValidationReport};
 use super::tokens::TokenCounter;
+use crate::auth::model::Caller;
 use crate::blobs::{BlobWriter, Blobs};
 use crate::error::{Error, FieldViolation, Result};
 use crate::ids;
@@ -151,7 +152,7 @@ impl Datasets {
     /// Streams `chunks` into a staged blob and the validator at once; the
     /// file is never held in memory. On any error (client gone, size limit,
     /// storage) nothing is left behind.
-    pub async fn upload<S>(&self, meta: UploadMeta, chunks: S) -> Result<DatasetRecord>
+    pub async fn upload<S>(&self, caller: &Caller, meta: UploadMeta, chunks: S) -> Result<DatasetRecord>
     where
         S: Stream<Item = Result<Bytes>> + Unpin,
     {
@@ -195,6 +196,7 @@ impl Datasets {
 
         let record = DatasetRecord {
             id: ids::new_id("ds"),
+            project: caller.project.clone(),
             display_name: if meta.display_name.is_empty() {
                 meta.filename.clone()
             } else {
@@ -265,17 +267,21 @@ impl Datasets {
         Ok(writer)
     }
 
-    pub async fn get(&self, id: &str) -> Result<DatasetRecord> {
+    /// The dataset, if it is the caller's project's (NOT_FOUND otherwise,
+    /// as if it did not exist).
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<DatasetRecord> {
         check_id(id, "id")?;
         self.store
             .get_dataset(id)
             .await?
+            .filter(|d| caller.sees(&d.project))
             .ok_or_else(|| Error::not_found("dataset", id))
     }
 
     /// Returns a page, newest first, and the token for the next page.
     pub async fn list(
         &self,
+        caller: &Caller,
         purpose: Option<Purpose>,
         page_size: i32,
         page_token: &str,
@@ -285,6 +291,7 @@ impl Datasets {
         let rows = self
             .store
             .list_datasets(&DatasetQuery {
+                project: caller.project.clone(),
                 purpose,
                 after,
                 limit: limit + 1,
@@ -295,8 +302,8 @@ impl Datasets {
         }))
     }
 
-    pub async fn delete(&self, id: &str) -> Result<DatasetRecord> {
-        check_id(id, "id")?;
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<DatasetRecord> {
+        self.get(caller, id).await?;
         let _gate = self.blob_gate.lock().await;
         // The store refuses in the same statement that would delete, so a
         // job or eval run created meanwhile is never left without its data.
@@ -324,8 +331,8 @@ impl Datasets {
     }
 
     /// A bounded stream of the stored bytes, then `DownloadPiece::End`.
-    pub async fn download(&self, id: &str) -> Result<mpsc::Receiver<Result<DownloadPiece>>> {
-        let record = self.get(id).await?;
+    pub async fn download(&self, caller: &Caller, id: &str) -> Result<mpsc::Receiver<Result<DownloadPiece>>> {
+        let record = self.get(caller, id).await?;
         let blobs = self.blobs.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -357,8 +364,8 @@ impl Datasets {
     /// Splits a READY dataset into two new datasets. Rows are assigned by a
     /// seeded shuffle, per label when `stratify_by` is set, so the same
     /// request always gives the same split.
-    pub async fn split(&self, req: SplitRequest) -> Result<(DatasetRecord, DatasetRecord)> {
-        let source = self.get(&req.id).await?;
+    pub async fn split(&self, caller: &Caller, req: SplitRequest) -> Result<(DatasetRecord, DatasetRecord)> {
+        let source = self.get(caller, &req.id).await?;
         let fraction = req.validation_fraction;
         if !(fraction.is_finite() && fraction > 0.0 && fraction < 1.0) {
             return Err(Error::invalid(
@@ -442,6 +449,7 @@ impl Datasets {
             let blob = writer.finish().await?;
             let record = DatasetRecord {
                 id: ids::new_id("ds"),
+                project: source.project.clone(),
                 filename: split_filename(&source.filename, split),
                 display_name: format!("{} ({split})", source.display_name),
                 purpose: source.purpose,

@@ -44,6 +44,8 @@ pub struct Lineage {
 #[derive(Clone, Debug, PartialEq)]
 pub struct DatasetRecord {
     pub id: String,
+    /// The project it belongs to (`auth`): no other project sees it.
+    pub project: String,
     pub filename: String,
     pub display_name: String,
     pub purpose: Purpose,

@@ -109,7 +109,7 @@ impl Catalog for Models {
     }
 
     async fn knows(&self, model: &str) -> Result<bool> {
-        Models::knows(self, model)
+        Models::exists(self, model)
             .await
             .map_err(|e| EngineError::Data(e.to_string()))
     }

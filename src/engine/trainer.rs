@@ -20,6 +20,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::local::LocalEngine;
+use crate::auth::model::Caller;
 use crate::error::FieldViolation;
 use crate::graders::service::{Batch, Graders};
 use crate::jobs::model::{JobSpec, Level, MethodKind, Metrics};
@@ -396,7 +397,7 @@ impl Trainer for LocalTrainer {
                         "this server's trainer has no graders for reinforcement",
                     )
                 })?;
-                let batch = grader_for(&graders, &job.spec).await?;
+                let batch = grader_for(&graders, &ctx.job.project, &job.spec).await?;
                 dry_run_grader(&batch, &job).await?;
                 ctx.reporter
                     .log(
@@ -564,18 +565,21 @@ fn grade_of(r: crate::graders::GraderResult) -> grpo::Grade {
 }
 
 /// The job's grader (inline, or the saved one it names), checked.
-async fn grader_for(graders: &Graders, spec: &JobSpec) -> Result<Batch, TrainError> {
+/// The job's grader, resolved in its project (a saved grader's name means
+/// that project's grader).
+async fn grader_for(graders: &Graders, project: &str, spec: &JobSpec) -> Result<Batch, TrainError> {
+    let caller = Caller::system(project);
     let json = spec
         .method
         .grader
         .clone()
         .ok_or_else(|| TrainError::new("invalid_grader", "reinforcement fine-tuning needs a grader"))?;
     let (json, _) = graders
-        .resolve_checked(json, "method.reinforcement.grader")
+        .resolve_checked(&caller, json, "method.reinforcement.grader")
         .await
         .map_err(|e| TrainError::new("invalid_grader", e.to_string()))?;
     graders
-        .batch(json)
+        .batch(&caller, json)
         .await
         .map_err(|e| TrainError::new("invalid_grader", e.to_string()))
 }

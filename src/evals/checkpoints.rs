@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use super::manager::{CreateRun, Evals, MAX_CONCURRENCY};
 use super::model::{DataSource, RunRecord, RunState, SamplingParams};
 use super::stats;
+use crate::auth::model::Caller;
 use crate::error::FieldViolation;
 use crate::jobs::evaluator::{CheckpointEvaluator, CheckpointScore};
 use crate::jobs::model::{CheckpointEval, JobRecord, JobSpec};
@@ -45,12 +46,12 @@ fn run_name(job_id: &str, step: u64) -> String {
 }
 
 impl CheckpointEvals {
-    async fn find_run(&self, eval_id: &str, name: &str) -> Result<Option<RunRecord>, String> {
+    async fn find_run(&self, caller: &Caller, eval_id: &str, name: &str) -> Result<Option<RunRecord>, String> {
         let mut token = String::new();
         loop {
             let (runs, next) = self
                 .0
-                .list_runs(eval_id, 100, &token)
+                .list_runs(caller, eval_id, 100, &token)
                 .await
                 .map_err(|e| e.to_string())?;
             if let Some(run) = runs.into_iter().find(|r| r.spec.name == name) {
@@ -65,11 +66,11 @@ impl CheckpointEvals {
 
     /// Waits for the run to end; on a stop, cancels it if the job was
     /// cancelled (a paused or shut-down job comes back for it).
-    async fn wait(&self, id: &str, stop: &StopHandle) -> Result<RunRecord, String> {
+    async fn wait(&self, caller: &Caller, id: &str, stop: &StopHandle) -> Result<RunRecord, String> {
         let mut live = self.0.bus.subscribe(id);
         loop {
             live.borrow_and_update();
-            let run = self.0.get_run(id).await.map_err(|e| e.to_string())?;
+            let run = self.0.get_run(caller, id).await.map_err(|e| e.to_string())?;
             if run.state.is_terminal() {
                 return Ok(run);
             }
@@ -77,7 +78,7 @@ impl CheckpointEvals {
                 _ = tokio::time::timeout(self.0.config.poll, live.changed()) => {}
                 () = stop.stopped() => {
                     if stop.reason() == Some(StopReason::Cancelled) {
-                        let _ = self.0.cancel_run(id).await;
+                        let _ = self.0.cancel_run(caller, id).await;
                     }
                     return Err("the job stopped".into());
                 }
@@ -88,12 +89,12 @@ impl CheckpointEvals {
 
 #[async_trait]
 impl CheckpointEvaluator for CheckpointEvals {
-    async fn check(&self, spec: &JobSpec) -> Vec<FieldViolation> {
+    async fn check(&self, caller: &Caller, spec: &JobSpec) -> Vec<FieldViolation> {
         let Some(ce) = &spec.checkpoint_eval else {
             return Vec::new();
         };
         let mut v = Vec::new();
-        match self.0.get_eval(&ce.eval_id).await {
+        match self.0.get_eval(caller, &ce.eval_id).await {
             Err(_) => v.push(FieldViolation::new(
                 "checkpoint_eval.eval_id",
                 format!("{:?} is not an eval", ce.eval_id),
@@ -151,22 +152,27 @@ impl CheckpointEvaluator for CheckpointEvals {
             .clone()
             .ok_or("the job has no validation dataset")?;
         let name = run_name(&job.id, step);
-        let run = match self.find_run(&ce.eval_id, &name).await? {
+        // The server acts in the job's project: its eval, data and checkpoints.
+        let caller = Caller::system(&job.project);
+        let run = match self.find_run(&caller, &ce.eval_id, &name).await? {
             Some(run) => run,
             None => self
                 .0
-                .create_run(CreateRun {
-                    eval_id: ce.eval_id.clone(),
-                    dataset_id,
-                    source: Some(source(ce, model)),
-                    concurrency: ce.concurrency,
-                    error_rate_threshold: 0.0,
-                    name,
-                })
+                .create_run(
+                    &caller,
+                    CreateRun {
+                        eval_id: ce.eval_id.clone(),
+                        dataset_id,
+                        source: Some(source(ce, model)),
+                        concurrency: ce.concurrency,
+                        error_rate_threshold: 0.0,
+                        name,
+                    },
+                )
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        let run = self.wait(&run.id, stop).await?;
+        let run = self.wait(&caller, &run.id, stop).await?;
         if run.state != RunState::Completed {
             return Err(format!(
                 "eval run {} {}: {}",

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::model::*;
 use super::{schema, stats, work};
+use crate::auth::model::Caller;
 use crate::blobs::Blobs;
 use crate::datasets::lines::LineReader;
 use crate::datasets::model::DatasetState;
@@ -21,6 +22,7 @@ use crate::graders::Template;
 use crate::graders::service::Graders;
 use crate::ids::{self, now_millis};
 use crate::inference::ChatModel;
+use crate::models::Models;
 use crate::paging;
 use crate::store::Store;
 
@@ -151,6 +153,8 @@ pub struct Evals {
     pub(crate) blobs: Blobs,
     pub(crate) graders: Arc<Graders>,
     pub(crate) model: Arc<dyn ChatModel>,
+    /// Which local models a project may sample.
+    pub(crate) models: Arc<Models>,
     pub(crate) config: EvalsConfig,
     pub(crate) wake: Notify,
     pub(crate) bus: Bus,
@@ -183,6 +187,7 @@ impl Evals {
         blobs: Blobs,
         graders: Arc<Graders>,
         model: Arc<dyn ChatModel>,
+        models: Arc<Models>,
         config: EvalsConfig,
     ) -> Self {
         Self {
@@ -190,6 +195,7 @@ impl Evals {
             blobs,
             graders,
             model,
+            models,
             config,
             wake: Notify::new(),
             bus: Bus::default(),
@@ -197,7 +203,17 @@ impl Evals {
         }
     }
 
-    pub async fn create_eval(&self, req: CreateEval) -> Result<EvalRecord> {
+    /// Whether the caller may sample `model`: names that are no local model
+    /// (a provider's) pass, for the chat seam to judge.
+    async fn model_visible(&self, caller: &Caller, model: &str) -> Result<bool> {
+        match self.models.check_visible(caller, model).await {
+            Ok(()) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn create_eval(&self, caller: &Caller, req: CreateEval) -> Result<EvalRecord> {
         let mut v = Vec::new();
         let name = req.name.trim().to_string();
         if name.is_empty() || name.chars().count() > 256 {
@@ -232,7 +248,11 @@ impl Evals {
                 continue;
             };
             let threshold = c.pass_threshold;
-            let (json, parsed) = match self.graders.resolve_checked(grader, &format!("{field}.grader")).await {
+            let (json, parsed) = match self
+                .graders
+                .resolve_checked(caller, grader, &format!("{field}.grader"))
+                .await
+            {
                 Ok(g) => g,
                 Err(Error::InvalidArgument(problems)) => {
                     v.extend(problems);
@@ -293,6 +313,7 @@ impl Evals {
         }
         let eval = EvalRecord {
             id: ids::new_id("eval"),
+            project: caller.project.clone(),
             name,
             spec: EvalSpec {
                 item_schema: req.item_schema,
@@ -305,11 +326,13 @@ impl Evals {
         Ok(eval)
     }
 
-    pub async fn get_eval(&self, id: &str) -> Result<EvalRecord> {
+    /// The eval, if it is the caller's project's (NOT_FOUND otherwise).
+    pub async fn get_eval(&self, caller: &Caller, id: &str) -> Result<EvalRecord> {
         check_id("eval", "id", id, "an eval id")?;
         self.store
             .get_eval(id)
             .await?
+            .filter(|e| caller.sees(&e.project))
             .ok_or_else(|| Error::not_found("eval", id))
     }
 
@@ -409,8 +432,8 @@ impl Evals {
         }
     }
 
-    pub async fn create_run(&self, req: CreateRun) -> Result<RunRecord> {
-        let eval = self.get_eval(&req.eval_id).await.map_err(|e| match e {
+    pub async fn create_run(&self, caller: &Caller, req: CreateRun) -> Result<RunRecord> {
+        let eval = self.get_eval(caller, &req.eval_id).await.map_err(|e| match e {
             Error::InvalidArgument(_) => Error::invalid("eval_id", format!("{:?} is not an eval id", req.eval_id)),
             e => e,
         })?;
@@ -447,6 +470,7 @@ impl Evals {
                 .store
                 .get_dataset(&req.dataset_id)
                 .await?
+                .filter(|d| caller.sees(&d.project))
                 .ok_or_else(|| Error::not_found("dataset", &req.dataset_id))?;
             if d.state != DatasetState::Ready {
                 return Err(Error::precondition(
@@ -477,7 +501,7 @@ impl Evals {
         };
         if let Some(DataSource::Model { model, .. }) = &req.source
             && !model.trim().is_empty()
-            && !self.model.serves(model).await.map_err(Error::from)?
+            && !(self.model_visible(caller, model).await? && self.model.serves(model).await.map_err(Error::from)?)
         {
             v.push(FieldViolation::new(
                 "model.model",
@@ -504,6 +528,7 @@ impl Evals {
         };
         let run = RunRecord {
             id: ids::new_id("evalrun"),
+            project: eval.project.clone(),
             eval_id: eval.id.clone(),
             spec,
             state: RunState::Queued,
@@ -618,7 +643,18 @@ impl Evals {
         Ok(total)
     }
 
-    pub async fn get_run(&self, id: &str) -> Result<RunRecord> {
+    /// The run, if it is the caller's project's (NOT_FOUND otherwise).
+    pub async fn get_run(&self, caller: &Caller, id: &str) -> Result<RunRecord> {
+        let run = self.load_run(id).await?;
+        if caller.sees(&run.project) {
+            Ok(run)
+        } else {
+            Err(Error::not_found("eval run", id))
+        }
+    }
+
+    /// Any project's run: for the server's own work on a run already checked.
+    async fn load_run(&self, id: &str) -> Result<RunRecord> {
         check_id("evalrun", "id", id, "an eval run id")?;
         self.store
             .get_eval_run(id)
@@ -626,8 +662,15 @@ impl Evals {
             .ok_or_else(|| Error::not_found("eval run", id))
     }
 
-    pub async fn list_runs(&self, eval_id: &str, page_size: i32, page_token: &str) -> Result<(Vec<RunRecord>, String)> {
+    pub async fn list_runs(
+        &self,
+        caller: &Caller,
+        eval_id: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<RunRecord>, String)> {
         check_id("eval", "eval_id", eval_id, "an eval id")?;
+        self.get_eval(caller, eval_id).await?;
         let limit = paging::limit(page_size)?;
         let after = paging::decode_cursor(RUNS_TOKEN, page_token, "ListEvalRuns")?;
         let runs = self.store.list_eval_runs(eval_id, after.as_ref(), limit + 1).await?;
@@ -638,8 +681,8 @@ impl Evals {
 
     /// Cancels a queued or running run: no item is dispatched after this,
     /// and the items in flight are dropped, not recorded.
-    pub async fn cancel_run(&self, id: &str) -> Result<RunRecord> {
-        let run = self.get_run(id).await?;
+    pub async fn cancel_run(&self, caller: &Caller, id: &str) -> Result<RunRecord> {
+        let run = self.get_run(caller, id).await?;
         if run.state.is_terminal() {
             return Err(refusal(id, run.state));
         }
@@ -649,7 +692,7 @@ impl Evals {
             .finish_eval_run(id, &from, RunState::Canceled, None, Some(now_millis()))
             .await?
         else {
-            let state = self.get_run(id).await?.state;
+            let state = self.load_run(id).await?.state;
             return Err(refusal(id, state));
         };
         // A runner on another replica learns it from its next heartbeat.
@@ -662,12 +705,13 @@ impl Evals {
 
     pub async fn list_items(
         &self,
+        caller: &Caller,
         run_id: &str,
         status: Option<ItemStatus>,
         page_size: i32,
         page_token: &str,
     ) -> Result<(Vec<OutputItemRecord>, String)> {
-        self.get_run(run_id).await?;
+        self.get_run(caller, run_id).await?;
         let limit = paging::limit(page_size)?;
         let after = if page_token.is_empty() {
             None
@@ -691,8 +735,13 @@ impl Evals {
     /// Progress after `after_seq`, then live progress, then the final run.
     /// The stream is bounded: a client that stops reading holds only its own
     /// small buffer and catches up from the store when it reads again.
-    pub async fn watch(self: &Arc<Self>, run_id: &str, after_seq: u64) -> Result<mpsc::Receiver<Result<WatchItem>>> {
-        self.get_run(run_id).await?;
+    pub async fn watch(
+        self: &Arc<Self>,
+        caller: &Caller,
+        run_id: &str,
+        after_seq: u64,
+    ) -> Result<mpsc::Receiver<Result<WatchItem>>> {
+        self.get_run(caller, run_id).await?;
         let (tx, rx) = mpsc::channel(32);
         let evals = self.clone();
         let id = run_id.to_string();
@@ -708,7 +757,7 @@ impl Evals {
         // Subscribe before reading so nothing recorded in between is missed.
         let mut live = self.bus.subscribe(id);
         let mut last = after_seq;
-        let mut total = self.get_run(id).await?.total;
+        let mut total = self.load_run(id).await?.total;
         loop {
             live.borrow_and_update();
             let mut terminal = None;
@@ -729,7 +778,7 @@ impl Evals {
                 if terminal.is_some() {
                     break;
                 }
-                let run = self.get_run(id).await?;
+                let run = self.load_run(id).await?;
                 total = run.total;
                 if !run.state.is_terminal() {
                     break;
@@ -747,7 +796,7 @@ impl Evals {
     }
 
     /// Compares runs of one eval: the first is the baseline.
-    pub async fn compare(&self, run_ids: &[String]) -> Result<Comparison> {
+    pub async fn compare(&self, caller: &Caller, run_ids: &[String]) -> Result<Comparison> {
         if run_ids.len() < 2 {
             return Err(Error::invalid("run_ids", "compare two or more runs"));
         }
@@ -773,7 +822,7 @@ impl Evals {
         }
         let mut runs = Vec::new();
         for id in run_ids {
-            runs.push(self.get_run(id).await?);
+            runs.push(self.get_run(caller, id).await?);
         }
         for (i, run) in runs.iter().enumerate().skip(1) {
             if run.eval_id != runs[0].eval_id {

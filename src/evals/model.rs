@@ -26,6 +26,8 @@ pub struct EvalSpec {
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvalRecord {
     pub id: String,
+    /// The project it belongs to (`auth`), with its runs.
+    pub project: String,
     pub name: String,
     pub spec: EvalSpec,
     pub created_at: i64,
@@ -155,6 +157,8 @@ pub struct Progress {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunRecord {
     pub id: String,
+    /// Its eval's project.
+    pub project: String,
     pub eval_id: String,
     pub spec: RunSpec,
     pub state: RunState,

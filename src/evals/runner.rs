@@ -169,7 +169,7 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
         for c in &eval.spec.criteria {
             let batch = evals
                 .graders
-                .batch(c.grader.clone())
+                .batch(&crate::auth::model::Caller::system(&run.project), c.grader.clone())
                 .await
                 .map_err(|e| format!("criterion {}: {e}", c.name))?;
             criteria.push((c.clone(), batch));

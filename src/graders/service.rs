@@ -15,6 +15,7 @@ use tokio::sync::OnceCell;
 use super::{
     FieldViolation, GradeContext, Grader, GraderResult, PythonPool, PythonPoolConfig, ResultCache, Sample, parse,
 };
+use crate::auth::model::Caller;
 use crate::error::{Error, Result};
 use crate::store::{GraderRecord, Store};
 
@@ -84,14 +85,14 @@ impl Graders {
     }
 
     /// RunGrader: `grader` is a grader object or `{"name": ...}` naming a saved one.
-    pub async fn run(&self, grader: Value, sample: Sample, item: Value) -> Result<GraderResult> {
-        let grader = self.resolve(grader).await?;
+    pub async fn run(&self, caller: &Caller, grader: Value, sample: Sample, item: Value) -> Result<GraderResult> {
+        let grader = self.resolve(caller, grader).await?;
         let ctx = self.context(&grader).await;
         Ok(super::run(&grader, &sample, &item, &ctx).await)
     }
 
     /// ValidateGrader: every field problem at once, python sources compiled in the sandbox.
-    pub async fn validate(&self, grader: &Value) -> Result<()> {
+    pub async fn validate(&self, _caller: &Caller, grader: &Value) -> Result<()> {
         let parsed = parse(grader).map_err(|v| invalid_grader("grader", v))?;
         let ctx = self.context(&parsed).await;
         super::validate(grader, &ctx)
@@ -103,12 +104,12 @@ impl Graders {
     /// Resolves a grader object or a `{"name": ...}` reference and validates it (python
     /// sources compiled in the sandbox); violations are rooted at `field`. Returns the grader
     /// object itself (what a reference named) and its parsed form.
-    pub async fn resolve_checked(&self, grader: Value, field: &str) -> Result<(Value, Grader)> {
+    pub async fn resolve_checked(&self, caller: &Caller, grader: Value, field: &str) -> Result<(Value, Grader)> {
         let json = match saved_name(&grader) {
             Some(name) => {
                 check_name(name, &format!("{field}.name"))?;
                 self.store
-                    .get_grader(name)
+                    .get_grader(&caller.project, name)
                     .await?
                     .ok_or_else(|| Error::not_found("grader", name))?
                     .grader
@@ -124,8 +125,8 @@ impl Graders {
     }
 
     /// GradeBatch: resolves the grader first, so a bad grader fails before any pair is read.
-    pub async fn batch(&self, grader: Value) -> Result<Batch> {
-        let grader = self.resolve(grader).await?;
+    pub async fn batch(&self, caller: &Caller, grader: Value) -> Result<Batch> {
+        let grader = self.resolve(caller, grader).await?;
         let ctx = self.context(&grader).await;
         Ok(Batch {
             grader: Arc::new(grader),
@@ -134,7 +135,7 @@ impl Graders {
         })
     }
 
-    pub async fn create(&self, name: String, grader: Value) -> Result<GraderRecord> {
+    pub async fn create(&self, caller: &Caller, name: String, grader: Value) -> Result<GraderRecord> {
         check_name(&name, "name")?;
         let parsed = parse(&grader).map_err(|v| invalid_grader("grader", v))?;
         let ctx = self.context(&parsed).await;
@@ -142,6 +143,7 @@ impl Graders {
             .await
             .map_err(|v| invalid_grader("grader", v))?;
         let record = GraderRecord {
+            project: caller.project.clone(),
             name,
             grader,
             created_at: crate::ids::now_millis(),
@@ -150,16 +152,16 @@ impl Graders {
         Ok(record)
     }
 
-    pub async fn get(&self, name: &str) -> Result<GraderRecord> {
+    pub async fn get(&self, caller: &Caller, name: &str) -> Result<GraderRecord> {
         check_name(name, "name")?;
         self.store
-            .get_grader(name)
+            .get_grader(&caller.project, name)
             .await?
             .ok_or_else(|| Error::not_found("grader", name))
     }
 
     /// Name order; the page token is the last name of the previous page.
-    pub async fn list(&self, page_size: i32, page_token: &str) -> Result<(Vec<GraderRecord>, String)> {
+    pub async fn list(&self, caller: &Caller, page_size: i32, page_token: &str) -> Result<(Vec<GraderRecord>, String)> {
         let limit = crate::paging::limit(page_size)?;
         let after = if page_token.is_empty() {
             None
@@ -167,17 +169,17 @@ impl Graders {
             check_name(page_token, "page_token")?;
             Some(page_token)
         };
-        let graders = self.store.list_graders(after, limit + 1).await?;
+        let graders = self.store.list_graders(&caller.project, after, limit + 1).await?;
         Ok(crate::paging::split(graders, limit, |g| g.name.clone()))
     }
 
     /// The grader object itself, or the saved grader a `{"name": ...}` reference names.
-    async fn resolve(&self, grader: Value) -> Result<Grader> {
+    async fn resolve(&self, caller: &Caller, grader: Value) -> Result<Grader> {
         let json = match saved_name(&grader) {
             Some(name) => {
                 check_name(name, "grader.name")?;
                 self.store
-                    .get_grader(name)
+                    .get_grader(&caller.project, name)
                     .await?
                     .ok_or_else(|| Error::not_found("grader", name))?
                     .grader

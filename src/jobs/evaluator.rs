@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use super::model::{JobRecord, JobSpec};
 use super::trainer::StopHandle;
+use crate::auth::model::Caller;
 use crate::error::FieldViolation;
 
 /// What one checkpoint eval measured.
@@ -26,7 +27,7 @@ pub struct CheckpointScore {
 pub trait CheckpointEvaluator: Send + Sync + 'static {
     /// Checks a job's `checkpoint_eval` at CreateJob (the eval exists, the
     /// criterion is one of its criteria, the templates parse).
-    async fn check(&self, spec: &JobSpec) -> Vec<FieldViolation>;
+    async fn check(&self, caller: &Caller, spec: &JobSpec) -> Vec<FieldViolation>;
 
     /// Runs the eval on `model` (the checkpoint at `step`) and waits for its
     /// result. Idempotent per (job, step): after a restart it waits for the

@@ -14,6 +14,7 @@ use super::model::*;
 use super::spec::{self, CreateJob};
 use super::state;
 use super::trainer::{StopHandle, StopReason, Trainer};
+use crate::auth::model::Caller;
 use crate::blobs::Blobs;
 use crate::datasets::model::DatasetState;
 use crate::datasets::report::Purpose;
@@ -155,6 +156,7 @@ impl Jobs {
 
     async fn check_dataset(
         &self,
+        caller: &Caller,
         field: &str,
         id: &str,
         purpose: Purpose,
@@ -164,7 +166,7 @@ impl Jobs {
             violations.push(FieldViolation::new(field, format!("{id:?} is not a dataset id")));
             return Ok(None);
         }
-        let Some(d) = self.store.get_dataset(id).await? else {
+        let Some(d) = self.store.get_dataset(id).await?.filter(|d| caller.sees(&d.project)) else {
             return Err(Error::not_found("dataset", id));
         };
         if d.state != DatasetState::Ready {
@@ -194,11 +196,12 @@ impl Jobs {
     /// gives another.
     async fn continue_from(
         &self,
+        caller: &Caller,
         spec: &mut JobSpec,
         lora_given: bool,
         violations: &mut Vec<FieldViolation>,
     ) -> Result<()> {
-        let model = self.models.get(&spec.base_model).await?;
+        let model = self.models.get(caller, &spec.base_model).await?;
         let parent = match &model.job_id {
             Some(id) => self.store.get_job(id).await?,
             None => None,
@@ -238,7 +241,7 @@ impl Jobs {
         Ok(())
     }
 
-    pub async fn create(&self, req: CreateJob) -> Result<JobRecord> {
+    pub async fn create(&self, caller: &Caller, req: CreateJob) -> Result<JobRecord> {
         let Some(trainer) = &self.trainer else {
             return Err(Error::precondition(
                 "TRAINER",
@@ -256,13 +259,13 @@ impl Jobs {
         let training = match spec.training_dataset_id.as_str() {
             "" => None,
             id => {
-                self.check_dataset("training_dataset_id", id, purpose, &mut violations)
+                self.check_dataset(caller, "training_dataset_id", id, purpose, &mut violations)
                     .await?
             }
         };
         let validation = match &spec.validation_dataset_id {
             Some(id) => {
-                self.check_dataset("validation_dataset_id", id, purpose, &mut violations)
+                self.check_dataset(caller, "validation_dataset_id", id, purpose, &mut violations)
                     .await?
             }
             None => None,
@@ -280,14 +283,14 @@ impl Jobs {
                     "checkpoint_eval",
                     "checkpoint evals run on the validation data: give a validation dataset",
                 )),
-                Some(evaluator) => violations.extend(evaluator.check(&spec).await),
+                Some(evaluator) => violations.extend(evaluator.check(caller, &spec).await),
             }
         }
         if trainer.resolves_models() && !spec.base_model.trim().is_empty() {
-            match self.models.kind_of(&spec.base_model).await? {
+            match self.models.kind_of(caller, &spec.base_model).await? {
                 Some(ModelKind::Base) => {}
                 Some(ModelKind::FineTuned) => {
-                    self.continue_from(&mut spec, req.lora.is_some(), &mut violations)
+                    self.continue_from(caller, &mut spec, req.lora.is_some(), &mut violations)
                         .await?
                 }
                 None => violations.push(FieldViolation::new(
@@ -300,8 +303,14 @@ impl Jobs {
             return Err(Error::InvalidArgument(violations));
         }
 
-        let key = req.idempotency_key.filter(|k| !k.is_empty());
-        let job = JobRecord::new(ids::new_id("job"), spec, key, now_millis());
+        // Keys are unique per project: the stored key is qualified by it
+        // (project ids have no '/'), so another project's same key neither
+        // collides nor returns that project's job.
+        let key = req
+            .idempotency_key
+            .filter(|k| !k.is_empty())
+            .map(|k| format!("{}/{k}", caller.project));
+        let job = JobRecord::new(ids::new_id("job"), caller.project.clone(), spec, key, now_millis());
         let created = NewEvent::state(
             JobState::ValidatingFiles,
             Level::Info,
@@ -343,18 +352,25 @@ impl Jobs {
         Ok(job)
     }
 
-    pub async fn get(&self, id: &str) -> Result<JobRecord> {
+    /// The job, if it is the caller's project's (NOT_FOUND otherwise).
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<JobRecord> {
         check_job_id(id)?;
-        self.store.get_job(id).await?.ok_or_else(|| Error::not_found("job", id))
+        self.store
+            .get_job(id)
+            .await?
+            .filter(|j| caller.sees(&j.project))
+            .ok_or_else(|| Error::not_found("job", id))
     }
 
     pub async fn list(
         &self,
+        caller: &Caller,
         mut query: JobQuery,
         page_size: i32,
         page_token: &str,
     ) -> Result<(Vec<JobRecord>, String)> {
         let limit = paging::limit(page_size)?;
+        query.project = Some(caller.project.clone());
         query.after = paging::decode_cursor(PAGE_TOKEN, page_token, "ListJobs")?;
         query.limit = limit + 1;
         let jobs = self.store.list_jobs(&query).await?;
@@ -365,13 +381,14 @@ impl Jobs {
 
     async fn control(
         &self,
+        caller: &Caller,
         id: &str,
         to: JobState,
         action: &str,
         reason: StopReason,
         message: String,
     ) -> Result<JobRecord> {
-        let job = self.get(id).await?;
+        let job = self.get(caller, id).await?;
         if !state::can(job.state, to) {
             return Err(Error::precondition(
                 "JOB_STATE",
@@ -402,8 +419,9 @@ impl Jobs {
         }
     }
 
-    pub async fn cancel(&self, id: &str) -> Result<JobRecord> {
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<JobRecord> {
         self.control(
+            caller,
             id,
             JobState::Cancelled,
             "cancelled",
@@ -413,8 +431,9 @@ impl Jobs {
         .await
     }
 
-    pub async fn pause(&self, id: &str) -> Result<JobRecord> {
+    pub async fn pause(&self, caller: &Caller, id: &str) -> Result<JobRecord> {
         self.control(
+            caller,
             id,
             JobState::Paused,
             "paused",
@@ -424,8 +443,8 @@ impl Jobs {
         .await
     }
 
-    pub async fn resume(&self, id: &str) -> Result<JobRecord> {
-        let job = self.get(id).await?;
+    pub async fn resume(&self, caller: &Caller, id: &str) -> Result<JobRecord> {
+        let job = self.get(caller, id).await?;
         if job.state != JobState::Paused {
             return Err(Error::precondition(
                 "JOB_STATE",
@@ -435,6 +454,7 @@ impl Jobs {
         }
         let job = self
             .control(
+                caller,
                 id,
                 JobState::Queued,
                 "resumed",
@@ -448,12 +468,13 @@ impl Jobs {
 
     pub async fn events(
         &self,
+        caller: &Caller,
         id: &str,
         after_seq: u64,
         page_size: i32,
         page_token: &str,
     ) -> Result<(Vec<JobEvent>, String)> {
-        self.get(id).await?;
+        self.get(caller, id).await?;
         let limit = paging::limit(page_size)?;
         let after = if page_token.is_empty() {
             after_seq
@@ -471,11 +492,12 @@ impl Jobs {
 
     pub async fn checkpoints(
         &self,
+        caller: &Caller,
         id: &str,
         page_size: i32,
         page_token: &str,
     ) -> Result<(Vec<CheckpointRecord>, String)> {
-        self.get(id).await?;
+        self.get(caller, id).await?;
         let limit = paging::limit(page_size)?;
         let before = if page_token.is_empty() {
             None
@@ -499,8 +521,13 @@ impl Jobs {
     /// Events after `after_seq`, then live ones, then the final job. The
     /// stream is bounded: a client that stops reading holds only its own
     /// small buffer and catches up from the store when it reads again.
-    pub async fn watch(self: &Arc<Self>, id: &str, after_seq: u64) -> Result<mpsc::Receiver<Result<WatchItem>>> {
-        self.get(id).await?;
+    pub async fn watch(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        after_seq: u64,
+    ) -> Result<mpsc::Receiver<Result<WatchItem>>> {
+        self.get(caller, id).await?;
         let (tx, rx) = mpsc::channel(32);
         let jobs = self.clone();
         let id = id.to_string();
@@ -530,7 +557,11 @@ impl Jobs {
                     break;
                 }
             }
-            let job = self.get(id).await?;
+            let job = self
+                .store
+                .get_job(id)
+                .await?
+                .ok_or_else(|| Error::not_found("job", id))?;
             if job.state.is_terminal() {
                 let _ = tx.send(Ok(WatchItem::End(job))).await;
                 return Ok(());

@@ -197,6 +197,8 @@ pub struct JobError {
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobRecord {
     pub id: String,
+    /// The project it belongs to (`auth`), with its events, checkpoints and models.
+    pub project: String,
     pub spec: JobSpec,
     pub state: JobState,
     pub idempotency_key: Option<String>,
@@ -215,9 +217,10 @@ pub struct JobRecord {
 
 impl JobRecord {
     /// A job as it is created: VALIDATING_FILES, never run, nothing set.
-    pub fn new(id: String, spec: JobSpec, idempotency_key: Option<String>, created_at: i64) -> Self {
+    pub fn new(id: String, project: String, spec: JobSpec, idempotency_key: Option<String>, created_at: i64) -> Self {
         Self {
             id,
+            project,
             spec,
             state: JobState::ValidatingFiles,
             idempotency_key,

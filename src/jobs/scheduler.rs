@@ -621,7 +621,7 @@ async fn succeed(
             let spec = &job.spec;
             if let Err(e) = jobs
                 .models
-                .record_fine_tuned(&spec.base_model, &spec.suffix, &job.id, step)
+                .record_fine_tuned(&job.project, &spec.base_model, &spec.suffix, &job.id, step)
                 .await
             {
                 tracing::error!(job = %job.id, error = %e, "could not register the fine-tuned model");

@@ -45,6 +45,9 @@ pub struct BaseModelInfo {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelRecord {
     pub id: String,
+    /// The project of a fine-tuned model; None for base models, which every
+    /// project shares.
+    pub project: Option<String>,
     pub kind: ModelKind,
     /// The base model's name (a base model's own id).
     pub base_model: String,
@@ -89,4 +92,11 @@ pub fn parse_checkpoint_model_id(model: &str) -> Option<(&str, &str, u64)> {
     let step = step.parse().ok()?;
     let (_, job) = prefix.rsplit_once(':')?;
     Some((prefix, job, step))
+}
+
+impl ModelRecord {
+    /// Whether `caller` may see and use it: a base model, or its project's.
+    pub fn visible_to(&self, caller: &crate::auth::model::Caller) -> bool {
+        self.project.as_deref().is_none_or(|p| caller.sees(p))
+    }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::inspect::{check_name, inspect};
 use super::model::{ModelKind, ModelRecord, Resolved, fine_tuned_model_id, parse_checkpoint_model_id};
+use crate::auth::model::Caller;
 use crate::blobs::Blobs;
 use crate::error::{Error, Result};
 use crate::ids::now_millis;
@@ -38,7 +39,8 @@ impl Models {
 
     /// Registers a base model from a path on the server, after checking
     /// what is there (headers only).
-    pub async fn register(&self, name: &str, path: &str) -> Result<ModelRecord> {
+    pub async fn register(&self, caller: &Caller, name: &str, path: &str) -> Result<ModelRecord> {
+        crate::auth::require_admin(caller, "registering a base model")?;
         check_name(name)?;
         if path.is_empty() {
             return Err(Error::invalid("path", "a model directory or GGUF file is required"));
@@ -49,6 +51,7 @@ impl Models {
             .map_err(|e| Error::Internal(format!("model inspection failed: {e}")))??;
         let record = ModelRecord {
             id: name.to_string(),
+            project: None,
             kind: ModelKind::Base,
             base_model: name.to_string(),
             job_id: None,
@@ -61,10 +64,18 @@ impl Models {
     }
 
     /// Records (or moves to another checkpoint) the fine-tuned model a job made.
-    pub async fn record_fine_tuned(&self, base_model: &str, suffix: &str, job_id: &str, step: u64) -> Result<String> {
+    pub async fn record_fine_tuned(
+        &self,
+        project: &str,
+        base_model: &str,
+        suffix: &str,
+        job_id: &str,
+        step: u64,
+    ) -> Result<String> {
         let id = fine_tuned_model_id(base_model, suffix, job_id);
         let record = ModelRecord {
             id: id.clone(),
+            project: Some(project.to_string()),
             kind: ModelKind::FineTuned,
             base_model: base_model.to_string(),
             job_id: Some(job_id.to_string()),
@@ -76,24 +87,32 @@ impl Models {
         Ok(id)
     }
 
-    pub async fn get(&self, id: &str) -> Result<ModelRecord> {
+    /// The model, if the caller may see it (NOT_FOUND otherwise).
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<ModelRecord> {
         if id.is_empty() {
             return Err(Error::invalid("id", "a model id is required"));
         }
         self.store
             .get_model(id)
             .await?
+            .filter(|m| m.visible_to(caller))
             .ok_or_else(|| Error::not_found("model", id))
     }
 
-    /// Whether `name` is a registered base model (`None` when nothing has that name).
-    pub async fn kind_of(&self, name: &str) -> Result<Option<ModelKind>> {
-        Ok(self.store.get_model(name).await?.map(|m| m.kind))
+    /// What kind of model `name` is (`None` when the caller sees nothing by that name).
+    pub async fn kind_of(&self, caller: &Caller, name: &str) -> Result<Option<ModelKind>> {
+        Ok(self
+            .store
+            .get_model(name)
+            .await?
+            .filter(|m| m.visible_to(caller))
+            .map(|m| m.kind))
     }
 
     /// By id, optionally of one kind.
     pub async fn list(
         &self,
+        caller: &Caller,
         kind: Option<ModelKind>,
         page_size: i32,
         page_token: &str,
@@ -111,7 +130,10 @@ impl Models {
                     })?,
             ),
         };
-        let models = self.store.list_models(kind, after.as_deref(), limit + 1).await?;
+        let models = self
+            .store
+            .list_models(&caller.project, kind, after.as_deref(), limit + 1)
+            .await?;
         Ok(paging::split(models, limit, |m| {
             format!("{PAGE_TOKEN}{}", hex::encode(&m.id))
         }))
@@ -121,9 +143,10 @@ impl Models {
     /// checkpoint history stay), or unregisters a base model (its files
     /// are the user's and stay where they are). A base model that an
     /// unfinished job or a fine-tuned model is built on stays.
-    pub async fn delete(&self, id: &str) -> Result<ModelRecord> {
-        let model = self.get(id).await?;
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<ModelRecord> {
+        let model = self.get(caller, id).await?;
         if model.kind == ModelKind::Base {
+            crate::auth::require_admin(caller, "deleting a base model")?;
             let busy: Vec<String> = self
                 .store
                 .list_jobs(&JobQuery {
@@ -171,20 +194,40 @@ impl Models {
         Ok(model)
     }
 
-    /// Whether `model` names a model (a registered one, or a job's
-    /// checkpoint), without reading its files.
-    pub async fn knows(&self, model: &str) -> Result<bool> {
-        if self.store.get_model(model).await?.is_some() {
-            return Ok(true);
+    /// Whether `model` names a model the caller may use (a base model, one
+    /// of its project's fine-tuned models, or a checkpoint of one of its
+    /// jobs), without reading its files.
+    pub async fn knows(&self, caller: &Caller, model: &str) -> Result<bool> {
+        self.named(model, Some(caller)).await
+    }
+
+    /// Whether `model` names a model of any project: for the engine, which
+    /// serves what the services already checked.
+    pub async fn exists(&self, model: &str) -> Result<bool> {
+        self.named(model, None).await
+    }
+
+    async fn named(&self, model: &str, caller: Option<&Caller>) -> Result<bool> {
+        if let Some(record) = self.store.get_model(model).await? {
+            return Ok(caller.is_none_or(|c| record.visible_to(c)));
         }
         let Some((prefix, job_id, _)) = parse_checkpoint_model_id(model) else {
             return Ok(false);
         };
-        Ok(self
-            .store
-            .get_job(job_id)
-            .await?
-            .is_some_and(|job| fine_tuned_model_id(&job.spec.base_model, &job.spec.suffix, &job.id) == prefix))
+        Ok(self.store.get_job(job_id).await?.is_some_and(|job| {
+            caller.is_none_or(|c| c.sees(&job.project))
+                && fine_tuned_model_id(&job.spec.base_model, &job.spec.suffix, &job.id) == prefix
+        }))
+    }
+
+    /// NOT_FOUND when `model` names a local model (or checkpoint) of another
+    /// project; names that are no local model pass (a provider's, say), for
+    /// the chat seam to resolve or refuse.
+    pub async fn check_visible(&self, caller: &Caller, model: &str) -> Result<()> {
+        if self.exists(model).await? && !self.knows(caller, model).await? {
+            return Err(Error::not_found("model", model));
+        }
+        Ok(())
     }
 
     /// What `model` names, as the engine loads it: a registered base model,

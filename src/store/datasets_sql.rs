@@ -28,8 +28,8 @@ macro_rules! impl_dataset_store {
                 use $crate::store::rows::to_json;
                 let result = sqlx::query(
                     "INSERT INTO datasets (id, filename, display_name, purpose, state, bytes, sha256, created_at,
-                        metadata, report, stats, lineage)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                        metadata, report, stats, lineage, project_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 )
                 .bind(&d.id)
                 .bind(&d.filename)
@@ -43,6 +43,7 @@ macro_rules! impl_dataset_store {
                 .bind(to_json(&d.report))
                 .bind(to_json(&d.stats))
                 .bind(d.lineage.as_ref().map(to_json))
+                .bind(&d.project)
                 .execute(&self.pool)
                 .await;
                 $crate::store::rows::unique_as_conflict(result, || d.id.clone()).map(|_| ())
@@ -73,6 +74,7 @@ macro_rules! impl_dataset_store {
                     "SELECT * FROM datasets
                      WHERE ($1 IS NULL OR purpose = $1)
                        AND (created_at < $2 OR (created_at = $2 AND id < $3) OR $4)
+                       AND project_id = $6
                      ORDER BY created_at DESC, id DESC
                      LIMIT $5",
                 )
@@ -81,6 +83,7 @@ macro_rules! impl_dataset_store {
                 .bind(after_id)
                 .bind(q.after.is_none())
                 .bind(q.limit as i64)
+                .bind(&q.project)
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter().map($crate::store::rows::dataset_from_row).collect()

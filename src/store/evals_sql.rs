@@ -9,11 +9,12 @@ macro_rules! impl_eval_store {
         #[async_trait::async_trait]
         impl $crate::store::traits::EvalStore for $store {
             async fn insert_eval(&self, e: &$crate::evals::model::EvalRecord) -> Result<(), $crate::store::error::StoreError> {
-                let result = sqlx::query("INSERT INTO evals (id, name, spec, created_at) VALUES ($1, $2, $3, $4)")
+                let result = sqlx::query("INSERT INTO evals (id, name, spec, created_at, project_id) VALUES ($1, $2, $3, $4, $5)")
                     .bind(&e.id)
                     .bind(&e.name)
                     .bind($crate::store::rows::to_json(&e.spec))
                     .bind(e.created_at)
+                    .bind(&e.project)
                     .execute(&self.pool)
                     .await;
                 $crate::store::rows::unique_as_conflict(result, || e.id.clone()).map(|_| ())
@@ -38,8 +39,9 @@ macro_rules! impl_eval_store {
                 // Inserted only while its dataset exists and is ready (see
                 // `insert_job`).
                 let result = sqlx::query(concat!(
-                    "INSERT INTO eval_runs (id, eval_id, spec, dataset_id, state, total, progress, error, created_at, next_seq)
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 0
+                    "INSERT INTO eval_runs (id, eval_id, spec, dataset_id, state, total, progress, error, created_at, next_seq,
+                        project_id)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10
                      WHERE EXISTS (SELECT 1 FROM datasets WHERE id = $4 AND state = 'ready' ",
                     $lock,
                     ")"
@@ -53,6 +55,7 @@ macro_rules! impl_eval_store {
                 .bind(to_json(&r.progress))
                 .bind(r.error.as_deref())
                 .bind(r.created_at)
+                .bind(&r.project)
                 .execute(&self.pool)
                 .await;
                 match $crate::store::rows::unique_as_conflict(result, || r.id.clone())? {

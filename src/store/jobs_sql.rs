@@ -33,8 +33,8 @@ macro_rules! impl_job_store {
                 // sees this job or makes this insert find nothing.
                 let result = sqlx::query(concat!(
                     "INSERT INTO jobs (id, spec, state, base_model, training_dataset_id, validation_dataset_id,
-                        priority, metadata, idempotency_key, created_at, next_seq)
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1
+                        priority, metadata, idempotency_key, created_at, next_seq, project_id)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11
                      WHERE EXISTS (SELECT 1 FROM datasets WHERE id = $5 AND state = 'ready' ",
                     $lock,
                     ")
@@ -52,6 +52,7 @@ macro_rules! impl_job_store {
                 .bind(to_json(&job.spec.metadata))
                 .bind(job.idempotency_key.as_deref())
                 .bind(job.created_at)
+                .bind(&job.project)
                 .execute(&mut *tx)
                 .await;
                 match result {
@@ -117,6 +118,7 @@ macro_rules! impl_job_store {
                         "SELECT * FROM jobs
                          WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR base_model = $2)
                            AND (created_at < $3 OR (created_at = $3 AND id < $4))
+                           AND ($6 IS NULL OR project_id = $6)
                          ORDER BY created_at DESC, id DESC LIMIT $5",
                     )
                     .bind(q.state.map(|s| s.as_str()))
@@ -124,6 +126,7 @@ macro_rules! impl_job_store {
                     .bind(cursor_ts)
                     .bind(&cursor_id)
                     .bind((q.limit.max(1) * 4) as i64)
+                    .bind(q.project.as_deref())
                     .fetch_all(&self.pool)
                     .await?;
                     let fetched = rows.len();

@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 #[macro_use]
+pub(crate) mod auth_sql;
+#[macro_use]
 mod graders_sql;
 #[macro_use]
 mod datasets_sql;
@@ -33,7 +35,7 @@ pub use self::error::StoreError;
 pub use self::leases::{LeaseChange, LeaseKind, LeaseStore, Leased};
 pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
-pub use self::traits::{DatasetStore, EvalStore, GraderStore, JobStore, ModelStore, Store};
+pub use self::traits::{AuthStore, DatasetStore, EvalStore, GraderStore, JobStore, ModelStore, Store};
 pub use self::types::{Cursor, DatasetQuery, GraderRecord, JobQuery, Transition};
 
 /// Opens the backend named by `url`, running its migrations.

@@ -9,8 +9,8 @@ macro_rules! impl_model_store {
         impl $crate::store::traits::ModelStore for $store {
             async fn insert_model(&self, m: &$crate::models::model::ModelRecord) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query(
-                    "INSERT INTO models (id, kind, base_model, job_id, checkpoint_step, created_at, info)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                    "INSERT INTO models (id, kind, base_model, job_id, checkpoint_step, created_at, info, project_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                      ON CONFLICT (id) DO UPDATE SET checkpoint_step = excluded.checkpoint_step",
                 )
                 .bind(&m.id)
@@ -20,6 +20,7 @@ macro_rules! impl_model_store {
                 .bind(m.checkpoint_step.map(|s| s as i64))
                 .bind(m.created_at)
                 .bind(m.info.as_ref().map($crate::store::rows::to_json))
+                .bind(m.project.as_deref())
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -27,8 +28,8 @@ macro_rules! impl_model_store {
 
             async fn register_model(&self, m: &$crate::models::model::ModelRecord) -> Result<(), $crate::store::error::StoreError> {
                 let result = sqlx::query(
-                    "INSERT INTO models (id, kind, base_model, job_id, checkpoint_step, created_at, info)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO models (id, kind, base_model, job_id, checkpoint_step, created_at, info, project_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(&m.id)
                 .bind(m.kind.as_str())
@@ -37,6 +38,7 @@ macro_rules! impl_model_store {
                 .bind(m.checkpoint_step.map(|s| s as i64))
                 .bind(m.created_at)
                 .bind(m.info.as_ref().map($crate::store::rows::to_json))
+                .bind(m.project.as_deref())
                 .execute(&self.pool)
                 .await;
                 $crate::store::rows::unique_as_conflict(result, || m.id.clone()).map(|_| ())
@@ -49,16 +51,19 @@ macro_rules! impl_model_store {
 
             async fn list_models(
                 &self,
+                project: &str,
                 kind: Option<$crate::models::model::ModelKind>,
                 after: Option<&str>,
                 limit: usize,
             ) -> Result<Vec<$crate::models::model::ModelRecord>, $crate::store::error::StoreError> {
                 let rows = sqlx::query(
-                    "SELECT * FROM models WHERE ($1 IS NULL OR kind = $1) AND id > $2 ORDER BY id LIMIT $3",
+                    "SELECT * FROM models WHERE ($1 IS NULL OR kind = $1) AND id > $2
+                       AND (project_id IS NULL OR project_id = $4) ORDER BY id LIMIT $3",
                 )
                 .bind(kind.map(|k| k.as_str()))
                 .bind(after.unwrap_or(""))
                 .bind(limit as i64)
+                .bind(project)
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter().map($crate::store::rows::model_from_row).collect()

@@ -30,6 +30,8 @@ crate::impl_model_store!(PostgresStore);
 
 crate::impl_grader_store!(PostgresStore);
 
+crate::impl_auth_store!(PostgresStore);
+
 crate::impl_eval_store!(PostgresStore, lock_shared = "FOR SHARE");
 
 // Concurrent claimers (several replicas, remote workers) skip the rows

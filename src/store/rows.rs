@@ -46,6 +46,7 @@ where
     let report: String = row.try_get("report")?;
     let stats: String = row.try_get("stats")?;
     Ok(DatasetRecord {
+        project: row.try_get("project_id")?,
         filename: row.try_get("filename")?,
         display_name: row.try_get("display_name")?,
         purpose: Purpose::from_str(&purpose).map_err(|_| StoreError::Corrupt {
@@ -107,6 +108,7 @@ where
     let trained: i64 = row.try_get("trained_tokens")?;
     let attempts: i64 = row.try_get("attempts")?;
     Ok(JobRecord {
+        project: row.try_get("project_id")?,
         spec: from_json::<JobSpec>(&id, "spec", &spec)?,
         state: JobState::parse(&state).ok_or_else(|| StoreError::Corrupt {
             id: id.clone(),
@@ -215,6 +217,7 @@ where
     })?;
     Ok(ModelRecord {
         info,
+        project: row.try_get("project_id")?,
         id,
         kind,
         base_model: row.try_get("base_model")?,
@@ -237,6 +240,7 @@ where
     let id: String = row.try_get("id")?;
     let spec: String = row.try_get("spec")?;
     Ok(EvalRecord {
+        project: row.try_get("project_id")?,
         spec: from_json(&id, "spec", &spec)?,
         name: row.try_get("name")?,
         created_at: row.try_get("created_at")?,
@@ -259,6 +263,7 @@ where
     let progress: String = row.try_get("progress")?;
     let total: i64 = row.try_get("total")?;
     Ok(RunRecord {
+        project: row.try_get("project_id")?,
         eval_id: row.try_get("eval_id")?,
         spec: from_json(&id, "spec", &spec)?,
         state: RunState::parse(&state).ok_or_else(|| StoreError::Corrupt {
@@ -319,8 +324,68 @@ where
         reason: format!("column grader: {e}"),
     })?;
     Ok(super::types::GraderRecord {
+        project: row.try_get("project_id")?,
         name,
         grader,
         created_at: row.try_get("created_at")?,
+    })
+}
+
+pub fn project_from_row<'r, R>(row: &'r R) -> Result<crate::auth::model::Project, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(crate::auth::model::Project {
+        id: row.try_get("id")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+pub fn api_key_from_row<'r, R>(row: &'r R) -> Result<crate::auth::model::ApiKeyRecord, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: String = row.try_get("id")?;
+    let role: String = row.try_get("role")?;
+    let role = crate::auth::model::Role::parse(&role).ok_or_else(|| StoreError::Corrupt {
+        id: id.clone(),
+        reason: format!("unknown role {role:?}"),
+    })?;
+    Ok(crate::auth::model::ApiKeyRecord {
+        id,
+        project: row.try_get("project_id")?,
+        name: row.try_get("name")?,
+        owner: row.try_get("owner")?,
+        role,
+        secret_hash: row.try_get("secret_hash")?,
+        redacted: row.try_get("redacted")?,
+        created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+pub fn audit_event_from_row<'r, R>(row: &'r R) -> Result<crate::auth::model::AuditEvent, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let seq: i64 = row.try_get("seq")?;
+    Ok(crate::auth::model::AuditEvent {
+        seq: seq as u64,
+        at: row.try_get("at")?,
+        key_id: row.try_get("key_id")?,
+        project: row.try_get("project_id")?,
+        method: row.try_get("method")?,
+        outcome: row.try_get("outcome")?,
     })
 }

@@ -43,6 +43,8 @@ crate::impl_model_store!(SqliteStore);
 
 crate::impl_grader_store!(SqliteStore);
 
+crate::impl_auth_store!(SqliteStore);
+
 crate::impl_eval_store!(SqliteStore, lock_shared = "");
 
 // SQLite serializes writers, so a claim needs no row lock.

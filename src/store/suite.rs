@@ -12,6 +12,7 @@ pub fn dataset(id: &str, created_at: i64, purpose: Option<Purpose>) -> DatasetRe
     metadata.insert("team".to_string(), "search".to_string());
     DatasetRecord {
         id: id.to_string(),
+        project: "default".to_string(),
         filename: "train.jsonl".to_string(),
         display_name: "Train".to_string(),
         purpose: purpose.unwrap_or(Purpose::Sft),
@@ -76,6 +77,7 @@ pub async fn list_pages_newest_first_without_gaps(store: impl Store) {
     loop {
         let page = store
             .list_datasets(&DatasetQuery {
+                project: "default".into(),
                 purpose: None,
                 after: after.clone(),
                 limit: 7,
@@ -98,6 +100,7 @@ pub async fn list_pages_newest_first_without_gaps(store: impl Store) {
 
     let evals = store
         .list_datasets(&DatasetQuery {
+            project: "default".into(),
             purpose: Some(Purpose::Eval),
             after: None,
             limit: 100,
@@ -161,7 +164,13 @@ pub fn job(n: u32, created_at: i64, priority: i32, key: Option<&str>) -> JobReco
         checkpoint_eval: None,
         start_from: None,
     };
-    let mut job = JobRecord::new(format!("job_{n:026}"), spec, key.map(str::to_string), created_at);
+    let mut job = JobRecord::new(
+        format!("job_{n:026}"),
+        "default".into(),
+        spec,
+        key.map(str::to_string),
+        created_at,
+    );
     job.state = JobState::Queued;
     job
 }
@@ -506,6 +515,7 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
     assert!(store.dataset_in_use(&id(1)).await.unwrap());
     let model = ModelRecord {
         id: "ft:tiny:t:job".into(),
+        project: Some("default".into()),
         kind: ModelKind::FineTuned,
         base_model: "tiny".into(),
         job_id: Some(a.id.clone()),
@@ -515,9 +525,13 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
     };
     store.insert_model(&model).await.unwrap();
     assert_eq!(store.get_model(&model.id).await.unwrap(), Some(model.clone()));
-    assert_eq!(store.list_models(None, None, 10).await.unwrap(), vec![model.clone()]);
+    assert_eq!(
+        store.list_models("default", None, None, 10).await.unwrap(),
+        vec![model.clone()]
+    );
     let base = ModelRecord {
         id: "tiny".into(),
+        project: None,
         kind: ModelKind::Base,
         base_model: "tiny".into(),
         job_id: None,
@@ -537,15 +551,24 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
         Err(super::StoreError::Conflict(_))
     ));
     assert_eq!(
-        store.list_models(Some(ModelKind::Base), None, 10).await.unwrap(),
+        store
+            .list_models("default", Some(ModelKind::Base), None, 10)
+            .await
+            .unwrap(),
         vec![base.clone()]
     );
     assert_eq!(
-        store.list_models(Some(ModelKind::FineTuned), None, 10).await.unwrap(),
+        store
+            .list_models("default", Some(ModelKind::FineTuned), None, 10)
+            .await
+            .unwrap(),
         vec![model.clone()]
     );
     assert_eq!(
-        store.list_models(None, Some("ft:tiny:t:job"), 10).await.unwrap(),
+        store
+            .list_models("default", None, Some("ft:tiny:t:job"), 10)
+            .await
+            .unwrap(),
         vec![base.clone()]
     );
     assert_eq!(
@@ -625,6 +648,7 @@ pub async fn jobs_list_filters_and_pages(store: impl Store) {
 
 fn saved_grader(name: &str, created_at: i64) -> super::GraderRecord {
     super::GraderRecord {
+        project: "default".to_string(),
         name: name.to_string(),
         grader: serde_json::json!({
             "type": "string_check",
@@ -641,8 +665,8 @@ fn saved_grader(name: &str, created_at: i64) -> super::GraderRecord {
 pub async fn graders_insert_get_and_conflict(store: impl Store) {
     let g = saved_grader("exact-match_v1", 1_700_000_000_123);
     store.insert_grader(&g).await.unwrap();
-    assert_eq!(store.get_grader(&g.name).await.unwrap(), Some(g.clone()));
-    assert_eq!(store.get_grader("missing").await.unwrap(), None);
+    assert_eq!(store.get_grader("default", &g.name).await.unwrap(), Some(g.clone()));
+    assert_eq!(store.get_grader("default", "missing").await.unwrap(), None);
     let mut again = saved_grader("exact-match_v1", 5);
     again.grader = serde_json::json!({"type": "multi"});
     let err = store.insert_grader(&again).await.unwrap_err();
@@ -651,7 +675,7 @@ pub async fn graders_insert_get_and_conflict(store: impl Store) {
         "{err}"
     );
     assert_eq!(
-        store.get_grader(&g.name).await.unwrap(),
+        store.get_grader("default", &g.name).await.unwrap(),
         Some(g),
         "a conflict changes nothing"
     );
@@ -665,7 +689,7 @@ pub async fn graders_list_pages_in_name_order(store: impl Store) {
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store.list_graders(after.as_deref(), 4).await.unwrap();
+        let page = store.list_graders("default", after.as_deref(), 4).await.unwrap();
         assert!(page.len() <= 4);
         let Some(last) = page.last() else { break };
         after = Some(last.name.clone());
@@ -673,13 +697,14 @@ pub async fn graders_list_pages_in_name_order(store: impl Store) {
     }
     // Byte order on every backend.
     assert_eq!(seen, ["A", "Z9", "a-1", "a_1", "b", "c"]);
-    assert!(store.list_graders(Some("c"), 10).await.unwrap().is_empty());
+    assert!(store.list_graders("default", Some("c"), 10).await.unwrap().is_empty());
 }
 
 pub fn eval_record(n: u32) -> crate::evals::model::EvalRecord {
     use crate::evals::model::*;
     EvalRecord {
         id: format!("eval_{n:026}"),
+        project: "default".into(),
         name: "arithmetic".into(),
         spec: EvalSpec {
             item_schema: Some(serde_json::json!({"type": "object"})),
@@ -698,6 +723,7 @@ pub fn run_record(n: u32, eval: &str, created_at: i64) -> crate::evals::model::R
     use crate::evals::model::*;
     RunRecord {
         id: format!("evalrun_{n:026}"),
+        project: "default".into(),
         eval_id: eval.to_string(),
         spec: RunSpec {
             name: String::new(),
@@ -1245,6 +1271,8 @@ macro_rules! store_suite {
             jobs_list_filters_and_pages,
             graders_insert_get_and_conflict,
             graders_list_pages_in_name_order,
+            records_are_scoped_by_project,
+            projects_keys_and_audit,
             evals_runs_are_leased_and_record_items_with_gapless_seqs,
             evals_runs_list_newest_first_per_eval,
             datasets_in_use_are_kept_and_gone_ones_refuse_new_work,
@@ -1269,4 +1297,210 @@ macro_rules! store_suite {
             )*
         }
     };
+}
+
+/// Lists see one project's records; base models are everyone's; grader
+/// names are unique per project only.
+pub async fn records_are_scoped_by_project(store: impl Store) {
+    use crate::models::model::{ModelKind, ModelRecord};
+    store
+        .insert_project(&crate::auth::model::Project {
+            id: "b".into(),
+            created_at: 1,
+        })
+        .await
+        .unwrap();
+    let mut mine = dataset(&id(1), 10, None);
+    mine.project = "b".into();
+    store.insert_dataset(&mine).await.unwrap();
+    store.insert_dataset(&dataset(&id(2), 11, None)).await.unwrap();
+    let list = |project: &str| DatasetQuery {
+        project: project.into(),
+        limit: 10,
+        ..Default::default()
+    };
+    let b: Vec<String> = store
+        .list_datasets(&list("b"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(b, [id(1)]);
+    let d: Vec<String> = store
+        .list_datasets(&list("default"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(d, [id(2)]);
+    assert_eq!(store.get_dataset(&id(1)).await.unwrap().unwrap().project, "b");
+
+    let mut j = job(1, 5, 0, None);
+    j.project = "b".into();
+    store.insert_job(&j, &created()).await.unwrap();
+    store.insert_job(&job(2, 6, 0, None), &created()).await.unwrap();
+    let jobs = |project: Option<&str>| JobQuery {
+        project: project.map(str::to_string),
+        limit: 10,
+        ..Default::default()
+    };
+    let b = store.list_jobs(&jobs(Some("b"))).await.unwrap();
+    assert_eq!(b.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), [j.id.clone()]);
+    assert_eq!(b[0].project, "b");
+    assert_eq!(
+        store.list_jobs(&jobs(None)).await.unwrap().len(),
+        2,
+        "the server's own queries see all"
+    );
+
+    let base = ModelRecord {
+        id: "tiny".into(),
+        project: None,
+        kind: ModelKind::Base,
+        base_model: "tiny".into(),
+        job_id: None,
+        checkpoint_step: None,
+        created_at: 1,
+        info: None,
+    };
+    let tuned = |project: &str, name: &str| ModelRecord {
+        id: name.into(),
+        project: Some(project.into()),
+        kind: ModelKind::FineTuned,
+        base_model: "tiny".into(),
+        job_id: None,
+        checkpoint_step: Some(1),
+        created_at: 2,
+        info: None,
+    };
+    store.register_model(&base).await.unwrap();
+    store.insert_model(&tuned("b", "ft:tiny:b:x")).await.unwrap();
+    store.insert_model(&tuned("default", "ft:tiny:d:y")).await.unwrap();
+    let names = |models: Vec<ModelRecord>| models.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(
+        names(store.list_models("b", None, None, 10).await.unwrap()),
+        ["ft:tiny:b:x", "tiny"]
+    );
+    assert_eq!(
+        names(store.list_models("default", None, None, 10).await.unwrap()),
+        ["ft:tiny:d:y", "tiny"]
+    );
+    assert_eq!(
+        store
+            .get_model("ft:tiny:b:x")
+            .await
+            .unwrap()
+            .unwrap()
+            .project
+            .as_deref(),
+        Some("b")
+    );
+
+    let mut g = saved_grader("same", 1);
+    store.insert_grader(&g).await.unwrap();
+    g.project = "b".into();
+    g.grader = serde_json::json!({"type": "multi"});
+    store.insert_grader(&g).await.unwrap();
+    assert_eq!(store.get_grader("b", "same").await.unwrap(), Some(g.clone()));
+    assert_ne!(store.get_grader("default", "same").await.unwrap(), Some(g));
+    assert_eq!(store.list_graders("b", None, 10).await.unwrap().len(), 1);
+    assert!(store.get_grader("c", "same").await.unwrap().is_none());
+
+    let mut e = eval_record(1);
+    e.project = "b".into();
+    store.insert_eval(&e).await.unwrap();
+    assert_eq!(store.get_eval(&e.id).await.unwrap().unwrap().project, "b");
+    let mut r = run_record(1, &e.id, 5);
+    r.project = "b".into();
+    store.insert_eval_run(&r).await.unwrap();
+    assert_eq!(store.get_eval_run(&r.id).await.unwrap().unwrap().project, "b");
+}
+
+/// Projects, keys by hash, revocation and the audit log.
+pub async fn projects_keys_and_audit(store: impl Store) {
+    use crate::auth::model::{ApiKeyRecord, AuditEvent, Project, Role};
+    assert!(
+        store.get_project("default").await.unwrap().is_some(),
+        "migrations make the default project"
+    );
+    let p = Project {
+        id: "team-a".into(),
+        created_at: 5,
+    };
+    store.insert_project(&p).await.unwrap();
+    assert!(matches!(
+        store.insert_project(&p).await,
+        Err(super::StoreError::Conflict(_))
+    ));
+    let ids: Vec<String> = store
+        .list_projects(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids, ["default", "team-a"]);
+    assert_eq!(store.list_projects(Some("default"), 10).await.unwrap(), vec![p.clone()]);
+
+    assert!(!store.has_admin_key().await.unwrap());
+    let key = |n: u32, project: &str, role: Role| ApiKeyRecord {
+        id: format!("key_{n:026}"),
+        project: project.into(),
+        name: format!("k{n}"),
+        owner: "ops@example.com".into(),
+        role,
+        secret_hash: format!("{n:064}"),
+        redacted: "sk-lathe-abcd...wxyz".into(),
+        created_at: 10 + n as i64,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let member = key(1, "team-a", Role::Member);
+    store.insert_api_key(&member).await.unwrap();
+    assert!(!store.has_admin_key().await.unwrap());
+    let admin = key(2, "default", Role::Admin);
+    store.insert_api_key(&admin).await.unwrap();
+    assert!(store.has_admin_key().await.unwrap());
+    let mut same_hash = key(3, "default", Role::Member);
+    same_hash.secret_hash = member.secret_hash.clone();
+    assert!(matches!(
+        store.insert_api_key(&same_hash).await,
+        Err(super::StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.api_key_by_hash(&member.secret_hash).await.unwrap(),
+        Some(member.clone())
+    );
+    assert_eq!(store.api_key_by_hash(&"f".repeat(64)).await.unwrap(), None);
+    assert_eq!(
+        store.list_api_keys(Some("team-a"), None, 10).await.unwrap(),
+        vec![member.clone()]
+    );
+    assert_eq!(store.list_api_keys(None, None, 10).await.unwrap().len(), 2);
+    store.touch_api_key(&member.id, 77).await.unwrap();
+    let revoked = store.revoke_api_key(&member.id, 88).await.unwrap().unwrap();
+    assert_eq!((revoked.last_used_at, revoked.revoked_at), (Some(77), Some(88)));
+    let again = store.revoke_api_key(&member.id, 99).await.unwrap().unwrap();
+    assert_eq!(again.revoked_at, Some(88), "the first revocation stands");
+    assert!(store.revoke_api_key("key_missing", 1).await.unwrap().is_none());
+    store.revoke_api_key(&admin.id, 90).await.unwrap();
+    assert!(!store.has_admin_key().await.unwrap());
+
+    let event = |n: i64| AuditEvent {
+        seq: 0,
+        at: n,
+        key_id: member.id.clone(),
+        project: "team-a".into(),
+        method: format!("/lathe.v1.DatasetService/DeleteDataset{n}"),
+        outcome: "Ok".into(),
+    };
+    store.insert_audit_events(&[event(1), event(2)]).await.unwrap();
+    store.insert_audit_events(&[event(3)]).await.unwrap();
+    let newest = store.list_audit_events(None, 2).await.unwrap();
+    assert_eq!(newest.iter().map(|e| e.at).collect::<Vec<_>>(), [3, 2]);
+    assert!(newest[0].seq > newest[1].seq);
+    let rest = store.list_audit_events(Some(newest[1].seq), 10).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.at).collect::<Vec<_>>(), [1]);
 }

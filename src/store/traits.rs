@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use super::error::StoreError;
 use super::leases::LeaseStore;
 use super::types::{Cursor, DatasetQuery, GraderRecord, JobQuery, Transition};
+use crate::auth::model::{ApiKeyRecord, AuditEvent, Project};
 use crate::datasets::model::DatasetRecord;
 use crate::evals::model::{EvalRecord, ItemStatus, OutputItemRecord, RunRecord, RunState};
 use crate::jobs::model::{CheckpointRecord, JobEvent, JobPatch, JobRecord, JobState, Metrics, NewEvent};
@@ -82,9 +83,11 @@ pub trait ModelStore: Send + Sync + 'static {
     /// Inserts a new model; `Conflict` if the name is taken.
     async fn register_model(&self, model: &ModelRecord) -> Result<(), StoreError>;
     async fn get_model(&self, id: &str) -> Result<Option<ModelRecord>, StoreError>;
-    /// By id, strictly after `after`, optionally only one kind.
+    /// By id, strictly after `after`, optionally only one kind: base models
+    /// and `project`'s fine-tuned ones.
     async fn list_models(
         &self,
+        project: &str,
         kind: Option<ModelKind>,
         after: Option<&str>,
         limit: usize,
@@ -96,14 +99,19 @@ pub trait ModelStore: Send + Sync + 'static {
     async fn delete_model(&self, id: &str) -> Result<Option<(ModelRecord, Vec<String>)>, StoreError>;
 }
 
-/// Saved graders, keyed by their unique name.
+/// Saved graders, keyed by their name, unique within a project.
 #[async_trait]
 pub trait GraderStore: Send + Sync + 'static {
     /// Inserts a new grader; `Conflict` if the name is taken.
     async fn insert_grader(&self, grader: &GraderRecord) -> Result<(), StoreError>;
-    async fn get_grader(&self, name: &str) -> Result<Option<GraderRecord>, StoreError>;
-    /// In name order, strictly after `after_name`, at most `limit` rows.
-    async fn list_graders(&self, after_name: Option<&str>, limit: usize) -> Result<Vec<GraderRecord>, StoreError>;
+    async fn get_grader(&self, project: &str, name: &str) -> Result<Option<GraderRecord>, StoreError>;
+    /// `project`'s, in name order, strictly after `after_name`, at most `limit` rows.
+    async fn list_graders(
+        &self,
+        project: &str,
+        after_name: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<GraderRecord>, StoreError>;
 }
 
 /// Evals, their runs and the runs' output items. A run is claimed with a
@@ -164,6 +172,37 @@ pub trait EvalStore: Send + Sync + 'static {
     ) -> Result<Vec<OutputItemRecord>, StoreError>;
 }
 
-pub trait Store: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore {}
+/// Projects, API keys (by the hash of their secret) and the audit log.
+#[async_trait]
+pub trait AuthStore: Send + Sync + 'static {
+    /// Inserts a new project; `Conflict` if the id exists.
+    async fn insert_project(&self, project: &Project) -> Result<(), StoreError>;
+    async fn get_project(&self, id: &str) -> Result<Option<Project>, StoreError>;
+    /// In id order, strictly after `after`.
+    async fn list_projects(&self, after: Option<&str>, limit: usize) -> Result<Vec<Project>, StoreError>;
+    /// Inserts a new key; `Conflict` if the id or the secret's hash exists.
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// In id order, strictly after `after`, only `project`'s when given.
+    async fn list_api_keys(
+        &self,
+        project: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Marks the key revoked at `at` (once: a second revocation keeps the
+    /// first time) and returns it; None if there is no such key.
+    async fn revoke_api_key(&self, id: &str, at: i64) -> Result<Option<ApiKeyRecord>, StoreError>;
+    async fn touch_api_key(&self, id: &str, at: i64) -> Result<(), StoreError>;
+    /// Whether any admin key is not revoked.
+    async fn has_admin_key(&self) -> Result<bool, StoreError>;
+    /// Appends events (their `seq`s are ignored and assigned in order).
+    async fn insert_audit_events(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+    /// Newest first, with seq below `before_seq`.
+    async fn list_audit_events(&self, before_seq: Option<u64>, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+}
 
-impl<T: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore> Store for T {}
+pub trait Store: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore + AuthStore {}
+
+impl<T: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore + AuthStore> Store for T {}

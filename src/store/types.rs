@@ -13,6 +13,8 @@ pub struct Cursor {
 
 #[derive(Clone, Debug, Default)]
 pub struct DatasetQuery {
+    /// Only this project's datasets.
+    pub project: String,
     pub purpose: Option<Purpose>,
     pub after: Option<Cursor>,
     pub limit: usize,
@@ -20,6 +22,8 @@ pub struct DatasetQuery {
 
 #[derive(Clone, Debug, Default)]
 pub struct JobQuery {
+    /// Only this project's jobs (every project's when None: the server's own queries).
+    pub project: Option<String>,
     pub state: Option<JobState>,
     pub base_model: Option<String>,
     pub metadata: Vec<(String, String)>,
@@ -30,6 +34,7 @@ pub struct JobQuery {
 /// A grader saved under a name, as the user wrote it (validated before saving).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GraderRecord {
+    pub project: String,
     pub name: String,
     pub grader: serde_json::Value,
     pub created_at: i64,

@@ -48,11 +48,7 @@ fn start(data_dir: &std::path::Path) -> (Child, String) {
 async fn kill_9_mid_job_then_restart_resumes_from_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, url) = start(dir.path());
-    let channel = tonic::transport::Channel::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = crate::common::connect_local(&url, dir.path()).await;
     let mut datasets = proto::dataset_service_client::DatasetServiceClient::new(channel.clone());
     let train = upload_fixture(&mut datasets, "sft_tools.jsonl", DatasetPurpose::Sft, "").await;
     let mut jobs = FineTuningServiceClient::new(channel);
@@ -93,11 +89,7 @@ async fn kill_9_mid_job_then_restart_resumes_from_the_last_checkpoint() {
     server.wait().unwrap();
 
     let (mut server, url) = start(dir.path());
-    let channel = tonic::transport::Channel::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = crate::common::connect_local(&url, dir.path()).await;
     let mut jobs = FineTuningServiceClient::new(channel);
     let mut stream = jobs
         .watch_job(proto::WatchJobRequest {

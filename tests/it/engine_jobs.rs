@@ -4,13 +4,14 @@
 //! real gRPC on port 0.
 
 use crate::common::*;
+use lathe::client::Channel;
 use lathe::proto::json::struct_from_json;
 use lathe::proto::{
     self, DatasetPurpose, JobState, eval_service_client::EvalServiceClient,
     fine_tuning_service_client::FineTuningServiceClient, job_event, model_service_client::ModelServiceClient,
     watch_job_response::Payload,
 };
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use tonic_types::StatusExt;
 
 const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use crate::common::openai_stub::{Reply, Stub, chat_body};
 use crate::common::*;
+use lathe::client::Channel;
 use lathe::config::ServeConfig;
 use lathe::proto::json::struct_from_json;
 use lathe::proto::{self, eval_service_client::EvalServiceClient, watch_eval_run_response::Payload};
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 /// A safety net for waits on events, not a pacing device.
 const PATIENCE: Duration = Duration::from_secs(30);

@@ -2,10 +2,11 @@
 //! multi formulas, python graders in the sandbox, saved graders, GradeBatch and the CLI.
 
 use crate::common::*;
+use lathe::client::Channel;
 use lathe::proto::json::{json_from_struct, struct_from_json};
 use lathe::proto::{self, grade_batch_request, grader_service_client::GraderServiceClient};
 use serde_json::{Value, json};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use tonic_types::StatusExt;
 
 struct Env {
@@ -561,14 +562,6 @@ async fn grade_batch_needs_a_valid_grader_first() {
     assert_eq!(result.reward, 1.0);
     let status = stream.message().await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-}
-
-fn lathe(addr: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
-        .args(args)
-        .env("LATHE_ADDR", addr)
-        .output()
-        .expect("run lathe")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

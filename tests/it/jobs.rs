@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use crate::common::scripted::{MODEL, ScriptedTrainer, expected_state};
 use crate::common::*;
+use lathe::client::Channel;
 use lathe::proto::{
     self, DatasetPurpose, JobState, fine_tuning_service_client::FineTuningServiceClient, job_event,
     model_service_client::ModelServiceClient, watch_job_response::Payload,
 };
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use tonic_types::StatusExt;
 
 struct Env {
@@ -783,14 +784,6 @@ async fn without_a_trainer_create_job_says_so() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("no trainer"), "{}", err.message());
     server.stop().await;
-}
-
-fn lathe(addr: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
-        .args(args)
-        .env("LATHE_ADDR", addr)
-        .output()
-        .expect("run lathe")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,4 +21,5 @@ mod models;
 mod providers;
 mod providers_llama_cpp;
 mod server;
+mod tenancy;
 mod tokenizer;

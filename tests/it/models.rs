@@ -166,6 +166,7 @@ async fn cli_models_add_and_list() {
             std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
                 .args(args)
                 .env("LATHE_ADDR", &addr)
+                .env("LATHE_API_KEY", ADMIN_KEY)
                 .output()
                 .unwrap()
         };
@@ -188,7 +189,7 @@ async fn cli_models_add_and_list() {
 
 /// A server whose local engine holds one generation at a time, with a tiny
 /// random model registered as "tiny".
-async fn one_slot_server(dir: &std::path::Path) -> (TestServer, ModelServiceClient<tonic::transport::Channel>) {
+async fn one_slot_server(dir: &std::path::Path) -> (TestServer, ModelServiceClient<lathe::client::Channel>) {
     let model_dir = dir.join("tiny-model");
     lathe_engine::tiny::write_tiny_model(&model_dir, 2, 64, 3).unwrap();
     let mut config = lathe::config::ServeConfig::embedded(dir.join("data"));

@@ -99,14 +99,6 @@ async fn empty_requests_are_bad_input_on_chat_and_evals() {
     server.stop().await;
 }
 
-fn lathe(addr: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
-        .args(args)
-        .env("LATHE_ADDR", addr)
-        .output()
-        .expect("run lathe")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_uploads_lists_splits_downloads_and_deletes() {
     let dir = tempfile::tempdir().unwrap();
@@ -304,9 +296,9 @@ async fn serve_binary_logs_json_and_stops_cleanly_on_sigterm() {
         .spawn()
         .unwrap();
     let (addr, lines) = logged_address(&mut child).await;
-    let mut client = lathe::proto::dataset_service_client::DatasetServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = lathe::proto::dataset_service_client::DatasetServiceClient::new(
+        connect_local(&format!("http://{addr}"), dir.path()).await,
+    );
     client
         .list_datasets(proto::ListDatasetsRequest::default())
         .await
@@ -339,9 +331,9 @@ async fn serve_binary_takes_its_settings_from_the_environment() {
         .unwrap();
     let (addr, lines) = logged_address(&mut child).await;
     assert!(!addr.ends_with(":0"), "{addr}");
-    let mut client = lathe::proto::dataset_service_client::DatasetServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = lathe::proto::dataset_service_client::DatasetServiceClient::new(
+        connect_local(&format!("http://{addr}"), &dir.path().join("data")).await,
+    );
     let err = upload_bytes(
         &mut client,
         "big.jsonl",

@@ -4,12 +4,14 @@
 //! and every other rule belong to the services, which a REST front door
 //! calls the same way.
 
+mod admin;
 mod datasets;
 mod evals;
 mod graders;
 mod jobs;
 mod models;
 
+pub use admin::*;
 pub use datasets::*;
 pub use evals::*;
 pub use graders::*;

@@ -6,10 +6,30 @@ pub mod scripted;
 
 use std::path::{Path, PathBuf};
 
+pub use lathe::client::Channel;
 use lathe::config::ServeConfig;
 use lathe::proto::{self, dataset_service_client::DatasetServiceClient, upload_dataset_request};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel;
+
+/// The admin key every test server is started with (`default` project).
+pub const ADMIN_KEY: &str = "sk-lathe-test-admin-0123456789abcdef0123456789abcdef";
+
+/// A client connection to `url` with `key`.
+pub async fn connect(url: &str, key: &str) -> Channel {
+    let channel = tonic::transport::Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    Channel::new(channel, Some(key)).unwrap()
+}
+
+/// A connection to a `lathe serve` child on loopback, with the admin key it
+/// wrote into `data_dir` on its first start.
+pub async fn connect_local(url: &str, data_dir: &Path) -> Channel {
+    let key = lathe::auth::read_key_file(&data_dir.join(lathe::auth::ADMIN_KEY_FILE)).expect("admin.key");
+    connect(url, &key).await
+}
 
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
@@ -33,7 +53,10 @@ impl TestServer {
         Self::start_full(config, lathe::app::Engine::Custom(Some(std::sync::Arc::new(trainer)))).await
     }
 
-    pub async fn start_full(config: ServeConfig, engine: lathe::app::Engine) -> Self {
+    pub async fn start_full(mut config: ServeConfig, engine: lathe::app::Engine) -> Self {
+        if config.admin_key.is_none() {
+            config.admin_key = Some(lathe::config::Secret(ADMIN_KEY.to_string()));
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -52,14 +75,20 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
+    /// A connection with the admin key of the `default` project.
     pub async fn channel(&self) -> Channel {
         // The listener is bound before `start` returns, so connecting cannot
         // race the server: no sleeps or retries needed.
-        Channel::from_shared(self.url())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect")
+        connect(&self.url(), self.admin_key()).await
+    }
+
+    pub fn admin_key(&self) -> &str {
+        self.config.admin_key.as_ref().map_or(ADMIN_KEY, |k| k.0.as_str())
+    }
+
+    /// A connection with `key`.
+    pub async fn channel_with(&self, key: &str) -> Channel {
+        connect(&self.url(), key).await
     }
 
     pub async fn datasets(&self) -> DatasetServiceClient<Channel> {
@@ -235,4 +264,14 @@ pub async fn list_checkpoints(
     .unwrap()
     .into_inner()
     .checkpoints
+}
+
+/// Runs the CLI against the server at `addr` with the test admin key.
+pub fn lathe(addr: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
+        .args(args)
+        .env("LATHE_ADDR", addr)
+        .env("LATHE_API_KEY", ADMIN_KEY)
+        .output()
+        .expect("run lathe")
 }
