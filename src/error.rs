@@ -134,6 +134,8 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Store(StoreError::Conflict(_)) => Code::AlreadyExists,
+            // Services say which quota and what to do; this is the fallback.
+            Error::Store(StoreError::OverQuota { .. }) => Code::ResourceExhausted,
             Error::Store(_) | Error::Blob(_) | Error::Internal(_) => {
                 // Internal causes are logged here, once, and not leaked.
                 tracing::error!(error = %message, "internal error");

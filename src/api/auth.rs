@@ -23,7 +23,7 @@ const OPEN: &[&str] = &["/grpc.health.v1.Health/"];
 
 /// Method names (the path's last part) that change something, and so are audited.
 const CHANGES: &[&str] = &[
-    "Create", "Delete", "Cancel", "Pause", "Resume", "Register", "Revoke", "Upload", "Split",
+    "Create", "Delete", "Cancel", "Pause", "Resume", "Register", "Revoke", "Upload", "Split", "Update",
 ];
 
 fn changes_something(path: &str) -> bool {
@@ -113,6 +113,9 @@ where
                 Ok(caller) => caller,
                 Err(e) => return Ok(Status::from(e).into_http()),
             };
+            if let Err(e) = auth.admit(&caller).await {
+                return Ok(Status::from(e).into_http());
+            }
             request.extensions_mut().insert(caller.clone());
             let response = inner.call(request).await?;
             if changes_something(&path) {
@@ -140,8 +143,27 @@ impl AdminService for AdminApi {
         request: Request<proto::CreateProjectRequest>,
     ) -> Result<Response<proto::CreateProjectResponse>, Status> {
         let caller = caller(&request)?;
-        let project = self.auth.create_project(&caller, &request.into_inner().id).await?;
+        let req = request.into_inner();
+        let project = self
+            .auth
+            .create_project(&caller, &req.id, convert::quotas(req.quotas))
+            .await?;
         Ok(Response::new(proto::CreateProjectResponse {
+            project: Some(convert::project(project)),
+        }))
+    }
+
+    async fn update_project_quotas(
+        &self,
+        request: Request<proto::UpdateProjectQuotasRequest>,
+    ) -> Result<Response<proto::UpdateProjectQuotasResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let project = self
+            .auth
+            .set_quotas(&caller, &req.project_id, convert::quotas(req.quotas))
+            .await?;
+        Ok(Response::new(proto::UpdateProjectQuotasResponse {
             project: Some(convert::project(project)),
         }))
     }

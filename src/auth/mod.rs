@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use self::model::{ApiKeyRecord, AuditEvent, Caller, DEFAULT_PROJECT, Project, Role};
+use self::model::{ApiKeyRecord, AuditEvent, Caller, DEFAULT_PROJECT, Project, Quotas, Role};
 use crate::error::{Error, Result};
 use crate::ids::{new_id, now_millis};
 use crate::paging;
@@ -60,12 +60,22 @@ struct Cached {
     key: Option<ApiKeyRecord>,
 }
 
+/// A project's request budget on this replica: tokens refill at its
+/// `requests_per_second` up to one second's worth.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
 pub struct Auth {
     store: Arc<dyn Store>,
     /// secret hash → the key (or None: unknown), with when it was read.
     cache: Mutex<HashMap<String, Cached>>,
     /// key id → when this replica last wrote its `last_used_at`.
     touched: Mutex<HashMap<String, i64>>,
+    /// project → its quotas as read at that instant (cached like keys).
+    quotas: Mutex<HashMap<String, (Instant, Quotas)>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 /// What a first start did about keys, for the log.
@@ -136,6 +146,28 @@ fn bearer(header: Option<&str>) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
 }
 
+fn check_quotas(q: &Quotas) -> Result<()> {
+    if let Some(rate) = q.requests_per_second
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(Error::invalid(
+            "quotas.requests_per_second",
+            "must be a positive number (leave it unset for no limit)",
+        ));
+    }
+    let too_big = |v: Option<u64>| v.is_some_and(|v| v > i64::MAX as u64);
+    for (field, value) in [
+        ("quotas.max_running_jobs", q.max_running_jobs),
+        ("quotas.max_queued_jobs", q.max_queued_jobs),
+        ("quotas.max_dataset_bytes", q.max_dataset_bytes),
+    ] {
+        if too_big(value) {
+            return Err(Error::invalid(field, "is larger than the server can store"));
+        }
+    }
+    Ok(())
+}
+
 fn check_text(field: &str, value: &str) -> Result<()> {
     if value.len() > MAX_NAME_BYTES {
         return Err(Error::invalid(field, format!("must be at most {MAX_NAME_BYTES} bytes")));
@@ -152,7 +184,56 @@ impl Auth {
             store,
             cache: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashMap::new()),
+            quotas: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes one call from the caller's project's request budget, or
+    /// RESOURCE_EXHAUSTED with how long until the next call fits.
+    pub async fn admit(&self, caller: &Caller) -> Result<()> {
+        let Some(rate) = self.quotas_of(&caller.project).await?.requests_per_second else {
+            return Ok(());
+        };
+        let capacity = rate.max(1.0);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets.entry(caller.project.clone()).or_insert(Bucket {
+            tokens: capacity,
+            at: now,
+        });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(capacity);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        Err(Error::Overloaded {
+            message: format!(
+                "project {} is over its quota of {rate} requests per second; retry after the delay",
+                caller.project
+            ),
+            retry_after: Duration::from_secs_f64((1.0 - bucket.tokens) / rate),
+        })
+    }
+
+    async fn quotas_of(&self, project: &str) -> Result<Quotas> {
+        if let Some((at, quotas)) = self.quotas.lock().unwrap_or_else(|p| p.into_inner()).get(project)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(quotas.clone());
+        }
+        let quotas = self
+            .store
+            .get_project(project)
+            .await?
+            .map(|p| p.quotas)
+            .unwrap_or_default();
+        self.quotas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(project.to_string(), (Instant::now(), quotas.clone()));
+        Ok(quotas)
     }
 
     /// Makes sure an admin can get in: records `admin_key` when given; else,
@@ -307,14 +388,31 @@ impl Auth {
         }
     }
 
-    pub async fn create_project(&self, caller: &Caller, id: &str) -> Result<Project> {
+    pub async fn create_project(&self, caller: &Caller, id: &str, quotas: Quotas) -> Result<Project> {
         require_admin(caller, "creating a project")?;
         check_project_id("id", id)?;
+        check_quotas(&quotas)?;
         let project = Project {
             id: id.to_string(),
             created_at: now_millis(),
+            quotas,
         };
         self.store.insert_project(&project).await?;
+        Ok(project)
+    }
+
+    /// Replaces a project's quotas; every replica applies them within the
+    /// cache's two seconds.
+    pub async fn set_quotas(&self, caller: &Caller, id: &str, quotas: Quotas) -> Result<Project> {
+        require_admin(caller, "setting a project's quotas")?;
+        check_project_id("project_id", id)?;
+        check_quotas(&quotas)?;
+        let project = self
+            .store
+            .set_project_quotas(id, &quotas)
+            .await?
+            .ok_or_else(|| Error::not_found("project", id))?;
+        self.quotas.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         Ok(project)
     }
 

@@ -27,10 +27,24 @@ impl Role {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Project {
     pub id: String,
     pub created_at: i64,
+    pub quotas: Quotas,
+}
+
+/// What a project may use at once; None is no limit. Set by admins.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Quotas {
+    /// Jobs running at once: the scheduler claims no more of its jobs.
+    pub max_running_jobs: Option<u64>,
+    /// Jobs validating or queued at once: more are refused at create.
+    pub max_queued_jobs: Option<u64>,
+    /// Bytes of its ready datasets: an upload or split beyond is refused.
+    pub max_dataset_bytes: Option<u64>,
+    /// Calls a second, a token bucket holding one second's worth, per replica.
+    pub requests_per_second: Option<f64>,
 }
 
 /// A key as stored: its secret only as a hash.

@@ -14,14 +14,77 @@ pub enum RoleArg {
     Member,
 }
 
+/// A project's quotas; a flag left out is no limit.
+#[derive(clap::Args, Debug)]
+pub struct QuotaArgs {
+    /// Jobs running at once.
+    #[arg(long)]
+    max_running_jobs: Option<u64>,
+    /// Jobs validating or queued at once.
+    #[arg(long)]
+    max_queued_jobs: Option<u64>,
+    /// Bytes of ready datasets.
+    #[arg(long)]
+    max_dataset_bytes: Option<u64>,
+    /// Calls a second (per server replica).
+    #[arg(long)]
+    requests_per_second: Option<f64>,
+}
+
+impl QuotaArgs {
+    fn proto(&self) -> proto::ProjectQuotas {
+        proto::ProjectQuotas {
+            max_running_jobs: self.max_running_jobs,
+            max_queued_jobs: self.max_queued_jobs,
+            max_dataset_bytes: self.max_dataset_bytes,
+            requests_per_second: self.requests_per_second,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ProjectsCommand {
     /// Make a project (1-64 of a-z, 0-9, '-' and '_').
-    Create { id: String },
+    Create {
+        id: String,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+    },
+    /// Replace a project's quotas (a flag left out is no limit).
+    Quotas {
+        id: String,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+    },
     List {
         #[arg(long, default_value_t = 1000)]
         limit: i32,
     },
+}
+
+fn limit_text<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn project_json(p: &proto::Project) -> serde_json::Value {
+    let q = p.quotas.unwrap_or_default();
+    json!({
+        "id": p.id, "object": "project", "created_at": time(p.created_at),
+        "quotas": {"max_running_jobs": q.max_running_jobs, "max_queued_jobs": q.max_queued_jobs,
+                   "max_dataset_bytes": q.max_dataset_bytes, "requests_per_second": q.requests_per_second},
+    })
+}
+
+fn project_line(p: &proto::Project) -> String {
+    let q = p.quotas.unwrap_or_default();
+    format!(
+        "{:<24} running jobs {:<4} queued jobs {:<4} dataset bytes {:<14} requests/s {}",
+        p.id,
+        limit_text(q.max_running_jobs),
+        limit_text(q.max_queued_jobs),
+        limit_text(q.max_dataset_bytes),
+        limit_text(q.requests_per_second)
+    )
 }
 
 #[derive(Subcommand, Debug)]
@@ -87,21 +150,27 @@ fn key_line(k: &proto::ApiKey) -> String {
 
 pub async fn projects(addr: &str, json: bool, cmd: ProjectsCommand) -> anyhow::Result<Outcome> {
     let mut client = super::connect::connect(addr).await?.admin();
-    match cmd {
-        ProjectsCommand::Create { id } => {
-            let p = client
-                .create_project(proto::CreateProjectRequest { id })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .project
-                .unwrap_or_default();
-            if json {
-                println!("{}", json!({"id": p.id, "object": "project"}));
-            } else {
-                println!("created project {}", p.id);
-            }
-        }
+    let project = match cmd {
+        ProjectsCommand::Create { id, quotas } => client
+            .create_project(proto::CreateProjectRequest {
+                id,
+                quotas: Some(quotas.proto()),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .project
+            .unwrap_or_default(),
+        ProjectsCommand::Quotas { id, quotas } => client
+            .update_project_quotas(proto::UpdateProjectQuotasRequest {
+                project_id: id,
+                quotas: Some(quotas.proto()),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .project
+            .unwrap_or_default(),
         ProjectsCommand::List { limit } => {
             let list = client
                 .list_projects(proto::ListProjectsRequest {
@@ -111,17 +180,20 @@ pub async fn projects(addr: &str, json: bool, cmd: ProjectsCommand) -> anyhow::R
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            for p in list.projects {
+            for p in &list.projects {
                 if json {
-                    println!(
-                        "{}",
-                        json!({"id": p.id, "object": "project", "created_at": time(p.created_at)})
-                    );
+                    println!("{}", project_json(p));
                 } else {
-                    println!("{}", p.id);
+                    println!("{}", project_line(p));
                 }
             }
+            return Ok(Outcome::Ok);
         }
+    };
+    if json {
+        println!("{}", project_json(&project));
+    } else {
+        println!("{}", project_line(&project));
     }
     Ok(Outcome::Ok)
 }

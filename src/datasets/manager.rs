@@ -215,12 +215,44 @@ impl Datasets {
         };
         let _gate = self.blob_gate.lock().await;
         staged.commit().await?;
-        self.store.insert_dataset(&record).await?;
+        self.insert_committed(&record).await?;
         tracing::info!(
             dataset = %record.id, purpose = purpose.as_str(), bytes = record.bytes,
             rows = record.report.total_rows, state = record.state.as_str(), "dataset stored"
         );
         Ok(record)
+    }
+
+    /// Inserts the record of a blob just committed (holding the blob gate);
+    /// when the store refuses it (a storage quota) the blob goes too, unless
+    /// another record points at it.
+    async fn insert_committed(&self, record: &DatasetRecord) -> Result<()> {
+        match self.store.insert_dataset(record).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.drop_blob_if_unused(&record.sha256).await;
+                Err(match e {
+                    StoreError::OverQuota { project, limit, .. } => Error::ResourceExhausted(format!(
+                        "project {project}'s datasets would pass its storage quota of {limit} bytes; \
+                         delete datasets it no longer needs or ask an admin to raise max_dataset_bytes"
+                    )),
+                    other => other.into(),
+                })
+            }
+        }
+    }
+
+    async fn drop_blob_if_unused(&self, sha256: &str) {
+        match self.store.blob_in_use(sha256).await {
+            Ok(false) => {
+                if let Err(e) = self.blobs.delete(sha256).await {
+                    // Start-up GC removes it later.
+                    tracing::warn!(blob = %sha256, error = %e, "could not remove an unused blob");
+                }
+            }
+            Ok(true) => {}
+            Err(e) => tracing::warn!(blob = %sha256, error = %e, "could not check a blob's use"),
+        }
     }
 
     async fn pump<S>(&self, mut chunks: S, mut writer: BlobWriter, tx: &mpsc::Sender<Bytes>) -> Result<BlobWriter>
@@ -472,9 +504,18 @@ impl Datasets {
             staged.push(blob);
         }
         let _gate = self.blob_gate.lock().await;
+        let mut inserted: Vec<&DatasetRecord> = Vec::new();
         for (blob, record) in staged.into_iter().zip(&records) {
             blob.commit().await?;
-            self.store.insert_dataset(record).await?;
+            if let Err(e) = self.insert_committed(record).await {
+                // Both sides or neither: the first side goes too.
+                for done in inserted {
+                    self.store.delete_dataset(&done.id).await?;
+                    self.drop_blob_if_unused(&done.sha256).await;
+                }
+                return Err(e);
+            }
+            inserted.push(record);
         }
         let validation = records
             .pop()

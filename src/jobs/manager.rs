@@ -22,10 +22,13 @@ use crate::error::{Error, FieldViolation, Result};
 use crate::ids::{self, now_millis};
 use crate::models::{ModelKind, Models};
 use crate::paging;
-use crate::store::{JobQuery, Store, Transition};
+use crate::store::{JobQuery, Store, StoreError, Transition};
 
 /// Marks ListJobs page tokens.
 const PAGE_TOKEN: &str = "jp1.";
+
+/// When a client refused by the queued-jobs quota should try again.
+const QUEUE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct JobsConfig {
@@ -316,11 +319,16 @@ impl Jobs {
             Level::Info,
             format!("created fine-tuning job {}", job.id),
         );
-        let (job, fresh) = self
-            .store
-            .insert_job(&job, &created)
-            .await
-            .map_err(Error::dataset_gone)?;
+        let (job, fresh) = self.store.insert_job(&job, &created).await.map_err(|e| match e {
+            StoreError::OverQuota { project, limit, .. } => Error::Overloaded {
+                message: format!(
+                    "project {project} has {limit} jobs waiting, its max_queued_jobs quota; \
+                     retry when one has started, or ask an admin to raise the quota"
+                ),
+                retry_after: QUEUE_RETRY,
+            },
+            other => Error::dataset_gone(other),
+        })?;
         if !fresh {
             return Ok(job);
         }

@@ -11,11 +11,19 @@ macro_rules! impl_auth_store {
                 &self,
                 p: &$crate::auth::model::Project,
             ) -> Result<(), $crate::store::error::StoreError> {
-                let result = sqlx::query("INSERT INTO projects (id, created_at) VALUES ($1, $2)")
-                    .bind(&p.id)
-                    .bind(p.created_at)
-                    .execute(&self.pool)
-                    .await;
+                let q = &p.quotas;
+                let result = sqlx::query(
+                    "INSERT INTO projects (id, created_at, max_running_jobs, max_queued_jobs, max_dataset_bytes,
+                        requests_per_second) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&p.id)
+                .bind(p.created_at)
+                .bind(q.max_running_jobs.map(|v| v as i64))
+                .bind(q.max_queued_jobs.map(|v| v as i64))
+                .bind(q.max_dataset_bytes.map(|v| v as i64))
+                .bind(q.requests_per_second)
+                .execute(&self.pool)
+                .await;
                 $crate::store::rows::unique_as_conflict(result, || p.id.clone()).map(|_| ())
             }
 
@@ -23,7 +31,7 @@ macro_rules! impl_auth_store {
                 &self,
                 id: &str,
             ) -> Result<Option<$crate::auth::model::Project>, $crate::store::error::StoreError> {
-                let row = sqlx::query("SELECT id, created_at FROM projects WHERE id = $1")
+                let row = sqlx::query("SELECT * FROM projects WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await?;
@@ -35,12 +43,31 @@ macro_rules! impl_auth_store {
                 after: Option<&str>,
                 limit: usize,
             ) -> Result<Vec<$crate::auth::model::Project>, $crate::store::error::StoreError> {
-                let rows = sqlx::query("SELECT id, created_at FROM projects WHERE id > $1 ORDER BY id LIMIT $2")
+                let rows = sqlx::query("SELECT * FROM projects WHERE id > $1 ORDER BY id LIMIT $2")
                     .bind(after.unwrap_or(""))
                     .bind(limit as i64)
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter().map($crate::store::rows::project_from_row).collect()
+            }
+
+            async fn set_project_quotas(
+                &self,
+                id: &str,
+                q: &$crate::auth::model::Quotas,
+            ) -> Result<Option<$crate::auth::model::Project>, $crate::store::error::StoreError> {
+                sqlx::query(
+                    "UPDATE projects SET max_running_jobs = $1, max_queued_jobs = $2, max_dataset_bytes = $3,
+                        requests_per_second = $4 WHERE id = $5",
+                )
+                .bind(q.max_running_jobs.map(|v| v as i64))
+                .bind(q.max_queued_jobs.map(|v| v as i64))
+                .bind(q.max_dataset_bytes.map(|v| v as i64))
+                .bind(q.requests_per_second)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                self.get_project(id).await
             }
 
             async fn insert_api_key(

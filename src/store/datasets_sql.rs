@@ -26,6 +26,36 @@ macro_rules! impl_dataset_store {
                 d: &$crate::datasets::model::DatasetRecord,
             ) -> Result<(), $crate::store::error::StoreError> {
                 use $crate::store::rows::to_json;
+                let mut tx = self.pool.begin().await?;
+                // A write first (see `insert_job`): datasets of one project are
+                // inserted one at a time, so the storage quota counts them all.
+                sqlx::query("UPDATE projects SET id = id WHERE id = $1")
+                    .bind(&d.project)
+                    .execute(&mut *tx)
+                    .await?;
+                if d.state == $crate::datasets::model::DatasetState::Ready {
+                    let quota: Option<i64> = sqlx::query_scalar("SELECT max_dataset_bytes FROM projects WHERE id = $1")
+                        .bind(&d.project)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .flatten();
+                    if let Some(limit) = quota {
+                        let used: i64 = sqlx::query_scalar(
+                            "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM datasets
+                             WHERE project_id = $1 AND state = 'ready'",
+                        )
+                        .bind(&d.project)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        if used.saturating_add(d.bytes as i64) > limit {
+                            return Err($crate::store::error::StoreError::OverQuota {
+                                project: d.project.clone(),
+                                quota: "max_dataset_bytes",
+                                limit: limit.max(0) as u64,
+                            });
+                        }
+                    }
+                }
                 let result = sqlx::query(
                     "INSERT INTO datasets (id, filename, display_name, purpose, state, bytes, sha256, created_at,
                         metadata, report, stats, lineage, project_id)
@@ -44,9 +74,11 @@ macro_rules! impl_dataset_store {
                 .bind(to_json(&d.stats))
                 .bind(d.lineage.as_ref().map(to_json))
                 .bind(&d.project)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await;
-                $crate::store::rows::unique_as_conflict(result, || d.id.clone()).map(|_| ())
+                $crate::store::rows::unique_as_conflict(result, || d.id.clone())?;
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn get_dataset(

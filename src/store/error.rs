@@ -15,6 +15,13 @@ pub enum StoreError {
     /// (deleted by a concurrent request after the caller looked).
     #[error("dataset {0} is gone or not ready")]
     Gone(String),
+    /// A new record would take its project past a quota; nothing was written.
+    #[error("project {project} is at its {quota} quota ({limit})")]
+    OverQuota {
+        project: String,
+        quota: &'static str,
+        limit: u64,
+    },
     /// A change of state of work with an event log came without its event
     /// (a caller's bug); nothing was written.
     #[error("the state change of {0} needs an event")]

@@ -18,6 +18,14 @@ macro_rules! impl_job_store {
             ) -> Result<($crate::jobs::model::JobRecord, bool), $crate::store::error::StoreError> {
                 use $crate::store::rows::*;
                 let mut tx = self.pool.begin().await?;
+                // A write first: concurrent creates in one project queue
+                // here (Postgres: the project's row lock; SQLite: the write
+                // lock, taken before any read so no snapshot goes stale), so
+                // the queued-jobs quota below counts every job before this one.
+                sqlx::query("UPDATE projects SET id = id WHERE id = $1")
+                    .bind(&job.project)
+                    .execute(&mut *tx)
+                    .await?;
                 if let Some(key) = &job.idempotency_key {
                     let existing = sqlx::query("SELECT * FROM jobs WHERE idempotency_key = $1")
                         .bind(key)
@@ -26,6 +34,26 @@ macro_rules! impl_job_store {
                     if let Some(row) = existing {
                         return Ok((job_from_row(&row)?, false));
                     }
+                }
+                let queued: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM jobs WHERE project_id = $1 AND state IN ('validating_files', 'queued')",
+                )
+                .bind(&job.project)
+                .fetch_one(&mut *tx)
+                .await?;
+                let quota: Option<i64> = sqlx::query_scalar("SELECT max_queued_jobs FROM projects WHERE id = $1")
+                    .bind(&job.project)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .flatten();
+                if let Some(limit) = quota
+                    && queued >= limit
+                {
+                    return Err($crate::store::error::StoreError::OverQuota {
+                        project: job.project.clone(),
+                        quota: "max_queued_jobs",
+                        limit: limit.max(0) as u64,
+                    });
                 }
                 // Inserted only while its datasets exist and are ready, in
                 // the same statement (and on Postgres with their rows held

@@ -74,8 +74,21 @@ impl LeaseKind {
     /// it is total).
     fn queue_order(self) -> &'static str {
         match self {
-            LeaseKind::Job => "priority DESC, created_at, id",
-            LeaseKind::EvalRun => "created_at, id",
+            LeaseKind::Job => "q.priority DESC, q.created_at, q.id",
+            LeaseKind::EvalRun => "q.created_at, q.id",
+        }
+    }
+
+    /// What else a queued item `q` needs to be claimed: a job only while its
+    /// project runs fewer jobs than its `max_running_jobs` quota.
+    fn claimable(self) -> &'static str {
+        match self {
+            LeaseKind::Job => {
+                " AND (SELECT COUNT(*) FROM jobs r WHERE r.project_id = q.project_id AND r.state = 'running')
+                    < COALESCE((SELECT p.max_running_jobs FROM projects p WHERE p.id = q.project_id),
+                               9223372036854775807)"
+            }
+            LeaseKind::EvalRun => "",
         }
     }
 
@@ -219,16 +232,27 @@ pub(crate) mod sql {
 
     /// Binds `$1` worker, `$2` lease_until, `$3` now. `lock` is what the
     /// sub-select adds to take the row (Postgres: `FOR UPDATE SKIP LOCKED`).
+    ///
+    /// Projects share the workers fairly: the next item is one of the
+    /// projects running the fewest items of this kind right now, and within
+    /// that the kind's own queue order, so one project's fifty queued jobs do
+    /// not hold back another's one. (Replicas claiming at the same instant
+    /// may each see a project under its running quota and pass it by one
+    /// until the next claim; one server never does.)
     pub fn claim(kind: LeaseKind, lock: &str) -> String {
         let (table, queued, leased) = (kind.table(), kind.queued(), kind.leased());
         format!(
             "UPDATE {table} SET state = '{leased}', lease_owner = $1, lease_expires_at = $2,
                 started_at = COALESCE(started_at, $3){}{}
-             WHERE id = (SELECT id FROM {table} WHERE state = '{queued}' ORDER BY {} LIMIT 1 {lock})
+             WHERE id = (SELECT q.id FROM {table} q WHERE q.state = '{queued}'{}
+                         ORDER BY (SELECT COUNT(*) FROM {table} r
+                                   WHERE r.project_id = q.project_id AND r.state = '{leased}'), {}
+                         LIMIT 1 {lock})
                AND state = '{queued}'
              RETURNING *",
             kind.on_claim(),
             kind.on_change(),
+            kind.claimable(),
             kind.queue_order(),
         )
     }

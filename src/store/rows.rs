@@ -337,10 +337,22 @@ where
     &'static str: ColumnIndex<R>,
     String: Decode<'r, R::Database> + Type<R::Database>,
     i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+    Option<f64>: Decode<'r, R::Database> + Type<R::Database>,
 {
+    let count = |column: &'static str| -> Result<Option<u64>, StoreError> {
+        let v: Option<i64> = row.try_get(column)?;
+        Ok(v.map(|v| v.max(0) as u64))
+    };
     Ok(crate::auth::model::Project {
         id: row.try_get("id")?,
         created_at: row.try_get("created_at")?,
+        quotas: crate::auth::model::Quotas {
+            max_running_jobs: count("max_running_jobs")?,
+            max_queued_jobs: count("max_queued_jobs")?,
+            max_dataset_bytes: count("max_dataset_bytes")?,
+            requests_per_second: row.try_get("requests_per_second")?,
+        },
     })
 }
 

@@ -1307,6 +1307,7 @@ pub async fn records_are_scoped_by_project(store: impl Store) {
         .insert_project(&crate::auth::model::Project {
             id: "b".into(),
             created_at: 1,
+            quotas: Default::default(),
         })
         .await
         .unwrap();
@@ -1428,6 +1429,12 @@ pub async fn projects_keys_and_audit(store: impl Store) {
     let p = Project {
         id: "team-a".into(),
         created_at: 5,
+        quotas: crate::auth::model::Quotas {
+            max_running_jobs: Some(2),
+            max_queued_jobs: None,
+            max_dataset_bytes: Some(1 << 40),
+            requests_per_second: Some(2.5),
+        },
     };
     store.insert_project(&p).await.unwrap();
     assert!(matches!(

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use super::error::StoreError;
 use super::leases::LeaseStore;
 use super::types::{Cursor, DatasetQuery, GraderRecord, JobQuery, Transition};
-use crate::auth::model::{ApiKeyRecord, AuditEvent, Project};
+use crate::auth::model::{ApiKeyRecord, AuditEvent, Project, Quotas};
 use crate::datasets::model::DatasetRecord;
 use crate::evals::model::{EvalRecord, ItemStatus, OutputItemRecord, RunRecord, RunState};
 use crate::jobs::model::{CheckpointRecord, JobEvent, JobPatch, JobRecord, JobState, Metrics, NewEvent};
@@ -178,6 +178,8 @@ pub trait AuthStore: Send + Sync + 'static {
     /// Inserts a new project; `Conflict` if the id exists.
     async fn insert_project(&self, project: &Project) -> Result<(), StoreError>;
     async fn get_project(&self, id: &str) -> Result<Option<Project>, StoreError>;
+    /// Replaces the project's quotas; None if there is no such project.
+    async fn set_project_quotas(&self, id: &str, quotas: &Quotas) -> Result<Option<Project>, StoreError>;
     /// In id order, strictly after `after`.
     async fn list_projects(&self, after: Option<&str>, limit: usize) -> Result<Vec<Project>, StoreError>;
     /// Inserts a new key; `Conflict` if the id or the secret's hash exists.

@@ -20,6 +20,7 @@ mod jobs;
 mod models;
 mod providers;
 mod providers_llama_cpp;
+mod quotas;
 mod server;
 mod tenancy;
 mod tokenizer;

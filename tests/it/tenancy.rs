@@ -46,7 +46,10 @@ impl Clients {
 /// Makes project `id` and a member key in it; returns the key's secret.
 async fn project_with_key(admin: &mut AdminServiceClient<Channel>, id: &str) -> String {
     admin
-        .create_project(proto::CreateProjectRequest { id: id.into() })
+        .create_project(proto::CreateProjectRequest {
+            id: id.into(),
+            ..Default::default()
+        })
         .await
         .expect("create project");
     admin
@@ -237,7 +240,22 @@ async fn call_as_b(rpc: &str, b: &mut Clients, a: &Owned) -> Option<Code> {
         "/lathe.v1.AdminService/CreateProject" => denied(
             rpc,
             b.admin
-                .create_project(proto::CreateProjectRequest { id: id("c") })
+                .create_project(proto::CreateProjectRequest {
+                    id: id("c"),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        "/lathe.v1.AdminService/UpdateProjectQuotas" => denied(
+            rpc,
+            b.admin
+                .update_project_quotas(proto::UpdateProjectQuotasRequest {
+                    project_id: id("a"),
+                    quotas: Some(proto::ProjectQuotas {
+                        max_running_jobs: Some(0),
+                        ..Default::default()
+                    }),
+                })
                 .await,
         ),
         "/lathe.v1.AdminService/ListProjects" => {
@@ -577,7 +595,7 @@ async fn another_projects_key_reaches_nothing_of_a_project_through_any_rpc() {
     let owned = make_resources(&mut a).await;
 
     let rpcs = every_rpc();
-    assert_eq!(rpcs.len(), 42, "{rpcs:?}");
+    assert_eq!(rpcs.len(), 43, "{rpcs:?}");
     // B saving a grader under A's grader's name comes last, so the calls
     // that name a saved grader are tried while B has none of its own.
     let create_grader = "/lathe.v1.GraderService/CreateGrader";

@@ -1,10 +1,26 @@
-use crate::auth::model::{ApiKeyRecord, AuditEvent, Project, Role};
+use crate::auth::model::{ApiKeyRecord, AuditEvent, Project, Quotas, Role};
 use crate::proto::{self, timestamp};
 
 pub fn project(p: Project) -> proto::Project {
     proto::Project {
         id: p.id,
         created_at: Some(timestamp(p.created_at)),
+        quotas: Some(proto::ProjectQuotas {
+            max_running_jobs: p.quotas.max_running_jobs,
+            max_queued_jobs: p.quotas.max_queued_jobs,
+            max_dataset_bytes: p.quotas.max_dataset_bytes,
+            requests_per_second: p.quotas.requests_per_second,
+        }),
+    }
+}
+
+pub fn quotas(q: Option<proto::ProjectQuotas>) -> Quotas {
+    let q = q.unwrap_or_default();
+    Quotas {
+        max_running_jobs: q.max_running_jobs,
+        max_queued_jobs: q.max_queued_jobs,
+        max_dataset_bytes: q.max_dataset_bytes,
+        requests_per_second: q.requests_per_second,
     }
 }
 
