@@ -60,6 +60,18 @@ pub struct ServeConfig {
     /// decoded; more are refused with RESOURCE_EXHAUSTED and a retry delay.
     #[arg(long, env = "LATHE_MAX_QUEUED_GENERATIONS", default_value_t = 256)]
     pub max_queued_generations: usize,
+    /// A directory base models may be registered from (repeatable; the
+    /// environment variable takes a colon-separated list). A path that does
+    /// not resolve under one is refused. Default: DATA_DIR/models (where
+    /// `quickstart --base tiny` writes) and ./models (where `lathe models
+    /// pull` and `quickstart` fetch to), relative to where the server starts.
+    #[arg(
+        long = "model-root",
+        env = "LATHE_MODEL_ROOTS",
+        value_name = "DIR",
+        value_delimiter = ':'
+    )]
+    pub model_roots: Vec<PathBuf>,
 }
 
 impl ServeConfig {
@@ -82,7 +94,21 @@ impl ServeConfig {
             log_json: false,
             max_generation_batch: 32,
             max_queued_generations: 256,
+            model_roots: Vec::new(),
         }
+    }
+
+    /// Where base models may be registered from: the given roots, or the
+    /// defaults. The data directory (database, blobs) is never one: only a
+    /// root strictly inside it, like the default `DATA_DIR/models`, opens a
+    /// part of it.
+    pub fn model_roots(&self) -> crate::models::ModelRoots {
+        let roots = if self.model_roots.is_empty() {
+            vec![self.data_dir.join("models"), PathBuf::from("models")]
+        } else {
+            self.model_roots.clone()
+        };
+        crate::models::ModelRoots::new(roots, vec![self.data_dir.clone(), self.blob_dir()])
     }
 
     pub fn database_url(&self) -> String {
@@ -151,6 +177,11 @@ mod tests {
         assert_eq!(c.max_upload_bytes, 512 << 20);
         assert_eq!(c.max_queued_generations, 256);
         assert!(!c.log_json);
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            c.model_roots().roots(),
+            [cwd.join("lathe-data/models"), cwd.join("models")]
+        );
     }
 
     #[test]
@@ -168,9 +199,17 @@ mod tests {
             "--max-line-bytes",
             "2000",
             "--log-json",
+            "--model-root",
+            "/srv/models",
+            "--model-root",
+            "/opt/a:/opt/b",
         ])
         .unwrap()
         .config;
+        assert_eq!(
+            c.model_roots().roots(),
+            ["/srv/models", "/opt/a", "/opt/b"].map(std::path::PathBuf::from)
+        );
         assert_eq!(c.listen, "0.0.0.0:6000".parse().unwrap());
         assert_eq!(c.blob_dir(), std::path::PathBuf::from("/srv/lathe/blobs"));
         assert_eq!(c.database_url(), "postgres://db/lathe");

@@ -90,7 +90,10 @@ pub async fn run(addr: Option<&str>, args: QuickstartArgs) -> anyhow::Result<sup
         None => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let url = format!("http://{}", listener.local_addr()?);
-            let config = ServeConfig::embedded(&args.data_dir);
+            let mut config = ServeConfig::embedded(&args.data_dir);
+            // What the quickstart registers from: the tiny model it makes,
+            // or the models directory it fetches to (`--models-dir`).
+            config.model_roots = vec![args.data_dir.join("models"), args.models_dir.clone()];
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(crate::server::run(listener, config, async move {
                 let _ = stopped.await;
