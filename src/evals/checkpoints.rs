@@ -52,7 +52,7 @@ impl CheckpointEvals {
                 .0
                 .list_runs(eval_id, 100, &token)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.public_message())?;
             if let Some(run) = runs.into_iter().find(|r| r.spec.name == name) {
                 return Ok(Some(run));
             }
@@ -69,7 +69,7 @@ impl CheckpointEvals {
         let mut live = self.0.bus.subscribe(id);
         loop {
             live.borrow_and_update();
-            let run = self.0.get_run(id).await.map_err(|e| e.to_string())?;
+            let run = self.0.get_run(id).await.map_err(|e| e.public_message())?;
             if run.state.is_terminal() {
                 return Ok(run);
             }
@@ -164,7 +164,7 @@ impl CheckpointEvaluator for CheckpointEvals {
                     name,
                 })
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| e.public_message())?,
         };
         let run = self.wait(&run.id, stop).await?;
         if run.state != RunState::Completed {

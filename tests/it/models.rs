@@ -438,3 +438,42 @@ async fn registration_outside_the_model_roots_is_one_refusal() {
         .unwrap();
     server.stop().await;
 }
+
+/// The errors the probe saw (a model whose files vanished, a stored blob
+/// that went missing) say what is wrong without the server's paths, pid or
+/// working directory.
+#[tokio::test]
+async fn errors_name_no_server_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut models) = one_slot_server(dir.path()).await;
+    std::fs::remove_dir_all(dir.path().join("tiny-model")).unwrap();
+    let err = models.chat(chat("hi", 4)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("tiny"), "{}", err.message());
+    assert_reveals_nothing(&err, &[dir.path()]);
+
+    let mut datasets = server.datasets().await;
+    let ds = upload_fixture(&mut datasets, "sft_tools.jsonl", proto::DatasetPurpose::Sft, "").await;
+    for file in files_under(&dir.path().join("data/blobs")) {
+        std::fs::remove_file(file).unwrap();
+    }
+    let status = match datasets
+        .download_dataset(proto::DownloadDatasetRequest { id: ds.id.clone() })
+        .await
+    {
+        Err(status) => status,
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            loop {
+                match stream.message().await {
+                    Err(status) => break status,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("a download of a missing blob ended cleanly"),
+                }
+            }
+        }
+    };
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_reveals_nothing(&status, &[dir.path()]);
+    server.stop().await;
+}
