@@ -72,6 +72,16 @@ pub struct ServeConfig {
         value_delimiter = ':'
     )]
     pub model_roots: Vec<PathBuf>,
+    /// Deliver job webhooks over plain http:// too; by default only https://
+    /// URLs are accepted.
+    #[arg(long, env = "LATHE_WEBHOOK_ALLOW_HTTP")]
+    pub webhook_allow_http: bool,
+    /// Deliver job webhooks to loopback, private (RFC 1918, CGNAT, ULA),
+    /// link-local and other non-public addresses too; by default they are
+    /// refused, at create time for literal addresses and at send time for
+    /// names that resolve to them.
+    #[arg(long, env = "LATHE_WEBHOOK_ALLOW_PRIVATE_ADDRESSES")]
+    pub webhook_allow_private_addresses: bool,
 }
 
 impl ServeConfig {
@@ -95,6 +105,8 @@ impl ServeConfig {
             max_generation_batch: 32,
             max_queued_generations: 256,
             model_roots: Vec::new(),
+            webhook_allow_http: false,
+            webhook_allow_private_addresses: false,
         }
     }
 
@@ -109,6 +121,13 @@ impl ServeConfig {
             self.model_roots.clone()
         };
         crate::models::ModelRoots::new(roots, vec![self.data_dir.clone(), self.blob_dir()])
+    }
+
+    pub fn webhook_policy(&self) -> crate::jobs::webhook::WebhookPolicy {
+        crate::jobs::webhook::WebhookPolicy {
+            allow_http: self.webhook_allow_http,
+            allow_private_addresses: self.webhook_allow_private_addresses,
+        }
     }
 
     pub fn database_url(&self) -> String {
@@ -130,6 +149,7 @@ impl ServeConfig {
             max_concurrent: self.max_concurrent_jobs,
             lease: Duration::from_secs(self.job_lease_secs.max(1)),
             poll: Duration::from_millis(self.job_poll_millis.max(10)),
+            webhook: self.webhook_policy(),
             ..Default::default()
         }
     }
@@ -182,6 +202,7 @@ mod tests {
             c.model_roots().roots(),
             [cwd.join("lathe-data/models"), cwd.join("models")]
         );
+        assert!(!c.webhook_allow_http && !c.webhook_allow_private_addresses);
     }
 
     #[test]
@@ -203,6 +224,7 @@ mod tests {
             "/srv/models",
             "--model-root",
             "/opt/a:/opt/b",
+            "--webhook-allow-http",
         ])
         .unwrap()
         .config;
@@ -210,6 +232,7 @@ mod tests {
             c.model_roots().roots(),
             ["/srv/models", "/opt/a", "/opt/b"].map(std::path::PathBuf::from)
         );
+        assert!(c.webhook_allow_http && !c.webhook_allow_private_addresses);
         assert_eq!(c.listen, "0.0.0.0:6000".parse().unwrap());
         assert_eq!(c.blob_dir(), std::path::PathBuf::from("/srv/lathe/blobs"));
         assert_eq!(c.database_url(), "postgres://db/lathe");
