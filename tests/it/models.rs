@@ -174,10 +174,17 @@ async fn cli_models_add_and_list() {
         };
         let add = run(&["--json", "models", "add", path.to_str().unwrap(), "--name", "q"]);
         let list = run(&["models", "list", "--kind", "base"]);
-        (add, list)
+        let outside = run(&["models", "add", "/etc/shadow", "--name", "shadow"]);
+        (add, list, outside)
     })
     .await
     .unwrap();
+    assert!(!out.2.status.success());
+    let refused = String::from_utf8_lossy(&out.2.stderr);
+    assert!(
+        refused.contains("model roots") && refused.contains("hint: the server reads the path on its own disk"),
+        "{refused}"
+    );
     assert!(out.0.status.success(), "{}", String::from_utf8_lossy(&out.0.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.0.stdout).unwrap();
     assert_eq!(
