@@ -84,7 +84,7 @@ impl App {
             Some(path) => Arc::new(Providers::from_file(path).context("loading model providers")?),
             None => Arc::new(Providers::default()),
         };
-        let models = Arc::new(Models::new(store.clone(), blobs.clone()));
+        let models = Arc::new(Models::new(store.clone(), blobs.clone(), config.model_roots()));
         let (local, custom_trainer) = match engine {
             Engine::Embedded => (
                 Some(LocalEngine::new(

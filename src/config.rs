@@ -60,6 +60,28 @@ pub struct ServeConfig {
     /// decoded; more are refused with RESOURCE_EXHAUSTED and a retry delay.
     #[arg(long, env = "LATHE_MAX_QUEUED_GENERATIONS", default_value_t = 256)]
     pub max_queued_generations: usize,
+    /// A directory base models may be registered from (repeatable; the
+    /// environment variable takes a colon-separated list). A path that does
+    /// not resolve under one is refused. Default: DATA_DIR/models (where
+    /// `quickstart --base tiny` writes) and ./models (where `lathe models
+    /// pull` and `quickstart` fetch to), relative to where the server starts.
+    #[arg(
+        long = "model-root",
+        env = "LATHE_MODEL_ROOTS",
+        value_name = "DIR",
+        value_delimiter = ':'
+    )]
+    pub model_roots: Vec<PathBuf>,
+    /// Deliver job webhooks over plain http:// too; by default only https://
+    /// URLs are accepted.
+    #[arg(long, env = "LATHE_WEBHOOK_ALLOW_HTTP")]
+    pub webhook_allow_http: bool,
+    /// Deliver job webhooks to loopback, private (RFC 1918, CGNAT, ULA),
+    /// link-local and other non-public addresses too; by default they are
+    /// refused, at create time for literal addresses and at send time for
+    /// names that resolve to them.
+    #[arg(long, env = "LATHE_WEBHOOK_ALLOW_PRIVATE_ADDRESSES")]
+    pub webhook_allow_private_addresses: bool,
     /// An admin API key (sk-lathe- and 32 or more characters) recorded for the
     /// `default` project at start: how a server listening beyond loopback gets
     /// its first key. Prefer the environment variable to the flag, which other
@@ -105,6 +127,29 @@ impl ServeConfig {
             max_generation_batch: 32,
             max_queued_generations: 256,
             admin_key: None,
+            model_roots: Vec::new(),
+            webhook_allow_http: false,
+            webhook_allow_private_addresses: false,
+        }
+    }
+
+    /// Where base models may be registered from: the given roots, or the
+    /// defaults. The data directory (database, blobs) is never one: only a
+    /// root strictly inside it, like the default `DATA_DIR/models`, opens a
+    /// part of it.
+    pub fn model_roots(&self) -> crate::models::ModelRoots {
+        let roots = if self.model_roots.is_empty() {
+            vec![self.data_dir.join("models"), PathBuf::from("models")]
+        } else {
+            self.model_roots.clone()
+        };
+        crate::models::ModelRoots::new(roots, vec![self.data_dir.clone(), self.blob_dir()])
+    }
+
+    pub fn webhook_policy(&self) -> crate::jobs::webhook::WebhookPolicy {
+        crate::jobs::webhook::WebhookPolicy {
+            allow_http: self.webhook_allow_http,
+            allow_private_addresses: self.webhook_allow_private_addresses,
         }
     }
 
@@ -127,6 +172,7 @@ impl ServeConfig {
             max_concurrent: self.max_concurrent_jobs,
             lease: Duration::from_secs(self.job_lease_secs.max(1)),
             poll: Duration::from_millis(self.job_poll_millis.max(10)),
+            webhook: self.webhook_policy(),
             ..Default::default()
         }
     }
@@ -174,6 +220,12 @@ mod tests {
         assert_eq!(c.max_upload_bytes, 512 << 20);
         assert_eq!(c.max_queued_generations, 256);
         assert!(!c.log_json);
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            c.model_roots().roots(),
+            [cwd.join("lathe-data/models"), cwd.join("models")]
+        );
+        assert!(!c.webhook_allow_http && !c.webhook_allow_private_addresses);
     }
 
     #[test]
@@ -191,9 +243,19 @@ mod tests {
             "--max-line-bytes",
             "2000",
             "--log-json",
+            "--model-root",
+            "/srv/models",
+            "--model-root",
+            "/opt/a:/opt/b",
+            "--webhook-allow-http",
         ])
         .unwrap()
         .config;
+        assert_eq!(
+            c.model_roots().roots(),
+            ["/srv/models", "/opt/a", "/opt/b"].map(std::path::PathBuf::from)
+        );
+        assert!(c.webhook_allow_http && !c.webhook_allow_private_addresses);
         assert_eq!(c.listen, "0.0.0.0:6000".parse().unwrap());
         assert_eq!(c.blob_dir(), std::path::PathBuf::from("/srv/lathe/blobs"));
         assert_eq!(c.database_url(), "postgres://db/lathe");

@@ -11,6 +11,10 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{blobs::BlobError, store::StoreError};
 
+/// All a client learns of an internal cause (a storage error names server
+/// paths, a database error its host); the cause itself is logged.
+pub const INTERNAL: &str = "internal error; see the server log";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldViolation {
     pub field: String,
@@ -89,6 +93,20 @@ impl Error {
         }
     }
 
+    /// What a client may read of this error, where it travels as text inside
+    /// a record (a job's or eval run's error, a job event) rather than as a
+    /// status: its message, or for an internal cause, which is logged here
+    /// and may hold server paths, the same words a status would carry.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Store(_) | Error::Blob(_) | Error::Internal(_) => {
+                tracing::error!(error = %self, "internal error");
+                INTERNAL.into()
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// A store's refusal to create something on a dataset that a concurrent
     /// request deleted after the caller checked it; other errors as they are.
     pub fn dataset_gone(e: StoreError) -> Self {
@@ -139,7 +157,7 @@ impl From<Error> for Status {
             Error::Store(_) | Error::Blob(_) | Error::Internal(_) => {
                 // Internal causes are logged here, once, and not leaked.
                 tracing::error!(error = %message, "internal error");
-                return Status::internal("internal error; see the server log");
+                return Status::internal(INTERNAL);
             }
         };
         Status::with_error_details(code, message, details)
@@ -167,6 +185,15 @@ mod tests {
         let status: Status = Error::Internal("disk on fire at /secret/path".into()).into();
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("/secret"));
+        let blob = Error::Blob(object_store::Error::NotFound {
+            path: "/srv/lathe-data/blobs/sha256/ab/abcd".into(),
+            source: "gone".into(),
+        });
+        assert_eq!(blob.public_message(), INTERNAL);
+        assert_eq!(
+            Error::invalid("path", "bad").public_message(),
+            "invalid argument: path: bad"
+        );
     }
 
     #[test]

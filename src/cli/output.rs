@@ -41,6 +41,21 @@ fn field_hint(field: &str, description: &str) -> Option<String> {
     if field == "base_model" && description.contains("is registered") {
         return Some("register a base model first: lathe models add PATH --name NAME".into());
     }
+    if field == "path" && description.contains("model roots") {
+        return Some(
+            "the server reads the path on its own disk, under its model roots: DATA_DIR/models and ./models \
+             where it started, or those given with lathe serve --model-root DIR"
+                .into(),
+        );
+    }
+    if field == "webhook.url" && description.contains("https://") {
+        return Some("a server started with --webhook-allow-http also takes http:// webhooks".into());
+    }
+    if field == "webhook.url" && description.contains("non-public address") {
+        return Some(
+            "a server started with --webhook-allow-private-addresses also sends webhooks to its network".into(),
+        );
+    }
     if field.ends_with("eval_id") && description.contains("is not an eval") {
         return Some("create an eval first: lathe evals create --name NAME --criterion GRADER.json".into());
     }

@@ -95,6 +95,9 @@ pub async fn run(addr: Option<&str>, args: QuickstartArgs) -> anyhow::Result<sup
             let key = crate::auth::local_admin_key(&args.data_dir)
                 .with_context(|| format!("the admin key in {}", args.data_dir.display()))?;
             config.admin_key = Some(crate::config::Secret(key.clone()));
+            // What the quickstart registers from: the tiny model it makes,
+            // or the models directory it fetches to (`--models-dir`).
+            config.model_roots = vec![args.data_dir.join("models"), args.models_dir.clone()];
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(crate::server::run(listener, config, async move {
                 let _ = stopped.await;

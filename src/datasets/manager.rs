@@ -3,7 +3,8 @@
 //! Architecture invariant: a dataset row exists only for a blob that is
 //! complete and committed at its content address; a blob exists only while
 //! some row points at it (start-up GC removes what a crash left between the
-//! two steps). `blob_gate` serializes "commit blob + insert row" against
+//! two steps). A FAILED dataset keeps its report and no bytes: its row
+//! points at no blob. `blob_gate` serializes "commit blob + insert row" against
 //! "delete row + remove unreferenced blob" so the two can never interleave.
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -19,7 +20,7 @@ use super::model::{DatasetRecord, DatasetState, Lineage};
 use super::report::{DatasetStats, Purpose, ValidationReport};
 use super::tokens::TokenCounter;
 use crate::auth::model::Caller;
-use crate::blobs::{BlobWriter, Blobs};
+use crate::blobs::{BlobWriter, Blobs, StagedBlob};
 use crate::error::{Error, FieldViolation, Result};
 use crate::ids;
 use crate::paging;
@@ -214,7 +215,7 @@ impl Datasets {
             lineage: None,
         };
         let _gate = self.blob_gate.lock().await;
-        staged.commit().await?;
+        keep_if_ready(staged, &record).await?;
         self.insert_committed(&record).await?;
         tracing::info!(
             dataset = %record.id, purpose = purpose.as_str(), bytes = record.bytes,
@@ -365,6 +366,16 @@ impl Datasets {
     /// A bounded stream of the stored bytes, then `DownloadPiece::End`.
     pub async fn download(&self, caller: &Caller, id: &str) -> Result<mpsc::Receiver<Result<DownloadPiece>>> {
         let record = self.get(caller, id).await?;
+        if record.state == DatasetState::Failed {
+            return Err(Error::precondition(
+                "DATASET_STATE",
+                &record.id,
+                format!(
+                    "dataset {} failed validation, so its bytes were not kept; its report says why",
+                    record.id
+                ),
+            ));
+        }
         let blobs = self.blobs.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -506,7 +517,7 @@ impl Datasets {
         let _gate = self.blob_gate.lock().await;
         let mut inserted: Vec<&DatasetRecord> = Vec::new();
         for (blob, record) in staged.into_iter().zip(&records) {
-            blob.commit().await?;
+            keep_if_ready(blob, record).await?;
             if let Err(e) = self.insert_committed(record).await {
                 // Both sides or neither: the first side goes too.
                 for done in inserted {
@@ -525,6 +536,18 @@ impl Datasets {
             .ok_or_else(|| Error::Internal("split lost a side".into()))?;
         Ok((train, validation))
     }
+}
+
+/// Commits a READY dataset's staged bytes; a FAILED one keeps only its
+/// report, so a file nothing may use is not left on the server's disk
+/// (the same bytes stay where a READY dataset already holds them).
+async fn keep_if_ready(staged: StagedBlob, record: &DatasetRecord) -> Result<()> {
+    if record.state == DatasetState::Ready {
+        staged.commit().await?;
+    } else {
+        staged.discard().await;
+    }
+    Ok(())
 }
 
 fn state_for(report: &ValidationReport) -> DatasetState {

@@ -104,14 +104,16 @@ impl Catalog for Models {
     async fn resolve(&self, model: &str) -> Result<Resolved> {
         Models::resolve(self, model).await.map_err(|e| match e {
             Error::NotFound { .. } => EngineError::NotFound(model.to_string()),
-            other => EngineError::Data(other.to_string()),
+            // What is wrong with the model (its base or checkpoint gone).
+            Error::FailedPrecondition { message, .. } => EngineError::Load(message),
+            other => EngineError::Load(format!("{model}: {}", other.public_message())),
         })
     }
 
     async fn knows(&self, model: &str) -> Result<bool> {
         Models::exists(self, model)
             .await
-            .map_err(|e| EngineError::Data(e.to_string()))
+            .map_err(|e| EngineError::Data(e.public_message()))
     }
 }
 
@@ -182,9 +184,18 @@ impl LocalEngine {
             return Ok(b.clone());
         }
         let (n, p, d) = (name.to_string(), path.to_path_buf(), self.device.clone());
-        let loaded = tokio::task::spawn_blocking(move || LoadedBase::from_path(&n, &p, &d))
-            .await
-            .map_err(|e| EngineError::Load(format!("loading panicked: {e}")))??;
+        let loaded = match tokio::task::spawn_blocking(move || LoadedBase::from_path(&n, &p, &d)).await {
+            Ok(loaded) => loaded,
+            Err(e) => Err(EngineError::Load(format!("loading panicked: {e}"))),
+        }
+        .map_err(|e| {
+            // The engine's message names the files' server paths: logged,
+            // not passed on to chat clients and job records.
+            tracing::error!(model = %name, error = %e, "loading a base model failed");
+            EngineError::Load(format!(
+                "the files of base model {name} cannot be loaded (the server log says why)"
+            ))
+        })?;
         let loaded = Arc::new(loaded);
         bases.insert(name.to_string(), loaded.clone());
         Ok(loaded)

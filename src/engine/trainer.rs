@@ -335,10 +335,7 @@ impl Trainer for LocalTrainer {
             ));
         };
         ctx.reporter
-            .log(
-                Level::Info,
-                format!("loading base model {name} from {}", path.display()),
-            )
+            .log(Level::Info, format!("loading base model {name}"))
             .await;
         let base = self.engine.base(&name, &path).await.map_err(err("model_load_failed"))?;
         // A job that continues from a fine-tuned model starts from its

@@ -53,7 +53,7 @@ impl CheckpointEvals {
                 .0
                 .list_runs(caller, eval_id, 100, &token)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.public_message())?;
             if let Some(run) = runs.into_iter().find(|r| r.spec.name == name) {
                 return Ok(Some(run));
             }
@@ -70,7 +70,7 @@ impl CheckpointEvals {
         let mut live = self.0.bus.subscribe(id);
         loop {
             live.borrow_and_update();
-            let run = self.0.get_run(caller, id).await.map_err(|e| e.to_string())?;
+            let run = self.0.get_run(caller, id).await.map_err(|e| e.public_message())?;
             if run.state.is_terminal() {
                 return Ok(run);
             }
@@ -170,7 +170,7 @@ impl CheckpointEvaluator for CheckpointEvals {
                     },
                 )
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| e.public_message())?,
         };
         let run = self.wait(&caller, &run.id, stop).await?;
         if run.state != RunState::Completed {

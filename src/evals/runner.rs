@@ -22,6 +22,7 @@ use super::manager::{ERROR_RATE_MIN_ITEMS, Evals};
 use super::model::*;
 use super::work::{Finished, RunWork};
 use crate::datasets::lines::LineReader;
+use crate::error::Error;
 use crate::ids::now_millis;
 use crate::lease::{self, Ended, LeaseConfig, LeasedWork, Renewal};
 use crate::store::{LeaseKind, LeaseStore, Leased, StoreError};
@@ -145,7 +146,7 @@ fn read_rows(
                 continue;
             }
             let failed = line.is_err();
-            if tx.blocking_send((index, line.map_err(|e| e.to_string()))).is_err() || failed {
+            if tx.blocking_send((index, line.map_err(|e| e.public_message()))).is_err() || failed {
                 return;
             }
         }
@@ -334,7 +335,7 @@ struct SetupError(String);
 
 impl From<StoreError> for SetupError {
     fn from(e: StoreError) -> Self {
-        SetupError(format!("storage error: {e}"))
+        SetupError(Error::from(e).public_message())
     }
 }
 
@@ -408,6 +409,7 @@ async fn record(evals: &Evals, run: &RunRecord, progress: &mut Progress, batch: 
         Ok(None) => return Some(End::Stopped),
         Err(e) => {
             let first = items.first().map_or(0, |i| i.index);
+            let e = Error::from(e).public_message();
             return Some(End::Failed(match items.len() {
                 1 => format!("could not record item {first}: {e}"),
                 n => format!("could not record {n} items (item {first} and later ones): {e}"),

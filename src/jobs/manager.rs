@@ -14,6 +14,7 @@ use super::model::*;
 use super::spec::{self, CreateJob};
 use super::state;
 use super::trainer::{StopHandle, StopReason, Trainer};
+use super::webhook::WebhookPolicy;
 use crate::auth::model::Caller;
 use crate::blobs::Blobs;
 use crate::datasets::model::DatasetState;
@@ -39,6 +40,8 @@ pub struct JobsConfig {
     pub poll: Duration,
     /// This process's name in leases.
     pub worker_id: String,
+    /// What job webhooks may reach.
+    pub webhook: WebhookPolicy,
 }
 
 impl Default for JobsConfig {
@@ -48,6 +51,7 @@ impl Default for JobsConfig {
             lease: Duration::from_secs(15),
             poll: Duration::from_secs(1),
             worker_id: ids::new_id("worker"),
+            webhook: WebhookPolicy::default(),
         }
     }
 }
@@ -94,6 +98,7 @@ impl Jobs {
         trainer: Option<Arc<dyn Trainer>>,
         config: JobsConfig,
     ) -> Self {
+        let http = super::webhook::client(config.webhook);
         Self {
             store,
             blobs,
@@ -103,10 +108,7 @@ impl Jobs {
             config,
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            http,
             evaluator: None,
         }
     }
@@ -253,6 +255,7 @@ impl Jobs {
             ));
         };
         let (mut spec, mut violations) = spec::build(&req);
+        violations.extend(spec::check_webhook(&spec, self.config.webhook));
         let purpose = match spec.method.kind {
             MethodKind::Supervised => Purpose::Sft,
             MethodKind::Dpo => Purpose::Dpo,
@@ -614,9 +617,22 @@ impl Jobs {
             },
         });
         let http = self.http.clone();
+        let policy = self.config.webhook;
+        let store = self.store.clone();
         let job_id = job.id.clone();
         tokio::spawn(async move {
-            super::webhook::deliver(&http, &hook, &payload, &job_id).await;
+            if let Err(why) = super::webhook::deliver(&http, policy, &hook, &payload, &job_id).await {
+                // After the terminal event: watchers have had their end, and
+                // the job's event list says what became of its webhook.
+                let event = NewEvent {
+                    level: Level::Warn,
+                    message: format!("webhook {why}"),
+                    data: EventData::Message,
+                };
+                if let Err(e) = store.append_event(&job_id, &event, now_millis()).await {
+                    tracing::warn!(job = %job_id, error = %e, "could not record a job event");
+                }
+            }
         });
     }
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::manager::Jobs;
 use super::model::*;
 use super::trainer::{Reporter, StopHandle, StopReason, TrainContext, TrainError, TrainOutcome, Trainer};
+use crate::error::Error;
 use crate::ids::now_millis;
 use crate::lease::{self, Change, Ended, LeaseConfig, LeasedWork, Renewal, StopSignal};
 use crate::models::model::{checkpoint_model_id, fine_tuned_model_id};
@@ -381,8 +382,10 @@ fn metrics_message(m: &Metrics) -> String {
     parts.join(", ")
 }
 
-fn train_error(e: impl std::fmt::Display) -> TrainError {
-    TrainError::new("storage_error", e.to_string())
+/// A storage failure as the job's error: the cause (which may name server
+/// paths) is logged, not recorded.
+fn train_error(e: impl Into<Error>) -> TrainError {
+    TrainError::new("storage_error", e.into().public_message())
 }
 
 #[async_trait]

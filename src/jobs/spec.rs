@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use super::model::{CheckpointEval, EarlyStopping, JobSpec, Lora, Method, MethodKind, Webhook};
+use super::webhook::WebhookPolicy;
 use crate::error::FieldViolation;
 
 /// A create request as the jobs service takes it: what the user gave,
@@ -309,12 +310,15 @@ pub fn check(spec: &JobSpec) -> Vec<FieldViolation> {
             "early stopping watches validation metrics: give a validation dataset",
         ));
     }
-    if let Some(hook) = &spec.webhook
-        && !(hook.url.starts_with("http://") || hook.url.starts_with("https://"))
-    {
-        v.push(FieldViolation::new("webhook.url", "must be an http:// or https:// URL"));
-    }
     v
+}
+
+/// The webhook's URL under the server's policy: its scheme, and a literal
+/// address's range (names are checked when the webhook is sent).
+pub fn check_webhook(spec: &JobSpec, policy: WebhookPolicy) -> Option<FieldViolation> {
+    let hook = spec.webhook.as_ref()?;
+    let why = super::webhook::check_url(&hook.url, policy).err()?;
+    Some(FieldViolation::new("webhook.url", why))
 }
 
 #[cfg(test)]

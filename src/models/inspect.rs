@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::gguf;
 use super::model::BaseModelInfo;
+use super::roots::{ModelRoots, OUTSIDE};
 use crate::error::{Error, FieldViolation, Result};
 use lathe_engine::SUPPORTED;
 
@@ -25,37 +26,53 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// Describes the model at `path`: a Hugging Face directory (config.json,
-/// *.safetensors, tokenizer.json) or a GGUF file (or a directory holding
-/// exactly one).
-pub fn inspect(path: &Path) -> Result<BaseModelInfo> {
-    let path = std::fs::canonicalize(path).map_err(|e| bad("path", format!("{}: {e}", path.display())))?;
+/// Describes the model at `path`, which `roots` resolved: a Hugging Face
+/// directory (config.json, *.safetensors, tokenizer.json) or a GGUF file
+/// (or a directory holding exactly one). Every file read must resolve
+/// under the roots too, so a symlink inside a model directory cannot reach
+/// out of them. Messages name files by their name inside the model, never
+/// by the server's path.
+pub fn inspect(path: &Path, roots: &ModelRoots) -> Result<BaseModelInfo> {
     if path.is_file() {
-        return inspect_gguf(&path);
+        return inspect_gguf(path, roots);
     }
-    if path.join("config.json").is_file() {
-        return inspect_hf(&path);
+    let config = path.join("config.json");
+    if config.is_file() {
+        return inspect_hf(path, roots);
     }
-    let ggufs: Vec<PathBuf> = std::fs::read_dir(&path)
-        .map_err(|e| bad("path", format!("{}: {e}", path.display())))?
+    let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|_| bad("path", OUTSIDE))?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
         .collect();
     match ggufs.as_slice() {
-        [one] => inspect_gguf(one),
+        [one] => inspect_gguf(&within(one, roots)?, roots),
         [] => Err(bad(
             "path",
-            format!(
-                "{} has neither config.json (Hugging Face layout) nor a .gguf file",
-                path.display()
-            ),
+            "the directory has neither config.json (Hugging Face layout) nor a .gguf file",
         )),
         _ => Err(bad(
             "path",
-            format!("{} holds several .gguf files; name the one to use", path.display()),
+            "the directory holds several .gguf files; name the one to use",
         )),
     }
+}
+
+/// `file` resolved, when it stays under the roots; the uniform refusal
+/// otherwise.
+fn within(file: &Path, roots: &ModelRoots) -> Result<PathBuf> {
+    std::fs::canonicalize(file)
+        .ok()
+        .filter(|f| roots.contains(f))
+        .ok_or_else(|| bad("path", OUTSIDE))
+}
+
+/// A file's name for messages: the part the client can know.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn supported(arch: &str) -> Result<()> {
@@ -72,9 +89,9 @@ fn supported(arch: &str) -> Result<()> {
     }
 }
 
-fn inspect_hf(dir: &Path) -> Result<BaseModelInfo> {
-    let text =
-        std::fs::read_to_string(dir.join("config.json")).map_err(|e| bad("path", format!("config.json: {e}")))?;
+fn inspect_hf(dir: &Path, roots: &ModelRoots) -> Result<BaseModelInfo> {
+    let config = within(&dir.join("config.json"), roots)?;
+    let text = std::fs::read_to_string(config).map_err(|_| bad("path", "config.json cannot be read"))?;
     let config: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad("path", format!("config.json is not JSON: {e}")))?;
     let arch = config
@@ -83,23 +100,22 @@ fn inspect_hf(dir: &Path) -> Result<BaseModelInfo> {
         .ok_or_else(|| bad("path", "config.json has no model_type"))?
         .to_string();
     supported(&arch)?;
-    if !dir.join("tokenizer.json").is_file() {
-        return Err(bad("path", format!("{} has no tokenizer.json", dir.display())));
+    let tokenizer = dir.join("tokenizer.json");
+    if !tokenizer.is_file() {
+        return Err(bad("path", "the directory has no tokenizer.json"));
     }
+    within(&tokenizer, roots)?;
     let mut parameters = 0;
     let mut shards = 0;
-    for entry in std::fs::read_dir(dir)
-        .map_err(|e| bad("path", e.to_string()))?
-        .flatten()
-    {
+    for entry in std::fs::read_dir(dir).map_err(|_| bad("path", OUTSIDE))?.flatten() {
         let p = entry.path();
         if p.extension().is_some_and(|x| x == "safetensors") {
-            parameters += safetensors_parameters(&p)?;
+            parameters += safetensors_parameters(&within(&p, roots)?, &file_name(&p))?;
             shards += 1;
         }
     }
     if shards == 0 {
-        return Err(bad("path", format!("{} has no .safetensors weights", dir.display())));
+        return Err(bad("path", "the directory has no .safetensors weights"));
     }
     Ok(BaseModelInfo {
         path: dir.display().to_string(),
@@ -115,10 +131,9 @@ fn inspect_hf(dir: &Path) -> Result<BaseModelInfo> {
 
 /// Parameter count from a safetensors header: 8 bytes of little-endian
 /// header length, then a JSON map of tensor name to dtype, shape, offsets.
-fn safetensors_parameters(path: &Path) -> Result<u64> {
+fn safetensors_parameters(path: &Path, name: &str) -> Result<u64> {
     use std::io::Read;
-    let name = path.display().to_string();
-    let mut f = std::fs::File::open(path).map_err(|e| bad("path", format!("{name}: {e}")))?;
+    let mut f = std::fs::File::open(path).map_err(|_| bad("path", format!("{name} cannot be read")))?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len)
         .map_err(|_| bad("path", format!("{name} is not a safetensors file")))?;
@@ -132,6 +147,7 @@ fn safetensors_parameters(path: &Path) -> Result<u64> {
     let mut header = vec![0u8; len as usize];
     f.read_exact(&mut header)
         .map_err(|_| bad("path", format!("{name}: truncated safetensors header")))?;
+    // serde_json's message says where, never what, so no file content travels.
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| bad("path", format!("{name}: bad safetensors header: {e}")))?;
     Ok(header
@@ -146,8 +162,9 @@ fn safetensors_parameters(path: &Path) -> Result<u64> {
         .sum())
 }
 
-fn inspect_gguf(path: &Path) -> Result<BaseModelInfo> {
-    let summary = gguf::summary(path).map_err(|e| bad("path", format!("{}: {e}", path.display())))?;
+fn inspect_gguf(path: &Path, roots: &ModelRoots) -> Result<BaseModelInfo> {
+    let path = within(path, roots)?;
+    let summary = gguf::summary(&path).map_err(|e| bad("path", format!("{}: {e}", file_name(&path))))?;
     supported(&summary.architecture)?;
     Ok(BaseModelInfo {
         path: path.display().to_string(),

@@ -6,13 +6,17 @@
 //! config files (`inspect`), so it is fast and memory-flat whatever the
 //! model's size; the trainer and the inference engine load weights, this
 //! module never does. Records live in the store's `models` table
-//! (`ModelStore`); `kind` tells base and fine-tuned models apart.
+//! (`ModelStore`); `kind` tells base and fine-tuned models apart. A path
+//! is registered only when it resolves under one of the operator's model
+//! roots (`ModelRoots`), and a refusal never says what is on the disk.
 
 pub mod gguf;
 mod inspect;
 pub mod model;
+mod roots;
 mod service;
 
 pub use inspect::{check_name, inspect};
 pub use model::{BaseModelInfo, ModelKind, ModelRecord, Resolved};
+pub use roots::ModelRoots;
 pub use service::Models;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::inspect::{check_name, inspect};
 use super::model::{ModelKind, ModelRecord, Resolved, fine_tuned_model_id, parse_checkpoint_model_id};
+use super::roots::ModelRoots;
 use crate::auth::model::Caller;
 use crate::blobs::Blobs;
 use crate::error::{Error, Result};
@@ -30,15 +31,18 @@ const NAMED_DEPENDENTS: usize = 10;
 pub struct Models {
     store: Arc<dyn Store>,
     blobs: Blobs,
+    roots: ModelRoots,
 }
 
 impl Models {
-    pub fn new(store: Arc<dyn Store>, blobs: Blobs) -> Self {
-        Self { store, blobs }
+    pub fn new(store: Arc<dyn Store>, blobs: Blobs, roots: ModelRoots) -> Self {
+        Self { store, blobs, roots }
     }
 
     /// Registers a base model from a path on the server, after checking
-    /// what is there (headers only).
+    /// that it resolves under a model root and what is there (headers
+    /// only). Admins only: a path outside the roots is refused without
+    /// saying whether anything is there.
     pub async fn register(&self, caller: &Caller, name: &str, path: &str) -> Result<ModelRecord> {
         crate::auth::require_admin(caller, "registering a base model")?;
         check_name(name)?;
@@ -46,7 +50,8 @@ impl Models {
             return Err(Error::invalid("path", "a model directory or GGUF file is required"));
         }
         let p = std::path::PathBuf::from(path);
-        let info = tokio::task::spawn_blocking(move || inspect(&p))
+        let roots = self.roots.clone();
+        let info = tokio::task::spawn_blocking(move || inspect(&roots.resolve(&p)?, &roots))
             .await
             .map_err(|e| Error::Internal(format!("model inspection failed: {e}")))??;
         let record = ModelRecord {

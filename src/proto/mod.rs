@@ -1,6 +1,7 @@
 //! The generated API (`proto/lathe/v1/*.proto`), its descriptor set for
 //! reflection, and the wire-level helpers every side of it needs: JSON in
-//! protobuf's `Struct`, and timestamps.
+//! protobuf's `Struct`, timestamps, and the codec (prost's, with decoding
+//! failures answered INVALID_ARGUMENT).
 
 #[allow(clippy::all, clippy::pedantic)]
 mod generated {
@@ -9,6 +10,7 @@ mod generated {
 
 pub use generated::*;
 
+pub mod codec;
 pub mod json;
 
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lathe_descriptor");

@@ -165,7 +165,7 @@ macro_rules! impl_dataset_store {
 
             async fn blob_in_use(&self, sha256: &str) -> Result<bool, $crate::store::error::StoreError> {
                 let row = sqlx::query(
-                    "SELECT (SELECT COUNT(*) FROM datasets WHERE sha256 = $1)
+                    "SELECT (SELECT COUNT(*) FROM datasets WHERE sha256 = $1 AND state <> 'failed')
                           + (SELECT COUNT(*) FROM checkpoint_files WHERE sha256 = $1) AS n",
                 )
                 .bind(sha256)
@@ -176,9 +176,11 @@ macro_rules! impl_dataset_store {
             }
 
             async fn blobs_in_use(&self) -> Result<Vec<String>, $crate::store::error::StoreError> {
-                let rows = sqlx::query("SELECT sha256 FROM datasets UNION SELECT sha256 FROM checkpoint_files")
-                    .fetch_all(&self.pool)
-                    .await?;
+                let rows = sqlx::query(
+                    "SELECT sha256 FROM datasets WHERE state <> 'failed' UNION SELECT sha256 FROM checkpoint_files",
+                )
+                .fetch_all(&self.pool)
+                .await?;
                 rows.iter()
                     .map(|r| sqlx::Row::try_get(r, "sha256").map_err(Into::into))
                     .collect()

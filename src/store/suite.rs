@@ -132,6 +132,13 @@ pub async fn blob_references_follow_rows(store: impl Store) {
     store.delete_dataset(&b.id).await.unwrap();
     assert!(!store.blob_in_use(&a.sha256).await.unwrap());
     assert!(store.blobs_in_use().await.unwrap().is_empty());
+    // A FAILED dataset keeps its report, not its bytes: its row holds no blob.
+    let mut failed = dataset(&id(3), 7, None);
+    failed.sha256 = a.sha256.clone();
+    failed.state = DatasetState::Failed;
+    store.insert_dataset(&failed).await.unwrap();
+    assert!(!store.blob_in_use(&a.sha256).await.unwrap());
+    assert!(store.blobs_in_use().await.unwrap().is_empty());
 }
 
 // ---- jobs ----

@@ -21,9 +21,11 @@ pub trait DatasetStore: Send + Sync + 'static {
     async fn list_datasets(&self, query: &DatasetQuery) -> Result<Vec<DatasetRecord>, StoreError>;
     /// Removes the dataset and returns it, or None when there was none.
     async fn delete_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError>;
-    /// Whether any dataset or checkpoint still points at this blob.
+    /// Whether any dataset that is not FAILED (a FAILED one keeps no bytes)
+    /// or any checkpoint still points at this blob.
     async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError>;
-    /// Every blob address some record points at, for garbage collection.
+    /// Every blob address some record points at (FAILED datasets aside),
+    /// for garbage collection.
     async fn blobs_in_use(&self) -> Result<Vec<String>, StoreError>;
 }
 

@@ -107,7 +107,24 @@ async fn broken_file_is_stored_failed_with_located_problems() {
     find(14, "wrong_purpose");
     assert!(report.warnings.iter().any(|p| p.line == 11 && p.code == "blank_line"));
 
-    // A FAILED dataset can be read but not split (nor, later, trained on).
+    // A FAILED dataset keeps its report, not its bytes: nothing may use it,
+    // so they are not left on the server's disk.
+    assert_no_blobs(dir.path());
+    let again = client
+        .get_dataset(proto::GetDatasetRequest { id: d.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .dataset
+        .unwrap();
+    assert_eq!(again.validation.unwrap().valid_rows, 7, "the report stays");
+    let err = client
+        .download_dataset(proto::DownloadDatasetRequest { id: d.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("failed validation"), "{}", err.message());
+    // Nor split (nor, later, trained on).
     let err = client
         .split_dataset(proto::SplitDatasetRequest {
             id: d.id.clone(),
@@ -117,6 +134,27 @@ async fn broken_file_is_stored_failed_with_located_problems() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_upload_of_bytes_a_ready_dataset_holds_leaves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.datasets().await;
+    let ready = upload_fixture(&mut client, "sft_tools.jsonl", DatasetPurpose::Sft, "").await;
+    assert_eq!(ready.state, DatasetState::Ready as i32);
+    let failed = upload_fixture(&mut client, "sft_tools.jsonl", DatasetPurpose::Dpo, "").await;
+    assert_eq!(failed.state, DatasetState::Failed as i32);
+    assert_eq!(failed.sha256, ready.sha256);
+    let (bytes, _) = download_all(&mut client, &ready.id).await;
+    assert_eq!(bytes, std::fs::read(fixture("sft_tools.jsonl")).unwrap());
+    // Deleting the READY one removes the bytes; the FAILED row holds none.
+    client
+        .delete_dataset(proto::DeleteDatasetRequest { id: ready.id.clone() })
+        .await
+        .unwrap();
+    assert_no_blobs(dir.path());
     server.stop().await;
 }
 

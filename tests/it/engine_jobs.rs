@@ -46,6 +46,7 @@ async fn env() -> Env {
     lathe_engine::tiny::write_tiny_model(&model_dir, 2, 32, 1).unwrap();
     let mut config = lathe::config::ServeConfig::embedded(dir.path().join("data"));
     config.job_poll_millis = 50;
+    config.model_roots = vec![dir.path().to_path_buf()];
     let server = TestServer::start_with(config).await;
     let mut models = ModelServiceClient::new(server.channel().await);
     models

@@ -21,8 +21,16 @@ struct Env {
 }
 
 async fn env(trainer: ScriptedTrainer) -> Env {
+    env_with(trainer, |_| {}).await
+}
+
+/// `env` with server settings of its own.
+async fn env_with(trainer: ScriptedTrainer, settings: impl FnOnce(&mut lathe::config::ServeConfig)) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with_trainer(dir.path(), trainer).await;
+    let mut config = lathe::config::ServeConfig::embedded(dir.path());
+    config.job_poll_millis = 50;
+    settings(&mut config);
+    let server = TestServer::start_full(config, lathe::app::Engine::Custom(Some(std::sync::Arc::new(trainer)))).await;
     let mut datasets = server.datasets().await;
     let train = upload_fixture(&mut datasets, "sft_tools.jsonl", DatasetPurpose::Sft, "").await;
     let jobs = FineTuningServiceClient::new(server.channel().await);
@@ -740,7 +748,13 @@ async fn terminal_states_post_a_signed_webhook_with_retries() {
         }
         bodies
     });
-    let mut env = env(ScriptedTrainer::default()).await;
+    // The listener is a plain-http loopback one, which only an operator's
+    // settings let webhooks reach.
+    let mut env = env_with(ScriptedTrainer::default(), |c| {
+        c.webhook_allow_http = true;
+        c.webhook_allow_private_addresses = true;
+    })
+    .await;
     let mut req = create(&env.train_id);
     req.webhook = Some(proto::Webhook {
         url,
@@ -766,6 +780,85 @@ async fn terminal_states_post_a_signed_webhook_with_retries() {
     let payload: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(payload["type"], "fine_tuning.job.succeeded");
     assert_eq!(payload["data"]["id"], job.id);
+    env.server.stop().await;
+}
+
+#[tokio::test]
+async fn webhooks_to_non_public_addresses_or_plain_http_are_refused_at_create() {
+    let env = env(ScriptedTrainer::default()).await;
+    let mut jobs = env.jobs.clone();
+    for (url, why) in [
+        ("https://127.0.0.1/hook", "loopback"),
+        ("https://169.254.169.254/latest/meta-data/", "link-local"),
+        ("https://10.0.0.1/hook", "private"),
+        ("https://[::1]/hook", "loopback"),
+        ("https://[::ffff:192.168.0.1]/hook", "private"),
+        ("https://100.64.0.1/hook", "private"),
+        ("http://example.com/hook", "https://"),
+    ] {
+        let mut req = create(&env.train_id);
+        req.webhook = Some(proto::Webhook {
+            url: url.into(),
+            secret: "s3cret".into(),
+        });
+        let err = jobs.create_job(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{url}");
+        let bad = err.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations.len(), 1, "{url}: {bad:?}");
+        assert_eq!(bad.field_violations[0].field, "webhook.url", "{url}");
+        assert!(bad.field_violations[0].description.contains(why), "{url}: {bad:?}");
+        assert!(!err.message().contains("s3cret"));
+    }
+    let listed = jobs
+        .list_jobs(proto::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.jobs.is_empty(), "nothing was created");
+    env.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_name_that_resolves_to_loopback_is_never_contacted() {
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://localhost:{}/hooks/lathe", hook.local_addr().unwrap().port());
+    // Plain http allowed, private addresses not: the name passes at create
+    // and is refused when sending.
+    let mut env = env_with(ScriptedTrainer::default(), |c| c.webhook_allow_http = true).await;
+    let mut req = create(&env.train_id);
+    req.webhook = Some(proto::Webhook {
+        url,
+        secret: "s3cret".into(),
+    });
+    let job = env.jobs.create_job(req).await.unwrap().into_inner().job.unwrap();
+    let (_, done) = watch_all(&mut env.jobs, &job.id, 0).await;
+    assert_eq!(done.state, JobState::Succeeded as i32);
+    // The refusal is recorded after the terminal event; wait for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let refusal = loop {
+        let events = env
+            .jobs
+            .list_job_events(proto::ListJobEventsRequest {
+                job_id: job.id.clone(),
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        if let Some(e) = events.iter().find(|e| e.message.starts_with("webhook")) {
+            break e.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no webhook event: {events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(refusal.message.contains("refused"), "{}", refusal.message);
+    assert!(refusal.message.contains("localhost"), "{}", refusal.message);
+    assert!(!refusal.message.contains("s3cret"));
+    // Refused before any connection: the listener has nothing waiting.
+    let accepted = tokio::time::timeout(Duration::from_millis(200), hook.accept()).await;
+    assert!(accepted.is_err(), "the loopback listener was contacted");
     env.server.stop().await;
 }
 

@@ -57,8 +57,11 @@ fn gguf_file(root: &std::path::Path) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn base_models_register_list_and_unregister() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    // DATA_DIR/models is one of the default model roots.
+    let models_dir = data.path().join("models");
+    std::fs::create_dir_all(&models_dir).unwrap();
     let mut models = ModelServiceClient::new(server.channel().await);
     let register = |name: &str, path: &std::path::Path| proto::RegisterModelRequest {
         name: name.into(),
@@ -66,7 +69,7 @@ async fn base_models_register_list_and_unregister() {
     };
 
     let llama = models
-        .register_model(register("tiny-llama", &hf_dir(dir.path(), "llama")))
+        .register_model(register("tiny-llama", &hf_dir(&models_dir, "llama")))
         .await
         .unwrap()
         .into_inner()
@@ -83,7 +86,7 @@ async fn base_models_register_list_and_unregister() {
         ("llama", "safetensors", 40, 2048)
     );
     let qwen = models
-        .register_model(register("tiny-qwen", &gguf_file(dir.path())))
+        .register_model(register("tiny-qwen", &gguf_file(&models_dir)))
         .await
         .unwrap()
         .into_inner()
@@ -96,14 +99,14 @@ async fn base_models_register_list_and_unregister() {
     assert_eq!(qwen.context_length, 32768);
 
     let err = models
-        .register_model(register("tiny-qwen", &gguf_file(dir.path())))
+        .register_model(register("tiny-qwen", &gguf_file(&models_dir)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     for (name, path, needle) in [
-        ("bad name!", dir.path().to_path_buf(), "name"),
-        ("gpt2", hf_dir(dir.path(), "gpt2"), "not supported"),
-        ("empty", dir.path().join("nothing-here"), "nothing-here"),
+        ("bad name!", models_dir.clone(), "name"),
+        ("gpt2", hf_dir(&models_dir, "gpt2"), "not supported"),
+        ("empty", models_dir.join("nothing-here"), "model roots"),
     ] {
         let err = models.register_model(register(name, &path)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{name}");
@@ -149,7 +152,7 @@ async fn base_models_register_list_and_unregister() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(
-        dir.path().join("tiny-qwen.gguf").exists(),
+        models_dir.join("tiny-qwen.gguf").exists(),
         "unregistering leaves the user's files"
     );
     server.stop().await;
@@ -159,7 +162,7 @@ async fn base_models_register_list_and_unregister() {
 async fn cli_models_add_and_list() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
-    let path = hf_dir(dir.path(), "qwen2");
+    let path = hf_dir(&dir.path().join("models"), "qwen2");
     let addr = server.url();
     let out = tokio::task::spawn_blocking(move || {
         let run = |args: &[&str]| {
@@ -172,10 +175,17 @@ async fn cli_models_add_and_list() {
         };
         let add = run(&["--json", "models", "add", path.to_str().unwrap(), "--name", "q"]);
         let list = run(&["models", "list", "--kind", "base"]);
-        (add, list)
+        let outside = run(&["models", "add", "/etc/shadow", "--name", "shadow"]);
+        (add, list, outside)
     })
     .await
     .unwrap();
+    assert!(!out.2.status.success());
+    let refused = String::from_utf8_lossy(&out.2.stderr);
+    assert!(
+        refused.contains("model roots") && refused.contains("hint: the server reads the path on its own disk"),
+        "{refused}"
+    );
     assert!(out.0.status.success(), "{}", String::from_utf8_lossy(&out.0.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.0.stdout).unwrap();
     assert_eq!(
@@ -194,6 +204,7 @@ async fn one_slot_server(dir: &std::path::Path) -> (TestServer, ModelServiceClie
     lathe_engine::tiny::write_tiny_model(&model_dir, 2, 64, 3).unwrap();
     let mut config = lathe::config::ServeConfig::embedded(dir.join("data"));
     config.max_queued_generations = 1;
+    config.model_roots = vec![model_dir.clone()];
     let server = TestServer::start_with(config).await;
     let mut models = ModelServiceClient::new(server.channel().await);
     models
@@ -312,5 +323,165 @@ async fn a_stop_sequence_ends_the_streamed_text_where_it_starts() {
     let (text, end) = read_chat(models.chat(request).await.unwrap().into_inner()).await;
     assert_eq!(end.finish_reason, "stop");
     assert_eq!(text, full[..full.find(&stop).unwrap()], "stop {stop:?}");
+    server.stop().await;
+}
+
+/// What a status may not carry: the server's directories (data dir, model
+/// roots, working directory) and its pid.
+fn assert_reveals_nothing(status: &tonic::Status, dirs: &[&std::path::Path]) {
+    let text = format!("{} {:?}", status.message(), status.get_error_details());
+    let cwd = std::env::current_dir().unwrap();
+    for dir in dirs.iter().copied().chain([cwd.as_path()]) {
+        assert!(!text.contains(&*dir.to_string_lossy()), "{dir:?} in {text}");
+    }
+    let pid = std::process::id().to_string();
+    assert!(
+        !text.split(|c: char| !c.is_ascii_digit()).any(|n| n == pid),
+        "the pid in {text}"
+    );
+}
+
+/// Registration reads only under the model roots, and a refusal reads the
+/// same whether or not something is there: no file oracle, no planting of
+/// stored bytes, the server keeps serving, nothing is stored.
+#[tokio::test]
+async fn registration_outside_the_model_roots_is_one_refusal() {
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("root");
+    let outside = outer.path().join("outside");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    // The data dir inside the root: its blobs are still never a model.
+    let mut config = lathe::config::ServeConfig::embedded(root.join("data"));
+    config.model_roots = vec![root.clone()];
+    let server = TestServer::start_with(config).await;
+    let mut models = ModelServiceClient::new(server.channel().await);
+    let mut datasets = server.datasets().await;
+
+    let real_model = hf_dir(&outside, "llama");
+    std::os::unix::fs::symlink(&real_model, root.join("escape")).unwrap();
+    let ready = upload_fixture(&mut datasets, "sft_tools.jsonl", proto::DatasetPurpose::Sft, "").await;
+    let blob = |sha: &str| root.join("data/blobs/blobs/sha256").join(&sha[..2]).join(sha);
+    assert!(
+        blob(&ready.sha256).is_file(),
+        "the stored bytes are where the probe found them"
+    );
+    let failed = upload_bytes(
+        &mut datasets,
+        "model.gguf",
+        proto::DatasetPurpose::Sft,
+        "",
+        &std::fs::read(gguf_file(&outside)).unwrap(),
+        1 << 16,
+    )
+    .await
+    .unwrap();
+    assert_eq!(failed.state, proto::DatasetState::Failed as i32);
+
+    let refused = [
+        std::path::PathBuf::from("/etc/shadow"),
+        "/proc/self/environ".into(),
+        "/etc/does-not-exist".into(),
+        root.join("escape"),
+        root.join("../outside/hf-llama"),
+        root.join("nothing-here"),
+        blob(&ready.sha256),
+        blob(&failed.sha256),
+        root.join("data/lathe.db"),
+    ];
+    let mut descriptions = std::collections::BTreeSet::new();
+    for path in &refused {
+        let err = models
+            .register_model(proto::RegisterModelRequest {
+                name: "probe".into(),
+                path: path.display().to_string(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{path:?}: {err:?}");
+        let details = err.get_error_details();
+        let v = &details.bad_request().unwrap().field_violations;
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].field, "path");
+        descriptions.insert(v[0].description.clone());
+        assert_eq!(
+            err.message(),
+            format!("invalid argument: path: {}", v[0].description),
+            "{path:?}"
+        );
+        assert_reveals_nothing(&err, &[&root, &outside]);
+    }
+    assert_eq!(
+        descriptions.into_iter().collect::<Vec<_>>(),
+        ["must be a model directory or GGUF file under one of the server's model roots"],
+        "one answer whatever is there"
+    );
+    let listed = models
+        .list_models(proto::ListModelsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.models.is_empty(), "nothing stored");
+
+    // Inside the root, what is wrong with a model is said, without the
+    // server's paths; and a model there registers.
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    let err = models
+        .register_model(proto::RegisterModelRequest {
+            name: "empty".into(),
+            path: root.join("empty").display().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("neither config.json"), "{}", err.message());
+    assert_reveals_nothing(&err, &[&root.join("empty")]);
+    let inside = hf_dir(&root, "qwen2");
+    models
+        .register_model(proto::RegisterModelRequest {
+            name: "inside".into(),
+            path: inside.display().to_string(),
+        })
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+/// The errors the probe saw (a model whose files vanished, a stored blob
+/// that went missing) say what is wrong without the server's paths, pid or
+/// working directory.
+#[tokio::test]
+async fn errors_name_no_server_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut models) = one_slot_server(dir.path()).await;
+    std::fs::remove_dir_all(dir.path().join("tiny-model")).unwrap();
+    let err = models.chat(chat("hi", 4)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("tiny"), "{}", err.message());
+    assert_reveals_nothing(&err, &[dir.path()]);
+
+    let mut datasets = server.datasets().await;
+    let ds = upload_fixture(&mut datasets, "sft_tools.jsonl", proto::DatasetPurpose::Sft, "").await;
+    for file in files_under(&dir.path().join("data/blobs")) {
+        std::fs::remove_file(file).unwrap();
+    }
+    let status = match datasets
+        .download_dataset(proto::DownloadDatasetRequest { id: ds.id.clone() })
+        .await
+    {
+        Err(status) => status,
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            loop {
+                match stream.message().await {
+                    Err(status) => break status,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("a download of a missing blob ended cleanly"),
+                }
+            }
+        }
+    };
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_reveals_nothing(&status, &[dir.path()]);
     server.stop().await;
 }

@@ -416,3 +416,68 @@ fn serve_help_lists_the_server_flags_only() {
     assert!(client.contains("--addr") && client.contains("--json"), "{client}");
     assert!(!client.contains("--listen"), "{client}");
 }
+
+/// A request nested 10,000 levels deep (INVALID_ARGUMENT, from the codec)
+/// and one over the message size limit are refused clearly, and the server
+/// goes on serving.
+#[test]
+fn deeply_nested_and_oversized_requests_are_refused() {
+    use prost_types::{ListValue, Struct, Value, value::Kind};
+    // Building, encoding and dropping a 10,000-deep value recurses on this
+    // side: a thread with room for it, and a runtime of its own.
+    let run = std::thread::Builder::new().stack_size(512 << 20).spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let server = TestServer::start(dir.path()).await;
+            let mut graders = proto::grader_service_client::GraderServiceClient::new(server.channel().await);
+            let string = |s: String| Value {
+                kind: Some(Kind::StringValue(s)),
+            };
+            let grader = |extra: Value| {
+                Some(Struct {
+                    fields: [
+                        ("type".to_string(), string("string_check".into())),
+                        ("extra".to_string(), extra),
+                    ]
+                    .into(),
+                })
+            };
+            let mut deep = string("x".into());
+            for _ in 0..10_000 {
+                deep = Value {
+                    kind: Some(Kind::ListValue(ListValue { values: vec![deep] })),
+                };
+            }
+            let nested = graders
+                .validate_grader(proto::ValidateGraderRequest { grader: grader(deep) })
+                .await
+                .unwrap_err();
+            let oversized = graders
+                .validate_grader(proto::ValidateGraderRequest {
+                    grader: grader(string("x".repeat(5 << 20))),
+                })
+                .await
+                .unwrap_err();
+            // Still serving: a plain invalid grader gets its field violation.
+            let after = graders
+                .validate_grader(proto::ValidateGraderRequest {
+                    grader: grader(string("x".into())),
+                })
+                .await
+                .unwrap_err();
+            server.stop().await;
+            (nested, oversized, after)
+        })
+    });
+    let (nested, oversized, after) = run.unwrap().join().unwrap();
+    assert_eq!(nested.code(), Code::InvalidArgument, "{nested:?}");
+    assert!(nested.message().contains("100 levels"), "{}", nested.message());
+    // tonic's own answer to a message over its 4 MiB limit.
+    assert_eq!(oversized.code(), Code::OutOfRange, "{oversized:?}");
+    assert!(oversized.message().contains("too large"), "{}", oversized.message());
+    assert_eq!(after.code(), Code::InvalidArgument, "{after:?}");
+}

@@ -362,7 +362,11 @@ impl PythonPool {
                 Ok(w) => w,
                 Err(e) => {
                     self.release(slot, None);
-                    return server_error("worker_start_failed", &e);
+                    tracing::error!(error = %e, "cannot start a python worker");
+                    return server_error(
+                        "worker_start_failed",
+                        "cannot start a python worker (the server log says why)",
+                    );
                 }
             },
         };
@@ -436,7 +440,9 @@ impl PythonPool {
                 Ok(w) => w,
                 Err(e) => {
                     self.release(slot, None);
-                    return Err(format!("cannot start a python worker: {e}"));
+                    // The cause names the interpreter's and scratch's server paths.
+                    tracing::error!(error = %e, "cannot start a python worker");
+                    return Err("cannot start a python worker (the server log says why)".into());
                 }
             },
         };
