@@ -22,4 +22,5 @@ mod providers;
 mod providers_llama_cpp;
 mod server;
 mod tenancy;
+mod tls;
 mod tokenizer;
