@@ -1,6 +1,6 @@
 //! TLS on the gRPC listener (`--tls-cert`/`--tls-key`), client
-//! certificates (`--tls-client-ca`), the client's side of both, and
-//! settings that cannot work. Certificates are made per test
+//! certificates (`--tls-client-ca`), the client's and the CLI's side of
+//! both, and settings that cannot work. Certificates are made per test
 //! with rcgen: a CA, a server certificate for localhost and 127.0.0.1, a
 //! client certificate.
 
@@ -198,6 +198,65 @@ async fn tls_settings_that_cannot_work_stop_the_start() {
 
     // Nothing was opened.
     assert!(!dir.path().join("lathe.db").exists());
+}
+
+/// `lathe whoami` with the CLI's variables against a TLS server, then
+/// against one that requires client certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_connects_over_tls_with_its_variables() {
+    let pki = Pki::new();
+    let whoami = |url: String, env: Vec<(&'static str, PathBuf)>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_lathe"))
+                .args(["whoami", "--json"])
+                .env("LATHE_ADDR", url)
+                .env("LATHE_API_KEY", ADMIN_KEY)
+                .envs(env)
+                .output()
+                .expect("run lathe")
+        })
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(pki.config(dir.path(), false)).await;
+    let out = whoami(server.url(), vec![("LATHE_CA_CERT", pki.ca.clone())])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(key["project_id"], "default");
+    assert_eq!(key["role"], "admin");
+    let out = whoami(server.url(), vec![]).await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("UnknownIssuer") && err.contains("LATHE_CA_CERT"), "{err}");
+    server.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(pki.config(dir.path(), true)).await;
+    let out = whoami(
+        server.url(),
+        vec![
+            ("LATHE_CA_CERT", pki.ca.clone()),
+            ("LATHE_CLIENT_CERT", pki.client_cert.clone()),
+            ("LATHE_CLIENT_KEY", pki.client_key.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = whoami(
+        server.url(),
+        vec![
+            ("LATHE_CA_CERT", pki.ca.clone()),
+            ("LATHE_CLIENT_CERT", pki.client_cert.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("LATHE_CLIENT_CERT needs LATHE_CLIENT_KEY"), "{err}");
+    server.stop().await;
 }
 
 /// The binary, listening beyond loopback: plaintext warns once that keys
