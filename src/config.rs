@@ -88,6 +88,25 @@ pub struct ServeConfig {
     /// users of the machine can read in the process list.
     #[arg(long, env = "LATHE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<Secret>,
+    #[command(flatten)]
+    pub tls: TlsConfig,
+}
+
+/// A listener's TLS settings (the gRPC API's; a REST API will take the
+/// same). Checked together when the server starts (`tls::ServerTls::load`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TlsConfig {
+    /// PEM certificate chain to serve TLS with (needs --tls-key). Without
+    /// it the server speaks plaintext HTTP/2.
+    #[arg(long, env = "LATHE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LATHE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed (mutual
+    /// TLS, on top of API keys). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "LATHE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// A secret setting: Debug output (logs, panics) never shows it.
@@ -127,6 +146,7 @@ impl ServeConfig {
             max_generation_batch: 32,
             max_queued_generations: 256,
             admin_key: None,
+            tls: TlsConfig::default(),
             model_roots: Vec::new(),
             webhook_allow_http: false,
             webhook_allow_private_addresses: false,
@@ -226,6 +246,7 @@ mod tests {
             [cwd.join("lathe-data/models"), cwd.join("models")]
         );
         assert!(!c.webhook_allow_http && !c.webhook_allow_private_addresses);
+        assert!(c.tls.tls_cert.is_none() && c.tls.tls_key.is_none() && c.tls.tls_client_ca.is_none());
     }
 
     #[test]
@@ -248,6 +269,12 @@ mod tests {
             "--model-root",
             "/opt/a:/opt/b",
             "--webhook-allow-http",
+            "--tls-cert",
+            "/etc/lathe/cert.pem",
+            "--tls-key",
+            "/etc/lathe/key.pem",
+            "--tls-client-ca",
+            "/etc/lathe/clients.pem",
         ])
         .unwrap()
         .config;
@@ -262,6 +289,9 @@ mod tests {
         assert_eq!(c.dataset_limits().max_upload_bytes, 1000);
         assert_eq!(c.dataset_limits().max_line_bytes, 2000);
         assert!(c.log_json);
+        assert_eq!(c.tls.tls_cert, Some("/etc/lathe/cert.pem".into()));
+        assert_eq!(c.tls.tls_key, Some("/etc/lathe/key.pem".into()));
+        assert_eq!(c.tls.tls_client_ca, Some("/etc/lathe/clients.pem".into()));
         assert!(Serve::try_parse_from(["serve", "--listen", "nowhere"]).is_err());
     }
 }

@@ -22,6 +22,7 @@ pub mod paging;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 /// mimalloc for every binary that links Lathe. Training allocates and frees
 /// activation buffers of many sizes each step; under glibc's malloc the

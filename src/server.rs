@@ -1,10 +1,10 @@
-//! The gRPC front door: listen, mount the `App`'s services, serve until
-//! told to stop, then drain.
+//! The gRPC front door: listen (plaintext or TLS), mount the `App`'s
+//! services, serve until told to stop, then drain.
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 
 use crate::api::{AdminApi, AuthLayer, DatasetApi, EvalApi, FineTuningApi, GraderApi, ModelApi};
 use crate::app::{App, Engine};
@@ -34,6 +34,15 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let loopback = listener.local_addr()?.ip().is_loopback();
+    // Settings that cannot work fail the start before the store is opened.
+    let tls = crate::tls::ServerTls::load(&config.tls)?;
+    let builder = builder(tls.as_ref())?;
+    if tls.is_none() && !loopback {
+        tracing::warn!(
+            "serving plaintext HTTP/2 beyond loopback: API keys travel in clear text; \
+             fine behind a proxy that terminates TLS, otherwise set --tls-cert and --tls-key"
+        );
+    }
     let app = App::open(&config, engine).await?;
     let admin_key = config.admin_key.as_ref().map(|k| k.0.as_str());
     match app.auth.bootstrap(&config.data_dir, loopback, admin_key).await {
@@ -46,7 +55,7 @@ pub async fn run_with(
             return Err(anyhow::anyhow!("{e}"));
         }
     }
-    let dropped = serve(listener, &app, &config, shutdown).await;
+    let dropped = serve(builder, listener, &app, &config, shutdown).await;
     if matches!(dropped, Ok(true)) {
         app.stop_uploads().await;
     }
@@ -57,10 +66,39 @@ pub async fn run_with(
     dropped.map(|_| ())
 }
 
+/// The server's transport settings: HTTP/2 windows and TLS, if any (with
+/// client certificates required when it has a client CA).
+fn builder(tls: Option<&crate::tls::ServerTls>) -> anyhow::Result<Server> {
+    let builder = Server::builder()
+        // Uploads stream hundreds of MB over one call; HTTP/2's 64 KiB
+        // default windows would make each 256 KiB chunk wait for acks. What
+        // a window admits waits in memory, so eight chunks, not more.
+        .initial_stream_window_size(Some(2 << 20))
+        .initial_connection_window_size(Some(8 << 20));
+    let Some(tls) = tls else {
+        return Ok(builder);
+    };
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.cert_chain, &tls.key))
+        // Handshakes run beside each other; one that stalls is dropped
+        // instead of holding its socket.
+        .timeout(Duration::from_secs(10));
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(ca));
+    }
+    builder.tls_config(config).map_err(|e| {
+        // tonic's error says "transport error"; rustls's cause (a key that
+        // does not match the certificate, a CA that is no CA) is below it.
+        let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+        anyhow::anyhow!("--tls-cert/--tls-key/--tls-client-ca: {cause}")
+    })
+}
+
 /// Serves `app` over gRPC until `shutdown`, then drains for the grace
 /// period; true when requests were still in flight at its end (and were
 /// dropped).
 async fn serve(
+    builder: Server,
     listener: TcpListener,
     app: &App,
     config: &ServeConfig,
@@ -80,15 +118,16 @@ async fn serve(
     let addr = listener.local_addr()?;
     // Small unary replies must not wait for Nagle's algorithm (40 ms tails).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "lathe serving");
+    tracing::info!(
+        %addr,
+        data_dir = %config.data_dir.display(),
+        tls = config.tls.tls_cert.is_some(),
+        client_certificates = config.tls.tls_client_ca.is_some(),
+        "lathe serving"
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::builder()
-        // Uploads stream hundreds of MB over one call; HTTP/2's 64 KiB
-        // default windows would make each 256 KiB chunk wait for acks. What
-        // a window admits waits in memory, so eight chunks, not more.
-        .initial_stream_window_size(Some(2 << 20))
-        .initial_connection_window_size(Some(8 << 20))
+    let server = builder
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         // Every call but health probes needs an API key (`auth`).
         .layer(AuthLayer::new(app.auth.clone()))

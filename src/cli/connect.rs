@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::client::Client;
+use crate::client::{Client, ClientTls};
 
 /// What a client command's exit status should be.
 pub enum Outcome {
@@ -13,13 +13,50 @@ pub enum Outcome {
     NotUsable,
 }
 
-/// Connects to a server with the CLI's API key ([`api_key`]); the CLI's own
-/// hint when none answers.
+/// Connects to a server with the CLI's API key ([`api_key`]) and TLS
+/// settings ([`tls`]); the CLI's own hint when none answers.
 pub async fn connect(addr: &str) -> anyhow::Result<Client> {
     let key = api_key(addr)?;
-    Client::connect(addr, key.as_deref())
+    Client::connect_with(addr, key.as_deref(), &tls(addr)?)
         .await
-        .map_err(|e| anyhow::anyhow!("{e} (start one with `lathe serve`)"))
+        .map_err(|e| {
+            let e = e.to_string();
+            if e.contains("invalid peer certificate") {
+                anyhow::anyhow!("{e} (for a server with a private CA, set LATHE_CA_CERT to the CA's PEM file)")
+            } else {
+                anyhow::anyhow!("{e} (start one with `lathe serve`)")
+            }
+        })
+}
+
+/// For an `https://` address, the CLI's TLS settings besides the public
+/// roots: `LATHE_CA_CERT` (a PEM CA bundle to trust, for a private CA) and
+/// `LATHE_CLIENT_CERT` with `LATHE_CLIENT_KEY` (a PEM certificate chain and
+/// key, for a server that requires client certificates). Plaintext
+/// addresses read none of them.
+pub fn tls(addr: &str) -> anyhow::Result<ClientTls> {
+    if !addr
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    {
+        return Ok(ClientTls::default());
+    }
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let ca_cert = var("LATHE_CA_CERT")
+        .map(|path| crate::tls::read_certificates(&path, "LATHE_CA_CERT"))
+        .transpose()?;
+    let identity = match (var("LATHE_CLIENT_CERT"), var("LATHE_CLIENT_KEY")) {
+        (Some(cert), Some(key)) => Some((
+            crate::tls::read_certificates(&cert, "LATHE_CLIENT_CERT")?,
+            crate::tls::read_private_key(&key, "LATHE_CLIENT_KEY")?,
+        )),
+        (None, None) => None,
+        (Some(_), None) => anyhow::bail!("LATHE_CLIENT_CERT needs LATHE_CLIENT_KEY (the certificate's private key)"),
+        (None, Some(_)) => {
+            anyhow::bail!("LATHE_CLIENT_KEY needs LATHE_CLIENT_CERT (the certificate chain it signs for)")
+        }
+    };
+    Ok(ClientTls { ca_cert, identity })
 }
 
 /// The key the CLI sends: `LATHE_API_KEY`; else the file `LATHE_API_KEY_FILE`

@@ -483,7 +483,7 @@ async fn steps(
     plan: &Plan,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let server = crate::client::Client::connect(url, key).await?;
+    let server = crate::client::Client::connect_with(url, key, &super::connect::tls(url)?).await?;
     let channel = server.channel();
     let mut datasets = server.datasets();
     let mut models = server.models();

@@ -23,4 +23,5 @@ mod providers_llama_cpp;
 mod quotas;
 mod server;
 mod tenancy;
+mod tls;
 mod tokenizer;

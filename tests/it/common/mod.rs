@@ -71,8 +71,14 @@ impl TestServer {
         }
     }
 
+    /// The server's address as a URL: `https://localhost:PORT` when it
+    /// serves TLS (the name its test certificate is for).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.config.tls.tls_cert.is_some() {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// A connection with the admin key of the `default` project.
