@@ -1,13 +1,20 @@
 //! Python graders: `grade(sample, item) -> float` in sandboxed, reused worker processes.
 //!
-//! A worker is a long-lived `python3` speaking JSON lines, so a warm call costs one pipe
-//! round trip. Each pool slot serves one trust domain at a time: the python sources of
-//! one grader (a `multi` grader's python sub-graders share theirs, as one author's code
-//! in one grader JSON). A worker keeps every source of its domain loaded, so a multi
-//! grader's sources do not evict each other; a worker that ran one domain's code is never
-//! handed another's (the code could have patched modules or left threads behind), it is
-//! replaced instead. Workers are also replaced after a
-//! timeout, a crash, a protocol violation or when their lifetime CPU budget runs low.
+//! A worker is a long-lived `python3` speaking JSON lines (`worker.py`), confined by
+//! `sandbox.rs` (namespaces, an allowlist root, seccomp; see there). The worker itself
+//! never runs user code: it compiles each source once, imports the packages the source
+//! names, and runs every grade in a forked child that loses the worker's protocol
+//! descriptors before user code starts and answers through a fresh pipe, read until the
+//! child exits and accepted only as exactly one result. So a grader cannot forge the
+//! worker's replies, and whatever it forks or leaves behind is killed after its grade
+//! (the worker is pid 1 of its PID namespace). A warm call costs one pipe round trip and
+//! one fork; top-level code of the source runs in each grade's child.
+//!
+//! Each pool slot serves one trust domain at a time: the python sources of one grader (a
+//! `multi` grader's python sub-graders share theirs, as one author's code in one grader
+//! JSON); a worker that served one domain is replaced rather than handed another's. Each
+//! grade has a wall-clock limit (the worker kills it and says so; the pool's own timeout,
+//! a little longer, is the backstop that replaces a stuck worker) and a CPU limit.
 
 pub mod env;
 mod sandbox;
@@ -26,6 +33,10 @@ use tokio::sync::Semaphore;
 
 use sandbox::{Limits, Plan};
 pub use sandbox::{SandboxLevel, SandboxReport};
+
+/// How much longer than a grade's wall-clock limit the pool waits for the worker's
+/// answer before replacing it (the worker enforces the limit itself).
+const BACKSTOP: Duration = Duration::from_secs(5);
 
 const WORKER_SOURCE: &str = include_str!("worker.py");
 
@@ -51,6 +62,7 @@ pub struct PythonPoolConfig {
     /// their sandbox, with `NLTK_DATA` pointing at its corpora.
     pub env: Option<PathBuf>,
     pub workers: usize,
+    /// Per grade, enforced by the worker (which kills the grade's processes).
     pub wall_timeout: Duration,
     pub cpu_seconds_per_call: u64,
     pub memory_bytes: u64,
@@ -61,6 +73,8 @@ pub struct PythonPoolConfig {
     pub sandbox: SandboxPolicy,
     /// Slot `i` runs as uid `uid_base + i` at the root level.
     pub uid_base: u32,
+    /// Holds an empty directory per slot, the mount point of the slot's root (or, without
+    /// namespaces, the slot's scratch directory).
     pub scratch_root: PathBuf,
 }
 
@@ -132,7 +146,7 @@ struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    /// The trust domain this worker has run code of, and the sources it has loaded.
+    /// The trust domain this worker has run code of, and the sources it has compiled.
     domain: Option<[u8; 32]>,
     loaded: HashSet<[u8; 32]>,
     cpu_used: f64,
@@ -204,8 +218,8 @@ impl PythonPool {
     }
 
     async fn spawn(&self, slot: usize) -> Result<Worker, String> {
-        let scratch = self.scratch_dir(slot);
-        prepare_scratch(&scratch, self.level).map_err(|e| format!("scratch dir: {e}"))?;
+        let dir = self.scratch_dir(slot);
+        prepare_scratch(&dir, self.level).map_err(|e| format!("scratch dir: {e}"))?;
         let c = &self.config;
         let limits = Limits {
             address_space_bytes: c.memory_bytes,
@@ -214,39 +228,51 @@ impl PythonPool {
             processes: c.max_processes,
             open_files: 256,
         };
-        // Absolute: the worker starts in `/`.
         let env = c
             .env
             .as_deref()
             .map(std::path::absolute)
             .transpose()
             .map_err(|e| format!("grader environment: {e}"))?;
+        let sandboxed = self.level != SandboxLevel::Unsandboxed;
+        let extra_dirs = if sandboxed {
+            interpreter_prefixes(&c.python, env.as_deref())
+        } else {
+            Vec::new()
+        };
         let plan = Plan::new(
             self.level,
             limits,
             self.uid(slot),
-            &scratch,
+            &dir,
             c.scratch_bytes,
+            &extra_dirs,
             env.as_deref(),
         )
         .map_err(|e| e.to_string())?;
-        let scratch_str = scratch.to_string_lossy().into_owned();
-        // The environment as the worker sees it: mounted in its scratch, or in place
-        // when there is no mount namespace.
-        let env_dir = env.as_ref().map(|dir| match self.level {
-            SandboxLevel::Unsandboxed => dir.clone(),
-            _ => scratch.join(sandbox::ENV_MOUNT),
-        });
+        let grade_filter = sandbox::grade_filter().map_err(|e| format!("seccomp filter: {e}"))?;
+        // Paths as the worker sees them: in its own root, or in place without namespaces.
+        let (env_dir, scratch) = if sandboxed {
+            (
+                env.as_ref().map(|_| PathBuf::from(sandbox::ENV_MOUNT)),
+                PathBuf::from(sandbox::SCRATCH),
+            )
+        } else {
+            (env.clone(), dir.clone())
+        };
         let python = match &env_dir {
             Some(dir) => dir.join("bin").join("python3"),
             None => c.python.clone(),
         };
         let mut cmd = Command::new(&python);
+        // HOME and TMPDIR point at the scratch only in grades (the worker sets them there):
+        // the worker itself reads nothing a grade could have written.
         cmd.args(["-I", "-B", "-c", WORKER_SOURCE])
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &scratch_str)
-            .env("TMPDIR", &scratch_str)
+            .env("HOME", "/")
+            .env("LATHE_SCRATCH", &scratch)
+            .env("LATHE_GRADE_FILTER", hex::encode(grade_filter))
             .env("LANG", "C.UTF-8")
             .env("OMP_NUM_THREADS", "2")
             .current_dir("/")
@@ -278,8 +304,9 @@ impl PythonPool {
         })
     }
 
-    /// Kills a worker together with everything it forked.
-    async fn destroy(&self, slot: usize, mut worker: Worker) {
+    /// Kills a worker together with everything it forked: its process group holds the
+    /// sandbox's middle process and pid 1, whose death empties its PID namespace.
+    async fn destroy(&self, mut worker: Worker) {
         if let Some(pid) = worker.child.id() {
             // SAFETY: signalling a process group we created; a stale id is harmless.
             unsafe {
@@ -287,9 +314,6 @@ impl PythonPool {
             }
         }
         let _ = worker.child.kill().await;
-        if self.level == SandboxLevel::Root {
-            sandbox::kill_uid(self.uid(slot)).await;
-        }
     }
 
     async fn acquire(
@@ -351,7 +375,7 @@ impl PythonPool {
         let worker = match worker {
             Some(w) if w.domain.as_ref() == Some(domain) || w.domain.is_none() => Some(w),
             Some(w) => {
-                self.destroy(slot, w).await;
+                self.destroy(w).await;
                 None
             }
             None => None,
@@ -372,6 +396,7 @@ impl PythonPool {
             "sample": sample,
             "item": item,
             "cpu_seconds": self.config.cpu_seconds_per_call,
+            "wall_seconds": self.config.wall_timeout.as_secs_f64(),
         });
         if !worker.loaded.contains(&hash) {
             request["source"] = Value::String(source.to_string());
@@ -391,13 +416,9 @@ impl PythonPool {
                             .to_string(),
                     ),
                 };
-                // A source that failed while loading has still run its top-level code in
-                // this process; never hand that process to anyone else.
-                let failed_load = reply.get("ok") != Some(&Value::Bool(true)) && request.get("source").is_some();
-                (
-                    outcome,
-                    !failed_load && worker.cpu_used < (LIFETIME_CPU_SECONDS / 2) as f64,
-                )
+                // User code never ran in the worker process (only in its grade's
+                // child), so a failed grade leaves it fit for the next.
+                (outcome, worker.cpu_used < (LIFETIME_CPU_SECONDS / 2) as f64)
             }
             Err(WorkerFailure::TimedOut) => (
                 PythonOutcome::RuntimeError(format!(
@@ -418,7 +439,7 @@ impl PythonPool {
         if keep {
             self.release(slot, Some(worker));
         } else {
-            self.destroy(slot, worker).await;
+            self.destroy(worker).await;
             self.release(slot, None);
         }
         outcome
@@ -452,7 +473,7 @@ impl PythonPool {
                 }
             }
             Err(e) => {
-                self.destroy(slot, worker).await;
+                self.destroy(worker).await;
                 self.release(slot, None);
                 Err(format!("source check failed: {e}"))
             }
@@ -472,7 +493,7 @@ impl Drop for PythonPool {
                 }
             }
         }
-        // The tmpfs lived in the workers' mount namespaces; only empty directories remain.
+        // The roots lived in the workers' mount namespaces; only empty directories remain.
         let _ = std::fs::remove_dir_all(&self.config.scratch_root);
     }
 }
@@ -492,6 +513,27 @@ fn describe_death(status: Option<std::process::ExitStatus>) -> String {
         Some(sig) => format!("grader process died with signal {sig}"),
         None => "grader process exited unexpectedly".to_string(),
     }
+}
+
+/// Host directories an interpreter needs beyond the sandbox's system directories: the
+/// prefix of `python` (or of the environment's base interpreter, its `pyvenv.cfg` home)
+/// when it lives outside `/usr`, as a pyenv or uv python does. Bound at the same path.
+fn interpreter_prefixes(python: &Path, env: Option<&Path>) -> Vec<PathBuf> {
+    let base = match env {
+        Some(env) => std::fs::read_to_string(env.join("pyvenv.cfg")).ok().and_then(|cfg| {
+            cfg.lines()
+                .filter_map(|l| l.split_once('='))
+                .find(|(k, _)| k.trim() == "home")
+                .map(|(_, v)| PathBuf::from(v.trim()).join("python3"))
+        }),
+        None => Some(python.to_path_buf()),
+    };
+    let system = |p: &Path| ["/usr", "/bin", "/lib", "/lib64"].iter().any(|d| p.starts_with(d));
+    base.and_then(|p| std::fs::canonicalize(p).ok())
+        .and_then(|real| real.parent()?.parent().map(Path::to_path_buf))
+        .filter(|prefix| !system(prefix) && prefix != Path::new("/"))
+        .into_iter()
+        .collect()
 }
 
 fn prepare_scratch(dir: &Path, level: SandboxLevel) -> std::io::Result<()> {
@@ -542,7 +584,7 @@ impl Worker {
             serde_json::from_slice::<Value>(&buf)
                 .map_err(|_| WorkerFailure::Protocol("grader wrote something that is not a reply".into()))
         };
-        let reply = match tokio::time::timeout(config.wall_timeout, exchange).await {
+        let reply = match tokio::time::timeout(config.wall_timeout + BACKSTOP, exchange).await {
             Ok(result) => result?,
             Err(_) => return Err(WorkerFailure::TimedOut),
         };
