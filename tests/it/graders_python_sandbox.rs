@@ -16,6 +16,10 @@ async fn pool(workers: usize) -> Option<PythonPool> {
 }
 
 async fn pool_in(workers: usize, env: Option<std::path::PathBuf>) -> Option<PythonPool> {
+    pool_with(workers, env, Duration::from_secs(60)).await
+}
+
+async fn pool_with(workers: usize, env: Option<std::path::PathBuf>, queue_timeout: Duration) -> Option<PythonPool> {
     if !std::path::Path::new("/usr/bin/python3").exists() {
         eprintln!("skipping: needs /usr/bin/python3");
         return None;
@@ -28,6 +32,7 @@ async fn pool_in(workers: usize, env: Option<std::path::PathBuf>) -> Option<Pyth
     let config = PythonPoolConfig {
         workers,
         wall_timeout: Duration::from_secs(3),
+        queue_timeout,
         cpu_seconds_per_call: 5,
         scratch_root: dir,
         uid_base: next_uid_base(),
@@ -375,6 +380,31 @@ def grade(s, i):
     // The next call on the same worker reads its own answer, not a leftover forgery.
     assert_eq!(grade(pool, &stdout).await, PythonOutcome::Reward(0.0));
     assert_still_works(pool).await;
+}
+
+#[tokio::test]
+async fn a_busy_pool_answers_resource_exhausted_after_its_queue_timeout() {
+    let Some(pool) = pool_with(1, None, Duration::from_millis(500)).await else {
+        return;
+    };
+    let slow = "import time\ndef grade(s, i):\n    time.sleep(2)\n    return 1.0\n";
+    let waiting = async {
+        // Let the slow grader take the only worker first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = Instant::now();
+        (grade(&pool, OK).await, start.elapsed())
+    };
+    let (held, (queued, waited)) = tokio::join!(grade(&pool, slow), waiting);
+    assert_eq!(held, PythonOutcome::Reward(1.0));
+    match queued {
+        PythonOutcome::ServerError { kind, details } => {
+            assert_eq!(kind, "resource_exhausted");
+            assert!(details.contains("stayed busy"), "{details}");
+        }
+        other => panic!("expected resource_exhausted, got {other:?}"),
+    }
+    assert!(waited < Duration::from_millis(1500), "waited {waited:?}");
+    assert_still_works(&pool).await;
 }
 
 /// As root: runs `hostile_set_at_this_level` as uid 65534 (the user-namespace level),

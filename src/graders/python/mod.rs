@@ -15,6 +15,11 @@
 //! JSON); a worker that served one domain is replaced rather than handed another's. Each
 //! grade has a wall-clock limit (the worker kills it and says so; the pool's own timeout,
 //! a little longer, is the backstop that replaces a stuck worker) and a CPU limit.
+//!
+//! A call waits at most `queue_timeout` for a free slot, then fails with the server
+//! error kind `resource_exhausted` instead of queueing forever. Calls carry an owner, the
+//! fairness key for per-owner slot caps (per project, once projects exist); today every
+//! call has the same owner ([`DEFAULT_OWNER`]).
 
 pub mod env;
 mod sandbox;
@@ -33,6 +38,9 @@ use tokio::sync::Semaphore;
 
 use sandbox::{Limits, Plan};
 pub use sandbox::{SandboxLevel, SandboxReport};
+
+/// The owner of every call until calls carry a project (see the module docs).
+pub const DEFAULT_OWNER: &str = "server";
 
 /// How much longer than a grade's wall-clock limit the pool waits for the worker's
 /// answer before replacing it (the worker enforces the limit itself).
@@ -64,6 +72,8 @@ pub struct PythonPoolConfig {
     pub workers: usize,
     /// Per grade, enforced by the worker (which kills the grade's processes).
     pub wall_timeout: Duration,
+    /// Longest wait for a free worker before a call fails with `resource_exhausted`.
+    pub queue_timeout: Duration,
     pub cpu_seconds_per_call: u64,
     pub memory_bytes: u64,
     pub scratch_bytes: u64,
@@ -85,6 +95,9 @@ impl Default for PythonPoolConfig {
             env: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             wall_timeout: Duration::from_secs(120),
+            // Long enough for a full RFT step's grades queued behind slow graders, short
+            // enough that a flood of stuck graders surfaces as an error, not a hang.
+            queue_timeout: Duration::from_secs(300),
             cpu_seconds_per_call: 120,
             memory_bytes: 2 << 30,
             scratch_bytes: 1 << 30,
@@ -111,7 +124,8 @@ pub enum PythonOutcome {
     Reward(f64),
     /// The user's code failed, timed out, or returned something that is not a float.
     RuntimeError(String),
-    /// The pool could not run the code at all (no sandbox, interpreter missing, ...).
+    /// The pool could not run the code at all (no sandbox, interpreter missing, no free
+    /// worker within the queue timeout: kind `resource_exhausted`, ...).
     ServerError {
         kind: String,
         details: String,
@@ -316,12 +330,31 @@ impl PythonPool {
         let _ = worker.child.kill().await;
     }
 
+    /// A free slot, preferring one whose worker already serves `domain`, waiting at most
+    /// `queue_timeout` (FIFO). `owner` is the fairness key: a per-owner cap on busy slots
+    /// belongs here once calls carry projects.
     async fn acquire(
         &self,
+        owner: &str,
         domain: Option<&[u8; 32]>,
-    ) -> Option<(tokio::sync::SemaphorePermit<'_>, usize, Option<Worker>)> {
-        let permit = self.permits.acquire().await.ok()?;
-        let mut slots = self.slots.lock().ok()?;
+    ) -> Result<(tokio::sync::SemaphorePermit<'_>, usize, Option<Worker>), PythonOutcome> {
+        let closed = || server_error("pool_closed", "python grader pool is shutting down");
+        let permit = match tokio::time::timeout(self.config.queue_timeout, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(closed()),
+            Err(_) => {
+                let workers = self.config.workers.max(1);
+                tracing::warn!(owner, workers, "python grader queue timed out");
+                return Err(server_error(
+                    "resource_exhausted",
+                    &format!(
+                        "all {workers} python grader workers stayed busy for {:?}; try again later",
+                        self.config.queue_timeout
+                    ),
+                ));
+            }
+        };
+        let mut slots = self.slots.lock().map_err(|_| closed())?;
         let free = |s: &&mut Slot| !s.busy;
         let pick = slots
             .iter_mut()
@@ -334,10 +367,11 @@ impl PythonPool {
                 (Some(w), Some(_)) if w.domain.is_none() => 1,
                 _ => 2,
             })
-            .map(|(i, _)| i)?;
+            .map(|(i, _)| i)
+            .ok_or_else(closed)?;
         slots[pick].busy = true;
         let worker = slots[pick].worker.take();
-        Some((permit, pick, worker))
+        Ok((permit, pick, worker))
     }
 
     fn release(&self, slot: usize, worker: Option<Worker>) {
@@ -350,27 +384,29 @@ impl PythonPool {
     /// Runs `grade(sample, item)` from `source`, a standalone grader (its own domain).
     pub async fn grade(&self, source: &str, sample: &Value, item: &Value) -> PythonOutcome {
         let hash = source_hash(source);
-        self.grade_keyed(&hash, hash, source, sample, item).await
+        self.grade_keyed(DEFAULT_OWNER, &hash, hash, source, sample, item).await
     }
 
     /// Runs `grade(sample, item)` from `source`, in a worker of trust domain `domain`
     /// (see the module's docs).
     pub async fn grade_in(&self, domain: &[u8; 32], source: &str, sample: &Value, item: &Value) -> PythonOutcome {
-        self.grade_keyed(domain, source_hash(source), source, sample, item)
+        self.grade_keyed(DEFAULT_OWNER, domain, source_hash(source), source, sample, item)
             .await
     }
 
     /// `grade_in` with the source's hash already taken.
     async fn grade_keyed(
         &self,
+        owner: &str,
         domain: &[u8; 32],
         hash: [u8; 32],
         source: &str,
         sample: &Value,
         item: &Value,
     ) -> PythonOutcome {
-        let Some((_permit, slot, worker)) = self.acquire(Some(domain)).await else {
-            return server_error("pool_closed", "python grader pool is shutting down");
+        let (_permit, slot, worker) = match self.acquire(owner, Some(domain)).await {
+            Ok(acquired) => acquired,
+            Err(outcome) => return outcome,
         };
         let worker = match worker {
             Some(w) if w.domain.as_ref() == Some(domain) || w.domain.is_none() => Some(w),
@@ -448,8 +484,10 @@ impl PythonPool {
     /// Parses `source` with Python's `ast` (no user code runs) and checks that it defines
     /// `grade(sample, item)`.
     pub async fn check_source(&self, source: &str) -> Result<(), String> {
-        let Some((_permit, slot, worker)) = self.acquire(None).await else {
-            return Err("python grader pool is shutting down".into());
+        let (_permit, slot, worker) = match self.acquire(DEFAULT_OWNER, None).await {
+            Ok(acquired) => acquired,
+            Err(PythonOutcome::ServerError { details, .. }) => return Err(details),
+            Err(other) => return Err(format!("{other:?}")),
         };
         let mut worker = match worker {
             Some(w) => w,
