@@ -318,10 +318,24 @@ impl PythonPool {
         })
     }
 
-    /// Kills a worker together with everything it forked: its process group holds the
-    /// sandbox's middle process and pid 1, whose death empties its PID namespace.
+    /// Kills a worker together with everything it forked. With namespaces, SIGTERM to the
+    /// sandbox's middle process makes it kill pid 1 (whose death empties the PID namespace)
+    /// and reap it before exiting (see `sandbox.rs`); failing that, and without namespaces,
+    /// SIGKILL to the whole process group.
     async fn destroy(&self, mut worker: Worker) {
         if let Some(pid) = worker.child.id() {
+            if self.level != SandboxLevel::Unsandboxed {
+                // SAFETY: signalling our own child; a stale id is harmless.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+                if tokio::time::timeout(Duration::from_secs(2), worker.child.wait())
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
             // SAFETY: signalling a process group we created; a stale id is harmless.
             unsafe {
                 libc::kill(-(pid as i32), libc::SIGKILL);

@@ -50,6 +50,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
@@ -407,7 +408,10 @@ impl Plan {
     }
 
     /// After `unshare(CLONE_NEWPID)`: forks; the child (pid 1 there) returns, the parent
-    /// waits for it and never returns.
+    /// waits for it and never returns. SIGTERM to the parent (the pool's way to stop a
+    /// worker) kills pid 1; pid 1's exit kills and reaps its whole namespace, then the
+    /// parent reaps pid 1, so no worker process is ever left to the host's init to reap
+    /// (until it does, a zombie counts against the slot uid's RLIMIT_NPROC).
     unsafe fn become_pid_one(&self) -> io::Result<()> {
         // SAFETY: fork/waitpid/close/kill/_exit on plain integers.
         unsafe {
@@ -432,6 +436,8 @@ impl Plan {
                     libc::close(fd);
                 }
             }
+            PID_ONE.store(pid, Ordering::Relaxed);
+            libc::signal(libc::SIGTERM, kill_pid_one as *const () as libc::sighandler_t);
             let mut status = 0;
             loop {
                 let rc = libc::waitpid(pid, &mut status, 0);
@@ -453,6 +459,20 @@ impl Plan {
             } else {
                 127
             });
+        }
+    }
+}
+
+/// Pid 1's host pid, in the middle process (its own copy of this static).
+static PID_ONE: AtomicI32 = AtomicI32::new(0);
+
+/// The middle process's SIGTERM handler: only `kill`, which is async-signal-safe.
+extern "C" fn kill_pid_one(_: libc::c_int) {
+    let pid = PID_ONE.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
         }
     }
 }
