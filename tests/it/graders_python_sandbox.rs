@@ -487,6 +487,27 @@ async fn fork_bomb_is_contained() {
     assert_still_works(&pool).await;
 }
 
+/// A process a grade leaves behind is killed with it: it never writes its file in the
+/// scratch, which the next grade of the same worker (same domain) would see.
+#[tokio::test]
+async fn nothing_a_grade_forks_outlives_it() {
+    let Some(pool) = pool(1).await else { return };
+    let (domain, sample, item) = ([9u8; 32], Sample::from_model_output("x").to_json(), json!({}));
+    let leave = "import os, time\ndef grade(s, i):\n    open('early', 'w').write('x')\n    if os.fork() == 0:\n        time.sleep(0.5)\n        open('late', 'w').write('x')\n        os._exit(0)\n    return 1.0\n";
+    assert_eq!(
+        pool.grade_in(&domain, leave, &sample, &item).await,
+        PythonOutcome::Reward(1.0)
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let check =
+        "import os\ndef grade(s, i):\n    return float(os.path.exists('early')) + 2 * float(os.path.exists('late'))\n";
+    assert_eq!(
+        pool.grade_in(&domain, check, &sample, &item).await,
+        PythonOutcome::Reward(1.0),
+        "same worker (its scratch kept 'early'), and 'late' never written"
+    );
+}
+
 #[tokio::test]
 async fn huge_allocation_fails_cleanly() {
     let Some(pool) = pool(1).await else { return };

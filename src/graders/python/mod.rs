@@ -7,8 +7,9 @@
 //! descriptors before user code starts and answers through a fresh pipe, read until the
 //! child exits and accepted only as exactly one result. So a grader cannot forge the
 //! worker's replies, and whatever it forks or leaves behind is killed after its grade
-//! (the worker is pid 1 of its PID namespace). A warm call costs one pipe round trip and
-//! one fork; top-level code of the source runs in each grade's child.
+//! (the worker is pid 1 of its PID namespace). Top-level code of a source runs in each
+//! grade's child. The next call's child is forked right after each reply, so a warm call
+//! costs two pipe round trips (pool to worker, worker to its waiting child), not a fork.
 //!
 //! Each pool slot serves one trust domain at a time: the python sources of one grader (a
 //! `multi` grader's python sub-graders share theirs, as one author's code in one grader

@@ -11,6 +11,10 @@
 # what it is for), never forge another call's, nor answer for a grade() that returned
 # something else. After each grade every other process in the namespace is killed, so
 # nothing a grade started outlives it.
+#
+# The next grade's child is forked right after a reply is sent (a "spare", waiting for
+# its request on its own pipe), so the fork, its setup and the last child's teardown
+# overlap the pool's round trip instead of adding to each call.
 import ast
 import builtins
 import json
@@ -182,29 +186,46 @@ def write_all(fd, data):
         data = data[os.write(fd, data):]
 
 
-def run_grade(code, sample, item, cpu_seconds, w):
-    """In the forked child: drop every descriptor but the result pipe, forbid exec, cap
-    CPU, run the source and grade(), write one result line, exit."""
-    os.closerange(3, w)
-    os.closerange(w + 1, _NOFILE)
+def read_request(fd):
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def run_grade(codes, r, w):
+    """In the forked child: drop every descriptor but its two pipes, forbid exec, wait for
+    the request, cap CPU, run the source and grade(), write one result line, exit."""
+    low, high = sorted((r, w))
+    os.closerange(3, low)
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, _NOFILE)
     try:
         if _FILTER is not None and not _FILTER():
             raise OSError("cannot install the grading seccomp filter")
+        os.environ["HOME"] = os.environ["TMPDIR"] = SCRATCH
+        os.chdir(SCRATCH)
+        tempfile.tempdir = SCRATCH
+        line = read_request(r)
+        if not line:
+            os._exit(0)  # a spare the worker no longer needs
+        req = json.loads(line)
+        cpu_seconds = req.get("cpu_seconds")
         if cpu_seconds:
             soft = int(cpu_seconds)
             hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
             if hard != resource.RLIM_INFINITY:
                 soft = min(soft, hard)
             resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
-        os.environ["HOME"] = os.environ["TMPDIR"] = SCRATCH
-        os.chdir(SCRATCH)
-        tempfile.tempdir = SCRATCH
         namespace = {"__name__": "grader", "__builtins__": builtins}
-        exec(code, namespace)
+        exec(codes[req["key"]], namespace)
         fn = namespace.get("grade")
         if not callable(fn):
             raise TypeError("source does not define a callable grade(sample, item)")
-        reply = {"ok": True, "reward": to_reward(fn(sample, item))}
+        reply = {"ok": True, "reward": to_reward(fn(req["sample"], req["item"]))}
     except BaseException:
         reply = {"ok": False, "error": traceback.format_exc()[-MAX_DETAILS:]}
     if os.getpid() == GRADE_PID[0]:
@@ -248,9 +269,8 @@ def kill_everything(pid):
 
 
 def reap_everything():
-    """Before a grade: kills and reaps whatever the last one left (its teardown overlaps
-    the pool's round trip rather than delaying the reply). Repeated until no child is
-    left, so a process forked while the kill went round is caught by the next."""
+    """Reaps every child, killing again each round, so a process forked while a kill went
+    round is caught by the next."""
     while True:
         if IS_INIT:
             kill_everything(0)
@@ -260,7 +280,41 @@ def reap_everything():
             return
 
 
-def grade(req):
+class Child:
+    """A forked grading child waiting for its request: its pid, the write end of its
+    request pipe, the read end of its result pipe, and the sources it knows."""
+
+    def __init__(self):
+        req_r, self.req_w = os.pipe()
+        self.res_r, res_w = os.pipe()
+        self.keys = frozenset(_code)
+        self.pid = os.fork()
+        if self.pid == 0:
+            GRADE_PID[0] = os.getpid()
+            if not IS_INIT:
+                os.setpgid(0, 0)
+            run_grade(_code, req_r, res_w)
+        os.close(req_r)
+        os.close(res_w)
+
+    def discard(self):
+        os.close(self.req_w)
+        os.close(self.res_r)
+        kill_everything(self.pid)
+        reap_everything()
+
+
+_spare = [None]
+
+
+def after_reply():
+    """Between calls: kills and reaps what the last grade left, forks the next child."""
+    if _spare[0] is None and _code:
+        reap_everything()
+        _spare[0] = Child()
+
+
+def grade(req, line):
     key = req.get("key")
     if "source" in req:
         _code.pop(key, None)
@@ -268,25 +322,27 @@ def grade(req):
         code = compile(source, "grader.py", "exec")
         preimport(ast.parse(source, "grader.py"))
         _code[key] = code
-    code = _code.get(key)
-    if code is None:
+    if key not in _code:
         raise RuntimeError("no grader source loaded")
-    cpu_seconds = req.get("cpu_seconds")
+    child, _spare[0] = _spare[0], None
+    if child is not None and key not in child.keys:
+        child.discard()
+        child = None
+    if child is None:
+        reap_everything()
+        child = Child()
     wall = float(req.get("wall_seconds") or 120)
-    reap_everything()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        GRADE_PID[0] = os.getpid()
-        if not IS_INIT:
-            os.setpgid(0, 0)
-        run_grade(code, req["sample"], req["item"], cpu_seconds, w)
-    os.close(w)
     try:
-        return collect(pid, r, wall, cpu_seconds)
+        try:
+            write_all(child.req_w, line if line.endswith(b"\n") else line + b"\n")
+        except BrokenPipeError:
+            pass  # the child is gone; collect() says how
+        finally:
+            os.close(child.req_w)
+        return collect(child.pid, child.res_r, wall, req.get("cpu_seconds"))
     finally:
-        os.close(r)
-        kill_everything(pid)
+        os.close(child.res_r)
+        kill_everything(child.pid)
 
 
 def collect(pid, r, wall, cpu_seconds):
@@ -347,7 +403,7 @@ def collect(pid, r, wall, cpu_seconds):
         return {"ok": False, "error": "protocol violation: the grader's result is not one"}
 
 
-def handle(req):
+def handle(req, line):
     op = req.get("op")
     if op == "ping":
         return {"ok": True}
@@ -358,7 +414,7 @@ def handle(req):
             problem = "syntax error at line %s: %s" % (e.lineno, e.msg)
         return {"ok": problem is None, "error": problem}
     if op == "grade":
-        return grade(req)
+        return grade(req, line)
     return {"ok": False, "error": "unknown op %r" % (op,)}
 
 
@@ -369,7 +425,8 @@ for line in proto_in:
         send({"ok": False, "error": "malformed request"})
         continue
     try:
-        reply = handle(req)
+        reply = handle(req, line)
     except BaseException:
         reply = {"ok": False, "error": traceback.format_exc()[-MAX_DETAILS:]}
     send(reply)
+    after_reply()
