@@ -14,9 +14,9 @@
 //!
 //! At both levels the worker's root is an *allowlist*: a fresh read-only tmpfs, pivoted
 //! into, holding read-only binds of what an interpreter needs (`/usr`, `/lib*`, `/bin`,
-//! `/etc/ld.so.cache`, four `/dev` nodes, the interpreter's prefix when it lives elsewhere,
-//! the grader environment at [`ENV_MOUNT`]) and a size-capped private tmpfs at `/tmp`, the
-//! only writable place (scratch, `HOME`, `TMPDIR`). There is no `/proc`, `/sys`, `/home`,
+//! `/etc/ld.so.cache`, `/etc/alternatives`, four `/dev` nodes, the interpreter's prefix
+//! when it lives elsewhere, the grader environment at [`ENV_MOUNT`]) and a size-capped
+//! private tmpfs at `/tmp`, the only writable place (scratch, `HOME`, `TMPDIR`). There is no `/proc`, `/sys`, `/home`,
 //! `/root`, `/var` or `/etc/passwd`, no host `/tmp` (so no Unix socket to connect to), no
 //! data dir: what is not bound does not exist in the worker's world.
 //!
@@ -110,7 +110,16 @@ pub const SCRATCH: &str = "/tmp";
 
 /// Host directories bound read-only into every worker's root (those that exist; a
 /// symlink, as `/bin -> usr/bin` on merged-/usr systems, is recreated as one).
-const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/lib", "/lib32", "/lib64", "/libx32"];
+/// `/etc/alternatives` holds only symlinks, through which `/usr/bin/python3` may resolve.
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/alternatives",
+];
 /// Host files bound read-only, when they exist.
 const SYSTEM_FILES: &[&str] = &["/etc/ld.so.cache"];
 /// Device nodes bound (writable: writes to /dev/null are how output is discarded).
