@@ -294,6 +294,12 @@ class Child:
             if not IS_INIT:
                 os.setpgid(0, 0)
             run_grade(_code, req_r, res_w)
+        if not IS_INIT:
+            try:
+                # Also here, so a kill right after the fork finds the group.
+                os.setpgid(self.pid, self.pid)
+            except OSError:
+                pass
         os.close(req_r)
         os.close(res_w)
 
