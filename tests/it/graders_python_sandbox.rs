@@ -1,7 +1,9 @@
 //! The python grader sandbox: hostile graders are stopped and the pool keeps working.
 //!
 //! They run at the root level (namespaces + uid drop) as root and at the user-namespace
-//! level otherwise; without /usr/bin/python3 or namespaces they say why they skip.
+//! level otherwise; without /usr/bin/python3 or namespaces they say why they skip. As
+//! root, `hostile_graders_hold_when_the_server_is_not_root` also re-runs the hostile set
+//! as an unprivileged uid (the user-namespace level).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +16,10 @@ async fn pool(workers: usize) -> Option<PythonPool> {
 }
 
 async fn pool_in(workers: usize, env: Option<std::path::PathBuf>) -> Option<PythonPool> {
+    pool_with(workers, env, Duration::from_secs(60)).await
+}
+
+async fn pool_with(workers: usize, env: Option<std::path::PathBuf>, queue_timeout: Duration) -> Option<PythonPool> {
     if !std::path::Path::new("/usr/bin/python3").exists() {
         eprintln!("skipping: needs /usr/bin/python3");
         return None;
@@ -26,6 +32,7 @@ async fn pool_in(workers: usize, env: Option<std::path::PathBuf>) -> Option<Pyth
     let config = PythonPoolConfig {
         workers,
         wall_timeout: Duration::from_secs(3),
+        queue_timeout,
         cpu_seconds_per_call: 5,
         scratch_root: dir,
         uid_base: next_uid_base(),
@@ -52,11 +59,12 @@ async fn pool_in(workers: usize, env: Option<std::path::PathBuf>) -> Option<Pyth
     Some(pool)
 }
 
-/// Each pool gets its own uid range so one test's uid sweep never kills another's workers.
+/// Each pool gets its own uids, so one test's fork bomb never counts against another's
+/// process limit (RLIMIT_NPROC is per uid): a range per test process, from its whole pid.
 fn next_uid_base() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    62_000 + (std::process::id() % 100) * 100 + NEXT.fetch_add(4, Ordering::SeqCst)
+    3_000_000 + (std::process::id() % 1_000_000) * 64 + NEXT.fetch_add(4, Ordering::SeqCst) % 64
 }
 
 fn rand_suffix() -> u32 {
@@ -131,40 +139,337 @@ async fn exceptions_and_non_floats_are_runtime_errors_with_tracebacks() {
 }
 
 #[tokio::test]
-async fn network_is_unreachable() {
+async fn sockets_are_refused_inet_and_unix() {
     let Some(pool) = pool(1).await else { return };
+    sockets_are_refused(&pool).await;
+}
+
+/// AF_INET to a listening port and AF_UNIX to a listening socket in the host's /tmp:
+/// `socket()` itself is refused (seccomp), and nothing ever connects.
+async fn sockets_are_refused(pool: &PythonPool) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().expect("addr").port();
     let source = format!(
         "import socket\ndef grade(s, i):\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n    return 1.0\n"
     );
-    let details = runtime_error(grade(&pool, &source).await);
-    assert!(details.contains("Error"), "{details}");
-    assert_still_works(&pool).await;
+    let details = runtime_error(grade(pool, &source).await);
+    assert!(details.contains("PermissionError"), "{details}");
+    let path = std::env::temp_dir().join(format!("lathe-sock-{}-{}", std::process::id(), rand_suffix()));
+    let unix = std::os::unix::net::UnixListener::bind(&path).expect("bind unix");
+    unix.set_nonblocking(true).unwrap();
+    let source = format!(
+        "import socket\ndef grade(s, i):\n    c = socket.socket(socket.AF_UNIX)\n    c.connect({:?})\n    return 1.0\n",
+        path.display().to_string()
+    );
+    let details = runtime_error(grade(pool, &source).await);
+    assert!(
+        details.contains("PermissionError") && details.contains("Operation not permitted"),
+        "{details}"
+    );
+    assert!(
+        listener.accept().is_err() && unix.accept().is_err(),
+        "a grader connected"
+    );
+    let _ = std::fs::remove_file(&path);
+    assert_still_works(pool).await;
 }
 
 #[tokio::test]
 async fn filesystem_is_read_only_except_scratch() {
     let Some(pool) = pool(1).await else { return };
-    let target = std::env::temp_dir().join(format!("lathe-escape-{}", rand_suffix()));
-    let source = format!(
-        "def grade(s, i):\n    open({:?}, 'w').write('pwned')\n    return 1.0\n",
-        target.display().to_string()
-    );
+    // /usr is in the worker's root, read-only.
+    let target = format!("/usr/lathe-escape-{}", rand_suffix());
+    let source = format!("def grade(s, i):\n    open({target:?}, 'w').write('pwned')\n    return 1.0\n");
     let details = runtime_error(grade(&pool, &source).await);
+    assert!(details.contains("Read-only file system"), "{details}");
     assert!(
-        details.contains("Read-only file system") || details.contains("Permission denied"),
-        "{details}"
+        !std::path::Path::new(&target).exists(),
+        "the grader wrote outside its scratch dir"
     );
-    assert!(!target.exists(), "the grader wrote outside its scratch dir");
     let scratch = "import os, tempfile\ndef grade(s, i):\n    p = os.path.join(tempfile.gettempdir(), 'f')\n    open(p, 'w').write('ok')\n    return float(open(p).read() == 'ok')\n";
     assert_eq!(grade(&pool, scratch).await, PythonOutcome::Reward(1.0));
-    let home = "import os\ndef grade(s, i):\n    return float(len(os.listdir('/root')))\n";
+    let home = "import os\ndef grade(s, i):\n    return float(os.path.exists('/root') or os.path.exists('/home'))\n";
     assert_eq!(
         grade(&pool, home).await,
         PythonOutcome::Reward(0.0),
-        "root's home is hidden"
+        "home directories are not in the worker's root"
     );
+}
+
+#[tokio::test]
+async fn files_outside_the_scratch_are_not_there() {
+    let Some(pool) = pool(1).await else { return };
+    reads_outside_scratch_fail(&pool).await;
+}
+
+/// A server's data dir (0700, with its database), in the host's /tmp and outside it,
+/// /etc/passwd, /etc/shadow: none of them exists in the worker's root.
+async fn reads_outside_scratch_fail(pool: &PythonPool) {
+    use std::os::unix::fs::PermissionsExt;
+    // The build's tmp dir, or /var/tmp for a uid that cannot write there.
+    let outside = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .or_else(|_| tempfile::tempdir_in("/var/tmp"))
+        .unwrap();
+    for base in [std::env::temp_dir(), outside.path().to_path_buf()] {
+        let data = tempfile::tempdir_in(&base).unwrap();
+        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let db = data.path().join("lathe.db");
+        std::fs::write(&db, "SECRET").unwrap();
+        for path in [db, data.path().to_path_buf()] {
+            let source = format!(
+                "import os\ndef grade(s, i):\n    p = {:?}\n    return float(len(os.listdir(p)) if os.path.isdir(p) else len(open(p).read()))\n",
+                path.display().to_string()
+            );
+            let details = runtime_error(grade(pool, &source).await);
+            assert!(
+                details.contains("No such file or directory"),
+                "{}: {details}",
+                path.display()
+            );
+        }
+    }
+    for path in ["/etc/passwd", "/etc/shadow", "/etc/hostname"] {
+        let source = format!("def grade(s, i):\n    return float(len(open({path:?}).read()))\n");
+        let details = runtime_error(grade(pool, &source).await);
+        assert!(details.contains("No such file or directory"), "{path}: {details}");
+    }
+    assert_still_works(pool).await;
+}
+
+#[tokio::test]
+async fn host_processes_are_invisible_and_the_server_cannot_be_signalled() {
+    let Some(pool) = pool(1).await else { return };
+    processes_are_out_of_reach(&pool, &[std::process::id()]).await;
+}
+
+/// Lists /proc, signals `pids` (the server's), then every process it can (`kill(-1)`) and
+/// pid 1 (its own worker): the first two find nothing, the worker survives.
+async fn processes_are_out_of_reach(pool: &PythonPool, pids: &[u32]) {
+    let details = runtime_error(
+        grade(
+            pool,
+            "import os\ndef grade(s, i):\n    return float(len(os.listdir('/proc')))\n",
+        )
+        .await,
+    );
+    assert!(details.contains("No such file or directory: '/proc'"), "{details}");
+    for pid in pids {
+        let source = format!("import os\ndef grade(s, i):\n    os.kill({pid}, 9)\n    return 1.0\n");
+        let details = runtime_error(grade(pool, &source).await);
+        assert!(details.contains("ProcessLookupError"), "{details}");
+    }
+    // Pid 1 (the worker) ignores it; -1 finds no one else (ESRCH).
+    let everyone = "import os\ndef grade(s, i):\n    os.kill(1, 9)\n    try:\n        os.kill(-1, 9)\n    except ProcessLookupError:\n        pass\n    return 0.5\n";
+    assert_eq!(grade(pool, everyone).await, PythonOutcome::Reward(0.5));
+    assert_still_works(pool).await;
+}
+
+#[tokio::test]
+async fn escapes_through_ctypes_are_refused() {
+    let Some(pool) = pool(1).await else { return };
+    escapes_are_refused(&pool).await;
+}
+
+/// Namespaces, mounts, root changes, ptrace, process_vm_readv, bpf, perf, userfaultfd,
+/// io_uring, keyrings, personality through ctypes, and a subprocess: each answers an
+/// errno; the grader reports them all in its error.
+async fn escapes_are_refused(pool: &PythonPool) {
+    let source = format!(
+        r#"import ctypes, errno, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+def attempt(name, fn):
+    ctypes.set_errno(0)
+    rc = fn()
+    return "%s=%s" % (name, "ESCAPED" if rc != -1 else errno.errorcode.get(ctypes.get_errno(), "?"))
+def grade(s, i):
+    buf = ctypes.create_string_buffer(64)
+    results = [
+        attempt("unshare_user", lambda: libc.unshare(0x10000000)),
+        attempt("unshare_mount", lambda: libc.unshare(0x20000)),
+        attempt("clone_newuser", lambda: libc.syscall({clone}, 0x10000000 | 17, 0, 0, 0, 0)),
+        attempt("setns", lambda: libc.setns(0, 0)),
+        attempt("mount", lambda: libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
+        attempt("umount", lambda: libc.umount2(b"/usr", 2)),
+        attempt("chroot", lambda: libc.chroot(b"/tmp")),
+        attempt("pivot_root", lambda: libc.syscall({pivot_root}, b"/tmp", b"/tmp")),
+        attempt("ptrace", lambda: libc.ptrace(16, 1, 0, 0)),
+        attempt("process_vm_readv", lambda: libc.syscall({vm_readv}, 1, 0, 0, 0, 0, 0)),
+        attempt("bpf", lambda: libc.syscall({bpf}, 0, buf, 64)),
+        attempt("perf_event_open", lambda: libc.syscall({perf}, buf, 0, -1, -1, 0)),
+        attempt("userfaultfd", lambda: libc.syscall({uffd}, 0)),
+        attempt("io_uring_setup", lambda: libc.syscall({uring}, 8, buf)),
+        attempt("keyctl", lambda: libc.syscall({keyctl}, 0, 0, 0, 0, 0)),
+        attempt("personality", lambda: libc.personality(0x0040000)),
+        attempt("socket", lambda: libc.socket(2, 1, 0)),
+    ]
+    try:
+        subprocess.run(["/usr/bin/true"])
+        results.append("exec=ESCAPED")
+    except PermissionError:
+        results.append("exec=EPERM")
+    raise PermissionError("refused: " + " ".join(results))
+"#,
+        clone = libc::SYS_clone,
+        pivot_root = libc::SYS_pivot_root,
+        vm_readv = libc::SYS_process_vm_readv,
+        bpf = libc::SYS_bpf,
+        perf = libc::SYS_perf_event_open,
+        uffd = libc::SYS_userfaultfd,
+        uring = libc::SYS_io_uring_setup,
+        keyctl = libc::SYS_keyctl,
+    );
+    let details = runtime_error(grade(pool, &source).await);
+    assert!(details.contains("refused: "), "{details}");
+    assert!(!details.contains("ESCAPED"), "{details}");
+    for name in [
+        "unshare_user",
+        "unshare_mount",
+        "clone_newuser",
+        "setns",
+        "mount",
+        "umount",
+        "chroot",
+        "pivot_root",
+        "ptrace",
+        "process_vm_readv",
+        "bpf",
+        "perf_event_open",
+        "userfaultfd",
+        "io_uring_setup",
+        "keyctl",
+        "personality",
+        "socket",
+        "exec",
+    ] {
+        assert!(details.contains(&format!("{name}=EPERM")), "{name}: {details}");
+    }
+    assert_still_works(pool).await;
+}
+
+#[tokio::test]
+async fn forged_replies_never_reach_the_pool() {
+    let Some(pool) = pool(1).await else { return };
+    forged_replies_are_refused(&pool).await;
+}
+
+/// A grader that writes a reply of its own (reward 0.777) on stdout and on every
+/// descriptor it has, then returns 0.0: never 0.777.
+async fn forged_replies_are_refused(pool: &PythonPool) {
+    let forged = r#"{"ok": true, "reward": 0.777}"#;
+    let stdout = format!(
+        "def grade(s, i):
+    print({forged:?}, flush=True)
+    return 0.0
+"
+    );
+    assert_eq!(grade(pool, &stdout).await, PythonOutcome::Reward(0.0));
+    let every_fd = format!(
+        "import os
+def grade(s, i):
+    for fd in range(0, 256):
+        try:
+            os.write(fd, {forged:?}.encode() + b'\\n')
+        except OSError:
+            pass
+    return 0.0
+"
+    );
+    let details = runtime_error(grade(pool, &every_fd).await);
+    assert!(details.contains("protocol violation"), "{details}");
+    // The next call on the same worker reads its own answer, not a leftover forgery.
+    assert_eq!(grade(pool, &stdout).await, PythonOutcome::Reward(0.0));
+    assert_still_works(pool).await;
+}
+
+#[tokio::test]
+async fn a_busy_pool_answers_resource_exhausted_after_its_queue_timeout() {
+    let Some(pool) = pool_with(1, None, Duration::from_millis(500)).await else {
+        return;
+    };
+    let slow = "import time\ndef grade(s, i):\n    time.sleep(2)\n    return 1.0\n";
+    let waiting = async {
+        // Let the slow grader take the only worker first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = Instant::now();
+        (grade(&pool, OK).await, start.elapsed())
+    };
+    let (held, (queued, waited)) = tokio::join!(grade(&pool, slow), waiting);
+    assert_eq!(held, PythonOutcome::Reward(1.0));
+    match queued {
+        PythonOutcome::ServerError { kind, details } => {
+            assert_eq!(kind, "resource_exhausted");
+            assert!(details.contains("stayed busy"), "{details}");
+        }
+        other => panic!("expected resource_exhausted, got {other:?}"),
+    }
+    assert!(waited < Duration::from_millis(1500), "waited {waited:?}");
+    assert_still_works(&pool).await;
+}
+
+/// As root: runs `hostile_set_at_this_level` as uid 65534 (the user-namespace level),
+/// telling it this process's pid as the server's to kill.
+#[tokio::test]
+async fn hostile_graders_hold_when_the_server_is_not_root() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: re-runs the hostile set as another uid, which needs root");
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/python3").exists() || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipping: needs /usr/bin/python3 and setpriv");
+        return;
+    }
+    let out = tokio::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "graders_python_sandbox::hostile_set_at_this_level",
+            "--nocapture",
+        ])
+        .env("LATHE_TEST_SERVER_PID", std::process::id().to_string())
+        .env("TMPDIR", "/tmp")
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("hostile set held at UserNamespace"), "{text}");
+}
+
+/// Every hostile grader above on one pool at this process's level; `LATHE_TEST_SERVER_PID`
+/// names one more pid to try to kill (the root test that re-runs this unprivileged).
+#[tokio::test]
+async fn hostile_set_at_this_level() {
+    let Some(pool) = pool(1).await else { return };
+    let mut pids = vec![std::process::id()];
+    pids.extend(
+        std::env::var("LATHE_TEST_SERVER_PID")
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok()),
+    );
+    reads_outside_scratch_fail(&pool).await;
+    sockets_are_refused(&pool).await;
+    processes_are_out_of_reach(&pool, &pids).await;
+    escapes_are_refused(&pool).await;
+    forged_replies_are_refused(&pool).await;
+    let details = runtime_error(
+        grade(
+            &pool,
+            "def grade(s, i):\n    x = bytearray(20 * 1024**3)\n    return 1.0\n",
+        )
+        .await,
+    );
+    assert!(details.contains("MemoryError"), "{details}");
+    let details = runtime_error(grade(&pool, "import os\ndef grade(s, i):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n").await);
+    assert!(details.contains("timed out"), "{details}");
+    assert_still_works(&pool).await;
+    println!("hostile set held at {:?}", pool.sandbox().level);
 }
 
 #[tokio::test]
@@ -182,13 +487,34 @@ async fn fork_bomb_is_contained() {
     assert_still_works(&pool).await;
 }
 
+/// A process a grade leaves behind is killed with it: it never writes its file in the
+/// scratch, which the next grade of the same worker (same domain) would see.
+#[tokio::test]
+async fn nothing_a_grade_forks_outlives_it() {
+    let Some(pool) = pool(1).await else { return };
+    let (domain, sample, item) = ([9u8; 32], Sample::from_model_output("x").to_json(), json!({}));
+    let leave = "import os, time\ndef grade(s, i):\n    open('early', 'w').write('x')\n    if os.fork() == 0:\n        time.sleep(0.5)\n        open('late', 'w').write('x')\n        os._exit(0)\n    return 1.0\n";
+    assert_eq!(
+        pool.grade_in(&domain, leave, &sample, &item).await,
+        PythonOutcome::Reward(1.0)
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let check =
+        "import os\ndef grade(s, i):\n    return float(os.path.exists('early')) + 2 * float(os.path.exists('late'))\n";
+    assert_eq!(
+        pool.grade_in(&domain, check, &sample, &item).await,
+        PythonOutcome::Reward(1.0),
+        "same worker (its scratch kept 'early'), and 'late' never written"
+    );
+}
+
 #[tokio::test]
 async fn huge_allocation_fails_cleanly() {
     let Some(pool) = pool(1).await else { return };
     let details = runtime_error(
         grade(
             &pool,
-            "def grade(s, i):\n    x = bytearray(10 * 1024**3)\n    return 1.0\n",
+            "def grade(s, i):\n    x = bytearray(20 * 1024**3)\n    return 1.0\n",
         )
         .await,
     );
@@ -324,12 +650,15 @@ async fn a_module_the_environment_lacks_is_named_at_validation() {
 
 /// One grader's python sources (a multi's) share warm workers: alternating between them
 /// neither replaces the worker nor mixes up their `grade` functions; another grader's
-/// source gets a fresh process.
+/// source gets a fresh worker. (A worker is told by a mark in its scratch, which lives as
+/// long as the worker: each grade runs in a fresh child process.)
 #[tokio::test]
 async fn a_graders_sources_share_a_worker_and_other_graders_do_not() {
     let Some(pool) = pool(1).await else { return };
-    let a = "import os\ndef grade(s, i):\n    return float(os.getpid())\n";
-    let b = "import os\ndef grade(s, i):\n    return -float(os.getpid())\n";
+    let mark = "import os, random\ndef mark():\n    if not os.path.exists('mark'):\n        open('mark', 'w').write(str(random.randint(1, 10**9)))\n    return float(open('mark').read())\n";
+    let a = format!("{mark}def grade(s, i):\n    return mark()\n");
+    let b = format!("{mark}def grade(s, i):\n    return -mark()\n");
+    let (a, b) = (a.as_str(), b.as_str());
     let domain = [7u8; 32];
     let (sample, item) = (Sample::from_model_output("x").to_json(), json!({}));
     let pid = |o: PythonOutcome| match o {

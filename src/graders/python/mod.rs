@@ -1,13 +1,26 @@
 //! Python graders: `grade(sample, item) -> float` in sandboxed, reused worker processes.
 //!
-//! A worker is a long-lived `python3` speaking JSON lines, so a warm call costs one pipe
-//! round trip. Each pool slot serves one trust domain at a time: the python sources of
-//! one grader (a `multi` grader's python sub-graders share theirs, as one author's code
-//! in one grader JSON). A worker keeps every source of its domain loaded, so a multi
-//! grader's sources do not evict each other; a worker that ran one domain's code is never
-//! handed another's (the code could have patched modules or left threads behind), it is
-//! replaced instead. Workers are also replaced after a
-//! timeout, a crash, a protocol violation or when their lifetime CPU budget runs low.
+//! A worker is a long-lived `python3` speaking JSON lines (`worker.py`), confined by
+//! `sandbox.rs` (namespaces, an allowlist root, seccomp; see there). The worker itself
+//! never runs user code: it compiles each source once, imports the packages the source
+//! names, and runs every grade in a forked child that loses the worker's protocol
+//! descriptors before user code starts and answers through a fresh pipe, read until the
+//! child exits and accepted only as exactly one result. So a grader cannot forge the
+//! worker's replies, and whatever it forks or leaves behind is killed after its grade
+//! (the worker is pid 1 of its PID namespace). Top-level code of a source runs in each
+//! grade's child. The next call's child is forked right after each reply, so a warm call
+//! costs two pipe round trips (pool to worker, worker to its waiting child), not a fork.
+//!
+//! Each pool slot serves one trust domain at a time: the python sources of one grader (a
+//! `multi` grader's python sub-graders share theirs, as one author's code in one grader
+//! JSON); a worker that served one domain is replaced rather than handed another's. Each
+//! grade has a wall-clock limit (the worker kills it and says so; the pool's own timeout,
+//! a little longer, is the backstop that replaces a stuck worker) and a CPU limit.
+//!
+//! A call waits at most `queue_timeout` for a free slot, then fails with the server
+//! error kind `resource_exhausted` instead of queueing forever. Calls carry an owner, the
+//! fairness key for per-owner slot caps (per project, once projects exist); today every
+//! call has the same owner ([`DEFAULT_OWNER`]).
 
 pub mod env;
 mod sandbox;
@@ -26,6 +39,13 @@ use tokio::sync::Semaphore;
 
 use sandbox::{Limits, Plan};
 pub use sandbox::{SandboxLevel, SandboxReport};
+
+/// The owner of every call until calls carry a project (see the module docs).
+pub const DEFAULT_OWNER: &str = "server";
+
+/// How much longer than a grade's wall-clock limit the pool waits for the worker's
+/// answer before replacing it (the worker enforces the limit itself).
+const BACKSTOP: Duration = Duration::from_secs(5);
 
 const WORKER_SOURCE: &str = include_str!("worker.py");
 
@@ -51,7 +71,10 @@ pub struct PythonPoolConfig {
     /// their sandbox, with `NLTK_DATA` pointing at its corpora.
     pub env: Option<PathBuf>,
     pub workers: usize,
+    /// Per grade, enforced by the worker (which kills the grade's processes).
     pub wall_timeout: Duration,
+    /// Longest wait for a free worker before a call fails with `resource_exhausted`.
+    pub queue_timeout: Duration,
     pub cpu_seconds_per_call: u64,
     pub memory_bytes: u64,
     pub scratch_bytes: u64,
@@ -61,6 +84,8 @@ pub struct PythonPoolConfig {
     pub sandbox: SandboxPolicy,
     /// Slot `i` runs as uid `uid_base + i` at the root level.
     pub uid_base: u32,
+    /// Holds an empty directory per slot, the mount point of the slot's root (or, without
+    /// namespaces, the slot's scratch directory).
     pub scratch_root: PathBuf,
 }
 
@@ -71,6 +96,9 @@ impl Default for PythonPoolConfig {
             env: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             wall_timeout: Duration::from_secs(120),
+            // Long enough for a full RFT step's grades queued behind slow graders, short
+            // enough that a flood of stuck graders surfaces as an error, not a hang.
+            queue_timeout: Duration::from_secs(300),
             cpu_seconds_per_call: 120,
             memory_bytes: 2 << 30,
             scratch_bytes: 1 << 30,
@@ -97,7 +125,8 @@ pub enum PythonOutcome {
     Reward(f64),
     /// The user's code failed, timed out, or returned something that is not a float.
     RuntimeError(String),
-    /// The pool could not run the code at all (no sandbox, interpreter missing, ...).
+    /// The pool could not run the code at all (no sandbox, interpreter missing, no free
+    /// worker within the queue timeout: kind `resource_exhausted`, ...).
     ServerError {
         kind: String,
         details: String,
@@ -132,7 +161,7 @@ struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    /// The trust domain this worker has run code of, and the sources it has loaded.
+    /// The trust domain this worker has run code of, and the sources it has compiled.
     domain: Option<[u8; 32]>,
     loaded: HashSet<[u8; 32]>,
     cpu_used: f64,
@@ -204,8 +233,8 @@ impl PythonPool {
     }
 
     async fn spawn(&self, slot: usize) -> Result<Worker, String> {
-        let scratch = self.scratch_dir(slot);
-        prepare_scratch(&scratch, self.level).map_err(|e| format!("scratch dir: {e}"))?;
+        let dir = self.scratch_dir(slot);
+        prepare_scratch(&dir, self.level).map_err(|e| format!("scratch dir: {e}"))?;
         let c = &self.config;
         let limits = Limits {
             address_space_bytes: c.memory_bytes,
@@ -214,39 +243,51 @@ impl PythonPool {
             processes: c.max_processes,
             open_files: 256,
         };
-        // Absolute: the worker starts in `/`.
         let env = c
             .env
             .as_deref()
             .map(std::path::absolute)
             .transpose()
             .map_err(|e| format!("grader environment: {e}"))?;
+        let sandboxed = self.level != SandboxLevel::Unsandboxed;
+        let extra_dirs = if sandboxed {
+            interpreter_prefixes(&c.python, env.as_deref())
+        } else {
+            Vec::new()
+        };
         let plan = Plan::new(
             self.level,
             limits,
             self.uid(slot),
-            &scratch,
+            &dir,
             c.scratch_bytes,
+            &extra_dirs,
             env.as_deref(),
         )
         .map_err(|e| e.to_string())?;
-        let scratch_str = scratch.to_string_lossy().into_owned();
-        // The environment as the worker sees it: mounted in its scratch, or in place
-        // when there is no mount namespace.
-        let env_dir = env.as_ref().map(|dir| match self.level {
-            SandboxLevel::Unsandboxed => dir.clone(),
-            _ => scratch.join(sandbox::ENV_MOUNT),
-        });
+        let grade_filter = sandbox::grade_filter().map_err(|e| format!("seccomp filter: {e}"))?;
+        // Paths as the worker sees them: in its own root, or in place without namespaces.
+        let (env_dir, scratch) = if sandboxed {
+            (
+                env.as_ref().map(|_| PathBuf::from(sandbox::ENV_MOUNT)),
+                PathBuf::from(sandbox::SCRATCH),
+            )
+        } else {
+            (env.clone(), dir.clone())
+        };
         let python = match &env_dir {
             Some(dir) => dir.join("bin").join("python3"),
             None => c.python.clone(),
         };
         let mut cmd = Command::new(&python);
+        // HOME and TMPDIR point at the scratch only in grades (the worker sets them there):
+        // the worker itself reads nothing a grade could have written.
         cmd.args(["-I", "-B", "-c", WORKER_SOURCE])
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &scratch_str)
-            .env("TMPDIR", &scratch_str)
+            .env("HOME", "/")
+            .env("LATHE_SCRATCH", &scratch)
+            .env("LATHE_GRADE_FILTER", hex::encode(grade_filter))
             .env("LANG", "C.UTF-8")
             .env("OMP_NUM_THREADS", "2")
             .current_dir("/")
@@ -278,26 +319,57 @@ impl PythonPool {
         })
     }
 
-    /// Kills a worker together with everything it forked.
-    async fn destroy(&self, slot: usize, mut worker: Worker) {
+    /// Kills a worker together with everything it forked. With namespaces, SIGTERM to the
+    /// sandbox's middle process makes it kill pid 1 (whose death empties the PID namespace)
+    /// and reap it before exiting (see `sandbox.rs`); failing that, and without namespaces,
+    /// SIGKILL to the whole process group.
+    async fn destroy(&self, mut worker: Worker) {
         if let Some(pid) = worker.child.id() {
+            if self.level != SandboxLevel::Unsandboxed {
+                // SAFETY: signalling our own child; a stale id is harmless.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+                if tokio::time::timeout(Duration::from_secs(2), worker.child.wait())
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
             // SAFETY: signalling a process group we created; a stale id is harmless.
             unsafe {
                 libc::kill(-(pid as i32), libc::SIGKILL);
             }
         }
         let _ = worker.child.kill().await;
-        if self.level == SandboxLevel::Root {
-            sandbox::kill_uid(self.uid(slot)).await;
-        }
     }
 
+    /// A free slot, preferring one whose worker already serves `domain`, waiting at most
+    /// `queue_timeout` (FIFO). `owner` is the fairness key: a per-owner cap on busy slots
+    /// belongs here once calls carry projects.
     async fn acquire(
         &self,
+        owner: &str,
         domain: Option<&[u8; 32]>,
-    ) -> Option<(tokio::sync::SemaphorePermit<'_>, usize, Option<Worker>)> {
-        let permit = self.permits.acquire().await.ok()?;
-        let mut slots = self.slots.lock().ok()?;
+    ) -> Result<(tokio::sync::SemaphorePermit<'_>, usize, Option<Worker>), PythonOutcome> {
+        let closed = || server_error("pool_closed", "python grader pool is shutting down");
+        let permit = match tokio::time::timeout(self.config.queue_timeout, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(closed()),
+            Err(_) => {
+                let workers = self.config.workers.max(1);
+                tracing::warn!(owner, workers, "python grader queue timed out");
+                return Err(server_error(
+                    "resource_exhausted",
+                    &format!(
+                        "all {workers} python grader workers stayed busy for {:?}; try again later",
+                        self.config.queue_timeout
+                    ),
+                ));
+            }
+        };
+        let mut slots = self.slots.lock().map_err(|_| closed())?;
         let free = |s: &&mut Slot| !s.busy;
         let pick = slots
             .iter_mut()
@@ -310,10 +382,11 @@ impl PythonPool {
                 (Some(w), Some(_)) if w.domain.is_none() => 1,
                 _ => 2,
             })
-            .map(|(i, _)| i)?;
+            .map(|(i, _)| i)
+            .ok_or_else(closed)?;
         slots[pick].busy = true;
         let worker = slots[pick].worker.take();
-        Some((permit, pick, worker))
+        Ok((permit, pick, worker))
     }
 
     fn release(&self, slot: usize, worker: Option<Worker>) {
@@ -326,32 +399,34 @@ impl PythonPool {
     /// Runs `grade(sample, item)` from `source`, a standalone grader (its own domain).
     pub async fn grade(&self, source: &str, sample: &Value, item: &Value) -> PythonOutcome {
         let hash = source_hash(source);
-        self.grade_keyed(&hash, hash, source, sample, item).await
+        self.grade_keyed(DEFAULT_OWNER, &hash, hash, source, sample, item).await
     }
 
     /// Runs `grade(sample, item)` from `source`, in a worker of trust domain `domain`
     /// (see the module's docs).
     pub async fn grade_in(&self, domain: &[u8; 32], source: &str, sample: &Value, item: &Value) -> PythonOutcome {
-        self.grade_keyed(domain, source_hash(source), source, sample, item)
+        self.grade_keyed(DEFAULT_OWNER, domain, source_hash(source), source, sample, item)
             .await
     }
 
     /// `grade_in` with the source's hash already taken.
     async fn grade_keyed(
         &self,
+        owner: &str,
         domain: &[u8; 32],
         hash: [u8; 32],
         source: &str,
         sample: &Value,
         item: &Value,
     ) -> PythonOutcome {
-        let Some((_permit, slot, worker)) = self.acquire(Some(domain)).await else {
-            return server_error("pool_closed", "python grader pool is shutting down");
+        let (_permit, slot, worker) = match self.acquire(owner, Some(domain)).await {
+            Ok(acquired) => acquired,
+            Err(outcome) => return outcome,
         };
         let worker = match worker {
             Some(w) if w.domain.as_ref() == Some(domain) || w.domain.is_none() => Some(w),
             Some(w) => {
-                self.destroy(slot, w).await;
+                self.destroy(w).await;
                 None
             }
             None => None,
@@ -376,6 +451,7 @@ impl PythonPool {
             "sample": sample,
             "item": item,
             "cpu_seconds": self.config.cpu_seconds_per_call,
+            "wall_seconds": self.config.wall_timeout.as_secs_f64(),
         });
         if !worker.loaded.contains(&hash) {
             request["source"] = Value::String(source.to_string());
@@ -395,13 +471,9 @@ impl PythonPool {
                             .to_string(),
                     ),
                 };
-                // A source that failed while loading has still run its top-level code in
-                // this process; never hand that process to anyone else.
-                let failed_load = reply.get("ok") != Some(&Value::Bool(true)) && request.get("source").is_some();
-                (
-                    outcome,
-                    !failed_load && worker.cpu_used < (LIFETIME_CPU_SECONDS / 2) as f64,
-                )
+                // User code never ran in the worker process (only in its grade's
+                // child), so a failed grade leaves it fit for the next.
+                (outcome, worker.cpu_used < (LIFETIME_CPU_SECONDS / 2) as f64)
             }
             Err(WorkerFailure::TimedOut) => (
                 PythonOutcome::RuntimeError(format!(
@@ -422,7 +494,7 @@ impl PythonPool {
         if keep {
             self.release(slot, Some(worker));
         } else {
-            self.destroy(slot, worker).await;
+            self.destroy(worker).await;
             self.release(slot, None);
         }
         outcome
@@ -431,8 +503,10 @@ impl PythonPool {
     /// Parses `source` with Python's `ast` (no user code runs) and checks that it defines
     /// `grade(sample, item)`.
     pub async fn check_source(&self, source: &str) -> Result<(), String> {
-        let Some((_permit, slot, worker)) = self.acquire(None).await else {
-            return Err("python grader pool is shutting down".into());
+        let (_permit, slot, worker) = match self.acquire(DEFAULT_OWNER, None).await {
+            Ok(acquired) => acquired,
+            Err(PythonOutcome::ServerError { details, .. }) => return Err(details),
+            Err(other) => return Err(format!("{other:?}")),
         };
         let mut worker = match worker {
             Some(w) => w,
@@ -458,7 +532,7 @@ impl PythonPool {
                 }
             }
             Err(e) => {
-                self.destroy(slot, worker).await;
+                self.destroy(worker).await;
                 self.release(slot, None);
                 Err(format!("source check failed: {e}"))
             }
@@ -478,7 +552,7 @@ impl Drop for PythonPool {
                 }
             }
         }
-        // The tmpfs lived in the workers' mount namespaces; only empty directories remain.
+        // The roots lived in the workers' mount namespaces; only empty directories remain.
         let _ = std::fs::remove_dir_all(&self.config.scratch_root);
     }
 }
@@ -498,6 +572,27 @@ fn describe_death(status: Option<std::process::ExitStatus>) -> String {
         Some(sig) => format!("grader process died with signal {sig}"),
         None => "grader process exited unexpectedly".to_string(),
     }
+}
+
+/// Host directories an interpreter needs beyond the sandbox's system directories: the
+/// prefix of `python` (or of the environment's base interpreter, its `pyvenv.cfg` home)
+/// when it lives outside `/usr`, as a pyenv or uv python does. Bound at the same path.
+fn interpreter_prefixes(python: &Path, env: Option<&Path>) -> Vec<PathBuf> {
+    let base = match env {
+        Some(env) => std::fs::read_to_string(env.join("pyvenv.cfg")).ok().and_then(|cfg| {
+            cfg.lines()
+                .filter_map(|l| l.split_once('='))
+                .find(|(k, _)| k.trim() == "home")
+                .map(|(_, v)| PathBuf::from(v.trim()).join("python3"))
+        }),
+        None => Some(python.to_path_buf()),
+    };
+    let system = |p: &Path| ["/usr", "/bin", "/lib", "/lib64"].iter().any(|d| p.starts_with(d));
+    base.and_then(|p| std::fs::canonicalize(p).ok())
+        .and_then(|real| real.parent()?.parent().map(Path::to_path_buf))
+        .filter(|prefix| !system(prefix) && prefix != Path::new("/"))
+        .into_iter()
+        .collect()
 }
 
 fn prepare_scratch(dir: &Path, level: SandboxLevel) -> std::io::Result<()> {
@@ -548,7 +643,7 @@ impl Worker {
             serde_json::from_slice::<Value>(&buf)
                 .map_err(|_| WorkerFailure::Protocol("grader wrote something that is not a reply".into()))
         };
-        let reply = match tokio::time::timeout(config.wall_timeout, exchange).await {
+        let reply = match tokio::time::timeout(config.wall_timeout + BACKSTOP, exchange).await {
             Ok(result) => result?,
             Err(_) => return Err(WorkerFailure::TimedOut),
         };
