@@ -112,7 +112,7 @@ impl App {
             Some(env) => tracing::info!(env = %env.display(), "python graders run in their environment"),
             None => tracing::info!("python graders run the system python3 (standard library only)"),
         }
-        let graders = Arc::new(Graders::new(store.clone(), graders_config));
+        let graders = Arc::new(Graders::new(store.clone(), models.clone(), graders_config));
         // The embedded trainer grades RFT samples with the same graders.
         let trainer: Option<Arc<dyn Trainer>> = match &local {
             Some(local) => Some(Arc::new(

@@ -31,6 +31,8 @@ pub struct GradeContext {
     /// Caches model-grader results across calls.
     pub cache: Option<Arc<ResultCache>>,
     pub model_calls: CallPolicy,
+    /// Whose grading this is (a project): python calls share the pool by it.
+    pub owner: Option<Arc<str>>,
 }
 
 /// A grade before metadata: what each grader kind computes. Small on purpose: most
@@ -267,7 +269,11 @@ async fn grade_python(g: &PythonGrader, sample: &Sample, item: &Value, ctx: &Gra
             ..Default::default()
         });
     };
-    match pool.grade_in(&g.domain, &g.source, &sample.to_json(), item).await {
+    let owner = ctx.owner.as_deref().unwrap_or(super::python::DEFAULT_OWNER);
+    match pool
+        .grade_for(owner, &g.domain, &g.source, &sample.to_json(), item)
+        .await
+    {
         PythonOutcome::Reward(r) => Graded::reward(r),
         PythonOutcome::RuntimeError(details) => Graded::failed(GraderErrors {
             python_grader_runtime_error: true,

@@ -32,7 +32,10 @@ pub use model::{
 };
 pub use prompt::{ChatMessage, ContentPart, ContentPartTemplate, MessageTemplate, SamplingParams, grader_request};
 pub use python::env as python_env;
-pub use python::{PoolError, PythonOutcome, PythonPool, PythonPoolConfig, SandboxLevel, SandboxPolicy, SandboxReport};
+pub use python::{
+    PoolError, PythonOutcome, PythonPool, PythonPoolConfig, SandboxLevel, SandboxPolicy, SandboxReport,
+    source_hash as python_source_hash,
+};
 pub use result::{GraderErrors, GraderMetadata, GraderResult};
 pub use sample::Sample;
 pub use similarity::SimilarityMetric;

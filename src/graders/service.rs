@@ -17,6 +17,7 @@ use super::{
 };
 use crate::auth::model::Caller;
 use crate::error::{Error, Result};
+use crate::models::Models;
 use crate::store::{GraderRecord, Store};
 
 /// Longest saved-grader name.
@@ -61,6 +62,8 @@ const UIDS_PER_POOL: u32 = 32;
 
 pub struct Graders {
     store: Arc<dyn Store>,
+    /// Which local models a caller's model graders may sample.
+    models: Arc<Models>,
     config: GradersConfig,
     python: OnceCell<Arc<PythonPool>>,
     cache: Arc<ResultCache>,
@@ -74,10 +77,11 @@ pub struct Batch {
 }
 
 impl Graders {
-    pub fn new(store: Arc<dyn Store>, config: GradersConfig) -> Self {
+    pub fn new(store: Arc<dyn Store>, models: Arc<Models>, config: GradersConfig) -> Self {
         let cache = Arc::new(ResultCache::new(config.cache_capacity));
         Graders {
             store,
+            models,
             config,
             python: OnceCell::new(),
             cache,
@@ -87,14 +91,15 @@ impl Graders {
     /// RunGrader: `grader` is a grader object or `{"name": ...}` naming a saved one.
     pub async fn run(&self, caller: &Caller, grader: Value, sample: Sample, item: Value) -> Result<GraderResult> {
         let grader = self.resolve(caller, grader).await?;
-        let ctx = self.context(&grader).await;
+        let ctx = self.context(caller, &grader).await;
         Ok(super::run(&grader, &sample, &item, &ctx).await)
     }
 
     /// ValidateGrader: every field problem at once, python sources compiled in the sandbox.
-    pub async fn validate(&self, _caller: &Caller, grader: &Value) -> Result<()> {
+    pub async fn validate(&self, caller: &Caller, grader: &Value) -> Result<()> {
         let parsed = parse(grader).map_err(|v| invalid_grader("grader", v))?;
-        let ctx = self.context(&parsed).await;
+        self.check_models(caller, &parsed).await?;
+        let ctx = self.context(caller, &parsed).await;
         super::validate(grader, &ctx)
             .await
             .map_err(|v| invalid_grader("grader", v))?;
@@ -117,7 +122,8 @@ impl Graders {
             None => grader,
         };
         let parsed = parse(&json).map_err(|v| invalid_grader(field, v))?;
-        let ctx = self.context(&parsed).await;
+        self.check_models(caller, &parsed).await?;
+        let ctx = self.context(caller, &parsed).await;
         super::validate(&json, &ctx)
             .await
             .map_err(|v| invalid_grader(field, v))?;
@@ -127,7 +133,7 @@ impl Graders {
     /// GradeBatch: resolves the grader first, so a bad grader fails before any pair is read.
     pub async fn batch(&self, caller: &Caller, grader: Value) -> Result<Batch> {
         let grader = self.resolve(caller, grader).await?;
-        let ctx = self.context(&grader).await;
+        let ctx = self.context(caller, &grader).await;
         Ok(Batch {
             grader: Arc::new(grader),
             ctx: Arc::new(ctx),
@@ -138,7 +144,8 @@ impl Graders {
     pub async fn create(&self, caller: &Caller, name: String, grader: Value) -> Result<GraderRecord> {
         check_name(&name, "name")?;
         let parsed = parse(&grader).map_err(|v| invalid_grader("grader", v))?;
-        let ctx = self.context(&parsed).await;
+        self.check_models(caller, &parsed).await?;
+        let ctx = self.context(caller, &parsed).await;
         super::validate(&grader, &ctx)
             .await
             .map_err(|v| invalid_grader("grader", v))?;
@@ -186,14 +193,28 @@ impl Graders {
             }
             None => grader,
         };
-        parse(&json).map_err(|v| invalid_grader("grader", v))
+        let parsed = parse(&json).map_err(|v| invalid_grader("grader", v))?;
+        self.check_models(caller, &parsed).await?;
+        Ok(parsed)
+    }
+
+    /// NOT_FOUND when a model grader samples another project's fine-tuned
+    /// model (or checkpoint), as if it did not exist.
+    async fn check_models(&self, caller: &Caller, grader: &Grader) -> Result<()> {
+        let mut models = Vec::new();
+        sampled_models(grader, &mut models);
+        for model in models {
+            self.models.check_visible(caller, model).await?;
+        }
+        Ok(())
     }
 
     /// Providers for one grader: the configured model client and embedder (without them,
     /// model graders and `cosine` answer with their error flags); python gets the pool,
     /// started on first use.
-    async fn context(&self, grader: &Grader) -> GradeContext {
+    async fn context(&self, caller: &Caller, grader: &Grader) -> GradeContext {
         let mut ctx = GradeContext {
+            owner: Some(Arc::from(caller.project.as_str())),
             cache: Some(Arc::clone(&self.cache)),
             model_client: self.config.model_client.clone(),
             embedder: self.config.embedder.clone(),
@@ -275,6 +296,16 @@ fn saved_name(grader: &Value) -> Option<&str> {
 }
 
 /// Whether running `grader` needs the python pool.
+/// The models a grader's model graders sample.
+fn sampled_models<'g>(grader: &'g Grader, out: &mut Vec<&'g str>) {
+    match grader {
+        Grader::ScoreModel(g) => out.push(&g.model),
+        Grader::LabelModel(g) => out.push(&g.model),
+        Grader::Multi(m) => m.graders.iter().for_each(|(_, g)| sampled_models(g, out)),
+        _ => {}
+    }
+}
+
 pub fn uses_python(grader: &Grader) -> bool {
     match grader {
         Grader::Python(_) => true,

@@ -407,6 +407,39 @@ async fn a_busy_pool_answers_resource_exhausted_after_its_queue_timeout() {
     assert_still_works(&pool).await;
 }
 
+/// One project's burst of slow graders holds at most all but one worker: another
+/// project's grade runs at once instead of queueing behind it.
+#[tokio::test]
+async fn one_projects_slow_graders_leave_a_worker_for_another() {
+    let Some(pool) = pool(2).await else { return };
+    let slow = "import time\ndef grade(s, i):\n    time.sleep(1.5)\n    return 1.0\n";
+    let sample = Sample::from_model_output("x").to_json();
+    let item = json!({});
+    let a = |n: u8| {
+        let (pool, sample, item) = (&pool, &sample, &item);
+        async move {
+            let source = format!("{slow}# {n}\n");
+            let domain = lathe::graders::python_source_hash(&source);
+            pool.grade_for("project-a", &domain, &source, sample, item).await
+        }
+    };
+    let other = async {
+        // Let project a's three slow grades queue first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let start = Instant::now();
+        let domain = lathe::graders::python_source_hash(OK);
+        let out = pool.grade_for("project-b", &domain, OK, &sample, &item).await;
+        (out, start.elapsed())
+    };
+    let (r1, r2, r3, (out, waited)) = tokio::join!(a(1), a(2), a(3), other);
+    for r in [r1, r2, r3] {
+        assert_eq!(r, PythonOutcome::Reward(1.0));
+    }
+    assert_eq!(out, PythonOutcome::Reward(1.0));
+    // Two workers and no cap: b would wait for a's first grades (1.5 s, then more).
+    assert!(waited < Duration::from_millis(1200), "project b waited {waited:?}");
+}
+
 /// As root: runs `hostile_set_at_this_level` as uid 65534 (the user-namespace level),
 /// telling it this process's pid as the server's to kill.
 #[tokio::test]

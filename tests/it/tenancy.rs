@@ -471,10 +471,19 @@ async fn call_as_b(rpc: &str, b: &mut Clients, a: &Owned) -> Option<Code> {
                 })
                 .await,
         ),
-        "/lathe.v1.GraderService/ValidateGrader" => {
-            // Validation reads no saved grader: B's own objects only.
-            return None;
-        }
+        "/lathe.v1.GraderService/ValidateGrader" => denied(
+            rpc,
+            // A model grader that would sample A's fine-tuned model.
+            b.graders
+                .validate_grader(proto::ValidateGraderRequest {
+                    grader: Some(struct_from_json(&json!({
+                        "type": "score_model", "name": "judge", "model": a.model,
+                        "input": [{"role": "user", "content": "Rate {{ sample.output_text }}"}],
+                        "range": [0, 1]
+                    }))),
+                })
+                .await,
+        ),
         "/lathe.v1.GraderService/GradeBatch" => {
             let first = proto::GradeBatchRequest {
                 payload: Some(proto::grade_batch_request::Payload::Grader(struct_from_json(

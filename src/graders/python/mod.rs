@@ -18,17 +18,18 @@
 //! a little longer, is the backstop that replaces a stuck worker) and a CPU limit.
 //!
 //! A call waits at most `queue_timeout` for a free slot, then fails with the server
-//! error kind `resource_exhausted` instead of queueing forever. Calls carry an owner, the
-//! fairness key for per-owner slot caps (per project, once projects exist); today every
-//! call has the same owner ([`DEFAULT_OWNER`]).
+//! error kind `resource_exhausted` instead of queueing forever. Calls carry an owner (the
+//! project whose grader it is; [`DEFAULT_OWNER`] for calls without one), and an owner
+//! holds at most `per_owner_slots` workers at once (default: all but one), so one
+//! project's burst of slow graders cannot take every worker from the others.
 
 pub mod env;
 mod sandbox;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -40,7 +41,7 @@ use tokio::sync::Semaphore;
 use sandbox::{Limits, Plan};
 pub use sandbox::{SandboxLevel, SandboxReport};
 
-/// The owner of every call until calls carry a project (see the module docs).
+/// The owner of calls made on no project's behalf (see the module docs).
 pub const DEFAULT_OWNER: &str = "server";
 
 /// How much longer than a grade's wall-clock limit the pool waits for the worker's
@@ -75,6 +76,9 @@ pub struct PythonPoolConfig {
     pub wall_timeout: Duration,
     /// Longest wait for a free worker before a call fails with `resource_exhausted`.
     pub queue_timeout: Duration,
+    /// Slots one owner (a project) may hold at once; None: all but one when there are
+    /// several, so another project's call always finds one free or soon free.
+    pub per_owner_slots: Option<usize>,
     pub cpu_seconds_per_call: u64,
     pub memory_bytes: u64,
     pub scratch_bytes: u64,
@@ -99,6 +103,7 @@ impl Default for PythonPoolConfig {
             // Long enough for a full RFT step's grades queued behind slow graders, short
             // enough that a flood of stuck graders surfaces as an error, not a hang.
             queue_timeout: Duration::from_secs(300),
+            per_owner_slots: None,
             cpu_seconds_per_call: 120,
             memory_bytes: 2 << 30,
             scratch_bytes: 1 << 30,
@@ -141,6 +146,12 @@ pub enum PoolError {
     Scratch(#[source] std::io::Error),
 }
 
+/// A call's hold on the pool: one of its owner's slots and one worker.
+struct PoolPermit<'a> {
+    _own: tokio::sync::OwnedSemaphorePermit,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
 /// Lifetime CPU per worker; a worker past half of it is replaced between calls.
 const LIFETIME_CPU_SECONDS: u64 = 3600;
 
@@ -149,6 +160,8 @@ pub struct PythonPool {
     level: SandboxLevel,
     slots: Mutex<Vec<Slot>>,
     permits: Semaphore,
+    /// Each owner's own cap on the slots it holds at once (`per_owner_slots`).
+    owners: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 #[derive(Default)]
@@ -194,6 +207,7 @@ impl PythonPool {
                 level,
                 slots: Mutex::new((0..workers).map(|_| Slot::default()).collect()),
                 permits: Semaphore::new(workers),
+                owners: Mutex::new(HashMap::new()),
                 config: config.clone(),
             };
             match pool.spawn(0).await {
@@ -346,28 +360,50 @@ impl PythonPool {
     }
 
     /// A free slot, preferring one whose worker already serves `domain`, waiting at most
-    /// `queue_timeout` (FIFO). `owner` is the fairness key: a per-owner cap on busy slots
-    /// belongs here once calls carry projects.
+    /// `queue_timeout` in all (FIFO): first for one of `owner`'s own slots (a project
+    /// holds at most `per_owner_slots` at once, so its burst cannot take them all), then
+    /// for a free worker.
     async fn acquire(
         &self,
         owner: &str,
         domain: Option<&[u8; 32]>,
-    ) -> Result<(tokio::sync::SemaphorePermit<'_>, usize, Option<Worker>), PythonOutcome> {
+    ) -> Result<(PoolPermit<'_>, usize, Option<Worker>), PythonOutcome> {
         let closed = || server_error("pool_closed", "python grader pool is shutting down");
-        let permit = match tokio::time::timeout(self.config.queue_timeout, self.permits.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(closed()),
-            Err(_) => {
-                let workers = self.config.workers.max(1);
-                tracing::warn!(owner, workers, "python grader queue timed out");
-                return Err(server_error(
-                    "resource_exhausted",
-                    &format!(
-                        "all {workers} python grader workers stayed busy for {:?}; try again later",
-                        self.config.queue_timeout
-                    ),
-                ));
-            }
+        let workers = self.config.workers.max(1);
+        let exhausted = || {
+            tracing::warn!(owner, workers, "python grader queue timed out");
+            server_error(
+                "resource_exhausted",
+                &format!(
+                    "all {workers} python grader workers stayed busy for {:?}; try again later",
+                    self.config.queue_timeout
+                ),
+            )
+        };
+        let cap = self
+            .config
+            .per_owner_slots
+            .unwrap_or(if workers > 1 { workers - 1 } else { 1 })
+            .clamp(1, workers);
+        let own = {
+            let mut owners = self.owners.lock().map_err(|_| closed())?;
+            Arc::clone(
+                owners
+                    .entry(owner.to_string())
+                    .or_insert_with(|| Arc::new(Semaphore::new(cap))),
+            )
+        };
+        let waiting = async {
+            let own = own.acquire_owned().await.map_err(|_| closed())?;
+            let permit = self.permits.acquire().await.map_err(|_| closed())?;
+            Ok::<_, PythonOutcome>(PoolPermit {
+                _own: own,
+                _permit: permit,
+            })
+        };
+        let permit = match tokio::time::timeout(self.config.queue_timeout, waiting).await {
+            Ok(permit) => permit?,
+            Err(_) => return Err(exhausted()),
         };
         let mut slots = self.slots.lock().map_err(|_| closed())?;
         let free = |s: &&mut Slot| !s.busy;
@@ -406,6 +442,19 @@ impl PythonPool {
     /// (see the module's docs).
     pub async fn grade_in(&self, domain: &[u8; 32], source: &str, sample: &Value, item: &Value) -> PythonOutcome {
         self.grade_keyed(DEFAULT_OWNER, domain, source_hash(source), source, sample, item)
+            .await
+    }
+
+    /// `grade_in` on `owner`'s behalf (a project): it holds at most its share of the slots.
+    pub async fn grade_for(
+        &self,
+        owner: &str,
+        domain: &[u8; 32],
+        source: &str,
+        sample: &Value,
+        item: &Value,
+    ) -> PythonOutcome {
+        self.grade_keyed(owner, domain, source_hash(source), source, sample, item)
             .await
     }
 
