@@ -128,9 +128,20 @@ impl App {
             models.clone(),
             config.evals_config(),
         ));
+        let secrets = Arc::new(
+            crate::secrets::SecretBox::load(config.secrets_key.as_ref().map(|k| k.0.as_str()), &config.data_dir)
+                .context("loading the secrets key")?,
+        );
         let jobs = Arc::new(
-            Jobs::new(store, blobs.clone(), models.clone(), trainer, config.jobs_config())
-                .with_evaluator(Arc::new(crate::evals::checkpoints::CheckpointEvals(evals.clone()))),
+            Jobs::new(
+                store,
+                blobs.clone(),
+                models.clone(),
+                trainer,
+                secrets,
+                config.jobs_config(),
+            )
+            .with_evaluator(Arc::new(crate::evals::checkpoints::CheckpointEvals(evals.clone()))),
         );
         let stop = CancellationToken::new();
         let workers = Workers {

@@ -88,6 +88,11 @@ pub struct ServeConfig {
     /// users of the machine can read in the process list.
     #[arg(long, env = "LATHE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<Secret>,
+    /// The key (64 hex characters) that seals secrets the server keeps, such
+    /// as webhook signing secrets; without it, DATA_DIR/secrets.key, made at
+    /// first start. Replicas sharing a database need the same key.
+    #[arg(long, env = "LATHE_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<Secret>,
     #[command(flatten)]
     pub tls: TlsConfig,
 }
@@ -146,6 +151,7 @@ impl ServeConfig {
             max_generation_batch: 32,
             max_queued_generations: 256,
             admin_key: None,
+            secrets_key: None,
             tls: TlsConfig::default(),
             model_roots: Vec::new(),
             webhook_allow_http: false,

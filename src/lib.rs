@@ -20,6 +20,7 @@ pub mod lease;
 pub mod models;
 pub mod paging;
 pub mod proto;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -41,7 +41,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(config) => {
             init_tracing(config.log_json, "info");
-            serve(config).await.map(|()| Outcome::Ok)
+            serve(*config).await.map(|()| Outcome::Ok)
         }
         _ => {
             init_tracing(false, "warn");

@@ -41,7 +41,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (embedded SQLite and local blobs by default).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Upload, inspect, split and remove datasets.
     #[command(subcommand)]
     Datasets(datasets::DatasetsCommand),
@@ -107,7 +107,7 @@ where
         return Cli {
             addr: None,
             json: false,
-            command: Command::Serve(serve.config),
+            command: Command::Serve(Box::new(serve.config)),
         };
     }
     Cli::parse_from(args)

@@ -23,6 +23,7 @@ use crate::error::{Error, FieldViolation, Result};
 use crate::ids::{self, now_millis};
 use crate::models::{ModelKind, Models};
 use crate::paging;
+use crate::secrets::SecretBox;
 use crate::store::{JobQuery, Store, StoreError, Transition};
 
 /// Marks ListJobs page tokens.
@@ -65,6 +66,8 @@ pub enum WatchItem {
 }
 
 pub struct Jobs {
+    /// Seals webhook secrets before they are stored.
+    secrets: Arc<SecretBox>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) blobs: Blobs,
     pub(crate) bus: EventBus,
@@ -96,10 +99,12 @@ impl Jobs {
         blobs: Blobs,
         models: Arc<Models>,
         trainer: Option<Arc<dyn Trainer>>,
+        secrets: Arc<SecretBox>,
         config: JobsConfig,
     ) -> Self {
         let http = super::webhook::client(config.webhook);
         Self {
+            secrets,
             store,
             blobs,
             models,
@@ -316,6 +321,12 @@ impl Jobs {
             .idempotency_key
             .filter(|k| !k.is_empty())
             .map(|k| format!("{}/{k}", caller.project));
+        // The webhook's signing secret is stored sealed (`secrets`).
+        if let Some(hook) = &mut spec.webhook
+            && !hook.secret.is_empty()
+        {
+            hook.secret = self.secrets.seal(&hook.secret);
+        }
         let job = JobRecord::new(ids::new_id("job"), caller.project.clone(), spec, key, now_millis());
         let created = NewEvent::state(
             JobState::ValidatingFiles,
@@ -604,7 +615,10 @@ impl Jobs {
 
     /// Terminal states notify the job's webhook, if any.
     fn on_terminal(&self, job: &JobRecord) {
-        let Some(hook) = job.spec.webhook.clone() else { return };
+        let Some(mut hook) = job.spec.webhook.clone() else {
+            return;
+        };
+        let opened = self.secrets.open(&hook.secret);
         let payload = serde_json::json!({
             "object": "event",
             "type": format!("fine_tuning.job.{}", job.state.as_str()),
@@ -621,7 +635,14 @@ impl Jobs {
         let store = self.store.clone();
         let job_id = job.id.clone();
         tokio::spawn(async move {
-            if let Err(why) = super::webhook::deliver(&http, policy, &hook, &payload, &job_id).await {
+            let delivered = match opened {
+                Ok(secret) => {
+                    hook.secret = secret;
+                    super::webhook::deliver(&http, policy, &hook, &payload, &job_id).await
+                }
+                Err(e) => Err(format!("not delivered: {e}")),
+            };
+            if let Err(why) = delivered {
                 // After the terminal event: watchers have had their end, and
                 // the job's event list says what became of its webhook.
                 let event = NewEvent {

@@ -781,6 +781,15 @@ async fn terminal_states_post_a_signed_webhook_with_retries() {
     assert_eq!(payload["type"], "fine_tuning.job.succeeded");
     assert_eq!(payload["data"]["id"], job.id);
     env.server.stop().await;
+    // The store holds the secret sealed (`secrets`): not in the database's files.
+    for file in ["lathe.db", "lathe.db-wal"] {
+        let bytes = std::fs::read(env._dir.path().join(file)).unwrap_or_default();
+        assert!(
+            !bytes.windows(6).any(|w| w == b"s3cret"),
+            "{file} holds the webhook secret in clear"
+        );
+    }
+    assert!(env._dir.path().join("secrets.key").exists());
 }
 
 #[tokio::test]
