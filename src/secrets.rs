@@ -58,7 +58,7 @@ impl SecretBox {
             Ok(text) => parse_key(text.trim()).map(SecretBox::new),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key: [u8; 32] = rand::random();
-                write_private(&path, &hex::encode(key)).map_err(SecretsError::KeyFile)?;
+                write_owner_only(&path, &hex::encode(key)).map_err(SecretsError::KeyFile)?;
                 Ok(SecretBox::new(key))
             }
             Err(e) => Err(SecretsError::KeyFile(e)),
@@ -100,7 +100,9 @@ fn parse_key(text: &str) -> Result<[u8; 32], SecretsError> {
         .ok_or(SecretsError::BadKey)
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `text` and a newline to `path`, readable by the owner only,
+/// replacing an earlier file atomically (key files: this one's, `admin.key`).
+pub(crate) fn write_owner_only(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {

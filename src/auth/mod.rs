@@ -275,7 +275,8 @@ impl Auth {
         }
         let secret = new_secret();
         let path = data_dir.join(ADMIN_KEY_FILE);
-        write_private(&path, &secret).map_err(|e| Error::Internal(format!("writing the admin key file: {e}")))?;
+        crate::secrets::write_owner_only(&path, &secret)
+            .map_err(|e| Error::Internal(format!("writing the admin key file: {e}")))?;
         self.insert_key(DEFAULT_PROJECT, "admin (first start)", "local", Role::Admin, &secret)
             .await?;
         Ok(Bootstrap::WroteKeyFile(path))
@@ -506,26 +507,6 @@ impl Auth {
     }
 }
 
-/// Writes `secret` to `path` readable by the owner only, replacing any
-/// earlier file atomically.
-fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("key.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(format!("{secret}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 /// The admin key in `data_dir/admin.key`, made (and written, owner-only)
 /// when there is none: what an embedded server is started with, so its
 /// embedder knows the key before the server runs.
@@ -539,7 +520,7 @@ pub fn local_admin_key(data_dir: &Path) -> std::io::Result<String> {
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret = new_secret();
-            write_private(&path, &secret)?;
+            crate::secrets::write_owner_only(&path, &secret)?;
             Ok(secret)
         }
         Err(e) => Err(e),
