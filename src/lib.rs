@@ -17,6 +17,7 @@ pub mod ids;
 pub mod inference;
 pub mod jobs;
 pub mod lease;
+pub mod limits;
 pub mod models;
 pub mod paging;
 pub mod proto;

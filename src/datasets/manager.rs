@@ -579,6 +579,12 @@ fn check_id(id: &str, field: &str) -> Result<()> {
 }
 
 fn check_pointer(pointer: &str, field: &str) -> Result<()> {
+    if pointer.chars().count() > crate::limits::POINTER_CHARS {
+        return Err(Error::invalid(
+            field,
+            format!("at most {} characters", crate::limits::POINTER_CHARS),
+        ));
+    }
     if !pointer.starts_with('/') {
         return Err(Error::invalid(
             field,
@@ -604,23 +610,7 @@ fn validate_upload_meta(meta: &UploadMeta) -> Result<Purpose> {
             "a purpose is required: sft, dpo, rft or eval",
         ));
     }
-    if meta.metadata.len() > 16 {
-        problems.push(FieldViolation::new("metadata.metadata", "at most 16 key-value pairs"));
-    }
-    for (key, value) in &meta.metadata {
-        if key.is_empty() || key.chars().count() > 64 {
-            problems.push(FieldViolation::new(
-                format!("metadata.metadata[{key}]"),
-                "keys are 1 to 64 characters",
-            ));
-        }
-        if value.chars().count() > 512 {
-            problems.push(FieldViolation::new(
-                format!("metadata.metadata[{key}]"),
-                "values are at most 512 characters",
-            ));
-        }
-    }
+    crate::limits::check_metadata("metadata.metadata", &meta.metadata, &mut problems);
     if let Some(pointer) = &meta.label_field
         && let Err(Error::InvalidArgument(v)) = check_pointer(pointer, "metadata.label_field")
     {

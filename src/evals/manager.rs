@@ -233,9 +233,7 @@ impl Evals {
                 "give at least one testing criterion",
             ));
         }
-        if req.metadata.len() > 16 {
-            v.push(FieldViolation::new("metadata", "at most 16 key-value pairs"));
-        }
+        crate::limits::check_metadata("metadata", &req.metadata, &mut v);
         let mut criteria = Vec::new();
         let mut names = BTreeSet::new();
         for (i, c) in req.criteria.into_iter().enumerate() {

@@ -168,17 +168,7 @@ pub fn check(spec: &JobSpec) -> Vec<FieldViolation> {
     if spec.seed > MAX_SEED {
         v.push(FieldViolation::new("seed", format!("must be between 0 and {MAX_SEED}")));
     }
-    if spec.metadata.len() > 16 {
-        v.push(FieldViolation::new("metadata", "at most 16 key-value pairs"));
-    }
-    for (k, val) in &spec.metadata {
-        if k.is_empty() || k.chars().count() > 64 || val.chars().count() > 512 {
-            v.push(FieldViolation::new(
-                format!("metadata[{k}]"),
-                "keys are 1 to 64 characters, values at most 512",
-            ));
-        }
-    }
+    crate::limits::check_metadata("metadata", &spec.metadata, &mut v);
     let kind = spec.method.kind;
     let h = &spec.method.hyperparameters;
     range_i(&mut v, method_field(kind, "n_epochs"), h.n_epochs, 1, 50);
@@ -317,6 +307,12 @@ pub fn check(spec: &JobSpec) -> Vec<FieldViolation> {
 /// address's range (names are checked when the webhook is sent).
 pub fn check_webhook(spec: &JobSpec, policy: WebhookPolicy) -> Option<FieldViolation> {
     let hook = spec.webhook.as_ref()?;
+    if hook.url.chars().count() > crate::limits::URL_CHARS {
+        return Some(FieldViolation::new(
+            "webhook.url",
+            format!("at most {} characters", crate::limits::URL_CHARS),
+        ));
+    }
     let why = super::webhook::check_url(&hook.url, policy).err()?;
     Some(FieldViolation::new("webhook.url", why))
 }

@@ -341,9 +341,14 @@ async fn upload_cut_off_midway_leaves_no_dataset_and_no_blob() {
     config.max_concurrent_uploads = 1;
     config.max_upload_bytes = 1 << 20;
     let server = TestServer::start_with(config).await;
-    let (tx, call) = start_upload(server.datasets().await, "cut.jsonl", DatasetPurpose::Eval).await;
-    tx.send(chunk_message(&vec![b'{'; 100_000])).await.unwrap();
-    tx.send(chunk_message(b"\"a\": 1")).await.unwrap();
+    let first = async || {
+        let (tx, call) = start_upload(server.datasets().await, "cut.jsonl", DatasetPurpose::Eval).await;
+        // Refused at once (see below), the call drops its end: no unwrap.
+        let _ = tx.send(chunk_message(&vec![b'{'; 100_000])).await;
+        let _ = tx.send(chunk_message(b"\"a\": 1")).await;
+        (tx, call)
+    };
+    let (mut tx, mut call) = first().await;
     // Until the first upload holds the slot, a probe gets the slot and is
     // refused for its size, leaving nothing; once it does, the probe is
     // refused for want of a slot. Either way each try is one round trip.
@@ -368,6 +373,13 @@ async fn upload_cut_off_midway_leaves_no_dataset_and_no_blob() {
         }
         assert!(err.message().contains("size limit"), "{err:?}");
         assert!(tries < 10_000, "the first upload never reached the server");
+        // A probe can hold the slot at the instant the first upload asks for
+        // it (a loaded machine); then the first is refused: start it again.
+        if call.is_finished() {
+            let refused = call.await.unwrap().expect_err("the first upload cannot finish");
+            assert!(refused.message().contains("concurrent uploads"), "{refused:?}");
+            (tx, call) = first().await;
+        }
     }
     // The server is midway through the first upload: the client vanishes.
     call.abort();

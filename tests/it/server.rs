@@ -481,3 +481,72 @@ fn deeply_nested_and_oversized_requests_are_refused() {
     assert!(oversized.message().contains("too large"), "{}", oversized.message());
     assert_eq!(after.code(), Code::InvalidArgument, "{after:?}");
 }
+
+/// Strings a client sends are bounded, each refused on its own field.
+#[tokio::test]
+async fn oversized_strings_are_refused_on_their_fields() {
+    use lathe::proto::json::struct_from_json;
+    use tonic_types::StatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let channel = server.channel().await;
+    let field = |status: tonic::Status| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        status.get_error_details().bad_request().unwrap().field_violations[0]
+            .field
+            .clone()
+    };
+    let mut evals = lathe::proto::eval_service_client::EvalServiceClient::new(channel.clone());
+    let status = evals
+        .create_eval(proto::CreateEvalRequest {
+            name: "e".into(),
+            item_schema: None,
+            testing_criteria: vec![proto::TestingCriterion {
+                grader: Some(struct_from_json(&serde_json::json!({
+                    "type": "string_check", "name": "x", "operation": "eq",
+                    "input": "{{ sample.output_text }}", "reference": "a"
+                }))),
+                pass_threshold: None,
+                name: String::new(),
+            }],
+            metadata: [("team".to_string(), "x".repeat(513))].into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field(status), "metadata[team]");
+    let mut datasets = server.datasets().await;
+    let d = upload_fixture(&mut datasets, "sft_tools.jsonl", proto::DatasetPurpose::Sft, "").await;
+    let status = datasets
+        .split_dataset(proto::SplitDatasetRequest {
+            id: d.id.clone(),
+            validation_fraction: 0.5,
+            seed: 1,
+            stratify_by: format!("/{}", "a".repeat(300)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field(status), "stratify_by");
+    let mut jobs = lathe::proto::fine_tuning_service_client::FineTuningServiceClient::new(channel);
+    let status = jobs
+        .create_job(proto::CreateJobRequest {
+            base_model: "m".into(),
+            training_dataset_id: d.id,
+            webhook: Some(proto::Webhook {
+                url: format!("https://example.com/{}", "a".repeat(3000)),
+                secret: String::new(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let details = status.get_error_details();
+    let fields: Vec<_> = details
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    assert!(fields.contains(&"webhook.url".to_string()), "{fields:?}");
+    server.stop().await;
+}
