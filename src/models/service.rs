@@ -101,6 +101,7 @@ impl Models {
             .get_model(id)
             .await?
             .filter(|m| m.visible_to(caller))
+            .map(|m| shown_to(m, caller))
             .ok_or_else(|| Error::not_found("model", id))
     }
 
@@ -139,6 +140,7 @@ impl Models {
             .store
             .list_models(&caller.project, kind, after.as_deref(), limit + 1)
             .await?;
+        let models = models.into_iter().map(|m| shown_to(m, caller)).collect();
         Ok(paging::split(models, limit, |m| {
             format!("{PAGE_TOKEN}{}", hex::encode(&m.id))
         }))
@@ -305,6 +307,17 @@ impl Models {
             adapter_config: read(ADAPTER_CONFIG_FILE).await?,
         })
     }
+}
+
+/// A model as `caller` sees it: where a base model's files are on the
+/// server is for admins (who registered it) only.
+fn shown_to(mut model: ModelRecord, caller: &Caller) -> ModelRecord {
+    if !caller.is_admin()
+        && let Some(info) = &mut model.info
+    {
+        info.path.clear();
+    }
+    model
 }
 
 /// Up to `NAMED_DEPENDENTS` names, and how many more.

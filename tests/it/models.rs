@@ -141,6 +141,62 @@ async fn base_models_register_list_and_unregister() {
         .into_inner()
         .models;
     assert!(fine.is_empty());
+    assert!(
+        base.iter().all(|m| !m.path.is_empty()),
+        "admins see where a base model is"
+    );
+
+    // A member's key sees the shared base models, without their server paths,
+    // and may not register or delete them.
+    let mut admin = lathe::proto::admin_service_client::AdminServiceClient::new(server.channel().await);
+    admin
+        .create_project(proto::CreateProjectRequest {
+            id: "team".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let secret = admin
+        .create_api_key(proto::CreateApiKeyRequest {
+            project_id: "team".into(),
+            role: proto::Role::Member as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let mut member = ModelServiceClient::new(server.channel_with(&secret).await);
+    let seen = member
+        .get_model(proto::GetModelRequest { id: "tiny-qwen".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert_eq!((seen.architecture.as_str(), seen.path.as_str()), ("qwen2", ""));
+    let listed = member
+        .list_models(proto::ListModelsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert!(
+        listed.len() == 2 && listed.iter().all(|m| m.path.is_empty()),
+        "{listed:?}"
+    );
+    for status in [
+        member
+            .register_model(register("mine", &hf_dir(&models_dir, "llama")))
+            .await
+            .unwrap_err(),
+        member
+            .delete_model(proto::DeleteModelRequest { id: "tiny-qwen".into() })
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
 
     models
         .delete_model(proto::DeleteModelRequest { id: "tiny-qwen".into() })
