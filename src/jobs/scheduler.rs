@@ -611,27 +611,36 @@ async fn succeed(
         ..Default::default()
     };
     let message = format!("succeeded: fine-tuned model {model} (checkpoint step {step})");
-    match jobs
+    // The model is recorded before the job says SUCCEEDED, so a client that
+    // sees the terminal event finds the model; undone if the job was
+    // cancelled in between.
+    let spec = &job.spec;
+    if let Err(e) = jobs
+        .models
+        .record_fine_tuned(&job.project, &spec.base_model, &spec.suffix, &job.id, step)
+        .await
+    {
+        tracing::error!(job = %job.id, error = %e, "could not register the fine-tuned model");
+    }
+    let transition = jobs
         .transition(
             &job.id,
             JobState::Succeeded,
             &patch,
             NewEvent::state(JobState::Succeeded, Level::Info, message),
         )
-        .await
-    {
-        Ok(Ok(_)) => {
-            let spec = &job.spec;
-            if let Err(e) = jobs
-                .models
-                .record_fine_tuned(&job.project, &spec.base_model, &spec.suffix, &job.id, step)
-                .await
-            {
-                tracing::error!(job = %job.id, error = %e, "could not register the fine-tuned model");
+        .await;
+    match transition {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) | Err(_) => {
+            // Cancelled meanwhile (that stands), or the store failed: no model.
+            if let Err(e) = &transition {
+                tracing::error!(job = %job.id, error = %e, "could not record success");
+            }
+            if let Err(e) = jobs.store.forget_fine_tuned_model(&model).await {
+                tracing::error!(job = %job.id, error = %e, "could not undo the fine-tuned model's record");
             }
         }
-        Ok(Err(_)) => {} // cancelled meanwhile: that stands
-        Err(e) => tracing::error!(job = %job.id, error = %e, "could not record success"),
     }
 }
 

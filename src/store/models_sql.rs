@@ -86,6 +86,14 @@ macro_rules! impl_model_store {
                     .collect()
             }
 
+            async fn forget_fine_tuned_model(&self, id: &str) -> Result<bool, $crate::store::error::StoreError> {
+                let done = sqlx::query("DELETE FROM models WHERE id = $1 AND kind = 'fine_tuned'")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
             async fn delete_model(
                 &self,
                 id: &str,

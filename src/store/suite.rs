@@ -583,6 +583,10 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
         vec![model.id.clone()]
     );
     assert!(store.fine_tuned_models_of("other", 10).await.unwrap().is_empty());
+    assert!(
+        !store.forget_fine_tuned_model("tiny").await.unwrap(),
+        "base models are not forgotten"
+    );
     let (deleted, mut shas) = store.delete_model(&model.id).await.unwrap().unwrap();
     shas.sort();
     assert_eq!(deleted, model);
@@ -1405,6 +1409,9 @@ pub async fn records_are_scoped_by_project(store: impl Store) {
             .as_deref(),
         Some("b")
     );
+    assert!(store.forget_fine_tuned_model("ft:tiny:d:y").await.unwrap());
+    assert!(store.get_model("ft:tiny:d:y").await.unwrap().is_none());
+    assert!(!store.forget_fine_tuned_model("ft:tiny:d:y").await.unwrap());
 
     let mut g = saved_grader("same", 1);
     store.insert_grader(&g).await.unwrap();

@@ -96,6 +96,9 @@ pub trait ModelStore: Send + Sync + 'static {
     ) -> Result<Vec<ModelRecord>, StoreError>;
     /// Ids of fine-tuned models built on `base_model`, at most `limit`.
     async fn fine_tuned_models_of(&self, base_model: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// Removes a fine-tuned model's record only (its job's files stay):
+    /// undoes a `insert_model` whose job did not succeed after all.
+    async fn forget_fine_tuned_model(&self, id: &str) -> Result<bool, StoreError>;
     /// Removes the model and its job's checkpoint files (the checkpoint
     /// records stay as history); returns the blobs that were referenced.
     async fn delete_model(&self, id: &str) -> Result<Option<(ModelRecord, Vec<String>)>, StoreError>;
