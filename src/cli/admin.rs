@@ -148,6 +148,14 @@ fn key_line(k: &proto::ApiKey) -> String {
     )
 }
 
+fn show_key(json: bool, k: &proto::ApiKey) {
+    if json {
+        println!("{}", key_json(k));
+    } else {
+        println!("{}", key_line(k));
+    }
+}
+
 pub async fn projects(addr: &str, json: bool, cmd: ProjectsCommand) -> anyhow::Result<Outcome> {
     let mut client = super::connect::connect(addr).await?.admin();
     let project = match cmd {
@@ -243,11 +251,7 @@ pub async fn keys(addr: &str, json: bool, cmd: KeysCommand) -> anyhow::Result<Ou
                 .map_err(status_error)?
                 .into_inner();
             for k in &list.keys {
-                if json {
-                    println!("{}", key_json(k));
-                } else {
-                    println!("{}", key_line(k));
-                }
+                show_key(json, k);
             }
         }
         KeysCommand::Revoke { id } => {
@@ -258,11 +262,7 @@ pub async fn keys(addr: &str, json: bool, cmd: KeysCommand) -> anyhow::Result<Ou
                 .into_inner()
                 .key
                 .unwrap_or_default();
-            if json {
-                println!("{}", key_json(&key));
-            } else {
-                println!("{}", key_line(&key));
-            }
+            show_key(json, &key);
         }
     }
     Ok(Outcome::Ok)
@@ -309,10 +309,6 @@ pub async fn whoami(addr: &str, json: bool) -> anyhow::Result<Outcome> {
         .into_inner()
         .key
         .unwrap_or_default();
-    if json {
-        println!("{}", key_json(&key));
-    } else {
-        println!("{}", key_line(&key));
-    }
+    show_key(json, &key);
     Ok(Outcome::Ok)
 }
