@@ -514,32 +514,39 @@ impl JsonOutput {
     }
 }
 
+/// What the grader sees of an RFT sample: with a response format, the text
+/// and its JSON (`{{ sample.output_json }}`, OpenAI's rule), or None when it
+/// does not parse as what the format asks for (the sample's
+/// `sample_parse_error`); without one, the text only.
+fn rft_sample(text: &str, format: Option<&JsonOutput>) -> Option<crate::graders::Sample> {
+    let Some(format) = format else {
+        return Some(crate::graders::Sample {
+            output_text: text.to_string(),
+            ..Default::default()
+        });
+    };
+    let sample = crate::graders::Sample::from_model_output(text);
+    sample
+        .output_json
+        .as_ref()
+        .is_some_and(|v| format.accepts(v))
+        .then_some(sample)
+}
+
 impl Reward for GraderReward {
     fn grade(&self, samples: &[grpo::Sample<'_>]) -> lathe_engine::Result<Vec<grpo::Grade>> {
         let mut grades: Vec<Option<grpo::Grade>> = vec![None; samples.len()];
         let mut pairs = Vec::with_capacity(samples.len());
         let mut graded = Vec::with_capacity(samples.len());
         for (i, s) in samples.iter().enumerate() {
-            let sample = match &self.format {
-                Some(_) => crate::graders::Sample::from_model_output(s.text),
-                None => crate::graders::Sample {
-                    output_text: s.text.to_string(),
-                    ..Default::default()
-                },
-            };
-            let parsed = match (&self.format, &sample.output_json) {
-                (None, _) => true,
-                (Some(f), Some(v)) => f.accepts(v),
-                (Some(_), None) => false,
-            };
-            if !parsed {
+            let Some(sample) = rft_sample(s.text, self.format.as_ref()) else {
                 grades[i] = Some(grpo::Grade {
                     error: Some("sample_parse_error".into()),
                     sample_error: true,
                     ..Default::default()
                 });
                 continue;
-            }
+            };
             pairs.push((sample, s.item.clone()));
             graded.push(i);
         }
@@ -589,6 +596,7 @@ async fn grader_for(graders: &Graders, project: &str, spec: &JobSpec) -> Result<
 /// where it has one, else empty; a sample that does not parse is not an
 /// error here.
 async fn dry_run_grader(batch: &Batch, job: &Prepared) -> Result<(), TrainError> {
+    let format = job.spec.method.response_format.as_ref().map(JsonOutput::of);
     let files =
         std::iter::once(("training", &job.train_bytes)).chain(job.valid_bytes.iter().map(|b| ("validation", b)));
     for (file, bytes) in files {
@@ -610,15 +618,24 @@ async fn dry_run_grader(batch: &Batch, job: &Prepared) -> Result<(), TrainError>
                 .and_then(|m| m["content"].as_str())
                 .unwrap_or_default()
                 .to_string();
-            pairs.push((crate::graders::Sample::from_model_output(answer), item));
+            // The file's answer, as a sample would be seen (an answer that
+            // does not fit the response format is the sample's problem, not
+            // the grader's: skipped).
+            let Some(sample) = rft_sample(&answer, format.as_ref()) else {
+                continue;
+            };
+            pairs.push((sample, item));
             lines.push(n + 1);
         }
         for (result, line) in batch.grade_all(pairs).await.into_iter().zip(lines) {
             let errors = result.metadata.errors();
+            // With a response format a sample that does not fit is the
+            // sample's problem; without one, a grader that finds no JSON in
+            // the sample reads `output_json` that training never fills.
             let kinds: Vec<&str> = errors
                 .kinds()
                 .into_iter()
-                .filter(|k| *k != "sample_parse_error")
+                .filter(|k| format.is_none() || *k != "sample_parse_error")
                 .collect();
             if !kinds.is_empty() {
                 let details = [

@@ -1213,3 +1213,36 @@ async fn rft_with_a_response_format_reports_unparsable_samples_without_failing()
     }
     env.server.stop().await;
 }
+
+/// The grader's dry run sees the file's answers as training will see
+/// samples: without a response_format there is no `sample.output_json`, so
+/// a grader that reads it fails the job before any step, naming the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rft_grader_reading_output_json_without_a_response_format_fails_its_dry_run() {
+    let mut env = env().await;
+    let lines: String = (0..8)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({
+                    "messages": [{"role": "user", "content": format!("say {i}")},
+                                 {"role": "assistant", "content": format!("{{\"answer\": \"{i}\"}}")}],
+                    "answer": i.to_string()
+                })
+            )
+        })
+        .collect();
+    let train = upload_rft(&env, "rl.jsonl", lines).await;
+    let grader = serde_json::json!({
+        "type": "string_check", "name": "answer field", "operation": "eq",
+        "input": "{{ sample.output_json.answer }}", "reference": "{{ item.answer }}",
+    });
+    let req = rft(&env, &train, "", grader);
+    let job = env.jobs.create_job(req).await.unwrap().into_inner().job.unwrap();
+    let (events, done) = watch_all(&mut env.jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Failed as i32);
+    let error = done.error.unwrap();
+    assert_eq!(error.code, "grader_failed_validation", "{error:?}");
+    assert!(metrics(&events).is_empty(), "no step ran");
+    env.server.stop().await;
+}
