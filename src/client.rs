@@ -89,6 +89,15 @@ impl tower::Service<http::Request<tonic::body::Body>> for Channel {
     }
 }
 
+/// A server address as a URI: `host:port` means `http://host:port`.
+pub fn server_uri(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 impl Client {
     /// Connects to `addr` (`host:port` or a URL), sending `api_key` with
     /// every call; `https://` addresses over TLS trusting the public roots.
@@ -99,11 +108,7 @@ impl Client {
     /// [`Client::connect`] with `tls` for `https://` addresses (`host:port`
     /// and `http://` stay plaintext).
     pub async fn connect_with(addr: &str, api_key: Option<&str>, tls: &ClientTls) -> anyhow::Result<Client> {
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
+        let uri = server_uri(addr);
         let mut endpoint = Endpoint::from_shared(uri.clone())?
             // Uploads stream large files: windows large enough that a chunk
             // never waits for a window update.

@@ -55,9 +55,37 @@ const UNAUTHENTICATED: &str =
 /// Longest fields accepted for names and owners.
 const MAX_NAME_BYTES: usize = 256;
 
-struct Cached {
-    at: Instant,
-    key: Option<ApiKeyRecord>,
+/// Answers read from the store, reused on this replica for `CACHE_TTL`.
+/// Unknown keys are remembered too (a client retrying a bad key costs no
+/// query), so the map is bounded by clearing it when it grows.
+struct Recent<V> {
+    entries: Mutex<HashMap<String, (Instant, V)>>,
+}
+
+impl<V: Clone> Recent<V> {
+    fn new() -> Self {
+        Recent {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<V> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, value) = entries.get(key)?;
+        (at.elapsed() < CACHE_TTL).then(|| value.clone())
+    }
+
+    fn put(&self, key: &str, value: V) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= 10_000 {
+            entries.clear();
+        }
+        entries.insert(key.to_string(), (Instant::now(), value));
+    }
+
+    fn forget(&self, key: &str) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
 }
 
 /// A project's request budget on this replica: tokens refill at its
@@ -69,12 +97,12 @@ struct Bucket {
 
 pub struct Auth {
     store: Arc<dyn Store>,
-    /// secret hash → the key (or None: unknown), with when it was read.
-    cache: Mutex<HashMap<String, Cached>>,
+    /// secret hash → the key (or None: unknown).
+    keys: Recent<Option<ApiKeyRecord>>,
     /// key id → when this replica last wrote its `last_used_at`.
     touched: Mutex<HashMap<String, i64>>,
-    /// project → its quotas as read at that instant (cached like keys).
-    quotas: Mutex<HashMap<String, (Instant, Quotas)>>,
+    /// project → its quotas.
+    quotas: Recent<Quotas>,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
@@ -182,9 +210,9 @@ impl Auth {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
             store,
-            cache: Mutex::new(HashMap::new()),
+            keys: Recent::new(),
             touched: Mutex::new(HashMap::new()),
-            quotas: Mutex::new(HashMap::new()),
+            quotas: Recent::new(),
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -218,10 +246,8 @@ impl Auth {
     }
 
     async fn quotas_of(&self, project: &str) -> Result<Quotas> {
-        if let Some((at, quotas)) = self.quotas.lock().unwrap_or_else(|p| p.into_inner()).get(project)
-            && at.elapsed() < CACHE_TTL
-        {
-            return Ok(quotas.clone());
+        if let Some(quotas) = self.quotas.get(project) {
+            return Ok(quotas);
         }
         let quotas = self
             .store
@@ -229,10 +255,7 @@ impl Auth {
             .await?
             .map(|p| p.quotas)
             .unwrap_or_default();
-        self.quotas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(project.to_string(), (Instant::now(), quotas.clone()));
+        self.quotas.put(project, quotas.clone());
         Ok(quotas)
     }
 
@@ -324,34 +347,12 @@ impl Auth {
     }
 
     async fn lookup(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
-        if let Some(hit) = self.cache_get(hash) {
+        if let Some(hit) = self.keys.get(hash) {
             return Ok(hit);
         }
         let key = self.store.api_key_by_hash(hash).await?;
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        // Unknown hashes are cached too (a client retrying a bad key costs no
-        // query), so the map is bounded by clearing it when it grows.
-        if cache.len() >= 10_000 {
-            cache.clear();
-        }
-        cache.insert(
-            hash.to_string(),
-            Cached {
-                at: Instant::now(),
-                key: key.clone(),
-            },
-        );
+        self.keys.put(hash, key.clone());
         Ok(key)
-    }
-
-    fn cache_get(&self, hash: &str) -> Option<Option<ApiKeyRecord>> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let hit = cache.get(hash)?;
-        (hit.at.elapsed() < CACHE_TTL).then(|| hit.key.clone())
-    }
-
-    fn forget(&self, hash: &str) {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(hash);
     }
 
     /// Records the key's use, at most once a minute per key and replica, off
@@ -413,7 +414,7 @@ impl Auth {
             .set_project_quotas(id, &quotas)
             .await?
             .ok_or_else(|| Error::not_found("project", id))?;
-        self.quotas.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.quotas.forget(id);
         Ok(project)
     }
 
@@ -472,7 +473,7 @@ impl Auth {
             .revoke_api_key(id, now_millis())
             .await?
             .ok_or_else(|| Error::not_found("API key", id))?;
-        self.forget(&key.secret_hash);
+        self.keys.forget(&key.secret_hash);
         Ok(key)
     }
 

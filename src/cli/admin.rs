@@ -148,6 +148,14 @@ fn key_line(k: &proto::ApiKey) -> String {
     )
 }
 
+fn show_project(json: bool, p: &proto::Project) {
+    if json {
+        println!("{}", project_json(p));
+    } else {
+        println!("{}", project_line(p));
+    }
+}
+
 fn show_key(json: bool, k: &proto::ApiKey) {
     if json {
         println!("{}", key_json(k));
@@ -189,20 +197,12 @@ pub async fn projects(addr: &str, json: bool, cmd: ProjectsCommand) -> anyhow::R
                 .map_err(status_error)?
                 .into_inner();
             for p in &list.projects {
-                if json {
-                    println!("{}", project_json(p));
-                } else {
-                    println!("{}", project_line(p));
-                }
+                show_project(json, p);
             }
             return Ok(Outcome::Ok);
         }
     };
-    if json {
-        println!("{}", project_json(&project));
-    } else {
-        println!("{}", project_line(&project));
-    }
+    show_project(json, &project);
     Ok(Outcome::Ok)
 }
 

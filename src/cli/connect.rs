@@ -83,12 +83,7 @@ pub fn api_key(addr: &str) -> anyhow::Result<Option<String>> {
 }
 
 fn is_loopback(addr: &str) -> bool {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let Ok(uri) = uri.parse::<http::Uri>() else {
+    let Ok(uri) = crate::client::server_uri(addr).parse::<http::Uri>() else {
         return false;
     };
     match uri.host() {

@@ -231,7 +231,9 @@ impl Datasets {
         match self.store.insert_dataset(record).await {
             Ok(()) => Ok(()),
             Err(e) => {
-                self.drop_blob_if_unused(&record.sha256).await;
+                if let Err(gc) = self.drop_blob_if_unused(&record.sha256).await {
+                    tracing::warn!(blob = %record.sha256, error = %gc, "could not check a blob's use");
+                }
                 Err(match e {
                     StoreError::OverQuota { project, limit, .. } => Error::ResourceExhausted(format!(
                         "project {project}'s datasets would pass its storage quota of {limit} bytes; \
@@ -243,17 +245,16 @@ impl Datasets {
         }
     }
 
-    async fn drop_blob_if_unused(&self, sha256: &str) {
-        match self.store.blob_in_use(sha256).await {
-            Ok(false) => {
-                if let Err(e) = self.blobs.delete(sha256).await {
-                    // Start-up GC removes it later.
-                    tracing::warn!(blob = %sha256, error = %e, "could not remove an unused blob");
-                }
-            }
-            Ok(true) => {}
-            Err(e) => tracing::warn!(blob = %sha256, error = %e, "could not check a blob's use"),
+    /// Removes the blob unless a record still points at it. A failed removal
+    /// is only logged (start-up GC removes the blob later); a failed check
+    /// is the caller's to handle.
+    async fn drop_blob_if_unused(&self, sha256: &str) -> Result<()> {
+        if !self.store.blob_in_use(sha256).await?
+            && let Err(e) = self.blobs.delete(sha256).await
+        {
+            tracing::warn!(blob = %sha256, error = %e, "could not remove an unused blob");
         }
+        Ok(())
     }
 
     async fn pump<S>(&self, mut chunks: S, mut writer: BlobWriter, tx: &mpsc::Sender<Bytes>) -> Result<BlobWriter>
@@ -354,12 +355,8 @@ impl Datasets {
             }
             Err(e) => return Err(e.into()),
         };
-        if !self.store.blob_in_use(&record.sha256).await?
-            && let Err(e) = self.blobs.delete(&record.sha256).await
-        {
-            // The row is gone; start-up GC removes the blob later.
-            tracing::warn!(dataset = %id, error = %e, "could not remove blob");
-        }
+        // The row is gone; a blob that cannot be removed now goes at start-up GC.
+        self.drop_blob_if_unused(&record.sha256).await?;
         Ok(record)
     }
 
@@ -522,7 +519,9 @@ impl Datasets {
                 // Both sides or neither: the first side goes too.
                 for done in inserted {
                     self.store.delete_dataset(&done.id).await?;
-                    self.drop_blob_if_unused(&done.sha256).await;
+                    if let Err(gc) = self.drop_blob_if_unused(&done.sha256).await {
+                        tracing::warn!(blob = %done.sha256, error = %gc, "could not check a blob's use");
+                    }
                 }
                 return Err(e);
             }

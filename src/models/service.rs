@@ -205,36 +205,44 @@ impl Models {
     /// of its project's fine-tuned models, or a checkpoint of one of its
     /// jobs), without reading its files.
     pub async fn knows(&self, caller: &Caller, model: &str) -> Result<bool> {
-        self.named(model, Some(caller)).await
+        Ok(self
+            .owner(model)
+            .await?
+            .is_some_and(|project| project.as_deref().is_none_or(|p| caller.sees(p))))
     }
 
     /// Whether `model` names a model of any project: for the engine, which
     /// serves what the services already checked.
     pub async fn exists(&self, model: &str) -> Result<bool> {
-        self.named(model, None).await
-    }
-
-    async fn named(&self, model: &str, caller: Option<&Caller>) -> Result<bool> {
-        if let Some(record) = self.store.get_model(model).await? {
-            return Ok(caller.is_none_or(|c| record.visible_to(c)));
-        }
-        let Some((prefix, job_id, _)) = parse_checkpoint_model_id(model) else {
-            return Ok(false);
-        };
-        Ok(self.store.get_job(job_id).await?.is_some_and(|job| {
-            caller.is_none_or(|c| c.sees(&job.project))
-                && fine_tuned_model_id(&job.spec.base_model, &job.spec.suffix, &job.id) == prefix
-        }))
+        Ok(self.owner(model).await?.is_some())
     }
 
     /// NOT_FOUND when `model` names a local model (or checkpoint) of another
     /// project; names that are no local model pass (a provider's, say), for
     /// the chat seam to resolve or refuse.
     pub async fn check_visible(&self, caller: &Caller, model: &str) -> Result<()> {
-        if self.exists(model).await? && !self.knows(caller, model).await? {
-            return Err(Error::not_found("model", model));
+        match self.owner(model).await? {
+            Some(Some(project)) if !caller.sees(&project) => Err(Error::not_found("model", model)),
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Whose model `model` names, from its record (or its job's, for a
+    /// checkpoint): None when it names no local model; `Some(None)` for a
+    /// base model, which every project shares.
+    async fn owner(&self, model: &str) -> Result<Option<Option<String>>> {
+        if let Some(record) = self.store.get_model(model).await? {
+            return Ok(Some(record.project));
+        }
+        let Some((prefix, job_id, _)) = parse_checkpoint_model_id(model) else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .get_job(job_id)
+            .await?
+            .filter(|job| fine_tuned_model_id(&job.spec.base_model, &job.spec.suffix, &job.id) == prefix)
+            .map(|job| Some(job.project)))
     }
 
     /// What `model` names, as the engine loads it: a registered base model,
