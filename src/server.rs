@@ -1,14 +1,16 @@
-//! The gRPC front door: listen (plaintext or TLS), mount the `App`'s
-//! services, serve until told to stop, then drain.
+//! The front doors: listen (plaintext or TLS), mount the `App`'s services
+//! as gRPC handlers and as the OpenAI-compatible REST routes on the same
+//! port, serve until told to stop, then drain.
 
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 
-use crate::api::{AdminApi, AuthLayer, DatasetApi, EvalApi, FineTuningApi, GraderApi, ModelApi};
+use crate::api::{AdminApi, DatasetApi, EvalApi, FineTuningApi, GraderApi, ModelApi};
 use crate::app::{App, Engine};
 use crate::config::ServeConfig;
+use crate::gate::GateLayer;
 use crate::proto::{
     FILE_DESCRIPTOR_SET, admin_service_server::AdminServiceServer, dataset_service_server::DatasetServiceServer,
     eval_service_server::EvalServiceServer, fine_tuning_service_server::FineTuningServiceServer,
@@ -127,11 +129,8 @@ async fn serve(
     );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = builder
-        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-        // Every call but health probes needs an API key (`auth`).
-        .layer(AuthLayer::new(app.auth.clone()))
-        .add_service(health_service)
+    let mut grpc = tonic::service::RoutesBuilder::default();
+    grpc.add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AdminServiceServer::new(AdminApi::new(app.auth.clone())))
@@ -142,7 +141,19 @@ async fn serve(
             app.chat.clone(),
         )))
         .add_service(GraderServiceServer::new(GraderApi::new(app.graders.clone())))
-        .add_service(EvalServiceServer::new(EvalApi::new(app.evals.clone())))
+        .add_service(EvalServiceServer::new(EvalApi::new(app.evals.clone())));
+    // One port, two doors: gRPC's routes by service name, REST's under /v1/.
+    let routes = grpc
+        .routes()
+        .into_axum_router()
+        .merge(crate::rest::router(crate::rest::Rest::new(app)));
+    let server = builder
+        // REST clients (the `openai` SDK among them) speak HTTP/1.1.
+        .accept_http1(true)
+        .trace_fn(|req| tracing::info_span!("call", method = %req.method(), path = %req.uri().path()))
+        // Every call but health probes needs an API key (`gate`).
+        .layer(GateLayer::new(app.auth.clone()))
+        .add_routes(routes.into())
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests; letting in-flight ones finish");

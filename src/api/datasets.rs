@@ -4,7 +4,7 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::caller;
+use super::admin::caller;
 use super::convert;
 use crate::datasets::manager::{Datasets, DownloadPiece, SplitRequest, UploadMeta};
 use crate::error::Error;

@@ -4,7 +4,7 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::admin::caller;
 use super::convert;
 use crate::evals::manager::{Evals, WatchItem};
 use crate::proto::{self, eval_service_server::EvalService};

@@ -6,7 +6,7 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::caller;
+use super::admin::caller;
 use super::convert::{grader_json, grader_result, item, sample, saved_grader};
 use crate::error::Error;
 use crate::graders::service::Graders;

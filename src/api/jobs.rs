@@ -4,7 +4,7 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::admin::caller;
 use super::convert;
 use crate::jobs::manager::{Jobs, WatchItem};
 use crate::jobs::model::JobRecord;

@@ -7,7 +7,7 @@
 // Plain data and orchestration: nothing here needs unsafe, so nothing may use it.
 #![forbid(unsafe_code)]
 
-mod auth;
+mod admin;
 pub mod convert;
 mod datasets;
 mod evals;
@@ -15,7 +15,7 @@ mod graders;
 mod jobs;
 mod models;
 
-pub use self::auth::{AdminApi, AuthLayer, caller};
+pub use self::admin::{AdminApi, caller};
 pub use self::datasets::DatasetApi;
 pub use self::evals::EvalApi;
 pub use self::graders::GraderApi;

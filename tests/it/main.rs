@@ -21,6 +21,7 @@ mod models;
 mod providers;
 mod providers_llama_cpp;
 mod quotas;
+mod rest;
 mod server;
 mod tenancy;
 mod tls;

@@ -10,7 +10,7 @@ use tonic_types::StatusExt;
 
 /// A tiny Hugging Face layout: config.json, one safetensors shard (header
 /// only matters for registration), tokenizer.json.
-fn hf_dir(root: &std::path::Path, model_type: &str) -> std::path::PathBuf {
+pub(crate) fn hf_dir(root: &std::path::Path, model_type: &str) -> std::path::PathBuf {
     let dir = root.join(format!("hf-{model_type}"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -28,7 +28,7 @@ fn hf_dir(root: &std::path::Path, model_type: &str) -> std::path::PathBuf {
 }
 
 /// A GGUF v3 header: architecture, context length, one 16x4 tensor.
-fn gguf_file(root: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn gguf_file(root: &std::path::Path) -> std::path::PathBuf {
     let mut b = Vec::new();
     let s = |b: &mut Vec<u8>, s: &str| {
         b.extend((s.len() as u64).to_le_bytes());

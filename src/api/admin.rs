@@ -1,129 +1,21 @@
-//! Authentication for every gRPC call, and the `AdminService` handlers.
-//!
-//! `AuthLayer` wraps the whole router: it asks `auth::Auth` who the
-//! `authorization` header names, puts the `Caller` into the request's
-//! extensions (handlers take it with [`caller`]) and answers UNAUTHENTICATED
-//! itself when there is none. Health probes are the one open path. Calls that
-//! change something are written to the audit log with their outcome.
+//! `AdminService` handlers: projects, API keys, the audit log.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
 use tonic::{Request, Response, Status};
-use tower::{Layer, Service};
 
 use super::convert;
 use crate::auth::Auth;
 use crate::auth::model::{Caller, Role};
 use crate::proto::{self, admin_service_server::AdminService};
 
-/// Paths any client may call without a key.
-const OPEN: &[&str] = &["/grpc.health.v1.Health/"];
-
-/// Method names (the path's last part) that change something, and so are audited.
-const CHANGES: &[&str] = &[
-    "Create", "Delete", "Cancel", "Pause", "Resume", "Register", "Revoke", "Upload", "Split", "Update",
-];
-
-fn changes_something(path: &str) -> bool {
-    let method = path.rsplit('/').next().unwrap_or("");
-    CHANGES.iter().any(|prefix| method.starts_with(prefix))
-}
-
-/// The call's gRPC status as far as the response's head tells it: an error
-/// answered before any message is in the headers ("trailers only").
-fn outcome<B>(response: &http::Response<B>) -> String {
-    let code = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map_or(tonic::Code::Ok, tonic::Code::from);
-    format!("{code:?}")
-}
-
-/// The caller the auth layer found; every handler behind it has one.
+/// The caller the gate found (`crate::gate`); every handler behind it has one.
 pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     request
         .extensions()
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("missing API key"))
-}
-
-#[derive(Clone)]
-pub struct AuthLayer {
-    auth: Arc<Auth>,
-}
-
-impl AuthLayer {
-    pub fn new(auth: Arc<Auth>) -> Self {
-        Self { auth }
-    }
-}
-
-impl<S> Layer<S> for AuthLayer {
-    type Service = Authenticated<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Authenticated {
-            inner,
-            auth: self.auth.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Authenticated<S> {
-    inner: S,
-    auth: Arc<Auth>,
-}
-
-impl<S, B> Service<http::Request<B>> for Authenticated<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        // The service that was polled ready serves this call; a clone takes
-        // its place for the next one (tower's rule for cloned services).
-        let ready = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, ready);
-        let auth = self.auth.clone();
-        Box::pin(async move {
-            let path = request.uri().path().to_string();
-            if OPEN.iter().any(|open| path.starts_with(open)) {
-                return inner.call(request).await;
-            }
-            let header = request
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            let caller = match auth.authenticate(header).await {
-                Ok(caller) => caller,
-                Err(e) => return Ok(Status::from(e).into_http()),
-            };
-            if let Err(e) = auth.admit(&caller).await {
-                return Ok(Status::from(e).into_http());
-            }
-            request.extensions_mut().insert(caller.clone());
-            let response = inner.call(request).await?;
-            if changes_something(&path) {
-                auth.audit(&caller, &path, &outcome(&response)).await;
-            }
-            Ok(response)
-        })
-    }
 }
 
 pub struct AdminApi {
@@ -248,20 +140,5 @@ impl AdminService for AdminApi {
         Ok(Response::new(proto::GetCallerResponse {
             key: Some(convert::api_key(key)),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn changing_methods_are_audited_and_reads_are_not() {
-        assert!(changes_something("/lathe.v1.DatasetService/UploadDataset"));
-        assert!(changes_something("/lathe.v1.AdminService/RevokeApiKey"));
-        assert!(changes_something("/lathe.v1.EvalService/CancelEvalRun"));
-        assert!(!changes_something("/lathe.v1.DatasetService/ListDatasets"));
-        assert!(!changes_something("/lathe.v1.FineTuningService/WatchJob"));
-        assert!(!changes_something("/lathe.v1.ModelService/Chat"));
     }
 }

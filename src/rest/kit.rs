@@ -1,0 +1,84 @@
+//! What every handler takes and returns: the `Rest` state (the `App`'s
+//! services), the caller the gate found, and axum's extractors with
+//! OpenAI's error object as their rejection.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+
+use super::error::ApiError;
+use crate::app::App;
+use crate::auth::model::Caller;
+use crate::datasets::manager::Datasets;
+use crate::evals::manager::Evals;
+use crate::graders::service::Graders;
+use crate::inference::ChatModel;
+use crate::jobs::manager::Jobs;
+use crate::models::Models;
+
+/// What the handlers share: the `App`'s services.
+#[derive(Clone)]
+pub struct Rest {
+    pub datasets: Arc<Datasets>,
+    pub jobs: Arc<Jobs>,
+    pub models: Arc<Models>,
+    pub graders: Arc<Graders>,
+    pub evals: Arc<Evals>,
+    pub chat: Arc<dyn ChatModel>,
+}
+
+impl Rest {
+    pub fn new(app: &App) -> Self {
+        Self {
+            datasets: app.datasets.clone(),
+            jobs: app.jobs.clone(),
+            models: app.models.clone(),
+            graders: app.graders.clone(),
+            evals: app.evals.clone(),
+            chat: app.chat.clone(),
+        }
+    }
+}
+
+/// The caller the gate found; every handler takes one.
+pub struct Authed(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .map(Authed)
+            .ok_or_else(|| crate::error::Error::Unauthenticated("missing API key".into()).into())
+    }
+}
+
+/// axum's `Json`, answering a body that does not fit with OpenAI's error
+/// object (400 with `param`, or 415).
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// axum's `Query`, with OpenAI's error object.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// axum's `Path`, with OpenAI's error object.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// A handler's answer: a JSON body or OpenAI's error object.
+pub type Answer<T> = Result<Json<T>, ApiError>;
