@@ -15,9 +15,20 @@ pub struct ServeConfig {
     /// Database URL; defaults to sqlite://DATA_DIR/lathe.db.
     #[arg(long, env = "LATHE_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Largest dataset upload in bytes.
+    /// Largest dataset upload in bytes (one stream: DatasetService's upload,
+    /// REST's POST /v1/files).
     #[arg(long, env = "LATHE_MAX_UPLOAD_BYTES", default_value_t = 512 << 20)]
     pub max_upload_bytes: u64,
+    /// Largest file sent in parts through REST's Uploads API (/v1/uploads).
+    #[arg(long, env = "LATHE_MAX_ASSEMBLED_UPLOAD_BYTES", default_value_t = 8 << 30)]
+    pub max_assembled_upload_bytes: u64,
+    /// Largest part of a file sent through the Uploads API.
+    #[arg(long, env = "LATHE_MAX_UPLOAD_PART_BYTES", default_value_t = 64 << 20)]
+    pub max_upload_part_bytes: u64,
+    /// Seconds an upload sent in parts may take before it expires (its
+    /// parts are then removed).
+    #[arg(long, env = "LATHE_UPLOAD_EXPIRY_SECS", default_value_t = 3600)]
+    pub upload_expiry_secs: u64,
     /// Longest single JSONL line in bytes.
     #[arg(long, env = "LATHE_MAX_LINE_BYTES", default_value_t = 16 << 20)]
     pub max_line_bytes: usize,
@@ -138,6 +149,9 @@ impl ServeConfig {
             data_dir: data_dir.into(),
             database_url: None,
             max_upload_bytes: 512 << 20,
+            max_assembled_upload_bytes: 8 << 30,
+            max_upload_part_bytes: 64 << 20,
+            upload_expiry_secs: 3600,
             max_line_bytes: 16 << 20,
             token_limit: 65_536,
             max_concurrent_uploads: 8,
@@ -214,6 +228,9 @@ impl ServeConfig {
     pub fn dataset_limits(&self) -> DatasetLimits {
         DatasetLimits {
             max_upload_bytes: self.max_upload_bytes,
+            max_assembled_bytes: self.max_assembled_upload_bytes,
+            max_part_bytes: self.max_upload_part_bytes,
+            upload_expiry: Duration::from_secs(self.upload_expiry_secs.max(1)),
             max_line_bytes: self.max_line_bytes,
             token_limit: self.token_limit,
             max_concurrent_uploads: self.max_concurrent_uploads,

@@ -6,7 +6,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::admin::caller;
 use super::convert;
-use crate::datasets::manager::{Datasets, DownloadPiece, SplitRequest, UploadMeta};
+use crate::datasets::manager::{Datasets, DownloadPiece, OnInvalid, SplitRequest, UploadMeta};
+use crate::datasets::report::PurposeChoice;
 use crate::error::Error;
 use crate::proto::{self, dataset_service_server::DatasetService, download_dataset_response, upload_dataset_request};
 
@@ -41,10 +42,11 @@ impl DatasetService for DatasetApi {
         };
         let meta = UploadMeta {
             filename: meta.filename,
-            purpose: convert::purpose_from_proto(meta.purpose),
+            purpose: convert::purpose_from_proto(meta.purpose).map(PurposeChoice::Exactly),
             display_name: meta.display_name,
             metadata: meta.metadata.into_iter().collect(),
             label_field: non_empty(meta.label_field),
+            on_invalid: OnInvalid::Keep,
         };
         let chunks = stream.map(|message| match message {
             Ok(proto::UploadDatasetRequest {

@@ -692,6 +692,33 @@ fn finish(c: Checker<'_>, stats: Option<ExampleStats>, label: Option<String>, fi
     }
 }
 
+/// Which fine-tuning format a row is in, told by the same signature keys
+/// as `wrong_purpose`: DPO pairs (`input` with a preferred or non-preferred
+/// output), RFT items (messages without an assistant reply, plus item
+/// fields), otherwise chat SFT, whose rules then report anything else
+/// (a line that is not a JSON object included). OpenAI's `fine-tune`
+/// purpose covers all three; an upload with it takes its first row's.
+pub fn fine_tune_format(line: &[u8]) -> Purpose {
+    let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+    let Ok(serde_json::Value::Object(row)) = serde_json::from_slice::<serde_json::Value>(line) else {
+        return Purpose::Sft;
+    };
+    let has = |k: &str| row.contains_key(k);
+    if has("input") && (has("preferred_output") || has("non_preferred_output")) {
+        return Purpose::Dpo;
+    }
+    let item_fields = row.keys().any(|k| !SFT_TOP_KEYS.contains(&k.as_str()));
+    if let Some(serde_json::Value::Array(messages)) = row.get("messages") {
+        let has_assistant = messages
+            .iter()
+            .any(|m| m.get("role").and_then(serde_json::Value::as_str) == Some("assistant"));
+        if !has_assistant && item_fields {
+            return Purpose::Rft;
+        }
+    }
+    Purpose::Sft
+}
+
 /// Keys whose presence identifies a purpose, checked before format rules so
 /// the user gets one clear error instead of a cascade.
 fn detect_wrong_purpose(c: &mut Checker<'_>, row: &Val<'_>) -> bool {
@@ -1727,6 +1754,16 @@ pub(crate) mod tests {
             .iter()
             .find(|p| p.code == code)
             .unwrap_or_else(|| panic!("no {code} in {:?}", out.problems))
+    }
+
+    #[test]
+    fn fine_tune_rows_tell_their_format() {
+        assert_eq!(fine_tune_format(SFT_OK.as_bytes()), Purpose::Sft);
+        assert_eq!(fine_tune_format(DPO_OK.as_bytes()), Purpose::Dpo);
+        assert_eq!(fine_tune_format(RFT_OK.as_bytes()), Purpose::Rft);
+        assert_eq!(fine_tune_format(format!("\u{feff}{DPO_OK}").as_bytes()), Purpose::Dpo);
+        assert_eq!(fine_tune_format(b"not json"), Purpose::Sft);
+        assert_eq!(fine_tune_format(b"[1]"), Purpose::Sft);
     }
 
     #[test]

@@ -13,28 +13,39 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 
-use super::format::{LineOptions, extract_label};
+use super::format::{LineOptions, extract_label, fine_tune_format};
 use super::ingest::{IngestOptions, Ingestor};
 use super::lines::LineReader;
 use super::model::{DatasetRecord, DatasetState, Lineage};
-use super::report::{DatasetStats, Purpose, ValidationReport};
+use super::report::{DatasetStats, Purpose, PurposeChoice, ValidationReport};
 use super::tokens::TokenCounter;
 use crate::auth::model::Caller;
 use crate::blobs::{BlobWriter, Blobs, StagedBlob};
 use crate::error::{Error, FieldViolation, Result};
 use crate::ids;
 use crate::paging;
-use crate::store::{DatasetQuery, Store, StoreError};
+use crate::store::{Cursor, DatasetQuery, Store, StoreError};
 
 /// Marks ListDatasets page tokens.
 const PAGE_TOKEN: &str = "dsp1.";
 
-/// Bytes per DownloadDataset message and per read while splitting.
-const READ_CHUNK: u64 = 1 << 20;
+/// Bytes per DownloadDataset message and per read while splitting or
+/// assembling an upload's parts.
+pub(super) const READ_CHUNK: u64 = 1 << 20;
+
+/// How many problems a refused upload's error names.
+const PROBLEMS_NAMED: usize = 5;
 
 #[derive(Clone, Debug)]
 pub struct DatasetLimits {
+    /// The largest file sent in one upload.
     pub max_upload_bytes: u64,
+    /// The largest file sent in parts (OpenAI's Uploads API).
+    pub max_assembled_bytes: u64,
+    /// The largest part of such a file.
+    pub max_part_bytes: u64,
+    /// How long an upload sent in parts may take, from its creation.
+    pub upload_expiry: std::time::Duration,
     pub max_line_bytes: usize,
     pub token_limit: u64,
     pub max_listed_problems: usize,
@@ -45,6 +56,9 @@ impl Default for DatasetLimits {
     fn default() -> Self {
         Self {
             max_upload_bytes: 512 << 20,
+            max_assembled_bytes: 8 << 30,
+            max_part_bytes: 64 << 20,
+            upload_expiry: std::time::Duration::from_secs(3600),
             max_line_bytes: 16 << 20,
             token_limit: 65_536,
             max_listed_problems: 100,
@@ -56,10 +70,21 @@ impl Default for DatasetLimits {
 #[derive(Clone, Debug)]
 pub struct UploadMeta {
     pub filename: String,
-    pub purpose: Option<Purpose>,
+    pub purpose: Option<PurposeChoice>,
     pub display_name: String,
     pub metadata: BTreeMap<String, String>,
     pub label_field: Option<String>,
+    pub on_invalid: OnInvalid,
+}
+
+/// What becomes of an uploaded file that fails validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnInvalid {
+    /// Stored as a FAILED dataset: its report, no bytes (DatasetService).
+    Keep,
+    /// Refused: nothing is stored, and the INVALID_ARGUMENT on `file` names
+    /// the first problems with their lines (OpenAI's files API).
+    Refuse,
 }
 
 #[derive(Clone, Debug)]
@@ -78,11 +103,11 @@ pub enum DownloadPiece {
 }
 
 pub struct Datasets {
-    store: Arc<dyn Store>,
-    blobs: Blobs,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) blobs: Blobs,
     tokens: Arc<dyn TokenCounter>,
-    limits: DatasetLimits,
-    blob_gate: Mutex<()>,
+    pub(super) limits: DatasetLimits,
+    pub(super) blob_gate: Mutex<()>,
     uploads: Arc<Semaphore>,
     /// Cancelled when a shutdown's grace period is over: uploads still
     /// streaming stop and remove what they staged.
@@ -115,9 +140,26 @@ impl Datasets {
         }
     }
 
-    /// Removes staging debris and blobs no row points at. Run at start-up,
-    /// before serving, when no upload can be in flight.
+    /// A slot among the uploads streaming at once.
+    pub(super) fn upload_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.uploads.clone().try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted(format!(
+                "too many concurrent uploads (limit {}); retry shortly",
+                self.limits.max_concurrent_uploads
+            ))
+        })
+    }
+
+    /// The limits uploads are held to.
+    pub fn limits(&self) -> &DatasetLimits {
+        &self.limits
+    }
+
+    /// Removes staging debris, the parts of uploads that expired, and blobs
+    /// no row points at. Run at start-up, before serving, when no upload can
+    /// be in flight.
     pub async fn recover(&self) -> Result<()> {
+        self.expire_uploads(usize::MAX).await?;
         let swept = self.blobs.sweep_staging().await?;
         let in_use: std::collections::HashSet<String> = self.store.blobs_in_use().await?.into_iter().collect();
         let mut orphans = 0;
@@ -157,31 +199,47 @@ impl Datasets {
     where
         S: Stream<Item = Result<Bytes>> + Unpin,
     {
-        let purpose = validate_upload_meta(&meta)?;
-        let _permit = self.uploads.clone().try_acquire_owned().map_err(|_| {
-            Error::ResourceExhausted(format!(
-                "too many concurrent uploads (limit {}); retry shortly",
-                self.limits.max_concurrent_uploads
-            ))
-        })?;
+        let (staged, record) = self.ingest(caller, meta, chunks, self.limits.max_upload_bytes).await?;
+        let _gate = self.blob_gate.lock().await;
+        keep_if_ready(staged, &record).await?;
+        self.insert_committed(&record).await?;
+        log_stored(&record);
+        Ok(record)
+    }
+
+    /// Validates and stages a file as `upload` does, up to `max_bytes`, and
+    /// returns its staged bytes and the record to insert: the caller commits
+    /// (or discards) them.
+    pub(super) async fn ingest<S>(
+        &self,
+        caller: &Caller,
+        meta: UploadMeta,
+        chunks: S,
+        max_bytes: u64,
+    ) -> Result<(StagedBlob, DatasetRecord)>
+    where
+        S: Stream<Item = Result<Bytes>> + Unpin,
+    {
+        let choice = validate_upload_meta(&meta)?;
+        let _permit = self.upload_permit()?;
         let writer = self.blobs.writer().await?;
         // Deep enough (4 MiB of 256 KiB chunks, two validation blocks) that
         // receiving, hashing and writing overlap with validating a block; no
         // deeper, because what waits here is memory the kernel had to zero.
         let (tx, rx) = mpsc::channel::<Bytes>(16);
-        let mut ingestor = Ingestor::new(
-            self.ingest_options(purpose, meta.label_field.clone()),
-            self.tokens.clone(),
-        );
+        let options = self.ingest_options(Purpose::Sft, meta.label_field.clone());
+        let tokens = self.tokens.clone();
+        let sniff_limit = self.limits.max_line_bytes;
         let validation = tokio::task::spawn_blocking(move || {
             let mut rx = rx;
+            let mut ingest = Validation::new(choice, options, tokens, sniff_limit);
             while let Some(chunk) = rx.blocking_recv() {
-                ingestor.push(&chunk);
+                ingest.push(chunk);
             }
-            ingestor.finish()
+            ingest.finish()
         });
 
-        let writer = match self.pump(chunks, writer, &tx).await {
+        let writer = match self.pump(chunks, writer, Some(&tx), max_bytes).await {
             Ok(writer) => writer,
             Err(e) => {
                 drop(tx);
@@ -191,9 +249,13 @@ impl Datasets {
         };
         drop(tx);
         let staged = writer.finish().await?;
-        let (report, stats) = validation
+        let (purpose, report, stats) = validation
             .await
             .map_err(|e| Error::Internal(format!("validation task failed: {e}")))?;
+        if meta.on_invalid == OnInvalid::Refuse && !report.is_valid() {
+            staged.discard().await;
+            return Err(refused(&meta.filename, &report));
+        }
 
         let record = DatasetRecord {
             id: ids::new_id("ds"),
@@ -214,14 +276,7 @@ impl Datasets {
             stats,
             lineage: None,
         };
-        let _gate = self.blob_gate.lock().await;
-        keep_if_ready(staged, &record).await?;
-        self.insert_committed(&record).await?;
-        tracing::info!(
-            dataset = %record.id, purpose = purpose.as_str(), bytes = record.bytes,
-            rows = record.report.total_rows, state = record.state.as_str(), "dataset stored"
-        );
-        Ok(record)
+        Ok((staged, record))
     }
 
     /// Inserts the record of a blob just committed (holding the blob gate);
@@ -231,17 +286,17 @@ impl Datasets {
         match self.store.insert_dataset(record).await {
             Ok(()) => Ok(()),
             Err(e) => {
-                if let Err(gc) = self.drop_blob_if_unused(&record.sha256).await {
-                    tracing::warn!(blob = %record.sha256, error = %gc, "could not check a blob's use");
-                }
-                Err(match e {
-                    StoreError::OverQuota { project, limit, .. } => Error::ResourceExhausted(format!(
-                        "project {project}'s datasets would pass its storage quota of {limit} bytes; \
-                         delete datasets it no longer needs or ask an admin to raise max_dataset_bytes"
-                    )),
-                    other => other.into(),
-                })
+                self.drop_blob_quietly(&record.sha256).await;
+                Err(insert_refused(e))
             }
+        }
+    }
+
+    /// `drop_blob_if_unused`, logging a failed check (start-up GC removes
+    /// the blob later).
+    pub(super) async fn drop_blob_quietly(&self, sha256: &str) {
+        if let Err(gc) = self.drop_blob_if_unused(sha256).await {
+            tracing::warn!(blob = %sha256, error = %gc, "could not check a blob's use");
         }
     }
 
@@ -257,7 +312,15 @@ impl Datasets {
         Ok(())
     }
 
-    async fn pump<S>(&self, mut chunks: S, mut writer: BlobWriter, tx: &mpsc::Sender<Bytes>) -> Result<BlobWriter>
+    /// Writes `chunks` to `writer` (and to the validator, when given), at
+    /// most `max_bytes`; on any error the writer is aborted.
+    pub(super) async fn pump<S>(
+        &self,
+        mut chunks: S,
+        mut writer: BlobWriter,
+        tx: Option<&mpsc::Sender<Bytes>>,
+        max_bytes: u64,
+    ) -> Result<BlobWriter>
     where
         S: Stream<Item = Result<Bytes>> + Unpin,
     {
@@ -282,18 +345,19 @@ impl Datasets {
                     return Err(e);
                 }
             };
-            if writer.size() + chunk.len() as u64 > self.limits.max_upload_bytes {
+            if writer.size() + chunk.len() as u64 > max_bytes {
                 writer.abort().await;
                 return Err(Error::ResourceExhausted(format!(
-                    "upload exceeds the size limit of {} bytes",
-                    self.limits.max_upload_bytes
+                    "upload exceeds the size limit of {max_bytes} bytes"
                 )));
             }
             if let Err(e) = writer.put(chunk.clone()).await {
                 writer.abort().await;
                 return Err(e.into());
             }
-            if tx.send(chunk).await.is_err() {
+            if let Some(tx) = tx
+                && tx.send(chunk).await.is_err()
+            {
                 writer.abort().await;
                 return Err(Error::Internal("validator stopped early".into()));
             }
@@ -326,14 +390,58 @@ impl Datasets {
             .store
             .list_datasets(&DatasetQuery {
                 project: caller.project.clone(),
-                purpose,
+                purposes: purpose.into_iter().collect(),
                 after,
+                oldest_first: false,
                 limit: limit + 1,
             })
             .await?;
         Ok(paging::split(rows, limit, |d| {
             paging::encode_cursor(PAGE_TOKEN, d.created_at, &d.id)
         }))
+    }
+
+    /// A page that starts after the caller's dataset `after` (OpenAI's
+    /// paging: `after` is the last id of the previous page), newest or
+    /// oldest first, of any of `purposes` (all when empty), and whether
+    /// more follow. An `after` the caller cannot see is a violation on
+    /// `after`.
+    pub async fn list_after(
+        &self,
+        caller: &Caller,
+        purposes: &[Purpose],
+        after: Option<&str>,
+        oldest_first: bool,
+        page_size: i32,
+    ) -> Result<(Vec<DatasetRecord>, bool)> {
+        let limit = paging::limit(page_size)?;
+        let after = match after {
+            None => None,
+            Some(id) => {
+                let record = match ids::is_valid("ds", id) {
+                    true => self.store.get_dataset(id).await?.filter(|d| caller.sees(&d.project)),
+                    false => None,
+                };
+                let record = record.ok_or_else(|| Error::invalid("after", format!("no dataset {id} to list after")))?;
+                Some(Cursor {
+                    created_at: record.created_at,
+                    id: record.id,
+                })
+            }
+        };
+        let mut rows = self
+            .store
+            .list_datasets(&DatasetQuery {
+                project: caller.project.clone(),
+                purposes: purposes.to_vec(),
+                after,
+                oldest_first,
+                limit: limit + 1,
+            })
+            .await?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        Ok((rows, more))
     }
 
     pub async fn delete(&self, caller: &Caller, id: &str) -> Result<DatasetRecord> {
@@ -557,6 +665,158 @@ fn state_for(report: &ValidationReport) -> DatasetState {
     }
 }
 
+fn log_stored(record: &DatasetRecord) {
+    tracing::info!(
+        dataset = %record.id, purpose = record.purpose.as_str(), bytes = record.bytes,
+        rows = record.report.total_rows, state = record.state.as_str(), "dataset stored"
+    );
+}
+
+/// A store's refusal of a new dataset, in the service's words.
+pub(super) fn insert_refused(e: StoreError) -> Error {
+    match e {
+        StoreError::OverQuota { project, limit, .. } => Error::ResourceExhausted(format!(
+            "project {project}'s datasets would pass its storage quota of {limit} bytes; \
+             delete datasets it no longer needs or ask an admin to raise max_dataset_bytes"
+        )),
+        other => other.into(),
+    }
+}
+
+/// The error for a file refused because it failed validation: one
+/// violation on `file` naming its first problems, where they are.
+fn refused(filename: &str, report: &ValidationReport) -> Error {
+    let errors: u64 = report.error_counts.values().sum();
+    let named: Vec<String> = report
+        .errors
+        .iter()
+        .take(PROBLEMS_NAMED)
+        .map(|p| p.to_string())
+        .collect();
+    let mut message = if report.total_rows == 0 && report.errors.is_empty() {
+        format!("{filename} has no rows")
+    } else {
+        format!("{filename} failed validation: {}", named.join("; "))
+    };
+    let more = (errors.max(report.errors.len() as u64)).saturating_sub(named.len() as u64);
+    if more > 0 {
+        message.push_str(&format!("; and {more} more"));
+    }
+    message.push_str(&format!(
+        " ({} of {} rows valid); nothing was stored",
+        report.valid_rows, report.total_rows
+    ));
+    Error::invalid("file", message)
+}
+
+/// The validator's side of an upload: for a `fine-tune` upload, it holds
+/// the bytes until the first row is complete (at most one line), tells its
+/// format by it, then validates as for that purpose.
+struct Validation {
+    state: ValidationState,
+    options: super::ingest::IngestOptions,
+    tokens: Arc<dyn TokenCounter>,
+    sniff_limit: usize,
+}
+
+enum ValidationState {
+    Sniffing(Vec<u8>),
+    Validating(Purpose, Box<Ingestor>),
+}
+
+impl Validation {
+    fn new(
+        choice: PurposeChoice,
+        options: super::ingest::IngestOptions,
+        tokens: Arc<dyn TokenCounter>,
+        sniff_limit: usize,
+    ) -> Self {
+        let mut v = Validation {
+            state: ValidationState::Sniffing(Vec::new()),
+            options,
+            tokens,
+            sniff_limit,
+        };
+        if let PurposeChoice::Exactly(purpose) = choice {
+            v.start(purpose);
+        }
+        v
+    }
+
+    fn start(&mut self, purpose: Purpose) {
+        let held = match std::mem::replace(&mut self.state, ValidationState::Sniffing(Vec::new())) {
+            ValidationState::Sniffing(held) => held,
+            validating => {
+                self.state = validating;
+                return;
+            }
+        };
+        let mut options = self.options.clone();
+        options.line.purpose = purpose;
+        let mut ingestor = Box::new(Ingestor::new(options, self.tokens.clone()));
+        if !held.is_empty() {
+            ingestor.push(&held);
+        }
+        self.state = ValidationState::Validating(purpose, ingestor);
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        let purpose = match &mut self.state {
+            ValidationState::Validating(_, ingestor) => {
+                ingestor.push(&chunk);
+                return;
+            }
+            ValidationState::Sniffing(held) => {
+                held.extend_from_slice(&chunk);
+                match first_row_format(held, false) {
+                    Some(purpose) => purpose,
+                    // A first line too long to keep: its own rules report it.
+                    None if held.len() > self.sniff_limit => Purpose::Sft,
+                    None => return,
+                }
+            }
+        };
+        self.start(purpose);
+    }
+
+    fn finish(mut self) -> (Purpose, ValidationReport, DatasetStats) {
+        if let ValidationState::Sniffing(held) = &self.state {
+            let purpose = first_row_format(held, true).unwrap_or(Purpose::Sft);
+            self.start(purpose);
+        }
+        let (purpose, ingestor) = match self.state {
+            ValidationState::Validating(purpose, ingestor) => (purpose, ingestor),
+            // `start` above left it validating; an empty SFT file otherwise.
+            ValidationState::Sniffing(_) => (
+                Purpose::Sft,
+                Box::new(Ingestor::new(self.options.clone(), self.tokens.clone())),
+            ),
+        };
+        let (report, stats) = ingestor.finish();
+        (purpose, report, stats)
+    }
+}
+
+/// The format of the first non-blank line in `held`, once it is complete
+/// (or, at the end of the file, `last`, whatever is there).
+fn first_row_format(held: &[u8], last: bool) -> Option<Purpose> {
+    let mut rest = held;
+    loop {
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(end) => {
+                let line = &rest[..end];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    rest = &rest[end + 1..];
+                    continue;
+                }
+                return Some(fine_tune_format(line));
+            }
+            None if last => return Some(fine_tune_format(rest)),
+            None => return None,
+        }
+    }
+}
+
 fn split_filename(filename: &str, split: &str) -> String {
     match filename.rsplit_once('.') {
         Some((stem, ext)) => format!("{stem}.{split}.{ext}"),
@@ -593,7 +853,7 @@ fn check_pointer(pointer: &str, field: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_upload_meta(meta: &UploadMeta) -> Result<Purpose> {
+fn validate_upload_meta(meta: &UploadMeta) -> Result<PurposeChoice> {
     let mut problems = Vec::new();
     if meta.filename.trim().is_empty() {
         problems.push(FieldViolation::new("metadata.filename", "a filename is required"));
@@ -707,6 +967,7 @@ mod tests {
             display_name: String::new(),
             metadata: BTreeMap::new(),
             label_field: Some("label".into()),
+            on_invalid: OnInvalid::Keep,
         };
         let Err(Error::InvalidArgument(v)) = validate_upload_meta(&meta) else {
             panic!("expected invalid argument");

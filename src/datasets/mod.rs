@@ -7,6 +7,8 @@
 //! - [`tokens`]: token counting (tiktoken `o200k_base`, exact).
 //! - [`report`]: the report and statistics types, stored as JSON.
 //! - [`manager`]: the dataset service (upload, list, get, delete, download, split).
+//! - [`uploads`]: files sent in parts (OpenAI's Uploads API), assembled
+//!   through the same pipeline.
 //! - [`lines`]: reading a stored dataset back row by row.
 //! - [`model`]: the stored dataset record.
 //!
@@ -57,6 +59,7 @@ pub mod manager;
 pub mod model;
 pub mod report;
 pub mod tokens;
+pub mod uploads;
 mod val;
 
 pub use format::{ExampleStats, LineOptions, LineOutcome, extract_label, validate_line};

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::report::{DatasetStats, Purpose, ValidationReport};
+use super::report::{DatasetStats, Purpose, PurposeChoice, ValidationReport};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DatasetState {
@@ -58,4 +58,67 @@ pub struct DatasetRecord {
     pub report: ValidationReport,
     pub stats: DatasetStats,
     pub lineage: Option<Lineage>,
+}
+
+/// Where an upload sent in parts (OpenAI's Uploads API) stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadState {
+    /// Taking parts.
+    Pending,
+    /// Its parts became a dataset (`UploadRecord::dataset_id`) and are gone.
+    Completed,
+    Cancelled,
+    /// Not completed in time; its parts are gone.
+    Expired,
+}
+
+impl UploadState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadState::Pending => "pending",
+            UploadState::Completed => "completed",
+            UploadState::Cancelled => "cancelled",
+            UploadState::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(UploadState::Pending),
+            "completed" => Some(UploadState::Completed),
+            "cancelled" => Some(UploadState::Cancelled),
+            "expired" => Some(UploadState::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// A file being sent in parts, to be assembled into a dataset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UploadRecord {
+    pub id: String,
+    pub project: String,
+    pub filename: String,
+    pub purpose: PurposeChoice,
+    /// The size the client announced; the parts completed must add up to it.
+    pub bytes: u64,
+    pub mime_type: String,
+    pub state: UploadState,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds; a pending upload is expired from then on.
+    pub expires_at: i64,
+    /// The dataset a completed upload became.
+    pub dataset_id: Option<String>,
+}
+
+/// One part of an upload: its bytes are a blob.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UploadPartRecord {
+    pub id: String,
+    pub upload_id: String,
+    pub bytes: u64,
+    pub sha256: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
 }

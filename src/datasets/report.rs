@@ -40,6 +40,35 @@ impl fmt::Display for Purpose {
     }
 }
 
+/// The purpose an upload asks for: one format, or any fine-tuning format
+/// (OpenAI's `fine-tune`, which covers supervised, preference and
+/// reinforcement data alike), told by the file's first row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PurposeChoice {
+    Exactly(Purpose),
+    FineTune,
+}
+
+impl PurposeChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurposeChoice::Exactly(p) => p.as_str(),
+            PurposeChoice::FineTune => "fine-tune",
+        }
+    }
+
+    /// The stored form back (`as_str`'s output).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "fine-tune" => Some(PurposeChoice::FineTune),
+            other => Purpose::ALL
+                .into_iter()
+                .find(|p| p.as_str() == other)
+                .map(PurposeChoice::Exactly),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown dataset purpose '{0}' (expected sft, dpo, rft or eval)")]
 pub struct ParsePurposeError(pub String);

@@ -21,6 +21,8 @@ mod evals_sql;
 pub(crate) mod leases;
 #[macro_use]
 mod models_sql;
+#[macro_use]
+mod uploads_sql;
 mod error;
 mod postgres;
 pub(crate) mod rows;
@@ -35,8 +37,8 @@ pub use self::error::StoreError;
 pub use self::leases::{LeaseChange, LeaseKind, LeaseStore, Leased};
 pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
-pub use self::traits::{AuthStore, DatasetStore, EvalStore, GraderStore, JobStore, ModelStore, Store};
-pub use self::types::{Cursor, DatasetQuery, GraderRecord, JobQuery, Transition};
+pub use self::traits::{AuthStore, DatasetStore, EvalStore, GraderStore, JobStore, ModelStore, Store, UploadStore};
+pub use self::types::{Cursor, DatasetQuery, GraderRecord, JobQuery, PartAdded, Transition, UploadEnd};
 
 /// Opens the backend named by `url`, running its migrations.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {

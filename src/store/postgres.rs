@@ -28,6 +28,8 @@ crate::impl_job_store!(PostgresStore, sqlx::Postgres, lock_shared = "FOR SHARE")
 
 crate::impl_model_store!(PostgresStore);
 
+crate::impl_upload_store!(PostgresStore);
+
 crate::impl_grader_store!(PostgresStore);
 
 crate::impl_auth_store!(PostgresStore);

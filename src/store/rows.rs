@@ -6,8 +6,8 @@ use std::str::FromStr;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::error::StoreError;
-use crate::datasets::model::{DatasetRecord, DatasetState};
-use crate::datasets::report::Purpose;
+use crate::datasets::model::{DatasetRecord, DatasetState, UploadPartRecord, UploadRecord, UploadState};
+use crate::datasets::report::{Purpose, PurposeChoice};
 
 pub fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Our own plain data types always serialize.
@@ -68,6 +68,55 @@ where
             None => None,
         },
         id,
+    })
+}
+
+pub fn upload_from_row<'r, R>(row: &'r R) -> Result<UploadRecord, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: String = row.try_get("id")?;
+    let purpose: String = row.try_get("purpose")?;
+    let state: String = row.try_get("state")?;
+    let bytes: i64 = row.try_get("bytes")?;
+    Ok(UploadRecord {
+        project: row.try_get("project_id")?,
+        filename: row.try_get("filename")?,
+        purpose: PurposeChoice::parse(&purpose).ok_or_else(|| StoreError::Corrupt {
+            id: id.clone(),
+            reason: format!("unknown purpose {purpose:?}"),
+        })?,
+        bytes: bytes.max(0) as u64,
+        mime_type: row.try_get("mime_type")?,
+        state: UploadState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            id: id.clone(),
+            reason: format!("unknown state {state:?}"),
+        })?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        dataset_id: row.try_get("dataset_id")?,
+        id,
+    })
+}
+
+pub fn upload_part_from_row<'r, R>(row: &'r R) -> Result<UploadPartRecord, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let bytes: i64 = row.try_get("bytes")?;
+    Ok(UploadPartRecord {
+        id: row.try_get("id")?,
+        upload_id: row.try_get("upload_id")?,
+        bytes: bytes.max(0) as u64,
+        sha256: row.try_get("sha256")?,
+        created_at: row.try_get("created_at")?,
     })
 }
 

@@ -41,6 +41,8 @@ crate::impl_job_store!(SqliteStore, sqlx::Sqlite, lock_shared = "");
 
 crate::impl_model_store!(SqliteStore);
 
+crate::impl_upload_store!(SqliteStore);
+
 crate::impl_grader_store!(SqliteStore);
 
 crate::impl_auth_store!(SqliteStore);

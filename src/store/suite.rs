@@ -78,9 +78,9 @@ pub async fn list_pages_newest_first_without_gaps(store: impl Store) {
         let page = store
             .list_datasets(&DatasetQuery {
                 project: "default".into(),
-                purpose: None,
                 after: after.clone(),
                 limit: 7,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -101,14 +101,60 @@ pub async fn list_pages_newest_first_without_gaps(store: impl Store) {
     let evals = store
         .list_datasets(&DatasetQuery {
             project: "default".into(),
-            purpose: Some(Purpose::Eval),
-            after: None,
+            purposes: vec![Purpose::Eval],
             limit: 100,
+            ..Default::default()
         })
         .await
         .unwrap();
     assert_eq!(evals.len(), 9);
     assert!(evals.iter().all(|d| d.purpose == Purpose::Eval));
+}
+
+/// Oldest first pages the other way, and a set of purposes selects each of
+/// them (OpenAI's `fine-tune` lists SFT, DPO and RFT datasets).
+pub async fn list_pages_oldest_first_and_by_purposes(store: impl Store) {
+    let purposes = [Purpose::Sft, Purpose::Dpo, Purpose::Rft, Purpose::Eval];
+    for n in 0..20u32 {
+        store
+            .insert_dataset(&dataset(&id(n), 1000 + (n / 3) as i64, Some(purposes[n as usize % 4])))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_datasets(&DatasetQuery {
+                project: "default".into(),
+                purposes: vec![Purpose::Sft, Purpose::Rft],
+                after: after.clone(),
+                oldest_first: true,
+                limit: 3,
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(Cursor {
+            created_at: last.created_at,
+            id: last.id.clone(),
+        });
+        seen.extend(page.into_iter().map(|d| (d.id, d.purpose)));
+    }
+    let expected: Vec<(String, Purpose)> = (0..20u32)
+        .filter(|n| n % 2 == 0)
+        .map(|n| (id(n), purposes[n as usize % 4]))
+        .collect();
+    assert_eq!(seen, expected, "ids are created in order, so oldest first is id order");
+    let newest = store
+        .list_datasets(&DatasetQuery {
+            project: "default".into(),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(newest[0].id, id(19));
 }
 
 pub async fn delete_returns_record_once(store: impl Store) {
@@ -1273,8 +1319,11 @@ macro_rules! store_suite {
             insert_get_roundtrip,
             insert_twice_conflicts,
             list_pages_newest_first_without_gaps,
+            list_pages_oldest_first_and_by_purposes,
             delete_returns_record_once,
             blob_references_follow_rows,
+            uploads_take_parts_while_pending_and_pin_their_blobs,
+            uploads_complete_into_a_dataset_once,
             jobs_insert_is_idempotent_by_key,
             jobs_transitions_are_compare_and_set_with_gapless_events,
             jobs_lease_changes_count_attempts_and_append_events,
@@ -1524,4 +1573,176 @@ pub async fn projects_keys_and_audit(store: impl Store) {
     assert!(newest[0].seq > newest[1].seq);
     let rest = store.list_audit_events(Some(newest[1].seq), 10).await.unwrap();
     assert_eq!(rest.iter().map(|e| e.at).collect::<Vec<_>>(), [1]);
+}
+
+fn new_upload(n: u32, bytes: u64) -> crate::datasets::model::UploadRecord {
+    crate::datasets::model::UploadRecord {
+        id: format!("upload_{n:026}"),
+        project: "default".into(),
+        filename: "big.jsonl".into(),
+        purpose: crate::datasets::report::PurposeChoice::FineTune,
+        bytes,
+        mime_type: "application/jsonl".into(),
+        state: crate::datasets::model::UploadState::Pending,
+        created_at: 1000 + n as i64,
+        expires_at: 5000 + n as i64,
+        dataset_id: None,
+    }
+}
+
+fn part(upload: u32, n: u32, bytes: u64, sha: &str) -> crate::datasets::model::UploadPartRecord {
+    crate::datasets::model::UploadPartRecord {
+        id: format!("part_{upload:013}{n:013}"),
+        upload_id: format!("upload_{upload:026}"),
+        bytes,
+        sha256: sha.repeat(32),
+        created_at: 2000 + n as i64,
+    }
+}
+
+/// Parts go to pending uploads only, up to the announced bytes; their blobs
+/// are in use while their rows exist; cancelling and expiring hand the
+/// blobs back once and leave the upload in its end state.
+pub async fn uploads_take_parts_while_pending_and_pin_their_blobs(store: impl Store) {
+    use super::{PartAdded, UploadEnd};
+    use crate::datasets::model::UploadState;
+    let u = new_upload(1, 10);
+    store.insert_upload(&u).await.unwrap();
+    assert!(matches!(
+        store.insert_upload(&u).await.unwrap_err(),
+        super::StoreError::Conflict(_)
+    ));
+    assert_eq!(store.get_upload(&u.id).await.unwrap(), Some(u.clone()));
+    assert_eq!(store.get_upload("upload_nope").await.unwrap(), None);
+
+    assert_eq!(
+        store.insert_upload_part(&part(1, 2, 4, "bb")).await.unwrap(),
+        PartAdded::Added
+    );
+    assert_eq!(
+        store.insert_upload_part(&part(1, 1, 4, "aa")).await.unwrap(),
+        PartAdded::Added
+    );
+    assert_eq!(
+        store.insert_upload_part(&part(1, 3, 3, "cc")).await.unwrap(),
+        PartAdded::TooLarge { stored: 8 },
+        "8 bytes stored, 3 more pass the announced 10"
+    );
+    assert_eq!(
+        store.insert_upload_part(&part(1, 4, 2, "aa")).await.unwrap(),
+        PartAdded::Added
+    );
+    let parts = store.list_upload_parts(&u.id).await.unwrap();
+    let ids: Vec<&str> = parts.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, [part(1, 1, 0, "").id, part(1, 2, 0, "").id, part(1, 4, 0, "").id]);
+    assert_eq!(parts[0], part(1, 1, 4, "aa"));
+    assert!(store.blob_in_use(&"aa".repeat(32)).await.unwrap());
+    assert!(store.blob_in_use(&"bb".repeat(32)).await.unwrap());
+    assert!(!store.blob_in_use(&"cc".repeat(32)).await.unwrap());
+    let mut in_use = store.blobs_in_use().await.unwrap();
+    in_use.sort();
+    assert_eq!(in_use, ["aa".repeat(32), "bb".repeat(32)]);
+
+    let UploadEnd::Done { upload, mut blobs } = store.end_upload(&u.id, UploadState::Cancelled).await.unwrap() else {
+        panic!("a pending upload is cancelled");
+    };
+    blobs.sort();
+    assert_eq!(upload.state, UploadState::Cancelled);
+    assert_eq!(blobs, ["aa".repeat(32), "aa".repeat(32), "bb".repeat(32)]);
+    assert!(store.list_upload_parts(&u.id).await.unwrap().is_empty());
+    assert!(store.blobs_in_use().await.unwrap().is_empty());
+    assert_eq!(
+        store.end_upload(&u.id, UploadState::Cancelled).await.unwrap(),
+        UploadEnd::NotPending(Some(upload.clone()))
+    );
+    assert_eq!(
+        store.insert_upload_part(&part(1, 5, 1, "dd")).await.unwrap(),
+        PartAdded::NotPending(Some(upload))
+    );
+    assert_eq!(
+        store.insert_upload_part(&part(9, 1, 1, "dd")).await.unwrap(),
+        PartAdded::NotPending(None)
+    );
+    assert_eq!(
+        store.end_upload("upload_nope", UploadState::Cancelled).await.unwrap(),
+        UploadEnd::NotPending(None)
+    );
+
+    // Expiry: pending uploads due at `now`, soonest first.
+    for n in [2, 3, 4] {
+        store.insert_upload(&new_upload(n, 10)).await.unwrap();
+    }
+    store.insert_upload_part(&part(2, 1, 5, "ee")).await.unwrap();
+    assert_eq!(store.expired_uploads(5002, 10).await.unwrap(), [new_upload(2, 0).id]);
+    assert_eq!(
+        store.expired_uploads(5004, 2).await.unwrap(),
+        [new_upload(2, 0).id, new_upload(3, 0).id]
+    );
+    let UploadEnd::Done { upload: expired, blobs } = store
+        .end_upload(&new_upload(2, 0).id, UploadState::Expired)
+        .await
+        .unwrap()
+    else {
+        panic!("a pending upload expires");
+    };
+    assert_eq!((expired.state, blobs), (UploadState::Expired, vec!["ee".repeat(32)]));
+    assert_eq!(
+        store.expired_uploads(i64::MAX, 10).await.unwrap(),
+        [new_upload(3, 0).id, new_upload(4, 0).id],
+        "ended uploads are not pending"
+    );
+}
+
+/// Completing inserts the dataset, marks the upload and drops its parts in
+/// one step, once; a refused dataset (over quota) leaves the upload pending
+/// with its parts.
+pub async fn uploads_complete_into_a_dataset_once(store: impl Store) {
+    use super::UploadEnd;
+    use crate::datasets::model::UploadState;
+    let u = new_upload(1, 8);
+    store.insert_upload(&u).await.unwrap();
+    store.insert_upload_part(&part(1, 1, 4, "aa")).await.unwrap();
+    store.insert_upload_part(&part(1, 2, 4, "bb")).await.unwrap();
+
+    // Over the project's storage quota: nothing changes.
+    store
+        .set_project_quotas(
+            "default",
+            &crate::auth::model::Quotas {
+                max_dataset_bytes: Some(100),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut d = dataset(&id(1), 3000, None);
+    d.bytes = 1000;
+    d.sha256 = "ff".repeat(32);
+    let err = store.complete_upload(&u.id, &d).await.unwrap_err();
+    assert!(matches!(err, super::StoreError::OverQuota { .. }), "{err}");
+    assert_eq!(store.get_dataset(&d.id).await.unwrap(), None);
+    assert_eq!(store.get_upload(&u.id).await.unwrap(), Some(u.clone()));
+    assert_eq!(store.list_upload_parts(&u.id).await.unwrap().len(), 2);
+
+    d.bytes = 8;
+    let UploadEnd::Done { upload, mut blobs } = store.complete_upload(&u.id, &d).await.unwrap() else {
+        panic!("a pending upload completes");
+    };
+    blobs.sort();
+    assert_eq!(blobs, ["aa".repeat(32), "bb".repeat(32)]);
+    assert_eq!(upload.state, UploadState::Completed);
+    assert_eq!(upload.dataset_id.as_deref(), Some(d.id.as_str()));
+    assert_eq!(store.get_upload(&u.id).await.unwrap(), Some(upload.clone()));
+    assert_eq!(store.get_dataset(&d.id).await.unwrap(), Some(d.clone()));
+    assert!(store.list_upload_parts(&u.id).await.unwrap().is_empty());
+    assert_eq!(store.blobs_in_use().await.unwrap(), ["ff".repeat(32)]);
+
+    let mut again = dataset(&id(2), 3001, None);
+    again.bytes = 8;
+    assert_eq!(
+        store.complete_upload(&u.id, &again).await.unwrap(),
+        UploadEnd::NotPending(Some(upload)),
+        "a second completion changes nothing"
+    );
+    assert_eq!(store.get_dataset(&again.id).await.unwrap(), None);
 }

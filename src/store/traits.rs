@@ -5,9 +5,9 @@ use async_trait::async_trait;
 
 use super::error::StoreError;
 use super::leases::LeaseStore;
-use super::types::{Cursor, DatasetQuery, GraderRecord, JobQuery, Transition};
+use super::types::{Cursor, DatasetQuery, GraderRecord, JobQuery, PartAdded, Transition, UploadEnd};
 use crate::auth::model::{ApiKeyRecord, AuditEvent, Project, Quotas};
-use crate::datasets::model::DatasetRecord;
+use crate::datasets::model::{DatasetRecord, UploadPartRecord, UploadRecord, UploadState};
 use crate::evals::model::{EvalRecord, ItemStatus, OutputItemRecord, RunRecord, RunState};
 use crate::jobs::model::{CheckpointRecord, JobEvent, JobPatch, JobRecord, JobState, Metrics, NewEvent};
 use crate::models::model::{ModelKind, ModelRecord};
@@ -17,16 +17,41 @@ pub trait DatasetStore: Send + Sync + 'static {
     /// Inserts a new dataset; `Conflict` if the id exists.
     async fn insert_dataset(&self, dataset: &DatasetRecord) -> Result<(), StoreError>;
     async fn get_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError>;
-    /// Newest first, strictly after `query.after`, at most `query.limit` rows.
+    /// Newest first (oldest first with `query.oldest_first`), strictly after
+    /// `query.after`, at most `query.limit` rows.
     async fn list_datasets(&self, query: &DatasetQuery) -> Result<Vec<DatasetRecord>, StoreError>;
     /// Removes the dataset and returns it, or None when there was none.
     async fn delete_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError>;
-    /// Whether any dataset that is not FAILED (a FAILED one keeps no bytes)
-    /// or any checkpoint still points at this blob.
+    /// Whether any dataset that is not FAILED (a FAILED one keeps no bytes),
+    /// any checkpoint or any upload part still points at this blob.
     async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError>;
     /// Every blob address some record points at (FAILED datasets aside),
     /// for garbage collection.
     async fn blobs_in_use(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Files sent in parts (OpenAI's Uploads API) and their parts, whose bytes
+/// are blobs: a part's blob is committed before its row is inserted, and
+/// ending an upload removes its part rows and hands back their blobs.
+#[async_trait]
+pub trait UploadStore: Send + Sync + 'static {
+    /// Inserts a new upload; `Conflict` if the id exists.
+    async fn insert_upload(&self, upload: &UploadRecord) -> Result<(), StoreError>;
+    async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError>;
+    /// Adds a part if its upload is pending and its parts, this one
+    /// included, add up to at most the upload's announced bytes.
+    async fn insert_upload_part(&self, part: &UploadPartRecord) -> Result<PartAdded, StoreError>;
+    /// An upload's parts in the order they were added.
+    async fn list_upload_parts(&self, upload_id: &str) -> Result<Vec<UploadPartRecord>, StoreError>;
+    /// If the upload is pending, in one transaction: inserts `dataset` as
+    /// `insert_dataset` does (quota included), marks the upload completed
+    /// with the dataset's id and removes its parts.
+    async fn complete_upload(&self, id: &str, dataset: &DatasetRecord) -> Result<UploadEnd, StoreError>;
+    /// If the upload is pending: moves it to `to` (cancelled, expired) and
+    /// removes its parts.
+    async fn end_upload(&self, id: &str, to: UploadState) -> Result<UploadEnd, StoreError>;
+    /// Pending uploads that expire at or before `now`, at most `limit`.
+    async fn expired_uploads(&self, now: i64, limit: usize) -> Result<Vec<String>, StoreError>;
 }
 
 /// Jobs, their event log, checkpoints and fine-tuned models. Every call
@@ -210,6 +235,12 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn list_audit_events(&self, before_seq: Option<u64>, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
-pub trait Store: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore + AuthStore {}
+pub trait Store:
+    DatasetStore + UploadStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore + AuthStore
+{
+}
 
-impl<T: DatasetStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore + AuthStore> Store for T {}
+impl<T: DatasetStore + UploadStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore + AuthStore> Store
+    for T
+{
+}

@@ -1,10 +1,11 @@
 //! Plain data the store takes and returns that no domain module owns:
 //! queries, cursors, saved graders, the outcome of a state change.
 
+use crate::datasets::model::UploadRecord;
 use crate::datasets::report::Purpose;
 use crate::jobs::model::{JobEvent, JobRecord, JobState};
 
-/// Position after the last row of a page, newest-first order.
+/// Position after the last row of a page (in the listing's order).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor {
     pub created_at: i64,
@@ -15,8 +16,11 @@ pub struct Cursor {
 pub struct DatasetQuery {
     /// Only this project's datasets.
     pub project: String,
-    pub purpose: Option<Purpose>,
+    /// Only datasets of these purposes (any when empty).
+    pub purposes: Vec<Purpose>,
     pub after: Option<Cursor>,
+    /// Oldest first (by creation, then id) instead of newest first.
+    pub oldest_first: bool,
     pub limit: usize,
 }
 
@@ -47,4 +51,27 @@ pub enum Transition {
     Done(JobRecord, JobEvent),
     /// The job was not in an allowed state (or, None, does not exist).
     Conflict(Option<JobRecord>),
+}
+
+/// What adding a part to an upload did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PartAdded {
+    Added,
+    /// The upload is not pending (or, None, does not exist): nothing added.
+    NotPending(Option<UploadRecord>),
+    /// The upload's parts would add up to more than its announced bytes;
+    /// `stored` bytes are in its parts already. Nothing added.
+    TooLarge {
+        stored: u64,
+    },
+}
+
+/// The outcome of ending an upload (completing, cancelling, expiring it).
+#[derive(Clone, Debug, PartialEq)]
+pub enum UploadEnd {
+    /// Ended: the upload as it now is, and the blobs its parts held (their
+    /// rows are gone; the caller removes the blobs nothing else uses).
+    Done { upload: UploadRecord, blobs: Vec<String> },
+    /// It was not pending (or, None, does not exist): nothing changed.
+    NotPending(Option<UploadRecord>),
 }
