@@ -239,7 +239,7 @@ impl Datasets {
             ingest.finish()
         });
 
-        let writer = match self.pump(chunks, writer, Some(&tx), max_bytes).await {
+        let writer = match self.pump(chunks, writer, Some(&tx), max_bytes, "upload").await {
             Ok(writer) => writer,
             Err(e) => {
                 drop(tx);
@@ -320,6 +320,7 @@ impl Datasets {
         mut writer: BlobWriter,
         tx: Option<&mpsc::Sender<Bytes>>,
         max_bytes: u64,
+        what: &str,
     ) -> Result<BlobWriter>
     where
         S: Stream<Item = Result<Bytes>> + Unpin,
@@ -348,7 +349,7 @@ impl Datasets {
             if writer.size() + chunk.len() as u64 > max_bytes {
                 writer.abort().await;
                 return Err(Error::ResourceExhausted(format!(
-                    "upload exceeds the size limit of {max_bytes} bytes"
+                    "{what} exceeds the size limit of {max_bytes} bytes"
                 )));
             }
             if let Err(e) = writer.put(chunk.clone()).await {

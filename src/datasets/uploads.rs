@@ -126,7 +126,9 @@ impl Datasets {
         require_pending(&upload)?;
         let _permit = self.upload_permit()?;
         let writer = self.blobs.writer().await?;
-        let writer = self.pump(chunks, writer, None, self.limits.max_part_bytes).await?;
+        let writer = self
+            .pump(chunks, writer, None, self.limits.max_part_bytes, "part")
+            .await?;
         let staged = writer.finish().await?;
         if staged.size == 0 {
             staged.discard().await;
