@@ -142,11 +142,14 @@ impl Datasets {
 
     /// A slot among the uploads streaming at once.
     pub(super) fn upload_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
-        self.uploads.clone().try_acquire_owned().map_err(|_| {
-            Error::ResourceExhausted(format!(
+        // A slot frees when an upload ends: trying again soon may succeed
+        // (REST answers 429 with retry-after, which the openai SDK honours).
+        self.uploads.clone().try_acquire_owned().map_err(|_| Error::Overloaded {
+            message: format!(
                 "too many concurrent uploads (limit {}); retry shortly",
                 self.limits.max_concurrent_uploads
-            ))
+            ),
+            retry_after: std::time::Duration::from_secs(1),
         })
     }
 

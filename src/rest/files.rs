@@ -388,6 +388,10 @@ async fn create_file(
                         ));
                     };
                     let filename = field.file_name().unwrap_or_default().to_string();
+                    if filename.trim().is_empty() {
+                        drain(field, 0).await;
+                        return Err(ApiError::invalid("file", "the file part needs a filename"));
+                    }
                     let _ = meta_tx.send(UploadMeta {
                         filename,
                         purpose: Some(purpose),

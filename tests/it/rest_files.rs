@@ -384,6 +384,12 @@ async fn bad_uploads_are_openai_errors_and_store_nothing() {
         (
             Form::new()
                 .text("purpose", "fine-tune")
+                .part("file", Part::bytes(sft_rows("a", 10))),
+            "file",
+        ),
+        (
+            Form::new()
+                .text("purpose", "fine-tune")
                 .text("colour", "red")
                 .part("file", Part::bytes(sft_rows("a", 10)).file_name("a.jsonl")),
             "colour",
