@@ -346,6 +346,21 @@ pub async fn jobs_transitions_are_compare_and_set_with_gapless_events(store: imp
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
     assert_eq!(events[0].message, "log 0");
     assert_eq!(events[0].data, EventData::Message);
+    // Newest first, for a door that lists the latest events first.
+    let seqs = |events: Vec<crate::jobs::model::JobEvent>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.list_events_before(&a.id, None, 3).await.unwrap()), [7, 6, 5]);
+    assert_eq!(
+        seqs(store.list_events_before(&a.id, Some(5), 10).await.unwrap()),
+        [4, 3, 2, 1]
+    );
+    assert!(store.list_events_before(&a.id, Some(1), 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_events_before("job_missing", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// What the lease mechanism adds for jobs: a claim counts the attempt, and
@@ -492,6 +507,10 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
     assert_eq!(list.iter().map(|c| c.step).collect::<Vec<_>>(), [2, 1]);
     assert_eq!(list[0].files[0].sha256, "c".repeat(64));
     assert_eq!(store.list_checkpoints(&a.id, Some(2), 10).await.unwrap().len(), 1);
+    // A checkpoint's step by its id, within its job only.
+    assert_eq!(store.checkpoint_step(&a.id, &list[1].id).await.unwrap(), Some(1));
+    assert_eq!(store.checkpoint_step(&a.id, "ckpt_missing").await.unwrap(), None);
+    assert_eq!(store.checkpoint_step("job_other", &list[1].id).await.unwrap(), None);
     // A checkpoint eval adds its pass rate afterwards; files stay.
     let mut scored = list[1].metrics.clone();
     scored.eval_pass_rate = Some(0.75);

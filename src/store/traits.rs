@@ -51,6 +51,13 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> Result<Transition, StoreError>;
     async fn append_event(&self, id: &str, event: &NewEvent, now: i64) -> Result<JobEvent, StoreError>;
     async fn list_events(&self, id: &str, after_seq: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError>;
+    /// Newest first, with seq below `before_seq` (from the latest when None).
+    async fn list_events_before(
+        &self,
+        id: &str,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<JobEvent>, StoreError>;
     /// Records a checkpoint (files already stored as blobs) if `worker`
     /// holds the job's lease; None otherwise.
     async fn insert_checkpoint(
@@ -66,6 +73,9 @@ pub trait JobStore: Send + Sync + 'static {
         before_step: Option<u64>,
         limit: usize,
     ) -> Result<Vec<CheckpointRecord>, StoreError>;
+    /// The step of the job's checkpoint `checkpoint_id`; None when the job
+    /// has no checkpoint by that id.
+    async fn checkpoint_step(&self, job_id: &str, checkpoint_id: &str) -> Result<Option<u64>, StoreError>;
     /// Replaces the metrics of the job's checkpoint at `step` (a checkpoint
     /// eval adds its pass rate after the checkpoint is saved); false if
     /// there is no such checkpoint.

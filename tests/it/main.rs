@@ -22,6 +22,8 @@ mod providers;
 mod providers_llama_cpp;
 mod quotas;
 mod rest;
+mod rest_graders;
+mod rest_jobs;
 mod server;
 mod tenancy;
 mod tls;
