@@ -858,7 +858,7 @@ fn sorted(mut evals: Vec<proto::Eval>, key: fn(&proto::Eval) -> i64, descending:
 }
 
 fn seconds_millis(t: &Option<prost_types::Timestamp>) -> i64 {
-    let t = t.clone().unwrap();
+    let t = t.unwrap();
     t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
 }
 
@@ -1031,7 +1031,7 @@ async fn evals_list_update_and_delete_with_their_runs_and_items() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(ids(completed.runs), [done.id.clone()]);
+    assert_eq!(ids(completed.runs), std::slice::from_ref(&done.id));
     let oldest_first = client
         .list_eval_runs(runs_in(proto::EvalRunState::Unspecified, proto::ListOrder::Ascending))
         .await
