@@ -24,7 +24,7 @@ use crate::ids::{self, now_millis};
 use crate::inference::ChatModel;
 use crate::models::Models;
 use crate::paging;
-use crate::store::{Cursor, EvalQuery, ItemQuery, RunQuery, Store};
+use crate::store::{Cursor, EvalQuery, ItemQuery, RunQuery, Store, StoreError};
 
 /// Mark page tokens of ListEvals, ListEvalRuns and ListOutputItems, one
 /// per order (and sort), so a token is refused by a listing in another.
@@ -738,7 +738,13 @@ impl Evals {
             lease_owner: None,
             lease_expires_at: None,
         };
-        self.store.insert_eval_run(&run).await.map_err(Error::dataset_gone)?;
+        if let Err(e) = self.store.insert_eval_run(&run).await {
+            // An eval deleted while the run was being made takes precedence.
+            if matches!(e, StoreError::Gone(_)) && self.store.get_eval(&eval.id).await?.is_none() {
+                return Err(Error::not_found("eval", &eval.id));
+            }
+            return Err(Error::dataset_gone(e));
+        }
         self.wake.notify_one();
         Ok(run)
     }

@@ -100,13 +100,14 @@ macro_rules! impl_eval_store {
                 r: &$crate::evals::model::RunRecord,
             ) -> Result<(), $crate::store::error::StoreError> {
                 use $crate::store::rows::to_json;
-                // Inserted only while its dataset exists and is ready (see
-                // `insert_job`).
+                // Inserted only while its eval exists and its dataset exists
+                // and is ready (see `insert_job`); `Gone` otherwise.
                 let result = sqlx::query(concat!(
                     "INSERT INTO eval_runs (id, eval_id, spec, dataset_id, state, total, progress, error, created_at, next_seq,
                         project_id)
                      SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10
-                     WHERE EXISTS (SELECT 1 FROM datasets WHERE id = $4 AND state = 'ready' ",
+                     WHERE EXISTS (SELECT 1 FROM evals WHERE id = $2)
+                       AND EXISTS (SELECT 1 FROM datasets WHERE id = $4 AND state = 'ready' ",
                     $lock,
                     ")"
                 ))

@@ -1159,6 +1159,13 @@ pub async fn evals_list_update_and_delete(store: impl Store) {
     assert!(store.get_eval_run(&r3.id).await.unwrap().is_some());
     assert_eq!(store.delete_eval(&e1.id).await.unwrap(), None, "deleted once");
     assert!(
+        matches!(
+            store.insert_eval_run(&run_record(4, &e1.id, 23)).await,
+            Err(super::StoreError::Gone(_))
+        ),
+        "no run is made for a deleted eval"
+    );
+    assert!(
         store
             .record_output_item(&output_item(&r1.id, 1, ItemStatus::Pass, 2), "w1")
             .await

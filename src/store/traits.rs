@@ -138,7 +138,8 @@ pub trait EvalStore: Send + Sync + 'static {
     /// transaction; returns the ids of the runs it deleted, or None when
     /// there was no such eval.
     async fn delete_eval(&self, id: &str) -> Result<Option<Vec<String>>, StoreError>;
-    /// Inserts a new run; `Conflict` if the id exists.
+    /// Inserts a new run; `Conflict` if the id exists, `Gone` (naming the
+    /// dataset) unless its eval exists and its dataset exists and is ready.
     async fn insert_eval_run(&self, run: &RunRecord) -> Result<(), StoreError>;
     async fn get_eval_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
     /// An eval's runs in the query's order (by creation time), at most `limit`.
