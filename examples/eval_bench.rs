@@ -246,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
                     name: String::new(),
                 }],
                 metadata: Default::default(),
+                ..Default::default()
             })
             .await?
             .into_inner()

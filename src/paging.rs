@@ -24,6 +24,14 @@ pub fn split<T>(mut rows: Vec<T>, limit: usize, token: impl Fn(&T) -> String) ->
     (rows, next)
 }
 
+/// Takes rows fetched with `limit + 1` and returns the page and whether
+/// more rows follow it (for doors that page by the last record's id).
+pub fn cut<T>(mut rows: Vec<T>, limit: usize) -> (Vec<T>, bool) {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    (rows, more)
+}
+
 /// A newest-first position as an opaque token: `prefix` names the listing
 /// so a token from one RPC is refused by another.
 pub fn encode_cursor(prefix: &str, created_at: i64, id: &str) -> String {
@@ -76,6 +84,8 @@ mod tests {
             split(vec![1, 2, 3], 2, |x| x.to_string()),
             (vec![1, 2], "2".to_string())
         );
+        assert_eq!(cut(vec![1, 2, 3], 2), (vec![1, 2], true));
+        assert_eq!(cut(vec![1, 2], 2), (vec![1, 2], false));
         assert!(limit(0).is_ok() && limit(1000).is_ok() && limit(1001).is_err() && limit(-1).is_err());
     }
 }

@@ -2,10 +2,10 @@
 //! as gRPC handlers and as the OpenAI-compatible REST routes on the same
 //! port, serve until told to stop, then drain.
 
-use std::{future::Future, time::Duration};
+use std::future::Future;
 
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::api::{AdminApi, DatasetApi, EvalApi, FineTuningApi, GraderApi, ModelApi};
 use crate::app::{App, Engine};
@@ -38,7 +38,7 @@ pub async fn run_with(
     let loopback = listener.local_addr()?.ip().is_loopback();
     // Settings that cannot work fail the start before the store is opened.
     let tls = crate::tls::ServerTls::load(&config.tls)?;
-    let builder = builder(tls.as_ref())?;
+    let acceptor = tls.as_ref().map(crate::tls::ServerTls::acceptor).transpose()?;
     if tls.is_none() && !loopback {
         tracing::warn!(
             "serving plaintext HTTP/2 beyond loopback: API keys travel in clear text; \
@@ -57,7 +57,15 @@ pub async fn run_with(
             return Err(anyhow::anyhow!("{e}"));
         }
     }
-    let dropped = serve(builder, listener, &app, &config, shutdown).await;
+    let addr = listener.local_addr()?;
+    let dropped = match acceptor {
+        Some(acceptor) => serve(crate::tls::incoming(listener, acceptor), addr, &app, &config, shutdown).await,
+        None => {
+            // Small unary replies must not wait for Nagle's algorithm (40 ms tails).
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            serve(incoming, addr, &app, &config, shutdown).await
+        }
+    };
     if matches!(dropped, Ok(true)) {
         app.stop_uploads().await;
     }
@@ -68,44 +76,29 @@ pub async fn run_with(
     dropped.map(|_| ())
 }
 
-/// The server's transport settings: HTTP/2 windows and TLS, if any (with
-/// client certificates required when it has a client CA).
-fn builder(tls: Option<&crate::tls::ServerTls>) -> anyhow::Result<Server> {
-    let builder = Server::builder()
-        // Uploads stream hundreds of MB over one call; HTTP/2's 64 KiB
-        // default windows would make each 256 KiB chunk wait for acks. What
-        // a window admits waits in memory, so eight chunks, not more.
+/// The server's transport settings. Uploads stream hundreds of MB over
+/// one call; HTTP/2's 64 KiB default windows would make each 256 KiB chunk
+/// wait for acks. What a window admits waits in memory, so eight chunks,
+/// not more.
+fn builder() -> Server {
+    Server::builder()
         .initial_stream_window_size(Some(2 << 20))
-        .initial_connection_window_size(Some(8 << 20));
-    let Some(tls) = tls else {
-        return Ok(builder);
-    };
-    let mut config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&tls.cert_chain, &tls.key))
-        // Handshakes run beside each other; one that stalls is dropped
-        // instead of holding its socket.
-        .timeout(Duration::from_secs(10));
-    if let Some(ca) = &tls.client_ca {
-        config = config.client_ca_root(Certificate::from_pem(ca));
-    }
-    builder.tls_config(config).map_err(|e| {
-        // tonic's error says "transport error"; rustls's cause (a key that
-        // does not match the certificate, a CA that is no CA) is below it.
-        let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
-        anyhow::anyhow!("--tls-cert/--tls-key/--tls-client-ca: {cause}")
-    })
+        .initial_connection_window_size(Some(8 << 20))
 }
 
-/// Serves `app` over gRPC until `shutdown`, then drains for the grace
-/// period; true when requests were still in flight at its end (and were
-/// dropped).
-async fn serve(
-    builder: Server,
-    listener: TcpListener,
+/// Serves `app` on `incoming` connections (plaintext or handshaken TLS)
+/// until `shutdown`, then drains for the grace period; true when requests
+/// were still in flight at its end (and were dropped).
+async fn serve<IO>(
+    incoming: impl futures::Stream<Item = std::io::Result<IO>>,
+    addr: std::net::SocketAddr,
     app: &App,
     config: &ServeConfig,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<bool>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+{
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, tonic_health::ServingStatus::Serving).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -117,9 +110,6 @@ async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let addr = listener.local_addr()?;
-    // Small unary replies must not wait for Nagle's algorithm (40 ms tails).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(
         %addr,
         data_dir = %config.data_dir.display(),
@@ -147,7 +137,7 @@ async fn serve(
         .routes()
         .into_axum_router()
         .merge(crate::rest::router(crate::rest::Rest::new(app)));
-    let server = builder
+    let server = builder()
         // REST clients (the `openai` SDK among them) speak HTTP/1.1.
         .accept_http1(true)
         .trace_fn(|req| tracing::info_span!("call", method = %req.method(), path = %req.uri().path()))

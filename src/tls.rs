@@ -1,14 +1,23 @@
-//! TLS material read from PEM files and checked once, for any front door or
-//! client: the gRPC server and `Client` build their tonic configurations
-//! from it, and a REST door can build its rustls one from the same bytes.
+//! TLS material read from PEM files and checked once, and the server's
+//! acceptor: one listener serves gRPC (HTTP/2) and REST clients that speak
+//! HTTP/1.1 only (the `openai` SDK), so the handshake offers both in ALPN
+//! (tonic's own TLS offers h2 alone, which an HTTP/1.1 client's handshake
+//! fails on). `Client` builds its tonic configuration from the same bytes.
 //! Knows neither tonic nor HTTP.
 //!
 //! Errors name the setting and the file, never the file's contents (a key
 //! file's lines are secrets).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::{self, RootCertStore, server::WebPkiClientVerifier};
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::TlsConfig;
 
@@ -59,6 +68,91 @@ impl ServerTls {
                 .transpose()?,
         }))
     }
+}
+
+/// A handshake that takes longer is dropped instead of holding its socket.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshaken connections waiting for the server to take them.
+const ACCEPTED_BACKLOG: usize = 64;
+
+impl ServerTls {
+    /// The rustls configuration: this certificate, client certificates
+    /// required when there is a client CA, ALPN `h2` then `http/1.1`.
+    pub fn acceptor(&self) -> anyhow::Result<TlsAcceptor> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(ca) {
+                    roots
+                        .add(cert.map_err(|_| anyhow::anyhow!("--tls-client-ca: a malformed PEM certificate"))?)
+                        .map_err(|e| anyhow::anyhow!("--tls-client-ca: {e}"))?;
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| anyhow::anyhow!("--tls-client-ca: {e}"))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let certs = CertificateDer::pem_slice_iter(&self.cert_chain)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| anyhow::anyhow!("--tls-cert: a malformed PEM certificate"))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&self.key).map_err(|_| anyhow::anyhow!("--tls-key: no PEM private key"))?;
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+/// Accepts connections on `listener` and handshakes each in its own task
+/// (a slow client holds up no one), yielding the connections that finished
+/// their handshake. Ends when the stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let (tx, rx) = mpsc::channel(ACCEPTED_BACKLOG);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let (socket, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: report it and
+                    // let the server decide, as a plain listener would.
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            // Small unary replies must not wait for Nagle's algorithm.
+            let _ = socket.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// The PEM file at `path`, checked to hold one or more certificates and

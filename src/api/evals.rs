@@ -49,6 +49,48 @@ impl EvalService for EvalApi {
         }))
     }
 
+    async fn list_evals(
+        &self,
+        request: Request<proto::ListEvalsRequest>,
+    ) -> Result<Response<proto::ListEvalsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let sort = convert::eval_sort(req.sort)?;
+        let page = convert::page(req.page_size, req.page_token, req.order)?;
+        let (evals, next_page_token) = self.evals.list_evals(&caller, sort, &page).await?;
+        Ok(Response::new(proto::ListEvalsResponse {
+            evals: evals.into_iter().map(convert::eval).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_eval(
+        &self,
+        request: Request<proto::UpdateEvalRequest>,
+    ) -> Result<Response<proto::UpdateEvalResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let id = req.id.clone();
+        let eval = self.evals.update_eval(&caller, &id, convert::update_eval(req)).await?;
+        Ok(Response::new(proto::UpdateEvalResponse {
+            eval: Some(convert::eval(eval)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_eval(
+        &self,
+        request: Request<proto::DeleteEvalRequest>,
+    ) -> Result<Response<proto::DeleteEvalResponse>, Status> {
+        let caller = caller(&request)?;
+        let eval = self.evals.delete_eval(&caller, &request.into_inner().id).await?;
+        Ok(Response::new(proto::DeleteEvalResponse {
+            id: eval.id,
+            deleted: true,
+        }))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn create_eval_run(
         &self,
@@ -79,10 +121,9 @@ impl EvalService for EvalApi {
     ) -> Result<Response<proto::ListEvalRunsResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        let (runs, next_page_token) = self
-            .evals
-            .list_runs(&caller, &req.eval_id, req.page_size, &req.page_token)
-            .await?;
+        let state = convert::run_state_from_proto(req.state)?;
+        let page = convert::page(req.page_size, req.page_token, req.order)?;
+        let (runs, next_page_token) = self.evals.list_runs(&caller, &req.eval_id, state, &page).await?;
         Ok(Response::new(proto::ListEvalRunsResponse {
             runs: runs.into_iter().map(convert::eval_run).collect(),
             next_page_token,
@@ -100,6 +141,30 @@ impl EvalService for EvalApi {
         }))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn delete_eval_run(
+        &self,
+        request: Request<proto::DeleteEvalRunRequest>,
+    ) -> Result<Response<proto::DeleteEvalRunResponse>, Status> {
+        let caller = caller(&request)?;
+        let run = self.evals.delete_run(&caller, &request.into_inner().id).await?;
+        Ok(Response::new(proto::DeleteEvalRunResponse {
+            id: run.id,
+            deleted: true,
+        }))
+    }
+
+    async fn get_output_item(
+        &self,
+        request: Request<proto::GetOutputItemRequest>,
+    ) -> Result<Response<proto::GetOutputItemResponse>, Status> {
+        let caller = caller(&request)?;
+        let item = self.evals.get_item(&caller, &request.into_inner().id).await?;
+        Ok(Response::new(proto::GetOutputItemResponse {
+            item: Some(convert::output_item(item)),
+        }))
+    }
+
     async fn list_output_items(
         &self,
         request: Request<proto::ListOutputItemsRequest>,
@@ -107,10 +172,8 @@ impl EvalService for EvalApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let status = convert::item_status_from_proto(req.status)?;
-        let (items, next_page_token) = self
-            .evals
-            .list_items(&caller, &req.run_id, status, req.page_size, &req.page_token)
-            .await?;
+        let page = convert::page(req.page_size, req.page_token, req.order)?;
+        let (items, next_page_token) = self.evals.list_items(&caller, &req.run_id, status, &page).await?;
         Ok(Response::new(proto::ListOutputItemsResponse {
             items: items.into_iter().map(convert::output_item).collect(),
             next_page_token,

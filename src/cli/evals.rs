@@ -288,6 +288,7 @@ fn run_request(a: RunArgs) -> anyhow::Result<proto::CreateEvalRunRequest> {
         concurrency: a.concurrency,
         error_rate_threshold: a.error_rate,
         name: a.name,
+        ..Default::default()
     })
 }
 
@@ -330,6 +331,7 @@ pub async fn run(addr: &str, json: bool, cmd: EvalsCommand) -> anyhow::Result<Ou
                     item_schema: item_schema.as_ref().map(struct_from_json),
                     testing_criteria,
                     metadata: Default::default(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_error)?
@@ -410,6 +412,7 @@ pub async fn run(addr: &str, json: bool, cmd: EvalsCommand) -> anyhow::Result<Ou
                     status: status as i32,
                     page_size: limit,
                     page_token: page_token.unwrap_or_default(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_error)?

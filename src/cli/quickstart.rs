@@ -312,6 +312,7 @@ async fn ensure_eval(evals: &mut EvalServiceClient<Channel>, state: &mut State) 
                 name: "exact label".into(),
             }],
             metadata: [("quickstart".to_string(), "banking77".to_string())].into(),
+            ..Default::default()
         })
         .await
         .map_err(status_error)?
@@ -378,6 +379,7 @@ async fn ensure_run(
             concurrency: 64,
             error_rate_threshold: 0.0,
             name: name.into(),
+            ..Default::default()
         })
         .await
         .map_err(status_error)?

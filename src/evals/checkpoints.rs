@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::manager::{CreateRun, Evals, MAX_CONCURRENCY};
+use super::manager::{CreateRun, Evals, MAX_CONCURRENCY, Page};
 use super::model::{DataSource, RunRecord, RunState, SamplingParams};
 use super::stats;
 use crate::auth::model::Caller;
@@ -51,7 +51,16 @@ impl CheckpointEvals {
         loop {
             let (runs, next) = self
                 .0
-                .list_runs(caller, eval_id, 100, &token)
+                .list_runs(
+                    caller,
+                    eval_id,
+                    None,
+                    &Page {
+                        size: 100,
+                        token: token.clone(),
+                        ..Default::default()
+                    },
+                )
                 .await
                 .map_err(|e| e.public_message())?;
             if let Some(run) = runs.into_iter().find(|r| r.spec.name == name) {
@@ -167,6 +176,7 @@ impl CheckpointEvaluator for CheckpointEvals {
                         concurrency: ce.concurrency,
                         error_rate_threshold: 0.0,
                         name,
+                        metadata: Default::default(),
                     },
                 )
                 .await

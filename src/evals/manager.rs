@@ -24,11 +24,13 @@ use crate::ids::{self, now_millis};
 use crate::inference::ChatModel;
 use crate::models::Models;
 use crate::paging;
-use crate::store::Store;
+use crate::store::{Cursor, EvalQuery, ItemQuery, RunQuery, Store, StoreError};
 
-/// Marks ListEvalRuns and ListOutputItems page tokens.
-const RUNS_TOKEN: &str = "erp1.";
-const ITEMS_TOKEN: &str = "eip1.";
+/// Mark page tokens of ListEvals, ListEvalRuns and ListOutputItems, one
+/// per order (and sort), so a token is refused by a listing in another.
+const EVALS_TOKEN: [[&str; 2]; 2] = [["evpa1.", "evp1."], ["evpua1.", "evpu1."]];
+const RUNS_TOKEN: [&str; 2] = ["erpa1.", "erp1."];
+const ITEMS_TOKEN: [&str; 2] = ["eip1.", "eipd1."];
 /// Concurrency when a run does not say.
 pub const DEFAULT_CONCURRENCY: u32 = 16;
 pub const MAX_CONCURRENCY: u32 = 256;
@@ -64,8 +66,68 @@ impl Default for EvalsConfig {
 pub struct CreateEval {
     pub name: String,
     pub item_schema: Option<Value>,
+    pub include_sample_schema: bool,
     pub criteria: Vec<NewCriterion>,
     pub metadata: BTreeMap<String, String>,
+}
+
+/// What an update of an eval changes: what is None stays as it is.
+#[derive(Clone, Debug, Default)]
+pub struct UpdateEval {
+    pub name: Option<String>,
+    /// Replaces the whole metadata (empty clears it).
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Which page of a listing: the first, the one a previous page's token
+/// names, or the one after a record the caller names by id (OpenAI's
+/// `after`); in the listing's order, its default when None.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    /// At most 1000; 0 means 20.
+    pub size: i32,
+    pub token: String,
+    pub after_id: Option<String>,
+    pub order: Option<Order>,
+}
+
+impl Page {
+    /// The first page of `size` items after the record `after_id`.
+    pub fn after(size: i32, after_id: Option<String>, order: Option<Order>) -> Self {
+        Page {
+            size,
+            token: String::new(),
+            after_id,
+            order,
+        }
+    }
+
+    fn order_or(&self, default: Order) -> Order {
+        self.order.unwrap_or(default)
+    }
+}
+
+fn order_index(order: Order) -> usize {
+    match order {
+        Order::Ascending => 0,
+        Order::Descending => 1,
+    }
+}
+
+/// An `after` id that does not name a record of the listing.
+fn bad_after(id: &str, what: &str) -> Error {
+    Error::invalid("after", format!("{id:?} is not {what}"))
+}
+
+/// A token and an id together are ambiguous.
+fn one_start(page: &Page) -> Result<()> {
+    if page.after_id.is_some() && !page.token.is_empty() {
+        return Err(Error::invalid(
+            "after",
+            "give a page token or an id to start after, not both",
+        ));
+    }
+    Ok(())
 }
 
 /// A testing criterion as requested.
@@ -86,6 +148,7 @@ pub struct CreateRun {
     pub concurrency: u32,
     pub error_rate_threshold: f64,
     pub name: String,
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// What WatchEvalRun streams: progress in order, then the final run once.
@@ -215,10 +278,7 @@ impl Evals {
 
     pub async fn create_eval(&self, caller: &Caller, req: CreateEval) -> Result<EvalRecord> {
         let mut v = Vec::new();
-        let name = req.name.trim().to_string();
-        if name.is_empty() || name.chars().count() > 256 {
-            v.push(FieldViolation::new("name", "an eval name is 1 to 256 characters"));
-        }
+        let name = check_eval_name(&req.name, &mut v);
         if let Some(s) = &req.item_schema {
             for (pointer, message) in schema::check_schema(s) {
                 v.push(FieldViolation::new(
@@ -309,16 +369,19 @@ impl Evals {
         if !v.is_empty() {
             return Err(Error::InvalidArgument(v));
         }
+        let now = now_millis();
         let eval = EvalRecord {
             id: ids::new_id("eval"),
             project: caller.project.clone(),
             name,
             spec: EvalSpec {
                 item_schema: req.item_schema,
+                include_sample_schema: req.include_sample_schema,
                 criteria,
                 metadata: req.metadata,
             },
-            created_at: now_millis(),
+            created_at: now,
+            updated_at: now,
         };
         self.store.insert_eval(&eval).await?;
         Ok(eval)
@@ -332,6 +395,137 @@ impl Evals {
             .await?
             .filter(|e| caller.sees(&e.project))
             .ok_or_else(|| Error::not_found("eval", id))
+    }
+
+    /// The caller's project's evals, a page at a time: newest first unless
+    /// the page asks otherwise, by creation time or by update time.
+    pub async fn list_evals(&self, caller: &Caller, sort: EvalSort, page: &Page) -> Result<(Vec<EvalRecord>, String)> {
+        one_start(page)?;
+        let limit = paging::limit(page.size)?;
+        let order = page.order_or(Order::Descending);
+        let by_updated = sort == EvalSort::UpdatedAt;
+        let prefix = EVALS_TOKEN[by_updated as usize][order_index(order)];
+        let position = |e: &EvalRecord| if by_updated { e.updated_at } else { e.created_at };
+        let after = match &page.after_id {
+            Some(id) => {
+                let e = match self.get_eval(caller, id).await {
+                    Ok(e) => e,
+                    Err(Error::NotFound { .. } | Error::InvalidArgument(_)) => {
+                        return Err(bad_after(id, "an eval of this project"));
+                    }
+                    Err(e) => return Err(e),
+                };
+                Some(Cursor {
+                    created_at: position(&e),
+                    id: e.id,
+                })
+            }
+            None => paging::decode_cursor(prefix, &page.token, "ListEvals")?,
+        };
+        let evals = self
+            .store
+            .list_evals(&EvalQuery {
+                project: caller.project.clone(),
+                sort,
+                order,
+                after,
+                limit: limit + 1,
+            })
+            .await?;
+        Ok(paging::split(evals, limit, |e| {
+            paging::encode_cursor(prefix, position(e), &e.id)
+        }))
+    }
+
+    /// Renames the eval or replaces its metadata; its criteria and runs
+    /// stay as they are.
+    pub async fn update_eval(&self, caller: &Caller, id: &str, req: UpdateEval) -> Result<EvalRecord> {
+        let mut v = Vec::new();
+        let name = req.name.as_deref().map(|n| check_eval_name(n, &mut v));
+        if let Some(m) = &req.metadata {
+            crate::limits::check_metadata("metadata", m, &mut v);
+        }
+        if !v.is_empty() {
+            return Err(Error::InvalidArgument(v));
+        }
+        // Compare-and-set on the time of the version read: a concurrent
+        // update of the other field is never lost, only retried over.
+        for _ in 0..16 {
+            let mut eval = self.get_eval(caller, id).await?;
+            let read = eval.updated_at;
+            if let Some(name) = &name {
+                eval.name = name.clone();
+            }
+            if let Some(m) = &req.metadata {
+                eval.spec.metadata = m.clone();
+            }
+            eval.updated_at = now_millis().max(read + 1);
+            if self.store.update_eval(&eval, read).await? {
+                return Ok(eval);
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "eval {id} kept changing while it was being updated; try again"
+        )))
+    }
+
+    /// Deletes the eval with its runs and their output items. Runs that
+    /// have not finished stop as they would when canceled (this replica's
+    /// at once, other replicas' at their next heartbeat, which finds the
+    /// run gone); a watcher of one ends with NOT_FOUND.
+    pub async fn delete_eval(&self, caller: &Caller, id: &str) -> Result<EvalRecord> {
+        let eval = self.get_eval(caller, id).await?;
+        let runs = self
+            .store
+            .delete_eval(id)
+            .await?
+            .ok_or_else(|| Error::not_found("eval", id))?;
+        for run in &runs {
+            self.stop_local(run);
+        }
+        Ok(eval)
+    }
+
+    /// Deletes the run and its output items; a run that has not finished
+    /// stops first, as it would when canceled.
+    pub async fn delete_run(&self, caller: &Caller, id: &str) -> Result<RunRecord> {
+        self.get_run(caller, id).await?;
+        let run = self
+            .store
+            .delete_eval_run(id)
+            .await?
+            .ok_or_else(|| Error::not_found("eval run", id))?;
+        self.stop_local(id);
+        Ok(run)
+    }
+
+    /// Stops this process's work on a run that is canceled or gone, and
+    /// wakes its watchers.
+    fn stop_local(&self, run_id: &str) {
+        // A runner on another replica learns it from its next heartbeat.
+        if let Some(stop) = self.running.lock().ok().and_then(|r| r.get(run_id).cloned()) {
+            stop.cancel();
+        }
+        self.bus.notify(run_id, u64::MAX);
+    }
+
+    /// One output item by its id (`OutputItemRecord::id`), if its run is
+    /// the caller's project's.
+    pub async fn get_item(&self, caller: &Caller, id: &str) -> Result<OutputItemRecord> {
+        let (run_id, index) = parse_output_item_id(id).ok_or_else(|| {
+            Error::invalid(
+                "id",
+                format!("{id:?} is not an output item id (outputitem_<run>_<row>)"),
+            )
+        })?;
+        self.get_run(caller, &run_id).await.map_err(|e| match e {
+            Error::NotFound { .. } => Error::not_found("output item", id),
+            e => e,
+        })?;
+        self.store
+            .get_output_item(&run_id, index)
+            .await?
+            .ok_or_else(|| Error::not_found("output item", id))
     }
 
     pub(crate) fn check_source(source: &Option<DataSource>, v: &mut Vec<FieldViolation>) {
@@ -463,6 +657,7 @@ impl Evals {
         if req.name.chars().count() > 256 {
             v.push(FieldViolation::new("name", "at most 256 characters"));
         }
+        crate::limits::check_metadata("metadata", &req.metadata, &mut v);
         let dataset = if ids::is_valid("ds", &req.dataset_id) {
             let d = self
                 .store
@@ -523,6 +718,7 @@ impl Evals {
             concurrency,
             error_rate_threshold,
             criteria: eval.spec.criteria.iter().map(|c| c.name.clone()).collect(),
+            metadata: req.metadata,
         };
         let run = RunRecord {
             id: ids::new_id("evalrun"),
@@ -542,7 +738,13 @@ impl Evals {
             lease_owner: None,
             lease_expires_at: None,
         };
-        self.store.insert_eval_run(&run).await.map_err(Error::dataset_gone)?;
+        if let Err(e) = self.store.insert_eval_run(&run).await {
+            // An eval deleted while the run was being made takes precedence.
+            if matches!(e, StoreError::Gone(_)) && self.store.get_eval(&eval.id).await?.is_none() {
+                return Err(Error::not_found("eval", &eval.id));
+            }
+            return Err(Error::dataset_gone(e));
+        }
         self.wake.notify_one();
         Ok(run)
     }
@@ -660,20 +862,46 @@ impl Evals {
             .ok_or_else(|| Error::not_found("eval run", id))
     }
 
+    /// An eval's runs, optionally of one state: newest first unless the
+    /// page asks otherwise.
     pub async fn list_runs(
         &self,
         caller: &Caller,
         eval_id: &str,
-        page_size: i32,
-        page_token: &str,
+        state: Option<RunState>,
+        page: &Page,
     ) -> Result<(Vec<RunRecord>, String)> {
         check_id("eval", "eval_id", eval_id, "an eval id")?;
         self.get_eval(caller, eval_id).await?;
-        let limit = paging::limit(page_size)?;
-        let after = paging::decode_cursor(RUNS_TOKEN, page_token, "ListEvalRuns")?;
-        let runs = self.store.list_eval_runs(eval_id, after.as_ref(), limit + 1).await?;
+        one_start(page)?;
+        let limit = paging::limit(page.size)?;
+        let order = page.order_or(Order::Descending);
+        let prefix = RUNS_TOKEN[order_index(order)];
+        let after = match &page.after_id {
+            Some(id) => match self.get_run(caller, id).await {
+                Ok(run) if run.eval_id == eval_id => Some(Cursor {
+                    created_at: run.created_at,
+                    id: run.id,
+                }),
+                Ok(_) | Err(Error::NotFound { .. } | Error::InvalidArgument(_)) => {
+                    return Err(bad_after(id, "a run of this eval"));
+                }
+                Err(e) => return Err(e),
+            },
+            None => paging::decode_cursor(prefix, &page.token, "ListEvalRuns")?,
+        };
+        let runs = self
+            .store
+            .list_eval_runs(&RunQuery {
+                eval_id: eval_id.to_string(),
+                state,
+                order,
+                after,
+                limit: limit + 1,
+            })
+            .await?;
         Ok(paging::split(runs, limit, |r| {
-            paging::encode_cursor(RUNS_TOKEN, r.created_at, &r.id)
+            paging::encode_cursor(prefix, r.created_at, &r.id)
         }))
     }
 
@@ -693,30 +921,33 @@ impl Evals {
             let state = self.load_run(id).await?.state;
             return Err(refusal(id, state));
         };
-        // A runner on another replica learns it from its next heartbeat.
-        if let Some(stop) = self.running.lock().ok().and_then(|r| r.get(id).cloned()) {
-            stop.cancel();
-        }
-        self.bus.notify(id, u64::MAX);
+        self.stop_local(id);
         Ok(run)
     }
 
+    /// A run's output items, optionally of one status: in dataset order
+    /// unless the page asks for the reverse.
     pub async fn list_items(
         &self,
         caller: &Caller,
         run_id: &str,
         status: Option<ItemStatus>,
-        page_size: i32,
-        page_token: &str,
+        page: &Page,
     ) -> Result<(Vec<OutputItemRecord>, String)> {
         self.get_run(caller, run_id).await?;
-        let limit = paging::limit(page_size)?;
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            Some(
-                page_token
-                    .strip_prefix(ITEMS_TOKEN)
+        one_start(page)?;
+        let limit = paging::limit(page.size)?;
+        let order = page.order_or(Order::Ascending);
+        let prefix = ITEMS_TOKEN[order_index(order)];
+        let after_index = match &page.after_id {
+            Some(id) => match parse_output_item_id(id) {
+                Some((run, index)) if run == run_id => Some(index),
+                _ => return Err(bad_after(id, "an output item of this run")),
+            },
+            None if page.token.is_empty() => None,
+            None => Some(
+                page.token
+                    .strip_prefix(prefix)
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| {
                         Error::invalid(
@@ -724,10 +955,19 @@ impl Evals {
                             "not a page token from a previous ListOutputItems response",
                         )
                     })?,
-            )
+            ),
         };
-        let items = self.store.list_output_items(run_id, status, after, limit + 1).await?;
-        Ok(paging::split(items, limit, |i| format!("{ITEMS_TOKEN}{}", i.index)))
+        let items = self
+            .store
+            .list_output_items(&ItemQuery {
+                run_id: run_id.to_string(),
+                status,
+                order,
+                after_index,
+                limit: limit + 1,
+            })
+            .await?;
+        Ok(paging::split(items, limit, |i| format!("{prefix}{}", i.index)))
     }
 
     /// Progress after `after_seq`, then live progress, then the final run.
@@ -843,7 +1083,10 @@ impl Evals {
             let mut map = Outcomes::new();
             let mut after = None;
             loop {
-                let page = self.store.list_output_items(&run.id, None, after, 1000).await?;
+                let page = self
+                    .store
+                    .list_output_items(&ItemQuery::all(&run.id, after, 1000))
+                    .await?;
                 let n = page.len();
                 for item in page {
                     after = Some(item.index);
@@ -927,6 +1170,15 @@ impl Evals {
             truncated,
         })
     }
+}
+
+/// An eval's name, trimmed: 1 to 256 characters.
+fn check_eval_name(name: &str, v: &mut Vec<FieldViolation>) -> String {
+    let name = name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 256 {
+        v.push(FieldViolation::new("name", "an eval name is 1 to 256 characters"));
+    }
+    name
 }
 
 /// A criterion's pass rate with its 95% Wilson interval.

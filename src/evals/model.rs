@@ -19,6 +19,10 @@ pub struct Criterion {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalSpec {
     pub item_schema: Option<Value>,
+    /// Whether the eval expects a sample beside each item (OpenAI's
+    /// `include_sample_schema`): shown in the eval's schema.
+    #[serde(default)]
+    pub include_sample_schema: bool,
     pub criteria: Vec<Criterion>,
     pub metadata: BTreeMap<String, String>,
 }
@@ -31,6 +35,24 @@ pub struct EvalRecord {
     pub name: String,
     pub spec: EvalSpec,
     pub created_at: i64,
+    /// When the name or metadata last changed (`created_at` until then).
+    pub updated_at: i64,
+}
+
+/// Which way a listing goes: by creation time (an eval's by its update
+/// time when asked), an output item list by dataset order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Ascending,
+    Descending,
+}
+
+/// What a listing of evals sorts on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EvalSort {
+    #[default]
+    CreatedAt,
+    UpdatedAt,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -112,6 +134,8 @@ pub struct RunSpec {
     pub error_rate_threshold: f64,
     /// The eval's criterion names when the run was created, in order.
     pub criteria: Vec<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl RunSpec {
@@ -221,6 +245,17 @@ pub struct ItemDetail {
     pub finish_reason: String,
     pub results: Vec<Outcome>,
     pub error: Option<String>,
+    /// The sampled model's tokens for this item (none for precomputed samples).
+    #[serde(default)]
+    pub usage: Option<SampleUsage>,
+}
+
+/// What sampling one item cost.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleUsage {
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -235,4 +270,58 @@ pub struct OutputItemRecord {
     /// The run's tallies including this item.
     pub progress: Progress,
     pub created_at: i64,
+}
+
+/// The prefix of output item ids.
+const ITEM_PREFIX: &str = "outputitem_";
+
+impl OutputItemRecord {
+    /// The item's id: its run and its row, `outputitem_<run>_<index>`.
+    pub fn id(&self) -> String {
+        output_item_id(&self.run_id, self.index)
+    }
+}
+
+/// The id of `run_id`'s output item for dataset row `index`.
+pub fn output_item_id(run_id: &str, index: u64) -> String {
+    format!(
+        "{ITEM_PREFIX}{}_{index}",
+        run_id.strip_prefix("evalrun_").unwrap_or(run_id)
+    )
+}
+
+/// The run id and row of an id from [`output_item_id`]; None for anything else.
+pub fn parse_output_item_id(id: &str) -> Option<(String, u64)> {
+    let (run, index) = id.strip_prefix(ITEM_PREFIX)?.rsplit_once('_')?;
+    let run = format!("evalrun_{run}");
+    let canonical =
+        !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) && (index == "0" || !index.starts_with('0'));
+    if !crate::ids::is_valid("evalrun", &run) || !canonical {
+        return None;
+    }
+    Some((run, index.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_item_ids_name_their_run_and_row() {
+        let run = crate::ids::new_id("evalrun");
+        let id = output_item_id(&run, 17);
+        assert!(id.starts_with("outputitem_") && !id.contains("evalrun"), "{id}");
+        assert_eq!(parse_output_item_id(&id), Some((run.clone(), 17)));
+        for bad in [
+            "outputitem_x_1".to_string(),
+            format!("{id}x"),
+            id.replace("_17", "_"),
+            id.replace("_17", "_+1"),
+            id.replace("_17", "_017"),
+            run.clone(),
+            format!("outputitem_{run}_1"),
+        ] {
+            assert_eq!(parse_output_item_id(&bad), None, "{bad}");
+        }
+    }
 }

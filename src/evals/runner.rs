@@ -178,7 +178,10 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
         let mut done = HashSet::new();
         let mut after = None;
         loop {
-            let page = evals.store.list_output_items(&run.id, None, after, 1000).await?;
+            let page = evals
+                .store
+                .list_output_items(&crate::store::ItemQuery::all(&run.id, after, 1000))
+                .await?;
             let n = page.len();
             for item in page {
                 after = Some(item.index);

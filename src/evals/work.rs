@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::model::{Criterion, DataSource, ItemDetail, ItemStatus, Outcome};
+use super::model::{Criterion, DataSource, ItemDetail, ItemStatus, Outcome, SampleUsage};
 use crate::graders::service::Batch;
 use crate::graders::{GraderErrors, Sample, Template};
 use crate::inference::{ChatCompletion, ChatError, ChatModel, ChatRequest};
@@ -197,6 +197,11 @@ impl RunWork {
                     Ok(c) => {
                         let u = &c.usage;
                         usage.insert(model.clone(), (u.prompt, u.completion, u.prompt + u.completion));
+                        detail.usage = Some(SampleUsage {
+                            model: model.clone(),
+                            prompt_tokens: u.prompt,
+                            completion_tokens: u.completion,
+                        });
                         detail.sample = c.text.clone();
                         detail.tool_calls = c.tool_calls.clone();
                         detail.finish_reason = c.finish_reason.clone();

@@ -93,6 +93,12 @@ fn check_job_id(id: &str) -> Result<()> {
     }
 }
 
+/// A listing's start (`after`) that names no record the caller sees: a
+/// violation on `after`, the same answer whether it exists elsewhere or not.
+fn no_start(kind: &str, id: &str) -> Error {
+    Error::invalid("after", format!("{id:?} is not a {kind} here to list after"))
+}
+
 impl Jobs {
     pub fn new(
         store: Arc<dyn Store>,
@@ -384,6 +390,7 @@ impl Jobs {
             .ok_or_else(|| Error::not_found("job", id))
     }
 
+    /// The caller's jobs, newest first, from a page token.
     pub async fn list(
         &self,
         caller: &Caller,
@@ -392,13 +399,43 @@ impl Jobs {
         page_token: &str,
     ) -> Result<(Vec<JobRecord>, String)> {
         let limit = paging::limit(page_size)?;
-        query.project = Some(caller.project.clone());
         query.after = paging::decode_cursor(PAGE_TOKEN, page_token, "ListJobs")?;
-        query.limit = limit + 1;
-        let jobs = self.store.list_jobs(&query).await?;
+        let jobs = self.list_rows(caller, query, limit).await?;
         Ok(paging::split(jobs, limit, |j| {
             paging::encode_cursor(PAGE_TOKEN, j.created_at, &j.id)
         }))
+    }
+
+    /// The caller's jobs, newest first, after the job `after` (a door that
+    /// pages by the last id it was given: OpenAI's `after`), and whether
+    /// more follow. An id the caller cannot see is refused on `after`.
+    pub async fn list_after(
+        &self,
+        caller: &Caller,
+        mut query: JobQuery,
+        after: Option<&str>,
+        page_size: i32,
+    ) -> Result<(Vec<JobRecord>, bool)> {
+        let limit = paging::limit(page_size)?;
+        if let Some(id) = after {
+            let job = self.get(caller, id).await.map_err(|e| match e {
+                Error::NotFound { .. } | Error::InvalidArgument(_) => no_start("job", id),
+                other => other,
+            })?;
+            query.after = Some(crate::store::Cursor {
+                created_at: job.created_at,
+                id: job.id,
+            });
+        }
+        let jobs = self.list_rows(caller, query, limit).await?;
+        Ok(paging::cut(jobs, limit))
+    }
+
+    /// Up to `limit + 1` of the caller's jobs matching `query`.
+    async fn list_rows(&self, caller: &Caller, mut query: JobQuery, limit: usize) -> Result<Vec<JobRecord>> {
+        query.project = Some(caller.project.clone());
+        query.limit = limit + 1;
+        Ok(self.store.list_jobs(&query).await?)
     }
 
     async fn control(
@@ -538,6 +575,47 @@ impl Jobs {
         };
         let list = self.store.list_checkpoints(id, before, limit + 1).await?;
         Ok(paging::split(list, limit, |c| format!("ck1.{}", c.step)))
+    }
+
+    /// The job's events newest first, before sequence number `before_seq`
+    /// (from the latest when None), and whether older ones follow.
+    pub async fn events_newest_first(
+        &self,
+        caller: &Caller,
+        id: &str,
+        before_seq: Option<u64>,
+        page_size: i32,
+    ) -> Result<(Vec<JobEvent>, bool)> {
+        self.get(caller, id).await?;
+        let limit = paging::limit(page_size)?;
+        let events = self.store.list_events_before(id, before_seq, limit + 1).await?;
+        Ok(paging::cut(events, limit))
+    }
+
+    /// The job's checkpoints, latest step first, after the checkpoint
+    /// `after` (a door that pages by the last id it was given), and whether
+    /// more follow. An id that is not one of the job's checkpoints is
+    /// refused on `after`.
+    pub async fn checkpoints_after(
+        &self,
+        caller: &Caller,
+        id: &str,
+        after: Option<&str>,
+        page_size: i32,
+    ) -> Result<(Vec<CheckpointRecord>, bool)> {
+        self.get(caller, id).await?;
+        let limit = paging::limit(page_size)?;
+        let before = match after {
+            None => None,
+            Some(checkpoint) => Some(
+                self.store
+                    .checkpoint_step(id, checkpoint)
+                    .await?
+                    .ok_or_else(|| no_start("checkpoint of this job", checkpoint))?,
+            ),
+        };
+        let list = self.store.list_checkpoints(id, before, limit + 1).await?;
+        Ok(paging::cut(list, limit))
     }
 
     /// Events after `after_seq`, then live ones, then the final job. The

@@ -151,13 +151,21 @@ impl From<JsonRejection> for ApiError {
         match &rejection {
             JsonRejection::JsonDataError(e) => {
                 // axum reads bodies through serde_path_to_error: a source
-                // down the chain (under axum's own error) names the path to
-                // the value that did not fit.
+                // (behind axum's own error) names the path to the value that
+                // did not fit.
                 let path = std::iter::successors(std::error::Error::source(e), |s| s.source())
                     .find_map(|s| s.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>())
                     .map(|e| (e.path().to_string(), e.inner().to_string()));
                 match path {
-                    Some((path, inner)) if path != "." => ApiError::invalid(path.clone(), format!("{path}: {inner}")),
+                    Some((path, inner)) if path != "." => {
+                        let error = ApiError::invalid(path, inner.as_str());
+                        // An unknown field's path ends with the field itself.
+                        if inner.starts_with("unknown field") {
+                            error.code("unknown_parameter")
+                        } else {
+                            error
+                        }
+                    }
                     Some((_, inner)) => unknown_field(&inner),
                     None => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", rejection.body_text()),
                 }

@@ -9,14 +9,17 @@ macro_rules! impl_eval_store {
         #[async_trait::async_trait]
         impl $crate::store::traits::EvalStore for $store {
             async fn insert_eval(&self, e: &$crate::evals::model::EvalRecord) -> Result<(), $crate::store::error::StoreError> {
-                let result = sqlx::query("INSERT INTO evals (id, name, spec, created_at, project_id) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(&e.id)
-                    .bind(&e.name)
-                    .bind($crate::store::rows::to_json(&e.spec))
-                    .bind(e.created_at)
-                    .bind(&e.project)
-                    .execute(&self.pool)
-                    .await;
+                let result = sqlx::query(
+                    "INSERT INTO evals (id, name, spec, created_at, project_id, updated_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&e.id)
+                .bind(&e.name)
+                .bind($crate::store::rows::to_json(&e.spec))
+                .bind(e.created_at)
+                .bind(&e.project)
+                .bind(e.updated_at)
+                .execute(&self.pool)
+                .await;
                 $crate::store::rows::unique_as_conflict(result, || e.id.clone()).map(|_| ())
             }
 
@@ -31,18 +34,80 @@ macro_rules! impl_eval_store {
                 row.as_ref().map($crate::store::rows::eval_from_row).transpose()
             }
 
+            async fn list_evals(
+                &self,
+                q: &$crate::store::types::EvalQuery,
+            ) -> Result<Vec<$crate::evals::model::EvalRecord>, $crate::store::error::StoreError> {
+                use $crate::evals::model::EvalSort;
+                let column = match q.sort {
+                    EvalSort::CreatedAt => "created_at",
+                    EvalSort::UpdatedAt => "updated_at",
+                };
+                let (cmp, dir, (ts, id)) = $crate::store::types::keyset(q.order, q.after.as_ref());
+                // Column names and directions are our own, never user input.
+                let sql = format!(
+                    "SELECT * FROM evals WHERE project_id = $1
+                       AND ({column} {cmp} $2 OR ({column} = $2 AND id {cmp} $3))
+                     ORDER BY {column} {dir}, id {dir} LIMIT $4"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(&q.project)
+                    .bind(ts)
+                    .bind(id)
+                    .bind(q.limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map($crate::store::rows::eval_from_row).collect()
+            }
+
+            async fn update_eval(
+                &self,
+                e: &$crate::evals::model::EvalRecord,
+                expected_updated_at: i64,
+            ) -> Result<bool, $crate::store::error::StoreError> {
+                let done = sqlx::query("UPDATE evals SET name = $1, spec = $2, updated_at = $3 WHERE id = $4 AND updated_at = $5")
+                    .bind(&e.name)
+                    .bind($crate::store::rows::to_json(&e.spec))
+                    .bind(e.updated_at)
+                    .bind(&e.id)
+                    .bind(expected_updated_at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn delete_eval(&self, id: &str) -> Result<Option<Vec<String>>, $crate::store::error::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let runs = sqlx::query("SELECT id FROM eval_runs WHERE eval_id = $1")
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let runs = runs
+                    .iter()
+                    .map(|r| sqlx::Row::try_get::<String, _>(r, "id"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                // Runs and their output items go with it (ON DELETE CASCADE).
+                let done = sqlx::query("DELETE FROM evals WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                if done.rows_affected() == 0 {
+                    return Ok(None);
+                }
+                tx.commit().await?;
+                Ok(Some(runs))
+            }
+
             async fn insert_eval_run(
                 &self,
                 r: &$crate::evals::model::RunRecord,
             ) -> Result<(), $crate::store::error::StoreError> {
                 use $crate::store::rows::to_json;
-                // Inserted only while its dataset exists and is ready (see
-                // `insert_job`).
+                // Inserted only while its eval exists and its dataset exists
+                // and is ready (see `insert_job`); `Gone` otherwise.
                 let result = sqlx::query(concat!(
                     "INSERT INTO eval_runs (id, eval_id, spec, dataset_id, state, total, progress, error, created_at, next_seq,
                         project_id)
                      SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10
-                     WHERE EXISTS (SELECT 1 FROM datasets WHERE id = $4 AND state = 'ready' ",
+                     WHERE EXISTS (SELECT 1 FROM evals WHERE id = $2)
+                       AND EXISTS (SELECT 1 FROM datasets WHERE id = $4 AND state = 'ready' ",
                     $lock,
                     ")"
                 ))
@@ -77,26 +142,36 @@ macro_rules! impl_eval_store {
 
             async fn list_eval_runs(
                 &self,
-                eval_id: &str,
-                after: Option<&$crate::store::types::Cursor>,
-                limit: usize,
+                q: &$crate::store::types::RunQuery,
             ) -> Result<Vec<$crate::evals::model::RunRecord>, $crate::store::error::StoreError> {
-                let (ts, id) = match after {
-                    Some(c) => (c.created_at, c.id.clone()),
-                    None => (i64::MAX, String::new()),
-                };
-                let rows = sqlx::query(
-                    "SELECT * FROM eval_runs WHERE eval_id = $1
-                       AND (created_at < $2 OR (created_at = $2 AND id < $3))
-                     ORDER BY created_at DESC, id DESC LIMIT $4",
-                )
-                .bind(eval_id)
-                .bind(ts)
-                .bind(id)
-                .bind(limit as i64)
-                .fetch_all(&self.pool)
-                .await?;
+                let (cmp, dir, (ts, id)) = $crate::store::types::keyset(q.order, q.after.as_ref());
+                // Directions are our own, never user input.
+                let sql = format!(
+                    "SELECT * FROM eval_runs WHERE eval_id = $1 AND ($2 IS NULL OR state = $2)
+                       AND (created_at {cmp} $3 OR (created_at = $3 AND id {cmp} $4))
+                     ORDER BY created_at {dir}, id {dir} LIMIT $5"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(&q.eval_id)
+                    .bind(q.state.map(|s| s.as_str()))
+                    .bind(ts)
+                    .bind(id)
+                    .bind(q.limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
                 rows.iter().map($crate::store::rows::run_from_row).collect()
+            }
+
+            async fn delete_eval_run(
+                &self,
+                id: &str,
+            ) -> Result<Option<$crate::evals::model::RunRecord>, $crate::store::error::StoreError> {
+                // Its output items go with it (ON DELETE CASCADE).
+                let row = sqlx::query("DELETE FROM eval_runs WHERE id = $1 RETURNING *")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map($crate::store::rows::run_from_row).transpose()
             }
 
             async fn record_output_items(
@@ -177,25 +252,42 @@ macro_rules! impl_eval_store {
 
             async fn list_output_items(
                 &self,
-                run_id: &str,
-                status: Option<$crate::evals::model::ItemStatus>,
-                after_index: Option<u64>,
-                limit: usize,
+                q: &$crate::store::types::ItemQuery,
             ) -> Result<Vec<$crate::evals::model::OutputItemRecord>, $crate::store::error::StoreError> {
-                let rows = sqlx::query(
+                use $crate::evals::model::Order;
+                let (cmp, dir, start) = match q.order {
+                    Order::Ascending => (">", "ASC", -1),
+                    Order::Descending => ("<", "DESC", i64::MAX),
+                };
+                // Directions are our own, never user input.
+                let sql = format!(
                     "SELECT * FROM eval_output_items
-                     WHERE run_id = $1 AND ($2 IS NULL OR status = $2) AND item_index > $3
-                     ORDER BY item_index LIMIT $4",
-                )
-                .bind(run_id)
-                .bind(status.map(|s| s.as_str()))
-                .bind(after_index.map(|i| i as i64).unwrap_or(-1))
-                .bind(limit as i64)
-                .fetch_all(&self.pool)
-                .await?;
+                     WHERE run_id = $1 AND ($2 IS NULL OR status = $2) AND item_index {cmp} $3
+                     ORDER BY item_index {dir} LIMIT $4"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(&q.run_id)
+                    .bind(q.status.map(|s| s.as_str()))
+                    .bind(q.after_index.map(|i| i as i64).unwrap_or(start))
+                    .bind(q.limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
                 rows.iter()
                     .map($crate::store::rows::output_item_from_row)
                     .collect()
+            }
+
+            async fn get_output_item(
+                &self,
+                run_id: &str,
+                index: u64,
+            ) -> Result<Option<$crate::evals::model::OutputItemRecord>, $crate::store::error::StoreError> {
+                let row = sqlx::query("SELECT * FROM eval_output_items WHERE run_id = $1 AND item_index = $2")
+                    .bind(run_id)
+                    .bind(index as i64)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map($crate::store::rows::output_item_from_row).transpose()
             }
 
             async fn list_output_items_by_seq(

@@ -260,6 +260,22 @@ macro_rules! impl_job_store {
                 rows.iter().map($crate::store::rows::event_from_row).collect()
             }
 
+            async fn list_events_before(
+                &self,
+                id: &str,
+                before_seq: Option<u64>,
+                limit: usize,
+            ) -> Result<Vec<$crate::jobs::model::JobEvent>, $crate::store::error::StoreError> {
+                let rows =
+                    sqlx::query("SELECT * FROM job_events WHERE job_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3")
+                        .bind(id)
+                        .bind(before_seq.map(|s| s as i64).unwrap_or(i64::MAX))
+                        .bind(limit as i64)
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.iter().map($crate::store::rows::event_from_row).collect()
+            }
+
             async fn insert_checkpoint(
                 &self,
                 checkpoint: &$crate::jobs::model::CheckpointRecord,
@@ -390,6 +406,20 @@ macro_rules! impl_job_store {
                         $crate::store::rows::checkpoint_from_row(row, by_checkpoint.remove(&id).unwrap_or_default())
                     })
                     .collect()
+            }
+
+            async fn checkpoint_step(
+                &self,
+                job_id: &str,
+                checkpoint_id: &str,
+            ) -> Result<Option<u64>, $crate::store::error::StoreError> {
+                let step: Option<i64> =
+                    sqlx::query_scalar("SELECT step FROM checkpoints WHERE job_id = $1 AND id = $2")
+                        .bind(job_id)
+                        .bind(checkpoint_id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(step.map(|s| s as u64))
             }
 
             async fn update_checkpoint_metrics(

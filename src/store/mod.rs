@@ -38,7 +38,9 @@ pub use self::leases::{LeaseChange, LeaseKind, LeaseStore, Leased};
 pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 pub use self::traits::{AuthStore, DatasetStore, EvalStore, GraderStore, JobStore, ModelStore, Store, UploadStore};
-pub use self::types::{Cursor, DatasetQuery, GraderRecord, JobQuery, PartAdded, Transition, UploadEnd};
+pub use self::types::{
+    Cursor, DatasetQuery, EvalQuery, GraderRecord, ItemQuery, JobQuery, PartAdded, RunQuery, Transition, UploadEnd,
+};
 
 /// Opens the backend named by `url`, running its migrations.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {

@@ -293,6 +293,7 @@ where
         spec: from_json(&id, "spec", &spec)?,
         name: row.try_get("name")?,
         created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
         id,
     })
 }

@@ -392,6 +392,21 @@ pub async fn jobs_transitions_are_compare_and_set_with_gapless_events(store: imp
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
     assert_eq!(events[0].message, "log 0");
     assert_eq!(events[0].data, EventData::Message);
+    // Newest first, for a door that lists the latest events first.
+    let seqs = |events: Vec<crate::jobs::model::JobEvent>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.list_events_before(&a.id, None, 3).await.unwrap()), [7, 6, 5]);
+    assert_eq!(
+        seqs(store.list_events_before(&a.id, Some(5), 10).await.unwrap()),
+        [4, 3, 2, 1]
+    );
+    assert!(store.list_events_before(&a.id, Some(1), 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_events_before("job_missing", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// What the lease mechanism adds for jobs: a claim counts the attempt, and
@@ -538,6 +553,10 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
     assert_eq!(list.iter().map(|c| c.step).collect::<Vec<_>>(), [2, 1]);
     assert_eq!(list[0].files[0].sha256, "c".repeat(64));
     assert_eq!(store.list_checkpoints(&a.id, Some(2), 10).await.unwrap().len(), 1);
+    // A checkpoint's step by its id, within its job only.
+    assert_eq!(store.checkpoint_step(&a.id, &list[1].id).await.unwrap(), Some(1));
+    assert_eq!(store.checkpoint_step(&a.id, "ckpt_missing").await.unwrap(), None);
+    assert_eq!(store.checkpoint_step("job_other", &list[1].id).await.unwrap(), None);
     // A checkpoint eval adds its pass rate afterwards; files stay.
     let mut scored = list[1].metrics.clone();
     scored.eval_pass_rate = Some(0.75);
@@ -765,6 +784,7 @@ pub fn eval_record(n: u32) -> crate::evals::model::EvalRecord {
         name: "arithmetic".into(),
         spec: EvalSpec {
             item_schema: Some(serde_json::json!({"type": "object"})),
+            include_sample_schema: true,
             criteria: vec![Criterion {
                 name: "exact".into(),
                 grader: serde_json::json!({"type": "string_check", "name": "exact"}),
@@ -773,6 +793,7 @@ pub fn eval_record(n: u32) -> crate::evals::model::EvalRecord {
             metadata: BTreeMap::new(),
         },
         created_at: 10,
+        updated_at: 10,
     }
 }
 
@@ -791,6 +812,7 @@ pub fn run_record(n: u32, eval: &str, created_at: i64) -> crate::evals::model::R
             concurrency: 4,
             error_rate_threshold: 0.5,
             criteria: vec!["exact".into()],
+            metadata: BTreeMap::from([("team".to_string(), "search".to_string())]),
         },
         state: RunState::Queued,
         total: 3,
@@ -804,6 +826,17 @@ pub fn run_record(n: u32, eval: &str, created_at: i64) -> crate::evals::model::R
         finished_at: None,
         lease_owner: None,
         lease_expires_at: None,
+    }
+}
+
+/// Ten items of `run` in dataset order, after `after_index`.
+fn items(run: &str, status: Option<crate::evals::model::ItemStatus>, after_index: Option<u64>) -> super::ItemQuery {
+    super::ItemQuery {
+        run_id: run.to_string(),
+        status,
+        order: crate::evals::model::Order::Ascending,
+        after_index,
+        limit: 10,
     }
 }
 
@@ -890,18 +923,25 @@ pub async fn evals_runs_are_leased_and_record_items_with_gapless_seqs(store: imp
         store.get_eval_run(&run.id).await.unwrap().unwrap().progress.completed,
         2
     );
-    let by_index = store.list_output_items(&run.id, None, None, 10).await.unwrap();
+    let by_index = store.list_output_items(&items(&run.id, None, None)).await.unwrap();
     assert_eq!(
         by_index.iter().map(|i| (i.index, i.seq)).collect::<Vec<_>>(),
         [(0, 2), (2, 1)]
     );
     assert_eq!(by_index[1].detail.sample, "2");
     let fails = store
-        .list_output_items(&run.id, Some(ItemStatus::Fail), None, 10)
+        .list_output_items(&items(&run.id, Some(ItemStatus::Fail), None))
         .await
         .unwrap();
     assert_eq!(fails.len(), 1);
-    assert!(store.list_output_items(&run.id, None, Some(0), 10).await.unwrap().len() == 1);
+    assert!(
+        store
+            .list_output_items(&items(&run.id, None, Some(0)))
+            .await
+            .unwrap()
+            .len()
+            == 1
+    );
     let by_seq = store.list_output_items_by_seq(&run.id, 1, 10).await.unwrap();
     assert_eq!((by_seq.len(), by_seq[0].index, by_seq[0].progress.completed), (1, 0, 2));
 
@@ -1016,6 +1056,8 @@ pub async fn evals_runs_are_leased_and_record_items_with_gapless_seqs(store: imp
 }
 
 pub async fn evals_runs_list_newest_first_per_eval(store: impl Store) {
+    use super::RunQuery;
+    use crate::evals::model::Order;
     seed_datasets(&store).await;
     let (a, b) = (eval_record(1), eval_record(2));
     store.insert_eval(&a).await.unwrap();
@@ -1030,7 +1072,16 @@ pub async fn evals_runs_list_newest_first_per_eval(store: impl Store) {
     let mut seen = Vec::new();
     let mut after: Option<Cursor> = None;
     loop {
-        let page = store.list_eval_runs(&a.id, after.as_ref(), 4).await.unwrap();
+        let page = store
+            .list_eval_runs(&RunQuery {
+                eval_id: a.id.clone(),
+                state: None,
+                order: Order::Descending,
+                after: after.clone(),
+                limit: 4,
+            })
+            .await
+            .unwrap();
         if page.is_empty() {
             break;
         }
@@ -1053,6 +1104,270 @@ pub async fn evals_runs_list_newest_first_per_eval(store: impl Store) {
         .unwrap()
         .unwrap();
     assert_eq!(first.item.id(), format!("evalrun_{:026}", 0));
+}
+
+/// Every eval of `project` in the listing's order, two a page.
+async fn all_evals(
+    store: &impl Store,
+    project: &str,
+    sort: crate::evals::model::EvalSort,
+    order: crate::evals::model::Order,
+) -> Vec<String> {
+    use crate::evals::model::EvalSort;
+    let mut seen = Vec::new();
+    let mut after: Option<Cursor> = None;
+    loop {
+        let page = store
+            .list_evals(&super::EvalQuery {
+                project: project.into(),
+                sort,
+                order,
+                after: after.clone(),
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(Cursor {
+            created_at: match sort {
+                EvalSort::CreatedAt => last.created_at,
+                EvalSort::UpdatedAt => last.updated_at,
+            },
+            id: last.id.clone(),
+        });
+        seen.extend(page.into_iter().map(|e| e.id));
+    }
+    seen
+}
+
+/// A project's evals list by creation or update time, either way, and page
+/// without gaps or repeats (ties broken by id); an update is
+/// compare-and-set on `updated_at`; deleting an eval takes its runs and
+/// their output items with it, and says which runs went.
+pub async fn evals_list_update_and_delete(store: impl Store) {
+    use crate::evals::model::{EvalSort, ItemStatus, Order};
+    seed_datasets(&store).await;
+    let ids = |ns: &[u32]| ns.iter().map(|n| format!("eval_{n:026}")).collect::<Vec<_>>();
+    for n in 0..5u32 {
+        let mut e = eval_record(n);
+        e.created_at = 100 + (n / 2) as i64;
+        e.updated_at = e.created_at;
+        store.insert_eval(&e).await.unwrap();
+    }
+    let mut theirs = eval_record(9);
+    theirs.project = "b".into();
+    store.insert_eval(&theirs).await.unwrap();
+    let (created, updated) = (EvalSort::CreatedAt, EvalSort::UpdatedAt);
+    let (asc, desc) = (Order::Ascending, Order::Descending);
+    assert_eq!(all_evals(&store, "default", created, asc).await, ids(&[0, 1, 2, 3, 4]));
+    assert_eq!(all_evals(&store, "default", created, desc).await, ids(&[4, 3, 2, 1, 0]));
+    assert_eq!(all_evals(&store, "b", created, desc).await, ids(&[9]));
+    assert!(all_evals(&store, "c", updated, asc).await.is_empty());
+
+    // An update writes name, spec and time only over the version it read.
+    let mut e1 = store.get_eval(&ids(&[1])[0]).await.unwrap().unwrap();
+    e1.name = "renamed".into();
+    e1.spec.metadata.insert("stage".into(), "2".into());
+    e1.updated_at = 500;
+    assert!(store.update_eval(&e1, 100).await.unwrap());
+    assert_eq!(store.get_eval(&e1.id).await.unwrap(), Some(e1.clone()));
+    let mut stale = e1.clone();
+    stale.name = "lost".into();
+    stale.updated_at = 600;
+    assert!(
+        !store.update_eval(&stale, 100).await.unwrap(),
+        "a stale update is refused"
+    );
+    assert!(!store.update_eval(&eval_record(7), 10).await.unwrap(), "no such eval");
+    assert_eq!(store.get_eval(&e1.id).await.unwrap().unwrap().name, "renamed");
+    assert_eq!(all_evals(&store, "default", updated, asc).await, ids(&[0, 2, 3, 4, 1]));
+    assert_eq!(all_evals(&store, "default", updated, desc).await, ids(&[1, 4, 3, 2, 0]));
+    assert_eq!(all_evals(&store, "default", created, asc).await, ids(&[0, 1, 2, 3, 4]));
+
+    // Deleting eval 1 deletes its two runs and their items, not eval 0's run.
+    let (r1, r2, r3) = (
+        run_record(1, &e1.id, 20),
+        run_record(2, &e1.id, 21),
+        run_record(3, &ids(&[0])[0], 22),
+    );
+    for r in [&r1, &r2, &r3] {
+        store.insert_eval_run(r).await.unwrap();
+    }
+    let claimed = store
+        .claim_next(LeaseKind::EvalRun, "w1", 1000, 2000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.item.id(), r1.id);
+    assert_eq!(
+        store
+            .record_output_item(&output_item(&r1.id, 0, ItemStatus::Pass, 1), "w1")
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    let mut gone = store.delete_eval(&e1.id).await.unwrap().expect("deleted");
+    gone.sort();
+    assert_eq!(gone, [r1.id.clone(), r2.id.clone()]);
+    assert_eq!(store.get_eval(&e1.id).await.unwrap(), None);
+    assert_eq!(store.get_eval_run(&r1.id).await.unwrap(), None);
+    assert_eq!(store.get_eval_run(&r2.id).await.unwrap(), None);
+    assert_eq!(store.get_output_item(&r1.id, 0).await.unwrap(), None);
+    assert!(
+        store
+            .list_output_items(&items(&r1.id, None, None))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.get_eval_run(&r3.id).await.unwrap().is_some());
+    assert_eq!(store.delete_eval(&e1.id).await.unwrap(), None, "deleted once");
+    assert!(
+        matches!(
+            store.insert_eval_run(&run_record(4, &e1.id, 23)).await,
+            Err(super::StoreError::Gone(_))
+        ),
+        "no run is made for a deleted eval"
+    );
+    assert!(
+        store
+            .record_output_item(&output_item(&r1.id, 1, ItemStatus::Pass, 2), "w1")
+            .await
+            .unwrap()
+            .is_none(),
+        "the worker of a deleted run records nothing"
+    );
+    assert!(
+        store
+            .renew_lease(LeaseKind::EvalRun, &r1.id, "w1", 3000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(all_evals(&store, "default", created, asc).await, ids(&[0, 2, 3, 4]));
+}
+
+/// An eval's runs filter by state and list either way; a run's items filter
+/// by status, list either way from a row, and are read one by one;
+/// deleting a run takes its items with it.
+pub async fn evals_runs_and_items_filter_order_and_delete(store: impl Store) {
+    use super::RunQuery;
+    use crate::evals::model::{ItemStatus, Order, RunState};
+    seed_datasets(&store).await;
+    let eval = eval_record(1);
+    store.insert_eval(&eval).await.unwrap();
+    let run_ids = |ns: &[u32]| ns.iter().map(|n| format!("evalrun_{n:026}")).collect::<Vec<_>>();
+    for n in 0..5u32 {
+        store
+            .insert_eval_run(&run_record(n, &eval.id, 100 + n as i64))
+            .await
+            .unwrap();
+    }
+    for n in [1, 3] {
+        store
+            .finish_eval_run(
+                &run_ids(&[n])[0],
+                &[RunState::Queued],
+                RunState::Canceled,
+                None,
+                Some(1),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let list = |state: Option<RunState>, order: Order, after: Option<u32>, limit: usize| {
+        let after = after.map(|n| Cursor {
+            created_at: 100 + n as i64,
+            id: format!("evalrun_{n:026}"),
+        });
+        let store = &store;
+        let eval_id = eval.id.clone();
+        async move {
+            store
+                .list_eval_runs(&RunQuery {
+                    eval_id,
+                    state,
+                    order,
+                    after,
+                    limit,
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let (asc, desc) = (Order::Ascending, Order::Descending);
+    let canceled = Some(RunState::Canceled);
+    assert_eq!(list(canceled, desc, None, 10).await, run_ids(&[3, 1]));
+    assert_eq!(list(canceled, asc, None, 10).await, run_ids(&[1, 3]));
+    assert_eq!(list(None, asc, None, 2).await, run_ids(&[0, 1]));
+    assert_eq!(list(None, asc, Some(1), 2).await, run_ids(&[2, 3]));
+    assert_eq!(list(Some(RunState::Queued), desc, Some(4), 10).await, run_ids(&[2, 0]));
+    assert!(list(Some(RunState::Failed), asc, None, 10).await.is_empty());
+
+    // Run 0 (the oldest queued) records six items; multiples of 3 fail.
+    let run = run_ids(&[0])[0].clone();
+    let claimed = store
+        .claim_next(LeaseKind::EvalRun, "w1", 1000, 2000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.item.id(), run);
+    let batch: Vec<_> = (0..6u64)
+        .map(|i| {
+            let status = if i % 3 == 0 { ItemStatus::Fail } else { ItemStatus::Pass };
+            output_item(&run, i, status, i + 1)
+        })
+        .collect();
+    assert_eq!(store.record_output_items(&batch, "w1").await.unwrap(), Some(6));
+    let items_of = |status: Option<ItemStatus>, order: Order, after_index: Option<u64>| {
+        let store = &store;
+        let run_id = run.clone();
+        async move {
+            store
+                .list_output_items(&super::ItemQuery {
+                    run_id,
+                    status,
+                    order,
+                    after_index,
+                    limit: 10,
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|i| i.index)
+                .collect::<Vec<_>>()
+        }
+    };
+    let fail = Some(ItemStatus::Fail);
+    assert_eq!(items_of(fail, asc, None).await, [0, 3]);
+    assert_eq!(items_of(fail, desc, None).await, [3, 0]);
+    assert_eq!(items_of(None, desc, Some(4)).await, [3, 2, 1, 0]);
+    assert_eq!(items_of(None, asc, Some(4)).await, [5]);
+    assert!(items_of(Some(ItemStatus::Error), asc, None).await.is_empty());
+    let third = store.get_output_item(&run, 3).await.unwrap().unwrap();
+    assert_eq!(
+        (third.status, third.detail.item.clone(), third.seq),
+        (ItemStatus::Fail, serde_json::json!({"a": 3}), 4)
+    );
+    assert_eq!(store.get_output_item(&run, 9).await.unwrap(), None);
+    assert_eq!(store.get_output_item(&run_ids(&[2])[0], 3).await.unwrap(), None);
+
+    // Deleting the run takes its items; the other runs stay.
+    let deleted = store.delete_eval_run(&run).await.unwrap().unwrap();
+    assert_eq!(
+        (deleted.id.as_str(), deleted.state),
+        (run.as_str(), RunState::InProgress)
+    );
+    assert_eq!(store.get_output_item(&run, 3).await.unwrap(), None);
+    assert!(items_of(None, asc, None).await.is_empty());
+    assert_eq!(store.delete_eval_run(&run).await.unwrap(), None, "deleted once");
+    assert_eq!(list(None, asc, None, 10).await, run_ids(&[1, 2, 3, 4]));
+    assert!(store.get_eval(&eval.id).await.unwrap().is_some());
 }
 
 // ---- leases, the same for every kind of leased work ----
@@ -1335,6 +1650,8 @@ macro_rules! store_suite {
             projects_keys_and_audit,
             evals_runs_are_leased_and_record_items_with_gapless_seqs,
             evals_runs_list_newest_first_per_eval,
+            evals_list_update_and_delete,
+            evals_runs_and_items_filter_order_and_delete,
             datasets_in_use_are_kept_and_gone_ones_refuse_new_work,
             leases_claim_in_queue_order,
             leases_renew_by_the_holder_only,

@@ -5,10 +5,12 @@ use async_trait::async_trait;
 
 use super::error::StoreError;
 use super::leases::LeaseStore;
-use super::types::{Cursor, DatasetQuery, GraderRecord, JobQuery, PartAdded, Transition, UploadEnd};
+use super::types::{
+    DatasetQuery, EvalQuery, GraderRecord, ItemQuery, JobQuery, PartAdded, RunQuery, Transition, UploadEnd,
+};
 use crate::auth::model::{ApiKeyRecord, AuditEvent, Project, Quotas};
 use crate::datasets::model::{DatasetRecord, UploadPartRecord, UploadRecord, UploadState};
-use crate::evals::model::{EvalRecord, ItemStatus, OutputItemRecord, RunRecord, RunState};
+use crate::evals::model::{EvalRecord, OutputItemRecord, RunRecord, RunState};
 use crate::jobs::model::{CheckpointRecord, JobEvent, JobPatch, JobRecord, JobState, Metrics, NewEvent};
 use crate::models::model::{ModelKind, ModelRecord};
 
@@ -76,6 +78,13 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> Result<Transition, StoreError>;
     async fn append_event(&self, id: &str, event: &NewEvent, now: i64) -> Result<JobEvent, StoreError>;
     async fn list_events(&self, id: &str, after_seq: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError>;
+    /// Newest first, with seq below `before_seq` (from the latest when None).
+    async fn list_events_before(
+        &self,
+        id: &str,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<JobEvent>, StoreError>;
     /// Records a checkpoint (files already stored as blobs) if `worker`
     /// holds the job's lease; None otherwise.
     async fn insert_checkpoint(
@@ -91,6 +100,9 @@ pub trait JobStore: Send + Sync + 'static {
         before_step: Option<u64>,
         limit: usize,
     ) -> Result<Vec<CheckpointRecord>, StoreError>;
+    /// The step of the job's checkpoint `checkpoint_id`; None when the job
+    /// has no checkpoint by that id.
+    async fn checkpoint_step(&self, job_id: &str, checkpoint_id: &str) -> Result<Option<u64>, StoreError>;
     /// Replaces the metrics of the job's checkpoint at `step` (a checkpoint
     /// eval adds its pass rate after the checkpoint is saved); false if
     /// there is no such checkpoint.
@@ -153,16 +165,25 @@ pub trait EvalStore: Send + Sync + 'static {
     /// Inserts a new eval; `Conflict` if the id exists.
     async fn insert_eval(&self, eval: &EvalRecord) -> Result<(), StoreError>;
     async fn get_eval(&self, id: &str) -> Result<Option<EvalRecord>, StoreError>;
-    /// Inserts a new run; `Conflict` if the id exists.
+    /// A project's evals in the query's order, at most `limit`.
+    async fn list_evals(&self, query: &EvalQuery) -> Result<Vec<EvalRecord>, StoreError>;
+    /// Writes the eval's name, spec and `updated_at` if its stored
+    /// `updated_at` is still `expected_updated_at` (compare-and-set);
+    /// false when it is not, or there is no such eval.
+    async fn update_eval(&self, eval: &EvalRecord, expected_updated_at: i64) -> Result<bool, StoreError>;
+    /// Deletes the eval, its runs and their output items in one
+    /// transaction; returns the ids of the runs it deleted, or None when
+    /// there was no such eval.
+    async fn delete_eval(&self, id: &str) -> Result<Option<Vec<String>>, StoreError>;
+    /// Inserts a new run; `Conflict` if the id exists, `Gone` (naming the
+    /// dataset) unless its eval exists and its dataset exists and is ready.
     async fn insert_eval_run(&self, run: &RunRecord) -> Result<(), StoreError>;
     async fn get_eval_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
-    /// An eval's runs, newest first, strictly after `after`.
-    async fn list_eval_runs(
-        &self,
-        eval_id: &str,
-        after: Option<&Cursor>,
-        limit: usize,
-    ) -> Result<Vec<RunRecord>, StoreError>;
+    /// An eval's runs in the query's order (by creation time), at most `limit`.
+    async fn list_eval_runs(&self, query: &RunQuery) -> Result<Vec<RunRecord>, StoreError>;
+    /// Deletes the run and its output items; returns the run as it was, or
+    /// None when there was no such run.
+    async fn delete_eval_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
     /// Records finished items of one run in one transaction (their `seq`s are
     /// ignored; they get consecutive ones in slice order) and the run's
     /// tallies as of the last one, if `worker` holds the lease of the run
@@ -185,14 +206,10 @@ pub trait EvalStore: Send + Sync + 'static {
         error: Option<&str>,
         finished_at: Option<i64>,
     ) -> Result<Option<RunRecord>, StoreError>;
-    /// A run's items in dataset order after `after_index`, optionally of one status.
-    async fn list_output_items(
-        &self,
-        run_id: &str,
-        status: Option<ItemStatus>,
-        after_index: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<OutputItemRecord>, StoreError>;
+    /// A run's items in the query's order, at most `limit`.
+    async fn list_output_items(&self, query: &ItemQuery) -> Result<Vec<OutputItemRecord>, StoreError>;
+    /// The run's item for dataset row `index`, if it is recorded.
+    async fn get_output_item(&self, run_id: &str, index: u64) -> Result<Option<OutputItemRecord>, StoreError>;
     /// A run's items in recording (sequence) order after `after_seq`.
     async fn list_output_items_by_seq(
         &self,

@@ -3,9 +3,11 @@
 
 use crate::datasets::model::UploadRecord;
 use crate::datasets::report::Purpose;
+use crate::evals::model::{EvalSort, ItemStatus, Order, RunState};
 use crate::jobs::model::{JobEvent, JobRecord, JobState};
 
-/// Position after the last row of a page (in the listing's order).
+/// Position after the last row of a page: its sort time (creation time
+/// unless the listing sorts on another) and id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor {
     pub created_at: i64,
@@ -33,6 +35,62 @@ pub struct JobQuery {
     pub metadata: Vec<(String, String)>,
     pub after: Option<Cursor>,
     pub limit: usize,
+}
+
+/// How a keyset page in `order` continues after `after`: the comparison,
+/// the direction, and the position to compare with (the first row's when
+/// there is no cursor). Comparisons and directions are fixed strings.
+pub fn keyset(order: Order, after: Option<&Cursor>) -> (&'static str, &'static str, (i64, String)) {
+    let position = |none: i64| after.map_or((none, String::new()), |c| (c.created_at, c.id.clone()));
+    match order {
+        Order::Ascending => (">", "ASC", position(i64::MIN)),
+        Order::Descending => ("<", "DESC", position(i64::MAX)),
+    }
+}
+
+/// A project's evals, strictly after `after` in the listing's order.
+#[derive(Clone, Debug)]
+pub struct EvalQuery {
+    pub project: String,
+    pub sort: EvalSort,
+    pub order: Order,
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}
+
+/// An eval's runs, optionally of one state, strictly after `after` in the
+/// listing's order (by creation time).
+#[derive(Clone, Debug)]
+pub struct RunQuery {
+    pub eval_id: String,
+    pub state: Option<RunState>,
+    pub order: Order,
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}
+
+/// A run's output items in dataset order (or its reverse), optionally of
+/// one status, strictly after the row `after_index`.
+#[derive(Clone, Debug)]
+pub struct ItemQuery {
+    pub run_id: String,
+    pub status: Option<ItemStatus>,
+    pub order: Order,
+    pub after_index: Option<u64>,
+    pub limit: usize,
+}
+
+impl ItemQuery {
+    /// Items of every status in dataset order, after the row `after_index`.
+    pub fn all(run_id: &str, after_index: Option<u64>, limit: usize) -> Self {
+        ItemQuery {
+            run_id: run_id.to_string(),
+            status: None,
+            order: Order::Ascending,
+            after_index,
+            limit,
+        }
+    }
 }
 
 /// A grader saved under a name, as the user wrote it (validated before saving).

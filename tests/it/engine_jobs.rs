@@ -484,6 +484,7 @@ async fn word_eval(env: &Env, never: bool) -> String {
                 name: String::new(),
             }],
             metadata: Default::default(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -69,6 +69,7 @@ async fn create_eval(client: &mut EvalServiceClient<Channel>) -> String {
             }))),
             testing_criteria: vec![exact_match()],
             metadata: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("create eval")
@@ -136,6 +137,7 @@ async fn create_run(
             concurrency,
             error_rate_threshold,
             name: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create run")
@@ -194,6 +196,7 @@ async fn all_items(
                 status: status as i32,
                 page_size: 50,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .expect("list items")
@@ -279,6 +282,7 @@ async fn a_run_over_200_items_reaches_the_exact_pass_count_and_watch_resumes_fro
             eval_id: eval_id.clone(),
             page_size: 0,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -621,6 +625,7 @@ async fn bad_input_is_refused_with_field_violations() {
                 },
             ],
             metadata: Default::default(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -646,6 +651,7 @@ async fn bad_input_is_refused_with_field_violations() {
             concurrency: 0,
             error_rate_threshold: 0.0,
             name: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -662,6 +668,7 @@ async fn bad_input_is_refused_with_field_violations() {
             concurrency: 1000,
             error_rate_threshold: 2.0,
             name: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -692,6 +699,7 @@ async fn bad_input_is_refused_with_field_violations() {
             concurrency: 0,
             error_rate_threshold: 0.0,
             name: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -712,6 +720,7 @@ async fn bad_input_is_refused_with_field_violations() {
             item_schema: None,
             testing_criteria: vec![named("first"), named("second")],
             metadata: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("two criteria of one grader under two names")
@@ -726,6 +735,7 @@ async fn bad_input_is_refused_with_field_violations() {
             item_schema: None,
             testing_criteria: vec![named("same"), named("same")],
             metadata: Default::default(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -751,6 +761,7 @@ async fn bad_input_is_refused_with_field_violations() {
             item_schema: None,
             testing_criteria: vec![saved("exact-v1")],
             metadata: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("create eval from a saved grader")
@@ -765,6 +776,7 @@ async fn bad_input_is_refused_with_field_violations() {
             item_schema: None,
             testing_criteria: vec![saved("nope")],
             metadata: Default::default(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -834,4 +846,325 @@ async fn a_run_whose_every_item_errored_fails_however_few_items_it_has() {
     assert!(end.error.contains("HTTP 500"), "{}", end.error);
     assert_eq!(end.result_counts.unwrap().errored, 3);
     server.stop().await;
+}
+
+/// The evals of a listing in the order (sort key, id) says, either way.
+fn sorted(mut evals: Vec<proto::Eval>, key: fn(&proto::Eval) -> i64, descending: bool) -> Vec<String> {
+    evals.sort_by(|a, b| (key(a), &a.id).cmp(&(key(b), &b.id)));
+    if descending {
+        evals.reverse();
+    }
+    evals.into_iter().map(|e| e.id).collect()
+}
+
+fn seconds_millis(t: &Option<prost_types::Timestamp>) -> i64 {
+    let t = t.unwrap();
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
+/// Every eval ListEvals gives, a page of one at a time.
+async fn list_all_evals(
+    client: &mut EvalServiceClient<Channel>,
+    order: proto::ListOrder,
+    sort: proto::EvalSortField,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_evals(proto::ListEvalsRequest {
+                page_size: 1,
+                page_token: token,
+                order: order as i32,
+                sort: sort as i32,
+            })
+            .await
+            .expect("list evals")
+            .into_inner();
+        assert!(page.evals.len() <= 1);
+        ids.extend(page.evals.into_iter().map(|e| e.id));
+        if page.next_page_token.is_empty() {
+            return ids;
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn evals_list_update_and_delete_with_their_runs_and_items() {
+    let (stub, url) = crate::common::openai_stub::start().await;
+    // Items 0-5 are answered; the rest wait at the gate, so the run stays in progress.
+    stub.respond_with(|body| {
+        let n = item_number(body);
+        if n < 6 {
+            answer(n)
+        } else {
+            Reply::Gated(Box::new(answer(n)))
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(dir.path(), &url)).await;
+    let mut client = evals(&server).await;
+    let first = create_eval(&mut client).await;
+    let second = create_eval(&mut client).await;
+
+    // Listed newest first by default, oldest first when asked, page by page.
+    let all = client
+        .list_evals(proto::ListEvalsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(all.next_page_token.is_empty());
+    let created = |e: &proto::Eval| seconds_millis(&e.created_at);
+    assert_eq!(
+        all.evals.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        sorted(all.evals.clone(), created, true)
+    );
+    assert_eq!(
+        list_all_evals(
+            &mut client,
+            proto::ListOrder::Ascending,
+            proto::EvalSortField::Unspecified
+        )
+        .await,
+        sorted(all.evals.clone(), created, false)
+    );
+    assert_eq!(all.evals.len(), 2);
+
+    // An update renames and replaces metadata; a bad one changes nothing.
+    let updated = client
+        .update_eval(proto::UpdateEvalRequest {
+            id: first.clone(),
+            name: Some("renamed".into()),
+            metadata: [("stage".to_string(), "2".to_string())].into(),
+            replace_metadata: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .eval
+        .unwrap();
+    assert_eq!(
+        (updated.name.as_str(), updated.metadata.get("stage").map(String::as_str)),
+        ("renamed", Some("2"))
+    );
+    assert!(seconds_millis(&updated.updated_at) > seconds_millis(&updated.created_at));
+    let too_many = (0..17).map(|i| (format!("k{i}"), "v".to_string())).collect();
+    let refused = client
+        .update_eval(proto::UpdateEvalRequest {
+            id: first.clone(),
+            name: Some(String::new()),
+            metadata: too_many,
+            replace_metadata: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("name") && refused.message().contains("metadata"),
+        "{}",
+        refused.message()
+    );
+    let kept = client
+        .update_eval(proto::UpdateEvalRequest {
+            id: first.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .eval
+        .unwrap();
+    assert_eq!(
+        (kept.name.as_str(), kept.metadata.len()),
+        ("renamed", 1),
+        "unset fields stay"
+    );
+    let by_update = client
+        .list_evals(proto::ListEvalsRequest {
+            order: proto::ListOrder::Descending as i32,
+            sort: proto::EvalSortField::UpdatedAt as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .evals;
+    let other = by_update.iter().find(|e| e.id == second).unwrap();
+    // The update came after the second eval was made (the same millisecond
+    // at worst, when ids break the tie).
+    assert!(seconds_millis(&updated.updated_at) >= seconds_millis(&other.updated_at));
+    if seconds_millis(&updated.updated_at) > seconds_millis(&other.updated_at) {
+        assert_eq!(by_update[0].id, first, "the updated eval comes first");
+    }
+    assert_eq!(
+        list_all_evals(
+            &mut client,
+            proto::ListOrder::Descending,
+            proto::EvalSortField::UpdatedAt
+        )
+        .await,
+        sorted(by_update.clone(), |e| seconds_millis(&e.updated_at), true)
+    );
+
+    // Two runs of the first eval: one done, one in progress after six items.
+    let dataset_id = upload_items(&server, &numbered(10)).await;
+    let precomputed = proto::create_eval_run_request::Source::Precomputed(proto::PrecomputedSource {
+        sample_template: "{{ item.answer }}".into(),
+    });
+    let done = create_run(&mut client, &first, &dataset_id, precomputed, 0, 0.0).await;
+    let (_, done) = watch_all(&mut client, &done.id, 0).await;
+    assert_eq!(done.state, proto::EvalRunState::Completed as i32);
+    let running = create_run(&mut client, &first, &dataset_id, model_source(), 2, 0.0).await;
+    tokio::time::timeout(PATIENCE, stub.wait_gated(2))
+        .await
+        .expect("2 in flight");
+    let runs_in = |state: proto::EvalRunState, order: proto::ListOrder| proto::ListEvalRunsRequest {
+        eval_id: first.clone(),
+        state: state as i32,
+        order: order as i32,
+        ..Default::default()
+    };
+    let ids = |runs: Vec<proto::EvalRun>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let completed = client
+        .list_eval_runs(runs_in(proto::EvalRunState::Completed, proto::ListOrder::Unspecified))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(completed.runs), std::slice::from_ref(&done.id));
+    let oldest_first = client
+        .list_eval_runs(runs_in(proto::EvalRunState::Unspecified, proto::ListOrder::Ascending))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(oldest_first.runs), [done.id.clone(), running.id.clone()]);
+
+    // Items: the last first on request, by status, and one by one.
+    let mut watch = client
+        .watch_eval_run(proto::WatchEvalRunRequest {
+            run_id: running.id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for seq in 1..=6 {
+        let msg = tokio::time::timeout(PATIENCE, watch.message())
+            .await
+            .expect("watch stalled")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(msg.payload, Some(Payload::Progress(p)) if p.seq == seq));
+    }
+    let recorded = client
+        .list_output_items(proto::ListOutputItemsRequest {
+            run_id: running.id.clone(),
+            order: proto::ListOrder::Descending as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(recorded.iter().map(|i| i.index).collect::<Vec<_>>(), [5, 4, 3, 2, 1, 0]);
+    let failed = all_items(&mut client, &running.id, proto::OutputItemStatus::Fail).await;
+    assert_eq!(failed.iter().map(|i| i.index).collect::<Vec<_>>(), [0, 3]);
+    let one = client
+        .get_output_item(proto::GetOutputItemRequest {
+            id: failed[1].id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .item
+        .unwrap();
+    assert_eq!(one, failed[1]);
+    assert_eq!(
+        (one.run_id.as_str(), one.usage.as_ref().map(|u| u.model.as_str())),
+        (running.id.as_str(), Some("stub/m"))
+    );
+    assert_eq!(
+        one.usage.as_ref().map(|u| (u.prompt_tokens, u.completion_tokens)),
+        Some((11, 7))
+    );
+    let missing = one.id.replace("_3", "_9");
+    let status = client
+        .get_output_item(proto::GetOutputItemRequest { id: missing })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let status = client
+        .get_output_item(proto::GetOutputItemRequest { id: "item_1".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // Deleting a finished run takes its items; deleting the eval stops the
+    // running one and takes everything else.
+    client
+        .delete_eval_run(proto::DeleteEvalRunRequest { id: done.id.clone() })
+        .await
+        .unwrap();
+    let status = client
+        .get_eval_run(proto::GetEvalRunRequest { id: done.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let deleted = client
+        .delete_eval(proto::DeleteEvalRequest { id: first.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.deleted && deleted.id == first);
+    tokio::time::timeout(PATIENCE, stub.wait_dropped(2))
+        .await
+        .expect("the deleted run's requests in flight are dropped");
+    let ended = tokio::time::timeout(PATIENCE, watch.message())
+        .await
+        .expect("the watch ends")
+        .unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::NotFound, "a watcher of a deleted run");
+    for result in [
+        client
+            .get_eval(proto::GetEvalRequest { id: first.clone() })
+            .await
+            .map(|_| ()),
+        client
+            .get_eval_run(proto::GetEvalRunRequest { id: running.id.clone() })
+            .await
+            .map(|_| ()),
+        client
+            .get_output_item(proto::GetOutputItemRequest { id: one.id.clone() })
+            .await
+            .map(|_| ()),
+        client
+            .delete_eval(proto::DeleteEvalRequest { id: first.clone() })
+            .await
+            .map(|_| ()),
+    ] {
+        assert_eq!(result.unwrap_err().code(), tonic::Code::NotFound);
+    }
+    stub.open_gate();
+    assert_eq!(
+        stub.requests.lock().unwrap().len(),
+        8,
+        "nothing dispatched after the delete"
+    );
+    let left = client
+        .list_evals(proto::ListEvalsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids_of(&left.evals), [second]);
+    server
+        .datasets()
+        .await
+        .delete_dataset(proto::DeleteDatasetRequest { id: dataset_id })
+        .await
+        .expect("no unfinished run holds the dataset");
+    server.stop().await;
+}
+
+fn ids_of(evals: &[proto::Eval]) -> Vec<String> {
+    evals.iter().map(|e| e.id.clone()).collect()
 }

@@ -278,6 +278,7 @@ async fn a_real_llama_cpp_server_answers_chats_embeddings_graders_and_evals() {
                 name: String::new(),
             }],
             metadata: Default::default(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -510,6 +510,7 @@ async fn oversized_strings_are_refused_on_their_fields() {
                 name: String::new(),
             }],
             metadata: [("team".to_string(), "x".repeat(513))].into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -74,6 +74,7 @@ struct Owned {
     grader: String,
     eval: String,
     run: String,
+    item: String,
 }
 
 async fn make_resources(a: &mut Clients) -> Owned {
@@ -128,6 +129,7 @@ async fn make_resources(a: &mut Clients) -> Owned {
                 name: String::new(),
             }],
             metadata: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("create eval")
@@ -144,6 +146,18 @@ async fn make_resources(a: &mut Clients) -> Owned {
         .unwrap();
     let run = wait_run(&mut a.evals, &run.id).await;
     assert_eq!(run.state, proto::EvalRunState::Completed as i32, "{run:?}");
+    let item = a
+        .evals
+        .list_output_items(proto::ListOutputItemsRequest {
+            run_id: run.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("list items")
+        .into_inner()
+        .items
+        .remove(0)
+        .id;
     Owned {
         train: train.id,
         items: items.id,
@@ -152,6 +166,7 @@ async fn make_resources(a: &mut Clients) -> Owned {
         grader: "exact".into(),
         eval: eval.id,
         run: run.id,
+        item,
     }
 }
 
@@ -167,6 +182,7 @@ fn precomputed_run(eval: &str, dataset: &str) -> proto::CreateEvalRunRequest {
         concurrency: 0,
         error_rate_threshold: 0.0,
         name: String::new(),
+        ..Default::default()
     }
 }
 
@@ -537,6 +553,45 @@ async fn call_as_b(rpc: &str, b: &mut Clients, a: &Owned) -> Option<Code> {
             rpc,
             b.evals.get_eval(proto::GetEvalRequest { id: a.eval.clone() }).await,
         ),
+        "/lathe.v1.EvalService/ListEvals" => {
+            let list = b
+                .evals
+                .list_evals(proto::ListEvalsRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(list.evals.is_empty(), "B lists A's evals: {list:?}");
+            return None;
+        }
+        "/lathe.v1.EvalService/UpdateEval" => denied(
+            rpc,
+            b.evals
+                .update_eval(proto::UpdateEvalRequest {
+                    id: a.eval.clone(),
+                    name: Some(id("b's now")),
+                    replace_metadata: true,
+                    ..Default::default()
+                })
+                .await,
+        ),
+        "/lathe.v1.EvalService/DeleteEval" => denied(
+            rpc,
+            b.evals
+                .delete_eval(proto::DeleteEvalRequest { id: a.eval.clone() })
+                .await,
+        ),
+        "/lathe.v1.EvalService/DeleteEvalRun" => denied(
+            rpc,
+            b.evals
+                .delete_eval_run(proto::DeleteEvalRunRequest { id: a.run.clone() })
+                .await,
+        ),
+        "/lathe.v1.EvalService/GetOutputItem" => denied(
+            rpc,
+            b.evals
+                .get_output_item(proto::GetOutputItemRequest { id: a.item.clone() })
+                .await,
+        ),
         "/lathe.v1.EvalService/CreateEvalRun" => {
             denied(rpc, b.evals.create_eval_run(precomputed_run(&a.eval, &a.items)).await)
         }
@@ -604,7 +659,7 @@ async fn another_projects_key_reaches_nothing_of_a_project_through_any_rpc() {
     let owned = make_resources(&mut a).await;
 
     let rpcs = every_rpc();
-    assert_eq!(rpcs.len(), 43, "{rpcs:?}");
+    assert_eq!(rpcs.len(), 48, "{rpcs:?}");
     // B saving a grader under A's grader's name comes last, so the calls
     // that name a saved grader are tried while B has none of its own.
     let create_grader = "/lathe.v1.GraderService/CreateGrader";
@@ -672,6 +727,19 @@ async fn another_projects_key_reaches_nothing_of_a_project_through_any_rpc() {
         .run
         .unwrap();
     assert_eq!(run.state, proto::EvalRunState::Completed as i32);
+    let eval = a
+        .evals
+        .get_eval(proto::GetEvalRequest { id: owned.eval.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .eval
+        .unwrap();
+    assert_eq!((eval.name.as_str(), eval.updated_at), ("a's eval", eval.created_at));
+    a.evals
+        .get_output_item(proto::GetOutputItemRequest { id: owned.item.clone() })
+        .await
+        .unwrap();
     let mut download = a
         .datasets
         .download_dataset(proto::DownloadDatasetRequest {

@@ -1,7 +1,7 @@
 //! Evals, runs and output items: domain <-> wire.
 
 use crate::error::Error;
-use crate::evals::manager::{self as em, Comparison, CreateEval, CreateRun, NewCriterion};
+use crate::evals::manager::{self as em, Comparison, CreateEval, CreateRun, NewCriterion, Page, UpdateEval};
 use crate::evals::model as ev;
 use crate::proto;
 use crate::proto::json::{json_from_struct, json_list, list_value, struct_from_json};
@@ -11,6 +11,7 @@ pub fn create_eval(req: proto::CreateEvalRequest) -> CreateEval {
     CreateEval {
         name: req.name,
         item_schema: req.item_schema.map(json_from_struct),
+        include_sample_schema: req.include_sample_schema,
         criteria: req
             .testing_criteria
             .into_iter()
@@ -56,7 +57,54 @@ pub fn create_eval_run(req: proto::CreateEvalRunRequest) -> Result<CreateRun, Er
         concurrency: req.concurrency,
         error_rate_threshold: req.error_rate_threshold,
         name: req.name,
+        metadata: req.metadata.into_iter().collect(),
     })
+}
+
+pub fn update_eval(req: proto::UpdateEvalRequest) -> UpdateEval {
+    UpdateEval {
+        name: req.name,
+        metadata: req.replace_metadata.then(|| req.metadata.into_iter().collect()),
+    }
+}
+
+pub fn order(v: i32) -> Result<Option<ev::Order>, Error> {
+    match proto::ListOrder::try_from(v) {
+        Ok(proto::ListOrder::Unspecified) => Ok(None),
+        Ok(proto::ListOrder::Ascending) => Ok(Some(ev::Order::Ascending)),
+        Ok(proto::ListOrder::Descending) => Ok(Some(ev::Order::Descending)),
+        Err(_) => Err(Error::invalid("order", format!("{v} is not a ListOrder"))),
+    }
+}
+
+pub fn eval_sort(v: i32) -> Result<ev::EvalSort, Error> {
+    match proto::EvalSortField::try_from(v) {
+        Ok(proto::EvalSortField::Unspecified | proto::EvalSortField::CreatedAt) => Ok(ev::EvalSort::CreatedAt),
+        Ok(proto::EvalSortField::UpdatedAt) => Ok(ev::EvalSort::UpdatedAt),
+        Err(_) => Err(Error::invalid("sort", format!("{v} is not an EvalSortField"))),
+    }
+}
+
+/// A List request's page: its size, token and order.
+pub fn page(size: i32, token: String, order: i32) -> Result<Page, Error> {
+    Ok(Page {
+        size,
+        token,
+        after_id: None,
+        order: self::order(order)?,
+    })
+}
+
+pub fn run_state_from_proto(v: i32) -> Result<Option<ev::RunState>, Error> {
+    match proto::EvalRunState::try_from(v) {
+        Ok(proto::EvalRunState::Unspecified) => Ok(None),
+        Ok(proto::EvalRunState::Queued) => Ok(Some(ev::RunState::Queued)),
+        Ok(proto::EvalRunState::InProgress) => Ok(Some(ev::RunState::InProgress)),
+        Ok(proto::EvalRunState::Completed) => Ok(Some(ev::RunState::Completed)),
+        Ok(proto::EvalRunState::Failed) => Ok(Some(ev::RunState::Failed)),
+        Ok(proto::EvalRunState::Canceled) => Ok(Some(ev::RunState::Canceled)),
+        Err(_) => Err(Error::invalid("state", format!("{v} is not an EvalRunState"))),
+    }
 }
 
 pub fn eval(e: ev::EvalRecord) -> proto::Eval {
@@ -76,6 +124,8 @@ pub fn eval(e: ev::EvalRecord) -> proto::Eval {
             .collect(),
         created_at: Some(timestamp(e.created_at)),
         metadata: e.spec.metadata.into_iter().collect(),
+        updated_at: Some(timestamp(e.updated_at)),
+        include_sample_schema: e.spec.include_sample_schema,
     }
 }
 
@@ -160,12 +210,23 @@ pub fn eval_run(r: ev::RunRecord) -> proto::EvalRun {
         error: r.error.unwrap_or_default(),
         concurrency: r.spec.concurrency,
         name: r.spec.name,
+        metadata: r.spec.metadata.into_iter().collect(),
     }
 }
 
 pub fn output_item(i: ev::OutputItemRecord) -> proto::OutputItem {
+    let id = i.id();
     let d = i.detail;
     proto::OutputItem {
+        id,
+        run_id: i.run_id,
+        usage: d.usage.map(|u| proto::ModelUsage {
+            model: u.model,
+            invocations: 1,
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+        }),
         index: i.index,
         status: item_status(i.status) as i32,
         item: Some(struct_from_json(&d.item)),
