@@ -91,14 +91,11 @@ impl Datasets {
         }
     }
 
-    /// The caller's upload (NOT_FOUND for another project's); a pending one
-    /// past its expiry is expired first.
+    /// The caller's upload (NOT_FOUND for another project's, and for an id
+    /// of any other shape); a pending one past its expiry is expired first.
     pub async fn get_upload(&self, caller: &Caller, id: &str) -> Result<UploadRecord> {
         if !ids::is_valid("upload", id) {
-            return Err(Error::invalid(
-                "upload_id",
-                format!("{id:?} is not an upload id (upload_ followed by 26 characters)"),
-            ));
+            return Err(Error::not_found("upload", id));
         }
         let upload = self
             .store

@@ -25,7 +25,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
-use super::kit::{Answer, Authed, Json, Path, Query, Rest};
+use super::kit::{Answer, Authed, Json, Path, Query, Rest, at_path};
 use super::wire::{HasId, List, PageQuery, seconds};
 use crate::auth::model::Caller;
 use crate::datasets::manager::{OnInvalid, UploadMeta};
@@ -858,7 +858,11 @@ async fn source_file(rest: &Rest, caller: &Caller, source: SourceIn) -> Result<(
 
 /// The run, if it is one of `eval_id`'s (NOT_FOUND otherwise).
 async fn run_of(rest: &Rest, caller: &Caller, eval_id: &str, run_id: &str) -> Result<RunRecord, ApiError> {
-    let run = rest.evals.get_run(caller, run_id).await?;
+    let run = rest
+        .evals
+        .get_run(caller, run_id)
+        .await
+        .map_err(at_path("eval run", run_id))?;
     if run.eval_id != eval_id {
         return Err(Error::not_found("eval run", run_id).into());
     }
@@ -933,7 +937,9 @@ async fn list_evals(
     params(("eval_id" = String, Path)),
     responses((status = 200, body = Eval), (status = 404, body = ErrorBody)))]
 async fn retrieve_eval(State(rest): State<Rest>, Authed(caller): Authed, Path(id): Path<String>) -> Answer<Eval> {
-    Ok(Json(eval(rest.evals.get_eval(&caller, &id).await?)))
+    Ok(Json(eval(
+        rest.evals.get_eval(&caller, &id).await.map_err(at_path("eval", &id))?,
+    )))
 }
 
 /// Renames an eval or replaces its metadata (null clears it).
@@ -950,7 +956,12 @@ async fn update_eval(
         name: body.name,
         metadata: body.metadata.map(Option::unwrap_or_default),
     };
-    Ok(Json(eval(rest.evals.update_eval(&caller, &id, req).await?)))
+    Ok(Json(eval(
+        rest.evals
+            .update_eval(&caller, &id, req)
+            .await
+            .map_err(at_path("eval", &id))?,
+    )))
 }
 
 /// Deletes an eval with its runs and their output items; runs that have not
@@ -959,7 +970,11 @@ async fn update_eval(
     params(("eval_id" = String, Path)),
     responses((status = 200, body = EvalDeleted), (status = 404, body = ErrorBody)))]
 async fn delete_eval(State(rest): State<Rest>, Authed(caller): Authed, Path(id): Path<String>) -> Answer<EvalDeleted> {
-    let gone = rest.evals.delete_eval(&caller, &id).await?;
+    let gone = rest
+        .evals
+        .delete_eval(&caller, &id)
+        .await
+        .map_err(at_path("eval", &id))?;
     Ok(Json(EvalDeleted {
         object: "eval.deleted",
         deleted: true,
@@ -980,7 +995,10 @@ async fn create_run(
 ) -> Answer<EvalRun> {
     // Everything the body alone can refuse is refused before a file is made.
     let source = source(&body.data_source)?;
-    rest.evals.get_eval(&caller, &eval_id).await?;
+    rest.evals
+        .get_eval(&caller, &eval_id)
+        .await
+        .map_err(at_path("eval", &eval_id))?;
     let (dataset_id, inline) = source_file(&rest, &caller, body.data_source.source).await?;
     let req = CreateRun {
         eval_id,
@@ -1019,7 +1037,11 @@ async fn list_runs(
         })?),
     };
     let page = page(q.after, q.limit, q.order.as_deref())?;
-    let (runs, next) = rest.evals.list_runs(&caller, &eval_id, state, &page).await?;
+    let (runs, next) = rest
+        .evals
+        .list_runs(&caller, &eval_id, state, &page)
+        .await
+        .map_err(at_path("eval", &eval_id))?;
     Ok(Json(List::new(runs.into_iter().map(run).collect(), !next.is_empty())))
 }
 
@@ -1104,7 +1126,11 @@ async fn retrieve_output_item(
     Path((eval_id, run_id, item_id)): Path<(String, String, String)>,
 ) -> Answer<OutputItem> {
     let parent = run_of(&rest, &caller, &eval_id, &run_id).await?;
-    let item = rest.evals.get_item(&caller, &item_id).await?;
+    let item = rest
+        .evals
+        .get_item(&caller, &item_id)
+        .await
+        .map_err(at_path("output item", &item_id))?;
     if item.run_id != run_id {
         return Err(Error::not_found("output item", item_id).into());
     }

@@ -22,7 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
-use super::kit::{Answer, Authed, Json, Path, Query, Rest};
+use super::kit::{Answer, Authed, Json, Path, Query, Rest, at_path};
 use super::wire::{Deleted, HasId, List, seconds};
 use crate::datasets::manager::{DownloadPiece, OnInvalid, UploadMeta};
 use crate::datasets::model::{DatasetRecord, DatasetState, UploadPartRecord, UploadRecord};
@@ -480,7 +480,9 @@ async fn list_files(
     params(("file_id" = String, Path, description = "A file's id")),
     responses((status = 200, body = File), (status = 404, body = ErrorBody)))]
 async fn retrieve_file(State(rest): State<Rest>, Authed(caller): Authed, Path(id): Path<String>) -> Answer<File> {
-    Ok(Json(file(rest.datasets.get(&caller, &id).await?)))
+    Ok(Json(file(
+        rest.datasets.get(&caller, &id).await.map_err(at_path("file", &id))?,
+    )))
 }
 
 /// Deletes a file (refused while an unfinished job or eval run uses it).
@@ -488,7 +490,7 @@ async fn retrieve_file(State(rest): State<Rest>, Authed(caller): Authed, Path(id
     params(("file_id" = String, Path, description = "A file's id")),
     responses((status = 200, body = Deleted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_file(State(rest): State<Rest>, Authed(caller): Authed, Path(id): Path<String>) -> Answer<Deleted> {
-    let gone = rest.datasets.delete(&caller, &id).await?;
+    let gone = rest.datasets.delete(&caller, &id).await.map_err(at_path("file", &id))?;
     Ok(Json(Deleted::new(gone.id, "file")))
 }
 
@@ -502,7 +504,7 @@ async fn file_content(
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = rest.datasets.get(&caller, &id).await?;
+    let record = rest.datasets.get(&caller, &id).await.map_err(at_path("file", &id))?;
     let pieces = rest.datasets.download(&caller, &id).await?;
     let chunks = ReceiverStream::new(pieces).filter_map(|piece| match piece {
         Ok(DownloadPiece::Chunk(bytes)) => Some(Ok(bytes)),

@@ -22,7 +22,7 @@ use utoipa::{PartialSchema, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
-use super::kit::{Answer, Authed, Json, Path, Query, Rest};
+use super::kit::{Answer, Authed, Json, Path, Query, Rest, at_path};
 use super::wire::{HasId, List, PageQuery, seconds};
 use crate::error::{Error, FieldViolation};
 use crate::jobs::model as jm;
@@ -664,15 +664,6 @@ fn model_name(job: &jm::JobRecord) -> String {
     fine_tuned_model_id(&job.spec.base_model, &job.spec.suffix, &job.id)
 }
 
-/// A path that names no job of the caller's is a 404, whatever its shape
-/// (the service refuses a malformed id on `id`, gRPC's field).
-fn at_path(err: Error, id: &str) -> Error {
-    match err {
-        Error::InvalidArgument(v) if v.iter().any(|v| v.field == "id") => Error::not_found("job", id),
-        other => other,
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Handlers.
 
@@ -765,7 +756,7 @@ async fn retrieve_job(
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> Answer<FineTuningJob> {
-    let job = rest.jobs.get(&caller, &id).await.map_err(|e| at_path(e, &id))?;
+    let job = rest.jobs.get(&caller, &id).await.map_err(at_path("job", &id))?;
     Ok(Json(job_object(job)))
 }
 
@@ -775,7 +766,7 @@ async fn retrieve_job(
     responses((status = 200, body = FineTuningJob), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn cancel_job(State(rest): State<Rest>, Authed(caller): Authed, Path(id): Path<String>) -> Answer<FineTuningJob> {
-    let job = rest.jobs.cancel(&caller, &id).await.map_err(|e| at_path(e, &id))?;
+    let job = rest.jobs.cancel(&caller, &id).await.map_err(at_path("job", &id))?;
     Ok(Json(job_object(job)))
 }
 
@@ -786,7 +777,7 @@ async fn cancel_job(State(rest): State<Rest>, Authed(caller): Authed, Path(id): 
     responses((status = 200, body = FineTuningJob), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn pause_job(State(rest): State<Rest>, Authed(caller): Authed, Path(id): Path<String>) -> Answer<FineTuningJob> {
-    let job = rest.jobs.pause(&caller, &id).await.map_err(|e| at_path(e, &id))?;
+    let job = rest.jobs.pause(&caller, &id).await.map_err(at_path("job", &id))?;
     Ok(Json(job_object(job)))
 }
 
@@ -796,7 +787,7 @@ async fn pause_job(State(rest): State<Rest>, Authed(caller): Authed, Path(id): P
     responses((status = 200, body = FineTuningJob), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn resume_job(State(rest): State<Rest>, Authed(caller): Authed, Path(id): Path<String>) -> Answer<FineTuningJob> {
-    let job = rest.jobs.resume(&caller, &id).await.map_err(|e| at_path(e, &id))?;
+    let job = rest.jobs.resume(&caller, &id).await.map_err(at_path("job", &id))?;
     Ok(Json(job_object(job)))
 }
 
@@ -935,7 +926,7 @@ async fn list_events(
     Path(id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> Answer<List<JobEvent>> {
-    let job = rest.jobs.get(&caller, &id).await.map_err(|e| at_path(e, &id))?;
+    let job = rest.jobs.get(&caller, &id).await.map_err(at_path("job", &id))?;
     let before = page.after.as_deref().map(|a| event_seq(&job.id, a)).transpose()?;
     let (events, more) = rest
         .jobs
@@ -991,7 +982,7 @@ async fn list_checkpoints(
     Path(id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> Answer<List<Checkpoint>> {
-    let job = rest.jobs.get(&caller, &id).await.map_err(|e| at_path(e, &id))?;
+    let job = rest.jobs.get(&caller, &id).await.map_err(at_path("job", &id))?;
     // OpenAI's checkpoint lists default to 10 a page.
     let size = if page.limit.is_none() { 10 } else { page.page_size()? };
     let (list, more) = rest

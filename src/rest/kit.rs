@@ -12,6 +12,7 @@ use super::error::ApiError;
 use crate::app::App;
 use crate::auth::model::Caller;
 use crate::datasets::manager::Datasets;
+use crate::error::Error;
 use crate::evals::manager::Evals;
 use crate::graders::service::Graders;
 use crate::inference::ChatModel;
@@ -82,3 +83,19 @@ pub struct Path<T>(pub T);
 
 /// A handler's answer: a JSON body or OpenAI's error object.
 pub type Answer<T> = Result<Json<T>, ApiError>;
+
+/// For a service call on an id that came in the path: a refusal of the id's
+/// shape becomes 404, as OpenAI answers for any id it does not know (a
+/// client holding an OpenAI-shaped id such as `file-abc` asks for a record
+/// that is not here, which is no fault in its request).
+pub fn at_path<'a>(kind: &'static str, id: &'a str) -> impl FnOnce(Error) -> Error + 'a {
+    move |err| match err {
+        Error::InvalidArgument(v) if !v.is_empty() && v.iter().all(|v| ID_FIELDS.contains(&v.field.as_str())) => {
+            Error::not_found(kind, id)
+        }
+        other => other,
+    }
+}
+
+/// The fields services name when an id has the wrong shape.
+const ID_FIELDS: &[&str] = &["id", "eval_id", "run_id", "item_id", "dataset_id", "upload_id"];
