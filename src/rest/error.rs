@@ -150,11 +150,11 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match &rejection {
             JsonRejection::JsonDataError(e) => {
-                // axum reads bodies through serde_path_to_error: the source
-                // names the path to the value that did not fit.
-                let source = std::error::Error::source(e);
-                let path = source
-                    .and_then(|s| s.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>())
+                // axum reads bodies through serde_path_to_error: an error
+                // in the chain below (under axum's own) names the path to
+                // the value that did not fit.
+                let path = std::iter::successors(std::error::Error::source(e), |s| s.source())
+                    .find_map(|s| s.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>())
                     .map(|e| (e.path().to_string(), e.inner().to_string()));
                 match path {
                     Some((path, inner)) if path != "." => ApiError::invalid(path.clone(), format!("{path}: {inner}")),
@@ -247,6 +247,44 @@ mod tests {
             ApiError::from(Error::Unauthenticated("no".into())).status,
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    /// Through axum's own `Json` rejection, as handlers see it.
+    #[test]
+    fn bodies_that_do_not_fit_name_the_field() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Body {
+            model: String,
+            temperature: Option<f64>,
+            inner: Option<Inner>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Inner {
+            on: Option<bool>,
+        }
+        let param = |body: &str| {
+            let rejection = axum::Json::<Body>::from_bytes(body.as_bytes()).unwrap_err();
+            let e = ApiError::from(rejection);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+            e.body.param
+        };
+        assert_eq!(
+            param(r#"{"model": "m", "temperatur": 1}"#).as_deref(),
+            Some("temperatur")
+        );
+        assert_eq!(
+            param(r#"{"model": "m", "temperature": "hot"}"#).as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(
+            param(r#"{"model": "m", "inner": {"of": 1}}"#).as_deref(),
+            Some("inner.of")
+        );
+        assert_eq!(param(r#"{"temperature": 1}"#).as_deref(), Some("model"));
     }
 
     #[test]
