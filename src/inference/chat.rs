@@ -99,6 +99,9 @@ impl ChatRequest {
         if self.max_tokens == Some(0) {
             return Err(ChatError::invalid("sampling.max_tokens", "must be at least 1"));
         }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(ChatError::invalid("sampling.stop", "a stop sequence cannot be empty"));
+        }
         if let Some(format) = &self.response_format {
             check_response_format(format)?;
         }
@@ -511,6 +514,13 @@ mod tests {
                 ..request()
             }),
             "sampling.max_tokens"
+        );
+        assert_eq!(
+            field(ChatRequest {
+                stop: vec!["x".into(), String::new()],
+                ..request()
+            }),
+            "sampling.stop"
         );
     }
 
