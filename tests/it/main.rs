@@ -22,6 +22,7 @@ mod providers;
 mod providers_llama_cpp;
 mod quotas;
 mod rest;
+mod rest_chat;
 mod server;
 mod tenancy;
 mod tls;
