@@ -265,6 +265,7 @@ impl LocalEngine {
                 format!("must be between 1 and {MAX_LOCAL_TOKENS}"),
             ));
         }
+        check_supported(request)?;
         // Refuse before loading anything when the engine is full.
         let admitted = self
             .admission
@@ -272,7 +273,8 @@ impl LocalEngine {
             .try_acquire_owned()
             .map_err(|_| self.overloaded())?;
         let (base, adapter) = self.open(&request.model).await?;
-        let prompt = base.prompt(&request.messages, request.tools.as_ref())?;
+        let tools = request.tools.as_ref().filter(|_| request.offers_tools());
+        let prompt = base.prompt(&request.messages, tools)?;
         let sampling = sampling_of(request);
         let positions = base.model.max_positions();
         if prompt.len() + sampling.max_tokens > positions {
@@ -405,6 +407,64 @@ fn batch_worker(mut rx: mpsc::Receiver<GenJob>, max_batch: usize, batch_ms: &Ato
     }
 }
 
+/// What the local engine cannot do, refused rather than done without:
+/// forcing a tool call (it offers tools and reads the calls the model
+/// writes), and, for callers that rely on them (`refuse_unsupported`),
+/// holding output to a JSON format (decoding is not constrained yet), a
+/// reasoning effort, custom tools and content other than text.
+fn check_supported(request: &ChatRequest) -> Result<(), ChatError> {
+    if let Some(choice) = &request.tool_choice
+        && choice != "auto"
+        && choice != "none"
+    {
+        return Err(ChatError::invalid(
+            "tool_choice",
+            "local models cannot be made to call a tool: use auto or none",
+        ));
+    }
+    if !request.refuse_unsupported {
+        return Ok(());
+    }
+    if let Some(format) = &request.response_format
+        && format["type"] != "text"
+    {
+        return Err(ChatError::invalid(
+            "response_format",
+            format!(
+                "local models cannot hold their output to {}: leave response_format out and ask for JSON in \
+                 the prompt, or use a provider's model",
+                format["type"].as_str().unwrap_or("a format")
+            ),
+        ));
+    }
+    if request.reasoning_effort.is_some() {
+        return Err(ChatError::invalid(
+            "reasoning_effort",
+            "local models take no reasoning effort: leave it out",
+        ));
+    }
+    let tools = request.tools.as_ref().and_then(Value::as_array).into_iter().flatten();
+    if let Some(i) = tools.clone().position(|t| t["type"] != "function") {
+        return Err(ChatError::invalid(
+            format!("tools[{i}].type"),
+            "local models take function tools only",
+        ));
+    }
+    for (i, message) in request.messages.iter().enumerate() {
+        let parts = message["content"].as_array().into_iter().flatten();
+        for (j, part) in parts.enumerate() {
+            let text = part["type"] == "text" || (part.get("type").is_none() && part["text"].is_string());
+            if !text {
+                return Err(ChatError::invalid(
+                    format!("messages[{i}].content[{j}].type"),
+                    "local models read text only",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Tool calls written by the model: Hermes/Qwen-style `<tool_call>{...}</tool_call>`
 /// blocks, or (when tools were offered) a bare JSON object or array of
 /// objects with `name` and `arguments`.
@@ -467,6 +527,9 @@ pub fn sampling_of(r: &ChatRequest) -> Sampling {
         max_tokens: r.max_tokens.unwrap_or(256).max(1) as usize,
         seed: r.seed.unwrap_or(0),
         stop: r.stop.clone(),
+        // The same answer for a seed whatever is decoded beside it; each
+        // of several answers to one prompt its own.
+        stream: Some(u64::from(r.choice)),
     }
 }
 
@@ -490,7 +553,8 @@ impl ChatModel for LocalEngine {
     async fn stream(&self, request: ChatRequest) -> Result<ChatStream, ChatError> {
         let (base, mut tokens, reply) = self.submit(&request).await?;
         let (tx, rx) = chat::channel();
-        let tools = request.tools.is_some();
+        let tools = request.offers_tools();
+        let one_call = request.parallel_tool_calls == Some(false);
         // Bytes at the end of the text that may still become a stop sequence.
         let hold = request
             .stop
@@ -549,11 +613,14 @@ impl ChatModel for LocalEngine {
             };
             // The generated text is the answer (cut at a stop sequence);
             // what was sent is a prefix of it.
-            let (answer, tool_calls) = if tools {
+            let (answer, mut tool_calls) = if tools {
                 parse_tool_calls(&generated.text, true)
             } else {
                 (generated.text, Vec::new())
             };
+            if one_call {
+                tool_calls.truncate(1);
+            }
             let rest = answer.get(sent..).filter(|_| answer.starts_with(&text[..sent]));
             if let Some(rest) = rest.filter(|r| !r.is_empty())
                 && tx.send(Ok(ChatEvent::Delta(rest.to_string()))).await.is_err()
@@ -594,6 +661,61 @@ impl LocalModels for LocalEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_engine_cannot_do_is_refused() {
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        let request = |extra: Value, strict: bool| {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stop": []});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            ChatRequest {
+                refuse_unsupported: strict,
+                ..serde_json::from_value(body).unwrap()
+            }
+        };
+        let refused = |extra: Value, strict: bool| match check_supported(&request(extra, strict)) {
+            Ok(()) => String::new(),
+            Err(ChatError::Invalid { field, .. }) => field,
+            Err(other) => panic!("{other:?}"),
+        };
+        for choice in [
+            json!("required"),
+            json!({"type": "function", "function": {"name": "f"}}),
+        ] {
+            for strict in [false, true] {
+                assert_eq!(
+                    refused(json!({"tools": tools, "tool_choice": choice}), strict),
+                    "tool_choice"
+                );
+            }
+        }
+        for choice in ["auto", "none"] {
+            assert_eq!(refused(json!({"tools": tools, "tool_choice": choice}), true), "");
+        }
+        // Only callers that rely on them are refused these; model graders
+        // and evals sample without them.
+        let json_schema = json!({"type": "json_schema", "json_schema": {"name": "g", "schema": {}}});
+        for (extra, field) in [
+            (json!({"response_format": json_schema}), "response_format"),
+            (json!({"response_format": {"type": "json_object"}}), "response_format"),
+            (json!({"reasoning_effort": "low"}), "reasoning_effort"),
+            (
+                json!({"tools": [{"type": "custom", "custom": {"name": "c"}}]}),
+                "tools[0].type",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                 {"type": "image_url", "image_url": {"url": "u"}}]}]}),
+                "messages[0].content[1].type",
+            ),
+        ] {
+            assert_eq!(refused(extra.clone(), true), field, "{extra}");
+            assert_eq!(refused(extra.clone(), false), "", "{extra}");
+        }
+        assert_eq!(refused(json!({"response_format": {"type": "text"}}), true), "");
+        assert!(!request(json!({"tools": tools, "tool_choice": "none"}), true).offers_tools());
+        assert!(request(json!({"tools": tools}), true).offers_tools());
+    }
 
     #[test]
     fn tool_calls_are_parsed_from_hermes_blocks_and_bare_json() {

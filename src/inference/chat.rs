@@ -45,6 +45,26 @@ pub struct ChatRequest {
     pub response_format: Option<Value>,
     /// OpenAI `reasoning_effort` (model graders pass it on).
     pub reasoning_effort: Option<String>,
+    /// OpenAI `tool_choice`: `auto` (the default with tools), `none`,
+    /// `required`, or one named tool.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// OpenAI `parallel_tool_calls`: `false` asks for one tool call at most.
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// Refuse what the model cannot honour (a `response_format` it cannot
+    /// hold its output to, a `reasoning_effort` it has no use for, content
+    /// it cannot read) instead of answering without it. The REST door sets
+    /// it: its clients rely on what they ask for. Model graders and evals
+    /// leave it off: their prompts ask for JSON as well, and they report
+    /// output that does not parse.
+    #[serde(default)]
+    pub refuse_unsupported: bool,
+    /// Which of several answers to one prompt this is (OpenAI's `n`; 0
+    /// for a single answer): each draws from its own random stream, so the
+    /// answers differ, and a seed names them all.
+    #[serde(default)]
+    pub choice: u32,
 }
 
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
@@ -79,7 +99,174 @@ impl ChatRequest {
         if self.max_tokens == Some(0) {
             return Err(ChatError::invalid("sampling.max_tokens", "must be at least 1"));
         }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(ChatError::invalid("sampling.stop", "a stop sequence cannot be empty"));
+        }
+        if let Some(format) = &self.response_format {
+            check_response_format(format)?;
+        }
+        let names = match &self.tools {
+            Some(tools) => tool_names(tools)?,
+            None => Vec::new(),
+        };
+        if let Some(choice) = &self.tool_choice {
+            if self.tools.is_none() {
+                return Err(ChatError::invalid(
+                    "tool_choice",
+                    "is only allowed when tools are given",
+                ));
+            }
+            check_tool_choice(choice, &names)?;
+        }
+        if self.parallel_tool_calls.is_some() && self.tools.is_none() {
+            return Err(ChatError::invalid(
+                "parallel_tool_calls",
+                "is only allowed when tools are given",
+            ));
+        }
         Ok(())
+    }
+
+    /// The request for answer `index` of several to one prompt (OpenAI's
+    /// `n`); answer 0 is the request itself.
+    pub fn choice(&self, index: u32) -> ChatRequest {
+        ChatRequest {
+            choice: index,
+            ..self.clone()
+        }
+    }
+
+    /// Whether tools are offered to the model: given, and not turned off
+    /// with `tool_choice: "none"`.
+    pub fn offers_tools(&self) -> bool {
+        self.tools.is_some() && self.tool_choice.as_ref().is_none_or(|c| c != "none")
+    }
+}
+
+/// The most answers one request may ask for (OpenAI's limit for `n`).
+pub const MAX_CHOICES: u32 = 128;
+
+/// Checks OpenAI's `n`: how many choices to answer.
+pub fn check_choices(n: u32) -> Result<(), ChatError> {
+    if !(1..=MAX_CHOICES).contains(&n) {
+        return Err(ChatError::invalid("n", format!("must be between 1 and {MAX_CHOICES}")));
+    }
+    Ok(())
+}
+
+/// `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
+/// "json_schema": {"name", "schema"?, "description"?, "strict"?}}`.
+fn check_response_format(format: &Value) -> Result<(), ChatError> {
+    let invalid = ChatError::invalid;
+    match format["type"].as_str() {
+        Some("text" | "json_object") => Ok(()),
+        Some("json_schema") => {
+            let spec = &format["json_schema"];
+            if !spec.is_object() {
+                return Err(invalid("response_format.json_schema", "an object is required"));
+            }
+            let name = spec["name"].as_str().unwrap_or_default();
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(invalid(
+                    "response_format.json_schema.name",
+                    "1 to 64 letters, digits, underscores or dashes are required",
+                ));
+            }
+            if spec.get("schema").is_some_and(|s| !s.is_object()) {
+                return Err(invalid(
+                    "response_format.json_schema.schema",
+                    "must be a JSON schema object",
+                ));
+            }
+            if spec.get("strict").is_some_and(|s| !s.is_boolean() && !s.is_null()) {
+                return Err(invalid("response_format.json_schema.strict", "must be a boolean"));
+            }
+            Ok(())
+        }
+        _ => Err(invalid(
+            "response_format.type",
+            "must be text, json_object or json_schema",
+        )),
+    }
+}
+
+/// The names of OpenAI `tools` (`{"type": "function", "function": {"name",
+/// ...}}` or `{"type": "custom", "custom": {"name", ...}}`).
+fn tool_names(tools: &Value) -> Result<Vec<&str>, ChatError> {
+    let Some(tools) = tools.as_array() else {
+        return Err(ChatError::invalid("tools", "must be an array of tools"));
+    };
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            let kind = tool["type"].as_str().unwrap_or_default();
+            if kind != "function" && kind != "custom" {
+                return Err(ChatError::invalid(
+                    format!("tools[{i}].type"),
+                    "must be function or custom",
+                ));
+            }
+            match tool[kind]["name"].as_str() {
+                Some(name) if !name.is_empty() => Ok(name),
+                _ => Err(ChatError::invalid(
+                    format!("tools[{i}].{kind}.name"),
+                    "a name is required",
+                )),
+            }
+        })
+        .collect()
+}
+
+/// `none`, `auto`, `required`, or `{"type": "function", "function": {"name"}}`
+/// (or `custom`) naming one of the tools; `allowed_tools` narrows them.
+fn check_tool_choice(choice: &Value, names: &[&str]) -> Result<(), ChatError> {
+    if let Some(mode) = choice.as_str() {
+        return match mode {
+            "none" | "auto" | "required" => Ok(()),
+            _ => Err(ChatError::invalid(
+                "tool_choice",
+                "must be none, auto, required or a tool",
+            )),
+        };
+    }
+    match choice["type"].as_str() {
+        Some(kind @ ("function" | "custom")) => match choice[kind]["name"].as_str() {
+            Some(name) if names.contains(&name) => Ok(()),
+            Some(name) => Err(ChatError::invalid(
+                format!("tool_choice.{kind}.name"),
+                format!("{name:?} is not one of the tools"),
+            )),
+            None => Err(ChatError::invalid(
+                format!("tool_choice.{kind}.name"),
+                "a name is required",
+            )),
+        },
+        Some("allowed_tools") => {
+            let allowed = &choice["allowed_tools"];
+            if !matches!(allowed["mode"].as_str(), Some("auto" | "required")) {
+                return Err(ChatError::invalid(
+                    "tool_choice.allowed_tools.mode",
+                    "must be auto or required",
+                ));
+            }
+            if !allowed["tools"].is_array() {
+                return Err(ChatError::invalid(
+                    "tool_choice.allowed_tools.tools",
+                    "must be an array of tools",
+                ));
+            }
+            Ok(())
+        }
+        _ => Err(ChatError::invalid(
+            "tool_choice.type",
+            "must be function, custom or allowed_tools",
+        )),
     }
 }
 
@@ -328,6 +515,81 @@ mod tests {
             }),
             "sampling.max_tokens"
         );
+        assert_eq!(
+            field(ChatRequest {
+                stop: vec!["x".into(), String::new()],
+                ..request()
+            }),
+            "sampling.stop"
+        );
+    }
+
+    #[test]
+    fn formats_tools_and_tool_choice_are_checked() {
+        let field = |extra: Value| {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stop": []});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            match serde_json::from_value::<ChatRequest>(body).unwrap().validate() {
+                Ok(()) => String::new(),
+                Err(ChatError::Invalid { field, .. }) => field,
+                Err(other) => panic!("{other:?}"),
+            }
+        };
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        for ok in [
+            json!({"response_format": {"type": "text"}}),
+            json!({"response_format": {"type": "json_object"}}),
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "a-b_1", "schema": {}}}}),
+            json!({"tools": tools, "tool_choice": "required", "parallel_tool_calls": false}),
+            json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "f"}}}),
+        ] {
+            assert_eq!(field(ok.clone()), "", "{ok}");
+        }
+        for (bad, at) in [
+            (json!({"response_format": {"type": "yaml"}}), "response_format.type"),
+            (
+                json!({"response_format": {"type": "json_schema"}}),
+                "response_format.json_schema",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "a b"}}}),
+                "response_format.json_schema.name",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": 1}}}),
+                "response_format.json_schema.schema",
+            ),
+            (json!({"tools": {"type": "function"}}), "tools"),
+            (json!({"tools": [{"type": "web"}]}), "tools[0].type"),
+            (
+                json!({"tools": [{"type": "function", "function": {}}]}),
+                "tools[0].function.name",
+            ),
+            (json!({"tool_choice": "auto"}), "tool_choice"),
+            (json!({"parallel_tool_calls": true}), "parallel_tool_calls"),
+            (json!({"tools": tools, "tool_choice": "always"}), "tool_choice"),
+            (
+                json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+                "tool_choice.function.name",
+            ),
+        ] {
+            assert_eq!(field(bad.clone()), at, "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_choice_is_its_own_request() {
+        let r = request();
+        assert_eq!(r.choice(0), r);
+        assert_eq!(r.choice(2).choice, 2);
+        assert_eq!(
+            ChatRequest {
+                choice: 0,
+                ..r.choice(2)
+            },
+            r
+        );
+        assert!(check_choices(0).is_err() && check_choices(129).is_err() && check_choices(128).is_ok());
     }
 
     struct Whole;

@@ -262,6 +262,15 @@ impl HttpProvider {
             .response_format
             .as_ref()
             .is_some_and(|f| f["type"] == "json_schema");
+        if json_schema && request.refuse_unsupported && self.config.structured_output == StructuredOutput::None {
+            return Err(ChatError::invalid(
+                "response_format",
+                format!(
+                    "provider {} is configured to take no JSON schema (structured_output: none)",
+                    self.config.name
+                ),
+            ));
+        }
         let mut body = json!({"model": request.model, "messages": request.messages});
         let obj = body.as_object_mut().expect("a JSON object literal");
         let mut set = |key: &str, value: Option<Value>| {
@@ -277,9 +286,16 @@ impl HttpProvider {
         set("top_p", request.top_p.map(|v| json!(v)));
         set("top_k", request.top_k.map(|v| json!(v)));
         set("max_tokens", request.max_tokens.map(|v| json!(v)));
-        set("seed", request.seed.map(|v| json!(v)));
+        // Several answers to one prompt are several requests here: each
+        // on its own seed, so that they differ.
+        set(
+            "seed",
+            request.seed.map(|v| json!(v.wrapping_add(u64::from(request.choice)))),
+        );
         set("stop", (!request.stop.is_empty()).then(|| json!(request.stop)));
         set("tools", request.tools);
+        set("tool_choice", request.tool_choice);
+        set("parallel_tool_calls", request.parallel_tool_calls.map(Value::Bool));
         set("reasoning_effort", request.reasoning_effort.map(Value::String));
         set(
             "response_format",

@@ -257,6 +257,44 @@ mod tests {
         );
     }
 
+    /// Through axum's own `Json` rejection, as handlers see it.
+    #[test]
+    fn bodies_that_do_not_fit_name_the_field() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Body {
+            model: String,
+            temperature: Option<f64>,
+            inner: Option<Inner>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Inner {
+            on: Option<bool>,
+        }
+        let param = |body: &str| {
+            let rejection = axum::Json::<Body>::from_bytes(body.as_bytes()).unwrap_err();
+            let e = ApiError::from(rejection);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+            e.body.param
+        };
+        assert_eq!(
+            param(r#"{"model": "m", "temperatur": 1}"#).as_deref(),
+            Some("temperatur")
+        );
+        assert_eq!(
+            param(r#"{"model": "m", "temperature": "hot"}"#).as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(
+            param(r#"{"model": "m", "inner": {"of": 1}}"#).as_deref(),
+            Some("inner.of")
+        );
+        assert_eq!(param(r#"{"temperature": 1}"#).as_deref(), Some("model"));
+    }
+
     #[test]
     fn unknown_and_missing_fields_become_params() {
         let e = unknown_field("unknown field `suffixx`, expected one of `model`, `suffix`");

@@ -481,10 +481,32 @@ fn identical_prompts_are_prefilled_once_and_generate_what_they_would_alone() {
         Some(&adapter),
         &tok,
         &rows[..2],
-        &vec![hot; 2],
+        &vec![hot.clone(); 2],
         &[],
         &mut |_, _| {},
     )
     .unwrap();
     assert_ne!(sampled[0].tokens, sampled[1].tokens);
+    // A row that names its stream (a served completion) samples what it
+    // would alone, wherever it sits in the batch.
+    let served = Sampling { stream: Some(0), ..hot };
+    let at = |place: usize| {
+        let mut sampling = vec![greedy.clone(); place + 1];
+        sampling[place] = served.clone();
+        generate(
+            &model,
+            Some(&adapter),
+            &tok,
+            &rows[..place + 1],
+            &sampling,
+            &[],
+            &mut |_, _| {},
+        )
+        .unwrap()
+        .remove(place)
+        .tokens
+    };
+    let first = at(0);
+    assert_eq!(at(1), first);
+    assert_eq!(at(3), first);
 }

@@ -827,6 +827,7 @@ fn sampling_is_seeded() {
         max_tokens: 8,
         seed: 5,
         stop: Vec::new(),
+        stream: None,
     };
     let p = vec![vec![1u32, 2, 3]];
     let a = generate(&model, None, &tok, &p, std::slice::from_ref(&s), &[], &mut |_, _| {}).unwrap();

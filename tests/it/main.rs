@@ -22,6 +22,7 @@ mod providers;
 mod providers_llama_cpp;
 mod quotas;
 mod rest;
+mod rest_chat;
 mod rest_evals;
 mod rest_files;
 mod rest_graders;

@@ -22,6 +22,11 @@ pub struct Sampling {
     pub max_tokens: usize,
     pub seed: u64,
     pub stop: Vec<String>,
+    /// The random stream this row draws from (with its seed). None: its
+    /// place in the batch, so rows of one seed (GRPO's group of answers to
+    /// one prompt) each sample differently. Served completions name their
+    /// own, so that an answer does not depend on what is decoded beside it.
+    pub stream: Option<u64>,
 }
 
 impl Default for Sampling {
@@ -33,6 +38,7 @@ impl Default for Sampling {
             max_tokens: 256,
             seed: 0,
             stop: Vec::new(),
+            stream: None,
         }
     }
 }
@@ -218,7 +224,7 @@ pub fn generate_streaming(
     let mut rows: Vec<Row> = (0..b)
         .map(|i| Row {
             index: i,
-            rng: Rng::derive(sampling[i].seed, &[i as u64]),
+            rng: Rng::derive(sampling[i].seed, &[sampling[i].stream.unwrap_or(i as u64)]),
             tokens: Vec::new(),
             done: None,
             stop_token: None,

@@ -343,6 +343,7 @@ impl<R: Reward> Grpo<R> {
             max_tokens: self.cfg.max_completion_tokens,
             seed,
             stop: Vec::new(),
+            stream: None,
         }
     }
 
