@@ -92,12 +92,48 @@ fn routes() -> OpenApiRouter<Rest> {
 
 /// The OpenAPI document of what this door serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    let mut api = routes().into_openapi();
+    describe_responses(&mut api);
+    api
+}
+
+/// OpenAPI requires a description on every response; an annotation that
+/// gives none gets its status's reason phrase ("Bad Request").
+fn describe_responses(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    for item in api.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            for (status, response) in operation.responses.responses.iter_mut() {
+                if let RefOr::T(response) = response
+                    && response.description.is_empty()
+                {
+                    response.description = status
+                        .parse::<u16>()
+                        .ok()
+                        .and_then(|code| http::StatusCode::from_u16(code).ok())
+                        .and_then(|code| code.canonical_reason())
+                        .unwrap_or("Response")
+                        .to_string();
+                }
+            }
+        }
+    }
 }
 
 /// The door as an axum router, ready to merge with the gRPC routes.
 pub fn router(rest: Rest) -> axum::Router {
-    let (router, api) = routes().split_for_parts();
+    let (router, mut api) = routes().split_for_parts();
+    describe_responses(&mut api);
     let api = Arc::new(api);
     router
         .route(

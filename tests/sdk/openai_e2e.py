@@ -76,7 +76,7 @@ class Server:
         models = self.data / "models" / "tiny"
         subprocess.run([tiny_model, str(models)], check=True, stdout=subprocess.DEVNULL)
         env = dict(os.environ, LATHE_ADDR=f"http://{self.addr}", LATHE_API_KEY=self.key)
-        subprocess.run([lathe, "models", "add", "tiny", str(models)], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run([lathe, "models", "add", "--name", "tiny", str(models)], check=True, env=env, stdout=subprocess.DEVNULL)
 
     def answers(self):
         if self.proc.poll() is not None:
