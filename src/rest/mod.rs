@@ -22,12 +22,8 @@ mod evals;
 mod files;
 mod graders;
 mod jobs;
-// `Query` and the list shapes are used by the resources being built (issue #26).
-#[allow(dead_code)]
 mod kit;
 mod models;
-// The shared list shapes are used by the resources being built (issue #26).
-#[allow(dead_code)]
 mod wire;
 
 use std::sync::Arc;
