@@ -8,7 +8,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::ErrorBody;
 use super::kit::{Answer, Authed, Json, Path, Rest};
-use super::wire::{Deleted, seconds};
+use super::wire::{Deleted, HasId, List, seconds};
 use crate::models::{ModelKind, ModelRecord};
 
 pub fn routes() -> OpenApiRouter<Rest> {
@@ -33,11 +33,10 @@ pub struct Model {
     pub job_id: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ModelList {
-    /// Always `list`.
-    pub object: &'static str,
-    pub data: Vec<Model>,
+impl HasId for Model {
+    fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 pub fn model(m: ModelRecord) -> Model {
@@ -54,10 +53,11 @@ pub fn model(m: ModelRecord) -> Model {
     }
 }
 
-/// Lists every model the caller can name (not paginated, as OpenAI's).
+/// Lists every model the caller can name in one page (not paginated, as
+/// OpenAI's; `has_more` is false).
 #[utoipa::path(get, path = "/v1/models", tag = "models",
-    responses((status = 200, body = ModelList)))]
-async fn list_models(State(rest): State<Rest>, Authed(caller): Authed) -> Answer<ModelList> {
+    responses((status = 200, body = List<Model>)))]
+async fn list_models(State(rest): State<Rest>, Authed(caller): Authed) -> Answer<List<Model>> {
     let mut data = Vec::new();
     let mut token = String::new();
     loop {
@@ -68,7 +68,7 @@ async fn list_models(State(rest): State<Rest>, Authed(caller): Authed) -> Answer
         }
         token = next;
     }
-    Ok(Json(ModelList { object: "list", data }))
+    Ok(Json(List::new(data, false)))
 }
 
 #[utoipa::path(get, path = "/v1/models/{model}", tag = "models",

@@ -133,6 +133,8 @@ async fn models_answer_what_get_model_answers() {
         .await
         .unwrap();
     assert_eq!(list["object"], "list");
+    assert_eq!(list["has_more"], false);
+    assert_eq!(list["first_id"], "tiny-qwen");
     let one: Value = http()
         .get(format!("{url}/v1/models/tiny-qwen"))
         .bearer_auth(key)
