@@ -157,15 +157,12 @@ impl From<JsonRejection> for ApiError {
                     .find_map(|s| s.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>())
                     .map(|e| (e.path().to_string(), e.inner().to_string()));
                 match path {
-                    Some((path, inner)) if path != "." => {
-                        let error = ApiError::invalid(path, inner.as_str());
-                        // An unknown field's path ends with the field itself.
-                        if inner.starts_with("unknown field") {
-                            error.code("unknown_parameter")
-                        } else {
-                            error
-                        }
+                    // The message names the path once (the violation's
+                    // display puts it first).
+                    Some((path, inner)) if path != "." && inner.starts_with("unknown field") => {
+                        ApiError::invalid(path, inner).code("unknown_parameter")
                     }
+                    Some((path, inner)) if path != "." => ApiError::invalid(path, inner),
                     Some((_, inner)) => unknown_field(&inner),
                     None => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", rejection.body_text()),
                 }
@@ -293,6 +290,17 @@ mod tests {
             Some("inner.of")
         );
         assert_eq!(param(r#"{"temperature": 1}"#).as_deref(), Some("model"));
+        let unknown =
+            ApiError::from(axum::Json::<Body>::from_bytes(br#"{"model": "m", "temperatur": 1}"#).unwrap_err());
+        assert_eq!(unknown.body.code.as_deref(), Some("unknown_parameter"));
+        assert!(
+            unknown
+                .body
+                .message
+                .starts_with("invalid argument: temperatur: unknown field"),
+            "{}",
+            unknown.body.message
+        );
     }
 
     #[test]

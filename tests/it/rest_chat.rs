@@ -120,11 +120,9 @@ fn streamed_text(chunks: &[Value], index: u64) -> (String, String) {
             i == 0,
             "the first delta, and only it, carries the role: {choice}"
         );
+        assert!(finish.is_none(), "the finish reason comes last: {choice}");
         text.push_str(choice["delta"]["content"].as_str().unwrap_or_default());
-        if let Some(f) = choice["finish_reason"].as_str() {
-            assert!(finish.is_none(), "one finish reason");
-            finish = Some(f.to_string());
-        }
+        finish = choice["finish_reason"].as_str().map(str::to_string);
     }
     (text, finish.expect("a finish reason"))
 }
@@ -753,6 +751,46 @@ async fn a_client_that_leaves_a_stream_frees_the_engine() {
     assert!(
         waited < full / 4,
         "waited {waited:?} for the engine; the whole stream takes {full:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_on_a_whole_answer_frees_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = tiny_server(dir.path(), 1, None).await;
+    let long = tiny("hello", json!({"temperature": 0, "max_completion_tokens": 600}));
+    let start = Instant::now();
+    let body = ok(post(&server, &long).await).await;
+    let full = start.elapsed();
+    assert_eq!(
+        body["choices"][0]["finish_reason"], "length",
+        "the test needs a chat that runs to its limit"
+    );
+
+    // The same request, given up on long before its answer: the server
+    // drops the completion with the connection.
+    let gave_up = http()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .bearer_auth(server.admin_key())
+        .timeout(full / 10)
+        .json(&long)
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    let start = Instant::now();
+    loop {
+        let response = post(&server, &tiny("hi", json!({"max_tokens": 2}))).await;
+        if response.status() != 429 {
+            ok(response).await;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let waited = start.elapsed();
+    assert!(
+        waited < full / 2,
+        "waited {waited:?} for the engine; the whole answer takes {full:?}"
     );
     server.stop().await;
 }
