@@ -194,7 +194,8 @@ pub struct Usage {
     responses(
         (status = 200, body = ChatCompletionObject,
          description = "The completion; with `stream: true`, server-sent `chat.completion.chunk` frames instead"),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 400, body = ErrorBody, description = "A field that is wrong or that Lathe cannot honour, named as `param`"),
+        (status = 404, body = ErrorBody, description = "No model by that name that the caller can see"),
         (status = 429, body = ErrorBody, description = "The local engine's queue is full; see `retry-after`")))]
 async fn create_chat_completion(
     State(rest): State<Rest>,
