@@ -88,6 +88,33 @@ pub enum EvalsCommand {
         #[arg(long)]
         item_schema: Option<PathBuf>,
     },
+    /// List evals, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Rename an eval or replace its metadata.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// KEY=VALUE, repeatable: replaces the eval's metadata with these.
+        #[arg(long = "metadata")]
+        metadata: Vec<String>,
+        /// Remove all of the eval's metadata.
+        #[arg(long, conflicts_with = "metadata")]
+        clear_metadata: bool,
+    },
+    /// Delete an eval with its runs and their output items (unfinished runs stop).
+    Delete {
+        id: String,
+    },
+    /// Delete one run and its output items (an unfinished run stops).
+    DeleteRun {
+        id: String,
+    },
     /// Start a run of an eval over a dataset.
     Run(Box<RunArgs>),
     /// Follow a run live; exits non-zero unless it completes.
@@ -139,6 +166,35 @@ fn criterion(v: Value) -> proto::TestingCriterion {
         grader: Some(struct_from_json(&grader)),
         pass_threshold: threshold,
         name: String::new(),
+    }
+}
+
+/// An eval: its id and name, then each criterion (or one JSON line).
+fn show_eval(eval: &proto::Eval, json: bool) {
+    if json {
+        let criteria: Vec<Value> = eval
+            .testing_criteria
+            .iter()
+            .map(|c| json!({"name": c.name, "pass_threshold": c.pass_threshold}))
+            .collect();
+        println!(
+            "{}",
+            json!({"id": eval.id, "object": "eval", "name": eval.name, "metadata": eval.metadata,
+                   "testing_criteria": criteria})
+        );
+    } else {
+        println!("{}  {}", eval.id, eval.name);
+        for c in &eval.testing_criteria {
+            println!("  {}  passes at >= {}", c.name, c.pass_threshold.unwrap_or(1.0));
+        }
+    }
+}
+
+fn show_deleted(id: &str, object: &str, json: bool) {
+    if json {
+        println!("{}", json!({"id": id, "object": object, "deleted": true}));
+    } else {
+        println!("deleted {id}");
     }
 }
 
@@ -338,22 +394,69 @@ pub async fn run(addr: &str, json: bool, cmd: EvalsCommand) -> anyhow::Result<Ou
                 .into_inner()
                 .eval
                 .unwrap_or_default();
-            if json {
-                let criteria: Vec<Value> = eval
-                    .testing_criteria
-                    .iter()
-                    .map(|c| json!({"name": c.name, "pass_threshold": c.pass_threshold}))
-                    .collect();
-                println!(
-                    "{}",
-                    json!({"id": eval.id, "object": "eval", "name": eval.name, "testing_criteria": criteria})
-                );
-            } else {
-                println!("{}  {}", eval.id, eval.name);
-                for c in &eval.testing_criteria {
-                    println!("  {}  passes at >= {}", c.name, c.pass_threshold.unwrap_or(1.0));
-                }
+            show_eval(&eval, json);
+            Ok(Outcome::Ok)
+        }
+        EvalsCommand::List { limit, page_token } => {
+            let page = client
+                .list_evals(proto::ListEvalsRequest {
+                    page_size: limit,
+                    page_token: page_token.unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            for eval in &page.evals {
+                show_eval(eval, json);
             }
+            if !page.next_page_token.is_empty() && !json {
+                println!("more: --page-token {}", page.next_page_token);
+            }
+            Ok(Outcome::Ok)
+        }
+        EvalsCommand::Update {
+            id,
+            name,
+            metadata,
+            clear_metadata,
+        } => {
+            let mut pairs = std::collections::HashMap::new();
+            for kv in &metadata {
+                let (k, v) = kv.split_once('=').context("--metadata takes KEY=VALUE")?;
+                pairs.insert(k.to_string(), v.to_string());
+            }
+            let eval = client
+                .update_eval(proto::UpdateEvalRequest {
+                    id,
+                    name,
+                    replace_metadata: clear_metadata || !metadata.is_empty(),
+                    metadata: pairs,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .eval
+                .unwrap_or_default();
+            show_eval(&eval, json);
+            Ok(Outcome::Ok)
+        }
+        EvalsCommand::Delete { id } => {
+            let gone = client
+                .delete_eval(proto::DeleteEvalRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            show_deleted(&gone.id, "eval", json);
+            Ok(Outcome::Ok)
+        }
+        EvalsCommand::DeleteRun { id } => {
+            let gone = client
+                .delete_eval_run(proto::DeleteEvalRunRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            show_deleted(&gone.id, "eval.run", json);
             Ok(Outcome::Ok)
         }
         EvalsCommand::Run(args) => {

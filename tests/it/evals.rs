@@ -1168,3 +1168,71 @@ async fn evals_list_update_and_delete_with_their_runs_and_items() {
 fn ids_of(evals: &[proto::Eval]) -> Vec<String> {
     evals.iter().map(|e| e.id.clone()).collect()
 }
+
+/// `lathe evals list|update|delete` over the same RPCs the REST door's
+/// evals routes use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_updates_and_deletes_evals() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    let addr = server.url();
+    let criterion = data.path().join("criterion.json");
+    std::fs::write(
+        &criterion,
+        json!({"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+               "reference": "{{item.label}}", "operation": "eq"})
+        .to_string(),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = lathe(&addr, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let created: Value = serde_json::from_str(
+        run(&[
+            "evals",
+            "create",
+            "--name",
+            "first",
+            "--criterion",
+            criterion.to_str().unwrap(),
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(run(&["evals", "list"]).contains(&format!("{id}  first")));
+
+    let updated: Value = serde_json::from_str(
+        run(&[
+            "evals",
+            "update",
+            &id,
+            "--name",
+            "renamed",
+            "--metadata",
+            "team=search",
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(updated["name"], "renamed");
+    assert_eq!(updated["metadata"], json!({"team": "search"}));
+    let cleared: Value =
+        serde_json::from_str(run(&["evals", "update", &id, "--clear-metadata", "--json"]).trim()).unwrap();
+    assert_eq!(cleared["metadata"], json!({}));
+    assert_eq!(cleared["name"], "renamed", "an update without --name keeps it");
+
+    assert_eq!(run(&["evals", "delete", &id]).trim(), format!("deleted {id}"));
+    assert!(run(&["evals", "list", "--json"]).trim().is_empty(), "no eval left");
+    let again = lathe(&addr, &["evals", "delete", &id]);
+    assert!(!again.status.success(), "a deleted eval is gone");
+    server.stop().await;
+}
