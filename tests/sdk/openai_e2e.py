@@ -70,13 +70,20 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        key_file = self.data / "admin.key"
-        self.key = wait_until("admin.key", lambda: key_file.exists() and key_file.read_text().strip(), 120)
-        wait_until("the server", self.answers, 120)
-        models = self.data / "models" / "tiny"
-        subprocess.run([tiny_model, str(models)], check=True, stdout=subprocess.DEVNULL)
-        env = dict(os.environ, LATHE_ADDR=f"http://{self.addr}", LATHE_API_KEY=self.key)
-        subprocess.run([lathe, "models", "add", "--name", "tiny", str(models)], check=True, env=env, stdout=subprocess.DEVNULL)
+        try:
+            key_file = self.data / "admin.key"
+            self.key = wait_until("admin.key", lambda: key_file.exists() and key_file.read_text().strip(), 120)
+            wait_until("the server", self.answers, 120)
+            models = self.data / "models" / "tiny"
+            subprocess.run([tiny_model, str(models)], check=True, stdout=subprocess.DEVNULL)
+            env = dict(os.environ, LATHE_ADDR=f"http://{self.addr}", LATHE_API_KEY=self.key)
+            subprocess.run(
+                [lathe, "models", "add", "--name", "tiny", str(models)], check=True, env=env, stdout=subprocess.DEVNULL
+            )
+        except BaseException:
+            # A failed start leaves no server behind.
+            self.stop()
+            raise
 
     def answers(self):
         if self.proc.poll() is not None:
