@@ -25,13 +25,13 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
-use super::kit::{Answer, Authed, Json, Path, Query, Rest, at_path};
-use super::wire::{HasId, List, PageQuery, seconds};
+use super::kit::{Answer, Authed, Json, Path, Query, Rest, at_path, renamed};
+use super::wire::{HasId, List, PageQuery, ascending, seconds};
 use crate::auth::model::Caller;
 use crate::datasets::manager::{OnInvalid, UploadMeta};
 use crate::datasets::model::DatasetState;
 use crate::datasets::report::{Purpose, PurposeChoice};
-use crate::error::{Error, FieldViolation};
+use crate::error::Error;
 use crate::evals::manager::{self as em, CreateEval, CreateRun, NewCriterion, Page, UpdateEval};
 use crate::evals::model::{
     DataSource, EvalRecord, EvalSort, ItemStatus, Order, OutputItemRecord, RunRecord, RunState, SamplingParams,
@@ -554,29 +554,17 @@ pub struct ItemListQuery {
 }
 
 fn order(order: Option<&str>) -> Result<Order, ApiError> {
-    match order {
-        None | Some("asc") => Ok(Order::Ascending),
-        Some("desc") => Ok(Order::Descending),
-        Some(_) => Err(ApiError::invalid("order", "must be asc or desc")),
-    }
+    Ok(if ascending(order, true)? {
+        Order::Ascending
+    } else {
+        Order::Descending
+    })
 }
 
 /// The page a list query asks for.
 fn page(after: Option<String>, limit: Option<i64>, order_param: Option<&str>) -> Result<Page, ApiError> {
     let size = PageQuery { after: None, limit }.page_size()?;
     Ok(Page::after(size, after, Some(order(order_param)?)))
-}
-
-/// A service's field violations renamed to the REST body's params.
-fn renamed(e: Error, rename: impl Fn(&str) -> String) -> Error {
-    match e {
-        Error::InvalidArgument(v) => Error::InvalidArgument(
-            v.into_iter()
-                .map(|v| FieldViolation::new(rename(&v.field), v.description))
-                .collect(),
-        ),
-        e => e,
-    }
 }
 
 /// `field` with `from` at its start replaced by `to`; None when it does not start with `from`.

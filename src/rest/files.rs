@@ -23,7 +23,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
 use super::kit::{Answer, Authed, Json, Path, Query, Rest, at_path};
-use super::wire::{Deleted, HasId, List, seconds};
+use super::wire::{Deleted, HasId, List, ascending, seconds};
 use crate::datasets::manager::{DownloadPiece, OnInvalid, UploadMeta};
 use crate::datasets::model::{DatasetRecord, DatasetState, UploadPartRecord, UploadRecord};
 use crate::datasets::report::{Purpose, PurposeChoice};
@@ -457,11 +457,7 @@ async fn list_files(
         Some(n @ 1..=10_000) => n.min(1000) as i32,
         Some(_) => return Err(ApiError::invalid("limit", "must be between 1 and 10000")),
     };
-    let oldest_first = match q.order.as_deref() {
-        None | Some("desc") => false,
-        Some("asc") => true,
-        Some(other) => return Err(ApiError::invalid("order", format!("asc or desc, not {other:?}"))),
-    };
+    let oldest_first = ascending(q.order.as_deref(), false)?;
     let purposes = match q.purpose.as_deref() {
         None => Vec::new(),
         Some(p) => match purpose_filter(p)? {

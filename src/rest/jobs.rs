@@ -22,9 +22,9 @@ use utoipa::{PartialSchema, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
-use super::kit::{Answer, Authed, Json, Path, Query, Rest, at_path};
+use super::kit::{Answer, Authed, Json, Path, Query, Rest, at_path, renamed};
 use super::wire::{HasId, List, PageQuery, seconds};
-use crate::error::{Error, FieldViolation};
+use crate::error::Error;
 use crate::jobs::model as jm;
 use crate::jobs::spec::CreateJob;
 use crate::models::model::{checkpoint_model_id, fine_tuned_model_id};
@@ -491,13 +491,7 @@ fn create_error(err: Error, named: &Named, legacy: bool) -> Error {
             None
         }
     };
-    match err {
-        Error::InvalidArgument(violations) => Error::InvalidArgument(
-            violations
-                .into_iter()
-                .map(|v| FieldViolation::new(rest_field(&v.field, legacy), v.description))
-                .collect(),
-        ),
+    match renamed(err, |field| rest_field(field, legacy)) {
         Error::NotFound { kind: "dataset", id } => match file_field(&id) {
             Some(field) => Error::invalid(field, format!("no file {id} in this project")),
             None => Error::NotFound { kind: "dataset", id },

@@ -12,7 +12,7 @@ use super::error::ApiError;
 use crate::app::App;
 use crate::auth::model::Caller;
 use crate::datasets::manager::Datasets;
-use crate::error::Error;
+use crate::error::{Error, FieldViolation};
 use crate::evals::manager::Evals;
 use crate::graders::service::Graders;
 use crate::inference::ChatModel;
@@ -99,3 +99,16 @@ pub fn at_path<'a>(kind: &'static str, id: &'a str) -> impl FnOnce(Error) -> Err
 
 /// The fields services name when an id has the wrong shape.
 const ID_FIELDS: &[&str] = &["id", "eval_id", "run_id", "item_id", "dataset_id", "upload_id"];
+
+/// A service's field violations renamed to the REST body's params (the
+/// services name gRPC's fields).
+pub fn renamed(e: Error, rename: impl Fn(&str) -> String) -> Error {
+    match e {
+        Error::InvalidArgument(v) => Error::InvalidArgument(
+            v.into_iter()
+                .map(|v| FieldViolation::new(rename(&v.field), v.description))
+                .collect(),
+        ),
+        e => e,
+    }
+}

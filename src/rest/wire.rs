@@ -27,6 +27,21 @@ impl PageQuery {
     }
 }
 
+/// A list's `order` query: true for `asc` (oldest first), false for
+/// `desc`; `default_ascending` when absent (each list keeps OpenAI's own
+/// default).
+pub fn ascending(order: Option<&str>, default_ascending: bool) -> Result<bool, super::error::ApiError> {
+    match order {
+        None => Ok(default_ascending),
+        Some("asc") => Ok(true),
+        Some("desc") => Ok(false),
+        Some(other) => Err(super::error::ApiError::invalid(
+            "order",
+            format!("must be asc or desc, not {other:?}"),
+        )),
+    }
+}
+
 /// OpenAI's list page. `has_more` is always present: the SDK pages on
 /// with `after=last_id` until it is false.
 #[derive(Debug, Serialize, ToSchema)]
