@@ -1,5 +1,5 @@
 //! The gate in front of both doors (gRPC and REST on one port): it names
-//! each request (`x-request-id`), asks `auth::Auth` who the
+//! each request (`x-request-id`, and the span of its log lines), asks `auth::Auth` who the
 //! `authorization` header names, admits it under the project's rate limit,
 //! puts the `Caller` into the request's extensions for the handlers, and
 //! writes calls that change something to the audit log with their outcome.
@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use http::HeaderValue;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::error::Error;
@@ -136,50 +137,50 @@ where
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let auth = self.auth.clone();
-        Box::pin(async move {
-            let id = crate::ids::new_id("req");
-            let path = request.uri().path().to_string();
-            let door = Door::of(&path);
-            let method = request.method().clone();
-            let mut response = if OPEN.iter().any(|open| path.starts_with(open)) {
-                inner.call(request).await?
-            } else {
-                let header = request
-                    .headers()
-                    .get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok());
-                let admitted = match auth.authenticate(header).await {
-                    Ok(caller) => auth.admit(&caller).await.map(|()| caller),
-                    Err(e) => Err(e),
-                };
-                match admitted {
-                    Err(e) => door.refuse(e),
-                    Ok(caller) => {
-                        request.extensions_mut().insert(caller.clone());
-                        request.extensions_mut().insert(RequestId(id.clone()));
-                        let response = inner.call(request).await?;
-                        if changes_something(&method, &path, door) {
-                            let what = match door {
-                                Door::Rest => format!("{method} {path}"),
-                                Door::Grpc => path.clone(),
-                            };
-                            auth.audit(&caller, &what, &outcome(&response, door)).await;
+        let id = crate::ids::new_id("req");
+        // The server's log lines for this request carry the id the client sees.
+        let span = tracing::info_span!("request", id = %id);
+        Box::pin(
+            async move {
+                let path = request.uri().path().to_string();
+                let door = Door::of(&path);
+                let method = request.method().clone();
+                let mut response = if OPEN.iter().any(|open| path.starts_with(open)) {
+                    inner.call(request).await?
+                } else {
+                    let header = request
+                        .headers()
+                        .get(http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok());
+                    let admitted = match auth.authenticate(header).await {
+                        Ok(caller) => auth.admit(&caller).await.map(|()| caller),
+                        Err(e) => Err(e),
+                    };
+                    match admitted {
+                        Err(e) => door.refuse(e),
+                        Ok(caller) => {
+                            request.extensions_mut().insert(caller.clone());
+                            let response = inner.call(request).await?;
+                            if changes_something(&method, &path, door) {
+                                let what = match door {
+                                    Door::Rest => format!("{method} {path}"),
+                                    Door::Grpc => path.clone(),
+                                };
+                                auth.audit(&caller, &what, &outcome(&response, door)).await;
+                            }
+                            response
                         }
-                        response
                     }
+                };
+                if let Ok(value) = HeaderValue::from_str(&id) {
+                    response.headers_mut().insert(REQUEST_ID, value);
                 }
-            };
-            if let Ok(value) = HeaderValue::from_str(&id) {
-                response.headers_mut().insert(REQUEST_ID, value);
+                Ok(response)
             }
-            Ok(response)
-        })
+            .instrument(span),
+        )
     }
 }
-
-/// The id the gate gave a request (in its extensions); logs name it.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
 
 #[cfg(test)]
 mod tests {
