@@ -104,8 +104,41 @@ pub struct ServeConfig {
     /// first start. Replicas sharing a database need the same key.
     #[arg(long, env = "LATHE_SECRETS_KEY", hide_env_values = true)]
     pub secrets_key: Option<Secret>,
+    /// What this process does: `all` serves the API and runs queued work
+    /// (the embedded default); `api` serves the API and leaves queued work
+    /// to workers; `worker` runs queued work and serves only health. `api`
+    /// and `worker` share state through Postgres (--database-url).
+    #[arg(long, env = "LATHE_ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
+    /// Run only this fine-tuning job, then exit (`lathe worker --job`).
+    #[arg(skip)]
+    pub only_job: Option<String>,
     #[command(flatten)]
     pub tls: TlsConfig,
+}
+
+/// What a server process does.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Serve the API and run queued work.
+    #[default]
+    All,
+    /// Serve the API; queued work is left to workers.
+    Api,
+    /// Run queued work; serve only health.
+    Worker,
+}
+
+impl Role {
+    /// Whether the process serves the API's services.
+    pub fn serves_api(self) -> bool {
+        self != Role::Worker
+    }
+
+    /// Whether the process claims queued work.
+    pub fn runs_work(self) -> bool {
+        self != Role::Api
+    }
 }
 
 /// A listener's TLS settings (the gRPC API's; a REST API will take the
@@ -170,6 +203,8 @@ impl ServeConfig {
             model_roots: Vec::new(),
             webhook_allow_http: false,
             webhook_allow_private_addresses: false,
+            role: Role::All,
+            only_job: None,
         }
     }
 
@@ -207,8 +242,31 @@ impl ServeConfig {
         Duration::from_secs(self.shutdown_grace_secs)
     }
 
+    /// How old leftovers (staged files, unreferenced blobs) must be before
+    /// a start-up removes them: any age when this process has the store to
+    /// itself (SQLite), a day when other processes share it (Postgres) and
+    /// may be uploading right now.
+    pub fn leftovers_age(&self) -> Option<Duration> {
+        self.database_url()
+            .starts_with("postgres")
+            .then_some(Duration::from_secs(24 * 3600))
+    }
+
+    /// Refuses settings that cannot work together, naming them.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.role != Role::All && !self.database_url().starts_with("postgres") {
+            anyhow::bail!(
+                "--role {} needs a database that other processes share: set --database-url \
+                 (LATHE_DATABASE_URL) to a postgres:// URL",
+                if self.role == Role::Api { "api" } else { "worker" }
+            );
+        }
+        Ok(())
+    }
+
     pub fn jobs_config(&self) -> crate::jobs::manager::JobsConfig {
         crate::jobs::manager::JobsConfig {
+            only: self.only_job.clone(),
             max_concurrent: self.max_concurrent_jobs,
             lease: Duration::from_secs(self.job_lease_secs.max(1)),
             poll: Duration::from_millis(self.job_poll_millis.max(10)),

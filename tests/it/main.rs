@@ -21,6 +21,7 @@ mod models;
 mod providers;
 mod providers_llama_cpp;
 mod quotas;
+mod replicas;
 mod rest;
 mod rest_chat;
 mod rest_evals;
