@@ -124,13 +124,18 @@ impl App {
             )),
             None => custom_trainer,
         };
+        // This process's name in the leases it holds, for jobs and eval runs.
+        let worker_id = crate::ids::new_id("worker");
         let evals = Arc::new(Evals::new(
             store.clone(),
             blobs.clone(),
             graders.clone(),
             chat.clone(),
             models.clone(),
-            config.evals_config(),
+            crate::evals::manager::EvalsConfig {
+                worker_id: worker_id.clone(),
+                ..config.evals_config()
+            },
         ));
         let secrets = Arc::new(
             crate::secrets::SecretBox::load(config.secrets_key.as_ref().map(|k| k.0.as_str()), &config.data_dir)
@@ -143,7 +148,10 @@ impl App {
                 models.clone(),
                 trainer,
                 secrets,
-                config.jobs_config(),
+                crate::jobs::manager::JobsConfig {
+                    worker_id: worker_id.clone(),
+                    ..config.jobs_config()
+                },
             )
             .with_evaluator(Arc::new(crate::evals::checkpoints::CheckpointEvals(evals.clone()))),
         );
@@ -158,6 +166,9 @@ impl App {
         }
         let idle = || tokio::spawn(async {});
         let role = config.role;
+        if role.runs_work() {
+            tracing::info!(worker = %worker_id, job = config.only_job.as_deref(), "claiming queued work");
+        }
         let finished = CancellationToken::new();
         let workers = Workers {
             scheduler: match (&config.only_job, role.runs_work()) {

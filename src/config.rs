@@ -254,11 +254,18 @@ impl ServeConfig {
 
     /// Refuses settings that cannot work together, naming them.
     pub fn check(&self) -> anyhow::Result<()> {
+        let role = if self.role == Role::Api { "api" } else { "worker" };
         if self.role != Role::All && !self.database_url().starts_with("postgres") {
             anyhow::bail!(
-                "--role {} needs a database that other processes share: set --database-url \
-                 (LATHE_DATABASE_URL) to a postgres:// URL",
-                if self.role == Role::Api { "api" } else { "worker" }
+                "--role {role} needs a database that other processes share: set --database-url \
+                 (LATHE_DATABASE_URL) to a postgres:// URL"
+            );
+        }
+        // What one process seals (webhook secrets) another must open.
+        if self.role != Role::All && self.secrets_key.is_none() {
+            anyhow::bail!(
+                "--role {role} needs the secrets key every process shares: set --secrets-key \
+                 (LATHE_SECRETS_KEY) to the same 64 hex characters on every replica and worker"
             );
         }
         Ok(())

@@ -28,6 +28,7 @@ mod rest_evals;
 mod rest_files;
 mod rest_graders;
 mod rest_jobs;
+mod scale_out;
 mod server;
 mod tenancy;
 mod tls;
