@@ -488,6 +488,16 @@ mod tests {
                 Some(change)
             }))
         }
+
+        async fn count_by_state(&self, _: LeaseKind) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+            Ok(self.with(|m| {
+                let mut counts = std::collections::BTreeMap::new();
+                for run in &m.runs {
+                    *counts.entry(run.state.as_str().to_string()).or_default() += 1;
+                }
+                counts
+            }))
+        }
     }
 
     /// A stop that remembers the first reason.
