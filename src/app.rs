@@ -46,6 +46,8 @@ pub struct App {
     /// providers' behind one router.
     pub chat: Arc<dyn ChatModel>,
     blobs: Blobs,
+    /// The queue depth a scrape of `/metrics` counts.
+    scrape: crate::telemetry::Scrape,
     workers: Workers,
 }
 
@@ -70,6 +72,7 @@ impl App {
             .context("opening the database")?;
         let blobs = Blobs::local(config.blob_dir()).context("opening the blob directory")?;
         let auth = Arc::new(Auth::new(store.clone()));
+        let scrape = crate::telemetry::Scrape::new(store.clone());
         let datasets = Arc::new(Datasets::new(
             store.clone(),
             blobs.clone(),
@@ -158,8 +161,14 @@ impl App {
             evals,
             chat,
             blobs,
+            scrape,
             workers,
         })
+    }
+
+    /// What `GET /metrics` answers with.
+    pub fn scrape(&self) -> crate::telemetry::Scrape {
+        self.scrape.clone()
     }
 
     /// Tells the workers to stop: running jobs stop at a step boundary

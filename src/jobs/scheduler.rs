@@ -24,6 +24,7 @@ use crate::ids::now_millis;
 use crate::lease::{self, Change, Ended, LeaseConfig, LeasedWork, Renewal, StopSignal};
 use crate::models::model::{checkpoint_model_id, fine_tuned_model_id};
 use crate::store::{LeaseChange, LeaseKind, LeaseStore, Leased};
+use crate::telemetry;
 
 /// Starts the scheduler; it returns after `shutdown` once its runners
 /// have stopped. Without a trainer there is nothing to schedule.
@@ -391,6 +392,11 @@ fn train_error(e: impl Into<Error>) -> TrainError {
 #[async_trait]
 impl Reporter for JobReporter {
     async fn metrics(&self, metrics: Metrics) {
+        telemetry::training_step(
+            self.job.spec.method.kind.as_str(),
+            metrics.step_tokens,
+            metrics.tokens_per_second,
+        );
         let event = NewEvent {
             level: Level::Info,
             message: metrics_message(&metrics),
