@@ -57,7 +57,7 @@ impl LeasedWork for Evals {
     }
 
     fn span(&self, id: &str) -> tracing::Span {
-        tracing::info_span!("eval_run", run = %id)
+        tracing::info_span!("eval_run", run_id = %id)
     }
 
     fn claimed(&self, item: Leased) -> crate::error::Result<RunRecord> {

@@ -74,7 +74,7 @@ impl LeasedWork for Training {
     }
 
     fn span(&self, id: &str) -> tracing::Span {
-        tracing::info_span!("job", job = %id)
+        tracing::info_span!("job", job_id = %id)
     }
 
     async fn event(&self, change: Change<'_>) -> crate::error::Result<Option<NewEvent>> {
@@ -495,6 +495,13 @@ impl Reporter for JobReporter {
 
 async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord, handle: StopHandle) -> Ended {
     let id = job.id.clone();
+    // Logged in the job's span (`LeasedWork::span`), as all of its work is:
+    // each line names the job.
+    tracing::info!(
+        attempt = job.attempts,
+        method = job.spec.method.kind.as_str(),
+        "training"
+    );
     if let Ok(mut running) = jobs.running.lock() {
         running.insert(id.clone(), handle.clone());
     }
@@ -637,7 +644,7 @@ async fn succeed(
         )
         .await;
     match transition {
-        Ok(Ok(_)) => {}
+        Ok(Ok(_)) => tracing::info!(%model, step, "job succeeded"),
         Ok(Err(_)) | Err(_) => {
             // Cancelled meanwhile (that stands), or the store failed: no model.
             if let Err(e) = &transition {

@@ -1,13 +1,18 @@
 //! Observability: Prometheus metrics at `GET /metrics` on the server's own
-//! port (no key).
+//! port (no key), and JSON logs whose lines from a job's or an eval run's
+//! work name it.
 //!
-//! Counters belong to the process, and test servers share one: the test
-//! reads them before and after its work and asserts on the difference (at
-//! least its own work, should another test's run beside it), and exactly on
-//! what only its server has (queue depth, counted in its store).
+//! Counters belong to the process, and test servers share one: the
+//! in-process test reads them before and after its work and asserts on the
+//! difference (at least its own work, should another test's run beside it),
+//! and exactly on what only its server has (queue depth, counted in its
+//! store). The test with a `lathe serve` child of its own asserts exact
+//! counts.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::scripted::{MODEL, ScriptedTrainer};
@@ -18,7 +23,7 @@ use lathe::proto::json::struct_from_json;
 use lathe::proto::{
     self, DatasetPurpose, JobState, eval_service_client::EvalServiceClient,
     fine_tuning_service_client::FineTuningServiceClient, grader_service_client::GraderServiceClient,
-    watch_eval_run_response, watch_job_response,
+    model_service_client::ModelServiceClient, watch_eval_run_response, watch_job_response,
 };
 use serde_json::{Value, json};
 
@@ -426,4 +431,194 @@ async fn metrics_need_no_key_and_count_the_work_and_the_calls_by_route() {
     let request_id = read.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_no_id_in_labels(&after, &[&job.id, &train.id, &eval_id, &items_id, &run.id, &request_id]);
     server.stop().await;
+}
+
+fn sft_lines(n: usize) -> String {
+    const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
+    (0..n)
+        .map(|i| {
+            json!({"messages": [
+                {"role": "user", "content": format!("item {}", i % 4)},
+                {"role": "assistant", "content": WORDS[i % 4]},
+            ]})
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+/// `lathe serve --log-json` in a process of its own: a real job on a tiny
+/// model and an eval run. Each log line from their work names the job or
+/// the run by the span it is in, and the process's metrics count exactly
+/// this work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_job_and_the_run_and_a_process_counts_exactly_its_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny-model");
+    lathe_engine::tiny::write_tiny_model(&model_dir, 2, 32, 1).unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lathe"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-json",
+            "--job-poll-millis",
+            "50",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--model-root")
+        .arg(dir.path())
+        .env("LATHE_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A thread reads the log as it comes, so the server never waits on a
+    // full pipe, and says where it listens.
+    let log: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let reader = {
+        let (log, stderr) = (log.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            let mut addr_tx = Some(addr_tx);
+            for line in BufReader::new(stderr).lines() {
+                let line = line.unwrap();
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+                if let Some(addr) = v.get("addr").and_then(Value::as_str)
+                    && let Some(tx) = addr_tx.take()
+                {
+                    let _ = tx.send(addr.to_string());
+                }
+                log.lock().unwrap().push(v);
+            }
+        })
+    };
+    let addr = addr_rx.await.expect("the server logged its address");
+    let url = format!("http://{addr}");
+    let channel = connect_local(&url, &data).await;
+
+    ModelServiceClient::new(channel.clone())
+        .register_model(proto::RegisterModelRequest {
+            name: "tiny".into(),
+            path: model_dir.display().to_string(),
+        })
+        .await
+        .expect("register model");
+    let mut datasets = proto::dataset_service_client::DatasetServiceClient::new(channel.clone());
+    let train = upload_bytes(
+        &mut datasets,
+        "train.jsonl",
+        DatasetPurpose::Sft,
+        "",
+        sft_lines(12).as_bytes(),
+        1 << 16,
+    )
+    .await
+    .expect("upload");
+    let auto = |n| {
+        Some(proto::AutoInt {
+            value: Some(proto::auto_int::Value::Number(n)),
+        })
+    };
+    let mut jobs = FineTuningServiceClient::new(channel.clone());
+    let job = jobs
+        .create_job(proto::CreateJobRequest {
+            base_model: "tiny".into(),
+            training_dataset_id: train.id.clone(),
+            seed: Some(3),
+            method: Some(proto::FineTuningMethod {
+                method: Some(proto::fine_tuning_method::Method::Supervised(proto::SupervisedMethod {
+                    n_epochs: auto(1),
+                    batch_size: auto(4),
+                    learning_rate_multiplier: None,
+                })),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("create job")
+        .into_inner()
+        .job
+        .unwrap();
+    let (steps, done) = watch_job(&mut jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{done:?}");
+    assert_eq!(steps.len(), 3, "12 rows in batches of 4");
+    let (_, _, run) = run_eval(channel.clone(), &eval_rows()).await;
+    assert_eq!(run.state, proto::EvalRunState::Completed as i32, "{run:?}");
+
+    // Only this test's work ran in this process: every count is exact.
+    let metrics = scrape(&reqwest::Client::new(), &url, None).await;
+    let supervised = [("method", "supervised")];
+    for (name, labels, expected) in [
+        ("lathe_leases_claimed_total", &[("kind", "job")][..], 1.0),
+        ("lathe_leases_claimed_total", &[("kind", "eval_run")], 1.0),
+        ("lathe_training_steps_total", &supervised, 3.0),
+        ("lathe_training_tokens_total", &supervised, done.trained_tokens as f64),
+        ("lathe_eval_items_total", &[("status", "pass")], 3.0),
+        ("lathe_eval_items_total", &[("status", "fail")], 2.0),
+        ("lathe_eval_item_duration_seconds_count", &[], 5.0),
+        (
+            "lathe_grader_duration_seconds_count",
+            &[("grader", "string_check")],
+            5.0,
+        ),
+        ("lathe_queue_depth", &[("kind", "job"), ("state", "succeeded")], 1.0),
+        (
+            "lathe_queue_depth",
+            &[("kind", "eval_run"), ("state", "completed")],
+            1.0,
+        ),
+    ] {
+        assert_eq!(metrics.get(name, labels), expected, "{name} {labels:?}");
+    }
+    assert!(done.trained_tokens > 0);
+    for (route, calls) in [
+        ("/lathe.v1.ModelService/RegisterModel", 1.0),
+        ("/lathe.v1.DatasetService/UploadDataset", 2.0),
+        ("/lathe.v1.FineTuningService/CreateJob", 1.0),
+        ("/lathe.v1.FineTuningService/WatchJob", 1.0),
+        ("/lathe.v1.EvalService/CreateEval", 1.0),
+    ] {
+        let labels = [("door", "grpc"), ("route", route), ("status", "Ok")];
+        assert_eq!(metrics.get("lathe_requests_total", &labels), calls, "{route}");
+    }
+    assert_no_id_in_labels(&metrics, &[&job.id, &train.id, &run.id]);
+
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    reader.join().unwrap();
+    let log = log.lock().unwrap();
+
+    // The lines logged in a span carry it (`span`) and the spans around it
+    // (`spans`); the job's and the run's work name them there.
+    let in_span = |message: &str, span: &str, field: &str, id: &str| {
+        let line = log
+            .iter()
+            .find(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line in {log:#?}"));
+        assert_eq!(line["span"]["name"], span, "{line}");
+        assert_eq!(line["span"][field], id, "{line}");
+        assert!(
+            line["spans"]
+                .as_array()
+                .is_some_and(|spans| spans.iter().any(|s| s[field] == id)),
+            "{line}"
+        );
+    };
+    in_span("training", "job", "job_id", &job.id);
+    in_span("job succeeded", "job", "job_id", &job.id);
+    in_span("eval run completed", "eval_run", "run_id", &run.id);
+    // Every line logged in the job's span names the job.
+    let in_job: Vec<&Value> = log.iter().filter(|l| l["span"]["name"] == "job").collect();
+    assert!(in_job.len() >= 2, "{in_job:#?}");
+    assert!(
+        in_job.iter().all(|l| l["span"]["job_id"] == job.id.as_str()),
+        "{in_job:#?}"
+    );
 }
