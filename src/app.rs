@@ -48,6 +48,8 @@ pub struct App {
     blobs: Blobs,
     /// Whether other processes share the blobs (and the database).
     shared_blobs: bool,
+    /// The queue depth a scrape of `/metrics` counts.
+    scrape: crate::telemetry::Scrape,
     workers: Workers,
 }
 
@@ -74,6 +76,7 @@ impl App {
             .context("opening the database")?;
         let blobs = Blobs::local(config.blob_dir()).context("opening the blob directory")?;
         let auth = Arc::new(Auth::new(store.clone()));
+        let scrape = crate::telemetry::Scrape::new(store.clone());
         let datasets = Arc::new(Datasets::new(
             store.clone(),
             blobs.clone(),
@@ -194,6 +197,7 @@ impl App {
             chat,
             blobs,
             shared_blobs: config.leftovers_age().is_some(),
+            scrape,
             workers,
         })
     }
@@ -203,6 +207,11 @@ impl App {
     /// run (it ended, or was paused, before a claim). Never otherwise.
     pub async fn finished(&self) {
         self.workers.finished.cancelled().await;
+    }
+
+    /// What `GET /metrics` answers with.
+    pub fn scrape(&self) -> crate::telemetry::Scrape {
+        self.scrape.clone()
     }
 
     /// Tells the workers to stop: running jobs stop at a step boundary

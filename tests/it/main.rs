@@ -17,6 +17,7 @@ mod graders_engine;
 mod graders_python_sandbox;
 mod graders_similarity_reference;
 mod jobs;
+mod metrics;
 mod models;
 mod providers;
 mod providers_llama_cpp;
