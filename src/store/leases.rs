@@ -82,11 +82,12 @@ impl LeaseKind {
     }
 
     /// What else a queued item `q` needs to be claimed: a job only while its
-    /// project runs fewer jobs than its `max_running_jobs` quota.
+    /// project runs fewer jobs (`r.n`, see `sql::claim`) than its
+    /// `max_running_jobs` quota.
     fn claimable(self) -> &'static str {
         match self {
             LeaseKind::Job => {
-                " AND (SELECT COUNT(*) FROM jobs r WHERE r.project_id = q.project_id AND r.state = 'running')
+                " AND COALESCE(r.n, 0)
                     < COALESCE((SELECT p.max_running_jobs FROM projects p WHERE p.id = q.project_id),
                                9223372036854775807)"
             }
@@ -239,7 +240,7 @@ pub(crate) mod sql {
 
     /// Binds `$1` worker, `$2` lease_until, `$3` now, and with `only` `$4`
     /// the one id that may be claimed. `lock` is what the sub-select adds to
-    /// take the row (Postgres: `FOR UPDATE SKIP LOCKED`).
+    /// take the row (Postgres: `FOR UPDATE OF q SKIP LOCKED`).
     ///
     /// Projects share the workers fairly: the next item is one of the
     /// projects running the fewest items of this kind right now, and within
@@ -250,12 +251,17 @@ pub(crate) mod sql {
     pub fn claim(kind: LeaseKind, lock: &str, only: bool) -> String {
         let (table, queued, leased) = (kind.table(), kind.queued(), kind.leased());
         let only = if only { " AND q.id = $4" } else { "" };
+        // The running counts are taken once per claim, not once per queued
+        // row: with thousands queued a per-row count made claims quadratic
+        // (BENCHMARKS.md, claims per second).
         format!(
-            "UPDATE {table} SET state = '{leased}', lease_owner = $1, lease_expires_at = $2,
+            "WITH running AS (SELECT project_id, COUNT(*) AS n FROM {table}
+                              WHERE state = '{leased}' GROUP BY project_id)
+             UPDATE {table} SET state = '{leased}', lease_owner = $1, lease_expires_at = $2,
                 started_at = COALESCE(started_at, $3){}{}
-             WHERE id = (SELECT q.id FROM {table} q WHERE q.state = '{queued}'{only}{}
-                         ORDER BY (SELECT COUNT(*) FROM {table} r
-                                   WHERE r.project_id = q.project_id AND r.state = '{leased}'), {}
+             WHERE id = (SELECT q.id FROM {table} q LEFT JOIN running r ON r.project_id = q.project_id
+                         WHERE q.state = '{queued}'{only}{}
+                         ORDER BY COALESCE(r.n, 0), {}
                          LIMIT 1 {lock})
                AND state = '{queued}'
              RETURNING *",

@@ -38,7 +38,7 @@ crate::impl_eval_store!(PostgresStore, lock_shared = "FOR SHARE");
 
 // Concurrent claimers (several replicas, remote workers) skip the rows
 // others are taking instead of waiting on them, and never share one.
-crate::impl_lease_store!(PostgresStore, sqlx::Postgres, lock = "FOR UPDATE SKIP LOCKED");
+crate::impl_lease_store!(PostgresStore, sqlx::Postgres, lock = "FOR UPDATE OF q SKIP LOCKED");
 
 #[cfg(test)]
 mod tests {
@@ -48,6 +48,11 @@ mod tests {
     /// LATHE_TEST_POSTGRES_URL. Without that variable the Postgres suite is
     /// skipped, except under CI (CI=true), where a missing database fails.
     async fn store() -> Option<PostgresStore> {
+        store_with(4).await
+    }
+
+    /// `store` with a pool of `connections`.
+    async fn store_with(connections: u32) -> Option<PostgresStore> {
         let Ok(url) = std::env::var("LATHE_TEST_POSTGRES_URL") else {
             assert!(
                 std::env::var("CI").is_err(),
@@ -65,7 +70,7 @@ mod tests {
         admin.close().await;
         let search_path = schema.clone();
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections)
             .after_connect(move |conn, _| {
                 let sql = format!("SET search_path TO {search_path}");
                 Box::pin(async move {
@@ -112,5 +117,60 @@ mod tests {
         stop.cancel();
         let sqlite = listen("sqlite://x.db", stop).await.unwrap();
         assert!(sqlite.is_none(), "one process, nobody to hear from");
+    }
+
+    /// BENCHMARKS.md's claim rate: `workers` claimers (each a connection)
+    /// drain a queue of 2,000 jobs through the claim statement replicas
+    /// use (fair share by project, priority, SKIP LOCKED, the claim's event
+    /// in the same transaction). Opt-in: `cargo test --release --lib
+    /// claims_per_second -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "a benchmark"]
+    async fn claims_per_second() {
+        use crate::jobs::model::{JobState, Level, NewEvent};
+        use crate::store::suite::{queue_fresh, seed_leases};
+        use crate::store::{LeaseKind, LeaseStore};
+        const JOBS: usize = 2000;
+        for workers in [1usize, 4, 16] {
+            let Some(store) = store_with(workers as u32 + 1).await else {
+                return;
+            };
+            seed_leases(&store).await;
+            for _ in 0..JOBS {
+                queue_fresh(&store, LeaseKind::Job).await;
+            }
+            let store = std::sync::Arc::new(store);
+            let started = std::time::Instant::now();
+            let mut tasks = Vec::new();
+            for w in 0..workers {
+                let store = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    let worker = format!("w{w}");
+                    let event = NewEvent::state(JobState::Running, Level::Info, "claimed");
+                    let mut claimed = 0usize;
+                    loop {
+                        let now = crate::ids::now_millis();
+                        let change = store
+                            .claim_next(LeaseKind::Job, &worker, None, now, now + 60_000, Some(&event))
+                            .await
+                            .unwrap();
+                        if change.is_none() {
+                            return claimed;
+                        }
+                        claimed += 1;
+                    }
+                }));
+            }
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.unwrap();
+            }
+            let secs = started.elapsed().as_secs_f64();
+            assert_eq!(total, JOBS, "every job claimed once");
+            println!(
+                "workers {workers:>2}: {total} claims in {secs:.2} s = {:.0} claims/s",
+                total as f64 / secs
+            );
+        }
     }
 }

@@ -496,3 +496,97 @@ async fn jobs_and_eval_runs_survive_a_killed_worker_and_a_killed_replica() {
     drop(store);
     db.drop().await;
 }
+
+/// BENCHMARKS.md's event latency: a worker process trains a tiny job; a
+/// watcher on an API replica (another process) records, for each event,
+/// how long after its write (the event's `created_at`, same machine clock)
+/// it arrived. Opt-in: `cargo test --test it event_latency -- --ignored
+/// --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark"]
+async fn event_latency_from_a_worker_to_a_watcher_on_another_replica() {
+    let Some(db) = TestDatabase::create().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    lathe_engine::tiny::write_tiny_model(&models.join("tiny"), 2, 32, 1).unwrap();
+    let data = dir.path().join("data");
+    let args = |role: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = role.iter().map(|s| s.to_string()).collect();
+        for (flag, value) in [
+            ("--listen", "127.0.0.1:0".to_string()),
+            ("--data-dir", data.display().to_string()),
+            ("--database-url", db.url.clone()),
+            ("--model-root", models.display().to_string()),
+            // Polls this slow never deliver an event: only NOTIFY does.
+            ("--job-poll-millis", "60000".to_string()),
+        ] {
+            args.push(flag.into());
+            args.push(value);
+        }
+        args.push("--log-json".into());
+        args
+    };
+    let api = Proc::start("replica", args(&["serve", "--role", "api"])).await;
+    let _worker = Proc::start("worker", args(&["worker"])).await;
+    let channel = connect(&api.url, ADMIN_KEY).await;
+    ModelServiceClient::new(channel.clone())
+        .register_model(proto::RegisterModelRequest {
+            name: "tiny".into(),
+            path: models.join("tiny").display().to_string(),
+        })
+        .await
+        .unwrap();
+    let mut datasets = proto::dataset_service_client::DatasetServiceClient::new(channel.clone());
+    let train = upload_bytes(
+        &mut datasets,
+        "t.jsonl",
+        DatasetPurpose::Sft,
+        "",
+        sft_lines(24, 0).as_bytes(),
+        1 << 16,
+    )
+    .await
+    .unwrap()
+    .id;
+    let mut jobs = FineTuningServiceClient::new(channel);
+    let mut req = sft_job(&train, "");
+    if let Some(proto::fine_tuning_method::Method::Supervised(m)) = req.method.as_mut().and_then(|m| m.method.as_mut())
+    {
+        m.n_epochs = auto_int(40);
+    }
+    let job = jobs.create_job(req).await.unwrap().into_inner().job.unwrap();
+    let mut stream = jobs
+        .watch_job(proto::WatchJobRequest {
+            job_id: job.id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut latencies = Vec::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        match msg.payload.unwrap() {
+            proto::watch_job_response::Payload::Event(e) => {
+                let now = lathe::ids::now_millis();
+                let at = e.created_at.unwrap();
+                let written = at.seconds * 1000 + i64::from(at.nanos) / 1_000_000;
+                // Events written before the watch began are backlog, not live.
+                if e.seq > 3 {
+                    latencies.push(now - written);
+                }
+            }
+            proto::watch_job_response::Payload::End(_) => break,
+        }
+    }
+    latencies.sort_unstable();
+    let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{} live events: p50 {} ms, p99 {} ms, max {} ms",
+        latencies.len(),
+        pick(0.5),
+        pick(0.99),
+        latencies.last().unwrap()
+    );
+    drop(api);
+    db.drop().await;
+}
