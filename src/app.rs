@@ -61,6 +61,18 @@ impl App {
     /// interrupted run left, builds the services and starts their workers.
     pub async fn open(config: &ServeConfig, engine: Engine) -> anyhow::Result<App> {
         crate::tune_allocator();
+        // With a Ray cluster, jobs train there; a wrong address stops start-up.
+        let ray = match config.ray().map_err(anyhow::Error::msg)? {
+            Some((client, ray_config)) => {
+                let version = client
+                    .version()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--ray-address (LATHE_RAY_ADDRESS): {e}"))?;
+                tracing::info!(ray = %client.address(), version, "fine-tuning jobs run on the Ray cluster");
+                Some((client, ray_config))
+            }
+            None => None,
+        };
         // The tokenizer's tables load while the store opens, not on the first upload.
         let tokenizer = tokio::task::spawn_blocking(O200k::new);
         std::fs::create_dir_all(&config.data_dir)
@@ -145,7 +157,10 @@ impl App {
         );
         let stop = CancellationToken::new();
         let workers = Workers {
-            scheduler: scheduler::spawn(jobs.clone(), stop.clone()),
+            scheduler: match ray {
+                Some((client, ray_config)) => crate::jobs::ray::spawn(jobs.clone(), client, ray_config, stop.clone()),
+                None => scheduler::spawn(jobs.clone(), stop.clone()),
+            },
             eval_runner: crate::evals::runner::spawn(evals.clone(), stop.clone()),
             stop,
         };
