@@ -46,12 +46,16 @@ pub struct App {
     /// providers' behind one router.
     pub chat: Arc<dyn ChatModel>,
     blobs: Blobs,
+    /// Whether other processes share the blobs (and the database).
+    shared_blobs: bool,
     workers: Workers,
 }
 
 /// The background workers: the job scheduler and the eval runner.
 struct Workers {
     stop: CancellationToken,
+    /// Cancelled when a process started for one job is done with it.
+    finished: CancellationToken,
     scheduler: JoinHandle<()>,
     eval_runner: JoinHandle<()>,
 }
@@ -61,8 +65,16 @@ impl App {
     /// interrupted run left, builds the services and starts their workers.
     pub async fn open(config: &ServeConfig, engine: Engine) -> anyhow::Result<App> {
         crate::tune_allocator();
-        // With a Ray cluster, jobs train there; a wrong address stops start-up.
-        let ray = match config.ray().map_err(anyhow::Error::msg)? {
+        // With a Ray cluster, the jobs this process would run train there; a
+        // wrong address stops start-up. A worker for one job (a Ray job's
+        // entrypoint) runs it here whatever its environment says.
+        let dispatches = config.role.runs_work() && config.only_job.is_none();
+        let ray = if dispatches {
+            config.ray().map_err(anyhow::Error::msg)?
+        } else {
+            None
+        };
+        let ray = match ray {
             Some((client, ray_config)) => {
                 let version = client
                     .version()
@@ -89,7 +101,7 @@ impl App {
             config.dataset_limits(),
         ));
         datasets
-            .recover()
+            .recover(config.leftovers_age())
             .await
             .context("cleaning up after interrupted uploads")?;
         let providers = match &config.providers {
@@ -156,13 +168,33 @@ impl App {
             .with_evaluator(Arc::new(crate::evals::checkpoints::CheckpointEvals(evals.clone()))),
         );
         let stop = CancellationToken::new();
+        // Wake-ups from other processes sharing the database: queued work
+        // for this process's workers, new events for its watchers.
+        let changes = store::notify::listen(&config.database_url(), stop.clone())
+            .await
+            .context("listening for the database's change notifications")?;
+        if let Some(changes) = changes {
+            tokio::spawn(relay_changes(changes, jobs.clone(), evals.clone()));
+        }
+        let idle = || tokio::spawn(async {});
+        let role = config.role;
+        let finished = CancellationToken::new();
         let workers = Workers {
-            scheduler: match ray {
-                Some((client, ray_config)) => crate::jobs::ray::spawn(jobs.clone(), client, ray_config, stop.clone()),
-                None => scheduler::spawn(jobs.clone(), stop.clone()),
+            scheduler: match (&config.only_job, role.runs_work(), ray) {
+                (Some(job), true, _) => one_job(jobs.clone(), job.clone(), stop.clone(), finished.clone()),
+                (None, true, Some((client, ray_config))) => {
+                    crate::jobs::ray::spawn(jobs.clone(), client, ray_config, stop.clone())
+                }
+                (None, true, None) => scheduler::spawn(jobs.clone(), stop.clone()),
+                (_, false, _) => idle(),
             },
-            eval_runner: crate::evals::runner::spawn(evals.clone(), stop.clone()),
+            eval_runner: if role.runs_work() && config.only_job.is_none() {
+                crate::evals::runner::spawn(evals.clone(), stop.clone())
+            } else {
+                idle()
+            },
             stop,
+            finished,
         };
         Ok(App {
             auth,
@@ -173,8 +205,16 @@ impl App {
             evals,
             chat,
             blobs,
+            shared_blobs: config.leftovers_age().is_some(),
             workers,
         })
+    }
+
+    /// Resolves when a process started for one job (`only_job`) is done
+    /// with it: the job ran here and stopped, or it is not this worker's to
+    /// run (it ended, or was paused, before a claim). Never otherwise.
+    pub async fn finished(&self) {
+        self.workers.finished.cancelled().await;
     }
 
     /// Tells the workers to stop: running jobs stop at a step boundary
@@ -210,10 +250,75 @@ impl App {
         // rather than at the next start: an upload whose client vanished is
         // dropped by the HTTP/2 layer, and its own clean-up runs in the
         // background (a hard stop still leaves that to the next start).
-        match self.blobs.sweep_staging().await {
+        // Staging shared with other processes holds their uploads too: those
+        // leftovers wait for a start-up to find them old.
+        if self.shared_blobs {
+            return;
+        }
+        match self.blobs.sweep_staging(None).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed what dropped uploads had staged"),
             Err(e) => tracing::warn!(error = %e, "could not clear staging; the next start will"),
         }
     }
+}
+
+/// Turns other processes' changes into this process's wake-ups. The rows
+/// stay the truth: a wake-up only makes a worker claim or a watcher read
+/// sooner than its next poll.
+async fn relay_changes(
+    mut changes: tokio::sync::mpsc::Receiver<store::notify::Change>,
+    jobs: Arc<Jobs>,
+    evals: Arc<Evals>,
+) {
+    use store::notify::Change;
+    while let Some(change) = changes.recv().await {
+        match change {
+            Change::JobQueued => jobs.wake.notify_one(),
+            Change::JobEvent(id) => jobs.bus.poke(&id),
+            Change::RunQueued => evals.wake.notify_one(),
+            Change::RunProgress(id) => evals.bus.poke(&id),
+            Change::Resync => {
+                jobs.wake.notify_one();
+                evals.wake.notify_one();
+                jobs.bus.poke_all();
+                evals.bus.poke_all();
+            }
+        }
+    }
+}
+
+/// The scheduler of a process started for one job: it claims only that
+/// job, and the process is finished once the job has run here, or as soon
+/// as the job is one this worker will not run (ended or paused).
+fn one_job(jobs: Arc<Jobs>, id: String, stop: CancellationToken, finished: CancellationToken) -> JoinHandle<()> {
+    let scheduler = scheduler::spawn(jobs.clone(), stop.clone());
+    tokio::spawn(async move {
+        let poll = jobs.config.poll;
+        let mut scheduler = std::pin::pin!(scheduler);
+        let joined = loop {
+            match jobs.state_of(&id).await {
+                Ok(Some(state)) if state.is_terminal() || state == crate::jobs::model::JobState::Paused => {
+                    tracing::info!(job = %id, state = state.as_str(), "the job is not to be run here");
+                    stop.cancel();
+                    break scheduler.await;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    tracing::error!(job = %id, "no such job");
+                    stop.cancel();
+                    break scheduler.await;
+                }
+                Err(e) => tracing::warn!(job = %id, error = %e, "cannot read the job's state; retrying"),
+            }
+            tokio::select! {
+                joined = &mut scheduler => break joined,
+                () = tokio::time::sleep(poll) => {}
+            }
+        };
+        if let Err(e) = joined {
+            tracing::error!(error = %e, "the scheduler crashed");
+        }
+        finished.cancel();
+    })
 }

@@ -7,6 +7,7 @@
 //! partial blob and an interrupted upload leaves only staging debris, which
 //! `sweep_staging` removes at start-up.
 
+use std::time::{Duration, SystemTime};
 use std::{ops::Range, path::PathBuf, sync::Arc};
 
 use bytes::Bytes;
@@ -96,21 +97,30 @@ impl Blobs {
 
     /// Every stored blob's sha256.
     pub async fn list(&self) -> Result<Vec<String>, BlobError> {
+        self.list_older_than(None).await
+    }
+
+    /// The sha256 of every stored blob last written before `age` ago (all
+    /// of them for None).
+    pub async fn list_older_than(&self, age: Option<Duration>) -> Result<Vec<String>, BlobError> {
         let metas: Vec<_> = self.store.list(Some(&Path::from("blobs/sha256"))).try_collect().await?;
         Ok(metas
             .into_iter()
+            .filter(|m| older_than(m.last_modified.into(), age))
             .filter_map(|m| m.location.filename().map(str::to_string))
             .collect())
     }
 
-    /// Removes what interrupted uploads left in staging. Call only when no
-    /// upload is in flight (at start-up, or at the end of a shutdown). A
-    /// file that is already gone is fine: a dropped upload's own clean-up
-    /// may run at the same time.
-    pub async fn sweep_staging(&self) -> Result<usize, BlobError> {
+    /// Removes what interrupted uploads left in staging, when no upload of
+    /// this process is in flight (at start-up, or at the end of a
+    /// shutdown). With `age`, only what was last written before `age` ago:
+    /// other processes sharing the store may be uploading now. A file that
+    /// is already gone is fine: a dropped upload's own clean-up may run at
+    /// the same time.
+    pub async fn sweep_staging(&self, age: Option<Duration>) -> Result<usize, BlobError> {
         let staged: Vec<_> = self.store.list(Some(&Path::from("staging"))).try_collect().await?;
         let mut removed = 0;
-        for meta in staged {
+        for meta in staged.into_iter().filter(|m| older_than(m.last_modified.into(), age)) {
             match self.store.delete(&meta.location).await {
                 Ok(()) => removed += 1,
                 Err(object_store::Error::NotFound { .. }) => {}
@@ -121,7 +131,8 @@ impl Blobs {
             let dir = root.join("staging");
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 for entry in entries.flatten() {
-                    if std::fs::remove_file(entry.path()).is_ok() {
+                    let modified = entry.metadata().and_then(|m| m.modified());
+                    if modified.is_ok_and(|t| older_than(t, age)) && std::fs::remove_file(entry.path()).is_ok() {
                         removed += 1;
                     }
                 }
@@ -129,6 +140,12 @@ impl Blobs {
         }
         Ok(removed)
     }
+}
+
+/// Whether something written at `modified` was written before `age` ago
+/// (always, without an age).
+fn older_than(modified: SystemTime, age: Option<Duration>) -> bool {
+    age.is_none_or(|age| SystemTime::now().duration_since(modified).is_ok_and(|d| d > age))
 }
 
 pub struct BlobWriter {
@@ -312,7 +329,11 @@ mod tests {
         let mut w2 = blobs.writer().await.unwrap();
         w2.write(b"abc").await.unwrap();
         w2.abort().await;
-        blobs.sweep_staging().await.unwrap();
+        // Another process sharing the store may be writing what is recent.
+        let hour = Some(Duration::from_secs(3600));
+        assert_eq!(blobs.sweep_staging(hour).await.unwrap(), 0);
+        assert!(!walk(dir.path()).is_empty());
+        blobs.sweep_staging(None).await.unwrap();
         let left: Vec<_> = walk(dir.path());
         assert!(left.is_empty(), "left behind: {left:?}");
     }

@@ -104,6 +104,15 @@ pub struct ServeConfig {
     /// first start. Replicas sharing a database need the same key.
     #[arg(long, env = "LATHE_SECRETS_KEY", hide_env_values = true)]
     pub secrets_key: Option<Secret>,
+    /// What this process does: `all` serves the API and runs queued work
+    /// (the embedded default); `api` serves the API and leaves queued work
+    /// to workers; `worker` runs queued work and serves only health. `api`
+    /// and `worker` share state through Postgres (--database-url).
+    #[arg(long, env = "LATHE_ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
+    /// Run only this fine-tuning job, then exit (`lathe worker --job`).
+    #[arg(skip)]
+    pub only_job: Option<String>,
     /// The Ray cluster's Jobs API (its dashboard's URL, e.g.
     /// http://127.0.0.1:8265). When set, this process trains no jobs itself:
     /// it submits each queued fine-tuning job to Ray as a Ray job that runs
@@ -128,7 +137,7 @@ pub struct ServeConfig {
     /// GPUs Ray reserves for each job's worker (fractions allowed).
     #[arg(long, env = "LATHE_RAY_NUM_GPUS", default_value_t = 0.0)]
     pub ray_num_gpus: f64,
-    /// Ray jobs that may end without starting their job (per attempt)
+    /// Ray jobs that may fail before they start their job (per attempt)
     /// before the job fails with Ray's message.
     #[arg(long, env = "LATHE_RAY_MAX_FAILURES", default_value_t = 3)]
     pub ray_max_failures: u32,
@@ -138,6 +147,30 @@ pub struct ServeConfig {
     pub ray_max_submitted: usize,
     #[command(flatten)]
     pub tls: TlsConfig,
+}
+
+/// What a server process does.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Serve the API and run queued work.
+    #[default]
+    All,
+    /// Serve the API; queued work is left to workers.
+    Api,
+    /// Run queued work; serve only health.
+    Worker,
+}
+
+impl Role {
+    /// Whether the process serves the API's services.
+    pub fn serves_api(self) -> bool {
+        self != Role::Worker
+    }
+
+    /// Whether the process claims queued work.
+    pub fn runs_work(self) -> bool {
+        self != Role::Api
+    }
 }
 
 /// A listener's TLS settings (the gRPC API's; a REST API will take the
@@ -205,6 +238,8 @@ impl ServeConfig {
             model_roots: Vec::new(),
             webhook_allow_http: false,
             webhook_allow_private_addresses: false,
+            role: Role::All,
+            only_job: None,
             ray_address: None,
             ray_entrypoint: DEFAULT_RAY_ENTRYPOINT.into(),
             ray_forward_env: Vec::new(),
@@ -249,8 +284,31 @@ impl ServeConfig {
         Duration::from_secs(self.shutdown_grace_secs)
     }
 
+    /// How old leftovers (staged files, unreferenced blobs) must be before
+    /// a start-up removes them: any age when this process has the store to
+    /// itself (SQLite), a day when other processes share it (Postgres) and
+    /// may be uploading right now.
+    pub fn leftovers_age(&self) -> Option<Duration> {
+        self.database_url()
+            .starts_with("postgres")
+            .then_some(Duration::from_secs(24 * 3600))
+    }
+
+    /// Refuses settings that cannot work together, naming them.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.role != Role::All && !self.database_url().starts_with("postgres") {
+            anyhow::bail!(
+                "--role {} needs a database that other processes share: set --database-url \
+                 (LATHE_DATABASE_URL) to a postgres:// URL",
+                if self.role == Role::Api { "api" } else { "worker" }
+            );
+        }
+        Ok(())
+    }
+
     pub fn jobs_config(&self) -> crate::jobs::manager::JobsConfig {
         crate::jobs::manager::JobsConfig {
+            only: self.only_job.clone(),
             max_concurrent: self.max_concurrent_jobs,
             lease: Duration::from_secs(self.job_lease_secs.max(1)),
             poll: Duration::from_millis(self.job_poll_millis.max(10)),
@@ -267,6 +325,13 @@ impl ServeConfig {
         };
         let client =
             crate::ray::RayClient::new(address).map_err(|e| format!("--ray-address (LATHE_RAY_ADDRESS): {e}"))?;
+        if !self.database_url().starts_with("postgres") {
+            return Err(
+                "--ray-address (LATHE_RAY_ADDRESS) needs a database the workers Ray starts share: set \
+                 --database-url (LATHE_DATABASE_URL) to a postgres:// URL"
+                    .into(),
+            );
+        }
         if !self.ray_entrypoint.contains("{job_id}") {
             return Err(format!(
                 "--ray-entrypoint (LATHE_RAY_ENTRYPOINT): {:?} has no {{job_id}} for the job the worker runs",
@@ -367,6 +432,8 @@ mod tests {
         };
         assert!(parse(&[]).ray().unwrap().is_none(), "no address, no Ray");
         let (client, ray) = parse(&[
+            "--database-url",
+            "postgres://db/lathe",
             "--ray-address",
             "http://head:8265/",
             "--ray-num-gpus",
@@ -382,6 +449,11 @@ mod tests {
         assert_eq!((ray.num_cpus, ray.num_gpus), (1.0, 0.5));
         assert_eq!((ray.max_failures, ray.max_submitted), (3, 64));
         assert_eq!(ray.env_vars.get("PATH"), std::env::var("PATH").ok().as_ref());
+        let sqlite = parse(&["--ray-address", "http://h:1"]).ray().unwrap_err();
+        assert!(
+            sqlite.starts_with("--ray-address (LATHE_RAY_ADDRESS) needs a database"),
+            "{sqlite}"
+        );
         for (args, setting) in [
             (&["--ray-address", "head:8265"][..], "--ray-address (LATHE_RAY_ADDRESS)"),
             (
@@ -403,7 +475,9 @@ mod tests {
                 "--ray-max-submitted",
             ),
         ] {
-            let err = parse(args).ray().unwrap_err();
+            let mut on_postgres = vec!["--database-url", "postgres://db/lathe"];
+            on_postgres.extend_from_slice(args);
+            let err = parse(&on_postgres).ray().unwrap_err();
             assert!(err.starts_with(setting), "{args:?}: {err}");
         }
     }

@@ -44,6 +44,9 @@ pub struct LeaseConfig {
     pub poll: Duration,
     /// Items this worker runs at once.
     pub max_concurrent: usize,
+    /// Claim only this item, and return once it has run (a worker started
+    /// for one job, as a Ray job is).
+    pub only: Option<String>,
 }
 
 /// How the machine tells a running item to stop.
@@ -162,13 +165,16 @@ pub async fn run<W: LeasedWork>(work: Arc<W>, config: LeaseConfig, shutdown: Can
     let mut runners = JoinSet::new();
     // The stop signals of the running items, by their runner's task.
     let mut stops = HashMap::new();
+    // With `only`, whether that item was claimed (and so is run only once).
+    let mut claimed_only = false;
     loop {
         if let Err(e) = requeue_expired(&*work).await {
             tracing::warn!(kind, error = %e, "could not re-queue work whose lease expired");
         }
-        while runners.len() < max && !shutdown.is_cancelled() {
+        while runners.len() < max && !shutdown.is_cancelled() && !claimed_only {
             match claim(&*work, &config).await {
                 Ok(Some((id, item))) => {
+                    claimed_only = config.only.is_some();
                     let stop = W::Stop::default();
                     let span = work.span(&id);
                     let runner = run_one(work.clone(), config.clone(), id, item, stop.clone(), shutdown.clone());
@@ -187,6 +193,9 @@ pub async fn run<W: LeasedWork>(work: Arc<W>, config: LeaseConfig, shutdown: Can
             () = tokio::time::sleep(config.poll) => {}
             Some(joined) = runners.join_next_with_id(), if !runners.is_empty() => {
                 stops.remove(&joined_task(kind, joined));
+                if claimed_only {
+                    break;
+                }
             }
             () = shutdown.cancelled() => break,
         }
@@ -244,7 +253,14 @@ async fn claim<W: LeasedWork>(work: &W, config: &LeaseConfig) -> Result<Option<(
     let lease_until = now.saturating_add(millis(config.lease));
     let Some(change) = work
         .leases()
-        .claim_next(W::KIND, worker, now, lease_until, event.as_ref())
+        .claim_next(
+            W::KIND,
+            worker,
+            config.only.as_deref(),
+            now,
+            lease_until,
+            event.as_ref(),
+        )
         .await?
     else {
         return Ok(None);
@@ -405,12 +421,16 @@ mod tests {
             &self,
             _: LeaseKind,
             worker: &str,
+            only: Option<&str>,
             now: i64,
             lease_until: i64,
             _: Option<&NewEvent>,
         ) -> Result<Option<LeaseChange>, StoreError> {
             Ok(self.with(|m| {
-                let run = m.runs.iter_mut().find(|r| r.state == RunState::Queued)?;
+                let run = m
+                    .runs
+                    .iter_mut()
+                    .find(|r| r.state == RunState::Queued && only.is_none_or(|id| r.id == id))?;
                 run.state = RunState::InProgress;
                 run.lease_owner = Some(worker.to_string());
                 run.lease_expires_at = Some(lease_until);
@@ -613,6 +633,7 @@ mod tests {
             lease: LEASE,
             poll,
             max_concurrent,
+            only: None,
         }
     }
 
@@ -645,6 +666,39 @@ mod tests {
         assert_eq!(work.most_running.load(Ordering::SeqCst), 2);
         assert!(ids.iter().all(|id| work.store.run(id).state == RunState::Completed));
         stop(shutdown, machine).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_machine_for_one_item_claims_only_it_and_returns_once_it_ran() {
+        let work = Scripted::new(secs(10), secs(0));
+        let (first, wanted) = (work.store.queue(1), work.store.queue(2));
+        // The item is another worker's at first.
+        work.store.update(&wanted, |r| {
+            r.state = RunState::InProgress;
+            r.lease_owner = Some("w0".into());
+            r.lease_expires_at = Some(i64::MAX);
+        });
+        let config = LeaseConfig {
+            only: Some(wanted.clone()),
+            ..config(4, secs(5))
+        };
+        let (_shutdown, machine) = start(&work, config);
+        tokio::time::sleep(secs(30)).await;
+        assert!(work.runs().is_empty(), "nothing else is claimed meanwhile");
+        work.store.update(&wanted, requeue);
+        // The next poll claims it; it runs for 10 s and the machine returns
+        // without being told.
+        tokio::time::timeout(secs(120), machine).await.unwrap().unwrap();
+        let runs = work.runs();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].0, wanted);
+        assert!((30..=36).contains(&runs[0].1), "started at {}", runs[0].1);
+        assert_eq!(work.store.run(&wanted).state, RunState::Completed);
+        assert_eq!(
+            work.store.run(&first).state,
+            RunState::Queued,
+            "not this worker's to run"
+        );
     }
 
     #[tokio::test(start_paused = true)]

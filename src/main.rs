@@ -43,6 +43,11 @@ async fn main() -> ExitCode {
             init_tracing(config.log_json, "info");
             serve(*config).await.map(|()| Outcome::Ok)
         }
+        Command::Worker(args) => {
+            let config = args.into_config();
+            init_tracing(config.log_json, "info");
+            serve(config).await.map(|()| Outcome::Ok)
+        }
         _ => {
             init_tracing(false, "warn");
             lathe::cli::run_client(cli).await

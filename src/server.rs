@@ -37,6 +37,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let loopback = listener.local_addr()?.ip().is_loopback();
     // Settings that cannot work fail the start before the store is opened.
+    config.check()?;
     let tls = crate::tls::ServerTls::load(&config.tls)?;
     let acceptor = tls.as_ref().map(crate::tls::ServerTls::acceptor).transpose()?;
     if tls.is_none() && !loopback {
@@ -47,7 +48,12 @@ pub async fn run_with(
     }
     let app = App::open(&config, engine).await?;
     let admin_key = config.admin_key.as_ref().map(|k| k.0.as_str());
-    match app.auth.bootstrap(&config.data_dir, loopback, admin_key).await {
+    // Keys are the API's business; a worker serves no API.
+    let bootstrap = match config.role.serves_api() {
+        true => Some(app.auth.bootstrap(&config.data_dir, loopback, admin_key).await),
+        false => None,
+    };
+    match bootstrap.unwrap_or(Ok(crate::auth::Bootstrap::Existing)) {
         Ok(crate::auth::Bootstrap::WroteKeyFile(path)) => {
             tracing::info!(file = %path.display(), "wrote an admin API key for the default project (owner-only file)")
         }
@@ -112,6 +118,7 @@ where
 
     tracing::info!(
         %addr,
+        role = ?config.role,
         data_dir = %config.data_dir.display(),
         tls = config.tls.tls_cert.is_some(),
         client_certificates = config.tls.tls_client_ca.is_some(),
@@ -122,21 +129,23 @@ where
     let mut grpc = tonic::service::RoutesBuilder::default();
     grpc.add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(AdminServiceServer::new(AdminApi::new(app.auth.clone())))
-        .add_service(DatasetServiceServer::new(DatasetApi::new(app.datasets.clone())))
-        .add_service(FineTuningServiceServer::new(FineTuningApi::new(app.jobs.clone())))
-        .add_service(ModelServiceServer::new(ModelApi::new(
-            app.models.clone(),
-            app.chat.clone(),
-        )))
-        .add_service(GraderServiceServer::new(GraderApi::new(app.graders.clone())))
-        .add_service(EvalServiceServer::new(EvalApi::new(app.evals.clone())));
+        .add_service(reflection_v1alpha);
+    if config.role.serves_api() {
+        grpc.add_service(AdminServiceServer::new(AdminApi::new(app.auth.clone())))
+            .add_service(DatasetServiceServer::new(DatasetApi::new(app.datasets.clone())))
+            .add_service(FineTuningServiceServer::new(FineTuningApi::new(app.jobs.clone())))
+            .add_service(ModelServiceServer::new(ModelApi::new(
+                app.models.clone(),
+                app.chat.clone(),
+            )))
+            .add_service(GraderServiceServer::new(GraderApi::new(app.graders.clone())))
+            .add_service(EvalServiceServer::new(EvalApi::new(app.evals.clone())));
+    }
     // One port, two doors: gRPC's routes by service name, REST's under /v1/.
-    let routes = grpc
-        .routes()
-        .into_axum_router()
-        .merge(crate::rest::router(crate::rest::Rest::new(app)));
+    let mut routes = grpc.routes().into_axum_router();
+    if config.role.serves_api() {
+        routes = routes.merge(crate::rest::router(crate::rest::Rest::new(app)));
+    }
     let server = builder()
         // REST clients (the `openai` SDK among them) speak HTTP/1.1.
         .accept_http1(true)
@@ -145,7 +154,11 @@ where
         .layer(GateLayer::new(app.auth.clone()))
         .add_routes(routes.into())
         .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
+            // A process started for one job stops once it is done with it.
+            tokio::select! {
+                () = shutdown => {}
+                () = app.finished() => tracing::info!("done with the job this worker was started for"),
+            }
             tracing::info!("shutting down: no new requests; letting in-flight ones finish");
             set_health(&health, tonic_health::ServingStatus::NotServing).await;
             let _ = stop_tx.send(());

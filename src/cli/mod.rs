@@ -42,6 +42,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (embedded SQLite and local blobs by default).
     Serve(Box<ServeConfig>),
+    /// Run queued work from a shared database, serving only health (`serve --role worker`).
+    Worker(Box<WorkerArgs>),
     /// Upload, inspect, split and remove datasets.
     #[command(subcommand)]
     Datasets(datasets::DatasetsCommand),
@@ -90,8 +92,40 @@ struct ServeCli {
     config: ServeConfig,
 }
 
-/// Parses the command line: `lathe serve ...` as the server's own
-/// command, anything else as the client's.
+/// `lathe worker`: a server process in the worker role.
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// Run only this fine-tuning job, then exit (as a Ray job's entrypoint does).
+    #[arg(long)]
+    pub job: Option<String>,
+    #[command(flatten)]
+    pub config: ServeConfig,
+}
+
+impl WorkerArgs {
+    /// The server's settings for this worker.
+    pub fn into_config(self) -> ServeConfig {
+        ServeConfig {
+            role: crate::config::Role::Worker,
+            only_job: self.job,
+            ..self.config
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lathe worker",
+    version,
+    about = "Run queued work from a shared database (Postgres), serving only health."
+)]
+struct WorkerCli {
+    #[command(flatten)]
+    args: WorkerArgs,
+}
+
+/// Parses the command line: `lathe serve ...` and `lathe worker ...` as the
+/// server's own commands, anything else as the client's.
 pub fn parse() -> Cli {
     parse_from(std::env::args_os())
 }
@@ -110,12 +144,20 @@ where
             command: Command::Serve(Box::new(serve.config)),
         };
     }
+    if args.get(1).is_some_and(|a| a == "worker") {
+        let worker = WorkerCli::parse_from(args.iter().skip(1));
+        return Cli {
+            addr: None,
+            json: false,
+            command: Command::Serve(Box::new(worker.args.into_config())),
+        };
+    }
     Cli::parse_from(args)
 }
 
 pub async fn run_client(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
-        Command::Serve(_) => anyhow::bail!("serve is not a client command"),
+        Command::Serve(_) | Command::Worker(_) => anyhow::bail!("serve and worker are not client commands"),
         Command::Datasets(cmd) => datasets::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Jobs(cmd) => jobs::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Graders(cmd) => graders::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,

@@ -161,12 +161,19 @@ impl Datasets {
     /// Removes staging debris, the parts of uploads that expired, and blobs
     /// no row points at. Run at start-up, before serving, when no upload can
     /// be in flight.
-    pub async fn recover(&self) -> Result<()> {
+    ///
+    /// With `age` (other processes share the store and the blobs), only
+    /// what was written before `age` ago: a younger staged file may be
+    /// another process's upload in flight, a younger unreferenced blob one
+    /// whose record it is about to write.
+    pub async fn recover(&self, age: Option<std::time::Duration>) -> Result<()> {
         self.expire_uploads(usize::MAX).await?;
-        let swept = self.blobs.sweep_staging().await?;
+        let swept = self.blobs.sweep_staging(age).await?;
+        // Listed before the blobs, so a blob committed and recorded in
+        // between is young, not an orphan.
         let in_use: std::collections::HashSet<String> = self.store.blobs_in_use().await?.into_iter().collect();
         let mut orphans = 0;
-        for sha in self.blobs.list().await? {
+        for sha in self.blobs.list_older_than(age).await? {
             if !in_use.contains(&sha) {
                 self.blobs.delete(&sha).await?;
                 orphans += 1;

@@ -199,6 +199,22 @@ impl Bus {
         }
     }
 
+    /// Wakes the run's watchers for progress another process recorded.
+    pub(crate) fn poke(&self, run_id: &str) {
+        let Ok(runs) = self.runs.lock() else { return };
+        if let Some(tx) = runs.get(run_id) {
+            tx.send_modify(|_| {});
+        }
+    }
+
+    /// Wakes every watcher (wake-ups may have been missed).
+    pub(crate) fn poke_all(&self) {
+        let Ok(runs) = self.runs.lock() else { return };
+        for tx in runs.values() {
+            tx.send_modify(|_| {});
+        }
+    }
+
     pub(crate) fn subscribe(&self, run_id: &str) -> watch::Receiver<u64> {
         let mut runs = match self.runs.lock() {
             Ok(runs) => runs,

@@ -34,6 +34,7 @@ pub fn spawn(evals: Arc<Evals>, shutdown: CancellationToken) -> tokio::task::Joi
         lease: evals.config.lease,
         poll: evals.config.poll,
         max_concurrent: evals.config.max_concurrent_runs,
+        only: None,
     };
     lease::spawn(evals, config, shutdown)
 }

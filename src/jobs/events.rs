@@ -14,21 +14,48 @@ use super::model::JobEvent;
 /// Events kept per job for watchers that are a little behind.
 const RING: usize = 1024;
 
+/// What a watcher hears.
+#[derive(Clone, Debug)]
+pub enum Live {
+    /// An event this process appended.
+    Event(Box<JobEvent>),
+    /// Another process appended events: read them from the store.
+    Elsewhere,
+}
+
 #[derive(Default)]
 pub struct EventBus {
-    jobs: Mutex<HashMap<String, broadcast::Sender<JobEvent>>>,
+    jobs: Mutex<HashMap<String, broadcast::Sender<Live>>>,
 }
 
 impl EventBus {
     pub fn publish(&self, event: &JobEvent) {
+        self.send(&event.job_id, || Live::Event(Box::new(event.clone())));
+    }
+
+    /// Tells the job's watchers that another process appended events.
+    pub fn poke(&self, job_id: &str) {
+        self.send(job_id, || Live::Elsewhere);
+    }
+
+    /// Tells every watcher to look at the store (wake-ups may have been
+    /// missed).
+    pub fn poke_all(&self) {
         let Ok(jobs) = self.jobs.lock() else { return };
-        if let Some(tx) = jobs.get(&event.job_id) {
-            // No receivers is fine: nobody is watching right now.
-            let _ = tx.send(event.clone());
+        for tx in jobs.values() {
+            let _ = tx.send(Live::Elsewhere);
         }
     }
 
-    pub fn subscribe(&self, job_id: &str) -> broadcast::Receiver<JobEvent> {
+    fn send(&self, job_id: &str, live: impl FnOnce() -> Live) {
+        let Ok(jobs) = self.jobs.lock() else { return };
+        if let Some(tx) = jobs.get(job_id) {
+            // No receivers is fine: nobody is watching right now.
+            let _ = tx.send(live());
+        }
+    }
+
+    pub fn subscribe(&self, job_id: &str) -> broadcast::Receiver<Live> {
         let mut jobs = match self.jobs.lock() {
             Ok(jobs) => jobs,
             Err(poisoned) => poisoned.into_inner(),

@@ -9,7 +9,7 @@ use std::{
 use tokio::sync::{Notify, broadcast::error::RecvError, mpsc};
 
 use super::evaluator::CheckpointEvaluator;
-use super::events::EventBus;
+use super::events::{EventBus, Live};
 use super::model::*;
 use super::spec::{self, CreateJob};
 use super::state;
@@ -43,6 +43,8 @@ pub struct JobsConfig {
     pub worker_id: String,
     /// What job webhooks may reach.
     pub webhook: WebhookPolicy,
+    /// Run only this job (a worker started for one job).
+    pub only: Option<String>,
 }
 
 impl Default for JobsConfig {
@@ -53,6 +55,7 @@ impl Default for JobsConfig {
             poll: Duration::from_secs(1),
             worker_id: ids::new_id("worker"),
             webhook: WebhookPolicy::default(),
+            only: None,
         }
     }
 }
@@ -381,6 +384,11 @@ impl Jobs {
     }
 
     /// The job, if it is the caller's project's (NOT_FOUND otherwise).
+    /// The job's state, for this process's own workers (no caller).
+    pub async fn state_of(&self, id: &str) -> Result<Option<JobState>> {
+        Ok(self.store.get_job(id).await?.map(|job| job.state))
+    }
+
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<JobRecord> {
         check_job_id(id)?;
         self.store
@@ -667,14 +675,15 @@ impl Jobs {
                 return Ok(());
             }
             // Live: next event in order, or back to the store when behind,
-            // when the bus lagged, or now and then for other replicas.
+            // when the bus lagged or another process appended, and now and
+            // then in case a wake-up from another process was lost.
             loop {
                 match tokio::time::timeout(self.config.poll, live.recv()).await {
-                    Ok(Ok(event)) if event.seq <= last => continue,
-                    Ok(Ok(event)) if event.seq == last + 1 => {
+                    Ok(Ok(Live::Event(event))) if event.seq <= last => continue,
+                    Ok(Ok(Live::Event(event))) if event.seq == last + 1 => {
                         last = event.seq;
                         let terminal = matches!(event.data, EventData::State { state } if state.is_terminal());
-                        if tx.send(Ok(WatchItem::Event(event))).await.is_err() {
+                        if tx.send(Ok(WatchItem::Event(*event))).await.is_err() {
                             return Ok(());
                         }
                         if terminal {

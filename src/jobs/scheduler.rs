@@ -36,6 +36,7 @@ pub fn spawn(jobs: Arc<Jobs>, shutdown: CancellationToken) -> tokio::task::JoinH
         lease: jobs.config.lease,
         poll: jobs.config.poll,
         max_concurrent: jobs.config.max_concurrent,
+        only: jobs.config.only.clone(),
     };
     lease::spawn(Arc::new(Training { jobs, trainer }), config, shutdown)
 }

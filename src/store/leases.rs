@@ -177,13 +177,14 @@ pub struct LeaseChange {
 #[async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
     /// Takes the next queued item of `kind` in its queue order for
-    /// `worker`, moving it to the leased state with a lease until
-    /// `lease_until`; None when nothing is queued (or all of it is being
-    /// claimed by others right now).
+    /// `worker` (only the item `only`, when given), moving it to the leased
+    /// state with a lease until `lease_until`; None when nothing is queued
+    /// (or all of it is being claimed by others right now).
     async fn claim_next(
         &self,
         kind: LeaseKind,
         worker: &str,
+        only: Option<&str>,
         now: i64,
         lease_until: i64,
         event: Option<&NewEvent>,
@@ -230,8 +231,9 @@ pub trait LeaseStore: Send + Sync + 'static {
 pub(crate) mod sql {
     use super::LeaseKind;
 
-    /// Binds `$1` worker, `$2` lease_until, `$3` now. `lock` is what the
-    /// sub-select adds to take the row (Postgres: `FOR UPDATE SKIP LOCKED`).
+    /// Binds `$1` worker, `$2` lease_until, `$3` now, and with `only` `$4`
+    /// the one id that may be claimed. `lock` is what the sub-select adds to
+    /// take the row (Postgres: `FOR UPDATE SKIP LOCKED`).
     ///
     /// Projects share the workers fairly: the next item is one of the
     /// projects running the fewest items of this kind right now, and within
@@ -239,12 +241,13 @@ pub(crate) mod sql {
     /// not hold back another's one. (Replicas claiming at the same instant
     /// may each see a project under its running quota and pass it by one
     /// until the next claim; one server never does.)
-    pub fn claim(kind: LeaseKind, lock: &str) -> String {
+    pub fn claim(kind: LeaseKind, lock: &str, only: bool) -> String {
         let (table, queued, leased) = (kind.table(), kind.queued(), kind.leased());
+        let only = if only { " AND q.id = $4" } else { "" };
         format!(
             "UPDATE {table} SET state = '{leased}', lease_owner = $1, lease_expires_at = $2,
                 started_at = COALESCE(started_at, $3){}{}
-             WHERE id = (SELECT q.id FROM {table} q WHERE q.state = '{queued}'{}
+             WHERE id = (SELECT q.id FROM {table} q WHERE q.state = '{queued}'{only}{}
                          ORDER BY (SELECT COUNT(*) FROM {table} r
                                    WHERE r.project_id = q.project_id AND r.state = '{leased}'), {}
                          LIMIT 1 {lock})
@@ -327,17 +330,18 @@ macro_rules! impl_lease_store {
                 &self,
                 kind: $crate::store::leases::LeaseKind,
                 worker: &str,
+                only: Option<&str>,
                 now: i64,
                 lease_until: i64,
                 event: Option<&$crate::jobs::model::NewEvent>,
             ) -> Result<Option<$crate::store::leases::LeaseChange>, $crate::store::error::StoreError> {
                 let mut tx = self.pool.begin().await?;
-                let row = sqlx::query(&$crate::store::leases::sql::claim(kind, $lock))
-                    .bind(worker)
-                    .bind(lease_until)
-                    .bind(now)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let sql = $crate::store::leases::sql::claim(kind, $lock, only.is_some());
+                let mut query = sqlx::query(&sql).bind(worker).bind(lease_until).bind(now);
+                if let Some(id) = only {
+                    query = query.bind(id);
+                }
+                let row = query.fetch_optional(&mut *tx).await?;
                 let Some(row) = row else {
                     return Ok(None);
                 };

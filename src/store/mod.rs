@@ -21,6 +21,7 @@ mod evals_sql;
 pub(crate) mod leases;
 #[macro_use]
 mod models_sql;
+pub mod notify;
 #[macro_use]
 mod uploads_sql;
 mod error;

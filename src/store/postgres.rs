@@ -80,4 +80,37 @@ mod tests {
     }
 
     crate::store_suite!(store().await);
+
+    /// The triggers tell listeners of queued work, job events and eval
+    /// progress, whatever schema (test) wrote them; filtered by id here.
+    #[tokio::test]
+    async fn writes_notify_other_processes() {
+        use crate::store::LeaseKind;
+        use crate::store::notify::{Change, listen};
+        use crate::store::suite::{queue_fresh, seed_leases};
+        let Some(store) = store().await else { return };
+        seed_leases(&store).await;
+        let url = std::env::var("LATHE_TEST_POSTGRES_URL").unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut changes = listen(&url, stop.clone()).await.unwrap().expect("postgres listens");
+        let job = queue_fresh(&store, LeaseKind::Job).await;
+        let run = queue_fresh(&store, LeaseKind::EvalRun).await;
+        let mut want = vec![
+            Change::JobQueued,
+            Change::JobEvent(job.clone()),
+            Change::RunQueued,
+            Change::RunProgress(run.clone()),
+        ];
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !want.is_empty() {
+            let change = tokio::time::timeout_at(deadline, changes.recv())
+                .await
+                .unwrap_or_else(|_| panic!("never heard {want:?}"))
+                .expect("listening");
+            want.retain(|w| *w != change);
+        }
+        stop.cancel();
+        let sqlite = listen("sqlite://x.db", stop).await.unwrap();
+        assert!(sqlite.is_none(), "one process, nobody to hear from");
+    }
 }

@@ -419,14 +419,14 @@ pub async fn jobs_lease_changes_count_attempts_and_append_events(store: impl Sto
     store.insert_job(&a, &created()).await.unwrap();
     let kind = LeaseKind::Job;
     assert!(matches!(
-        store.claim_next(kind, "w1", 100, 200, None).await,
+        store.claim_next(kind, "w1", None, 100, 200, None).await,
         Err(super::StoreError::EventMissing(_))
     ));
     assert_eq!(store.get_job(&a.id).await.unwrap().unwrap().state, JobState::Queued);
 
     let running = NewEvent::state(JobState::Running, Level::Info, "running on worker w1");
     let change = store
-        .claim_next(kind, "w1", 100, 200, Some(&running))
+        .claim_next(kind, "w1", None, 100, 200, Some(&running))
         .await
         .unwrap()
         .unwrap();
@@ -450,7 +450,7 @@ pub async fn jobs_lease_changes_count_attempts_and_append_events(store: impl Sto
         .unwrap();
     assert_eq!(change.event.map(|e| (e.seq, e.level)), Some((3, Level::Warn)));
     let change = store
-        .claim_next(kind, "w2", 260, 400, Some(&running))
+        .claim_next(kind, "w2", None, 260, 400, Some(&running))
         .await
         .unwrap()
         .unwrap();
@@ -493,7 +493,7 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
     store.insert_job(&a, &created()).await.unwrap();
     let running = NewEvent::state(JobState::Running, Level::Info, "running");
     store
-        .claim_next(LeaseKind::Job, "w1", 10, 1000, Some(&running))
+        .claim_next(LeaseKind::Job, "w1", None, 10, 1000, Some(&running))
         .await
         .unwrap()
         .unwrap();
@@ -886,7 +886,11 @@ pub async fn evals_runs_are_leased_and_record_items_with_gapless_seqs(store: imp
     // Claimed by one worker; the lease mechanism itself is tested by the
     // `leases_*` functions for every kind.
     let kind = LeaseKind::EvalRun;
-    let claimed = store.claim_next(kind, "w1", 1000, 2000, None).await.unwrap().unwrap();
+    let claimed = store
+        .claim_next(kind, "w1", None, 1000, 2000, None)
+        .await
+        .unwrap()
+        .unwrap();
     let claimed = claimed.item.into_eval_run().unwrap();
     assert_eq!((claimed.state, claimed.started_at), (RunState::InProgress, Some(1000)));
     assert_eq!(claimed.lease_owner.as_deref(), Some("w1"));
@@ -954,7 +958,11 @@ pub async fn evals_runs_are_leased_and_record_items_with_gapless_seqs(store: imp
             .unwrap()
             .is_some()
     );
-    let taken = store.claim_next(kind, "w2", 5000, 6000, None).await.unwrap().unwrap();
+    let taken = store
+        .claim_next(kind, "w2", None, 5000, 6000, None)
+        .await
+        .unwrap()
+        .unwrap();
     let taken = taken.item.into_eval_run().unwrap();
     assert_eq!(
         (taken.lease_owner.as_deref(), taken.started_at),
@@ -1041,7 +1049,13 @@ pub async fn evals_runs_are_leased_and_record_items_with_gapless_seqs(store: imp
             .unwrap()
             .is_none()
     );
-    assert!(store.claim_next(kind, "w3", 9000, 9999, None).await.unwrap().is_none());
+    assert!(
+        store
+            .claim_next(kind, "w3", None, 9000, 9999, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         store.renew_lease(kind, &run.id, "w2", 9999).await.unwrap().is_none(),
         "a finished run has no lease to renew"
@@ -1099,7 +1113,7 @@ pub async fn evals_runs_list_newest_first_per_eval(store: impl Store) {
     assert_eq!(seen, expected);
     // The oldest queued run is claimed first.
     let first = store
-        .claim_next(LeaseKind::EvalRun, "w", 1, 2, None)
+        .claim_next(LeaseKind::EvalRun, "w", None, 1, 2, None)
         .await
         .unwrap()
         .unwrap();
@@ -1195,7 +1209,7 @@ pub async fn evals_list_update_and_delete(store: impl Store) {
         store.insert_eval_run(r).await.unwrap();
     }
     let claimed = store
-        .claim_next(LeaseKind::EvalRun, "w1", 1000, 2000, None)
+        .claim_next(LeaseKind::EvalRun, "w1", None, 1000, 2000, None)
         .await
         .unwrap()
         .unwrap();
@@ -1312,7 +1326,7 @@ pub async fn evals_runs_and_items_filter_order_and_delete(store: impl Store) {
     // Run 0 (the oldest queued) records six items; multiples of 3 fail.
     let run = run_ids(&[0])[0].clone();
     let claimed = store
-        .claim_next(LeaseKind::EvalRun, "w1", 1000, 2000, None)
+        .claim_next(LeaseKind::EvalRun, "w1", None, 1000, 2000, None)
         .await
         .unwrap()
         .unwrap();
@@ -1373,9 +1387,28 @@ pub async fn evals_runs_and_items_filter_order_and_delete(store: impl Store) {
 // ---- leases, the same for every kind of leased work ----
 
 /// The dataset and the eval the queued items need.
-async fn seed_leases(store: &impl Store) {
+pub async fn seed_leases(store: &impl Store) {
     seed_datasets(store).await;
     store.insert_eval(&eval_record(1)).await.unwrap();
+}
+
+/// Queues one item of `kind` with a fresh id (unlike `queue`'s, unique
+/// across every schema of a database), after `seed_leases`.
+pub async fn queue_fresh(store: &impl Store, kind: LeaseKind) -> String {
+    match kind {
+        LeaseKind::Job => {
+            let mut j = job(1, 10, 0, None);
+            j.id = crate::ids::new_id("job");
+            store.insert_job(&j, &created()).await.unwrap();
+            j.id
+        }
+        LeaseKind::EvalRun => {
+            let mut r = run_record(1, &eval_record(1).id, 10);
+            r.id = crate::ids::new_id("evalrun");
+            store.insert_eval_run(&r).await.unwrap();
+            r.id
+        }
+    }
 }
 
 /// Queues item `n` of `kind`, created at `created_at` (priority counts for
@@ -1405,7 +1438,7 @@ fn lease_event(kind: LeaseKind, to: JobState) -> Option<NewEvent> {
 async fn claim(store: &impl Store, kind: LeaseKind, worker: &str, now: i64, until: i64) -> Option<Leased> {
     let event = lease_event(kind, JobState::Running);
     let change = store
-        .claim_next(kind, worker, now, until, event.as_ref())
+        .claim_next(kind, worker, None, now, until, event.as_ref())
         .await
         .unwrap()?;
     assert_eq!(change.event.is_some(), kind.has_event_log());
@@ -1459,6 +1492,39 @@ pub async fn leases_claim_in_queue_order(store: impl Store) {
             LeaseKind::EvalRun => [4, 1, 5, 2, 3].map(|n| run_record(n, "", 0).id).into(),
         };
         assert_eq!(order, expected, "{kind:?}");
+    }
+}
+
+/// A claim for one item (a worker started for one job) takes that item or
+/// nothing, whatever else is queued ahead of it.
+pub async fn leases_claim_only_the_named_item(store: impl Store) {
+    seed_leases(&store).await;
+    for kind in LeaseKind::ALL {
+        let first = queue(&store, kind, 1, 10, 9).await;
+        let wanted = queue(&store, kind, 2, 11, 0).await;
+        let event = lease_event(kind, JobState::Running);
+        let missing = match kind {
+            LeaseKind::Job => job(99, 0, 0, None).id,
+            LeaseKind::EvalRun => run_record(99, "", 0).id,
+        };
+        let none = store
+            .claim_next(kind, "w1", Some(&missing), 100, 200, event.as_ref())
+            .await
+            .unwrap();
+        assert!(none.is_none(), "{kind:?}: an id not queued claims nothing");
+        let change = store
+            .claim_next(kind, "w1", Some(&wanted), 100, 200, event.as_ref())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(change.item.id(), wanted, "{kind:?}");
+        let again = store
+            .claim_next(kind, "w2", Some(&wanted), 100, 200, event.as_ref())
+            .await
+            .unwrap();
+        assert!(again.is_none(), "{kind:?}: a leased item is not claimed twice");
+        let next = claim(&store, kind, "w2", 100, 200).await.unwrap();
+        assert_eq!(next.id(), first, "{kind:?}: the rest of the queue is untouched");
     }
 }
 
@@ -1654,6 +1720,7 @@ macro_rules! store_suite {
             evals_runs_and_items_filter_order_and_delete,
             datasets_in_use_are_kept_and_gone_ones_refuse_new_work,
             leases_claim_in_queue_order,
+            leases_claim_only_the_named_item,
             leases_renew_by_the_holder_only,
             leases_expire_and_are_requeued,
             leases_release_back_to_the_queue,

@@ -101,6 +101,12 @@ impl TestServer {
         DatasetServiceClient::new(self.channel().await)
     }
 
+    /// Waits until the server returns on its own (a worker started for one
+    /// job), without signalling it to stop.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        self.task.take().expect("running").await.expect("server task")
+    }
+
     /// Signals shutdown without waiting.
     pub fn signal_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -280,4 +286,49 @@ pub fn lathe(addr: &str, args: &[&str]) -> std::process::Output {
         .env("LATHE_API_KEY", ADMIN_KEY)
         .output()
         .expect("run lathe")
+}
+
+/// A database of its own on the test Postgres server (LATHE_TEST_POSTGRES_URL),
+/// for tests of several processes sharing one. Without that variable the
+/// test is skipped, except under CI (CI=true), where it fails.
+pub struct TestDatabase {
+    pub url: String,
+    server: String,
+    name: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Option<Self> {
+        let Ok(url) = std::env::var("LATHE_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "LATHE_TEST_POSTGRES_URL must be set in CI so the replica tests run"
+            );
+            eprintln!("skipping: LATHE_TEST_POSTGRES_URL is not set");
+            return None;
+        };
+        let (server, _) = url.rsplit_once('/').expect("a database URL");
+        let name = lathe::ids::new_id("lathe_it").to_lowercase();
+        let admin = sqlx::PgPool::connect(&url).await.expect("connect to the test database");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create a database");
+        admin.close().await;
+        Some(Self {
+            url: format!("{server}/{name}"),
+            server: url.clone(),
+            name,
+        })
+    }
+
+    /// Drops the database (connections still open to it are closed).
+    pub async fn drop(self) {
+        let admin = sqlx::PgPool::connect(&self.server).await.expect("connect");
+        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&admin)
+            .await
+            .expect("drop the database");
+        admin.close().await;
+    }
 }
