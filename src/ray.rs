@@ -211,7 +211,8 @@ impl RayClient {
         Ok(self.get_json("/api/jobs/").await?.unwrap_or_default())
     }
 
-    /// The last lines of a Ray job's log (at most 20 lines and 4 KiB).
+    /// The last lines the Ray job's entrypoint wrote (at most 20 lines and
+    /// 4 KiB), without Ray's preamble (which repeats the command line).
     pub async fn log_tail(&self, submission_id: &str) -> Result<String, RayError> {
         #[derive(Deserialize)]
         struct Logs {
@@ -219,7 +220,7 @@ impl RayClient {
         }
         let logs: Option<Logs> = self.get_json(&format!("/api/jobs/{submission_id}/logs")).await?;
         Ok(logs
-            .map(|l| tail(&l.logs, LOG_TAIL_LINES, LOG_TAIL_BYTES))
+            .map(|l| tail(&entrypoint_output(&l.logs), LOG_TAIL_LINES, LOG_TAIL_BYTES))
             .unwrap_or_default())
     }
 
@@ -291,6 +292,19 @@ impl RayClient {
 fn last_line(text: &str) -> String {
     let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
     truncate(line, 500).to_string()
+}
+
+/// A Ray job's log without Ray's own lines (its job manager's, and the one
+/// that repeats the command line): what the entrypoint wrote. (A fast
+/// entrypoint's first lines may come before Ray's, so each line is judged.)
+fn entrypoint_output(log: &str) -> String {
+    log.lines()
+        .filter(|l| !l.starts_with("Running entrypoint for job ") && !l.contains(" job_manager.py:"))
+        .fold(String::new(), |mut out, l| {
+            out.push_str(l);
+            out.push('\n');
+            out
+        })
 }
 
 /// The last `lines` lines of `text`, at most `bytes` of them (cut at a
@@ -389,6 +403,9 @@ mod tests {
         let t = tail(&log, 20, 4096);
         assert!(t.starts_with("line 11\n") && t.ends_with("line 30"), "{t}");
         assert_eq!(tail("short", 20, 4096), "short");
+        let ray_log = "2026-12-07 10:49:59,917\tINFO job_manager.py:581 -- Runtime env is setting up.\n\
+                       early\nRunning entrypoint for job s1: /opt/lathe worker --job j\nfirst\nsecond";
+        assert_eq!(entrypoint_output(ray_log), "early\nfirst\nsecond\n");
         assert_eq!(tail("é".repeat(10).as_str(), 20, 5), "éé");
         assert_eq!(
             last_line("Traceback\n  File x\nValueError: Job with submission_id s1 already exists.\n\n"),

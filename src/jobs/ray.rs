@@ -15,7 +15,9 @@
 //! replicas that both dispatch, never start the same try twice: a refused
 //! id is looked up and adopted while it runs, or counted and the next try
 //! made once it ended. Ray jobs that fail before claiming their job count
-//! against `max_failures`; then the job fails with Ray's message.
+//! against `max_failures`; then the job fails with Ray's message. (A worker
+//! for one job waits while its job is queued but not claimable, and exits
+//! cleanly when the job is ended or paused, so neither counts.)
 //!
 //! Architecture invariant: this module decides when a job's Ray job is
 //! submitted, stopped and given up on; the job's states change only
@@ -94,6 +96,7 @@ pub fn spawn(jobs: Arc<Jobs>, ray: RayClient, config: RayConfig, shutdown: Cance
 struct Live {
     job_id: String,
     attempt: u32,
+    try_: u32,
     status: RayStatus,
     /// Lathe asked Ray to stop it (cancel, pause, a superseded attempt).
     stopping: bool,
@@ -191,15 +194,7 @@ impl Executor {
                 self.ended(&job_id, attempt, try_, &ray_job).await?;
             } else {
                 adopted += 1;
-                self.live.insert(
-                    ray_job.submission_id.clone(),
-                    Live {
-                        job_id,
-                        attempt,
-                        status: ray_job.status,
-                        stopping: false,
-                    },
-                );
+                self.track(&ray_job.submission_id, &job_id, attempt, try_, ray_job.status);
             }
         }
         if adopted > 0 {
@@ -232,8 +227,7 @@ impl Executor {
             };
             if ray_job.status.is_terminal() {
                 self.live.remove(&id);
-                let try_ = ours(&ray_job).map_or(0, |(_, _, t)| t);
-                self.ended(&live.job_id, live.attempt, try_, &ray_job).await?;
+                self.ended(&live.job_id, live.attempt, live.try_, &ray_job).await?;
                 continue;
             }
             if let Some(l) = self.live.get_mut(&id) {
@@ -324,7 +318,16 @@ impl Executor {
             if tries.failures >= self.config.max_failures.max(1) {
                 return self.give_up(job, &tries).await;
             }
-            let try_ = tries.last + 1;
+            // Past every try seen, ended or still in flight (one being
+            // stopped is not adopted again).
+            let in_flight = self
+                .live
+                .values()
+                .filter(|l| l.job_id == job.id && l.attempt == attempt)
+                .map(|l| l.try_)
+                .max()
+                .unwrap_or(0);
+            let try_ = tries.last.max(in_flight) + 1;
             let submission = self.submission(job, try_);
             let id = submission.submission_id.clone();
             match self.ray.submit(&submission).await? {
@@ -333,13 +336,13 @@ impl Executor {
                     self.jobs
                         .log(&job.id, Level::Info, format!("submitted to Ray as Ray job {id}"))
                         .await;
-                    self.track(&id, &job.id, attempt, RayStatus::Pending);
+                    self.track(&id, &job.id, attempt, try_, RayStatus::Pending);
                     return Ok(());
                 }
                 Submitted::Exists => match self.ray.job(&id).await? {
                     Some(ray_job) if !ray_job.status.is_terminal() => {
                         tracing::info!(job = %job.id, submission = %id, "adopted a Ray job submitted earlier");
-                        self.track(&id, &job.id, attempt, ray_job.status);
+                        self.track(&id, &job.id, attempt, try_, ray_job.status);
                         return Ok(());
                     }
                     Some(ray_job) => self.ended(&job.id, attempt, try_, &ray_job).await?,
@@ -366,12 +369,13 @@ impl Executor {
         }
     }
 
-    fn track(&mut self, id: &str, job_id: &str, attempt: u32, status: RayStatus) {
+    fn track(&mut self, id: &str, job_id: &str, attempt: u32, try_: u32, status: RayStatus) {
         self.live.insert(
             id.to_string(),
             Live {
                 job_id: job_id.to_string(),
                 attempt,
+                try_,
                 status,
                 stopping: false,
             },
@@ -386,7 +390,9 @@ impl Executor {
         // A claim counts an attempt: the worker started the job if the
         // job's attempts moved past this one.
         let started = job.as_ref().is_some_and(|j| j.attempts > attempt);
-        let failed_to_start = !started && ray_job.status != RayStatus::Stopped;
+        // Only a failure counts: a worker that exits cleanly without the job
+        // found it ended or paused, and a stopped one was stopped on purpose.
+        let failed_to_start = !started && ray_job.status == RayStatus::Failed;
         let tries = self.history.entry((job_id.to_string(), attempt)).or_default();
         if try_ > tries.last {
             tries.last = try_;
@@ -400,11 +406,11 @@ impl Executor {
         };
         let id = &ray_job.submission_id;
         let (level, what) = match ray_job.status {
-            RayStatus::Succeeded if started => return Ok(()),
-            RayStatus::Succeeded => (Level::Warn, "ended without running the job".to_string()),
+            // The worker ended cleanly: what it did is in the job's events.
+            RayStatus::Succeeded | RayStatus::Pending | RayStatus::Running => return Ok(()),
             RayStatus::Stopped if matches!(job.state, JobState::Paused) => (Level::Info, "was stopped".to_string()),
             RayStatus::Stopped => (Level::Warn, "was stopped".to_string()),
-            _ => (Level::Warn, format!("failed: {}", headline(ray_job))),
+            RayStatus::Failed => (Level::Warn, format!("failed: {}", headline(ray_job))),
         };
         if self.already_told(job_id, id).await? {
             return Ok(());

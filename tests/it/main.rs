@@ -21,6 +21,8 @@ mod models;
 mod providers;
 mod providers_llama_cpp;
 mod quotas;
+mod ray;
+mod replicas;
 mod rest;
 mod rest_chat;
 mod rest_evals;
