@@ -25,7 +25,7 @@
 //! they expire) and `Jobs::transition`, compare-and-set, as everywhere. It
 //! knows Ray only through `RayClient`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,11 +105,18 @@ struct Live {
 /// What ended Ray jobs of one (job, attempt) tell.
 #[derive(Clone, Debug, Default)]
 struct Tries {
-    /// The highest try seen.
-    last: u32,
-    /// Tries that ended without running the job, and the last one's words.
+    /// The tries seen to end.
+    ended: BTreeSet<u32>,
+    /// Tries (or refused submissions) that failed without running the job,
+    /// and the last one's words.
     failures: u32,
     last_failure: String,
+}
+
+impl Tries {
+    fn last(&self) -> u32 {
+        self.ended.last().copied().unwrap_or(0)
+    }
 }
 
 /// The Ray head went away: since when, and the jobs told so.
@@ -327,10 +334,26 @@ impl Executor {
                 .map(|l| l.try_)
                 .max()
                 .unwrap_or(0);
-            let try_ = tries.last.max(in_flight) + 1;
+            let try_ = tries.last().max(in_flight) + 1;
             let submission = self.submission(job, try_);
             let id = submission.submission_id.clone();
-            match self.ray.submit(&submission).await? {
+            let submitted = match self.ray.submit(&submission).await {
+                // Ray refused the request itself (a 4xx: resources or a
+                // runtime environment it will never accept): a failure of
+                // this try that started nothing; 5xx is Ray's own trouble,
+                // tried again next round.
+                Err(RayError::Refused { status, message }) if (400..500).contains(&status) => {
+                    let tries = self.history.entry((job.id.clone(), attempt)).or_default();
+                    tries.failures += 1;
+                    tries.last_failure = format!("Ray refused the submission: {message}");
+                    let words = tries.last_failure.clone();
+                    tracing::warn!(job = %job.id, submission = %id, %words, "Ray refused a submission");
+                    self.jobs.log(&job.id, Level::Warn, format!("{words} ({id})")).await;
+                    return Ok(());
+                }
+                other => other?,
+            };
+            match submitted {
                 Submitted::New => {
                     tracing::info!(job = %job.id, submission = %id, "submitted to Ray");
                     self.jobs
@@ -393,17 +416,20 @@ impl Executor {
         // Only a failure counts: a worker that exits cleanly without the job
         // found it ended or paused, and a stopped one was stopped on purpose.
         let failed_to_start = !started && ray_job.status == RayStatus::Failed;
-        let tries = self.history.entry((job_id.to_string(), attempt)).or_default();
-        if try_ > tries.last {
-            tries.last = try_;
-            if failed_to_start {
+        let Some(job) = job.filter(|j| !j.state.is_terminal()) else {
+            // Nothing more will be submitted for it.
+            self.history.retain(|(id, _), _| id != job_id);
+            return Ok(());
+        };
+        // Tries of the attempts before the job's current one no longer matter.
+        self.history.retain(|(id, a), _| id != job_id || *a >= job.attempts);
+        if attempt >= job.attempts {
+            let tries = self.history.entry((job_id.to_string(), attempt)).or_default();
+            if tries.ended.insert(try_) && failed_to_start {
                 tries.failures += 1;
                 tries.last_failure = headline(ray_job);
             }
         }
-        let Some(job) = job.filter(|j| !j.state.is_terminal()) else {
-            return Ok(());
-        };
         let id = &ray_job.submission_id;
         let (level, what) = match ray_job.status {
             // The worker ended cleanly: what it did is in the job's events.
@@ -447,8 +473,9 @@ impl Executor {
 
     /// Fails a job whose Ray jobs kept ending before it started.
     async fn give_up(&mut self, job: &JobRecord, tries: &Tries) -> Result<(), RoundError> {
+        self.history.retain(|(id, _), _| id != &job.id);
         let message = format!(
-            "Ray ran the job's worker {} times and it never started the job; last: {}",
+            "the job's worker failed on Ray {} times before it started the job; last: {}",
             tries.failures, tries.last_failure
         );
         let patch = JobPatch {
