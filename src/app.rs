@@ -48,6 +48,8 @@ pub struct App {
     blobs: Blobs,
     /// Whether other processes share the blobs (and the database).
     shared_blobs: bool,
+    /// The queue depth a scrape of `/metrics` counts.
+    scrape: crate::telemetry::Scrape,
     workers: Workers,
 }
 
@@ -94,6 +96,7 @@ impl App {
             .context("opening the database")?;
         let blobs = Blobs::local(config.blob_dir()).context("opening the blob directory")?;
         let auth = Arc::new(Auth::new(store.clone()));
+        let scrape = crate::telemetry::Scrape::new(store.clone());
         let datasets = Arc::new(Datasets::new(
             store.clone(),
             blobs.clone(),
@@ -144,13 +147,18 @@ impl App {
             )),
             None => custom_trainer,
         };
+        // This process's name in the leases it holds, for jobs and eval runs.
+        let worker_id = crate::ids::new_id("worker");
         let evals = Arc::new(Evals::new(
             store.clone(),
             blobs.clone(),
             graders.clone(),
             chat.clone(),
             models.clone(),
-            config.evals_config(),
+            crate::evals::manager::EvalsConfig {
+                worker_id: worker_id.clone(),
+                ..config.evals_config()
+            },
         ));
         let secrets = Arc::new(
             crate::secrets::SecretBox::load(config.secrets_key.as_ref().map(|k| k.0.as_str()), &config.data_dir)
@@ -163,7 +171,10 @@ impl App {
                 models.clone(),
                 trainer,
                 secrets,
-                config.jobs_config(),
+                crate::jobs::manager::JobsConfig {
+                    worker_id: worker_id.clone(),
+                    ..config.jobs_config()
+                },
             )
             .with_evaluator(Arc::new(crate::evals::checkpoints::CheckpointEvals(evals.clone()))),
         );
@@ -178,6 +189,9 @@ impl App {
         }
         let idle = || tokio::spawn(async {});
         let role = config.role;
+        if role.runs_work() {
+            tracing::info!(worker = %worker_id, job = config.only_job.as_deref(), "claiming queued work");
+        }
         let finished = CancellationToken::new();
         let workers = Workers {
             scheduler: match (&config.only_job, role.runs_work(), ray) {
@@ -206,6 +220,7 @@ impl App {
             chat,
             blobs,
             shared_blobs: config.leftovers_age().is_some(),
+            scrape,
             workers,
         })
     }
@@ -215,6 +230,11 @@ impl App {
     /// run (it ended, or was paused, before a claim). Never otherwise.
     pub async fn finished(&self) {
         self.workers.finished.cancelled().await;
+    }
+
+    /// What `GET /metrics` answers with.
+    pub fn scrape(&self) -> crate::telemetry::Scrape {
+        self.scrape.clone()
     }
 
     /// Tells the workers to stop: running jobs stop at a step boundary

@@ -296,11 +296,18 @@ impl ServeConfig {
 
     /// Refuses settings that cannot work together, naming them.
     pub fn check(&self) -> anyhow::Result<()> {
+        let role = if self.role == Role::Api { "api" } else { "worker" };
         if self.role != Role::All && !self.database_url().starts_with("postgres") {
             anyhow::bail!(
-                "--role {} needs a database that other processes share: set --database-url \
-                 (LATHE_DATABASE_URL) to a postgres:// URL",
-                if self.role == Role::Api { "api" } else { "worker" }
+                "--role {role} needs a database that other processes share: set --database-url \
+                 (LATHE_DATABASE_URL) to a postgres:// URL"
+            );
+        }
+        // What one process seals (webhook secrets) another must open.
+        if self.role != Role::All && self.secrets_key.is_none() {
+            anyhow::bail!(
+                "--role {role} needs the secrets key every process shares: set --secrets-key \
+                 (LATHE_SECRETS_KEY) to the same 64 hex characters on every replica and worker"
             );
         }
         Ok(())
@@ -329,6 +336,14 @@ impl ServeConfig {
             return Err(
                 "--ray-address (LATHE_RAY_ADDRESS) needs a database the workers Ray starts share: set \
                  --database-url (LATHE_DATABASE_URL) to a postgres:// URL"
+                    .into(),
+            );
+        }
+        // The workers Ray starts open what this process seals (webhook secrets).
+        if self.secrets_key.is_none() {
+            return Err(
+                "--ray-address (LATHE_RAY_ADDRESS) needs the secrets key the workers Ray starts share: set \
+                 --secrets-key (LATHE_SECRETS_KEY) and give the workers the same"
                     .into(),
             );
         }
@@ -425,6 +440,7 @@ mod tests {
 
     #[test]
     fn ray_settings_are_checked_and_errors_name_the_setting() {
+        const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
         let parse = |args: &[&str]| {
             let mut all = vec!["serve"];
             all.extend_from_slice(args);
@@ -434,6 +450,8 @@ mod tests {
         let (client, ray) = parse(&[
             "--database-url",
             "postgres://db/lathe",
+            "--secrets-key",
+            KEY,
             "--ray-address",
             "http://head:8265/",
             "--ray-num-gpus",
@@ -449,6 +467,12 @@ mod tests {
         assert_eq!((ray.num_cpus, ray.num_gpus), (1.0, 0.5));
         assert_eq!((ray.max_failures, ray.max_submitted), (3, 64));
         assert_eq!(ray.env_vars.get("PATH"), std::env::var("PATH").ok().as_ref());
+        let keyless = parse(&["--ray-address", "http://h:1", "--database-url", "postgres://db/lathe"]);
+        let keyless = keyless.ray().unwrap_err();
+        assert!(
+            keyless.starts_with("--ray-address (LATHE_RAY_ADDRESS) needs the secrets key"),
+            "{keyless}"
+        );
         let sqlite = parse(&["--ray-address", "http://h:1"]).ray().unwrap_err();
         assert!(
             sqlite.starts_with("--ray-address (LATHE_RAY_ADDRESS) needs a database"),
@@ -475,7 +499,7 @@ mod tests {
                 "--ray-max-submitted",
             ),
         ] {
-            let mut on_postgres = vec!["--database-url", "postgres://db/lathe"];
+            let mut on_postgres = vec!["--database-url", "postgres://db/lathe", "--secrets-key", KEY];
             on_postgres.extend_from_slice(args);
             let err = parse(&on_postgres).ray().unwrap_err();
             assert!(err.starts_with(setting), "{args:?}: {err}");

@@ -4,22 +4,36 @@
 //! puts the `Caller` into the request's extensions for the handlers, and
 //! writes calls that change something to the audit log with their outcome.
 //! A refusal is answered here, in the door's own error shape: a gRPC status,
-//! or OpenAI's error object for `/v1/` paths. Health probes are the one
-//! open path.
+//! or OpenAI's error object for `/v1/` paths. Health probes and `/metrics`
+//! are the open paths. Every call but a scrape of `/metrics` is counted
+//! and timed when its answer ends (`telemetry::REQUESTS`), by its gRPC
+//! method or REST route template, never by its path.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::HeaderValue;
+use http_body::{Frame, SizeHint};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::error::Error;
+use crate::telemetry;
 
-/// Paths any client may call without a key.
+/// The Prometheus scrape path: open, not audited, not counted.
+pub const METRICS: &str = "/metrics";
+
+/// Path prefixes any client may call without a key.
 const OPEN: &[&str] = &["/grpc.health.v1.Health/"];
+
+fn open(path: &str) -> bool {
+    path == METRICS || OPEN.iter().any(|open| path.starts_with(open))
+}
 
 /// gRPC method names (the path's last part) that change something, and so
 /// are audited.
@@ -56,6 +70,13 @@ impl Door {
             Door::Rest => crate::rest::error_response(error).map(tonic::body::Body::new),
         }
     }
+
+    fn label(self) -> &'static str {
+        match self {
+            Door::Grpc => "grpc",
+            Door::Rest => "rest",
+        }
+    }
 }
 
 fn changes_something(method: &http::Method, path: &str, door: Door) -> bool {
@@ -77,14 +98,122 @@ fn changes_something(method: &http::Method, path: &str, door: Door) -> bool {
 fn outcome<B>(response: &http::Response<B>, door: Door) -> String {
     match door {
         Door::Rest => response.status().as_u16().to_string(),
-        Door::Grpc => {
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .map_or(tonic::Code::Ok, tonic::Code::from);
+        Door::Grpc => grpc_status(response.headers()).unwrap_or_else(|| format!("{:?}", tonic::Code::Ok)),
+    }
+}
+
+/// The gRPC status code named in `headers` (a response's, or its trailers).
+fn grpc_status(headers: &http::HeaderMap) -> Option<String> {
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from)?;
+    Some(format!("{code:?}"))
+}
+
+/// The response, with a body that counts and times the call when it ends.
+/// The route is the gRPC method, or the template of the REST route that
+/// served the call (`unrouted` when it was refused before any route).
+fn measured(
+    response: http::Response<tonic::body::Body>,
+    door: Door,
+    method: &http::Method,
+    path: &str,
+    started: Instant,
+) -> http::Response<tonic::body::Body> {
+    let (route, status) = match door {
+        Door::Grpc => (telemetry::grpc_route(path).to_string(), grpc_status(response.headers())),
+        Door::Rest => {
+            let route = match response.extensions().get::<telemetry::Route>() {
+                Some(route) => format!("{method} {}", route.0),
+                None => "unrouted".to_string(),
+            };
+            (route, Some(response.status().as_u16().to_string()))
+        }
+    };
+    let call = Call {
+        door,
+        route,
+        status,
+        started,
+    };
+    response.map(|body| tonic::body::Body::new(Measured { body, call: Some(call) }))
+}
+
+/// A call being answered, recorded once its answer ends.
+struct Call {
+    door: Door,
+    route: String,
+    /// The HTTP status, or the gRPC status once the answer names it (in its
+    /// head or its trailers).
+    status: Option<String>,
+    started: Instant,
+}
+
+impl Call {
+    /// Records the call; `ended` is false when its answer was dropped
+    /// before its end (the client went away).
+    fn done(self, ended: bool) {
+        let status = self.status.unwrap_or_else(|| {
+            let code = if ended {
+                tonic::Code::Unknown
+            } else {
+                tonic::Code::Cancelled
+            };
             format!("{code:?}")
+        });
+        telemetry::request_done(self.door.label(), self.route, status, self.started.elapsed());
+    }
+}
+
+/// An answer's body that records its call when it ends or is dropped.
+struct Measured {
+    body: tonic::body::Body,
+    call: Option<Call>,
+}
+
+impl http_body::Body for Measured {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        // The call is recorded as its last frame is handed on (trailers, or
+        // data that ends the body), so a client that has its answer finds
+        // the call counted.
+        let ended = match &polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.trailers_ref() {
+                Some(trailers) => {
+                    if let (Some(call), Some(status)) = (self.call.as_mut(), grpc_status(trailers)) {
+                        call.status = Some(status);
+                    }
+                    true
+                }
+                None => self.body.is_end_stream(),
+            },
+            Poll::Ready(Some(Err(_)) | None) => true,
+            Poll::Pending => false,
+        };
+        if ended && let Some(call) = self.call.take() {
+            call.done(true);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.done(false);
         }
     }
 }
@@ -142,10 +271,11 @@ where
         let span = tracing::info_span!("request", id = %id);
         Box::pin(
             async move {
+                let started = Instant::now();
                 let path = request.uri().path().to_string();
                 let door = Door::of(&path);
                 let method = request.method().clone();
-                let mut response = if OPEN.iter().any(|open| path.starts_with(open)) {
+                let mut response = if open(&path) {
                     inner.call(request).await?
                 } else {
                     let header = request
@@ -175,7 +305,10 @@ where
                 if let Ok(value) = HeaderValue::from_str(&id) {
                     response.headers_mut().insert(REQUEST_ID, value);
                 }
-                Ok(response)
+                if path == METRICS {
+                    return Ok(response);
+                }
+                Ok(measured(response, door, &method, &path, started))
             }
             .instrument(span),
         )

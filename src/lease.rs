@@ -6,7 +6,8 @@
 //! back to the queue.
 //!
 //! Architecture invariant: this module owns when leases are taken,
-//! renewed, found expired and given back, and nothing else. It knows
+//! renewed, found expired and given back (and counts each, `telemetry`),
+//! and nothing else. It knows
 //! neither what an item is (training, grading) nor what its states mean: a
 //! kind of work (`LeasedWork`) supplies the events its changes append, says
 //! what a renewal's answer means, and runs an item until it ends. It knows
@@ -30,6 +31,7 @@ use crate::error::Result;
 use crate::ids::now_millis;
 use crate::jobs::model::NewEvent;
 use crate::store::{LeaseChange, LeaseKind, LeaseStore, Leased};
+use crate::telemetry;
 
 /// How one worker takes part in a kind of leased work.
 #[derive(Clone, Debug)]
@@ -239,6 +241,7 @@ pub async fn requeue_expired<W: LeasedWork>(work: &W) -> Result<()> {
         let change = work.leases().requeue_expired(W::KIND, &id, now, event.as_ref()).await?;
         if let Some(change) = change {
             tracing::warn!(kind = W::KIND.name(), %id, "re-queued work whose lease expired");
+            telemetry::lease_expired(W::KIND);
             work.changed(&change);
         }
     }
@@ -265,6 +268,7 @@ async fn claim<W: LeasedWork>(work: &W, config: &LeaseConfig) -> Result<Option<(
     else {
         return Ok(None);
     };
+    telemetry::lease_claimed(W::KIND);
     work.changed(&change);
     let id = change.item.id().to_string();
     Ok(Some((id, work.claimed(change.item)?)))
@@ -300,11 +304,14 @@ async fn heartbeat<W: LeasedWork>(work: Arc<W>, config: Arc<LeaseConfig>, id: St
     loop {
         tokio::time::sleep(every).await;
         let lease_until = now_millis().saturating_add(millis(config.lease));
-        match work
+        let renewed = work
             .leases()
             .renew_lease(W::KIND, &id, &config.worker_id, lease_until)
-            .await
-        {
+            .await;
+        if let Ok(Some(_)) = &renewed {
+            telemetry::lease_renewed(W::KIND);
+        }
+        match renewed {
             Ok(item) => match work.renewed(item) {
                 Renewal::Held => {}
                 Renewal::Stop(reason) => stop.stop(reason),
@@ -328,6 +335,7 @@ async fn release<W: LeasedWork>(work: &W, config: &LeaseConfig, id: &str) -> Res
         .await?;
     if let Some(change) = change {
         tracing::info!(kind = W::KIND.name(), %id, "gave unfinished work back to the queue");
+        telemetry::lease_released(W::KIND);
         work.changed(&change);
     }
     Ok(())
@@ -508,6 +516,16 @@ mod tests {
                 let change = change(run);
                 m.changes.push(format!("release {id}"));
                 Some(change)
+            }))
+        }
+
+        async fn count_by_state(&self, _: LeaseKind) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+            Ok(self.with(|m| {
+                let mut counts = std::collections::BTreeMap::new();
+                for run in &m.runs {
+                    *counts.entry(run.state.as_str().to_string()).or_default() += 1;
+                }
+                counts
             }))
         }
     }
@@ -802,6 +820,45 @@ mod tests {
         assert_eq!(changes, [format!("requeue {id}"), format!("claim {id}")]);
         assert_eq!(work.runs(), [(id.clone(), 0, 10, None)]);
         stop(shutdown, machine).await;
+    }
+
+    /// Each change the machine makes is counted by kind (`telemetry`):
+    /// here, through a recorder of the test's own on its own runtime.
+    #[test]
+    fn each_lease_change_is_counted() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let work = Scripted::new(secs(3600), secs(0));
+                let vanished = work.store.queue(1);
+                work.store.update(&vanished, |r| {
+                    r.state = RunState::InProgress;
+                    r.lease_owner = Some("vanished".into());
+                    r.lease_expires_at = Some(0);
+                });
+                work.store.queue(2);
+                let (shutdown, machine) = start(&work, config(2, secs(3600)));
+                // Renewals at 10 and 20 s; both runs are given back at 25 s.
+                tokio::time::sleep(secs(25)).await;
+                stop(shutdown, machine).await;
+            })
+        });
+        let text = handle.render();
+        for (name, n) in [
+            ("lathe_leases_expired_total", 1),
+            ("lathe_leases_claimed_total", 2),
+            ("lathe_leases_renewed_total", 4),
+            ("lathe_leases_released_total", 2),
+        ] {
+            let line = format!("{name}{{kind=\"eval_run\"}} {n}");
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,6 +27,7 @@ pub mod rest;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 
 /// mimalloc for every binary that links Lathe. Training allocates and frees

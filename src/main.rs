@@ -7,7 +7,15 @@ fn init_tracing(json: bool, default: &str) {
     let filter = EnvFilter::try_from_env("LATHE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
-        builder.json().flatten_event(true).init();
+        // Each line carries the span it was logged in (`span`) and every
+        // span around it (`spans`): a job's work names its `job_id`, an
+        // eval run's its `run_id`, a request's its `id`.
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
     } else {
         builder.init();
     }

@@ -46,6 +46,8 @@ pub async fn run_with(
              fine behind a proxy that terminates TLS, otherwise set --tls-cert and --tls-key"
         );
     }
+    // Recording starts before the workers do.
+    crate::telemetry::install();
     let app = App::open(&config, engine).await?;
     let admin_key = config.admin_key.as_ref().map(|k| k.0.as_str());
     // Keys are the API's business; a worker serves no API.
@@ -141,8 +143,19 @@ where
             .add_service(GraderServiceServer::new(GraderApi::new(app.graders.clone())))
             .add_service(EvalServiceServer::new(EvalApi::new(app.evals.clone())));
     }
-    // One port, two doors: gRPC's routes by service name, REST's under /v1/.
-    let mut routes = grpc.routes().into_axum_router();
+    // One port, two doors: gRPC's routes by service name, REST's under /v1/;
+    // and Prometheus' scrape (open, like health), which workers serve too.
+    let scrape = app.scrape();
+    let mut routes = grpc.routes().into_axum_router().route(
+        crate::gate::METRICS,
+        axum::routing::get(move || {
+            let scrape = scrape.clone();
+            async move {
+                let content_type = [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
+                (content_type, scrape.render().await)
+            }
+        }),
+    );
     if config.role.serves_api() {
         routes = routes.merge(crate::rest::router(crate::rest::Rest::new(app)));
     }

@@ -272,15 +272,21 @@ impl Auth {
             }
             let hash = hash_secret(secret);
             if self.store.api_key_by_hash(&hash).await?.is_none() {
-                self.insert_key(
-                    DEFAULT_PROJECT,
-                    "admin (LATHE_ADMIN_KEY)",
-                    "operator",
-                    Role::Admin,
-                    secret,
-                )
-                .await?;
-                return Ok(Bootstrap::FromEnvironment);
+                let inserted = self
+                    .insert_key(
+                        DEFAULT_PROJECT,
+                        "admin (LATHE_ADMIN_KEY)",
+                        "operator",
+                        Role::Admin,
+                        secret,
+                    )
+                    .await;
+                return match inserted {
+                    Ok(_) => Ok(Bootstrap::FromEnvironment),
+                    // Replicas starting together: another one recorded it first.
+                    Err(_) if self.store.api_key_by_hash(&hash).await?.is_some() => Ok(Bootstrap::Existing),
+                    Err(e) => Err(e),
+                };
             }
             return Ok(Bootstrap::Existing);
         }

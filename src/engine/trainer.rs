@@ -263,6 +263,7 @@ fn job_metrics(m: &StepMetrics) -> Metrics {
         valid_loss: m.valid_loss,
         learning_rate: Some(m.learning_rate),
         tokens_per_second: Some(m.tokens_per_second),
+        step_tokens: Some(m.step_tokens),
         ..Default::default()
     };
     let named = (m.values.iter().map(|(k, v)| (format!("train_{k}"), *v)))

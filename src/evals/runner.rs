@@ -26,6 +26,7 @@ use crate::error::Error;
 use crate::ids::now_millis;
 use crate::lease::{self, Ended, LeaseConfig, LeasedWork, Renewal};
 use crate::store::{LeaseKind, LeaseStore, Leased, StoreError};
+use crate::telemetry;
 
 /// Starts the runner; it returns after `shutdown` once its runs have stopped.
 pub fn spawn(evals: Arc<Evals>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
@@ -57,7 +58,7 @@ impl LeasedWork for Evals {
     }
 
     fn span(&self, id: &str) -> tracing::Span {
-        tracing::info_span!("eval_run", run = %id)
+        tracing::info_span!("eval_run", run_id = %id)
     }
 
     fn claimed(&self, item: Leased) -> crate::error::Result<RunRecord> {
@@ -246,7 +247,13 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
                 Some((_, Err(e))) => return End::Failed(format!("reading dataset {}: {e}", dataset.id)),
                 Some((index, Ok(line))) => {
                     let work = work.clone();
-                    in_flight.spawn(async move { work.process(index, line).await }.in_current_span());
+                    let item = async move {
+                        let started = Instant::now();
+                        let finished = work.process(index, line).await;
+                        telemetry::eval_item_done(started.elapsed());
+                        finished
+                    };
+                    in_flight.spawn(item.in_current_span());
                 }
                 None => reading = false,
             },
@@ -408,7 +415,12 @@ async fn record(evals: &Evals, run: &RunRecord, progress: &mut Progress, batch: 
         }
     }
     match evals.store.record_output_items(&items, &evals.config.worker_id).await {
-        Ok(Some(seq)) => evals.bus.notify(&run.id, seq),
+        Ok(Some(seq)) => {
+            for item in &items {
+                telemetry::eval_item_recorded(item.status.as_str());
+            }
+            evals.bus.notify(&run.id, seq);
+        }
         // Cancelled, or the lease went to another worker.
         Ok(None) => return Some(End::Stopped),
         Err(e) => {

@@ -81,11 +81,18 @@ fn render_failure(e: &RenderError) -> GraderErrors {
     }
 }
 
-/// RunGrader: grades one sample against one item.
+/// RunGrader: grades one sample against one item. Every grade the server
+/// makes (RunGrader, GradeBatch, evals, RFT rewards) comes through here and
+/// is measured (`telemetry::graded`); `run_deterministic`, the local batch
+/// path, is not.
 pub async fn run(grader: &Grader, sample: &Sample, item: &Value, ctx: &GradeContext) -> GraderResult {
     let start = Instant::now();
     let graded = grade(grader, sample, item, ctx).await;
-    finish(grader, graded, start)
+    let result = finish(grader, graded, start);
+    let errors = result.metadata.errors();
+    let flags = if errors.any() { errors.kinds() } else { Vec::new() };
+    crate::telemetry::graded(grader.kind(), result.metadata.execution_time, &flags);
+    result
 }
 
 /// Grades without any provider; `None` when the grader needs one (see

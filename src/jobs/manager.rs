@@ -651,6 +651,8 @@ impl Jobs {
         // Subscribe before reading the backlog so nothing falls between.
         let mut live = self.bus.subscribe(id);
         let mut last = after_seq;
+        // Whether the job had ended when the log was last read to its end.
+        let mut ended = None;
         loop {
             loop {
                 let page = self.store.list_events(id, last, 256).await?;
@@ -665,14 +667,20 @@ impl Jobs {
                     break;
                 }
             }
+            if let Some(job) = ended {
+                let _ = tx.send(Ok(WatchItem::End(job))).await;
+                return Ok(());
+            }
             let job = self
                 .store
                 .get_job(id)
                 .await?
                 .ok_or_else(|| Error::not_found("job", id))?;
+            // The job may have ended (appending its last events) after the
+            // read above: once it has ended, one more read is the last.
             if job.state.is_terminal() {
-                let _ = tx.send(Ok(WatchItem::End(job))).await;
-                return Ok(());
+                ended = Some(job);
+                continue;
             }
             // Live: next event in order, or back to the store when behind,
             // when the bus lagged or another process appended, and now and

@@ -251,6 +251,10 @@ pub struct Metrics {
     pub valid_mean_token_accuracy: Option<f64>,
     pub learning_rate: Option<f64>,
     pub tokens_per_second: Option<f64>,
+    /// The tokens this step trained on, where the trainer says: the
+    /// server's training metrics count them. Not on the wire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_tokens: Option<u64>,
     pub train_reward_mean: Option<f64>,
     pub valid_reward_mean: Option<f64>,
     /// The checkpoint eval's pass rate, and the run that measured it.

@@ -24,6 +24,7 @@ use crate::ids::now_millis;
 use crate::lease::{self, Change, Ended, LeaseConfig, LeasedWork, Renewal, StopSignal};
 use crate::models::model::{checkpoint_model_id, fine_tuned_model_id};
 use crate::store::{LeaseChange, LeaseKind, LeaseStore, Leased};
+use crate::telemetry;
 
 /// Starts the scheduler; it returns after `shutdown` once its runners
 /// have stopped. Without a trainer there is nothing to schedule.
@@ -88,7 +89,7 @@ impl LeasedWork for Training {
     }
 
     fn span(&self, id: &str) -> tracing::Span {
-        tracing::info_span!("job", job = %id)
+        tracing::info_span!("job", job_id = %id)
     }
 
     async fn event(&self, change: Change<'_>) -> crate::error::Result<Option<NewEvent>> {
@@ -406,6 +407,11 @@ fn train_error(e: impl Into<Error>) -> TrainError {
 #[async_trait]
 impl Reporter for JobReporter {
     async fn metrics(&self, metrics: Metrics) {
+        telemetry::training_step(
+            self.job.spec.method.kind.as_str(),
+            metrics.step_tokens,
+            metrics.tokens_per_second,
+        );
         let event = NewEvent {
             level: Level::Info,
             message: metrics_message(&metrics),
@@ -504,6 +510,13 @@ impl Reporter for JobReporter {
 
 async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord, handle: StopHandle) -> Ended {
     let id = job.id.clone();
+    // Logged in the job's span (`LeasedWork::span`), as all of its work is:
+    // each line names the job.
+    tracing::info!(
+        attempt = job.attempts,
+        method = job.spec.method.kind.as_str(),
+        "training"
+    );
     if let Ok(mut running) = jobs.running.lock() {
         running.insert(id.clone(), handle.clone());
     }
@@ -646,7 +659,7 @@ async fn succeed(
         )
         .await;
     match transition {
-        Ok(Ok(_)) => {}
+        Ok(Ok(_)) => tracing::info!(%model, step, "job succeeded"),
         Ok(Err(_)) | Err(_) => {
             // Cancelled meanwhile (that stands), or the store failed: no model.
             if let Err(e) = &transition {

@@ -140,11 +140,27 @@ pub fn router(rest: Rest) -> axum::Router {
             }),
         )
         .route("/v1/{*rest}", axum::routing::any(no_route))
+        .route_layer(axum::middleware::from_fn(name_route))
         .method_not_allowed_fallback(no_route)
         // JSON bodies (an eval's inline items, a long chat) up to 32 MiB;
         // file routes lift this and stream instead.
         .layer(axum::extract::DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .with_state(rest)
+}
+
+/// Names the route that served a call in its answer, by its template
+/// (`/v1/files/{file_id}`, never the path with the id), for the gate's
+/// request metrics.
+async fn name_route(
+    route: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    response
+        .extensions_mut()
+        .insert(crate::telemetry::Route(route.as_str().to_string()));
+    response
 }
 
 /// The largest JSON body a route reads whole.

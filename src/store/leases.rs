@@ -16,6 +16,8 @@
 //! LOCKED`, so concurrent claimers on several replicas neither block on
 //! nor share an item; SQLite serializes writers anyway.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 
 use super::error::StoreError;
@@ -225,6 +227,10 @@ pub trait LeaseStore: Send + Sync + 'static {
         now: i64,
         event: Option<&NewEvent>,
     ) -> Result<Option<LeaseChange>, StoreError>;
+
+    /// How many items of `kind` are in each state (states without items
+    /// are left out): the queue depth the server's metrics report.
+    async fn count_by_state(&self, kind: LeaseKind) -> Result<BTreeMap<String, u64>, StoreError>;
 }
 
 /// The statements, with `$N` placeholders in order of first appearance.
@@ -299,6 +305,11 @@ pub(crate) mod sql {
     /// Binds `$1` id, `$2` worker.
     pub fn release(kind: LeaseKind) -> String {
         requeue(kind, "lease_owner = $2")
+    }
+
+    /// Binds nothing.
+    pub fn count_by_state(kind: LeaseKind) -> String {
+        format!("SELECT state, COUNT(*) AS n FROM {} GROUP BY state", kind.table())
     }
 }
 
@@ -423,6 +434,22 @@ macro_rules! impl_lease_store {
                 let change = lease_change(&mut tx, kind, &row, now, event).await?;
                 tx.commit().await?;
                 Ok(Some(change))
+            }
+
+            async fn count_by_state(
+                &self,
+                kind: $crate::store::leases::LeaseKind,
+            ) -> Result<std::collections::BTreeMap<String, u64>, $crate::store::error::StoreError> {
+                let rows = sqlx::query(&$crate::store::leases::sql::count_by_state(kind))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        let state: String = sqlx::Row::try_get(r, "state")?;
+                        let n: i64 = sqlx::Row::try_get(r, "n")?;
+                        Ok((state, u64::try_from(n).unwrap_or(0)))
+                    })
+                    .collect()
             }
         }
 

@@ -1649,6 +1649,61 @@ pub async fn leases_release_back_to_the_queue(store: impl Store) {
     }
 }
 
+/// Items of each kind are counted by state (the queue depth metrics
+/// report); states without items are left out, and kinds are counted
+/// apart.
+pub async fn leases_count_items_by_state(store: impl Store) {
+    use crate::evals::model::RunState;
+    seed_leases(&store).await;
+    for kind in LeaseKind::ALL {
+        assert!(store.count_by_state(kind).await.unwrap().is_empty(), "{kind:?}");
+    }
+    for kind in LeaseKind::ALL {
+        let mut ids = Vec::new();
+        for n in 1..=5 {
+            ids.push(queue(&store, kind, n, 10 + i64::from(n), 0).await);
+        }
+        // The two oldest are claimed.
+        claim(&store, kind, "w1", 100, 200).await.unwrap();
+        claim(&store, kind, "w1", 100, 200).await.unwrap();
+        // One of the claimed items finishes.
+        match kind {
+            LeaseKind::Job => {
+                let event = NewEvent::state(JobState::Succeeded, Level::Info, "done");
+                let done = store
+                    .transition_job(
+                        &ids[0],
+                        &[JobState::Running],
+                        JobState::Succeeded,
+                        &JobPatch::default(),
+                        &event,
+                        300,
+                    )
+                    .await
+                    .unwrap();
+                assert!(matches!(done, Transition::Done(..)), "{done:?}");
+            }
+            LeaseKind::EvalRun => {
+                let done = store
+                    .finish_eval_run(&ids[0], &[RunState::InProgress], RunState::Completed, None, Some(300))
+                    .await
+                    .unwrap();
+                assert!(done.is_some());
+            }
+        }
+        let finished = match kind {
+            LeaseKind::Job => "succeeded",
+            LeaseKind::EvalRun => "completed",
+        };
+        let expected = BTreeMap::from([
+            ("queued".to_string(), 3),
+            (leased_state(kind).to_string(), 1),
+            (finished.to_string(), 1),
+        ]);
+        assert_eq!(store.count_by_state(kind).await.unwrap(), expected, "{kind:?}");
+    }
+}
+
 /// Claimers racing for the same queue never get the same item, and
 /// between them take all of it.
 pub async fn leases_concurrent_claimers_never_share_an_item(store: impl Store) {
@@ -1724,6 +1779,7 @@ macro_rules! store_suite {
             leases_renew_by_the_holder_only,
             leases_expire_and_are_requeued,
             leases_release_back_to_the_queue,
+            leases_count_items_by_state,
             leases_concurrent_claimers_never_share_an_item
         );
     };

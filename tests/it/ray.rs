@@ -231,6 +231,9 @@ impl Drop for ControlPlane {
     }
 }
 
+/// The key every process of the test seals and opens secrets with.
+const SECRETS_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
 const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 
 fn sft_lines(n: usize) -> String {
@@ -434,6 +437,7 @@ async fn on_ray(ray_bin: &Path, db: &TestDatabase) {
             ("LATHE_DATABASE_URL", db.url.clone()),
             ("LATHE_DATA_DIR", data_dir.display().to_string()),
             ("LATHE_ADMIN_KEY", ADMIN_KEY.to_string()),
+            ("LATHE_SECRETS_KEY", SECRETS_KEY.to_string()),
             ("LATHE_MODEL_ROOTS", dir.path().display().to_string()),
             ("LATHE_JOB_LEASE_SECS", "6".into()),
             ("LATHE_JOB_POLL_MILLIS", "200".into()),
@@ -441,7 +445,7 @@ async fn on_ray(ray_bin: &Path, db: &TestDatabase) {
             ("LATHE_RAY_ENTRYPOINT", entrypoint.to_string()),
             (
                 "LATHE_RAY_FORWARD_ENV",
-                "LATHE_DATABASE_URL,LATHE_DATA_DIR,LATHE_JOB_LEASE_SECS,LATHE_JOB_POLL_MILLIS".into(),
+                "LATHE_DATABASE_URL,LATHE_SECRETS_KEY,LATHE_DATA_DIR,LATHE_JOB_LEASE_SECS,LATHE_JOB_POLL_MILLIS".into(),
             ),
             ("LATHE_RAY_MAX_FAILURES", max_failures.to_string()),
         ]
@@ -621,7 +625,12 @@ async fn bad_ray_settings_stop_start_up_naming_the_setting() {
         assert!(!out.status.success(), "{args:?} started");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let postgres = ["--database-url", "postgres://postgres@127.0.0.1:1/never"];
+    let postgres = [
+        "--database-url",
+        "postgres://postgres@127.0.0.1:1/never",
+        "--secrets-key",
+        SECRETS_KEY,
+    ];
     let stderr = serve(&postgres);
     assert!(
         stderr.contains("--ray-address (LATHE_RAY_ADDRESS): the Ray Jobs API at")

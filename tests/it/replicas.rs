@@ -19,11 +19,14 @@ use lathe::proto::{
 /// polling would time the test out.
 const NEVER_POLL_MILLIS: u64 = 600_000;
 
+const SECRETS_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
 fn config(dir: &Path, db: &TestDatabase, role: Role) -> ServeConfig {
     let mut config = ServeConfig::embedded(dir);
     config.database_url = Some(db.url.clone());
     config.role = role;
     config.job_poll_millis = NEVER_POLL_MILLIS;
+    config.secrets_key = Some(lathe::config::Secret(SECRETS_KEY.into()));
     config
 }
 
@@ -176,7 +179,7 @@ async fn a_worker_for_one_job_runs_only_that_job_and_then_stops() {
 }
 
 #[tokio::test]
-async fn split_roles_need_a_shared_database() {
+async fn split_roles_need_a_shared_database_and_secrets_key() {
     let dir = tempfile::tempdir().unwrap();
     for role in [Role::Api, Role::Worker] {
         let mut config = ServeConfig::embedded(dir.path());
@@ -188,4 +191,15 @@ async fn split_roles_need_a_shared_database() {
             .to_string();
         assert!(err.contains("--database-url") && err.contains("postgres"), "{err}");
     }
+    let Some(db) = TestDatabase::create().await else { return };
+    let mut config = ServeConfig::embedded(dir.path());
+    config.role = Role::Worker;
+    config.database_url = Some(db.url.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = lathe::server::run(listener, config, std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("LATHE_SECRETS_KEY"), "{err}");
+    db.drop().await;
 }

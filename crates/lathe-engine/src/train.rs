@@ -91,6 +91,9 @@ pub struct StepMetrics {
     pub learning_rate: f64,
     pub grad_norm: f64,
     pub tokens_per_second: f64,
+    /// The tokens this step trained on.
+    pub step_tokens: u64,
+    /// The tokens trained on since the run's start, this step's included.
     pub trained_tokens: u64,
     pub valid_loss: Option<f64>,
     /// The method's measures of the step's batch.
@@ -284,6 +287,7 @@ pub fn run<M: Method>(
             learning_rate: lr,
             grad_norm,
             tokens_per_second: tokens as f64 / elapsed.max(1e-9),
+            step_tokens: tokens as u64,
             trained_tokens,
             valid_loss: None,
             values: summary.values,

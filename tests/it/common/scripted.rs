@@ -93,6 +93,9 @@ impl Trainer for ScriptedTrainer {
                 epoch: step as f64 / self.steps as f64,
                 train_loss: Some(2.0 / (step as f64 + 1.0)),
                 learning_rate: Some(1e-4),
+                // A step "trains on" each row once, in its step time.
+                step_tokens: Some(rows),
+                tokens_per_second: (!self.step_time.is_zero()).then(|| rows as f64 / self.step_time.as_secs_f64()),
                 ..Default::default()
             };
             ctx.reporter.metrics(metrics.clone()).await;

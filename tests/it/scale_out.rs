@@ -1,0 +1,498 @@
+//! The scale-out proof: real `lathe` processes (two API replicas, two
+//! workers) on one Postgres database and one blob store, the embedded engine
+//! training a tiny model. Four SFT jobs and two eval runs are created
+//! through both replicas and watched through both; one worker is killed -9
+//! mid-training and one replica mid-watch. Every job and run ends well, no
+//! watcher misses or repeats an event, every adapter equals an
+//! uninterrupted run's, and the blob store holds nothing no record uses.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::common::*;
+use lathe::proto::{
+    self, DatasetPurpose, EvalRunState, JobState, eval_service_client::EvalServiceClient,
+    fine_tuning_service_client::FineTuningServiceClient, job_event, model_service_client::ModelServiceClient,
+};
+use lathe::store::Store;
+
+const SECRETS_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
+const PATIENCE: Duration = Duration::from_secs(600);
+
+/// A `lathe` child process, killed (-9) when dropped.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    url: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Starts `lathe ARGS` and waits for it to log its address.
+    async fn start(name: &'static str, args: Vec<String>) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lathe"))
+            .args(&args)
+            .env("LATHE_ADMIN_KEY", ADMIN_KEY)
+            .env("LATHE_SECRETS_KEY", SECRETS_KEY)
+            .env("LATHE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lathe");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Some(addr) = v.get("addr").and_then(|a| a.as_str())
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr.to_string());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(120), rx)
+            .await
+            .unwrap_or_else(|_| panic!("{name} never logged its address"))
+            .unwrap_or_else(|_| panic!("{name} exited: {:?}", log.lock().unwrap()));
+        Proc {
+            name,
+            child,
+            url: format!("http://{addr}"),
+            log,
+        }
+    }
+
+    /// The worker id it claims work under (from its log).
+    fn worker_id(&self) -> String {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v.get("worker").and_then(|w| w.as_str()).map(str::to_string))
+            .unwrap_or_else(|| panic!("{} logged no worker id", self.name))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn sft_lines(n: usize, offset: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let k = i + offset;
+            serde_json::json!({"messages": [
+                {"role": "system", "content": "Answer with one word."},
+                {"role": "user", "content": format!("item {}", k % 4)},
+                {"role": "assistant", "content": WORDS[k % 4]},
+            ]})
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+fn auto_int(n: i64) -> Option<proto::AutoInt> {
+    Some(proto::AutoInt {
+        value: Some(proto::auto_int::Value::Number(n)),
+    })
+}
+
+fn sft_job(train: &str, valid: &str) -> proto::CreateJobRequest {
+    proto::CreateJobRequest {
+        base_model: "tiny".into(),
+        training_dataset_id: train.into(),
+        validation_dataset_id: valid.into(),
+        suffix: "words".into(),
+        seed: Some(3),
+        method: Some(proto::FineTuningMethod {
+            method: Some(proto::fine_tuning_method::Method::Supervised(proto::SupervisedMethod {
+                n_epochs: auto_int(10),
+                batch_size: auto_int(4),
+                learning_rate_multiplier: Some(proto::AutoDouble {
+                    value: Some(proto::auto_double::Value::Number(10.0)),
+                }),
+            })),
+        }),
+        ..Default::default()
+    }
+}
+
+/// What one watcher saw of a job: every event's sequence number in the
+/// order received, across reconnections.
+#[derive(Default)]
+struct Seen {
+    seqs: Vec<u64>,
+    checkpoints: usize,
+    reconnects: usize,
+}
+
+/// Watches a job from the start on `urls[0]`; when that replica goes away,
+/// goes on from its cursor on the next. Returns what it saw and the end.
+async fn watch_job(urls: Vec<String>, id: String, seen: Arc<Mutex<Seen>>) -> proto::Job {
+    let mut at = 0;
+    loop {
+        let url = &urls[at.min(urls.len() - 1)];
+        let mut jobs = FineTuningServiceClient::new(connect(url, ADMIN_KEY).await);
+        let after_seq = seen.lock().unwrap().seqs.last().copied().unwrap_or(0);
+        let stream = jobs
+            .watch_job(proto::WatchJobRequest {
+                job_id: id.clone(),
+                after_seq,
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(_) => {
+                at += 1;
+                seen.lock().unwrap().reconnects += 1;
+                continue;
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(msg)) => match msg.payload.unwrap() {
+                    proto::watch_job_response::Payload::Event(e) => {
+                        let mut seen = seen.lock().unwrap();
+                        seen.seqs.push(e.seq);
+                        if matches!(e.data, Some(job_event::Data::Checkpoint(_))) {
+                            seen.checkpoints += 1;
+                        }
+                    }
+                    proto::watch_job_response::Payload::End(end) => return end.job.unwrap(),
+                },
+                Ok(None) => panic!("a job watch ended without its terminal message"),
+                // The replica went away: go on from the cursor elsewhere.
+                Err(_) => {
+                    at += 1;
+                    seen.lock().unwrap().reconnects += 1;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `watch_job` for an eval run's progress.
+async fn watch_run(urls: Vec<String>, id: String, seen: Arc<Mutex<Seen>>) -> proto::EvalRun {
+    let mut at = 0;
+    loop {
+        let url = &urls[at.min(urls.len() - 1)];
+        let mut evals = EvalServiceClient::new(connect(url, ADMIN_KEY).await);
+        let after_seq = seen.lock().unwrap().seqs.last().copied().unwrap_or(0);
+        let stream = evals
+            .watch_eval_run(proto::WatchEvalRunRequest {
+                run_id: id.clone(),
+                after_seq,
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(_) => {
+                at += 1;
+                seen.lock().unwrap().reconnects += 1;
+                continue;
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(msg)) => match msg.payload.unwrap() {
+                    proto::watch_eval_run_response::Payload::Progress(p) => seen.lock().unwrap().seqs.push(p.seq),
+                    proto::watch_eval_run_response::Payload::End(run) => return run,
+                },
+                Ok(None) => panic!("a run watch ended without its terminal message"),
+                Err(_) => {
+                    at += 1;
+                    seen.lock().unwrap().reconnects += 1;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The adapter of a job's last checkpoint, as stored.
+async fn final_adapter(store: &dyn Store, blob_dir: &Path, job: &str) -> Vec<u8> {
+    let ckpts = store.list_checkpoints(job, None, 100).await.unwrap();
+    let last = ckpts.iter().max_by_key(|c| c.step).unwrap();
+    let file = last
+        .files
+        .iter()
+        .find(|f| f.name == "adapter_model.safetensors")
+        .unwrap();
+    let blob = blob_dir.join("blobs/sha256").join(&file.sha256[..2]).join(&file.sha256);
+    std::fs::read(&blob).unwrap_or_else(|e| panic!("{}: {e}", blob.display()))
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_and_eval_runs_survive_a_killed_worker_and_a_killed_replica() {
+    let Some(db) = TestDatabase::create().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    lathe_engine::tiny::write_tiny_model(&models.join("tiny"), 2, 32, 1).unwrap();
+    let data = dir.path().join("data");
+    let common = |role: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = role.iter().map(|s| s.to_string()).collect();
+        for (flag, value) in [
+            ("--listen", "127.0.0.1:0".to_string()),
+            ("--data-dir", data.display().to_string()),
+            ("--database-url", db.url.clone()),
+            ("--model-root", models.display().to_string()),
+            ("--job-poll-millis", "250".to_string()),
+            ("--job-lease-secs", "3".to_string()),
+        ] {
+            args.push(flag.into());
+            args.push(value);
+        }
+        args.push("--log-json".into());
+        args
+    };
+    let a = Proc::start("replica A", common(&["serve", "--role", "api"])).await;
+    let mut b = Proc::start("replica B", common(&["serve", "--role", "api"])).await;
+    let mut w1 = Proc::start("worker 1", common(&["worker"])).await;
+    let w2 = Proc::start("worker 2", common(&["worker"])).await;
+    let urls = [a.url.clone(), b.url.clone()];
+
+    // Set-up through replica A: the model and the data.
+    let channel = connect(&a.url, ADMIN_KEY).await;
+    ModelServiceClient::new(channel.clone())
+        .register_model(proto::RegisterModelRequest {
+            name: "tiny".into(),
+            path: models.join("tiny").display().to_string(),
+        })
+        .await
+        .unwrap();
+    let mut datasets = proto::dataset_service_client::DatasetServiceClient::new(channel.clone());
+    let upload = async |datasets: &mut proto::dataset_service_client::DatasetServiceClient<Channel>,
+                        name: &str,
+                        purpose: DatasetPurpose,
+                        lines: String| {
+        upload_bytes(datasets, name, purpose, "", lines.as_bytes(), 1 << 16)
+            .await
+            .unwrap()
+            .id
+    };
+    let train = upload(&mut datasets, "train.jsonl", DatasetPurpose::Sft, sft_lines(24, 0)).await;
+    let valid = upload(&mut datasets, "valid.jsonl", DatasetPurpose::Sft, sft_lines(12, 100)).await;
+    let items = upload(&mut datasets, "items.jsonl", DatasetPurpose::Eval, sft_lines(16, 7)).await;
+    let mut evals = EvalServiceClient::new(channel.clone());
+    let eval = evals
+        .create_eval(proto::CreateEvalRequest {
+            name: "words".into(),
+            testing_criteria: vec![proto::TestingCriterion {
+                grader: Some(lathe::proto::json::struct_from_json(&serde_json::json!({
+                    "type": "string_check", "name": "exact", "operation": "eq",
+                    "input": "{{ sample.output_text }}", "reference": "{{ item.messages[2].content }}"
+                }))),
+                pass_threshold: None,
+                name: String::new(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .eval
+        .unwrap();
+
+    // Four jobs and two runs, created through both replicas, each watched
+    // through both (starting on a different one).
+    let mut job_ids = Vec::new();
+    for i in 0..4 {
+        let mut jobs = FineTuningServiceClient::new(connect(&urls[i % 2], ADMIN_KEY).await);
+        let job = jobs
+            .create_job(sft_job(&train, &valid))
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        job_ids.push(job.id);
+    }
+    let mut run_ids = Vec::new();
+    for url in &urls {
+        let mut evals = EvalServiceClient::new(connect(url, ADMIN_KEY).await);
+        let run = evals
+            .create_eval_run(proto::CreateEvalRunRequest {
+                eval_id: eval.id.clone(),
+                dataset_id: items.clone(),
+                source: Some(proto::create_eval_run_request::Source::Model(proto::ModelSource {
+                    model: "tiny".into(),
+                    input_messages: Some(prost_types::ListValue {
+                        values: vec![lathe::proto::json::value_from_json(
+                            &serde_json::json!({"role": "user", "content": "{{ item.messages[1].content }}"}),
+                        )],
+                    }),
+                    sampling_params: Some(proto::EvalSamplingParams {
+                        temperature: Some(0.0),
+                        max_tokens: Some(4),
+                        seed: Some(7),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+                concurrency: 4,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .run
+            .unwrap();
+        run_ids.push(run.id);
+    }
+    let mut job_watches = Vec::new();
+    for id in &job_ids {
+        for first in 0..2 {
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            let order = vec![urls[first].clone(), urls[1 - first].clone()];
+            job_watches.push((
+                id.clone(),
+                seen.clone(),
+                tokio::spawn(watch_job(order, id.clone(), seen)),
+            ));
+        }
+    }
+    let mut run_watches = Vec::new();
+    for id in &run_ids {
+        for first in 0..2 {
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            let order = vec![urls[first].clone(), urls[1 - first].clone()];
+            run_watches.push((
+                id.clone(),
+                seen.clone(),
+                tokio::spawn(watch_run(order, id.clone(), seen)),
+            ));
+        }
+    }
+
+    // Kill worker 1 -9 once a job it runs has a checkpoint, then replica B
+    // while every watch is live.
+    let store = lathe::store::open(&db.url).await.unwrap();
+    let w1_id = w1.worker_id();
+    let interrupted = tokio::time::timeout(PATIENCE, async {
+        loop {
+            for id in &job_ids {
+                let job = store.get_job(id).await.unwrap().unwrap();
+                let running_on_w1 = job.lease_owner.as_deref() == Some(w1_id.as_str());
+                if running_on_w1 && !store.list_checkpoints(id, None, 1).await.unwrap().is_empty() {
+                    return id.clone();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("worker 1 trains a job to a checkpoint");
+    w1.kill();
+    b.kill();
+
+    let mut ended_jobs = Vec::new();
+    for (id, seen, watch) in job_watches {
+        let job = tokio::time::timeout(PATIENCE, watch)
+            .await
+            .expect("job watch ends")
+            .unwrap();
+        assert_eq!(job.state, JobState::Succeeded as i32, "{id}: {:?}", job.error);
+        ended_jobs.push((id, seen));
+    }
+    for (id, seen, watch) in run_watches {
+        let run = tokio::time::timeout(PATIENCE, watch)
+            .await
+            .expect("run watch ends")
+            .unwrap();
+        assert_eq!(run.state, EvalRunState::Completed as i32, "{id}: {run:?}");
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.seqs,
+            (1..=16).collect::<Vec<u64>>(),
+            "{id}: every item once, in order, across reconnections"
+        );
+    }
+
+    // No watcher missed or repeated an event; watchers that started on B
+    // went on from their cursor on A.
+    let mut reconnected = 0;
+    for (id, seen) in &ended_jobs {
+        let events = store.list_events(id, 0, 100_000).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.seqs,
+            (1..=events.len() as u64).collect::<Vec<_>>(),
+            "{id}: every event once, in order"
+        );
+        reconnected += seen.reconnects;
+    }
+    assert!(
+        reconnected >= 4,
+        "the watchers on replica B went on elsewhere ({reconnected})"
+    );
+
+    // The interrupted job resumed on worker 2, and every job ends with the
+    // adapter of an uninterrupted run (same data, seed and settings).
+    let events = store.list_events(&interrupted, 0, 100_000).await.unwrap();
+    let attempts: BTreeSet<u32> = events.iter().map(|e| e.attempt).filter(|a| *a > 0).collect();
+    assert!(
+        attempts.len() >= 2,
+        "{interrupted} ran again after the kill: {attempts:?}"
+    );
+    assert!(
+        events.iter().any(|e| e.message.contains("resuming at step")),
+        "{interrupted} resumed from its checkpoint"
+    );
+    let blob_dir = data.join("blobs");
+    let mut adapters = BTreeSet::new();
+    for id in &job_ids {
+        adapters.insert(final_adapter(&*store, &blob_dir, id).await);
+    }
+    assert_eq!(adapters.len(), 1, "every job ends with the same adapter");
+
+    // Nothing in the blob store that no record uses.
+    let in_use: BTreeSet<String> = store.blobs_in_use().await.unwrap().into_iter().collect();
+    for file in files_under(&blob_dir) {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        assert!(
+            in_use.contains(&name),
+            "orphaned object {} ({} blobs in use)",
+            file.display(),
+            in_use.len()
+        );
+    }
+
+    drop((a, w2));
+    drop(store);
+    db.drop().await;
+}
