@@ -38,6 +38,7 @@ use super::scheduler;
 use crate::ids::now_millis;
 use crate::ray::{RayClient, RayError, RayJob, RayStatus, Submission, Submitted};
 use crate::store::{Cursor, JobQuery};
+use crate::telemetry;
 
 /// How Lathe's jobs become Ray jobs.
 #[derive(Clone, Debug)]
@@ -170,8 +171,14 @@ impl Executor {
             }
             .await;
             let wait = match round {
-                Ok(()) => self.config.poll,
-                Err(RoundError::Ray(e)) if e.is_unreachable() => self.unreachable(&e).await,
+                Ok(()) => {
+                    telemetry::ray_reachable(true);
+                    self.config.poll
+                }
+                Err(RoundError::Ray(e)) if e.is_unreachable() => {
+                    telemetry::ray_reachable(false);
+                    self.unreachable(&e).await
+                }
                 Err(RoundError::Ray(e)) => {
                     tracing::warn!(error = %e, "a round of dispatching to Ray failed");
                     self.config.poll
@@ -201,6 +208,7 @@ impl Executor {
                 self.ended(&job_id, attempt, try_, &ray_job).await?;
             } else {
                 adopted += 1;
+                telemetry::ray_job("adopted");
                 self.track(&ray_job.submission_id, &job_id, attempt, try_, ray_job.status);
             }
         }
@@ -234,6 +242,9 @@ impl Executor {
             };
             if ray_job.status.is_terminal() {
                 self.live.remove(&id);
+                if ray_job.status == RayStatus::Failed {
+                    telemetry::ray_job("failed");
+                }
                 self.ended(&live.job_id, live.attempt, live.try_, &ray_job).await?;
                 continue;
             }
@@ -246,6 +257,7 @@ impl Executor {
             {
                 tracing::info!(job = %live.job_id, submission = %id, why, "stopping the Ray job");
                 self.ray.stop(&id).await?;
+                telemetry::ray_job("stopped");
                 if let Some(l) = self.live.get_mut(&id) {
                     l.stopping = true;
                 }
@@ -348,6 +360,7 @@ impl Executor {
                     tries.last_failure = format!("Ray refused the submission: {message}");
                     let words = tries.last_failure.clone();
                     tracing::warn!(job = %job.id, submission = %id, %words, "Ray refused a submission");
+                    telemetry::ray_job("refused");
                     self.jobs.log(&job.id, Level::Warn, format!("{words} ({id})")).await;
                     return Ok(());
                 }
@@ -356,6 +369,7 @@ impl Executor {
             match submitted {
                 Submitted::New => {
                     tracing::info!(job = %job.id, submission = %id, "submitted to Ray");
+                    telemetry::ray_job("submitted");
                     self.jobs
                         .log(&job.id, Level::Info, format!("submitted to Ray as Ray job {id}"))
                         .await;
@@ -365,6 +379,7 @@ impl Executor {
                 Submitted::Exists => match self.ray.job(&id).await? {
                     Some(ray_job) if !ray_job.status.is_terminal() => {
                         tracing::info!(job = %job.id, submission = %id, "adopted a Ray job submitted earlier");
+                        telemetry::ray_job("adopted");
                         self.track(&id, &job.id, attempt, try_, ray_job.status);
                         return Ok(());
                     }

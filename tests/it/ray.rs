@@ -234,6 +234,13 @@ impl Drop for ControlPlane {
 /// The key every process of the test seals and opens secrets with.
 const SECRETS_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
+/// What the control plane's `/metrics` answers.
+async fn metrics(plane: &ControlPlane) -> String {
+    let response = reqwest::get(format!("{}/metrics", plane.url)).await.unwrap();
+    assert!(response.status().is_success());
+    response.text().await.unwrap()
+}
+
 const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 
 fn sft_lines(n: usize) -> String {
@@ -565,6 +572,8 @@ async fn on_ray(ray_bin: &Path, db: &TestDatabase) {
     cluster.stop();
     let f = new_job(&mut jobs, 8).await;
     watch(&mut jobs, &f.id, |e| e.message.contains("cannot be reached")).await;
+    let scraped = metrics(&plane).await;
+    assert!(scraped.lines().any(|l| l == "lathe_ray_reachable 0"), "{scraped}");
     cluster = RayCluster::start(ray_bin, dashboard_port).await;
     let (f_events, f_done) = watch(&mut jobs, &f.id, |_| false).await;
     let log = messages(&f_events);
@@ -573,6 +582,12 @@ async fn on_ray(ray_bin: &Path, db: &TestDatabase) {
     let f_first = format!("lathe-{}-0-1", f.id);
     assert_eq!(ray_ended(&ray, &f_first).await.status, RayStatus::Succeeded);
     assert_eq!(submissions(&ray, &f.id).await.len(), 1);
+    let scraped = metrics(&plane).await;
+    assert!(scraped.lines().any(|l| l == "lathe_ray_reachable 1"), "{scraped}");
+    assert!(
+        scraped.contains(r#"lathe_ray_jobs_total{event="submitted"} 1"#),
+        "this control plane submitted f only: {scraped}"
+    );
     plane.stop(libc::SIGTERM);
     eprintln!("ray: head gone and back done at {:.1} s", began.elapsed().as_secs_f64());
 
