@@ -1,10 +1,11 @@
 //! Loads a model and times a forward pass, a LoRA training step and
 //! greedy decoding, with the process's resident memory after each stage:
-//! `cargo run --release --example engine_probe -- MODEL_PATH [--train-only | --gen-only] [--rounds 3] [--batches 1,8,32,64] [--base]`.
+//! `cargo run --release --example engine_probe -- MODEL_PATH [--train-only | --gen-only] [--rounds 3] [--batches 1,8,32,64] [--base] [--device cpu|cuda[:N]]`
+//! (a GPU needs `--features cuda`; scripts/gpu_smoke.sh runs it on both).
 
 use std::time::Instant;
 
-use candle_core::Device;
+use lathe_engine::device::DeviceChoice;
 use lathe_engine::generate::{Sampling, generate};
 use lathe_engine::lora::{Adapter, LoraConfig};
 use lathe_engine::model::BaseModel;
@@ -14,10 +15,23 @@ use lathe_engine::weights::{Proj, load};
 
 fn main() -> anyhow::Result<()> {
     let path = std::env::args().nth(1).expect("usage: engine_probe MODEL_PATH");
-    let t = Instant::now();
-    let loaded = load(std::path::Path::new(&path), &Device::Cpu)?;
-    println!("loaded {:?} in {:.2}s", loaded.config, t.elapsed().as_secs_f64());
     let args: Vec<String> = std::env::args().collect();
+    let choice: DeviceChoice = match args.iter().position(|a| a == "--device") {
+        Some(i) => args
+            .get(i + 1)
+            .ok_or_else(|| anyhow::anyhow!("--device needs cpu, cuda or cuda:N"))?
+            .parse()
+            .map_err(anyhow::Error::msg)?,
+        None => DeviceChoice::Cpu,
+    };
+    let device = choice.open()?;
+    let t = Instant::now();
+    let loaded = load(std::path::Path::new(&path), &device)?;
+    println!(
+        "loaded {:?} on {choice} in {:.2}s",
+        loaded.config,
+        t.elapsed().as_secs_f64()
+    );
     let train_only = args.iter().any(|a| a == "--train-only");
     let gen_only = args.iter().any(|a| a == "--gen-only");
     // `--batches 8,64`: the generation batch sizes (default 1,8,32,64).
@@ -29,7 +43,7 @@ fn main() -> anyhow::Result<()> {
         None => vec![1, 8, 32, 64],
     };
     memory("loaded");
-    let model = BaseModel::new(loaded.config, loaded.weights, Device::Cpu)?;
+    let model = BaseModel::new(loaded.config, loaded.weights, device.clone())?;
     let (adapter, vars) = Adapter::init(
         &model.config,
         LoraConfig {
@@ -39,7 +53,7 @@ fn main() -> anyhow::Result<()> {
             targets: Proj::ALL.to_vec(),
         },
         &mut Rng::new(0),
-        &Device::Cpu,
+        &device,
     )?;
     let mut rng = Rng::new(1);
     let exs: Vec<Example> = (0..8)
@@ -66,6 +80,8 @@ fn main() -> anyhow::Result<()> {
         )?;
         let fwd = t.elapsed().as_secs_f64();
         let g = (l / n as f64)?.backward()?;
+        // A GPU runs asynchronously: wait for the backward pass to finish.
+        device.synchronize()?;
         let total = t.elapsed().as_secs_f64();
         let got = vars.iter().filter(|v| g.get(v.as_tensor()).is_some()).count();
         println!(

@@ -118,6 +118,10 @@ impl App {
                     models.clone(),
                     config.max_generation_batch,
                     config.max_queued_generations,
+                    config
+                        .device
+                        .open()
+                        .with_context(|| format!("opening --device {}", config.device))?,
                 )),
                 None,
             ),

@@ -2,6 +2,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use lathe_engine::device::DeviceChoice;
+
 use crate::datasets::manager::DatasetLimits;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -113,6 +115,11 @@ pub struct ServeConfig {
     /// Run only this fine-tuning job, then exit (`lathe worker --job`).
     #[arg(skip)]
     pub only_job: Option<String>,
+    /// Where the local engine trains and generates: cpu, cuda (GPU 0) or
+    /// cuda:N. A GPU needs a build with the `cuda` cargo feature
+    /// (deploy/docker/Dockerfile.cuda).
+    #[arg(long, env = "LATHE_DEVICE", default_value = "cpu")]
+    pub device: DeviceChoice,
     /// The Ray cluster's Jobs API (its dashboard's URL, e.g.
     /// http://127.0.0.1:8265). When set, this process trains no jobs itself:
     /// it submits each queued fine-tuning job to Ray as a Ray job that runs
@@ -240,6 +247,7 @@ impl ServeConfig {
             webhook_allow_private_addresses: false,
             role: Role::All,
             only_job: None,
+            device: DeviceChoice::Cpu,
             ray_address: None,
             ray_entrypoint: DEFAULT_RAY_ENTRYPOINT.into(),
             ray_forward_env: Vec::new(),
@@ -436,6 +444,30 @@ mod tests {
         );
         assert!(!c.webhook_allow_http && !c.webhook_allow_private_addresses);
         assert!(c.tls.tls_cert.is_none() && c.tls.tls_key.is_none() && c.tls.tls_client_ca.is_none());
+        assert_eq!(c.device, lathe_engine::device::DeviceChoice::Cpu);
+    }
+
+    /// A device the build cannot use is refused as the flag is read, naming it.
+    #[test]
+    fn device_names_are_checked_when_parsed() {
+        let err = Serve::try_parse_from(["serve", "--device", "gpu"])
+            .err()
+            .expect("gpu refused")
+            .to_string();
+        assert!(
+            err.contains("--device") && err.contains("expected cpu, cuda or cuda:N"),
+            "{err}"
+        );
+        let cuda = Serve::try_parse_from(["serve", "--device", "cuda:1"]);
+        if lathe_engine::device::CUDA_BUILT {
+            assert_eq!(cuda.unwrap().config.device, lathe_engine::device::DeviceChoice::Cuda(1));
+        } else {
+            let err = cuda.err().expect("cuda refused").to_string();
+            assert!(
+                err.contains("--device") && err.contains("built without CUDA support"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct QuickstartArgs {
     /// Stop after this many evaluations without validation-loss improvement.
     #[arg(long, default_value_t = 3)]
     pub patience: u32,
+    /// Where the embedded server trains and generates: cpu, cuda or cuda:N
+    /// (ignored with --addr; a GPU needs a build with the `cuda` feature).
+    #[arg(long, env = "LATHE_DEVICE", default_value = "cpu")]
+    pub device: lathe_engine::device::DeviceChoice,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -91,6 +95,7 @@ pub async fn run(addr: Option<&str>, args: QuickstartArgs) -> anyhow::Result<sup
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let url = format!("http://{}", listener.local_addr()?);
             let mut config = ServeConfig::embedded(&args.data_dir);
+            config.device = args.device;
             // The embedded server's admin key, in its data dir as `lathe serve` would write it.
             let key = crate::auth::local_admin_key(&args.data_dir)
                 .with_context(|| format!("the admin key in {}", args.data_dir.display()))?;
@@ -103,8 +108,9 @@ pub async fn run(addr: Option<&str>, args: QuickstartArgs) -> anyhow::Result<sup
                 let _ = stopped.await;
             }));
             println!(
-                "1. started an embedded server at {url} (SQLite + blobs in {})",
-                args.data_dir.display()
+                "1. started an embedded server at {url} (SQLite + blobs in {}; engine on {})",
+                args.data_dir.display(),
+                args.device
             );
             (url, Some(key), Some((stop, task)))
         }

@@ -153,9 +153,10 @@ pub struct LocalEngine {
 }
 
 impl LocalEngine {
-    /// An engine decoding up to `max_batch` prompts together and holding
-    /// at most `max_queued` generations, waiting or decoding.
-    pub fn new(catalog: Arc<dyn Catalog>, max_batch: usize, max_queued: usize) -> Arc<Self> {
+    /// An engine on `device` decoding up to `max_batch` prompts together
+    /// and holding at most `max_queued` generations, waiting or decoding.
+    /// Its trainer (`LocalTrainer`) trains on the same device.
+    pub fn new(catalog: Arc<dyn Catalog>, max_batch: usize, max_queued: usize, device: Device) -> Arc<Self> {
         let max_queued = max_queued.max(1);
         let (tx, rx) = mpsc::channel(max_queued);
         let max_batch = max_batch.max(1);
@@ -167,7 +168,7 @@ impl LocalEngine {
             .expect("spawning the generation thread");
         Arc::new(Self {
             catalog,
-            device: Device::Cpu,
+            device,
             bases: tokio::sync::Mutex::new(HashMap::new()),
             adapters: Mutex::new(HashMap::new()),
             queue: tx,

@@ -356,6 +356,34 @@ async fn serve_binary_takes_its_settings_from_the_environment() {
     stop_cleanly(child, lines, libc::SIGINT).await;
 }
 
+/// A GPU asked of a build without CUDA stops the start with a message naming
+/// the setting, whether it came as the flag or from LATHE_DEVICE.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn serve_binary_refuses_cuda_in_a_build_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, env) in [
+        (&["serve", "--device", "cuda"][..], None),
+        (&["serve"][..], Some("cuda:1")),
+    ] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lathe"));
+        cmd.args(args)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"));
+        if let Some(device) = env {
+            cmd.env("LATHE_DEVICE", device);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains("--device") && stderr.contains("built without CUDA support"),
+            "{args:?} {env:?}: {stderr}"
+        );
+    }
+    assert!(!dir.path().join("data").exists(), "nothing was started");
+}
+
 /// Reads a `serve --log-json` child's log until the line that names the
 /// address it listens on; returns that address and the rest of the log.
 async fn logged_address(

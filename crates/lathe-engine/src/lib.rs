@@ -11,6 +11,7 @@
 
 pub mod chat_template;
 pub mod config;
+pub mod device;
 pub mod dpo;
 pub mod fetch;
 pub mod frozen;
