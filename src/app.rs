@@ -67,6 +67,26 @@ impl App {
     /// interrupted run left, builds the services and starts their workers.
     pub async fn open(config: &ServeConfig, engine: Engine) -> anyhow::Result<App> {
         crate::tune_allocator();
+        // With a Ray cluster, the jobs this process would run train there; a
+        // wrong address stops start-up. A worker for one job (a Ray job's
+        // entrypoint) runs it here whatever its environment says.
+        let dispatches = config.role.runs_work() && config.only_job.is_none();
+        let ray = if dispatches {
+            config.ray().map_err(anyhow::Error::msg)?
+        } else {
+            None
+        };
+        let ray = match ray {
+            Some((client, ray_config)) => {
+                let version = client
+                    .version()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--ray-address (LATHE_RAY_ADDRESS): {e}"))?;
+                tracing::info!(ray = %client.address(), version, "fine-tuning jobs run on the Ray cluster");
+                Some((client, ray_config))
+            }
+            None => None,
+        };
         // The tokenizer's tables load while the store opens, not on the first upload.
         let tokenizer = tokio::task::spawn_blocking(O200k::new);
         std::fs::create_dir_all(&config.data_dir)
@@ -178,10 +198,13 @@ impl App {
         }
         let finished = CancellationToken::new();
         let workers = Workers {
-            scheduler: match (&config.only_job, role.runs_work()) {
-                (Some(job), true) => one_job(jobs.clone(), job.clone(), stop.clone(), finished.clone()),
-                (None, true) => scheduler::spawn(jobs.clone(), stop.clone()),
-                (_, false) => idle(),
+            scheduler: match (&config.only_job, role.runs_work(), ray) {
+                (Some(job), true, _) => one_job(jobs.clone(), job.clone(), stop.clone(), finished.clone()),
+                (None, true, Some((client, ray_config))) => {
+                    crate::jobs::ray::spawn(jobs.clone(), client, ray_config, stop.clone())
+                }
+                (None, true, None) => scheduler::spawn(jobs.clone(), stop.clone()),
+                (_, false, _) => idle(),
             },
             eval_runner: if role.runs_work() && config.only_job.is_none() {
                 crate::evals::runner::spawn(evals.clone(), stop.clone())

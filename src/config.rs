@@ -120,6 +120,38 @@ pub struct ServeConfig {
     /// (deploy/docker/Dockerfile.cuda).
     #[arg(long, env = "LATHE_DEVICE", default_value = "cpu")]
     pub device: DeviceChoice,
+    /// The Ray cluster's Jobs API (its dashboard's URL, e.g.
+    /// http://127.0.0.1:8265). When set, this process trains no jobs itself:
+    /// it submits each queued fine-tuning job to Ray as a Ray job that runs
+    /// --ray-entrypoint, and follows it. Start-up stops when Ray cannot be
+    /// reached.
+    #[arg(long, env = "LATHE_RAY_ADDRESS")]
+    pub ray_address: Option<String>,
+    /// The command a job's Ray job runs: a Lathe worker for that one job, as
+    /// the cluster's nodes start it; {job_id} is replaced by the job's id.
+    #[arg(long, env = "LATHE_RAY_ENTRYPOINT", default_value = DEFAULT_RAY_ENTRYPOINT)]
+    pub ray_entrypoint: String,
+    /// Names of environment variables of this process that each Ray job's
+    /// worker gets too (comma-separated, e.g.
+    /// LATHE_DATABASE_URL,LATHE_SECRETS_KEY). Ray shows a job's environment
+    /// to whoever can read its dashboard: give secrets to the cluster's
+    /// nodes instead where that matters.
+    #[arg(long, env = "LATHE_RAY_FORWARD_ENV", value_delimiter = ',', value_name = "NAME")]
+    pub ray_forward_env: Vec<String>,
+    /// CPUs Ray reserves for each job's worker.
+    #[arg(long, env = "LATHE_RAY_NUM_CPUS", default_value_t = 1.0)]
+    pub ray_num_cpus: f64,
+    /// GPUs Ray reserves for each job's worker (fractions allowed).
+    #[arg(long, env = "LATHE_RAY_NUM_GPUS", default_value_t = 0.0)]
+    pub ray_num_gpus: f64,
+    /// Ray jobs that may fail before they start their job (per attempt)
+    /// before the job fails with Ray's message.
+    #[arg(long, env = "LATHE_RAY_MAX_FAILURES", default_value_t = 3)]
+    pub ray_max_failures: u32,
+    /// Ray jobs this process keeps pending or running at once; more queued
+    /// jobs wait in Lathe's queue, in its claim order.
+    #[arg(long, env = "LATHE_RAY_MAX_SUBMITTED", default_value_t = 64)]
+    pub ray_max_submitted: usize,
     #[command(flatten)]
     pub tls: TlsConfig,
 }
@@ -164,6 +196,9 @@ pub struct TlsConfig {
     #[arg(long, env = "LATHE_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 }
+
+/// What a job's Ray job runs unless `--ray-entrypoint` says otherwise.
+pub const DEFAULT_RAY_ENTRYPOINT: &str = "lathe worker --job {job_id}";
 
 /// A secret setting: Debug output (logs, panics) never shows it.
 #[derive(Clone)]
@@ -213,6 +248,13 @@ impl ServeConfig {
             role: Role::All,
             only_job: None,
             device: DeviceChoice::Cpu,
+            ray_address: None,
+            ray_entrypoint: DEFAULT_RAY_ENTRYPOINT.into(),
+            ray_forward_env: Vec::new(),
+            ray_num_cpus: 1.0,
+            ray_num_gpus: 0.0,
+            ray_max_failures: 3,
+            ray_max_submitted: 64,
         }
     }
 
@@ -288,6 +330,65 @@ impl ServeConfig {
             webhook: self.webhook_policy(),
             ..Default::default()
         }
+    }
+
+    /// With `--ray-address`: the Ray cluster's client and how jobs become
+    /// Ray jobs, checked (not yet reached); the error names the setting.
+    pub fn ray(&self) -> Result<Option<(crate::ray::RayClient, crate::jobs::ray::RayConfig)>, String> {
+        let Some(address) = &self.ray_address else {
+            return Ok(None);
+        };
+        let client =
+            crate::ray::RayClient::new(address).map_err(|e| format!("--ray-address (LATHE_RAY_ADDRESS): {e}"))?;
+        if !self.database_url().starts_with("postgres") {
+            return Err(
+                "--ray-address (LATHE_RAY_ADDRESS) needs a database the workers Ray starts share: set \
+                 --database-url (LATHE_DATABASE_URL) to a postgres:// URL"
+                    .into(),
+            );
+        }
+        // The workers Ray starts open what this process seals (webhook secrets).
+        if self.secrets_key.is_none() {
+            return Err(
+                "--ray-address (LATHE_RAY_ADDRESS) needs the secrets key the workers Ray starts share: set \
+                 --secrets-key (LATHE_SECRETS_KEY) and give the workers the same"
+                    .into(),
+            );
+        }
+        if !self.ray_entrypoint.contains("{job_id}") {
+            return Err(format!(
+                "--ray-entrypoint (LATHE_RAY_ENTRYPOINT): {:?} has no {{job_id}} for the job the worker runs",
+                self.ray_entrypoint
+            ));
+        }
+        let mut env_vars = std::collections::BTreeMap::new();
+        for name in self.ray_forward_env.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+            let value = std::env::var(name).map_err(|_| {
+                format!("--ray-forward-env (LATHE_RAY_FORWARD_ENV): {name} is not set in this process's environment")
+            })?;
+            env_vars.insert(name.to_string(), value);
+        }
+        for (flag, value) in [
+            ("--ray-num-cpus (LATHE_RAY_NUM_CPUS)", self.ray_num_cpus),
+            ("--ray-num-gpus (LATHE_RAY_NUM_GPUS)", self.ray_num_gpus),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(format!("{flag}: {value} is not a number of CPUs or GPUs (0 or more)"));
+            }
+        }
+        if self.ray_max_submitted == 0 {
+            return Err("--ray-max-submitted (LATHE_RAY_MAX_SUBMITTED): must be 1 or more".into());
+        }
+        let config = crate::jobs::ray::RayConfig {
+            entrypoint: self.ray_entrypoint.clone(),
+            env_vars,
+            num_cpus: self.ray_num_cpus,
+            num_gpus: self.ray_num_gpus,
+            max_failures: self.ray_max_failures.max(1),
+            max_submitted: self.ray_max_submitted,
+            poll: Duration::from_millis(self.job_poll_millis.max(10)),
+        };
+        Ok(Some((client, config)))
     }
 
     pub fn evals_config(&self) -> crate::evals::manager::EvalsConfig {
@@ -366,6 +467,74 @@ mod tests {
                 err.contains("--device") && err.contains("built without CUDA support"),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn ray_settings_are_checked_and_errors_name_the_setting() {
+        const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let parse = |args: &[&str]| {
+            let mut all = vec!["serve"];
+            all.extend_from_slice(args);
+            Serve::try_parse_from(all).unwrap().config
+        };
+        assert!(parse(&[]).ray().unwrap().is_none(), "no address, no Ray");
+        let (client, ray) = parse(&[
+            "--database-url",
+            "postgres://db/lathe",
+            "--secrets-key",
+            KEY,
+            "--ray-address",
+            "http://head:8265/",
+            "--ray-num-gpus",
+            "0.5",
+            "--ray-forward-env",
+            "PATH",
+        ])
+        .ray()
+        .unwrap()
+        .unwrap();
+        assert_eq!(client.address(), "http://head:8265");
+        assert_eq!(ray.entrypoint, "lathe worker --job {job_id}");
+        assert_eq!((ray.num_cpus, ray.num_gpus), (1.0, 0.5));
+        assert_eq!((ray.max_failures, ray.max_submitted), (3, 64));
+        assert_eq!(ray.env_vars.get("PATH"), std::env::var("PATH").ok().as_ref());
+        let keyless = parse(&["--ray-address", "http://h:1", "--database-url", "postgres://db/lathe"]);
+        let keyless = keyless.ray().unwrap_err();
+        assert!(
+            keyless.starts_with("--ray-address (LATHE_RAY_ADDRESS) needs the secrets key"),
+            "{keyless}"
+        );
+        let sqlite = parse(&["--ray-address", "http://h:1"]).ray().unwrap_err();
+        assert!(
+            sqlite.starts_with("--ray-address (LATHE_RAY_ADDRESS) needs a database"),
+            "{sqlite}"
+        );
+        for (args, setting) in [
+            (&["--ray-address", "head:8265"][..], "--ray-address (LATHE_RAY_ADDRESS)"),
+            (
+                &["--ray-address", "http://h:1", "--ray-entrypoint", "lathe worker"],
+                "--ray-entrypoint (LATHE_RAY_ENTRYPOINT)",
+            ),
+            (
+                &[
+                    "--ray-address",
+                    "http://h:1",
+                    "--ray-forward-env",
+                    "PATH,LATHE_TEST_UNSET_VARIABLE",
+                ],
+                "--ray-forward-env (LATHE_RAY_FORWARD_ENV): LATHE_TEST_UNSET_VARIABLE",
+            ),
+            (&["--ray-address", "http://h:1", "--ray-num-cpus=-1"], "--ray-num-cpus"),
+            (
+                &["--ray-address", "http://h:1", "--ray-max-submitted", "0"],
+                "--ray-max-submitted",
+            ),
+        ] {
+            let mut on_postgres = vec!["--database-url", "postgres://db/lathe", "--secrets-key", KEY];
+            on_postgres.extend_from_slice(args);
+            let err = parse(&on_postgres).ray().unwrap_err();
+            assert!(err.starts_with(setting), "{args:?}: {err}");
         }
     }
 

@@ -231,8 +231,10 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// Puts the items whose worker stopped renewing their lease back in the
-/// queue, each with its event.
-async fn requeue_expired<W: LeasedWork>(work: &W) -> Result<()> {
+/// queue, each with its event. The machine does this on every round; a
+/// process that runs no items of the kind itself but hands them to workers
+/// elsewhere (`jobs::ray`) calls it on its own.
+pub async fn requeue_expired<W: LeasedWork>(work: &W) -> Result<()> {
     let now = now_millis();
     for id in work.leases().expired_leases(W::KIND, now).await? {
         let event = work.event(Change::Expired { id: &id }).await?;

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod models;
 pub mod paging;
 pub mod proto;
+pub mod ray;
 pub mod rest;
 pub mod secrets;
 pub mod server;

@@ -2,7 +2,8 @@
 //! measures, the process's recorder, and the text `GET /metrics` answers.
 //!
 //! Every part records through the functions here (the lease machine, the
-//! jobs scheduler, the eval runner, the grader engine, the gate), so each
+//! jobs scheduler, the Ray executor, the eval runner, the grader engine, the
+//! gate), so each
 //! name and its labels are written once. The recorder is the `metrics`
 //! facade's global one (`metrics-exporter-prometheus`, without a listener
 //! of its own: the server's route renders it), installed once per process
@@ -54,6 +55,13 @@ pub const EVAL_ITEM_SECONDS: &str = "lathe_eval_item_duration_seconds";
 pub const GRADER_SECONDS: &str = "lathe_grader_duration_seconds";
 /// Grades with an error flag set, by `grader` type and `error` (the flag).
 pub const GRADER_ERRORS: &str = "lathe_grader_errors_total";
+
+/// 1 while the Ray cluster's Jobs API answers this process, 0 while it
+/// cannot be reached (a process that dispatches jobs to Ray only).
+pub const RAY_REACHABLE: &str = "lathe_ray_reachable";
+/// Ray jobs this process submitted, adopted (found submitted earlier),
+/// stopped, saw fail, and had refused, by `event`.
+pub const RAY_JOBS: &str = "lathe_ray_jobs_total";
 
 /// Histogram buckets in seconds: a string_check's microseconds to a
 /// stream's minutes.
@@ -145,6 +153,15 @@ fn describe() {
         GRADER_ERRORS,
         Unit::Count,
         "Grades with an error flag set, by grader type and flag"
+    );
+    describe_gauge!(
+        RAY_REACHABLE,
+        "1 while the Ray cluster's Jobs API answers, 0 while it cannot be reached"
+    );
+    describe_counter!(
+        RAY_JOBS,
+        Unit::Count,
+        "Ray jobs submitted, adopted, stopped, failed or refused, by event"
     );
 }
 
@@ -239,6 +256,19 @@ pub fn lease_expired(kind: LeaseKind) {
 
 pub fn lease_released(kind: LeaseKind) {
     counter!(LEASES_RELEASED, "kind" => kind.name()).increment(1);
+}
+
+// Dispatching to Ray (`jobs::ray`).
+
+/// Whether the Ray cluster answered the last call.
+pub fn ray_reachable(up: bool) {
+    gauge!(RAY_REACHABLE).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Something that happened to one of this process's Ray jobs: `submitted`,
+/// `adopted`, `stopped`, `failed` or `refused`.
+pub fn ray_job(event: &'static str) {
+    counter!(RAY_JOBS, "event" => event).increment(1);
 }
 
 // Training, evals and graders.

@@ -12,6 +12,7 @@ pub mod evaluator;
 pub mod events;
 pub mod manager;
 pub mod model;
+pub mod ray;
 pub mod scheduler;
 pub mod spec;
 pub mod state;

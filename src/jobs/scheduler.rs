@@ -42,6 +42,20 @@ pub fn spawn(jobs: Arc<Jobs>, shutdown: CancellationToken) -> tokio::task::JoinH
     lease::spawn(Arc::new(Training { jobs, trainer }), config, shutdown)
 }
 
+/// Re-queues the jobs whose worker's lease ran out, with the event the
+/// lease machine writes, for a process that dispatches jobs to workers
+/// elsewhere instead of running the machine (`jobs::ray`).
+pub(crate) async fn requeue_expired(jobs: &Arc<Jobs>) -> crate::error::Result<()> {
+    let Some(trainer) = jobs.trainer.clone() else {
+        return Ok(());
+    };
+    lease::requeue_expired(&Training {
+        jobs: jobs.clone(),
+        trainer,
+    })
+    .await
+}
+
 /// Jobs as leased work: each claimed job trains on the trainer.
 struct Training {
     jobs: Arc<Jobs>,

@@ -22,6 +22,7 @@ mod models;
 mod providers;
 mod providers_llama_cpp;
 mod quotas;
+mod ray;
 mod replicas;
 mod rest;
 mod rest_chat;
