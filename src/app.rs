@@ -68,7 +68,8 @@ impl App {
         let store = store::open(&config.database_url())
             .await
             .context("opening the database")?;
-        let blobs = Blobs::local(config.blob_dir()).context("opening the blob directory")?;
+        let blobs = Blobs::open(config.blob_url.as_ref(), &config.blob_dir()).await?;
+        tracing::info!(store = blobs.name(), "blobs");
         let auth = Arc::new(Auth::new(store.clone()));
         let datasets = Arc::new(Datasets::new(
             store.clone(),

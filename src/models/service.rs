@@ -193,10 +193,9 @@ impl Models {
             .delete_model(id)
             .await?
             .ok_or_else(|| Error::not_found("model", id))?;
+        let _gate = self.blobs.gate().await;
         for sha in shas {
-            if !self.store.blob_in_use(&sha).await? {
-                self.blobs.delete(&sha).await?;
-            }
+            self.blobs.delete_unless_used(&*self.store, &sha).await?;
         }
         Ok(model)
     }

@@ -2,6 +2,7 @@
 //! dozen binaries would each link the whole crate). `cargo test --test it
 //! jobs::` runs one area.
 
+mod blobs;
 mod common;
 mod datasets;
 mod durability;
@@ -27,6 +28,7 @@ mod rest_evals;
 mod rest_files;
 mod rest_graders;
 mod rest_jobs;
+mod s3;
 mod server;
 mod tenancy;
 mod tls;
