@@ -85,7 +85,12 @@ impl App {
             Some(path) => Arc::new(Providers::from_file(path).context("loading model providers")?),
             None => Arc::new(Providers::default()),
         };
-        let models = Arc::new(Models::new(store.clone(), blobs.clone(), config.model_roots()));
+        let models = Arc::new(Models::new(
+            store.clone(),
+            blobs.clone(),
+            config.model_roots(),
+            config.data_dir.join("model-cache"),
+        ));
         let (local, custom_trainer) = match engine {
             Engine::Embedded => (
                 Some(LocalEngine::new(

@@ -24,7 +24,7 @@ const OPEN: &[&str] = &["/grpc.health.v1.Health/"];
 /// gRPC method names (the path's last part) that change something, and so
 /// are audited.
 const CHANGES: &[&str] = &[
-    "Create", "Delete", "Cancel", "Pause", "Resume", "Register", "Revoke", "Upload", "Split", "Update",
+    "Create", "Delete", "Cancel", "Pause", "Resume", "Register", "Revoke", "Upload", "Split", "Update", "Import",
 ];
 
 /// REST paths that are POSTed to but change nothing (not audited).

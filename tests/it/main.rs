@@ -19,6 +19,7 @@ mod graders_python_sandbox;
 mod graders_similarity_reference;
 mod jobs;
 mod models;
+mod models_stored;
 mod providers;
 mod providers_llama_cpp;
 mod quotas;
