@@ -2,7 +2,9 @@
 //! test that kills a real server process. Not part of the product binary.
 //!
 //! Usage: scripted_server DATA_DIR STEPS STEP_MILLIS LEASE_SECS
-//! Prints "listening on ADDR" once it accepts connections.
+//! Prints "listening on ADDR" once it accepts connections. Takes its blob
+//! store from `LATHE_BLOB_URL` (and the `AWS_*` settings) as `lathe serve`
+//! does.
 
 #[path = "../tests/it/common/scripted.rs"]
 #[allow(dead_code)]
@@ -24,6 +26,9 @@ async fn main() -> anyhow::Result<()> {
     )?));
     config.job_lease_secs = args[3].parse()?;
     config.job_poll_millis = 100;
+    if let Ok(url) = std::env::var("LATHE_BLOB_URL") {
+        config.blob_url = Some(url.parse().map_err(|e| anyhow::anyhow!("LATHE_BLOB_URL: {e}"))?);
+    }
     let trainer = scripted::ScriptedTrainer {
         steps: args[1].parse()?,
         checkpoint_every: 10,

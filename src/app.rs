@@ -94,7 +94,12 @@ impl App {
         let store = store::open(&config.database_url())
             .await
             .context("opening the database")?;
-        let blobs = Blobs::local(config.blob_dir()).context("opening the blob directory")?;
+        let mut blobs = Blobs::open(config.blob_url.as_ref(), &config.blob_dir()).await?;
+        // Processes sharing a database may share the blob directory too.
+        if let Some(age) = config.leftovers_age() {
+            blobs = blobs.settling_for(age);
+        }
+        tracing::info!(store = blobs.name(), "blobs");
         let auth = Arc::new(Auth::new(store.clone()));
         let scrape = crate::telemetry::Scrape::new(store.clone());
         let datasets = Arc::new(Datasets::new(
@@ -104,14 +109,19 @@ impl App {
             config.dataset_limits(),
         ));
         datasets
-            .recover(config.leftovers_age())
+            .recover()
             .await
             .context("cleaning up after interrupted uploads")?;
         let providers = match &config.providers {
             Some(path) => Arc::new(Providers::from_file(path).context("loading model providers")?),
             None => Arc::new(Providers::default()),
         };
-        let models = Arc::new(Models::new(store.clone(), blobs.clone(), config.model_roots()));
+        let models = Arc::new(Models::new(
+            store.clone(),
+            blobs.clone(),
+            config.model_roots(),
+            config.data_dir.join("model-cache"),
+        ));
         let (local, custom_trainer) = match engine {
             Engine::Embedded => (
                 Some(LocalEngine::new(
@@ -279,7 +289,7 @@ impl App {
         if self.shared_blobs {
             return;
         }
-        match self.blobs.sweep_staging(None).await {
+        match self.blobs.sweep_staging().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed what dropped uploads had staged"),
             Err(e) => tracing::warn!(error = %e, "could not clear staging; the next start will"),

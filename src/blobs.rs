@@ -1,27 +1,51 @@
-//! Content-addressed blob storage over `object_store`: local disk by default,
-//! any S3-compatible store at scale.
+//! Content-addressed blob storage over `object_store`: a local directory by
+//! default, any S3-compatible store at scale (`--blob-url`).
 //!
 //! Architecture invariant: a blob becomes visible under its address
 //! (`blobs/sha256/<2 hex>/<64 hex>`) only once complete. Writes go to
-//! `staging/` first and are renamed into place, so a reader never sees a
-//! partial blob and an interrupted upload leaves only staging debris, which
-//! `sweep_staging` removes at start-up.
+//! `staging/` first and are moved into place (a rename on disk; on S3 a
+//! multipart upload of the staging key, then a copy to the address and a
+//! delete of the staging key), so a reader never sees a partial blob and an
+//! interrupted upload leaves only staging debris, which `sweep_staging`
+//! removes. A store other processes may share (any `--blob-url`) is swept
+//! of leftovers only once they are [`SHARED_SETTLE`] old, so one replica
+//! never takes another's upload in flight.
 
-use std::time::{Duration, SystemTime};
-use std::{ops::Range, path::PathBuf, sync::Arc};
+use std::{
+    ops::Range,
+    path::{Path as FsPath, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
+use anyhow::Context;
 use bytes::Bytes;
-use futures::TryStreamExt;
-use object_store::{ObjectStore, WriteMultipart, local::LocalFileSystem, path::Path};
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
+use object_store::{ObjectStore, WriteMultipart, aws::AmazonS3Builder, local::LocalFileSystem, path::Path};
 use sha2::{Digest, Sha256};
 
 mod direct;
+mod location;
+mod s3;
+
+pub use location::BlobUrl;
 
 pub type BlobError = object_store::Error;
 
-/// At most this many parts of [`direct::PART_SIZE`] bytes in flight per
-/// upload: see there for why the parts are that size.
+/// At most this many parts in flight per upload: see
+/// [`direct::PART_SIZE`] for why the local parts are small.
 const PARTS_IN_FLIGHT: usize = 4;
+
+/// Bytes per part of an S3 multipart upload: S3 wants at least 5 MiB for
+/// every part but the last. With [`PARTS_IN_FLIGHT`], an upload holds
+/// about 40 MiB, whatever the file's size.
+const S3_PART_SIZE: usize = 8 << 20;
+
+/// How old staging leftovers and unreferenced blobs must be before a sweep
+/// removes them from a store other processes may share: far longer than
+/// any upload takes between its staged object appearing and its record
+/// being written, so another replica's work in flight is never taken.
+pub const SHARED_SETTLE: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Clone)]
 pub struct Blobs {
@@ -33,9 +57,26 @@ pub struct Blobs {
     /// writes (see [`direct`]): staged files are then written around the
     /// page cache.
     direct_staging: Option<PathBuf>,
+    /// Bytes per multipart part.
+    part_size: usize,
+    /// The largest blob a commit can move into place, where the backend
+    /// has a limit (S3's copy).
+    max_commit: Option<u64>,
+    /// How old leftovers must be before a sweep takes them: nothing for the
+    /// data directory's own blobs, [`SHARED_SETTLE`] for a store named by
+    /// `--blob-url`.
+    settle: Duration,
+    /// Serializes "commit a blob + insert the record that points at it"
+    /// against "delete a record + remove its blob unless still used", for
+    /// every service of this process (they share one `Blobs`).
+    gate: Arc<tokio::sync::Mutex<()>>,
+    /// How the operator named the store, for logs.
+    name: String,
 }
 
 impl Blobs {
+    /// The data directory's own blob directory: no other process writes
+    /// there, so a sweep takes every leftover at once.
     pub fn local(root: impl Into<PathBuf>) -> std::io::Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
@@ -46,9 +87,60 @@ impl Blobs {
         tracing::debug!(direct, "probed O_DIRECT for staged blob writes");
         Ok(Self {
             store: Arc::new(store),
+            name: root.display().to_string(),
             local_root: Some(root),
             direct_staging: direct.then_some(staging),
+            part_size: direct::PART_SIZE,
+            max_commit: None,
+            settle: Duration::ZERO,
+            gate: Arc::default(),
         })
+    }
+
+    /// The store `url` names, or the data directory's `default_dir`
+    /// without one. An S3 bucket is probed first (see [`s3`]); every
+    /// failure names the setting.
+    pub async fn open(url: Option<&BlobUrl>, default_dir: &FsPath) -> anyhow::Result<Self> {
+        match url {
+            None => Self::local(default_dir)
+                .with_context(|| format!("opening the blob directory {}", default_dir.display())),
+            Some(BlobUrl::Dir(dir)) => Ok(Self::local(dir)
+                .with_context(|| format!("--blob-url file://{}: cannot use the directory", dir.display()))?
+                .settling_for(SHARED_SETTLE)),
+            Some(BlobUrl::S3 { bucket, prefix }) => Self::s3(AmazonS3Builder::from_env(), bucket, prefix).await,
+        }
+    }
+
+    /// An S3-compatible bucket, with `builder`'s settings (`open` takes
+    /// them from the `AWS_*` environment), after a probe under `prefix`.
+    pub async fn s3(builder: AmazonS3Builder, bucket: &str, prefix: &str) -> anyhow::Result<Self> {
+        let url = BlobUrl::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        }
+        .to_string();
+        let store = s3::open(builder, bucket, prefix, &url).await?;
+        Ok(Self {
+            store,
+            local_root: None,
+            direct_staging: None,
+            part_size: S3_PART_SIZE,
+            max_commit: Some(s3::MAX_COPY_BYTES),
+            settle: SHARED_SETTLE,
+            gate: Arc::default(),
+            name: url,
+        })
+    }
+
+    /// Sweeps take leftovers only once they are `age` old.
+    pub fn settling_for(mut self, age: Duration) -> Self {
+        self.settle = age;
+        self
+    }
+
+    /// How the operator named the store: a directory or an `s3://` URL.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn address(sha256: &str) -> Path {
@@ -68,7 +160,7 @@ impl Blobs {
             }
             None => {
                 let upload = self.store.put_multipart(&staging).await?;
-                Sink::Multipart(WriteMultipart::new_with_chunk_size(upload, direct::PART_SIZE))
+                Sink::Multipart(WriteMultipart::new_with_chunk_size(upload, self.part_size))
             }
         };
         Ok(BlobWriter {
@@ -77,6 +169,7 @@ impl Blobs {
             writer: Some(sink),
             hasher: Sha256::new(),
             size: 0,
+            max_commit: self.max_commit,
         })
     }
 
@@ -88,6 +181,12 @@ impl Blobs {
         self.store.get_range(&Self::address(sha256), range).await
     }
 
+    /// The whole blob as a stream of chunks, for copies that must not hold
+    /// it in memory.
+    pub async fn stream(&self, sha256: &str) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
+        Ok(self.store.get(&Self::address(sha256)).await?.into_stream().boxed())
+    }
+
     pub async fn delete(&self, sha256: &str) -> Result<(), BlobError> {
         match self.store.delete(&Self::address(sha256)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -95,32 +194,66 @@ impl Blobs {
         }
     }
 
-    /// Every stored blob's sha256.
-    pub async fn list(&self) -> Result<Vec<String>, BlobError> {
-        self.list_older_than(None).await
+    /// Holds off deletions of unreferenced blobs while a caller commits a
+    /// blob and inserts the record that points at it (see `gate`).
+    pub async fn gate(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.gate.lock().await
     }
 
-    /// The sha256 of every stored blob last written before `age` ago (all
-    /// of them for None).
-    pub async fn list_older_than(&self, age: Option<Duration>) -> Result<Vec<String>, BlobError> {
+    /// Removes the blob unless a record still points at it; a failed check
+    /// is the caller's to handle, a failed removal is only logged (the next
+    /// start-up's sweep takes the blob). Callers hold [`gate`](Self::gate).
+    pub async fn delete_unless_used(
+        &self,
+        store: &dyn crate::store::Store,
+        sha256: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        if !store.blob_in_use(sha256).await?
+            && let Err(e) = self.delete(sha256).await
+        {
+            tracing::warn!(blob = %sha256, error = %e, "could not remove an unused blob");
+        }
+        Ok(())
+    }
+
+    /// Every stored blob's sha256.
+    pub async fn list(&self) -> Result<Vec<String>, BlobError> {
+        self.list_older_than(Duration::ZERO).await
+    }
+
+    /// The stored blobs a sweep may judge: all of them in a store of this
+    /// process's own, those older than [`SHARED_SETTLE`] in a shared one
+    /// (a younger one may belong to another replica's upload whose record
+    /// is about to be written).
+    pub async fn list_settled(&self) -> Result<Vec<String>, BlobError> {
+        self.list_older_than(self.settle).await
+    }
+
+    async fn list_older_than(&self, age: Duration) -> Result<Vec<String>, BlobError> {
+        let cutoff = cutoff_millis(age);
         let metas: Vec<_> = self.store.list(Some(&Path::from("blobs/sha256"))).try_collect().await?;
         Ok(metas
             .into_iter()
-            .filter(|m| older_than(m.last_modified.into(), age))
+            .filter(|m| m.last_modified.timestamp_millis() <= cutoff)
             .filter_map(|m| m.location.filename().map(str::to_string))
             .collect())
     }
 
-    /// Removes what interrupted uploads left in staging, when no upload of
-    /// this process is in flight (at start-up, or at the end of a
-    /// shutdown). With `age`, only what was last written before `age` ago:
-    /// other processes sharing the store may be uploading now. A file that
-    /// is already gone is fine: a dropped upload's own clean-up may run at
-    /// the same time.
-    pub async fn sweep_staging(&self, age: Option<Duration>) -> Result<usize, BlobError> {
+    /// Removes what interrupted uploads left in staging, once it is old
+    /// enough to be nobody's (see [`list_settled`](Self::list_settled)):
+    /// in the data directory's own store, call it only when no upload is in
+    /// flight (at start-up, or at the end of a shutdown). A file that is
+    /// already gone is fine: a dropped upload's own clean-up may run at the
+    /// same time. S3 lists no multipart upload that was never completed:
+    /// those are the bucket's lifecycle rule's to abort.
+    pub async fn sweep_staging(&self) -> Result<usize, BlobError> {
+        let cutoff = cutoff_millis(self.settle);
         let staged: Vec<_> = self.store.list(Some(&Path::from("staging"))).try_collect().await?;
         let mut removed = 0;
-        for meta in staged.into_iter().filter(|m| older_than(m.last_modified.into(), age)) {
+        for meta in staged {
+            if meta.last_modified.timestamp_millis() > cutoff {
+                continue;
+            }
             match self.store.delete(&meta.location).await {
                 Ok(()) => removed += 1,
                 Err(object_store::Error::NotFound { .. }) => {}
@@ -131,8 +264,12 @@ impl Blobs {
             let dir = root.join("staging");
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 for entry in entries.flatten() {
-                    let modified = entry.metadata().and_then(|m| m.modified());
-                    if modified.is_ok_and(|t| older_than(t, age)) && std::fs::remove_file(entry.path()).is_ok() {
+                    let old_enough = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .map(|t| millis(t) <= cutoff)
+                        .unwrap_or(true);
+                    if old_enough && std::fs::remove_file(entry.path()).is_ok() {
                         removed += 1;
                     }
                 }
@@ -142,10 +279,15 @@ impl Blobs {
     }
 }
 
-/// Whether something written at `modified` was written before `age` ago
-/// (always, without an age).
-fn older_than(modified: SystemTime, age: Option<Duration>) -> bool {
-    age.is_none_or(|age| SystemTime::now().duration_since(modified).is_ok_and(|d| d > age))
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch `age` ago.
+fn cutoff_millis(age: Duration) -> i64 {
+    millis(SystemTime::now()) - age.as_millis() as i64
 }
 
 pub struct BlobWriter {
@@ -154,6 +296,7 @@ pub struct BlobWriter {
     writer: Option<Sink>,
     hasher: Sha256,
     size: u64,
+    max_commit: Option<u64>,
 }
 
 /// Where a staged write goes: `object_store`'s multipart upload, or a local
@@ -222,6 +365,7 @@ impl BlobWriter {
             staging: self.staging.clone(),
             sha256,
             size: self.size,
+            max_commit: self.max_commit,
             committed: false,
         })
     }
@@ -263,13 +407,27 @@ pub struct StagedBlob {
     staging: Path,
     pub sha256: String,
     pub size: u64,
+    max_commit: Option<u64>,
     committed: bool,
 }
 
 impl StagedBlob {
     /// Moves the blob to its content address. Same content, same address:
     /// replacing an existing blob with identical bytes is harmless.
+    /// On S3 the move is a copy, which S3 refuses beyond 5 GiB: a larger
+    /// blob fails here (and its staged object goes when `self` drops).
     pub async fn commit(mut self) -> Result<String, BlobError> {
+        if let Some(max) = self.max_commit.filter(|&max| self.size > max) {
+            return Err(object_store::Error::Generic {
+                store: "S3",
+                source: format!(
+                    "a blob of {} bytes is over the {} GiB that S3 copies in one request",
+                    self.size,
+                    max >> 30
+                )
+                .into(),
+            });
+        }
         self.store.rename(&self.staging, &Blobs::address(&self.sha256)).await?;
         self.committed = true;
         Ok(self.sha256.clone())
@@ -329,11 +487,7 @@ mod tests {
         let mut w2 = blobs.writer().await.unwrap();
         w2.write(b"abc").await.unwrap();
         w2.abort().await;
-        // Another process sharing the store may be writing what is recent.
-        let hour = Some(Duration::from_secs(3600));
-        assert_eq!(blobs.sweep_staging(hour).await.unwrap(), 0);
-        assert!(!walk(dir.path()).is_empty());
-        blobs.sweep_staging(None).await.unwrap();
+        blobs.sweep_staging().await.unwrap();
         let left: Vec<_> = walk(dir.path());
         assert!(left.is_empty(), "left behind: {left:?}");
     }

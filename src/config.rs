@@ -152,6 +152,14 @@ pub struct ServeConfig {
     /// jobs wait in Lathe's queue, in its claim order.
     #[arg(long, env = "LATHE_RAY_MAX_SUBMITTED", default_value_t = 64)]
     pub ray_max_submitted: usize,
+    /// Where blobs (dataset files, checkpoints, stored models) live:
+    /// file:///abs/path or s3://bucket[/prefix]; default DATA_DIR/blobs. S3
+    /// takes its endpoint, credentials and region from the standard AWS_*
+    /// variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION, AWS_ALLOW_HTTP) and is probed at start-up. Replicas and
+    /// workers sharing a database need the same store.
+    #[arg(long, env = "LATHE_BLOB_URL", value_name = "URL")]
+    pub blob_url: Option<crate::blobs::BlobUrl>,
     #[command(flatten)]
     pub tls: TlsConfig,
 }
@@ -255,6 +263,7 @@ impl ServeConfig {
             ray_num_gpus: 0.0,
             ray_max_failures: 3,
             ray_max_submitted: 64,
+            blob_url: None,
         }
     }
 
@@ -268,7 +277,11 @@ impl ServeConfig {
         } else {
             self.model_roots.clone()
         };
-        crate::models::ModelRoots::new(roots, vec![self.data_dir.clone(), self.blob_dir()])
+        let mut excluded = vec![self.data_dir.clone(), self.blob_dir()];
+        if let Some(crate::blobs::BlobUrl::Dir(dir)) = &self.blob_url {
+            excluded.push(dir.clone());
+        }
+        crate::models::ModelRoots::new(roots, excluded)
     }
 
     pub fn webhook_policy(&self) -> crate::jobs::webhook::WebhookPolicy {
@@ -284,6 +297,8 @@ impl ServeConfig {
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("lathe.db").display()))
     }
 
+    /// The data directory's own blob directory, used when no --blob-url
+    /// names another store.
     pub fn blob_dir(&self) -> PathBuf {
         self.data_dir.join("blobs")
     }
@@ -445,6 +460,7 @@ mod tests {
         assert!(!c.webhook_allow_http && !c.webhook_allow_private_addresses);
         assert!(c.tls.tls_cert.is_none() && c.tls.tls_key.is_none() && c.tls.tls_client_ca.is_none());
         assert_eq!(c.device, lathe_engine::device::DeviceChoice::Cpu);
+        assert_eq!(c.blob_url, None);
     }
 
     /// A device the build cannot use is refused as the flag is read, naming it.
@@ -564,6 +580,8 @@ mod tests {
             "/etc/lathe/key.pem",
             "--tls-client-ca",
             "/etc/lathe/clients.pem",
+            "--blob-url",
+            "s3://lathe-blobs/prod",
         ])
         .unwrap()
         .config;
@@ -581,6 +599,19 @@ mod tests {
         assert_eq!(c.tls.tls_cert, Some("/etc/lathe/cert.pem".into()));
         assert_eq!(c.tls.tls_key, Some("/etc/lathe/key.pem".into()));
         assert_eq!(c.tls.tls_client_ca, Some("/etc/lathe/clients.pem".into()));
+        assert_eq!(
+            c.blob_url,
+            Some(crate::blobs::BlobUrl::S3 {
+                bucket: "lathe-blobs".into(),
+                prefix: "prod".into()
+            })
+        );
         assert!(Serve::try_parse_from(["serve", "--listen", "nowhere"]).is_err());
+        // A blob URL that does not parse stops start-up naming the setting.
+        let err = Serve::try_parse_from(["serve", "--blob-url", "s3://"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("--blob-url") && err.contains("bucket is missing"), "{err}");
     }
 }

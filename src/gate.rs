@@ -38,7 +38,7 @@ fn open(path: &str) -> bool {
 /// gRPC method names (the path's last part) that change something, and so
 /// are audited.
 const CHANGES: &[&str] = &[
-    "Create", "Delete", "Cancel", "Pause", "Resume", "Register", "Revoke", "Upload", "Split", "Update",
+    "Create", "Delete", "Cancel", "Pause", "Resume", "Register", "Revoke", "Upload", "Split", "Update", "Import",
 ];
 
 /// REST paths that are POSTed to but change nothing (not audited).

@@ -4,7 +4,7 @@ use std::{pin::Pin, sync::Arc};
 
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::admin::caller;
 use super::convert;
@@ -47,6 +47,39 @@ impl ModelService for ModelApi {
         let req = request.into_inner();
         let model = self.models.register(&caller, &req.name, &req.path).await?;
         Ok(Response::new(proto::RegisterModelResponse {
+            model: Some(convert::model(model)),
+        }))
+    }
+
+    async fn upload_model(
+        &self,
+        request: Request<Streaming<proto::UploadModelRequest>>,
+    ) -> Result<Response<proto::UploadModelResponse>, Status> {
+        let caller = caller(&request)?;
+        let mut stream = request.into_inner();
+        let Some(proto::upload_model_request::Payload::Metadata(meta)) =
+            stream.message().await?.and_then(|m| m.payload)
+        else {
+            return Err(Error::invalid("metadata", "the first message must carry the model's metadata").into());
+        };
+        let pieces = stream.map(|message| match message {
+            Ok(message) => convert::model_upload_piece(message),
+            Err(status) => Err(Error::Cancelled(status.message().to_string())),
+        });
+        let model = self.models.upload(&caller, &meta.name, pieces).await?;
+        Ok(Response::new(proto::UploadModelResponse {
+            model: Some(convert::model(model)),
+        }))
+    }
+
+    async fn import_model(
+        &self,
+        request: Request<proto::ImportModelRequest>,
+    ) -> Result<Response<proto::ImportModelResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let model = self.models.import(&caller, &req.name, &req.source).await?;
+        Ok(Response::new(proto::ImportModelResponse {
             model: Some(convert::model(model)),
         }))
     }

@@ -56,7 +56,7 @@ pub enum Command {
     /// Create evals, run them over datasets, follow, read and compare runs.
     #[command(subcommand)]
     Evals(evals::EvalsCommand),
-    /// Register base models; list, inspect and delete models.
+    /// Register, upload or import base models; list, inspect and delete models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
     /// Chat with a base or fine-tuned model (tokens stream as generated).

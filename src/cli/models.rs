@@ -19,6 +19,22 @@ pub enum ModelsCommand {
         #[arg(long)]
         name: String,
     },
+    /// Upload a base model into the server's blob store: a GGUF file, or a
+    /// Hugging Face directory (its config.json, tokenizer files and
+    /// *.safetensors are sent; nothing else). Streamed, never read whole.
+    Upload {
+        path: std::path::PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Copy a base model into the server's blob store from a path on the
+    /// server (under its model roots) or an s3://bucket/prefix URL the
+    /// server can read.
+    Import {
+        source: String,
+        #[arg(long)]
+        name: String,
+    },
     /// List base and fine-tuned models.
     List {
         #[arg(long, value_enum)]
@@ -69,6 +85,7 @@ fn model_json(m: &proto::Model) -> serde_json::Value {
         "job_id": m.job_id, "checkpoint_step": m.checkpoint_step, "architecture": m.architecture,
         "parameters": m.parameters, "context_length": m.context_length, "path": m.path, "format": m.format,
         "created_at": m.created_at.map(|t| t.to_string()),
+        "files": m.files.iter().map(|f| json!({"name": f.name, "sha256": f.sha256, "bytes": f.bytes})).collect::<Vec<_>>(),
     })
 }
 
@@ -81,7 +98,11 @@ fn model_line(m: &proto::Model) -> String {
             m.format,
             m.parameters as f64 / 1e6,
             m.context_length,
-            m.path
+            if m.files.is_empty() {
+                m.path.clone()
+            } else {
+                format!("stored, {} files", m.files.len())
+            }
         ),
         _ => format!(
             "{:<40}  fine-tuned  from {} by {} (checkpoint step {})",
@@ -125,6 +146,32 @@ pub async fn run(addr: &str, json: bool, cmd: ModelsCommand) -> anyhow::Result<O
                 .unwrap_or(path);
             let m = client
                 .register_model(proto::RegisterModelRequest { name, path })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .model
+                .unwrap_or_default();
+            show(&m);
+        }
+        ModelsCommand::Upload { path, name } => {
+            let messages = upload_messages(&path, name)?;
+            let m = client
+                .upload_model(messages)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .model
+                .unwrap_or_default();
+            show(&m);
+        }
+        ModelsCommand::Import { source, name } => {
+            // A local path is the server's, so send it absolute.
+            let source = match std::fs::canonicalize(&source) {
+                Ok(p) if !source.contains("://") => p.display().to_string(),
+                _ => source,
+            };
+            let m = client
+                .import_model(proto::ImportModelRequest { name, source })
                 .await
                 .map_err(status_error)?
                 .into_inner()
@@ -176,4 +223,80 @@ pub async fn run(addr: &str, json: bool, cmd: ModelsCommand) -> anyhow::Result<O
         ModelsCommand::Pull { .. } | ModelsCommand::Merge { .. } => unreachable!("handled above"),
     }
     Ok(Outcome::Ok)
+}
+
+/// Bytes per chunk of an uploaded model file.
+const UPLOAD_CHUNK: usize = 1 << 20;
+
+/// UploadModel's messages for the model at `path`, read a chunk at a time
+/// by a task that stops when the call does.
+fn upload_messages(
+    path: &std::path::Path,
+    name: String,
+) -> anyhow::Result<tokio_stream::wrappers::ReceiverStream<proto::UploadModelRequest>> {
+    use proto::upload_model_request::Payload;
+    let (dir, names) = if path.is_file() {
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (
+            path.parent().unwrap_or(std::path::Path::new(".")).to_path_buf(),
+            vec![file],
+        )
+    } else {
+        let names = std::fs::read_dir(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        (path.to_path_buf(), names)
+    };
+    let files = crate::models::stored::select(&names).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut sized = Vec::with_capacity(files.len());
+    for file in files {
+        let p = dir.join(&file);
+        let bytes = std::fs::metadata(&p)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            .len();
+        sized.push((file, p, bytes));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        let send = |payload| proto::UploadModelRequest { payload: Some(payload) };
+        if tx
+            .send(send(Payload::Metadata(proto::UploadModelMetadata { name })))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        for (file, p, bytes) in sized {
+            let Ok(f) = tokio::fs::File::open(&p).await else {
+                eprintln!("error: cannot open {}", p.display());
+                return;
+            };
+            if tx
+                .send(send(Payload::File(proto::UploadModelFile { name: file, bytes })))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let mut chunks = tokio_util::io::ReaderStream::with_capacity(f, UPLOAD_CHUNK);
+            while let Some(chunk) = chunks.next().await {
+                let Ok(chunk) = chunk else {
+                    // The server sees the file end short and refuses it.
+                    eprintln!("error: cannot read {}", p.display());
+                    return;
+                };
+                if tx.send(send(Payload::Chunk(chunk))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

@@ -4,14 +4,16 @@
 //! complete and committed at its content address; a blob exists only while
 //! some row points at it (start-up GC removes what a crash left between the
 //! two steps). A FAILED dataset keeps its report and no bytes: its row
-//! points at no blob. `blob_gate` serializes "commit blob + insert row" against
-//! "delete row + remove unreferenced blob" so the two can never interleave.
+//! points at no blob. The blobs' gate (`Blobs::gate`, one per process, shared
+//! with the other services that keep blobs) serializes "commit blob + insert
+//! row" against "delete row + remove unreferenced blob" so the two can never
+//! interleave.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 
 use super::format::{LineOptions, extract_label, fine_tune_format};
 use super::ingest::{IngestOptions, Ingestor};
@@ -107,7 +109,6 @@ pub struct Datasets {
     pub(super) blobs: Blobs,
     tokens: Arc<dyn TokenCounter>,
     pub(super) limits: DatasetLimits,
-    pub(super) blob_gate: Mutex<()>,
     uploads: Arc<Semaphore>,
     /// Cancelled when a shutdown's grace period is over: uploads still
     /// streaming stop and remove what they staged.
@@ -122,7 +123,6 @@ impl Datasets {
             blobs,
             tokens,
             limits,
-            blob_gate: Mutex::new(()),
             uploads,
             stop_uploads: tokio_util::sync::CancellationToken::new(),
         }
@@ -161,19 +161,12 @@ impl Datasets {
     /// Removes staging debris, the parts of uploads that expired, and blobs
     /// no row points at. Run at start-up, before serving, when no upload can
     /// be in flight.
-    ///
-    /// With `age` (other processes share the store and the blobs), only
-    /// what was written before `age` ago: a younger staged file may be
-    /// another process's upload in flight, a younger unreferenced blob one
-    /// whose record it is about to write.
-    pub async fn recover(&self, age: Option<std::time::Duration>) -> Result<()> {
+    pub async fn recover(&self) -> Result<()> {
         self.expire_uploads(usize::MAX).await?;
-        let swept = self.blobs.sweep_staging(age).await?;
-        // Listed before the blobs, so a blob committed and recorded in
-        // between is young, not an orphan.
+        let swept = self.blobs.sweep_staging().await?;
         let in_use: std::collections::HashSet<String> = self.store.blobs_in_use().await?.into_iter().collect();
         let mut orphans = 0;
-        for sha in self.blobs.list_older_than(age).await? {
+        for sha in self.blobs.list_settled().await? {
             if !in_use.contains(&sha) {
                 self.blobs.delete(&sha).await?;
                 orphans += 1;
@@ -210,7 +203,7 @@ impl Datasets {
         S: Stream<Item = Result<Bytes>> + Unpin,
     {
         let (staged, record) = self.ingest(caller, meta, chunks, self.limits.max_upload_bytes).await?;
-        let _gate = self.blob_gate.lock().await;
+        let _gate = self.blobs.gate().await;
         keep_if_ready(staged, &record).await?;
         self.insert_committed(&record).await?;
         log_stored(&record);
@@ -314,12 +307,7 @@ impl Datasets {
     /// is only logged (start-up GC removes the blob later); a failed check
     /// is the caller's to handle.
     async fn drop_blob_if_unused(&self, sha256: &str) -> Result<()> {
-        if !self.store.blob_in_use(sha256).await?
-            && let Err(e) = self.blobs.delete(sha256).await
-        {
-            tracing::warn!(blob = %sha256, error = %e, "could not remove an unused blob");
-        }
-        Ok(())
+        Ok(self.blobs.delete_unless_used(&*self.store, sha256).await?)
     }
 
     /// Writes `chunks` to `writer` (and to the validator, when given), at
@@ -457,7 +445,7 @@ impl Datasets {
 
     pub async fn delete(&self, caller: &Caller, id: &str) -> Result<DatasetRecord> {
         self.get(caller, id).await?;
-        let _gate = self.blob_gate.lock().await;
+        let _gate = self.blobs.gate().await;
         // The store refuses in the same statement that would delete, so a
         // job or eval run created meanwhile is never left without its data.
         let record = match self.store.delete_dataset(id).await {
@@ -630,7 +618,7 @@ impl Datasets {
             records.push(record);
             staged.push(blob);
         }
-        let _gate = self.blob_gate.lock().await;
+        let _gate = self.blobs.gate().await;
         let mut inserted: Vec<&DatasetRecord> = Vec::new();
         for (blob, record) in staged.into_iter().zip(&records) {
             keep_if_ready(blob, record).await?;

@@ -138,7 +138,7 @@ impl Datasets {
             sha256: staged.sha256.clone(),
             created_at: ids::now_millis(),
         };
-        let _gate = self.blob_gate.lock().await;
+        let _gate = self.blobs.gate().await;
         staged.commit().await?;
         let refusal = match self.store.insert_upload_part(&part).await {
             Ok(PartAdded::Added) => return Ok(part),
@@ -231,7 +231,7 @@ impl Datasets {
                 return Err(e);
             }
         };
-        let _gate = self.blob_gate.lock().await;
+        let _gate = self.blobs.gate().await;
         if record.state == DatasetState::Ready {
             staged.commit().await?;
         } else {
@@ -284,7 +284,7 @@ impl Datasets {
 
     /// Moves a pending upload to `to` and removes its parts' blobs.
     async fn end_upload(&self, id: &str, to: UploadState) -> Result<UploadEnd> {
-        let _gate = self.blob_gate.lock().await;
+        let _gate = self.blobs.gate().await;
         let end = self.store.end_upload(id, to).await?;
         if let UploadEnd::Done { blobs, .. } = &end {
             self.drop_blobs_quietly(blobs.clone()).await;

@@ -334,11 +334,11 @@ impl JobReporter {
                 return;
             }
         };
+        let blobs = &self.jobs.blobs;
+        let _gate = blobs.gate().await;
         for sha in shas {
-            if let Ok(false) = store.blob_in_use(&sha).await
-                && let Err(e) = self.jobs.blobs.delete(&sha).await
-            {
-                tracing::warn!(job = %self.job_id, error = %e, "could not delete a pruned checkpoint's file");
+            if let Err(e) = blobs.delete_unless_used(&**store, &sha).await {
+                tracing::warn!(job = %self.job_id, error = %e, "could not check a pruned checkpoint file's use");
             }
         }
         let steps: Vec<String> = drop.iter().map(u64::to_string).collect();
@@ -428,13 +428,20 @@ impl Reporter for JobReporter {
     }
 
     async fn checkpoint(&self, step: u64, metrics: Metrics, files: Vec<(String, Bytes)>) -> Result<bool, TrainError> {
-        let mut stored = Vec::with_capacity(files.len());
+        let mut staged = Vec::with_capacity(files.len());
         for (name, bytes) in files {
             let mut writer = self.jobs.blobs.writer().await.map_err(train_error)?;
             writer.write(&bytes).await.map_err(train_error)?;
-            let staged = writer.finish().await.map_err(train_error)?;
-            let size = staged.size;
-            let sha256 = staged.commit().await.map_err(train_error)?;
+            staged.push((name, writer.finish().await.map_err(train_error)?));
+        }
+        // Files often repeat another job's (an adapter config): a blob of
+        // theirs that a delete is about to collect must not be counted on
+        // between our commit and our record.
+        let gate = self.jobs.blobs.gate().await;
+        let mut stored = Vec::with_capacity(staged.len());
+        for (name, blob) in staged {
+            let size = blob.size;
+            let sha256 = blob.commit().await.map_err(train_error)?;
             stored.push(CheckpointFile {
                 name,
                 sha256,
@@ -458,13 +465,14 @@ impl Reporter for JobReporter {
                 metrics: metrics.clone(),
             },
         };
-        let Some(event) = self
+        let inserted = self
             .jobs
             .store
             .insert_checkpoint(&record, &self.jobs.config.worker_id, &event)
             .await
-            .map_err(train_error)?
-        else {
+            .map_err(train_error);
+        drop(gate);
+        let Some(event) = inserted? else {
             self.handle.stop(StopReason::LeaseLost);
             return Ok(false);
         };

@@ -102,9 +102,13 @@ enum Value {
 
 pub fn summary(path: &Path) -> R<Summary> {
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut r = Reader {
-        inner: BufReader::new(file),
-    };
+    summary_from(BufReader::new(file))
+}
+
+/// The summary from a file's first bytes, read as far as the header goes
+/// (an upload's stream, say): nothing after the tensor table is read.
+pub fn summary_from(inner: impl Read) -> R<Summary> {
+    let mut r = Reader { inner };
     if &r.bytes::<4>()? != b"GGUF" {
         return Err("not a GGUF file (bad magic)".into());
     }

@@ -3,6 +3,7 @@
 //! metadata), never weights, so it is fast and memory-flat whatever the
 //! model's size.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::gguf;
@@ -75,31 +76,53 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn supported(arch: &str) -> Result<()> {
+/// The most of a config.json that is read: real ones are a few KiB.
+pub(super) const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The most of a safetensors header that is read.
+const MAX_SAFETENSORS_HEADER: u64 = 100 << 20;
+
+fn supported(arch: &str) -> std::result::Result<(), String> {
     if SUPPORTED.contains(&arch) {
         Ok(())
     } else {
-        Err(bad(
-            "path",
-            format!(
-                "architecture {arch:?} is not supported; supported: {}",
-                SUPPORTED.join(", ")
-            ),
+        Err(format!(
+            "architecture {arch:?} is not supported; supported: {}",
+            SUPPORTED.join(", ")
         ))
     }
 }
 
-fn inspect_hf(dir: &Path, roots: &ModelRoots) -> Result<BaseModelInfo> {
-    let config = within(&dir.join("config.json"), roots)?;
-    let text = std::fs::read_to_string(config).map_err(|_| bad("path", "config.json cannot be read"))?;
+/// config.json's architecture, which must be one the engine runs, and
+/// context length.
+pub(super) fn read_config(reader: impl Read) -> std::result::Result<(String, u64), String> {
+    let mut text = Vec::new();
+    reader
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|_| "config.json cannot be read".to_string())?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!("config.json is over {} KiB", MAX_CONFIG_BYTES >> 10));
+    }
     let config: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad("path", format!("config.json is not JSON: {e}")))?;
+        serde_json::from_slice(&text).map_err(|e| format!("config.json is not JSON: {e}"))?;
     let arch = config
         .get("model_type")
         .and_then(|v| v.as_str())
-        .ok_or_else(|| bad("path", "config.json has no model_type"))?
+        .ok_or("config.json has no model_type")?
         .to_string();
     supported(&arch)?;
+    let context = config
+        .get("max_position_embeddings")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    Ok((arch, context))
+}
+
+fn inspect_hf(dir: &Path, roots: &ModelRoots) -> Result<BaseModelInfo> {
+    let config = within(&dir.join("config.json"), roots)?;
+    let file = std::fs::File::open(config).map_err(|_| bad("path", "config.json cannot be read"))?;
+    let (arch, context_length) = read_config(file).map_err(|e| bad("path", e))?;
     let tokenizer = dir.join("tokenizer.json");
     if !tokenizer.is_file() {
         return Err(bad("path", "the directory has no tokenizer.json"));
@@ -110,7 +133,10 @@ fn inspect_hf(dir: &Path, roots: &ModelRoots) -> Result<BaseModelInfo> {
     for entry in std::fs::read_dir(dir).map_err(|_| bad("path", OUTSIDE))?.flatten() {
         let p = entry.path();
         if p.extension().is_some_and(|x| x == "safetensors") {
-            parameters += safetensors_parameters(&within(&p, roots)?, &file_name(&p))?;
+            let name = file_name(&p);
+            let f =
+                std::fs::File::open(within(&p, roots)?).map_err(|_| bad("path", format!("{name} cannot be read")))?;
+            parameters += safetensors_parameters(f, &name).map_err(|e| bad("path", e))?;
             shards += 1;
         }
     }
@@ -122,34 +148,28 @@ fn inspect_hf(dir: &Path, roots: &ModelRoots) -> Result<BaseModelInfo> {
         format: "safetensors".into(),
         architecture: arch,
         parameters,
-        context_length: config
-            .get("max_position_embeddings")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0),
+        context_length,
+        files: Vec::new(),
     })
 }
 
 /// Parameter count from a safetensors header: 8 bytes of little-endian
 /// header length, then a JSON map of tensor name to dtype, shape, offsets.
-fn safetensors_parameters(path: &Path, name: &str) -> Result<u64> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|_| bad("path", format!("{name} cannot be read")))?;
+/// Reads the header only.
+pub(super) fn safetensors_parameters(mut f: impl Read, name: &str) -> std::result::Result<u64, String> {
     let mut len = [0u8; 8];
     f.read_exact(&mut len)
-        .map_err(|_| bad("path", format!("{name} is not a safetensors file")))?;
+        .map_err(|_| format!("{name} is not a safetensors file"))?;
     let len = u64::from_le_bytes(len);
-    if len > 100 << 20 {
-        return Err(bad(
-            "path",
-            format!("{name}: implausible safetensors header of {len} bytes"),
-        ));
+    if len > MAX_SAFETENSORS_HEADER {
+        return Err(format!("{name}: implausible safetensors header of {len} bytes"));
     }
     let mut header = vec![0u8; len as usize];
     f.read_exact(&mut header)
-        .map_err(|_| bad("path", format!("{name}: truncated safetensors header")))?;
+        .map_err(|_| format!("{name}: truncated safetensors header"))?;
     // serde_json's message says where, never what, so no file content travels.
     let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| bad("path", format!("{name}: bad safetensors header: {e}")))?;
+        serde_json::from_slice(&header).map_err(|e| format!("{name}: bad safetensors header: {e}"))?;
     Ok(header
         .iter()
         .filter(|(k, _)| k.as_str() != "__metadata__")
@@ -165,12 +185,13 @@ fn safetensors_parameters(path: &Path, name: &str) -> Result<u64> {
 fn inspect_gguf(path: &Path, roots: &ModelRoots) -> Result<BaseModelInfo> {
     let path = within(path, roots)?;
     let summary = gguf::summary(&path).map_err(|e| bad("path", format!("{}: {e}", file_name(&path))))?;
-    supported(&summary.architecture)?;
+    supported(&summary.architecture).map_err(|e| bad("path", e))?;
     Ok(BaseModelInfo {
         path: path.display().to_string(),
         format: "gguf".into(),
         architecture: summary.architecture,
         parameters: summary.parameters,
         context_length: summary.context_length,
+        files: Vec::new(),
     })
 }

@@ -32,13 +32,27 @@ impl ModelKind {
 /// What registration found in a base model's files (headers only).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BaseModelInfo {
-    /// Absolute path of the model directory or GGUF file.
+    /// Absolute path of the model directory or GGUF file; empty for a
+    /// stored model.
     pub path: String,
     /// "safetensors" (Hugging Face layout) or "gguf".
     pub format: String,
     pub architecture: String,
     pub parameters: u64,
     pub context_length: u64,
+    /// A model kept in the blob store (uploaded or imported): its files,
+    /// which the engine's processes fetch into their model cache. Empty for
+    /// a model registered by path, whose `path` the engine reads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ModelFile>,
+}
+
+/// One file of a stored model: a blob, under its name inside the model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFile {
+    pub name: String,
+    pub sha256: String,
+    pub bytes: u64,
 }
 
 /// A model users can name: a registered base model or a fine-tuned model.

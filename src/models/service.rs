@@ -4,13 +4,21 @@
 //!
 //! Architecture invariant: a fine-tuned model never outlives its base:
 //! deleting a base model that fine-tuned models (or unfinished jobs) are
-//! built on is refused, naming them.
+//! built on is refused, naming them. A stored model's blobs are committed
+//! and its record (which pins them) written under the blobs' gate, so a
+//! delete of other records never takes a blob it is about to point at.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::Stream;
+use tokio::sync::Semaphore;
+
+use super::cache::ModelCache;
 use super::inspect::{check_name, inspect};
-use super::model::{ModelKind, ModelRecord, Resolved, fine_tuned_model_id, parse_checkpoint_model_id};
+use super::model::{BaseModelInfo, ModelKind, ModelRecord, Resolved, fine_tuned_model_id, parse_checkpoint_model_id};
 use super::roots::ModelRoots;
+use super::stored::{self, Piece};
 use crate::auth::model::Caller;
 use crate::blobs::Blobs;
 use crate::error::{Error, Result};
@@ -28,15 +36,28 @@ const ADAPTER_CONFIG_FILE: &str = lathe_engine::train::ADAPTER_CONFIG_FILE;
 /// Most dependents named in a refusal.
 const NAMED_DEPENDENTS: usize = 10;
 
+/// Model uploads and imports streaming at once; more are refused.
+const MAX_CONCURRENT_STORES: usize = 2;
+
 pub struct Models {
     store: Arc<dyn Store>,
     blobs: Blobs,
     roots: ModelRoots,
+    cache: ModelCache,
+    storing: Arc<Semaphore>,
 }
 
 impl Models {
-    pub fn new(store: Arc<dyn Store>, blobs: Blobs, roots: ModelRoots) -> Self {
-        Self { store, blobs, roots }
+    /// `cache_dir` is where this process keeps its copies of stored models
+    /// (`DATA_DIR/model-cache`).
+    pub fn new(store: Arc<dyn Store>, blobs: Blobs, roots: ModelRoots, cache_dir: PathBuf) -> Self {
+        Self {
+            cache: ModelCache::new(cache_dir, blobs.clone()),
+            store,
+            blobs,
+            roots,
+            storing: Arc::new(Semaphore::new(MAX_CONCURRENT_STORES)),
+        }
     }
 
     /// Registers a base model from a path on the server, after checking
@@ -65,6 +86,84 @@ impl Models {
             info: Some(info),
         };
         self.store.register_model(&record).await?;
+        Ok(record)
+    }
+
+    /// Stores a base model sent file by file into the blob store (admins):
+    /// each file is checked as it streams (see `stored`), problems are
+    /// reported under `files`, naming the file, and nothing is kept unless
+    /// the whole model is.
+    pub async fn upload<S>(&self, caller: &Caller, name: &str, pieces: S) -> Result<ModelRecord>
+    where
+        S: Stream<Item = Result<Piece>> + Unpin,
+    {
+        crate::auth::require_admin(caller, "uploading a base model")?;
+        self.store_model(name, "files", pieces).await
+    }
+
+    /// Copies a base model into the blob store from a path under the model
+    /// roots or an `s3://` URL (admins); problems are reported under
+    /// `source`.
+    pub async fn import(&self, caller: &Caller, name: &str, source: &str) -> Result<ModelRecord> {
+        crate::auth::require_admin(caller, "importing a base model")?;
+        check_name(name)?;
+        let pieces = super::import::open(source, &self.roots).await?;
+        self.store_model(name, "source", pieces).await
+    }
+
+    async fn store_model<S>(&self, name: &str, field: &'static str, pieces: S) -> Result<ModelRecord>
+    where
+        S: Stream<Item = Result<Piece>> + Unpin,
+    {
+        check_name(name)?;
+        // Said before any byte is stored; the insert checks again.
+        if self.store.get_model(name).await?.is_some() {
+            return Err(crate::store::StoreError::Conflict(name.to_string()).into());
+        }
+        let _permit = self
+            .storing
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded {
+                message: format!("too many model uploads at once (limit {MAX_CONCURRENT_STORES}); retry shortly"),
+                retry_after: std::time::Duration::from_secs(5),
+            })?;
+        let (info, staged) = stored::ingest(&self.blobs, field, pieces).await?;
+        let record = ModelRecord {
+            id: name.to_string(),
+            project: None,
+            kind: ModelKind::Base,
+            base_model: name.to_string(),
+            job_id: None,
+            checkpoint_step: None,
+            created_at: now_millis(),
+            info: Some(info),
+        };
+        let _gate = self.blobs.gate().await;
+        let mut committed = Vec::with_capacity(staged.len());
+        let mut failed = None;
+        for blob in staged {
+            if failed.is_some() {
+                blob.discard().await;
+                continue;
+            }
+            match blob.commit().await {
+                Ok(sha) => committed.push(sha),
+                Err(e) => failed = Some(Error::from(e)),
+            }
+        }
+        let inserted = match failed {
+            Some(e) => Err(e),
+            None => self.store.register_model(&record).await.map_err(Error::from),
+        };
+        if let Err(e) = inserted {
+            for sha in committed {
+                if let Err(gc) = self.blobs.delete_unless_used(&*self.store, &sha).await {
+                    tracing::warn!(blob = %sha, error = %gc, "could not check a blob's use");
+                }
+            }
+            return Err(e);
+        }
         Ok(record)
     }
 
@@ -147,9 +246,10 @@ impl Models {
     }
 
     /// Deletes a fine-tuned model and its adapter files (the job and its
-    /// checkpoint history stay), or unregisters a base model (its files
-    /// are the user's and stay where they are). A base model that an
-    /// unfinished job or a fine-tuned model is built on stays.
+    /// checkpoint history stay), or unregisters a base model (a registered
+    /// path's files are the user's and stay where they are; a stored
+    /// model's blobs go unless something else uses them). A base model
+    /// that an unfinished job or a fine-tuned model is built on stays.
     pub async fn delete(&self, caller: &Caller, id: &str) -> Result<ModelRecord> {
         let model = self.get(caller, id).await?;
         if model.kind == ModelKind::Base {
@@ -193,10 +293,12 @@ impl Models {
             .delete_model(id)
             .await?
             .ok_or_else(|| Error::not_found("model", id))?;
+        let _gate = self.blobs.gate().await;
         for sha in shas {
-            if !self.store.blob_in_use(&sha).await? {
-                self.blobs.delete(&sha).await?;
-            }
+            self.blobs.delete_unless_used(&*self.store, &sha).await?;
+        }
+        if let Some(info) = model.info.as_ref().filter(|i| !i.files.is_empty()) {
+            self.cache.evict(&info.files).await;
         }
         Ok(model)
     }
@@ -263,8 +365,8 @@ impl Models {
             ModelKind::Base => {
                 let info = record.info.ok_or_else(not_found)?;
                 Ok(Resolved::Base {
+                    path: self.local_path(&record.id, &info).await?,
                     name: record.id,
-                    path: info.path.into(),
                 })
             }
             ModelKind::FineTuned => {
@@ -310,9 +412,26 @@ impl Models {
         Ok(Resolved::FineTuned {
             id: model.to_string(),
             base: base_model.to_string(),
-            base_path: base.path.into(),
+            base_path: self.local_path(base_model, &base).await?,
             adapter: read(ADAPTER_FILE).await?,
             adapter_config: read(ADAPTER_CONFIG_FILE).await?,
+        })
+    }
+}
+
+impl Models {
+    /// Where the engine finds a base model on this machine: a registered
+    /// path, or the model cache's copy of a stored model (fetched now if
+    /// this process has none yet).
+    async fn local_path(&self, name: &str, info: &BaseModelInfo) -> Result<PathBuf> {
+        if info.files.is_empty() {
+            return Ok(PathBuf::from(&info.path));
+        }
+        let dir = self.cache.fetch(name, &info.files).await?;
+        // The engine takes a GGUF model as its file.
+        Ok(match info.files.as_slice() {
+            [one] if info.format == "gguf" => dir.join(&one.name),
+            _ => dir,
         })
     }
 }

@@ -198,7 +198,8 @@ macro_rules! impl_dataset_store {
                 let row = sqlx::query(
                     "SELECT (SELECT COUNT(*) FROM datasets WHERE sha256 = $1 AND state <> 'failed')
                           + (SELECT COUNT(*) FROM checkpoint_files WHERE sha256 = $1)
-                          + (SELECT COUNT(*) FROM upload_parts WHERE sha256 = $1) AS n",
+                          + (SELECT COUNT(*) FROM upload_parts WHERE sha256 = $1)
+                          + (SELECT COUNT(*) FROM model_files WHERE sha256 = $1) AS n",
                 )
                 .bind(sha256)
                 .fetch_one(&self.pool)
@@ -211,7 +212,8 @@ macro_rules! impl_dataset_store {
                 let rows = sqlx::query(
                     "SELECT sha256 FROM datasets WHERE state <> 'failed'
                      UNION SELECT sha256 FROM checkpoint_files
-                     UNION SELECT sha256 FROM upload_parts",
+                     UNION SELECT sha256 FROM upload_parts
+                     UNION SELECT sha256 FROM model_files",
                 )
                 .fetch_all(&self.pool)
                 .await?;

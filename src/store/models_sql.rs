@@ -27,6 +27,7 @@ macro_rules! impl_model_store {
             }
 
             async fn register_model(&self, m: &$crate::models::model::ModelRecord) -> Result<(), $crate::store::error::StoreError> {
+                let mut tx = self.pool.begin().await?;
                 let result = sqlx::query(
                     "INSERT INTO models (id, kind, base_model, job_id, checkpoint_step, created_at, info, project_id)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -39,9 +40,21 @@ macro_rules! impl_model_store {
                 .bind(m.created_at)
                 .bind(m.info.as_ref().map($crate::store::rows::to_json))
                 .bind(m.project.as_deref())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await;
-                $crate::store::rows::unique_as_conflict(result, || m.id.clone()).map(|_| ())
+                $crate::store::rows::unique_as_conflict(result, || m.id.clone())?;
+                // A stored model's files pin their blobs from the moment it exists.
+                for f in m.info.iter().flat_map(|i| &i.files) {
+                    sqlx::query("INSERT INTO model_files (model_id, name, sha256, bytes) VALUES ($1, $2, $3, $4)")
+                        .bind(&m.id)
+                        .bind(&f.name)
+                        .bind(&f.sha256)
+                        .bind(f.bytes as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn get_model(&self, id: &str) -> Result<Option<$crate::models::model::ModelRecord>, $crate::store::error::StoreError> {
@@ -99,6 +112,11 @@ macro_rules! impl_model_store {
                 id: &str,
             ) -> Result<Option<($crate::models::model::ModelRecord, Vec<String>)>, $crate::store::error::StoreError> {
                 let mut tx = self.pool.begin().await?;
+                // Before the model's row, whose delete would cascade to them.
+                let mut shas: Vec<String> = sqlx::query_scalar("DELETE FROM model_files WHERE model_id = $1 RETURNING sha256")
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
                 let row = sqlx::query("DELETE FROM models WHERE id = $1 RETURNING *")
                     .bind(id)
                     .fetch_optional(&mut *tx)
@@ -107,7 +125,6 @@ macro_rules! impl_model_store {
                     return Ok(None);
                 };
                 let model = $crate::store::rows::model_from_row(&row)?;
-                let mut shas = Vec::new();
                 if let Some(job_id) = &model.job_id {
                     let rows = sqlx::query(
                         "DELETE FROM checkpoint_files WHERE checkpoint_id IN (SELECT id FROM checkpoints WHERE job_id = $1)

@@ -615,8 +615,32 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
             architecture: "llama".into(),
             parameters: 64,
             context_length: 8192,
+            files: Vec::new(),
         }),
     };
+    // A stored base model's files pin their blobs until it is deleted.
+    let mut stored = base.clone();
+    stored.id = "stored".into();
+    stored.base_model = "stored".into();
+    if let Some(info) = &mut stored.info {
+        info.path.clear();
+        info.files = ["e", "f"]
+            .iter()
+            .map(|c| crate::models::model::ModelFile {
+                name: format!("{c}.safetensors"),
+                sha256: c.repeat(64),
+                bytes: 10,
+            })
+            .collect();
+    }
+    store.register_model(&stored).await.unwrap();
+    assert_eq!(store.get_model("stored").await.unwrap(), Some(stored.clone()));
+    assert!(store.blob_in_use(&"e".repeat(64)).await.unwrap());
+    assert!(store.blobs_in_use().await.unwrap().contains(&"f".repeat(64)));
+    let (_, freed) = store.delete_model("stored").await.unwrap().unwrap();
+    assert_eq!(freed.len(), 2);
+    assert!(!store.blob_in_use(&"e".repeat(64)).await.unwrap());
+    assert!(!store.blobs_in_use().await.unwrap().contains(&"f".repeat(64)));
     store.register_model(&base).await.unwrap();
     assert!(matches!(
         store.register_model(&base).await,

@@ -25,7 +25,8 @@ pub trait DatasetStore: Send + Sync + 'static {
     /// Removes the dataset and returns it, or None when there was none.
     async fn delete_dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError>;
     /// Whether any dataset that is not FAILED (a FAILED one keeps no bytes),
-    /// any checkpoint or any upload part still points at this blob.
+    /// any checkpoint, any upload part or any stored model's file still
+    /// points at this blob.
     async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError>;
     /// Every blob address some record points at (FAILED datasets aside),
     /// for garbage collection.
@@ -119,7 +120,8 @@ pub trait JobStore: Send + Sync + 'static {
 pub trait ModelStore: Send + Sync + 'static {
     /// Inserts or updates a fine-tuned model (a job may re-record it).
     async fn insert_model(&self, model: &ModelRecord) -> Result<(), StoreError>;
-    /// Inserts a new model; `Conflict` if the name is taken.
+    /// Inserts a new model, with the files of a stored one (which pin their
+    /// blobs from then on); `Conflict` if the name is taken.
     async fn register_model(&self, model: &ModelRecord) -> Result<(), StoreError>;
     async fn get_model(&self, id: &str) -> Result<Option<ModelRecord>, StoreError>;
     /// By id, strictly after `after`, optionally only one kind: base models
@@ -136,8 +138,9 @@ pub trait ModelStore: Send + Sync + 'static {
     /// Removes a fine-tuned model's record only (its job's files stay):
     /// undoes a `insert_model` whose job did not succeed after all.
     async fn forget_fine_tuned_model(&self, id: &str) -> Result<bool, StoreError>;
-    /// Removes the model and its job's checkpoint files (the checkpoint
-    /// records stay as history); returns the blobs that were referenced.
+    /// Removes the model with its stored files (a stored base model's) or
+    /// its job's checkpoint files (the checkpoint records stay as
+    /// history); returns the blobs that were referenced.
     async fn delete_model(&self, id: &str) -> Result<Option<(ModelRecord, Vec<String>)>, StoreError>;
 }
 

@@ -2,6 +2,7 @@
 //! dozen binaries would each link the whole crate). `cargo test --test it
 //! jobs::` runs one area.
 
+mod blobs;
 mod common;
 mod datasets;
 mod durability;
@@ -19,6 +20,7 @@ mod graders_similarity_reference;
 mod jobs;
 mod metrics;
 mod models;
+mod models_stored;
 mod providers;
 mod providers_llama_cpp;
 mod quotas;
@@ -30,6 +32,7 @@ mod rest_evals;
 mod rest_files;
 mod rest_graders;
 mod rest_jobs;
+mod s3;
 mod scale_out;
 mod server;
 mod tenancy;

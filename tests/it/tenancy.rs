@@ -438,6 +438,25 @@ async fn call_as_b(rpc: &str, b: &mut Clients, a: &Owned) -> Option<Code> {
                 })
                 .await,
         ),
+        "/lathe.v1.ModelService/UploadModel" => denied(
+            rpc,
+            b.models
+                .upload_model(tokio_stream::iter(vec![proto::UploadModelRequest {
+                    payload: Some(proto::upload_model_request::Payload::Metadata(
+                        proto::UploadModelMetadata { name: id("planted") },
+                    )),
+                }]))
+                .await,
+        ),
+        "/lathe.v1.ModelService/ImportModel" => denied(
+            rpc,
+            b.models
+                .import_model(proto::ImportModelRequest {
+                    name: id("planted"),
+                    source: id("/tmp"),
+                })
+                .await,
+        ),
         "/lathe.v1.ModelService/ListModels" => {
             let list = b
                 .models
@@ -659,7 +678,7 @@ async fn another_projects_key_reaches_nothing_of_a_project_through_any_rpc() {
     let owned = make_resources(&mut a).await;
 
     let rpcs = every_rpc();
-    assert_eq!(rpcs.len(), 48, "{rpcs:?}");
+    assert_eq!(rpcs.len(), 50, "{rpcs:?}");
     // B saving a grader under A's grader's name comes last, so the calls
     // that name a saved grader are tried while B has none of its own.
     let create_grader = "/lathe.v1.GraderService/CreateGrader";

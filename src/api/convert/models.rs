@@ -1,6 +1,8 @@
 //! Models and chat: domain <-> wire.
 
+use crate::error::{Error, Result};
 use crate::inference::{ChatEvent, ChatRequest};
+use crate::models::stored::Piece;
 use crate::models::{BaseModelInfo, ModelKind, ModelRecord};
 use crate::proto;
 use crate::proto::timestamp;
@@ -12,6 +14,7 @@ pub fn model(m: ModelRecord) -> proto::Model {
         architecture: String::new(),
         parameters: 0,
         context_length: 0,
+        files: Vec::new(),
     });
     proto::Model {
         id: m.id,
@@ -28,6 +31,29 @@ pub fn model(m: ModelRecord) -> proto::Model {
         path: info.path,
         format: info.format,
         checkpoint_step: m.checkpoint_step.unwrap_or(0),
+        files: info
+            .files
+            .into_iter()
+            .map(|f| proto::ModelFile {
+                name: f.name,
+                sha256: f.sha256,
+                bytes: f.bytes,
+            })
+            .collect(),
+    }
+}
+
+/// A message of UploadModel after its first: a file's start or its bytes.
+pub fn model_upload_piece(message: proto::UploadModelRequest) -> Result<Piece> {
+    use proto::upload_model_request::Payload;
+    match message.payload {
+        Some(Payload::File(file)) => Ok(Piece::File {
+            name: file.name,
+            bytes: file.bytes,
+        }),
+        Some(Payload::Chunk(bytes)) => Ok(Piece::Chunk(bytes)),
+        Some(Payload::Metadata(_)) => Err(Error::invalid("metadata", "only the first message may carry metadata")),
+        None => Err(Error::invalid("payload", "a message carries a file or a chunk")),
     }
 }
 

@@ -1,6 +1,7 @@
 //! A real server on 127.0.0.1:0 per test, and clients for it.
 #![allow(dead_code)]
 
+pub mod moto;
 pub mod openai_stub;
 pub mod scripted;
 
