@@ -1,7 +1,8 @@
 //! A server whose blobs live in an S3 bucket (moto): a dataset goes up, a
 //! job writes checkpoints, the dataset comes back down, and once the
-//! records are deleted the bucket holds nothing. And `lathe serve` with an
-//! S3 setting that does not work stops at start-up, naming it.
+//! records are deleted the bucket holds nothing; a model imported from
+//! another bucket is stored the same way. And `lathe serve` with an S3
+//! setting that does not work stops at start-up, naming it.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -127,6 +128,72 @@ async fn a_server_on_s3_keeps_datasets_and_checkpoints_there_and_leaves_nothing_
         .unwrap();
     datasets
         .delete_dataset(proto::DeleteDatasetRequest { id: train.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(moto.objects(BUCKET).await, Vec::<String>::new());
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+/// An admin imports a model from a bucket (`s3://bucket/prefix`, read with
+/// the server's AWS_* settings): its model files, and nothing else there,
+/// become blobs in the server's own store, which the delete empties again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_imported_from_a_bucket_is_stored_as_blobs() {
+    let Some(moto) = Moto::start().await else { return };
+    moto.create_bucket(BUCKET).await;
+    moto.create_bucket("models").await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("tiny");
+    lathe_engine::tiny::write_tiny_model(&source, 2, 32, 1).unwrap();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&source).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        moto.put("models", &format!("tiny/{name}"), std::fs::read(entry.path()).unwrap())
+            .await;
+        names.push(name);
+    }
+    names.sort();
+    moto.put("models", "tiny/README.md", b"not part of the model".to_vec())
+        .await;
+    let data = dir.path().join("data");
+    let (mut server, url) = start(&data, &moto);
+    let mut models = ModelServiceClient::new(connect_local(&url, &data).await);
+    let model = models
+        .import_model(proto::ImportModelRequest {
+            name: "tiny-s3".into(),
+            source: "s3://models/tiny".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert_eq!(model.format, "safetensors");
+    let stored: Vec<&str> = model.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(stored, names);
+    let objects = moto.objects(BUCKET).await;
+    for f in &model.files {
+        let address = format!("replicas/blobs/sha256/{}/{}", &f.sha256[..2], f.sha256);
+        assert!(objects.contains(&address), "{} is not stored: {objects:?}", f.name);
+    }
+
+    let err = models
+        .import_model(proto::ImportModelRequest {
+            name: "nothing".into(),
+            source: "s3://models/nothing-here".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("source: s3://models/nothing-here has neither config.json"),
+        "{err:?}"
+    );
+
+    models
+        .delete_model(proto::DeleteModelRequest { id: "tiny-s3".into() })
         .await
         .unwrap();
     assert_eq!(moto.objects(BUCKET).await, Vec::<String>::new());
