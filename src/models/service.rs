@@ -75,16 +75,7 @@ impl Models {
         let info = tokio::task::spawn_blocking(move || inspect(&roots.resolve(&p)?, &roots))
             .await
             .map_err(|e| Error::Internal(format!("model inspection failed: {e}")))??;
-        let record = ModelRecord {
-            id: name.to_string(),
-            project: None,
-            kind: ModelKind::Base,
-            base_model: name.to_string(),
-            job_id: None,
-            checkpoint_step: None,
-            created_at: now_millis(),
-            info: Some(info),
-        };
+        let record = base_record(name, info);
         self.store.register_model(&record).await?;
         Ok(record)
     }
@@ -129,16 +120,7 @@ impl Models {
                 retry_after: std::time::Duration::from_secs(5),
             })?;
         let (info, staged) = stored::ingest(&self.blobs, field, pieces).await?;
-        let record = ModelRecord {
-            id: name.to_string(),
-            project: None,
-            kind: ModelKind::Base,
-            base_model: name.to_string(),
-            job_id: None,
-            checkpoint_step: None,
-            created_at: now_millis(),
-            info: Some(info),
-        };
+        let record = base_record(name, info);
         let _gate = self.blobs.gate().await;
         let mut committed = Vec::with_capacity(staged.len());
         let mut failed = None;
@@ -433,6 +415,20 @@ impl Models {
             [one] if info.format == "gguf" => dir.join(&one.name),
             _ => dir,
         })
+    }
+}
+
+/// A shared base model's record, made now.
+fn base_record(name: &str, info: BaseModelInfo) -> ModelRecord {
+    ModelRecord {
+        id: name.to_string(),
+        project: None,
+        kind: ModelKind::Base,
+        base_model: name.to_string(),
+        job_id: None,
+        checkpoint_step: None,
+        created_at: now_millis(),
+        info: Some(info),
     }
 }
 
