@@ -526,7 +526,10 @@ async fn on_ray(ray_bin: &Path, db: &TestDatabase) {
     assert_eq!(c_done.state, JobState::Succeeded as i32, "{log}");
     assert_eq!(c_done.attempts, 2, "{log}");
     assert!(log.contains("resuming from checkpoint step"), "{log}");
-    assert!(log.contains(&format!("Ray job {c_first} was stopped")), "{log}");
+    // Whether "Ray job … was stopped" is written depends on a race: the
+    // worker's SIGTERM gives the job back (attempt 2 is queued) before or
+    // after the executor sees Ray's STOPPED; a later attempt supersedes the
+    // earlier one's tries, so the event is not required here.
     let subs = submissions(&ray, &c.id).await;
     let c_second = format!("lathe-{}-1-1", c.id);
     assert_eq!(
