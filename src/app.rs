@@ -46,8 +46,6 @@ pub struct App {
     /// providers' behind one router.
     pub chat: Arc<dyn ChatModel>,
     blobs: Blobs,
-    /// Whether other processes share the blobs (and the database).
-    shared_blobs: bool,
     /// The queue depth a scrape of `/metrics` counts.
     scrape: crate::telemetry::Scrape,
     workers: Workers,
@@ -233,7 +231,6 @@ impl App {
             evals,
             chat,
             blobs,
-            shared_blobs: config.leftovers_age().is_some(),
             scrape,
             workers,
         })
@@ -284,11 +281,8 @@ impl App {
         // rather than at the next start: an upload whose client vanished is
         // dropped by the HTTP/2 layer, and its own clean-up runs in the
         // background (a hard stop still leaves that to the next start).
-        // Staging shared with other processes holds their uploads too: those
-        // leftovers wait for a start-up to find them old.
-        if self.shared_blobs {
-            return;
-        }
+        // Staging shared with other processes holds their uploads too: the
+        // blobs' settle age keeps those (`Blobs::sweep_staging`).
         match self.blobs.sweep_staging().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed what dropped uploads had staged"),

@@ -314,7 +314,7 @@ impl ServeConfig {
     pub fn leftovers_age(&self) -> Option<Duration> {
         self.database_url()
             .starts_with("postgres")
-            .then_some(Duration::from_secs(24 * 3600))
+            .then_some(crate::blobs::SHARED_SETTLE)
     }
 
     /// Refuses settings that cannot work together, naming them.
