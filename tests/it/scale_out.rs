@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::common::*;
 use lathe::proto::{
     self, DatasetPurpose, EvalRunState, JobState, eval_service_client::EvalServiceClient,
-    fine_tuning_service_client::FineTuningServiceClient, job_event, model_service_client::ModelServiceClient,
+    fine_tuning_service_client::FineTuningServiceClient, model_service_client::ModelServiceClient,
 };
 use lathe::store::Store;
 
@@ -141,7 +141,6 @@ fn sft_job(train: &str, valid: &str) -> proto::CreateJobRequest {
 #[derive(Default)]
 struct Seen {
     seqs: Vec<u64>,
-    checkpoints: usize,
     reconnects: usize,
 }
 
@@ -170,13 +169,7 @@ async fn watch_job(urls: Vec<String>, id: String, seen: Arc<Mutex<Seen>>) -> pro
         loop {
             match stream.message().await {
                 Ok(Some(msg)) => match msg.payload.unwrap() {
-                    proto::watch_job_response::Payload::Event(e) => {
-                        let mut seen = seen.lock().unwrap();
-                        seen.seqs.push(e.seq);
-                        if matches!(e.data, Some(job_event::Data::Checkpoint(_))) {
-                            seen.checkpoints += 1;
-                        }
-                    }
+                    proto::watch_job_response::Payload::Event(e) => seen.lock().unwrap().seqs.push(e.seq),
                     proto::watch_job_response::Payload::End(end) => return end.job.unwrap(),
                 },
                 Ok(None) => panic!("a job watch ended without its terminal message"),
