@@ -48,16 +48,20 @@ pub struct App {
     blobs: Blobs,
     /// The queue depth a scrape of `/metrics` counts.
     scrape: crate::telemetry::Scrape,
+    /// What the last health checks of the dependencies found.
+    health: tokio::sync::watch::Receiver<crate::health::Status>,
     workers: Workers,
 }
 
-/// The background workers: the job scheduler and the eval runner.
+/// The background workers: the job scheduler, the eval runner and the
+/// health checks.
 struct Workers {
     stop: CancellationToken,
     /// Cancelled when a process started for one job is done with it.
     finished: CancellationToken,
     scheduler: JoinHandle<()>,
     eval_runner: JoinHandle<()>,
+    health: JoinHandle<()>,
 }
 
 impl App {
@@ -89,9 +93,12 @@ impl App {
         let tokenizer = tokio::task::spawn_blocking(O200k::new);
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-        let store = store::open(&config.database_url())
-            .await
-            .context("opening the database")?;
+        let store = store::open(&config.database_url()).await.map_err(|e| {
+            anyhow::anyhow!(
+                "--database-url (LATHE_DATABASE_URL) {}: cannot open the database: {e}",
+                config.database_url_redacted()
+            )
+        })?;
         let mut blobs = Blobs::open(config.blob_url.as_ref(), &config.blob_dir()).await?;
         // Processes sharing a database may share the blob directory too.
         if let Some(age) = config.leftovers_age() {
@@ -191,6 +198,15 @@ impl App {
             .with_evaluator(Arc::new(crate::evals::checkpoints::CheckpointEvals(evals.clone()))),
         );
         let stop = CancellationToken::new();
+        let (health, health_checks) = crate::health::spawn(
+            crate::health::Checks {
+                store: jobs.store.clone(),
+                blobs: blobs.clone(),
+                ray: ray.as_ref().map(|(client, _)| client.clone()),
+            },
+            std::time::Duration::from_secs(config.health_check_secs.max(1)),
+            stop.clone(),
+        );
         // Wake-ups from other processes sharing the database: queued work
         // for this process's workers, new events for its watchers.
         let changes = store::notify::listen(&config.database_url(), stop.clone())
@@ -219,6 +235,7 @@ impl App {
             } else {
                 idle()
             },
+            health: health_checks,
             stop,
             finished,
         };
@@ -232,6 +249,7 @@ impl App {
             chat,
             blobs,
             scrape,
+            health,
             workers,
         })
     }
@@ -241,6 +259,11 @@ impl App {
     /// run (it ended, or was paused, before a claim). Never otherwise.
     pub async fn finished(&self) {
         self.workers.finished.cancelled().await;
+    }
+
+    /// The dependencies' health as the last checks found it, kept current.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<crate::health::Status> {
+        self.health.clone()
     }
 
     /// What `GET /metrics` answers with.
@@ -277,6 +300,7 @@ impl App {
         if let Err(e) = self.workers.eval_runner.await {
             tracing::error!(error = %e, "the eval runner crashed");
         }
+        self.workers.health.abort();
         // What uploads dropped before they finished had staged goes now
         // rather than at the next start: an upload whose client vanished is
         // dropped by the HTTP/2 layer, and its own clean-up runs in the

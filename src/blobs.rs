@@ -417,9 +417,19 @@ impl StagedBlob {
     /// On S3 the move is a copy, which S3 refuses beyond 5 GiB: a larger
     /// blob fails here (and its staged object goes when `self` drops).
     pub async fn commit(mut self) -> Result<String, BlobError> {
+        self.try_commit().await
+    }
+
+    /// `commit` that leaves the blob staged when it fails, for another try
+    /// (the object store out of reach); done once it succeeded.
+    pub async fn try_commit(&mut self) -> Result<String, BlobError> {
+        if self.committed {
+            return Ok(self.sha256.clone());
+        }
         if let Some(max) = self.max_commit.filter(|&max| self.size > max) {
-            return Err(object_store::Error::Generic {
-                store: "S3",
+            // Not `Generic`: that is what an outage looks like, and waiting
+            // does not shrink the blob.
+            return Err(object_store::Error::NotSupported {
                 source: format!(
                     "a blob of {} bytes is over the {} GiB that S3 copies in one request",
                     self.size,

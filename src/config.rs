@@ -50,6 +50,11 @@ pub struct ServeConfig {
     /// whose worker vanished is re-queued after this.
     #[arg(long, env = "LATHE_JOB_LEASE_SECS", default_value_t = 15)]
     pub job_lease_secs: u64,
+    /// How often (s) this process checks that the database, the object
+    /// store and the Ray cluster answer (gRPC health `lathe.database`,
+    /// `lathe.object_store`, `lathe.ray`; `lathe_dependency_up`).
+    #[arg(long, env = "LATHE_HEALTH_CHECK_SECS", default_value_t = 5)]
+    pub health_check_secs: u64,
     /// How often (ms) the scheduler and watchers look for work and events
     /// they were not told about (other replicas).
     #[arg(long, env = "LATHE_JOB_POLL_MILLIS", default_value_t = 1000)]
@@ -241,6 +246,7 @@ impl ServeConfig {
             shutdown_grace_secs: 30,
             max_concurrent_jobs: 1,
             job_lease_secs: 15,
+            health_check_secs: 5,
             job_poll_millis: 1000,
             providers: None,
             grader_python_env: None,
@@ -295,6 +301,22 @@ impl ServeConfig {
         self.database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("lathe.db").display()))
+    }
+
+    /// `database_url` without its password, for messages.
+    pub fn database_url_redacted(&self) -> String {
+        let url = self.database_url();
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url;
+        };
+        match rest.split_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                let hidden = if userinfo.contains(':') { ":<redacted>" } else { "" };
+                format!("{scheme}://{user}{hidden}@{host}")
+            }
+            None => url,
+        }
     }
 
     /// The data directory's own blob directory, used when no --blob-url
@@ -448,6 +470,14 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(c.data_dir, std::path::PathBuf::from("./lathe-data"));
         assert_eq!(c.database_url(), "sqlite://./lathe-data/lathe.db");
+        assert_eq!(c.database_url_redacted(), "sqlite://./lathe-data/lathe.db");
+        let secret = Serve::try_parse_from(["serve", "--database-url", "postgres://lathe:hunter2@db:5432/lathe"])
+            .unwrap()
+            .config;
+        assert_eq!(
+            secret.database_url_redacted(),
+            "postgres://lathe:<redacted>@db:5432/lathe"
+        );
         assert_eq!(c.blob_dir(), std::path::PathBuf::from("./lathe-data/blobs"));
         assert_eq!(c.max_upload_bytes, 512 << 20);
         assert_eq!(c.max_queued_generations, 256);

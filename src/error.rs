@@ -11,6 +11,36 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{blobs::BlobError, store::StoreError};
 
+/// A part Lathe depends on that can be out of reach for a while.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dependency {
+    Database,
+    ObjectStore,
+    Ray,
+}
+
+impl Dependency {
+    pub const ALL: [Dependency; 3] = [Dependency::Database, Dependency::ObjectStore, Dependency::Ray];
+
+    /// Its name in health checks and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dependency::Database => "database",
+            Dependency::ObjectStore => "object_store",
+            Dependency::Ray => "ray",
+        }
+    }
+
+    /// Its name in a sentence.
+    pub fn words(self) -> &'static str {
+        match self {
+            Dependency::Database => "the database",
+            Dependency::ObjectStore => "the object store",
+            Dependency::Ray => "the Ray cluster",
+        }
+    }
+}
+
 /// All a client learns of an internal cause (a storage error names server
 /// paths, a database error its host); the cause itself is logged.
 pub const INTERNAL: &str = "internal error; see the server log";
@@ -104,6 +134,21 @@ impl Error {
                 INTERNAL.into()
             }
             other => other.to_string(),
+        }
+    }
+
+    /// The dependency this error says is out of reach (a lost connection, a
+    /// refused one, a timeout): the same call may succeed once it is back.
+    /// None for errors about the call itself.
+    pub fn unavailable(&self) -> Option<Dependency> {
+        match self {
+            Error::Store(e) if e.is_unavailable() => Some(Dependency::Database),
+            // The object store's client reports what went wrong on the wire
+            // (refused, reset, timed out, 5xx after its retries) as Generic;
+            // a missing object, bad credentials or a bad path are not
+            // outages.
+            Error::Blob(object_store::Error::Generic { .. }) => Some(Dependency::ObjectStore),
+            _ => None,
         }
     }
 

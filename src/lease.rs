@@ -169,17 +169,29 @@ pub async fn run<W: LeasedWork>(work: Arc<W>, config: LeaseConfig, shutdown: Can
     let mut stops = HashMap::new();
     // With `only`, whether that item was claimed (and so is run only once).
     let mut claimed_only = false;
+    // Claims made so far: each claim's lease is held under its own name.
+    let mut claims = 0u64;
     loop {
         if let Err(e) = requeue_expired(&*work).await {
             tracing::warn!(kind, error = %e, "could not re-queue work whose lease expired");
         }
         while runners.len() < max && !shutdown.is_cancelled() && !claimed_only {
-            match claim(&*work, &config).await {
+            claims += 1;
+            let owner = format!("{}.{claims}", config.worker_id);
+            match claim(&*work, &config, &owner).await {
                 Ok(Some((id, item))) => {
                     claimed_only = config.only.is_some();
                     let stop = W::Stop::default();
                     let span = work.span(&id);
-                    let runner = run_one(work.clone(), config.clone(), id, item, stop.clone(), shutdown.clone());
+                    let holder = Holder { id, owner };
+                    let runner = run_one(
+                        work.clone(),
+                        config.clone(),
+                        holder,
+                        item,
+                        stop.clone(),
+                        shutdown.clone(),
+                    );
                     let task = runners.spawn(runner.instrument(span));
                     stops.insert(task.id(), stop);
                 }
@@ -248,22 +260,25 @@ pub async fn requeue_expired<W: LeasedWork>(work: &W) -> Result<()> {
     Ok(())
 }
 
-/// Claims the next queued item for this worker.
-async fn claim<W: LeasedWork>(work: &W, config: &LeaseConfig) -> Result<Option<(String, W::Item)>> {
+/// Who holds a claimed item's lease: the lease is stored under a name of
+/// its own for each claim (`{worker}.{n}`), not the worker's name, so a
+/// runner that lost its lease while cut off from the store cannot write
+/// into the item's next claim, even when this same worker made it. Items
+/// carry that name (`lease_owner`) to fence their own writes.
+struct Holder {
+    id: String,
+    owner: String,
+}
+
+/// Claims the next queued item for this worker, its lease held as `owner`.
+async fn claim<W: LeasedWork>(work: &W, config: &LeaseConfig, owner: &str) -> Result<Option<(String, W::Item)>> {
     let worker = &config.worker_id;
     let event = work.event(Change::Claim { worker }).await?;
     let now = now_millis();
     let lease_until = now.saturating_add(millis(config.lease));
     let Some(change) = work
         .leases()
-        .claim_next(
-            W::KIND,
-            worker,
-            config.only.as_deref(),
-            now,
-            lease_until,
-            event.as_ref(),
-        )
+        .claim_next(W::KIND, owner, config.only.as_deref(), now, lease_until, event.as_ref())
         .await?
     else {
         return Ok(None);
@@ -279,19 +294,21 @@ async fn claim<W: LeasedWork>(work: &W, config: &LeaseConfig) -> Result<Option<(
 async fn run_one<W: LeasedWork>(
     work: Arc<W>,
     config: Arc<LeaseConfig>,
-    id: String,
+    holder: Holder,
     item: W::Item,
     stop: W::Stop,
     shutdown: CancellationToken,
 ) {
-    let beat = heartbeat(work.clone(), config.clone(), id.clone(), stop.clone()).in_current_span();
+    let holder = Arc::new(holder);
+    let beat = heartbeat(work.clone(), config.clone(), holder.clone(), stop.clone()).in_current_span();
     let beat = AbortOnDrop(tokio::spawn(beat));
     let ended = work.clone().run(item, stop).await;
     drop(beat);
     if ended == Ended::Stopped
         && shutdown.is_cancelled()
-        && let Err(e) = release(&*work, &config, &id).await
+        && let Err(e) = release(&*work, &holder).await
     {
+        let id = &holder.id;
         tracing::error!(kind = W::KIND.name(), %id, error = %e, "could not give unfinished work back to the queue");
     }
 }
@@ -299,15 +316,13 @@ async fn run_one<W: LeasedWork>(
 /// Renews the item's lease every third of its length until the item's
 /// runner ends (it aborts this) or the lease is lost; turns what each
 /// renewal finds into a stop.
-async fn heartbeat<W: LeasedWork>(work: Arc<W>, config: Arc<LeaseConfig>, id: String, stop: W::Stop) {
+async fn heartbeat<W: LeasedWork>(work: Arc<W>, config: Arc<LeaseConfig>, holder: Arc<Holder>, stop: W::Stop) {
     let every = config.lease / 3;
+    let id = &holder.id;
     loop {
         tokio::time::sleep(every).await;
         let lease_until = now_millis().saturating_add(millis(config.lease));
-        let renewed = work
-            .leases()
-            .renew_lease(W::KIND, &id, &config.worker_id, lease_until)
-            .await;
+        let renewed = work.leases().renew_lease(W::KIND, id, &holder.owner, lease_until).await;
         if let Ok(Some(_)) = &renewed {
             telemetry::lease_renewed(W::KIND);
         }
@@ -316,6 +331,7 @@ async fn heartbeat<W: LeasedWork>(work: Arc<W>, config: Arc<LeaseConfig>, id: St
                 Renewal::Held => {}
                 Renewal::Stop(reason) => stop.stop(reason),
                 Renewal::Lost(reason) => {
+                    tracing::warn!(kind = W::KIND.name(), %id, "no longer holds the lease; stopping");
                     stop.stop(reason);
                     return;
                 }
@@ -327,11 +343,12 @@ async fn heartbeat<W: LeasedWork>(work: Arc<W>, config: Arc<LeaseConfig>, id: St
 }
 
 /// Gives an unfinished item this worker holds back to the queue.
-async fn release<W: LeasedWork>(work: &W, config: &LeaseConfig, id: &str) -> Result<()> {
+async fn release<W: LeasedWork>(work: &W, holder: &Holder) -> Result<()> {
+    let id = &holder.id;
     let event = work.event(Change::Released { id }).await?;
     let change = work
         .leases()
-        .release_lease(W::KIND, id, &config.worker_id, now_millis(), event.as_ref())
+        .release_lease(W::KIND, id, &holder.owner, now_millis(), event.as_ref())
         .await?;
     if let Some(change) = change {
         tracing::info!(kind = W::KIND.name(), %id, "gave unfinished work back to the queue");
@@ -819,6 +836,39 @@ mod tests {
         let changes = work.store.with(|m| m.changes.clone());
         assert_eq!(changes, [format!("requeue {id}"), format!("claim {id}")]);
         assert_eq!(work.runs(), [(id.clone(), 0, 10, None)]);
+        stop(shutdown, machine).await;
+    }
+
+    /// A worker cut off from the store past its lease: the item goes back
+    /// to the queue and this same worker claims it again, under a new
+    /// lease name. The first runner's next renewal finds the lease is not
+    /// its own and stops it; only the second runs on.
+    #[tokio::test(start_paused = true)]
+    async fn a_runner_whose_lease_ran_out_stops_even_when_its_worker_claims_the_item_again() {
+        let work = Scripted::new(secs(100), secs(0));
+        let id = work.store.queue(1);
+        let (shutdown, machine) = start(&work, config(2, secs(5)));
+        tokio::time::sleep(secs(1)).await;
+        let first = work.store.run(&id).lease_owner.unwrap();
+        assert_eq!(first, "w1.1");
+        // The lease ran out (the store's clock is the wall clock).
+        work.store.update(&id, |r| r.lease_expires_at = Some(0));
+        tokio::time::sleep(secs(120)).await;
+        let mut runs = work.runs();
+        runs.sort_by_key(|r| r.1);
+        assert_eq!(
+            runs,
+            [
+                (id.clone(), 0, 10, Some("lease lost".into())),
+                (id.clone(), 5, 105, None),
+            ]
+        );
+        let changes = work.store.with(|m| m.changes.clone());
+        assert_eq!(
+            changes,
+            [format!("claim {id}"), format!("requeue {id}"), format!("claim {id}")]
+        );
+        assert_eq!(work.store.run(&id).state, RunState::Completed);
         stop(shutdown, machine).await;
     }
 

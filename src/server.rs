@@ -109,6 +109,11 @@ where
 {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, tonic_health::ServingStatus::Serving).await;
+    // Each dependency's health under its own name; the server's own ("")
+    // stays SERVING while a dependency is down, so a liveness probe does
+    // not restart a replica for an outage it cannot fix.
+    let reports = tokio::spawn(report_dependencies(app.health(), health.clone()));
+    let _reports = AbortOnDrop(reports);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -195,6 +200,40 @@ where
             tracing::warn!(grace_secs = grace.as_secs(), "grace period over; dropping in-flight requests");
             Ok(true)
         }
+    }
+}
+
+/// Reports each checked dependency as `lathe.{name}` (`lathe.database`,
+/// `lathe.object_store`, `lathe.ray`): SERVING while it answers, NOT_SERVING
+/// while it does not; kept current until the checks stop.
+async fn report_dependencies(
+    mut status: tokio::sync::watch::Receiver<crate::health::Status>,
+    health: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let current = status.borrow_and_update().clone();
+        for (dependency, up) in current {
+            let serving = if up {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health
+                .set_service_status(format!("lathe.{}", dependency.name()), serving)
+                .await;
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -56,6 +56,9 @@ pub const GRADER_SECONDS: &str = "lathe_grader_duration_seconds";
 /// Grades with an error flag set, by `grader` type and `error` (the flag).
 pub const GRADER_ERRORS: &str = "lathe_grader_errors_total";
 
+/// 1 while a dependency (database, object_store, ray) answers this
+/// process's health checks, 0 while it does not, by `dependency`.
+pub const DEPENDENCY_UP: &str = "lathe_dependency_up";
 /// 1 while the Ray cluster's Jobs API answers this process, 0 while it
 /// cannot be reached (a process that dispatches jobs to Ray only).
 pub const RAY_REACHABLE: &str = "lathe_ray_reachable";
@@ -153,6 +156,10 @@ fn describe() {
         GRADER_ERRORS,
         Unit::Count,
         "Grades with an error flag set, by grader type and flag"
+    );
+    describe_gauge!(
+        DEPENDENCY_UP,
+        "1 while a dependency answers this process's health checks, 0 while it does not, by dependency"
     );
     describe_gauge!(
         RAY_REACHABLE,
@@ -261,6 +268,11 @@ pub fn lease_released(kind: LeaseKind) {
 // Dispatching to Ray (`jobs::ray`).
 
 /// Whether the Ray cluster answered the last call.
+/// What the last health check of `dependency` found.
+pub fn dependency_up(dependency: crate::error::Dependency, up: bool) {
+    gauge!(DEPENDENCY_UP, "dependency" => dependency.name()).set(if up { 1.0 } else { 0.0 });
+}
+
 pub fn ray_reachable(up: bool) {
     gauge!(RAY_REACHABLE).set(if up { 1.0 } else { 0.0 });
 }

@@ -61,7 +61,14 @@ pub(super) async fn open(
             PROBE_TIMEOUT.as_secs()
         ),
     }
-    build(builder)
+    // At work, the client's own retries ride out a blip (a dropped
+    // connection, a 503) but give up within seconds rather than its default
+    // three minutes: a longer outage is the caller's to wait out, where it
+    // can say so (`outage`) and be stopped.
+    build(builder.with_retry(RetryConfig {
+        retry_timeout: Duration::from_secs(10),
+        ..RetryConfig::default()
+    }))
 }
 
 /// Puts, lists and deletes a small object under `probe/`.

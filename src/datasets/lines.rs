@@ -1,5 +1,7 @@
 //! Reading a stored dataset back row by row, in bounded memory.
 
+use std::time::Duration;
+
 use tokio::runtime::Handle;
 
 use crate::blobs::Blobs;
@@ -28,6 +30,10 @@ pub struct LineReader<'a> {
     failed: bool,
 }
 
+/// How long a read waits out an object store that cannot be reached
+/// before it fails (`Error::unavailable`).
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(600);
+
 impl<'a> LineReader<'a> {
     pub fn new(handle: &'a Handle, blobs: &'a Blobs, sha256: &'a str, size: u64) -> Self {
         Self {
@@ -42,15 +48,33 @@ impl<'a> LineReader<'a> {
         }
     }
 
+    /// Reads `range`, waiting out an outage of the object store (up to
+    /// `OUTAGE_PATIENCE`; this runs on a blocking thread).
+    fn read(&self, range: std::ops::Range<u64>) -> Result<bytes::Bytes> {
+        let began = std::time::Instant::now();
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match self.handle.block_on(self.blobs.read_range(self.sha256, range.clone())) {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => {
+                    let e = Error::from(e);
+                    if e.unavailable().is_none() || began.elapsed() > OUTAGE_PATIENCE {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "cannot read a dataset; trying again");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     fn fill(&mut self) -> Result<bool> {
         if self.offset >= self.size {
             return Ok(false);
         }
         let end = (self.offset + READ_CHUNK).min(self.size);
-        let bytes = self
-            .handle
-            .block_on(self.blobs.read_range(self.sha256, self.offset..end))
-            .map_err(Error::from)?;
+        let bytes = self.read(self.offset..end)?;
         self.buf.drain(..self.start);
         self.start = 0;
         if self.offset == 0 && bytes.starts_with(b"\xEF\xBB\xBF") {

@@ -25,6 +25,7 @@ use crate::datasets::lines::LineReader;
 use crate::error::Error;
 use crate::ids::now_millis;
 use crate::lease::{self, Ended, LeaseConfig, LeasedWork, Renewal};
+use crate::outage::Quietly;
 use crate::store::{LeaseKind, LeaseStore, Leased, StoreError};
 use crate::telemetry;
 
@@ -98,15 +99,20 @@ async fn run_one(evals: Arc<Evals>, run: RunRecord, stop: CancellationToken) -> 
     if let Ok(mut running) = evals.running.lock() {
         running.remove(&id);
     }
+    // Stopped while waiting out an outage: not the run's failure.
+    let end = match end {
+        End::Failed(_) if stop.is_cancelled() => End::Stopped,
+        end => end,
+    };
     let ended = match end {
         End::Completed => {
             tracing::info!(run = %id, "eval run completed");
-            finish(&evals, &id, RunState::Completed, None).await;
+            finish(&evals, &id, RunState::Completed, None, &stop).await;
             Ended::Finished
         }
         End::Failed(message) => {
             tracing::warn!(run = %id, %message, "eval run failed");
-            finish(&evals, &id, RunState::Failed, Some(&message)).await;
+            finish(&evals, &id, RunState::Failed, Some(&message), &stop).await;
             Ended::Finished
         }
         // Cancelled or taken over: someone else decided. Shutting down: the
@@ -118,13 +124,17 @@ async fn run_one(evals: Arc<Evals>, run: RunRecord, stop: CancellationToken) -> 
     ended
 }
 
-async fn finish(evals: &Evals, id: &str, to: RunState, error: Option<&str>) {
+/// Records how the run ended; rides out an outage of the database (until
+/// the worker stops: the run's lease then runs out and it is run again).
+async fn finish(evals: &Evals, id: &str, to: RunState, error: Option<&str>, stop: &CancellationToken) {
     let from = [RunState::InProgress];
-    if let Err(e) = evals
-        .store
-        .finish_eval_run(id, &from, to, error, Some(now_millis()))
-        .await
-    {
+    let finished_at = now_millis();
+    let finished = crate::ride_out!(
+        stop.cancelled(),
+        &Quietly,
+        evals.store.finish_eval_run(id, &from, to, error, Some(finished_at))
+    );
+    if let Err(e) = finished {
         tracing::error!(run = %id, error = %e, "could not record how the eval run ended");
     }
 }
@@ -197,7 +207,8 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
     };
     let (dataset, criteria, done) = match setup.await {
         Ok(x) => x,
-        Err(SetupError(message)) => return End::Failed(message),
+        Err(SetupError(Some(message))) => return End::Failed(message),
+        Err(SetupError(None)) => return End::Stopped,
     };
     let work = Arc::new(RunWork {
         source: run.spec.source.clone(),
@@ -215,7 +226,7 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
     // written it; the recorder writes what has piled up in one transaction.
     let (finished_tx, finished_rx) = mpsc::channel(concurrency.max(RECORD_BATCH));
     let mut recorder = AbortOnDrop(tokio::spawn(
-        record_all(evals.clone(), run.clone(), progress, finished_rx).in_current_span(),
+        record_all(evals.clone(), run.clone(), progress, finished_rx, stop.clone()).in_current_span(),
     ));
     // Items run as their own tasks: they must make progress while this loop
     // waits on anything else. Dropping the set aborts them.
@@ -288,6 +299,7 @@ async fn record_all(
     run: RunRecord,
     mut progress: Progress,
     mut finished: mpsc::Receiver<Finished>,
+    stop: CancellationToken,
 ) -> End {
     let base_elapsed = progress.elapsed_ms;
     let started = Instant::now();
@@ -310,7 +322,7 @@ async fn record_all(
         if let Some(e) = batch.iter().rev().find_map(|f| f.detail.error.clone()) {
             last_error = Some(e);
         }
-        if let Some(end) = record(&evals, &run, &mut progress, std::mem::take(&mut batch)).await {
+        if let Some(end) = record(&evals, &run, &mut progress, std::mem::take(&mut batch), &stop).await {
             return end;
         }
     }
@@ -342,17 +354,23 @@ fn end_of_run(progress: &Progress, threshold: f64, last_error: Option<String>) -
     })
 }
 
-struct SetupError(String);
+/// Why a run could not start: its own fault (it fails), or the database
+/// out of reach (None: it stops, and runs again once its lease ran out).
+struct SetupError(Option<String>);
 
 impl From<StoreError> for SetupError {
     fn from(e: StoreError) -> Self {
-        SetupError(Error::from(e).public_message())
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "the database cannot be reached; the run waits for its lease to run out");
+            return SetupError(None);
+        }
+        SetupError(Some(Error::from(e).public_message()))
     }
 }
 
 impl From<String> for SetupError {
     fn from(e: String) -> Self {
-        SetupError(e)
+        SetupError(Some(e))
     }
 }
 
@@ -386,7 +404,13 @@ fn tally(progress: &mut Progress, finished: &Finished) {
 /// it must end now. The error-rate threshold is checked after each item, as
 /// if they had been recorded one by one: items after the one that crosses
 /// it are not recorded.
-async fn record(evals: &Evals, run: &RunRecord, progress: &mut Progress, batch: Vec<Finished>) -> Option<End> {
+async fn record(
+    evals: &Evals,
+    run: &RunRecord,
+    progress: &mut Progress,
+    batch: Vec<Finished>,
+    stop: &CancellationToken,
+) -> Option<End> {
     let threshold = run.spec.error_rate_threshold;
     let mut items = Vec::with_capacity(batch.len());
     let mut failed = None;
@@ -414,7 +438,15 @@ async fn record(evals: &Evals, run: &RunRecord, progress: &mut Progress, batch: 
             break;
         }
     }
-    match evals.store.record_output_items(&items, &evals.config.worker_id).await {
+    // Fenced by this claim's lease (`lease`); an outage of the database is
+    // waited out (the log says so) until the worker stops.
+    let holder = run.lease_owner.as_deref().unwrap_or_default();
+    let recorded = crate::ride_out!(
+        stop.cancelled(),
+        &Quietly,
+        evals.store.record_output_items(&items, holder)
+    );
+    match recorded {
         Ok(Some(seq)) => {
             for item in &items {
                 telemetry::eval_item_recorded(item.status.as_str());
@@ -425,7 +457,7 @@ async fn record(evals: &Evals, run: &RunRecord, progress: &mut Progress, batch: 
         Ok(None) => return Some(End::Stopped),
         Err(e) => {
             let first = items.first().map_or(0, |i| i.index);
-            let e = Error::from(e).public_message();
+            let e = e.public_message();
             return Some(End::Failed(match items.len() {
                 1 => format!("could not record item {first}: {e}"),
                 n => format!("could not record {n} items (item {first} and later ones): {e}"),

@@ -363,4 +363,7 @@ pub struct JobPatch {
     pub trained_tokens: Option<u64>,
     /// Drop the lease (the job leaves RUNNING).
     pub release_lease: bool,
+    /// Change the job only while this lease holder holds it (a runner
+    /// ending its job: one that lost it must not end the next claim's).
+    pub held_by: Option<String>,
 }

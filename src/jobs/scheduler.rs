@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::ids::now_millis;
 use crate::lease::{self, Change, Ended, LeaseConfig, LeasedWork, Renewal, StopSignal};
 use crate::models::model::{checkpoint_model_id, fine_tuned_model_id};
+use crate::outage::Notice;
 use crate::store::{LeaseChange, LeaseKind, LeaseStore, Leased};
 use crate::telemetry;
 
@@ -200,6 +201,62 @@ impl Watched {
     }
 }
 
+/// Runs a storage call of a job's runner (`$op`, a future made again for
+/// each try) through `ride_out!`: training waits out an outage of the
+/// database or the object store until the call works or the job is
+/// stopped, and the job's log says what happened (`Told`).
+macro_rules! persist {
+    ($reporter:expr, $what:expr, $op:expr) => {
+        $crate::ride_out!(
+            $reporter.handle.stopped(),
+            &Told {
+                reporter: $reporter,
+                what: $what,
+            },
+            $op
+        )
+    };
+}
+
+/// Writes an outage a runner met into its job's log: when it began (lost
+/// when the database is the one out of reach) and when it ended.
+struct Told<'a> {
+    reporter: &'a JobReporter,
+    /// What the runner was doing, as "while ..." says it.
+    what: &'a str,
+}
+
+#[async_trait]
+impl crate::outage::Listener for Told<'_> {
+    async fn heard(&self, notice: Notice) {
+        let what = self.what;
+        let (level, message) = match notice {
+            Notice::Began { dependency, .. } => (
+                Level::Warn,
+                format!(
+                    "{} cannot be reached while {what}; training waits and tries again",
+                    dependency.words()
+                ),
+            ),
+            Notice::Ended { dependency, waited } => (
+                Level::Info,
+                format!(
+                    "{} could not be reached for {} s while {what}; training waited and goes on",
+                    dependency.words(),
+                    waited.as_secs().max(1)
+                ),
+            ),
+        };
+        let event = NewEvent {
+            level,
+            message,
+            data: EventData::Message,
+        };
+        // Once: the dependency out of reach may be the database.
+        self.reporter.append(event, false).await;
+    }
+}
+
 struct JobReporter {
     jobs: Arc<Jobs>,
     job: JobRecord,
@@ -211,6 +268,53 @@ struct JobReporter {
 }
 
 impl JobReporter {
+    /// The name this runner holds the job's lease under (`lease`): its
+    /// writes count only while it holds the job.
+    fn holder(&self) -> &str {
+        self.job.lease_owner.as_deref().unwrap_or_default()
+    }
+
+    /// A write was refused: the job's lease is no longer this runner's (it
+    /// ran out while this worker was cut off, and the job went on
+    /// elsewhere). Stop, writing nothing more.
+    fn lost(&self) {
+        if self.handle.reason().is_none() {
+            tracing::warn!(job = %self.job_id, "no longer holds the job's lease (it ran out); stopping");
+        }
+        self.handle.stop(StopReason::LeaseLost);
+    }
+
+    /// Appends an event to the job's log while this runner holds the job;
+    /// false once it does not (it stops). Rides out outages unless `patient`
+    /// is false (then a failure is a warning: the event is lost, not the
+    /// work).
+    async fn append(&self, event: NewEvent, patient: bool) -> bool {
+        let append = || {
+            self.jobs
+                .store
+                .append_held_event(&self.job_id, self.holder(), &event, now_millis())
+        };
+        let appended = if patient {
+            persist!(self, "recording an event", append())
+        } else {
+            append().await.map_err(Error::from)
+        };
+        match appended {
+            Ok(Some(event)) => {
+                self.jobs.bus.publish(&event);
+                true
+            }
+            Ok(None) => {
+                self.lost();
+                false
+            }
+            Err(e) => {
+                tracing::warn!(job = %self.job_id, error = %e, "could not record a job event");
+                true
+            }
+        }
+    }
+
     /// Runs the job's checkpoint eval on the checkpoint at `step` and
     /// records its pass rate in the checkpoint's metrics and as a metrics
     /// event. A failed eval is a warning: the checkpoint keeps no eval
@@ -417,31 +521,38 @@ impl Reporter for JobReporter {
             message: metrics_message(&metrics),
             data: EventData::Metrics { metrics },
         };
-        match self.jobs.store.append_event(&self.job_id, &event, now_millis()).await {
-            Ok(event) => self.jobs.bus.publish(&event),
-            Err(e) => tracing::warn!(job = %self.job_id, error = %e, "could not record metrics"),
-        }
+        self.append(event, true).await;
     }
 
     async fn log(&self, level: Level, message: String) {
-        self.jobs.log(&self.job_id, level, message).await
+        let event = NewEvent {
+            level,
+            message,
+            data: EventData::Message,
+        };
+        self.append(event, true).await;
     }
 
     async fn checkpoint(&self, step: u64, metrics: Metrics, files: Vec<(String, Bytes)>) -> Result<bool, TrainError> {
+        let what = format!("saving the checkpoint at step {step}");
         let mut staged = Vec::with_capacity(files.len());
         for (name, bytes) in files {
-            let mut writer = self.jobs.blobs.writer().await.map_err(train_error)?;
-            writer.write(&bytes).await.map_err(train_error)?;
-            staged.push((name, writer.finish().await.map_err(train_error)?));
+            let write = || async {
+                let mut writer = self.jobs.blobs.writer().await?;
+                writer.write(&bytes).await?;
+                writer.finish().await
+            };
+            let blob = persist!(self, &what, write()).map_err(train_error)?;
+            staged.push((name, blob));
         }
         // Files often repeat another job's (an adapter config): a blob of
         // theirs that a delete is about to collect must not be counted on
         // between our commit and our record.
         let gate = self.jobs.blobs.gate().await;
         let mut stored = Vec::with_capacity(staged.len());
-        for (name, blob) in staged {
+        for (name, mut blob) in staged {
             let size = blob.size;
-            let sha256 = blob.commit().await.map_err(train_error)?;
+            let sha256 = persist!(self, &what, blob.try_commit()).map_err(train_error)?;
             stored.push(CheckpointFile {
                 name,
                 sha256,
@@ -465,22 +576,22 @@ impl Reporter for JobReporter {
                 metrics: metrics.clone(),
             },
         };
-        let inserted = self
-            .jobs
-            .store
-            .insert_checkpoint(&record, &self.jobs.config.worker_id, &event)
-            .await
-            .map_err(train_error);
+        let inserted = persist!(
+            self,
+            &what,
+            self.jobs.store.insert_checkpoint(&record, self.holder(), &event)
+        )
+        .map_err(train_error);
         drop(gate);
         let Some(event) = inserted? else {
-            self.handle.stop(StopReason::LeaseLost);
+            self.lost();
             return Ok(false);
         };
         self.jobs.bus.publish(&event);
         let mut metrics = metrics;
         self.evaluate_checkpoint(step, &mut metrics).await;
         if let Some(reason) = self.observe(step, &metrics) {
-            self.jobs.log(&self.job_id, Level::Info, reason.clone()).await;
+            self.log(Level::Info, reason.clone()).await;
             self.handle.stop(StopReason::EarlyStopped(reason));
         }
         self.prune_checkpoints(step).await;
@@ -493,26 +604,16 @@ impl Reporter for JobReporter {
             .iter()
             .find(|f| f.name == name)
             .ok_or_else(|| TrainError::new("checkpoint_incomplete", format!("checkpoint has no file {name}")))?;
-        self.jobs
-            .blobs
-            .read_range(&file.sha256, 0..file.bytes)
-            .await
-            .map_err(train_error)
+        let what = format!("reading checkpoint step {}", checkpoint.step);
+        persist!(self, &what, self.jobs.blobs.read_range(&file.sha256, 0..file.bytes)).map_err(train_error)
     }
 
     async fn read_dataset(&self, dataset_id: &str) -> Result<Bytes, TrainError> {
-        let d = self
-            .jobs
-            .store
-            .get_dataset(dataset_id)
-            .await
+        let what = format!("reading dataset {dataset_id}");
+        let d = persist!(self, &what, self.jobs.store.get_dataset(dataset_id))
             .map_err(train_error)?
             .ok_or_else(|| TrainError::new("dataset_not_found", format!("dataset {dataset_id} no longer exists")))?;
-        self.jobs
-            .blobs
-            .read_range(&d.sha256, 0..d.bytes)
-            .await
-            .map_err(train_error)
+        persist!(self, &what, self.jobs.blobs.read_range(&d.sha256, 0..d.bytes)).map_err(train_error)
     }
 }
 
@@ -528,8 +629,6 @@ async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord, han
     if let Ok(mut running) = jobs.running.lock() {
         running.insert(id.clone(), handle.clone());
     }
-
-    let history = jobs.store.list_checkpoints(&id, None, 10_000).await.unwrap_or_default();
     let reporter = Arc::new(JobReporter {
         jobs: jobs.clone(),
         job: job.clone(),
@@ -539,9 +638,32 @@ async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord, han
         handle: handle.clone(),
         early: Mutex::new(Early::default()),
     });
+    let ended = train(&reporter, trainer).await;
+    if let Ok(mut running) = jobs.running.lock() {
+        running.remove(&id);
+    }
+    ended
+}
+
+/// Trains the job from its latest checkpoint and records how that ended.
+async fn train(reporter: &Arc<JobReporter>, trainer: Arc<dyn Trainer>) -> Ended {
+    let (jobs, job, id, handle) = (&reporter.jobs, &reporter.job, &reporter.job_id, &reporter.handle);
+    let history = persist!(
+        &**reporter,
+        "reading the job's checkpoints",
+        jobs.store.list_checkpoints(id, None, 10_000)
+    );
+    let mut history = match history {
+        Ok(history) => history,
+        Err(_) if handle.reason().is_some() => return Ended::Stopped,
+        Err(e) => {
+            let e = train_error(e);
+            fail(reporter, &e.code, &e.message).await;
+            return Ended::Finished;
+        }
+    };
     // Rebuild early-stopping state from the checkpoints already taken; the
     // last one's eval may have been cut off by a restart: finish it first.
-    let mut history = history;
     if let Some(last) = history.first_mut() {
         reporter.evaluate_checkpoint(last.step, &mut last.metrics).await;
     }
@@ -550,20 +672,20 @@ async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord, han
     }
     let resume_from = history.first().cloned();
     if let Some(c) = &resume_from {
-        jobs.log(&id, Level::Info, format!("resuming from checkpoint step {}", c.step))
+        reporter
+            .log(Level::Info, format!("resuming from checkpoint step {}", c.step))
             .await;
     }
     let ctx = TrainContext::new(job.clone(), resume_from, reporter.clone(), handle.clone());
     let result = AssertUnwindSafe(trainer.train(ctx)).catch_unwind().await;
-
-    let ended = match result {
+    match result {
         Ok(Ok(TrainOutcome::Completed { trained_tokens })) => {
-            succeed(&jobs, &job, &reporter, trained_tokens, None).await;
+            succeed(reporter, trained_tokens, None).await;
             Ended::Finished
         }
         Ok(Ok(TrainOutcome::Stopped { trained_tokens })) => match handle.reason() {
             Some(StopReason::EarlyStopped(reason)) => {
-                succeed(&jobs, &job, &reporter, trained_tokens, Some(reason)).await;
+                succeed(reporter, trained_tokens, Some(reason)).await;
                 Ended::Finished
             }
             // Shut down (the lease machine gives the job back to the queue),
@@ -571,22 +693,41 @@ async fn run_job(jobs: Arc<Jobs>, trainer: Arc<dyn Trainer>, job: JobRecord, han
             // state.
             _ => Ended::Stopped,
         },
+        // Stopped while waiting out an outage (shut down, or taken over
+        // after this worker's lease ran out): not the job's failure.
+        Ok(Err(e)) if matches!(handle.reason(), Some(r) if !matches!(r, StopReason::EarlyStopped(_))) => {
+            tracing::info!(job = %id, error = %e.message, "stopped while waiting");
+            Ended::Stopped
+        }
         Ok(Err(e)) => {
-            fail(&jobs, &id, &e.code, &e.message).await;
+            fail(reporter, &e.code, &e.message).await;
             Ended::Finished
         }
         Err(_) => {
-            fail(&jobs, &id, "internal_error", "the trainer crashed; see the server log").await;
+            fail(reporter, "internal_error", "the trainer crashed; see the server log").await;
             Ended::Finished
         }
-    };
-    if let Ok(mut running) = jobs.running.lock() {
-        running.remove(&id);
     }
-    ended
 }
 
-async fn fail(jobs: &Jobs, id: &str, code: &str, message: &str) {
+/// Moves the job this runner holds to its end; rides out outages, so an
+/// end is not lost to a database that is restarting.
+async fn end(reporter: &JobReporter, to: JobState, patch: JobPatch, event: NewEvent) -> crate::error::Result<bool> {
+    let patch = JobPatch {
+        held_by: Some(reporter.holder().to_string()),
+        ..patch
+    };
+    let what = format!("recording that the job {}", to.as_str().replace('_', " "));
+    let transition = persist!(
+        reporter,
+        &what,
+        reporter.jobs.transition(&reporter.job_id, to, &patch, event.clone())
+    )?;
+    Ok(transition.is_ok())
+}
+
+async fn fail(reporter: &JobReporter, code: &str, message: &str) {
+    let id = &reporter.job_id;
     tracing::warn!(job = %id, code, message, "job failed");
     let patch = JobPatch {
         finished_at: Some(now_millis()),
@@ -599,32 +740,22 @@ async fn fail(jobs: &Jobs, id: &str, code: &str, message: &str) {
         ..Default::default()
     };
     let event = NewEvent::state(JobState::Failed, Level::Error, format!("failed: {message} ({code})"));
-    if let Err(e) = jobs.transition(id, JobState::Failed, &patch, event).await {
+    if let Err(e) = end(reporter, JobState::Failed, patch, event).await {
         tracing::error!(job = %id, error = %e, "could not record the failure");
     }
 }
 
-async fn succeed(
-    jobs: &Jobs,
-    job: &JobRecord,
-    reporter: &JobReporter,
-    trained_tokens: u64,
-    stop_reason: Option<String>,
-) {
-    let last = jobs
-        .store
-        .list_checkpoints(&job.id, None, 1)
-        .await
-        .ok()
-        .and_then(|c| c.first().map(|c| c.step));
+async fn succeed(reporter: &JobReporter, trained_tokens: u64, stop_reason: Option<String>) {
+    let (jobs, job) = (&reporter.jobs, &reporter.job);
+    let last = persist!(
+        reporter,
+        "reading the job's checkpoints",
+        jobs.store.list_checkpoints(&job.id, None, 1)
+    )
+    .ok()
+    .and_then(|c| c.first().map(|c| c.step));
     let Some(last) = last else {
-        fail(
-            jobs,
-            &job.id,
-            "no_checkpoint",
-            "training ended without saving a checkpoint",
-        )
-        .await;
+        fail(reporter, "no_checkpoint", "training ended without saving a checkpoint").await;
         return;
     };
     // With early stopping, and for reinforcement (OpenAI's rule: the best
@@ -649,28 +780,24 @@ async fn succeed(
     let message = format!("succeeded: fine-tuned model {model} (checkpoint step {step})");
     // The model is recorded before the job says SUCCEEDED, so a client that
     // sees the terminal event finds the model; undone if the job was
-    // cancelled in between.
+    // cancelled (or taken over) in between.
     let spec = &job.spec;
-    if let Err(e) = jobs
-        .models
-        .record_fine_tuned(&job.project, &spec.base_model, &spec.suffix, &job.id, step)
-        .await
-    {
+    let recorded = persist!(
+        reporter,
+        "registering the fine-tuned model",
+        jobs.models
+            .record_fine_tuned(&job.project, &spec.base_model, &spec.suffix, &job.id, step)
+    );
+    if let Err(e) = recorded {
         tracing::error!(job = %job.id, error = %e, "could not register the fine-tuned model");
     }
-    let transition = jobs
-        .transition(
-            &job.id,
-            JobState::Succeeded,
-            &patch,
-            NewEvent::state(JobState::Succeeded, Level::Info, message),
-        )
-        .await;
-    match transition {
-        Ok(Ok(_)) => tracing::info!(%model, step, "job succeeded"),
-        Ok(Err(_)) | Err(_) => {
-            // Cancelled meanwhile (that stands), or the store failed: no model.
-            if let Err(e) = &transition {
+    let event = NewEvent::state(JobState::Succeeded, Level::Info, message);
+    match end(reporter, JobState::Succeeded, patch, event).await {
+        Ok(true) => tracing::info!(%model, step, "job succeeded"),
+        ended => {
+            // Cancelled or taken over meanwhile (that stands), or the store
+            // failed: no model.
+            if let Err(e) = &ended {
                 tracing::error!(job = %job.id, error = %e, "could not record success");
             }
             if let Err(e) = jobs.store.forget_fine_tuned_model(&model).await {

@@ -31,3 +31,27 @@ pub enum StoreError {
     #[error("unsupported database url {0:?}: expected sqlite://PATH, sqlite::memory: or postgres://...")]
     UnsupportedUrl(String),
 }
+
+impl StoreError {
+    /// Whether the database could not be reached or dropped the connection
+    /// (down, restarting, refusing connections): the same call may succeed
+    /// once it is back. Other errors say something about the call itself.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::WorkerCrashed => true,
+            // Connection exceptions (class 08), the server shutting down or
+            // starting (57P01-57P03), too many connections (53300).
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300")),
+            _ => false,
+        }
+    }
+}

@@ -201,7 +201,7 @@ macro_rules! impl_job_store {
                         lease_owner = CASE WHEN $9 THEN NULL ELSE lease_owner END,
                         lease_expires_at = CASE WHEN $9 THEN NULL ELSE lease_expires_at END,
                         next_seq = next_seq + 1
-                     WHERE id = $10 AND state IN ({})
+                     WHERE id = $10 AND state IN ({}) AND ($11 IS NULL OR lease_owner = $11)
                      RETURNING *",
                     allowed.join(", ")
                 );
@@ -217,6 +217,7 @@ macro_rules! impl_job_store {
                     .bind(patch.trained_tokens.map(|t| t as i64))
                     .bind(patch.release_lease)
                     .bind(id)
+                    .bind(patch.held_by.as_deref())
                     .fetch_optional(&mut *tx)
                     .await?;
                 let Some(row) = row else {
@@ -243,6 +244,22 @@ macro_rules! impl_job_store {
                 let event = insert_event(&mut tx, id, seq, now, event).await?;
                 tx.commit().await?;
                 Ok(event)
+            }
+
+            async fn append_held_event(
+                &self,
+                id: &str,
+                holder: &str,
+                event: &$crate::jobs::model::NewEvent,
+                now: i64,
+            ) -> Result<Option<$crate::jobs::model::JobEvent>, $crate::store::error::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let Some(seq) = bump_held_seq(&mut tx, id, holder).await? else {
+                    return Ok(None);
+                };
+                let event = insert_event(&mut tx, id, seq, now, event).await?;
+                tx.commit().await?;
+                Ok(Some(event))
             }
 
             async fn list_events(
@@ -279,24 +296,16 @@ macro_rules! impl_job_store {
             async fn insert_checkpoint(
                 &self,
                 checkpoint: &$crate::jobs::model::CheckpointRecord,
-                worker: &str,
+                holder: &str,
                 event: &$crate::jobs::model::NewEvent,
             ) -> Result<Option<$crate::jobs::model::JobEvent>, $crate::store::error::StoreError> {
                 use $crate::store::rows::*;
                 let mut tx = self.pool.begin().await?;
-                // Only the lease holder may add checkpoints: a worker that
+                // Only the lease holder may add checkpoints: a runner that
                 // lost its job must not write into the new attempt.
-                let row = sqlx::query(
-                    "UPDATE jobs SET next_seq = next_seq + 1 WHERE id = $1 AND lease_owner = $2 RETURNING next_seq",
-                )
-                .bind(&checkpoint.job_id)
-                .bind(worker)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
+                let Some(seq) = bump_held_seq(&mut tx, &checkpoint.job_id, holder).await? else {
                     return Ok(None);
                 };
-                let seq: i64 = sqlx::Row::try_get(&row, "next_seq")?;
                 sqlx::query(
                     "INSERT INTO checkpoints (id, job_id, step, created_at, metrics) VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (job_id, step) DO NOTHING",
@@ -456,6 +465,24 @@ macro_rules! impl_job_store {
                 .await?
                 .ok_or_else(|| $crate::store::error::StoreError::Conflict(format!("job {id} does not exist")))?;
             Ok(sqlx::Row::try_get(&row, "next_seq")?)
+        }
+
+        /// The job's next sequence number, if `holder` holds its lease.
+        async fn bump_held_seq(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            id: &str,
+            holder: &str,
+        ) -> Result<Option<i64>, $crate::store::error::StoreError> {
+            let row = sqlx::query(
+                "UPDATE jobs SET next_seq = next_seq + 1 WHERE id = $1 AND lease_owner = $2 RETURNING next_seq",
+            )
+            .bind(id)
+            .bind(holder)
+            .fetch_optional(&mut **tx)
+            .await?;
+            row.map(|row| sqlx::Row::try_get(&row, "next_seq"))
+                .transpose()
+                .map_err(Into::into)
         }
 
         async fn insert_event(

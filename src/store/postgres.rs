@@ -10,7 +10,14 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new().max_connections(16).connect(url).await?;
+        // A call waits at most 10 s for a connection: a database that does
+        // not answer stops start-up soon, and at work the caller learns of an
+        // outage in time to say so (`outage`), instead of after sqlx's 30 s.
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await?;
         Self::from_pool(pool).await
     }
 

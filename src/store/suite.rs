@@ -529,11 +529,34 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
             .unwrap()
             .is_none()
     );
+    // So are a runner's events and its job's end.
+    let note = NewEvent::info("step 1");
+    assert!(
+        store
+            .append_held_event(&a.id, "intruder", &note, 20)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let noted = store.append_held_event(&a.id, "w1", &note, 20).await.unwrap().unwrap();
+    let fenced_end = JobPatch {
+        finished_at: Some(30),
+        release_lease: true,
+        held_by: Some("intruder".into()),
+        ..Default::default()
+    };
+    let failed = NewEvent::state(JobState::Failed, Level::Error, "failed");
+    let refused = store
+        .transition_job(&a.id, &[JobState::Running], JobState::Failed, &fenced_end, &failed, 30)
+        .await
+        .unwrap();
+    assert!(matches!(refused, Transition::Conflict(Some(ref j)) if j.state == JobState::Running));
     let e = store
         .insert_checkpoint(&checkpoint(1, "a"), "w1", &event(1))
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(e.seq, noted.seq + 1, "a refused write takes no sequence number");
     let EventData::Checkpoint { checkpoint_id, .. } = &e.data else {
         panic!("checkpoint event expected")
     };

@@ -78,6 +78,15 @@ pub trait JobStore: Send + Sync + 'static {
         now: i64,
     ) -> Result<Transition, StoreError>;
     async fn append_event(&self, id: &str, event: &NewEvent, now: i64) -> Result<JobEvent, StoreError>;
+    /// Appends the event if `holder` holds the job's lease; None otherwise
+    /// (a runner that lost its job writes nothing into its next claim).
+    async fn append_held_event(
+        &self,
+        id: &str,
+        holder: &str,
+        event: &NewEvent,
+        now: i64,
+    ) -> Result<Option<JobEvent>, StoreError>;
     async fn list_events(&self, id: &str, after_seq: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError>;
     /// Newest first, with seq below `before_seq` (from the latest when None).
     async fn list_events_before(
@@ -86,12 +95,12 @@ pub trait JobStore: Send + Sync + 'static {
         before_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<JobEvent>, StoreError>;
-    /// Records a checkpoint (files already stored as blobs) if `worker`
+    /// Records a checkpoint (files already stored as blobs) if `holder`
     /// holds the job's lease; None otherwise.
     async fn insert_checkpoint(
         &self,
         checkpoint: &CheckpointRecord,
-        worker: &str,
+        holder: &str,
         event: &NewEvent,
     ) -> Result<Option<JobEvent>, StoreError>;
     /// Newest first, with step below `before_step`.

@@ -13,6 +13,7 @@ mod engine_smollm2;
 mod engine_tokenizer;
 mod engine_train;
 mod evals;
+mod faults;
 mod graders;
 mod graders_engine;
 mod graders_python_sandbox;
