@@ -21,7 +21,6 @@ use lathe::proto::{
 use lathe::store::Store;
 
 const SECRETS_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 const PATIENCE: Duration = Duration::from_secs(600);
 
 /// A `lathe` child process, killed (-9) when dropped.
@@ -93,27 +92,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn sft_lines(n: usize, offset: usize) -> String {
-    (0..n)
-        .map(|i| {
-            let k = i + offset;
-            serde_json::json!({"messages": [
-                {"role": "system", "content": "Answer with one word."},
-                {"role": "user", "content": format!("item {}", k % 4)},
-                {"role": "assistant", "content": WORDS[k % 4]},
-            ]})
-            .to_string()
-                + "\n"
-        })
-        .collect()
-}
-
-fn auto_int(n: i64) -> Option<proto::AutoInt> {
-    Some(proto::AutoInt {
-        value: Some(proto::auto_int::Value::Number(n)),
-    })
 }
 
 fn sft_job(train: &str, valid: &str) -> proto::CreateJobRequest {
