@@ -111,6 +111,18 @@ fn model_line(m: &proto::Model) -> String {
     }
 }
 
+/// A path the server reads (`models add`, `models import`), sent absolute
+/// since the server does not share this shell's working directory; a URL
+/// (`s3://…`), or a path that does not resolve here, is sent as given.
+fn server_path(path: String) -> String {
+    if path.contains("://") {
+        return path;
+    }
+    std::fs::canonicalize(&path)
+        .map(|p| p.display().to_string())
+        .unwrap_or(path)
+}
+
 pub async fn run(addr: &str, json: bool, cmd: ModelsCommand) -> anyhow::Result<Outcome> {
     match cmd {
         ModelsCommand::Pull { name, dir } => {
@@ -140,12 +152,11 @@ pub async fn run(addr: &str, json: bool, cmd: ModelsCommand) -> anyhow::Result<O
     };
     match cmd {
         ModelsCommand::Add { path, name } => {
-            // The server reads the path, so send it absolute.
-            let path = std::fs::canonicalize(&path)
-                .map(|p| p.display().to_string())
-                .unwrap_or(path);
             let m = client
-                .register_model(proto::RegisterModelRequest { name, path })
+                .register_model(proto::RegisterModelRequest {
+                    name,
+                    path: server_path(path),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner()
@@ -165,13 +176,11 @@ pub async fn run(addr: &str, json: bool, cmd: ModelsCommand) -> anyhow::Result<O
             show(&m);
         }
         ModelsCommand::Import { source, name } => {
-            // A local path is the server's, so send it absolute.
-            let source = match std::fs::canonicalize(&source) {
-                Ok(p) if !source.contains("://") => p.display().to_string(),
-                _ => source,
-            };
             let m = client
-                .import_model(proto::ImportModelRequest { name, source })
+                .import_model(proto::ImportModelRequest {
+                    name,
+                    source: server_path(source),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner()

@@ -14,23 +14,6 @@ use lathe::proto::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
-
-fn sft_lines(n: usize, offset: usize) -> String {
-    (0..n)
-        .map(|i| {
-            let k = i + offset;
-            serde_json::json!({"messages": [
-                {"role": "system", "content": "Answer with one word."},
-                {"role": "user", "content": format!("item {}", k % 4)},
-                {"role": "assistant", "content": WORDS[k % 4]},
-            ]})
-            .to_string()
-                + "\n"
-        })
-        .collect()
-}
-
 struct Env {
     server: TestServer,
     jobs: FineTuningServiceClient<Channel>,
@@ -86,12 +69,6 @@ async fn env() -> Env {
         valid: valid.id,
         _dir: dir,
     }
-}
-
-fn auto_int(n: i64) -> Option<proto::AutoInt> {
-    Some(proto::AutoInt {
-        value: Some(proto::auto_int::Value::Number(n)),
-    })
 }
 
 fn create(env: &Env, epochs: i64) -> proto::CreateJobRequest {

@@ -258,6 +258,33 @@ pub fn assert_no_blobs(data_dir: &Path) {
     );
 }
 
+/// The one-word answers of the tiny SFT data sets ([`sft_lines`]).
+pub const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
+
+/// `n` SFT lines that answer "item K" with `WORDS[K % 4]`, K counting from
+/// `offset`: small enough for the tiny model to learn in a few epochs.
+pub fn sft_lines(n: usize, offset: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let k = i + offset;
+            serde_json::json!({"messages": [
+                {"role": "system", "content": "Answer with one word."},
+                {"role": "user", "content": format!("item {}", k % 4)},
+                {"role": "assistant", "content": WORDS[k % 4]},
+            ]})
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+/// A hyperparameter set to `n`.
+pub fn auto_int(n: i64) -> Option<proto::AutoInt> {
+    Some(proto::AutoInt {
+        value: Some(proto::auto_int::Value::Number(n)),
+    })
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))

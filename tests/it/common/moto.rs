@@ -130,6 +130,38 @@ impl Moto {
         metas.into_iter().map(|m| m.location.to_string()).collect()
     }
 
+    /// The bytes stored at `key`.
+    pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let s3 = self.builder().with_bucket_name(bucket).build().unwrap();
+        let object = s3.get(&key.into()).await.unwrap_or_else(|e| panic!("{key}: {e}"));
+        object.bytes().await.expect("read the object").to_vec()
+    }
+
+    /// The multipart uploads begun in `bucket` and neither completed nor
+    /// aborted, as (upload id, key): S3's ListMultipartUploads, which
+    /// `object_store` has no call for (moto answers it unsigned).
+    pub async fn open_uploads(&self, bucket: &str) -> Vec<(String, String)> {
+        let xml = reqwest::get(format!("{}/{bucket}?uploads", self.endpoint))
+            .await
+            .expect("list multipart uploads")
+            .text()
+            .await
+            .expect("read the listing");
+        let tag = |xml: &str, name: &str| -> String {
+            let open = format!("<{name}>");
+            let start = xml
+                .find(&open)
+                .map(|i| i + open.len())
+                .unwrap_or_else(|| panic!("no {open}"));
+            let len = xml[start..].find('<').unwrap();
+            xml[start..start + len].to_string()
+        };
+        xml.split("<Upload>")
+            .skip(1)
+            .map(|upload| (tag(upload, "UploadId"), tag(upload, "Key")))
+            .collect()
+    }
+
     /// Writes `bytes` at `key`, as another process sharing the bucket would.
     pub async fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
         let s3 = self.builder().with_bucket_name(bucket).build().unwrap();
