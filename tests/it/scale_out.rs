@@ -391,7 +391,12 @@ async fn jobs_and_eval_runs_survive_a_killed_worker_and_a_killed_replica() {
         loop {
             for id in &job_ids {
                 let job = store.get_job(id).await.unwrap().unwrap();
-                let running_on_w1 = job.lease_owner.as_deref() == Some(w1_id.as_str());
+                // Leases are held per claim, as `{worker}.{n}`.
+                let running_on_w1 = job
+                    .lease_owner
+                    .as_deref()
+                    .and_then(|owner| owner.rsplit_once('.'))
+                    .is_some_and(|(worker, _)| worker == w1_id);
                 if running_on_w1 && !store.list_checkpoints(id, None, 1).await.unwrap().is_empty() {
                     return id.clone();
                 }
