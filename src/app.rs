@@ -102,7 +102,7 @@ impl App {
         let mut blobs = Blobs::open(config.blob_url.as_ref(), &config.blob_dir()).await?;
         // Processes sharing a database may share the blob directory too.
         if let Some(age) = config.leftovers_age() {
-            blobs = blobs.settling_for(age);
+            blobs = blobs.settling_for(age).shared();
         }
         tracing::info!(store = blobs.name(), "blobs");
         let auth = Arc::new(Auth::new(store.clone()));

@@ -47,6 +47,13 @@ const S3_PART_SIZE: usize = 8 << 20;
 /// being written, so another replica's work in flight is never taken.
 pub const SHARED_SETTLE: Duration = Duration::from_secs(24 * 3600);
 
+/// In a store other processes write too, `delete_unless_used` keeps a blob
+/// written this recently: another process may have just committed the same
+/// bytes and not yet written the record that uses them (the `gate` holds
+/// off only this process's deletes). A blob kept so is a sweep's once it
+/// has settled.
+pub const RECENT_COMMIT: Duration = Duration::from_secs(600);
+
 #[derive(Clone)]
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
@@ -66,6 +73,9 @@ pub struct Blobs {
     /// data directory's own blobs, [`SHARED_SETTLE`] for a store named by
     /// `--blob-url`.
     settle: Duration,
+    /// Blobs younger than this are not deleted (`RECENT_COMMIT` where other
+    /// processes write to the store; zero where this one is alone).
+    keep_recent: Duration,
     /// Serializes "commit a blob + insert the record that points at it"
     /// against "delete a record + remove its blob unless still used", for
     /// every service of this process (they share one `Blobs`).
@@ -93,6 +103,7 @@ impl Blobs {
             part_size: direct::PART_SIZE,
             max_commit: None,
             settle: Duration::ZERO,
+            keep_recent: Duration::ZERO,
             gate: Arc::default(),
         })
     }
@@ -127,9 +138,18 @@ impl Blobs {
             part_size: S3_PART_SIZE,
             max_commit: Some(s3::MAX_COPY_BYTES),
             settle: SHARED_SETTLE,
+            keep_recent: Duration::ZERO,
             gate: Arc::default(),
             name: url,
         })
+    }
+
+    /// Other processes commit blobs to this store too (they share the
+    /// database): a delete keeps what was written in the last
+    /// [`RECENT_COMMIT`].
+    pub fn shared(mut self) -> Self {
+        self.keep_recent = RECENT_COMMIT;
+        self
     }
 
     /// Sweeps take leftovers only once they are `age` old.
@@ -208,12 +228,31 @@ impl Blobs {
         store: &dyn crate::store::Store,
         sha256: &str,
     ) -> Result<(), crate::store::StoreError> {
-        if !store.blob_in_use(sha256).await?
-            && let Err(e) = self.delete(sha256).await
-        {
+        if store.blob_in_use(sha256).await? || self.recently_written(sha256).await {
+            return Ok(());
+        }
+        if let Err(e) = self.delete(sha256).await {
             tracing::warn!(blob = %sha256, error = %e, "could not remove an unused blob");
         }
         Ok(())
+    }
+
+    /// Whether the blob was written (or committed again) within
+    /// `keep_recent`; a blob that cannot be looked at is not kept.
+    async fn recently_written(&self, sha256: &str) -> bool {
+        if self.keep_recent.is_zero() {
+            return false;
+        }
+        match self.store.head(&Self::address(sha256)).await {
+            Ok(meta) => {
+                let recent = meta.last_modified.timestamp_millis() > cutoff_millis(self.keep_recent);
+                if recent {
+                    tracing::debug!(blob = %sha256, "kept an unused blob written moments ago; a sweep takes it once settled");
+                }
+                recent
+            }
+            Err(_) => false,
+        }
     }
 
     /// Every stored blob's sha256.
@@ -500,6 +539,25 @@ mod tests {
         blobs.sweep_staging().await.unwrap();
         let left: Vec<_> = walk(dir.path());
         assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
+    /// Where other processes commit too, an unused blob written moments ago
+    /// is kept (another process's record may be on its way); alone, it goes.
+    #[tokio::test]
+    async fn a_shared_store_keeps_an_unused_blob_written_moments_ago() {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        for (shared, kept) in [(false, false), (true, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut blobs = Blobs::local(dir.path()).unwrap();
+            if shared {
+                blobs = blobs.shared();
+            }
+            let mut w = blobs.writer().await.unwrap();
+            w.write(b"bytes").await.unwrap();
+            let sha = w.finish().await.unwrap().commit().await.unwrap();
+            blobs.delete_unless_used(&*store, &sha).await.unwrap();
+            assert_eq!(blobs.list().await.unwrap().contains(&sha), kept, "shared: {shared}");
+        }
     }
 
     fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
