@@ -177,6 +177,7 @@ fn main() -> anyhow::Result<()> {
         webhook: None,
         checkpoint_eval: None,
         start_from: None,
+        resources: Default::default(),
     };
     let train = encode_file(&base.tokenizer, &base.template, base.bos_id, &train_bytes, 2048)?;
     // Validation loss on 60 held-out rows from the test file's tail

@@ -125,6 +125,14 @@ pub struct CreateArgs {
     idempotency_key: Option<String>,
     #[arg(long, default_value_t = 0)]
     priority: i32,
+    /// CPUs the job's worker reserves where jobs go to a Ray cluster
+    /// (default: the server's --ray-num-cpus).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// GPUs the job's worker reserves there, fractions allowed (default:
+    /// the server's --ray-num-gpus).
+    #[arg(long)]
+    gpus: Option<f64>,
     /// Stop after this many evaluations without improvement.
     #[arg(long)]
     patience: Option<u32>,
@@ -401,6 +409,10 @@ fn create_request(a: CreateArgs) -> anyhow::Result<proto::CreateJobRequest> {
             }),
             criterion: a.checkpoint_eval_criterion,
             ..Default::default()
+        }),
+        resources: (a.cpus.is_some() || a.gpus.is_some()).then(|| proto::JobResources {
+            cpus: a.cpus.unwrap_or(0.0),
+            gpus: a.gpus.unwrap_or(0.0),
         }),
     })
 }

@@ -185,6 +185,17 @@ pub struct JobSpec {
     /// and DPO's reference is that adapter, frozen.
     #[serde(default)]
     pub start_from: Option<String>,
+    /// What the job's worker reserves where jobs go to a Ray cluster; the
+    /// server's defaults for what it leaves unset.
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// CPUs and GPUs a job asks for; None takes the dispatcher's default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpus: Option<f64>,
+    pub gpus: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

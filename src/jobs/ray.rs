@@ -78,6 +78,24 @@ pub fn entrypoint(template: &str, job_id: &str) -> String {
     template.replace("{job_id}", job_id)
 }
 
+/// The Ray job for `job`'s try `try_`: the worker for that job, with the
+/// resources the job asked for (the configured ones where it did not).
+fn submission(config: &RayConfig, job: &JobRecord, try_: u32) -> Submission {
+    let metadata = BTreeMap::from([
+        (META_JOB.to_string(), job.id.clone()),
+        (META_ATTEMPT.to_string(), job.attempts.to_string()),
+        (META_TRY.to_string(), try_.to_string()),
+    ]);
+    Submission {
+        entrypoint: entrypoint(&config.entrypoint, &job.id),
+        submission_id: submission_id(&job.id, job.attempts, try_),
+        metadata,
+        env_vars: config.env_vars.clone(),
+        num_cpus: job.spec.resources.cpus.unwrap_or(config.num_cpus),
+        num_gpus: job.spec.resources.gpus.unwrap_or(config.num_gpus),
+    }
+}
+
 /// Starts the executor; it returns after `shutdown`. Ray jobs keep running
 /// across a restart of this process: the next start adopts them.
 pub fn spawn(jobs: Arc<Jobs>, ray: RayClient, config: RayConfig, shutdown: CancellationToken) -> JoinHandle<()> {
@@ -392,19 +410,7 @@ impl Executor {
     }
 
     fn submission(&self, job: &JobRecord, try_: u32) -> Submission {
-        let metadata = BTreeMap::from([
-            (META_JOB.to_string(), job.id.clone()),
-            (META_ATTEMPT.to_string(), job.attempts.to_string()),
-            (META_TRY.to_string(), try_.to_string()),
-        ]);
-        Submission {
-            entrypoint: entrypoint(&self.config.entrypoint, &job.id),
-            submission_id: submission_id(&job.id, job.attempts, try_),
-            metadata,
-            env_vars: self.config.env_vars.clone(),
-            num_cpus: self.config.num_cpus,
-            num_gpus: self.config.num_gpus,
-        }
+        submission(&self.config, job, try_)
     }
 
     fn track(&mut self, id: &str, job_id: &str, attempt: u32, try_: u32, status: RayStatus) {
@@ -656,6 +662,27 @@ mod tests {
             entrypoint("/opt/lathe worker --job {job_id} --log-json", "job_9"),
             "/opt/lathe worker --job job_9 --log-json"
         );
+    }
+
+    #[test]
+    fn a_ray_job_reserves_what_its_job_asked_for_or_the_configured_defaults() {
+        let config = RayConfig {
+            entrypoint: "lathe worker --job {job_id}".into(),
+            env_vars: BTreeMap::new(),
+            num_cpus: 2.0,
+            num_gpus: 1.0,
+            max_failures: 3,
+            max_submitted: 4,
+            poll: Duration::from_secs(1),
+        };
+        let mut j = job(JobState::Queued, 1);
+        let plain = submission(&config, &j, 2);
+        assert_eq!((plain.num_cpus, plain.num_gpus), (2.0, 1.0));
+        assert_eq!(plain.submission_id, "lathe-job_1-1-2");
+        assert_eq!(plain.entrypoint, "lathe worker --job job_1");
+        j.spec.resources.gpus = Some(0.5);
+        let shared = submission(&config, &j, 2);
+        assert_eq!((shared.num_cpus, shared.num_gpus), (2.0, 0.5));
     }
 
     #[test]

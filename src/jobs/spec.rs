@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{CheckpointEval, EarlyStopping, JobSpec, Lora, Method, MethodKind, Webhook};
+use super::model::{CheckpointEval, EarlyStopping, JobSpec, Lora, Method, MethodKind, Resources, Webhook};
 use super::webhook::WebhookPolicy;
 use crate::error::FieldViolation;
 
@@ -33,8 +33,13 @@ pub struct CreateJob {
     pub early_stopping: Option<EarlyStopping>,
     pub webhook: Option<Webhook>,
     pub checkpoint_eval: Option<CheckpointEval>,
+    pub resources: Resources,
     pub idempotency_key: Option<String>,
 }
+
+/// The most CPUs and GPUs one job may ask for.
+pub const MAX_CPUS: f64 = 1024.0;
+pub const MAX_GPUS: f64 = 64.0;
 
 /// LoRA settings as requested; `None` takes the default.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -91,6 +96,7 @@ pub fn build(req: &CreateJob) -> (JobSpec, Vec<FieldViolation>) {
         webhook: req.webhook.clone(),
         checkpoint_eval: req.checkpoint_eval.clone(),
         start_from: None,
+        resources: req.resources.clone(),
     };
     let violations = check(&spec);
     (spec, violations)
@@ -291,6 +297,16 @@ pub fn check(spec: &JobSpec) -> Vec<FieldViolation> {
              policy that sampled; leave it at 0",
         ));
     }
+    for (field, value, max) in [
+        ("resources.cpus", spec.resources.cpus, MAX_CPUS),
+        ("resources.gpus", spec.resources.gpus, MAX_GPUS),
+    ] {
+        if let Some(x) = value
+            && !(x > 0.0 && x <= max)
+        {
+            v.push(FieldViolation::new(field, format!("must be above 0 and at most {max}")));
+        }
+    }
     if let Some(es) = &spec.early_stopping
         && es.patience > 0
         && spec.validation_dataset_id.is_none()
@@ -376,5 +392,26 @@ mod tests {
                 "lora.rank"
             ]
         );
+    }
+
+    #[test]
+    fn resources_are_above_zero_and_bounded() {
+        let mut req = request();
+        req.resources = Resources {
+            cpus: Some(0.5),
+            gpus: Some(0.25),
+        };
+        let (spec, v) = build(&req);
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!(spec.resources.gpus, Some(0.25), "kept in the spec");
+        for (cpus, gpus) in [(-1.0, f64::NAN), (MAX_CPUS + 1.0, MAX_GPUS + 1.0)] {
+            req.resources = Resources {
+                cpus: Some(cpus),
+                gpus: Some(gpus),
+            };
+            let (_, v) = build(&req);
+            let fields: Vec<&str> = v.iter().map(|f| f.field.as_str()).collect();
+            assert_eq!(fields, ["resources.cpus", "resources.gpus"]);
+        }
     }
 }

@@ -324,6 +324,20 @@ pub struct CreateJobBody {
     #[serde(default)]
     #[schema(value_type = Option<Vec<Object>>)]
     pub integrations: Option<Vec<Value>>,
+    /// Lathe's: CPUs and GPUs the job's worker reserves where jobs go to a
+    /// Ray cluster (the SDK sends it with `extra_body`).
+    #[serde(default)]
+    pub resources: Option<JobResources>,
+}
+
+/// CPUs and GPUs for a job's worker; absent ones take the server's default.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobResources {
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub gpus: Option<f64>,
 }
 
 /// The domain's method from OpenAI's, or the legacy top-level
@@ -431,6 +445,13 @@ fn create_request(body: CreateJobBody) -> Result<CreateJob, ApiError> {
         seed: body.seed,
         suffix: body.suffix.unwrap_or_default(),
         metadata: body.metadata.unwrap_or_default(),
+        resources: body
+            .resources
+            .map(|r| jm::Resources {
+                cpus: r.cpus,
+                gpus: r.gpus,
+            })
+            .unwrap_or_default(),
         ..Default::default()
     })
 }

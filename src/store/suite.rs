@@ -216,6 +216,7 @@ pub fn job(n: u32, created_at: i64, priority: i32, key: Option<&str>) -> JobReco
         webhook: None,
         checkpoint_eval: None,
         start_from: None,
+        resources: Default::default(),
     };
     let mut job = JobRecord::new(
         format!("job_{n:026}"),

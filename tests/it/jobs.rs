@@ -278,6 +278,7 @@ async fn create_rejects_bad_requests_with_field_details_and_is_idempotent() {
         patience: 2,
         min_delta: 0.0,
     });
+    bad.resources = Some(proto::JobResources { cpus: -1.0, gpus: 65.0 });
     let err = env.jobs.create_job(bad).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let fields = field_of(&err);
@@ -286,6 +287,8 @@ async fn create_rejects_bad_requests_with_field_details_and_is_idempotent() {
         "lora.rank",
         "early_stopping.patience",
         "base_model",
+        "resources.cpus",
+        "resources.gpus",
     ] {
         assert!(fields.iter().any(|x| x == f), "{f} missing in {fields:?}");
     }
@@ -303,6 +306,8 @@ async fn create_rejects_bad_requests_with_field_details_and_is_idempotent() {
     // A retried create with the same key gives the same job, not a second.
     let mut keyed = create(&env.train_id);
     keyed.idempotency_key = "retry-me".into();
+    // What a job's worker reserves on a Ray cluster: kept as asked.
+    keyed.resources = Some(proto::JobResources { cpus: 0.0, gpus: 0.5 });
     let a = env
         .jobs
         .create_job(keyed.clone())
@@ -311,6 +316,7 @@ async fn create_rejects_bad_requests_with_field_details_and_is_idempotent() {
         .into_inner()
         .job
         .unwrap();
+    assert_eq!(a.resources, Some(proto::JobResources { cpus: 0.0, gpus: 0.5 }));
     let b = env.jobs.create_job(keyed).await.unwrap().into_inner().job.unwrap();
     assert_eq!(a.id, b.id);
     let all = env

@@ -133,6 +133,8 @@ def fine_tune(client):
         suffix="sdk",
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
         metadata={"from": "openai-sdk"},
+        # Lathe's own: what the job's worker reserves on a Ray cluster.
+        extra_body={"resources": {"cpus": 1}},
     )
     assert job.object == "fine_tuning.job" and job.model == "tiny", job
     assert job.status in ("validating_files", "queued", "running"), job.status

@@ -155,6 +155,13 @@ pub fn create_job(req: proto::CreateJobRequest) -> CreateJob {
                 concurrency: c.concurrency,
             }
         }),
+        resources: req
+            .resources
+            .map(|r| jm::Resources {
+                cpus: (r.cpus != 0.0).then_some(r.cpus),
+                gpus: (r.gpus != 0.0).then_some(r.gpus),
+            })
+            .unwrap_or_default(),
         idempotency_key: (!req.idempotency_key.is_empty()).then_some(req.idempotency_key),
     }
 }
@@ -230,6 +237,10 @@ pub fn job(j: jm::JobRecord) -> proto::Job {
         webhook_url: j.spec.webhook.map(|w| w.url).unwrap_or_default(),
         attempts: j.attempts,
         start_from: j.spec.start_from.unwrap_or_default(),
+        resources: (j.spec.resources != jm::Resources::default()).then(|| proto::JobResources {
+            cpus: j.spec.resources.cpus.unwrap_or(0.0),
+            gpus: j.spec.resources.gpus.unwrap_or(0.0),
+        }),
         checkpoint_eval: j.spec.checkpoint_eval.map(|c| proto::CheckpointEval {
             eval_id: c.eval_id,
             input_messages: (!c.input_messages.is_empty()).then(|| list_value(&c.input_messages)),
