@@ -11,22 +11,22 @@
 //! Network faults go through `Proxy`, a TCP relay the test can cut: the
 //! far side looks down (connections reset, new ones refused at once).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::moto::Moto;
+use crate::common::process::LatheProcess;
 use crate::common::*;
 use lathe::proto::{
     self, DatasetPurpose, JobState, fine_tuning_service_client::FineTuningServiceClient,
     model_service_client::ModelServiceClient, watch_job_response::Payload,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 const BUCKET: &str = "lathe-faults";
@@ -190,106 +190,6 @@ impl Drop for Cluster {
             .arg(self.bin.join("pg_ctl"))
             .args(["-D", &self.data(), "-m", "immediate", "stop"])
             .output();
-    }
-}
-
-/// A `lathe` child process, killed when dropped.
-struct Lathe {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Lathe {
-    async fn start(args: &[String], env: &[(&str, String)]) -> Lathe {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lathe"))
-            .args(args)
-            .args(["--listen", "127.0.0.1:0", "--log-json"])
-            .env("LATHE_ADMIN_KEY", ADMIN_KEY)
-            .env("LATHE_LOG", "info")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lathe");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && let Some(addr) = v.get("addr").and_then(|a| a.as_str())
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.to_string());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = tokio::time::timeout(Duration::from_secs(120), rx)
-            .await
-            .expect("lathe never logged its address")
-            .unwrap_or_else(|_| panic!("lathe exited: {:?}", log.lock().unwrap()));
-        Lathe {
-            child,
-            url: format!("http://{addr}"),
-            log,
-        }
-    }
-
-    /// The worker id it claims work under (from its log).
-    fn worker_id(&self) -> String {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find_map(|v| v.get("worker").and_then(|w| w.as_str()).map(str::to_string))
-            .expect("no worker id logged")
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// What gRPC health says of `service` ("lathe.database", ...).
-    async fn health(&self, service: &str) -> ServingStatus {
-        let channel = tonic::transport::Channel::from_shared(self.url.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let answer = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("health of {service}: {e}"));
-        ServingStatus::try_from(answer.into_inner().status).unwrap()
-    }
-
-    /// Waits (up to `within`) for `service`'s health to be `status`.
-    async fn health_becomes(&self, service: &str, status: ServingStatus, within: Duration) {
-        let began = Instant::now();
-        loop {
-            if self.health(service).await == status {
-                return;
-            }
-            assert!(
-                began.elapsed() < within,
-                "{service} was not {status:?} within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Lathe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -511,7 +411,7 @@ async fn a_job_rides_out_a_postgres_restart() {
     let Some(cluster) = Cluster::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let db = cluster.url();
-    let server = Lathe::start(&args(&["serve"], dir.path(), "data", &db, 20), &[]).await;
+    let server = LatheProcess::start("server", &args(&["serve"], dir.path(), "data", &db, 20), &[]).await;
     assert_eq!(server.health("lathe.database").await, ServingStatus::Serving);
     let train = set_up(&server.url, dir.path(), 24).await;
     let job = create_job(&server.url, &train, 30).await;
@@ -572,7 +472,7 @@ async fn a_job_rides_out_the_object_store_out_of_reach_for_a_minute() {
     env.push(("LATHE_BLOB_URL", format!("s3://{BUCKET}/faults")));
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("lathe.db").display());
-    let server = Lathe::start(&args(&["serve"], dir.path(), "data", &db, 6), &env).await;
+    let server = LatheProcess::start("server", &args(&["serve"], dir.path(), "data", &db, 6), &env).await;
     let train = set_up(&server.url, dir.path(), 24).await;
     let job = create_job(&server.url, &train, 30).await;
     let mut events = Vec::new();
@@ -652,8 +552,18 @@ async fn a_worker_cut_off_from_the_database_loses_its_job_and_writes_nothing_aft
     let proxy = Proxy::start(target).await;
     let through_proxy = db.url.replacen(host, &proxy.addr.to_string(), 1);
     let dir = tempfile::tempdir().unwrap();
-    let api = Lathe::start(&args(&["serve", "--role", "api"], dir.path(), "data", &db.url, 6), &[]).await;
-    let cut_off = Lathe::start(&args(&["worker"], dir.path(), "data", &through_proxy, 6), &[]).await;
+    let api = LatheProcess::start(
+        "api",
+        &args(&["serve", "--role", "api"], dir.path(), "data", &db.url, 6),
+        &[],
+    )
+    .await;
+    let cut_off = LatheProcess::start(
+        "cut-off worker",
+        &args(&["worker"], dir.path(), "data", &through_proxy, 6),
+        &[],
+    )
+    .await;
     let train = set_up(&api.url, dir.path(), 48).await;
     let job = create_job(&api.url, &train, 50).await;
     let mut events = Vec::new();
@@ -669,7 +579,7 @@ async fn a_worker_cut_off_from_the_database_loses_its_job_and_writes_nothing_aft
     cut_off
         .health_becomes("lathe.database", ServingStatus::NotServing, Duration::from_secs(15))
         .await;
-    let other = Lathe::start(&args(&["worker"], dir.path(), "data", &db.url, 6), &[]).await;
+    let other = LatheProcess::start("other worker", &args(&["worker"], dir.path(), "data", &db.url, 6), &[]).await;
     let second = other.worker_id();
     let early = watch(&api.url, &job, &mut events, |e| {
         e.message.contains(&format!("running on worker {second}"))

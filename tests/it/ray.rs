@@ -9,20 +9,20 @@
 //! server of LATHE_TEST_POSTGRES_URL) and the data directory's blobs.
 
 use std::{
-    io::{BufRead, BufReader},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
+use crate::common::process::LatheProcess;
 use crate::common::*;
 use lathe::proto::{
     self, DatasetPurpose, JobState, fine_tuning_service_client::FineTuningServiceClient, job_event,
     model_service_client::ModelServiceClient, watch_job_response::Payload,
 };
 use lathe::ray::{RayClient, RayJob, RayStatus, Submission, Submitted};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// A Ray head on 127.0.0.1 of its own (own ports, own temp dir), stopped
 /// when dropped.
@@ -158,76 +158,12 @@ async fn ray_ended(client: &RayClient, id: &str) -> RayJob {
     }
 }
 
-/// `lathe serve` as a child process, its log kept.
-struct ControlPlane {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
+/// `lathe serve` dispatching to Ray, configured by its environment.
+struct ControlPlane;
 
 impl ControlPlane {
-    async fn start(env: &[(&str, String)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lathe"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-json"])
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let kept = log.clone();
-        // Reads the log to its end (so the child never blocks on a full pipe).
-        std::thread::spawn(move || {
-            let mut addr_tx = Some(addr_tx);
-            for line in lines.map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && let Some(addr) = v.get("addr").and_then(|a| a.as_str())
-                    && let Some(tx) = addr_tx.take()
-                {
-                    let _ = tx.send(addr.to_string());
-                }
-                kept.lock().unwrap().push(line);
-            }
-        });
-        let addr = match addr_rx.await {
-            Ok(addr) => addr,
-            Err(_) => {
-                let status = child.wait().unwrap();
-                panic!("lathe serve exited ({status}):\n{}", log.lock().unwrap().join("\n"));
-            }
-        };
-        Self {
-            child,
-            url: format!("http://{addr}"),
-            log,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        connect(&self.url, ADMIN_KEY).await
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// Stops it with `signal` and waits.
-    fn stop(mut self, signal: libc::c_int) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for ControlPlane {
-    /// A test that fails midway leaves no server behind.
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    async fn start(env: &[(&str, String)]) -> LatheProcess {
+        LatheProcess::start("control plane", &["serve".to_string()], env).await
     }
 }
 
@@ -235,7 +171,7 @@ impl Drop for ControlPlane {
 const SECRETS_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 /// What the control plane's `/metrics` answers.
-async fn metrics(plane: &ControlPlane) -> String {
+async fn metrics(plane: &LatheProcess) -> String {
     let response = reqwest::get(format!("{}/metrics", plane.url)).await.unwrap();
     assert!(response.status().is_success());
     response.text().await.unwrap()
@@ -577,6 +513,14 @@ async fn on_ray(ray_bin: &Path, db: &TestDatabase) {
     watch(&mut jobs, &f.id, |e| e.message.contains("cannot be reached")).await;
     let scraped = metrics(&plane).await;
     assert!(scraped.lines().any(|l| l == "lathe_ray_reachable 0"), "{scraped}");
+    plane
+        .health_becomes("lathe.ray", ServingStatus::NotServing, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        plane.health("").await,
+        ServingStatus::Serving,
+        "the server itself is up"
+    );
     cluster = RayCluster::start(ray_bin, dashboard_port).await;
     let (f_events, f_done) = watch(&mut jobs, &f.id, |_| false).await;
     let log = messages(&f_events);
@@ -587,6 +531,9 @@ async fn on_ray(ray_bin: &Path, db: &TestDatabase) {
     assert_eq!(submissions(&ray, &f.id).await.len(), 1);
     let scraped = metrics(&plane).await;
     assert!(scraped.lines().any(|l| l == "lathe_ray_reachable 1"), "{scraped}");
+    plane
+        .health_becomes("lathe.ray", ServingStatus::Serving, Duration::from_secs(30))
+        .await;
     assert!(
         scraped.contains(r#"lathe_ray_jobs_total{event="submitted"} 1"#),
         "this control plane submitted f only: {scraped}"

@@ -9,12 +9,11 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::moto::Moto;
+use crate::common::process::LatheProcess;
 use crate::common::*;
 use lathe::blobs::Blobs;
 use lathe::proto::{
@@ -28,78 +27,6 @@ const PATIENCE: Duration = Duration::from_secs(600);
 /// Every process's blobs: `s3://BUCKET/PREFIX`.
 const BUCKET: &str = "lathe-scale-out";
 const PREFIX: &str = "proof";
-
-/// A `lathe` child process, killed (-9) when dropped.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    /// Starts `lathe ARGS` with `env` and waits for it to log its address.
-    async fn start(name: &'static str, args: Vec<String>, env: &[(&str, String)]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lathe"))
-            .args(&args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("LATHE_ADMIN_KEY", ADMIN_KEY)
-            .env("LATHE_SECRETS_KEY", SECRETS_KEY)
-            .env("LATHE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lathe");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && let Some(addr) = v.get("addr").and_then(|a| a.as_str())
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.to_string());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = tokio::time::timeout(Duration::from_secs(120), rx)
-            .await
-            .unwrap_or_else(|_| panic!("{name} never logged its address"))
-            .unwrap_or_else(|_| panic!("{name} exited: {:?}", log.lock().unwrap()));
-        Proc {
-            name,
-            child,
-            url: format!("http://{addr}"),
-            log,
-        }
-    }
-
-    /// The worker id it claims work under (from its log).
-    fn worker_id(&self) -> String {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find_map(|v| v.get("worker").and_then(|w| w.as_str()).map(str::to_string))
-            .unwrap_or_else(|| panic!("{} logged no worker id", self.name))
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn sft_job(train: &str, valid: &str) -> proto::CreateJobRequest {
     proto::CreateJobRequest {
@@ -251,7 +178,8 @@ async fn jobs_and_eval_runs_survive_a_killed_worker_and_a_killed_replica() {
     // cache, graders' environment) of its own, and the bucket holds every
     // byte. The admin and secrets keys come from the environment.
     let blob_url = format!("s3://{BUCKET}/{PREFIX}");
-    let env = moto.env();
+    let mut env = moto.env();
+    env.push(("LATHE_SECRETS_KEY", SECRETS_KEY.to_string()));
     let args = |data: &str, role: &[&str]| -> Vec<String> {
         let mut args: Vec<String> = role.iter().map(|s| s.to_string()).collect();
         for (flag, value) in [
@@ -268,10 +196,10 @@ async fn jobs_and_eval_runs_survive_a_killed_worker_and_a_killed_replica() {
         args.push("--log-json".into());
         args
     };
-    let a = Proc::start("replica A", args("a", &["serve", "--role", "api"]), &env).await;
-    let mut b = Proc::start("replica B", args("b", &["serve", "--role", "api"]), &env).await;
-    let mut w1 = Proc::start("worker 1", args("w1", &["worker"]), &env).await;
-    let w2 = Proc::start("worker 2", args("w2", &["worker"]), &env).await;
+    let a = LatheProcess::start("replica A", &args("a", &["serve", "--role", "api"]), &env).await;
+    let mut b = LatheProcess::start("replica B", &args("b", &["serve", "--role", "api"]), &env).await;
+    let mut w1 = LatheProcess::start("worker 1", &args("w1", &["worker"]), &env).await;
+    let w2 = LatheProcess::start("worker 2", &args("w2", &["worker"]), &env).await;
     let urls = [a.url.clone(), b.url.clone()];
 
     // Set-up through replica A: the model (uploaded into the bucket from a
@@ -561,8 +489,9 @@ async fn event_latency_from_a_worker_to_a_watcher_on_another_replica() {
         args.push("--log-json".into());
         args
     };
-    let api = Proc::start("replica", args(&["serve", "--role", "api"]), &[]).await;
-    let _worker = Proc::start("worker", args(&["worker"]), &[]).await;
+    let env = [("LATHE_SECRETS_KEY", SECRETS_KEY.to_string())];
+    let api = LatheProcess::start("replica", &args(&["serve", "--role", "api"]), &env).await;
+    let _worker = LatheProcess::start("worker", &args(&["worker"]), &env).await;
     let channel = connect(&api.url, ADMIN_KEY).await;
     ModelServiceClient::new(channel.clone())
         .register_model(proto::RegisterModelRequest {

@@ -3,6 +3,7 @@
 
 pub mod moto;
 pub mod openai_stub;
+pub mod process;
 pub mod scripted;
 
 use std::path::{Path, PathBuf};
