@@ -59,6 +59,8 @@ struct Workers {
     stop: CancellationToken,
     /// Cancelled when a process started for one job is done with it.
     finished: CancellationToken,
+    /// Why such a process could not run its job (there is no such job).
+    failed: Arc<std::sync::OnceLock<String>>,
     scheduler: JoinHandle<()>,
     eval_runner: JoinHandle<()>,
     health: JoinHandle<()>,
@@ -221,9 +223,16 @@ impl App {
             tracing::info!(worker = %worker_id, job = config.only_job.as_deref(), "claiming queued work");
         }
         let finished = CancellationToken::new();
+        let failed = Arc::new(std::sync::OnceLock::new());
         let workers = Workers {
             scheduler: match (&config.only_job, role.runs_work(), ray) {
-                (Some(job), true, _) => one_job(jobs.clone(), job.clone(), stop.clone(), finished.clone()),
+                (Some(job), true, _) => one_job(
+                    jobs.clone(),
+                    job.clone(),
+                    stop.clone(),
+                    finished.clone(),
+                    failed.clone(),
+                ),
                 (None, true, Some((client, ray_config))) => {
                     crate::jobs::ray::spawn(jobs.clone(), client, ray_config, stop.clone())
                 }
@@ -238,6 +247,7 @@ impl App {
             health: health_checks,
             stop,
             finished,
+            failed,
         };
         Ok(App {
             auth,
@@ -259,6 +269,12 @@ impl App {
     /// run (it ended, or was paused, before a claim). Never otherwise.
     pub async fn finished(&self) {
         self.workers.finished.cancelled().await;
+    }
+
+    /// Why a process started for one job could not run it, once it is
+    /// finished (its exit status says so).
+    pub fn failure(&self) -> Option<String> {
+        self.workers.failed.get().cloned()
     }
 
     /// The dependencies' health as the last checks found it, kept current.
@@ -343,7 +359,13 @@ async fn relay_changes(
 /// The scheduler of a process started for one job: it claims only that
 /// job, and the process is finished once the job has run here, or as soon
 /// as the job is one this worker will not run (ended or paused).
-fn one_job(jobs: Arc<Jobs>, id: String, stop: CancellationToken, finished: CancellationToken) -> JoinHandle<()> {
+fn one_job(
+    jobs: Arc<Jobs>,
+    id: String,
+    stop: CancellationToken,
+    finished: CancellationToken,
+    failed: Arc<std::sync::OnceLock<String>>,
+) -> JoinHandle<()> {
     let scheduler = scheduler::spawn(jobs.clone(), stop.clone());
     tokio::spawn(async move {
         let poll = jobs.config.poll;
@@ -358,6 +380,7 @@ fn one_job(jobs: Arc<Jobs>, id: String, stop: CancellationToken, finished: Cance
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     tracing::error!(job = %id, "no such job");
+                    let _ = failed.set(format!("--job {id}: no such job"));
                     stop.cancel();
                     break scheduler.await;
                 }

@@ -79,9 +79,14 @@ pub async fn run_with(
     }
     // Dropping the server dropped every request still in flight: no
     // request is left to write to staging.
+    let failure = app.failure();
     app.close().await;
     tracing::info!("stopped");
-    dropped.map(|_| ())
+    dropped?;
+    match failure {
+        Some(why) => anyhow::bail!(why),
+        None => Ok(()),
+    }
 }
 
 /// The server's transport settings. Uploads stream hundreds of MB over

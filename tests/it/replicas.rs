@@ -174,6 +174,16 @@ async fn a_worker_for_one_job_runs_only_that_job_and_then_stops() {
         .expect("a worker for an ended job stops at once")
         .expect("a clean stop");
 
+    // Started for a job that does not exist, it stops with an error.
+    let mut unknown = config(dir.path(), &db, Role::Worker);
+    unknown.only_job = Some("job_00000000000000000000000000".into());
+    let unknown = start(unknown, &trainer).await;
+    let err = tokio::time::timeout(Duration::from_secs(30), unknown.wait())
+        .await
+        .expect("a worker for no job stops at once")
+        .unwrap_err();
+    assert!(err.to_string().contains("no such job"), "{err}");
+
     api.stop().await;
     db.drop().await;
 }
