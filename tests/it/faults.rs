@@ -22,8 +22,9 @@ use crate::common::moto::Moto;
 use crate::common::process::LatheProcess;
 use crate::common::*;
 use lathe::proto::{
-    self, DatasetPurpose, JobState, fine_tuning_service_client::FineTuningServiceClient,
-    model_service_client::ModelServiceClient, watch_job_response::Payload,
+    self, DatasetPurpose, JobState, eval_service_client::EvalServiceClient,
+    fine_tuning_service_client::FineTuningServiceClient, model_service_client::ModelServiceClient,
+    watch_job_response::Payload,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -290,6 +291,113 @@ async fn create_job(url: &str, train: &str, epochs: i64) -> String {
         .id
 }
 
+/// An eval of `rows` items (exact match of the tiny model's answer) and a
+/// run of it on the tiny model, through `url`; returns the run's id.
+async fn start_eval_run(url: &str, rows: usize) -> String {
+    let channel = connect(url, ADMIN_KEY).await;
+    let mut datasets = proto::dataset_service_client::DatasetServiceClient::new(channel.clone());
+    let items = upload_bytes(
+        &mut datasets,
+        "items.jsonl",
+        DatasetPurpose::Eval,
+        "",
+        sft_lines(rows).as_bytes(),
+        1 << 16,
+    )
+    .await
+    .unwrap()
+    .id;
+    let mut evals = EvalServiceClient::new(channel);
+    let eval = evals
+        .create_eval(proto::CreateEvalRequest {
+            name: "words".into(),
+            testing_criteria: vec![proto::TestingCriterion {
+                grader: Some(lathe::proto::json::struct_from_json(&serde_json::json!({
+                    "type": "string_check", "name": "exact", "operation": "eq",
+                    "input": "{{ sample.output_text }}", "reference": "{{ item.messages[1].content }}"
+                }))),
+                pass_threshold: None,
+                name: String::new(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .eval
+        .unwrap();
+    evals
+        .create_eval_run(proto::CreateEvalRunRequest {
+            eval_id: eval.id,
+            dataset_id: items,
+            source: Some(proto::create_eval_run_request::Source::Model(proto::ModelSource {
+                model: "tiny".into(),
+                input_messages: Some(prost_types::ListValue {
+                    values: vec![lathe::proto::json::value_from_json(
+                        &serde_json::json!({"role": "user", "content": "{{ item.messages[0].content }}"}),
+                    )],
+                }),
+                sampling_params: Some(proto::EvalSamplingParams {
+                    temperature: Some(0.0),
+                    max_tokens: Some(8),
+                    seed: Some(7),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            concurrency: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap()
+        .id
+}
+
+/// An eval run's progress through `url` until it ends (watches broken by
+/// an outage are opened again from the cursor): the sequence numbers seen,
+/// and the run as it ended.
+async fn watch_run(url: &str, id: &str) -> (Vec<u64>, proto::EvalRun) {
+    let mut seqs: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        assert!(Instant::now() < deadline, "run {id} did not end: {seqs:?}");
+        let Ok(channel) = tonic::transport::Channel::from_shared(url.to_string())
+            .unwrap()
+            .connect()
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let mut evals = EvalServiceClient::new(lathe::client::Channel::new(channel, Some(ADMIN_KEY)).unwrap());
+        let request = proto::WatchEvalRunRequest {
+            run_id: id.into(),
+            after_seq: seqs.last().copied().unwrap_or(0),
+        };
+        let Ok(stream) = evals.watch_eval_run(request).await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let mut stream = stream.into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(msg)) => match msg.payload.unwrap() {
+                    proto::watch_eval_run_response::Payload::Progress(p) => seqs.push(p.seq),
+                    proto::watch_eval_run_response::Payload::End(run) => return (seqs, run),
+                },
+                Ok(None) => panic!("a run watch ended without its terminal message"),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// A job's events from `seen` on, through `url`, as they come (watches
 /// broken by an outage are opened again from the cursor), until `until`
 /// says so or the job ends (then its end too).
@@ -402,9 +510,10 @@ async fn final_adapter(database: &str, id: &str) -> String {
     file.sha256.clone()
 }
 
-/// Postgres crashes mid-training and is back 10 s later, within the job's
-/// lease (20 s). The job waits, says so, and ends as an uninterrupted one
-/// does; health reported the database down meanwhile. (An outage longer
+/// Postgres crashes mid-training, with an eval run in flight too, and is
+/// back 10 s later, within their leases (20 s). The job waits, says so, and
+/// ends as an uninterrupted one does; the run records every item once, in
+/// order; health reported the database down meanwhile. (An outage longer
 /// than the lease hands the job to the next claim: the last test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_rides_out_a_postgres_restart() {
@@ -421,6 +530,31 @@ async fn a_job_rides_out_a_postgres_restart() {
     })
     .await;
     assert!(early.is_none(), "the job ended before the fault: {}", messages(&events));
+    // An eval run in flight too: it waits as well, and records every item once.
+    let run = start_eval_run(&server.url, 200).await;
+    let run_url = server.url.clone();
+    let run_id = run.clone();
+    let run_watch = tokio::spawn(async move { watch_run(&run_url, &run_id).await });
+    let mut evals = EvalServiceClient::new(server.channel().await);
+    let in_flight = loop {
+        let r = evals
+            .get_eval_run(proto::GetEvalRunRequest { id: run.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .run
+            .unwrap();
+        let ended = ![
+            proto::EvalRunState::Queued as i32,
+            proto::EvalRunState::InProgress as i32,
+        ]
+        .contains(&r.state);
+        if r.completed > 0 || ended {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(in_flight.state, proto::EvalRunState::InProgress as i32, "{in_flight:?}");
 
     cluster.kill();
     let down = Instant::now();
@@ -443,6 +577,9 @@ async fn a_job_rides_out_a_postgres_restart() {
     server
         .health_becomes("lathe.database", ServingStatus::Serving, Duration::from_secs(15))
         .await;
+    let (seqs, run) = run_watch.await.unwrap();
+    assert_eq!(run.state, proto::EvalRunState::Completed as i32, "{run:?}");
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>(), "every item once, in order");
 
     // The same job without a fault ends with the same adapter.
     let calm = create_job(&server.url, &train, 30).await;
