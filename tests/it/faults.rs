@@ -29,7 +29,6 @@ use lathe::proto::{
 use tokio::net::{TcpListener, TcpStream};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 const BUCKET: &str = "lathe-faults";
 
 /// A TCP relay to `target` that the test can cut and restore.
@@ -194,19 +193,6 @@ impl Drop for Cluster {
     }
 }
 
-fn sft_lines(n: usize) -> String {
-    (0..n)
-        .map(|k| {
-            serde_json::json!({"messages": [
-                {"role": "user", "content": format!("item {}", k % 4)},
-                {"role": "assistant", "content": WORDS[k % 4]},
-            ]})
-            .to_string()
-                + "\n"
-        })
-        .collect()
-}
-
 /// The tiny model under `dir` and the common arguments of a process whose
 /// leases last `lease` seconds.
 fn args(role: &[&str], dir: &Path, data: &str, database: &str, lease: u64) -> Vec<String> {
@@ -250,7 +236,7 @@ async fn set_up(url: &str, dir: &Path, rows: usize) -> String {
         "train.jsonl",
         DatasetPurpose::Sft,
         "",
-        sft_lines(rows).as_bytes(),
+        word_lines(rows).as_bytes(),
         1 << 16,
     )
     .await
@@ -301,7 +287,7 @@ async fn start_eval_run(url: &str, rows: usize) -> String {
         "items.jsonl",
         DatasetPurpose::Eval,
         "",
-        sft_lines(rows).as_bytes(),
+        word_lines(rows).as_bytes(),
         1 << 16,
     )
     .await
@@ -309,45 +295,21 @@ async fn start_eval_run(url: &str, rows: usize) -> String {
     .id;
     let mut evals = EvalServiceClient::new(channel);
     let eval = evals
-        .create_eval(proto::CreateEvalRequest {
-            name: "words".into(),
-            testing_criteria: vec![proto::TestingCriterion {
-                grader: Some(lathe::proto::json::struct_from_json(&serde_json::json!({
-                    "type": "string_check", "name": "exact", "operation": "eq",
-                    "input": "{{ sample.output_text }}", "reference": "{{ item.messages[1].content }}"
-                }))),
-                pass_threshold: None,
-                name: String::new(),
-            }],
-            ..Default::default()
-        })
+        .create_eval(exact_match_eval("{{ item.messages[1].content }}"))
         .await
         .unwrap()
         .into_inner()
         .eval
         .unwrap();
     evals
-        .create_eval_run(proto::CreateEvalRunRequest {
-            eval_id: eval.id,
-            dataset_id: items,
-            source: Some(proto::create_eval_run_request::Source::Model(proto::ModelSource {
-                model: "tiny".into(),
-                input_messages: Some(prost_types::ListValue {
-                    values: vec![lathe::proto::json::value_from_json(
-                        &serde_json::json!({"role": "user", "content": "{{ item.messages[0].content }}"}),
-                    )],
-                }),
-                sampling_params: Some(proto::EvalSamplingParams {
-                    temperature: Some(0.0),
-                    max_tokens: Some(8),
-                    seed: Some(7),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })),
-            concurrency: 2,
-            ..Default::default()
-        })
+        .create_eval_run(model_run(
+            &eval.id,
+            &items,
+            "tiny",
+            "{{ item.messages[0].content }}",
+            8,
+            2,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -497,6 +459,34 @@ fn state(job: &Option<proto::Job>) -> i32 {
     job.as_ref().map_or(-1, |j| j.state)
 }
 
+/// Follows the job to its end after the fault: it succeeded, its events
+/// are whole and say `what` happened, and health says `service` is back.
+async fn after_the_fault(
+    server: &LatheProcess,
+    job: &str,
+    events: &mut Vec<proto::JobEvent>,
+    what: &str,
+    service: &str,
+) {
+    let end = watch(&server.url, job, events, |_| false).await;
+    let log = messages(events);
+    assert_eq!(state(&end), JobState::Succeeded as i32, "{log}\n{}", server.log());
+    assert_whole(events);
+    assert!(log.contains(what), "{log}");
+    server
+        .health_becomes(service, ServingStatus::Serving, Duration::from_secs(15))
+        .await;
+}
+
+/// The adapter of the same job run without a fault (through `url`).
+async fn calm_adapter(url: &str, database: &str, train: &str, epochs: i64) -> String {
+    let calm = create_job(url, train, epochs).await;
+    let mut events = Vec::new();
+    let end = watch(url, &calm, &mut events, |_| false).await;
+    assert_eq!(state(&end), JobState::Succeeded as i32, "{}", messages(&events));
+    final_adapter(database, &calm).await
+}
+
 /// The adapter of the job's last checkpoint: its bytes' sha256, from the
 /// store's records.
 async fn final_adapter(database: &str, id: &str) -> String {
@@ -569,29 +559,23 @@ async fn a_job_rides_out_a_postgres_restart() {
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
     cluster.pg_ctl_start();
 
-    let end = watch(&server.url, &job, &mut events, |_| false).await;
-    let log = messages(&events);
-    assert_eq!(state(&end), JobState::Succeeded as i32, "{log}\n{}", server.log());
-    assert_whole(&events);
-    assert!(log.contains("the database could not be reached for"), "{log}");
-    server
-        .health_becomes("lathe.database", ServingStatus::Serving, Duration::from_secs(15))
-        .await;
+    after_the_fault(
+        &server,
+        &job,
+        &mut events,
+        "the database could not be reached for",
+        "lathe.database",
+    )
+    .await;
     let (seqs, run) = run_watch.await.unwrap();
     assert_eq!(run.state, proto::EvalRunState::Completed as i32, "{run:?}");
     assert_eq!(seqs, (1..=200).collect::<Vec<u64>>(), "every item once, in order");
 
     // The same job without a fault ends with the same adapter.
-    let calm = create_job(&server.url, &train, 30).await;
-    let mut calm_events = Vec::new();
-    let calm_end = watch(&server.url, &calm, &mut calm_events, |_| false).await;
     assert_eq!(
-        state(&calm_end),
-        JobState::Succeeded as i32,
-        "{}",
-        messages(&calm_events)
+        final_adapter(&db, &job).await,
+        calm_adapter(&server.url, &db, &train, 30).await
     );
-    assert_eq!(final_adapter(&db, &job).await, final_adapter(&db, &calm).await);
 }
 
 /// The object store is out of reach for a minute mid-training: the job
@@ -637,25 +621,19 @@ async fn a_job_rides_out_the_object_store_out_of_reach_for_a_minute() {
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(cut.elapsed())).await;
     proxy.restore();
 
-    let end = watch(&server.url, &job, &mut events, |_| false).await;
-    let log = messages(&events);
-    assert_eq!(state(&end), JobState::Succeeded as i32, "{log}\n{}", server.log());
-    assert_whole(&events);
-    assert!(log.contains("the object store could not be reached for"), "{log}");
-    server
-        .health_becomes("lathe.object_store", ServingStatus::Serving, Duration::from_secs(15))
-        .await;
+    after_the_fault(
+        &server,
+        &job,
+        &mut events,
+        "the object store could not be reached for",
+        "lathe.object_store",
+    )
+    .await;
 
-    let calm = create_job(&server.url, &train, 30).await;
-    let mut calm_events = Vec::new();
-    let calm_end = watch(&server.url, &calm, &mut calm_events, |_| false).await;
     assert_eq!(
-        state(&calm_end),
-        JobState::Succeeded as i32,
-        "{}",
-        messages(&calm_events)
+        final_adapter(&db, &job).await,
+        calm_adapter(&server.url, &db, &train, 30).await
     );
-    assert_eq!(final_adapter(&db, &job).await, final_adapter(&db, &calm).await);
 
     // Nothing in the bucket that no record uses, nothing left staged.
     let store = lathe::store::open(&db).await.unwrap();
@@ -741,16 +719,10 @@ async fn a_worker_cut_off_from_the_database_loses_its_job_and_writes_nothing_aft
         "{log}"
     );
 
-    let calm = create_job(&api.url, &train, 50).await;
-    let mut calm_events = Vec::new();
-    let calm_end = watch(&api.url, &calm, &mut calm_events, |_| false).await;
     assert_eq!(
-        state(&calm_end),
-        JobState::Succeeded as i32,
-        "{}",
-        messages(&calm_events)
+        final_adapter(&db.url, &job).await,
+        calm_adapter(&api.url, &db.url, &train, 50).await
     );
-    assert_eq!(final_adapter(&db.url, &job).await, final_adapter(&db.url, &calm).await);
     drop((api, cut_off, other));
     db.drop().await;
 }

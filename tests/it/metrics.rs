@@ -433,20 +433,6 @@ async fn metrics_need_no_key_and_count_the_work_and_the_calls_by_route() {
     server.stop().await;
 }
 
-fn sft_lines(n: usize) -> String {
-    const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
-    (0..n)
-        .map(|i| {
-            json!({"messages": [
-                {"role": "user", "content": format!("item {}", i % 4)},
-                {"role": "assistant", "content": WORDS[i % 4]},
-            ]})
-            .to_string()
-                + "\n"
-        })
-        .collect()
-}
-
 /// `lathe serve --log-json` in a process of its own: a real job on a tiny
 /// model and an eval run. Each log line from their work names the job or
 /// the run by the span it is in, and the process's metrics count exactly
@@ -512,7 +498,7 @@ async fn json_logs_name_the_job_and_the_run_and_a_process_counts_exactly_its_wor
         "train.jsonl",
         DatasetPurpose::Sft,
         "",
-        sft_lines(12).as_bytes(),
+        word_lines(12).as_bytes(),
         1 << 16,
     )
     .await

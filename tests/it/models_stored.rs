@@ -74,20 +74,6 @@ async fn upload(
     Ok(response.into_inner().model.unwrap())
 }
 
-fn sft_lines() -> String {
-    let words = ["alpha", "bravo", "charlie", "delta"];
-    (0..16)
-        .map(|i| {
-            serde_json::json!({"messages": [
-                {"role": "user", "content": format!("item {}", i % 4)},
-                {"role": "assistant", "content": words[i % 4]},
-            ]})
-            .to_string()
-                + "\n"
-        })
-        .collect()
-}
-
 fn chat(model: &str) -> proto::ChatRequest {
     proto::ChatRequest {
         model: model.into(),
@@ -150,7 +136,7 @@ async fn an_uploaded_model_trains_and_chats_on_a_server_that_never_had_its_files
         "train.jsonl",
         DatasetPurpose::Sft,
         "",
-        sft_lines().as_bytes(),
+        word_lines(16).as_bytes(),
         1 << 16,
     )
     .await

@@ -177,21 +177,6 @@ async fn metrics(plane: &LatheProcess) -> String {
     response.text().await.unwrap()
 }
 
-const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
-
-fn sft_lines(n: usize) -> String {
-    (0..n)
-        .map(|k| {
-            serde_json::json!({"messages": [
-                {"role": "user", "content": format!("item {}", k % 4)},
-                {"role": "assistant", "content": WORDS[k % 4]},
-            ]})
-            .to_string()
-                + "\n"
-        })
-        .collect()
-}
-
 fn create(train: &str, epochs: i64) -> proto::CreateJobRequest {
     let auto = |n| {
         Some(proto::AutoInt {
@@ -408,7 +393,7 @@ async fn on_ray(ray_bin: &Path, db: &TestDatabase) {
         "train.jsonl",
         DatasetPurpose::Sft,
         "",
-        sft_lines(16).as_bytes(),
+        word_lines(16).as_bytes(),
         1 << 16,
     )
     .await

@@ -228,18 +228,7 @@ async fn jobs_and_eval_runs_survive_a_killed_worker_and_a_killed_replica() {
     let items = upload(&mut datasets, "items.jsonl", DatasetPurpose::Eval, sft_lines(16, 7)).await;
     let mut evals = EvalServiceClient::new(channel.clone());
     let eval = evals
-        .create_eval(proto::CreateEvalRequest {
-            name: "words".into(),
-            testing_criteria: vec![proto::TestingCriterion {
-                grader: Some(lathe::proto::json::struct_from_json(&serde_json::json!({
-                    "type": "string_check", "name": "exact", "operation": "eq",
-                    "input": "{{ sample.output_text }}", "reference": "{{ item.messages[2].content }}"
-                }))),
-                pass_threshold: None,
-                name: String::new(),
-            }],
-            ..Default::default()
-        })
+        .create_eval(exact_match_eval("{{ item.messages[2].content }}"))
         .await
         .unwrap()
         .into_inner()
@@ -264,27 +253,14 @@ async fn jobs_and_eval_runs_survive_a_killed_worker_and_a_killed_replica() {
     for url in &urls {
         let mut evals = EvalServiceClient::new(connect(url, ADMIN_KEY).await);
         let run = evals
-            .create_eval_run(proto::CreateEvalRunRequest {
-                eval_id: eval.id.clone(),
-                dataset_id: items.clone(),
-                source: Some(proto::create_eval_run_request::Source::Model(proto::ModelSource {
-                    model: "tiny".into(),
-                    input_messages: Some(prost_types::ListValue {
-                        values: vec![lathe::proto::json::value_from_json(
-                            &serde_json::json!({"role": "user", "content": "{{ item.messages[1].content }}"}),
-                        )],
-                    }),
-                    sampling_params: Some(proto::EvalSamplingParams {
-                        temperature: Some(0.0),
-                        max_tokens: Some(4),
-                        seed: Some(7),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })),
-                concurrency: 4,
-                ..Default::default()
-            })
+            .create_eval_run(model_run(
+                &eval.id,
+                &items,
+                "tiny",
+                "{{ item.messages[1].content }}",
+                4,
+                4,
+            ))
             .await
             .unwrap()
             .into_inner()

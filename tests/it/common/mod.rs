@@ -264,6 +264,71 @@ pub const WORDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 
 /// `n` SFT lines that answer "item K" with `WORDS[K % 4]`, K counting from
 /// `offset`: small enough for the tiny model to learn in a few epochs.
+/// `n` rows of "item k" answered by one of `WORDS`, with no system message.
+pub fn word_lines(n: usize) -> String {
+    (0..n)
+        .map(|k| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("item {}", k % 4)},
+                {"role": "assistant", "content": WORDS[k % 4]},
+            ]})
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+/// An eval "words" whose one criterion is an exact match of the sample
+/// with `reference` (a template over the item).
+pub fn exact_match_eval(reference: &str) -> proto::CreateEvalRequest {
+    proto::CreateEvalRequest {
+        name: "words".into(),
+        testing_criteria: vec![proto::TestingCriterion {
+            grader: Some(lathe::proto::json::struct_from_json(&serde_json::json!({
+                "type": "string_check", "name": "exact", "operation": "eq",
+                "input": "{{ sample.output_text }}", "reference": reference
+            }))),
+            pass_threshold: None,
+            name: String::new(),
+        }],
+        ..Default::default()
+    }
+}
+
+/// A run of `eval_id` on `dataset_id` sampled from the model `model`
+/// (greedy, seeded), its one message's content from `content` (a template
+/// over the item).
+pub fn model_run(
+    eval_id: &str,
+    dataset_id: &str,
+    model: &str,
+    content: &str,
+    max_tokens: u32,
+    concurrency: u32,
+) -> proto::CreateEvalRunRequest {
+    proto::CreateEvalRunRequest {
+        eval_id: eval_id.into(),
+        dataset_id: dataset_id.into(),
+        source: Some(proto::create_eval_run_request::Source::Model(proto::ModelSource {
+            model: model.into(),
+            input_messages: Some(prost_types::ListValue {
+                values: vec![lathe::proto::json::value_from_json(
+                    &serde_json::json!({"role": "user", "content": content}),
+                )],
+            }),
+            sampling_params: Some(proto::EvalSamplingParams {
+                temperature: Some(0.0),
+                max_tokens: Some(max_tokens),
+                seed: Some(7),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        concurrency,
+        ..Default::default()
+    }
+}
+
 pub fn sft_lines(n: usize, offset: usize) -> String {
     (0..n)
         .map(|i| {
