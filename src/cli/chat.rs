@@ -31,6 +31,12 @@ pub struct ChatArgs {
     pub seed: Option<u64>,
     #[arg(long)]
     pub stop: Vec<String>,
+    /// -2 to 2: lowers a token once the answer holds it.
+    #[arg(long, allow_hyphen_values = true)]
+    pub presence_penalty: Option<f64>,
+    /// -2 to 2: lowers a token for every time the answer holds it.
+    #[arg(long, allow_hyphen_values = true)]
+    pub frequency_penalty: Option<f64>,
 }
 
 pub async fn run(addr: &str, json_out: bool, args: ChatArgs) -> anyhow::Result<Outcome> {
@@ -72,6 +78,8 @@ pub async fn run(addr: &str, json_out: bool, args: ChatArgs) -> anyhow::Result<O
                     seed: args.seed,
                     max_tokens: Some(args.max_tokens),
                     stop: args.stop.clone(),
+                    presence_penalty: args.presence_penalty,
+                    frequency_penalty: args.frequency_penalty,
                 }),
             })
             .await

@@ -528,6 +528,8 @@ pub fn sampling_of(r: &ChatRequest) -> Sampling {
         max_tokens: r.max_tokens.unwrap_or(256).max(1) as usize,
         seed: r.seed.unwrap_or(0),
         stop: r.stop.clone(),
+        presence_penalty: r.presence_penalty.unwrap_or(0.0) as f32,
+        frequency_penalty: r.frequency_penalty.unwrap_or(0.0) as f32,
         // The same answer for a seed whatever is decoded beside it; each
         // of several answers to one prompt its own.
         stream: Some(u64::from(r.choice)),

@@ -37,6 +37,11 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
+    /// OpenAI's `presence_penalty` and `frequency_penalty`, -2 to 2.
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
     /// OpenAI `tools` array.
     pub tools: Option<Value>,
     /// OpenAI `response_format` object. A `json_schema` format is what
@@ -95,6 +100,14 @@ impl ChatRequest {
         }
         if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
             return Err(ChatError::invalid("sampling.top_p", "must be in (0, 1]"));
+        }
+        for (field, penalty) in [
+            ("sampling.presence_penalty", self.presence_penalty),
+            ("sampling.frequency_penalty", self.frequency_penalty),
+        ] {
+            if penalty.is_some_and(|p| !(-2.0..=2.0).contains(&p)) {
+                return Err(ChatError::invalid(field, "must be between -2 and 2"));
+            }
         }
         if self.max_tokens == Some(0) {
             return Err(ChatError::invalid("sampling.max_tokens", "must be at least 1"));

@@ -293,6 +293,8 @@ impl HttpProvider {
             request.seed.map(|v| json!(v.wrapping_add(u64::from(request.choice)))),
         );
         set("stop", (!request.stop.is_empty()).then(|| json!(request.stop)));
+        set("presence_penalty", request.presence_penalty.map(|v| json!(v)));
+        set("frequency_penalty", request.frequency_penalty.map(|v| json!(v)));
         set("tools", request.tools);
         set("tool_choice", request.tool_choice);
         set("parallel_tool_calls", request.parallel_tool_calls.map(Value::Bool));

@@ -98,9 +98,10 @@ pub struct CreateChatCompletion {
     #[schema(value_type = Option<Object>)]
     #[allow(dead_code)]
     pub prediction: Option<Value>,
-    /// Refused unless 0.
+    /// -2 to 2: lowers a token's logit by this for every time the answer
+    /// already holds it.
     pub frequency_penalty: Option<f64>,
-    /// Refused unless 0.
+    /// -2 to 2: lowers a token's logit by this once the answer holds it.
     pub presence_penalty: Option<f64>,
     /// Refused unless empty.
     pub logit_bias: Option<HashMap<String, f64>>,
@@ -246,14 +247,6 @@ fn chat_request(body: &CreateChatCompletion) -> Result<(ChatRequest, u32), ApiEr
     if body.store == Some(true) {
         return refuse("store", "Lathe does not store chat completions");
     }
-    for (param, value) in [
-        ("frequency_penalty", body.frequency_penalty),
-        ("presence_penalty", body.presence_penalty),
-    ] {
-        if value.is_some_and(|v| v != 0.0) {
-            return refuse(param, "penalties are not supported; leave it out or 0");
-        }
-    }
     if body.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
         return refuse("logit_bias", "logit biases are not supported");
     }
@@ -308,6 +301,8 @@ fn chat_request(body: &CreateChatCompletion) -> Result<(ChatRequest, u32), ApiEr
             Some(Stop::One(s)) => vec![s.clone()],
             Some(Stop::Many(v)) => v.clone(),
         },
+        presence_penalty: body.presence_penalty,
+        frequency_penalty: body.frequency_penalty,
         tools: body.tools.clone(),
         tool_choice: body.tool_choice.clone(),
         parallel_tool_calls: body.parallel_tool_calls,

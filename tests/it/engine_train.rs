@@ -828,6 +828,7 @@ fn sampling_is_seeded() {
         seed: 5,
         stop: Vec::new(),
         stream: None,
+        ..Sampling::default()
     };
     let p = vec![vec![1u32, 2, 3]];
     let a = generate(&model, None, &tok, &p, std::slice::from_ref(&s), &[], &mut |_, _| {}).unwrap();
@@ -836,6 +837,38 @@ fn sampling_is_seeded() {
     let other = Sampling { seed: 6, ..s };
     let c = generate(&model, None, &tok, &p, &[other], &[], &mut |_, _| {}).unwrap();
     assert_ne!(a[0].tokens, c[0].tokens, "a different seed should sample differently");
+}
+
+/// A presence penalty far above any logit's margin leaves greedy decoding
+/// no token it already chose; without it, the tiny model repeats itself.
+#[test]
+fn a_presence_penalty_keeps_an_answer_from_repeating_a_token() {
+    let model = tiny("llama", 14);
+    let tok = byte_tokenizer();
+    let p = vec![vec![1u32, 2, 3]];
+    let plain = Sampling {
+        max_tokens: 24,
+        ..Sampling::default()
+    };
+    let repeats = |tokens: &[u32]| tokens.len() - tokens.iter().collect::<std::collections::HashSet<_>>().len();
+    let a = generate(
+        &model,
+        None,
+        &tok,
+        &p,
+        std::slice::from_ref(&plain),
+        &[],
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(repeats(&a[0].tokens) > 0, "the plain answer repeats: {:?}", a[0].tokens);
+    let penalised = Sampling {
+        presence_penalty: 1e4,
+        ..plain
+    };
+    let b = generate(&model, None, &tok, &p, &[penalised], &[], &mut |_, _| {}).unwrap();
+    assert_eq!(b[0].tokens.len(), 24);
+    assert_eq!(repeats(&b[0].tokens), 0, "{:?}", b[0].tokens);
 }
 
 #[test]

@@ -155,7 +155,8 @@ async fn a_providers_completion_in_openais_shape() {
             user("stub/gpt-x", "hi"),
             json!({"temperature": 0.5, "top_p": 0.9, "seed": -3, "stop": "END",
                    "max_completion_tokens": 12, "user": "u-1", "metadata": {"k": "v"}, "store": false,
-                   "logprobs": false, "frequency_penalty": 0, "service_tier": "auto"}),
+                   "logprobs": false, "frequency_penalty": 0.5, "presence_penalty": -1,
+                   "service_tier": "auto"}),
         ),
     )
     .await)
@@ -188,6 +189,10 @@ async fn a_providers_completion_in_openais_shape() {
         (&json!(0.5), &json!(0.9), &json!(12), &json!(["END"]))
     );
     assert_eq!(asked["seed"], json!((-3i64) as u64), "the same 64 bits");
+    assert_eq!(
+        (&asked["frequency_penalty"], &asked["presence_penalty"]),
+        (&json!(0.5), &json!(-1.0))
+    );
     server.stop().await;
 }
 
@@ -353,8 +358,8 @@ async fn bad_input_is_a_400_naming_the_param() {
         (json!({"logprobs": true}), "logprobs"),
         (json!({"top_logprobs": 2}), "top_logprobs"),
         (json!({"store": true}), "store"),
-        (json!({"frequency_penalty": 0.5}), "frequency_penalty"),
-        (json!({"presence_penalty": -1}), "presence_penalty"),
+        (json!({"frequency_penalty": 2.5}), "frequency_penalty"),
+        (json!({"presence_penalty": -3}), "presence_penalty"),
         (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
         (json!({"modalities": ["text", "audio"]}), "modalities"),
         (json!({"audio": {"voice": "alloy", "format": "mp3"}}), "audio"),

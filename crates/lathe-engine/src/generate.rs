@@ -1,7 +1,7 @@
 //! KV-cached, batched generation: many prompts at once (left-padded, one
 //! prefill, then one decode step for all live rows; finished rows leave the
-//! batch), with temperature, top-k, top-p, a seed, max tokens and stop
-//! sequences. Identical prompts (GRPO's group, `n` samples of one request)
+//! batch), with temperature, top-k, top-p, presence and frequency
+//! penalties, a seed, max tokens and stop sequences. Identical prompts (GRPO's group, `n` samples of one request)
 //! are prefilled once and their keys and values copied to each row.
 
 use candle_core::Tensor;
@@ -22,6 +22,11 @@ pub struct Sampling {
     pub max_tokens: usize,
     pub seed: u64,
     pub stop: Vec<String>,
+    /// OpenAI's penalties on tokens the answer already holds: each
+    /// candidate's logit loses `presence` once it appeared and `frequency`
+    /// for every time it did (negative values favour repeats).
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
     /// The random stream this row draws from (with its seed). None: its
     /// place in the batch, so rows of one seed (GRPO's group of answers to
     /// one prompt) each sample differently. Served completions name their
@@ -38,9 +43,30 @@ impl Default for Sampling {
             max_tokens: 256,
             seed: 0,
             stop: Vec::new(),
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             stream: None,
         }
     }
+}
+
+/// `logits` with OpenAI's presence and frequency penalties applied for the
+/// tokens already generated (borrowed unchanged when both are zero).
+pub fn penalized<'a>(logits: &'a [f32], s: &Sampling, generated: &[u32]) -> std::borrow::Cow<'a, [f32]> {
+    if (s.presence_penalty == 0.0 && s.frequency_penalty == 0.0) || generated.is_empty() {
+        return std::borrow::Cow::Borrowed(logits);
+    }
+    let mut counts = std::collections::HashMap::<u32, u32>::new();
+    for &t in generated {
+        *counts.entry(t).or_default() += 1;
+    }
+    let mut out = logits.to_vec();
+    for (t, n) in counts {
+        if let Some(v) = out.get_mut(t as usize) {
+            *v -= s.presence_penalty + s.frequency_penalty * n as f32;
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -252,7 +278,8 @@ pub fn generate_streaming(
         for (k, &r) in live.iter().enumerate() {
             let row = rows_opt[r].as_mut().expect("live rows are present");
             let s = &sampling[r];
-            let tok = sample(&flat[k * vocab..(k + 1) * vocab], s, &mut row.rng);
+            let logits = penalized(&flat[k * vocab..(k + 1) * vocab], s, &row.tokens);
+            let tok = sample(&logits, s, &mut row.rng);
             next.push(tok);
             if stop_ids.contains(&tok) {
                 row.done = Some("stop");
@@ -327,4 +354,41 @@ pub fn generate_streaming(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn penalties_lower_the_logits_of_tokens_already_generated() {
+        let logits = [1.0f32, 3.0, 2.9, 0.5];
+        let greedy = Sampling::default();
+        let mut rng = Rng::new(0);
+        assert_eq!(sample(&penalized(&logits, &greedy, &[1, 1]), &greedy, &mut rng), 1);
+        // Token 1 twice: 3.0 - 0.5 - 2 x 0.25 = 2.0, below token 2's 2.9.
+        let penalised = Sampling {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..Sampling::default()
+        };
+        let after = penalized(&logits, &penalised, &[1, 1, 3]);
+        assert_eq!(&after[..], &[1.0, 2.0, 2.9, -0.25]);
+        assert_eq!(sample(&after, &penalised, &mut rng), 2);
+        // Nothing generated yet, or no penalty: the logits as they were.
+        assert!(matches!(
+            penalized(&logits, &penalised, &[]),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            penalized(&logits, &greedy, &[1]),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // A negative penalty favours what was said.
+        let repeat = Sampling {
+            frequency_penalty: -1.0,
+            ..Sampling::default()
+        };
+        assert_eq!(sample(&penalized(&logits, &repeat, &[0, 0, 0]), &repeat, &mut rng), 0);
+    }
 }

@@ -343,6 +343,8 @@ impl<R: Reward> Grpo<R> {
             max_tokens: self.cfg.max_completion_tokens,
             seed,
             stop: Vec::new(),
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             stream: None,
         }
     }

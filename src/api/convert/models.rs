@@ -76,6 +76,8 @@ pub fn chat(req: proto::ChatRequest) -> ChatRequest {
         max_tokens: s.max_tokens,
         seed: s.seed,
         stop: s.stop,
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
         ..Default::default()
     }
 }
