@@ -25,6 +25,10 @@ use crate::jobs::{manager::Jobs, scheduler, trainer::Trainer};
 use crate::models::Models;
 use crate::store;
 
+/// How often a replica sweeps settled leftovers from a shared blob store
+/// (`Datasets::spawn_sweeper`); they settle for a day first.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What the application trains and generates with.
 pub enum Engine {
     /// The embedded candle engine and LoRA trainer (the default).
@@ -64,6 +68,8 @@ struct Workers {
     scheduler: JoinHandle<()>,
     eval_runner: JoinHandle<()>,
     health: JoinHandle<()>,
+    /// Sweeps settled leftovers from a blob store shared with other processes.
+    sweeper: Option<JoinHandle<()>>,
 }
 
 impl App {
@@ -245,6 +251,10 @@ impl App {
                 idle()
             },
             health: health_checks,
+            sweeper: role
+                .serves_api()
+                .then(|| datasets.spawn_sweeper(SWEEP_EVERY, stop.clone()))
+                .flatten(),
             stop,
             finished,
             failed,
@@ -317,6 +327,9 @@ impl App {
             tracing::error!(error = %e, "the eval runner crashed");
         }
         self.workers.health.abort();
+        if let Some(sweeper) = self.workers.sweeper {
+            sweeper.abort();
+        }
         // What uploads dropped before they finished had staged goes now
         // rather than at the next start: an upload whose client vanished is
         // dropped by the HTTP/2 layer, and its own clean-up runs in the

@@ -152,6 +152,11 @@ impl Blobs {
         self
     }
 
+    /// Whether other processes commit to this store too (`shared`).
+    pub fn is_shared(&self) -> bool {
+        !self.keep_recent.is_zero()
+    }
+
     /// Sweeps take leftovers only once they are `age` old.
     pub fn settling_for(mut self, age: Duration) -> Self {
         self.settle = age;

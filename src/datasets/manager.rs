@@ -163,6 +163,17 @@ impl Datasets {
     /// be in flight.
     pub async fn recover(&self) -> Result<()> {
         self.expire_uploads(usize::MAX).await?;
+        self.sweep_leftovers().await
+    }
+
+    /// Removes settled leftovers (`Blobs::list_settled`): staged objects
+    /// of uploads that never finished, and blobs no record uses (a kill
+    /// between a commit and its record, or a delete that kept a blob
+    /// written moments before, `Blobs::shared`). In a store of this
+    /// process's own, call it only when no upload is in flight (start-up);
+    /// in a shared one, whenever (`spawn_sweeper`): the settle age keeps
+    /// other processes' work in flight.
+    pub async fn sweep_leftovers(&self) -> Result<()> {
         let swept = self.blobs.sweep_staging().await?;
         let in_use: std::collections::HashSet<String> = self.store.blobs_in_use().await?.into_iter().collect();
         let mut orphans = 0;
@@ -176,10 +187,36 @@ impl Datasets {
             tracing::info!(
                 staging_files = swept,
                 orphan_blobs = orphans,
-                "removed leftovers of interrupted uploads"
+                "removed settled leftovers"
             );
         }
         Ok(())
+    }
+
+    /// Sweeps settled leftovers every `every` until `stop`, where the blob
+    /// store is shared with other processes: there no start-up can take
+    /// them safely at any other time, and a long-running cluster would
+    /// otherwise keep them for good.
+    pub fn spawn_sweeper(
+        self: &Arc<Self>,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.blobs.is_shared() {
+            return None;
+        }
+        let datasets = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = datasets.sweep_leftovers().await {
+                    tracing::warn!(error = %e, "could not sweep settled leftovers; the next round tries again");
+                }
+            }
+        }))
     }
 
     fn ingest_options(&self, purpose: Purpose, label_field: Option<String>) -> IngestOptions {
