@@ -25,9 +25,9 @@ use crate::jobs::{manager::Jobs, scheduler, trainer::Trainer};
 use crate::models::Models;
 use crate::store;
 
-/// How often a replica sweeps settled leftovers from a shared blob store
-/// (`Datasets::spawn_sweeper`); they settle for a day first.
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often a process sharing its blob store with others does its
+/// housekeeping (`housekeeping`).
+const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What the application trains and generates with.
 pub enum Engine {
@@ -68,7 +68,7 @@ struct Workers {
     scheduler: JoinHandle<()>,
     eval_runner: JoinHandle<()>,
     health: JoinHandle<()>,
-    /// Sweeps settled leftovers from a blob store shared with other processes.
+    /// Housekeeping of a blob store shared with other processes.
     sweeper: Option<JoinHandle<()>>,
 }
 
@@ -251,10 +251,9 @@ impl App {
                 idle()
             },
             health: health_checks,
-            sweeper: role
-                .serves_api()
-                .then(|| datasets.spawn_sweeper(SWEEP_EVERY, stop.clone()))
-                .flatten(),
+            sweeper: blobs
+                .is_shared()
+                .then(|| housekeeping(datasets.clone(), models.clone(), role.serves_api(), stop.clone())),
             stop,
             finished,
             failed,
@@ -367,6 +366,30 @@ async fn relay_changes(
             }
         }
     }
+}
+
+/// Where processes share the blob store, what no start-up can do safely
+/// at other times, every `HOUSEKEEPING_EVERY` until `stop`: an API
+/// replica (`sweep`) removes settled leftovers (`Datasets::sweep_leftovers`:
+/// without it a cluster that never restarts would keep them for good), and
+/// every process drops its cached copies of models deleted elsewhere.
+fn housekeeping(datasets: Arc<Datasets>, models: Arc<Models>, sweep: bool, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if sweep && let Err(e) = datasets.sweep_leftovers().await {
+                tracing::warn!(error = %e, "could not sweep settled leftovers; the next round tries again");
+            }
+            match models.prune_cache().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "dropped cached copies of deleted models"),
+                Err(e) => tracing::warn!(error = %e, "could not prune the model cache"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
+            }
+        }
+    })
 }
 
 /// The scheduler of a process started for one job: it claims only that

@@ -171,8 +171,8 @@ impl Datasets {
     /// between a commit and its record, or a delete that kept a blob
     /// written moments before, `Blobs::shared`). In a store of this
     /// process's own, call it only when no upload is in flight (start-up);
-    /// in a shared one, whenever (`spawn_sweeper`): the settle age keeps
-    /// other processes' work in flight.
+    /// in a shared one, whenever (the `App`'s housekeeping): the settle
+    /// age keeps other processes' work in flight.
     pub async fn sweep_leftovers(&self) -> Result<()> {
         let swept = self.blobs.sweep_staging().await?;
         let in_use: std::collections::HashSet<String> = self.store.blobs_in_use().await?.into_iter().collect();
@@ -191,32 +191,6 @@ impl Datasets {
             );
         }
         Ok(())
-    }
-
-    /// Sweeps settled leftovers every `every` until `stop`, where the blob
-    /// store is shared with other processes: there no start-up can take
-    /// them safely at any other time, and a long-running cluster would
-    /// otherwise keep them for good.
-    pub fn spawn_sweeper(
-        self: &Arc<Self>,
-        every: std::time::Duration,
-        stop: tokio_util::sync::CancellationToken,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        if !self.blobs.is_shared() {
-            return None;
-        }
-        let datasets = self.clone();
-        Some(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(every) => {}
-                }
-                if let Err(e) = datasets.sweep_leftovers().await {
-                    tracing::warn!(error = %e, "could not sweep settled leftovers; the next round tries again");
-                }
-            }
-        }))
     }
 
     fn ingest_options(&self, purpose: Purpose, label_field: Option<String>) -> IngestOptions {

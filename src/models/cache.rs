@@ -24,6 +24,9 @@ use super::model::ModelFile;
 use crate::blobs::Blobs;
 use crate::error::{Error, Result};
 
+/// A copy placed this recently is never pruned (`prune`).
+const RECENT_PLACE: Duration = Duration::from_secs(600);
+
 /// Temporary directories older than this are leftovers of a killed fetch.
 const STALE_FETCH: Duration = Duration::from_secs(24 * 3600);
 
@@ -137,6 +140,31 @@ impl ModelCache {
         Ok(())
     }
 
+    /// Drops the copies whose manifest hash is not in `keep` (models deleted
+    /// through another process), except those placed in the last
+    /// `RECENT_PLACE` (a model registered after `keep` was listed); returns
+    /// how many went. The engine maps model files it has loaded: removing
+    /// them takes nothing from a model in use.
+    pub async fn prune(&self, keep: &std::collections::HashSet<String>) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let recent = SystemTime::now() - RECENT_PLACE;
+        let mut pruned = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let placed = entry.metadata().and_then(|m| m.modified());
+            if name.starts_with(".fetch-") || keep.contains(&name) || placed.is_ok_and(|t| t > recent) {
+                continue;
+            }
+            match tokio::fs::remove_dir_all(entry.path()).await {
+                Ok(()) => pruned += 1,
+                Err(e) => tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove a cached model"),
+            }
+        }
+        pruned
+    }
+
     /// Drops this process's copy of `files` (a deleted model's), if any.
     pub async fn evict(&self, files: &[ModelFile]) {
         let dir = self.dir.join(manifest_hash(files));
@@ -169,6 +197,33 @@ mod tests {
             sha256: staged.commit().await.unwrap(),
             bytes: size,
         }
+    }
+
+    /// Copies of models no longer registered go once they are not fresh;
+    /// those kept, fresh ones and fetches in flight stay.
+    #[tokio::test]
+    async fn prune_drops_the_copies_of_unregistered_models_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(dir.path().join("blobs")).unwrap();
+        let cache = ModelCache::new(dir.path().join("model-cache"), blobs.clone());
+        let kept = vec![stored(&blobs, "a.gguf", b"kept").await];
+        let gone = vec![stored(&blobs, "b.gguf", b"deleted elsewhere").await];
+        let fresh = vec![stored(&blobs, "c.gguf", b"registered after the listing").await];
+        let (kept_dir, gone_dir) = (
+            cache.fetch("a", &kept).await.unwrap(),
+            cache.fetch("b", &gone).await.unwrap(),
+        );
+        let fresh_dir = cache.fetch("c", &fresh).await.unwrap();
+        let in_flight = dir.path().join("model-cache/.fetch-x-1");
+        std::fs::create_dir(&in_flight).unwrap();
+        let long_ago = SystemTime::now() - 2 * RECENT_PLACE;
+        for d in [&kept_dir, &gone_dir, &in_flight] {
+            std::fs::File::open(d).unwrap().set_modified(long_ago).unwrap();
+        }
+        let keep = std::collections::HashSet::from([manifest_hash(&kept)]);
+        assert_eq!(cache.prune(&keep).await, 1);
+        assert!(kept_dir.is_dir() && fresh_dir.is_dir() && in_flight.is_dir());
+        assert!(!gone_dir.exists());
     }
 
     #[tokio::test]

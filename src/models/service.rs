@@ -402,6 +402,30 @@ impl Models {
 }
 
 impl Models {
+    /// Drops this process's cached copies of stored models that are no
+    /// longer registered (deleted through another replica, which could
+    /// only evict its own); returns how many went.
+    pub async fn prune_cache(&self) -> Result<usize> {
+        let mut keep = std::collections::HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_models("", Some(ModelKind::Base), after.as_deref(), 500)
+                .await?;
+            for m in &page {
+                if let Some(info) = m.info.as_ref().filter(|i| !i.files.is_empty()) {
+                    keep.insert(super::cache::manifest_hash(&info.files));
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == 500 => after = Some(last.id.clone()),
+                _ => break,
+            }
+        }
+        Ok(self.cache.prune(&keep).await)
+    }
+
     /// Where the engine finds a base model on this machine: a registered
     /// path, or the model cache's copy of a stored model (fetched now if
     /// this process has none yet).

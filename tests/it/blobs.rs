@@ -291,49 +291,48 @@ async fn wrong_s3_settings_are_named() {
     );
 }
 
-/// Where the blob store is shared with other processes, a replica sweeps
-/// settled leftovers on a schedule (no start-up can at any other time):
-/// here, with leftovers settled at once, an unused blob goes within a few
-/// rounds. A store of one process's own gets no sweeper.
+/// Where the blob store is shared with other processes, replicas sweep
+/// settled leftovers while they run (the `App`'s housekeeping, hourly):
+/// here, with leftovers settled at once, an unused blob goes and the blob
+/// of a stored dataset stays.
 #[tokio::test]
-async fn a_shared_store_is_swept_of_settled_leftovers_on_a_schedule() {
+async fn a_sweep_of_a_shared_store_takes_settled_leftovers_only() {
     let dir = tempfile::tempdir().unwrap();
     let records = lathe::store::open(&format!("sqlite://{}", dir.path().join("lathe.db").display()))
         .await
         .unwrap();
-    let limits = lathe::config::ServeConfig::embedded(dir.path()).dataset_limits();
-    let datasets = |blobs: Blobs| {
-        std::sync::Arc::new(lathe::datasets::manager::Datasets::new(
-            records.clone(),
-            blobs,
-            std::sync::Arc::new(lathe::datasets::O200k),
-            limits.clone(),
-        ))
-    };
-    let stop = tokio_util::sync::CancellationToken::new();
-    let own = Blobs::local(dir.path().join("own")).unwrap();
-    assert!(
-        datasets(own)
-            .spawn_sweeper(Duration::from_millis(20), stop.clone())
-            .is_none()
-    );
-
     let shared = Blobs::local(dir.path().join("shared"))
         .unwrap()
         .settling_for(Duration::ZERO)
         .shared();
+    assert!(shared.is_shared());
+    let datasets = lathe::datasets::manager::Datasets::new(
+        records.clone(),
+        shared.clone(),
+        std::sync::Arc::new(lathe::datasets::O200k),
+        lathe::config::ServeConfig::embedded(dir.path()).dataset_limits(),
+    );
     let orphan = store(&shared, b"no record uses this").await;
-    assert_eq!(shared.list().await.unwrap(), [orphan]);
-    let sweeper = datasets(shared.clone())
-        .spawn_sweeper(Duration::from_millis(20), stop.clone())
-        .expect("a shared store is swept");
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !shared.list().await.unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the sweeper removes the unused blob");
-    stop.cancel();
-    sweeper.await.unwrap();
+    let caller = lathe::auth::model::Caller::system("default");
+    let meta = lathe::datasets::manager::UploadMeta {
+        filename: "train.jsonl".into(),
+        purpose: Some(lathe::datasets::report::PurposeChoice::Exactly(
+            lathe::datasets::report::Purpose::Sft,
+        )),
+        display_name: String::new(),
+        metadata: Default::default(),
+        label_field: None,
+        on_invalid: lathe::datasets::manager::OnInvalid::Refuse,
+    };
+    let line = bytes::Bytes::from_static(
+        br#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}
+"#,
+    );
+    let kept = datasets
+        .upload(&caller, meta, futures::stream::iter([Ok(line)]))
+        .await
+        .unwrap();
+    datasets.sweep_leftovers().await.unwrap();
+    assert_eq!(shared.list().await.unwrap(), [kept.sha256]);
+    assert_ne!(orphan, shared.list().await.unwrap()[0]);
 }
