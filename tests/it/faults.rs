@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -318,41 +318,47 @@ async fn start_eval_run(url: &str, rows: usize) -> String {
         .id
 }
 
-/// An eval run's progress through `url` until it ends (watches broken by
-/// an outage are opened again from the cursor): the sequence numbers seen,
-/// and the run as it ended.
-async fn watch_run(url: &str, id: &str) -> (Vec<u64>, proto::EvalRun) {
-    let mut seqs: Vec<u64> = Vec::new();
+/// Follows a server stream through `url` until `next` says how it ended,
+/// opening it again with `open` (from the cursor the caller keeps) when an
+/// outage breaks it or the server cannot be reached yet.
+async fn follow<T, R>(
+    url: &str,
+    mut open: impl FnMut(
+        lathe::client::Channel,
+    )
+        -> futures::future::BoxFuture<'static, Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+    mut next: impl FnMut(T) -> Option<R>,
+) -> R {
     let deadline = Instant::now() + Duration::from_secs(600);
+    let pause = || tokio::time::sleep(Duration::from_millis(500));
     loop {
-        assert!(Instant::now() < deadline, "run {id} did not end: {seqs:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{url}: the watch did not end within 10 minutes"
+        );
         let Ok(channel) = tonic::transport::Channel::from_shared(url.to_string())
             .unwrap()
             .connect()
             .await
         else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            pause().await;
             continue;
         };
-        let mut evals = EvalServiceClient::new(lathe::client::Channel::new(channel, Some(ADMIN_KEY)).unwrap());
-        let request = proto::WatchEvalRunRequest {
-            run_id: id.into(),
-            after_seq: seqs.last().copied().unwrap_or(0),
-        };
-        let Ok(stream) = evals.watch_eval_run(request).await else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(stream) = open(lathe::client::Channel::new(channel, Some(ADMIN_KEY)).unwrap()).await else {
+            pause().await;
             continue;
         };
         let mut stream = stream.into_inner();
         loop {
             match stream.message().await {
-                Ok(Some(msg)) => match msg.payload.unwrap() {
-                    proto::watch_eval_run_response::Payload::Progress(p) => seqs.push(p.seq),
-                    proto::watch_eval_run_response::Payload::End(run) => return (seqs, run),
-                },
-                Ok(None) => panic!("a run watch ended without its terminal message"),
+                Ok(Some(msg)) => {
+                    if let Some(ended) = next(msg) {
+                        return ended;
+                    }
+                }
+                Ok(None) => panic!("a watch ended without its terminal message"),
                 Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    pause().await;
                     break;
                 }
             }
@@ -360,59 +366,58 @@ async fn watch_run(url: &str, id: &str) -> (Vec<u64>, proto::EvalRun) {
     }
 }
 
-/// A job's events from `seen` on, through `url`, as they come (watches
-/// broken by an outage are opened again from the cursor), until `until`
-/// says so or the job ends (then its end too).
+/// An eval run's progress through `url` until it ends: the sequence
+/// numbers seen, and the run as it ended.
+async fn watch_run(url: &str, id: &str) -> (Vec<u64>, proto::EvalRun) {
+    let cursor = AtomicU64::new(0);
+    let mut seqs = Vec::new();
+    let open = |channel| {
+        let request = proto::WatchEvalRunRequest {
+            run_id: id.to_string(),
+            after_seq: cursor.load(Ordering::SeqCst),
+        };
+        Box::pin(async move { EvalServiceClient::new(channel).watch_eval_run(request).await }) as _
+    };
+    let run = follow(url, open, |msg: proto::WatchEvalRunResponse| {
+        match msg.payload.unwrap() {
+            proto::watch_eval_run_response::Payload::Progress(p) => {
+                cursor.store(p.seq, Ordering::SeqCst);
+                seqs.push(p.seq);
+                None
+            }
+            proto::watch_eval_run_response::Payload::End(run) => Some(run),
+        }
+    })
+    .await;
+    (seqs, run)
+}
+
+/// A job's events from `seen` on, through `url`, as they come, until
+/// `until` says so or the job ends (then its end too).
 async fn watch(
     url: &str,
     id: &str,
     seen: &mut Vec<proto::JobEvent>,
     mut until: impl FnMut(&proto::JobEvent) -> bool,
 ) -> Option<proto::Job> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        assert!(Instant::now() < deadline, "job {id} did not end: {}", messages(seen));
-        let after_seq = seen.last().map_or(0, |e| e.seq);
-        let Ok(channel) = tonic::transport::Channel::from_shared(url.to_string())
-            .unwrap()
-            .connect()
-            .await
-        else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
+    let cursor = AtomicU64::new(seen.last().map_or(0, |e| e.seq));
+    let open = |channel| {
+        let request = proto::WatchJobRequest {
+            job_id: id.to_string(),
+            after_seq: cursor.load(Ordering::SeqCst),
         };
-        let mut jobs = FineTuningServiceClient::new(lathe::client::Channel::new(channel, Some(ADMIN_KEY)).unwrap());
-        let stream = jobs
-            .watch_job(proto::WatchJobRequest {
-                job_id: id.into(),
-                after_seq,
-            })
-            .await;
-        let Ok(stream) = stream else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
-        };
-        let mut stream = stream.into_inner();
-        loop {
-            match stream.message().await {
-                Ok(Some(msg)) => match msg.payload.unwrap() {
-                    Payload::Event(e) => {
-                        let stop = until(&e);
-                        seen.push(e);
-                        if stop {
-                            return None;
-                        }
-                    }
-                    Payload::End(end) => return end.job,
-                },
-                Ok(None) => panic!("a job watch ended without its terminal message"),
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    break;
-                }
-            }
+        Box::pin(async move { FineTuningServiceClient::new(channel).watch_job(request).await }) as _
+    };
+    follow(url, open, |msg: proto::WatchJobResponse| match msg.payload.unwrap() {
+        Payload::Event(e) => {
+            cursor.store(e.seq, Ordering::SeqCst);
+            let stop = until(&e);
+            seen.push(e);
+            stop.then_some(None)
         }
-    }
+        Payload::End(end) => Some(end.job),
+    })
+    .await
 }
 
 fn messages(events: &[proto::JobEvent]) -> String {
