@@ -523,8 +523,29 @@ async fn on_ray(ray_bin: &Path, db: &TestDatabase) {
         scraped.contains(r#"lathe_ray_jobs_total{event="submitted"} 1"#),
         "this control plane submitted f only: {scraped}"
     );
-    plane.stop(libc::SIGTERM);
     eprintln!("ray: head gone and back done at {:.1} s", began.elapsed().as_secs_f64());
+
+    // The head gone while a job trains in its cluster, and back: the job's
+    // worker (the Ray job's entrypoint outlives the head here) keeps its
+    // lease, so the new head gets no second submission; the job ends with
+    // an uninterrupted run's adapter, its events whole.
+    let g = new_job(&mut jobs, 8).await;
+    let (_, cut) = watch(&mut jobs, &g.id, |e| step_of(e).is_some_and(|s| s >= 8)).await;
+    assert!(cut.is_none(), "the head went before the end");
+    cluster.stop();
+    cluster = RayCluster::start(ray_bin, dashboard_port).await;
+    let (g_events, g_done) = watch(&mut jobs, &g.id, |_| false).await;
+    let log = messages(&g_events);
+    assert_eq!(g_done.unwrap().state, JobState::Succeeded as i32, "{log}");
+    let seqs: Vec<u64> = g_events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{log}");
+    assert_eq!(final_adapter(&db.url, &data_dir, &g.id).await, uninterrupted);
+    assert_eq!(submissions(&ray, &g.id).await, [], "no second Ray job for g");
+    plane.stop(libc::SIGTERM);
+    eprintln!(
+        "ray: head gone mid-training done at {:.1} s; the job's events:\n{log}",
+        began.elapsed().as_secs_f64()
+    );
 
     // A worker that cannot start: two tries, then the job fails with Ray's words.
     let broken = "echo no gpu for {job_id} | tr a-z A-Z >&2; exit 3";
