@@ -614,6 +614,18 @@ async fn a_job_rides_out_the_object_store_out_of_reach_for_a_minute() {
         .health_becomes("lathe.object_store", ServingStatus::NotServing, Duration::from_secs(15))
         .await;
     assert_eq!(server.health("lathe.database").await, ServingStatus::Serving);
+    let scraped = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"lathe_dependency_up{dependency="object_store"} 0"#,
+        r#"lathe_dependency_up{dependency="database"} 1"#,
+    ] {
+        assert!(scraped.lines().any(|l| l == line), "{line} in {scraped}");
+    }
     // The next checkpoint meets the outage, and the job's log says so while
     // it lasts.
     let early = watch(&server.url, &job, &mut events, |e| {
