@@ -300,6 +300,19 @@ macro_rules! impl_job_store {
                 event: &$crate::jobs::model::NewEvent,
             ) -> Result<Option<$crate::jobs::model::JobEvent>, $crate::store::error::StoreError> {
                 use $crate::store::rows::*;
+                // A retry of a write that did commit (its answer was lost
+                // to a dropped connection) finds its own event and writes
+                // nothing twice. The record's id is this runner's own. (Read
+                // before the write transaction: in SQLite a transaction that
+                // reads first cannot always take the write lock after.)
+                let recorded = sqlx::query("SELECT * FROM job_events WHERE job_id = $1 AND data LIKE $2")
+                    .bind(&checkpoint.job_id)
+                    .bind(format!("%\"checkpoint_id\":\"{}\"%", checkpoint.id))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                if let Some(row) = recorded {
+                    return Ok(Some(event_from_row(&row)?));
+                }
                 let mut tx = self.pool.begin().await?;
                 // Only the lease holder may add checkpoints: a runner that
                 // lost its job must not write into the new attempt.

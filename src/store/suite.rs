@@ -499,7 +499,7 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
         .unwrap()
         .unwrap();
     let checkpoint = |step: u64, sha: &str| CheckpointRecord {
-        id: format!("ckpt_{step:026}"),
+        id: format!("ckpt_{sha}{step:025}"),
         job_id: a.id.clone(),
         step,
         created_at: 50 + step as i64,
@@ -558,6 +558,15 @@ pub async fn jobs_checkpoints_need_the_lease_and_pin_blobs(store: impl Store) {
         .unwrap()
         .unwrap();
     assert_eq!(e.seq, noted.seq + 1, "a refused write takes no sequence number");
+    // The same write again (a retry whose first answer was lost): its
+    // event as it was, nothing written twice.
+    let again = store
+        .insert_checkpoint(&checkpoint(1, "a"), "w1", &event(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, e);
+    assert_eq!(store.list_events(&a.id, 0, 100).await.unwrap().last(), Some(&e));
     let EventData::Checkpoint { checkpoint_id, .. } = &e.data else {
         panic!("checkpoint event expected")
     };
