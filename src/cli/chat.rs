@@ -80,6 +80,7 @@ pub async fn run(addr: &str, json_out: bool, args: ChatArgs) -> anyhow::Result<O
                     stop: args.stop.clone(),
                     presence_penalty: args.presence_penalty,
                     frequency_penalty: args.frequency_penalty,
+                    logit_bias: Default::default(),
                 }),
             })
             .await

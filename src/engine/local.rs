@@ -277,6 +277,13 @@ impl LocalEngine {
         let tools = request.tools.as_ref().filter(|_| request.offers_tools());
         let prompt = base.prompt(&request.messages, tools)?;
         let sampling = sampling_of(request);
+        let vocab = base.tokenizer.vocab_size();
+        if let Some((token, _)) = sampling.logit_bias.iter().find(|(t, _)| *t as usize >= vocab) {
+            return Err(ChatError::invalid(
+                "sampling.logit_bias",
+                format!("token {token} is not in the model's vocabulary of {vocab}"),
+            ));
+        }
         let positions = base.model.max_positions();
         if prompt.len() + sampling.max_tokens > positions {
             return Err(ChatError::invalid(
@@ -530,6 +537,13 @@ pub fn sampling_of(r: &ChatRequest) -> Sampling {
         stop: r.stop.clone(),
         presence_penalty: r.presence_penalty.unwrap_or(0.0) as f32,
         frequency_penalty: r.frequency_penalty.unwrap_or(0.0) as f32,
+        // Keys were checked to be token ids (`ChatRequest::validate`).
+        logit_bias: r
+            .logit_bias
+            .iter()
+            .flatten()
+            .filter_map(|(token, bias)| Some((token.parse().ok()?, *bias as f32)))
+            .collect(),
         // The same answer for a seed whatever is decoded beside it; each
         // of several answers to one prompt its own.
         stream: Some(u64::from(r.choice)),

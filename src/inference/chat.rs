@@ -42,6 +42,9 @@ pub struct ChatRequest {
     pub presence_penalty: Option<f64>,
     #[serde(default)]
     pub frequency_penalty: Option<f64>,
+    /// OpenAI's `logit_bias`: token id (as a string) to a bias, -100 to 100.
+    #[serde(default)]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
     /// OpenAI `tools` array.
     pub tools: Option<Value>,
     /// OpenAI `response_format` object. A `json_schema` format is what
@@ -107,6 +110,20 @@ impl ChatRequest {
         ] {
             if penalty.is_some_and(|p| !(-2.0..=2.0).contains(&p)) {
                 return Err(ChatError::invalid(field, "must be between -2 and 2"));
+            }
+        }
+        for (token, bias) in self.logit_bias.iter().flatten() {
+            if token.parse::<u32>().is_err() {
+                return Err(ChatError::invalid(
+                    "sampling.logit_bias",
+                    format!("{token:?} is not a token id"),
+                ));
+            }
+            if !(-100.0..=100.0).contains(bias) {
+                return Err(ChatError::invalid(
+                    "sampling.logit_bias",
+                    format!("the bias of token {token} must be between -100 and 100"),
+                ));
             }
         }
         if self.max_tokens == Some(0) {

@@ -295,6 +295,7 @@ impl HttpProvider {
         set("stop", (!request.stop.is_empty()).then(|| json!(request.stop)));
         set("presence_penalty", request.presence_penalty.map(|v| json!(v)));
         set("frequency_penalty", request.frequency_penalty.map(|v| json!(v)));
+        set("logit_bias", request.logit_bias.map(|v| json!(v)));
         set("tools", request.tools);
         set("tool_choice", request.tool_choice);
         set("parallel_tool_calls", request.parallel_tool_calls.map(Value::Bool));

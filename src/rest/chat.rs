@@ -103,7 +103,7 @@ pub struct CreateChatCompletion {
     pub frequency_penalty: Option<f64>,
     /// -2 to 2: lowers a token's logit by this once the answer holds it.
     pub presence_penalty: Option<f64>,
-    /// Refused unless empty.
+    /// Token id (as a string) to a bias, -100 to 100, added to its logit.
     pub logit_bias: Option<HashMap<String, f64>>,
     /// Only `["text"]`.
     pub modalities: Option<Vec<String>>,
@@ -247,9 +247,6 @@ fn chat_request(body: &CreateChatCompletion) -> Result<(ChatRequest, u32), ApiEr
     if body.store == Some(true) {
         return refuse("store", "Lathe does not store chat completions");
     }
-    if body.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-        return refuse("logit_bias", "logit biases are not supported");
-    }
     if body.modalities.as_ref().is_some_and(|m| m.iter().any(|m| m != "text")) {
         return refuse("modalities", "Lathe answers text only");
     }
@@ -303,6 +300,11 @@ fn chat_request(body: &CreateChatCompletion) -> Result<(ChatRequest, u32), ApiEr
         },
         presence_penalty: body.presence_penalty,
         frequency_penalty: body.frequency_penalty,
+        logit_bias: body
+            .logit_bias
+            .as_ref()
+            .filter(|b| !b.is_empty())
+            .map(|b| b.iter().map(|(k, v)| (k.clone(), *v)).collect()),
         tools: body.tools.clone(),
         tool_choice: body.tool_choice.clone(),
         parallel_tool_calls: body.parallel_tool_calls,

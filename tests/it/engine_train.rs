@@ -871,6 +871,43 @@ fn a_presence_penalty_keeps_an_answer_from_repeating_a_token() {
     assert_eq!(repeats(&b[0].tokens), 0, "{:?}", b[0].tokens);
 }
 
+/// A bias of +100 on one token makes greedy decoding answer with it only;
+/// -100 on the token it would have chosen first makes it choose another.
+#[test]
+fn a_logit_bias_forces_or_bans_a_token() {
+    let model = tiny("llama", 14);
+    let tok = byte_tokenizer();
+    let p = vec![vec![1u32, 2, 3]];
+    let forced = Sampling {
+        max_tokens: 6,
+        logit_bias: vec![(7, 100.0)],
+        ..Sampling::default()
+    };
+    let a = generate(&model, None, &tok, &p, &[forced], &[], &mut |_, _| {}).unwrap();
+    assert_eq!(a[0].tokens, [7; 6]);
+    let plain = Sampling {
+        max_tokens: 1,
+        ..Sampling::default()
+    };
+    let first = generate(
+        &model,
+        None,
+        &tok,
+        &p,
+        std::slice::from_ref(&plain),
+        &[],
+        &mut |_, _| {},
+    )
+    .unwrap()[0]
+        .tokens[0];
+    let banned = Sampling {
+        logit_bias: vec![(first, -100.0)],
+        ..plain
+    };
+    let b = generate(&model, None, &tok, &p, &[banned], &[], &mut |_, _| {}).unwrap();
+    assert_ne!(b[0].tokens[0], first);
+}
+
 #[test]
 fn adapters_round_trip_through_peft_files_and_merge_into_the_base() {
     let model = tiny("qwen2", 15);

@@ -156,7 +156,7 @@ async fn a_providers_completion_in_openais_shape() {
             json!({"temperature": 0.5, "top_p": 0.9, "seed": -3, "stop": "END",
                    "max_completion_tokens": 12, "user": "u-1", "metadata": {"k": "v"}, "store": false,
                    "logprobs": false, "frequency_penalty": 0.5, "presence_penalty": -1,
-                   "service_tier": "auto"}),
+                   "logit_bias": {"50256": -100}, "service_tier": "auto"}),
         ),
     )
     .await)
@@ -193,6 +193,7 @@ async fn a_providers_completion_in_openais_shape() {
         (&asked["frequency_penalty"], &asked["presence_penalty"]),
         (&json!(0.5), &json!(-1.0))
     );
+    assert_eq!(asked["logit_bias"], json!({"50256": -100.0}));
     server.stop().await;
 }
 
@@ -360,7 +361,8 @@ async fn bad_input_is_a_400_naming_the_param() {
         (json!({"store": true}), "store"),
         (json!({"frequency_penalty": 2.5}), "frequency_penalty"),
         (json!({"presence_penalty": -3}), "presence_penalty"),
-        (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
+        (json!({"logit_bias": {"eos": -100}}), "logit_bias"),
+        (json!({"logit_bias": {"50256": -101}}), "logit_bias"),
         (json!({"modalities": ["text", "audio"]}), "modalities"),
         (json!({"audio": {"voice": "alloy", "format": "mp3"}}), "audio"),
         (json!({"functions": [{"name": "f"}]}), "functions"),
@@ -406,6 +408,7 @@ async fn bad_input_is_a_400_naming_the_param() {
             "tool_choice",
         ),
         (json!({"reasoning_effort": "high"}), "reasoning_effort"),
+        (json!({"logit_bias": {"999999": 5}}), "logit_bias"),
         (
             json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
             "messages[0].content[0].type",

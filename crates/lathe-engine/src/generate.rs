@@ -27,6 +27,9 @@ pub struct Sampling {
     /// for every time it did (negative values favour repeats).
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// OpenAI's `logit_bias`: added to these tokens' logits at every step
+    /// (-100 bans a token, 100 all but forces it).
+    pub logit_bias: Vec<(u32, f32)>,
     /// The random stream this row draws from (with its seed). None: its
     /// place in the batch, so rows of one seed (GRPO's group of answers to
     /// one prompt) each sample differently. Served completions name their
@@ -45,22 +48,33 @@ impl Default for Sampling {
             stop: Vec::new(),
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
             stream: None,
         }
     }
 }
 
-/// `logits` with OpenAI's presence and frequency penalties applied for the
-/// tokens already generated (borrowed unchanged when both are zero).
+/// `logits` with OpenAI's logit bias added and its presence and frequency
+/// penalties applied for the tokens already generated (borrowed unchanged
+/// when there is nothing to apply).
 pub fn penalized<'a>(logits: &'a [f32], s: &Sampling, generated: &[u32]) -> std::borrow::Cow<'a, [f32]> {
-    if (s.presence_penalty == 0.0 && s.frequency_penalty == 0.0) || generated.is_empty() {
+    let penalties = (s.presence_penalty != 0.0 || s.frequency_penalty != 0.0) && !generated.is_empty();
+    if !penalties && s.logit_bias.is_empty() {
         return std::borrow::Cow::Borrowed(logits);
+    }
+    let mut out = logits.to_vec();
+    for &(t, bias) in &s.logit_bias {
+        if let Some(v) = out.get_mut(t as usize) {
+            *v += bias;
+        }
+    }
+    if !penalties {
+        return std::borrow::Cow::Owned(out);
     }
     let mut counts = std::collections::HashMap::<u32, u32>::new();
     for &t in generated {
         *counts.entry(t).or_default() += 1;
     }
-    let mut out = logits.to_vec();
     for (t, n) in counts {
         if let Some(v) = out.get_mut(t as usize) {
             *v -= s.presence_penalty + s.frequency_penalty * n as f32;
@@ -384,6 +398,12 @@ mod tests {
             penalized(&logits, &greedy, &[1]),
             std::borrow::Cow::Borrowed(_)
         ));
+        // A bias of -100 bans the best token; +100 lifts the worst.
+        let banned = Sampling {
+            logit_bias: vec![(1, -100.0), (3, 100.0)],
+            ..Sampling::default()
+        };
+        assert_eq!(&penalized(&logits, &banned, &[])[..], &[1.0, -97.0, 2.9, 100.5]);
         // A negative penalty favours what was said.
         let repeat = Sampling {
             frequency_penalty: -1.0,

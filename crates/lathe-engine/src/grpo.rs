@@ -345,6 +345,7 @@ impl<R: Reward> Grpo<R> {
             stop: Vec::new(),
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
             stream: None,
         }
     }

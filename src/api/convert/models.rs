@@ -78,6 +78,7 @@ pub fn chat(req: proto::ChatRequest) -> ChatRequest {
         stop: s.stop,
         presence_penalty: s.presence_penalty,
         frequency_penalty: s.frequency_penalty,
+        logit_bias: (!s.logit_bias.is_empty()).then(|| s.logit_bias.into_iter().collect()),
         ..Default::default()
     }
 }
