@@ -20,8 +20,6 @@ pub enum Dependency {
 }
 
 impl Dependency {
-    pub const ALL: [Dependency; 3] = [Dependency::Database, Dependency::ObjectStore, Dependency::Ray];
-
     /// Its name in health checks and metrics.
     pub fn name(self) -> &'static str {
         match self {

@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use crate::error::Result;
@@ -301,7 +302,7 @@ async fn run_one<W: LeasedWork>(
 ) {
     let holder = Arc::new(holder);
     let beat = heartbeat(work.clone(), config.clone(), holder.clone(), stop.clone()).in_current_span();
-    let beat = AbortOnDrop(tokio::spawn(beat));
+    let beat = AbortOnDropHandle::new(tokio::spawn(beat));
     let ended = work.clone().run(item, stop).await;
     drop(beat);
     if ended == Ended::Stopped
@@ -356,15 +357,6 @@ async fn release<W: LeasedWork>(work: &W, holder: &Holder) -> Result<()> {
         work.changed(&change);
     }
     Ok(())
-}
-
-/// Aborts the task when dropped.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]

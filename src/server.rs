@@ -118,7 +118,7 @@ where
     // stays SERVING while a dependency is down, so a liveness probe does
     // not restart a replica for an outage it cannot fix.
     let reports = tokio::spawn(report_dependencies(app.health(), health.clone()));
-    let _reports = AbortOnDrop(reports);
+    let _reports = tokio_util::task::AbortOnDropHandle::new(reports);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -230,15 +230,6 @@ async fn report_dependencies(
         if status.changed().await.is_err() {
             return;
         }
-    }
-}
-
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 
 use crate::blobs::Blobs;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 const READ_CHUNK: u64 = 1 << 20;
 
@@ -48,25 +48,16 @@ impl<'a> LineReader<'a> {
         }
     }
 
-    /// Reads `range`, waiting out an outage of the object store (up to
-    /// `OUTAGE_PATIENCE`; this runs on a blocking thread).
+    /// Reads `range`, waiting out an outage of the object store (`outage`,
+    /// up to `OUTAGE_PATIENCE`; this runs on a blocking thread).
     fn read(&self, range: std::ops::Range<u64>) -> Result<bytes::Bytes> {
-        let began = std::time::Instant::now();
-        let mut wait = Duration::from_millis(500);
-        loop {
-            match self.handle.block_on(self.blobs.read_range(self.sha256, range.clone())) {
-                Ok(bytes) => return Ok(bytes),
-                Err(e) => {
-                    let e = Error::from(e);
-                    if e.unavailable().is_none() || began.elapsed() > OUTAGE_PATIENCE {
-                        return Err(e);
-                    }
-                    tracing::warn!(error = %e, "cannot read a dataset; trying again");
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        self.handle.block_on(async {
+            crate::ride_out!(
+                tokio::time::sleep(OUTAGE_PATIENCE),
+                &crate::outage::Quietly,
+                self.blobs.read_range(self.sha256, range.clone())
+            )
+        })
     }
 
     fn fill(&mut self) -> Result<bool> {

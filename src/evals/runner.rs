@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::manager::{ERROR_RATE_MIN_ITEMS, Evals};
@@ -225,7 +226,8 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
     // finished item is refilled at once instead of after the store has
     // written it; the recorder writes what has piled up in one transaction.
     let (finished_tx, finished_rx) = mpsc::channel(concurrency.max(RECORD_BATCH));
-    let mut recorder = AbortOnDrop(tokio::spawn(
+    // Aborted when dropped (the run stopped, or the runner did).
+    let mut recorder = AbortOnDropHandle::new(tokio::spawn(
         record_all(evals.clone(), run.clone(), progress, finished_rx, stop.clone()).in_current_span(),
     ));
     // Items run as their own tasks: they must make progress while this loop
@@ -237,21 +239,21 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
             // Everything is handed over: the recorder ends once it has
             // written the last item.
             drop(finished_tx);
-            return recorder_end((&mut recorder.0).await);
+            return recorder_end((&mut recorder).await);
         }
         tokio::select! {
             biased;
             () = stop.cancelled() => return End::Stopped,
             // The recorder only ends early: failed, lease lost, or the
             // error-rate threshold.
-            ended = &mut recorder.0 => return recorder_end(ended),
+            ended = &mut recorder => return recorder_end(ended),
             Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                 let finished: Finished = match joined {
                     Ok(finished) => finished,
                     Err(e) => return End::Failed(format!("an item's task failed: {e}")),
                 };
                 if finished_tx.send(finished).await.is_err() {
-                    return recorder_end((&mut recorder.0).await);
+                    return recorder_end((&mut recorder).await);
                 }
             }
             row = rows.recv(), if reading && in_flight.len() < concurrency => match row {
@@ -278,15 +280,6 @@ const RECORD_BATCH: usize = 256;
 /// for `LINGER_GAP`, and never longer than `LINGER_MAX`.
 const LINGER_GAP: Duration = Duration::from_millis(2);
 const LINGER_MAX: Duration = Duration::from_millis(25);
-
-/// Aborts the task when dropped (the run stopped, or the runner did).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 fn recorder_end(joined: Result<End, tokio::task::JoinError>) -> End {
     joined.unwrap_or_else(|e| End::Failed(format!("the item recorder failed: {e}")))

@@ -365,7 +365,7 @@ impl Executor {
                 .max()
                 .unwrap_or(0);
             let try_ = tries.last().max(in_flight) + 1;
-            let submission = self.submission(job, try_);
+            let submission = submission(&self.config, job, try_);
             let id = submission.submission_id.clone();
             let submitted = match self.ray.submit(&submission).await {
                 // Ray refused the request itself (a 4xx: resources or a
@@ -407,10 +407,6 @@ impl Executor {
             }
         }
         Ok(())
-    }
-
-    fn submission(&self, job: &JobRecord, try_: u32) -> Submission {
-        submission(&self.config, job, try_)
     }
 
     fn track(&mut self, id: &str, job_id: &str, attempt: u32, try_: u32, status: RayStatus) {
