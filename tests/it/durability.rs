@@ -2,12 +2,6 @@
 //! last checkpoint, the event log has no gap and no repeat, and checkpoints
 //! are intact. Uses the scripted trainer in examples/scripted_server.rs.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-};
-
 use crate::common::scripted::{MODEL, expected_state};
 use crate::common::*;
 use lathe::proto::{
@@ -15,33 +9,8 @@ use lathe::proto::{
     watch_job_response::Payload,
 };
 
-fn example_binary() -> PathBuf {
-    // tests run from target/<profile>/deps; examples sit in target/<profile>/examples.
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    dir.join(format!("scripted_server{}", std::env::consts::EXE_SUFFIX))
-}
-
-fn start(data_dir: &std::path::Path) -> (Child, String) {
-    let bin = example_binary();
-    assert!(bin.exists(), "{} missing: cargo test builds examples", bin.display());
-    let mut child = Command::new(bin)
-        .arg(data_dir)
-        .args(["400", "10", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .to_string();
-    (child, format!("http://{addr}"))
+fn start(data_dir: &std::path::Path) -> (std::process::Child, String) {
+    scripted_server(data_dir, 400, 10, 1, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

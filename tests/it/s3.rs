@@ -4,8 +4,7 @@
 //! another bucket is stored the same way. And `lathe serve` with an S3
 //! setting that does not work stops at start-up, naming it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use crate::common::moto::Moto;
 use crate::common::scripted::MODEL;
@@ -18,33 +17,11 @@ use lathe::proto::{
 
 const BUCKET: &str = "lathe-server";
 
-fn example_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    dir.join(format!("scripted_server{}", std::env::consts::EXE_SUFFIX))
-}
-
 /// The scripted server on `moto`'s bucket: 20 steps, a checkpoint every 10.
-fn start(data_dir: &std::path::Path, moto: &Moto) -> (Child, String) {
-    let mut child = Command::new(example_binary())
-        .arg(data_dir)
-        .args(["20", "1", "5"])
-        .envs(moto.env())
-        .env("LATHE_BLOB_URL", format!("s3://{BUCKET}/replicas"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .to_string();
-    (child, format!("http://{addr}"))
+fn start(data_dir: &std::path::Path, moto: &Moto) -> (std::process::Child, String) {
+    let mut env = moto.env();
+    env.push(("LATHE_BLOB_URL", format!("s3://{BUCKET}/replicas")));
+    scripted_server(data_dir, 20, 1, 5, &env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

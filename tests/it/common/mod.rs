@@ -426,3 +426,44 @@ impl TestDatabase {
         admin.close().await;
     }
 }
+
+/// `examples/scripted_server.rs` as a child process on `data_dir`: `steps`
+/// steps of `step_millis`, leases of `lease_secs`, with `env` (its blob
+/// store, say). Returns it and its URL once it listens.
+pub fn scripted_server(
+    data_dir: &Path,
+    steps: u64,
+    step_millis: u64,
+    lease_secs: u64,
+    env: &[(&str, String)],
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    // Tests run from target/<profile>/deps; examples sit in target/<profile>/examples.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(format!("scripted_server{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} missing: cargo test builds examples", bin.display());
+    let mut child = std::process::Command::new(bin)
+        .arg(data_dir)
+        .args([steps, step_millis, lease_secs].map(|n| n.to_string()))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("address line")
+        .to_string();
+    (child, format!("http://{addr}"))
+}
