@@ -1,6 +1,6 @@
 //! Loads a model and times a forward pass, a LoRA training step and
 //! greedy decoding, with the process's resident memory after each stage:
-//! `cargo run --release --example engine_probe -- MODEL_PATH [--train-only | --gen-only] [--rounds 3] [--batches 1,8,32,64] [--base] [--device cpu|cuda[:N]]`
+//! `cargo run --release --example engine_probe -- MODEL_PATH [--train-only | --gen-only] [--rounds 3] [--batches 1,8,32,64] [--base] [--f32] [--device cpu|cuda[:N]]`
 //! (a GPU needs `--features cuda`; scripts/gpu_smoke.sh runs it on both).
 
 use std::time::Instant;
@@ -43,7 +43,18 @@ fn main() -> anyhow::Result<()> {
         None => vec![1, 8, 32, 64],
     };
     memory("loaded");
-    let model = BaseModel::new(loaded.config, loaded.weights, device.clone())?;
+    let mut model = BaseModel::new(loaded.config, loaded.weights, device.clone())?;
+    // `--f32`: generate on the f32 weights even where quantized ones exist.
+    if args.iter().any(|a| a == "--f32") {
+        model.quantized = false;
+    }
+    match (&model.weights.quant, model.quantized) {
+        (Some(q), true) => println!(
+            "generation on quantized weights ({:.1} MiB)",
+            q.bytes() as f64 / (1 << 20) as f64
+        ),
+        _ => println!("generation on f32 weights"),
+    }
     let (adapter, vars) = Adapter::init(
         &model.config,
         LoraConfig {

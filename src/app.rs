@@ -141,6 +141,7 @@ impl App {
                     models.clone(),
                     config.max_generation_batch,
                     config.max_queued_generations,
+                    config.generation_weights == crate::config::GenerationWeights::Quantized,
                     config
                         .device
                         .open()

@@ -78,6 +78,11 @@ pub struct ServeConfig {
     /// decoded; more are refused with RESOURCE_EXHAUSTED and a retry delay.
     #[arg(long, env = "LATHE_MAX_QUEUED_GENERATIONS", default_value_t = 256)]
     pub max_queued_generations: usize,
+    /// The weights the local engine generates with on the CPU: a GGUF's
+    /// own quantization (fast; activations rounded to 8 bits as llama.cpp
+    /// does) or the f32 weights training uses (exact, slower).
+    #[arg(long, env = "LATHE_GENERATION_WEIGHTS", value_enum, default_value_t = GenerationWeights::Quantized)]
+    pub generation_weights: GenerationWeights,
     /// A directory base models may be registered from (repeatable; the
     /// environment variable takes a colon-separated list). A path that does
     /// not resolve under one is refused. Default: DATA_DIR/models (where
@@ -169,6 +174,16 @@ pub struct ServeConfig {
     pub tls: TlsConfig,
 }
 
+/// The weights the local engine generates with.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GenerationWeights {
+    /// The GGUF's quantized weights where the model has them.
+    #[default]
+    Quantized,
+    /// The f32 weights.
+    F32,
+}
+
 /// What a server process does.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Role {
@@ -253,6 +268,7 @@ impl ServeConfig {
             log_json: false,
             max_generation_batch: 32,
             max_queued_generations: 256,
+            generation_weights: GenerationWeights::Quantized,
             admin_key: None,
             secrets_key: None,
             tls: TlsConfig::default(),
@@ -481,6 +497,9 @@ mod tests {
         assert_eq!(c.blob_dir(), std::path::PathBuf::from("./lathe-data/blobs"));
         assert_eq!(c.max_upload_bytes, 512 << 20);
         assert_eq!(c.max_queued_generations, 256);
+        assert_eq!(c.generation_weights, GenerationWeights::Quantized);
+        let f32 = Serve::try_parse_from(["serve", "--generation-weights", "f32"]).unwrap().config;
+        assert_eq!(f32.generation_weights, GenerationWeights::F32);
         assert!(!c.log_json);
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(

@@ -1,12 +1,13 @@
 //! The local engine as a service: resolves model names (registered base
 //! models, fine-tuned models and their checkpoints), keeps each base model
 //! loaded once and shared by every adapter over it, and answers chat
-//! completions through a batching worker so that many concurrent requests
-//! (an eval's items) decode together.
+//! completions through a continuously batching worker: many concurrent
+//! requests (an eval's items) decode together, each joining the running
+//! batch at the next token and leaving it when done.
 //!
 //! Architecture invariant: the engine holds at most `max_queued`
 //! generations, waiting or decoding; one more is refused at once
-//! (`ChatError::Overloaded`, with a retry delay from recent batch times)
+//! (`ChatError::Overloaded`, with a retry delay from recent generation times)
 //! rather than queued without limit. A generation whose reader goes away
 //! leaves its batch at the next token.
 
@@ -29,7 +30,7 @@ use crate::inference::chat;
 use crate::inference::{ChatEnd, ChatError, ChatEvent, ChatModel, ChatRequest, ChatStream, LocalModels, TokenUsage};
 use crate::models::{Models, Resolved};
 use lathe_engine::chat_template::{CHATML, ChatTemplate};
-use lathe_engine::generate::{Generated, Sampling, generate_streaming};
+use lathe_engine::generate::{Batch, Generated, Sampling};
 use lathe_engine::lora::Adapter;
 use lathe_engine::model::BaseModel;
 use lathe_engine::tokenizer::Tokenizer;
@@ -145,26 +146,35 @@ pub struct LocalEngine {
     queue: mpsc::Sender<GenJob>,
     /// One permit per generation the engine may hold, waiting or decoding.
     admission: Arc<Semaphore>,
-    /// Recent batch durations in ms (moving average): the retry delay a
-    /// refused request is told.
-    batch_ms: Arc<AtomicU64>,
+    /// Recent generation durations in ms (moving average): about when a
+    /// place frees up, the retry delay a refused request is told.
+    latency_ms: Arc<AtomicU64>,
     /// Most prompts decoded together.
     pub max_batch: usize,
+    /// Whether bases generate on their quantized weights.
+    quantized: bool,
 }
 
 impl LocalEngine {
     /// An engine on `device` decoding up to `max_batch` prompts together
-    /// and holding at most `max_queued` generations, waiting or decoding.
+    /// and holding at most `max_queued` generations, waiting or decoding,
+    /// on a GGUF's quantized weights when `quantized` (else on f32).
     /// Its trainer (`LocalTrainer`) trains on the same device.
-    pub fn new(catalog: Arc<dyn Catalog>, max_batch: usize, max_queued: usize, device: Device) -> Arc<Self> {
+    pub fn new(
+        catalog: Arc<dyn Catalog>,
+        max_batch: usize,
+        max_queued: usize,
+        quantized: bool,
+        device: Device,
+    ) -> Arc<Self> {
         let max_queued = max_queued.max(1);
         let (tx, rx) = mpsc::channel(max_queued);
         let max_batch = max_batch.max(1);
-        let batch_ms = Arc::new(AtomicU64::new(0));
-        let worker_batch_ms = batch_ms.clone();
+        let latency_ms = Arc::new(AtomicU64::new(0));
+        let worker_latency_ms = latency_ms.clone();
         std::thread::Builder::new()
             .name("lathe-generate".into())
-            .spawn(move || batch_worker(rx, max_batch, &worker_batch_ms))
+            .spawn(move || batch_worker(rx, max_batch, &worker_latency_ms))
             .expect("spawning the generation thread");
         Arc::new(Self {
             catalog,
@@ -173,8 +183,9 @@ impl LocalEngine {
             adapters: Mutex::new(HashMap::new()),
             queue: tx,
             admission: Arc::new(Semaphore::new(max_queued)),
-            batch_ms,
+            latency_ms,
             max_batch,
+            quantized,
         })
     }
 
@@ -185,7 +196,13 @@ impl LocalEngine {
             return Ok(b.clone());
         }
         let (n, p, d) = (name.to_string(), path.to_path_buf(), self.device.clone());
-        let loaded = match tokio::task::spawn_blocking(move || LoadedBase::from_path(&n, &p, &d)).await {
+        let quantized = self.quantized;
+        let load = move || {
+            let mut base = LoadedBase::from_path(&n, &p, &d)?;
+            base.model.quantized &= quantized;
+            Ok(base)
+        };
+        let loaded = match tokio::task::spawn_blocking(load).await {
             Ok(loaded) => loaded,
             Err(e) => Err(EngineError::Load(format!("loading panicked: {e}"))),
         }
@@ -238,9 +255,9 @@ impl LocalEngine {
         }
     }
 
-    /// What a refused request is told to wait: about one batch.
+    /// What a refused request is told to wait: about one generation.
     fn retry_after(&self) -> Duration {
-        match self.batch_ms.load(Ordering::Relaxed) {
+        match self.latency_ms.load(Ordering::Relaxed) {
             0 => Duration::from_secs(1),
             ms => Duration::from_millis(ms.clamp(50, 30_000)),
         }
@@ -327,90 +344,105 @@ impl LocalEngine {
     }
 }
 
-/// Whether `job` may join `batch`: the same model and adapter, and the
-/// longest prompt plus the most new tokens still fit the model (the batch's
-/// cache is that long).
-fn fits(batch: &[GenJob], job: &GenJob, max_batch: usize) -> bool {
-    let Some(first) = batch.first() else {
-        return true;
-    };
-    if batch.len() >= max_batch || first.base.name != job.base.name || first.adapter_key != job.adapter_key {
-        return false;
-    }
-    let longest = batch
-        .iter()
-        .map(|j| j.prompt.len())
-        .max()
-        .unwrap_or(0)
-        .max(job.prompt.len());
-    let most_new = batch
-        .iter()
-        .map(|j| j.sampling.max_tokens)
-        .max()
-        .unwrap_or(0)
-        .max(job.sampling.max_tokens);
-    longest + most_new <= first.base.model.max_positions()
-}
-
-fn batch_worker(mut rx: mpsc::Receiver<GenJob>, max_batch: usize, batch_ms: &AtomicU64) {
-    let mut pending: Vec<GenJob> = Vec::new();
+/// Runs generations as they come, continuously batched: each request joins
+/// the running batch at the next token boundary when it is for the batch's
+/// model and adapter and there is room, and leaves it when it finishes or
+/// its reader goes away. Requests for another model wait (in order) until
+/// the batch in front of them drains.
+fn batch_worker(mut rx: mpsc::Receiver<GenJob>, max_batch: usize, latency_ms: &AtomicU64) {
+    let mut pending: std::collections::VecDeque<GenJob> = std::collections::VecDeque::new();
     loop {
         if pending.is_empty() {
             match rx.blocking_recv() {
-                Some(j) => pending.push(j),
+                Some(j) => pending.push_back(j),
                 None => return,
             }
         }
-        while let Ok(j) = rx.try_recv() {
-            pending.push(j);
-        }
-        // A generation whose reader left is dropped unstarted.
-        pending.retain(|j| !j.tokens.is_closed());
-        if pending.is_empty() {
-            continue;
-        }
-        // One batch: the oldest request's model and adapter, up to max_batch.
-        let mut batch = Vec::new();
-        let mut rest = Vec::new();
-        for j in pending.drain(..) {
-            if fits(&batch, &j, max_batch) {
-                batch.push(j);
-            } else {
-                rest.push(j);
-            }
-        }
-        pending = rest;
-        let started = Instant::now();
-        let base = batch[0].base.clone();
-        let adapter = batch[0].adapter.clone();
-        let prompts: Vec<Vec<u32>> = batch.iter().map(|j| j.prompt.clone()).collect();
-        let sampling: Vec<Sampling> = batch.iter().map(|j| j.sampling.clone()).collect();
-        let senders: Vec<&mpsc::UnboundedSender<u32>> = batch.iter().map(|j| &j.tokens).collect();
-        let result = generate_streaming(
-            &base.model,
+        let first = pending.front().expect("one waits");
+        let (base, adapter, key) = (first.base.clone(), first.adapter.clone(), first.adapter_key.clone());
+        run_batch(
+            &base,
             adapter.as_deref(),
-            &base.tokenizer,
-            &prompts,
-            &sampling,
-            &base.stop_ids,
-            // A closed receiver: the reader left, and the row ends.
-            &mut |i, t| senders[i].send(t).is_ok(),
+            &key,
+            &mut pending,
+            &mut rx,
+            max_batch,
+            latency_ms,
         );
-        let ms = started.elapsed().as_millis() as u64;
-        let old = batch_ms.load(Ordering::Relaxed);
-        batch_ms.store(if old == 0 { ms.max(1) } else { (old * 3 + ms) / 4 }, Ordering::Relaxed);
-        let outs: Vec<Result<Generated>> = match result {
-            Ok(outs) => outs.into_iter().map(Ok).collect(),
-            Err(e) => {
-                let msg = e.to_string();
-                batch.iter().map(|_| Err(EngineError::Data(msg.clone()))).collect()
-            }
-        };
-        for (j, out) in batch.into_iter().zip(outs) {
-            let GenJob { reply, admitted, .. } = j;
+    }
+}
+
+/// One running batch on `base` and `adapter`, until no request for it is
+/// left in front of the queue.
+fn run_batch(
+    base: &LoadedBase,
+    adapter: Option<&Adapter>,
+    adapter_key: &str,
+    pending: &mut std::collections::VecDeque<GenJob>,
+    rx: &mut mpsc::Receiver<GenJob>,
+    max_batch: usize,
+    latency_ms: &AtomicU64,
+) {
+    let mut batch = Batch::new(&base.model, adapter, &base.tokenizer, &base.stop_ids);
+    let mut running: HashMap<usize, (GenJob, Instant)> = HashMap::new();
+    let mut next_key = 0usize;
+    let finish = |running: &mut HashMap<usize, (GenJob, Instant)>, key: usize, out: Result<Generated>| {
+        if let Some((job, started)) = running.remove(&key) {
+            let ms = started.elapsed().as_millis() as u64;
+            let old = latency_ms.load(Ordering::Relaxed);
+            latency_ms.store(if old == 0 { ms.max(1) } else { (old * 3 + ms) / 4 }, Ordering::Relaxed);
+            let GenJob { reply, admitted, .. } = job;
             // Room first, so whoever reads this answer and asks again finds it.
             drop(admitted);
             let _ = reply.send(out);
+        }
+    };
+    loop {
+        while let Ok(j) = rx.try_recv() {
+            pending.push_back(j);
+        }
+        // A generation whose reader left is dropped unstarted.
+        pending.retain(|j| !j.tokens.is_closed());
+        // Join: the requests for this batch at the front of the queue.
+        let mut joining = Vec::new();
+        while batch.len() + joining.len() < max_batch
+            && let Some(j) = pending.front()
+            && j.base.name == base.name
+            && j.adapter_key == adapter_key
+        {
+            let job = pending.pop_front().expect("checked above");
+            joining.push((next_key, (job, Instant::now())));
+            next_key += 1;
+        }
+        if !joining.is_empty() {
+            let rows = joining
+                .iter()
+                .map(|(k, (j, _))| (*k, (j.prompt.clone(), j.sampling.clone())))
+                .collect();
+            let keys: Vec<usize> = joining.iter().map(|(k, _)| *k).collect();
+            running.extend(joining);
+            let result = batch.join(rows, &mut |k, t| {
+                running.get(&k).is_some_and(|(j, _)| j.tokens.send(t).is_ok())
+            });
+            match result {
+                Ok(done) => done.into_iter().for_each(|(k, g)| finish(&mut running, k, Ok(g))),
+                Err(e) => keys
+                    .into_iter()
+                    .for_each(|k| finish(&mut running, k, Err(EngineError::Data(e.to_string())))),
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        match batch.step(&mut |k, t| running.get(&k).is_some_and(|(j, _)| j.tokens.send(t).is_ok())) {
+            Ok(done) => done.into_iter().for_each(|(k, g)| finish(&mut running, k, Ok(g))),
+            Err(e) => {
+                let keys: Vec<usize> = running.keys().copied().collect();
+                for k in keys {
+                    finish(&mut running, k, Err(EngineError::Data(e.to_string())));
+                }
+                return;
+            }
         }
     }
 }

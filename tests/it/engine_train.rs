@@ -808,6 +808,117 @@ fn a_row_whose_reader_left_ends_while_the_others_go_on() {
     assert_eq!(out[1].tokens, alone[0].tokens, "the other row is unchanged");
 }
 
+#[test]
+fn rows_joining_a_running_batch_generate_what_they_would_alone() {
+    use lathe_engine::generate::Batch;
+    let model = tiny("llama", 12);
+    let (adapter, _) = random_adapter(&model, 13);
+    let tok = byte_tokenizer();
+    let long: Vec<u32> = (0..90).map(|i| (i * 7 % 59 + 1) as u32).collect();
+    let greedy = |n: usize| Sampling {
+        max_tokens: n,
+        ..Default::default()
+    };
+    let sampled = Sampling {
+        max_tokens: 20,
+        temperature: 0.9,
+        seed: 5,
+        stream: Some(77),
+        ..Default::default()
+    };
+    // (key, prompt, sampling, the step before which it joins)
+    let plan: Vec<(usize, Vec<u32>, Sampling, usize)> = vec![
+        (0, vec![1, 5, 9, 13, 2], greedy(30), 0),
+        (1, vec![3, 4], sampled.clone(), 0),
+        // Longer than the batch so far: the running rows get padded.
+        (2, long.clone(), greedy(3), 2),
+        (3, vec![7, 8, 9], greedy(12), 5),
+        // Joins once the long row left: its padding is trimmed later.
+        (4, vec![11, 12, 13, 14], greedy(8), 6),
+    ];
+    for ad in [None, Some(&adapter)] {
+        let mut batch = Batch::new(&model, ad, &tok, &[]);
+        let mut got: Vec<Option<lathe_engine::generate::Generated>> = vec![None; plan.len()];
+        let mut streamed: Vec<Vec<u32>> = vec![Vec::new(); plan.len()];
+        let mut most = 0;
+        for step in 0..200 {
+            let joining: Vec<_> = plan
+                .iter()
+                .filter(|(_, _, _, at)| *at == step)
+                .map(|(k, p, s, _)| (*k, (p.clone(), s.clone())))
+                .collect();
+            for (k, g) in batch
+                .join(joining, &mut |k, t| {
+                    streamed[k].push(t);
+                    true
+                })
+                .unwrap()
+            {
+                got[k] = Some(g);
+            }
+            most = most.max(batch.len());
+            for (k, g) in batch
+                .step(&mut |k, t| {
+                    streamed[k].push(t);
+                    true
+                })
+                .unwrap()
+            {
+                got[k] = Some(g);
+            }
+            if batch.is_empty() && step > 6 {
+                break;
+            }
+        }
+        assert_eq!(most, 4, "rows overlapped in one batch");
+        // The long row's 90 positions were dropped once only padding.
+        assert!(batch.span() == 0, "an empty batch holds no cache");
+        for (k, p, s, _) in &plan {
+            let alone = generate(
+                &model,
+                ad,
+                &tok,
+                std::slice::from_ref(p),
+                std::slice::from_ref(s),
+                &[],
+                &mut |_, _| {},
+            )
+            .unwrap()
+            .remove(0);
+            let g = got[*k].as_ref().expect("every row finishes");
+            assert_eq!(g.tokens, alone.tokens, "row {k} changed by its batch");
+            assert_eq!(g.tokens, streamed[*k], "row {k}'s streamed tokens");
+            assert_eq!(g.finish_reason, "length");
+        }
+    }
+}
+
+#[test]
+fn a_long_running_batch_drops_the_padding_no_row_needs() {
+    use lathe_engine::generate::Batch;
+    let model = tiny("llama", 12);
+    let tok = byte_tokenizer();
+    let s = |n: usize| Sampling {
+        max_tokens: n,
+        ..Default::default()
+    };
+    let mut batch = Batch::new(&model, None, &tok, &[]);
+    let long: Vec<u32> = (0..100).map(|i| (i % 50 + 1) as u32).collect();
+    batch.join(vec![(0, (long, s(2)))], &mut |_, _| true).unwrap();
+    batch
+        .join(vec![(1, (vec![1, 2, 3], s(120)))], &mut |_, _| true)
+        .unwrap();
+    assert_eq!(batch.span(), 100);
+    let mut left = Vec::new();
+    for _ in 0..4 {
+        left.extend(batch.step(&mut |_, _| true).unwrap().into_iter().map(|(k, _)| k));
+    }
+    // Row 0 left after two tokens, and row 1's 97 leading pads went.
+    assert_eq!(left, vec![0]);
+    assert!(batch.span() < 20, "the cache still spans {}", batch.span());
+    assert_eq!(batch.len(), 1);
+}
+
 fn batched_first_token(model: &BaseModel, tok: &lathe_engine::tokenizer::Tokenizer, p: &[u32]) -> u32 {
     let s = Sampling {
         max_tokens: 1,

@@ -256,10 +256,14 @@ async fn cli_models_add_and_list() {
 /// A server whose local engine holds one generation at a time, with a tiny
 /// random model registered as "tiny".
 async fn one_slot_server(dir: &std::path::Path) -> (TestServer, ModelServiceClient<lathe::client::Channel>) {
+    slots_server(dir, 1).await
+}
+
+async fn slots_server(dir: &std::path::Path, slots: usize) -> (TestServer, ModelServiceClient<lathe::client::Channel>) {
     let model_dir = dir.join("tiny-model");
     lathe_engine::tiny::write_tiny_model(&model_dir, 2, 64, 3).unwrap();
     let mut config = lathe::config::ServeConfig::embedded(dir.join("data"));
-    config.max_queued_generations = 1;
+    config.max_queued_generations = slots;
     config.model_roots = vec![model_dir.clone()];
     let server = TestServer::start_with(config).await;
     let mut models = ModelServiceClient::new(server.channel().await);
@@ -361,6 +365,34 @@ async fn a_cancelled_chat_frees_the_engine() {
         waited < full / 4,
         "waited {waited:?} for the engine; the whole chat takes {full:?}"
     );
+    server.stop().await;
+}
+
+/// Continuous batching: a chat that arrives while another decodes joins
+/// the running batch at its next token instead of waiting for it to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_joins_the_running_batch_instead_of_waiting_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, models) = slots_server(dir.path(), 2).await;
+    let mut long = models.clone().chat(chat("hello", 600)).await.unwrap().into_inner();
+    // The long chat is decoding; it is read to its end beside the short one.
+    long.message().await.unwrap().unwrap();
+    let long = tokio::spawn(async move {
+        let (_, end) = read_chat(long).await;
+        (end, std::time::Instant::now())
+    });
+    let (short_text, short_end) = read_chat(models.clone().chat(chat("hi", 3)).await.unwrap().into_inner()).await;
+    let short_done = std::time::Instant::now();
+    assert!((1..=3).contains(&short_end.completion_tokens), "{short_end:?}");
+    let (long_end, long_done) = long.await.unwrap();
+    assert_eq!(
+        (long_end.finish_reason.as_str(), long_end.completion_tokens),
+        ("length", 600)
+    );
+    assert!(short_done < long_done, "the short chat waited for the long one to end");
+    // And the short answer is the one it gets alone.
+    let (alone, _) = read_chat(models.clone().chat(chat("hi", 3)).await.unwrap().into_inner()).await;
+    assert_eq!(short_text, alone);
     server.stop().await;
 }
 

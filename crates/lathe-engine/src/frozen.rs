@@ -195,6 +195,36 @@ pub fn lora_infer(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) ->
     Tensor::from_vec(y, (n, out), x.device())
 }
 
+/// `y + scale * (x @ a.T) @ b.T` for inference on the CPU: a LoRA update on
+/// top of a base output computed elsewhere (a quantized weight's): `y`
+/// (n, out), `x` (n, in), `a` (r, in), `b` (out, r).
+pub fn lora_add(y: &Tensor, x: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> R<Tensor> {
+    let (n, inp) = x.dims2()?;
+    let (yn, out) = y.dims2()?;
+    let (r, a_in) = a.dims2()?;
+    let (b_out, b_r) = b.dims2()?;
+    if yn != n || a_in != inp || b_out != out || b_r != r {
+        bail!("lora: y ({yn}, {out}), x ({n}, {inp}), A ({r}, {a_in}), B ({b_out}, {b_r}) do not fit");
+    }
+    let mut out_v = y.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let mut low = vec![0f32; n * r];
+    read(x, |xs| {
+        read(a, |as_| {
+            gemm_into(&mut low, false, Mat::new(xs, n, inp), Mat::new(as_, r, inp).t(), 1.0)
+        })
+    })?;
+    read(b, |bs| {
+        gemm_into(
+            &mut out_v,
+            true,
+            Mat::new(&low, n, r),
+            Mat::new(bs, out, r).t(),
+            scale as f32,
+        )
+    })?;
+    Tensor::from_vec(out_v, (n, out), x.device())
+}
+
 /// Dropout on a LoRA input, kept as one bit per element: the f32 mask and the
 /// masked copy of `x` that candle's ops would keep alive until backward cost
 /// two activations per adapted projection.
@@ -436,6 +466,20 @@ mod tests {
             }
             assert!(fused_grads.get(&w).is_none(), "the frozen weight got a gradient");
         }
+    }
+
+    #[test]
+    fn lora_add_matches_composed_ops() {
+        let mut rng = Rng::new(3);
+        let x = random(&mut rng, (3, 8));
+        let w = random(&mut rng, (5, 8));
+        let a = random(&mut rng, (2, 8));
+        let b = random(&mut rng, (5, 2));
+        let y = x.matmul(&w.t().unwrap()).unwrap();
+        let want = lora_infer(&x, &w, &a, &b, 0.5).unwrap();
+        let got = lora_add(&y, &x, &a, &b, 0.5).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5);
+        assert!(lora_add(&y, &x, &b, &b, 0.5).is_err());
     }
 
     #[test]

@@ -94,15 +94,6 @@ pub struct Generated {
     pub prompt_tokens: usize,
 }
 
-struct Row {
-    index: usize,
-    rng: Rng,
-    tokens: Vec<u32>,
-    done: Option<&'static str>,
-    stop_token: Option<u32>,
-    text: String,
-}
-
 /// Picks the next token from one row of logits.
 pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
     let argmax = || {
@@ -212,101 +203,275 @@ pub fn generate_streaming(
     stop_ids: &[u32],
     on_token: &mut dyn FnMut(usize, u32) -> bool,
 ) -> Result<Vec<Generated>> {
-    let dev = &model.device;
-    let b = prompts.len();
-    if b == 0 {
-        return Ok(Vec::new());
-    }
-    if sampling.len() != b {
+    if sampling.len() != prompts.len() {
         return Err(EngineError::Data("one sampling setting per prompt is required".into()));
     }
-    let most_new = sampling.iter().map(|s| s.max_tokens).max().unwrap_or(0);
-    if prompts.iter().any(Vec::is_empty) {
-        return Err(EngineError::Data("a prompt has no tokens".into()));
+    let mut batch = Batch::new(model, adapter, tokenizer, stop_ids);
+    let mut out: Vec<Option<Generated>> = vec![None; prompts.len()];
+    let rows = prompts
+        .iter()
+        .cloned()
+        .zip(sampling.iter().cloned())
+        .enumerate()
+        .collect();
+    for (k, g) in batch.join(rows, on_token)? {
+        out[k] = Some(g);
     }
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if longest + most_new > model.max_positions() {
-        return Err(EngineError::Data(format!(
-            "the prompt ({longest} tokens) plus max_tokens ({most_new}) exceeds the model's {} positions",
-            model.max_positions()
-        )));
-    }
-    let pad = stop_ids.first().copied().unwrap_or(0);
-    // Each row's prompt among the distinct prompts, which alone are
-    // prefilled.
-    let mut distinct: Vec<&Vec<u32>> = Vec::new();
-    let mut of_row: Vec<u32> = Vec::with_capacity(b);
-    {
-        let mut seen: std::collections::HashMap<&[u32], u32> = std::collections::HashMap::new();
-        for p in prompts {
-            let k = *seen.entry(p.as_slice()).or_insert_with(|| {
-                distinct.push(p);
-                distinct.len() as u32 - 1
-            });
-            of_row.push(k);
+    while !batch.is_empty() {
+        for (k, g) in batch.step(on_token)? {
+            out[k] = Some(g);
         }
     }
-    let d = distinct.len();
-    let mut ids = Vec::with_capacity(d * longest);
-    let mut pos = Vec::with_capacity(d * longest);
-    let mut valid: Vec<Vec<bool>> = Vec::with_capacity(d);
-    let mut next_pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
-    for p in &distinct {
-        let padding = longest - p.len();
-        ids.extend(std::iter::repeat_n(pad, padding));
-        ids.extend_from_slice(p);
-        pos.extend(std::iter::repeat_n(0u32, padding));
-        pos.extend(0..p.len() as u32);
-        let mut v = vec![false; padding];
-        v.extend(std::iter::repeat_n(true, p.len()));
-        valid.push(v);
+    Ok(out.into_iter().map(|g| g.expect("every row finishes")).collect())
+}
+
+/// A row that finished: the caller's key and its answer.
+pub type Finished = (usize, Generated);
+
+/// One row of a running [`Batch`].
+struct Live {
+    key: usize,
+    sampling: Sampling,
+    rng: Rng,
+    tokens: Vec<u32>,
+    /// The decoded text, kept up to date only when stop sequences need it.
+    text: String,
+    done: Option<&'static str>,
+    stop_token: Option<u32>,
+    /// Which of the cache's positions are this row's.
+    valid: Vec<bool>,
+    next_pos: u32,
+    /// The token chosen last, fed to the next step.
+    next: u32,
+    prompt_tokens: usize,
+}
+
+/// Cache positions that every row holds as padding are dropped once there
+/// are this many (a long-running batch would otherwise grow without end).
+const TRIM_AT: usize = 64;
+
+/// A running batch of generations on one model and adapter that rows join
+/// and leave at token boundaries (continuous batching): [`Batch::join`]
+/// prefills new prompts (identical ones once) and adds them beside the rows
+/// already decoding; [`Batch::step`] decodes one token for every row and
+/// hands back the rows that finished, whose place in the cache is freed at
+/// once. Every row computes alone (its own positions, its own keys, its own
+/// random stream), so what it generates does not depend on who shares the
+/// batch.
+pub struct Batch<'a> {
+    model: &'a BaseModel,
+    adapter: Option<&'a Adapter>,
+    tokenizer: &'a Tokenizer,
+    stop_ids: &'a [u32],
+    cache: KvCache,
+    rows: Vec<Live>,
+}
+
+impl<'a> Batch<'a> {
+    pub fn new(
+        model: &'a BaseModel,
+        adapter: Option<&'a Adapter>,
+        tokenizer: &'a Tokenizer,
+        stop_ids: &'a [u32],
+    ) -> Self {
+        Batch {
+            model,
+            adapter,
+            tokenizer,
+            stop_ids,
+            cache: KvCache::default(),
+            rows: Vec::new(),
+        }
     }
-    let mut rows: Vec<Row> = (0..b)
-        .map(|i| Row {
-            index: i,
-            rng: Rng::derive(sampling[i].seed, &[sampling[i].stream.unwrap_or(i as u64)]),
-            tokens: Vec::new(),
-            done: None,
-            stop_token: None,
-            text: String::new(),
-        })
-        .collect();
-    let mut cache = KvCache::with_capacity(longest + most_new);
-    let hidden = step(model, adapter, &mut cache, ids, pos, &valid, longest)?;
-    let last: Vec<u32> = (0..d).map(|r| (r * longest + longest - 1) as u32).collect();
-    let mut logits = model.logits(&hidden.index_select(&Tensor::from_vec(last, d, dev)?, 0)?, false)?;
-    if d < b {
-        let rows = Tensor::from_vec(of_row.clone(), b, dev)?;
-        cache.retain_rows(&rows)?;
-        logits = logits.index_select(&rows, 0)?;
-        valid = of_row.iter().map(|&k| valid[k as usize].clone()).collect();
+
+    /// Rows decoding.
+    pub fn len(&self) -> usize {
+        self.rows.len()
     }
-    // `live[k]` is the row at batch position k.
-    let mut live: Vec<usize> = (0..b).collect();
-    let mut finished: Vec<Option<Row>> = (0..b).map(|_| None).collect();
-    let mut rows_opt: Vec<Option<Row>> = rows.drain(..).map(Some).collect();
-    loop {
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Positions the batch's cache spans (its rows' longest history, with
+    /// padding).
+    pub fn span(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Prefills `rows` (caller's key, prompt, sampling), chooses each one's
+    /// first token and adds those that go on to the batch; returns the rows
+    /// that finished at once. `on_token(key, token)` sees every token chosen
+    /// and answers whether its row goes on.
+    pub fn join(
+        &mut self,
+        rows: Vec<(usize, (Vec<u32>, Sampling))>,
+        on_token: &mut dyn FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<Finished>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let model = self.model;
+        let dev = &model.device;
+        for (_, (p, s)) in &rows {
+            if p.is_empty() {
+                return Err(EngineError::Data("a prompt has no tokens".into()));
+            }
+            if p.len() + s.max_tokens > model.max_positions() {
+                return Err(EngineError::Data(format!(
+                    "the prompt ({} tokens) plus max_tokens ({}) exceeds the model's {} positions",
+                    p.len(),
+                    s.max_tokens,
+                    model.max_positions()
+                )));
+            }
+        }
+        let b = rows.len();
+        let longest = rows.iter().map(|(_, (p, _))| p.len()).max().unwrap_or(0);
+        let most_new = rows.iter().map(|(_, (_, s))| s.max_tokens).max().unwrap_or(0);
+        let pad = self.stop_ids.first().copied().unwrap_or(0);
+        // Each row's prompt among the distinct prompts, which alone are
+        // prefilled.
+        let mut distinct: Vec<&[u32]> = Vec::new();
+        let mut of_row: Vec<u32> = Vec::with_capacity(b);
+        {
+            let mut seen: std::collections::HashMap<&[u32], u32> = std::collections::HashMap::new();
+            for (_, (p, _)) in &rows {
+                let k = *seen.entry(p.as_slice()).or_insert_with(|| {
+                    distinct.push(p);
+                    distinct.len() as u32 - 1
+                });
+                of_row.push(k);
+            }
+        }
+        let d = distinct.len();
+        let mut ids = Vec::with_capacity(d * longest);
+        let mut pos = Vec::with_capacity(d * longest);
+        let mut valid: Vec<Vec<bool>> = Vec::with_capacity(d);
+        for p in &distinct {
+            let padding = longest - p.len();
+            ids.extend(std::iter::repeat_n(pad, padding));
+            ids.extend_from_slice(p);
+            pos.extend(std::iter::repeat_n(0u32, padding));
+            pos.extend(0..p.len() as u32);
+            let mut v = vec![false; padding];
+            v.extend(std::iter::repeat_n(true, p.len()));
+            valid.push(v);
+        }
+        let mut cache = KvCache::with_capacity(longest + most_new);
+        let hidden = step(model, self.adapter, &mut cache, ids, pos, &valid, longest)?;
+        let last: Vec<u32> = (0..d).map(|r| (r * longest + longest - 1) as u32).collect();
+        let mut logits = model.sampling_logits(&hidden.index_select(&Tensor::from_vec(last, d, dev)?, 0)?)?;
+        if d < b {
+            let idx = Tensor::from_vec(of_row.clone(), b, dev)?;
+            cache.retain_rows(&idx)?;
+            logits = logits.index_select(&idx, 0)?;
+        }
+        let mut new: Vec<Live> = rows
+            .into_iter()
+            .zip(&of_row)
+            .map(|((key, (prompt, sampling)), &k)| Live {
+                key,
+                rng: Rng::derive(sampling.seed, &[sampling.stream.unwrap_or(key as u64)]),
+                sampling,
+                tokens: Vec::new(),
+                text: String::new(),
+                done: None,
+                stop_token: None,
+                valid: valid[k as usize].clone(),
+                next_pos: prompt.len() as u32,
+                next: pad,
+                prompt_tokens: prompt.len(),
+            })
+            .collect();
+        self.choose(&mut new, &logits, on_token)?;
+        let (finished, mut going) = self.settle(new, &mut cache)?;
+        if going.is_empty() {
+            return Ok(finished);
+        }
+        let span = self.cache.len().max(cache.len());
+        let room = self
+            .rows
+            .iter()
+            .chain(&going)
+            .map(|r| r.sampling.max_tokens - r.tokens.len())
+            .max()
+            .unwrap_or(0);
+        let (before_mine, before_new) = self.cache.join(&cache, span + room)?;
+        for r in &mut self.rows {
+            r.valid.splice(0..0, std::iter::repeat_n(false, before_mine));
+        }
+        for r in &mut going {
+            r.valid.splice(0..0, std::iter::repeat_n(false, before_new));
+        }
+        self.rows.append(&mut going);
+        Ok(finished)
+    }
+
+    /// Decodes one token for every row; returns the rows that finished.
+    pub fn step(&mut self, on_token: &mut dyn FnMut(usize, u32) -> bool) -> Result<Vec<Finished>> {
+        if self.rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut rows = std::mem::take(&mut self.rows);
+        for r in &mut rows {
+            r.valid.push(true);
+        }
+        let valid: Vec<Vec<bool>> = rows.iter().map(|r| r.valid.clone()).collect();
+        let ids: Vec<u32> = rows.iter().map(|r| r.next).collect();
+        let positions: Vec<u32> = rows.iter().map(|r| r.next_pos).collect();
+        for r in &mut rows {
+            r.next_pos += 1;
+        }
+        let mut cache = std::mem::take(&mut self.cache);
+        let hidden = step(self.model, self.adapter, &mut cache, ids, positions, &valid, 1)?;
+        let logits = self.model.sampling_logits(&hidden)?;
+        self.choose(&mut rows, &logits, on_token)?;
+        let (finished, going) = self.settle(rows, &mut cache)?;
+        self.rows = going;
+        self.cache = if self.rows.is_empty() {
+            KvCache::default()
+        } else {
+            cache
+        };
+        // Positions every row holds as padding (rows that left took theirs
+        // with them) are dropped.
+        let lead = self
+            .rows
+            .iter()
+            .map(|r| r.valid.iter().take_while(|v| !**v).count())
+            .min()
+            .unwrap_or(0);
+        if lead >= TRIM_AT {
+            self.cache.trim_front(lead)?;
+            for r in &mut self.rows {
+                r.valid.drain(..lead);
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Chooses each row's next token from its row of `logits`.
+    fn choose(&self, rows: &mut [Live], logits: &Tensor, on_token: &mut dyn FnMut(usize, u32) -> bool) -> Result<()> {
         let vocab = logits.dim(1)?;
-        let flat = f32_vec(&logits)?;
-        let mut next = Vec::with_capacity(live.len());
-        for (k, &r) in live.iter().enumerate() {
-            let row = rows_opt[r].as_mut().expect("live rows are present");
-            let s = &sampling[r];
+        let flat = f32_vec(logits)?;
+        for (k, row) in rows.iter_mut().enumerate() {
+            let s = &row.sampling;
             let logits = penalized(&flat[k * vocab..(k + 1) * vocab], s, &row.tokens);
             let tok = sample(&logits, s, &mut row.rng);
-            next.push(tok);
-            if stop_ids.contains(&tok) {
+            row.next = tok;
+            if self.stop_ids.contains(&tok) {
                 row.done = Some("stop");
                 row.stop_token = Some(tok);
                 continue;
             }
             row.tokens.push(tok);
-            if !on_token(row.index, tok) {
+            if !on_token(row.key, tok) {
                 row.done = Some("cancelled");
                 continue;
             }
             if !s.stop.is_empty() {
-                row.text = tokenizer.decode(&row.tokens, true);
+                row.text = self.tokenizer.decode(&row.tokens, true);
                 if let Some(cut) = s.stop.iter().filter_map(|s| row.text.find(s.as_str())).min() {
                     row.text.truncate(cut);
                     row.done = Some("stop");
@@ -317,57 +482,48 @@ pub fn generate_streaming(
                 row.done = Some("length");
             }
         }
-        // Drop finished rows from the batch and the cache.
-        let keep: Vec<usize> = (0..live.len())
-            .filter(|&k| rows_opt[live[k]].as_ref().is_some_and(|r| r.done.is_none()))
-            .collect();
-        for &r in &live {
-            if rows_opt[r].as_ref().is_some_and(|row| row.done.is_some()) {
-                finished[r] = rows_opt[r].take();
-            }
-        }
-        if keep.is_empty() {
-            break;
-        }
-        if keep.len() != live.len() {
-            let idx = Tensor::from_vec(keep.iter().map(|&k| k as u32).collect::<Vec<_>>(), keep.len(), dev)?;
-            cache.retain_rows(&idx)?;
-            valid = keep.iter().map(|&k| valid[k].clone()).collect();
-            next = keep.iter().map(|&k| next[k]).collect();
-            live = keep.iter().map(|&k| live[k]).collect();
-        }
-        let n = live.len();
-        for v in valid.iter_mut() {
-            v.push(true);
-        }
-        let positions: Vec<u32> = live.iter().map(|&r| next_pos[r]).collect();
-        for &r in &live {
-            next_pos[r] += 1;
-        }
-        debug_assert_eq!(next.len(), n);
-        let hidden = step(model, adapter, &mut cache, next, positions, &valid, 1)?;
-        logits = model.logits(&hidden, false)?;
+        Ok(())
     }
-    Ok(finished
-        .into_iter()
-        .zip(prompts)
-        .zip(sampling)
-        .map(|((row, p), s)| {
-            let row = row.expect("every row finishes");
-            let text = if s.stop.is_empty() {
-                tokenizer.decode(&row.tokens, true)
-            } else {
-                row.text
-            };
-            Generated {
-                tokens: row.tokens,
-                text,
-                finish_reason: row.done.unwrap_or("length"),
-                stop_token: row.stop_token,
-                prompt_tokens: p.len(),
+
+    /// Splits `rows` (in `cache`'s row order) into the finished, as
+    /// answers, and those that go on, whose cache rows alone are kept.
+    fn settle(&self, rows: Vec<Live>, cache: &mut KvCache) -> Result<(Vec<Finished>, Vec<Live>)> {
+        if rows.iter().all(|r| r.done.is_none()) {
+            return Ok((Vec::new(), rows));
+        }
+        let keep: Vec<u32> = (0..rows.len() as u32)
+            .filter(|&k| rows[k as usize].done.is_none())
+            .collect();
+        if !keep.is_empty() {
+            let n = keep.len();
+            cache.retain_rows(&Tensor::from_vec(keep, n, &self.model.device)?)?;
+        }
+        let mut finished = Vec::new();
+        let mut going = Vec::new();
+        for row in rows {
+            match row.done {
+                None => going.push(row),
+                Some(reason) => {
+                    let text = if row.sampling.stop.is_empty() {
+                        self.tokenizer.decode(&row.tokens, true)
+                    } else {
+                        row.text
+                    };
+                    finished.push((
+                        row.key,
+                        Generated {
+                            tokens: row.tokens,
+                            text,
+                            finish_reason: reason,
+                            stop_token: row.stop_token,
+                            prompt_tokens: row.prompt_tokens,
+                        },
+                    ));
+                }
             }
-        })
-        .collect())
+        }
+        Ok((finished, going))
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod lora;
 pub mod method;
 pub mod model;
 pub mod optim;
+pub mod quant;
 pub mod rng;
 pub mod sft;
 pub mod tiny;

@@ -174,6 +174,8 @@ impl Adapter {
     /// The base weights with this adapter folded in: W + scale * B @ A.
     pub fn merge_into(&self, weights: &Weights) -> Result<Weights> {
         let mut merged = weights.clone();
+        // The quantized copies hold the base alone.
+        merged.quant = None;
         let scale = self.config.scale();
         for (i, layer) in merged.layers.iter_mut().enumerate() {
             for proj in Proj::ALL {

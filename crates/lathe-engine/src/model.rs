@@ -15,10 +15,11 @@ use std::sync::Arc;
 use candle_core::{D, DType, Device, Tensor};
 
 use super::config::ModelConfig;
-use super::frozen::{DropoutMask, frozen_matmul, lora_infer, lora_linear};
+use super::frozen::{DropoutMask, frozen_matmul, lora_add, lora_infer, lora_linear};
 use super::fused::{self, HeadLayout};
 use super::lora::Adapter;
-use super::weights::{Proj, Weights};
+use super::quant::QuantWeight;
+use super::weights::{Proj, QuantWeights, Weights};
 use super::{EngineError, Result, rng::Rng};
 
 const MASKED: f32 = -1e9;
@@ -33,6 +34,9 @@ pub struct BaseModel {
     cos: Tensor,
     sin: Tensor,
     pub device: Device,
+    /// Inference on the CPU multiplies by the quantized weights where the
+    /// model has them (see [`crate::quant`]); off, it uses the f32 ones.
+    pub quantized: bool,
 }
 
 /// Per-layer keys and values of the tokens seen so far, in buffers of
@@ -69,6 +73,78 @@ impl KvCache {
             *k = k.index_select(idx, 0)?;
             *v = v.index_select(idx, 0)?;
         }
+        Ok(())
+    }
+
+    /// Rows of the batch this cache holds (0 before the first step).
+    pub fn rows(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|(k, _)| k.dim(0).ok())
+            .unwrap_or(0)
+    }
+
+    /// Appends `other`'s rows to this batch (continuous batching: rows that
+    /// were prefilled on their own join a running batch). The shorter side
+    /// is padded on the left so that both end at the same position; returns
+    /// the padding put before (this cache's rows, `other`'s rows). The
+    /// result has room for `capacity` positions.
+    pub fn join(&mut self, other: &KvCache, capacity: usize) -> Result<(usize, usize)> {
+        if other.layers.len() != self.layers.len() && self.rows() > 0 {
+            return Err(EngineError::Data("caches of different models cannot join".into()));
+        }
+        let mine = self.rows() > 0;
+        let (l, p) = (if mine { self.len } else { 0 }, other.len);
+        let t = l.max(p);
+        let cap = capacity.max(t);
+        let place = |src: &Tensor, len: usize| -> Result<Tensor> {
+            let (b, kvh, _, hd) = src.dims4()?;
+            let dst = Tensor::zeros((b, kvh, cap, hd), src.dtype(), src.device())?;
+            dst.slice_set(&src.narrow(2, 0, len)?.contiguous()?, 2, t - len)?;
+            Ok(dst)
+        };
+        let layers = other
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, theirs)| -> Result<Option<(Tensor, Tensor)>> {
+                let Some((ok, ov)) = theirs else {
+                    return Ok(None);
+                };
+                let (nk, nv) = (place(ok, p)?, place(ov, p)?);
+                match self.layers.get(i).and_then(Option::as_ref).filter(|_| mine) {
+                    Some((sk, sv)) => Ok(Some((
+                        Tensor::cat(&[&place(sk, l)?, &nk], 0)?,
+                        Tensor::cat(&[&place(sv, l)?, &nv], 0)?,
+                    ))),
+                    None => Ok(Some((nk, nv))),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.layers = layers;
+        self.len = t;
+        self.capacity = cap;
+        Ok((t - l, t - p))
+    }
+
+    /// Drops the first `n` positions (every row's are padding by then).
+    pub fn trim_front(&mut self, n: usize) -> Result<()> {
+        let n = n.min(self.len);
+        if n == 0 {
+            return Ok(());
+        }
+        let keep = self.len - n;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let (b, kvh, cap, hd) = k.dims4()?;
+            let nk = Tensor::zeros((b, kvh, cap, hd), k.dtype(), k.device())?;
+            let nv = Tensor::zeros((b, kvh, cap, hd), v.dtype(), v.device())?;
+            nk.slice_set(&k.narrow(2, n, keep)?.contiguous()?, 2, 0)?;
+            nv.slice_set(&v.narrow(2, n, keep)?.contiguous()?, 2, 0)?;
+            (*k, *v) = (nk, nv);
+        }
+        self.len = keep;
         Ok(())
     }
 
@@ -306,6 +382,7 @@ impl BaseModel {
         let cos = Tensor::from_vec(cos, (max_pos, half * 2), &device)?;
         let sin = Tensor::from_vec(sin, (max_pos, half * 2), &device)?;
         Ok(Self {
+            quantized: weights.quant.is_some() && device.is_cpu(),
             config,
             weights,
             cos,
@@ -325,10 +402,21 @@ impl BaseModel {
         proj: Proj,
         adapter: Option<&Adapter>,
         train: &mut Option<TrainState<'_>>,
+        generating: bool,
     ) -> Result<Tensor> {
         let lin = &self.weights.layers[layer].proj[proj as usize];
         let track = train.is_some();
         let pair = adapter.and_then(|ad| ad.pair(layer, proj));
+        if let Some(q) = self.quant(|q| q.layers.get(layer)?.get(proj as usize)?.as_ref(), generating) {
+            let mut y = q.matmul(x)?;
+            if let Some((a, bm, scale)) = pair {
+                y = lora_add(&y, x, a, bm, scale)?;
+            }
+            return Ok(match &lin.b {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            });
+        }
         if let Some((a, bm, scale)) = pair
             && x.device().is_cpu()
         {
@@ -422,6 +510,7 @@ impl BaseModel {
         if cache.is_some() && train.is_some() {
             return Err(EngineError::Data("a KV cache is for inference, not training".into()));
         }
+        let generating = cache.is_some();
         if let Some(cache) = cache.as_deref_mut()
             && cache.layers.len() != c.num_layers
         {
@@ -455,9 +544,9 @@ impl BaseModel {
         for i in 0..c.num_layers {
             let lw = &self.weights.layers[i];
             let xn = norm(&x, &lw.input_norm)?;
-            let q = self.linear(&xn, i, Proj::Q, adapter, &mut train)?;
-            let k = self.linear(&xn, i, Proj::K, adapter, &mut train)?;
-            let v = self.linear(&xn, i, Proj::V, adapter, &mut train)?;
+            let q = self.linear(&xn, i, Proj::Q, adapter, &mut train, generating)?;
+            let k = self.linear(&xn, i, Proj::K, adapter, &mut train, generating)?;
+            let v = self.linear(&xn, i, Proj::V, adapter, &mut train, generating)?;
             let (q, mut k, mut v) = match &heads {
                 Some(hl) => (
                     fused::to_heads(&q, h, hl, true)?,
@@ -513,16 +602,16 @@ impl BaseModel {
                     }
                 }
             };
-            let o = self.linear(&attn, i, Proj::O, adapter, &mut train)?;
+            let o = self.linear(&attn, i, Proj::O, adapter, &mut train, generating)?;
             x = (x + o)?;
             let xn = norm(&x, &lw.post_attention_norm)?;
-            let gate = self.linear(&xn, i, Proj::Gate, adapter, &mut train)?;
-            let up = self.linear(&xn, i, Proj::Up, adapter, &mut train)?;
+            let gate = self.linear(&xn, i, Proj::Gate, adapter, &mut train, generating)?;
+            let up = self.linear(&xn, i, Proj::Up, adapter, &mut train, generating)?;
             let act = match heads {
                 Some(_) => fused::silu_mul(&gate, &up)?,
                 None => (gate.silu()? * up)?,
             };
-            let down = self.linear(&act, i, Proj::Down, adapter, &mut train)?;
+            let down = self.linear(&act, i, Proj::Down, adapter, &mut train, generating)?;
             x = (x + down)?;
             if !track {
                 x = x.detach();
@@ -531,9 +620,33 @@ impl BaseModel {
         norm(&x, &self.weights.norm)
     }
 
-    /// Logits (N, vocab) for hidden rows (N, d).
+    /// Logits (N, vocab) for hidden rows (N, d), from the f32 weights (what
+    /// training and its reference log-probabilities see).
     pub fn logits(&self, hidden: &Tensor, track: bool) -> Result<Tensor> {
         Ok(frozen_matmul(hidden, &self.weights.lm_head, track)?)
+    }
+
+    /// Logits for sampling: from the quantized LM head where generation
+    /// uses one (see [`BaseModel::quantized`]).
+    pub fn sampling_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        match self.quant(|q| q.lm_head.as_ref(), true) {
+            Some(q) => q.matmul(hidden),
+            None => self.logits(hidden, false),
+        }
+    }
+
+    /// The quantized weight `pick` names, when `generating` (a KV-cached
+    /// forward) may use one. Training and the log-probabilities it compares
+    /// against (DPO's reference, GRPO's old policy) stay on the f32 weights.
+    fn quant(
+        &self,
+        pick: impl FnOnce(&QuantWeights) -> Option<&QuantWeight>,
+        generating: bool,
+    ) -> Option<&QuantWeight> {
+        if !generating || !self.quantized {
+            return None;
+        }
+        self.weights.quant.as_deref().and_then(pick)
     }
 }
 

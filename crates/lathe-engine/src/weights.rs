@@ -5,7 +5,11 @@
 
 use std::{collections::HashMap, path::Path};
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor, quantized::gguf_file};
+
+use crate::quant::QuantWeight;
 
 use super::config::ModelConfig;
 use super::tokenizer::{GgufVocab, Tokenizer};
@@ -107,6 +111,26 @@ pub struct Weights {
     pub norm: Tensor,
     /// Shares `embed` when the embeddings are tied.
     pub lm_head: Tensor,
+    /// The projections and LM head in their GGUF quantization, for
+    /// inference (None for models loaded unquantized, and once anything
+    /// changes the f32 weights, which stay the truth).
+    pub quant: Option<Arc<QuantWeights>>,
+}
+
+/// Quantized copies of a model's frozen matrices (see [`crate::quant`]).
+#[derive(Debug, Default)]
+pub struct QuantWeights {
+    /// Per layer, indexed by `Proj as usize`.
+    pub layers: Vec<Vec<Option<QuantWeight>>>,
+    pub lm_head: Option<QuantWeight>,
+}
+
+impl QuantWeights {
+    /// Bytes the quantized matrices hold.
+    pub fn bytes(&self) -> usize {
+        let layers: usize = self.layers.iter().flatten().flatten().map(QuantWeight::bytes).sum();
+        layers + self.lm_head.as_ref().map_or(0, QuantWeight::bytes)
+    }
 }
 
 impl Weights {
@@ -232,6 +256,7 @@ fn build_layers(config: &ModelConfig, mut take: impl FnMut(&str) -> Result<Optio
         layers,
         norm,
         lm_head,
+        quant: None,
     })
 }
 
@@ -379,14 +404,28 @@ fn md_strings(md: &HashMap<String, gguf_file::Value>, key: &str) -> Vec<String> 
 }
 
 /// llama.cpp's converter permutes Q and K rows of llama models for its
-/// interleaved rotary layout; this restores Hugging Face's half-split order.
+/// interleaved rotary layout: row `i` in Hugging Face's half-split order is
+/// stored row `unpermuted_rows(..)[i]`.
+fn unpermuted_rows(out: usize, heads: usize) -> Vec<usize> {
+    let hd = out / heads.max(1);
+    let half = hd / 2;
+    (0..out)
+        .map(|r| {
+            let (h, rest) = (r / hd, r % hd);
+            let (t, i) = (rest / half, rest % half);
+            h * hd + i * 2 + t
+        })
+        .collect()
+}
+
+/// `w` (f32) with its rows back in Hugging Face's order.
 fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
-    let (out, inp) = w.dims2()?;
-    let hd = out / heads;
-    Ok(w.reshape((heads, hd / 2, 2, inp))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((out, inp))?)
+    let rows: Vec<u32> = unpermuted_rows(w.dim(0)?, heads)
+        .into_iter()
+        .map(|r| r as u32)
+        .collect();
+    let n = rows.len();
+    Ok(w.index_select(&Tensor::from_vec(rows, n, w.device())?, 0)?)
 }
 
 fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
@@ -432,6 +471,9 @@ fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
     }
 
     let permuted = arch == "llama";
+    // Quantized copies for inference, keyed by GGUF name, with llama's Q
+    // and K rows in the same (un-permuted) order as the f32 weights.
+    let mut quantized: HashMap<String, QuantWeight> = HashMap::new();
     let mut read = |gguf_name: &str| -> Result<Option<Tensor>> {
         if !content.tensor_infos.contains_key(gguf_name) {
             return Ok(None);
@@ -439,6 +481,19 @@ fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
         let q = content
             .tensor(&mut file, gguf_name, device)
             .map_err(|e| err(path, format!("{gguf_name}: {e}")))?;
+        if device.is_cpu() && q.shape().rank() == 2 && gguf_name.ends_with(".weight") && !gguf_name.contains("norm") {
+            let heads = match gguf_name {
+                n if permuted && n.ends_with("attn_q.weight") => Some(config.num_heads),
+                n if permuted && n.ends_with("attn_k.weight") => Some(config.num_kv_heads),
+                _ => None,
+            };
+            let order = heads.map(|h| unpermuted_rows(q.shape().dims()[0], h));
+            if let Some(w) =
+                QuantWeight::from_qtensor(&q, order.as_deref()).map_err(|e| err(path, format!("{gguf_name}: {e}")))?
+            {
+                quantized.insert(gguf_name.to_string(), w);
+            }
+        }
         let t = q
             .dequantize(device)
             .map_err(|e| err(path, format!("{gguf_name}: {e}")))?;
@@ -473,6 +528,27 @@ fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
             (t, _) => Ok(t),
         }
     })?;
+
+    let mut weights = weights;
+    if !quantized.is_empty() {
+        let mut q = QuantWeights {
+            layers: (0..config.num_layers)
+                .map(|i| {
+                    Proj::ALL
+                        .into_iter()
+                        .map(|p| quantized.remove(&format!("blk.{i}.{}.weight", p.gguf_name())))
+                        .collect()
+                })
+                .collect(),
+            lm_head: None,
+        };
+        q.lm_head = match quantized.remove("output.weight") {
+            Some(w) => Some(w),
+            None if config.tie_word_embeddings => quantized.remove("token_embd.weight"),
+            None => None,
+        };
+        weights.quant = Some(Arc::new(q));
+    }
 
     let model = md_s(md, "tokenizer.ggml.model").unwrap_or_default();
     let id = |k: &str| md_u(md, k).map(|x| x as u32);
