@@ -497,9 +497,11 @@ mod tests {
         assert_eq!(c.blob_dir(), std::path::PathBuf::from("./lathe-data/blobs"));
         assert_eq!(c.max_upload_bytes, 512 << 20);
         assert_eq!(c.max_queued_generations, 256);
-        assert_eq!(c.generation_weights, GenerationWeights::Quantized);
-        let f32 = Serve::try_parse_from(["serve", "--generation-weights", "f32"]).unwrap().config;
-        assert_eq!(f32.generation_weights, GenerationWeights::F32);
+        assert_eq!(c.generation_weights, super::GenerationWeights::Quantized);
+        let f32 = Serve::try_parse_from(["serve", "--generation-weights", "f32"])
+            .unwrap()
+            .config;
+        assert_eq!(f32.generation_weights, super::GenerationWeights::F32);
         assert!(!c.log_json);
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(
