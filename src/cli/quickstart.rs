@@ -59,6 +59,9 @@ pub struct QuickstartArgs {
     /// (ignored with --addr; a GPU needs a build with the `cuda` feature).
     #[arg(long, env = "LATHE_DEVICE", default_value = "cpu")]
     pub device: lathe_engine::device::DeviceChoice,
+    /// The weights the embedded server generates with (as `lathe serve`).
+    #[arg(long, env = "LATHE_GENERATION_WEIGHTS", value_enum, default_value_t = crate::config::GenerationWeights::Quantized)]
+    pub generation_weights: crate::config::GenerationWeights,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -96,6 +99,7 @@ pub async fn run(addr: Option<&str>, args: QuickstartArgs) -> anyhow::Result<sup
             let url = format!("http://{}", listener.local_addr()?);
             let mut config = ServeConfig::embedded(&args.data_dir);
             config.device = args.device;
+            config.generation_weights = args.generation_weights;
             // The embedded server's admin key, in its data dir as `lathe serve` would write it.
             let key = crate::auth::local_admin_key(&args.data_dir)
                 .with_context(|| format!("the admin key in {}", args.data_dir.display()))?;
