@@ -49,6 +49,14 @@ struct BlockQ8 {
     qs: [i8; QK],
 }
 
+impl BlockQ8 {
+    const ZERO: BlockQ8 = BlockQ8 {
+        d: 0.0,
+        s: 0.0,
+        qs: [0; QK],
+    };
+}
+
 /// One Q8_0 block as GGUF stores it: scale (f16), then 32 signed bytes.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
@@ -282,14 +290,7 @@ impl<B: Block> Blocks<B> {
     /// `x @ self.T` for `x` (n, cols) row-major: (n, rows) row-major.
     fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         let nb = self.cols / QK;
-        let mut acts = vec![
-            BlockQ8 {
-                d: 0.0,
-                s: 0.0,
-                qs: [0; QK]
-            };
-            n * nb
-        ];
+        let mut acts = vec![BlockQ8::ZERO; n * nb];
         for (row, out) in x.chunks_exact(self.cols).zip(acts.chunks_exact_mut(nb)) {
             quantize_row(row, out);
         }
@@ -483,6 +484,18 @@ mod tests {
         (q, deq)
     }
 
+    /// The largest magnitude in `t`.
+    fn largest(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     fn random_x(n: usize, cols: usize, seed: u64) -> Tensor {
         let mut rng = Rng::new(seed);
         let v: Vec<f32> = (0..n * cols).map(|_| rng.next_f32() * 4.0 - 2.0).collect();
@@ -501,15 +514,7 @@ mod tests {
             let want = x.matmul(&deq.t().unwrap()).unwrap();
             // The activations' 8-bit rounding: relative error well under 1%
             // of the product's scale.
-            let scale = want
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = largest(&want);
             let diff = crate::max_abs_diff(&got, &want);
             assert!(diff < 0.01 * scale, "n={n}: {diff} against a scale of {scale}");
         }
@@ -526,14 +531,7 @@ mod tests {
         let got = m.matmul(&xs, 5);
         let nb = 1536 / QK;
         for r in 0..5 {
-            let mut a = vec![
-                BlockQ8 {
-                    d: 0.0,
-                    s: 0.0,
-                    qs: [0; QK]
-                };
-                nb
-            ];
+            let mut a = vec![BlockQ8::ZERO; nb];
             quantize_row(&xs[r * 1536..(r + 1) * 1536], &mut a);
             for j in 0..37 {
                 let want = dot_scalar_q41(&m.blocks[j * nb..(j + 1) * nb], &a);
@@ -578,15 +576,7 @@ mod tests {
         let (_, deq) = random_q41(40, 512, 9);
         let x = random_x(6, 512, 10);
         let want = x.matmul(&deq.t().unwrap()).unwrap();
-        let scale = want
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = largest(&want);
         for (dtype, own) in [(GgmlDType::Q8_0, true), (GgmlDType::Q4K, false)] {
             let q = QTensor::quantize(&deq, dtype).unwrap();
             let w = QuantWeight::from_qtensor(&q, None).unwrap().unwrap();
@@ -605,14 +595,7 @@ mod tests {
             // The SIMD kernel and the scalar one agree.
             let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let got = m.matmul(&xs, 6);
-            let mut a = vec![
-                BlockQ8 {
-                    d: 0.0,
-                    s: 0.0,
-                    qs: [0; QK]
-                };
-                16
-            ];
+            let mut a = vec![BlockQ8::ZERO; 16];
             quantize_row(&xs[..512], &mut a);
             for (j, g) in got.iter().take(40).enumerate() {
                 let want = dot_scalar_q80(&m.blocks[j * 16..(j + 1) * 16], &a);
