@@ -163,13 +163,20 @@ fn lora_forward(
     scale: f32,
 ) -> R<Vec<f32>> {
     let inp = x.len().checked_div(n).unwrap_or(0);
-    let r = a.len().checked_div(inp).unwrap_or(0);
     let mut y = vec![0f32; n * out];
-    let mut low = vec![0f32; n * r];
     gemm_into(&mut y, false, Mat::new(x, n, inp), Mat::new(w, out, inp).t(), 1.0)?;
-    gemm_into(&mut low, false, Mat::new(xd, n, inp), Mat::new(a, r, inp).t(), 1.0)?;
-    gemm_into(&mut y, true, Mat::new(&low, n, r), Mat::new(b, out, r).t(), scale)?;
+    add_lora_delta(&mut y, xd, a, b, n, out, scale)?;
     Ok(y)
+}
+
+/// `y += scale * (x @ a.T) @ b.T`: `y` (n, out), `x` (n, in), `a` (r, in),
+/// `b` (out, r).
+fn add_lora_delta(y: &mut [f32], x: &[f32], a: &[f32], b: &[f32], n: usize, out: usize, scale: f32) -> R<()> {
+    let inp = x.len().checked_div(n).unwrap_or(0);
+    let r = a.len().checked_div(inp).unwrap_or(0);
+    let mut low = vec![0f32; n * r];
+    gemm_into(&mut low, false, Mat::new(x, n, inp), Mat::new(a, r, inp).t(), 1.0)?;
+    gemm_into(y, true, Mat::new(&low, n, r), Mat::new(b, out, r).t(), scale)
 }
 
 /// `x @ w.T + scale * (x @ a.T) @ b.T` for inference on the CPU (no
@@ -207,20 +214,10 @@ pub fn lora_add(y: &Tensor, x: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> R
         bail!("lora: y ({yn}, {out}), x ({n}, {inp}), A ({r}, {a_in}), B ({b_out}, {b_r}) do not fit");
     }
     let mut out_v = y.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let mut low = vec![0f32; n * r];
     read(x, |xs| {
         read(a, |as_| {
-            gemm_into(&mut low, false, Mat::new(xs, n, inp), Mat::new(as_, r, inp).t(), 1.0)
+            read(b, |bs| add_lora_delta(&mut out_v, xs, as_, bs, n, out, scale as f32))
         })
-    })?;
-    read(b, |bs| {
-        gemm_into(
-            &mut out_v,
-            true,
-            Mat::new(&low, n, r),
-            Mat::new(bs, out, r).t(),
-            scale as f32,
-        )
     })?;
     Tensor::from_vec(out_v, (n, out), x.device())
 }

@@ -481,7 +481,15 @@ fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
         let q = content
             .tensor(&mut file, gguf_name, device)
             .map_err(|e| err(path, format!("{gguf_name}: {e}")))?;
-        if device.is_cpu() && q.shape().rank() == 2 && gguf_name.ends_with(".weight") && !gguf_name.contains("norm") {
+        // The projections and the LM head: the embeddings only where they
+        // are the LM head too.
+        let lm_head = match gguf_name {
+            "output.weight" => true,
+            "token_embd.weight" => config.tie_word_embeddings,
+            _ => false,
+        };
+        let projection = gguf_name.starts_with("blk.") && !gguf_name.contains("norm");
+        if device.is_cpu() && q.shape().rank() == 2 && gguf_name.ends_with(".weight") && (lm_head || projection) {
             let heads = match gguf_name {
                 n if permuted && n.ends_with("attn_q.weight") => Some(config.num_heads),
                 n if permuted && n.ends_with("attn_k.weight") => Some(config.num_kv_heads),
