@@ -7,7 +7,8 @@
 2. Mining, with Lathe itself: the SFT model answers N other Banking77
    *training* rows (never the 300 held-out test rows); every wrong answer
    makes a preference pair: preferred = the gold label, non-preferred = the
-   model's own answer. The pairs go to OUT/pairs.jsonl; `--pairs FILE` uses
+   model's own answer (`lathe datasets pairs RUN --reference-field /label`).
+   The pairs go to OUT/pairs.jsonl; `--pairs FILE` uses
    a committed file instead of mining again
    (data/banking77/banking77_dpo_pairs.jsonl was made this way).
 3. DPO from the SFT model (`--model ft:...`: OpenAI's recommended order;
@@ -89,13 +90,6 @@ def wait_run(lathe, run_id):
         if run["status"] in ("completed", "failed", "canceled"):
             return run
         time.sleep(3)
-
-
-def failed_items(lathe, run):
-    if run["result_counts"]["failed"] > 1000:
-        sys.exit("more than 1000 failed items: mine fewer rows (--mine-rows)")
-    lines = lathe.run("evals", "items", run["id"], "--status", "fail", "--limit", "1000").strip().splitlines()
-    return [json.loads(l) for l in lines if l.startswith("{") and '"index"' in l]
 
 
 def vm_hwm_mib(pid):
@@ -218,19 +212,11 @@ def main():
                 mine_ds = lathe.one("datasets", "upload", items_path, "--purpose", "eval")
                 mined = run_eval(mine_ds["id"], sft_model, "mine pairs")
                 times["mine_s"] = time.time() - t
-            pairs = []
-            for it in failed_items(lathe, mined):
-                wrong = (it.get("sample") or "").strip()
-                gold = it["item"]["label"]
-                if not wrong or wrong == gold:
-                    continue
-                pairs.append({"input": {"messages": [{"role": "system", "content": SYSTEM},
-                                                     {"role": "user", "content": it["item"]["text"]}]},
-                              "preferred_output": [{"role": "assistant", "content": gold}],
-                              "non_preferred_output": [{"role": "assistant", "content": wrong}]})
+            made = lathe.one("datasets", "pairs", mined["id"], "--reference-field", "/label",
+                             "--filename", "pairs.jsonl")
             pairs_path = os.path.join(a.out, "pairs.jsonl")
-            write_jsonl(pairs_path, pairs)
-            print(f"mined {len(pairs)} pairs from {len(mine_rows)} training rows "
+            lathe.run("datasets", "download", made["dataset"]["id"], "-o", pairs_path, json_out=False)
+            print(f"mined {made['counts']['kept']} pairs from {len(mine_rows)} training rows "
                   f"({mined['result_counts']['passed']} answered right)", flush=True)
         pairs_ds = lathe.one("datasets", "upload", pairs_path, "--purpose", "dpo")
         split = lathe.one("datasets", "split", pairs_ds["id"], "--validation-fraction", "0.1", "--seed", "0")

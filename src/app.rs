@@ -46,6 +46,8 @@ pub struct App {
     pub models: Arc<Models>,
     pub graders: Arc<Graders>,
     pub evals: Arc<Evals>,
+    /// Datasets made from eval runs' answers (distillation, preference pairs).
+    pub synth: Arc<crate::synth::Synth>,
     /// The one way to a model: the local engine's models and the
     /// providers' behind one router.
     pub chat: Arc<dyn ChatModel>,
@@ -259,6 +261,7 @@ impl App {
             finished,
             failed,
         };
+        let synth = Arc::new(crate::synth::Synth::new(datasets.clone(), evals.clone()));
         Ok(App {
             auth,
             datasets,
@@ -266,6 +269,7 @@ impl App {
             models,
             graders,
             evals,
+            synth,
             chat,
             blobs,
             scrape,

@@ -29,6 +29,7 @@ pub mod rest;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod synth;
 pub mod telemetry;
 pub mod tls;
 

@@ -144,7 +144,10 @@ where
         .add_service(reflection_v1alpha);
     if config.role.serves_api() {
         grpc.add_service(AdminServiceServer::new(AdminApi::new(app.auth.clone())))
-            .add_service(DatasetServiceServer::new(DatasetApi::new(app.datasets.clone())))
+            .add_service(DatasetServiceServer::new(DatasetApi::new(
+                app.datasets.clone(),
+                app.synth.clone(),
+            )))
             .add_service(FineTuningServiceServer::new(FineTuningApi::new(app.jobs.clone())))
             .add_service(ModelServiceServer::new(ModelApi::new(
                 app.models.clone(),

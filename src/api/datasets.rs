@@ -10,14 +10,16 @@ use crate::datasets::manager::{Datasets, DownloadPiece, OnInvalid, SplitRequest,
 use crate::datasets::report::PurposeChoice;
 use crate::error::Error;
 use crate::proto::{self, dataset_service_server::DatasetService, download_dataset_response, upload_dataset_request};
+use crate::synth::{Distill, Pairs, Preferred, Synth};
 
 pub struct DatasetApi {
     datasets: Arc<Datasets>,
+    synth: Arc<Synth>,
 }
 
 impl DatasetApi {
-    pub fn new(datasets: Arc<Datasets>) -> Self {
-        Self { datasets }
+    pub fn new(datasets: Arc<Datasets>, synth: Arc<Synth>) -> Self {
+        Self { datasets, synth }
     }
 }
 
@@ -146,6 +148,71 @@ impl DatasetService for DatasetApi {
         Ok(Response::new(proto::SplitDatasetResponse {
             train: Some(convert::dataset(train)),
             validation: Some(convert::dataset(validation)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_distilled_dataset(
+        &self,
+        request: Request<proto::CreateDistilledDatasetRequest>,
+    ) -> Result<Response<proto::CreateDistilledDatasetResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let (dataset, counts) = self
+            .synth
+            .distill(
+                &caller,
+                Distill {
+                    run_id: req.run_id,
+                    criterion: non_empty(req.criterion),
+                    min_score: req.min_score,
+                    filename: non_empty(req.filename),
+                    metadata: req.metadata.into_iter().collect(),
+                },
+            )
+            .await?;
+        Ok(Response::new(proto::CreateDistilledDatasetResponse {
+            dataset: Some(convert::dataset(dataset)),
+            counts: Some(convert::synthesis_counts(counts)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_preference_dataset(
+        &self,
+        request: Request<proto::CreatePreferenceDatasetRequest>,
+    ) -> Result<Response<proto::CreatePreferenceDatasetResponse>, Status> {
+        use proto::create_preference_dataset_request::Preferred as Wire;
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let preferred = match req.preferred {
+            Some(Wire::PreferredRunId(id)) => Preferred::Run(id),
+            Some(Wire::ReferenceField(pointer)) => Preferred::Reference(pointer),
+            None => {
+                return Err(Error::invalid(
+                    "preferred",
+                    "give preferred_run_id or reference_field: where the preferred answers come from",
+                )
+                .into());
+            }
+        };
+        let (dataset, counts) = self
+            .synth
+            .pairs(
+                &caller,
+                Pairs {
+                    run_id: req.run_id,
+                    preferred,
+                    criterion: non_empty(req.criterion),
+                    min_margin: req.min_margin,
+                    filename: non_empty(req.filename),
+                    metadata: req.metadata.into_iter().collect(),
+                },
+            )
+            .await?;
+        Ok(Response::new(proto::CreatePreferenceDatasetResponse {
+            dataset: Some(convert::dataset(dataset)),
+            counts: Some(convert::synthesis_counts(counts)),
         }))
     }
 }

@@ -92,6 +92,69 @@ pub enum DatasetsCommand {
         #[arg(long)]
         stratify_by: Option<String>,
     },
+    /// Make an SFT dataset from a finished eval run's answers (distillation):
+    /// the items that passed every criterion, or those scoring at least
+    /// --min-score on --criterion.
+    Distill {
+        /// The eval run (it must have sampled a model).
+        run: String,
+        #[arg(long, requires = "min_score")]
+        criterion: Option<String>,
+        #[arg(long, requires = "criterion")]
+        min_score: Option<f64>,
+        /// The new dataset's file name (default distilled-RUN.jsonl).
+        #[arg(long)]
+        filename: Option<String>,
+        /// KEY=VALUE metadata, repeatable.
+        #[arg(long = "metadata", value_parser = parse_key_value)]
+        metadata: Vec<(String, String)>,
+    },
+    /// Make a DPO dataset of preference pairs from a finished eval run's
+    /// answers: against another run's answers to the same items (the
+    /// higher-scored is preferred), or against each item's reference answer
+    /// where the run's answer failed.
+    Pairs {
+        /// The eval run whose answers are paired.
+        run: String,
+        /// Another run of the same eval over the same dataset.
+        #[arg(
+            long,
+            conflicts_with = "reference_field",
+            required_unless_present = "reference_field"
+        )]
+        preferred_run: Option<String>,
+        /// JSON pointer into each item to its preferred answer, e.g. /answer.
+        #[arg(long)]
+        reference_field: Option<String>,
+        /// The criterion whose scores decide (needed when the eval has several).
+        #[arg(long)]
+        criterion: Option<String>,
+        /// Scores must differ by more than this.
+        #[arg(long, default_value_t = 0.0)]
+        min_margin: f64,
+        /// The new dataset's file name (default pairs-RUN.jsonl).
+        #[arg(long)]
+        filename: Option<String>,
+        /// KEY=VALUE metadata, repeatable.
+        #[arg(long = "metadata", value_parser = parse_key_value)]
+        metadata: Vec<(String, String)>,
+    },
+}
+
+fn print_made(json: bool, d: &proto::Dataset, c: &proto::SynthesisCounts) {
+    if json {
+        let counts = serde_json::json!({
+            "items": c.items, "kept": c.kept, "below_threshold": c.below_threshold,
+            "errored": c.errored, "unusable": c.unusable,
+        });
+        println!("{}", serde_json::json!({"dataset": dataset_json(d), "counts": counts}));
+    } else {
+        print!("{}", dataset_text(d));
+        println!(
+            "  rows      {} of {} items ({} below the threshold, {} errored, {} unusable)",
+            c.kept, c.items, c.below_threshold, c.errored, c.unusable
+        );
+    }
 }
 
 fn print_dataset(json: bool, d: &proto::Dataset) {
@@ -234,6 +297,55 @@ pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result
                 print!("{}", dataset_text(&train));
                 print!("{}", dataset_text(&validation));
             }
+            Ok(Outcome::Ok)
+        }
+        DatasetsCommand::Distill {
+            run,
+            criterion,
+            min_score,
+            filename,
+            metadata,
+        } => {
+            let r = client
+                .create_distilled_dataset(proto::CreateDistilledDatasetRequest {
+                    run_id: run,
+                    criterion: criterion.unwrap_or_default(),
+                    min_score,
+                    filename: filename.unwrap_or_default(),
+                    metadata: metadata.into_iter().collect(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_made(json, &r.dataset.unwrap_or_default(), &r.counts.unwrap_or_default());
+            Ok(Outcome::Ok)
+        }
+        DatasetsCommand::Pairs {
+            run,
+            preferred_run,
+            reference_field,
+            criterion,
+            min_margin,
+            filename,
+            metadata,
+        } => {
+            use proto::create_preference_dataset_request::Preferred;
+            let preferred = preferred_run
+                .map(Preferred::PreferredRunId)
+                .or(reference_field.map(Preferred::ReferenceField));
+            let r = client
+                .create_preference_dataset(proto::CreatePreferenceDatasetRequest {
+                    run_id: run,
+                    preferred,
+                    criterion: criterion.unwrap_or_default(),
+                    min_margin,
+                    filename: filename.unwrap_or_default(),
+                    metadata: metadata.into_iter().collect(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_made(json, &r.dataset.unwrap_or_default(), &r.counts.unwrap_or_default());
             Ok(Outcome::Ok)
         }
     }

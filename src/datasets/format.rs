@@ -576,6 +576,9 @@ const MESSAGE_KEYS: &[&str] = &[
     "weight",
 ];
 const SFT_TOP_KEYS: &[&str] = &["messages", "tools", "parallel_tool_calls", "functions"];
+/// A row's own notes (Lathe's made datasets say there where each row came
+/// from); training ignores it, so it is no unrecognized key.
+const ROW_METADATA: &str = "metadata";
 
 #[derive(Clone, Copy)]
 struct MsgRules {
@@ -823,7 +826,7 @@ fn check_sft(c: &mut Checker<'_>, row: &Val<'_>) -> Option<ExampleStats> {
         return None;
     }
     for k in row.keys() {
-        if !SFT_TOP_KEYS.contains(&k) {
+        if !SFT_TOP_KEYS.contains(&k) && k != ROW_METADATA {
             c.warn(
                 Ptr::Root.key(k),
                 codes::UNRECOGNIZED_KEY,
@@ -1519,7 +1522,7 @@ fn check_dpo(c: &mut Checker<'_>, row: &Val<'_>) -> Option<ExampleStats> {
         return None;
     }
     for k in row.keys() {
-        if !matches!(k, "input" | "preferred_output" | "non_preferred_output") {
+        if !matches!(k, "input" | "preferred_output" | "non_preferred_output" | ROW_METADATA) {
             c.warn(
                 Ptr::Root.key(k),
                 codes::UNRECOGNIZED_KEY,

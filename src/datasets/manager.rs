@@ -847,7 +847,7 @@ fn check_id(id: &str, field: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_pointer(pointer: &str, field: &str) -> Result<()> {
+pub(crate) fn check_pointer(pointer: &str, field: &str) -> Result<()> {
     if pointer.chars().count() > crate::limits::POINTER_CHARS {
         return Err(Error::invalid(
             field,

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 /// A safety net for waits on events, not a pacing device.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn config(dir: &std::path::Path, stub_url: &str) -> ServeConfig {
+pub(crate) fn config(dir: &std::path::Path, stub_url: &str) -> ServeConfig {
     let providers = dir.join("providers.json");
     std::fs::write(
         &providers,
@@ -28,11 +28,11 @@ fn config(dir: &std::path::Path, stub_url: &str) -> ServeConfig {
     config
 }
 
-async fn evals(server: &TestServer) -> EvalServiceClient<Channel> {
+pub(crate) async fn evals(server: &TestServer) -> EvalServiceClient<Channel> {
     EvalServiceClient::new(server.channel().await)
 }
 
-async fn upload_items(server: &TestServer, rows: &[Value]) -> String {
+pub(crate) async fn upload_items(server: &TestServer, rows: &[Value]) -> String {
     let bytes: String = rows.iter().map(|r| format!("{r}\n")).collect();
     let mut client = server.datasets().await;
     let d = upload_bytes(
@@ -49,7 +49,7 @@ async fn upload_items(server: &TestServer, rows: &[Value]) -> String {
     d.id
 }
 
-fn exact_match() -> proto::TestingCriterion {
+pub(crate) fn exact_match() -> proto::TestingCriterion {
     proto::TestingCriterion {
         grader: Some(struct_from_json(&json!({
             "type": "string_check", "name": "exact", "operation": "eq",
@@ -60,7 +60,7 @@ fn exact_match() -> proto::TestingCriterion {
     }
 }
 
-async fn create_eval(client: &mut EvalServiceClient<Channel>) -> String {
+pub(crate) async fn create_eval(client: &mut EvalServiceClient<Channel>) -> String {
     client
         .create_eval(proto::CreateEvalRequest {
             name: "arithmetic".into(),
@@ -79,7 +79,7 @@ async fn create_eval(client: &mut EvalServiceClient<Channel>) -> String {
         .id
 }
 
-fn numbered(n: usize) -> Vec<Value> {
+pub(crate) fn numbered(n: usize) -> Vec<Value> {
     (0..n).map(|i| json!({"n": i, "answer": i.to_string()})).collect()
 }
 
@@ -103,7 +103,7 @@ fn model_source() -> proto::create_eval_run_request::Source {
 }
 
 /// The item number in a chat request ("what is 17" -> 17).
-fn item_number(body: &Value) -> usize {
+pub(crate) fn item_number(body: &Value) -> usize {
     body["messages"][0]["content"]
         .as_str()
         .and_then(|c| c.strip_prefix("what is "))
@@ -121,7 +121,7 @@ fn answer(n: usize) -> Reply {
     Reply::Json(chat_body(&text))
 }
 
-async fn create_run(
+pub(crate) async fn create_run(
     client: &mut EvalServiceClient<Channel>,
     eval_id: &str,
     dataset_id: &str,
@@ -148,7 +148,7 @@ async fn create_run(
 
 /// Reads a watch to its end: the progress events' sequence numbers, and the
 /// terminal run. Fails on anything after the terminal message.
-async fn watch_all(
+pub(crate) async fn watch_all(
     client: &mut EvalServiceClient<Channel>,
     run_id: &str,
     after_seq: u64,
@@ -580,7 +580,7 @@ async fn precomputed_rows_with_item_and_sample_need_no_template() {
     server.stop().await;
 }
 
-fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+pub(crate) fn violations(status: &tonic::Status) -> Vec<(String, String)> {
     use tonic_types::StatusExt;
     status
         .get_error_details()

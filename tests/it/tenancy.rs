@@ -367,6 +367,27 @@ async fn call_as_b(rpc: &str, b: &mut Clients, a: &Owned) -> Option<Code> {
                 })
                 .await,
         ),
+        "/lathe.v1.DatasetService/CreateDistilledDataset" => denied(
+            rpc,
+            b.datasets
+                .create_distilled_dataset(proto::CreateDistilledDatasetRequest {
+                    run_id: a.run.clone(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        "/lathe.v1.DatasetService/CreatePreferenceDataset" => denied(
+            rpc,
+            b.datasets
+                .create_preference_dataset(proto::CreatePreferenceDatasetRequest {
+                    run_id: a.run.clone(),
+                    preferred: Some(proto::create_preference_dataset_request::Preferred::ReferenceField(
+                        "/answer".into(),
+                    )),
+                    ..Default::default()
+                })
+                .await,
+        ),
         "/lathe.v1.FineTuningService/CreateJob" => denied(
             rpc,
             b.jobs
@@ -678,7 +699,7 @@ async fn another_projects_key_reaches_nothing_of_a_project_through_any_rpc() {
     let owned = make_resources(&mut a).await;
 
     let rpcs = every_rpc();
-    assert_eq!(rpcs.len(), 50, "{rpcs:?}");
+    assert_eq!(rpcs.len(), 52, "{rpcs:?}");
     // B saving a grader under A's grader's name comes last, so the calls
     // that name a saved grader are tried while B has none of its own.
     let create_grader = "/lathe.v1.GraderService/CreateGrader";

@@ -102,6 +102,16 @@ fn lineage(l: Lineage) -> proto::DatasetLineage {
     }
 }
 
+pub fn synthesis_counts(c: crate::synth::Counts) -> proto::SynthesisCounts {
+    proto::SynthesisCounts {
+        items: c.items,
+        kept: c.kept,
+        below_threshold: c.below_threshold,
+        errored: c.errored,
+        unusable: c.unusable,
+    }
+}
+
 pub fn dataset(d: DatasetRecord) -> proto::Dataset {
     proto::Dataset {
         id: d.id,

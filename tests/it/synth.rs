@@ -1,0 +1,396 @@
+//! Datasets made from eval runs' answers over real gRPC: distillation into
+//! SFT rows and preference pairs into DPO rows. The models are the test-only
+//! OpenAI stub, scripted per model so which items pass is known.
+
+use crate::common::openai_stub::{Reply, chat_body};
+use crate::common::*;
+use crate::evals::{
+    config, create_eval, create_run, evals, item_number, numbered, upload_items, violations, watch_all,
+};
+use lathe::client::Channel;
+use lathe::proto::json::value_from_json;
+use lathe::proto::{self, dataset_service_client::DatasetServiceClient};
+use serde_json::{Value, json};
+use tonic::Code;
+
+fn source(model: &str) -> proto::create_eval_run_request::Source {
+    proto::create_eval_run_request::Source::Model(proto::ModelSource {
+        model: format!("stub/{model}"),
+        input_messages: Some(prost_types::ListValue {
+            values: vec![value_from_json(
+                &json!({"role": "user", "content": "what is {{ item.n }}"}),
+            )],
+        }),
+        sampling_params: Some(proto::EvalSamplingParams {
+            temperature: Some(0.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The teacher answers wrongly on multiples of 4 and fails on 11; the
+/// student answers wrongly on multiples of 3.
+fn teacher_and_student(body: &Value) -> Reply {
+    let n = item_number(body);
+    match body["model"].as_str() {
+        Some("teacher") if n == 11 => Reply::Status(500, None),
+        Some("teacher") if n.is_multiple_of(4) => Reply::Json(chat_body("nope")),
+        Some("student") if n.is_multiple_of(3) => Reply::Json(chat_body("wrong")),
+        // Never answers: its runs stay unfinished.
+        Some("gated") => Reply::Gated(Box::new(Reply::Json(chat_body("late")))),
+        _ => Reply::Json(chat_body(&n.to_string())),
+    }
+}
+
+struct Runs {
+    server: TestServer,
+    datasets: DatasetServiceClient<Channel>,
+    items: String,
+    teacher: String,
+    student: String,
+    _dir: tempfile::TempDir,
+    _stub: std::sync::Arc<crate::common::openai_stub::Stub>,
+}
+
+/// A finished teacher run and student run over 12 numbered items.
+async fn runs() -> Runs {
+    let (stub, url) = crate::common::openai_stub::start().await;
+    stub.respond_with(teacher_and_student);
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(dir.path(), &url)).await;
+    let mut client = evals(&server).await;
+    let eval_id = create_eval(&mut client).await;
+    let items = upload_items(&server, &numbered(12)).await;
+    let mut finished = Vec::new();
+    for model in ["teacher", "student"] {
+        let run = create_run(&mut client, &eval_id, &items, source(model), 4, 1.0).await;
+        let (_, end) = watch_all(&mut client, &run.id, 0).await;
+        assert_eq!(end.state, proto::EvalRunState::Completed as i32, "{end:?}");
+        finished.push(run.id);
+    }
+    let datasets = server.datasets().await;
+    Runs {
+        server,
+        datasets,
+        items,
+        teacher: finished[0].clone(),
+        student: finished[1].clone(),
+        _dir: dir,
+        _stub: stub,
+    }
+}
+
+async fn rows(datasets: &mut DatasetServiceClient<Channel>, id: &str) -> Vec<Value> {
+    let (bytes, _) = download_all(datasets, id).await;
+    String::from_utf8(bytes)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn counts(c: Option<proto::SynthesisCounts>) -> (u64, u64, u64, u64, u64) {
+    let c = c.unwrap();
+    (c.items, c.kept, c.below_threshold, c.errored, c.unusable)
+}
+
+fn distill(run: &str) -> proto::CreateDistilledDatasetRequest {
+    proto::CreateDistilledDatasetRequest {
+        run_id: run.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn distillation_keeps_the_answers_that_passed_as_sft_rows() {
+    let mut r = runs().await;
+    let made = r
+        .datasets
+        .create_distilled_dataset(proto::CreateDistilledDatasetRequest {
+            metadata: [("team".to_string(), "support".to_string())].into(),
+            ..distill(&r.teacher)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // 0, 4 and 8 fail; 11 errored; the other 8 passed.
+    assert_eq!(counts(made.counts), (12, 8, 3, 1, 0));
+    let d = made.dataset.unwrap();
+    assert_eq!(d.state, proto::DatasetState::Ready as i32, "{d:?}");
+    assert_eq!(d.purpose, proto::DatasetPurpose::Sft as i32);
+    assert_eq!(d.filename, format!("distilled-{}.jsonl", r.teacher));
+    let report = d.validation.as_ref().unwrap();
+    assert_eq!((report.valid_rows, report.errors.len()), (8, 0), "{report:?}");
+    // The rows' metadata is no unrecognized key (the warnings are the
+    // prompt's: it has no system message).
+    assert!(!report.warning_counts.contains_key("unrecognized_key"), "{report:?}");
+    assert_eq!(d.metadata["team"], "support");
+    assert_eq!(d.metadata["lathe.synthesis"], "distillation");
+    assert_eq!(d.metadata["lathe.source_runs"], r.teacher);
+
+    let rows = rows(&mut r.datasets, &d.id).await;
+    let kept: Vec<usize> = rows
+        .iter()
+        .map(|row| row["messages"][1]["content"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(kept, [1, 2, 3, 5, 6, 7, 9, 10], "in dataset order");
+    assert_eq!(
+        rows[0]["messages"],
+        json!([{"role": "user", "content": "what is 1"}, {"role": "assistant", "content": "1"}])
+    );
+    let provenance = &rows[0]["metadata"];
+    assert_eq!(provenance["run_id"], r.teacher.as_str());
+    assert_eq!(provenance["model"], "stub/teacher");
+    assert_eq!(provenance["scores"], json!({"exact": 1.0}));
+    let mut evals = evals(&r.server).await;
+    let item = evals
+        .get_output_item(proto::GetOutputItemRequest {
+            id: provenance["output_item_id"].as_str().unwrap().into(),
+        })
+        .await
+        .expect("the row names its output item")
+        .into_inner();
+    assert_eq!(item.item.unwrap().sample, "1");
+
+    // A score threshold on a criterion: failed items score 0, so a
+    // threshold of 0 keeps every graded item and never the errored one.
+    let all = r
+        .datasets
+        .create_distilled_dataset(proto::CreateDistilledDatasetRequest {
+            criterion: "exact".into(),
+            min_score: Some(0.0),
+            filename: "all.jsonl".into(),
+            ..distill(&r.teacher)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts(all.counts), (12, 11, 0, 1, 0));
+    assert_eq!(all.dataset.unwrap().filename, "all.jsonl");
+
+    // The CLI makes the same dataset.
+    let addr = r.server.url();
+    let out = tokio::task::spawn_blocking({
+        let teacher = r.teacher.clone();
+        move || lathe(&addr, &["datasets", "distill", &teacher, "--json"])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["counts"]["kept"], 8);
+    assert_eq!(printed["dataset"]["purpose"], "sft");
+}
+
+#[tokio::test]
+async fn preference_pairs_prefer_the_higher_scored_answer_or_the_reference() {
+    let mut r = runs().await;
+    let made = r
+        .datasets
+        .create_preference_dataset(proto::CreatePreferenceDatasetRequest {
+            run_id: r.student.clone(),
+            preferred: Some(proto::create_preference_dataset_request::Preferred::PreferredRunId(
+                r.teacher.clone(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The runs disagree on 3, 6, 9 (the teacher passed) and 4, 8 (the
+    // student passed); both failed 0 and passed the rest; 11 errored.
+    assert_eq!(counts(made.counts), (12, 5, 6, 1, 0));
+    let d = made.dataset.unwrap();
+    assert_eq!(d.purpose, proto::DatasetPurpose::Dpo as i32);
+    assert_eq!(d.state, proto::DatasetState::Ready as i32, "{d:?}");
+    let report = d.validation.as_ref().unwrap();
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(!report.warning_counts.contains_key("unrecognized_key"), "{report:?}");
+    assert_eq!(d.metadata["lathe.source_runs"], format!("{},{}", r.student, r.teacher));
+    let made_rows = rows(&mut r.datasets, &d.id).await;
+    let pairs: Vec<(String, String)> = made_rows
+        .iter()
+        .map(|row| {
+            (
+                row["preferred_output"][0]["content"].as_str().unwrap().to_string(),
+                row["non_preferred_output"][0]["content"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("3", "wrong"),
+        ("4", "nope"),
+        ("6", "wrong"),
+        ("8", "nope"),
+        ("9", "wrong"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(pairs, expected);
+    assert_eq!(
+        made_rows[0]["input"]["messages"],
+        json!([{"role": "user", "content": "what is 3"}])
+    );
+    assert_eq!(made_rows[1]["metadata"]["preferred"]["run_id"], r.student.as_str());
+    assert_eq!(made_rows[1]["metadata"]["non_preferred"]["run_id"], r.teacher.as_str());
+
+    // Against the items' reference answers: the student's failed answers.
+    let made = r
+        .datasets
+        .create_preference_dataset(proto::CreatePreferenceDatasetRequest {
+            run_id: r.student.clone(),
+            preferred: Some(proto::create_preference_dataset_request::Preferred::ReferenceField(
+                "/answer".into(),
+            )),
+            criterion: "exact".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts(made.counts), (12, 4, 8, 0, 0));
+    let rows = rows(&mut r.datasets, &made.dataset.unwrap().id).await;
+    let preferred: Vec<&str> = rows
+        .iter()
+        .map(|row| row["preferred_output"][0]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(preferred, ["0", "3", "6", "9"]);
+    assert!(
+        rows.iter()
+            .all(|row| row["non_preferred_output"][0]["content"] == "wrong")
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_store_nothing() {
+    let mut r = runs().await;
+    let before = r
+        .datasets
+        .list_datasets(proto::ListDatasetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .datasets
+        .len();
+
+    let err = r.datasets.create_distilled_dataset(distill("nope")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violations(&err)[0].0, "run_id");
+    let unknown = lathe::ids::new_id("evalrun");
+    let err = r
+        .datasets
+        .create_distilled_dataset(distill(&unknown))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    let err = r
+        .datasets
+        .create_distilled_dataset(proto::CreateDistilledDatasetRequest {
+            min_score: Some(0.5),
+            ..distill(&r.teacher)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err)[0].0, "criterion");
+    let err = r
+        .datasets
+        .create_distilled_dataset(proto::CreateDistilledDatasetRequest {
+            criterion: "fuzzy".into(),
+            min_score: Some(0.5),
+            ..distill(&r.teacher)
+        })
+        .await
+        .unwrap_err();
+    let v = violations(&err);
+    assert_eq!(v[0].0, "criterion");
+    assert!(v[0].1.contains("exact"), "names the criteria it has: {}", v[0].1);
+
+    // A selection nothing meets.
+    let err = r
+        .datasets
+        .create_distilled_dataset(proto::CreateDistilledDatasetRequest {
+            criterion: "exact".into(),
+            min_score: Some(2.0),
+            ..distill(&r.teacher)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("11 did not meet the selection"),
+        "{}",
+        err.message()
+    );
+
+    // A run that has not finished.
+    let mut evals_client = evals(&r.server).await;
+    let eval = evals_client
+        .get_eval_run(proto::GetEvalRunRequest { id: r.teacher.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap()
+        .eval_id;
+    let unfinished = create_run(&mut evals_client, &eval, &r.items, source("gated"), 1, 1.0).await;
+    let err = r
+        .datasets
+        .create_distilled_dataset(distill(&unfinished.id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("finished run"), "{}", err.message());
+    evals_client
+        .cancel_eval_run(proto::CancelEvalRunRequest { id: unfinished.id })
+        .await
+        .unwrap();
+
+    let pairs = |preferred| proto::CreatePreferenceDatasetRequest {
+        run_id: r.student.clone(),
+        preferred,
+        ..Default::default()
+    };
+    use proto::create_preference_dataset_request::Preferred;
+    let err = r.datasets.create_preference_dataset(pairs(None)).await.unwrap_err();
+    assert_eq!(violations(&err)[0].0, "preferred");
+    let err = r
+        .datasets
+        .create_preference_dataset(pairs(Some(Preferred::ReferenceField("answer".into()))))
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err)[0].0, "reference_field");
+    let err = r
+        .datasets
+        .create_preference_dataset(pairs(Some(Preferred::PreferredRunId(r.student.clone()))))
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err)[0].0, "preferred_run_id");
+
+    // A run over other items does not pair.
+    let mut evals = evals_client;
+    let other_items = upload_items(&r.server, &numbered(3)).await;
+    assert_ne!(other_items, r.items);
+    let other = create_run(&mut evals, &eval, &other_items, source("teacher"), 1, 1.0).await;
+    watch_all(&mut evals, &other.id, 0).await;
+    let err = r
+        .datasets
+        .create_preference_dataset(pairs(Some(Preferred::PreferredRunId(other.id.clone()))))
+        .await
+        .unwrap_err();
+    let v = violations(&err);
+    assert_eq!(v[0].0, "preferred_run_id");
+    assert!(v[0].1.contains("same items"), "{}", v[0].1);
+
+    let after = r
+        .datasets
+        .list_datasets(proto::ListDatasetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .datasets
+        .len();
+    assert_eq!(after, before + 1, "only the second item file was stored");
+}
