@@ -9,8 +9,9 @@ use super::convert;
 use crate::datasets::manager::{Datasets, DownloadPiece, OnInvalid, SplitRequest, UploadMeta};
 use crate::datasets::report::PurposeChoice;
 use crate::error::Error;
+use crate::proto::json::json_list;
 use crate::proto::{self, dataset_service_server::DatasetService, download_dataset_response, upload_dataset_request};
-use crate::synth::{Distill, Pairs, Preferred, Synth};
+use crate::synth::{Distill, Pairs, Preferred, Synth, ToolCallItems};
 
 pub struct DatasetApi {
     datasets: Arc<Datasets>,
@@ -166,6 +167,8 @@ impl DatasetService for DatasetApi {
                     run_id: req.run_id,
                     criterion: non_empty(req.criterion),
                     min_score: req.min_score,
+                    purpose: convert::purpose_from_proto(req.purpose),
+                    answer_field: non_empty(req.answer_field),
                     filename: non_empty(req.filename),
                     metadata: req.metadata.into_iter().collect(),
                 },
@@ -174,6 +177,33 @@ impl DatasetService for DatasetApi {
         Ok(Response::new(proto::CreateDistilledDatasetResponse {
             dataset: Some(convert::dataset(dataset)),
             counts: Some(convert::synthesis_counts(counts)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_tool_call_items(
+        &self,
+        request: Request<proto::CreateToolCallItemsRequest>,
+    ) -> Result<Response<proto::CreateToolCallItemsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let (dataset, functions) = self
+            .synth
+            .tool_call_items(
+                &caller,
+                ToolCallItems {
+                    tools: json_list(req.tools),
+                    values: req.values.into_iter().map(|(k, v)| (k, json_list(Some(v)))).collect(),
+                    max_calls: (req.max_calls > 0).then_some(req.max_calls),
+                    seed: req.seed,
+                    filename: non_empty(req.filename),
+                    metadata: req.metadata.into_iter().collect(),
+                },
+            )
+            .await?;
+        Ok(Response::new(proto::CreateToolCallItemsResponse {
+            dataset: Some(convert::dataset(dataset)),
+            functions: functions.into_iter().map(convert::function_calls).collect(),
         }))
     }
 

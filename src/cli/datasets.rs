@@ -102,6 +102,13 @@ pub enum DatasetsCommand {
         criterion: Option<String>,
         #[arg(long, requires = "criterion")]
         min_score: Option<f64>,
+        /// sft (the default), or eval: the run's items with the answer added
+        /// as --answer-field, for a next run.
+        #[arg(long, value_enum)]
+        purpose: Option<PurposeArg>,
+        /// With --purpose eval (default "answer").
+        #[arg(long)]
+        answer_field: Option<String>,
         /// The new dataset's file name (default distilled-RUN.jsonl).
         #[arg(long)]
         filename: Option<String>,
@@ -109,6 +116,10 @@ pub enum DatasetsCommand {
         #[arg(long = "metadata", value_parser = parse_key_value)]
         metadata: Vec<(String, String)>,
     },
+    /// Make an eval dataset of target function calls from OpenAI function
+    /// definitions, one item per call ({"function", "arguments",
+    /// "call_text", "tool"}), for a teacher to write requests for.
+    ToolCalls(ToolCallsArgs),
     /// Make a DPO dataset of preference pairs from a finished eval run's
     /// answers: against another run's answers to the same items (the
     /// higher-scored is preferred), or against each item's reference answer
@@ -139,6 +150,85 @@ pub enum DatasetsCommand {
         #[arg(long = "metadata", value_parser = parse_key_value)]
         metadata: Vec<(String, String)>,
     },
+}
+
+/// Function-calling data: the calls a tools file's functions allow.
+#[derive(clap::Args, Debug)]
+pub struct ToolCallsArgs {
+    /// A JSON file: a list of OpenAI tools or function definitions.
+    tools: PathBuf,
+    /// A JSON file: {"argument name": [values, ...]}, for free-text arguments.
+    #[arg(long)]
+    values: Option<PathBuf>,
+    /// Calls at most (sampled evenly across functions beyond it).
+    #[arg(long, default_value_t = 1000)]
+    max_calls: u64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The new dataset's file name (default tool-calls.jsonl).
+    #[arg(long)]
+    filename: Option<String>,
+    /// KEY=VALUE metadata, repeatable.
+    #[arg(long = "metadata", value_parser = parse_key_value)]
+    metadata: Vec<(String, String)>,
+}
+
+async fn tool_calls(
+    client: &mut DatasetServiceClient<crate::client::Channel>,
+    json: bool,
+    a: ToolCallsArgs,
+) -> anyhow::Result<Outcome> {
+    use crate::proto::json::list_value;
+    let read = |p: &PathBuf| -> anyhow::Result<serde_json::Value> {
+        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))
+    };
+    let tools = match read(&a.tools)? {
+        serde_json::Value::Array(list) => list,
+        _ => anyhow::bail!("{} must hold a JSON list of tools", a.tools.display()),
+    };
+    let mut values = HashMap::new();
+    if let Some(path) = &a.values {
+        let serde_json::Value::Object(map) = read(path)? else {
+            anyhow::bail!("{} must hold a JSON object of argument name to values", path.display());
+        };
+        for (name, v) in map {
+            let serde_json::Value::Array(list) = v else {
+                anyhow::bail!("{}: {name} must map to a list of values", path.display());
+            };
+            values.insert(name, list_value(&list));
+        }
+    }
+    let r = client
+        .create_tool_call_items(proto::CreateToolCallItemsRequest {
+            tools: Some(list_value(&tools)),
+            values,
+            max_calls: a.max_calls,
+            seed: a.seed,
+            filename: a.filename.unwrap_or_default(),
+            metadata: a.metadata.into_iter().collect(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let d = r.dataset.unwrap_or_default();
+    if json {
+        let functions: Vec<_> = r
+            .functions
+            .iter()
+            .map(|f| serde_json::json!({"name": f.name, "combinations": f.combinations, "chosen": f.chosen}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"dataset": dataset_json(&d), "functions": functions})
+        );
+    } else {
+        print!("{}", dataset_text(&d));
+        for f in &r.functions {
+            println!("  {:<24} {} of {} combinations", f.name, f.chosen, f.combinations);
+        }
+    }
+    Ok(Outcome::Ok)
 }
 
 fn print_made(json: bool, d: &proto::Dataset, c: &proto::SynthesisCounts) {
@@ -303,6 +393,8 @@ pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result
             run,
             criterion,
             min_score,
+            purpose,
+            answer_field,
             filename,
             metadata,
         } => {
@@ -311,6 +403,8 @@ pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result
                     run_id: run,
                     criterion: criterion.unwrap_or_default(),
                     min_score,
+                    purpose: purpose.map_or(0, |p| proto::DatasetPurpose::from(p) as i32),
+                    answer_field: answer_field.unwrap_or_default(),
                     filename: filename.unwrap_or_default(),
                     metadata: metadata.into_iter().collect(),
                 })
@@ -320,6 +414,7 @@ pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result
             print_made(json, &r.dataset.unwrap_or_default(), &r.counts.unwrap_or_default());
             Ok(Outcome::Ok)
         }
+        DatasetsCommand::ToolCalls(args) => tool_calls(&mut client, json, args).await,
         DatasetsCommand::Pairs {
             run,
             preferred_run,

@@ -52,6 +52,9 @@ pub struct RunArgs {
     max_tokens: Option<u32>,
     #[arg(long)]
     seed: Option<u64>,
+    /// A JSON file with OpenAI tools the model may call ([{"type": "function", ...}]).
+    #[arg(long, requires = "model")]
+    tools: Option<PathBuf>,
     /// Precomputed samples: render each item's sample, e.g. "{{ item.output }}".
     #[arg(long)]
     sample_template: Option<String>,
@@ -325,7 +328,13 @@ fn run_request(a: RunArgs) -> anyhow::Result<proto::CreateEvalRunRequest> {
                 seed: a.seed,
                 stop: Vec::new(),
             }),
-            tools: None,
+            tools: match a.tools {
+                Some(path) => match read_json(&path)? {
+                    Value::Array(tools) => Some(crate::proto::json::list_value(&tools)),
+                    _ => anyhow::bail!("{} must hold a JSON list of tools", path.display()),
+                },
+                None => None,
+            },
             response_format: None,
         })
     } else if a.sample_template.is_some() || a.precomputed {

@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod calls;
 mod rows;
 
 use std::collections::BTreeMap;
@@ -46,9 +47,31 @@ pub struct Distill {
     pub run_id: String,
     pub criterion: Option<String>,
     pub min_score: Option<f64>,
+    /// SFT rows (the default) or eval items: the run's items with the
+    /// answer as `answer_field` (default "answer").
+    pub purpose: Option<Purpose>,
+    pub answer_field: Option<String>,
     pub filename: Option<String>,
     pub metadata: BTreeMap<String, String>,
 }
+
+/// Target calls from function definitions, as eval items.
+#[derive(Clone, Debug, Default)]
+pub struct ToolCallItems {
+    pub tools: Vec<Value>,
+    /// Candidate values for arguments by name.
+    pub values: BTreeMap<String, Vec<Value>>,
+    /// Default [`DEFAULT_CALLS`], at most [`MAX_CALLS`].
+    pub max_calls: Option<u64>,
+    pub seed: u64,
+    pub filename: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+pub const DEFAULT_CALLS: u64 = 1000;
+pub const MAX_CALLS: u64 = 100_000;
+/// Function definitions in one request at most.
+pub const MAX_TOOLS: usize = 1024;
 
 /// Where a pair's preferred answer comes from.
 #[derive(Clone, Debug, PartialEq)]
@@ -102,11 +125,36 @@ impl Synth {
         Self { datasets, evals }
     }
 
-    /// An SFT dataset of the run's kept items: input messages, then the
-    /// model's answer.
+    /// An SFT dataset of the run's kept items (input messages, then the
+    /// model's answer), or eval items of them with their answers.
     pub async fn distill(&self, caller: &Caller, req: Distill) -> Result<(DatasetRecord, Counts)> {
         let mut problems = Vec::new();
         check_run_id("run_id", &req.run_id, &mut problems);
+        let purpose = req.purpose.unwrap_or(Purpose::Sft);
+        if !matches!(purpose, Purpose::Sft | Purpose::Eval) {
+            problems.push(FieldViolation::new(
+                "purpose",
+                "a distilled dataset is SFT rows or eval items",
+            ));
+        }
+        let answer_field = match (&req.answer_field, purpose) {
+            (Some(_), Purpose::Sft) => {
+                problems.push(FieldViolation::new(
+                    "answer_field",
+                    "only eval items take an answer field",
+                ));
+                String::new()
+            }
+            (Some(f), _) if f.is_empty() || f.chars().count() > 64 => {
+                problems.push(FieldViolation::new(
+                    "answer_field",
+                    "a field name of 1 to 64 characters",
+                ));
+                String::new()
+            }
+            (Some(f), _) => f.clone(),
+            (None, _) => "answer".to_string(),
+        };
         match (&req.criterion, req.min_score) {
             (None, Some(_)) => problems.push(FieldViolation::new(
                 "criterion",
@@ -121,7 +169,7 @@ impl Synth {
             }
             _ => {}
         }
-        let metadata = dataset_metadata(&req.metadata, "distillation", &req.run_id, &mut problems);
+        let metadata = dataset_metadata(&req.metadata, "distillation", Some(&req.run_id), &mut problems);
         check_filename(req.filename.as_deref(), &mut problems);
         if !problems.is_empty() {
             return Err(Error::InvalidArgument(problems));
@@ -142,7 +190,7 @@ impl Synth {
             caller,
             &subject,
             filename,
-            Purpose::Sft,
+            purpose,
             metadata,
             move |mut out| async move {
                 let mut counts = Counts::default();
@@ -162,7 +210,16 @@ impl Synth {
                         continue;
                     }
                     let answer = Answer::of(&item);
-                    if answer.is_empty() || item.detail.input.is_empty() {
+                    let usable = match purpose {
+                        Purpose::Eval => {
+                            answer.is_text()
+                                && item.detail.item.as_object().is_some_and(|o| {
+                                    !o.contains_key(&answer_field) && !o.contains_key(&format!("{answer_field}_from"))
+                                })
+                        }
+                        _ => !answer.is_empty() && !item.detail.input.is_empty(),
+                    };
+                    if !usable {
                         counts.unusable += 1;
                         continue;
                     }
@@ -173,7 +230,10 @@ impl Synth {
                         "model": model,
                         "scores": scores(&item),
                     });
-                    let row = rows::sft(&item.detail.input, tools.as_ref(), &answer, provenance);
+                    let row = match purpose {
+                        Purpose::Eval => rows::eval_item(&item.detail.item, &answer_field, &answer, provenance),
+                        _ => rows::sft(&item.detail.input, tools.as_ref(), &answer, provenance),
+                    };
                     counts.kept += 1;
                     out.row(&row).await?;
                 }
@@ -209,7 +269,7 @@ impl Synth {
             Preferred::Run(other) => format!("{},{other}", req.run_id),
             Preferred::Reference(_) => req.run_id.clone(),
         };
-        let metadata = dataset_metadata(&req.metadata, "preference_pairs", &sources, &mut problems);
+        let metadata = dataset_metadata(&req.metadata, "preference_pairs", Some(&sources), &mut problems);
         check_filename(req.filename.as_deref(), &mut problems);
         if !problems.is_empty() {
             return Err(Error::InvalidArgument(problems));
@@ -383,6 +443,59 @@ impl Synth {
             },
         )
         .await
+    }
+
+    /// An eval dataset of target calls enumerated from function
+    /// definitions (`calls`), one item per call.
+    pub async fn tool_call_items(
+        &self,
+        caller: &Caller,
+        req: ToolCallItems,
+    ) -> Result<(DatasetRecord, Vec<calls::FunctionPlan>)> {
+        let mut problems = Vec::new();
+        let max_calls = req.max_calls.unwrap_or(DEFAULT_CALLS);
+        if max_calls > MAX_CALLS {
+            problems.push(FieldViolation::new("max_calls", format!("at most {MAX_CALLS}")));
+        }
+        if req.tools.len() > MAX_TOOLS {
+            problems.push(FieldViolation::new("tools", format!("at most {MAX_TOOLS} functions")));
+        }
+        let metadata = dataset_metadata(&req.metadata, "tool_calls", None, &mut problems);
+        check_filename(req.filename.as_deref(), &mut problems);
+        if !problems.is_empty() {
+            return Err(Error::InvalidArgument(problems));
+        }
+        let plan = calls::plan(&req.tools, &req.values, max_calls, req.seed).map_err(Error::InvalidArgument)?;
+        let tools_by_name: BTreeMap<String, Value> = req
+            .tools
+            .iter()
+            .filter_map(|t| {
+                let def = t.get("function").unwrap_or(t);
+                let name = def.get("name")?.as_str()?.to_string();
+                Some((name, json!({"type": "function", "function": def})))
+            })
+            .collect();
+        let filename = req.filename.unwrap_or_else(|| "tool-calls.jsonl".to_string());
+        let functions = plan.functions.clone();
+        let (dataset, _) = self
+            .write(
+                caller,
+                "",
+                filename,
+                Purpose::Eval,
+                metadata,
+                move |mut out| async move {
+                    let mut counts = Counts::default();
+                    for call in plan.calls {
+                        counts.items += 1;
+                        counts.kept += 1;
+                        out.row(&rows::call_item(&call, &tools_by_name[&call.function])).await?;
+                    }
+                    Ok((counts, out))
+                },
+            )
+            .await?;
+        Ok((dataset, functions))
     }
 
     /// The run, which must have finished and sampled a model.
@@ -559,7 +672,7 @@ fn check_filename(filename: Option<&str>, out: &mut Vec<FieldViolation>) {
 fn dataset_metadata(
     given: &BTreeMap<String, String>,
     how: &str,
-    runs: &str,
+    runs: Option<&str>,
     out: &mut Vec<FieldViolation>,
 ) -> BTreeMap<String, String> {
     if given.len() + SOURCE_KEYS > crate::limits::METADATA_PAIRS {
@@ -574,7 +687,9 @@ fn dataset_metadata(
     crate::limits::check_metadata("metadata", given, out);
     let mut metadata = given.clone();
     metadata.insert("lathe.synthesis".into(), how.into());
-    metadata.insert("lathe.source_runs".into(), runs.into());
+    if let Some(runs) = runs {
+        metadata.insert("lathe.source_runs".into(), runs.into());
+    }
     metadata
 }
 

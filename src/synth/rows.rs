@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::calls::TargetCall;
 use crate::evals::model::OutputItemRecord;
 
 /// A model's answer: its text and the tool calls it made.
@@ -90,6 +91,28 @@ pub fn dpo(
     })
 }
 
+/// A run's item with its answer as `field` and where that came from as
+/// `field` + "_from". The caller checks the item has neither.
+pub fn eval_item(item: &Value, field: &str, answer: &Answer, from: Value) -> Value {
+    let mut row = item.as_object().cloned().unwrap_or_default();
+    row.insert(field.to_string(), json!(answer.text));
+    row.insert(format!("{field}_from"), from);
+    Value::Object(row)
+}
+
+/// An eval item for one target call: the function, its arguments, the call
+/// written out for prompts (`get_weather(city="Paris", days=3)`) and the
+/// function's definition.
+pub fn call_item(call: &TargetCall, tool: &Value) -> Value {
+    let args: Vec<String> = call.arguments.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    json!({
+        "function": call.function,
+        "arguments": Value::Object(call.arguments.clone()),
+        "call_text": format!("{}({})", call.function, args.join(", ")),
+        "tool": tool,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +176,25 @@ mod tests {
         assert_eq!(row["preferred_output"][0]["content"], "good");
         assert_eq!(row["non_preferred_output"][0]["content"], "bad");
         assert!(valid(Purpose::Dpo, &row));
+    }
+
+    #[test]
+    fn a_call_item_writes_the_call_out() {
+        let mut arguments = Map::new();
+        arguments.insert("city".into(), json!("Paris"));
+        arguments.insert("days".into(), json!(3));
+        let call = TargetCall {
+            function: "get_weather".into(),
+            arguments,
+        };
+        let item = call_item(&call, &json!({"type": "function"}));
+        assert_eq!(item["call_text"], r#"get_weather(city="Paris", days=3)"#);
+        assert_eq!(item["arguments"]["days"], 3);
+        let empty = TargetCall {
+            function: "ping".into(),
+            arguments: Map::new(),
+        };
+        assert_eq!(call_item(&empty, &json!({}))["call_text"], "ping()");
     }
 
     #[test]

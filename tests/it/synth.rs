@@ -394,3 +394,312 @@ async fn bad_requests_are_refused_and_store_nothing() {
         .len();
     assert_eq!(after, before + 1, "only the second item file was stored");
 }
+
+/// A chat completion that calls `name` with `arguments` (JSON text).
+fn tool_call_body(name: &str, arguments: &str) -> String {
+    json!({
+        "id": "chatcmpl-1", "object": "chat.completion",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": null,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}]
+        }}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    })
+    .to_string()
+}
+
+/// The teacher writes "please call NAME with ARGS" for the call in its
+/// prompt; the checker calls what a request names, except that it mistakes
+/// Tokyo for Paris.
+fn teacher_and_checker(body: &Value) -> Reply {
+    let content = body["messages"][0]["content"].as_str().unwrap_or_default();
+    match body["model"].as_str() {
+        Some("teacher") => {
+            let prompt: Value = serde_json::from_str(content.strip_prefix("Request for: ").unwrap()).unwrap();
+            Reply::Json(chat_body(&format!(
+                "please call {} with {}",
+                prompt["function"].as_str().unwrap(),
+                prompt["arguments"]
+            )))
+        }
+        Some("checker") => {
+            assert_eq!(
+                body["tools"].as_array().map(Vec::len),
+                Some(2),
+                "the checker is offered the tools"
+            );
+            let (name, args) = content
+                .strip_prefix("please call ")
+                .and_then(|r| r.split_once(" with "))
+                .unwrap();
+            Reply::Json(tool_call_body(name, &args.replace("Tokyo", "Paris")))
+        }
+        other => panic!("unexpected model {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn function_calling_data_from_tool_schemas_through_a_teacher_and_a_checker() {
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipping: the checking grader is a python grader and needs /usr/bin/python3");
+        return;
+    }
+    let (stub, url) = crate::common::openai_stub::start().await;
+    stub.respond_with(teacher_and_checker);
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(dir.path(), &url)).await;
+    let mut datasets = server.datasets().await;
+    let mut evals = evals(&server).await;
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+            "required": ["city"], "properties": {
+                "city": {"type": "string", "enum": ["Paris", "Tokyo"]},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}}}},
+        {"type": "function", "function": {"name": "ping", "parameters": {"type": "object", "properties": {}}}}
+    ]);
+    let tool_list = lathe::proto::json::list_value(tools.as_array().unwrap());
+
+    // 1. The target calls: city 2 × unit 2+absent, and ping().
+    let made = datasets
+        .create_tool_call_items(proto::CreateToolCallItemsRequest {
+            tools: Some(tool_list.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let functions: Vec<(String, u64, u64)> = made
+        .functions
+        .iter()
+        .map(|f| (f.name.clone(), f.combinations, f.chosen))
+        .collect();
+    assert_eq!(functions, [("get_weather".into(), 6, 6), ("ping".into(), 1, 1)]);
+    let calls = made.dataset.unwrap();
+    assert_eq!(calls.purpose, proto::DatasetPurpose::Eval as i32);
+    let items = rows(&mut datasets, &calls.id).await;
+    assert_eq!(items.len(), 7);
+    assert_eq!(items[6]["call_text"], "ping()");
+    assert_eq!(items[0]["tool"]["function"]["name"], "get_weather");
+
+    // 2. The teacher writes a request for each call.
+    let nonempty = proto::TestingCriterion {
+        grader: Some(lathe::proto::json::struct_from_json(&json!({
+            "type": "string_check", "name": "wrote something", "operation": "ne",
+            "input": "{{ sample.output_text }}", "reference": ""
+        }))),
+        ..Default::default()
+    };
+    let writing = evals
+        .create_eval(proto::CreateEvalRequest {
+            name: "requests".into(),
+            testing_criteria: vec![nonempty],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .eval
+        .unwrap();
+    let prompt = |content: &str| {
+        Some(prost_types::ListValue {
+            values: vec![value_from_json(&json!({"role": "user", "content": content}))],
+        })
+    };
+    let teacher = create_run(
+        &mut evals,
+        &writing.id,
+        &calls.id,
+        proto::create_eval_run_request::Source::Model(proto::ModelSource {
+            model: "stub/teacher".into(),
+            input_messages: prompt(
+                r#"Request for: {"function": "{{ item.function }}", "arguments": {{ item.arguments }}}"#,
+            ),
+            ..Default::default()
+        }),
+        4,
+        0.0,
+    )
+    .await;
+    let (_, end) = watch_all(&mut evals, &teacher.id, 0).await;
+    assert_eq!(end.result_counts.unwrap().passed, 7, "{end:?}");
+
+    // 3. The requests as items for the checker.
+    let requests = datasets
+        .create_distilled_dataset(proto::CreateDistilledDatasetRequest {
+            purpose: proto::DatasetPurpose::Eval as i32,
+            answer_field: "request".into(),
+            ..distill(&teacher.id)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts(requests.counts), (7, 7, 0, 0, 0));
+    let requests = requests.dataset.unwrap();
+    assert_eq!(requests.purpose, proto::DatasetPurpose::Eval as i32);
+    let request_items = rows(&mut datasets, &requests.id).await;
+    assert_eq!(request_items[6]["request"], "please call ping with {}");
+    assert_eq!(request_items[6]["request_from"]["run_id"], teacher.id.as_str());
+    assert_eq!(request_items[6]["function"], "ping", "the item's own fields stay");
+
+    // 4. The checker answers each request with the tools; a python grader
+    // keeps the calls that reproduce the target.
+    let same_call = proto::TestingCriterion {
+        grader: Some(lathe::proto::json::struct_from_json(&json!({
+            "type": "python", "name": "same call",
+            "source": ([
+                "import json",
+                "def grade(sample, item):",
+                "    calls = sample.get('output_tools') or []",
+                "    if len(calls) != 1:",
+                "        return 0.0",
+                "    f = calls[0]['function']",
+                "    same = f['name'] == item['function'] and json.loads(f['arguments'] or '{}') == item['arguments']",
+                "    return float(same)",
+            ].join("\n"))
+        }))),
+        pass_threshold: Some(1.0),
+        ..Default::default()
+    };
+    let checking = evals
+        .create_eval(proto::CreateEvalRequest {
+            name: "check calls".into(),
+            testing_criteria: vec![same_call],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .eval
+        .unwrap();
+    let checker = create_run(
+        &mut evals,
+        &checking.id,
+        &requests.id,
+        proto::create_eval_run_request::Source::Model(proto::ModelSource {
+            model: "stub/checker".into(),
+            input_messages: prompt("{{ item.request }}"),
+            tools: Some(tool_list),
+            ..Default::default()
+        }),
+        4,
+        0.0,
+    )
+    .await;
+    let (_, end) = watch_all(&mut evals, &checker.id, 0).await;
+    let result = end.result_counts.unwrap();
+    // The three Tokyo calls came back as Paris.
+    assert_eq!((result.passed, result.failed, result.errored), (4, 3, 0), "{end:?}");
+
+    // 5. The reproduced calls distil into SFT rows with tools and tool_calls.
+    let sft = datasets
+        .create_distilled_dataset(distill(&checker.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts(sft.counts), (7, 4, 3, 0, 0));
+    let d = sft.dataset.unwrap();
+    assert_eq!(
+        (d.purpose, d.state),
+        (proto::DatasetPurpose::Sft as i32, proto::DatasetState::Ready as i32)
+    );
+    let rows = rows(&mut datasets, &d.id).await;
+    assert!(rows.iter().all(|r| r["tools"].as_array().map(Vec::len) == Some(2)));
+    let calls: Vec<(String, Value)> = rows
+        .iter()
+        .map(|r| {
+            let f = &r["messages"][1]["tool_calls"][0]["function"];
+            (
+                f["name"].as_str().unwrap().to_string(),
+                serde_json::from_str(f["arguments"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    assert!(calls.iter().all(|(_, args)| args.get("city") != Some(&json!("Tokyo"))));
+    assert!(calls.contains(&("ping".to_string(), json!({}))));
+    assert_eq!(rows[0]["messages"][0]["role"], "user");
+    assert!(
+        rows[0]["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("please call get_weather")
+    );
+}
+
+#[tokio::test]
+async fn tool_schemas_that_cannot_make_calls_are_refused_naming_the_function_and_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut datasets = server.datasets().await;
+    let tools = json!([{"type": "function", "function": {"name": "search", "parameters": {"type": "object",
+        "required": ["query"], "properties": {"query": {"type": "string"}}}}}]);
+    let request = |values: std::collections::HashMap<String, prost_types::ListValue>, max_calls| {
+        proto::CreateToolCallItemsRequest {
+            tools: Some(lathe::proto::json::list_value(tools.as_array().unwrap())),
+            values,
+            max_calls,
+            ..Default::default()
+        }
+    };
+    let err = datasets
+        .create_tool_call_items(request(Default::default(), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let v = violations(&err);
+    assert_eq!(v[0].0, "tools[0].function.parameters.properties.query");
+    assert!(v[0].1.contains("function search, argument query"), "{}", v[0].1);
+    let err = datasets
+        .create_tool_call_items(request(Default::default(), 1_000_000))
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err)[0].0, "max_calls");
+    let values = [(
+        "query".to_string(),
+        lathe::proto::json::list_value(&[json!("rust"), json!("grpc")]),
+    )]
+    .into();
+    let made = datasets
+        .create_tool_call_items(request(values, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(made.functions[0].chosen, 2);
+    let listed = datasets
+        .list_datasets(proto::ListDatasetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .datasets;
+    assert_eq!(listed.len(), 1, "the refused requests stored nothing");
+
+    // The CLI reads the tools and the values from files.
+    let tools_file = dir.path().join("tools.json");
+    let values_file = dir.path().join("values.json");
+    std::fs::write(&tools_file, tools.to_string()).unwrap();
+    std::fs::write(&values_file, json!({"query": ["a", "b", "c"]}).to_string()).unwrap();
+    let addr = server.url();
+    let out = tokio::task::spawn_blocking(move || {
+        lathe(
+            &addr,
+            &[
+                "datasets",
+                "tool-calls",
+                tools_file.to_str().unwrap(),
+                "--values",
+                values_file.to_str().unwrap(),
+                "--max-calls",
+                "2",
+                "--json",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        printed["functions"][0],
+        json!({"name": "search", "combinations": 3, "chosen": 2})
+    );
+    assert_eq!(printed["dataset"]["purpose"], "eval");
+}

@@ -388,6 +388,25 @@ async fn call_as_b(rpc: &str, b: &mut Clients, a: &Owned) -> Option<Code> {
                 })
                 .await,
         ),
+        "/lathe.v1.DatasetService/CreateToolCallItems" => {
+            // It reads no record: it only ever makes B's own dataset.
+            let made = b
+                .datasets
+                .create_tool_call_items(proto::CreateToolCallItemsRequest {
+                    tools: Some(lathe::proto::json::list_value(&[serde_json::json!({"name": "ping"})])),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            b.datasets
+                .delete_dataset(proto::DeleteDatasetRequest {
+                    id: made.dataset.unwrap().id,
+                })
+                .await
+                .unwrap();
+            return None;
+        }
         "/lathe.v1.FineTuningService/CreateJob" => denied(
             rpc,
             b.jobs
@@ -699,7 +718,7 @@ async fn another_projects_key_reaches_nothing_of_a_project_through_any_rpc() {
     let owned = make_resources(&mut a).await;
 
     let rpcs = every_rpc();
-    assert_eq!(rpcs.len(), 52, "{rpcs:?}");
+    assert_eq!(rpcs.len(), 53, "{rpcs:?}");
     // B saving a grader under A's grader's name comes last, so the calls
     // that name a saved grader are tried while B has none of its own.
     let create_grader = "/lathe.v1.GraderService/CreateGrader";

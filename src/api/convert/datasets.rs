@@ -112,6 +112,14 @@ pub fn synthesis_counts(c: crate::synth::Counts) -> proto::SynthesisCounts {
     }
 }
 
+pub fn function_calls(f: crate::synth::calls::FunctionPlan) -> proto::FunctionCalls {
+    proto::FunctionCalls {
+        name: f.name,
+        combinations: u64::try_from(f.combinations).unwrap_or(u64::MAX),
+        chosen: f.chosen,
+    }
+}
+
 pub fn dataset(d: DatasetRecord) -> proto::Dataset {
     proto::Dataset {
         id: d.id,
