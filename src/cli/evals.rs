@@ -52,6 +52,12 @@ pub struct RunArgs {
     max_tokens: Option<u32>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Stop handing out items before the run's model calls would pass this.
+    #[arg(long)]
+    budget_calls: Option<u64>,
+    /// Stop handing out items once finished items' tokens reach this.
+    #[arg(long)]
+    budget_tokens: Option<u64>,
     /// A JSON file with OpenAI tools the model may call ([{"type": "function", ...}]).
     #[arg(long, requires = "model")]
     tools: Option<PathBuf>,
@@ -238,6 +244,9 @@ pub fn run_json(r: &proto::EvalRun) -> Value {
         "started_at": r.started_at.map(|t| t.to_string()),
         "finished_at": r.finished_at.map(|t| t.to_string()),
         "error": (!r.error.is_empty()).then_some(&r.error),
+        "planned_model_calls": r.planned_model_calls,
+        "budget": r.budget.map(|b| json!({"max_model_calls": b.max_model_calls, "max_tokens": b.max_tokens})),
+        "budget_exhausted": r.budget_exhausted,
     })
 }
 
@@ -288,7 +297,12 @@ fn run_text(r: &proto::EvalRun) -> String {
             u.model, u.invocations, u.prompt_tokens, u.completion_tokens
         ));
     }
-    if !r.error.is_empty() {
+    if r.planned_model_calls > 0 {
+        out.push_str(&format!("  planned model calls: {}\n", r.planned_model_calls));
+    }
+    if r.budget_exhausted {
+        out.push_str(&format!("  budget: {}\n", r.error));
+    } else if !r.error.is_empty() {
         out.push_str(&format!("  error: {}\n", r.error));
     }
     out
@@ -353,6 +367,10 @@ fn run_request(a: RunArgs) -> anyhow::Result<proto::CreateEvalRunRequest> {
         concurrency: a.concurrency,
         error_rate_threshold: a.error_rate,
         name: a.name,
+        budget: (a.budget_calls.is_some() || a.budget_tokens.is_some()).then(|| proto::RunBudget {
+            max_model_calls: a.budget_calls.unwrap_or(0),
+            max_tokens: a.budget_tokens.unwrap_or(0),
+        }),
         ..Default::default()
     })
 }

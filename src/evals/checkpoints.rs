@@ -177,6 +177,7 @@ impl CheckpointEvaluator for CheckpointEvals {
                         error_rate_threshold: 0.0,
                         name,
                         metadata: Default::default(),
+                        budget: Default::default(),
                     },
                 )
                 .await

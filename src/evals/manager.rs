@@ -149,6 +149,7 @@ pub struct CreateRun {
     pub error_rate_threshold: f64,
     pub name: String,
     pub metadata: BTreeMap<String, String>,
+    pub budget: Budget,
 }
 
 /// What WatchEvalRun streams: progress in order, then the final run once.
@@ -726,8 +727,26 @@ impl Evals {
         let (Some(dataset), Some(source)) = (dataset, req.source) else {
             return Err(Error::Internal("validated run without a dataset or source".into()));
         };
+        let calls_per_item = u64::from(matches!(source, DataSource::Model { .. }))
+            + eval.spec.criteria.iter().map(|c| model_calls(&c.grader)).sum::<u64>();
+        if let Some(max) = req.budget.max_model_calls
+            && max < calls_per_item
+        {
+            return Err(Error::invalid(
+                "budget.max_model_calls",
+                format!("{max} calls cannot cover one item, which takes {calls_per_item}"),
+            ));
+        }
+        if req.budget.max_tokens == Some(0) || req.budget.max_model_calls == Some(0) {
+            return Err(Error::invalid(
+                "budget",
+                "a limit of 0 covers nothing; leave it out for no limit",
+            ));
+        }
         let total = self.check_items(&eval, &dataset, &source).await?;
         let spec = RunSpec {
+            budget: req.budget,
+            calls_per_item,
             name: req.name,
             dataset_id: dataset.id.clone(),
             source,
@@ -1261,5 +1280,18 @@ impl TemplateProblems {
                 FieldViolation::new(field, format!("does not render for item {first}{more}: {reason}"))
             })
             .collect()
+    }
+}
+
+/// The model calls one grading by `grader` makes: one per model grader,
+/// those inside a multi grader included.
+pub fn model_calls(grader: &Value) -> u64 {
+    match grader.get("type").and_then(Value::as_str) {
+        Some("score_model" | "label_model") => 1,
+        Some("multi") => grader
+            .get("graders")
+            .and_then(Value::as_object)
+            .map_or(0, |graders| graders.values().map(model_calls).sum()),
+        _ => 0,
     }
 }

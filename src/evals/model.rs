@@ -125,6 +125,23 @@ pub enum DataSource {
     Precomputed { sample_template: String },
 }
 
+/// What a run may spend. It stops handing out items before the next would
+/// take more model calls than `max_model_calls` (counting each item at its
+/// planned calls), or once the tokens of finished items reach `max_tokens`
+/// (items in flight then finish, so tokens may pass it by their share), and
+/// completes with what it finished.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    pub max_model_calls: Option<u64>,
+    pub max_tokens: Option<u64>,
+}
+
+impl Budget {
+    pub fn is_unlimited(&self) -> bool {
+        self.max_model_calls.is_none() && self.max_tokens.is_none()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
     pub name: String,
@@ -136,6 +153,12 @@ pub struct RunSpec {
     pub criteria: Vec<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub budget: Budget,
+    /// Model calls one item takes: its sample and its model graders' calls
+    /// (0 for runs made before it was recorded).
+    #[serde(default)]
+    pub calls_per_item: u64,
 }
 
 impl RunSpec {

@@ -84,6 +84,8 @@ impl LeasedWork for Evals {
 /// How working on a run ended.
 enum End {
     Completed,
+    /// Its budget stopped it: completed with what it finished, and why.
+    Budget(String),
     /// Cancelled, shut down, or the lease was lost: someone else decides.
     Stopped,
     Failed(String),
@@ -109,6 +111,11 @@ async fn run_one(evals: Arc<Evals>, run: RunRecord, stop: CancellationToken) -> 
         End::Completed => {
             tracing::info!(run = %id, "eval run completed");
             finish(&evals, &id, RunState::Completed, None, &stop).await;
+            Ended::Finished
+        }
+        End::Budget(note) => {
+            tracing::info!(run = %id, %note, "eval run stopped at its budget");
+            finish(&evals, &id, RunState::Completed, Some(&note), &stop).await;
             Ended::Finished
         }
         End::Failed(message) => {
@@ -234,12 +241,24 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
     // waits on anything else. Dropping the set aborts them.
     let mut in_flight = JoinSet::new();
     let mut reading = true;
+    let mut spend = Spend::new(run);
     loop {
+        if reading && let Some(limit) = spend.exhausted() {
+            // No more items: those in flight finish and are recorded.
+            reading = false;
+            spend.limit = Some(limit);
+        }
         if !reading && in_flight.is_empty() {
             // Everything is handed over: the recorder ends once it has
             // written the last item.
             drop(finished_tx);
-            return recorder_end((&mut recorder).await);
+            return match (recorder_end((&mut recorder).await), spend.limit) {
+                (End::Completed, Some(limit)) => End::Budget(format!(
+                    "stopped at its budget of {limit} after {} of {} items",
+                    spend.dispatched, spend.total
+                )),
+                (end, _) => end,
+            };
         }
         tokio::select! {
             biased;
@@ -252,6 +271,7 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
                     Ok(finished) => finished,
                     Err(e) => return End::Failed(format!("an item's task failed: {e}")),
                 };
+                spend.finished(&finished);
                 if finished_tx.send(finished).await.is_err() {
                     return recorder_end((&mut recorder).await);
                 }
@@ -259,6 +279,7 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
             row = rows.recv(), if reading && in_flight.len() < concurrency => match row {
                 Some((_, Err(e))) => return End::Failed(format!("reading dataset {}: {e}", dataset.id)),
                 Some((index, Ok(line))) => {
+                    spend.dispatched += 1;
                     let work = work.clone();
                     let item = async move {
                         let started = Instant::now();
@@ -271,6 +292,51 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
                 None => reading = false,
             },
         }
+    }
+}
+
+/// What a run has spent against its budget: items handed out (each at
+/// its planned calls) and the tokens of finished items.
+struct Spend {
+    budget: Budget,
+    calls_per_item: u64,
+    /// Items finished before this claim, then handed out.
+    dispatched: u64,
+    tokens: u64,
+    total: u64,
+    /// The limit that stopped the run taking items.
+    limit: Option<String>,
+}
+
+impl Spend {
+    fn new(run: &RunRecord) -> Self {
+        Self {
+            budget: run.spec.budget.clone(),
+            calls_per_item: run.spec.calls_per_item,
+            dispatched: run.progress.completed,
+            tokens: run.progress.usage.values().map(|u| u.total_tokens).sum(),
+            total: run.total,
+            limit: None,
+        }
+    }
+
+    fn finished(&mut self, item: &Finished) {
+        self.tokens += item.usage.values().map(|(_, _, total)| total).sum::<u64>();
+    }
+
+    /// The limit that lets no further item start, if one does.
+    fn exhausted(&self) -> Option<String> {
+        if let Some(max) = self.budget.max_model_calls
+            && (self.dispatched + 1) * self.calls_per_item > max
+        {
+            return Some(format!("{max} model calls ({} per item)", self.calls_per_item));
+        }
+        if let Some(max) = self.budget.max_tokens
+            && self.tokens >= max
+        {
+            return Some(format!("{max} tokens ({} spent by finished items)", self.tokens));
+        }
+        None
     }
 }
 

@@ -333,7 +333,12 @@ pub fn run(r: RunRecord) -> EvalRun {
             .collect(),
         report_url: None,
         error: r.error.map(|message| RunError {
-            code: "run_failed",
+            // A completed run's error says where its budget stopped it.
+            code: if r.state == RunState::Completed {
+                "budget_exhausted"
+            } else {
+                "run_failed"
+            },
             message,
         }),
         name: r.spec.name,
@@ -996,6 +1001,7 @@ async fn create_run(
         error_rate_threshold: 0.0,
         name: body.name.unwrap_or_default(),
         metadata: body.metadata.unwrap_or_default(),
+        budget: Default::default(),
     };
     match rest.evals.create_run(&caller, req).await {
         Ok(created) => Ok(Json(run(created))),

@@ -870,6 +870,11 @@ pub fn run_record(n: u32, eval: &str, created_at: i64) -> crate::evals::model::R
             error_rate_threshold: 0.5,
             criteria: vec!["exact".into()],
             metadata: BTreeMap::from([("team".to_string(), "search".to_string())]),
+            budget: Budget {
+                max_model_calls: Some(30),
+                max_tokens: None,
+            },
+            calls_per_item: 1,
         },
         state: RunState::Queued,
         total: 3,

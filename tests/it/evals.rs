@@ -1236,3 +1236,96 @@ async fn the_cli_lists_updates_and_deletes_evals() {
     assert!(!again.status.success(), "a deleted eval is gone");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_budget_stops_a_run_cleanly_and_one_that_cannot_cover_an_item_is_refused() {
+    let (stub, url) = crate::common::openai_stub::start().await;
+    stub.respond_with(|body| answer(item_number(body)));
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(dir.path(), &url)).await;
+    let mut client = evals(&server).await;
+    let eval_id = create_eval(&mut client).await;
+    let dataset_id = upload_items(&server, &numbered(20)).await;
+    let budgeted = |max_model_calls, max_tokens, concurrency| proto::CreateEvalRunRequest {
+        eval_id: eval_id.clone(),
+        dataset_id: dataset_id.clone(),
+        source: Some(model_source()),
+        concurrency,
+        budget: Some(proto::RunBudget {
+            max_model_calls,
+            max_tokens,
+        }),
+        ..Default::default()
+    };
+
+    // Five calls, one per item: five items, however many are in flight.
+    let run = client
+        .create_eval_run(budgeted(5, 0, 4))
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    assert_eq!(run.planned_model_calls, 20, "one sample per item");
+    let (progress, end) = watch_all(&mut client, &run.id, 0).await;
+    assert_eq!(end.state, proto::EvalRunState::Completed as i32, "{end:?}");
+    assert!(end.budget_exhausted);
+    assert_eq!((end.completed, progress.len()), (5, 5));
+    assert_eq!(end.per_model_usage[0].invocations, 5);
+    assert!(
+        end.error.contains("budget of 5 model calls") && end.error.contains("after 5 of 20 items"),
+        "{}",
+        end.error
+    );
+    assert_eq!(stub.requests.lock().unwrap().len(), 5, "no call past the budget");
+
+    // 40 tokens at 18 an item, one at a time: the third item passes it.
+    let run = client
+        .create_eval_run(budgeted(0, 40, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    let (_, end) = watch_all(&mut client, &run.id, 0).await;
+    assert_eq!((end.completed, end.budget_exhausted), (3, true), "{end:?}");
+    assert_eq!(end.per_model_usage[0].total_tokens, 54);
+
+    // Without a budget the run does every item and says nothing of one.
+    let run = create_run(&mut client, &eval_id, &dataset_id, model_source(), 4, 0.0).await;
+    let (_, end) = watch_all(&mut client, &run.id, 0).await;
+    assert_eq!(
+        (end.completed, end.budget_exhausted, end.error.as_str()),
+        (20, false, "")
+    );
+
+    // A model grader makes each item two calls: one call covers none.
+    let judged = client
+        .create_eval(proto::CreateEvalRequest {
+            name: "judged".into(),
+            testing_criteria: vec![proto::TestingCriterion {
+                grader: Some(struct_from_json(&json!({
+                    "type": "label_model", "name": "judge", "model": "stub/judge",
+                    "input": [{"role": "user", "content": "{{ sample.output_text }}"}],
+                    "labels": ["good", "bad"], "passing_labels": ["good"]
+                }))),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .eval
+        .unwrap();
+    let err = client
+        .create_eval_run(proto::CreateEvalRunRequest {
+            eval_id: judged.id,
+            ..budgeted(1, 0, 4)
+        })
+        .await
+        .unwrap_err();
+    let v = violations(&err);
+    assert_eq!(v[0].0, "budget.max_model_calls");
+    assert!(v[0].1.contains("takes 2"), "{}", v[0].1);
+}

@@ -58,6 +58,13 @@ pub fn create_eval_run(req: proto::CreateEvalRunRequest) -> Result<CreateRun, Er
         error_rate_threshold: req.error_rate_threshold,
         name: req.name,
         metadata: req.metadata.into_iter().collect(),
+        budget: req
+            .budget
+            .map(|b| ev::Budget {
+                max_model_calls: (b.max_model_calls > 0).then_some(b.max_model_calls),
+                max_tokens: (b.max_tokens > 0).then_some(b.max_tokens),
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -207,10 +214,16 @@ pub fn eval_run(r: ev::RunRecord) -> proto::EvalRun {
         created_at: Some(timestamp(r.created_at)),
         started_at: r.started_at.map(timestamp),
         finished_at: r.finished_at.map(timestamp),
+        budget_exhausted: r.state == ev::RunState::Completed && r.error.is_some(),
         error: r.error.unwrap_or_default(),
         concurrency: r.spec.concurrency,
         name: r.spec.name,
         metadata: r.spec.metadata.into_iter().collect(),
+        planned_model_calls: r.total * r.spec.calls_per_item,
+        budget: (!r.spec.budget.is_unlimited()).then(|| proto::RunBudget {
+            max_model_calls: r.spec.budget.max_model_calls.unwrap_or(0),
+            max_tokens: r.spec.budget.max_tokens.unwrap_or(0),
+        }),
     }
 }
 
