@@ -79,6 +79,26 @@ pub(crate) async fn create_eval(client: &mut EvalServiceClient<Channel>) -> Stri
         .id
 }
 
+/// An eval of one criterion; its id.
+pub(crate) async fn create_eval_with(
+    client: &mut EvalServiceClient<Channel>,
+    name: &str,
+    criterion: proto::TestingCriterion,
+) -> String {
+    client
+        .create_eval(proto::CreateEvalRequest {
+            name: name.into(),
+            testing_criteria: vec![criterion],
+            ..Default::default()
+        })
+        .await
+        .expect("create eval")
+        .into_inner()
+        .eval
+        .unwrap()
+        .id
+}
+
 pub(crate) fn numbered(n: usize) -> Vec<Value> {
     (0..n).map(|i| json!({"n": i, "answer": i.to_string()})).collect()
 }
@@ -1300,27 +1320,18 @@ async fn a_budget_stops_a_run_cleanly_and_one_that_cannot_cover_an_item_is_refus
     );
 
     // A model grader makes each item two calls: one call covers none.
-    let judged = client
-        .create_eval(proto::CreateEvalRequest {
-            name: "judged".into(),
-            testing_criteria: vec![proto::TestingCriterion {
-                grader: Some(struct_from_json(&json!({
-                    "type": "label_model", "name": "judge", "model": "stub/judge",
-                    "input": [{"role": "user", "content": "{{ sample.output_text }}"}],
-                    "labels": ["good", "bad"], "passing_labels": ["good"]
-                }))),
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .eval
-        .unwrap();
+    let judge = proto::TestingCriterion {
+        grader: Some(struct_from_json(&json!({
+            "type": "label_model", "name": "judge", "model": "stub/judge",
+            "input": [{"role": "user", "content": "{{ sample.output_text }}"}],
+            "labels": ["good", "bad"], "passing_labels": ["good"]
+        }))),
+        ..Default::default()
+    };
+    let judged = create_eval_with(&mut client, "judged", judge).await;
     let err = client
         .create_eval_run(proto::CreateEvalRunRequest {
-            eval_id: judged.id,
+            eval_id: judged,
             ..budgeted(1, 0, 4)
         })
         .await

@@ -5,7 +5,8 @@
 use crate::common::openai_stub::{Reply, chat_body};
 use crate::common::*;
 use crate::evals::{
-    config, create_eval, create_run, evals, item_number, numbered, upload_items, violations, watch_all,
+    config, create_eval, create_eval_with, create_run, evals, item_number, numbered, upload_items, violations,
+    watch_all,
 };
 use lathe::client::Channel;
 use lathe::proto::json::value_from_json;
@@ -489,17 +490,7 @@ async fn function_calling_data_from_tool_schemas_through_a_teacher_and_a_checker
         }))),
         ..Default::default()
     };
-    let writing = evals
-        .create_eval(proto::CreateEvalRequest {
-            name: "requests".into(),
-            testing_criteria: vec![nonempty],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .eval
-        .unwrap();
+    let writing = create_eval_with(&mut evals, "requests", nonempty).await;
     let prompt = |content: &str| {
         Some(prost_types::ListValue {
             values: vec![value_from_json(&json!({"role": "user", "content": content}))],
@@ -507,7 +498,7 @@ async fn function_calling_data_from_tool_schemas_through_a_teacher_and_a_checker
     };
     let teacher = create_run(
         &mut evals,
-        &writing.id,
+        &writing,
         &calls.id,
         proto::create_eval_run_request::Source::Model(proto::ModelSource {
             model: "stub/teacher".into(),
@@ -560,20 +551,10 @@ async fn function_calling_data_from_tool_schemas_through_a_teacher_and_a_checker
         pass_threshold: Some(1.0),
         ..Default::default()
     };
-    let checking = evals
-        .create_eval(proto::CreateEvalRequest {
-            name: "check calls".into(),
-            testing_criteria: vec![same_call],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .eval
-        .unwrap();
+    let checking = create_eval_with(&mut evals, "check calls", same_call).await;
     let checker = create_run(
         &mut evals,
-        &checking.id,
+        &checking,
         &requests.id,
         proto::create_eval_run_request::Source::Model(proto::ModelSource {
             model: "stub/checker".into(),
