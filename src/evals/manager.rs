@@ -728,7 +728,13 @@ impl Evals {
             return Err(Error::Internal("validated run without a dataset or source".into()));
         };
         let calls_per_item = u64::from(matches!(source, DataSource::Model { .. }))
-            + eval.spec.criteria.iter().map(|c| model_calls(&c.grader)).sum::<u64>();
+            + eval
+                .spec
+                .criteria
+                .iter()
+                // The eval's graders were validated when it was made.
+                .map(|c| crate::graders::parse(&c.grader).map_or(0, |g| crate::graders::service::model_calls(&g)))
+                .sum::<u64>();
         if let Some(max) = req.budget.max_model_calls
             && max < calls_per_item
         {
@@ -1280,18 +1286,5 @@ impl TemplateProblems {
                 FieldViolation::new(field, format!("does not render for item {first}{more}: {reason}"))
             })
             .collect()
-    }
-}
-
-/// The model calls one grading by `grader` makes: one per model grader,
-/// those inside a multi grader included.
-pub fn model_calls(grader: &Value) -> u64 {
-    match grader.get("type").and_then(Value::as_str) {
-        Some("score_model" | "label_model") => 1,
-        Some("multi") => grader
-            .get("graders")
-            .and_then(Value::as_object)
-            .map_or(0, |graders| graders.values().map(model_calls).sum()),
-        _ => 0,
     }
 }

@@ -306,6 +306,14 @@ fn sampled_models<'g>(grader: &'g Grader, out: &mut Vec<&'g str>) {
     }
 }
 
+/// The model calls one grading by `grader` makes: one per model grader,
+/// those inside a multi grader included.
+pub fn model_calls(grader: &Grader) -> u64 {
+    let mut models = Vec::new();
+    sampled_models(grader, &mut models);
+    models.len() as u64
+}
+
 pub fn uses_python(grader: &Grader) -> bool {
     match grader {
         Grader::Python(_) => true,

@@ -104,8 +104,13 @@ pub(crate) fn numbered(n: usize) -> Vec<Value> {
 }
 
 fn model_source() -> proto::create_eval_run_request::Source {
+    model_source_of("stub/m")
+}
+
+/// `model` asked "what is {{ item.n }}", at temperature 0 with seed 7.
+pub(crate) fn model_source_of(model: &str) -> proto::create_eval_run_request::Source {
     proto::create_eval_run_request::Source::Model(proto::ModelSource {
-        model: "stub/m".into(),
+        model: model.into(),
         input_messages: Some(prost_types::ListValue {
             values: vec![lathe::proto::json::value_from_json(
                 &json!({"role": "user", "content": "what is {{ item.n }}"}),

@@ -5,8 +5,8 @@
 use crate::common::openai_stub::{Reply, chat_body};
 use crate::common::*;
 use crate::evals::{
-    config, create_eval, create_eval_with, create_run, evals, item_number, numbered, upload_items, violations,
-    watch_all,
+    config, create_eval, create_eval_with, create_run, evals, item_number, model_source_of, numbered, upload_items,
+    violations, watch_all,
 };
 use lathe::client::Channel;
 use lathe::proto::json::value_from_json;
@@ -15,19 +15,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 fn source(model: &str) -> proto::create_eval_run_request::Source {
-    proto::create_eval_run_request::Source::Model(proto::ModelSource {
-        model: format!("stub/{model}"),
-        input_messages: Some(prost_types::ListValue {
-            values: vec![value_from_json(
-                &json!({"role": "user", "content": "what is {{ item.n }}"}),
-            )],
-        }),
-        sampling_params: Some(proto::EvalSamplingParams {
-            temperature: Some(0.0),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
+    model_source_of(&format!("stub/{model}"))
 }
 
 /// The teacher answers wrongly on multiples of 4 and fails on 11; the
