@@ -48,6 +48,8 @@ pub struct App {
     pub evals: Arc<Evals>,
     /// Datasets made from eval runs' answers (distillation, preference pairs).
     pub synth: Arc<crate::synth::Synth>,
+    /// Chat completions kept with `store: true`.
+    pub completions: Arc<crate::completions::Completions>,
     /// The one way to a model: the local engine's models and the
     /// providers' behind one router.
     pub chat: Arc<dyn ChatModel>,
@@ -194,6 +196,7 @@ impl App {
             crate::secrets::SecretBox::load(config.secrets_key.as_ref().map(|k| k.0.as_str()), &config.data_dir)
                 .context("loading the secrets key")?,
         );
+        let completions = Arc::new(crate::completions::Completions::new(store.clone()));
         let jobs = Arc::new(
             Jobs::new(
                 store,
@@ -261,7 +264,11 @@ impl App {
             finished,
             failed,
         };
-        let synth = Arc::new(crate::synth::Synth::new(datasets.clone(), evals.clone()));
+        let synth = Arc::new(crate::synth::Synth::new(
+            datasets.clone(),
+            evals.clone(),
+            completions.clone(),
+        ));
         Ok(App {
             auth,
             datasets,
@@ -270,6 +277,7 @@ impl App {
             graders,
             evals,
             synth,
+            completions,
             chat,
             blobs,
             scrape,

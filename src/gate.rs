@@ -41,8 +41,20 @@ const CHANGES: &[&str] = &[
     "Create", "Delete", "Cancel", "Pause", "Resume", "Register", "Revoke", "Upload", "Split", "Update", "Import",
 ];
 
-/// REST paths that are POSTed to but change nothing (not audited).
+/// REST paths that are POSTed to but change nothing (not audited): one
+/// ending in `/` is a prefix, any other the whole path (a stored
+/// completion's update, `POST /v1/chat/completions/{id}`, changes it).
 const REST_READS: &[&str] = &["/v1/chat/completions", "/v1/fine_tuning/alpha/graders/"];
+
+fn rest_read(path: &str) -> bool {
+    REST_READS.iter().any(|read| {
+        if read.ends_with('/') {
+            path.starts_with(read)
+        } else {
+            path == *read
+        }
+    })
+}
 
 /// The header every answer carries: the id the server's log names the
 /// request by.
@@ -82,8 +94,7 @@ impl Door {
 fn changes_something(method: &http::Method, path: &str, door: Door) -> bool {
     match door {
         Door::Rest => {
-            !matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
-                && !REST_READS.iter().any(|read| path.starts_with(read))
+            !matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) && !rest_read(path)
         }
         Door::Grpc => {
             let name = path.rsplit('/').next().unwrap_or("");
@@ -352,6 +363,7 @@ mod tests {
         assert!(changes_something(&http::Method::DELETE, "/v1/files/x", Door::Rest));
         assert!(!changes_something(&http::Method::GET, "/v1/files", Door::Rest));
         assert!(!changes_something(&post, "/v1/chat/completions", Door::Rest));
+        assert!(changes_something(&post, "/v1/chat/completions/chatcmpl-x", Door::Rest));
         assert!(!changes_something(
             &post,
             "/v1/fine_tuning/alpha/graders/run",

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod blobs;
 pub mod cli;
 pub mod client;
+pub mod completions;
 pub mod config;
 pub mod datasets;
 pub mod engine;

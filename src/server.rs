@@ -152,6 +152,7 @@ where
             .add_service(ModelServiceServer::new(ModelApi::new(
                 app.models.clone(),
                 app.chat.clone(),
+                app.completions.clone(),
             )))
             .add_service(GraderServiceServer::new(GraderApi::new(app.graders.clone())))
             .add_service(EvalServiceServer::new(EvalApi::new(app.evals.clone())));

@@ -11,7 +11,7 @@ use crate::datasets::report::PurposeChoice;
 use crate::error::Error;
 use crate::proto::json::json_list;
 use crate::proto::{self, dataset_service_server::DatasetService, download_dataset_response, upload_dataset_request};
-use crate::synth::{Distill, Pairs, Preferred, Synth, ToolCallItems};
+use crate::synth::{Distill, FromCompletions, Pairs, Preferred, Synth, ToolCallItems};
 
 pub struct DatasetApi {
     datasets: Arc<Datasets>,
@@ -153,6 +153,35 @@ impl DatasetService for DatasetApi {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn create_dataset_from_completions(
+        &self,
+        request: Request<proto::CreateDatasetFromCompletionsRequest>,
+    ) -> Result<Response<proto::CreateDatasetFromCompletionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let (dataset, counts) = self
+            .synth
+            .from_completions(
+                &caller,
+                FromCompletions {
+                    filter: crate::completions::Filter {
+                        model: non_empty(req.model),
+                        metadata: req.completion_metadata.into_iter().collect(),
+                    },
+                    purpose: convert::purpose_from_proto(req.purpose),
+                    answer_field: non_empty(req.answer_field),
+                    limit: (req.limit > 0).then_some(req.limit),
+                    filename: non_empty(req.filename),
+                    metadata: req.metadata.into_iter().collect(),
+                },
+            )
+            .await?;
+        Ok(Response::new(proto::CreateDatasetFromCompletionsResponse {
+            dataset: Some(convert::dataset(dataset)),
+            counts: Some(convert::synthesis_counts(counts)),
+        }))
+    }
+
     async fn create_distilled_dataset(
         &self,
         request: Request<proto::CreateDistilledDatasetRequest>,

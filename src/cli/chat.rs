@@ -37,6 +37,12 @@ pub struct ChatArgs {
     /// -2 to 2: lowers a token for every time the answer holds it.
     #[arg(long, allow_hyphen_values = true)]
     pub frequency_penalty: Option<f64>,
+    /// Keep each turn as a stored completion (see `lathe completions`).
+    #[arg(long)]
+    pub store: bool,
+    /// KEY=VALUE metadata kept with stored turns, repeatable.
+    #[arg(long = "metadata", value_parser = super::datasets::parse_key_value, requires = "store")]
+    pub metadata: Vec<(String, String)>,
 }
 
 pub async fn run(addr: &str, json_out: bool, args: ChatArgs) -> anyhow::Result<Outcome> {
@@ -82,6 +88,8 @@ pub async fn run(addr: &str, json_out: bool, args: ChatArgs) -> anyhow::Result<O
                     frequency_penalty: args.frequency_penalty,
                     logit_bias: Default::default(),
                 }),
+                store: args.store,
+                metadata: args.metadata.iter().cloned().collect(),
             })
             .await
             .map_err(status_error)?
@@ -106,10 +114,14 @@ pub async fn run(addr: &str, json_out: bool, args: ChatArgs) -> anyhow::Result<O
             println!(
                 "{}",
                 json!({"model": args.model, "content": answer, "finish_reason": end.finish_reason,
-                       "usage": {"prompt_tokens": end.prompt_tokens, "completion_tokens": end.completion_tokens}})
+                       "usage": {"prompt_tokens": end.prompt_tokens, "completion_tokens": end.completion_tokens},
+                       "completion_id": (!end.completion_id.is_empty()).then_some(&end.completion_id)})
             );
         } else {
             println!();
+            if !end.completion_id.is_empty() {
+                eprintln!("(stored as {})", end.completion_id);
+            }
         }
         messages.push(proto::ChatMessage {
             role: "assistant".into(),

@@ -34,7 +34,7 @@ impl From<PurposeArg> for proto::DatasetPurpose {
     }
 }
 
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
@@ -113,6 +113,33 @@ pub enum DatasetsCommand {
         #[arg(long)]
         filename: Option<String>,
         /// KEY=VALUE metadata, repeatable.
+        #[arg(long = "metadata", value_parser = parse_key_value)]
+        metadata: Vec<(String, String)>,
+    },
+    /// Make a dataset of stored chat completions (`lathe chat --store`, or
+    /// the REST API's store: true): SFT rows of the request's messages and
+    /// the answer, oldest first.
+    FromCompletions {
+        /// Only completions of this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Only completions with this KEY=VALUE metadata, repeatable.
+        #[arg(long = "where", value_parser = parse_key_value)]
+        filter: Vec<(String, String)>,
+        /// sft (the default), or eval: the messages with the answer as
+        /// --answer-field.
+        #[arg(long, value_enum)]
+        purpose: Option<PurposeArg>,
+        /// With --purpose eval (default "answer").
+        #[arg(long)]
+        answer_field: Option<String>,
+        /// At most this many rows.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// The new dataset's file name (default stored-completions.jsonl).
+        #[arg(long)]
+        filename: Option<String>,
+        /// KEY=VALUE metadata of the new dataset, repeatable.
         #[arg(long = "metadata", value_parser = parse_key_value)]
         metadata: Vec<(String, String)>,
     },
@@ -405,6 +432,31 @@ pub async fn run(addr: &str, json: bool, cmd: DatasetsCommand) -> anyhow::Result
                     min_score,
                     purpose: purpose.map_or(0, |p| proto::DatasetPurpose::from(p) as i32),
                     answer_field: answer_field.unwrap_or_default(),
+                    filename: filename.unwrap_or_default(),
+                    metadata: metadata.into_iter().collect(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_made(json, &r.dataset.unwrap_or_default(), &r.counts.unwrap_or_default());
+            Ok(Outcome::Ok)
+        }
+        DatasetsCommand::FromCompletions {
+            model,
+            filter,
+            purpose,
+            answer_field,
+            limit,
+            filename,
+            metadata,
+        } => {
+            let r = client
+                .create_dataset_from_completions(proto::CreateDatasetFromCompletionsRequest {
+                    model: model.unwrap_or_default(),
+                    completion_metadata: filter.into_iter().collect(),
+                    purpose: purpose.map_or(0, |p| proto::DatasetPurpose::from(p) as i32),
+                    answer_field: answer_field.unwrap_or_default(),
+                    limit: limit.unwrap_or(0),
                     filename: filename.unwrap_or_default(),
                     metadata: metadata.into_iter().collect(),
                 })

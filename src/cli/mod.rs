@@ -5,6 +5,7 @@
 mod admin;
 mod charts;
 mod chat;
+mod completions;
 mod connect;
 mod datasets;
 mod evals;
@@ -61,6 +62,9 @@ pub enum Command {
     Models(models::ModelsCommand),
     /// Chat with a base or fine-tuned model (tokens stream as generated).
     Chat(chat::ChatArgs),
+    /// List, show, relabel and delete stored chat completions.
+    #[command(subcommand)]
+    Completions(completions::CompletionsCommand),
     /// The main job, end to end, on an embedded server (or --addr).
     Quickstart(quickstart::QuickstartArgs),
     /// Make and list projects (admin keys).
@@ -164,6 +168,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Evals(cmd) => evals::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Models(cmd) => models::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Chat(args) => chat::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, args).await,
+        Command::Completions(cmd) => completions::run(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Quickstart(args) => quickstart::run(cli.addr.as_deref(), args).await,
         Command::Projects(cmd) => admin::projects(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,
         Command::Keys(cmd) => admin::keys(cli.addr.as_deref().unwrap_or(DEFAULT_ADDR), cli.json, cmd).await,

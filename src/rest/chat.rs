@@ -4,14 +4,17 @@
 //!
 //! `n` choices are `n` completions through the seam, started together (the
 //! local engine decodes them in one batch), each on its own random stream
-//! (`ChatRequest::choice`). What OpenAI's body can ask that the seam cannot
-//! express (log probabilities, stored completions, penalties, audio, ...)
-//! is refused with a 400 naming the field, never dropped; what the model
+//! (`ChatRequest::choice`). With `store: true` the answer is kept (with its
+//! `metadata`) once every choice has ended and before the client hears the
+//! end: the last chunk of a stream comes after the completion is stored
+//! (`stored.rs` serves the stored ones). What OpenAI's body can ask that the
+//! seam cannot express (log probabilities, audio, ...) is refused with a 400
+//! naming the field, never dropped; what the model
 //! behind a name cannot honour is refused by the seam
 //! (`refuse_unsupported`). A client that goes away drops the seam's
 //! streams, which stops their generation.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 
 use axum::extract::State;
@@ -27,12 +30,23 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
 use super::kit::{Authed, Json, Rest};
+use super::stored;
+use super::wire::Usage;
+use crate::auth::model::Caller;
+use crate::completions::{Completions, NewCompletion, Recorder};
 use crate::error::Error;
 use crate::inference::chat::check_choices;
 use crate::inference::{ChatCompletion, ChatEnd, ChatError, ChatEvent, ChatRequest, ChatStream, TokenUsage};
 
 pub fn routes() -> OpenApiRouter<Rest> {
-    OpenApiRouter::new().routes(routes!(create_chat_completion))
+    OpenApiRouter::new()
+        .routes(routes!(create_chat_completion, stored::list_chat_completions))
+        .routes(routes!(
+            stored::retrieve_chat_completion,
+            stored::update_chat_completion,
+            stored::delete_chat_completion
+        ))
+        .routes(routes!(stored::list_chat_completion_messages))
 }
 
 /// OpenAI's chat completion request. Every field the `openai` SDK sends is
@@ -73,13 +87,12 @@ pub struct CreateChatCompletion {
     pub logprobs: Option<bool>,
     /// Refused: no log probabilities.
     pub top_logprobs: Option<u32>,
-    /// Refused when true: completions are not stored.
+    /// Keep the request and its answer (listed at `GET /v1/chat/completions`).
     pub store: Option<bool>,
+    /// Up to 16 pairs kept with a stored completion, to filter by.
+    pub metadata: Option<BTreeMap<String, String>>,
     // Taken so the SDK's bodies fit and not read: answering without them
     // gives the same answer.
-    /// Not kept (completions are not stored).
-    #[allow(dead_code)]
-    pub metadata: Option<HashMap<String, String>>,
     #[allow(dead_code)]
     pub user: Option<String>,
     #[allow(dead_code)]
@@ -181,13 +194,6 @@ pub struct Message {
     pub refusal: Option<String>,
 }
 
-#[derive(Debug, Default, Clone, Copy, Serialize, ToSchema)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub total_tokens: u64,
-}
-
 /// Creates a chat completion: one JSON object, or with `stream: true` a
 /// `text/event-stream` of `chat.completion.chunk` objects ending in `data: [DONE]`.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "chat",
@@ -204,14 +210,24 @@ async fn create_chat_completion(
     Json(body): Json<CreateChatCompletion>,
 ) -> Result<Response, ApiError> {
     let (request, n) = chat_request(&body)?;
+    let metadata = body.metadata.clone().unwrap_or_default();
+    crate::completions::check_metadata("metadata", &metadata)?;
     // Another project's fine-tuned model is not found, as if it did not exist.
     rest.models.check_visible(&caller, &request.model).await?;
     let requests = (0..n).map(|i| request.choice(i));
+    let created_ms = crate::ids::now_millis();
     let head = Head {
         id: crate::ids::new_id("chatcmpl").replacen('_', "-", 1),
-        created: super::wire::seconds(crate::ids::now_millis()),
+        created: super::wire::seconds(created_ms),
         model: request.model.clone(),
     };
+    let keep = (body.store == Some(true)).then(|| Keep {
+        completions: rest.completions.clone(),
+        caller: caller.clone(),
+        request: request.clone(),
+        created_ms,
+        metadata,
+    });
     if body.stream == Some(true) {
         // Dropping what started when one choice cannot start stops it.
         let streams = try_join_all(requests.map(|r| rest.chat.stream(r)))
@@ -222,7 +238,7 @@ async fn create_chat_completion(
             .as_ref()
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
-        let chunks = Chunks::new(head, streams, include_usage, param_names(&body));
+        let chunks = Chunks::new(head, streams, include_usage, param_names(&body), keep);
         let events = futures::stream::unfold(chunks, |mut c| async move {
             c.next().await.map(|event| (Ok::<_, Infallible>(event), c))
         });
@@ -231,6 +247,9 @@ async fn create_chat_completion(
     let completions = try_join_all(requests.map(|r| rest.chat.complete(r)))
         .await
         .map_err(|e| seam_error(e, &body))?;
+    if let Some(keep) = keep {
+        keep.record(&head.id, &completions).await?;
+    }
     Ok(Json(completion(head, completions)).into_response())
 }
 
@@ -243,9 +262,6 @@ fn chat_request(body: &CreateChatCompletion) -> Result<(ChatRequest, u32), ApiEr
     }
     if body.top_logprobs.is_some_and(|n| n > 0) {
         return refuse("top_logprobs", "Lathe does not return log probabilities");
-    }
-    if body.store == Some(true) {
-        return refuse("store", "Lathe does not store chat completions");
     }
     if body.modalities.as_ref().is_some_and(|m| m.iter().any(|m| m != "text")) {
         return refuse("modalities", "Lathe answers text only");
@@ -355,6 +371,33 @@ fn error_with(e: ChatError, names: ParamNames) -> ApiError {
     Error::from(e).into()
 }
 
+/// What `store: true` keeps, once the answer is complete.
+struct Keep {
+    completions: std::sync::Arc<Completions>,
+    caller: Caller,
+    request: ChatRequest,
+    created_ms: i64,
+    metadata: BTreeMap<String, String>,
+}
+
+impl Keep {
+    async fn record(self, id: &str, answers: &[ChatCompletion]) -> Result<(), Error> {
+        self.completions
+            .record(
+                &self.caller,
+                NewCompletion {
+                    id,
+                    created_at: self.created_ms,
+                    request: &self.request,
+                    answers,
+                    metadata: self.metadata,
+                },
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
 /// What every object of one answer repeats.
 struct Head {
     id: String,
@@ -430,18 +473,22 @@ struct Chunks {
     names: ParamNames,
     events: SelectAll<BoxStream<'static, (u32, Result<ChatEvent, ChatError>)>>,
     ends: Vec<Option<ChatEnd>>,
+    /// With `store: true`: what to keep and the text so far.
+    keep: Option<(Keep, Recorder)>,
     ready: VecDeque<Event>,
     over: bool,
 }
 
 impl Chunks {
-    fn new(head: Head, streams: Vec<ChatStream>, include_usage: bool, names: ParamNames) -> Self {
+    fn new(head: Head, streams: Vec<ChatStream>, include_usage: bool, names: ParamNames, keep: Option<Keep>) -> Self {
         let mut events = SelectAll::new();
         for (stream, index) in streams.into_iter().zip(0u32..) {
             events.push(ReceiverStream::new(stream).map(move |e| (index, e)).boxed());
         }
+        let choices = events.len();
         let mut chunks = Chunks {
-            ends: vec![None; events.len()],
+            ends: vec![None; choices],
+            keep: keep.map(|k| (k, Recorder::new(choices))),
             head,
             include_usage,
             names,
@@ -491,6 +538,14 @@ impl Chunks {
         self.over = true;
     }
 
+    /// An error frame for what went wrong after the answer (storing it).
+    fn fail_with(&mut self, error: ApiError) {
+        let body = ErrorBody { error: error.body };
+        self.ready
+            .push_back(Event::default().data(serde_json::to_string(&body).unwrap_or_default()));
+        self.over = true;
+    }
+
     fn end(&mut self, index: u32, end: ChatEnd) {
         if !end.tool_calls.is_empty() {
             let calls: Vec<Value> = end
@@ -521,13 +576,25 @@ impl Chunks {
                 return None;
             }
             match self.events.next().await {
-                Some((index, Ok(ChatEvent::Delta(text)))) => self.push(index, json!({"content": text}), None),
+                Some((index, Ok(ChatEvent::Delta(text)))) => {
+                    if let Some((_, recorder)) = &mut self.keep {
+                        recorder.observe(index as usize, &ChatEvent::Delta(text.clone()));
+                    }
+                    self.push(index, json!({"content": text}), None)
+                }
                 Some((index, Ok(ChatEvent::End(end)))) => self.end(index, end),
                 Some((_, Err(error))) => self.fail(error),
                 None if self.ends.iter().any(Option::is_none) => {
                     self.fail(ChatError::Internal("a completion stream ended without its end".into()));
                 }
                 None => {
+                    if let Some((keep, recorder)) = self.keep.take() {
+                        let answers = recorder.finish(self.ends.iter().flatten());
+                        if let Err(e) = keep.record(&self.head.id, &answers).await {
+                            self.fail_with(ApiError::from(e));
+                            continue;
+                        }
+                    }
                     if self.include_usage {
                         let usage = usage(self.ends.iter().flatten().map(|e| &e.usage));
                         let event = self.frame(Vec::new(), Some(usage));

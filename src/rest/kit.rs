@@ -28,6 +28,7 @@ pub struct Rest {
     pub graders: Arc<Graders>,
     pub evals: Arc<Evals>,
     pub chat: Arc<dyn ChatModel>,
+    pub completions: Arc<crate::completions::Completions>,
 }
 
 impl Rest {
@@ -39,6 +40,7 @@ impl Rest {
             graders: app.graders.clone(),
             evals: app.evals.clone(),
             chat: app.chat.clone(),
+            completions: app.completions.clone(),
         }
     }
 }

@@ -24,6 +24,7 @@ mod graders;
 mod jobs;
 mod kit;
 mod models;
+mod stored;
 mod wire;
 
 use std::sync::Arc;

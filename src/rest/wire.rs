@@ -94,3 +94,11 @@ impl Deleted {
 pub fn seconds(millis: i64) -> i64 {
     millis.div_euclid(1000)
 }
+
+/// Tokens of a chat completion (OpenAI's `usage`).
+#[derive(Debug, Default, Clone, Copy, Serialize, ToSchema)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}

@@ -12,6 +12,8 @@ pub(crate) mod auth_sql;
 #[macro_use]
 mod graders_sql;
 #[macro_use]
+mod completions_sql;
+#[macro_use]
 mod datasets_sql;
 #[macro_use]
 mod jobs_sql;
@@ -38,9 +40,12 @@ pub use self::error::StoreError;
 pub use self::leases::{LeaseChange, LeaseKind, LeaseStore, Leased};
 pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
-pub use self::traits::{AuthStore, DatasetStore, EvalStore, GraderStore, JobStore, ModelStore, Store, UploadStore};
+pub use self::traits::{
+    AuthStore, CompletionStore, DatasetStore, EvalStore, GraderStore, JobStore, ModelStore, Store, UploadStore,
+};
 pub use self::types::{
-    Cursor, DatasetQuery, EvalQuery, GraderRecord, ItemQuery, JobQuery, PartAdded, RunQuery, Transition, UploadEnd,
+    CompletionQuery, Cursor, DatasetQuery, EvalQuery, GraderRecord, ItemQuery, JobQuery, PartAdded, RunQuery,
+    Transition, UploadEnd,
 };
 
 /// Opens the backend named by `url`, running its migrations.

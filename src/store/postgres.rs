@@ -37,6 +37,8 @@ crate::impl_model_store!(PostgresStore);
 
 crate::impl_upload_store!(PostgresStore);
 
+crate::impl_completion_store!(PostgresStore);
+
 crate::impl_grader_store!(PostgresStore);
 
 crate::impl_auth_store!(PostgresStore);

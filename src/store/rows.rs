@@ -451,3 +451,29 @@ where
         outcome: row.try_get("outcome")?,
     })
 }
+
+pub fn completion_from_row<'r, R>(row: &'r R) -> Result<crate::completions::model::StoredCompletion, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: String = row.try_get("id")?;
+    let metadata: String = row.try_get("metadata")?;
+    let request: String = row.try_get("request")?;
+    let choices: String = row.try_get("choices")?;
+    let prompt: i64 = row.try_get("prompt_tokens")?;
+    let completion: i64 = row.try_get("completion_tokens")?;
+    Ok(crate::completions::model::StoredCompletion {
+        project: row.try_get("project_id")?,
+        model: row.try_get("model")?,
+        created_at: row.try_get("created_at")?,
+        metadata: from_json(&id, "metadata", &metadata)?,
+        request: from_json(&id, "request", &request)?,
+        choices: from_json(&id, "choices", &choices)?,
+        prompt_tokens: prompt.max(0) as u64,
+        completion_tokens: completion.max(0) as u64,
+        id,
+    })
+}

@@ -43,6 +43,8 @@ crate::impl_model_store!(SqliteStore);
 
 crate::impl_upload_store!(SqliteStore);
 
+crate::impl_completion_store!(SqliteStore);
+
 crate::impl_grader_store!(SqliteStore);
 
 crate::impl_auth_store!(SqliteStore);

@@ -795,6 +795,136 @@ fn saved_grader(name: &str, created_at: i64) -> super::GraderRecord {
     }
 }
 
+fn stored_completion(
+    n: u32,
+    project: &str,
+    model: &str,
+    created_at: i64,
+    tags: &[(&str, &str)],
+) -> crate::completions::model::StoredCompletion {
+    crate::completions::model::StoredCompletion {
+        id: format!("chatcmpl-{n:026}"),
+        project: project.to_string(),
+        model: model.to_string(),
+        created_at,
+        metadata: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        request: serde_json::json!({"messages": [{"role": "user", "content": format!("q{n}")}], "temperature": 0.5}),
+        choices: vec![
+            serde_json::json!({"index": 0, "message": {"role": "assistant", "content": format!("a{n}")},
+                                         "finish_reason": "stop"}),
+        ],
+        prompt_tokens: 7,
+        completion_tokens: n as u64,
+    }
+}
+
+pub async fn completions_filter_by_model_and_metadata_page_and_change(store: impl Store) {
+    use crate::evals::model::Order;
+    use crate::store::types::CompletionQuery;
+    let rows = [
+        stored_completion(1, "default", "m1", 100, &[("team", "search"), ("env", "prod")]),
+        stored_completion(2, "default", "m2", 200, &[("team", "search")]),
+        stored_completion(3, "default", "m1", 200, &[("team", "ads"), ("env", "prod")]),
+        stored_completion(4, "other", "m1", 300, &[("team", "search"), ("env", "prod")]),
+        stored_completion(5, "default", "m1", 400, &[("team", "search"), ("env", "prod")]),
+    ];
+    for c in &rows {
+        store.insert_completion(c).await.unwrap();
+    }
+    assert_eq!(store.get_completion(&rows[0].id).await.unwrap(), Some(rows[0].clone()));
+    let err = store.insert_completion(&rows[0]).await.unwrap_err();
+    assert!(matches!(err, super::StoreError::Conflict(_)), "{err}");
+    let query = |model: Option<&str>,
+                 tags: &[(&str, &str)],
+                 order,
+                 after: Option<&crate::completions::model::StoredCompletion>,
+                 limit| CompletionQuery {
+        project: "default".into(),
+        model: model.map(str::to_string),
+        metadata: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        order,
+        after: after.map(|c| Cursor {
+            created_at: c.created_at,
+            id: c.id.clone(),
+        }),
+        limit,
+    };
+    let ids =
+        |found: Vec<crate::completions::model::StoredCompletion>| found.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    let id = |i: usize| rows[i].id.clone();
+    // Oldest first, ties by id; the other project's never.
+    let all = store
+        .list_completions(&query(None, &[], Order::Ascending, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(ids(all), vec![id(0), id(1), id(2), id(4)]);
+    let newest = store
+        .list_completions(&query(None, &[], Order::Descending, None, 2))
+        .await
+        .unwrap();
+    assert_eq!(ids(newest), vec![id(4), id(2)]);
+    let next = store
+        .list_completions(&query(None, &[], Order::Descending, Some(&rows[2]), 2))
+        .await
+        .unwrap();
+    assert_eq!(ids(next), vec![id(1), id(0)]);
+    let m1 = store
+        .list_completions(&query(Some("m1"), &[], Order::Ascending, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(ids(m1), vec![id(0), id(2), id(4)]);
+    let both = [("team", "search"), ("env", "prod")];
+    let tagged = store
+        .list_completions(&query(Some("m1"), &both, Order::Ascending, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(ids(tagged), vec![id(0), id(4)]);
+    let after = store
+        .list_completions(&query(None, &both, Order::Ascending, Some(&rows[0]), 10))
+        .await
+        .unwrap();
+    assert_eq!(ids(after), vec![id(4)]);
+    let none = store
+        .list_completions(&query(None, &[("team", "nobody")], Order::Ascending, None, 10))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+
+    // New metadata replaces the old, in the row and in what filters find.
+    let relabelled = std::collections::BTreeMap::from([("team".to_string(), "ads".to_string())]);
+    let changed = store
+        .set_completion_metadata(&rows[0].id, &relabelled)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.metadata, relabelled);
+    assert_eq!(changed.choices, rows[0].choices, "only the metadata changes");
+    let ads = store
+        .list_completions(&query(None, &[("team", "ads")], Order::Ascending, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(ids(ads), vec![id(0), id(2)]);
+    let prod = store
+        .list_completions(&query(None, &[("env", "prod")], Order::Ascending, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(ids(prod), vec![id(2), id(4)]);
+    let missing = format!("chatcmpl-{:026}", 99);
+    assert_eq!(
+        store.set_completion_metadata(&missing, &relabelled).await.unwrap(),
+        None
+    );
+
+    assert!(store.delete_completion(&rows[2].id).await.unwrap());
+    assert!(!store.delete_completion(&rows[2].id).await.unwrap());
+    assert_eq!(store.get_completion(&rows[2].id).await.unwrap(), None);
+    let ads = store
+        .list_completions(&query(None, &[("team", "ads")], Order::Ascending, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(ids(ads), vec![id(0)]);
+}
+
 pub async fn graders_insert_get_and_conflict(store: impl Store) {
     let g = saved_grader("exact-match_v1", 1_700_000_000_123);
     store.insert_grader(&g).await.unwrap();
@@ -1828,6 +1958,7 @@ macro_rules! store_suite {
             jobs_checkpoints_need_the_lease_and_pin_blobs,
             jobs_list_filters_and_pages,
             graders_insert_get_and_conflict,
+            completions_filter_by_model_and_metadata_page_and_change,
             graders_list_pages_in_name_order,
             records_are_scoped_by_project,
             projects_keys_and_audit,

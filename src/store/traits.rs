@@ -1,14 +1,18 @@
 //! The store's traits, one per kind of record, and what they take and
 //! return: rows, not rules.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 
 use super::error::StoreError;
 use super::leases::LeaseStore;
+use super::types::CompletionQuery;
 use super::types::{
     DatasetQuery, EvalQuery, GraderRecord, ItemQuery, JobQuery, PartAdded, RunQuery, Transition, UploadEnd,
 };
 use crate::auth::model::{ApiKeyRecord, AuditEvent, Project, Quotas};
+use crate::completions::model::StoredCompletion;
 use crate::datasets::model::{DatasetRecord, UploadPartRecord, UploadRecord, UploadState};
 use crate::evals::model::{EvalRecord, OutputItemRecord, RunRecord, RunState};
 use crate::jobs::model::{CheckpointRecord, JobEvent, JobPatch, JobRecord, JobState, Metrics, NewEvent};
@@ -264,12 +268,42 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn list_audit_events(&self, before_seq: Option<u64>, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
+/// Chat completions kept with `store: true`.
+#[async_trait]
+pub trait CompletionStore: Send + Sync + 'static {
+    /// Inserts a completion and its metadata; `Conflict` if the id exists.
+    async fn insert_completion(&self, completion: &StoredCompletion) -> Result<(), StoreError>;
+    async fn get_completion(&self, id: &str) -> Result<Option<StoredCompletion>, StoreError>;
+    /// The query's project's completions of its model (any when None)
+    /// carrying every one of its metadata pairs, strictly after `after` in
+    /// its order, at most `limit`.
+    async fn list_completions(&self, query: &CompletionQuery) -> Result<Vec<StoredCompletion>, StoreError>;
+    /// Replaces the completion's metadata and returns it; None if there is
+    /// no such completion.
+    async fn set_completion_metadata(
+        &self,
+        id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Option<StoredCompletion>, StoreError>;
+    /// Removes the completion; whether there was one.
+    async fn delete_completion(&self, id: &str) -> Result<bool, StoreError>;
+}
+
 pub trait Store:
-    DatasetStore + UploadStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore + AuthStore
+    DatasetStore + UploadStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore + AuthStore + CompletionStore
 {
 }
 
-impl<T: DatasetStore + UploadStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore + AuthStore> Store
-    for T
+impl<
+    T: DatasetStore
+        + UploadStore
+        + JobStore
+        + ModelStore
+        + GraderStore
+        + EvalStore
+        + LeaseStore
+        + AuthStore
+        + CompletionStore,
+> Store for T
 {
 }

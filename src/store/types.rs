@@ -133,3 +133,16 @@ pub enum UploadEnd {
     /// It was not pending (or, None, does not exist): nothing changed.
     NotPending(Option<UploadRecord>),
 }
+
+/// A project's stored completions, optionally of one model and carrying
+/// every given metadata pair, strictly after `after` in `order` (by
+/// creation time, then id).
+#[derive(Clone, Debug)]
+pub struct CompletionQuery {
+    pub project: String,
+    pub model: Option<String>,
+    pub metadata: Vec<(String, String)>,
+    pub order: Order,
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::model::Caller;
+use crate::completions::{self, Completions};
 use crate::datasets::manager::{Datasets, OnInvalid, UploadMeta};
 use crate::datasets::model::DatasetRecord;
 use crate::datasets::{Purpose, report::PurposeChoice};
@@ -115,14 +116,34 @@ const PAGE: i32 = 1000;
 /// Rows gathered into one chunk of the upload.
 const CHUNK_BYTES: usize = 256 << 10;
 
+/// A dataset of stored chat completions: those of the filter's model and
+/// metadata, oldest first, as SFT rows (the request's messages, then the
+/// first choice's answer) or as eval items (the messages, with the answer
+/// as `answer_field`).
+#[derive(Clone, Debug, Default)]
+pub struct FromCompletions {
+    pub filter: completions::Filter,
+    pub purpose: Option<Purpose>,
+    pub answer_field: Option<String>,
+    /// At most this many rows (all that match when None).
+    pub limit: Option<u64>,
+    pub filename: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
 pub struct Synth {
     datasets: Arc<Datasets>,
     evals: Arc<Evals>,
+    completions: Arc<Completions>,
 }
 
 impl Synth {
-    pub fn new(datasets: Arc<Datasets>, evals: Arc<Evals>) -> Self {
-        Self { datasets, evals }
+    pub fn new(datasets: Arc<Datasets>, evals: Arc<Evals>, completions: Arc<Completions>) -> Self {
+        Self {
+            datasets,
+            evals,
+            completions,
+        }
     }
 
     /// An SFT dataset of the run's kept items (input messages, then the
@@ -137,24 +158,7 @@ impl Synth {
                 "a distilled dataset is SFT rows or eval items",
             ));
         }
-        let answer_field = match (&req.answer_field, purpose) {
-            (Some(_), Purpose::Sft) => {
-                problems.push(FieldViolation::new(
-                    "answer_field",
-                    "only eval items take an answer field",
-                ));
-                String::new()
-            }
-            (Some(f), _) if f.is_empty() || f.chars().count() > 64 => {
-                problems.push(FieldViolation::new(
-                    "answer_field",
-                    "a field name of 1 to 64 characters",
-                ));
-                String::new()
-            }
-            (Some(f), _) => f.clone(),
-            (None, _) => "answer".to_string(),
-        };
+        let answer_field = answer_field(req.answer_field.as_deref(), purpose, &mut problems);
         match (&req.criterion, req.min_score) {
             (None, Some(_)) => problems.push(FieldViolation::new(
                 "criterion",
@@ -240,6 +244,92 @@ impl Synth {
                 Ok((counts, out))
             },
         )
+        .await
+    }
+
+    /// An SFT dataset (or eval items) of the caller's stored chat
+    /// completions that match the filter.
+    pub async fn from_completions(&self, caller: &Caller, req: FromCompletions) -> Result<(DatasetRecord, Counts)> {
+        let mut problems = Vec::new();
+        let purpose = req.purpose.unwrap_or(Purpose::Sft);
+        if !matches!(purpose, Purpose::Sft | Purpose::Eval) {
+            problems.push(FieldViolation::new(
+                "purpose",
+                "stored completions become SFT rows or eval items",
+            ));
+        }
+        let answer_field = answer_field(req.answer_field.as_deref(), purpose, &mut problems);
+        if req.limit == Some(0) {
+            problems.push(FieldViolation::new(
+                "limit",
+                "must be at least 1 (leave it out for all)",
+            ));
+        }
+        crate::limits::check_metadata("completion_metadata", &req.filter.metadata, &mut problems);
+        let metadata = dataset_metadata(&req.metadata, "stored_completions", None, &mut problems);
+        check_filename(req.filename.as_deref(), &mut problems);
+        if !problems.is_empty() {
+            return Err(Error::InvalidArgument(problems));
+        }
+        let filename = req.filename.unwrap_or_else(|| "stored-completions.jsonl".to_string());
+        let completions = self.completions.clone();
+        let reader_caller = caller.clone();
+        let filter = req.filter;
+        let limit = req.limit.unwrap_or(u64::MAX);
+        self.write(caller, "", filename, purpose, metadata, move |mut out| async move {
+            let mut counts = Counts::default();
+            let mut token = String::new();
+            'pages: loop {
+                let page = Page {
+                    size: PAGE,
+                    token: token.clone(),
+                    after_id: None,
+                    order: Some(Order::Ascending),
+                };
+                let (stored, next) = completions.list(&reader_caller, &filter, &page).await?;
+                for completion in stored {
+                    if counts.kept == limit {
+                        break 'pages;
+                    }
+                    counts.items += 1;
+                    let answer = completion.answer().map(Answer::of_message);
+                    let input = completion.messages();
+                    let usable = match (&answer, purpose) {
+                        (Some(a), Purpose::Eval) => a.is_text(),
+                        (Some(a), _) => !a.is_empty(),
+                        (None, _) => false,
+                    };
+                    let Some(answer) = answer.filter(|_| usable && !input.is_empty()) else {
+                        counts.unusable += 1;
+                        continue;
+                    };
+                    let tools = completion.request.get("tools").filter(|t| !t.is_null());
+                    let provenance = json!({
+                        "source": "stored_completions",
+                        "completion_id": completion.id,
+                        "model": completion.model,
+                        "metadata": completion.metadata,
+                    });
+                    let row = match purpose {
+                        Purpose::Eval => {
+                            let mut item = json!({"messages": input});
+                            if let Some(tools) = tools {
+                                item["tools"] = tools.clone();
+                            }
+                            rows::eval_item(&item, &answer_field, &answer, provenance)
+                        }
+                        _ => rows::sft(input, tools, &answer, provenance),
+                    };
+                    counts.kept += 1;
+                    out.row(&row).await?;
+                }
+                if next.is_empty() {
+                    break;
+                }
+                token = next;
+            }
+            Ok((counts, out))
+        })
         .await
     }
 
@@ -653,6 +743,28 @@ impl Items {
             self.done = next.is_empty();
             self.page = items.into_iter();
         }
+    }
+}
+
+/// The field eval items carry their answer in ("answer" unless named).
+fn answer_field(given: Option<&str>, purpose: Purpose, out: &mut Vec<FieldViolation>) -> String {
+    match (given, purpose) {
+        (Some(_), Purpose::Sft) => {
+            out.push(FieldViolation::new(
+                "answer_field",
+                "only eval items take an answer field",
+            ));
+            String::new()
+        }
+        (Some(f), _) if f.is_empty() || f.chars().count() > 64 => {
+            out.push(FieldViolation::new(
+                "answer_field",
+                "a field name of 1 to 64 characters",
+            ));
+            String::new()
+        }
+        (Some(f), _) => f.to_string(),
+        (None, _) => "answer".to_string(),
     }
 }
 

@@ -20,6 +20,14 @@ impl Answer {
         }
     }
 
+    /// An assistant message's answer (its text and tool calls).
+    pub fn of_message(message: &Value) -> Self {
+        Self {
+            text: message["content"].as_str().unwrap_or_default().to_string(),
+            tool_calls: message["tool_calls"].as_array().cloned().unwrap_or_default(),
+        }
+    }
+
     pub fn text(text: &str) -> Self {
         Self {
             text: text.to_string(),

@@ -198,6 +198,8 @@ async fn a_real_sft_job_trains_checkpoints_and_serves_its_model() {
         let mut stream = env
             .models
             .chat(proto::ChatRequest {
+                store: false,
+                metadata: Default::default(),
                 model: model.clone(),
                 messages: vec![
                     proto::ChatMessage {
@@ -413,6 +415,8 @@ async fn create_job_checks_the_model_and_method_against_the_embedded_trainer() {
     let err = env
         .models
         .chat(proto::ChatRequest {
+            store: false,
+            metadata: Default::default(),
             model: "nope".into(),
             messages: vec![proto::ChatMessage {
                 role: "user".into(),
@@ -426,6 +430,8 @@ async fn create_job_checks_the_model_and_method_against_the_embedded_trainer() {
     let err = env
         .models
         .chat(proto::ChatRequest {
+            store: false,
+            metadata: Default::default(),
             model: "tiny".into(),
             messages: vec![proto::ChatMessage {
                 role: "robot".into(),

@@ -36,6 +36,7 @@ mod rest_jobs;
 mod s3;
 mod scale_out;
 mod server;
+mod stored_completions;
 mod synth;
 mod tenancy;
 mod tls;

@@ -280,6 +280,8 @@ async fn slots_server(dir: &std::path::Path, slots: usize) -> (TestServer, Model
 /// A greedy chat with the tiny model.
 fn chat(content: &str, max_tokens: u32) -> proto::ChatRequest {
     proto::ChatRequest {
+        store: false,
+        metadata: Default::default(),
         model: "tiny".into(),
         messages: vec![proto::ChatMessage {
             role: "user".into(),

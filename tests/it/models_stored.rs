@@ -76,6 +76,8 @@ async fn upload(
 
 fn chat(model: &str) -> proto::ChatRequest {
     proto::ChatRequest {
+        store: false,
+        metadata: Default::default(),
         model: model.into(),
         messages: vec![proto::ChatMessage {
             role: "user".into(),

@@ -451,6 +451,8 @@ async fn the_chat_rpc_streams_a_providers_answer() {
     stub.script([Reply::Json(chat_body("one two three four"))]);
     let mut stream = models
         .chat(proto::ChatRequest {
+            store: false,
+            metadata: Default::default(),
             model: "stub/m".into(),
             messages: vec![proto::ChatMessage {
                 role: "user".into(),
@@ -487,6 +489,8 @@ async fn the_chat_rpc_streams_a_providers_answer() {
     stub.script([Reply::Status(400, None)]);
     let err = models
         .chat(proto::ChatRequest {
+            store: false,
+            metadata: Default::default(),
             model: "stub/m".into(),
             messages: vec![proto::ChatMessage {
                 role: "user".into(),

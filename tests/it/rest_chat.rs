@@ -38,7 +38,7 @@ async fn tiny_server(dir: &Path, queue: usize, provider: Option<&str>) -> TestSe
     server
 }
 
-async fn stub_server(dir: &Path) -> (TestServer, std::sync::Arc<Stub>) {
+pub(crate) async fn stub_server(dir: &Path) -> (TestServer, std::sync::Arc<Stub>) {
     let (stub, url) = openai_stub::start().await;
     (tiny_server(dir, 8, Some(&url)).await, stub)
 }
@@ -92,7 +92,7 @@ async fn frames(response: reqwest::Response) -> Vec<String> {
 }
 
 /// The chunks of a stream that ended in `[DONE]`.
-async fn chunks(response: reqwest::Response) -> Vec<Value> {
+pub(crate) async fn chunks(response: reqwest::Response) -> Vec<Value> {
     let frames = frames(response).await;
     assert_eq!(frames.last().map(String::as_str), Some("[DONE]"), "{frames:?}");
     let chunks: Vec<Value> = frames[..frames.len() - 1]
@@ -358,7 +358,6 @@ async fn bad_input_is_a_400_naming_the_param() {
         (json!({"stop": ["a", ""]}), "stop"),
         (json!({"logprobs": true}), "logprobs"),
         (json!({"top_logprobs": 2}), "top_logprobs"),
-        (json!({"store": true}), "store"),
         (json!({"frequency_penalty": 2.5}), "frequency_penalty"),
         (json!({"presence_penalty": -3}), "presence_penalty"),
         (json!({"logit_bias": {"eos": -100}}), "logit_bias"),
@@ -521,6 +520,8 @@ async fn grpc_chat(server: &TestServer, text: &str, sampling: proto::SamplingPar
     let mut models = ModelServiceClient::new(server.channel().await);
     let mut stream = models
         .chat(proto::ChatRequest {
+            store: false,
+            metadata: Default::default(),
             model: "tiny".into(),
             messages: vec![proto::ChatMessage {
                 role: "user".into(),
@@ -690,6 +691,8 @@ async fn a_full_queue_is_a_429_with_retry_after() {
     let mut models = ModelServiceClient::new(server.channel().await);
     let held = models
         .chat(proto::ChatRequest {
+            store: false,
+            metadata: Default::default(),
             model: "tiny".into(),
             messages: vec![proto::ChatMessage {
                 role: "user".into(),

@@ -74,6 +74,8 @@ struct Owned {
     grader: String,
     eval: String,
     run: String,
+    /// A's stored chat completion.
+    completion: String,
     item: String,
 }
 
@@ -158,7 +160,30 @@ async fn make_resources(a: &mut Clients) -> Owned {
         .items
         .remove(0)
         .id;
+    // A stored completion, answered by the test provider.
+    let mut chat = a
+        .models
+        .chat(proto::ChatRequest {
+            model: "stub/gpt-x".into(),
+            messages: vec![proto::ChatMessage {
+                role: "user".into(),
+                content: "hi".into(),
+            }],
+            store: true,
+            ..Default::default()
+        })
+        .await
+        .expect("chat")
+        .into_inner();
+    let mut completion = String::new();
+    while let Some(msg) = chat.message().await.expect("chat stream") {
+        if let Some(proto::chat_response::Payload::End(end)) = msg.payload {
+            completion = end.completion_id;
+        }
+    }
+    assert!(completion.starts_with("chatcmpl-"), "{completion:?}");
     Owned {
+        completion,
         train: train.id,
         items: items.id,
         model: job.fine_tuned_model.clone(),
@@ -533,6 +558,51 @@ async fn call_as_b(rpc: &str, b: &mut Clients, a: &Owned) -> Option<Code> {
                 })
                 .await,
         ),
+        "/lathe.v1.ModelService/ListStoredCompletions" => {
+            let list = b
+                .models
+                .list_stored_completions(proto::ListStoredCompletionsRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(list.completions.is_empty(), "B lists A's completions: {list:?}");
+            return None;
+        }
+        "/lathe.v1.ModelService/GetStoredCompletion" => denied(
+            rpc,
+            b.models
+                .get_stored_completion(proto::GetStoredCompletionRequest {
+                    id: a.completion.clone(),
+                })
+                .await,
+        ),
+        "/lathe.v1.ModelService/UpdateStoredCompletion" => denied(
+            rpc,
+            b.models
+                .update_stored_completion(proto::UpdateStoredCompletionRequest {
+                    id: a.completion.clone(),
+                    metadata: [(id("planted"), id("yes"))].into(),
+                })
+                .await,
+        ),
+        "/lathe.v1.ModelService/DeleteStoredCompletion" => denied(
+            rpc,
+            b.models
+                .delete_stored_completion(proto::DeleteStoredCompletionRequest {
+                    id: a.completion.clone(),
+                })
+                .await,
+        ),
+        "/lathe.v1.DatasetService/CreateDatasetFromCompletions" => {
+            // B's filter reaches only B's own completions: there are none.
+            let err = b
+                .datasets
+                .create_dataset_from_completions(proto::CreateDatasetFromCompletionsRequest::default())
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+            err.code()
+        }
         "/lathe.v1.GraderService/RunGrader" => denied(
             rpc,
             b.graders
@@ -709,7 +779,17 @@ async fn call_as_b(rpc: &str, b: &mut Clients, a: &Owned) -> Option<Code> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_projects_key_reaches_nothing_of_a_project_through_any_rpc() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with_trainer(dir.path(), ScriptedTrainer::default()).await;
+    let (stub, url) = crate::common::openai_stub::start().await;
+    stub.script([crate::common::openai_stub::Reply::Json(
+        crate::common::openai_stub::chat_body("hello"),
+    )]);
+    let providers = dir.path().join("providers.json");
+    std::fs::write(&providers, json!([{"name": "stub", "base_url": url}]).to_string()).unwrap();
+    let mut config = lathe::config::ServeConfig::embedded(dir.path());
+    config.job_poll_millis = 50;
+    config.providers = Some(providers);
+    let trainer = std::sync::Arc::new(ScriptedTrainer::default());
+    let server = TestServer::start_full(config, lathe::app::Engine::Custom(Some(trainer))).await;
     let mut root = Clients::new(&server, server.admin_key()).await;
     let key_a = project_with_key(&mut root.admin, "a").await;
     let key_b = project_with_key(&mut root.admin, "b").await;
@@ -718,7 +798,7 @@ async fn another_projects_key_reaches_nothing_of_a_project_through_any_rpc() {
     let owned = make_resources(&mut a).await;
 
     let rpcs = every_rpc();
-    assert_eq!(rpcs.len(), 53, "{rpcs:?}");
+    assert_eq!(rpcs.len(), 58, "{rpcs:?}");
     // B saving a grader under A's grader's name comes last, so the calls
     // that name a saved grader are tried while B has none of its own.
     let create_grader = "/lathe.v1.GraderService/CreateGrader";
@@ -753,6 +833,20 @@ async fn another_projects_key_reaches_nothing_of_a_project_through_any_rpc() {
         .job
         .unwrap();
     assert_eq!(job.state, proto::JobState::Succeeded as i32);
+    let completion = a
+        .models
+        .get_stored_completion(proto::GetStoredCompletionRequest {
+            id: owned.completion.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .completion
+        .unwrap();
+    assert!(
+        completion.metadata.is_empty(),
+        "B relabelled A's completion: {completion:?}"
+    );
     for id in [&owned.train, &owned.items] {
         a.datasets
             .get_dataset(proto::GetDatasetRequest { id: id.clone() })

@@ -201,6 +201,53 @@ def chat(client, model):
     assert "".join(text) == choice.message.content, ("".join(text), choice.message.content)
 
 
+def stored(client, model):
+    step("chat.completions: store=True, then list, filter, retrieve, update, messages, delete")
+    kept = []
+    for i, team in enumerate(["support", "support", "sales"]):
+        completion = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": f"question {i}"}],
+            max_completion_tokens=4,
+            seed=i,
+            store=True,
+            metadata={"team": team, "sdk": "e2e"},
+        )
+        kept.append(completion)
+    listed = [c.id for c in client.chat.completions.list(metadata={"sdk": "e2e"})]
+    assert listed == [c.id for c in kept], (listed, [c.id for c in kept])
+    support = client.chat.completions.list(metadata={"team": "support"}, model=model, limit=1)
+    assert [c.id for c in support] == [kept[0].id, kept[1].id], "the SDK pages on with after"
+    newest = client.chat.completions.list(metadata={"sdk": "e2e"}, order="desc", limit=1)
+    assert newest.data[0].id == kept[2].id and newest.has_more, newest
+    one = client.chat.completions.retrieve(kept[0].id)
+    assert one.choices[0].message.content == kept[0].choices[0].message.content, one
+    assert one.metadata == {"team": "support", "sdk": "e2e"}, one.metadata
+    messages = list(client.chat.completions.messages.list(kept[0].id))
+    assert [m.content for m in messages] == ["question 0"] and messages[0].id == f"{kept[0].id}-0", messages
+    updated = client.chat.completions.update(kept[1].id, metadata={"team": "sales", "sdk": "e2e"})
+    assert updated.metadata["team"] == "sales", updated
+    sales = [c.id for c in client.chat.completions.list(metadata={"team": "sales"})]
+    assert sales == [kept[1].id, kept[2].id], sales
+    deleted = client.chat.completions.delete(kept[2].id)
+    assert deleted.deleted and deleted.id == kept[2].id, deleted
+    try:
+        client.chat.completions.retrieve(kept[2].id)
+        raise AssertionError("retrieved a deleted completion")
+    except openai.NotFoundError:
+        pass
+    try:
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "hi"}],
+            store=True,
+            metadata={f"k{i}": "v" for i in range(17)},
+        )
+        raise AssertionError("stored seventeen metadata pairs")
+    except openai.BadRequestError as e:
+        assert e.param == "metadata", (e.param, e.message)
+
+
 def graders(client):
     step("fine_tuning.alpha.graders: run and validate")
     grader = {
@@ -354,6 +401,7 @@ def main():
             client = OpenAI(base_url=f"http://{server.addr}/v1", api_key=server.key)
             job, files = fine_tune(client)
             chat(client, job.fine_tuned_model)
+            stored(client, job.fine_tuned_model)
             grader = graders(client)
             evals(client, grader, ["tiny", job.fine_tuned_model])
             paging(client, files)

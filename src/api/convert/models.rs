@@ -83,7 +83,9 @@ pub fn chat(req: proto::ChatRequest) -> ChatRequest {
     }
 }
 
-pub fn chat_response(event: ChatEvent) -> proto::ChatResponse {
+/// A stream's event; `completion_id` names the stored completion on its
+/// end (empty when not stored).
+pub fn chat_response(event: ChatEvent, completion_id: &str) -> proto::ChatResponse {
     use proto::chat_response::Payload;
     let payload = match event {
         ChatEvent::Delta(text) => Payload::Delta(text),
@@ -91,7 +93,21 @@ pub fn chat_response(event: ChatEvent) -> proto::ChatResponse {
             finish_reason: end.finish_reason,
             prompt_tokens: u32::try_from(end.usage.prompt).unwrap_or(u32::MAX),
             completion_tokens: u32::try_from(end.usage.completion).unwrap_or(u32::MAX),
+            completion_id: completion_id.to_string(),
         }),
     };
     proto::ChatResponse { payload: Some(payload) }
+}
+
+pub fn stored_completion(c: crate::completions::model::StoredCompletion) -> proto::StoredCompletion {
+    proto::StoredCompletion {
+        created_at: Some(timestamp(c.created_at)),
+        request: Some(proto::json::struct_from_json(&c.request)),
+        choices: c.choices.iter().map(proto::json::struct_from_json).collect(),
+        id: c.id,
+        model: c.model,
+        metadata: c.metadata.into_iter().collect(),
+        prompt_tokens: c.prompt_tokens,
+        completion_tokens: c.completion_tokens,
+    }
 }
