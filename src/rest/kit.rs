@@ -29,6 +29,7 @@ pub struct Rest {
     pub evals: Arc<Evals>,
     pub chat: Arc<dyn ChatModel>,
     pub completions: Arc<crate::completions::Completions>,
+    pub synth: Arc<crate::synth::Synth>,
 }
 
 impl Rest {
@@ -41,6 +42,7 @@ impl Rest {
             evals: app.evals.clone(),
             chat: app.chat.clone(),
             completions: app.completions.clone(),
+            synth: app.synth.clone(),
         }
     }
 }

@@ -25,6 +25,7 @@ mod jobs;
 mod kit;
 mod models;
 mod stored;
+mod synth;
 mod wire;
 
 use std::sync::Arc;
@@ -55,7 +56,8 @@ pub fn error_response(error: crate::error::Error) -> Response {
     info(
         title = "Lathe: OpenAI-compatible REST API",
         description = "Files, fine-tuning, graders, evals, chat completions and models, as OpenAI's \
-                       `openai` SDK calls them. Every call takes `Authorization: Bearer <API key>`."
+                       `openai` SDK calls them, and Lathe's own routes under /v1/lathe/ (datasets \
+                       made from what models answered). Every call takes `Authorization: Bearer <API key>`."
     ),
     components(schemas(ErrorBody, ErrorObject)),
     modifiers(&BearerAuth)
@@ -85,6 +87,7 @@ fn routes() -> OpenApiRouter<Rest> {
         .merge(graders::routes())
         .merge(evals::routes())
         .merge(chat::routes())
+        .merge(synth::routes())
 }
 
 /// The OpenAPI document of what this door serves.

@@ -540,28 +540,45 @@ async fn function_calling_data_from_tool_schemas_through_a_teacher_and_a_checker
         ..Default::default()
     };
     let checking = create_eval_with(&mut evals, "check calls", same_call).await;
-    let checker = create_run(
-        &mut evals,
-        &checking,
-        &requests.id,
-        proto::create_eval_run_request::Source::Model(proto::ModelSource {
-            model: "stub/checker".into(),
-            input_messages: prompt("{{ item.request }}"),
-            tools: Some(tool_list),
-            ..Default::default()
-        }),
-        4,
-        0.0,
-    )
-    .await;
-    let (_, end) = watch_all(&mut evals, &checker.id, 0).await;
+    // Through the CLI, which reads the tools from a file (`--tools`).
+    let tools_file = dir.path().join("checker-tools.json");
+    std::fs::write(&tools_file, tools.to_string()).unwrap();
+    let addr = server.url();
+    let requests_id = requests.id.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        lathe(
+            &addr,
+            &[
+                "evals",
+                "run",
+                &checking,
+                "--dataset",
+                &requests_id,
+                "--model",
+                "stub/checker",
+                "--prompt",
+                "{{ item.request }}",
+                "--tools",
+                tools_file.to_str().unwrap(),
+                "--concurrency",
+                "4",
+                "--json",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let checker: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checker_id = checker["id"].as_str().unwrap().to_string();
+    let (_, end) = watch_all(&mut evals, &checker_id, 0).await;
     let result = end.result_counts.unwrap();
     // The three Tokyo calls came back as Paris.
     assert_eq!((result.passed, result.failed, result.errored), (4, 3, 0), "{end:?}");
 
     // 5. The reproduced calls distil into SFT rows with tools and tool_calls.
     let sft = datasets
-        .create_distilled_dataset(distill(&checker.id))
+        .create_distilled_dataset(distill(&checker_id))
         .await
         .unwrap()
         .into_inner();
@@ -671,4 +688,145 @@ async fn tool_schemas_that_cannot_make_calls_are_refused_naming_the_function_and
         json!({"name": "search", "combinations": 3, "chosen": 2})
     );
     assert_eq!(printed["dataset"]["purpose"], "eval");
+}
+
+async fn post_lathe(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
+    let response = crate::rest::http()
+        .post(format!("{}/v1/lathe/datasets/{path}", server.url()))
+        .bearer_auth(server.admin_key())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_rest_door_makes_the_same_datasets() {
+    let r = runs().await;
+    let (status, made) = post_lathe(
+        &r.server,
+        "distillations",
+        json!({"run_id": r.teacher, "metadata": {"team": "support"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(made["file"]["object"], "file");
+    assert_eq!(made["file"]["purpose"], "fine-tune");
+    assert_eq!(made["file"]["status"], "processed");
+    assert_eq!(
+        made["counts"],
+        json!({"items": 12, "kept": 8, "below_threshold": 3, "errored": 1, "unusable": 0})
+    );
+    // The file is one like any other: listed, read back.
+    let id = made["file"]["id"].as_str().unwrap();
+    let content = crate::rest::http()
+        .get(format!("{}/v1/files/{id}/content", r.server.url()))
+        .bearer_auth(r.server.admin_key())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(content.lines().count(), 8);
+
+    let (status, items) = post_lathe(
+        &r.server,
+        "distillations",
+        json!({"run_id": r.teacher, "purpose": "evals", "answer_field": "reference"}),
+    )
+    .await;
+    assert_eq!((status, &items["file"]["purpose"]), (200, &json!("evals")), "{items}");
+
+    let (status, pairs) = post_lathe(
+        &r.server,
+        "preference_pairs",
+        json!({"run_id": r.student, "preferred_run_id": r.teacher}),
+    )
+    .await;
+    assert_eq!(status, 200, "{pairs}");
+    assert!(pairs["counts"]["kept"].as_u64().unwrap() > 0, "{pairs}");
+
+    let tools = json!([{"type": "function", "function": {"name": "set_mode", "parameters": {
+        "type": "object", "properties": {"mode": {"type": "string", "enum": ["a", "b", "c"]}},
+        "required": ["mode"]}}}]);
+    let (status, calls) = post_lathe(&r.server, "tool_call_items", json!({"tools": tools, "seed": 1})).await;
+    assert_eq!(status, 200, "{calls}");
+    assert_eq!(
+        calls["functions"],
+        json!([{"name": "set_mode", "combinations": 3, "chosen": 3}])
+    );
+
+    // Errors name the body's fields; a selection that keeps nothing is a
+    // 400 that stores nothing.
+    let (status, error) = post_lathe(
+        &r.server,
+        "distillations",
+        json!({"run_id": r.teacher, "purpose": "dpo"}),
+    )
+    .await;
+    assert_eq!((status, &error["error"]["param"]), (400, &json!("purpose")), "{error}");
+    let (status, error) = post_lathe(
+        &r.server,
+        "preference_pairs",
+        json!({"run_id": r.student, "preferred_run_id": r.teacher, "reference_field": "/answer"}),
+    )
+    .await;
+    assert_eq!(
+        (status, &error["error"]["param"]),
+        (400, &json!("preferred_run_id")),
+        "{error}"
+    );
+    let (status, error) = post_lathe(
+        &r.server,
+        "tool_call_items",
+        json!({"tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error["error"]["param"].as_str().unwrap().starts_with("tools[0]"),
+        "{error}"
+    );
+    let (status, error) = post_lathe(
+        &r.server,
+        "distillations",
+        json!({"run_id": r.teacher, "colour": "red"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    let files_before = crate::rest::http()
+        .get(format!("{}/v1/files?limit=100", r.server.url()))
+        .bearer_auth(r.server.admin_key())
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .len();
+    let (status, error) = post_lathe(&r.server, "from_completions", json!({"model": "nobody"})).await;
+    assert_eq!(
+        (status, &error["error"]["code"]),
+        (400, &json!("invalid_state")),
+        "{error}"
+    );
+    let files_after = crate::rest::http()
+        .get(format!("{}/v1/files?limit=100", r.server.url()))
+        .bearer_auth(r.server.admin_key())
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(files_before, files_after);
+    r.server.stop().await;
 }
