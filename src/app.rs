@@ -50,6 +50,8 @@ pub struct App {
     pub synth: Arc<crate::synth::Synth>,
     /// Chat completions kept with `store: true`.
     pub completions: Arc<crate::completions::Completions>,
+    /// Prompt optimisation runs.
+    pub optimizer: Arc<crate::optimize::Optimizer>,
     /// The one way to a model: the local engine's models and the
     /// providers' behind one router.
     pub chat: Arc<dyn ChatModel>,
@@ -71,6 +73,7 @@ struct Workers {
     failed: Arc<std::sync::OnceLock<String>>,
     scheduler: JoinHandle<()>,
     eval_runner: JoinHandle<()>,
+    optimizer: JoinHandle<()>,
     health: JoinHandle<()>,
     /// Housekeeping of a blob store shared with other processes.
     sweeper: Option<JoinHandle<()>>,
@@ -236,6 +239,7 @@ impl App {
         }
         let finished = CancellationToken::new();
         let failed = Arc::new(std::sync::OnceLock::new());
+        let optimizer = Arc::new(crate::optimize::Optimizer::new(evals.clone()));
         let workers = Workers {
             scheduler: match (&config.only_job, role.runs_work(), ray) {
                 (Some(job), true, _) => one_job(
@@ -253,6 +257,11 @@ impl App {
             },
             eval_runner: if role.runs_work() && config.only_job.is_none() {
                 crate::evals::runner::spawn(evals.clone(), stop.clone())
+            } else {
+                idle()
+            },
+            optimizer: if role.runs_work() && config.only_job.is_none() {
+                crate::optimize::spawn(optimizer.clone(), stop.clone())
             } else {
                 idle()
             },
@@ -278,6 +287,7 @@ impl App {
             evals,
             synth,
             completions,
+            optimizer,
             chat,
             blobs,
             scrape,
@@ -337,6 +347,9 @@ impl App {
         }
         if let Err(e) = self.workers.eval_runner.await {
             tracing::error!(error = %e, "the eval runner crashed");
+        }
+        if let Err(e) = self.workers.optimizer.await {
+            tracing::error!(error = %e, "the prompt optimizer crashed");
         }
         self.workers.health.abort();
         if let Some(sweeper) = self.workers.sweeper {

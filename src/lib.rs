@@ -22,6 +22,7 @@ pub mod jobs;
 pub mod lease;
 pub mod limits;
 pub mod models;
+pub mod optimize;
 pub mod outage;
 pub mod paging;
 pub mod proto;

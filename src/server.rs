@@ -155,7 +155,10 @@ where
                 app.completions.clone(),
             )))
             .add_service(GraderServiceServer::new(GraderApi::new(app.graders.clone())))
-            .add_service(EvalServiceServer::new(EvalApi::new(app.evals.clone())));
+            .add_service(EvalServiceServer::new(EvalApi::new(
+                app.evals.clone(),
+                app.optimizer.clone(),
+            )));
     }
     // One port, two doors: gRPC's routes by service name, REST's under /v1/;
     // and Prometheus' scrape (open, like health), which workers serve too.

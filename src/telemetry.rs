@@ -243,7 +243,9 @@ fn states(kind: LeaseKind) -> &'static [&'static str] {
     static RUN: OnceLock<Vec<&'static str>> = OnceLock::new();
     match kind {
         LeaseKind::Job => JOB.get_or_init(|| JobState::ALL.iter().map(|s| s.as_str()).collect()),
-        LeaseKind::EvalRun => RUN.get_or_init(|| RunState::ALL.iter().map(|s| s.as_str()).collect()),
+        LeaseKind::EvalRun | LeaseKind::Optimization => {
+            RUN.get_or_init(|| RunState::ALL.iter().map(|s| s.as_str()).collect())
+        }
     }
 }
 

@@ -11,11 +11,12 @@ use crate::proto::{self, eval_service_server::EvalService};
 
 pub struct EvalApi {
     evals: Arc<Evals>,
+    optimizer: Arc<crate::optimize::Optimizer>,
 }
 
 impl EvalApi {
-    pub fn new(evals: Arc<Evals>) -> Self {
-        Self { evals }
+    pub fn new(evals: Arc<Evals>, optimizer: Arc<crate::optimize::Optimizer>) -> Self {
+        Self { evals, optimizer }
     }
 }
 
@@ -23,6 +24,40 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEvalRunResponse,
 
 #[tonic::async_trait]
 impl EvalService for EvalApi {
+    async fn create_prompt_optimization(
+        &self,
+        request: Request<proto::CreatePromptOptimizationRequest>,
+    ) -> Result<Response<proto::CreatePromptOptimizationResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = convert::create_optimization(request.into_inner());
+        let run = self.optimizer.create(&caller, req).await?;
+        Ok(Response::new(proto::CreatePromptOptimizationResponse {
+            optimization: Some(convert::optimization(run)),
+        }))
+    }
+
+    async fn get_prompt_optimization(
+        &self,
+        request: Request<proto::GetPromptOptimizationRequest>,
+    ) -> Result<Response<proto::GetPromptOptimizationResponse>, Status> {
+        let caller = caller(&request)?;
+        let run = self.optimizer.get(&caller, &request.into_inner().id).await?;
+        Ok(Response::new(proto::GetPromptOptimizationResponse {
+            optimization: Some(convert::optimization(run)),
+        }))
+    }
+
+    async fn cancel_prompt_optimization(
+        &self,
+        request: Request<proto::CancelPromptOptimizationRequest>,
+    ) -> Result<Response<proto::CancelPromptOptimizationResponse>, Status> {
+        let caller = caller(&request)?;
+        let run = self.optimizer.cancel(&caller, &request.into_inner().id).await?;
+        Ok(Response::new(proto::CancelPromptOptimizationResponse {
+            optimization: Some(convert::optimization(run)),
+        }))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn create_eval(
         &self,

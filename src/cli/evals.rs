@@ -26,6 +26,156 @@ pub enum StatusArg {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct OptimizeArgs {
+    eval_id: String,
+    #[arg(long)]
+    model: String,
+    /// The user message after the instructions, e.g. "{{ item.text }}".
+    #[arg(long, conflicts_with = "messages")]
+    prompt: Option<String>,
+    /// A JSON file with the messages after the instructions.
+    #[arg(long)]
+    messages: Option<PathBuf>,
+    /// The original instructions (a system message).
+    #[arg(long, default_value = "")]
+    instructions: String,
+    /// Instructions to try, in order; repeatable.
+    #[arg(long = "candidate")]
+    candidates: Vec<String>,
+    /// A model that rewrites instructions from low-scored answers.
+    #[arg(long)]
+    reflection_model: Option<String>,
+    #[arg(long)]
+    train: String,
+    #[arg(long)]
+    validation: String,
+    /// Held-out items: the original and the best prompt are compared on them.
+    #[arg(long)]
+    test: Option<String>,
+    /// Few-shot demonstrations per prompt, drawn from training items.
+    #[arg(long, default_value_t = 0)]
+    max_demos: u32,
+    /// JSON pointer to a training item's reference answer, e.g. /label.
+    #[arg(long)]
+    demo_answer_field: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    minibatch: u32,
+    /// Model calls the search may spend.
+    #[arg(long)]
+    budget_calls: u64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    concurrency: u32,
+    /// Poll until it ends.
+    #[arg(long)]
+    watch: bool,
+}
+
+fn optimization_json(o: &proto::PromptOptimization) -> Value {
+    let cmp = |c: &Option<proto::PromptComparison>| {
+        c.as_ref().map(|c| {
+            json!({"dataset_id": c.dataset_id, "items": c.items, "original_mean": c.original_mean,
+                   "best_mean": c.best_mean, "mean_difference": c.mean_difference,
+                   "ci95": [c.ci_low, c.ci_high], "original_passed": c.original_passed,
+                   "best_passed": c.best_passed, "mcnemar_p": c.mcnemar_p})
+        })
+    };
+    json!({
+        "id": o.id,
+        "eval_id": o.eval_id,
+        "model": o.model,
+        "state": proto::EvalRunState::try_from(o.state).map_or("unknown", |s| s.as_str_name()),
+        "candidates": o.candidates.iter().map(|c| json!({
+            "instructions": c.instructions, "demos": c.demos, "origin": c.origin, "parent": c.parent,
+            "validation_mean": c.validation_mean, "validation_passed": c.validation_passed})).collect::<Vec<_>>(),
+        "best": o.best,
+        "validation": cmp(&o.validation),
+        "test": cmp(&o.test),
+        "steps": o.steps,
+        "rejected": o.rejected,
+        "model_calls": o.model_calls,
+        "max_model_calls": o.max_model_calls,
+        "tokens": o.tokens,
+        "stopped": o.stopped,
+        "error": o.error,
+    })
+}
+
+fn optimization_text(o: &proto::PromptOptimization) -> String {
+    let state = proto::EvalRunState::try_from(o.state).map_or("unknown", |s| s.as_str_name());
+    let mut out = format!(
+        "{}  {state}  steps {} ({} rejected)  calls {}/{}\n",
+        o.id, o.steps, o.rejected, o.model_calls, o.max_model_calls
+    );
+    for (i, c) in o.candidates.iter().enumerate() {
+        let mark = if i as i32 == o.best { "*" } else { " " };
+        let first: String = c.instructions.chars().take(70).collect();
+        out.push_str(&format!(
+            "{mark} {i:>2} {:<14} mean {:.3}  passed {}  demos {:?}  {first:?}\n",
+            c.origin, c.validation_mean, c.validation_passed, c.demos
+        ));
+    }
+    for (name, c) in [("validation", &o.validation), ("test", &o.test)] {
+        if let Some(c) = c {
+            out.push_str(&format!(
+                "{name}: {} items, original {:.3} -> best {:.3}, difference {:+.3} (95% CI {:+.3} to {:+.3}), passed {} -> {}, McNemar p = {:.3}\n",
+                c.items, c.original_mean, c.best_mean, c.mean_difference, c.ci_low, c.ci_high,
+                c.original_passed, c.best_passed, c.mcnemar_p
+            ));
+        }
+    }
+    if !o.stopped.is_empty() {
+        out.push_str(&format!("stopped by {}\n", o.stopped));
+    }
+    if !o.error.is_empty() {
+        out.push_str(&format!("error: {}\n", o.error));
+    }
+    out
+}
+
+/// Polls a prompt optimisation until it ends; the last state.
+async fn watch_optimization(
+    client: &mut crate::proto::eval_service_client::EvalServiceClient<crate::client::Channel>,
+    id: String,
+    json_out: bool,
+) -> anyhow::Result<proto::PromptOptimization> {
+    let mut steps = None;
+    loop {
+        let o = client
+            .get_prompt_optimization(proto::GetPromptOptimizationRequest { id: id.clone() })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .optimization
+            .unwrap_or_default();
+        let done = !matches!(
+            proto::EvalRunState::try_from(o.state),
+            Ok(proto::EvalRunState::Queued | proto::EvalRunState::InProgress)
+        );
+        if !json_out && steps != Some(o.steps) && !done {
+            eprintln!(
+                "step {}: {} candidates kept, {} rejected, {}/{} calls",
+                o.steps,
+                o.candidates.len(),
+                o.rejected,
+                o.model_calls,
+                o.max_model_calls
+            );
+            steps = Some(o.steps);
+        }
+        if done {
+            return Ok(o);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+#[derive(clap::Args, Debug)]
 pub struct RunArgs {
     eval_id: String,
     /// An eval dataset (ds_...): one item per row.
@@ -126,6 +276,20 @@ pub enum EvalsCommand {
     },
     /// Start a run of an eval over a dataset.
     Run(Box<RunArgs>),
+    /// Search for better instructions and few-shot demonstrations against
+    /// an eval's graders, within a budget of model calls.
+    Optimize(Box<OptimizeArgs>),
+    /// Show a prompt optimisation: its candidates, the best and the comparison.
+    Optimization {
+        id: String,
+        /// Poll until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Stop a prompt optimisation that has not finished.
+    CancelOptimization {
+        id: String,
+    },
     /// Follow a run live; exits non-zero unless it completes.
     Watch {
         id: String,
@@ -511,6 +675,94 @@ pub async fn run(addr: &str, json: bool, cmd: EvalsCommand) -> anyhow::Result<Ou
                 .run
                 .unwrap_or_default();
             print(&run);
+            Ok(Outcome::Ok)
+        }
+        EvalsCommand::Optimize(a) => {
+            let a = *a;
+            let messages = match (a.messages, a.prompt) {
+                (Some(path), _) => match read_json(&path)? {
+                    Value::Array(m) => m,
+                    _ => anyhow::bail!("{} must hold a JSON list of messages", path.display()),
+                },
+                (None, Some(prompt)) => vec![json!({"role": "user", "content": prompt})],
+                (None, None) => anyhow::bail!("give the messages after the instructions with --prompt or --messages"),
+            };
+            let o = client
+                .create_prompt_optimization(proto::CreatePromptOptimizationRequest {
+                    eval_id: a.eval_id,
+                    model: a.model,
+                    input_messages: Some(crate::proto::json::list_value(&messages)),
+                    sampling_params: Some(proto::EvalSamplingParams {
+                        temperature: a.temperature,
+                        max_tokens: a.max_tokens,
+                        ..Default::default()
+                    }),
+                    instructions: a.instructions,
+                    candidate_instructions: a.candidates,
+                    reflection_model: a.reflection_model.unwrap_or_default(),
+                    train_dataset_id: a.train,
+                    validation_dataset_id: a.validation,
+                    test_dataset_id: a.test.unwrap_or_default(),
+                    max_demos: a.max_demos,
+                    demo_answer_field: a.demo_answer_field.unwrap_or_default(),
+                    minibatch_size: a.minibatch,
+                    budget: Some(proto::RunBudget {
+                        max_model_calls: a.budget_calls,
+                        max_tokens: 0,
+                    }),
+                    seed: a.seed,
+                    concurrency: a.concurrency,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .optimization
+                .unwrap_or_default();
+            let o = if a.watch {
+                watch_optimization(&mut client, o.id, json).await?
+            } else {
+                o
+            };
+            if json {
+                println!("{}", optimization_json(&o));
+            } else {
+                print!("{}", optimization_text(&o));
+            }
+            Ok(Outcome::Ok)
+        }
+        EvalsCommand::Optimization { id, watch } => {
+            let o = if watch {
+                watch_optimization(&mut client, id, json).await?
+            } else {
+                client
+                    .get_prompt_optimization(proto::GetPromptOptimizationRequest { id })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner()
+                    .optimization
+                    .unwrap_or_default()
+            };
+            if json {
+                println!("{}", optimization_json(&o));
+            } else {
+                print!("{}", optimization_text(&o));
+            }
+            Ok(Outcome::Ok)
+        }
+        EvalsCommand::CancelOptimization { id } => {
+            let o = client
+                .cancel_prompt_optimization(proto::CancelPromptOptimizationRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .optimization
+                .unwrap_or_default();
+            if json {
+                println!("{}", optimization_json(&o));
+            } else {
+                print!("{}", optimization_text(&o));
+            }
             Ok(Outcome::Ok)
         }
         EvalsCommand::Cancel { id } => {

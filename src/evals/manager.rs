@@ -285,7 +285,7 @@ impl Evals {
 
     /// Whether the caller may sample `model`: names that are no local model
     /// (a provider's) pass, for the chat seam to judge.
-    async fn model_visible(&self, caller: &Caller, model: &str) -> Result<bool> {
+    pub(crate) async fn model_visible(&self, caller: &Caller, model: &str) -> Result<bool> {
         match self.models.check_visible(caller, model).await {
             Ok(()) => Ok(true),
             Err(Error::NotFound { .. }) => Ok(false),

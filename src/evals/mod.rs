@@ -18,4 +18,4 @@ pub mod model;
 pub mod runner;
 pub mod schema;
 pub mod stats;
-mod work;
+pub(crate) mod work;

@@ -70,6 +70,7 @@ pub struct Graders {
 }
 
 /// A grader ready to grade a stream of pairs (GradeBatch).
+#[derive(Clone)]
 pub struct Batch {
     grader: Arc<Grader>,
     ctx: Arc<GradeContext>,

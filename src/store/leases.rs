@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use super::error::StoreError;
 use crate::evals::model::RunRecord;
 use crate::jobs::model::{JobEvent, JobRecord, NewEvent};
+use crate::optimize::model::OptimizationRecord;
 
 /// A kind of work handed out with leases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,16 +34,20 @@ pub enum LeaseKind {
     /// Eval runs: oldest first; no event log (a run's output items are its
     /// progress log, written by the run's lease holder).
     EvalRun,
+    /// Prompt optimisation runs: oldest first; no event log (the search's
+    /// state, saved after each evaluation, is its progress).
+    Optimization,
 }
 
 impl LeaseKind {
-    pub const ALL: [LeaseKind; 2] = [LeaseKind::Job, LeaseKind::EvalRun];
+    pub const ALL: [LeaseKind; 3] = [LeaseKind::Job, LeaseKind::EvalRun, LeaseKind::Optimization];
 
     /// The kind's name in logs.
     pub fn name(self) -> &'static str {
         match self {
             LeaseKind::Job => "job",
             LeaseKind::EvalRun => "eval_run",
+            LeaseKind::Optimization => "prompt_optimization",
         }
     }
 
@@ -56,6 +61,7 @@ impl LeaseKind {
         match self {
             LeaseKind::Job => "jobs",
             LeaseKind::EvalRun => "eval_runs",
+            LeaseKind::Optimization => "prompt_optimizations",
         }
     }
 
@@ -68,7 +74,7 @@ impl LeaseKind {
     fn leased(self) -> &'static str {
         match self {
             LeaseKind::Job => "running",
-            LeaseKind::EvalRun => "in_progress",
+            LeaseKind::EvalRun | LeaseKind::Optimization => "in_progress",
         }
     }
 
@@ -77,7 +83,7 @@ impl LeaseKind {
     fn queue_order(self) -> &'static str {
         match self {
             LeaseKind::Job => "q.priority DESC, q.created_at, q.id",
-            LeaseKind::EvalRun => "q.created_at, q.id",
+            LeaseKind::EvalRun | LeaseKind::Optimization => "q.created_at, q.id",
         }
     }
 
@@ -91,7 +97,7 @@ impl LeaseKind {
                     < COALESCE((SELECT p.max_running_jobs FROM projects p WHERE p.id = q.project_id),
                                9223372036854775807)"
             }
-            LeaseKind::EvalRun => "",
+            LeaseKind::EvalRun | LeaseKind::Optimization => "",
         }
     }
 
@@ -108,7 +114,7 @@ impl LeaseKind {
     fn on_claim(self) -> &'static str {
         match self {
             LeaseKind::Job => ", attempts = attempts + 1",
-            LeaseKind::EvalRun => "",
+            LeaseKind::EvalRun | LeaseKind::Optimization => "",
         }
     }
 }
@@ -119,6 +125,7 @@ impl LeaseKind {
 pub enum Leased {
     Job(JobRecord),
     EvalRun(RunRecord),
+    Optimization(OptimizationRecord),
 }
 
 impl Leased {
@@ -126,6 +133,7 @@ impl Leased {
         match self {
             Leased::Job(_) => LeaseKind::Job,
             Leased::EvalRun(_) => LeaseKind::EvalRun,
+            Leased::Optimization(_) => LeaseKind::Optimization,
         }
     }
 
@@ -133,6 +141,7 @@ impl Leased {
         match self {
             Leased::Job(job) => &job.id,
             Leased::EvalRun(run) => &run.id,
+            Leased::Optimization(o) => &o.id,
         }
     }
 
@@ -140,6 +149,7 @@ impl Leased {
         match self {
             Leased::Job(job) => job.lease_owner.as_deref(),
             Leased::EvalRun(run) => run.lease_owner.as_deref(),
+            Leased::Optimization(o) => o.lease_owner.as_deref(),
         }
     }
 
@@ -154,6 +164,13 @@ impl Leased {
         match self {
             Leased::EvalRun(run) => Ok(run),
             other => Err(other.not_a("eval run")),
+        }
+    }
+
+    pub fn into_optimization(self) -> Result<OptimizationRecord, StoreError> {
+        match self {
+            Leased::Optimization(o) => Ok(o),
+            other => Err(other.not_a("prompt optimization")),
         }
     }
 
@@ -332,6 +349,7 @@ where
     Ok(match kind {
         LeaseKind::Job => Leased::Job(super::rows::job_from_row(row)?),
         LeaseKind::EvalRun => Leased::EvalRun(super::rows::run_from_row(row)?),
+        LeaseKind::Optimization => Leased::Optimization(super::rows::optimization_from_row(row)?),
     })
 }
 

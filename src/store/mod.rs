@@ -25,6 +25,8 @@ pub(crate) mod leases;
 mod models_sql;
 pub mod notify;
 #[macro_use]
+mod optimize_sql;
+#[macro_use]
 mod uploads_sql;
 mod error;
 mod postgres;

@@ -39,6 +39,8 @@ crate::impl_upload_store!(PostgresStore);
 
 crate::impl_completion_store!(PostgresStore);
 
+crate::impl_optimization_store!(PostgresStore);
+
 crate::impl_grader_store!(PostgresStore);
 
 crate::impl_auth_store!(PostgresStore);

@@ -477,3 +477,34 @@ where
         id,
     })
 }
+
+pub fn optimization_from_row<'r, R>(row: &'r R) -> Result<crate::optimize::model::OptimizationRecord, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: String = row.try_get("id")?;
+    let spec: String = row.try_get("spec")?;
+    let state: String = row.try_get("state")?;
+    let progress: String = row.try_get("progress")?;
+    Ok(crate::optimize::model::OptimizationRecord {
+        project: row.try_get("project_id")?,
+        spec: from_json(&id, "spec", &spec)?,
+        state: RunState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            id: id.clone(),
+            reason: format!("unknown run state {state:?}"),
+        })?,
+        search: from_json(&id, "progress", &progress)?,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        id,
+    })
+}

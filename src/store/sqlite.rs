@@ -45,6 +45,8 @@ crate::impl_upload_store!(SqliteStore);
 
 crate::impl_completion_store!(SqliteStore);
 
+crate::impl_optimization_store!(SqliteStore);
+
 crate::impl_grader_store!(SqliteStore);
 
 crate::impl_auth_store!(SqliteStore);

@@ -984,6 +984,99 @@ pub fn eval_record(n: u32) -> crate::evals::model::EvalRecord {
     }
 }
 
+pub fn optimization_record(n: u32, created_at: i64) -> crate::optimize::model::OptimizationRecord {
+    use crate::optimize::model::*;
+    OptimizationRecord {
+        id: format!("popt_{n:026}"),
+        project: "default".into(),
+        spec: OptimizationSpec {
+            name: String::new(),
+            eval_id: eval_record(1).id,
+            model: "m".into(),
+            input_messages: vec![serde_json::json!({"role": "user", "content": "{{ item.a }}"})],
+            sampling: Default::default(),
+            instructions: "Answer.".into(),
+            candidate_instructions: vec!["Answer briefly.".into()],
+            reflection_model: None,
+            train_dataset_id: id(1),
+            validation_dataset_id: id(1),
+            test_dataset_id: None,
+            max_demos: 0,
+            demo_answer_field: None,
+            minibatch_size: 8,
+            max_model_calls: 100,
+            calls_per_item: 1,
+            seed: 0,
+            concurrency: 8,
+        },
+        state: crate::evals::model::RunState::Queued,
+        search: Search::default(),
+        error: None,
+        created_at,
+        started_at: None,
+        finished_at: None,
+        lease_owner: None,
+        lease_expires_at: None,
+    }
+}
+
+/// A run's search is saved only under its lease, and finishing it is a
+/// compare-and-set on its state.
+pub async fn optimizations_save_under_the_lease_and_finish_once(store: impl Store) {
+    use crate::evals::model::RunState;
+    use crate::store::LeaseKind;
+    let o = optimization_record(1, 10);
+    store.insert_optimization(&o).await.unwrap();
+    assert_eq!(store.get_optimization(&o.id).await.unwrap(), Some(o.clone()));
+    let mut search = crate::optimize::model::Search {
+        steps: 3,
+        calls_used: 40,
+        ..Default::default()
+    };
+    assert!(
+        !store.save_optimization(&o.id, "w1", &search).await.unwrap(),
+        "not claimed"
+    );
+    store
+        .claim_next(LeaseKind::Optimization, "w1", None, 100, 200, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !store.save_optimization(&o.id, "w2", &search).await.unwrap(),
+        "another worker's lease"
+    );
+    assert!(store.save_optimization(&o.id, "w1", &search).await.unwrap());
+    let saved = store.get_optimization(&o.id).await.unwrap().unwrap();
+    assert_eq!((saved.search.steps, saved.search.calls_used), (3, 40));
+    let done = store
+        .finish_optimization(&o.id, &[RunState::InProgress], RunState::Completed, None, 300)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.state, done.finished_at, done.lease_owner),
+        (RunState::Completed, Some(300), None)
+    );
+    search.steps = 4;
+    assert!(
+        !store.save_optimization(&o.id, "w1", &search).await.unwrap(),
+        "finished"
+    );
+    let again = store
+        .finish_optimization(
+            &o.id,
+            &[RunState::Queued, RunState::InProgress],
+            RunState::Canceled,
+            None,
+            400,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, None);
+    assert_eq!(store.get_optimization(&o.id).await.unwrap().unwrap().search.steps, 3);
+}
+
 pub fn run_record(n: u32, eval: &str, created_at: i64) -> crate::evals::model::RunRecord {
     use crate::evals::model::*;
     RunRecord {
@@ -1600,6 +1693,12 @@ pub async fn queue_fresh(store: &impl Store, kind: LeaseKind) -> String {
             store.insert_eval_run(&r).await.unwrap();
             r.id
         }
+        LeaseKind::Optimization => {
+            let mut o = optimization_record(1, 10);
+            o.id = crate::ids::new_id("popt");
+            store.insert_optimization(&o).await.unwrap();
+            o.id
+        }
     }
 }
 
@@ -1616,6 +1715,11 @@ async fn queue(store: &impl Store, kind: LeaseKind, n: u32, created_at: i64, pri
             let r = run_record(n, &eval_record(1).id, created_at);
             store.insert_eval_run(&r).await.unwrap();
             r.id
+        }
+        LeaseKind::Optimization => {
+            let o = optimization_record(n, created_at);
+            store.insert_optimization(&o).await.unwrap();
+            o.id
         }
     }
 }
@@ -1642,13 +1746,14 @@ fn lease_of(item: &Leased) -> (&'static str, Option<&str>, Option<i64>) {
     match item {
         Leased::Job(j) => (j.state.as_str(), j.lease_owner.as_deref(), j.lease_expires_at),
         Leased::EvalRun(r) => (r.state.as_str(), r.lease_owner.as_deref(), r.lease_expires_at),
+        Leased::Optimization(o) => (o.state.as_str(), o.lease_owner.as_deref(), o.lease_expires_at),
     }
 }
 
 fn leased_state(kind: LeaseKind) -> &'static str {
     match kind {
         LeaseKind::Job => "running",
-        LeaseKind::EvalRun => "in_progress",
+        LeaseKind::EvalRun | LeaseKind::Optimization => "in_progress",
     }
 }
 
@@ -1656,6 +1761,7 @@ async fn get(store: &impl Store, kind: LeaseKind, id: &str) -> Leased {
     match kind {
         LeaseKind::Job => Leased::Job(store.get_job(id).await.unwrap().unwrap()),
         LeaseKind::EvalRun => Leased::EvalRun(store.get_eval_run(id).await.unwrap().unwrap()),
+        LeaseKind::Optimization => Leased::Optimization(store.get_optimization(id).await.unwrap().unwrap()),
     }
 }
 
@@ -1675,6 +1781,7 @@ pub async fn leases_claim_in_queue_order(store: impl Store) {
             let started = match &item {
                 Leased::Job(j) => j.started_at,
                 Leased::EvalRun(r) => r.started_at,
+                Leased::Optimization(o) => o.started_at,
             };
             assert_eq!(started, Some(100));
             order.push(item.id().to_string());
@@ -1682,6 +1789,7 @@ pub async fn leases_claim_in_queue_order(store: impl Store) {
         let expected: Vec<String> = match kind {
             LeaseKind::Job => [2, 3, 4, 1, 5].map(|n| job(n, 0, 0, None).id).into(),
             LeaseKind::EvalRun => [4, 1, 5, 2, 3].map(|n| run_record(n, "", 0).id).into(),
+            LeaseKind::Optimization => [4, 1, 5, 2, 3].map(|n| optimization_record(n, 0).id).into(),
         };
         assert_eq!(order, expected, "{kind:?}");
     }
@@ -1698,6 +1806,7 @@ pub async fn leases_claim_only_the_named_item(store: impl Store) {
         let missing = match kind {
             LeaseKind::Job => job(99, 0, 0, None).id,
             LeaseKind::EvalRun => run_record(99, "", 0).id,
+            LeaseKind::Optimization => optimization_record(99, 0).id,
         };
         let none = store
             .claim_next(kind, "w1", Some(&missing), 100, 200, event.as_ref())
@@ -1882,10 +1991,17 @@ pub async fn leases_count_items_by_state(store: impl Store) {
                     .unwrap();
                 assert!(done.is_some());
             }
+            LeaseKind::Optimization => {
+                let done = store
+                    .finish_optimization(&ids[0], &[RunState::InProgress], RunState::Completed, None, 300)
+                    .await
+                    .unwrap();
+                assert!(done.is_some());
+            }
         }
         let finished = match kind {
             LeaseKind::Job => "succeeded",
-            LeaseKind::EvalRun => "completed",
+            LeaseKind::EvalRun | LeaseKind::Optimization => "completed",
         };
         let expected = BTreeMap::from([
             ("queued".to_string(), 3),
@@ -1959,6 +2075,7 @@ macro_rules! store_suite {
             jobs_list_filters_and_pages,
             graders_insert_get_and_conflict,
             completions_filter_by_model_and_metadata_page_and_change,
+            optimizations_save_under_the_lease_and_finish_once,
             graders_list_pages_in_name_order,
             records_are_scoped_by_project,
             projects_keys_and_audit,

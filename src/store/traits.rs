@@ -17,6 +17,7 @@ use crate::datasets::model::{DatasetRecord, UploadPartRecord, UploadRecord, Uplo
 use crate::evals::model::{EvalRecord, OutputItemRecord, RunRecord, RunState};
 use crate::jobs::model::{CheckpointRecord, JobEvent, JobPatch, JobRecord, JobState, Metrics, NewEvent};
 use crate::models::model::{ModelKind, ModelRecord};
+use crate::optimize::model::{OptimizationRecord, Search};
 
 #[async_trait]
 pub trait DatasetStore: Send + Sync + 'static {
@@ -289,8 +290,39 @@ pub trait CompletionStore: Send + Sync + 'static {
     async fn delete_completion(&self, id: &str) -> Result<bool, StoreError>;
 }
 
+/// Prompt optimisation runs (claimed, renewed and re-queued through
+/// [`LeaseStore`]).
+#[async_trait]
+pub trait OptimizationStore: Send + Sync + 'static {
+    /// Inserts a queued run; `Conflict` if the id exists.
+    async fn insert_optimization(&self, run: &OptimizationRecord) -> Result<(), StoreError>;
+    async fn get_optimization(&self, id: &str) -> Result<Option<OptimizationRecord>, StoreError>;
+    /// Saves the search's state if `worker` holds the run's lease and it
+    /// is in progress; whether it did.
+    async fn save_optimization(&self, id: &str, worker: &str, search: &Search) -> Result<bool, StoreError>;
+    /// Moves the run to `to` if it is in one of `from`, dropping its lease;
+    /// None when it was not (or does not exist).
+    async fn finish_optimization(
+        &self,
+        id: &str,
+        from: &[RunState],
+        to: RunState,
+        error: Option<&str>,
+        finished_at: i64,
+    ) -> Result<Option<OptimizationRecord>, StoreError>;
+}
+
 pub trait Store:
-    DatasetStore + UploadStore + JobStore + ModelStore + GraderStore + EvalStore + LeaseStore + AuthStore + CompletionStore
+    DatasetStore
+    + UploadStore
+    + JobStore
+    + ModelStore
+    + GraderStore
+    + EvalStore
+    + LeaseStore
+    + AuthStore
+    + CompletionStore
+    + OptimizationStore
 {
 }
 
@@ -303,7 +335,8 @@ impl<
         + EvalStore
         + LeaseStore
         + AuthStore
-        + CompletionStore,
+        + CompletionStore
+        + OptimizationStore,
 > Store for T
 {
 }

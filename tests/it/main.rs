@@ -22,6 +22,7 @@ mod jobs;
 mod metrics;
 mod models;
 mod models_stored;
+mod optimize;
 mod providers;
 mod providers_llama_cpp;
 mod quotas;

@@ -76,6 +76,8 @@ struct Owned {
     run: String,
     /// A's stored chat completion.
     completion: String,
+    /// A's prompt optimisation.
+    optimization: String,
     item: String,
 }
 
@@ -182,7 +184,30 @@ async fn make_resources(a: &mut Clients) -> Owned {
         }
     }
     assert!(completion.starts_with("chatcmpl-"), "{completion:?}");
+    let optimization = a
+        .evals
+        .create_prompt_optimization(proto::CreatePromptOptimizationRequest {
+            eval_id: eval.id.clone(),
+            model: "stub/gpt-x".into(),
+            input_messages: Some(lathe::proto::json::list_value(&[
+                json!({"role": "user", "content": "{{ item.answer }}"}),
+            ])),
+            train_dataset_id: items.id.clone(),
+            validation_dataset_id: items.id.clone(),
+            budget: Some(proto::RunBudget {
+                max_model_calls: 100,
+                max_tokens: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("create prompt optimization")
+        .into_inner()
+        .optimization
+        .unwrap()
+        .id;
     Owned {
+        optimization,
         completion,
         train: train.id,
         items: items.id,
@@ -739,6 +764,41 @@ async fn call_as_b(rpc: &str, b: &mut Clients, a: &Owned) -> Option<Code> {
                 })
                 .await,
         ),
+        "/lathe.v1.EvalService/CreatePromptOptimization" => denied(
+            rpc,
+            b.evals
+                .create_prompt_optimization(proto::CreatePromptOptimizationRequest {
+                    eval_id: a.eval.clone(),
+                    model: id("stub/gpt-x"),
+                    input_messages: Some(lathe::proto::json::list_value(&[
+                        json!({"role": "user", "content": "{{ item.answer }}"}),
+                    ])),
+                    train_dataset_id: a.items.clone(),
+                    validation_dataset_id: a.items.clone(),
+                    budget: Some(proto::RunBudget {
+                        max_model_calls: 100,
+                        max_tokens: 0,
+                    }),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        "/lathe.v1.EvalService/GetPromptOptimization" => denied(
+            rpc,
+            b.evals
+                .get_prompt_optimization(proto::GetPromptOptimizationRequest {
+                    id: a.optimization.clone(),
+                })
+                .await,
+        ),
+        "/lathe.v1.EvalService/CancelPromptOptimization" => denied(
+            rpc,
+            b.evals
+                .cancel_prompt_optimization(proto::CancelPromptOptimizationRequest {
+                    id: a.optimization.clone(),
+                })
+                .await,
+        ),
         "/lathe.v1.EvalService/CancelEvalRun" => denied(
             rpc,
             b.evals
@@ -798,7 +858,7 @@ async fn another_projects_key_reaches_nothing_of_a_project_through_any_rpc() {
     let owned = make_resources(&mut a).await;
 
     let rpcs = every_rpc();
-    assert_eq!(rpcs.len(), 58, "{rpcs:?}");
+    assert_eq!(rpcs.len(), 61, "{rpcs:?}");
     // B saving a grader under A's grader's name comes last, so the calls
     // that name a saved grader are tried while B has none of its own.
     let create_grader = "/lathe.v1.GraderService/CreateGrader";

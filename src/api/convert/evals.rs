@@ -315,3 +315,83 @@ pub fn comparison(c: Comparison) -> proto::CompareEvalRunsResponse {
         disagreements_truncated: c.truncated,
     }
 }
+
+pub fn create_optimization(req: proto::CreatePromptOptimizationRequest) -> crate::optimize::CreateOptimization {
+    let s = req.sampling_params.unwrap_or_default();
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    crate::optimize::CreateOptimization {
+        name: req.name,
+        eval_id: req.eval_id,
+        model: req.model,
+        input_messages: json_list(req.input_messages),
+        sampling: ev::SamplingParams {
+            temperature: s.temperature,
+            top_p: s.top_p,
+            max_tokens: s.max_tokens,
+            seed: s.seed,
+            stop: s.stop,
+        },
+        instructions: req.instructions,
+        candidate_instructions: req.candidate_instructions,
+        reflection_model: non_empty(req.reflection_model),
+        train_dataset_id: req.train_dataset_id,
+        validation_dataset_id: req.validation_dataset_id,
+        test_dataset_id: non_empty(req.test_dataset_id),
+        max_demos: req.max_demos,
+        demo_answer_field: non_empty(req.demo_answer_field),
+        minibatch_size: req.minibatch_size,
+        max_model_calls: req.budget.map_or(0, |b| b.max_model_calls),
+        seed: req.seed,
+        concurrency: req.concurrency,
+    }
+}
+
+fn prompt_comparison(c: crate::optimize::model::Comparison) -> proto::PromptComparison {
+    proto::PromptComparison {
+        dataset_id: c.dataset_id,
+        items: c.items,
+        original_mean: c.original_mean,
+        best_mean: c.best_mean,
+        mean_difference: c.mean_difference,
+        ci_low: c.ci_low,
+        ci_high: c.ci_high,
+        original_passed: c.original_passed,
+        best_passed: c.best_passed,
+        mcnemar_p: c.mcnemar_p,
+    }
+}
+
+pub fn optimization(o: crate::optimize::model::OptimizationRecord) -> proto::PromptOptimization {
+    let search = o.search;
+    proto::PromptOptimization {
+        id: o.id,
+        name: o.spec.name,
+        eval_id: o.spec.eval_id,
+        model: o.spec.model,
+        state: run_state(o.state) as i32,
+        candidates: search
+            .candidates
+            .iter()
+            .map(|c| proto::PromptCandidate {
+                instructions: c.instructions.clone(),
+                demos: c.demos.clone(),
+                origin: c.origin.as_str().to_string(),
+                parent: c.parent.map_or(-1, |p| p as i32),
+                validation_mean: c.mean(),
+                validation_passed: c.passed.iter().filter(|p| **p).count() as u64,
+            })
+            .collect(),
+        best: search.best.map_or(-1, |b| b as i32),
+        validation: search.validation.map(prompt_comparison),
+        test: search.test.map(prompt_comparison),
+        steps: search.steps,
+        rejected: search.rejected,
+        model_calls: search.calls_used,
+        max_model_calls: o.spec.max_model_calls,
+        tokens: search.tokens_used,
+        stopped: search.stopped.unwrap_or_default(),
+        error: o.error.unwrap_or_default(),
+        created_at: Some(timestamp(o.created_at)),
+        finished_at: o.finished_at.map(timestamp),
+    }
+}

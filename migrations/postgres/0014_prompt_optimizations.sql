@@ -1,0 +1,21 @@
+-- Prompt optimisation runs: a search for better instructions and few-shot
+-- demonstrations against an eval's graders, leased like eval runs; the
+-- search's state is saved after each evaluation, so a resumed run goes on
+-- from the last one.
+CREATE TABLE prompt_optimizations (
+    id               TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+    project_id       TEXT COLLATE "C" NOT NULL,
+    eval_id          TEXT NOT NULL,
+    spec             TEXT NOT NULL,    -- JSON OptimizationSpec
+    state            TEXT NOT NULL,    -- queued | in_progress | completed | failed | canceled
+    progress         TEXT NOT NULL,    -- JSON Search: candidates, scores, calls spent
+    error            TEXT,
+    created_at       BIGINT NOT NULL,
+    started_at       BIGINT,
+    finished_at      BIGINT,
+    lease_owner      TEXT,
+    lease_expires_at BIGINT,
+    next_seq         BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX prompt_optimizations_queue ON prompt_optimizations (state, created_at, id);
+CREATE INDEX prompt_optimizations_by_project ON prompt_optimizations (project_id, created_at, id);
