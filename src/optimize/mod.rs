@@ -217,23 +217,19 @@ impl Optimizer {
                 MAX_SCORED_ITEMS,
                 &req.input_messages,
             )
-            .await?;
+            .await?
+            .len() as u64;
         let test_rows = match &test {
-            Some(t) => {
-                self.check_rows("test_dataset_id", t, MAX_SCORED_ITEMS, &req.input_messages)
-                    .await?
-            }
+            Some(t) => self
+                .check_rows("test_dataset_id", t, MAX_SCORED_ITEMS, &req.input_messages)
+                .await?
+                .len() as u64,
             None => 0,
         };
         if req.max_demos > 0
             && let Some(pointer) = &req.demo_answer_field
         {
-            let eligible = self
-                .rows(&train)
-                .await?
-                .iter()
-                .filter(|r| reference(r, pointer).is_some())
-                .count();
+            let eligible = train_rows.iter().filter(|r| reference(r, pointer).is_some()).count();
             if eligible == 0 {
                 return Err(Error::invalid(
                     "demo_answer_field",
@@ -260,7 +256,6 @@ impl Optimizer {
                 ),
             ));
         }
-        let _ = train_rows;
         let run = OptimizationRecord {
             id: ids::new_id("popt"),
             project: eval.project.clone(),
@@ -397,8 +392,14 @@ impl Optimizer {
             .collect()
     }
 
-    /// Checks every row renders the templates; returns how many there are.
-    async fn check_rows(&self, field: &str, dataset: &DatasetRecord, max: u64, templates: &[Value]) -> Result<u64> {
+    /// Checks every row renders the templates; returns the items.
+    async fn check_rows(
+        &self,
+        field: &str,
+        dataset: &DatasetRecord,
+        max: u64,
+        templates: &[Value],
+    ) -> Result<Vec<Value>> {
         let rows = self.rows(dataset).await?;
         if rows.is_empty() || rows.len() as u64 > max {
             return Err(Error::invalid(
@@ -414,7 +415,7 @@ impl Optimizer {
                 ));
             }
         }
-        Ok(rows.len() as u64)
+        Ok(rows)
     }
 }
 

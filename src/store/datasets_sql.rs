@@ -1,7 +1,8 @@
 //! The datasets table, written once for every SQL backend (see
 //! `jobs_sql.rs` for the placeholder rule).
 
-/// SQL that is true while an unfinished job or eval run uses dataset `$1`:
+/// SQL that is true while an unfinished job, eval run or prompt
+/// optimisation uses dataset `$1`:
 /// the one definition of "in use", for `dataset_in_use` and for the delete
 /// that refuses in the same statement.
 #[macro_export]
@@ -11,7 +12,10 @@ macro_rules! dataset_in_use_sql {
                   WHERE (training_dataset_id = $1 OR validation_dataset_id = $1)
                     AND state NOT IN ('succeeded', 'failed', 'cancelled'))
           OR EXISTS (SELECT 1 FROM eval_runs
-                  WHERE dataset_id = $1 AND state IN ('queued', 'in_progress')))"
+                  WHERE dataset_id = $1 AND state IN ('queued', 'in_progress'))
+          OR EXISTS (SELECT 1 FROM prompt_optimizations
+                  WHERE (train_dataset_id = $1 OR validation_dataset_id = $1 OR test_dataset_id = $1)
+                    AND state IN ('queued', 'in_progress')))"
     };
 }
 

@@ -16,8 +16,9 @@ macro_rules! impl_optimization_store {
             ) -> Result<(), $crate::store::error::StoreError> {
                 let result = sqlx::query(
                     "INSERT INTO prompt_optimizations (id, project_id, eval_id, spec, state, progress, error,
-                        created_at, started_at, finished_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                        created_at, started_at, finished_at, train_dataset_id, validation_dataset_id,
+                        test_dataset_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 )
                 .bind(&o.id)
                 .bind(&o.project)
@@ -29,6 +30,9 @@ macro_rules! impl_optimization_store {
                 .bind(o.created_at)
                 .bind(o.started_at)
                 .bind(o.finished_at)
+                .bind(&o.spec.train_dataset_id)
+                .bind(&o.spec.validation_dataset_id)
+                .bind(o.spec.test_dataset_id.as_deref())
                 .execute(&self.pool)
                 .await;
                 $crate::store::rows::unique_as_conflict(result, || o.id.clone()).map(|_| ())

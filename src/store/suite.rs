@@ -300,6 +300,31 @@ pub async fn datasets_in_use_are_kept_and_gone_ones_refuse_new_work(store: impl 
     orphan.spec.dataset_id = id(9);
     assert!(matches!(store.insert_eval_run(&orphan).await, Err(StoreError::Gone(_))));
 
+    // Prompt optimisations pin their training, validation and held-out data.
+    for (n, which) in [(3u32, 0), (4, 1), (5, 2)] {
+        store
+            .insert_dataset(&dataset(&id(n), 40 + i64::from(n), None))
+            .await
+            .unwrap();
+        let mut o = optimization_record(n, 40);
+        match which {
+            0 => o.spec.train_dataset_id = id(n),
+            1 => o.spec.validation_dataset_id = id(n),
+            _ => o.spec.test_dataset_id = Some(id(n)),
+        }
+        store.insert_optimization(&o).await.unwrap();
+        assert!(
+            matches!(store.delete_dataset(&id(n)).await, Err(StoreError::InUse(_))),
+            "{which}"
+        );
+        store
+            .finish_optimization(&o.id, &[RunState::Queued], RunState::Canceled, None, 50)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.delete_dataset(&id(n)).await.unwrap().is_some(), "{which}");
+    }
+
     // Racing: each round, a delete and a create on the same fresh dataset.
     // Either may win, never both.
     for round in 0..20u32 {

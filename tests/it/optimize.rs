@@ -120,6 +120,21 @@ async fn wait(evals: &mut EvalServiceClient<Channel>, id: &str) -> proto::Prompt
     panic!("the optimisation did not end: {last:?}");
 }
 
+/// Starts a run and waits for it to end.
+async fn run(
+    evals: &mut EvalServiceClient<Channel>,
+    ask: proto::CreatePromptOptimizationRequest,
+) -> proto::PromptOptimization {
+    let created = evals
+        .create_prompt_optimization(ask)
+        .await
+        .unwrap()
+        .into_inner()
+        .optimization
+        .unwrap();
+    wait(evals, &created.id).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reflections_rewrite_beats_the_original_and_given_candidates_that_do_not_help() {
     let mut s = setup().await;
@@ -167,19 +182,12 @@ async fn the_reflections_rewrite_beats_the_original_and_given_candidates_that_do
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demonstrations_come_from_training_items_with_a_reference() {
     let mut s = setup().await;
-    let created = s
-        .evals
-        .create_prompt_optimization(proto::CreatePromptOptimizationRequest {
-            max_demos: 2,
-            demo_answer_field: "/answer".into(),
-            ..request(&s, 80)
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .optimization
-        .unwrap();
-    let o = wait(&mut s.evals, &created.id).await;
+    let ask = proto::CreatePromptOptimizationRequest {
+        max_demos: 2,
+        demo_answer_field: "/answer".into(),
+        ..request(&s, 80)
+    };
+    let o = run(&mut s.evals, ask.clone()).await;
     assert_eq!(o.state, proto::EvalRunState::Completed as i32, "{o:?}");
     let best = &o.candidates[o.best as usize];
     assert_eq!(best.origin, "demonstrations", "{o:?}");
@@ -189,19 +197,7 @@ async fn demonstrations_come_from_training_items_with_a_reference() {
     assert_eq!(best.validation_passed, 4, "{o:?}");
     assert!(o.model_calls <= 80);
     // The same seed makes the same search.
-    let again = s
-        .evals
-        .create_prompt_optimization(proto::CreatePromptOptimizationRequest {
-            max_demos: 2,
-            demo_answer_field: "/answer".into(),
-            ..request(&s, 80)
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .optimization
-        .unwrap();
-    let again = wait(&mut s.evals, &again.id).await;
+    let again = run(&mut s.evals, ask).await;
     let demos = |o: &proto::PromptOptimization| o.candidates.iter().map(|c| c.demos.clone()).collect::<Vec<_>>();
     assert_eq!(demos(&again), demos(&o));
     assert_eq!(
@@ -366,14 +362,7 @@ async fn a_run_resumes_from_its_saved_search_and_ends_as_an_uninterrupted_one() 
     let mut evals = crate::evals::evals(&server).await;
     let resumed = wait(&mut evals, &id).await;
     assert_eq!(resumed.state, proto::EvalRunState::Completed as i32, "{resumed:?}");
-    let fresh = evals
-        .create_prompt_optimization(ask)
-        .await
-        .unwrap()
-        .into_inner()
-        .optimization
-        .unwrap();
-    let fresh = wait(&mut evals, &fresh.id).await;
+    let fresh = run(&mut evals, ask).await;
     let shape = |o: &proto::PromptOptimization| {
         (
             o.candidates

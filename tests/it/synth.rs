@@ -690,6 +690,19 @@ async fn tool_schemas_that_cannot_make_calls_are_refused_naming_the_function_and
     assert_eq!(printed["dataset"]["purpose"], "eval");
 }
 
+async fn file_count(server: &TestServer) -> usize {
+    let files: Value = crate::rest::http()
+        .get(format!("{}/v1/files?limit=100", server.url()))
+        .bearer_auth(server.admin_key())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    files["data"].as_array().unwrap().len()
+}
+
 async fn post_lathe(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
     let response = crate::rest::http()
         .post(format!("{}/v1/lathe/datasets/{path}", server.url()))
@@ -797,36 +810,14 @@ async fn the_rest_door_makes_the_same_datasets() {
     )
     .await;
     assert_eq!(status, 400, "{error}");
-    let files_before = crate::rest::http()
-        .get(format!("{}/v1/files?limit=100", r.server.url()))
-        .bearer_auth(r.server.admin_key())
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["data"]
-        .as_array()
-        .unwrap()
-        .len();
+    let files_before = file_count(&r.server).await;
     let (status, error) = post_lathe(&r.server, "from_completions", json!({"model": "nobody"})).await;
     assert_eq!(
         (status, &error["error"]["code"]),
         (400, &json!("invalid_state")),
         "{error}"
     );
-    let files_after = crate::rest::http()
-        .get(format!("{}/v1/files?limit=100", r.server.url()))
-        .bearer_auth(r.server.admin_key())
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["data"]
-        .as_array()
-        .unwrap()
-        .len();
+    let files_after = file_count(&r.server).await;
     assert_eq!(files_before, files_after);
     r.server.stop().await;
 }
