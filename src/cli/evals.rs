@@ -138,6 +138,14 @@ fn optimization_text(o: &proto::PromptOptimization) -> String {
     out
 }
 
+fn show_optimization(json: bool, o: &proto::PromptOptimization) {
+    if json {
+        println!("{}", optimization_json(o));
+    } else {
+        print!("{}", optimization_text(o));
+    }
+}
+
 /// Polls a prompt optimisation until it ends; the last state.
 async fn watch_optimization(
     client: &mut crate::proto::eval_service_client::EvalServiceClient<crate::client::Channel>,
@@ -724,11 +732,7 @@ pub async fn run(addr: &str, json: bool, cmd: EvalsCommand) -> anyhow::Result<Ou
             } else {
                 o
             };
-            if json {
-                println!("{}", optimization_json(&o));
-            } else {
-                print!("{}", optimization_text(&o));
-            }
+            show_optimization(json, &o);
             Ok(Outcome::Ok)
         }
         EvalsCommand::Optimization { id, watch } => {
@@ -743,11 +747,7 @@ pub async fn run(addr: &str, json: bool, cmd: EvalsCommand) -> anyhow::Result<Ou
                     .optimization
                     .unwrap_or_default()
             };
-            if json {
-                println!("{}", optimization_json(&o));
-            } else {
-                print!("{}", optimization_text(&o));
-            }
+            show_optimization(json, &o);
             Ok(Outcome::Ok)
         }
         EvalsCommand::CancelOptimization { id } => {
@@ -758,11 +758,7 @@ pub async fn run(addr: &str, json: bool, cmd: EvalsCommand) -> anyhow::Result<Ou
                 .into_inner()
                 .optimization
                 .unwrap_or_default();
-            if json {
-                println!("{}", optimization_json(&o));
-            } else {
-                print!("{}", optimization_text(&o));
-            }
+            show_optimization(json, &o);
             Ok(Outcome::Ok)
         }
         EvalsCommand::Cancel { id } => {

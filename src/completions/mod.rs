@@ -23,7 +23,7 @@ use crate::evals::manager::Page;
 use crate::evals::model::Order;
 use tokio::sync::mpsc;
 
-use crate::inference::{ChatCompletion, ChatEvent, ChatRequest, ChatStream};
+use crate::inference::{ChatCompletion, ChatEvent, ChatRequest, ChatStream, TokenUsage};
 use crate::paging;
 use crate::store::{Cursor, Store};
 
@@ -100,10 +100,10 @@ impl Recorder {
         }
     }
 
-    /// Notes a choice's event; an end is taken from the door's own record
-    /// of ends (see [`Recorder::finish`]).
-    pub fn observe(&mut self, index: usize, event: &ChatEvent) {
-        if let (ChatEvent::Delta(text), Some(slot)) = (event, self.texts.get_mut(index)) {
+    /// Adds a text delta of choice `index`; ends are taken from the
+    /// door's own record of them (see [`Recorder::finish`]).
+    pub fn push(&mut self, index: usize, text: &str) {
+        if let Some(slot) = self.texts.get_mut(index) {
             slot.push_str(text);
         }
     }
@@ -139,8 +139,7 @@ impl Completions {
     pub async fn record(&self, caller: &Caller, new: NewCompletion<'_>) -> Result<StoredCompletion> {
         check_metadata("metadata", &new.metadata)?;
         // The prompt is counted once for all choices, as the answer does.
-        let prompt_tokens = new.answers.iter().map(|a| a.usage.prompt).max().unwrap_or(0);
-        let completion_tokens = new.answers.iter().map(|a| a.usage.completion).sum();
+        let usage = TokenUsage::of_choices(new.answers.iter().map(|a| &a.usage));
         let completion = StoredCompletion {
             id: new.id.to_string(),
             project: caller.project.clone(),
@@ -149,8 +148,8 @@ impl Completions {
             metadata: new.metadata,
             request: request_json(new.request, new.answers.len()),
             choices: new.answers.iter().zip(0..).map(|(a, i)| choice_json(a, i)).collect(),
-            prompt_tokens,
-            completion_tokens,
+            prompt_tokens: usage.prompt,
+            completion_tokens: usage.completion,
         };
         self.store.insert_completion(&completion).await?;
         Ok(completion)
@@ -183,9 +182,9 @@ impl Completions {
                         };
                         this.record(&caller, new).await.map(|_| ChatEvent::End(end))
                     }
-                    Ok(event) => {
-                        recorder.observe(0, &event);
-                        Ok(event)
+                    Ok(ChatEvent::Delta(text)) => {
+                        recorder.push(0, &text);
+                        Ok(ChatEvent::Delta(text))
                     }
                     Err(e) => Err(Error::from(e)),
                 };
@@ -211,12 +210,7 @@ impl Completions {
     /// OpenAI lists them).
     pub async fn list(&self, caller: &Caller, filter: &Filter, page: &Page) -> Result<(Vec<StoredCompletion>, String)> {
         check_metadata("metadata", &filter.metadata)?;
-        if page.after_id.is_some() && !page.token.is_empty() {
-            return Err(Error::invalid(
-                "after",
-                "give a page token or an id to start after, not both",
-            ));
-        }
+        crate::evals::manager::one_start(page)?;
         let limit = paging::limit(page.size)?;
         let order = page.order.unwrap_or(Order::Ascending);
         let prefix = LIST_TOKEN[usize::from(order == Order::Descending)];
@@ -344,9 +338,7 @@ fn request_json(request: &ChatRequest, n: usize) -> Value {
 
 /// One answer as OpenAI's choice.
 fn choice_json(answer: &ChatCompletion, index: u32) -> Value {
-    let content = (!answer.text.is_empty() || (answer.tool_calls.is_empty() && answer.refusal.is_none()))
-        .then(|| answer.text.clone());
-    let mut message = json!({"role": "assistant", "content": content, "refusal": answer.refusal});
+    let mut message = json!({"role": "assistant", "content": answer.content(), "refusal": answer.refusal});
     if !answer.tool_calls.is_empty() {
         message["tool_calls"] = json!(answer.tool_calls);
     }
@@ -390,10 +382,10 @@ mod tests {
     #[test]
     fn recorder_joins_each_choices_deltas_with_its_end() {
         let mut r = Recorder::new(2);
-        r.observe(1, &ChatEvent::Delta("wor".into()));
-        r.observe(0, &ChatEvent::Delta("hel".into()));
-        r.observe(1, &ChatEvent::Delta("ld".into()));
-        r.observe(0, &ChatEvent::Delta("lo".into()));
+        r.push(1, "wor");
+        r.push(0, "hel");
+        r.push(1, "ld");
+        r.push(0, "lo");
         let end = |n| ChatEnd {
             finish_reason: "stop".into(),
             usage: TokenUsage {

@@ -19,7 +19,7 @@ use crate::datasets::model::DatasetState;
 use crate::datasets::report::Purpose;
 use crate::error::{Error, FieldViolation, Result};
 use crate::graders::Template;
-use crate::graders::service::Graders;
+use crate::graders::service::{Batch, Graders};
 use crate::ids::{self, now_millis};
 use crate::inference::ChatModel;
 use crate::models::Models;
@@ -114,13 +114,23 @@ fn order_index(order: Order) -> usize {
     }
 }
 
+/// The model calls the eval's graders make per item (model graders'
+/// calls; the eval's graders were validated when it was made).
+pub(crate) fn grader_calls(eval: &EvalRecord) -> u64 {
+    eval.spec
+        .criteria
+        .iter()
+        .map(|c| crate::graders::parse(&c.grader).map_or(0, |g| crate::graders::service::model_calls(&g)))
+        .sum()
+}
+
 /// An `after` id that does not name a record of the listing.
 fn bad_after(id: &str, what: &str) -> Error {
     Error::invalid("after", format!("{id:?} is not {what}"))
 }
 
 /// A token and an id together are ambiguous.
-fn one_start(page: &Page) -> Result<()> {
+pub(crate) fn one_start(page: &Page) -> Result<()> {
     if page.after_id.is_some() && !page.token.is_empty() {
         return Err(Error::invalid(
             "after",
@@ -291,6 +301,48 @@ impl Evals {
             Err(Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Adds a violation on `field` unless the caller can sample `model`:
+    /// visible to it, and served by the chat seam.
+    pub(crate) async fn check_model(
+        &self,
+        caller: &Caller,
+        field: &str,
+        model: &str,
+        v: &mut Vec<FieldViolation>,
+    ) -> Result<()> {
+        if model.trim().is_empty()
+            || !(self.model_visible(caller, model).await? && self.model.serves(model).await.map_err(Error::from)?)
+        {
+            v.push(FieldViolation::new(
+                field,
+                format!(
+                    "no model is named {model:?}: name a registered base model, a fine-tuned model (ft:...) \
+                     or provider/model of a configured provider"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The eval's criteria with their graders ready to grade, for work run
+    /// on behalf of `project`.
+    pub(crate) async fn criteria(
+        &self,
+        eval: &EvalRecord,
+        project: &str,
+    ) -> std::result::Result<Vec<(Criterion, Batch)>, String> {
+        let mut criteria = Vec::new();
+        for c in &eval.spec.criteria {
+            let batch = self
+                .graders
+                .batch(&Caller::system(project), c.grader.clone())
+                .await
+                .map_err(|e| format!("criterion {}: {e}", c.name))?;
+            criteria.push((c.clone(), batch));
+        }
+        Ok(criteria)
     }
 
     pub async fn create_eval(&self, caller: &Caller, req: CreateEval) -> Result<EvalRecord> {
@@ -711,15 +763,8 @@ impl Evals {
         };
         if let Some(DataSource::Model { model, .. }) = &req.source
             && !model.trim().is_empty()
-            && !(self.model_visible(caller, model).await? && self.model.serves(model).await.map_err(Error::from)?)
         {
-            v.push(FieldViolation::new(
-                "model.model",
-                format!(
-                    "no model is named {model:?}: name a registered base model, a fine-tuned model (ft:...) \
-                     or provider/model of a configured provider"
-                ),
-            ));
+            self.check_model(caller, "model.model", model, &mut v).await?;
         }
         if !v.is_empty() {
             return Err(Error::InvalidArgument(v));
@@ -727,14 +772,7 @@ impl Evals {
         let (Some(dataset), Some(source)) = (dataset, req.source) else {
             return Err(Error::Internal("validated run without a dataset or source".into()));
         };
-        let calls_per_item = u64::from(matches!(source, DataSource::Model { .. }))
-            + eval
-                .spec
-                .criteria
-                .iter()
-                // The eval's graders were validated when it was made.
-                .map(|c| crate::graders::parse(&c.grader).map_or(0, |g| crate::graders::service::model_calls(&g)))
-                .sum::<u64>();
+        let calls_per_item = u64::from(matches!(source, DataSource::Model { .. })) + grader_calls(&eval);
         if let Some(max) = req.budget.max_model_calls
             && max < calls_per_item
         {

@@ -186,15 +186,7 @@ async fn work_on(evals: &Arc<Evals>, run: &RunRecord, stop: &CancellationToken) 
             .get_dataset(&run.spec.dataset_id)
             .await?
             .ok_or_else(|| format!("dataset {} no longer exists", run.spec.dataset_id))?;
-        let mut criteria = Vec::new();
-        for c in &eval.spec.criteria {
-            let batch = evals
-                .graders
-                .batch(&crate::auth::model::Caller::system(&run.project), c.grader.clone())
-                .await
-                .map_err(|e| format!("criterion {}: {e}", c.name))?;
-            criteria.push((c.clone(), batch));
-        }
+        let criteria = evals.criteria(&eval, &run.project).await?;
         let mut done = HashSet::new();
         let mut after = None;
         loop {

@@ -307,6 +307,16 @@ pub struct TokenUsage {
     pub completion: u64,
 }
 
+impl TokenUsage {
+    /// The tokens of several answers to one prompt: the prompt counted once.
+    pub fn of_choices<'a>(all: impl IntoIterator<Item = &'a TokenUsage>) -> TokenUsage {
+        all.into_iter().fold(TokenUsage::default(), |sum, u| TokenUsage {
+            prompt: sum.prompt.max(u.prompt),
+            completion: sum.completion + u.completion,
+        })
+    }
+}
+
 /// The end of a completion: what is known only once it is over.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatEnd {
@@ -372,6 +382,14 @@ pub struct ChatCompletion {
     pub usage: TokenUsage,
     pub finish_reason: String,
     pub refusal: Option<String>,
+}
+
+impl ChatCompletion {
+    /// OpenAI's `content`: null when the answer is only tool calls or a
+    /// refusal.
+    pub fn content(&self) -> Option<String> {
+        (!self.text.is_empty() || (self.tool_calls.is_empty() && self.refusal.is_none())).then(|| self.text.clone())
+    }
 }
 
 /// Something that answers chat completions: the local engine, an HTTP

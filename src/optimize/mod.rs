@@ -113,23 +113,11 @@ impl Optimizer {
                 "give the messages that follow the instructions, e.g. a user message \"{{ item.text }}\"",
             ));
         }
-        for (field, model) in [
-            ("model", Some(&req.model)),
-            ("reflection_model", req.reflection_model.as_ref()),
-        ] {
-            let Some(model) = model else { continue };
-            if model.trim().is_empty()
-                || !(self.evals.model_visible(caller, model).await?
-                    && self.evals.model.serves(model).await.map_err(Error::from)?)
-            {
-                v.push(FieldViolation::new(
-                    field,
-                    format!(
-                        "no model is named {model:?}: name a registered base model, a fine-tuned model (ft:...) \
-                         or provider/model of a configured provider"
-                    ),
-                ));
-            }
+        self.evals.check_model(caller, "model", &req.model, &mut v).await?;
+        if let Some(reflector) = &req.reflection_model {
+            self.evals
+                .check_model(caller, "reflection_model", reflector, &mut v)
+                .await?;
         }
         if req.instructions.chars().count() > MAX_INSTRUCTION_CHARS {
             v.push(FieldViolation::new(
@@ -237,12 +225,7 @@ impl Optimizer {
                 ));
             }
         }
-        let calls_per_item = 1 + eval
-            .spec
-            .criteria
-            .iter()
-            .map(|c| crate::graders::parse(&c.grader).map_or(0, |g| crate::graders::service::model_calls(&g)))
-            .sum::<u64>();
+        let calls_per_item = 1 + crate::evals::manager::grader_calls(&eval);
         // The original on every validation item, and the comparison on the
         // held-out items, must fit; the search spends what is left.
         let needed = calls_per_item * (validation_rows + 2 * test_rows);
@@ -537,15 +520,7 @@ impl Run {
             .get_eval(&spec.eval_id)
             .await?
             .ok_or_else(|| Error::Internal(format!("eval {} no longer exists", spec.eval_id)))?;
-        let mut criteria = Vec::new();
-        for c in &eval.spec.criteria {
-            let batch = evals
-                .graders
-                .batch(&Caller::system(&record.project), c.grader.clone())
-                .await
-                .map_err(|e| Error::Internal(format!("criterion {}: {e}", c.name)))?;
-            criteria.push((c.clone(), batch));
-        }
+        let criteria = evals.criteria(&eval, &record.project).await.map_err(Error::Internal)?;
         let load = |id: &str| {
             let id = id.to_string();
             async move {
@@ -719,8 +694,7 @@ impl Run {
             let step = search.steps;
             let mut rng = search::rng(self.record.spec.seed, step);
             let given = self.record.spec.candidate_instructions.len() as u64;
-            let given_tried =
-                search.candidates.iter().filter(|c| c.origin == Origin::Given).count() as u64 + search.rejected_given;
+            let given_tried = search.given_tried;
             let can_reflect = self.record.spec.reflection_model.is_some();
             let can_demo = self.record.spec.max_demos > 0 && !self.eligible.is_empty();
             let origin = if given_tried < given {
@@ -782,9 +756,9 @@ impl Run {
             let search = &mut self.record.search;
             if !kept {
                 search.rejected += 1;
-                if origin == Origin::Given {
-                    search.rejected_given += 1;
-                }
+            }
+            if origin == Origin::Given {
+                search.given_tried += 1;
             }
             search.steps += 1;
             if !self.save().await? {

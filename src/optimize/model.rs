@@ -124,9 +124,9 @@ pub struct Search {
     pub steps: u64,
     /// Proposals that did not beat their parent on the minibatch.
     pub rejected: u64,
-    /// Of those, the caller's candidate instructions.
+    /// The caller's candidate instructions tried so far (kept or not).
     #[serde(default)]
-    pub rejected_given: u64,
+    pub given_tried: u64,
     pub calls_used: u64,
     pub tokens_used: u64,
     /// Index of the best candidate once the search is over.

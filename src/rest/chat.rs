@@ -407,11 +407,11 @@ struct Head {
 
 /// Tokens of `n` answers to one prompt: the prompt counted once.
 fn usage<'a>(all: impl Iterator<Item = &'a TokenUsage>) -> Usage {
-    let (prompt, completion) = all.fold((0, 0), |(p, c), u| (u.prompt.max(p), c + u.completion));
+    let u = TokenUsage::of_choices(all);
     Usage {
-        prompt_tokens: prompt,
-        completion_tokens: completion,
-        total_tokens: prompt + completion,
+        prompt_tokens: u.prompt,
+        completion_tokens: u.completion,
+        total_tokens: u.prompt + u.completion,
     }
 }
 
@@ -424,7 +424,7 @@ fn completion(head: Head, completions: Vec<ChatCompletion>) -> ChatCompletionObj
             index,
             message: Message {
                 role: "assistant",
-                content: (!c.text.is_empty() || (c.tool_calls.is_empty() && c.refusal.is_none())).then_some(c.text),
+                content: c.content(),
                 tool_calls: c.tool_calls,
                 refusal: c.refusal,
             },
@@ -578,7 +578,7 @@ impl Chunks {
             match self.events.next().await {
                 Some((index, Ok(ChatEvent::Delta(text)))) => {
                     if let Some((_, recorder)) = &mut self.keep {
-                        recorder.observe(index as usize, &ChatEvent::Delta(text.clone()));
+                        recorder.push(index as usize, &text);
                     }
                     self.push(index, json!({"content": text}), None)
                 }

@@ -26,7 +26,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
 use super::kit::{Answer, Authed, Json, Path, Query, Rest, at_path, renamed};
-use super::wire::{HasId, List, PageQuery, ascending, seconds};
+use super::wire::{HasId, List, PageQuery, order, seconds};
 use crate::auth::model::Caller;
 use crate::datasets::manager::{OnInvalid, UploadMeta};
 use crate::datasets::model::DatasetState;
@@ -34,7 +34,7 @@ use crate::datasets::report::{Purpose, PurposeChoice};
 use crate::error::Error;
 use crate::evals::manager::{self as em, CreateEval, CreateRun, NewCriterion, Page, UpdateEval};
 use crate::evals::model::{
-    DataSource, EvalRecord, EvalSort, ItemStatus, Order, OutputItemRecord, RunRecord, RunState, SamplingParams,
+    DataSource, EvalRecord, EvalSort, ItemStatus, OutputItemRecord, RunRecord, RunState, SamplingParams,
 };
 
 pub fn routes() -> OpenApiRouter<Rest> {
@@ -556,14 +556,6 @@ pub struct ItemListQuery {
     pub order: Option<String>,
     /// `pass`, `fail` (or Lathe's `error`).
     pub status: Option<String>,
-}
-
-fn order(order: Option<&str>) -> Result<Order, ApiError> {
-    Ok(if ascending(order, true)? {
-        Order::Ascending
-    } else {
-        Order::Descending
-    })
 }
 
 /// The page a list query asks for.

@@ -14,11 +14,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use super::kit::{Authed, Json, Path, Query, at_path};
-use super::wire::{Deleted, HasId, List, PageQuery, Usage, ascending, seconds};
+use super::wire::{Deleted, HasId, List, PageQuery, Usage, order, seconds};
 use crate::completions::Filter;
 use crate::completions::model::StoredCompletion;
 use crate::evals::manager::Page;
-use crate::evals::model::Order;
 
 use super::kit::Rest;
 
@@ -68,14 +67,6 @@ fn object(c: StoredCompletion) -> StoredChatCompletion {
         metadata: c.metadata,
         request,
     }
-}
-
-fn order(param: Option<&str>) -> Result<Order, ApiError> {
-    Ok(if ascending(param, true)? {
-        Order::Ascending
-    } else {
-        Order::Descending
-    })
 }
 
 /// Lists the project's stored completions, oldest first unless `order=desc`.

@@ -90,6 +90,17 @@ impl Deleted {
     }
 }
 
+/// A list's `order` query as the services take it: oldest first unless
+/// `desc` (the lists that use it default to `asc`, as OpenAI's do).
+pub fn order(order: Option<&str>) -> Result<crate::evals::model::Order, super::error::ApiError> {
+    use crate::evals::model::Order;
+    Ok(if ascending(order, true)? {
+        Order::Ascending
+    } else {
+        Order::Descending
+    })
+}
+
 /// Records keep Unix milliseconds; OpenAI's objects carry seconds.
 pub fn seconds(millis: i64) -> i64 {
     millis.div_euclid(1000)

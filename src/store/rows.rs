@@ -298,6 +298,14 @@ where
     })
 }
 
+/// A run's stored state (eval runs' and prompt optimisations').
+fn run_state(id: &str, state: &str) -> Result<RunState, StoreError> {
+    RunState::parse(state).ok_or_else(|| StoreError::Corrupt {
+        id: id.to_string(),
+        reason: format!("unknown run state {state:?}"),
+    })
+}
+
 pub fn run_from_row<'r, R>(row: &'r R) -> Result<RunRecord, StoreError>
 where
     R: Row,
@@ -316,10 +324,7 @@ where
         project: row.try_get("project_id")?,
         eval_id: row.try_get("eval_id")?,
         spec: from_json(&id, "spec", &spec)?,
-        state: RunState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-            id: id.clone(),
-            reason: format!("unknown run state {state:?}"),
-        })?,
+        state: run_state(&id, &state)?,
         total: total as u64,
         progress: from_json(&id, "progress", &progress)?,
         error: row.try_get("error")?,
@@ -494,10 +499,7 @@ where
     Ok(crate::optimize::model::OptimizationRecord {
         project: row.try_get("project_id")?,
         spec: from_json(&id, "spec", &spec)?,
-        state: RunState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-            id: id.clone(),
-            reason: format!("unknown run state {state:?}"),
-        })?,
+        state: run_state(&id, &state)?,
         search: from_json(&id, "progress", &progress)?,
         error: row.try_get("error")?,
         created_at: row.try_get("created_at")?,
